@@ -1,0 +1,2 @@
+from notify.cli import main
+main()

@@ -1,0 +1,419 @@
+"""campaign.toml -> a typed, validated Campaign; every problem is reported at once, with file and key."""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from email.headerregistry import Address
+from email.utils import getaddresses
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+CAMPAIGN_FILE = "campaign.toml"
+STATE_DIR = ".notify"
+
+# Keys that would put a secret into a file that is reviewed, copied and committed.
+SECRET_KEYS = {
+    "password", "passwd", "pass", "secret", "token", "api_key", "apikey", "username", "user",
+    "access_key", "access_key_id", "secret_access_key", "aws_access_key_id",
+    "aws_secret_access_key", "aws_session_token", "session_token", "private_key",
+}
+SECRET_HINTS = {"username": "username_env", "user": "username_env"}
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    name: str
+    path: Path
+    fsync: bool = True
+    type: str = "outbox"
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    name: str
+    host: str
+    port: int
+    tls: str
+    username_env: str | None
+    password_env: str | None
+    timeout: float
+    return_path: str | None
+    allow_insecure: bool
+    messages_per_connection: int
+    dkim_key_file: Path | None
+    dkim_selector: str | None
+    dkim_domain: str | None
+    type: str = "smtp"
+
+
+@dataclass(frozen=True)
+class SesConfig:
+    name: str
+    region: str | None
+    configuration_set: str | None
+    endpoint_url: str | None
+    threads: int
+    type: str = "ses"
+
+
+ProviderConfig = OutboxConfig | SmtpConfig | SesConfig
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base: float = 60.0  # seconds before the first retry; doubles each attempt
+    max_interval: float = 1800.0  # RFC 5321 4.5.4.1 suggests 30 minutes between tries
+    max_attempts: int = 10
+    max_age: float = 4 * 24 * 3600.0  # give up after four days (RFC 5321: 4-5 days)
+
+
+@dataclass(frozen=True)
+class SendConfig:
+    providers: list[str]
+    concurrency: int = 8
+    rate: float | None = None  # messages per second; None: unlimited
+    batch_size: int | None = None
+    batch_pause: float = 0.0
+    domains: dict[str, float] = field(default_factory=dict)  # messages per minute per domain
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(frozen=True)
+class Campaign:
+    dir: Path
+    file: Path
+    id: str
+    template: str
+    default_locale: str
+    recipients: Path
+    sender: str
+    reply_to: str | None
+    variables: dict[str, Any]
+    send: SendConfig
+    providers: dict[str, ProviderConfig]
+
+    @property
+    def state_dir(self) -> Path:
+        return self.dir / STATE_DIR
+
+    @property
+    def sender_domain(self) -> str:
+        return parse_address(self.sender).domain
+
+
+def parse_address(text: str) -> Address:
+    """One "Name <addr@domain>" or bare address; ValueError when it is not exactly one address."""
+    if any(c in text for c in "\r\n\0"):
+        raise ValueError("contains a line break or NUL")
+    pairs = getaddresses([text])
+    if len(pairs) != 1 or "@" not in pairs[0][1]:
+        raise ValueError("is not one email address")
+    name, addr = pairs[0]
+    local, _, domain = addr.rpartition("@")
+    return Address(display_name=name, username=local, domain=domain)
+
+
+# --- a small schema checker: one place that knows TOML types and how to say what is wrong ---
+
+_TYPE_NAMES = {
+    str: "a string", bool: "true or false", int: "an integer", float: "a number",
+    list: "a list", dict: "a table", dt.date: "a date", dt.datetime: "a date and time",
+}
+
+
+def _describe(value: Any) -> str:
+    for t in (bool, dt.datetime, dt.date, int, float, str, list, dict):
+        if isinstance(value, t):
+            shown = f"{value!r}" if not isinstance(value, (list, dict)) else ""
+            return f"{shown} ({_TYPE_NAMES[t]})".strip() if shown else _TYPE_NAMES[t]
+    return type(value).__name__
+
+
+@dataclass(frozen=True)
+class Key:
+    kind: str  # str | int | number | bool | strlist | table | any
+    required: bool = False
+    check: Callable[[Any], str | None] | None = None  # returns a problem or None
+
+
+def _type_ok(kind: str, value: Any) -> bool:
+    if kind == "any":
+        return True
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "strlist":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == "table":
+        return isinstance(value, dict)
+    raise AssertionError(kind)
+
+
+_EXPECTED = {
+    "str": "a string", "int": "an integer", "number": "a number", "bool": "true or false",
+    "strlist": "a list of strings", "table": "a table",
+}
+
+
+class _Checker:
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.problems: list[str] = []
+
+    def problem(self, where: str, what: str) -> None:
+        self.problems.append(f"{self.file}: {where}: {what}")
+
+    def table(self, where: str, data: dict[str, Any], schema: dict[str, Key]) -> dict[str, Any]:
+        """Checks keys and types; returns only the keys that passed."""
+        good: dict[str, Any] = {}
+        for key, value in data.items():
+            spec = schema.get(key)
+            if spec is None:
+                self.unknown(where, key, list(schema))
+                continue
+            if not _type_ok(spec.kind, value):
+                self.problem(f"{where} {key}", f"expected {_EXPECTED[spec.kind]}, got {_describe(value)}")
+                continue
+            if spec.check and (msg := spec.check(value)):
+                self.problem(f"{where} {key}", msg)
+                continue
+            good[key] = value
+        for key, spec in schema.items():
+            if spec.required and key not in data:
+                self.problem(f"{where} {key}", "missing (required)")
+        return good
+
+    def unknown(self, where: str, key: str, known: list[str]) -> None:
+        if key.lower() in SECRET_KEYS:
+            instead = SECRET_HINTS.get(key.lower(), "password_env")
+            self.problem(
+                f"{where} {key}",
+                f"secrets never live in {CAMPAIGN_FILE}; remove it and set {instead} = "
+                '"NAME_OF_AN_ENVIRONMENT_VARIABLE" that holds it',
+            )
+            return
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f' (did you mean "{close[0]}"?)' if close else f" (known keys: {', '.join(known)})"
+        self.problem(f"{where} {key}", f"unknown key{hint}")
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "must be 0 or more"
+
+
+def _address(v: str) -> str | None:
+    try:
+        parse_address(v)
+    except ValueError as e:
+        return f"{v!r} {e}"
+    return None
+
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _campaign_id(v: str) -> str | None:
+    if _ID_RE.match(v):
+        return None
+    return f"{v!r} must be 1-64 letters, digits, '.', '_' or '-' (it becomes part of every Message-ID)"
+
+
+def _tls(v: str) -> str | None:
+    return None if v in ("starttls", "implicit", "none") else f'{v!r} must be "starttls", "implicit" or "none"'
+
+
+def _env_name(v: str) -> str | None:
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+        return None
+    return f"{v!r} is not an environment variable name (it names the variable; the secret stays in the environment)"
+
+
+CAMPAIGN_KEYS = {
+    "id": Key("str", True, _campaign_id),
+    "template": Key("str", True),
+    "default_locale": Key("str"),
+    "recipients": Key("str", True),
+    "from": Key("str", True, _address),
+    "reply_to": Key("str", False, _address),
+}
+SEND_KEYS = {
+    "providers": Key("strlist", True, lambda v: None if v else "must name at least one provider"),
+    "concurrency": Key("int", False, _positive),
+    "rate": Key("number", False, _positive),
+    "batch_size": Key("int", False, _positive),
+    "batch_pause": Key("number", False, _non_negative),
+    "domains": Key("table"),
+    "retry": Key("table"),
+}
+RETRY_KEYS = {
+    "base": Key("number", False, _positive),
+    "max_interval": Key("number", False, _positive),
+    "max_attempts": Key("int", False, _positive),
+    "max_age_hours": Key("number", False, _positive),
+}
+PROVIDER_KEYS: dict[str, dict[str, Key]] = {
+    "outbox": {"type": Key("str", True), "path": Key("str"), "fsync": Key("bool")},
+    "smtp": {
+        "type": Key("str", True),
+        "host": Key("str", True),
+        "port": Key("int", False, lambda v: None if 0 < v < 65536 else "must be a TCP port (1-65535)"),
+        "tls": Key("str", False, _tls),
+        "username_env": Key("str", False, _env_name),
+        "password_env": Key("str", False, _env_name),
+        "timeout": Key("number", False, _positive),
+        "return_path": Key("str"),
+        "allow_insecure": Key("bool"),
+        "messages_per_connection": Key("int", False, _positive),
+        "dkim_key_file": Key("str"),
+        "dkim_selector": Key("str"),
+        "dkim_domain": Key("str"),
+    },
+    "ses": {
+        "type": Key("str", True),
+        "region": Key("str"),
+        "configuration_set": Key("str"),
+        "endpoint_url": Key("str"),
+        "threads": Key("int", False, _positive),
+    },
+}
+TOP_KEYS = {
+    "campaign": Key("table", True),
+    "variables": Key("table"),
+    "send": Key("table", True),
+    "providers": Key("table", True),
+}
+
+
+def load(path: str | Path) -> Campaign:
+    """Reads a campaign directory (or its campaign.toml) and returns a validated Campaign."""
+    path = Path(path)
+    file = path / CAMPAIGN_FILE if path.is_dir() else path
+    if not file.exists():
+        if path.is_dir():
+            raise ConfigError(f"{file}: not found", hint=f"a campaign directory holds a {CAMPAIGN_FILE}")
+        raise ConfigError(f"{path}: no such campaign directory")
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{file}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{file}: not valid TOML: {e}") from None
+    return _build(file, data)
+
+
+def _build(file: Path, data: dict[str, Any]) -> Campaign:
+    c = _Checker(file)
+    top = c.table("top level", data, TOP_KEYS)
+    camp = c.table("[campaign]", top.get("campaign", {}), CAMPAIGN_KEYS)
+    send = c.table("[send]", top.get("send", {}), SEND_KEYS)
+    retry = c.table("[send.retry]", send.get("retry", {}), RETRY_KEYS)
+    domains: dict[str, float] = {}
+    for dom, cap in send.get("domains", {}).items():
+        if _type_ok("number", cap) and cap > 0:
+            domains[dom.lower()] = float(cap)
+        else:
+            c.problem(f"[send.domains] {dom}", f"expected messages per minute (a number > 0), got {_describe(cap)}")
+
+    providers: dict[str, ProviderConfig] = {}
+    for name, table in top.get("providers", {}).items():
+        where = f"[providers.{name}]"
+        if not isinstance(table, dict):
+            c.problem(where, f"expected a table, got {_describe(table)}")
+            continue
+        kind = table.get("type")
+        if kind not in PROVIDER_KEYS:
+            known = ", ".join(f'"{k}"' for k in PROVIDER_KEYS)
+            c.problem(f"{where} type", f"{'missing' if kind is None else repr(kind)}: must be one of {known}")
+            continue
+        good = c.table(where, table, PROVIDER_KEYS[kind])
+        if len(good) == len(table):
+            providers[name] = _provider(file.parent, name, kind, good)
+
+    for name in send.get("providers", []):
+        if name not in top.get("providers", {}):
+            defined = ", ".join(top.get("providers", {})) or "none"
+            c.problem("[send] providers", f'"{name}" is not defined: add a [providers.{name}] table (defined: {defined})')
+    if "recipients" in camp and not (file.parent / camp["recipients"]).is_file():
+        c.problem("[campaign] recipients", f"{file.parent / camp['recipients']}: file not found")
+    variables = top.get("variables", {})
+
+    if c.problems:
+        n = len(c.problems)
+        raise ConfigError(
+            c.problems[0] if n == 1 else f"{file}: {n} problems",
+            problems=c.problems,
+            hint=f"fix {file} and run `notify check {file.parent}` again",
+        )
+    policy = RetryPolicy(
+        base=float(retry.get("base", RetryPolicy.base)),
+        max_interval=float(retry.get("max_interval", RetryPolicy.max_interval)),
+        max_attempts=int(retry.get("max_attempts", RetryPolicy.max_attempts)),
+        max_age=float(retry["max_age_hours"]) * 3600 if "max_age_hours" in retry else RetryPolicy.max_age,
+    )
+    return Campaign(
+        dir=file.parent,
+        file=file,
+        id=camp["id"],
+        template=camp["template"],
+        default_locale=camp.get("default_locale", "en"),
+        recipients=file.parent / camp["recipients"],
+        sender=camp["from"],
+        reply_to=camp.get("reply_to"),
+        variables=variables,
+        send=SendConfig(
+            providers=list(send["providers"]),
+            concurrency=send.get("concurrency", 8),
+            rate=float(send["rate"]) if "rate" in send else None,
+            batch_size=send.get("batch_size"),
+            batch_pause=float(send.get("batch_pause", 0)),
+            domains=domains,
+            retry=policy,
+        ),
+        providers=providers,
+    )
+
+
+def _provider(base: Path, name: str, kind: str, t: dict[str, Any]) -> ProviderConfig:
+    if kind == "outbox":
+        return OutboxConfig(name=name, path=base / t.get("path", "outbox"), fsync=t.get("fsync", True))
+    if kind == "smtp":
+        tls = t.get("tls", "starttls")
+        default_port = {"starttls": 587, "implicit": 465, "none": 25}[tls]
+        key = t.get("dkim_key_file")
+        return SmtpConfig(
+            name=name,
+            host=t["host"],
+            port=t.get("port", default_port),
+            tls=tls,
+            username_env=t.get("username_env"),
+            password_env=t.get("password_env"),
+            timeout=float(t.get("timeout", 30)),
+            return_path=t.get("return_path"),
+            allow_insecure=t.get("allow_insecure", False),
+            messages_per_connection=t.get("messages_per_connection", 1000),
+            dkim_key_file=base / key if key else None,
+            dkim_selector=t.get("dkim_selector"),
+            dkim_domain=t.get("dkim_domain"),
+        )
+    return SesConfig(
+        name=name,
+        region=t.get("region"),
+        configuration_set=t.get("configuration_set"),
+        endpoint_url=t.get("endpoint_url"),
+        threads=t.get("threads", 8),
+    )

@@ -1,0 +1,259 @@
+"""Thin typer layer: parse, call the core, print. NotifyError becomes `Error: ...` and an exit code here only."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, TypeVar
+
+import typer
+
+from . import __version__, campaign as campaign_mod, engine
+from .audit import verify_chain
+from .errors import EXIT_INPUT, EXIT_INTERRUPTED, NotifyError
+from .store import Store
+
+EXIT_CODES = """\
+Exit codes: 0 done | 1 bad input or config, nothing sent | 2 usage | 3 finished, some recipients
+failed | 4 stopped before finishing (provider down, retries due later, --limit): run send again |
+130 interrupted: run send again to resume."""
+
+app = typer.Typer(
+    name="notify",
+    help="Send breach notifications by email: localized, exactly once, with a verifiable audit trail.",
+    epilog=EXIT_CODES,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+audit_app = typer.Typer(help="Check the campaign's hash-chained audit trail.", no_args_is_help=True,
+                        rich_markup_mode=None)
+app.add_typer(audit_app, name="audit")
+
+F = TypeVar("F", bound=Callable[..., Any])
+CampaignArg = typer.Argument(..., help="The campaign directory (holding campaign.toml).", metavar="CAMPAIGN")
+
+
+def err(text: str) -> None:
+    typer.echo(text, err=True)
+
+
+def boundary(fn: F) -> F:
+    """The one place errors reach the user: a clear message, a hint, an exit code, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except NotifyError as e:
+            problems = getattr(e, "problems", None)
+            if problems and len(problems) > 1:
+                err(f"Error: {e.message}")
+                for p in problems:
+                    err(f"  - {p}")
+            else:
+                err(f"Error: {e.message}")
+            if e.hint:
+                err(f"Hint: {e.hint}")
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err("Interrupted.")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[tuple[campaign_mod.Campaign, Store]]:
+    c = campaign_mod.load(path)
+    store = Store.open(c.state_dir)
+    try:
+        yield c, store
+    finally:
+        store.close()
+
+
+@app.command()
+@boundary
+def check(campaign: Path = CampaignArg) -> None:
+    """Check config, templates and recipients, and report every problem at once. Sends nothing.
+
+    Imports the recipients file into the campaign's state (again only if it changed and nothing
+    was sent yet), renders every locale, and writes the rejects report.
+
+    Example:  notify check campaigns/example
+    """
+    with _open(campaign) as (c, store):
+        pre = engine.preflight(c, store)
+        imp = pre.imported
+        typer.echo(f"campaign    {c.file}: id {c.id}, providers {', '.join(c.send.providers)}")
+        if pre.templates:
+            typer.echo(f"templates   {c.template}: {len(pre.templates.locales)} locales ({', '.join(pre.templates.locales)})"
+                       + (f", rendered {len(pre.rendered_locales)}" if pre.rendered_locales else ""))
+        if imp:
+            typer.echo(f"recipients  {imp.path}: {imp.rows_read} rows read = {imp.accepted} accepted + {imp.rejected} rejected"
+                       + (" (already imported)" if imp.already else ""))
+            _print_rejects(store)
+        st = engine.status(c, store)
+        if st["fallbacks"]:
+            typer.echo("fallbacks   " + ", ".join(f"{k} ({v})" for k, v in st["fallbacks"].items()))
+        if not pre.ok:
+            err(f"\n{len(pre.problems)} problem(s):")
+            for p in pre.problems:
+                err(f"  - {p}")
+            err(f"Nothing was sent. Fix the above and run `notify check {campaign}` again.")
+            raise typer.Exit(EXIT_INPUT)
+        typer.echo(f"\nOK: ready. Next: notify send {campaign} --dry-run   (or without --dry-run to send)")
+
+
+def _print_rejects(store: Store) -> None:
+    total, reasons = store.reject_summary()
+    if total:
+        for reason, n in reasons:
+            typer.echo(f"            rejected x{n}: {reason}")
+        typer.echo(f"            every rejected row, with its reason: {store.path.parent / 'rejects.csv'}")
+
+
+@app.command("import")
+@boundary
+def import_(
+    campaign: Path = CampaignArg,
+    append: bool = typer.Option(False, "--append", help="Add the rows of a changed recipients file to a campaign already under way."),
+) -> None:
+    """Import (validate, normalize, dedupe) the campaign's recipients file. `check` and `send` do this too.
+
+    Example:  notify import campaigns/example --append
+    """
+    with _open(campaign) as (c, store):
+        store.lock()
+        imp = store.import_file(c.recipients, append=append)
+        store.write_rejects_file()
+        typer.echo(f"{imp.path}: {imp.rows_read} rows read = {imp.accepted} accepted + {imp.rejected} rejected"
+                   + (" (already imported; nothing added)" if imp.already else ""))
+        _print_rejects(store)
+
+
+@app.command()
+@boundary
+def send(
+    campaign: Path = CampaignArg,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Render every message into CAMPAIGN/dry-run/; change no state, send nothing."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Send at most N messages (a canary), then stop."),
+    provider: Optional[str] = typer.Option(None, "--provider", help="Send through this [providers.NAME] only."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="Messages in flight at once (overrides [send] concurrency)."),
+    rate: Optional[float] = typer.Option(None, "--rate", min=0.001, help="Messages per second (overrides [send] rate)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (it is off anyway when not on a terminal)."),
+) -> None:
+    """Send the campaign: resumable, throttled, exactly once per recipient.
+
+    Runs the same checks as `notify check` first: nothing leaves unless every locale renders.
+    Ctrl-C stops cleanly; running the same command again resumes where it stopped.
+
+    Examples:
+      notify send campaigns/example --dry-run
+      notify send campaigns/example --limit 10
+      notify send campaigns/example
+    """
+    with _open(campaign) as (c, store):
+        opts = engine.SendOptions(dry_run=dry_run, limit=limit, provider=provider, concurrency=concurrency,
+                                  rate=rate, progress=not no_progress)
+        result = engine.send(c, store, opts)
+        counts = result.counts
+        if dry_run:
+            typer.echo(f"Dry run: rendered {counts['rendered']} message(s) into {c.dir / 'dry-run'}; no state changed.")
+            return
+        if result.recovered:
+            typer.echo(f"Resumed: {result.recovered} recipient(s) were in flight when the last run stopped; "
+                       "they were sent again with the same Message-ID.")
+        did = sum(counts[s] for s in ("sent", "deferred", "failed"))
+        if did == 0 and not result.stopped and not result.interrupted:
+            typer.echo("Nothing left to send: every recipient is in a final state.")
+        else:
+            typer.echo(f"This run via {result.provider}: sent {counts['sent']}, deferred {counts['deferred']}, "
+                       f"failed {counts['failed']}.")
+        st = engine.status(c, store)
+        typer.echo("Campaign: " + ", ".join(f"{k} {v}" for k, v in st["states"].items() if v) + f"; rejected rows {st['rejected']}.")
+        if result.interrupted:
+            err(f"Interrupted; everything in flight was settled. Resume with: notify send {campaign}")
+        elif result.stopped:
+            when = ""
+            if result.next_retry:
+                when = f" (next retry due {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(result.next_retry))})"
+            err(f"Stopped: {result.stopped}{when}. Resume with: notify send {campaign}")
+        elif result.failed_total:
+            err(f"{result.failed_total} recipient(s) failed; see `notify status {campaign}` for the replies.")
+        raise typer.Exit(result.exit_code)
+
+
+@app.command()
+@boundary
+def status(
+    campaign: Path = CampaignArg,
+    as_json: bool = typer.Option(False, "--json", help="One JSON object: campaign, total, rejected, states, ..."),
+) -> None:
+    """Show counts by state, locale (and fallbacks), provider, and rejected rows.
+
+    Examples:
+      notify status campaigns/example
+      notify status campaigns/example --json
+    """
+    with _open(campaign) as (c, store):
+        st = engine.status(c, store)
+        if as_json:
+            typer.echo(engine.dumps(st))
+            return
+        typer.echo(f"campaign {st['campaign']}: {st['rows_read']} rows read = {st['total']} recipients + {st['rejected']} rejected")
+        typer.echo("states:   " + ", ".join(f"{k} {v}" for k, v in st["states"].items() if v))
+        if st["in_doubt"]:
+            typer.echo(f"in doubt: {st['in_doubt']} (sent again with the same Message-ID after a crash or dropped connection)")
+        typer.echo("locales:  " + ", ".join(f"{k or '(none)'} {v}" for k, v in st["locales"].items()))
+        if st["fallbacks"]:
+            typer.echo("fell back: " + ", ".join(f"{k} ({v})" for k, v in st["fallbacks"].items()))
+        if st["providers"]:
+            typer.echo("providers: " + ", ".join(f"{k} {v}" for k, v in st["providers"].items()))
+        for title, key in (("rejected", "reject_reasons"), ("deferred", "deferred_replies"), ("failed", "failed_replies")):
+            for reason, n in st[key].items():
+                typer.echo(f"{title}: {reason} x {n}")
+        if st["next_retry"]:
+            typer.echo(f"next retry: {st['next_retry']}")
+
+
+@audit_app.command("verify")
+@boundary
+def audit_verify(campaign: Path = CampaignArg) -> None:
+    """Recompute the audit hash chain and name the first event that does not verify.
+
+    Example:  notify audit verify campaigns/example
+    """
+    with _open(campaign) as (c, store):
+        verdict = verify_chain(store.events())
+        if verdict.ok:
+            typer.echo(f"OK: {verdict.events} events, chain head {verdict.head}")
+            return
+        err(f"Error: the audit chain is broken at event {verdict.first_bad}: {verdict.reason}")
+        err(f"({verdict.events} events before it verify; head {verdict.head})")
+        raise typer.Exit(EXIT_INPUT)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"notify {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version.")) -> None:
+    pass
+
+
+def main() -> None:
+    app(prog_name="notify")
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

@@ -1,0 +1,437 @@
+"""The send loop: store -> render -> throttle -> provider -> store; plus the preflight every send runs first."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from tqdm import tqdm
+
+from . import providers
+from .campaign import Campaign, OutboxConfig
+from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, ConfigError, NotifyError,
+                     TemplateError)
+from .providers.base import Kind, Outcome, Provider
+from .recipients import STANDARD_COLUMNS
+from .render import Message, Templates, compose, recipient_context, synthetic_recipient
+from .store import Change, Claimed, Event, ImportResult, Store
+from .throttle import Clock, RealClock, Throttle
+
+FLUSH_EVERY = 0.1  # seconds: the longest an outcome waits in memory before it is committed
+FLUSH_SIZE = 128  # outcomes per group commit
+
+
+@dataclass
+class Preflight:
+    """What `check` reports and `send` requires: templates load, recipients import, every locale renders."""
+
+    store: Store
+    templates: Templates | None
+    imported: ImportResult | None
+    problems: list[str] = field(default_factory=list)
+    rendered_locales: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Preflight:
+    """Collects every problem it can find rather than stopping at the first."""
+    pre = Preflight(store, None, None)
+    try:
+        pre.templates = Templates(campaign)
+        pre.problems += pre.templates.load_all()
+    except TemplateError as e:
+        pre.problems.append(str(e))
+    pre.imported = store.import_file(campaign.recipients, append=append)
+    store.write_rejects_file()
+    if pre.templates is None or pre.problems:
+        return pre
+    templates = pre.templates
+    used = templates.recipient_fields() - set(STANDARD_COLUMNS)
+    columns = store.columns()
+    for col in sorted(used - columns):
+        pre.problems.append(
+            f"templates use recipient.{col}, but {campaign.recipients} has no {col!r} column "
+            f"(add the column, or take it out of {templates.roots[0]})")
+    for col in sorted(used & columns):
+        n, first = store.empty_values(col)
+        if n:
+            pre.problems.append(
+                f"{campaign.recipients}: {n} recipient(s) have an empty {col!r}, which the templates use "
+                f"(first at row {first}); fill it in so no notice goes out with a blank")
+    # Every template locale, and every locale recipients asked for, renders before anything is sent.
+    samples = store.sample_per_locale()
+    targets: dict[str, dict[str, Any]] = {}
+    for requested, s in samples.items():
+        try:
+            loc = templates.resolve(requested or campaign.default_locale)
+        except TemplateError as e:
+            pre.problems.append(str(e))
+            continue
+        targets.setdefault(loc, recipient_context(s["email"], s["name"], requested, s["jurisdiction"], s["vars"]))
+    for loc in templates.locales:
+        targets.setdefault(loc, synthetic_recipient(loc, columns))
+    for loc, recipient in sorted(targets.items()):
+        try:
+            rendered = templates.render(loc, recipient)
+            compose(campaign, rendered, to_email=recipient["email"], to_name=recipient["name"], key=recipient["email"].lower())
+            pre.rendered_locales.append(loc)
+        except TemplateError as e:
+            pre.problems.append(str(e) + (f" ({e.hint})" if e.hint else ""))
+        except ValueError as e:  # the email package refuses a header value
+            pre.problems.append(f"{templates.roots[0] / loc}: the message cannot be built: {e}")
+    return pre
+
+
+@dataclass
+class SendOptions:
+    dry_run: bool = False
+    limit: int | None = None
+    provider: str | None = None
+    concurrency: int | None = None
+    rate: float | None = None
+    progress: bool = True
+    max_wait: float = 120.0  # wait in-process for retries due within this many seconds; beyond, stop
+
+
+@dataclass
+class RunResult:
+    provider: str
+    counts: Counter[str] = field(default_factory=Counter)  # outcomes of this run: sent, deferred, failed
+    recovered: int = 0  # recipients found inflight from a crashed run
+    interrupted: bool = False
+    stopped: str | None = None  # why the run stopped before finishing (provider down, retries later)
+    next_retry: float | None = None  # wall-clock time of the next due retry, when stopped for it
+    remaining: int = 0  # recipients not yet in a final state
+    failed_total: int = 0  # failed recipients in the whole campaign
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        if self.stopped or self.remaining:
+            return EXIT_STOPPED
+        return EXIT_FAILED if self.failed_total else EXIT_OK
+
+
+def backoff_delay(campaign: Campaign, attempts: int) -> float:
+    policy = campaign.send.retry
+    return min(policy.max_interval, policy.base * 2 ** max(0, attempts - 1))
+
+
+def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None, locale: str,
+           provider: str, now: float) -> Change:
+    """Turns one provider outcome into the state change and event that record it."""
+    attempts = c.attempts + 1
+    first = c.first_attempt_at or now
+    detail: dict[str, Any] = {"attempt": attempts, "reply": outcome.describe()}
+    if outcome.code:
+        detail["code"] = outcome.code
+    if outcome.status:
+        detail["status"] = outcome.status
+    common = {"attempts": attempts, "first_attempt_at": first, "provider": provider,
+              "detail": outcome.describe()[:500]}
+    ev = dict(recipient_id=c.id, recipient=c.key, provider=provider, locale=locale,
+              content_sha256=msg.sha256 if msg else None)
+    if outcome.kind is Kind.ACCEPTED:
+        if c.doubt:
+            detail["possible_duplicate"] = True
+        return Change(c.id, "sent", Event("sent", provider_message_id=outcome.provider_message_id, detail=detail, **ev),  # type: ignore[arg-type]
+                      fields={**common, "provider_message_id": outcome.provider_message_id,
+                              "content_sha256": ev["content_sha256"]})
+    if outcome.kind is Kind.PERMANENT:
+        return Change(c.id, "failed", Event("failed", detail=detail, **ev), fields=common)  # type: ignore[arg-type]
+    # temporary or in doubt: retry with backoff, until the policy gives up
+    policy = campaign.send.retry
+    doubt = c.doubt or outcome.kind is Kind.IN_DOUBT
+    if outcome.kind is Kind.IN_DOUBT:
+        detail["in_doubt"] = True
+    if attempts >= policy.max_attempts or now - first >= policy.max_age:
+        detail["gave_up"] = f"after {attempts} attempts over {int(now - first)} s"
+        return Change(c.id, "failed", Event("failed", detail=detail, **ev), fields={**common, "doubt": int(doubt)})  # type: ignore[arg-type]
+    retry_at = now + backoff_delay(campaign, attempts)
+    detail["retry_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(retry_at))
+    return Change(c.id, "deferred", Event("deferred", detail=detail, **ev),  # type: ignore[arg-type]
+                  fields={**common, "next_attempt_at": retry_at, "doubt": int(doubt)})
+
+
+class Sender:
+    """One run of `notify send`: claims due recipients, sends them concurrently, group-commits outcomes."""
+
+    def __init__(self, campaign: Campaign, pre: Preflight, provider: Provider, options: SendOptions,
+                 clock: Clock | None = None, wall: Callable[[], float] = time.time) -> None:
+        assert pre.templates is not None
+        self.campaign = campaign
+        self.store = pre.store
+        self.templates = pre.templates
+        self.provider = provider
+        self.options = options
+        self.wall = wall
+        self.concurrency = options.concurrency or campaign.send.concurrency
+        rate = options.rate if options.rate is not None else campaign.send.rate
+        self.throttle = Throttle(rate, campaign.send.domains, clock or RealClock())
+        self.result = RunResult(provider.name)
+        self.stop = asyncio.Event()
+        self.changes: list[Change] = []
+        self.releases: list[Claimed] = []
+        self.busy = 0
+        self.claimed_total = 0
+        self.bar: tqdm[Any] | None = None
+
+    # --- bookkeeping ---
+
+    def flush(self) -> None:
+        changes, self.changes = self.changes, []
+        self.store.apply(changes)
+        if self.releases:
+            releases, self.releases = self.releases, []
+            self.store.release(releases)
+
+    async def flusher(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            self.flush()
+
+    def log_rate(self, change: Any) -> None:
+        if change is not None:
+            self.store.log("rate_changed", old=change.old, new=change.new, reason=change.reason)
+
+    # --- one recipient ---
+
+    async def deliver(self, c: Claimed) -> None:
+        locale = self.templates.resolve(c.locale or self.campaign.default_locale)
+        try:
+            rendered = self.templates.render(locale, recipient_context(c.email, c.name, c.locale, c.jurisdiction, c.vars))
+            msg = compose(self.campaign, rendered, to_email=c.email, to_name=c.name, key=c.key)
+        except (TemplateError, ValueError) as e:
+            # Preflight rendered every locale; this recipient's own data broke it. Fail it, loudly.
+            outcome = Outcome(Kind.PERMANENT, detail=f"could not render: {e}")
+            self.record(decide(self.campaign, c, outcome, None, locale, self.provider.name, self.wall()), outcome)
+            return
+        await self.throttle.acquire(c.email.rpartition("@")[2])
+        outcome = await self.provider.send(msg)
+        if outcome.kind is Kind.PROVIDER_DOWN:
+            self.releases.append(c)
+            if not self.result.stopped:
+                self.result.stopped = f"provider {self.provider.name} is down: {outcome.describe()}"
+                self.store.log("provider_down", provider=self.provider.name, reason=outcome.describe())
+            self.stop.set()
+            return
+        if outcome.throttled:
+            self.log_rate(self.throttle.backoff(f"{self.provider.name}: {outcome.describe()}"))
+        else:
+            self.log_rate(self.throttle.recover())
+        self.record(decide(self.campaign, c, outcome, msg, locale, self.provider.name, self.wall()), outcome)
+
+    def record(self, change: Change, outcome: Outcome) -> None:
+        self.changes.append(change)
+        self.result.counts[change.state] += 1
+        if change.state == "sent" and change.event and (change.event.detail or {}).get("possible_duplicate"):
+            self.result.counts["resent_in_doubt"] += 1
+        if len(self.changes) >= FLUSH_SIZE:
+            self.flush()
+        if self.bar is not None:
+            self.bar.update(1)
+            c = self.result.counts
+            self.bar.set_postfix_str(f"sent={c['sent']} deferred={c['deferred']} failed={c['failed']}", refresh=False)
+
+    # --- the loop ---
+
+    async def worker(self, queue: asyncio.Queue[Claimed | None]) -> None:
+        while (c := await queue.get()) is not None:
+            if self.stop.is_set():
+                self.releases.append(c)
+                continue
+            self.busy += 1
+            try:
+                await self.deliver(c)
+            finally:
+                self.busy -= 1
+
+    async def producer(self, queue: asyncio.Queue[Claimed | None]) -> None:
+        batch = max(2 * self.concurrency, 32)
+        limit = self.options.limit
+        since_pause = 0
+        send_cfg = self.campaign.send
+        while not self.stop.is_set():
+            want = batch if limit is None else min(batch, limit - self.claimed_total)
+            if want <= 0:
+                break
+            claimed = self.store.claim(want, self.wall(), self.throttle.saturated_domains(horizon=1.0))
+            if claimed:
+                self.claimed_total += len(claimed)
+                for c in claimed:
+                    await queue.put(c)
+                since_pause += len(claimed)
+                if send_cfg.batch_size and send_cfg.batch_pause and since_pause >= send_cfg.batch_size:
+                    since_pause = 0
+                    await self.sleep(send_cfg.batch_pause)
+                continue
+            # Nothing due right now: let in-flight work settle, then decide whether to wait.
+            while (queue.qsize() or self.busy) and not self.stop.is_set():
+                await asyncio.sleep(0.02)
+            self.flush()
+            if self.store.count_due(self.wall()):
+                if self.throttle.saturated_domains(horizon=1.0):
+                    await self.sleep(0.25)  # only capped domains are due: wait for their next slot
+                continue
+            due = self.store.next_due()
+            if due is None:
+                break
+            wait = due - self.wall()
+            if wait > self.options.max_wait:
+                self.result.next_retry = due
+                self.result.stopped = "only retries scheduled for later remain"
+                break
+            await self.sleep(wait)
+
+    async def sleep(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), timeout=max(0.0, seconds))
+
+    async def run(self) -> RunResult:
+        store = self.store
+        self.result.recovered = store.recover_inflight(self.wall())
+        store.log("send_started", provider=self.provider.name, concurrency=self.concurrency,
+                  rate=self.throttle.rate, limit=self.options.limit, recovered_inflight=self.result.recovered)
+        total = store.count_due(self.wall())
+        if self.options.limit is not None:
+            total = min(total, self.options.limit)
+        show = self.options.progress and sys.stderr.isatty()
+        self.bar = tqdm(total=total, unit="msg", desc="sending", disable=not show, dynamic_ncols=True)
+        loop = asyncio.get_running_loop()
+        interrupted = False
+
+        def on_signal() -> None:
+            nonlocal interrupted
+            interrupted = True
+            self.stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, on_signal)
+        queue: asyncio.Queue[Claimed | None] = asyncio.Queue(maxsize=2 * self.concurrency)
+        workers = [asyncio.create_task(self.worker(queue)) for _ in range(self.concurrency)]
+        flusher = asyncio.create_task(self.flusher())
+        try:
+            await self.producer(queue)
+            for _ in workers:
+                await queue.put(None)
+            await asyncio.gather(*workers)
+        finally:
+            flusher.cancel()
+            for w in workers:
+                w.cancel()
+            # Anything still queued never reached the provider: put it back.
+            while not queue.empty():
+                c = queue.get_nowait()
+                if c is not None:
+                    self.releases.append(c)
+            self.flush()
+            self.bar.close()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+            await self.provider.aclose()
+        self.result.interrupted = interrupted
+        counts = store.counts()
+        self.result.remaining = sum(counts.get(s, 0) for s in ("pending", "deferred", "inflight"))
+        self.result.failed_total = counts.get("failed", 0)
+        if self.options.limit is not None and self.result.remaining and not self.result.stopped:
+            self.result.stopped = f"--limit {self.options.limit} reached"
+        store.log("send_stopped", provider=self.provider.name, interrupted=interrupted,
+                  reason=self.result.stopped, outcomes=dict(self.result.counts), remaining=self.result.remaining)
+        return self.result
+
+
+def choose_provider(campaign: Campaign, name: str | None) -> Provider:
+    names = [name] if name else campaign.send.providers
+    if name and name not in campaign.providers:
+        raise ConfigError(f"--provider {name}: no [providers.{name}] in {campaign.file} "
+                          f"(defined: {', '.join(campaign.providers)})")
+    return providers.build(campaign.providers[names[0]])
+
+
+def send(campaign: Campaign, store: Store, options: SendOptions) -> RunResult:
+    """Preflight, then the run. Nothing is sent unless every locale renders."""
+    store.lock()
+    pre = preflight(campaign, store)
+    if not pre.ok:
+        raise TemplateError(f"{len(pre.problems)} problem(s) found before sending; nothing was sent:\n  "
+                            + "\n  ".join(pre.problems), hint=f"run `notify check {campaign.dir}` after fixing them")
+    if options.dry_run:
+        return dry_run(campaign, pre, options)
+    provider = choose_provider(campaign, options.provider)
+    return asyncio.run(Sender(campaign, pre, provider, options).run())
+
+
+def dry_run(campaign: Campaign, pre: Preflight, options: SendOptions) -> RunResult:
+    """Renders every unsent recipient into <campaign>/dry-run/; changes no recipient state."""
+    assert pre.templates is not None
+    out = providers.build(OutboxConfig(name="dry-run", path=campaign.dir / "dry-run", fsync=False))
+    result = RunResult("dry-run")
+
+    async def go() -> None:
+        rows = pre.store.unsent(options.limit)
+        total = pre.store.count_unsent() if options.limit is None else min(options.limit, pre.store.count_unsent())
+        with tqdm(total=total, unit="msg", desc="dry run", disable=not (options.progress and sys.stderr.isatty())) as bar:
+            for c in rows:
+                loc = pre.templates.resolve(c.locale or campaign.default_locale)  # type: ignore[union-attr]
+                rendered = pre.templates.render(loc, recipient_context(c.email, c.name, c.locale, c.jurisdiction, c.vars))  # type: ignore[union-attr]
+                outcome = await out.send(compose(campaign, rendered, to_email=c.email, to_name=c.name, key=c.key))
+                result.counts["rendered" if outcome.kind is Kind.ACCEPTED else "failed"] += 1
+                bar.update(1)
+
+    asyncio.run(go())
+    pre.store.log("dry_run", directory=str(campaign.dir / "dry-run"), rendered=result.counts["rendered"])
+    return result
+
+
+def status(campaign: Campaign, store: Store) -> dict[str, Any]:
+    """Everything `notify status` prints, as one JSON-ready object."""
+    counts = store.counts()
+    rejected, reasons = store.reject_summary()
+    locales = store.locale_counts()
+    fallbacks: dict[str, int] = {}
+    try:
+        templates = Templates(campaign)
+        for requested, n in locales.items():
+            got = templates.resolve(requested or campaign.default_locale)
+            if got != requested:
+                fallbacks[f"{requested or '(none)'} -> {got}"] = n
+    except NotifyError:
+        templates = None
+    last = store.last_import()
+    due = store.next_due()
+    return {
+        "campaign": campaign.id,
+        "total": sum(counts.values()),
+        "rejected": rejected,
+        "rows_read": (sum(counts.values()) + rejected),
+        "states": {s: counts.get(s, 0) for s in ("pending", "inflight", "deferred", "sent", "delivered", "bounced",
+                                                 "complained", "failed", "suppressed", "ineligible")},
+        "in_doubt": store.doubt_count(),
+        "locales": locales,
+        "fallbacks": fallbacks,
+        "providers": store.provider_counts(),
+        "reject_reasons": dict(reasons),
+        "deferred_replies": dict(store.detail_summary("deferred")),
+        "failed_replies": dict(store.detail_summary("failed")),
+        "next_retry": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due)) if due else None,
+        "recipients_file": last["path"] if last else None,
+        "recipients_sha256": last["sha256"] if last else None,
+        "events": store.db.execute("SELECT count(*) FROM events").fetchone()[0],
+    }
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False)

@@ -1,0 +1,66 @@
+"""One tree of errors; the CLI reports them at one boundary and maps them to exit codes.
+
+    NotifyError                 exit 1 unless said otherwise
+     ├── ConfigError            campaign.toml is wrong
+     ├── InputError             the recipients file cannot be read
+     ├── TemplateError          a template does not load or render
+     ├── StoreError             the campaign's state cannot be read or written
+     └── DeliveryError          a provider failed as a whole (not one recipient)
+          └── ProviderDown      account paused, auth refused, connection refused: stop, resumable
+
+Per-recipient results (a rejected row, a bounced address) are data, never exceptions.
+"""
+
+from __future__ import annotations
+
+# Exit codes scripts can rely on; README.md and `notify --help` list the same table.
+EXIT_OK = 0
+EXIT_INPUT = 1  # bad input or config: nothing was sent
+EXIT_USAGE = 2  # wrong command line (click's own code)
+EXIT_FAILED = 3  # finished, but some recipients failed permanently
+EXIT_STOPPED = 4  # stopped before finishing (provider down, retries due later): run send again
+EXIT_INTERRUPTED = 130  # Ctrl-C: everything in flight was settled; run send again
+
+
+class NotifyError(Exception):
+    """Base of every error notify reports to a user."""
+
+    exit_code = EXIT_INPUT
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(NotifyError):
+    """The campaign file is missing, malformed, or names something that does not exist."""
+
+    def __init__(self, message: str, hint: str | None = None, problems: list[str] | None = None) -> None:
+        super().__init__(message, hint)
+        self.problems = problems or [message]
+
+
+class InputError(NotifyError):
+    """The recipients file cannot be read as a whole (encoding, format)."""
+
+
+class TemplateError(NotifyError):
+    """A template is missing, does not parse, or does not render."""
+
+
+class StoreError(NotifyError):
+    """The campaign's state directory or database cannot be used."""
+
+
+class DeliveryError(NotifyError):
+    """A provider failed as a whole."""
+
+    exit_code = EXIT_STOPPED
+
+
+class ProviderDown(DeliveryError):
+    """The provider refuses all sending; the run stops with a resumable checkpoint."""

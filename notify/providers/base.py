@@ -1,0 +1,39 @@
+"""The provider contract: one message in, one Outcome out; every library error is converted inside."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..render import Message
+
+
+class Kind(enum.Enum):
+    ACCEPTED = "accepted"  # the provider took responsibility for the message
+    TEMPORARY = "temporary"  # 4xx, throttling, timeout before the message was complete: retry later
+    PERMANENT = "permanent"  # 5xx, rejected: this recipient failed (a synchronous hard bounce)
+    IN_DOUBT = "in_doubt"  # the provider may have the message (drop after the final dot): resend, same ID
+    PROVIDER_DOWN = "provider_down"  # the provider refuses everything: stop, resumable
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: Kind
+    detail: str = ""  # the provider's own words (reply text, error message)
+    provider_message_id: str | None = None
+    code: int | None = None  # SMTP reply code or HTTP status
+    status: str | None = None  # enhanced status code, e.g. 5.1.1
+    throttled: bool = False  # the provider asked us to slow down
+
+    def describe(self) -> str:
+        parts = [str(p) for p in (self.code, self.status) if p]
+        return " ".join(parts + ([self.detail] if self.detail else []))
+
+
+class Provider(Protocol):
+    name: str
+
+    async def send(self, message: Message) -> Outcome: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,49 @@
+"""The embedded default: each message written atomically as one .eml file, named from its Message-ID."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from pathlib import Path
+
+from ..campaign import OutboxConfig
+from ..render import Message
+from .base import Kind, Outcome
+
+
+def eml_name(message_id: str) -> str:
+    return message_id.strip("<>").replace("/", "_") + ".eml"
+
+
+class OutboxProvider:
+    """Also the dry-run target and the tests' fake: a resend with the same Message-ID overwrites, never duplicates."""
+
+    def __init__(self, config: OutboxConfig) -> None:
+        self.name = config.name
+        self.path = config.path
+        self.fsync = config.fsync
+
+    def _write(self, message: Message) -> Path:
+        self.path.mkdir(parents=True, exist_ok=True)
+        final = self.path / eml_name(message.message_id)
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(message.data)
+            if self.fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, final)  # readers see the whole message or none of it
+        return final
+
+    async def send(self, message: Message) -> Outcome:
+        try:
+            path = await asyncio.to_thread(self._write, message)
+        except OSError as e:
+            # A full or read-only disk refuses every message alike: stop rather than fail recipients.
+            kind = Kind.PROVIDER_DOWN if e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EFBIG) else Kind.TEMPORARY
+            return Outcome(kind, detail=f"{self.path}: {e.strerror}")
+        return Outcome(Kind.ACCEPTED, detail=str(path.name), provider_message_id=message.message_id)
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,226 @@
+"""Stream CSV, JSON Lines or plain address lists; validate and normalize each row; never hold the file."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+from email_validator import EmailNotValidError, validate_email
+
+from .errors import InputError
+
+STANDARD_COLUMNS = ("email", "name", "locale", "jurisdiction")
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "plain", ".list": "plain", ".lst": "plain"}
+# csv in Python 3.11 refuses NUL outright; we swap it for a private-use character before parsing so
+# that a NUL rejects only its row, and swap it back for the rejects report.
+_NUL_STANDIN = "\ue000"
+_UTF8_HINT = 'save the file as UTF-8 (in a spreadsheet: "CSV UTF-8") and run again'
+
+
+@dataclass(frozen=True)
+class Recipient:
+    row: int
+    email: str  # the address mail goes to: local part as written, domain lower-cased IDNA
+    key: str  # what makes two rows the same person: the address, lower-cased
+    name: str
+    locale: str
+    jurisdiction: str
+    vars: dict[str, Any]  # every other column
+
+
+@dataclass(frozen=True)
+class Reject:
+    row: int
+    raw: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Record:
+    """One non-blank row as read: its line number, its text, its fields (or why it has none)."""
+
+    row: int
+    raw: str
+    fields: dict[str, Any] | None
+    problem: str | None = None
+
+
+def file_format(path: Path) -> str:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        known = ", ".join(sorted(FORMATS))
+        raise InputError(f"{path}: unknown recipients format {path.suffix or '(no extension)'!r}; use one of {known}")
+    return fmt
+
+
+def read(path: Path) -> Iterator[Record]:
+    """Yields every non-blank row of a recipients file; raises InputError when the file as a whole is unreadable."""
+    fmt = file_format(path)
+    try:
+        fh = path.open("rb")
+    except OSError as e:
+        raise InputError(f"{path}: cannot open: {e.strerror}") from None
+    with fh:
+        lines = _decoded_lines(path, fh)
+        if fmt == "csv":
+            yield from _read_csv(path, lines)
+        elif fmt == "jsonl":
+            yield from _read_jsonl(lines)
+        else:
+            yield from _read_plain(lines)
+
+
+def _decoded_lines(path: Path, fh: BinaryIO) -> Iterator[tuple[int, str]]:
+    """UTF-8 (with or without BOM) line by line; any other encoding stops with the line that shows it."""
+    head = fh.read(4)
+    for bom, name in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+                      (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):
+        if head.startswith(bom):
+            raise InputError(f"{path}: the file is {name}, not UTF-8", hint=_UTF8_HINT)
+    if not head:
+        raise InputError(f"{path}: the file is empty", hint="export the affected recipients into it and run again")
+    fh.seek(3 if head.startswith(codecs.BOM_UTF8) else 0)
+    for n, raw in enumerate(fh, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            bad = raw[e.start]
+            guess = " (it looks like Latin-1 or Windows-1252)" if 0x80 <= bad <= 0xFF else ""
+            raise InputError(
+                f"{path}: line {n}: not UTF-8: byte 0x{bad:02x} at column {e.start + 1}{guess}", hint=_UTF8_HINT
+            ) from None
+        yield n, line
+
+
+def _show(text: str) -> str:
+    """The raw row for a report: control characters made visible, the NUL stand-in shown as NUL."""
+    text = text.rstrip("\r\n").replace(_NUL_STANDIN, "\0")
+    return text.encode("unicode_escape").decode("ascii") if any(ord(c) < 32 for c in text) else text
+
+
+def _read_csv(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[Record]:
+    line_no = 0
+    raw_lines: list[str] = []
+
+    def feed() -> Iterator[str]:
+        nonlocal line_no
+        for n, line in lines:
+            line_no = n
+            raw_lines.append(line)
+            yield line.replace("\0", _NUL_STANDIN)
+
+    reader = csv.reader(feed(), strict=True)
+    try:
+        header = next(reader, None)
+        while header == []:
+            raw_lines.clear()
+            header = next(reader, None)
+        if header is None:
+            raise InputError(f"{path}: the file has no rows", hint="the first line must name the columns, e.g. email,name,locale")
+        columns = [h.strip().lower() for h in header]
+        seen: set[str] = set()
+        for col in columns:
+            if col in seen:
+                raise InputError(f"{path}: line {line_no}: column {col!r} appears twice in the header", hint="rename or remove one of them")
+            seen.add(col)
+        if "email" not in columns:
+            found = ", ".join(repr(h) for h in header[:5])
+            raise InputError(
+                f"{path}: line {line_no}: the header has no 'email' column (found {found})",
+                hint="the first line must name the columns, e.g. email,name,locale",
+            )
+        if "" in columns:
+            raise InputError(f"{path}: line {line_no}: column {columns.index('') + 1} of the header has no name")
+        raw_lines.clear()
+        for fields in reader:
+            start = line_no - len(raw_lines) + 1
+            raw = "".join(raw_lines)
+            raw_lines.clear()
+            if not fields or fields == [""]:
+                continue
+            if len(fields) != len(columns):
+                yield Record(start, _show(raw), None, f"has {len(fields)} fields but the header has {len(columns)}")
+                continue
+            yield Record(start, _show(raw), dict(zip(columns, fields)))
+    except csv.Error as e:
+        detail = str(e)
+        if "field larger than field limit" in detail:
+            detail = f"a field is longer than {csv.field_size_limit()} characters (is a quote unbalanced?)"
+        elif "unexpected end of data" in detail:
+            detail = "a quoted field is never closed (unbalanced quote)"
+        raise InputError(f"{path}: line {line_no}: malformed CSV: {detail}", hint="fix the line and run again; nothing was imported") from None
+
+
+def _read_jsonl(lines: Iterator[tuple[int, str]]) -> Iterator[Record]:
+    for n, line in lines:
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield Record(n, _show(line), None, f"not valid JSON ({e.msg} at column {e.colno})")
+            continue
+        if not isinstance(obj, dict):
+            yield Record(n, _show(line), None, "not a JSON object")
+            continue
+        yield Record(n, _show(line), {str(k).strip().lower(): v for k, v in obj.items()})
+
+
+def _read_plain(lines: Iterator[tuple[int, str]]) -> Iterator[Record]:
+    for n, line in lines:
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        yield Record(n, _show(line), {"email": text})
+
+
+_LOCALE_RE = re.compile(r"^([A-Za-z]{2,3})(?:[-_]([A-Za-z]{4}))?(?:[-_]([A-Za-z]{2}|[0-9]{3}))?$")
+
+
+def normalize_locale(tag: str) -> str:
+    """pt_br -> pt-BR, zh-hans-cn -> zh-Hans-CN; anything else is kept as written (it will fall back)."""
+    m = _LOCALE_RE.match(tag.strip())
+    if not m:
+        return tag.strip()
+    lang, script, region = m.groups()
+    return "-".join(p for p in (lang.lower(), script and script.title(), region and region.upper()) if p)
+
+
+def validate(record: Record) -> Recipient | Reject:
+    """Checks one row; every problem becomes a Reject with a reason a person can act on."""
+    if record.fields is None:
+        return Reject(record.row, record.raw, record.problem or "unreadable row")
+    fields = record.fields
+    for col, value in fields.items():
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        if "\0" in text or _NUL_STANDIN in text:
+            return Reject(record.row, record.raw, f"column {col!r} contains a NUL byte")
+        if "\r" in text or "\n" in text:
+            return Reject(record.row, record.raw, f"column {col!r} contains a line break (it could inject mail headers)")
+    for col in STANDARD_COLUMNS:
+        if col in fields and not isinstance(fields[col], str):
+            return Reject(record.row, record.raw, f"column {col!r} must be text")
+    email = str(fields.get("email") or "").strip()
+    if not email:
+        return Reject(record.row, record.raw, "email is empty")
+    if "<" in email or ">" in email:
+        return Reject(record.row, record.raw, "email holds a display name; put only the address there and the name in the 'name' column")
+    try:
+        checked = validate_email(email, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError as e:
+        return Reject(record.row, record.raw, f"invalid email: {e}")
+    address = f"{checked.local_part}@{checked.ascii_domain}"
+    return Recipient(
+        row=record.row,
+        email=address,
+        key=address.lower(),
+        name=str(fields.get("name") or "").strip(),
+        locale=normalize_locale(str(fields.get("locale") or "")),
+        jurisdiction=str(fields.get("jurisdiction") or "").strip(),
+        vars={k: v for k, v in fields.items() if k not in STANDARD_COLUMNS},
+    )

@@ -1,0 +1,535 @@
+"""One SQLite file per campaign: recipients, their state machine, and the hash-chained audit events.
+
+Durability, precisely (ARCHITECTURE.md repeats this):
+- WAL with synchronous=FULL: a committed transaction survives a process kill and a power cut.
+- A recipient is claimed (state inflight) in a committed transaction before any provider sees it.
+- Its outcome and the audit event that describes it are written in ONE transaction, so the
+  trail and the state never disagree. Outcomes are group-committed: a crash can leave at most the
+  uncommitted batch inflight (the engine bounds it); those are the only recipients in doubt, and
+  the next run resends them with the same Message-ID and records that it did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from .errors import InputError, StoreError
+from .recipients import Recipient, Reject, Record, read, validate
+
+DB_NAME = "campaign.sqlite"
+GENESIS = "0" * 64
+
+# The state machine of DESIGN.md; set_state refuses anything else.
+STATES = ("pending", "inflight", "sent", "deferred", "failed", "suppressed", "ineligible",
+          "delivered", "bounced", "complained")
+TRANSITIONS = {
+    ("pending", "inflight"), ("deferred", "inflight"),
+    ("inflight", "sent"), ("inflight", "deferred"), ("inflight", "failed"),
+    ("inflight", "pending"), ("inflight", "suppressed"),  # released on Ctrl-C / stopped provider
+    ("pending", "suppressed"), ("deferred", "suppressed"), ("pending", "ineligible"),
+    ("sent", "delivered"), ("sent", "bounced"), ("sent", "complained"),
+    ("delivered", "bounced"), ("delivered", "complained"),
+}
+FINAL_STATES = ("sent", "failed", "suppressed", "ineligible", "delivered", "bounced", "complained")
+
+MIGRATIONS: list[tuple[str, str]] = [
+    ("0001_initial", """
+        CREATE TABLE imports (
+            id INTEGER PRIMARY KEY,
+            path TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            columns TEXT NOT NULL,
+            rows_read INTEGER NOT NULL,
+            accepted INTEGER NOT NULL,
+            rejected INTEGER NOT NULL,
+            imported_at TEXT NOT NULL
+        );
+        CREATE TABLE recipients (
+            id INTEGER PRIMARY KEY,
+            import_id INTEGER NOT NULL REFERENCES imports(id),
+            row INTEGER NOT NULL,
+            email TEXT NOT NULL,
+            key TEXT NOT NULL UNIQUE,
+            domain TEXT NOT NULL,
+            name TEXT NOT NULL,
+            locale TEXT NOT NULL,
+            jurisdiction TEXT NOT NULL,
+            vars TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL DEFAULT 0,
+            first_attempt_at REAL,
+            doubt INTEGER NOT NULL DEFAULT 0,
+            provider TEXT,
+            provider_message_id TEXT,
+            detail TEXT,
+            content_sha256 TEXT,
+            updated_at TEXT
+        );
+        CREATE INDEX recipients_state ON recipients(state, next_attempt_at, id);
+        CREATE TABLE rejects (
+            id INTEGER PRIMARY KEY,
+            import_id INTEGER NOT NULL REFERENCES imports(id),
+            row INTEGER NOT NULL,
+            raw TEXT NOT NULL,
+            reason TEXT NOT NULL
+        );
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY,
+            ts TEXT NOT NULL,
+            recipient_id INTEGER,
+            recipient TEXT,
+            kind TEXT NOT NULL,
+            provider TEXT,
+            provider_message_id TEXT,
+            detail TEXT,
+            locale TEXT,
+            content_sha256 TEXT,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL
+        );
+        CREATE INDEX events_recipient ON events(recipient_id);
+    """),
+]
+
+EVENT_FIELDS = ("seq", "ts", "recipient", "kind", "provider", "provider_message_id", "detail",
+                "locale", "content_sha256", "prev_hash")
+
+
+def utcnow() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def event_hash(event: dict[str, Any]) -> str:
+    """The chain's hash of one event: SHA-256 over its fields (detail as stored text), canonical JSON."""
+    body = json.dumps([event.get(f) for f in EVENT_FIELDS], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Event:
+    kind: str
+    recipient_id: int | None = None
+    recipient: str | None = None
+    provider: str | None = None
+    provider_message_id: str | None = None
+    detail: dict[str, Any] | None = None
+    locale: str | None = None
+    content_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A recipient handed to the engine: everything needed to render and send it."""
+
+    id: int
+    row: int
+    email: str
+    key: str
+    name: str
+    locale: str
+    jurisdiction: str
+    vars: dict[str, Any]
+    attempts: int
+    doubt: bool
+    first_attempt_at: float | None
+    previous_state: str
+
+
+@dataclass
+class Change:
+    """A state change and the event that records it; written together or not at all."""
+
+    recipient_id: int
+    state: str
+    event: Event | None
+    expect: str = "inflight"
+    fields: dict[str, Any] = field(default_factory=dict)  # attempts, next_attempt_at, provider, ...
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    path: Path
+    rows_read: int
+    accepted: int
+    rejected: int
+    already: bool  # the same file was imported before; nothing was added
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._head: tuple[int, str] = (0, GENESIS)
+        self._lock_fh: Any = None
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA busy_timeout=5000")
+            self._migrate()
+            row = self.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{path}: cannot use the campaign database: {e}") from None
+        if row:
+            self._head = (row[0], row[1])
+
+    @classmethod
+    def open(cls, state_dir: Path) -> Store:
+        """Opens (creating, private to this user) <campaign>/.notify/campaign.sqlite."""
+        try:
+            state_dir.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(state_dir, 0o700)
+            db = state_dir / DB_NAME
+            if not db.exists():
+                os.close(os.open(db, os.O_CREAT | os.O_WRONLY, 0o600))
+        except OSError as e:
+            raise StoreError(f"{state_dir}: cannot create the state directory: {e.strerror}") from None
+        return cls(db)
+
+    def close(self) -> None:
+        self.unlock()
+        self.db.close()
+
+    # --- exclusive use: one sending process per campaign ---
+
+    def lock(self) -> None:
+        lock_path = self.path.parent / "lock"
+        fh = open(lock_path, "a+", opener=lambda p, f: os.open(p, f, 0o600))
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            pid = fh.read().strip() or "unknown"
+            fh.close()
+            raise StoreError(
+                f"{self.path.parent.parent}: another notify process (pid {pid}) is working on this campaign",
+                hint="wait for it to finish, or stop it with Ctrl-C; it can be resumed",
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._lock_fh = fh
+
+    def unlock(self) -> None:
+        if self._lock_fh is not None:
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    # --- schema ---
+
+    def _migrate(self) -> None:
+        self.db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        done = {r[0] for r in self.db.execute("SELECT name FROM migrations")}
+        for name, sql in MIGRATIONS:
+            if name in done:
+                continue
+            # Each migration and its record commit together, or neither does.
+            with self.transaction():
+                for statement in filter(str.strip, sql.split(";")):
+                    self.db.execute(statement)
+                self.db.execute("INSERT INTO migrations VALUES (?, ?)", (name, utcnow()))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        head = self._head
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            self._head = head
+            raise
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self.db.execute("ROLLBACK")
+            self._head = head
+            raise StoreError(f"{self.path}: could not commit: {e}", hint="check free disk space; the next run resumes") from None
+
+    # --- events ---
+
+    def _append(self, ev: Event) -> None:
+        """Appends one event; call inside a transaction."""
+        seq, prev = self._head
+        row: dict[str, Any] = {
+            "seq": seq + 1,
+            "ts": utcnow(),
+            "recipient": ev.recipient,
+            "kind": ev.kind,
+            "provider": ev.provider,
+            "provider_message_id": ev.provider_message_id,
+            "detail": json.dumps(ev.detail, ensure_ascii=False, sort_keys=True) if ev.detail is not None else None,
+            "locale": ev.locale,
+            "content_sha256": ev.content_sha256,
+            "prev_hash": prev,
+        }
+        row["hash"] = event_hash(row)
+        self.db.execute(
+            "INSERT INTO events (seq, ts, recipient_id, recipient, kind, provider, provider_message_id, detail,"
+            " locale, content_sha256, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (row["seq"], row["ts"], ev.recipient_id, row["recipient"], row["kind"], row["provider"],
+             row["provider_message_id"], row["detail"], row["locale"], row["content_sha256"], prev, row["hash"]),
+        )
+        self._head = (row["seq"], row["hash"])
+
+    def log(self, kind: str, **detail: Any) -> None:
+        """A campaign-level event in its own transaction."""
+        with self.transaction():
+            self._append(Event(kind, detail=detail or None))
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        cur = self.db.execute(
+            "SELECT seq, ts, recipient_id, recipient, kind, provider, provider_message_id, detail, locale,"
+            " content_sha256, prev_hash, hash FROM events ORDER BY seq"
+        )
+        names = [d[0] for d in cur.description]
+        for r in cur:
+            yield dict(zip(names, r))
+
+    # --- import ---
+
+    def last_import(self) -> sqlite3.Row | None:
+        self.db.row_factory = sqlite3.Row
+        try:
+            return self.db.execute("SELECT * FROM imports ORDER BY id DESC LIMIT 1").fetchone()
+        finally:
+            self.db.row_factory = None
+
+    def under_way(self) -> bool:
+        """True once any recipient has been handed to a provider."""
+        return self.db.execute("SELECT 1 FROM recipients WHERE state != 'pending' OR attempts > 0 LIMIT 1").fetchone() is not None
+
+    def import_file(self, path: Path, *, append: bool = False, batch: int = 2000) -> ImportResult:
+        """Imports a recipients file once. The same file again adds nothing; a different one for a
+        campaign under way is refused unless append is asked for. All or nothing: one transaction."""
+        try:
+            digest = file_sha256(path)
+        except OSError as e:
+            raise InputError(f"{path}: cannot read: {e.strerror}") from None
+        last = self.last_import()
+        if last is not None and last["sha256"] == digest and not append:
+            return ImportResult(path, last["rows_read"], last["accepted"], last["rejected"], already=True)
+        replace = last is not None and not append
+        if replace and self.under_way():
+            raise InputError(
+                f"{path} changed since it was imported on {last['imported_at'][:19]}Z, and this campaign is already under way",
+                hint="to add the new rows, run `notify import CAMPAIGN --append` (rows already imported are "
+                "reported as duplicates); to start over, move the campaign's .notify/ directory away",
+            )
+        with self.transaction() as db:
+            if replace:
+                db.execute("DELETE FROM recipients")
+                db.execute("DELETE FROM rejects")
+            cur = db.execute(
+                "INSERT INTO imports (path, sha256, columns, rows_read, accepted, rejected, imported_at)"
+                " VALUES (?, ?, '[]', 0, 0, 0, ?)", (str(path), digest, utcnow()))
+            import_id = cur.lastrowid
+            assert import_id is not None
+            read_n = accepted = rejected = 0
+            columns: set[str] = set()
+            pending: list[Recipient | Reject] = []
+            for record in read(path):
+                read_n += 1
+                if record.fields:
+                    columns.update(record.fields)
+                pending.append(validate(record))
+                if len(pending) >= batch:
+                    a, r = self._write_batch(import_id, pending)
+                    accepted, rejected, pending = accepted + a, rejected + r, []
+            a, r = self._write_batch(import_id, pending)
+            accepted, rejected = accepted + a, rejected + r
+            assert read_n == accepted + rejected, "every row is either accepted or rejected"
+            db.execute("UPDATE imports SET columns=?, rows_read=?, accepted=?, rejected=? WHERE id=?",
+                       (json.dumps(sorted(columns)), read_n, accepted, rejected, import_id))
+            self._append(Event("recipients_imported", detail={
+                "file": str(path), "sha256": digest, "rows_read": read_n, "accepted": accepted,
+                "rejected": rejected, "append": append, "replaced_earlier_import": replace}))
+        return ImportResult(path, read_n, accepted, rejected, already=False)
+
+    def _write_batch(self, import_id: int, items: list[Recipient | Reject]) -> tuple[int, int]:
+        keys = [i.key for i in items if isinstance(i, Recipient)]
+        first_row: dict[str, tuple[int, int]] = {}
+        for start in range(0, len(keys), 900):
+            chunk = keys[start:start + 900]
+            marks = ",".join("?" * len(chunk))
+            for key, row, imp in self.db.execute(f"SELECT key, row, import_id FROM recipients WHERE key IN ({marks})", chunk):
+                first_row[key] = (row, imp)
+        rows, rejects = [], []
+        for item in items:
+            if isinstance(item, Recipient) and item.key in first_row:
+                row, imp = first_row[item.key]
+                where = "" if imp == import_id else " of an earlier import"
+                item = Reject(item.row, item.email, f"duplicate of row {row}{where}")
+            if isinstance(item, Reject):
+                rejects.append((import_id, item.row, item.raw, item.reason))
+                continue
+            first_row[item.key] = (item.row, import_id)
+            rows.append((import_id, item.row, item.email, item.key, item.email.rpartition("@")[2], item.name,
+                         item.locale, item.jurisdiction, json.dumps(item.vars, ensure_ascii=False)))
+        self.db.executemany(
+            "INSERT INTO recipients (import_id, row, email, key, domain, name, locale, jurisdiction, vars)"
+            " VALUES (?,?,?,?,?,?,?,?,?)", rows)
+        self.db.executemany("INSERT INTO rejects (import_id, row, raw, reason) VALUES (?,?,?,?)", rejects)
+        return len(rows), len(rejects)
+
+    def columns(self) -> set[str]:
+        """Every column any import had (so templates can be checked against them)."""
+        out: set[str] = set()
+        for (cols,) in self.db.execute("SELECT columns FROM imports"):
+            out.update(json.loads(cols))
+        return out
+
+    def rejects(self) -> Iterator[tuple[int, str, str]]:
+        yield from self.db.execute("SELECT row, raw, reason FROM rejects ORDER BY import_id, row")
+
+    # --- the send loop's side ---
+
+    def recover_inflight(self, now: float) -> int:
+        """Rows left inflight by a crash: back in the queue, due now, marked in doubt, with an event each."""
+        with self.transaction() as db:
+            rows = db.execute("SELECT id, key, locale FROM recipients WHERE state='inflight'").fetchall()
+            for rid, key, locale in rows:
+                db.execute("UPDATE recipients SET state='deferred', doubt=1, next_attempt_at=?, updated_at=? WHERE id=?",
+                           (now, utcnow(), rid))
+                self._append(Event("inflight_recovered", rid, key, locale=locale, detail={
+                    "reason": "the previous run stopped while this message was with the provider; it is sent "
+                              "again with the same Message-ID and may arrive twice"}))
+        return len(rows)
+
+    def claim(self, limit: int, now: float, skip_domains: Sequence[str] = ()) -> list[Claimed]:
+        """Marks up to `limit` due recipients inflight and commits before returning them.
+
+        Pending rows first, in file order; then deferred rows whose retry is due. Domains at their
+        cap are skipped so that one slow domain never holds up the others."""
+        cols = "id, row, email, key, name, locale, jurisdiction, vars, attempts, doubt, first_attempt_at, state"
+        skip = f" AND domain NOT IN ({','.join('?' * len(skip_domains))})" if skip_domains else ""
+        with self.transaction() as db:
+            rows = db.execute(f"SELECT {cols} FROM recipients WHERE state='pending'{skip} ORDER BY id LIMIT ?",
+                              (*skip_domains, limit)).fetchall()
+            if len(rows) < limit:
+                rows += db.execute(
+                    f"SELECT {cols} FROM recipients WHERE state='deferred' AND next_attempt_at <= ?{skip}"
+                    " ORDER BY next_attempt_at, id LIMIT ?", (now, *skip_domains, limit - len(rows))).fetchall()
+            db.executemany("UPDATE recipients SET state='inflight' WHERE id=?", [(r[0],) for r in rows])
+        return [Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], bool(r[9]), r[10], r[11])
+                for r in rows]
+
+    def release(self, claimed: Iterable[Claimed]) -> None:
+        """Puts claimed recipients that never reached a provider back where they were."""
+        with self.transaction() as db:
+            db.executemany("UPDATE recipients SET state=? WHERE id=? AND state='inflight'",
+                           [(c.previous_state, c.id) for c in claimed])
+
+    def apply(self, changes: list[Change]) -> None:
+        """Writes state changes with their events, all in one transaction (group commit)."""
+        if not changes:
+            return
+        now = utcnow()
+        with self.transaction() as db:
+            for ch in changes:
+                cur = db.execute("SELECT state FROM recipients WHERE id=?", (ch.recipient_id,)).fetchone()
+                if cur is None or cur[0] != ch.expect or (cur[0], ch.state) not in TRANSITIONS:
+                    raise StoreError(f"recipient {ch.recipient_id}: refusing {cur and cur[0]} -> {ch.state} (expected {ch.expect})")
+                sets = ", ".join(f"{k}=?" for k in ch.fields)
+                db.execute(f"UPDATE recipients SET state=?, updated_at=?{', ' if sets else ''}{sets} WHERE id=?",
+                           (ch.state, now, *ch.fields.values(), ch.recipient_id))
+                if ch.event is not None:
+                    self._append(ch.event)
+
+    def unsent(self, limit: int | None = None) -> Iterator[Claimed]:
+        """Recipients not yet in a final state, read only (for a dry run)."""
+        cur = self.db.execute(
+            "SELECT id, row, email, key, name, locale, jurisdiction, vars, attempts, doubt, first_attempt_at, state"
+            " FROM recipients WHERE state IN ('pending', 'deferred', 'inflight') ORDER BY id LIMIT ?",
+            (-1 if limit is None else limit,))
+        for r in cur:
+            yield Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], bool(r[9]), r[10], r[11])
+
+    def count_unsent(self) -> int:
+        return self.db.execute(
+            "SELECT count(*) FROM recipients WHERE state IN ('pending', 'deferred', 'inflight')").fetchone()[0]
+
+    def empty_values(self, column: str) -> tuple[int, int | None]:
+        """How many recipients have `column` missing or empty, and the first such row."""
+        path = "$." + json.dumps(column)
+        row = self.db.execute(
+            "SELECT count(*), min(row) FROM recipients WHERE trim(coalesce(json_extract(vars, ?), '')) = ''",
+            (path,)).fetchone()
+        return row[0], row[1]
+
+    def next_due(self) -> float | None:
+        row = self.db.execute("SELECT min(next_attempt_at) FROM recipients WHERE state='deferred'").fetchone()
+        return row[0]
+
+    def count_due(self, now: float) -> int:
+        return self.db.execute(
+            "SELECT count(*) FROM recipients WHERE state='pending' OR (state='deferred' AND next_attempt_at <= ?)", (now,)
+        ).fetchone()[0]
+
+    # --- reports ---
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT state, count(*) FROM recipients GROUP BY state").fetchall())
+
+    def locale_counts(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT locale, count(*) FROM recipients GROUP BY locale ORDER BY 2 DESC").fetchall())
+
+    def sample_per_locale(self) -> dict[str, dict[str, Any]]:
+        """One real recipient per requested locale, for rendering every locale before the first send."""
+        out: dict[str, dict[str, Any]] = {}
+        for locale, rid in self.db.execute("SELECT locale, min(id) FROM recipients GROUP BY locale"):
+            r = self.db.execute("SELECT email, name, jurisdiction, vars FROM recipients WHERE id=?", (rid,)).fetchone()
+            out[locale] = {"email": r[0], "name": r[1], "locale": locale, "jurisdiction": r[2], "vars": json.loads(r[3])}
+        return out
+
+    def reject_summary(self, top: int = 5) -> tuple[int, list[tuple[str, int]]]:
+        total = self.db.execute("SELECT count(*) FROM rejects").fetchone()[0]
+        # Group duplicates together whatever their row: "duplicate of row N" differs per row.
+        reasons = self.db.execute(
+            "SELECT CASE WHEN reason LIKE 'duplicate of row %' THEN 'duplicate' ELSE reason END AS r, count(*)"
+            " FROM rejects GROUP BY r ORDER BY 2 DESC LIMIT ?", (top,)).fetchall()
+        return total, reasons
+
+    def detail_summary(self, state: str, top: int = 5) -> list[tuple[str, int]]:
+        return self.db.execute(
+            "SELECT detail, count(*) FROM recipients WHERE state=? AND detail IS NOT NULL GROUP BY detail ORDER BY 2 DESC LIMIT ?",
+            (state, top)).fetchall()
+
+    def doubt_count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM recipients WHERE doubt=1").fetchone()[0]
+
+    def provider_counts(self) -> dict[str, int]:
+        return dict(self.db.execute(
+            "SELECT provider, count(*) FROM recipients WHERE provider IS NOT NULL AND state IN"
+            " ('sent','delivered','bounced','complained') GROUP BY provider").fetchall())
+
+    def write_rejects_file(self) -> Path:
+        """The rejects report: every rejected row with its row number, raw value and reason."""
+        out = self.path.parent / "rejects.csv"
+        tmp = out.with_suffix(".tmp")
+        with open(tmp, "w", newline="", encoding="utf-8", opener=lambda p, f: os.open(p, f, 0o600)) as fh:
+            w = csv.writer(fh)
+            w.writerow(["row", "raw", "reason"])
+            w.writerows(self.rejects())
+        os.replace(tmp, out)
+        return out

@@ -1,0 +1,179 @@
+"""Pacing: a token bucket for the global rate, per-domain caps, and adaptive backoff (AIMD).
+
+The clock is injected: tests drive a FakeClock whose sleep advances time without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class RealClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class FakeClock:
+    """Time moves only when someone sleeps: pacing is checked exactly, instantly."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.t = start
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        target = self.t + max(0.0, seconds)
+        await asyncio.sleep(0)
+        self.t = max(self.t, target)
+
+
+class Bucket:
+    """Reservation-based token bucket: each caller reserves the next slot and learns how long to wait.
+
+    Reservations keep callers in order and let the bucket go into debt, so concurrent workers never
+    exceed `rate` over any window longer than burst/rate.
+    """
+
+    def __init__(self, rate: float, burst: float, clock: Clock) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self.tokens = burst
+        self.stamp = clock.now()
+
+    def _refill(self) -> None:
+        now = self.clock.now()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def reserve(self) -> float:
+        """Takes one token; returns the seconds to wait before using it (0 when one was there)."""
+        self._refill()
+        self.tokens -= 1
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+    def delay(self) -> float:
+        """How long a reservation made now would wait, without making it."""
+        self._refill()
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+
+    def set_rate(self, rate: float) -> None:
+        self._refill()
+        self.rate = rate
+
+
+@dataclass(frozen=True)
+class RateChange:
+    old: float | None
+    new: float | None
+    reason: str
+
+
+class Throttle:
+    """Global rate, per-domain caps (messages per minute) and multiplicative backoff on throttling replies."""
+
+    QUIET = 30.0  # seconds without a throttling reply before the rate grows again
+    FLOOR = 0.05  # never below one message every 20 s
+
+    def __init__(self, rate: float | None, domains: dict[str, float] | None = None,
+                 clock: Clock | None = None, burst: float | None = None) -> None:
+        self.clock = clock or RealClock()
+        self.configured = rate
+        self.global_bucket = Bucket(rate, burst or max(1.0, min(rate, 10.0)), self.clock) if rate else None
+        self.domain_caps = {d.lower(): cap for d, cap in (domains or {}).items()}
+        self.domain_buckets: dict[str, Bucket] = {}
+        self.last_backoff: float | None = None
+        self._sent: list[float] = []  # recent send times, to estimate the rate when unlimited
+
+    @property
+    def rate(self) -> float | None:
+        return self.global_bucket.rate if self.global_bucket else None
+
+    def _domain_bucket(self, domain: str) -> Bucket | None:
+        cap = self.domain_caps.get(domain.lower())
+        if cap is None:
+            return None
+        if domain not in self.domain_buckets:
+            self.domain_buckets[domain] = Bucket(cap / 60.0, 1.0, self.clock)
+        return self.domain_buckets[domain]
+
+    def domain_delay(self, domain: str) -> float:
+        """How long the next message to this domain would wait for its cap (0 without a cap)."""
+        b = self._domain_bucket(domain)
+        return b.delay() if b else 0.0
+
+    def saturated_domains(self, horizon: float) -> list[str]:
+        """Domains whose next slot is further away than `horizon`: not worth claiming recipients for now."""
+        return [d for d in self.domain_caps if self.domain_delay(d) > horizon]
+
+    async def acquire(self, domain: str) -> None:
+        """Waits for the domain's cap, then for the global rate."""
+        b = self._domain_bucket(domain)
+        if b is not None:
+            wait = b.reserve()
+            if wait > 0:
+                await self.clock.sleep(wait)
+        if self.global_bucket is not None:
+            wait = self.global_bucket.reserve()
+            if wait > 0:
+                await self.clock.sleep(wait)
+        now = self.clock.now()
+        self._sent.append(now)
+        if len(self._sent) > 512:
+            del self._sent[:256]
+
+    def observed_rate(self, window: float = 5.0) -> float:
+        now = self.clock.now()
+        recent = [t for t in self._sent if now - t <= window]
+        return max(self.FLOOR, len(recent) / window) if recent else 1.0
+
+    def backoff(self, reason: str) -> RateChange | None:
+        """A throttling reply: halve the rate (at most once per second, so one burst counts once)."""
+        now = self.clock.now()
+        if self.last_backoff is not None and now - self.last_backoff < 1.0:
+            return None
+        self.last_backoff = now
+        old = self.rate
+        base = old if old is not None else self.observed_rate()
+        new = max(self.FLOOR, base / 2)
+        if self.global_bucket is None:
+            self.global_bucket = Bucket(new, 1.0, self.clock)
+        else:
+            self.global_bucket.set_rate(new)
+        return RateChange(old, new, reason)
+
+    def recover(self) -> RateChange | None:
+        """After a quiet period, grow back gently (additive increase) toward the configured rate."""
+        if self.last_backoff is None or self.global_bucket is None:
+            return None
+        now = self.clock.now()
+        if now - self.last_backoff < self.QUIET:
+            return None
+        old = self.global_bucket.rate
+        target = self.configured
+        step = (target if target else old * 2) / 10
+        new = old + step
+        if target is not None and new >= target:
+            new = target
+        self.last_backoff = now - self.QUIET + self.QUIET / 3  # the next step comes a little sooner
+        if target is None and new >= old * 2:
+            self.global_bucket = None  # back to unlimited
+            self.last_backoff = None
+            return RateChange(old, None, "quiet period: back to unlimited")
+        self.global_bucket.set_rate(new)
+        if target is not None and new == target:
+            self.last_backoff = None
+        return RateChange(old, new, "quiet period: rate grows back")

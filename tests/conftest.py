@@ -1,0 +1,84 @@
+"""Shared fixtures: campaigns written into tmp_path, using the shipped templates or tiny local ones."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "campaigns" / "example"
+
+BASE_TOML = """\
+[campaign]
+id = "test-2022-08"
+template = "{template}"
+default_locale = "en"
+recipients = "{recipients}"
+from = "Example Cloud Security <security@example.com>"
+reply_to = "security@example.com"
+
+[variables]
+company = "Example Cloud"
+discovered = 2022-08-08
+email_provider = "our email service provider"
+website = "www.example.com/security"
+support_email = "security@example.com"
+support_phone = "+1 800 555 0100"
+
+[send]
+providers = ["outbox"]
+concurrency = 4
+{send_extra}
+[providers.outbox]
+type = "outbox"
+path = "outbox"
+fsync = false
+{providers_extra}"""
+
+MakeCampaign = Callable[..., Path]
+
+
+@pytest.fixture
+def make_campaign(tmp_path: Path) -> MakeCampaign:
+    """Writes campaign.toml and a recipients file; returns the campaign directory."""
+
+    def make(recipients: str | bytes = "email,name,locale\nalice@example.com,Alice,en\n", *,
+             filename: str = "recipients.csv", template: str = "breach-notice", send_extra: str = "",
+             providers_extra: str = "", toml: str | None = None, name: str = "camp",
+             templates: dict[str, str] | None = None) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        text = toml if toml is not None else BASE_TOML.format(
+            template=template, recipients=filename, send_extra=send_extra, providers_extra=providers_extra)
+        (d / "campaign.toml").write_text(textwrap.dedent(text), encoding="utf-8")
+        data = recipients.encode("utf-8") if isinstance(recipients, str) else recipients
+        (d / filename).write_bytes(data)
+        for rel, body in (templates or {}).items():
+            p = d / "templates" / template / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(body, encoding="utf-8")
+        return d
+
+    return make
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> Path:
+    """A private copy of campaigns/example (its state and outbox land in tmp_path)."""
+    d = tmp_path / "example"
+    shutil.copytree(EXAMPLE, d, ignore=shutil.ignore_patterns(".notify", "outbox", "dry-run"))
+    return d
+
+
+def simple_templates(body: str = "Hello {{ recipient.name }}", subject: str = "Notice of Data Breach",
+                     locales: tuple[str, ...] = ("en",)) -> dict[str, str]:
+    out = {}
+    for loc in locales:
+        out[f"{loc}/subject.txt"] = subject
+        out[f"{loc}/body.txt"] = body
+        out[f"{loc}/body.html"] = f"<p>{body}</p>"
+    return out

@@ -1,0 +1,91 @@
+"""campaign.toml parsing: every problem named with file and key, all at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from notify import campaign
+from notify.errors import ConfigError
+
+from .conftest import EXAMPLE, MakeCampaign
+
+
+def problems(d: Path) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        campaign.load(d)
+    return [p.replace(str(d / "campaign.toml"), "campaign.toml") for p in e.value.problems]
+
+
+def test_example_loads() -> None:
+    c = campaign.load(EXAMPLE)
+    assert c.id == "example-2022-08"
+    assert c.send.providers == ["outbox"]
+    assert c.providers["outbox"].path == EXAMPLE / "outbox"  # type: ignore[union-attr]
+    assert c.sender_domain == "example.com"
+    assert str(c.variables["discovered"]) == "2022-08-08"
+
+
+def test_unknown_key_suggests_the_right_one(make_campaign: MakeCampaign) -> None:
+    d = make_campaign(send_extra="concurency = 8\n")
+    assert problems(d) == ['campaign.toml: [send] concurency: unknown key (did you mean "concurrency"?)']
+
+
+def test_wrong_type_says_what_was_expected(make_campaign: MakeCampaign) -> None:
+    d = make_campaign(send_extra='rate = "fast"\n')
+    assert problems(d) == ["campaign.toml: [send] rate: expected a number, got 'fast' (a string)"]
+
+
+def test_secret_written_inline_is_refused(make_campaign: MakeCampaign) -> None:
+    d = make_campaign(providers_extra='\n[providers.relay]\ntype = "smtp"\nhost = "127.0.0.1"\npassword = "hunter2"\n')
+    assert problems(d) == [
+        'campaign.toml: [providers.relay] password: secrets never live in campaign.toml; remove it and set '
+        'password_env = "NAME_OF_AN_ENVIRONMENT_VARIABLE" that holds it'
+    ]
+
+
+def test_provider_named_but_not_defined(make_campaign: MakeCampaign) -> None:
+    d = make_campaign(send_extra="")
+    text = (d / "campaign.toml").read_text().replace('providers = ["outbox"]', 'providers = ["ses", "outbox"]')
+    (d / "campaign.toml").write_text(text)
+    assert problems(d) == [
+        'campaign.toml: [send] providers: "ses" is not defined: add a [providers.ses] table (defined: outbox)'
+    ]
+
+
+def test_all_problems_reported_at_once(make_campaign: MakeCampaign) -> None:
+    d = make_campaign(send_extra="rate = 0\nbatchsize = 5\n", providers_extra='\n[providers.x]\ntype = "pigeon"\n')
+    got = problems(d)
+    assert "campaign.toml: [send] rate: must be greater than 0" in got
+    assert any(p.startswith("campaign.toml: [send] batchsize: unknown key") for p in got)
+    assert "campaign.toml: [providers.x] type: 'pigeon': must be one of \"outbox\", \"smtp\", \"ses\"" in got
+    assert len(got) == 3
+
+
+def test_missing_required_keys_and_bad_from(make_campaign: MakeCampaign) -> None:
+    d = make_campaign(toml='[campaign]\nid = "has space"\nfrom = "not an address"\n[send]\nproviders = []\n[providers]\n')
+    got = problems(d)
+    assert "campaign.toml: [campaign] template: missing (required)" in got
+    assert "campaign.toml: [campaign] recipients: missing (required)" in got
+    assert "campaign.toml: [send] providers: must name at least one provider" in got
+    assert any("[campaign] id: 'has space' must be 1-64 letters" in p for p in got)
+    assert "campaign.toml: [campaign] from: 'not an address' is not one email address" in got
+
+
+def test_invalid_toml_names_the_file(make_campaign: MakeCampaign) -> None:
+    d = make_campaign(toml="[campaign\nid = 1\n")
+    with pytest.raises(ConfigError) as e:
+        campaign.load(d)
+    assert str(e.value).startswith(f"{d / 'campaign.toml'}: not valid TOML:")
+
+
+def test_missing_directory() -> None:
+    with pytest.raises(ConfigError, match="no such campaign directory"):
+        campaign.load(Path("/nonexistent/campaign"))
+
+
+def test_missing_recipients_file(make_campaign: MakeCampaign) -> None:
+    d = make_campaign()
+    (d / "recipients.csv").unlink()
+    assert problems(d) == [f"campaign.toml: [campaign] recipients: {d / 'recipients.csv'}: file not found"]

@@ -1,0 +1,138 @@
+"""The commands as a user runs them: exact messages, exit codes, files on disk."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from notify.cli import app
+
+from .conftest import MakeCampaign
+
+runner = CliRunner()
+
+
+def run(*args: str | Path) -> tuple[int, str, str]:
+    r = runner.invoke(app, [str(a) for a in args])
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_example_end_to_end(example: Path) -> None:
+    code, out, _ = run("check", example)
+    assert code == 0, out
+    assert "197 rows read = 188 accepted + 9 rejected" in out
+    assert "OK: ready." in out
+    code, out, err = run("send", example)
+    assert code == 0, err
+    assert "This run via outbox: sent 188, deferred 0, failed 0." in out
+    assert len(list((example / "outbox").glob("*.eml"))) == 188
+    code, out, _ = run("status", example, "--json")
+    st = json.loads(out)
+    assert st["campaign"] == "example-2022-08"
+    assert (st["total"], st["rejected"], st["states"]["sent"]) == (188, 9, 188)
+    assert sum(st["states"].values()) == st["total"]
+    assert st["fallbacks"]["pt -> en"] == 1
+    code, out, _ = run("send", example)
+    assert (code, out.splitlines()[0]) == (0, "Nothing left to send: every recipient is in a final state.")
+    code, out, _ = run("audit", "verify", example)
+    assert code == 0 and out.startswith("OK: ")
+
+
+def test_dry_run_renders_everything_and_changes_nothing(example: Path) -> None:
+    code, out, _ = run("send", example, "--dry-run")
+    assert code == 0
+    assert out.startswith("Dry run: rendered 188 message(s)")
+    assert len(list((example / "dry-run").glob("*.eml"))) == 188
+    assert not (example / "outbox").exists()
+    st = json.loads(run("status", example, "--json")[1])
+    assert st["states"]["pending"] == 188
+
+
+def test_limit_is_a_canary_and_exit_4_says_resume(example: Path) -> None:
+    code, out, err = run("send", example, "--limit", "10")
+    assert code == 4
+    assert "sent 10," in out
+    assert f"Stopped: --limit 10 reached. Resume with: notify send {example}" in err
+    assert len(list((example / "outbox").glob("*.eml"))) == 10
+    code, _, _ = run("send", example)
+    assert code == 0 and len(list((example / "outbox").glob("*.eml"))) == 188
+
+
+def test_bad_config_exact_error(make_campaign: MakeCampaign) -> None:
+    d = make_campaign(send_extra="concurency = 8\nrate = -1\n")
+    code, out, err = run("send", d)
+    assert code == 1 and out == ""
+    assert err == (
+        f"Error: {d}/campaign.toml: 2 problems\n"
+        f'  - {d}/campaign.toml: [send] concurency: unknown key (did you mean "concurrency"?)\n'
+        f"  - {d}/campaign.toml: [send] rate: must be greater than 0\n"
+        f"Hint: fix {d}/campaign.toml and run `notify check {d}` again\n"
+    )
+
+
+def test_bad_file_exact_error(make_campaign: MakeCampaign) -> None:
+    d = make_campaign("email,name\nbob@example.com,Jos\xe9\n".encode("latin-1"))
+    code, out, err = run("check", d)
+    assert code == 1
+    assert err == (
+        f"Error: {d}/recipients.csv: line 2: not UTF-8: byte 0xe9 at column 20 (it looks like Latin-1 or Windows-1252)\n"
+        'Hint: save the file as UTF-8 (in a spreadsheet: "CSV UTF-8") and run again\n'
+    )
+
+
+def test_missing_variable_stops_before_the_first_send(make_campaign: MakeCampaign) -> None:
+    d = make_campaign("email,name\na@example.com,A\n", template="t",
+                      templates={"en/subject.txt": "Notice", "en/body.txt": "{{ campaign.breach_date | date }}",
+                                 "en/body.html": "<p>x</p>"})
+    code, _, err = run("send", d)
+    assert code == 1
+    assert "undefined variable: 'dict object' has no attribute 'breach_date'" in err
+    assert "nothing was sent" in err
+    assert not (d / "outbox").exists()
+
+
+def test_template_column_missing_or_empty_is_an_error(make_campaign: MakeCampaign) -> None:
+    tpl = {"en/subject.txt": "Notice", "en/body.txt": "{{ recipient.account }}", "en/body.html": "<p>x</p>"}
+    d = make_campaign("email,account\na@example.com,A-1\nb@example.com,\n", template="t", templates=tpl)
+    code, _, err = run("check", d)
+    assert code == 1
+    assert f"{d}/recipients.csv: 1 recipient(s) have an empty 'account', which the templates use (first at row 3)" in err
+    d2 = make_campaign("email\na@example.com\n", template="t", templates=tpl, name="camp2")
+    code, _, err = run("check", d2)
+    assert code == 1 and f"templates use recipient.account, but {d2}/recipients.csv has no 'account' column" in err
+
+
+def test_rejected_rows_never_crash_the_run(make_campaign: MakeCampaign) -> None:
+    d = make_campaign("email,name\nok@example.com,Ok\nbad,Bad\n\"x@example.com\",\"Line\nBreak\"\n")
+    code, out, _ = run("send", d)
+    assert code == 0 and "sent 1," in out
+    rejects = (d / ".notify" / "rejects.csv").read_text().splitlines()
+    assert rejects[0] == "row,raw,reason" and len(rejects) == 3
+
+
+def test_unknown_provider_option(example: Path) -> None:
+    code, _, err = run("send", example, "--provider", "ses")
+    assert code == 1
+    assert err.startswith(f"Error: --provider ses: no [providers.ses] in {example}/campaign.toml (defined: outbox)")
+
+
+def test_usage_error_is_exit_2() -> None:
+    assert run("send")[0] == 2
+    assert run("send", "x", "--limit", "0")[0] == 2
+
+
+@pytest.mark.parametrize("cmd", [["check"], ["send"], ["status"], ["import"], ["audit", "verify"]])
+def test_every_command_has_help_with_an_example(cmd: list[str]) -> None:
+    code, out, _ = run(*cmd, "--help")
+    assert code == 0
+    assert re.search(r"Examples?:", out), out
+    assert "notify " + cmd[0] in out
+
+
+def test_top_level_help_lists_exit_codes() -> None:
+    code, out, _ = run("--help")
+    assert code == 0 and "Exit codes: 0 done" in out and "130 interrupted" in out

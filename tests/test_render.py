@@ -1,0 +1,118 @@
+"""Templates: sandbox, strict variables, locale fallback, and the exact message that goes out."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from pathlib import Path
+
+import pytest
+
+from notify import campaign
+from notify.errors import TemplateError
+from notify.render import Templates, compose, message_id, recipient_context
+
+from .conftest import EXAMPLE, MakeCampaign, simple_templates
+
+SHIPPED = ["ar", "de", "en", "es", "fr", "ja", "pt-BR", "zh-CN"]
+HEADINGS_EN = ["What Happened", "What Information Was Involved", "What We Are Doing", "What You Can Do",
+               "For More Information"]
+
+
+def parse(data: bytes) -> email.message.EmailMessage:
+    """Python's bytes parser does not decode RFC 6532 (raw UTF-8) headers; decoding first does."""
+    return email.message_from_string(data.decode("utf-8"), policy=email.policy.default)  # type: ignore[return-value]
+
+
+def test_every_shipped_locale_renders_into_a_well_formed_message() -> None:
+    c = campaign.load(EXAMPLE)
+    t = Templates(c)
+    assert t.locales == SHIPPED
+    for loc in SHIPPED:
+        r = t.render(loc, recipient_context("josé@xn--bcher-kva.example", "José Ñúñez", loc, "", {}))
+        m = compose(c, r, to_email="josé@xn--bcher-kva.example", to_name="José Ñúñez", key="josé@xn--bcher-kva.example")
+        msg = parse(m.data)
+        assert msg.get_content_type() == "multipart/alternative"
+        assert msg["To"].addresses[0].display_name == "José Ñúñez"
+        assert msg["To"].addresses[0].addr_spec == "josé@xn--bcher-kva.example"
+        assert msg["Message-ID"] == message_id(c.id, "josé@xn--bcher-kva.example", "example.com") == m.message_id
+        assert msg["X-Notify-Campaign"] == c.id and msg["Content-Language"] == loc
+        assert "List-Unsubscribe" not in msg
+        html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
+        text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        assert "<a " not in html, "the notice tells readers to type the address; it must not link"
+        assert "www.example.com/security" in text and "www.example.com/security" in html
+        assert ('dir="rtl"' in html) == (loc == "ar")
+        assert "{{" not in text and "{{" not in html
+        if loc == "en":
+            assert msg["Subject"].startswith("Notice of Data Breach")
+            for h in HEADINGS_EN:
+                assert h.upper() in text and f"<h2>{h}</h2>" in html
+            assert "August 8, 2022" in text
+
+
+def test_message_id_is_deterministic_and_unique() -> None:
+    a = message_id("c1", "a@example.com", "example.com")
+    assert a == message_id("c1", "a@example.com", "example.com")
+    assert a != message_id("c1", "b@example.com", "example.com") != message_id("c2", "a@example.com", "example.com")
+
+
+def test_fallback_chain(make_campaign: MakeCampaign) -> None:
+    d = make_campaign(template="t", templates=simple_templates(locales=("en", "pt", "pt-BR", "fr")))
+    t = Templates(campaign.load(d))
+    assert [t.resolve(x) for x in ("pt-BR", "pt-PT", "pt", "fr-CA", "it", "", "PT-br")] == [
+        "pt-BR", "pt", "pt", "fr", "en", "en", "pt-BR"]
+
+
+def test_undefined_variable_names_file_and_line(make_campaign: MakeCampaign) -> None:
+    d = make_campaign(template="t", templates=simple_templates(body="Hello\n{{ campaign.nope }}"))
+    t = Templates(campaign.load(d))
+    with pytest.raises(TemplateError) as e:
+        t.render("en", recipient_context("a@example.com", "A", "en", "", {}))
+    assert str(e.value) == f"{d / 'templates/t/en/body.txt'}:2: undefined variable: 'dict object' has no attribute 'nope'"
+
+
+def test_syntax_error_names_file_and_line(make_campaign: MakeCampaign) -> None:
+    d = make_campaign(template="t", templates=simple_templates(body="ok\n{% if %}"))
+    assert Templates(campaign.load(d)).load_all() == [
+        f"{d / 'templates/t/en/body.txt'}:2: template syntax error: Expected an expression, got 'end of statement block'"]
+
+
+@pytest.mark.parametrize("escape", [
+    "{{ ''.__class__.__mro__ }}",
+    "{{ recipient.__class__.__init__.__globals__ }}",
+    "{{ cycler.__init__.__globals__.os }}",
+])
+def test_sandbox_refuses_escapes(make_campaign: MakeCampaign, escape: str) -> None:
+    d = make_campaign(template="t", templates=simple_templates(body=escape))
+    t = Templates(campaign.load(d))
+    with pytest.raises(TemplateError):
+        t.render("en", recipient_context("a@example.com", "A", "en", "", {}))
+
+
+def test_html_is_autoescaped_text_is_not(make_campaign: MakeCampaign) -> None:
+    d = make_campaign(template="t", templates=simple_templates(body="{{ recipient.name }}"))
+    r = Templates(campaign.load(d)).render("en", recipient_context("a@example.com", "<b>A&B</b>", "en", "", {}))
+    assert r.text == "<b>A&B</b>" and r.html == "<p>&lt;b&gt;A&amp;B&lt;/b&gt;</p>"
+
+
+def test_subject_is_one_line_and_header_values_cannot_inject(make_campaign: MakeCampaign) -> None:
+    d = make_campaign(template="t", templates=simple_templates(subject="Notice\n of\r\n breach\n"))
+    c = campaign.load(d)
+    r = Templates(c).render("en", recipient_context("a@example.com", "A", "en", "", {}))
+    assert r.subject == "Notice of breach"
+    with pytest.raises(ValueError):  # the email package refuses, and rows with CR/LF never get here
+        compose(c, r, to_email="a@example.com", to_name="A\r\nBcc: x@example.net", key="a@example.com")
+
+
+def test_recipient_fields_found_for_upfront_column_checks(make_campaign: MakeCampaign) -> None:
+    d = make_campaign(template="t", templates=simple_templates(body="{{ recipient.account }} {{ recipient['plan'] }} {{ recipient.name }}"))
+    assert Templates(campaign.load(d)).recipient_fields() == {"account", "plan", "name"}
+
+
+def test_missing_locale_file_is_reported(make_campaign: MakeCampaign) -> None:
+    tpl = simple_templates()
+    del tpl["en/body.html"]
+    d = make_campaign(template="t", templates=tpl)
+    with pytest.raises(TemplateError, match="en: missing body.html"):
+        Templates(campaign.load(d), shipped=Path("/nonexistent"))

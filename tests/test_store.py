@@ -1,0 +1,131 @@
+"""The campaign database: migrations, import once, the state machine, the hash chain."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from notify import campaign
+from notify.audit import verify_chain
+from notify.errors import InputError, StoreError
+from notify.store import DB_NAME, Change, Event, Store
+
+from .conftest import MakeCampaign
+
+
+def open_store(d: Path) -> Store:
+    return Store.open(campaign.load(d).state_dir)
+
+
+def test_state_is_private_and_migrations_recorded(make_campaign: MakeCampaign) -> None:
+    d = make_campaign()
+    s = open_store(d)
+    assert stat.S_IMODE((d / ".notify").stat().st_mode) == 0o700
+    assert stat.S_IMODE((d / ".notify" / DB_NAME).stat().st_mode) == 0o600
+    assert [r[0] for r in s.db.execute("SELECT name FROM migrations")] == ["0001_initial"]
+    s.close()
+    s = open_store(d)  # reopening applies nothing twice
+    assert s.db.execute("SELECT count(*) FROM migrations").fetchone()[0] == 1
+
+
+def test_import_dedupes_and_counts_add_up(make_campaign: MakeCampaign) -> None:
+    d = make_campaign("email\na@example.com\nb@example.com\nA@EXAMPLE.com\nbad\nb@example.com\n")
+    s = open_store(d)
+    r = s.import_file(d / "recipients.csv")
+    assert (r.rows_read, r.accepted, r.rejected) == (5, 2, 3)
+    assert list(s.rejects()) == [
+        (4, "A@example.com", "duplicate of row 2"),
+        (5, "bad", "invalid email: An email address must have an @-sign."),
+        (6, "b@example.com", "duplicate of row 3"),
+    ]
+    path = s.write_rejects_file()
+    assert path.read_text().splitlines()[1] == "4,A@example.com,duplicate of row 2"
+
+
+def test_same_file_twice_adds_nothing(make_campaign: MakeCampaign) -> None:
+    d = make_campaign("email\na@example.com\n")
+    s = open_store(d)
+    s.import_file(d / "recipients.csv")
+    again = s.import_file(d / "recipients.csv")
+    assert again.already and s.counts() == {"pending": 1}
+
+
+def test_changed_file_replaces_before_sending_but_is_refused_once_under_way(make_campaign: MakeCampaign) -> None:
+    d = make_campaign("email\na@example.com\n")
+    s = open_store(d)
+    s.import_file(d / "recipients.csv")
+    (d / "recipients.csv").write_text("email\na@example.com\nb@example.com\n")
+    assert s.import_file(d / "recipients.csv").accepted == 2  # nothing sent yet: replaced
+    [c] = s.claim(1, now=0)
+    s.apply([Change(c.id, "sent", Event("sent", c.id, c.key))])
+    (d / "recipients.csv").write_text("email\na@example.com\nb@example.com\nc@example.com\n")
+    with pytest.raises(InputError, match="changed since it was imported on .* and this campaign is already under way"):
+        s.import_file(d / "recipients.csv")
+    r = s.import_file(d / "recipients.csv", append=True)
+    assert (r.accepted, r.rejected) == (1, 2)
+    assert s.counts() == {"pending": 2, "sent": 1}
+    assert ("duplicate of row 2 of an earlier import") in [x[2] for x in s.rejects()]
+
+
+def test_claim_commits_before_returning_and_state_machine_is_enforced(make_campaign: MakeCampaign) -> None:
+    d = make_campaign("email\na@example.com\nb@example.com\n")
+    s = open_store(d)
+    s.import_file(d / "recipients.csv")
+    claimed = s.claim(5, now=0)
+    other = Store(s.path)  # a second connection sees the claim: it is on disk
+    assert other.counts() == {"inflight": 2}
+    with pytest.raises(StoreError, match="refusing inflight -> delivered"):
+        s.apply([Change(claimed[0].id, "delivered", Event("delivered"))])
+    s.release(claimed)
+    assert s.counts() == {"pending": 2}
+
+
+def test_recover_inflight_marks_doubt_and_logs(make_campaign: MakeCampaign) -> None:
+    d = make_campaign("email\na@example.com\n")
+    s = open_store(d)
+    s.import_file(d / "recipients.csv")
+    s.claim(1, now=0)
+    assert s.recover_inflight(now=10) == 1
+    assert s.counts() == {"deferred": 1} and s.doubt_count() == 1
+    assert [e["kind"] for e in s.events()][-1] == "inflight_recovered"
+
+
+def test_chain_verifies_and_names_the_altered_event(make_campaign: MakeCampaign) -> None:
+    d = make_campaign("email\na@example.com\nb@example.com\n")
+    s = open_store(d)
+    s.import_file(d / "recipients.csv")
+    for c in s.claim(2, now=0):
+        s.apply([Change(c.id, "sent", Event("sent", c.id, c.key, provider="outbox"))])
+    v = verify_chain(s.events())
+    assert v.ok and v.events == 3
+    s.db.execute("UPDATE events SET recipient='mallory@example.com' WHERE seq=2")
+    v = verify_chain(s.events())
+    assert (v.ok, v.first_bad, v.reason) == (False, 2, "its content does not match its hash: it was altered")
+    s.db.execute("DELETE FROM events WHERE seq=2")
+    v = verify_chain(s.events())
+    assert (v.first_bad, v.reason) == (3, "expected event 2 here, found 3: an event was removed or inserted")
+
+
+def test_rollback_leaves_no_event_and_chain_intact(make_campaign: MakeCampaign) -> None:
+    d = make_campaign("email\na@example.com\n")
+    s = open_store(d)
+    s.import_file(d / "recipients.csv")
+    [c] = s.claim(1, now=0)
+    with pytest.raises(StoreError):
+        s.apply([Change(c.id, "sent", Event("sent", c.id)), Change(c.id, "sent", Event("sent", c.id))])
+    assert s.counts() == {"inflight": 1}
+    s.apply([Change(c.id, "sent", Event("sent", c.id))])
+    assert verify_chain(s.events()).ok
+
+
+def test_second_sender_is_refused(make_campaign: MakeCampaign) -> None:
+    d = make_campaign()
+    a, b = open_store(d), open_store(d)
+    a.lock()
+    with pytest.raises(StoreError, match=r"another notify process \(pid \d+\) is working on this campaign"):
+        b.lock()
+    a.close()
+    b.lock()
+    b.close()
