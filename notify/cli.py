@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,13 +14,13 @@ import typer
 
 from . import __version__, campaign as campaign_mod, engine
 from .audit import verify_chain
-from .errors import EXIT_INPUT, EXIT_INTERRUPTED, NotifyError
+from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, NotifyError
 from .store import Store
 
 EXIT_CODES = """\
 Exit codes: 0 done | 1 bad input or config, nothing sent | 2 usage | 3 finished, some recipients
 failed | 4 stopped before finishing (provider down, retries due later, --limit): run send again |
-130 interrupted: run send again to resume."""
+70 internal error (a bug; state is safe) | 130 interrupted: run send again to resume."""
 
 app = typer.Typer(
     name="notify",
@@ -63,6 +64,16 @@ def boundary(fn: F) -> F:
         except KeyboardInterrupt:
             err("Interrupted.")
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as e:  # a bug: say so plainly, keep the traceback for whoever debugs it
+            if os.environ.get("NOTIFY_DEBUG"):
+                raise
+            err(f"Error: internal error: {type(e).__name__}: {e}")
+            err("This is a bug in notify. The campaign's state is safe: every change is committed "
+                "before the next step relies on it, and running the same command again resumes. "
+                "Set NOTIFY_DEBUG=1 to see the traceback.")
+            raise typer.Exit(EXIT_INTERNAL) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -19,6 +19,7 @@ EXIT_INPUT = 1  # bad input or config: nothing was sent
 EXIT_USAGE = 2  # wrong command line (click's own code)
 EXIT_FAILED = 3  # finished, but some recipients failed permanently
 EXIT_STOPPED = 4  # stopped before finishing (provider down, retries due later): run send again
+EXIT_INTERNAL = 70  # a bug in notify (EX_SOFTWARE); the state on disk is still consistent
 EXIT_INTERRUPTED = 130  # Ctrl-C: everything in flight was settled; run send again
 
 

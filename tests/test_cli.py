@@ -136,3 +136,17 @@ def test_every_command_has_help_with_an_example(cmd: list[str]) -> None:
 def test_top_level_help_lists_exit_codes() -> None:
     code, out, _ = run("--help")
     assert code == 0 and "Exit codes: 0 done" in out and "130 interrupted" in out
+
+
+def test_a_bug_is_reported_without_a_traceback(example: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Simulate a defect inside the core: the user sees one plain line and exit 70, never a traceback.
+    import notify.engine
+
+    def broken(*_: object) -> None:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(notify.engine, "status", broken)
+    code, _, err = run("status", example)
+    assert code == 70
+    assert err.startswith("Error: internal error: KeyError: 'boom'\nThis is a bug in notify.")
+    assert "Traceback" not in err

@@ -23,6 +23,10 @@ class OutboxProvider:
         self.name = config.name
         self.path = config.path
         self.fsync = config.fsync
+        # A run killed mid-write leaves its temporary file; the message itself is resent.
+        if self.path.is_dir():
+            for stale in self.path.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
 
     def _write(self, message: Message) -> Path:
         self.path.mkdir(parents=True, exist_ok=True)

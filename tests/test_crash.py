@@ -1,0 +1,104 @@
+"""A real `notify send` process killed with SIGKILL (and stopped with SIGINT) mid-run, then resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from notify.audit import verify_chain
+from notify.store import Store
+
+from .conftest import MakeCampaign, simple_templates
+
+pytestmark = pytest.mark.slow
+N = 3000
+
+
+def start(d: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "notify", "send", str(d), "--no-progress", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_files(d: Path, n: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (d / "outbox").exists() and sum(1 for _ in (d / "outbox").glob("*.eml")) >= n:
+            return
+        assert proc.poll() is None, f"send ended early: {proc.communicate()}"
+        time.sleep(0.01)
+    raise AssertionError("send made no progress")
+
+
+def campaign_dir(make_campaign: MakeCampaign) -> Path:
+    rows = "email,name\n" + "".join(f"p{i}@example.com,Person {i}\n" for i in range(N))
+    return make_campaign(rows, template="t", templates=simple_templates())
+
+
+def check_complete(d: Path) -> None:
+    store = Store(d / ".notify" / "campaign.sqlite")
+    assert store.counts() == {"sent": N}
+    files = sorted(p.name for p in (d / "outbox").iterdir())
+    assert len(files) == N and not [f for f in files if f.endswith(".tmp")]
+    events = list(store.events())
+    assert verify_chain(events).ok
+    sent = Counter(e["recipient"] for e in events if e["kind"] == "sent")
+    assert len(sent) == N and set(sent.values()) == {1}, "every recipient has exactly one accepted send"
+    recovered = {e["recipient"] for e in events if e["kind"] == "inflight_recovered"}
+    doubt = {r[0] for r in store.db.execute("SELECT key FROM recipients WHERE doubt=1")}
+    assert recovered == doubt
+    # A recipient sent again after a crash says so in its sent event.
+    for e in events:
+        if e["kind"] == "sent" and e["recipient"] in recovered:
+            assert json.loads(e["detail"])["possible_duplicate"] is True
+    store.close()
+
+
+def test_sigkill_mid_run_then_resume(make_campaign: MakeCampaign) -> None:
+    d = campaign_dir(make_campaign)
+    kills = 0
+    for target in (300, 1200):
+        proc = start(d, "--rate", "700")
+        wait_for_files(d, target, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        kills += 1
+        db = sqlite3.connect(d / ".notify" / "campaign.sqlite")
+        states = dict(db.execute("SELECT state, count(*) FROM recipients GROUP BY state").fetchall())
+        db.close()
+        assert sum(states.values()) == N and states.get("pending", 0) < N
+    proc = start(d)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert b"Resumed:" in out or kills == 0
+    check_complete(d)
+    verify = subprocess.run([sys.executable, "-m", "notify", "audit", "verify", str(d)], capture_output=True)
+    assert verify.returncode == 0 and verify.stdout.startswith(b"OK: ")
+
+
+def test_sigint_settles_in_flight_and_exits_130(make_campaign: MakeCampaign) -> None:
+    d = campaign_dir(make_campaign)
+    proc = start(d, "--rate", "500")
+    wait_for_files(d, 200, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert f"Resume with: notify send {d}".encode() in err
+    store = Store(d / ".notify" / "campaign.sqlite")
+    counts = store.counts()
+    assert "inflight" not in counts, "a clean stop leaves nothing in flight"
+    assert store.doubt_count() == 0
+    assert counts["sent"] == sum(1 for _ in (d / "outbox").glob("*.eml"))
+    store.close()
+    proc = start(d)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    check_complete(d)
