@@ -49,6 +49,7 @@ class SmtpConfig:
     dkim_key_file: Path | None
     dkim_selector: str | None
     dkim_domain: str | None
+    ca_file: Path | None = None  # a private CA for the relay's certificate (verification stays on)
     type: str = "smtp"
 
 
@@ -282,6 +283,7 @@ PROVIDER_KEYS: dict[str, dict[str, Key]] = {
         "dkim_key_file": Key("str"),
         "dkim_selector": Key("str"),
         "dkim_domain": Key("str"),
+        "ca_file": Key("str"),
     },
     "ses": {
         "type": Key("str", True),
@@ -409,6 +411,7 @@ def _provider(base: Path, name: str, kind: str, t: dict[str, Any]) -> ProviderCo
             dkim_key_file=base / key if key else None,
             dkim_selector=t.get("dkim_selector"),
             dkim_domain=t.get("dkim_domain"),
+            ca_file=base / t["ca_file"] if "ca_file" in t else None,
         )
     return SesConfig(
         name=name,

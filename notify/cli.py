@@ -226,9 +226,11 @@ def status(
             typer.echo("fell back: " + ", ".join(f"{k} ({v})" for k, v in st["fallbacks"].items()))
         if st["providers"]:
             typer.echo("providers: " + ", ".join(f"{k} {v}" for k, v in st["providers"].items()))
-        for title, key in (("rejected", "reject_reasons"), ("deferred", "deferred_replies"), ("failed", "failed_replies")):
-            for reason, n in st[key].items():
-                typer.echo(f"{title}: {reason} x {n}")
+        for reason, n in st["reject_reasons"].items():
+            typer.echo(f"rejected: {reason} x {n}")
+        for title, key in (("deferred", "deferred_replies"), ("failed", "failed_replies")):
+            for code, info in st[key].items():
+                typer.echo(f"{title}: {code} x {info['count']} (e.g. {info['example']})")
         if st["next_retry"]:
             typer.echo(f"next retry: {st['next_retry']}")
 

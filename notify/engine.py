@@ -26,6 +26,7 @@ from .throttle import Clock, RealClock, Throttle
 
 FLUSH_EVERY = 0.1  # seconds: the longest an outcome waits in memory before it is committed
 FLUSH_SIZE = 128  # outcomes per group commit
+DOMAIN_HORIZON = 0.1  # seconds: a recipient whose domain cap frees later than this is handed back
 
 
 @dataclass
@@ -139,7 +140,8 @@ def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None
     if outcome.status:
         detail["status"] = outcome.status
     common = {"attempts": attempts, "first_attempt_at": first, "provider": provider,
-              "detail": outcome.describe()[:500]}
+              "detail": outcome.describe()[:500],
+              "reply_code": " ".join(str(p) for p in (outcome.code, outcome.status) if p) or outcome.kind.value}
     ev = dict(recipient_id=c.id, recipient=c.key, provider=provider, locale=locale,
               content_sha256=msg.sha256 if msg else None)
     if outcome.kind is Kind.ACCEPTED:
@@ -217,7 +219,13 @@ class Sender:
             outcome = Outcome(Kind.PERMANENT, detail=f"could not render: {e}")
             self.record(decide(self.campaign, c, outcome, None, locale, self.provider.name, self.wall()), outcome)
             return
-        await self.throttle.acquire(c.email.rpartition("@")[2])
+        domain = c.email.rpartition("@")[2]
+        if self.throttle.domain_delay(domain) > DOMAIN_HORIZON:
+            # This domain is at its cap: hand the recipient back rather than hold a worker that
+            # other domains could use. Claims skip saturated domains until a slot frees up.
+            self.releases.append(c)
+            return
+        await self.throttle.acquire(domain)
         outcome = await self.provider.send(msg)
         if outcome.kind is Kind.PROVIDER_DOWN:
             self.releases.append(c)
@@ -266,7 +274,7 @@ class Sender:
             want = batch if limit is None else min(batch, limit - self.claimed_total)
             if want <= 0:
                 break
-            claimed = self.store.claim(want, self.wall(), self.throttle.saturated_domains(horizon=1.0))
+            claimed = self.store.claim(want, self.wall(), self.throttle.saturated_domains(DOMAIN_HORIZON))
             if claimed:
                 self.claimed_total += len(claimed)
                 for c in claimed:
@@ -281,8 +289,9 @@ class Sender:
                 await asyncio.sleep(0.02)
             self.flush()
             if self.store.count_due(self.wall()):
-                if self.throttle.saturated_domains(horizon=1.0):
-                    await self.sleep(0.25)  # only capped domains are due: wait for their next slot
+                saturated = self.throttle.saturated_domains(DOMAIN_HORIZON)
+                if saturated:  # only capped domains are due: sleep until the first of them has a slot
+                    await self.sleep(min(self.throttle.domain_delay(d) for d in saturated) - DOMAIN_HORIZON + 0.005)
                 continue
             due = self.store.next_due()
             if due is None:
@@ -353,12 +362,12 @@ class Sender:
         return self.result
 
 
-def choose_provider(campaign: Campaign, name: str | None) -> Provider:
+def choose_provider(campaign: Campaign, name: str | None, concurrency: int | None = None) -> Provider:
     names = [name] if name else campaign.send.providers
     if name and name not in campaign.providers:
         raise ConfigError(f"--provider {name}: no [providers.{name}] in {campaign.file} "
                           f"(defined: {', '.join(campaign.providers)})")
-    return providers.build(campaign.providers[names[0]])
+    return providers.build(campaign.providers[names[0]], concurrency=concurrency or campaign.send.concurrency)
 
 
 def send(campaign: Campaign, store: Store, options: SendOptions) -> RunResult:
@@ -370,7 +379,7 @@ def send(campaign: Campaign, store: Store, options: SendOptions) -> RunResult:
                             + "\n  ".join(pre.problems), hint=f"run `notify check {campaign.dir}` after fixing them")
     if options.dry_run:
         return dry_run(campaign, pre, options)
-    provider = choose_provider(campaign, options.provider)
+    provider = choose_provider(campaign, options.provider, options.concurrency)
     return asyncio.run(Sender(campaign, pre, provider, options).run())
 
 
@@ -424,8 +433,8 @@ def status(campaign: Campaign, store: Store) -> dict[str, Any]:
         "fallbacks": fallbacks,
         "providers": store.provider_counts(),
         "reject_reasons": dict(reasons),
-        "deferred_replies": dict(store.detail_summary("deferred")),
-        "failed_replies": dict(store.detail_summary("failed")),
+        "deferred_replies": {code: {"count": n, "example": ex} for code, n, ex in store.reply_summary("deferred")},
+        "failed_replies": {code: {"count": n, "example": ex} for code, n, ex in store.reply_summary("failed")},
         "next_retry": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due)) if due else None,
         "recipients_file": last["path"] if last else None,
         "recipients_sha256": last["sha256"] if last else None,

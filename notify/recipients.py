@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -20,6 +21,11 @@ FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "plain"
 # that a NUL rejects only its row, and swap it back for the rejects report.
 _NUL_STANDIN = "\ue000"
 _UTF8_HINT = 'save the file as UTF-8 (in a spreadsheet: "CSV UTF-8") and run again'
+
+
+def recipient_token(key: str) -> str:
+    """A stable, opaque handle for one recipient: in SES tags and VERP addresses, never the address itself."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
 
 
 @dataclass(frozen=True)

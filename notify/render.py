@@ -21,6 +21,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from .campaign import Campaign, parse_address
 from .errors import TemplateError
+from .recipients import recipient_token
 
 PARTS = ("subject.txt", "body.txt", "body.html")
 FALLBACK_LOCALE = "en"
@@ -247,7 +248,7 @@ def compose(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: s
         data=data,
         sha256=hashlib.sha256(data).hexdigest(),
         smtputf8=smtputf8,
-        tags={"campaign": campaign.id, "recipient": hashlib.sha256(key.encode()).hexdigest()[:32]},
+        tags={"campaign": campaign.id, "recipient": recipient_token(key)},
     )
 
 

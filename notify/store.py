@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from .errors import InputError, StoreError
-from .recipients import Recipient, Reject, Record, read, validate
+from .recipients import Recipient, Reject, read, recipient_token, validate
 
 DB_NAME = "campaign.sqlite"
 GENESIS = "0" * 64
@@ -60,6 +60,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             row INTEGER NOT NULL,
             email TEXT NOT NULL,
             key TEXT NOT NULL UNIQUE,
+            token TEXT NOT NULL,
             domain TEXT NOT NULL,
             name TEXT NOT NULL,
             locale TEXT NOT NULL,
@@ -73,10 +74,12 @@ MIGRATIONS: list[tuple[str, str]] = [
             provider TEXT,
             provider_message_id TEXT,
             detail TEXT,
+            reply_code TEXT,
             content_sha256 TEXT,
             updated_at TEXT
         );
         CREATE INDEX recipients_state ON recipients(state, next_attempt_at, id);
+        CREATE INDEX recipients_token ON recipients(token);
         CREATE TABLE rejects (
             id INTEGER PRIMARY KEY,
             import_id INTEGER NOT NULL REFERENCES imports(id),
@@ -384,11 +387,11 @@ class Store:
                 rejects.append((import_id, item.row, item.raw, item.reason))
                 continue
             first_row[item.key] = (item.row, import_id)
-            rows.append((import_id, item.row, item.email, item.key, item.email.rpartition("@")[2], item.name,
-                         item.locale, item.jurisdiction, json.dumps(item.vars, ensure_ascii=False)))
+            rows.append((import_id, item.row, item.email, item.key, recipient_token(item.key), item.email.rpartition("@")[2],
+                         item.name, item.locale, item.jurisdiction, json.dumps(item.vars, ensure_ascii=False)))
         self.db.executemany(
-            "INSERT INTO recipients (import_id, row, email, key, domain, name, locale, jurisdiction, vars)"
-            " VALUES (?,?,?,?,?,?,?,?,?)", rows)
+            "INSERT INTO recipients (import_id, row, email, key, token, domain, name, locale, jurisdiction, vars)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
         self.db.executemany("INSERT INTO rejects (import_id, row, raw, reason) VALUES (?,?,?,?)", rejects)
         return len(rows), len(rejects)
 
@@ -477,6 +480,11 @@ class Store:
             (path,)).fetchone()
         return row[0], row[1]
 
+    def by_token(self, token: str) -> str | None:
+        """The recipient behind a VERP or tag token."""
+        row = self.db.execute("SELECT email FROM recipients WHERE token=?", (token,)).fetchone()
+        return row[0] if row else None
+
     def next_due(self) -> float | None:
         row = self.db.execute("SELECT min(next_attempt_at) FROM recipients WHERE state='deferred'").fetchone()
         return row[0]
@@ -510,10 +518,11 @@ class Store:
             " FROM rejects GROUP BY r ORDER BY 2 DESC LIMIT ?", (top,)).fetchall()
         return total, reasons
 
-    def detail_summary(self, state: str, top: int = 5) -> list[tuple[str, int]]:
+    def reply_summary(self, state: str, top: int = 5) -> list[tuple[str, int, str]]:
+        """The most common replies among recipients in `state`: (code such as "550 5.1.1", count, an example)."""
         return self.db.execute(
-            "SELECT detail, count(*) FROM recipients WHERE state=? AND detail IS NOT NULL GROUP BY detail ORDER BY 2 DESC LIMIT ?",
-            (state, top)).fetchall()
+            "SELECT coalesce(reply_code, '-'), count(*), max(detail) FROM recipients WHERE state=? AND detail IS NOT NULL"
+            " GROUP BY reply_code ORDER BY 2 DESC LIMIT ?", (state, top)).fetchall()
 
     def doubt_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM recipients WHERE doubt=1").fetchone()[0]

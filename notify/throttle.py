@@ -136,9 +136,12 @@ class Throttle:
             del self._sent[:256]
 
     def observed_rate(self, window: float = 5.0) -> float:
+        """Messages per second over the recent past: the base for backing off when no rate was set."""
         now = self.clock.now()
         recent = [t for t in self._sent if now - t <= window]
-        return max(self.FLOOR, len(recent) / window) if recent else 1.0
+        if len(recent) < 2:
+            return 1.0
+        return max(self.FLOOR, len(recent) / max(now - recent[0], 0.05))
 
     def backoff(self, reason: str) -> RateChange | None:
         """A throttling reply: halve the rate (at most once per second, so one burst counts once)."""

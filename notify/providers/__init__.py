@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from ..campaign import OutboxConfig, ProviderConfig
+from ..campaign import OutboxConfig, ProviderConfig, SmtpConfig
 from ..errors import ConfigError
 from .base import Kind, Outcome, Provider
 
 __all__ = ["Kind", "Outcome", "Provider", "build"]
 
 
-def build(config: ProviderConfig) -> Provider:
+def build(config: ProviderConfig, concurrency: int = 8) -> Provider:
+    """The one place a provider type becomes an object; imports stay lazy so boto3 loads only for SES."""
     if isinstance(config, OutboxConfig):
         from .outbox import OutboxProvider
 
         return OutboxProvider(config)
+    if isinstance(config, SmtpConfig):
+        from .smtp import SmtpProvider
+
+        return SmtpProvider(config, pool_size=concurrency)
     raise ConfigError(f"[providers.{config.name}] type = {config.type!r}: this provider is not available yet")

@@ -27,8 +27,11 @@ class Outcome:
     throttled: bool = False  # the provider asked us to slow down
 
     def describe(self) -> str:
-        parts = [str(p) for p in (self.code, self.status) if p]
-        return " ".join(parts + ([self.detail] if self.detail else []))
+        """"550 5.1.1 user unknown": the code, then the reply text (which carries the enhanced status)."""
+        head = [str(self.code)] if self.code else []
+        if self.status and not self.detail.startswith(self.status):
+            head.append(self.status)
+        return " ".join(head + ([self.detail] if self.detail else []))
 
 
 class Provider(Protocol):

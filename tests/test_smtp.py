@@ -1,0 +1,387 @@
+"""SMTP sending against a real aiosmtpd server on 127.0.0.1: pool, faults, TLS, AUTH, DKIM, VERP, crashes."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+from aiosmtplib import errors as smtp_errors
+from typer.testing import CliRunner
+
+from notify.audit import verify_chain
+from notify.campaign import load
+from notify.cli import app
+from notify.errors import ConfigError
+from notify.providers import build
+from notify.providers.base import Kind
+from notify.providers.smtp import classify_exception, classify_reply
+from notify.store import Store
+
+from .conftest import MakeCampaign, simple_templates
+from .smtpd import Handler, Server
+
+runner = CliRunner()
+
+
+def smtp_campaign(make_campaign: MakeCampaign, port: int, n: int = 20, *, relay: str = "", send: str = "",
+                  rows: str | None = None, name: str = "camp") -> Path:
+    recipients = rows or "email,name\n" + "".join(f"p{i}@example.com,Person {i}\n" for i in range(n))
+    d = make_campaign(recipients, template="t", templates=simple_templates(), name=name,
+                      send_extra=f"[send.retry]\nbase = 0.05\nmax_interval = 0.2\nmax_attempts = 4\n{send}",
+                      providers_extra=f'\n[providers.relay]\ntype = "smtp"\nhost = "127.0.0.1"\nport = {port}\n'
+                                      f'tls = "none"\ntimeout = 2\n{relay}')
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text().replace('providers = ["outbox"]', 'providers = ["relay"]'))
+    return d
+
+
+def send(d: Path, *args: str) -> tuple[int, str, str]:
+    r = runner.invoke(app, ["send", str(d), *args])
+    return r.exit_code, r.stdout, r.stderr
+
+
+def ledger(d: Path) -> dict[str, tuple[str, int, int, str | None]]:
+    s = Store(d / ".notify" / "campaign.sqlite")
+    rows = {r[0]: (r[1], r[2], r[3], r[4]) for r in s.db.execute("SELECT email, state, attempts, doubt, reply_code FROM recipients")}
+    assert verify_chain(s.events()).ok
+    s.close()
+    return rows
+
+
+def events(d: Path, kind: str) -> list[dict[str, object]]:
+    s = Store(d / ".notify" / "campaign.sqlite")
+    out = [e for e in s.events() if e["kind"] == kind]
+    s.close()
+    return out
+
+
+def test_happy_path_through_a_pool(make_campaign: MakeCampaign) -> None:
+    h = Handler()
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=200)
+        code, out, err = send(d, "--concurrency", "4")
+    assert code == 0, err
+    assert "sent 200," in out
+    assert len(h.received) == 200 and len({r.rcpt for r in h.received}) == 200
+    assert h.connections <= 4, "connections are pooled and reused"
+    got = ledger(d)
+    assert all(v[0] == "sent" and v[1] == 1 for v in got.values())
+    sent = events(d, "sent")
+    by_rcpt = {r.rcpt: r.message_id for r in h.received}
+    for e in sent:
+        assert e["provider_message_id"] == by_rcpt[str(e["recipient"])]
+
+
+def test_451_then_success(make_campaign: MakeCampaign) -> None:
+    h = Handler(script={"p3@example.com": [("rcpt", "451 4.3.0 Try again later")]})
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=10)
+        code, _, err = send(d)
+    assert code == 0, err
+    assert ledger(d)["p3@example.com"][:2] == ("sent", 2)
+    assert [r.rcpt for r in h.received].count("p3@example.com") == 1
+    deferred = events(d, "deferred")
+    assert len(deferred) == 1 and json.loads(str(deferred[0]["detail"]))["code"] == 451
+    assert events(d, "rate_changed"), "a 451 slows the sender down, and the audit log says so"
+
+
+def test_421_mid_stream_reconnects(make_campaign: MakeCampaign) -> None:
+    h = Handler(mail_replies=[None, None, None, "421 4.7.0 Too many connections, closing"])  # type: ignore[list-item]
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=20)
+        code, _, err = send(d, "--concurrency", "1")
+    assert code == 0, err
+    assert len(h.received) == 20
+    assert h.connections >= 2, "the client reconnected after 421"
+    assert sum(1 for v in ledger(d).values() if v[1] == 2) == 1
+
+
+def test_550_user_unknown_fails_with_its_reply(make_campaign: MakeCampaign) -> None:
+    bad = {f"p{i}@example.com": [("rcpt", "550 5.1.1 <p@example.com>: Recipient address rejected: User unknown")] for i in (2, 5, 7)}
+    h = Handler(script=bad)
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=10)
+        code, out, err = send(d)
+    assert code == 3, "finished, but some recipients failed"
+    assert "sent 7, deferred 0, failed 3." in out
+    got = ledger(d)
+    assert [k for k, v in got.items() if v[0] == "failed"] == ["p2@example.com", "p5@example.com", "p7@example.com"]
+    assert {v[3] for v in got.values() if v[0] == "failed"} == {"550 5.1.1"}
+    st = runner.invoke(app, ["status", str(d)]).stdout
+    assert "failed: 550 5.1.1 x 3 (e.g. 550 5.1.1 <p@example.com>: Recipient address rejected: User unknown)" in st
+
+
+def test_drop_before_the_final_dot_is_retried_not_doubted(make_campaign: MakeCampaign) -> None:
+    h = Handler(script={"p1@example.com": [("rcpt", "drop")]})
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=5)
+        code, _, err = send(d)
+    assert code == 0, err
+    assert ledger(d)["p1@example.com"] == ("sent", 2, 0, "250 2.0.0")
+    assert [r.rcpt for r in h.received].count("p1@example.com") == 1
+
+
+def test_drop_after_the_final_dot_is_in_doubt_and_resent_with_the_same_id(make_campaign: MakeCampaign) -> None:
+    h = Handler(script={"p1@example.com": [("data", "drop")]})
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=5)
+        code, _, err = send(d)
+    assert code == 0, err
+    copies = [r for r in h.received if r.rcpt == "p1@example.com"]
+    assert len(copies) == 2 and copies[0].message_id == copies[1].message_id
+    assert ledger(d)["p1@example.com"][:3] == ("sent", 2, 1)
+    [sent] = [e for e in events(d, "sent") if e["recipient"] == "p1@example.com"]
+    assert json.loads(str(sent["detail"]))["possible_duplicate"] is True
+
+
+def test_stalled_server_times_out(make_campaign: MakeCampaign) -> None:
+    h = Handler(script={"p2@example.com": [("rcpt", "stall:3")]})
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=4, relay="")
+        toml = d / "campaign.toml"
+        toml.write_text(toml.read_text().replace("timeout = 2", "timeout = 0.5"))
+        code, _, err = send(d)
+    assert code == 0, err
+    state, attempts, doubt, _ = ledger(d)["p2@example.com"]
+    assert (state, attempts, doubt) == ("sent", 2, 0)
+    [deferred] = events(d, "deferred")
+    assert "timed out during rcpt" in json.loads(str(deferred["detail"]))["reply"]
+
+
+def test_retries_give_up_after_max_attempts(make_campaign: MakeCampaign) -> None:
+    h = Handler(script={"p0@example.com": [("rcpt", "450 4.2.1 Mailbox busy")] * 10})
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=2)
+        code, _, _ = send(d)
+    assert code == 3
+    assert ledger(d)["p0@example.com"][:2] == ("failed", 4)
+    [failed] = events(d, "failed")
+    assert json.loads(str(failed["detail"]))["gave_up"].startswith("after 4 attempts")
+
+
+def test_long_retry_stops_with_the_time_of_the_next_retry(make_campaign: MakeCampaign) -> None:
+    h = Handler(script={"p0@example.com": [("rcpt", "451 4.3.0 later")]})
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=3)
+        toml = d / "campaign.toml"
+        toml.write_text(toml.read_text().replace("base = 0.05\nmax_interval = 0.2", "base = 3600\nmax_interval = 7200"))
+        code, out, err = send(d)
+        assert code == 4
+        assert "Stopped: only retries scheduled for later remain (next retry due " in err
+        assert ledger(d)["p0@example.com"][0] == "deferred"
+        status = json.loads(runner.invoke(app, ["status", str(d), "--json"]).stdout)
+        assert status["deferred_replies"]["451 4.3.0"]["count"] == 1 and status["next_retry"]
+
+
+def test_auth_required_and_wrong_password_stops_cleanly(make_campaign: MakeCampaign, monkeypatch: pytest.MonkeyPatch) -> None:
+    relay = 'username_env = "T_SMTP_USER"\npassword_env = "T_SMTP_PASS"\n'
+    monkeypatch.setenv("T_SMTP_USER", "notify")
+    monkeypatch.setenv("T_SMTP_PASS", "wrong")
+    h = Handler()
+    with Server(h, auth={"notify": "s3cret"}) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=5, relay=relay)
+        code, _, err = send(d)
+        assert code == 4
+        assert "Stopped: provider relay is down: 535 authentication refused" in err
+        assert {v[0] for v in ledger(d).values()} == {"pending"}, "nobody is failed because the provider is down"
+        monkeypatch.setenv("T_SMTP_PASS", "s3cret")
+        code, _, err = send(d)
+    assert code == 0, err
+    assert len(h.received) == 5
+
+
+def test_missing_secret_env_is_a_clear_error(make_campaign: MakeCampaign, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("T_SMTP_PASS", raising=False)
+    d = smtp_campaign(make_campaign, 2525, relay='username_env = "T_SMTP_USER"\npassword_env = "T_SMTP_PASS"\n')
+    monkeypatch.setenv("T_SMTP_USER", "u")
+    code, _, err = send(d)
+    assert code == 1
+    assert err.startswith("Error: [providers.relay] password_env: the environment variable T_SMTP_PASS is not set")
+
+
+def test_cleartext_to_a_remote_host_is_refused(make_campaign: MakeCampaign) -> None:
+    d = smtp_campaign(make_campaign, 25)
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text().replace('host = "127.0.0.1"', 'host = "smtp.example.net"'))
+    with pytest.raises(ConfigError, match=r'tls = "none": notices \(and any password\) would cross the network'):
+        build(load(d).providers["relay"])
+
+
+def test_starttls_with_a_verified_certificate(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_ctx = __import__("ssl").create_default_context(__import__("ssl").Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    h = Handler()
+    with Server(h, tls_context=server_ctx, require_starttls=True) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=3)
+        toml = d / "campaign.toml"
+        toml.write_text(toml.read_text().replace('host = "127.0.0.1"', 'host = "localhost"')
+                        .replace('tls = "none"', f'tls = "starttls"\nca_file = "{tmp_path / "ca.pem"}"'))
+        code, _, err = send(d)
+        assert code == 0, err
+        assert len(h.received) == 3
+        # Without our CA the certificate does not verify, and nothing is sent.
+        d2 = smtp_campaign(make_campaign, srv.port, n=3, name="camp2")
+        toml = d2 / "campaign.toml"
+        toml.write_text(toml.read_text().replace('host = "127.0.0.1"', 'host = "localhost"')
+                        .replace('tls = "none"', 'tls = "starttls"'))
+        code, _, err = send(d2)
+    assert code == 4 and "CERTIFICATE_VERIFY_FAILED" in err
+    assert len(h.received) == 3
+
+
+def test_connection_refused_repeatedly_is_provider_down(make_campaign: MakeCampaign) -> None:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens here now
+    d = smtp_campaign(make_campaign, port, n=5)
+    code, _, err = send(d, "--concurrency", "1")
+    assert code == 4
+    assert "connection attempts in a row failed" in err
+
+
+def test_a_wave_of_policy_rejections_stops_the_run(make_campaign: MakeCampaign) -> None:
+    blocked = {f"p{i}@example.com": [("rcpt", "550 5.7.1 Service unavailable; client host blocked")] for i in range(40)}
+    h = Handler(script=blocked)
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=40)
+        code, _, err = send(d, "--concurrency", "1")
+    assert code == 4
+    assert "were refused by policy" in err
+    states = Counter(v[0] for v in ledger(d).values())
+    assert states["failed"] == 4 and states["pending"] + states["deferred"] == 36
+
+
+def test_verp_token_maps_back_to_the_recipient(make_campaign: MakeCampaign) -> None:
+    h = Handler()
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=3, relay='return_path = "bounces+{token}@bounces.example.com"\n')
+        assert send(d)[0] == 0
+    s = Store(d / ".notify" / "campaign.sqlite")
+    for r in h.received:
+        token = r.mail_from.split("+")[1].split("@")[0]
+        assert s.by_token(token) == r.rcpt
+    s.close()
+
+
+def test_dkim_signature_verifies(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    dkim = pytest.importorskip("dkim")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (tmp_path / "dkim.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                                          serialization.NoEncryption()))
+    pub = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    import base64
+
+    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(pub)
+    h = Handler()
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=2, relay=f'dkim_key_file = "{tmp_path / "dkim.pem"}"\n'
+                                                              'dkim_selector = "notify"\ndkim_domain = "example.com"\n')
+        assert send(d)[0] == 0
+    for r in h.received:
+        assert r.data.startswith(b"DKIM-Signature:")
+        assert dkim.verify(r.data, dnsfunc=lambda name, timeout=5: record if name == b"notify._domainkey.example.com." else None)
+
+
+def test_every_aiosmtplib_exception_maps_to_an_outcome() -> None:
+    classes = [c for _, c in inspect.getmembers(smtp_errors, inspect.isclass) if issubclass(c, smtp_errors.SMTPException)]
+    assert len(classes) >= 14
+    for cls in classes:
+        params = [p for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
+        if cls is smtp_errors.SMTPRecipientsRefused:
+            exc: Exception = cls([smtp_errors.SMTPRecipientRefused(550, "5.1.1 unknown", "a@example.com")])
+        elif len(params) == 1:
+            exc = cls("message")
+        elif len(params) == 2:
+            exc = cls(451, "4.3.0 later")
+        else:
+            exc = cls(451, "4.3.0 later", "a@example.com")
+        for phase in ("connect", "mail", "rcpt", "data", "body"):
+            outcome = classify_exception(exc, phase)
+            assert outcome.kind in Kind, (cls, phase)
+    assert classify_exception(smtp_errors.SMTPAuthenticationError(535, "bad"), "connect").kind is Kind.PROVIDER_DOWN
+    assert classify_exception(smtp_errors.SMTPServerDisconnected("gone"), "rcpt").kind is Kind.TEMPORARY
+    assert classify_exception(smtp_errors.SMTPServerDisconnected("gone"), "body").kind is Kind.IN_DOUBT
+    assert classify_exception(smtp_errors.SMTPReadTimeoutError("slow"), "body").kind is Kind.IN_DOUBT
+    assert classify_exception(smtp_errors.SMTPRecipientRefused(550, "5.1.1 unknown", "a"), "rcpt").kind is Kind.PERMANENT
+    assert classify_exception(ConnectionRefusedError(111, "refused"), "connect").kind is Kind.TEMPORARY
+
+
+@pytest.mark.parametrize("code,text,phase,kind,throttled", [
+    (250, "2.0.0 OK", "body", Kind.ACCEPTED, False),
+    (421, "4.7.0 closing", "mail", Kind.TEMPORARY, True),
+    (450, "4.2.1 busy", "rcpt", Kind.TEMPORARY, True),
+    (452, "4.5.3 too many", "rcpt", Kind.TEMPORARY, True),
+    (454, "4.7.0 Throttling failure: Maximum sending rate exceeded", "mail", Kind.TEMPORARY, True),
+    (552, "5.2.2 mailbox full", "rcpt", Kind.TEMPORARY, False),
+    (552, "5.3.4 message too big", "body", Kind.PERMANENT, False),
+    (550, "5.1.1 user unknown", "rcpt", Kind.PERMANENT, False),
+    (554, "5.7.1 rejected", "body", Kind.PERMANENT, False),
+])
+def test_reply_codes(code: int, text: str, phase: str, kind: Kind, throttled: bool) -> None:
+    o = classify_reply(code, text, phase)
+    assert (o.kind, o.throttled, o.code) == (kind, throttled, code)
+    assert o.status == text.split()[0]
+
+
+def test_aiosmtplib_exports_are_covered() -> None:
+    exported = [getattr(aiosmtplib, n) for n in aiosmtplib.__all__]
+    assert smtp_errors.SMTPException in exported
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_through_smtp(make_campaign: MakeCampaign) -> None:
+    n = 1500
+    h = Handler()
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=n)
+        for target in (200, 700):
+            proc = subprocess.Popen([sys.executable, "-m", "notify", "send", str(d), "--no-progress", "--rate", "400"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            deadline = time.monotonic() + 60
+            while len(h.received) < target and time.monotonic() < deadline:
+                assert proc.poll() is None, proc.communicate()
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate()
+        proc = subprocess.run([sys.executable, "-m", "notify", "send", str(d), "--no-progress"], capture_output=True)
+        assert proc.returncode == 0, proc.stderr
+    got = ledger(d)
+    assert {v[0] for v in got.values()} == {"sent"} and len(got) == n
+    copies = Counter(r.rcpt for r in h.received)
+    assert set(copies) == set(got), "every recipient received"
+    for rcpt, count in copies.items():
+        if count > 1:
+            assert got[rcpt][2] == 1, f"{rcpt} received {count} times but was never recorded in doubt"
+            assert len({r.message_id for r in h.received if r.rcpt == rcpt}) == 1
+    assert any(v[2] for v in got.values()), "a kill mid-run leaves someone in doubt"
+
+
+def test_a_capped_domain_does_not_stall_the_others(make_campaign: MakeCampaign) -> None:
+    rows = "email\n" + "".join(f"s{i}@slow.example\n" for i in range(4)) + "".join(f"f{i}@fast.example\n" for i in range(40))
+    h = Handler()
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, rows=rows, send='[send.domains]\n"slow.example" = 120\n')
+        code, _, err = send(d, "--concurrency", "2")
+    assert code == 0, err
+    order = [r.rcpt.split("@")[1] for r in h.received]
+    assert len(order) == 44
+    last_fast = max(i for i, dom in enumerate(order) if dom == "fast.example")
+    slow_before = sum(1 for dom in order[:last_fast] if dom == "slow.example")
+    assert slow_before <= 2, f"fast.example waited behind slow.example's cap: {order}"

@@ -1,0 +1,97 @@
+"""Pacing with an injected clock: no test here sleeps for real."""
+
+from __future__ import annotations
+
+import asyncio
+
+from notify.throttle import Bucket, FakeClock, Throttle
+
+
+def acquire_times(throttle: Throttle, clock: FakeClock, domains: list[str], concurrency: int = 8) -> list[tuple[str, float]]:
+    times: list[tuple[str, float]] = []
+    queue = list(domains)
+
+    async def worker() -> None:
+        while queue:
+            d = queue.pop(0)
+            await throttle.acquire(d)
+            times.append((d, clock.now()))
+
+    async def main() -> None:
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    asyncio.run(main())
+    return times
+
+
+def max_in_window(ts: list[float], window: float) -> int:
+    ts = sorted(ts)
+    best, j = 0, 0
+    for i, t in enumerate(ts):
+        while ts[j] <= t - window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+def test_global_rate_is_paced_exactly() -> None:
+    clock = FakeClock()
+    t = Throttle(rate=10, clock=clock, burst=5)
+    times = [x for _, x in acquire_times(t, clock, ["example.com"] * 205)]
+    assert abs(times[-1] - (205 - 5) / 10) < 1e-6, "after the burst, exactly one message per 1/rate seconds"
+    assert max_in_window(times, 1.0) <= 10 + 5, "no one-second window exceeds rate + burst"
+
+
+def test_fractional_rate() -> None:
+    clock = FakeClock()
+    t = Throttle(rate=0.2, clock=clock, burst=1)
+    times = [x for _, x in acquire_times(t, clock, ["a.example"] * 4, concurrency=2)]
+    assert times == [0.0, 5.0, 10.0, 15.0]
+
+
+def test_domain_cap_paces_only_that_domain() -> None:
+    clock = FakeClock()
+    t = Throttle(rate=None, domains={"gmail.com": 60}, clock=clock)
+    times = acquire_times(t, clock, ["gmail.com"] * 5 + ["example.org"] * 50, concurrency=1)
+    gmail = [x for d, x in times if d == "gmail.com"]
+    assert gmail == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert t.domain_delay("example.org") == 0
+    assert t.saturated_domains(horizon=0.5) == ["gmail.com"]
+    clock.t += 1.0
+    assert t.saturated_domains(horizon=0.5) == []
+
+
+def test_backoff_halves_then_grows_back_to_the_configured_rate() -> None:
+    clock = FakeClock()
+    t = Throttle(rate=40, clock=clock)
+    change = t.backoff("421 4.7.0 slow down")
+    assert change is not None and (change.old, change.new) == (40, 20)
+    assert t.backoff("again, same burst") is None, "one burst of replies halves once"
+    clock.t += 1.5
+    assert t.backoff("again") is not None and t.rate == 10
+    assert t.recover() is None, "no growth before a quiet period"
+    rates = []
+    for _ in range(20):
+        clock.t += Throttle.QUIET
+        c = t.recover()
+        if c:
+            rates.append(c.new)
+    assert rates[0] == 14 and rates[-1] == 40, rates
+    assert all(b > a for a, b in zip(rates, rates[1:])), "additive increase: gentle and monotonic"
+
+
+def test_backoff_from_unlimited_uses_the_observed_rate() -> None:
+    clock = FakeClock()
+    t = Throttle(rate=None, clock=clock)
+    for i in range(100):
+        clock.t = i * 0.01  # 100 messages per second
+        t._sent.append(clock.t)
+    change = t.backoff("454 Throttling failure")
+    assert change is not None and change.old is None and 45 < (change.new or 0) < 55
+
+
+def test_bucket_delay_does_not_reserve() -> None:
+    clock = FakeClock()
+    b = Bucket(rate=1, burst=1, clock=clock)
+    assert b.delay() == 0 and b.delay() == 0
+    assert b.reserve() == 0 and b.delay() == 1.0
