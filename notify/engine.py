@@ -250,7 +250,8 @@ class Sender:
         if self.bar is not None:
             self.bar.update(1)
             c = self.result.counts
-            self.bar.set_postfix_str(f"sent={c['sent']} deferred={c['deferred']} failed={c['failed']}", refresh=False)
+            rate = f" limit={self.throttle.rate:g}/s" if self.throttle.rate else ""
+            self.bar.set_postfix_str(f"sent={c['sent']} deferred={c['deferred']} failed={c['failed']}{rate}", refresh=False)
 
     # --- the loop ---
 

@@ -385,3 +385,21 @@ def test_a_capped_domain_does_not_stall_the_others(make_campaign: MakeCampaign) 
     last_fast = max(i for i, dom in enumerate(order) if dom == "fast.example")
     slow_before = sum(1 for dom in order[:last_fast] if dom == "slow.example")
     assert slow_before <= 2, f"fast.example waited behind slow.example's cap: {order}"
+
+
+def test_connections_are_retired_after_n_messages(make_campaign: MakeCampaign) -> None:
+    h = Handler()
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=20, relay="messages_per_connection = 5\n")
+        assert send(d, "--concurrency", "1")[0] == 0
+    assert len(h.received) == 20 and h.connections == 4
+
+
+def test_server_closing_every_connection_after_k_messages(make_campaign: MakeCampaign) -> None:
+    h = Handler(close_after=3)
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=30)
+        code, _, err = send(d, "--concurrency", "2")
+    assert code == 0, err
+    assert sorted(r.rcpt for r in h.received) == sorted(f"p{i}@example.com" for i in range(30)), "each exactly once"
+    assert all(v[2] == 0 for v in ledger(d).values()), "a drop before MAIL is never in doubt"
