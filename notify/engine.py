@@ -54,6 +54,9 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
         pre.problems.append(str(e))
     pre.imported = store.import_file(campaign.recipients, append=append)
     store.write_rejects_file()
+    if not store.counts():
+        pre.problems.append(f"{campaign.recipients}: no recipients: {pre.imported.rows_read} row(s) read, all rejected "
+                            f"(see {store.path.parent / 'rejects.csv'})")
     if pre.templates is None or pre.problems:
         return pre
     templates = pre.templates

@@ -157,6 +157,13 @@ class Claimed:
     previous_state: str
 
 
+CLAIM_COLUMNS = "id, row, email, key, name, locale, jurisdiction, vars, attempts, doubt, first_attempt_at, state"
+
+
+def _claimed(r: tuple[Any, ...]) -> Claimed:
+    return Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], bool(r[9]), r[10], r[11])
+
+
 @dataclass
 class Change:
     """A state change and the event that records it; written together or not at all."""
@@ -255,19 +262,26 @@ class Store:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         head = self._head
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise self._error(e) from None
         try:
             yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            self._head = head
-            raise
-        try:
             self.db.execute("COMMIT")
-        except sqlite3.Error as e:
-            self.db.execute("ROLLBACK")
+        except BaseException as e:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
             self._head = head
-            raise StoreError(f"{self.path}: could not commit: {e}", hint="check free disk space; the next run resumes") from None
+            if isinstance(e, sqlite3.Error):
+                raise self._error(e) from None
+            raise
+
+    def _error(self, e: sqlite3.Error) -> StoreError:
+        """SQLite's failures in words a person can act on; nothing of the failed transaction was kept."""
+        return StoreError(f"{self.path}: could not write the campaign state: {e}",
+                          hint="free some disk space or fix the directory's permissions; nothing was lost, "
+                               "and running the same command again resumes")
 
     # --- events ---
 
@@ -424,7 +438,7 @@ class Store:
 
         Pending rows first, in file order; then deferred rows whose retry is due. Domains at their
         cap are skipped so that one slow domain never holds up the others."""
-        cols = "id, row, email, key, name, locale, jurisdiction, vars, attempts, doubt, first_attempt_at, state"
+        cols = CLAIM_COLUMNS
         skip = f" AND domain NOT IN ({','.join('?' * len(skip_domains))})" if skip_domains else ""
         with self.transaction() as db:
             rows = db.execute(f"SELECT {cols} FROM recipients WHERE state='pending'{skip} ORDER BY id LIMIT ?",
@@ -434,8 +448,7 @@ class Store:
                     f"SELECT {cols} FROM recipients WHERE state='deferred' AND next_attempt_at <= ?{skip}"
                     " ORDER BY next_attempt_at, id LIMIT ?", (now, *skip_domains, limit - len(rows))).fetchall()
             db.executemany("UPDATE recipients SET state='inflight' WHERE id=?", [(r[0],) for r in rows])
-        return [Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], bool(r[9]), r[10], r[11])
-                for r in rows]
+        return [_claimed(r) for r in rows]
 
     def release(self, claimed: Iterable[Claimed]) -> None:
         """Puts claimed recipients that never reached a provider back where they were."""
@@ -462,11 +475,10 @@ class Store:
     def unsent(self, limit: int | None = None) -> Iterator[Claimed]:
         """Recipients not yet in a final state, read only (for a dry run)."""
         cur = self.db.execute(
-            "SELECT id, row, email, key, name, locale, jurisdiction, vars, attempts, doubt, first_attempt_at, state"
-            " FROM recipients WHERE state IN ('pending', 'deferred', 'inflight') ORDER BY id LIMIT ?",
+            f"SELECT {CLAIM_COLUMNS} FROM recipients WHERE state IN ('pending', 'deferred', 'inflight') ORDER BY id LIMIT ?",
             (-1 if limit is None else limit,))
         for r in cur:
-            yield Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], bool(r[9]), r[10], r[11])
+            yield _claimed(r)
 
     def count_unsent(self) -> int:
         return self.db.execute(
