@@ -185,6 +185,7 @@ def _read_plain(lines: Iterator[tuple[int, str]]) -> Iterator[Record]:
         yield Record(n, _show(line), {"email": text})
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 _LOCALE_RE = re.compile(r"^([A-Za-z]{2,3})(?:[-_]([A-Za-z]{4}))?(?:[-_]([A-Za-z]{2}|[0-9]{3}))?$")
 
 
@@ -211,6 +212,9 @@ def validate(record: Record) -> Recipient | Reject:
     for col in STANDARD_COLUMNS:
         if col in fields and not isinstance(fields[col], str):
             return Reject(record.row, record.raw, f"column {col!r} must be text")
+        if col in fields and (bad := _CONTROL_RE.search(fields[col])):
+            # These columns reach mail headers, where a control character is mangled or dangerous.
+            return Reject(record.row, record.raw, f"column {col!r} contains a control character (U+{ord(bad.group()):04X})")
     email = str(fields.get("email") or "").strip()
     if not email:
         return Reject(record.row, record.raw, "email is empty")
