@@ -176,7 +176,7 @@ class _Checker:
         self.problems.append(f"{self.file}: {where}: {what}")
 
     def table(self, where: str, data: dict[str, Any], schema: dict[str, Key]) -> dict[str, Any]:
-        """Checks keys and types; returns only the keys that passed."""
+        """Checks keys and types; returns only the keys that passed. `where` is "" for the top level."""
         good: dict[str, Any] = {}
         for key, value in data.items():
             spec = schema.get(key)
@@ -184,29 +184,33 @@ class _Checker:
                 self.unknown(where, key, list(schema))
                 continue
             if not _type_ok(spec.kind, value):
-                self.problem(f"{where} {key}", f"expected {_EXPECTED[spec.kind]}, got {_describe(value)}")
+                self.problem(_name(where, key), f"expected {_EXPECTED[spec.kind]}, got {_describe(value)}")
                 continue
             if spec.check and (msg := spec.check(value)):
-                self.problem(f"{where} {key}", msg)
+                self.problem(_name(where, key), msg)
                 continue
             good[key] = value
         for key, spec in schema.items():
             if spec.required and key not in data:
-                self.problem(f"{where} {key}", "missing (required)")
+                self.problem(_name(where, key), "missing (required)")
         return good
 
     def unknown(self, where: str, key: str, known: list[str]) -> None:
         if key.lower() in SECRET_KEYS:
             instead = SECRET_HINTS.get(key.lower(), "password_env")
             self.problem(
-                f"{where} {key}",
+                _name(where, key),
                 f"secrets never live in {CAMPAIGN_FILE}; remove it and set {instead} = "
                 '"NAME_OF_AN_ENVIRONMENT_VARIABLE" that holds it',
             )
             return
         close = difflib.get_close_matches(key, known, n=1)
         hint = f' (did you mean "{close[0]}"?)' if close else f" (known keys: {', '.join(known)})"
-        self.problem(f"{where} {key}", f"unknown key{hint}")
+        self.problem(_name(where, key), f"unknown {'table' if not where else 'key'}{hint}")
+
+
+def _name(where: str, key: str) -> str:
+    return f"{where} {key}" if where else f"[{key}]"
 
 
 def _positive(v: Any) -> str | None:
@@ -320,7 +324,7 @@ def load(path: str | Path) -> Campaign:
 
 def _build(file: Path, data: dict[str, Any]) -> Campaign:
     c = _Checker(file)
-    top = c.table("top level", data, TOP_KEYS)
+    top = c.table("", data, TOP_KEYS)
     camp = c.table("[campaign]", top.get("campaign", {}), CAMPAIGN_KEYS)
     send = c.table("[send]", top.get("send", {}), SEND_KEYS)
     retry = c.table("[send.retry]", send.get("retry", {}), RETRY_KEYS)

@@ -116,6 +116,8 @@ def check(campaign: Path = CampaignArg) -> None:
             err(f"\n{len(pre.problems)} problem(s):")
             for p in pre.problems:
                 err(f"  - {p}")
+            for h in pre.hints:
+                err(f"Hint: {h}")
             err(f"Nothing was sent. Fix the above and run `notify check {campaign}` again.")
             raise typer.Exit(EXIT_INPUT)
         typer.echo(f"\nOK: ready. Next: notify send {campaign} --dry-run   (or without --dry-run to send)")

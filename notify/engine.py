@@ -37,7 +37,13 @@ class Preflight:
     templates: Templates | None
     imported: ImportResult | None
     problems: list[str] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)  # each said once, however many problems share it
     rendered_locales: list[str] = field(default_factory=list)
+
+    def add(self, problem: str, hint: str | None = None) -> None:
+        self.problems.append(problem)
+        if hint and hint not in self.hints:
+            self.hints.append(hint)
 
     @property
     def ok(self) -> bool:
@@ -49,13 +55,14 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
     pre = Preflight(store, None, None)
     try:
         pre.templates = Templates(campaign)
-        pre.problems += pre.templates.load_all()
+        for problem in pre.templates.load_all():
+            pre.add(problem)
     except TemplateError as e:
-        pre.problems.append(str(e))
+        pre.add(str(e), e.hint)
     pre.imported = store.import_file(campaign.recipients, append=append)
     store.write_rejects_file()
     if not store.counts():
-        pre.problems.append(f"{campaign.recipients}: no recipients: {pre.imported.rows_read} row(s) read, all rejected "
+        pre.add(f"{campaign.recipients}: no recipients: {pre.imported.rows_read} row(s) read, all rejected "
                             f"(see {store.path.parent / 'rejects.csv'})")
     if pre.templates is None or pre.problems:
         return pre
@@ -63,15 +70,17 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
     used = templates.recipient_fields() - set(STANDARD_COLUMNS)
     columns = store.columns()
     for col in sorted(used - columns):
-        pre.problems.append(
+        pre.add(
             f"templates use recipient.{col}, but {campaign.recipients} has no {col!r} column "
             f"(add the column, or take it out of {templates.roots[0]})")
     for col in sorted(used & columns):
         n, first = store.empty_values(col)
         if n:
-            pre.problems.append(
+            pre.add(
                 f"{campaign.recipients}: {n} recipient(s) have an empty {col!r}, which the templates use "
                 f"(first at row {first}); fill it in so no notice goes out with a blank")
+    if pre.problems:
+        return pre  # rendering would only fail again for the same missing columns
     # Every template locale, and every locale recipients asked for, renders before anything is sent.
     samples = store.sample_per_locale()
     targets: dict[str, dict[str, Any]] = {}
@@ -79,7 +88,7 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
         try:
             loc = templates.resolve(requested or campaign.default_locale)
         except TemplateError as e:
-            pre.problems.append(str(e))
+            pre.add(str(e), e.hint)
             continue
         targets.setdefault(loc, recipient_context(s["email"], s["name"], requested, s["jurisdiction"], s["vars"]))
     for loc in templates.locales:
@@ -90,9 +99,9 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
             compose(campaign, rendered, to_email=recipient["email"], to_name=recipient["name"], key=recipient["email"].lower())
             pre.rendered_locales.append(loc)
         except TemplateError as e:
-            pre.problems.append(str(e) + (f" ({e.hint})" if e.hint else ""))
+            pre.add(str(e), e.hint)
         except ValueError as e:  # the email package refuses a header value
-            pre.problems.append(f"{templates.roots[0] / loc}: the message cannot be built: {e}")
+            pre.add(f"{templates.roots[0] / loc}: the message cannot be built: {e}")
     return pre
 
 
@@ -379,8 +388,9 @@ def send(campaign: Campaign, store: Store, options: SendOptions) -> RunResult:
     store.lock()
     pre = preflight(campaign, store)
     if not pre.ok:
+        hints = pre.hints + [f"run `notify check {campaign.dir}` after fixing them"]
         raise TemplateError(f"{len(pre.problems)} problem(s) found before sending; nothing was sent:\n  "
-                            + "\n  ".join(pre.problems), hint=f"run `notify check {campaign.dir}` after fixing them")
+                            + "\n  ".join(pre.problems), hint="; ".join(hints))
     if options.dry_run:
         return dry_run(campaign, pre, options)
     provider = choose_provider(campaign, options.provider, options.concurrency)

@@ -154,12 +154,13 @@ def _read_csv(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[Record]:
                 continue
             yield Record(start, _show(raw), dict(zip(columns, fields)))
     except csv.Error as e:
+        start = line_no - len(raw_lines) + 1  # where the broken record began
         detail = str(e)
         if "field larger than field limit" in detail:
             detail = f"a field is longer than {csv.field_size_limit()} characters (is a quote unbalanced?)"
         elif "unexpected end of data" in detail:
-            detail = "a quoted field is never closed (unbalanced quote)"
-        raise InputError(f"{path}: line {line_no}: malformed CSV: {detail}", hint="fix the line and run again; nothing was imported") from None
+            detail = "a quote opened on this line is never closed"
+        raise InputError(f"{path}: line {start}: malformed CSV: {detail}", hint="fix the line and run again; nothing was imported") from None
 
 
 def _read_jsonl(lines: Iterator[tuple[int, str]]) -> Iterator[Record]:

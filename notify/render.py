@@ -82,6 +82,25 @@ def _date_filter(ctx: jinja2.runtime.Context, value: Any, format: str = "long") 
     raise TemplateError(f"the date filter got {value!r}, which is not a date")
 
 
+class Namespace(dict):  # type: ignore[type-arg]
+    """`campaign` and `recipient` in templates: a dict that knows its name, for error messages."""
+
+    def __init__(self, label: str, values: dict[str, Any]) -> None:
+        super().__init__(values)
+        self.label = label
+
+
+class Undefined(jinja2.StrictUndefined):
+    """StrictUndefined that says "campaign.support_phone is not defined" rather than "'dict object' has no attribute"."""
+
+    @property
+    def _undefined_message(self) -> str:
+        label = getattr(self._undefined_obj, "label", None)
+        if label and self._undefined_name is not None:
+            return f"{label}.{self._undefined_name} is not defined"
+        return super()._undefined_message  # type: ignore[no-any-return]
+
+
 def _where(exc: BaseException, roots: list[Path]) -> str:
     """The template file and line an exception was raised from (jinja2 puts them in the traceback)."""
     tb: TracebackType | None = exc.__traceback__
@@ -106,7 +125,7 @@ class Templates:
                 f"(looked in {campaign.dir / 'templates'} and {shipped})")
         self.env = ImmutableSandboxedEnvironment(
             loader=jinja2.FileSystemLoader([str(r) for r in self.roots]),
-            undefined=jinja2.StrictUndefined,
+            undefined=Undefined,
             autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
             keep_trailing_newline=True,
         )
@@ -192,8 +211,8 @@ class Templates:
         """Renders one locale for one recipient; any failure is a TemplateError naming file and line."""
         subject_t, text_t, html_t = self._load(locale)
         ctx = {
-            "recipient": recipient,
-            "campaign": self.campaign.variables,
+            "recipient": Namespace("recipient", recipient),
+            "campaign": Namespace("campaign", self.campaign.variables),
             "locale": locale,
             "today": dt.date.today(),
             "text_direction": "rtl" if locale.split("-")[0] in RTL_LANGUAGES else "ltr",
@@ -205,7 +224,7 @@ class Templates:
         except TemplateError as e:
             raise TemplateError(f"{_where(e, self.roots)}: {e}") from None
         except jinja2.UndefinedError as e:
-            raise TemplateError(f"{_where(e, self.roots)}: undefined variable: {e.message}",
+            raise TemplateError(f"{_where(e, self.roots)}: {e.message}",
                                 hint="add it to [variables] in campaign.toml (campaign.*) or as a recipients column (recipient.*)") from None
         except SecurityError as e:
             raise TemplateError(f"{_where(e, self.roots)}: refused by the sandbox: {e}") from None

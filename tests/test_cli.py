@@ -90,7 +90,7 @@ def test_missing_variable_stops_before_the_first_send(make_campaign: MakeCampaig
                                  "en/body.html": "<p>x</p>"})
     code, _, err = run("send", d)
     assert code == 1
-    assert "undefined variable: 'dict object' has no attribute 'breach_date'" in err
+    assert "/templates/t/en/body.txt:1: campaign.breach_date is not defined" in err
     assert "nothing was sent" in err
     assert not (d / "outbox").exists()
 

@@ -66,7 +66,7 @@ def test_duplicate_column(tmp_path: Path) -> None:
 
 def test_unbalanced_quote(tmp_path: Path) -> None:
     assert error(tmp_path, 'email,name\n"alice@example.com,Alice\nbob@example.com,Bob\n') == (
-        "r.csv: line 3: malformed CSV: a quoted field is never closed (unbalanced quote)")
+        "r.csv: line 2: malformed CSV: a quote opened on this line is never closed")
 
 
 def test_huge_field(tmp_path: Path) -> None:

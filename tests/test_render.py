@@ -69,7 +69,7 @@ def test_undefined_variable_names_file_and_line(make_campaign: MakeCampaign) -> 
     t = Templates(campaign.load(d))
     with pytest.raises(TemplateError) as e:
         t.render("en", recipient_context("a@example.com", "A", "en", "", {}))
-    assert str(e.value) == f"{d / 'templates/t/en/body.txt'}:2: undefined variable: 'dict object' has no attribute 'nope'"
+    assert str(e.value) == f"{d / 'templates/t/en/body.txt'}:2: campaign.nope is not defined"
 
 
 def test_syntax_error_names_file_and_line(make_campaign: MakeCampaign) -> None:

@@ -1,0 +1,74 @@
+"""The hostile-input corpus (tests/data/hostile): each bad input, the exact message a user sees, the exit code.
+
+Every case runs `notify send`, the command that must refuse hardest: nothing may be sent where a
+message says so, a bad row is a reject with a reason, and no traceback ever reaches the user.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import sqlite3
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from notify.cli import app
+
+HOSTILE = Path(__file__).parent / "data" / "hostile"
+ROOT = Path(__file__).resolve().parent.parent
+CASES: list[dict[str, Any]] = tomllib.loads((HOSTILE / "cases.toml").read_text(encoding="utf-8"))["case"]
+
+
+def build(tmp_path: Path, case: dict[str, Any]) -> Path:
+    d = tmp_path / "camp"
+    d.mkdir()
+    toml = (HOSTILE / "campaigns" / f"{case.get('campaign', 'good')}.toml").read_text(encoding="utf-8")
+    name = case.get("recipients", "good.csv")
+    data = (HOSTILE / "recipients" / name).read_bytes()
+    if name.endswith(".gz"):
+        data, name = gzip.decompress(data), name[:-3]
+    (d / name).write_bytes(data)
+    toml = toml.replace('recipients = "recipients.csv"', f'recipients = "{name}"')
+    if "template" in case:
+        shutil.copytree(HOSTILE / "templates" / case["template"], d / "templates" / "t")
+        toml = toml.replace('template = "breach-notice"', 'template = "t"')
+    (d / "campaign.toml").write_text(toml, encoding="utf-8")
+    return d
+
+
+def sent(d: Path) -> set[str]:
+    db = d / ".notify" / "campaign.sqlite"
+    if not db.exists():
+        return set()
+    con = sqlite3.connect(db)
+    try:
+        return {r[0] for r in con.execute("SELECT email FROM recipients WHERE state='sent'")}
+    finally:
+        con.close()
+
+
+def test_the_corpus_is_large_enough() -> None:
+    assert len(CASES) >= 30
+    assert len({c["name"] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_hostile_input(tmp_path: Path, case: dict[str, Any]) -> None:
+    d = build(tmp_path, case)
+    r = CliRunner().invoke(app, ["send", str(d), "--no-progress"])
+    out = (r.stdout + r.stderr).replace(str(d) + "/", "{dir}/").replace(str(d), "{dir}").replace(str(ROOT), "{root}")
+    assert "Traceback" not in out
+    assert r.exit_code == case["exit"], out
+    for line in case.get("says", []):
+        assert line in out.splitlines(), f"expected line:\n{line}\ngot:\n{out}"
+    if case["exit"] != 0:
+        assert not (d / "outbox").exists() and not sent(d), "nothing is sent when the input is refused"
+    if "rejects" in case:
+        rows = (d / ".notify" / "rejects.csv").read_text(encoding="utf-8").splitlines()[1:]
+        assert rows == case["rejects"]
+    if "sent" in case:
+        assert sorted(sent(d)) == sorted(case["sent"])
