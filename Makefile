@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test clean-demo clean
+.PHONY: demo test drill clean-demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+# Crash drill: 50 trials of 20,000 recipients, each SIGKILLed at seeded random moments and resumed.
+drill: $(STAMP)
+	$(BIN)/python -m tests.drill --trials 50 --recipients 20000 --seed 1
 
 clean-demo:
 	rm -rf campaigns/example/.notify campaigns/example/outbox campaigns/example/dry-run

@@ -19,7 +19,7 @@ from .store import Store
 
 EXIT_CODES = """\
 Exit codes: 0 done | 1 bad input or config, nothing sent | 2 usage | 3 finished, some recipients
-failed | 4 stopped before finishing (provider down, retries due later, --limit): run send again |
+failed | 4 stopped before finishing (provider down, retries due later, --limit, disk full): run send again |
 70 internal error (a bug; state is safe) | 130 interrupted: run send again to resume."""
 
 app = typer.Typer(

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from . import providers
 from .campaign import Campaign, OutboxConfig
-from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, ConfigError, NotifyError,
+from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, ConfigError, NotifyError, StoreError,
                      TemplateError)
 from .providers.base import Kind, Outcome, Provider
 from .recipients import STANDARD_COLUMNS
@@ -344,11 +344,15 @@ class Sender:
         queue: asyncio.Queue[Claimed | None] = asyncio.Queue(maxsize=2 * self.concurrency)
         workers = [asyncio.create_task(self.worker(queue)) for _ in range(self.concurrency)]
         flusher = asyncio.create_task(self.flusher())
+        failed = False
         try:
             await self.producer(queue)
             for _ in workers:
                 await queue.put(None)
             await asyncio.gather(*workers)
+        except BaseException:
+            failed = True
+            raise
         finally:
             flusher.cancel()
             for w in workers:
@@ -358,7 +362,13 @@ class Sender:
                 c = queue.get_nowait()
                 if c is not None:
                     self.releases.append(c)
-            self.flush()
+            try:
+                self.flush()
+            except StoreError:
+                # The state cannot be written (disk full?). What is not committed stays inflight on
+                # disk and is resent, in doubt, by the next run; the first error is the one to report.
+                if not failed:
+                    raise
             self.bar.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):

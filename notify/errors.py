@@ -18,7 +18,7 @@ EXIT_OK = 0
 EXIT_INPUT = 1  # bad input or config: nothing was sent
 EXIT_USAGE = 2  # wrong command line (click's own code)
 EXIT_FAILED = 3  # finished, but some recipients failed permanently
-EXIT_STOPPED = 4  # stopped before finishing (provider down, retries due later): run send again
+EXIT_STOPPED = 4  # stopped before finishing (provider down, retries due later, state not writable): run again
 EXIT_INTERNAL = 70  # a bug in notify (EX_SOFTWARE); the state on disk is still consistent
 EXIT_INTERRUPTED = 130  # Ctrl-C: everything in flight was settled; run send again
 
@@ -54,7 +54,9 @@ class TemplateError(NotifyError):
 
 
 class StoreError(NotifyError):
-    """The campaign's state directory or database cannot be used."""
+    """The campaign's state directory or database cannot be used (full disk, read-only, locked)."""
+
+    exit_code = EXIT_STOPPED  # nothing committed is lost; once the cause is fixed, the same command resumes
 
 
 class DeliveryError(NotifyError):

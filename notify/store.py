@@ -188,7 +188,7 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._head: tuple[int, str] = (0, GENESIS)
-        self._lock_fh: Any = None
+        self._lock_fd: int | None = None
         try:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -223,27 +223,35 @@ class Store:
 
     def lock(self) -> None:
         lock_path = self.path.parent / "lock"
-        fh = open(lock_path, "a+", opener=lambda p, f: os.open(p, f, 0o600))
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise self._os_error(lock_path, e) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            fh.seek(0)
-            pid = fh.read().strip() or "unknown"
-            fh.close()
+            pid = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
             raise StoreError(
                 f"{self.path.parent.parent}: another notify process (pid {pid}) is working on this campaign",
                 hint="wait for it to finish, or stop it with Ctrl-C; it can be resumed",
             ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        self._lock_fh = fh
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)  # for the message above; the flock is what excludes
+        except OSError:
+            pass  # a full disk must not stop us holding the lock; the next real write reports it
+        self._lock_fd = fd
 
     def unlock(self) -> None:
-        if self._lock_fh is not None:
-            self._lock_fh.close()
-            self._lock_fh = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _os_error(self, path: Path, e: OSError) -> StoreError:
+        return StoreError(f"{path}: {e.strerror}",
+                          hint="free some disk space or fix the directory's permissions; nothing was lost, "
+                               "and running the same command again resumes")
 
     # --- schema ---
 
@@ -548,9 +556,12 @@ class Store:
         """The rejects report: every rejected row with its row number, raw value and reason."""
         out = self.path.parent / "rejects.csv"
         tmp = out.with_suffix(".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8", opener=lambda p, f: os.open(p, f, 0o600)) as fh:
-            w = csv.writer(fh)
-            w.writerow(["row", "raw", "reason"])
-            w.writerows(self.rejects())
-        os.replace(tmp, out)
+        try:
+            with open(tmp, "w", newline="", encoding="utf-8", opener=lambda p, f: os.open(p, f, 0o600)) as fh:
+                w = csv.writer(fh)
+                w.writerow(["row", "raw", "reason"])
+                w.writerows(self.rejects())
+            os.replace(tmp, out)
+        except OSError as e:
+            raise self._os_error(out, e) from None
         return out

@@ -346,31 +346,16 @@ def test_aiosmtplib_exports_are_covered() -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_and_resume_through_smtp(make_campaign: MakeCampaign) -> None:
-    n = 1500
-    h = Handler()
-    with Server(h) as srv:
-        d = smtp_campaign(make_campaign, srv.port, n=n)
-        for target in (200, 700):
-            proc = subprocess.Popen([sys.executable, "-m", "notify", "send", str(d), "--no-progress", "--rate", "400"],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            deadline = time.monotonic() + 60
-            while len(h.received) < target and time.monotonic() < deadline:
-                assert proc.poll() is None, proc.communicate()
-                time.sleep(0.01)
-            proc.send_signal(signal.SIGKILL)
-            proc.communicate()
-        proc = subprocess.run([sys.executable, "-m", "notify", "send", str(d), "--no-progress"], capture_output=True)
-        assert proc.returncode == 0, proc.stderr
-    got = ledger(d)
-    assert {v[0] for v in got.values()} == {"sent"} and len(got) == n
-    copies = Counter(r.rcpt for r in h.received)
-    assert set(copies) == set(got), "every recipient received"
-    for rcpt, count in copies.items():
-        if count > 1:
-            assert got[rcpt][2] == 1, f"{rcpt} received {count} times but was never recorded in doubt"
-            assert len({r.message_id for r in h.received if r.rcpt == rcpt}) == 1
-    assert any(v[2] for v in got.values()), "a kill mid-run leaves someone in doubt"
+def test_crash_drill_short() -> None:
+    """The short version of `make drill`: a few small trials, the same checks."""
+    import random
+
+    from .drill import run_trial
+
+    rng = random.Random(7)
+    for _ in range(2):
+        trial = run_trial(800, rng, max_kills=3, max_delay=1.2)
+        assert trial.kills >= 1, "the drill killed the sender at least once"
 
 
 def test_a_capped_domain_does_not_stall_the_others(make_campaign: MakeCampaign) -> None:
