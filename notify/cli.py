@@ -179,6 +179,8 @@ def send(
         if dry_run:
             typer.echo(f"Dry run: rendered {counts['rendered']} message(s) into {c.dir / 'dry-run'}; no state changed.")
             return
+        for note in result.notes:
+            typer.echo(note)
         if result.recovered:
             typer.echo(f"Resumed: {result.recovered} recipient(s) were in flight when the last run stopped; "
                        "they were sent again with the same Message-ID.")

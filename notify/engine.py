@@ -126,6 +126,7 @@ class RunResult:
     next_retry: float | None = None  # wall-clock time of the next due retry, when stopped for it
     remaining: int = 0  # recipients not yet in a final state
     failed_total: int = 0  # failed recipients in the whole campaign
+    notes: list[str] = field(default_factory=list)  # what the provider said before sending (quota, ...)
 
     @property
     def exit_code(self) -> int:
@@ -152,6 +153,7 @@ def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None
     if outcome.status:
         detail["status"] = outcome.status
     common = {"attempts": attempts, "first_attempt_at": first, "provider": provider,
+              "message_id": msg.message_id if msg else None,
               "detail": outcome.describe()[:500],
               "reply_code": " ".join(str(p) for p in (outcome.code, outcome.status) if p) or outcome.kind.value}
     ev = dict(recipient_id=c.id, recipient=c.key, provider=provider, locale=locale,
@@ -323,6 +325,17 @@ class Sender:
     async def run(self) -> RunResult:
         store = self.store
         self.result.recovered = store.recover_inflight(self.wall())
+        ready = await self.provider.prepare()
+        self.result.notes.extend(n for n in ready.notes if n)
+        if ready.max_rate:
+            self.log_rate(self.throttle.cap(ready.max_rate))
+        if ready.down:
+            self.result.stopped = f"provider {self.provider.name} cannot send: {ready.down}"
+            store.log("provider_down", provider=self.provider.name, reason=ready.down)
+            await self.provider.aclose()
+            counts = store.counts()
+            self.result.remaining = sum(counts.get(s, 0) for s in ("pending", "deferred", "inflight"))
+            return self.result
         store.log("send_started", provider=self.provider.name, concurrency=self.concurrency,
                   rate=self.throttle.rate, limit=self.options.limit, recovered_inflight=self.result.recovered)
         total = store.count_due(self.wall())

@@ -39,6 +39,10 @@ TRANSITIONS = {
     ("pending", "suppressed"), ("deferred", "suppressed"), ("pending", "ineligible"),
     ("sent", "delivered"), ("sent", "bounced"), ("sent", "complained"),
     ("delivered", "bounced"), ("delivered", "complained"),
+    # Feedback: SES accepted but did not send (account suppression list, virus reject).
+    ("sent", "suppressed"), ("sent", "failed"),
+    # Feedback settles a recipient left in doubt: the provider did accept it.
+    ("deferred", "sent"), ("deferred", "delivered"),
 }
 FINAL_STATES = ("sent", "failed", "suppressed", "ineligible", "delivered", "bounced", "complained")
 
@@ -102,6 +106,23 @@ MIGRATIONS: list[tuple[str, str]] = [
             hash TEXT NOT NULL
         );
         CREATE INDEX events_recipient ON events(recipient_id);
+    """),
+    ("0002_feedback", """
+        ALTER TABLE recipients ADD COLUMN message_id TEXT;
+        CREATE INDEX recipients_message_id ON recipients(message_id);
+        CREATE INDEX recipients_provider_message_id ON recipients(provider_message_id);
+        CREATE TABLE feedback (
+            key TEXT PRIMARY KEY,
+            received_at TEXT NOT NULL
+        );
+        CREATE TABLE unmatched (
+            id INTEGER PRIMARY KEY,
+            key TEXT UNIQUE,
+            source TEXT NOT NULL,
+            kind TEXT,
+            received_at TEXT NOT NULL,
+            body TEXT NOT NULL
+        );
     """),
 ]
 
@@ -262,16 +283,20 @@ class Store:
             if name in done:
                 continue
             # Each migration and its record commit together, or neither does.
-            with self.transaction():
+            with self.transaction(chain=False):
                 for statement in filter(str.strip, sql.split(";")):
                     self.db.execute(statement)
                 self.db.execute("INSERT INTO migrations VALUES (?, ?)", (name, utcnow()))
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, chain: bool = True) -> Iterator[sqlite3.Connection]:
         head = self._head
         try:
             self.db.execute("BEGIN IMMEDIATE")
+            if chain:
+                # Another process (`bounces` beside `send`) may have appended since: chain onto the real head.
+                row = self.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+                self._head = (row[0], row[1]) if row else (0, GENESIS)
         except sqlite3.Error as e:
             raise self._error(e) from None
         try:
@@ -499,6 +524,68 @@ class Store:
             "SELECT count(*), min(row) FROM recipients WHERE trim(coalesce(json_extract(vars, ?), '')) = ''",
             (path,)).fetchone()
         return row[0], row[1]
+
+    def find(self, *, token: str | None = None, message_id: str | None = None,
+             provider_message_id: str | None = None, address: str | None = None) -> tuple[int, str, str] | None:
+        """The recipient some feedback is about: (id, key, state), trying the surest handle first."""
+        for column, value in (("token", token), ("message_id", message_id),
+                              ("provider_message_id", provider_message_id), ("key", address.lower() if address else None)):
+            if value:
+                row = self.db.execute(f"SELECT id, key, state FROM recipients WHERE {column}=?", (value,)).fetchone()
+                if row:
+                    return row[0], row[1], row[2]
+        return None
+
+    def feedback_seen(self, key: str) -> bool:
+        return self.db.execute("SELECT 1 FROM feedback WHERE key=?", (key,)).fetchone() is not None
+
+    def record_feedback(self, key: str, recipient_id: int, state: str | None, event: Event) -> bool:
+        """One piece of feedback, once: its event (and state change, if any) with its dedupe key, in one
+        transaction. Returns False when this feedback was already recorded."""
+        with self.transaction() as db:
+            if db.execute("INSERT OR IGNORE INTO feedback (key, received_at) VALUES (?, ?)", (key, utcnow())).rowcount == 0:
+                return False
+            if state is not None:
+                current = db.execute("SELECT state FROM recipients WHERE id=?", (recipient_id,)).fetchone()[0]
+                if (current, state) in TRANSITIONS:
+                    db.execute("UPDATE recipients SET state=?, updated_at=? WHERE id=?", (state, utcnow(), recipient_id))
+                elif current != state:
+                    (event.detail or {}).setdefault("state_kept", f"{current} (no transition to {state})")
+            self._append(event)
+        return True
+
+    def record_unmatched(self, key: str, source: str, kind: str | None, body: str) -> bool:
+        """Feedback no recipient of this campaign matches: kept, counted, never silently dropped."""
+        with self.transaction() as db:
+            return db.execute("INSERT OR IGNORE INTO unmatched (key, source, kind, received_at, body) VALUES (?,?,?,?,?)",
+                              (key, source, kind, utcnow(), body)).rowcount > 0
+
+    def suppress_pending(self, suppressed: dict[str, str]) -> int:
+        """Recipients not yet sent whose address is suppressed: state suppressed, with the reason, never sent."""
+        if not suppressed:
+            return 0
+        n = 0
+        with self.transaction() as db:
+            keys = list(suppressed)
+            for start in range(0, len(keys), 900):
+                chunk = keys[start:start + 900]
+                marks = ",".join("?" * len(chunk))
+                rows = db.execute(f"SELECT id, key, locale FROM recipients WHERE state IN ('pending','deferred')"
+                                  f" AND key IN ({marks})", chunk).fetchall()
+                for rid, key, locale in rows:
+                    db.execute("UPDATE recipients SET state='suppressed', detail=?, updated_at=? WHERE id=?",
+                               (suppressed[key], utcnow(), rid))
+                    self._append(Event("suppressed", rid, key, locale=locale, detail={"reason": suppressed[key]}))
+                    n += 1
+        return n
+
+    def keys_in_states(self, states: Sequence[str]) -> Iterator[str]:
+        marks = ",".join("?" * len(states))
+        for (key,) in self.db.execute(f"SELECT key FROM recipients WHERE state IN ({marks})", tuple(states)):
+            yield key
+
+    def unmatched_count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM unmatched").fetchone()[0]
 
     def by_token(self, token: str) -> str | None:
         """The recipient behind a VERP or tag token."""

@@ -98,6 +98,18 @@ class Throttle:
         self.last_backoff: float | None = None
         self._sent: list[float] = []  # recent send times, to estimate the rate when unlimited
 
+    def cap(self, rate: float) -> RateChange | None:
+        """A provider's own limit (SES MaxSendRate): the campaign never asks for more."""
+        if self.configured is not None and self.configured <= rate:
+            return None
+        old = self.configured
+        self.configured = rate
+        if self.global_bucket is None:
+            self.global_bucket = Bucket(rate, max(1.0, min(rate, 10.0)), self.clock)
+        else:
+            self.global_bucket.set_rate(min(self.global_bucket.rate, rate))
+        return RateChange(old, rate, "capped by the provider's maximum sending rate")
+
     @property
     def rate(self) -> float | None:
         return self.global_bucket.rate if self.global_bucket else None

@@ -24,10 +24,30 @@ def test_state_is_private_and_migrations_recorded(make_campaign: MakeCampaign) -
     s = open_store(d)
     assert stat.S_IMODE((d / ".notify").stat().st_mode) == 0o700
     assert stat.S_IMODE((d / ".notify" / DB_NAME).stat().st_mode) == 0o600
-    assert [r[0] for r in s.db.execute("SELECT name FROM migrations")] == ["0001_initial"]
+    assert [r[0] for r in s.db.execute("SELECT name FROM migrations ORDER BY name")] == ["0001_initial", "0002_feedback"]
     s.close()
     s = open_store(d)  # reopening applies nothing twice
-    assert s.db.execute("SELECT count(*) FROM migrations").fetchone()[0] == 1
+    assert s.db.execute("SELECT count(*) FROM migrations").fetchone()[0] == 2
+
+
+def test_a_database_from_before_a_migration_is_upgraded(make_campaign: MakeCampaign) -> None:
+    import notify.store as store_mod
+
+    d = make_campaign()
+    first = store_mod.MIGRATIONS[:1]
+    saved = store_mod.MIGRATIONS
+    store_mod.MIGRATIONS = first
+    try:
+        old = open_store(d)
+        old.import_file(d / "recipients.csv")
+        old.close()
+    finally:
+        store_mod.MIGRATIONS = saved
+    s = open_store(d)
+    assert s.db.execute("SELECT count(*) FROM migrations").fetchone()[0] == 2
+    assert s.counts() == {"pending": 1}
+    assert s.db.execute("SELECT message_id FROM recipients").fetchone() == (None,)
+    s.close()
 
 
 def test_import_dedupes_and_counts_add_up(make_campaign: MakeCampaign) -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ..campaign import OutboxConfig, ProviderConfig, SmtpConfig
+from ..campaign import OutboxConfig, ProviderConfig, SesConfig, SmtpConfig
 from ..errors import ConfigError
-from .base import Kind, Outcome, Provider
+from .base import Kind, Outcome, Provider, Readiness
 
-__all__ = ["Kind", "Outcome", "Provider", "build"]
+__all__ = ["Kind", "Outcome", "Provider", "Readiness", "build"]
 
 
 def build(config: ProviderConfig, concurrency: int = 8) -> Provider:
@@ -19,4 +19,8 @@ def build(config: ProviderConfig, concurrency: int = 8) -> Provider:
         from .smtp import SmtpProvider
 
         return SmtpProvider(config, pool_size=concurrency)
-    raise ConfigError(f"[providers.{config.name}] type = {config.type!r}: this provider is not available yet")
+    if isinstance(config, SesConfig):
+        from .ses import SesProvider
+
+        return SesProvider(config, concurrency)
+    raise ConfigError(f"[providers.{config.name}] type = {config.type!r}: unknown provider type")

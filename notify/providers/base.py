@@ -34,8 +34,19 @@ class Outcome:
         return " ".join(head + ([self.detail] if self.detail else []))
 
 
+@dataclass(frozen=True)
+class Readiness:
+    """What a provider says before the first send: its rate cap, anything the commander should know, or why not."""
+
+    max_rate: float | None = None
+    notes: tuple[str, ...] = ()
+    down: str | None = None
+
+
 class Provider(Protocol):
     name: str
+
+    async def prepare(self) -> Readiness: ...
 
     async def send(self, message: Message) -> Outcome: ...
 

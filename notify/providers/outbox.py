@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..campaign import OutboxConfig
 from ..render import Message
-from .base import Kind, Outcome
+from .base import Kind, Outcome, Readiness
 
 
 def eml_name(message_id: str) -> str:
@@ -48,6 +48,9 @@ class OutboxProvider:
             kind = Kind.PROVIDER_DOWN if e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EFBIG) else Kind.TEMPORARY
             return Outcome(kind, detail=f"{self.path}: {e.strerror}")
         return Outcome(Kind.ACCEPTED, detail=str(path.name), provider_message_id=message.message_id)
+
+    async def prepare(self) -> Readiness:
+        return Readiness()
 
     async def aclose(self) -> None:
         return None

@@ -27,7 +27,7 @@ from aiosmtplib import errors as smtp_errors
 from ..campaign import SmtpConfig
 from ..errors import ConfigError
 from ..render import Message
-from .base import Kind, Outcome
+from .base import Kind, Outcome, Readiness
 
 THROTTLE_CODES = {421, 450, 451, 452, 454}
 ENHANCED_RE = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
@@ -252,6 +252,9 @@ class SmtpProvider:
             return outcome, True
         except (smtp_errors.SMTPException, OSError, asyncio.TimeoutError):
             return outcome, False
+
+    async def prepare(self) -> Readiness:
+        return Readiness()
 
     async def aclose(self) -> None:
         idle, self.idle = self.idle, []
