@@ -181,6 +181,9 @@ def send(
             return
         for note in result.notes:
             typer.echo(note)
+        if counts["suppressed"]:
+            typer.echo(f"Suppressed: {counts['suppressed']} recipient(s) are on the suppression list and will not be "
+                       "emailed (see `notify status`; they need another channel).")
         if result.recovered:
             typer.echo(f"Resumed: {result.recovered} recipient(s) were in flight when the last run stopped; "
                        "they were sent again with the same Message-ID.")
@@ -237,6 +240,136 @@ def status(
                 typer.echo(f"{title}: {code} x {info['count']} (e.g. {info['example']})")
         if st["next_retry"]:
             typer.echo(f"next retry: {st['next_retry']}")
+
+
+@app.command()
+@boundary
+def bounces(
+    campaign: Path = CampaignArg,
+    sqs_url: Optional[str] = typer.Option(None, "--sqs-url", help="Long-poll this SQS queue for SES events (SNS-wrapped or raw)."),
+    wait: int = typer.Option(20, "--wait", min=0, max=20, help="Seconds each SQS poll waits for messages."),
+    max_messages: Optional[int] = typer.Option(None, "--max", min=1, help="Stop after N queue messages."),
+    mbox: Optional[Path] = typer.Option(None, "--mbox", help="Read RFC 3464 bounce reports from an mbox file."),
+    maildir: Optional[Path] = typer.Option(None, "--maildir", help="Read RFC 3464 bounce reports from a maildir."),
+    region: Optional[str] = typer.Option(None, "--region", help="AWS region of the queue (default: the standard AWS environment)."),
+) -> None:
+    """Fold delivery, bounce and complaint feedback into the ledger and the suppression list.
+
+    Each notification is recorded once, however often it arrives; a queue message is deleted only
+    after its effect is committed; feedback that matches no recipient is kept and counted.
+
+    Examples:
+      notify bounces campaigns/example --sqs-url https://sqs.us-east-1.amazonaws.com/123456789012/ses-events
+      notify bounces campaigns/example --mbox bounces.mbox
+      notify bounces campaigns/example --maildir ~/Maildir/.bounces
+    """
+    from . import bounces as fb
+    from .suppression import SuppressionList
+
+    sources = [x for x in (sqs_url, mbox, maildir) if x is not None]
+    if len(sources) != 1:
+        err("Error: give exactly one of --sqs-url, --mbox, --maildir")
+        raise typer.Exit(2)
+    with _open(campaign) as (c, store):
+        suppression = SuppressionList()
+        try:
+            folder = fb.Folder(c.id, store, suppression)
+            if sqs_url:
+                n = fb.poll_sqs(folder, sqs_url, wait=wait, max_messages=max_messages, region=region)
+                typer.echo(f"read {n} queue message(s) from {sqs_url}")
+            else:
+                folder.apply_raw_messages(fb.read_mbox(mbox) if mbox else fb.read_maildir(maildir))  # type: ignore[arg-type]
+        finally:
+            suppression.close()
+        for line in folder.summary.lines():
+            typer.echo(line)
+
+
+suppress_app = typer.Typer(help="The suppression list shared by all campaigns (hard bounces, complaints, manual entries).",
+                           no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(suppress_app, name="suppress")
+
+
+@suppress_app.command("add")
+@boundary
+def suppress_add(address: str, reason: str = typer.Option(..., "--reason", help="Why; shown wherever it is suppressed.")) -> None:
+    """Never email this address again (campaigns record it as suppressed, for another channel).
+
+    Example:  notify suppress add alice@example.com --reason "asked for postal notice only"
+    """
+    from .suppression import SuppressionList
+
+    s = SuppressionList()
+    added = s.add(address, "manual", "notify suppress add", reason)
+    s.close()
+    typer.echo(f"{address}: {'added' if added else 'already on the list'} ({s.path})")
+
+
+@suppress_app.command("remove")
+@boundary
+def suppress_remove(address: str) -> None:
+    """Take an address off the suppression list.
+
+    Example:  notify suppress remove alice@example.com
+    """
+    from .suppression import SuppressionList
+
+    s = SuppressionList()
+    removed = s.remove(address)
+    s.close()
+    typer.echo(f"{address}: {'removed' if removed else 'was not on the list'}")
+    if not removed:
+        raise typer.Exit(EXIT_INPUT)
+
+
+@suppress_app.command("list")
+@boundary
+def suppress_list() -> None:
+    """Print every suppressed address with its kind, source, reason and date (tab-separated).
+
+    Example:  notify suppress list
+    """
+    from .suppression import SuppressionList
+
+    s = SuppressionList()
+    for e in s.entries():
+        typer.echo(f"{e.address}\t{e.kind}\t{e.source}\t{e.reason}\t{e.added_at}")
+    s.close()
+
+
+@suppress_app.command("import")
+@boundary
+def suppress_import(
+    file: Path = typer.Argument(..., help="A recipients-style file: CSV with an email column, JSON Lines, or one address per line."),
+    reason: str = typer.Option(..., "--reason", help="Why these addresses are suppressed."),
+    kind: str = typer.Option("manual", "--kind", help="manual | hard-bounce | complaint | marketing-unsubscribe"),
+    confirm_marketing: bool = typer.Option(False, "--confirm-marketing",
+                                           help="Required with --kind marketing-unsubscribe: yes, block legally required notices too."),
+) -> None:
+    """Import addresses into the suppression list.
+
+    A marketing unsubscribe does not waive a legally required breach notice; importing such a
+    list is an explicit choice (--kind marketing-unsubscribe --confirm-marketing), and those
+    people must then be reached another way.
+
+    Example:  notify suppress import hard-bounces.csv --kind hard-bounce --reason "bounced in 2022 mailing"
+    """
+    from .suppression import KINDS, SuppressionList
+
+    if kind not in KINDS:
+        err(f"Error: --kind {kind}: use one of {', '.join(KINDS)}")
+        raise typer.Exit(2)
+    if kind == "marketing-unsubscribe" and not confirm_marketing:
+        err("Error: a marketing unsubscribe list does not waive a legally required breach notice.")
+        err("Hint: to suppress these addresses anyway (they will need postal or other notice), add --confirm-marketing")
+        raise typer.Exit(EXIT_INPUT)
+    s = SuppressionList()
+    read_n, added, invalid = s.import_file(file, kind, f"import:{file.name}", reason)
+    s.close()
+    typer.echo(f"{file}: {read_n} rows read, {added} added, {read_n - added - invalid} already listed, {invalid} invalid")
+    if kind == "marketing-unsubscribe":
+        err(f"Warning: {added} address(es) from a marketing unsubscribe list will NOT receive breach notices by email; "
+            "they appear as suppressed in every campaign's status and need another channel.")
 
 
 @audit_app.command("verify")

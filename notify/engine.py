@@ -22,6 +22,7 @@ from .providers.base import Kind, Outcome, Provider
 from .recipients import STANDARD_COLUMNS
 from .render import Message, Templates, compose, recipient_context, synthetic_recipient
 from .store import Change, Claimed, Event, ImportResult, Store
+from .suppression import SuppressionList
 from .throttle import Clock, RealClock, Throttle
 
 FLUSH_EVERY = 0.1  # seconds: the longest an outcome waits in memory before it is committed
@@ -184,13 +185,15 @@ class Sender:
     """One run of `notify send`: claims due recipients, sends them concurrently, group-commits outcomes."""
 
     def __init__(self, campaign: Campaign, pre: Preflight, provider: Provider, options: SendOptions,
-                 clock: Clock | None = None, wall: Callable[[], float] = time.time) -> None:
+                 clock: Clock | None = None, wall: Callable[[], float] = time.time,
+                 suppression: SuppressionList | None = None) -> None:
         assert pre.templates is not None
         self.campaign = campaign
         self.store = pre.store
         self.templates = pre.templates
         self.provider = provider
         self.options = options
+        self.suppression = suppression
         self.wall = wall
         self.concurrency = options.concurrency or campaign.send.concurrency
         rate = options.rate if options.rate is not None else campaign.send.rate
@@ -325,6 +328,9 @@ class Sender:
     async def run(self) -> RunResult:
         store = self.store
         self.result.recovered = store.recover_inflight(self.wall())
+        if self.suppression is not None:
+            reasons = self.suppression.reasons_for(store.keys_in_states(("pending", "deferred")))
+            self.result.counts["suppressed"] += store.suppress_pending(reasons)
         ready = await self.provider.prepare()
         self.result.notes.extend(n for n in ready.notes if n)
         if ready.max_rate:
@@ -417,7 +423,11 @@ def send(campaign: Campaign, store: Store, options: SendOptions) -> RunResult:
     if options.dry_run:
         return dry_run(campaign, pre, options)
     provider = choose_provider(campaign, options.provider, options.concurrency)
-    return asyncio.run(Sender(campaign, pre, provider, options).run())
+    suppression = SuppressionList()
+    try:
+        return asyncio.run(Sender(campaign, pre, provider, options, suppression=suppression).run())
+    finally:
+        suppression.close()
 
 
 def dry_run(campaign: Campaign, pre: Preflight, options: SendOptions) -> RunResult:

@@ -42,6 +42,17 @@ fsync = false
 MakeCampaign = Callable[..., Path]
 
 
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test (and every process it starts) gets its own suppression list and fake AWS credentials:
+    nothing reads the user's files, and no request could ever reach real AWS."""
+    monkeypatch.setenv("NOTIFY_SUPPRESSION_DB", str(tmp_path / "suppression.sqlite"))
+    for var, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                       ("AWS_SESSION_TOKEN", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(var, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
 @pytest.fixture
 def make_campaign(tmp_path: Path) -> MakeCampaign:
     """Writes campaign.toml and a recipients file; returns the campaign directory."""

@@ -25,7 +25,7 @@ import datetime as dt
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import boto3
 import botocore.exceptions as bx
@@ -86,6 +86,10 @@ class Quota:
 
 
 class SesProvider:
+    # Tests attach botocore's Stubber (for GetAccount, which moto lacks, or to inject error codes) to
+    # the clients built here: client_hook(client, "send" | "account"). Production leaves it None.
+    client_hook: Callable[[Any, str], None] | None = None
+
     def __init__(self, config: SesConfig, concurrency: int = 8) -> None:
         self.name = config.name
         self.config = config
@@ -95,6 +99,9 @@ class SesProvider:
         self.client = session.client("sesv2", endpoint_url=config.endpoint_url, config=retries)
         # A separate client for the account: tests stub GetAccount (which moto lacks) without touching sends.
         self.account_client = session.client("sesv2", endpoint_url=config.endpoint_url, config=retries)
+        if SesProvider.client_hook is not None:
+            SesProvider.client_hook(self.client, "send")
+            SesProvider.client_hook(self.account_client, "account")
         self.pool = ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="ses")
         self.quota: Quota | None = None
         self.sent = 0

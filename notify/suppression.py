@@ -1,0 +1,113 @@
+"""The suppression list: one SQLite file shared by all campaigns; hard bounces and complaints land here.
+
+A marketing unsubscribe does not waive a legally required breach notice, so an unsubscribe list
+is only imported as an explicit choice (kind "marketing-unsubscribe" with confirmation), and every
+address it suppresses is reported as not notified by email.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .errors import InputError, StoreError
+from .recipients import Recipient, read, validate
+
+KINDS = ("hard-bounce", "complaint", "manual", "marketing-unsubscribe")
+ENV = "NOTIFY_SUPPRESSION_DB"
+
+
+def default_path() -> Path:
+    """$NOTIFY_SUPPRESSION_DB, else $XDG_DATA_HOME/notify/suppression.sqlite (~/.local/share by default)."""
+    if os.environ.get(ENV):
+        return Path(os.environ[ENV])
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "notify" / "suppression.sqlite"
+
+
+@dataclass(frozen=True)
+class Entry:
+    address: str
+    kind: str
+    source: str
+    reason: str
+    added_at: str
+
+
+class SuppressionList:
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or default_path()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            self.db = sqlite3.connect(self.path, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA busy_timeout=5000")
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS suppressed (address TEXT PRIMARY KEY, kind TEXT NOT NULL,"
+                " source TEXT NOT NULL, reason TEXT NOT NULL, added_at TEXT NOT NULL)")
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"{self.path}: cannot open the suppression list: {e}",
+                             hint=f"set {ENV} to a writable path") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def add(self, address: str, kind: str, source: str, reason: str) -> bool:
+        """Adds (or keeps the first entry for) an address; returns True when it was new."""
+        if kind not in KINDS:
+            raise InputError(f"unknown suppression kind {kind!r}; use one of {', '.join(KINDS)}")
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        cur = self.db.execute("INSERT OR IGNORE INTO suppressed VALUES (?, ?, ?, ?, ?)",
+                              (address.lower(), kind, source, reason, now))
+        return cur.rowcount > 0
+
+    def remove(self, address: str) -> bool:
+        return self.db.execute("DELETE FROM suppressed WHERE address=?", (address.lower(),)).rowcount > 0
+
+    def entries(self) -> Iterator[Entry]:
+        for row in self.db.execute("SELECT address, kind, source, reason, added_at FROM suppressed ORDER BY added_at, address"):
+            yield Entry(*row)
+
+    def reasons_for(self, keys: Iterator[str]) -> dict[str, str]:
+        """For each key on the list: a sentence saying why it is suppressed."""
+        out: dict[str, str] = {}
+        batch: list[str] = []
+
+        def flush() -> None:
+            marks = ",".join("?" * len(batch))
+            for addr, kind, source, reason in self.db.execute(
+                    f"SELECT address, kind, source, reason FROM suppressed WHERE address IN ({marks})", batch):
+                out[addr] = f"on the suppression list ({kind}, from {source}): {reason}"
+            batch.clear()
+
+        for key in keys:
+            batch.append(key)
+            if len(batch) >= 900:
+                flush()
+        if batch:
+            flush()
+        return out
+
+    def import_file(self, path: Path, kind: str, source: str, reason: str) -> tuple[int, int, int]:
+        """Adds every valid address of a recipients-style file; returns (read, added, invalid)."""
+        read_n = added = invalid = 0
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for record in read(path):
+                read_n += 1
+                item = validate(record)
+                if not isinstance(item, Recipient):
+                    invalid += 1
+                    continue
+                added += self.add(item.key, kind, source, reason)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return read_n, added, invalid
