@@ -201,7 +201,7 @@ def send(
             when = ""
             if result.next_retry:
                 when = f" (next retry due {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(result.next_retry))})"
-            err(f"Stopped: {result.stopped}{when}. Resume with: notify send {campaign}")
+            err(f"Stopped: {result.stopped.rstrip('.')}{when}. Resume with: notify send {campaign}")
         elif result.failed_total:
             err(f"{result.failed_total} recipient(s) failed; see `notify status {campaign}` for the replies.")
         raise typer.Exit(result.exit_code)

@@ -53,14 +53,14 @@ def classify_error(exc: BaseException) -> Outcome:
         if code in THROTTLING:
             if "daily" in text.lower() and "quota" in text.lower():
                 return Outcome(Kind.PROVIDER_DOWN, detail=f"{detail} (the 24-hour quota is used up; run send again later)")
-            return Outcome(Kind.TEMPORARY, detail=detail, code=status or None, throttled=True)
+            return Outcome(Kind.TEMPORARY, detail=detail, throttled=True)
         if code in DOWN:
-            return Outcome(Kind.PROVIDER_DOWN, detail=detail, code=status or None)
+            return Outcome(Kind.PROVIDER_DOWN, detail=detail)
         if code in PERMANENT:
-            return Outcome(Kind.PERMANENT, detail=detail, code=status or None)
+            return Outcome(Kind.PERMANENT, detail=detail)
         if status >= 500:
-            return Outcome(Kind.IN_DOUBT, detail=detail, code=status)
-        return Outcome(Kind.PERMANENT if 400 <= status < 500 else Kind.TEMPORARY, detail=detail, code=status or None)
+            return Outcome(Kind.IN_DOUBT, detail=f"HTTP {status} {detail}")
+        return Outcome(Kind.PERMANENT if 400 <= status < 500 else Kind.TEMPORARY, detail=detail)
     if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError, bx.NoRegionError)):
         return Outcome(Kind.PROVIDER_DOWN, detail=f"AWS configuration: {exc}")
     if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError)):

@@ -1,0 +1,361 @@
+"""SES through moto (sesv2, SQS, SNS) exactly as production calls boto3; Stubber only for GetAccount and error codes."""
+
+from __future__ import annotations
+
+import json
+import mailbox
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.exceptions as bx
+import pytest
+from botocore.stub import Stubber
+from moto import mock_aws
+from typer.testing import CliRunner
+
+from notify.audit import verify_chain
+from notify.campaign import SesConfig
+from notify.cli import app
+from notify.providers.base import Kind
+from notify.providers.ses import DOWN, PERMANENT, THROTTLING, SesProvider, classify_error
+from notify.recipients import recipient_token
+from notify.render import message_id
+from notify.store import Store
+from notify.suppression import SuppressionList
+
+from .conftest import MakeCampaign, simple_templates
+
+runner = CliRunner()
+DSN = Path(__file__).parent / "data" / "dsn"
+
+
+def account(max24: float = 50000, rate: float = 14, sent: float = 0, enabled: bool = True,
+            enforcement: str = "HEALTHY") -> dict[str, Any]:
+    return {"SendQuota": {"Max24HourSend": max24, "MaxSendRate": rate, "SentLast24Hours": sent},
+            "SendingEnabled": enabled, "EnforcementStatus": enforcement, "ProductionAccessEnabled": True,
+            "DedicatedIpAutoWarmupEnabled": False}
+
+
+@pytest.fixture
+def aws() -> Iterator[Any]:
+    with mock_aws():
+        ses = boto3.client("sesv2", region_name="us-east-1")
+        ses.create_email_identity(EmailIdentity="example.com")
+        ses.create_configuration_set(ConfigurationSetName="breach-notices")
+        yield ses
+
+
+@pytest.fixture
+def quota(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """What GetAccount (which moto lacks) answers, through botocore's Stubber on the provider's account client."""
+    answer = account()
+    stubs: list[Stubber] = []
+
+    def hook(client: Any, role: str) -> None:
+        if role == "account":
+            stub = Stubber(client)
+            stub.add_response("get_account", answer)
+            stub.activate()
+            stubs.append(stub)
+
+    monkeypatch.setattr(SesProvider, "client_hook", staticmethod(hook))
+    yield answer
+    for s in stubs:
+        s.deactivate()
+
+
+def ses_campaign(make_campaign: MakeCampaign, n: int = 10, name: str = "camp", rows: str | None = None) -> Path:
+    recipients = rows or "email,name\n" + "".join(f"p{i}@example.org,Person {i}\n" for i in range(n))
+    d = make_campaign(recipients, template="t", templates=simple_templates(), name=name,
+                      providers_extra='\n[providers.ses]\ntype = "ses"\nregion = "us-east-1"\n'
+                                      'configuration_set = "breach-notices"\n')
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text().replace('providers = ["outbox"]', 'providers = ["ses"]'))
+    return d
+
+
+def sent_by_moto() -> list[Any]:
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ses.models import ses_backends
+
+    return list(ses_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].sent_messages)
+
+
+def db(d: Path) -> sqlite3.Connection:
+    return sqlite3.connect(d / ".notify" / "campaign.sqlite")
+
+
+def test_sends_through_ses_with_tags_and_our_id(make_campaign: MakeCampaign, aws: Any, quota: dict[str, Any]) -> None:
+    d = ses_campaign(make_campaign, n=12)
+    r = runner.invoke(app, ["send", str(d)])
+    assert r.exit_code == 0, r.stderr
+    assert "SES quota: 50000 of 50000 left in the rolling 24 hours; at most 14 messages/s" in r.stdout
+    msgs = sent_by_moto()
+    assert len(msgs) == 12
+    con = db(d)
+    rows = dict(con.execute("SELECT email, provider_message_id FROM recipients"))
+    assert {m.id for m in msgs} == set(rows.values()), "SES's MessageId is the provider message id"
+    for m in msgs:
+        raw = m.raw_data.encode() if isinstance(m.raw_data, str) else m.raw_data
+        from email.utils import getaddresses
+
+        assert len({a for _, a in getaddresses(m.destinations)}) == 1, "one recipient per message"
+        assert b"X-Notify-Id: <test-2022-08." in raw, "our Message-ID survives SES's rewrite in X-Notify-Id"
+    rate = [json.loads(r[0]) for r in con.execute("SELECT detail FROM events WHERE kind='rate_changed'")]
+    assert rate and rate[0]["new"] == 14, "MaxSendRate caps the campaign rate"
+    con.close()
+
+
+@pytest.mark.parametrize("code,kind", [(c, Kind.TEMPORARY) for c in sorted(THROTTLING)]
+                         + [(c, Kind.PROVIDER_DOWN) for c in sorted(DOWN)]
+                         + [(c, Kind.PERMANENT) for c in sorted(PERMANENT)]
+                         + [("InternalFailure", Kind.IN_DOUBT), ("ServiceUnavailable", Kind.IN_DOUBT)])
+def test_every_ses_error_code_maps_to_an_outcome(code: str, kind: Kind, aws: Any) -> None:
+    provider = SesProvider(SesConfig(name="ses", region="us-east-1", configuration_set=None, endpoint_url=None, threads=1))
+    status = 500 if kind is Kind.IN_DOUBT else 400
+    with Stubber(provider.client) as stub:
+        stub.add_client_error("send_email", service_error_code=code, service_message="injected", http_status_code=status)
+        from notify.render import Message
+
+        outcome = provider._send_sync(Message("<m@example.com>", "a@example.com", "b@example.org", b"x", "0", False, {}))
+    assert outcome.kind is kind
+    assert outcome.throttled == (kind is Kind.TEMPORARY)
+
+
+def test_daily_quota_throttling_stops_instead_of_retrying() -> None:
+    err = bx.ClientError({"Error": {"Code": "Throttling", "Message": "Daily message quota exceeded."}}, "SendEmail")
+    assert classify_error(err).kind is Kind.PROVIDER_DOWN
+
+
+@pytest.mark.parametrize("exc,kind", [
+    (bx.EndpointConnectionError(endpoint_url="https://email.us-east-1.amazonaws.com"), Kind.TEMPORARY),
+    (bx.ConnectTimeoutError(endpoint_url="https://email"), Kind.TEMPORARY),
+    (bx.ReadTimeoutError(endpoint_url="https://email"), Kind.IN_DOUBT),
+    (bx.ConnectionClosedError(endpoint_url="https://email"), Kind.IN_DOUBT),
+    (bx.NoCredentialsError(), Kind.PROVIDER_DOWN),
+])
+def test_transport_errors(exc: Exception, kind: Kind) -> None:
+    assert classify_error(exc).kind is kind
+
+
+def test_quota_runs_out_mid_campaign(make_campaign: MakeCampaign, aws: Any, quota: dict[str, Any]) -> None:
+    quota.update(account(max24=10, sent=5))
+    d = ses_campaign(make_campaign, n=8)
+    r = runner.invoke(app, ["send", str(d), "--concurrency", "1"])
+    assert r.exit_code == 4
+    assert "SES quota: 5 of 10 left in the rolling 24 hours" in r.stdout
+    assert "the SES 24-hour quota is used up (10 per 24 h; 5 were already sent when this run started, 5 by this run)" in r.stderr
+    assert len(sent_by_moto()) == 5
+    con = db(d)
+    assert dict(con.execute("SELECT state, count(*) FROM recipients GROUP BY state")) == {"sent": 5, "pending": 3}
+    con.close()
+
+
+@pytest.mark.parametrize("answer,says", [
+    (account(enabled=False), "SES reports SendingEnabled = false for this account"),
+    (account(enforcement="SHUTDOWN"), "SES enforcement status is SHUTDOWN"),
+])
+def test_account_that_cannot_send_stops_before_sending(make_campaign: MakeCampaign, aws: Any, quota: dict[str, Any],
+                                                      answer: dict[str, Any], says: str) -> None:
+    quota.update(answer)
+    d = ses_campaign(make_campaign, n=3)
+    r = runner.invoke(app, ["send", str(d)])
+    assert r.exit_code == 4 and says in r.stderr
+    assert sent_by_moto() == []
+
+
+def test_sending_paused_mid_run_stops_cleanly(make_campaign: MakeCampaign, aws: Any, quota: dict[str, Any],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+
+    def pause_after_four(client: Any, role: str) -> None:
+        if role == "account":
+            stub = Stubber(client)
+            stub.add_response("get_account", account())
+            stub.activate()
+            return
+
+        def before_call(**kwargs: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] > 4:  # SES pauses the account: answer as it does, without reaching moto
+                from botocore.awsrequest import AWSResponse
+
+                body = {"Error": {"Code": "SendingPausedException", "Message": "Sending is paused for this account."},
+                        "ResponseMetadata": {"HTTPStatusCode": 400}}
+                return AWSResponse("https://email", 400, {}, None), body
+            return None
+
+        client.meta.events.register("before-call.sesv2.SendEmail", before_call)
+
+    monkeypatch.setattr(SesProvider, "client_hook", staticmethod(pause_after_four))
+    d = ses_campaign(make_campaign, n=10)
+    r = runner.invoke(app, ["send", str(d), "--concurrency", "1"])
+    assert r.exit_code == 4
+    assert "Stopped: provider ses is down: SendingPausedException: Sending is paused for this account." in r.stderr
+    con = db(d)
+    assert dict(con.execute("SELECT state, count(*) FROM recipients GROUP BY state")) == {"sent": 4, "pending": 6}
+    con.close()
+
+
+def ses_event(kind: str, address: str, *, token: str, campaign: str = "test-2022-08", ses_id: str = "ses-id",
+              **extra: Any) -> dict[str, Any]:
+    mail = {"timestamp": "2022-08-08T14:00:00.000Z", "messageId": ses_id, "source": "security@example.com",
+            "destination": [address], "headersTruncated": False,
+            "headers": [{"name": "X-Notify-Id", "value": "<unknown@example.com>"}],
+            "tags": {"campaign": [campaign], "recipient": [token], "ses:configuration-set": ["breach-notices"]}}
+    event: dict[str, Any] = {"eventType": kind, "mail": mail}
+    if kind == "Bounce":
+        event["bounce"] = {"bounceType": extra.get("btype", "Permanent"), "bounceSubType": extra.get("sub", "General"),
+                           "bouncedRecipients": [{"emailAddress": address, "action": "failed", "status": "5.1.1",
+                                                  "diagnosticCode": "smtp; 550 5.1.1 user unknown"}],
+                           "timestamp": "2022-08-08T14:00:05.000Z", "feedbackId": "fb-" + address}
+    elif kind == "Complaint":
+        event["complaint"] = {"complainedRecipients": [{"emailAddress": address}], "complaintFeedbackType": "abuse",
+                              "timestamp": "2022-08-08T15:00:00.000Z", "feedbackId": "c-" + address}
+    elif kind == "Delivery":
+        event["delivery"] = {"timestamp": "2022-08-08T14:00:02.000Z", "recipients": [address],
+                             "smtpResponse": "250 2.6.0 Message received", "processingTimeMillis": 512}
+    return event
+
+
+def test_bounces_from_sqs(make_campaign: MakeCampaign, aws: Any, quota: dict[str, Any]) -> None:
+    d = ses_campaign(make_campaign, n=8)
+    assert runner.invoke(app, ["send", str(d)]).exit_code == 0
+    con = db(d)
+    ids = dict(con.execute("SELECT email, provider_message_id FROM recipients"))
+    con.close()
+    tok = {a: recipient_token(a) for a in ids}
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    url = sqs.create_queue(QueueName="ses-events")["QueueUrl"]
+    sns = boto3.client("sns", region_name="us-east-1")
+    topic = sns.create_topic(Name="ses-events")["TopicArn"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
+
+    def via_sns(event: dict[str, Any]) -> None:  # the production path: config set -> SNS -> SQS
+        sns.publish(TopicArn=topic, Message=json.dumps(event))
+
+    def raw(event: dict[str, Any]) -> None:  # SNS raw message delivery, or an identity notification
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps(event))
+
+    via_sns(ses_event("Delivery", "p0@example.org", token=tok["p0@example.org"], ses_id=ids["p0@example.org"]))
+    via_sns(ses_event("Bounce", "p1@example.org", token=tok["p1@example.org"]))
+    envelope = {"Type": "Notification", "MessageId": "sns-dup-1",
+                "Message": json.dumps(ses_event("Complaint", "p2@example.org", token=tok["p2@example.org"]))}
+    raw(envelope)
+    raw(envelope)  # the same notification twice is one event
+    raw(ses_event("Bounce", "p3@example.org", token=tok["p3@example.org"], btype="Transient", sub="MailboxFull"))
+    raw(ses_event("Bounce", "p4@example.org", token=tok["p4@example.org"], sub="OnAccountSuppressionList"))
+    identity = ses_event("Delivery", "p5@example.org", token="", ses_id=ids["p5@example.org"])
+    identity["notificationType"] = identity.pop("eventType")
+    identity["mail"].pop("tags")  # identity notifications carry no tags: matched by SES MessageId
+    raw(identity)
+    raw(ses_event("Bounce", "stranger@example.net", token="f" * 32, ses_id="nobody"))
+    raw(ses_event("Bounce", "p6@example.org", token=tok["p6@example.org"], campaign="another-campaign"))
+
+    r = runner.invoke(app, ["bounces", str(d), "--sqs-url", url, "--wait", "0"])
+    assert r.exit_code == 0, r.stderr
+    assert "read 9 queue message(s)" in r.stdout
+    assert ("matched 6 (bounce_transient 1, bounced 1, complained 1, delivered 2, suppressed_by_provider 1); "
+            "duplicates ignored 1; unmatched 1 (kept in the campaign's state for review)") in r.stdout
+    assert "1 belonged to other campaigns (left for them)" in r.stdout
+    assert "2 address(es) added to the suppression list" in r.stdout
+    assert sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0).get("Messages") is None, "every message deleted"
+
+    con = db(d)
+    states = dict(con.execute("SELECT email, state FROM recipients"))
+    con.close()
+    assert states["p0@example.org"] == "delivered" and states["p5@example.org"] == "delivered"
+    assert states["p1@example.org"] == "bounced" and states["p2@example.org"] == "complained"
+    assert states["p3@example.org"] == "sent", "a transient bounce is recorded, not final"
+    assert states["p4@example.org"] == "suppressed", "SES accepted but never sent it: not notified by email"
+    store = Store(d / ".notify" / "campaign.sqlite")
+    assert verify_chain(store.events()).ok and store.unmatched_count() == 1
+    store.close()
+    sl = SuppressionList()
+    assert {(e.address, e.kind) for e in sl.entries()} == {("p1@example.org", "hard-bounce"), ("p2@example.org", "complaint")}
+    sl.close()
+
+    # A later campaign never mails them again.
+    d2 = ses_campaign(make_campaign, name="camp2", rows="email\np1@example.org\np2@example.org\np7@example.org\n")
+    r = runner.invoke(app, ["send", str(d2)])
+    assert r.exit_code == 0, r.stderr
+    assert "Suppressed: 2 recipient(s) are on the suppression list" in r.stdout
+    con = db(d2)
+    assert dict(con.execute("SELECT email, state FROM recipients")) == {
+        "p1@example.org": "suppressed", "p2@example.org": "suppressed", "p7@example.org": "sent"}
+    con.close()
+
+
+def dsn_fixtures(d: Path) -> list[bytes]:
+    con = db(d)
+    keys = [r[0] for r in con.execute("SELECT key FROM recipients ORDER BY id")]
+    con.close()
+    values = {
+        "token_postfix": recipient_token(keys[0]), "addr_postfix": "someone-else@example.net",
+        "mid_postfix": "<unrelated@example.com>",
+        "addr_exchange": "unknown-alias@example.org", "mid_exchange": message_id("test-2022-08", keys[1], "example.com"),
+        "addr_gmail": keys[2], "mid_gmail": "<x@y>",
+        "addr_legacy": keys[3],
+    }
+    out = []
+    for name in ("postfix", "exchange", "gmail", "nonstandard", "unrelated"):
+        text = (DSN / f"{name}.eml").read_text()
+        for k, v in values.items():
+            text = text.replace("{" + k + "}", v)
+        out.append(text.encode())
+    return out
+
+
+@pytest.mark.parametrize("form", ["mbox", "maildir"])
+def test_bounce_reports_from_mbox_and_maildir(make_campaign: MakeCampaign, tmp_path: Path, form: str) -> None:
+    d = make_campaign("email\n" + "".join(f"p{i}@example.org\n" for i in range(5)), template="t", templates=simple_templates())
+    assert runner.invoke(app, ["send", str(d)]).exit_code == 0
+    raws = dsn_fixtures(d)
+    if form == "mbox":
+        path = tmp_path / "bounces.mbox"
+        box = mailbox.mbox(str(path))
+        for raw in raws:
+            box.add(raw)
+        box.close()
+        args = ["--mbox", str(path)]
+    else:
+        path = tmp_path / "Maildir"
+        md = mailbox.Maildir(str(path))
+        for raw in raws:
+            md.add(raw)
+        args = ["--maildir", str(path)]
+    r = runner.invoke(app, ["bounces", str(d), *args])
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.startswith("matched 4 (bounce_transient 1, bounced 3); duplicates ignored 0; unmatched 1")
+    con = db(d)
+    states = [r[0] for r in con.execute("SELECT state FROM recipients ORDER BY id")]
+    details = [json.loads(r[0]) for r in con.execute("SELECT detail FROM events WHERE kind='bounced' ORDER BY seq")]
+    con.close()
+    # postfix: by VERP token; exchange: by X-Notify-Id; gmail: delayed is transient; legacy: by address.
+    assert states == ["bounced", "bounced", "sent", "bounced", "sent"]
+    assert [x["status"] for x in details] == ["5.1.1", "5.2.2", "5.1.2"]
+    again = runner.invoke(app, ["bounces", str(d), *args])
+    assert again.stdout.startswith("matched 0 (none); duplicates ignored 5; unmatched 0")
+
+
+def test_suppress_commands(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["suppress", "add", "Alice@Example.com", "--reason", "postal notice only"])
+    assert r.exit_code == 0 and "added" in r.stdout
+    listed = runner.invoke(app, ["suppress", "list"]).stdout.splitlines()
+    assert listed[0].startswith("alice@example.com\tmanual\tnotify suppress add\tpostal notice only\t")
+    f = tmp_path / "unsub.txt"
+    f.write_text("bob@example.org\nnot-an-address\nalice@example.com\n")
+    r = runner.invoke(app, ["suppress", "import", str(f), "--kind", "marketing-unsubscribe", "--reason", "newsletter"])
+    assert r.exit_code == 1
+    assert "a marketing unsubscribe list does not waive a legally required breach notice" in r.stderr
+    r = runner.invoke(app, ["suppress", "import", str(f), "--kind", "marketing-unsubscribe", "--reason", "newsletter",
+                            "--confirm-marketing"])
+    assert r.exit_code == 0
+    assert f"{f}: 3 rows read, 1 added, 1 already listed, 1 invalid" in r.stdout
+    assert "Warning: 1 address(es) from a marketing unsubscribe list will NOT receive breach notices by email" in r.stderr
+    assert runner.invoke(app, ["suppress", "remove", "alice@example.com"]).exit_code == 0
+    assert runner.invoke(app, ["suppress", "remove", "alice@example.com"]).exit_code == 1
