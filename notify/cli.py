@@ -238,6 +238,10 @@ def status(
         for title, key in (("deferred", "deferred_replies"), ("failed", "failed_replies")):
             for code, info in st[key].items():
                 typer.echo(f"{title}: {code} x {info['count']} (e.g. {info['example']})")
+        for reason, n in st["suppressed_reasons"].items():
+            typer.echo(f"suppressed (not notified by email): {reason} x {n}")
+        if st["unmatched_feedback"]:
+            typer.echo(f"unmatched feedback: {st['unmatched_feedback']} (bounces or events that match no recipient)")
         if st["next_retry"]:
             typer.echo(f"next retry: {st['next_retry']}")
 

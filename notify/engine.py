@@ -482,6 +482,8 @@ def status(campaign: Campaign, store: Store) -> dict[str, Any]:
         "reject_reasons": dict(reasons),
         "deferred_replies": {code: {"count": n, "example": ex} for code, n, ex in store.reply_summary("deferred")},
         "failed_replies": {code: {"count": n, "example": ex} for code, n, ex in store.reply_summary("failed")},
+        "suppressed_reasons": {ex: n for _, n, ex in store.reply_summary("suppressed", top=10)},
+        "unmatched_feedback": store.unmatched_count(),
         "next_retry": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due)) if due else None,
         "recipients_file": last["path"] if last else None,
         "recipients_sha256": last["sha256"] if last else None,

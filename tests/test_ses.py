@@ -359,3 +359,46 @@ def test_suppress_commands(tmp_path: Path) -> None:
     assert "Warning: 1 address(es) from a marketing unsubscribe list will NOT receive breach notices by email" in r.stderr
     assert runner.invoke(app, ["suppress", "remove", "alice@example.com"]).exit_code == 0
     assert runner.invoke(app, ["suppress", "remove", "alice@example.com"]).exit_code == 1
+
+
+def test_throttling_bursts_and_rejections_mid_run(make_campaign: MakeCampaign, aws: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """SES answers a burst of TooManyRequestsException and rejects one recipient; the ledger agrees, call by call."""
+    answers: list[tuple[str, str]] = []  # (recipient, what SES said)
+
+    def hook(client: Any, role: str) -> None:
+        if role == "account":
+            stub = Stubber(client)
+            stub.add_response("get_account", account(rate=1000))
+            stub.activate()
+            return
+
+        def before_call(params: dict[str, Any], **kwargs: Any) -> Any:
+            rcpt = json.loads(params["body"])["Destination"]["ToAddresses"][0]  # the serialized request
+            n = len(answers) + 1
+            code = "TooManyRequestsException" if 3 <= n <= 6 else "MessageRejected" if rcpt == "p7@example.org" else None
+            answers.append((rcpt, code or "accepted"))
+            if code is None:
+                return None
+            from botocore.awsrequest import AWSResponse
+
+            return AWSResponse("https://email", 400, {}, None), {
+                "Error": {"Code": code, "Message": "injected"}, "ResponseMetadata": {"HTTPStatusCode": 400}}
+
+        client.meta.events.register("before-call.sesv2.SendEmail", before_call)
+
+    monkeypatch.setattr(SesProvider, "client_hook", staticmethod(hook))
+    d = ses_campaign(make_campaign, n=10)
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text().replace("concurrency = 4", "concurrency = 1\n[send.retry]\nbase = 0.05\nmax_interval = 0.1"))
+    r = runner.invoke(app, ["send", str(d)])
+    assert r.exit_code == 3, r.stderr  # finished; one recipient failed (rejected)
+    con = db(d)
+    events = [(rcpt, kind) for rcpt, kind in con.execute(
+        "SELECT recipient, kind FROM events WHERE kind IN ('sent','deferred','failed') ORDER BY seq")]
+    rates = con.execute("SELECT count(*) FROM events WHERE kind='rate_changed'").fetchone()[0]
+    con.close()
+    expected = {"accepted": "sent", "TooManyRequestsException": "deferred", "MessageRejected": "failed"}
+    assert events == [(rcpt, expected[what]) for rcpt, what in answers]
+    assert sum(1 for _, w in answers if w == "TooManyRequestsException") == 4
+    assert rates >= 2, "the throttle backed off (and was capped by MaxSendRate first)"
