@@ -191,7 +191,8 @@ def send(
         if did == 0 and not result.stopped and not result.interrupted:
             typer.echo("Nothing left to send: every recipient is in a final state.")
         else:
-            typer.echo(f"This run via {result.provider}: sent {counts['sent']}, deferred {counts['deferred']}, "
+            via = " then ".join(result.providers) or result.provider
+            typer.echo(f"This run via {via}: sent {counts['sent']}, deferred {counts['deferred']}, "
                        f"failed {counts['failed']}.")
         st = engine.status(c, store)
         typer.echo("Campaign: " + ", ".join(f"{k} {v}" for k, v in st["states"].items() if v) + f"; rejected rows {st['rejected']}.")

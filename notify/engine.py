@@ -120,6 +120,7 @@ class SendOptions:
 @dataclass
 class RunResult:
     provider: str
+    providers: list[str] = field(default_factory=list)  # those that sent in this run, in order
     counts: Counter[str] = field(default_factory=Counter)  # outcomes of this run: sent, deferred, failed
     recovered: int = 0  # recipients found inflight from a crashed run
     interrupted: bool = False
@@ -184,21 +185,25 @@ def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None
 class Sender:
     """One run of `notify send`: claims due recipients, sends them concurrently, group-commits outcomes."""
 
-    def __init__(self, campaign: Campaign, pre: Preflight, provider: Provider, options: SendOptions,
+    def __init__(self, campaign: Campaign, pre: Preflight, chain: list[Provider], options: SendOptions,
                  clock: Clock | None = None, wall: Callable[[], float] = time.time,
                  suppression: SuppressionList | None = None) -> None:
-        assert pre.templates is not None
+        assert pre.templates is not None and chain
         self.campaign = campaign
         self.store = pre.store
         self.templates = pre.templates
-        self.provider = provider
+        self.chain = chain  # failover order; the first healthy one sends
+        self.next_in_chain = 0
+        self.provider: Provider = chain[0]
+        self.down: dict[str, str] = {}  # provider name -> what it reported
         self.options = options
         self.suppression = suppression
         self.wall = wall
+        self.clock = clock or RealClock()
         self.concurrency = options.concurrency or campaign.send.concurrency
-        rate = options.rate if options.rate is not None else campaign.send.rate
-        self.throttle = Throttle(rate, campaign.send.domains, clock or RealClock())
-        self.result = RunResult(provider.name)
+        self.base_rate = options.rate if options.rate is not None else campaign.send.rate
+        self.throttle = Throttle(self.base_rate, campaign.send.domains, self.clock)
+        self.result = RunResult(chain[0].name)
         self.stop = asyncio.Event()
         self.changes: list[Change] = []
         self.releases: list[Claimed] = []
@@ -224,6 +229,42 @@ class Sender:
         if change is not None:
             self.store.log("rate_changed", old=change.old, new=change.new, reason=change.reason)
 
+    # --- providers: the first healthy one in the chain sends ---
+
+    async def activate(self, reason: str | None = None) -> bool:
+        """Makes the next provider in the chain current; False when every provider is down."""
+        previous = self.provider if self.next_in_chain else None
+        while self.next_in_chain < len(self.chain):
+            provider = self.chain[self.next_in_chain]
+            self.next_in_chain += 1
+            ready = await provider.prepare()
+            self.result.notes.extend(n for n in ready.notes if n)
+            if ready.down:
+                self.down[provider.name] = ready.down
+                self.store.log("provider_down", provider=provider.name, reason=ready.down)
+                continue
+            self.throttle = Throttle(self.base_rate, self.campaign.send.domains, self.clock)
+            if ready.max_rate:
+                self.log_rate(self.throttle.cap(ready.max_rate))
+            self.provider = provider
+            if provider.name not in self.result.providers:
+                self.result.providers.append(provider.name)
+            if previous is not None:
+                self.store.log("provider_switched", **{"from": previous.name, "to": provider.name, "reason": reason})
+            return True
+        self.result.stopped = "every provider is down: " + "; ".join(f"{n}: {r}" for n, r in self.down.items())
+        self.stop.set()
+        return False
+
+    async def provider_down(self, provider: Provider, reason: str) -> None:
+        if provider.name in self.down:
+            return  # another worker already reported it
+        self.down[provider.name] = reason
+        self.store.log("provider_down", provider=provider.name, reason=reason)
+        if provider is self.provider:
+            async with self.switching:
+                await self.activate(f"{provider.name}: {reason}")
+
     # --- one recipient ---
 
     async def deliver(self, c: Claimed) -> None:
@@ -243,19 +284,20 @@ class Sender:
             self.releases.append(c)
             return
         await self.throttle.acquire(domain)
-        outcome = await self.provider.send(msg)
+        provider = self.provider
+        if provider.name in self.down:
+            self.releases.append(c)  # switched while we waited: the next claim goes to the new provider
+            return
+        outcome = await provider.send(msg)
         if outcome.kind is Kind.PROVIDER_DOWN:
-            self.releases.append(c)
-            if not self.result.stopped:
-                self.result.stopped = f"provider {self.provider.name} is down: {outcome.describe()}"
-                self.store.log("provider_down", provider=self.provider.name, reason=outcome.describe())
-            self.stop.set()
+            self.releases.append(c)  # never accepted: it goes to the next provider, not to "failed"
+            await self.provider_down(provider, outcome.describe())
             return
         if outcome.throttled:
-            self.log_rate(self.throttle.backoff(f"{self.provider.name}: {outcome.describe()}"))
+            self.log_rate(self.throttle.backoff(f"{provider.name}: {outcome.describe()}"))
         else:
             self.log_rate(self.throttle.recover())
-        self.record(decide(self.campaign, c, outcome, msg, locale, self.provider.name, self.wall()), outcome)
+        self.record(decide(self.campaign, c, outcome, msg, locale, provider.name, self.wall()), outcome)
 
     def record(self, change: Change, outcome: Outcome) -> None:
         self.changes.append(change)
@@ -331,14 +373,10 @@ class Sender:
         if self.suppression is not None:
             reasons = self.suppression.reasons_for(store.keys_in_states(("pending", "deferred")))
             self.result.counts["suppressed"] += store.suppress_pending(reasons)
-        ready = await self.provider.prepare()
-        self.result.notes.extend(n for n in ready.notes if n)
-        if ready.max_rate:
-            self.log_rate(self.throttle.cap(ready.max_rate))
-        if ready.down:
-            self.result.stopped = f"provider {self.provider.name} cannot send: {ready.down}"
-            store.log("provider_down", provider=self.provider.name, reason=ready.down)
-            await self.provider.aclose()
+        self.switching = asyncio.Lock()
+        if not await self.activate():
+            for p in self.chain:
+                await p.aclose()
             counts = store.counts()
             self.result.remaining = sum(counts.get(s, 0) for s in ("pending", "deferred", "inflight"))
             return self.result
@@ -392,24 +430,27 @@ class Sender:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
-            await self.provider.aclose()
+            for p in self.chain[:self.next_in_chain]:
+                await p.aclose()
         self.result.interrupted = interrupted
         counts = store.counts()
         self.result.remaining = sum(counts.get(s, 0) for s in ("pending", "deferred", "inflight"))
         self.result.failed_total = counts.get("failed", 0)
         if self.options.limit is not None and self.result.remaining and not self.result.stopped:
             self.result.stopped = f"--limit {self.options.limit} reached"
-        store.log("send_stopped", provider=self.provider.name, interrupted=interrupted,
+        store.log("send_stopped", providers=self.result.providers, interrupted=interrupted,
                   reason=self.result.stopped, outcomes=dict(self.result.counts), remaining=self.result.remaining)
         return self.result
 
 
-def choose_provider(campaign: Campaign, name: str | None, concurrency: int | None = None) -> Provider:
-    names = [name] if name else campaign.send.providers
+def provider_chain(campaign: Campaign, name: str | None, concurrency: int | None = None) -> list[Provider]:
+    """Every provider of the failover order, built (and so checked: env vars, key files) before anything is sent.
+    `--provider NAME` forces one."""
     if name and name not in campaign.providers:
         raise ConfigError(f"--provider {name}: no [providers.{name}] in {campaign.file} "
                           f"(defined: {', '.join(campaign.providers)})")
-    return providers.build(campaign.providers[names[0]], concurrency=concurrency or campaign.send.concurrency)
+    names = [name] if name else campaign.send.providers
+    return [providers.build(campaign.providers[n], concurrency=concurrency or campaign.send.concurrency) for n in names]
 
 
 def send(campaign: Campaign, store: Store, options: SendOptions) -> RunResult:
@@ -422,10 +463,10 @@ def send(campaign: Campaign, store: Store, options: SendOptions) -> RunResult:
                             + "\n  ".join(pre.problems), hint="; ".join(hints))
     if options.dry_run:
         return dry_run(campaign, pre, options)
-    provider = choose_provider(campaign, options.provider, options.concurrency)
+    chain = provider_chain(campaign, options.provider, options.concurrency)
     suppression = SuppressionList()
     try:
-        return asyncio.run(Sender(campaign, pre, provider, options, suppression=suppression).run())
+        return asyncio.run(Sender(campaign, pre, chain, options, suppression=suppression).run())
     finally:
         suppression.close()
 

@@ -194,7 +194,7 @@ def test_sending_paused_mid_run_stops_cleanly(make_campaign: MakeCampaign, aws: 
     d = ses_campaign(make_campaign, n=10)
     r = runner.invoke(app, ["send", str(d), "--concurrency", "1"])
     assert r.exit_code == 4
-    assert "Stopped: provider ses is down: SendingPausedException: Sending is paused for this account." in r.stderr
+    assert "Stopped: every provider is down: ses: SendingPausedException: Sending is paused for this account." in r.stderr
     con = db(d)
     assert dict(con.execute("SELECT state, count(*) FROM recipients GROUP BY state")) == {"sent": 4, "pending": 6}
     con.close()

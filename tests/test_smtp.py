@@ -190,7 +190,7 @@ def test_auth_required_and_wrong_password_stops_cleanly(make_campaign: MakeCampa
         d = smtp_campaign(make_campaign, srv.port, n=5, relay=relay)
         code, _, err = send(d)
         assert code == 4
-        assert "Stopped: provider relay is down: 535 authentication refused" in err
+        assert "Stopped: every provider is down: relay: 535 authentication refused" in err
         assert {v[0] for v in ledger(d).values()} == {"pending"}, "nobody is failed because the provider is down"
         monkeypatch.setenv("T_SMTP_PASS", "s3cret")
         code, _, err = send(d)
