@@ -234,6 +234,8 @@ def status(
             typer.echo("fell back: " + ", ".join(f"{k} ({v})" for k, v in st["fallbacks"].items()))
         if st["providers"]:
             typer.echo("providers: " + ", ".join(f"{k} {v}" for k, v in st["providers"].items()))
+        for sw in st["switches"]:
+            typer.echo(f"switched:  {sw['from']} -> {sw['to']} at {sw['at']} ({sw['reason']})")
         for reason, n in st["reject_reasons"].items():
             typer.echo(f"rejected: {reason} x {n}")
         for title, key in (("deferred", "deferred_replies"), ("failed", "failed_replies")):

@@ -525,6 +525,7 @@ def status(campaign: Campaign, store: Store) -> dict[str, Any]:
         "failed_replies": {code: {"count": n, "example": ex} for code, n, ex in store.reply_summary("failed")},
         "suppressed_reasons": {ex: n for _, n, ex in store.reply_summary("suppressed", top=10)},
         "unmatched_feedback": store.unmatched_count(),
+        "switches": [{"at": e["ts"], **json.loads(e["detail"])} for e in store.events_of_kind("provider_switched")],
         "next_retry": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due)) if due else None,
         "recipients_file": last["path"] if last else None,
         "recipients_sha256": last["sha256"] if last else None,

@@ -584,6 +584,10 @@ class Store:
         for (key,) in self.db.execute(f"SELECT key FROM recipients WHERE state IN ({marks})", tuple(states)):
             yield key
 
+    def events_of_kind(self, kind: str) -> list[dict[str, Any]]:
+        cur = self.db.execute("SELECT seq, ts, detail FROM events WHERE kind=? ORDER BY seq", (kind,))
+        return [{"seq": r[0], "ts": r[1], "detail": r[2]} for r in cur]
+
     def unmatched_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM unmatched").fetchone()[0]
 

@@ -1,0 +1,114 @@
+"""The model case: SES pauses the account mid-incident; the campaign moves to an SMTP relay by itself."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.stub import Stubber
+from typer.testing import CliRunner
+
+from notify.audit import verify_chain
+from notify.cli import app
+from notify.providers.ses import SesProvider
+from notify.store import Store
+
+from .conftest import MakeCampaign, simple_templates
+from .smtpd import Handler, Server
+from .test_ses import account, aws, sent_by_moto  # noqa: F401 - aws is a fixture
+
+runner = CliRunner()
+
+
+def two_provider_campaign(make_campaign: MakeCampaign, port: int, n: int) -> Path:
+    rows = "email,name\n" + "".join(f"c{i}@example.org,Customer {i}\n" for i in range(n))
+    d = make_campaign(rows, template="t", templates=simple_templates(),
+                      providers_extra=f'\n[providers.ses]\ntype = "ses"\nregion = "us-east-1"\n'
+                                      f'\n[providers.relay]\ntype = "smtp"\nhost = "127.0.0.1"\nport = {port}\ntls = "none"\n')
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text().replace('providers = ["outbox"]', 'providers = ["ses", "relay"]')
+                    .replace("concurrency = 4", "concurrency = 8\n[send.retry]\nbase = 0.05\nmax_interval = 0.1"))
+    return d
+
+
+def pause_ses_after(monkeypatch: pytest.MonkeyPatch, accepted: int) -> None:
+    calls = {"n": 0}
+
+    def hook(client: Any, role: str) -> None:
+        if role == "account":
+            stub = Stubber(client)
+            stub.add_response("get_account", account(rate=100000))
+            stub.activate()
+            return
+
+        def before_call(**kwargs: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] <= accepted:
+                return None  # on to moto
+            from botocore.awsrequest import AWSResponse
+
+            return AWSResponse("https://email", 400, {}, None), {
+                "Error": {"Code": "SendingPausedException", "Message": "Sending is paused for this account."},
+                "ResponseMetadata": {"HTTPStatusCode": 400}}
+
+        client.meta.events.register("before-call.sesv2.SendEmail", before_call)
+
+    monkeypatch.setattr(SesProvider, "client_hook", staticmethod(hook))
+
+
+@pytest.mark.slow
+def test_the_drill_ses_pauses_at_30_percent_and_the_relay_finishes(
+        make_campaign: MakeCampaign, aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    n = 10_000
+    pause_ses_after(monkeypatch, accepted=3000)
+    h = Handler()
+    with Server(h) as srv:
+        d = two_provider_campaign(make_campaign, srv.port, n)
+        r = runner.invoke(app, ["send", str(d), "--no-progress"])
+        assert r.exit_code == 0, r.stderr
+    assert "This run via ses then relay: sent 10000, deferred 0, failed 0." in r.stdout
+
+    con = sqlite3.connect(d / ".notify" / "campaign.sqlite")
+    ledger = {email: (state, provider, pmid) for email, state, provider, pmid in
+              con.execute("SELECT email, state, provider, provider_message_id FROM recipients")}
+    con.close()
+    via_ses = {m.id: m for m in sent_by_moto()}
+    via_relay = Counter(r.rcpt for r in h.received)
+    assert len(via_ses) == 3000 and sum(via_relay.values()) == 7000
+    assert all(state == "sent" for state, _, _ in ledger.values())
+    # Exactly once across both providers, and each side agrees with the ledger.
+    ses_rcpts = {email for email, (_, p, pmid) in ledger.items() if p == "ses"}
+    assert {ledger_pmid for _, (_, p, ledger_pmid) in ledger.items() if p == "ses"} == set(via_ses)
+    assert set(via_relay) == set(ledger) - ses_rcpts and set(via_relay.values()) == {1}
+    assert len(ses_rcpts) == 3000
+
+    store = Store(d / ".notify" / "campaign.sqlite")
+    events = list(store.events())
+    store.close()
+    assert verify_chain(events).ok
+    [switch] = [json.loads(e["detail"]) for e in events if e["kind"] == "provider_switched"]
+    assert switch == {"from": "ses", "reason": "ses: SendingPausedException: Sending is paused for this account.",
+                      "to": "relay"}
+    st = json.loads(runner.invoke(app, ["status", str(d), "--json"]).stdout)
+    assert st["providers"] == {"relay": 7000, "ses": 3000}
+    assert st["switches"][0]["to"] == "relay"
+
+
+def test_forcing_a_provider_and_all_down(make_campaign: MakeCampaign, aws: Any,  # noqa: F811
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    pause_ses_after(monkeypatch, accepted=2)
+    d = two_provider_campaign(make_campaign, 9, 6)  # nothing listens on port 9: the relay is down too
+    r = runner.invoke(app, ["send", str(d), "--concurrency", "1"])
+    assert r.exit_code == 4
+    assert r.stderr.startswith("Stopped: every provider is down: ses: SendingPausedException: Sending is paused for "
+                               "this account.; relay: 3 connection attempts in a row failed")
+    con = sqlite3.connect(d / ".notify" / "campaign.sqlite")
+    states = Counter(s for (s,) in con.execute("SELECT state FROM recipients"))
+    con.close()
+    assert states["sent"] == 2 and states["failed"] == 0, "nobody fails because the providers are down"
+    r = runner.invoke(app, ["send", str(d), "--provider", "relay"])
+    assert r.exit_code == 4 and "every provider is down: relay:" in r.stderr
