@@ -83,6 +83,11 @@ class SendConfig:
     batch_pause: float = 0.0
     domains: dict[str, float] = field(default_factory=dict)  # messages per minute per domain
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # The reputation circuit breaker: SES reviews accounts above 5% bounces and 0.1% complaints, and the
+    # large mailbox providers act on similar rates; pause before the provider suspends the account.
+    max_bounce_rate: float = 0.05
+    max_complaint_rate: float = 0.001
+    reputation_window: int = 1000  # the last N sends; not judged until there are N
 
 
 @dataclass(frozen=True)
@@ -264,6 +269,9 @@ SEND_KEYS = {
     "batch_pause": Key("number", False, _non_negative),
     "domains": Key("table"),
     "retry": Key("table"),
+    "max_bounce_rate": Key("number", False, lambda v: None if 0 < v <= 1 else "must be a fraction between 0 and 1"),
+    "max_complaint_rate": Key("number", False, lambda v: None if 0 < v <= 1 else "must be a fraction between 0 and 1"),
+    "reputation_window": Key("int", False, _positive),
 }
 RETRY_KEYS = {
     "base": Key("number", False, _positive),
@@ -389,6 +397,9 @@ def _build(file: Path, data: dict[str, Any]) -> Campaign:
             batch_pause=float(send.get("batch_pause", 0)),
             domains=domains,
             retry=policy,
+            max_bounce_rate=float(send.get("max_bounce_rate", 0.05)),
+            max_complaint_rate=float(send.get("max_complaint_rate", 0.001)),
+            reputation_window=send.get("reputation_window", 1000),
         ),
         providers=providers,
     )

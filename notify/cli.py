@@ -160,6 +160,8 @@ def send(
     concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="Messages in flight at once (overrides [send] concurrency)."),
     rate: Optional[float] = typer.Option(None, "--rate", min=0.001, help="Messages per second (overrides [send] rate)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (it is off anyway when not on a terminal)."),
+    acknowledge_reputation: bool = typer.Option(False, "--acknowledge-reputation",
+                                                help="Resume after the reputation circuit breaker paused the campaign (recorded)."),
 ) -> None:
     """Send the campaign: resumable, throttled, exactly once per recipient.
 
@@ -173,7 +175,7 @@ def send(
     """
     with _open(campaign) as (c, store):
         opts = engine.SendOptions(dry_run=dry_run, limit=limit, provider=provider, concurrency=concurrency,
-                                  rate=rate, progress=not no_progress)
+                                  rate=rate, progress=not no_progress, acknowledge_reputation=acknowledge_reputation)
         result = engine.send(c, store, opts)
         counts = result.counts
         if dry_run:

@@ -115,6 +115,7 @@ class SendOptions:
     rate: float | None = None
     progress: bool = True
     max_wait: float = 120.0  # wait in-process for retries due within this many seconds; beyond, stop
+    acknowledge_reputation: bool = False  # resume after the reputation circuit breaker paused the campaign
 
 
 @dataclass
@@ -137,6 +138,18 @@ class RunResult:
         if self.stopped or self.remaining:
             return EXIT_STOPPED
         return EXIT_FAILED if self.failed_total else EXIT_OK
+
+
+class ReputationPaused(NotifyError):
+    """The breaker's pause stands until someone acknowledges it."""
+
+    exit_code = EXIT_STOPPED
+
+
+def datetime_to_epoch(ts: str) -> float:
+    import datetime as dt
+
+    return dt.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc).timestamp()
 
 
 def backoff_delay(campaign: Campaign, attempts: int) -> float:
@@ -209,6 +222,8 @@ class Sender:
         self.releases: list[Claimed] = []
         self.busy = 0
         self.claimed_total = 0
+        self.since_reputation = 0  # outcomes committed since the breaker last looked
+        self.reputation_since = 0.0
         self.bar: tqdm[Any] | None = None
 
     # --- bookkeeping ---
@@ -216,6 +231,10 @@ class Sender:
     def flush(self) -> None:
         changes, self.changes = self.changes, []
         self.store.apply(changes)
+        self.since_reputation += len(changes)
+        if self.since_reputation >= max(25, self.campaign.send.reputation_window // 20):
+            self.since_reputation = 0
+            self.check_reputation()
         if self.releases:
             releases, self.releases = self.releases, []
             self.store.release(releases)
@@ -225,11 +244,45 @@ class Sender:
             await asyncio.sleep(FLUSH_EVERY)
             self.flush()
 
+    def check_reputation(self) -> None:
+        """The circuit breaker: pause before the provider suspends the account."""
+        cfg = self.campaign.send
+        sends, bounces, complaints = self.store.reputation(cfg.reputation_window, self.reputation_since)
+        if sends < cfg.reputation_window or self.result.stopped:
+            return
+        bounce_rate, complaint_rate = bounces / sends, complaints / sends
+        if bounce_rate <= cfg.max_bounce_rate and complaint_rate <= cfg.max_complaint_rate:
+            return
+        figures = {"sends": sends, "hard_bounces": bounces, "complaints": complaints,
+                   "bounce_rate": round(bounce_rate, 4), "complaint_rate": round(complaint_rate, 5),
+                   "max_bounce_rate": cfg.max_bounce_rate, "max_complaint_rate": cfg.max_complaint_rate}
+        self.store.log("reputation_paused", **figures)
+        self.result.stopped = (
+            f"reputation circuit breaker: over the last {sends} sends, hard bounces {bounces} ({bounce_rate:.1%}, "
+            f"limit {cfg.max_bounce_rate:.1%}), complaints {complaints} ({complaint_rate:.2%}, limit "
+            f"{cfg.max_complaint_rate:.2%}); check the recipients list, then resume with --acknowledge-reputation")
+        self.stop.set()
+
     def log_rate(self, change: Any) -> None:
         if change is not None:
             self.store.log("rate_changed", old=change.old, new=change.new, reason=change.reason)
 
-    # --- providers: the first healthy one in the chain sends ---
+    def settle_reputation(self) -> float:
+        """Refuses to start while the breaker's pause stands; an acknowledgment is recorded and starts a new window."""
+        last = self.store.last_event_of(("reputation_paused", "reputation_acknowledged"))
+        if last is None:
+            return 0.0
+        if last["kind"] == "reputation_paused":
+            if not self.options.acknowledge_reputation:
+                raise ReputationPaused(
+                    f"the campaign was paused by the reputation circuit breaker at {last['ts'][:19]}Z "
+                    f"(hard bounces {last['detail'].get('bounce_rate', 0):.1%}, complaints "
+                    f"{last['detail'].get('complaint_rate', 0):.2%} over {last['detail'].get('sends')} sends)",
+                    hint="check the recipients list (and `notify status`), then run send again with "
+                         "--acknowledge-reputation; the acknowledgment is recorded in the audit log")
+            self.store.log("reputation_acknowledged", paused_at=last["ts"], figures=last["detail"])
+            return self.wall()
+        return datetime_to_epoch(last["ts"])
 
     async def activate(self, reason: str | None = None) -> bool:
         """Makes the next provider in the chain current; False when every provider is down."""
@@ -374,6 +427,7 @@ class Sender:
             reasons = self.suppression.reasons_for(store.keys_in_states(("pending", "deferred")))
             self.result.counts["suppressed"] += store.suppress_pending(reasons)
         self.switching = asyncio.Lock()
+        self.reputation_since = self.settle_reputation()
         if not await self.activate():
             for p in self.chain:
                 await p.aclose()

@@ -124,6 +124,9 @@ MIGRATIONS: list[tuple[str, str]] = [
             body TEXT NOT NULL
         );
     """),
+    ("0003_reputation", """
+        CREATE INDEX recipients_first_attempt ON recipients(first_attempt_at)
+    """),
 ]
 
 EVENT_FIELDS = ("seq", "ts", "recipient", "kind", "provider", "provider_message_id", "detail",
@@ -583,6 +586,24 @@ class Store:
         marks = ",".join("?" * len(states))
         for (key,) in self.db.execute(f"SELECT key FROM recipients WHERE state IN ({marks})", tuple(states)):
             yield key
+
+    def reputation(self, window: int, since: float) -> tuple[int, int, int]:
+        """Over the last `window` recipients handed to a provider after `since`: (sends, hard bounces, complaints).
+        A hard bounce is a bounce report or a synchronous 5xx refusal."""
+        row = self.db.execute(
+            "SELECT count(*),"
+            " sum(state = 'bounced' OR (state = 'failed' AND reply_code LIKE '5%')),"
+            " sum(state = 'complained')"
+            " FROM (SELECT state, reply_code FROM recipients WHERE first_attempt_at > ?"
+            "       AND state IN ('sent','delivered','bounced','complained','failed')"
+            "       ORDER BY first_attempt_at DESC LIMIT ?)", (since, window)).fetchone()
+        return int(row[0] or 0), int(row[1] or 0), int(row[2] or 0)
+
+    def last_event_of(self, kinds: Sequence[str]) -> dict[str, Any] | None:
+        marks = ",".join("?" * len(kinds))
+        row = self.db.execute(f"SELECT seq, ts, kind, detail FROM events WHERE kind IN ({marks}) ORDER BY seq DESC LIMIT 1",
+                              tuple(kinds)).fetchone()
+        return {"seq": row[0], "ts": row[1], "kind": row[2], "detail": json.loads(row[3] or "{}")} if row else None
 
     def events_of_kind(self, kind: str) -> list[dict[str, Any]]:
         cur = self.db.execute("SELECT seq, ts, detail FROM events WHERE kind=? ORDER BY seq", (kind,))

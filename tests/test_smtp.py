@@ -32,10 +32,10 @@ runner = CliRunner()
 
 
 def smtp_campaign(make_campaign: MakeCampaign, port: int, n: int = 20, *, relay: str = "", send: str = "",
-                  rows: str | None = None, name: str = "camp") -> Path:
+                  rows: str | None = None, name: str = "camp", send_keys: str = "") -> Path:
     recipients = rows or "email,name\n" + "".join(f"p{i}@example.com,Person {i}\n" for i in range(n))
     d = make_campaign(recipients, template="t", templates=simple_templates(), name=name,
-                      send_extra=f"[send.retry]\nbase = 0.05\nmax_interval = 0.2\nmax_attempts = 4\n{send}",
+                      send_extra=f"{send_keys}[send.retry]\nbase = 0.05\nmax_interval = 0.2\nmax_attempts = 4\n{send}",
                       providers_extra=f'\n[providers.relay]\ntype = "smtp"\nhost = "127.0.0.1"\nport = {port}\n'
                                       f'tls = "none"\ntimeout = 2\n{relay}')
     toml = d / "campaign.toml"
@@ -388,3 +388,24 @@ def test_server_closing_every_connection_after_k_messages(make_campaign: MakeCam
     assert code == 0, err
     assert sorted(r.rcpt for r in h.received) == sorted(f"p{i}@example.com" for i in range(30)), "each exactly once"
     assert all(v[2] == 0 for v in ledger(d).values()), "a drop before MAIL is never in doubt"
+
+
+def test_reputation_circuit_breaker_pauses_and_needs_acknowledgment(make_campaign: MakeCampaign) -> None:
+    bad = {f"p{i}@example.com": [("rcpt", "550 5.1.1 User unknown")] for i in range(0, 200, 5)}  # 20% hard bounces
+    h = Handler(script=bad)
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=400, send_keys="max_bounce_rate = 0.05\nreputation_window = 100\n")
+        code, _, err = send(d, "--concurrency", "2")
+        assert code == 4
+        assert "Stopped: reputation circuit breaker: over the last 100 sends, hard bounces" in err
+        assert "resume with --acknowledge-reputation" in err
+        sent_before = len(h.received)
+        assert sent_before < 200
+        code, _, err = send(d)
+        assert code == 4 and "the campaign was paused by the reputation circuit breaker" in err
+        assert len(h.received) == sent_before, "nothing is sent while the pause stands"
+        code, _, err = send(d, "--acknowledge-reputation", "--concurrency", "2")
+    kinds = [e["kind"] for e in events(d, "reputation_paused")] + [e["kind"] for e in events(d, "reputation_acknowledged")]
+    assert "reputation_paused" in kinds and "reputation_acknowledged" in kinds
+    paused = json.loads(str(events(d, "reputation_paused")[0]["detail"]))
+    assert paused["sends"] == 100 and paused["bounce_rate"] > 0.05
