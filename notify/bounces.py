@@ -333,3 +333,19 @@ def poll_sqs(folder: Folder, queue_url: str, *, wait: int = 20, max_messages: in
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])  # after the commit above
             seen += 1
     return seen
+
+
+def reconciler(campaign_id: str, queue_urls: list[str], region: str | None = None):  # type: ignore[no-untyped-def]
+    """A callback for the engine: drain the campaign's SES event queues into the ledger, so Send and
+    Delivery events settle recipients left in doubt before anything is resent."""
+
+    def reconcile(store: Store) -> None:
+        suppression = SuppressionList()
+        try:
+            folder = Folder(campaign_id, store, suppression)
+            for url in queue_urls:
+                poll_sqs(folder, url, wait=0, region=region)
+        finally:
+            suppression.close()
+
+    return reconcile

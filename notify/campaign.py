@@ -60,6 +60,7 @@ class SesConfig:
     configuration_set: str | None
     endpoint_url: str | None
     threads: int
+    events_queue: str | None = None  # SQS URL of this configuration set's events: settles in-doubt sends
     type: str = "ses"
 
 
@@ -303,6 +304,7 @@ PROVIDER_KEYS: dict[str, dict[str, Key]] = {
         "configuration_set": Key("str"),
         "endpoint_url": Key("str"),
         "threads": Key("int", False, _positive),
+        "events_queue": Key("str"),
     },
 }
 TOP_KEYS = {
@@ -434,4 +436,5 @@ def _provider(base: Path, name: str, kind: str, t: dict[str, Any]) -> ProviderCo
         configuration_set=t.get("configuration_set"),
         endpoint_url=t.get("endpoint_url"),
         threads=t.get("threads", 8),
+        events_queue=t.get("events_queue"),
     )

@@ -176,7 +176,13 @@ def send(
     with _open(campaign) as (c, store):
         opts = engine.SendOptions(dry_run=dry_run, limit=limit, provider=provider, concurrency=concurrency,
                                   rate=rate, progress=not no_progress, acknowledge_reputation=acknowledge_reputation)
-        result = engine.send(c, store, opts)
+        queues = [p.events_queue for p in c.providers.values() if isinstance(p, campaign_mod.SesConfig) and p.events_queue]
+        reconcile = None
+        if queues:
+            from .bounces import reconciler
+
+            reconcile = reconciler(c.id, queues)
+        result = engine.send(c, store, opts, reconcile=reconcile)
         counts = result.counts
         if dry_run:
             typer.echo(f"Dry run: rendered {counts['rendered']} message(s) into {c.dir / 'dry-run'}; no state changed.")
@@ -230,7 +236,8 @@ def status(
         typer.echo(f"campaign {st['campaign']}: {st['rows_read']} rows read = {st['total']} recipients + {st['rejected']} rejected")
         typer.echo("states:   " + ", ".join(f"{k} {v}" for k, v in st["states"].items() if v))
         if st["in_doubt"]:
-            typer.echo(f"in doubt: {st['in_doubt']} (sent again with the same Message-ID after a crash or dropped connection)")
+            typer.echo(f"in doubt: {st['in_doubt']} ever (a crash or dropped connection after sending); "
+                       f"{st['in_doubt_unsettled']} not yet settled (sent again with the same Message-ID)")
         typer.echo("locales:  " + ", ".join(f"{k or '(none)'} {v}" for k, v in st["locales"].items()))
         if st["fallbacks"]:
             typer.echo("fell back: " + ", ".join(f"{k} ({v})" for k, v in st["fallbacks"].items()))

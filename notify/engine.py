@@ -200,7 +200,8 @@ class Sender:
 
     def __init__(self, campaign: Campaign, pre: Preflight, chain: list[Provider], options: SendOptions,
                  clock: Clock | None = None, wall: Callable[[], float] = time.time,
-                 suppression: SuppressionList | None = None) -> None:
+                 suppression: SuppressionList | None = None,
+                 reconcile: Callable[[Store], None] | None = None) -> None:
         assert pre.templates is not None and chain
         self.campaign = campaign
         self.store = pre.store
@@ -211,6 +212,7 @@ class Sender:
         self.down: dict[str, str] = {}  # provider name -> what it reported
         self.options = options
         self.suppression = suppression
+        self.reconcile = reconcile
         self.wall = wall
         self.clock = clock or RealClock()
         self.concurrency = options.concurrency or campaign.send.concurrency
@@ -375,6 +377,11 @@ class Sender:
             self.busy += 1
             try:
                 await self.deliver(c)
+            except Exception:
+                # A bug, not an outcome: stop the whole run (nothing else may block on this worker);
+                # the recipient stays inflight on disk and the next run resends it in doubt.
+                self.stop.set()
+                raise
             finally:
                 self.busy -= 1
 
@@ -423,6 +430,14 @@ class Sender:
     async def run(self) -> RunResult:
         store = self.store
         self.result.recovered = store.recover_inflight(self.wall())
+        before = store.in_doubt_unsettled()
+        if before and self.reconcile is not None:
+            # Settle what is in doubt from the provider's own events before resending anything.
+            self.reconcile(store)
+            after = store.in_doubt_unsettled()
+            store.log("in_doubt_reconciled", before=before, settled=before - after, still_in_doubt=after)
+            self.result.notes.append(f"In doubt: {before}; settled from provider events: {before - after}; "
+                                     f"{after} will be sent again with the same Message-ID.")
         if self.suppression is not None:
             reasons = self.suppression.reasons_for(store.keys_in_states(("pending", "deferred")))
             self.result.counts["suppressed"] += store.suppress_pending(reasons)
@@ -457,7 +472,17 @@ class Sender:
         flusher = asyncio.create_task(self.flusher())
         failed = False
         try:
-            await self.producer(queue)
+            producer = asyncio.create_task(self.producer(queue))
+            # Workers only end on the sentinel; one that ends before the producer failed with a bug.
+            await asyncio.wait([producer, *workers], return_when=asyncio.FIRST_COMPLETED)
+            if not producer.done():
+                producer.cancel()  # it may be blocked handing work to workers that are gone
+                with contextlib.suppress(asyncio.CancelledError):
+                    await producer
+                for w in workers:
+                    if w.done() and w.exception():
+                        raise w.exception()  # type: ignore[misc]
+            producer.result()
             for _ in workers:
                 await queue.put(None)
             await asyncio.gather(*workers)
@@ -507,7 +532,8 @@ def provider_chain(campaign: Campaign, name: str | None, concurrency: int | None
     return [providers.build(campaign.providers[n], concurrency=concurrency or campaign.send.concurrency) for n in names]
 
 
-def send(campaign: Campaign, store: Store, options: SendOptions) -> RunResult:
+def send(campaign: Campaign, store: Store, options: SendOptions,
+         reconcile: Callable[[Store], None] | None = None) -> RunResult:
     """Preflight, then the run. Nothing is sent unless every locale renders."""
     store.lock()
     pre = preflight(campaign, store)
@@ -520,7 +546,7 @@ def send(campaign: Campaign, store: Store, options: SendOptions) -> RunResult:
     chain = provider_chain(campaign, options.provider, options.concurrency)
     suppression = SuppressionList()
     try:
-        return asyncio.run(Sender(campaign, pre, chain, options, suppression=suppression).run())
+        return asyncio.run(Sender(campaign, pre, chain, options, suppression=suppression, reconcile=reconcile).run())
     finally:
         suppression.close()
 
@@ -571,6 +597,7 @@ def status(campaign: Campaign, store: Store) -> dict[str, Any]:
         "states": {s: counts.get(s, 0) for s in ("pending", "inflight", "deferred", "sent", "delivered", "bounced",
                                                  "complained", "failed", "suppressed", "ineligible")},
         "in_doubt": store.doubt_count(),
+        "in_doubt_unsettled": store.in_doubt_unsettled(),
         "locales": locales,
         "fallbacks": fallbacks,
         "providers": store.provider_counts(),

@@ -656,6 +656,10 @@ class Store:
             "SELECT coalesce(reply_code, '-'), count(*), max(detail) FROM recipients WHERE state=? AND detail IS NOT NULL"
             " GROUP BY reply_code ORDER BY 2 DESC LIMIT ?", (state, top)).fetchall()
 
+    def in_doubt_unsettled(self) -> int:
+        """Recipients in doubt that have not been accepted since: the ones a resend might duplicate."""
+        return self.db.execute("SELECT count(*) FROM recipients WHERE doubt=1 AND state IN ('deferred','inflight')").fetchone()[0]
+
     def doubt_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM recipients WHERE doubt=1").fetchone()[0]
 

@@ -150,3 +150,27 @@ def test_a_bug_is_reported_without_a_traceback(example: Path, monkeypatch: pytes
     assert code == 70
     assert err.startswith("Error: internal error: KeyError: 'boom'\nThis is a bug in notify.")
     assert "Traceback" not in err
+
+
+def test_a_bug_mid_run_stops_the_run_and_the_next_run_recovers(example: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A defect inside one send (here: the outbox raising something no provider should) must end the run
+    # promptly with exit 70 instead of leaving the other workers waiting; nothing is lost.
+    from notify.providers.outbox import OutboxProvider
+
+    real = OutboxProvider.send
+    calls = {"n": 0}
+
+    async def flaky(self: OutboxProvider, message: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 20:
+            raise RuntimeError("defect")
+        return await real(self, message)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(OutboxProvider, "send", flaky)
+    code, _, err = run("send", example, "--concurrency", "1")
+    assert code == 70 and "RuntimeError: defect" in err
+    monkeypatch.setattr(OutboxProvider, "send", real)
+    code, out, _ = run("send", example)
+    assert code == 0 and "Resumed:" in out
+    st = json.loads(run("status", example, "--json")[1])
+    assert st["states"]["sent"] == 188

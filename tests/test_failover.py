@@ -112,3 +112,61 @@ def test_forcing_a_provider_and_all_down(make_campaign: MakeCampaign, aws: Any, 
     assert states["sent"] == 2 and states["failed"] == 0, "nobody fails because the providers are down"
     r = runner.invoke(app, ["send", str(d), "--provider", "relay"])
     assert r.exit_code == 4 and "every provider is down: relay:" in r.stderr
+
+
+def test_in_doubt_settled_from_ses_events_before_any_resend(make_campaign: MakeCampaign, aws: Any,  # noqa: F811
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+    import botocore.exceptions as bx
+
+    from notify.recipients import recipient_token
+
+    from .test_ses import ses_event
+
+    doubtful = {"c2@example.org", "c5@example.org"}
+
+    def hook(client: Any, role: str) -> None:
+        if role == "account":
+            stub = Stubber(client)
+            stub.add_response("get_account", account(rate=1000))
+            stub.activate()
+            return
+
+        current: dict[str, str] = {}
+
+        def before_call(params: dict[str, Any], **kwargs: Any) -> None:
+            current["rcpt"] = json.loads(params["body"])["Destination"]["ToAddresses"][0]
+
+        def after_call(**kwargs: Any) -> None:
+            if current.get("rcpt") in doubtful:
+                # SES took the message (moto has it), but the answer never reached us.
+                raise bx.ReadTimeoutError(endpoint_url="https://email.us-east-1.amazonaws.com")
+
+        client.meta.events.register("before-call.sesv2.SendEmail", before_call)
+        client.meta.events.register("after-call.sesv2.SendEmail", after_call)
+
+    monkeypatch.setattr(SesProvider, "client_hook", staticmethod(hook))
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    url = sqs.create_queue(QueueName="ses-events")["QueueUrl"]
+    rows = "email\n" + "".join(f"c{i}@example.org\n" for i in range(8))
+    d = make_campaign(rows, template="t", templates=simple_templates(),
+                      send_extra="[send.retry]\nbase = 3600\n",
+                      providers_extra=f'\n[providers.ses]\ntype = "ses"\nregion = "us-east-1"\nevents_queue = "{url}"\n')
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text().replace('providers = ["outbox"]', 'providers = ["ses"]'))
+    r = runner.invoke(app, ["send", str(d), "--concurrency", "1"])  # one at a time: the hook knows who is sent
+    assert r.exit_code == 4 and "only retries scheduled for later remain" in r.stderr, r.stderr
+    assert len(sent_by_moto()) == 8, "SES accepted all eight, two of them without telling us"
+
+    # SES's Send event for one of the two arrives on the campaign's queue.
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps(
+        ses_event("Send", "c2@example.org", token=recipient_token("c2@example.org"))))
+    r = runner.invoke(app, ["send", str(d), "--concurrency", "1"])
+    assert "In doubt: 2; settled from provider events: 1; 1 will be sent again with the same Message-ID." in r.stdout
+    assert len(sent_by_moto()) == 8, "the settled one was not sent again"
+    con = sqlite3.connect(d / ".notify" / "campaign.sqlite")
+    states = dict(con.execute("SELECT email, state FROM recipients WHERE doubt=1"))
+    con.close()
+    assert states == {"c2@example.org": "sent", "c5@example.org": "deferred"}
+    st = json.loads(runner.invoke(app, ["status", str(d), "--json"]).stdout)
+    assert (st["in_doubt"], st["in_doubt_unsettled"]) == (2, 1)
