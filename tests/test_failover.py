@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.stub import Stubber
 from typer.testing import CliRunner
 
 from notify.audit import verify_chain
@@ -19,7 +18,7 @@ from notify.store import Store
 
 from .conftest import MakeCampaign, simple_templates
 from .smtpd import Handler, Server
-from .test_ses import account, aws, sent_by_moto  # noqa: F401 - aws is a fixture
+from .test_ses import account, aws, sent_by_moto, stub_account  # noqa: F401 - aws is a fixture
 
 runner = CliRunner()
 
@@ -40,9 +39,7 @@ def pause_ses_after(monkeypatch: pytest.MonkeyPatch, accepted: int) -> None:
 
     def hook(client: Any, role: str) -> None:
         if role == "account":
-            stub = Stubber(client)
-            stub.add_response("get_account", account(rate=100000))
-            stub.activate()
+            stub_account(client, account(rate=100000))
             return
 
         def before_call(**kwargs: Any) -> Any:
@@ -127,9 +124,7 @@ def test_in_doubt_settled_from_ses_events_before_any_resend(make_campaign: MakeC
 
     def hook(client: Any, role: str) -> None:
         if role == "account":
-            stub = Stubber(client)
-            stub.add_response("get_account", account(rate=1000))
-            stub.activate()
+            stub_account(client, account(rate=1000))
             return
 
         current: dict[str, str] = {}

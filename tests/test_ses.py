@@ -39,6 +39,14 @@ def account(max24: float = 50000, rate: float = 14, sent: float = 0, enabled: bo
             "DedicatedIpAutoWarmupEnabled": False}
 
 
+def stub_account(client: Any, answer: dict[str, Any]) -> Stubber:
+    """GetAccount, which moto lacks, answered through botocore's Stubber on the provider's account client."""
+    stub = Stubber(client)
+    stub.add_response("get_account", answer)
+    stub.activate()
+    return stub
+
+
 @pytest.fixture
 def aws() -> Iterator[Any]:
     with mock_aws():
@@ -56,10 +64,7 @@ def quota(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
 
     def hook(client: Any, role: str) -> None:
         if role == "account":
-            stub = Stubber(client)
-            stub.add_response("get_account", answer)
-            stub.activate()
-            stubs.append(stub)
+            stubs.append(stub_account(client, answer))
 
     monkeypatch.setattr(SesProvider, "client_hook", staticmethod(hook))
     yield answer
@@ -173,9 +178,7 @@ def test_sending_paused_mid_run_stops_cleanly(make_campaign: MakeCampaign, aws: 
 
     def pause_after_four(client: Any, role: str) -> None:
         if role == "account":
-            stub = Stubber(client)
-            stub.add_response("get_account", account())
-            stub.activate()
+            stub_account(client, account())
             return
 
         def before_call(**kwargs: Any) -> Any:
@@ -368,9 +371,7 @@ def test_throttling_bursts_and_rejections_mid_run(make_campaign: MakeCampaign, a
 
     def hook(client: Any, role: str) -> None:
         if role == "account":
-            stub = Stubber(client)
-            stub.add_response("get_account", account(rate=1000))
-            stub.activate()
+            stub_account(client, account(rate=1000))
             return
 
         def before_call(params: dict[str, Any], **kwargs: Any) -> Any:
