@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
