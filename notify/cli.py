@@ -390,18 +390,55 @@ def suppress_import(
 
 @audit_app.command("verify")
 @boundary
-def audit_verify(campaign: Path = CampaignArg) -> None:
+def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
+                                               help="A campaign directory, or a directory written by `audit export`.")) -> None:
     """Recompute the audit hash chain and name the first event that does not verify.
 
-    Example:  notify audit verify campaigns/example
+    Given an export directory, it checks events.jsonl from the file alone and names the first
+    altered line.
+
+    Examples:
+      notify audit verify campaigns/example
+      notify audit verify audit-2022-08/
     """
+    from .audit import verify_file
+
+    if (target / "events.jsonl").is_file() and not (target / "campaign.toml").is_file():
+        verdict, line = verify_file(target / "events.jsonl")
+        where = f"line {line} of {target / 'events.jsonl'}"
+    else:
+        with _open(target) as (c, store):
+            verdict = verify_chain(store.events())
+        where = f"event {verdict.first_bad}"
+    if verdict.ok:
+        typer.echo(f"OK: {verdict.events} events, chain head {verdict.head}")
+        return
+    err(f"Error: the audit chain is broken at {where}: {verdict.reason}")
+    err(f"({verdict.events} events before it verify; head {verdict.head})")
+    raise typer.Exit(EXIT_INPUT)
+
+
+@audit_app.command("export")
+@boundary
+def audit_export(campaign: Path = CampaignArg,
+                 out: Path = typer.Option(..., "--out", help="Directory to write the evidence into.")) -> None:
+    """Write the evidence for compliance: events.jsonl (the hash chain), recipients.csv (one row per input
+    row), summary.json and summary.txt, and alternate_channel.csv (everyone email did not reach).
+
+    Example:  notify audit export campaigns/example --out audit-2022-08/
+    """
+    import hashlib
+
+    from .audit import export
+    from .render import Templates
+
     with _open(campaign) as (c, store):
-        verdict = verify_chain(store.events())
-        if verdict.ok:
-            typer.echo(f"OK: {verdict.events} events, chain head {verdict.head}")
-            return
-        err(f"Error: the audit chain is broken at event {verdict.first_bad}: {verdict.reason}")
-        err(f"({verdict.events} events before it verify; head {verdict.head})")
+        templates = Templates(c)
+        hashes = {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in templates.files().items()}
+        summary = export(c, store, out, hashes, templates.resolve)
+    typer.echo((out / "summary.txt").read_text(encoding="utf-8").rstrip())
+    typer.echo(f"\nWrote {out}/: events.jsonl, recipients.csv, summary.json, summary.txt, alternate_channel.csv")
+    if not summary["chain"]["verified"]:
         raise typer.Exit(EXIT_INPUT)
 
 

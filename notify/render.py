@@ -147,15 +147,16 @@ class Templates:
             raise TemplateError(f"{self.roots[0]}: no locales (expected directories such as en/ holding {', '.join(PARTS)})")
         return sorted(found)
 
-    def files(self) -> list[Path]:
-        """Every template file that shapes the content (for hashing and review)."""
+    def files(self) -> dict[str, Path]:
+        """Every template file that shapes the content, by its name under the template (for hashing and review);
+        a campaign-local file hides the shipped one of the same name, as the loader does."""
         seen: dict[str, Path] = {}
         for root in self.roots:
             for p in sorted(root.rglob("*")):
                 rel = str(p.relative_to(root))
-                if p.is_file() and rel not in seen:
+                if p.is_file() and p.suffix in (".txt", ".html") and rel not in seen:
                     seen[rel] = p
-        return list(seen.values())
+        return seen
 
     def resolve(self, requested: str) -> str:
         """Exact tag (pt-BR) -> language (pt) -> campaign default -> en."""
@@ -192,9 +193,7 @@ class Templates:
     def recipient_fields(self) -> set[str]:
         """Every `recipient.X` (or recipient['X']) any template uses, so columns can be checked up front."""
         used: set[str] = set()
-        for path in self.files():
-            if path.suffix not in (".txt", ".html"):
-                continue
+        for path in self.files().values():
             try:
                 tree = self.env.parse(path.read_text(encoding="utf-8"))
             except jinja2.TemplateSyntaxError:

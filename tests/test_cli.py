@@ -174,3 +174,31 @@ def test_a_bug_mid_run_stops_the_run_and_the_next_run_recovers(example: Path, mo
     assert code == 0 and "Resumed:" in out
     st = json.loads(run("status", example, "--json")[1])
     assert st["states"]["sent"] == 188
+
+
+def test_audit_export_for_compliance(example: Path, tmp_path: Path) -> None:
+    (example / "recipients.csv").write_text((example / "recipients.csv").read_text() + "zoe@example.org,Zoe,en,US-CA\n")
+    assert run("send", example, "--limit", "150")[0] == 4  # some never sent: they belong in the alternate channel
+    out = tmp_path / "audit"
+    code, text, _ = run("audit", "export", example, "--out", out)
+    assert code == 0
+    assert "Completeness: rows read 198 = sum of final states 198" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["states"] == {"pending": 39, "rejected": 9, "sent": 150}
+    assert summary["chain"]["verified"] and summary["not_reached_by_email"] == 48
+    assert set(summary["template_sha256"]) >= {"en/body.txt", "ar/body.html", "_base.html"}
+    rows = (out / "recipients.csv").read_text().splitlines()
+    assert len(rows) == 1 + 198
+    alternate = (out / "alternate_channel.csv").read_text().splitlines()
+    assert len(alternate) == 1 + 48 and any(",pending,never sent," in line for line in alternate)
+    assert run("audit", "verify", out)[0] == 0
+    # Alter one line of the exported chain: verify names it.
+    lines = (out / "events.jsonl").read_text().splitlines()
+    ev = json.loads(lines[41])
+    ev["recipient"] = "mallory@example.com"
+    lines[41] = json.dumps(ev)
+    (out / "events.jsonl").write_text("\n".join(lines) + "\n")
+    code, _, err = run("audit", "verify", out)
+    assert code == 1
+    assert err.startswith(f"Error: the audit chain is broken at line 42 of {out}/events.jsonl: its content does not "
+                          "match its hash: it was altered")
