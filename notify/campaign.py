@@ -104,6 +104,7 @@ class Campaign:
     variables: dict[str, Any]
     send: SendConfig
     providers: dict[str, ProviderConfig]
+    require_approval: bool | None = None  # None: required whenever a non-outbox provider sends
 
     @property
     def state_dir(self) -> Path:
@@ -261,6 +262,7 @@ CAMPAIGN_KEYS = {
     "recipients": Key("str", True),
     "from": Key("str", True, _address),
     "reply_to": Key("str", False, _address),
+    "require_approval": Key("bool"),
 }
 SEND_KEYS = {
     "providers": Key("strlist", True, lambda v: None if v else "must name at least one provider"),
@@ -404,6 +406,7 @@ def _build(file: Path, data: dict[str, Any]) -> Campaign:
             reputation_window=send.get("reputation_window", 1000),
         ),
         providers=providers,
+        require_approval=camp.get("require_approval"),
     )
 
 

@@ -176,6 +176,13 @@ def send(
     with _open(campaign) as (c, store):
         opts = engine.SendOptions(dry_run=dry_run, limit=limit, provider=provider, concurrency=concurrency,
                                   rate=rate, progress=not no_progress, acknowledge_reputation=acknowledge_reputation)
+        if not dry_run:
+            from . import review
+            from .render import Templates
+
+            names = [provider] if provider and provider in c.providers else c.send.providers
+            if review.requires_approval(c, names):
+                review.check_approval(c, store, Templates(c))
         queues = [p.events_queue for p in c.providers.values() if isinstance(p, campaign_mod.SesConfig) and p.events_queue]
         reconcile = None
         if queues:
@@ -256,6 +263,47 @@ def status(
             typer.echo(f"unmatched feedback: {st['unmatched_feedback']} (bounces or events that match no recipient)")
         if st["next_retry"]:
             typer.echo(f"next retry: {st['next_retry']}")
+
+
+@app.command()
+@boundary
+def preview(campaign: Path = CampaignArg,
+            out: Path = typer.Option(..., "--out", help="Directory for the review pack.")) -> None:
+    """Write the legal review pack: every locale as it will be sent (.eml, .txt, .html), index.html side by
+    side with fallbacks and recipient counts, and manifest.json with the SHA-256 of every file. Sends nothing.
+
+    Example:  notify preview campaigns/example --out review/
+    """
+    from . import review
+
+    with _open(campaign) as (c, store):
+        pre = engine.preflight(c, store)
+        if not pre.ok or pre.templates is None:
+            raise review.NotifyError(f"{len(pre.problems)} problem(s) must be fixed before review:\n  " + "\n  ".join(pre.problems),
+                                     hint=f"run `notify check {campaign}`")
+        versions = review.preview(c, store, pre.templates, out)
+    for v in versions:
+        falls = "; ".join(f"{r} falls back to {v.locale} ({n})" for r, n in v.fallbacks)
+        typer.echo(f"{v.locale:6} {v.recipients:6} recipients  {v.subject}" + (f"  [{falls}]" if falls else ""))
+    typer.echo(f"\nOpen {out / 'index.html'} to review; then: notify approve {campaign} --by NAME")
+
+
+@app.command()
+@boundary
+def approve(campaign: Path = CampaignArg,
+            by: str = typer.Option(..., "--by", help="Who approves (recorded in the audit log)."),
+            note: Optional[str] = typer.Option(None, "--note", help="Anything to record with the approval.")) -> None:
+    """Record legal's approval of exactly the current content: the hashes of every template file, the
+    [variables] and the sender. `send` through a real provider refuses content changed since.
+
+    Example:  notify approve campaigns/example --by "J. Counsel" --note "reviewed pack of 2022-08-09"
+    """
+    from . import review
+    from .render import Templates
+
+    with _open(campaign) as (c, store):
+        detail = review.approve(c, store, Templates(c), by, note)
+    typer.echo(f"Approved by {by}: content {detail['content_sha256']} ({len(detail['parts'])} parts hashed)")
 
 
 @app.command()

@@ -20,6 +20,7 @@ default_locale = "en"
 recipients = "{recipients}"
 from = "Example Cloud Security <security@example.com>"
 reply_to = "security@example.com"
+require_approval = false              # approval has tests of its own (test_review.py)
 
 [variables]
 company = "Example Cloud"

@@ -32,6 +32,7 @@ id = "drill"
 template = "t"
 recipients = "recipients.csv"
 from = "Drill <drill@example.com>"
+require_approval = false
 
 [send]
 providers = ["relay"]

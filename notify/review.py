@@ -1,0 +1,174 @@
+"""Legal review: the preview pack (every locale, as sent), and the approval lock on exactly that content."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import html
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .campaign import Campaign, OutboxConfig
+from .errors import NotifyError
+from .render import Templates, compose, recipient_context, synthetic_recipient
+from .store import Store
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fingerprint(campaign: Campaign, templates: Templates) -> dict[str, str]:
+    """Everything that shapes what a recipient reads, each part hashed: template files, [variables], sender."""
+    parts = {f"templates/{campaign.template}/{name}": _sha(p.read_bytes()) for name, p in templates.files().items()}
+    variables = json.dumps(campaign.variables, sort_keys=True, default=str, ensure_ascii=False)
+    parts[f"{campaign.file.name} [variables]"] = _sha(variables.encode())
+    parts[f"{campaign.file.name} [campaign] from, reply_to, template, default_locale"] = _sha(
+        json.dumps([campaign.sender, campaign.reply_to, campaign.template, campaign.default_locale]).encode())
+    return parts
+
+
+class NotApproved(NotifyError):
+    """Sending through a real provider needs legal's approval of exactly this content."""
+
+
+def requires_approval(campaign: Campaign, provider_names: list[str]) -> bool:
+    if campaign.require_approval is not None:
+        return campaign.require_approval
+    return any(not isinstance(campaign.providers[n], OutboxConfig) for n in provider_names)
+
+
+def check_approval(campaign: Campaign, store: Store, templates: Templates) -> None:
+    """Refuses unless the last approval covers the content as it is now; names what changed."""
+    approval = store.last_event_of(("approved",))
+    hint = f"have the content reviewed (`notify preview {campaign.dir} --out review/`), then `notify approve {campaign.dir} --by NAME`"
+    if approval is None:
+        raise NotApproved(f"{campaign.dir}: this content has not been approved for sending", hint=hint)
+    approved: dict[str, str] = approval["detail"].get("parts", {})
+    now = fingerprint(campaign, templates)
+    changed = sorted(k for k in now if approved.get(k) != now[k]) + sorted(k for k in approved if k not in now)
+    if changed:
+        raise NotApproved(
+            f"{campaign.dir}: the content changed since {approval['detail'].get('by')} approved it at "
+            f"{approval['ts'][:19]}Z: {', '.join(changed)}", hint=hint)
+
+
+def approve(campaign: Campaign, store: Store, templates: Templates, by: str, note: str | None) -> dict[str, Any]:
+    parts = fingerprint(campaign, templates)
+    content = _sha(json.dumps(parts, sort_keys=True).encode())
+    detail = {"by": by, "note": note, "content_sha256": content, "parts": parts}
+    store.log("approved", **detail)
+    return detail
+
+
+@dataclass
+class Version:
+    locale: str
+    recipients: int
+    fallbacks: list[tuple[str, int]]  # requested locale -> count, for those that fall back into this one
+    sample: str  # "row 12" or "synthetic sample"
+    subject: str
+    sender: str
+    text: str
+    html: str
+    files: dict[str, str]  # kind -> sha256
+
+
+_BODY_RE = re.compile(r"<body[^>]*>(.*)</body>", re.S | re.I)
+
+
+def preview(campaign: Campaign, store: Store, templates: Templates, out: Path) -> list[Version]:
+    """Renders every locale the campaign can use for a representative recipient into out/; sends nothing."""
+    out.mkdir(parents=True, exist_ok=True)
+    requested = store.locale_counts()
+    samples = store.sample_per_locale()
+    per_locale: dict[str, list[tuple[str, int]]] = {loc: [] for loc in templates.locales}
+    for req, n in requested.items():
+        per_locale.setdefault(templates.resolve(req or campaign.default_locale), []).append((req or "(none)", n))
+    columns = store.columns()
+    versions = []
+    for loc in templates.locales:
+        exact = [(r, s) for r, s in samples.items() if templates.resolve(r or campaign.default_locale) == loc]
+        if exact:
+            req, s = exact[0]
+            recipient = recipient_context(s["email"], s["name"], req, s["jurisdiction"], s["vars"])
+            row = store.db.execute("SELECT row FROM recipients WHERE key=?", (s["email"].lower(),)).fetchone()
+            sample = f"row {row[0]}" if row else "a real recipient"
+        else:
+            recipient, sample = synthetic_recipient(loc, columns), "synthetic sample (no recipient uses this locale)"
+        rendered = templates.render(loc, recipient)
+        msg = compose(campaign, rendered, to_email=recipient["email"], to_name=recipient["name"], key=recipient["email"].lower())
+        files = {"eml": msg.data, "txt": rendered.text.encode(), "html": rendered.html.encode()}
+        for kind, data in files.items():
+            (out / f"{loc}.{kind}").write_bytes(data)
+        versions.append(Version(loc, sum(n for _, n in per_locale.get(loc, [])),
+                                [(r, n) for r, n in per_locale.get(loc, []) if r != loc], sample, rendered.subject,
+                                campaign.sender, rendered.text, rendered.html, {k: _sha(v) for k, v in files.items()}))
+    manifest = {
+        "tool": f"notify {__version__}",
+        "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "campaign": campaign.id,
+        "content": fingerprint(campaign, templates),
+        "versions": [{"locale": v.locale, "recipients": v.recipients, "sample": v.sample, "subject": v.subject,
+                      "falls_back_here": dict(v.fallbacks), "sha256": v.files} for v in versions],
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "index.html").write_text(_index(campaign, versions), encoding="utf-8")
+    return versions
+
+
+def _index(campaign: Campaign, versions: list[Version]) -> str:
+    e = html.escape
+    total = sum(v.recipients for v in versions)
+    cards = []
+    for v in versions:
+        falls = "".join(f"<li>{e(r)} falls back to {e(v.locale)} ({n} recipient{'s' if n != 1 else ''})</li>"
+                        for r, n in v.fallbacks)
+        m = _BODY_RE.search(v.html)
+        body = m.group(1) if m else v.html
+        direction = "rtl" if 'dir="rtl"' in v.html else "ltr"
+        cards.append(f"""
+<section class="version" id="{e(v.locale)}">
+  <h2>{e(v.locale)} <span class="count">{v.recipients} recipient{'s' if v.recipients != 1 else ''}</span></h2>
+  <dl><dt>From</dt><dd>{e(v.sender)}</dd><dt>Subject</dt><dd>{e(v.subject)}</dd>
+      <dt>Rendered for</dt><dd>{e(v.sample)}</dd>
+      <dt>Files</dt><dd><a href="{e(v.locale)}.eml">{e(v.locale)}.eml</a> · <a href="{e(v.locale)}.txt">.txt</a> ·
+      <a href="{e(v.locale)}.html">.html</a></dd></dl>
+  {f'<ul class="fallbacks">{falls}</ul>' if falls else ''}
+  <div class="sides">
+    <div class="side"><h3>Text</h3><pre>{e(v.text)}</pre></div>
+    <div class="side"><h3>HTML</h3><div class="html" dir="{direction}">{body}</div></div>
+  </div>
+</section>""")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Review: {e(campaign.id)}</title>
+<style>
+body {{ font-family: Arial, Helvetica, sans-serif; margin: 24px; color: #111; }}
+header {{ border-bottom: 2px solid #111; margin-bottom: 16px; }}
+.version {{ border: 1px solid #999; padding: 12px 16px; margin: 0 0 24px 0; }}
+.count {{ font-size: 14px; font-weight: normal; color: #444; margin-left: 8px; }}
+dl {{ display: grid; grid-template-columns: 9em 1fr; gap: 2px 12px; }}
+dt {{ font-weight: bold; }}
+.fallbacks {{ background: #fff6d6; padding: 6px 24px; }}
+.sides {{ display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }}
+.side {{ min-width: 0; }}
+pre {{ white-space: pre-wrap; font-size: 13px; background: #f6f6f6; padding: 8px; }}
+.html {{ border: 1px dashed #999; padding: 8px; }}
+@media print {{
+  body {{ margin: 0; }}
+  .version {{ page-break-after: always; border: none; }}
+  .sides {{ grid-template-columns: 1fr; }}
+  a {{ color: inherit; text-decoration: none; }}
+}}
+</style></head>
+<body>
+<header><h1>Review pack: {e(campaign.id)}</h1>
+<p>{len(versions)} version{'s' if len(versions) != 1 else ''} for {total} recipients. Each is rendered for a real recipient of
+that locale where one exists, otherwise for a synthetic sample. Nothing has been sent.</p></header>
+{''.join(cards)}
+</body></html>
+"""

@@ -1,0 +1,98 @@
+"""Legal review: the preview pack shows every version as sent; approval locks exactly that content."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from notify.cli import app
+
+from .smtpd import Handler, Server
+from .test_smtp import smtp_campaign
+from .conftest import MakeCampaign
+
+runner = CliRunner()
+
+
+def run(*args: str | Path) -> tuple[int, str, str]:
+    r = runner.invoke(app, [str(a) for a in args])
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_preview_pack(example: Path, tmp_path: Path) -> None:
+    out = tmp_path / "review"
+    code, text, err = run("preview", example, "--out", out)
+    assert code == 0, err
+    assert "pt falls back to en (1)" in text and "es-MX falls back to es (1)" in text
+    manifest = json.loads((out / "manifest.json").read_text())
+    locales = [v["locale"] for v in manifest["versions"]]
+    assert locales == ["ar", "de", "en", "es", "fr", "ja", "pt-BR", "zh-CN"]
+    for v in manifest["versions"]:
+        for kind, digest in v["sha256"].items():
+            assert hashlib.sha256((out / f"{v['locale']}.{kind}").read_bytes()).hexdigest() == digest
+    assert sum(v["recipients"] for v in manifest["versions"]) == 188
+    assert "templates/breach-notice/en/body.txt" in manifest["content"]
+    index = (out / "index.html").read_text()
+    for loc in locales:
+        assert f'id="{loc}"' in index
+    assert "@media print" in index and "pt falls back to en (1 recipient)" in index
+    assert "Notice of Data Breach" in index
+    assert not (example / "outbox").exists(), "a preview sends nothing"
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed here (apt-get install chromium)")
+def test_preview_looks_right_in_a_browser(example: Path, tmp_path: Path) -> None:
+    out = tmp_path / "review"
+    assert run("preview", example, "--out", out)[0] == 0
+    shot, pdf = tmp_path / "index.png", tmp_path / "index.pdf"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chrome'}"]
+    subprocess.run(["chromium", *flags, f"--screenshot={shot}", "--window-size=1280,2000", (out / "index.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    subprocess.run(["chromium", *flags, f"--print-to-pdf={pdf}", (out / "index.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    assert shot.stat().st_size > 20_000, "the page rendered"
+    assert pdf.read_bytes().startswith(b"%PDF") and pdf.read_bytes().count(b"/Type /Page") >= 8, "one page per version"
+
+
+def test_approval_locks_the_content(make_campaign: MakeCampaign) -> None:
+    h = Handler()
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=3)
+        toml = d / "campaign.toml"
+        toml.write_text(toml.read_text().replace("require_approval = false", ""))
+        code, _, err = run("send", d)
+        assert code == 1 and "this content has not been approved for sending" in err
+        assert f"notify approve {d} --by NAME" in err
+        code, out, _ = run("approve", d, "--by", "J. Counsel", "--note", "pack of 2022-08-09")
+        assert code == 0 and out.startswith("Approved by J. Counsel: content ")
+        body = d / "templates" / "t" / "en" / "body.txt"
+        body.write_text(body.read_text() + "\nOne more sentence legal never saw.\n")
+        code, _, err = run("send", d)
+        assert code == 1
+        assert "the content changed since J. Counsel approved it at" in err and "templates/t/en/body.txt" in err
+        toml.write_text(toml.read_text().replace('company = "Example Cloud"', 'company = "Example Cloud Inc."'))
+        code, _, err = run("send", d)
+        assert ": campaign.toml [variables], templates/t/en/body.txt" in err
+        assert len(h.received) == 0, "nothing left while the content was not approved"
+        assert run("approve", d, "--by", "J. Counsel")[0] == 0
+        code, _, err = run("send", d)
+        assert code == 0, err
+    assert len(h.received) == 3
+    import sqlite3
+
+    con = sqlite3.connect(d / ".notify" / "campaign.sqlite")
+    approvals = [json.loads(r[0])["by"] for r in con.execute("SELECT detail FROM events WHERE kind='approved'")]
+    con.close()
+    assert approvals == ["J. Counsel", "J. Counsel"]
+
+
+def test_outbox_needs_no_approval_by_default(example: Path) -> None:
+    assert run("send", example, "--limit", "1")[0] == 4  # sent one; no approval asked for files on disk
