@@ -140,7 +140,7 @@ def _index(campaign: Campaign, versions: list[Version]) -> str:
       <a href="{e(v.locale)}.html">.html</a></dd></dl>
   {f'<ul class="fallbacks">{falls}</ul>' if falls else ''}
   <div class="sides">
-    <div class="side"><h3>Text</h3><pre>{e(v.text)}</pre></div>
+    <div class="side"><h3>Text</h3><pre dir="{direction}">{e(v.text)}</pre></div>
     <div class="side"><h3>HTML</h3><div class="html" dir="{direction}">{body}</div></div>
   </div>
 </section>""")
