@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import functools
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -110,9 +111,15 @@ class Campaign:
     def state_dir(self) -> Path:
         return self.dir / STATE_DIR
 
-    @property
-    def sender_domain(self) -> str:
-        return parse_address(self.sender).domain
+    # Parsed once: compose() needs them for every message. (cached_property writes the instance
+    # dict directly, so it works on a frozen dataclass.)
+    @functools.cached_property
+    def sender_address(self) -> Address:
+        return parse_address(self.sender)
+
+    @functools.cached_property
+    def reply_to_address(self) -> Address | None:
+        return parse_address(self.reply_to) if self.reply_to else None
 
 
 def parse_address(text: str) -> Address:

@@ -19,7 +19,7 @@ import jinja2
 from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
-from .campaign import Campaign, parse_address
+from .campaign import Campaign
 from .errors import TemplateError
 from .recipients import recipient_token
 
@@ -131,6 +131,8 @@ class Templates:
         )
         self.env.filters["date"] = _date_filter
         self.locales = self._discover()
+        self._by_lower = {loc.lower(): loc for loc in self.locales}
+        self._resolved: dict[str, str] = {}  # requested tag -> template locale: asked once per message
         self._compiled: dict[str, tuple[jinja2.Template, jinja2.Template, jinja2.Template]] = {}
 
     def _discover(self) -> list[str]:
@@ -160,11 +162,13 @@ class Templates:
 
     def resolve(self, requested: str) -> str:
         """Exact tag (pt-BR) -> language (pt) -> campaign default -> en."""
-        by_lower = {loc.lower(): loc for loc in self.locales}
+        if requested in self._resolved:
+            return self._resolved[requested]
         chain = [requested, requested.split("-")[0], self.campaign.default_locale, FALLBACK_LOCALE]
         for tag in chain:
-            if tag and tag.lower() in by_lower:
-                return by_lower[tag.lower()]
+            if tag and tag.lower() in self._by_lower:
+                self._resolved[requested] = self._by_lower[tag.lower()]
+                return self._resolved[requested]
         raise TemplateError(
             f"no template for locale {requested!r}, nor for the default {self.campaign.default_locale!r} or {FALLBACK_LOCALE!r}",
             hint=f"add {self.roots[0] / self.campaign.default_locale}/ or set [campaign] default_locale to one of {', '.join(self.locales)}",
@@ -241,15 +245,15 @@ def recipient_context(email: str, name: str, locale: str, jurisdiction: str, var
 def compose(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: str, key: str,
             date: dt.datetime | None = None) -> Message:
     """One recipient, one message: multipart/alternative text + HTML, UTF-8, deterministic Message-ID."""
-    sender = parse_address(campaign.sender)
+    sender = campaign.sender_address
     local, _, domain = to_email.rpartition("@")
     smtputf8 = not (local.isascii() and sender.username.isascii())
     msg = EmailMessage(policy=SMTPUTF8 if smtputf8 else SMTP)
     mid = message_id(campaign.id, key, sender.domain)
     msg["From"] = sender
     msg["To"] = Address(display_name=to_name, username=local, domain=domain)
-    if campaign.reply_to:
-        msg["Reply-To"] = parse_address(campaign.reply_to)
+    if campaign.reply_to_address:
+        msg["Reply-To"] = campaign.reply_to_address
     msg["Subject"] = rendered.subject
     msg["Date"] = format_datetime(date or dt.datetime.now(dt.timezone.utc))
     msg["Message-ID"] = mid

@@ -23,7 +23,7 @@ def test_example_loads() -> None:
     assert c.id == "example-2022-08"
     assert c.send.providers == ["outbox"]
     assert c.providers["outbox"].path == EXAMPLE / "outbox"  # type: ignore[union-attr]
-    assert c.sender_domain == "example.com"
+    assert c.sender_address.domain == "example.com"
     assert str(c.variables["discovered"]) == "2022-08-08"
 
 
