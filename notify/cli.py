@@ -14,7 +14,7 @@ import typer
 
 from . import __version__, campaign as campaign_mod, engine
 from .audit import verify_chain
-from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, NotifyError
+from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, NotifyError, TemplateError
 from .store import Store
 
 EXIT_CODES = """\
@@ -279,8 +279,8 @@ def preview(campaign: Path = CampaignArg,
     with _open(campaign) as (c, store):
         pre = engine.preflight(c, store)
         if not pre.ok or pre.templates is None:
-            raise review.NotifyError(f"{len(pre.problems)} problem(s) must be fixed before review:\n  " + "\n  ".join(pre.problems),
-                                     hint=f"run `notify check {campaign}`")
+            raise TemplateError(f"{len(pre.problems)} problem(s) must be fixed before review:\n  " + "\n  ".join(pre.problems),
+                                hint=f"run `notify check {campaign}`")
         versions = review.preview(c, store, pre.templates, out)
     for v in versions:
         falls = "; ".join(f"{r} falls back to {v.locale} ({n})" for r, n in v.fallbacks)

@@ -16,12 +16,12 @@ from tqdm import tqdm
 
 from . import providers
 from .campaign import Campaign, OutboxConfig
-from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, ConfigError, NotifyError, StoreError,
-                     TemplateError)
+from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, ConfigError, NotifyError,
+                     ReputationPaused, StoreError, TemplateError)
 from .providers.base import Kind, Outcome, Provider
 from .recipients import STANDARD_COLUMNS
 from .render import Message, Templates, compose, recipient_context, synthetic_recipient
-from .store import Change, Claimed, Event, ImportResult, Store
+from .store import Change, Claimed, Event, ImportResult, Store, epoch_of
 from .suppression import SuppressionList
 from .throttle import Clock, RealClock, Throttle
 
@@ -138,18 +138,6 @@ class RunResult:
         if self.stopped or self.remaining:
             return EXIT_STOPPED
         return EXIT_FAILED if self.failed_total else EXIT_OK
-
-
-class ReputationPaused(NotifyError):
-    """The breaker's pause stands until someone acknowledges it."""
-
-    exit_code = EXIT_STOPPED
-
-
-def datetime_to_epoch(ts: str) -> float:
-    import datetime as dt
-
-    return dt.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc).timestamp()
 
 
 def backoff_delay(campaign: Campaign, attempts: int) -> float:
@@ -284,7 +272,7 @@ class Sender:
                          "--acknowledge-reputation; the acknowledgment is recorded in the audit log")
             self.store.log("reputation_acknowledged", paused_at=last["ts"], figures=last["detail"])
             return self.wall()
-        return datetime_to_epoch(last["ts"])
+        return epoch_of(last["ts"])
 
     async def activate(self, reason: str | None = None) -> bool:
         """Makes the next provider in the chain current; False when every provider is down."""

@@ -4,9 +4,13 @@
      ├── ConfigError            campaign.toml is wrong
      ├── InputError             the recipients file cannot be read
      ├── TemplateError          a template does not load or render
-     ├── StoreError             the campaign's state cannot be read or written
-     └── DeliveryError          a provider failed as a whole (not one recipient)
-          └── ProviderDown      account paused, auth refused, connection refused: stop, resumable
+     ├── StoreError             the campaign's state cannot be read or written     (exit 4)
+     ├── DeliveryError          a service failed as a whole (an SQS queue, say)    (exit 4)
+     ├── NotApproved            the content is not what legal approved
+     └── ReputationPaused       the circuit breaker's pause stands                 (exit 4)
+
+A provider that is down is an Outcome (Kind.PROVIDER_DOWN), not an exception: the engine
+switches to the next provider instead of unwinding.
 
 Per-recipient results (a rejected row, a bounced address) are data, never exceptions.
 """
@@ -60,10 +64,16 @@ class StoreError(NotifyError):
 
 
 class DeliveryError(NotifyError):
-    """A provider failed as a whole."""
+    """A service failed as a whole (not one recipient)."""
 
     exit_code = EXIT_STOPPED
 
 
-class ProviderDown(DeliveryError):
-    """The provider refuses all sending; the run stops with a resumable checkpoint."""
+class NotApproved(NotifyError):
+    """Sending through a real provider needs legal's approval of exactly this content."""
+
+
+class ReputationPaused(NotifyError):
+    """The reputation circuit breaker paused the campaign; resuming needs an acknowledgment."""
+
+    exit_code = EXIT_STOPPED

@@ -13,7 +13,7 @@ from typing import Any
 
 from . import __version__
 from .campaign import Campaign, OutboxConfig
-from .errors import NotifyError
+from .errors import NotApproved
 from .render import Templates, compose, recipient_context, synthetic_recipient
 from .store import Store
 
@@ -30,10 +30,6 @@ def fingerprint(campaign: Campaign, templates: Templates) -> dict[str, str]:
     parts[f"{campaign.file.name} [campaign] from, reply_to, template, default_locale"] = _sha(
         json.dumps([campaign.sender, campaign.reply_to, campaign.template, campaign.default_locale]).encode())
     return parts
-
-
-class NotApproved(NotifyError):
-    """Sending through a real provider needs legal's approval of exactly this content."""
 
 
 def requires_approval(campaign: Campaign, provider_names: list[str]) -> bool:

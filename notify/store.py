@@ -29,9 +29,7 @@ from .recipients import Recipient, Reject, read, recipient_token, validate
 DB_NAME = "campaign.sqlite"
 GENESIS = "0" * 64
 
-# The state machine of DESIGN.md; set_state refuses anything else.
-STATES = ("pending", "inflight", "sent", "deferred", "failed", "suppressed", "ineligible",
-          "delivered", "bounced", "complained")
+# The state machine of DESIGN.md; Store.apply refuses anything else.
 TRANSITIONS = {
     ("pending", "inflight"), ("deferred", "inflight"),
     ("inflight", "sent"), ("inflight", "deferred"), ("inflight", "failed"),
@@ -44,7 +42,6 @@ TRANSITIONS = {
     # Feedback settles a recipient left in doubt: the provider did accept it.
     ("deferred", "sent"), ("deferred", "delivered"),
 }
-FINAL_STATES = ("sent", "failed", "suppressed", "ineligible", "delivered", "bounced", "complained")
 
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_initial", """
@@ -133,8 +130,16 @@ EVENT_FIELDS = ("seq", "ts", "recipient", "kind", "provider", "provider_message_
                 "locale", "content_sha256", "prev_hash")
 
 
+TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # every timestamp the store writes
+
+
 def utcnow() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.datetime.now(dt.timezone.utc).strftime(TS_FORMAT)
+
+
+def epoch_of(ts: str) -> float:
+    """A timestamp the store wrote, back to seconds since the epoch."""
+    return dt.datetime.strptime(ts, TS_FORMAT).replace(tzinfo=dt.timezone.utc).timestamp()
 
 
 def event_hash(event: dict[str, Any]) -> str:
@@ -539,9 +544,6 @@ class Store:
                     return row[0], row[1], row[2]
         return None
 
-    def feedback_seen(self, key: str) -> bool:
-        return self.db.execute("SELECT 1 FROM feedback WHERE key=?", (key,)).fetchone() is not None
-
     def record_feedback(self, key: str, recipient_id: int, state: str | None, event: Event) -> bool:
         """One piece of feedback, once: its event (and state change, if any) with its dedupe key, in one
         transaction. Returns False when this feedback was already recorded."""
@@ -611,11 +613,6 @@ class Store:
 
     def unmatched_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM unmatched").fetchone()[0]
-
-    def by_token(self, token: str) -> str | None:
-        """The recipient behind a VERP or tag token."""
-        row = self.db.execute("SELECT email FROM recipients WHERE token=?", (token,)).fetchone()
-        return row[0] if row else None
 
     def next_due(self) -> float | None:
         row = self.db.execute("SELECT min(next_attempt_at) FROM recipients WHERE state='deferred'").fetchone()
