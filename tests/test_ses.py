@@ -403,3 +403,14 @@ def test_throttling_bursts_and_rejections_mid_run(make_campaign: MakeCampaign, a
     assert events == [(rcpt, expected[what]) for rcpt, what in answers]
     assert sum(1 for _, w in answers if w == "TooManyRequestsException") == 4
     assert rates >= 2, "the throttle backed off (and was capped by MaxSendRate first)"
+
+
+def test_wave_of_refusals() -> None:
+    from notify.providers.base import Wave
+
+    every = Wave(10, 10)  # SES: ten MessageRejected in a row
+    assert [every.add(True) for _ in range(10)] == [False] * 9 + [True]
+    assert every.add(False) is False and every.add(True) is False, "one success breaks the run"
+    some = Wave(20, 5)  # SMTP: five 5.7.x among the last twenty
+    flags = [some.add(i % 3 == 0) for i in range(15)]
+    assert flags.index(True) == 12 and some.count == 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -51,3 +52,20 @@ class Provider(Protocol):
     async def send(self, message: Message) -> Outcome: ...
 
     async def aclose(self) -> None: ...
+
+
+class Wave:
+    """k refusals among the last n outcomes: the provider refuses us, not these recipients."""
+
+    def __init__(self, n: int, k: int) -> None:
+        self.recent: deque[bool] = deque(maxlen=n)
+        self.k = k
+
+    def add(self, refused: bool) -> bool:
+        """Records one outcome; True when this refusal completes a wave."""
+        self.recent.append(refused)
+        return refused and self.count >= self.k
+
+    @property
+    def count(self) -> int:
+        return sum(self.recent)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -33,7 +32,7 @@ from botocore.config import Config
 
 from ..campaign import SesConfig
 from ..render import Message
-from .base import Kind, Outcome, Readiness
+from .base import Kind, Outcome, Readiness, Wave
 
 THROTTLING = {"TooManyRequestsException", "Throttling", "ThrottlingException", "LimitExceededException"}
 DOWN = {"SendingPausedException", "AccountSuspendedException", "MailFromDomainNotVerifiedException",
@@ -106,7 +105,7 @@ class SesProvider:
         self.quota: Quota | None = None
         self.sent = 0
         self.started = dt.datetime.now(dt.timezone.utc)
-        self.rejections: deque[bool] = deque(maxlen=REJECT_WAVE)
+        self.rejections = Wave(REJECT_WAVE, REJECT_WAVE)
 
     # --- limits, read once before the first send ---
 
@@ -173,8 +172,7 @@ class SesProvider:
         if outcome.kind is Kind.ACCEPTED:
             self.sent += 1
         rejected = outcome.kind is Kind.PERMANENT and outcome.detail.startswith("MessageRejected")
-        self.rejections.append(rejected)
-        if rejected and len(self.rejections) == REJECT_WAVE and all(self.rejections):
+        if self.rejections.add(rejected):
             return Outcome(Kind.PROVIDER_DOWN, detail=f"{REJECT_WAVE} messages in a row rejected by SES; last: {outcome.detail}")
         return outcome
 

@@ -18,7 +18,6 @@ import ipaddress
 import os
 import re
 import ssl
-from collections import deque
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -27,7 +26,7 @@ from aiosmtplib import errors as smtp_errors
 from ..campaign import SmtpConfig
 from ..errors import ConfigError
 from ..render import Message
-from .base import Kind, Outcome, Readiness
+from .base import Kind, Outcome, Readiness, Wave
 
 THROTTLE_CODES = {421, 450, 451, 452, 454}
 ENHANCED_RE = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
@@ -107,7 +106,7 @@ class SmtpProvider:
         self.idle: list[_Conn] = []
         self.slots = asyncio.Semaphore(pool_size)
         self.refusals = 0
-        self.recent_policy: deque[bool] = deque(maxlen=POLICY_WINDOW)
+        self.policy_wave = Wave(POLICY_WINDOW, POLICY_WAVE)
         self.username, self.password = self._credentials()
         self.tls_context = self._tls_context()
         self.signer = _dkim_signer(config) if config.dkim_key_file else None
@@ -205,11 +204,10 @@ class SmtpProvider:
 
     def _watch_policy(self, outcome: Outcome) -> Outcome:
         policy = outcome.kind is Kind.PERMANENT and (outcome.status or "").startswith("5.7.")
-        self.recent_policy.append(policy)
-        if policy and sum(self.recent_policy) >= POLICY_WAVE:
+        if self.policy_wave.add(policy):
             return Outcome(Kind.PROVIDER_DOWN, code=outcome.code, status=outcome.status,
-                           detail=f"{sum(self.recent_policy)} of the last {len(self.recent_policy)} messages were refused "
-                                  f"by policy ({outcome.detail})")
+                           detail=f"{self.policy_wave.count} of the last {len(self.policy_wave.recent)} messages were "
+                                  f"refused by policy ({outcome.detail})")
         return outcome
 
     async def _transaction(self, conn: _Conn, message: Message) -> tuple[Outcome, bool]:
