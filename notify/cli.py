@@ -109,7 +109,7 @@ def check(campaign: Path = CampaignArg) -> None:
             typer.echo(f"recipients  {imp.path}: {imp.rows_read} rows read = {imp.accepted} accepted + {imp.rejected} rejected"
                        + (" (already imported)" if imp.already else ""))
             _print_rejects(store)
-        st = engine.status(c, store)
+        st = engine.status(c, store, pre.templates)
         if st["fallbacks"]:
             typer.echo("fallbacks   " + ", ".join(f"{k} ({v})" for k, v in st["fallbacks"].items()))
         if not pre.ok:
@@ -176,20 +176,20 @@ def send(
     with _open(campaign) as (c, store):
         opts = engine.SendOptions(dry_run=dry_run, limit=limit, provider=provider, concurrency=concurrency,
                                   rate=rate, progress=not no_progress, acknowledge_reputation=acknowledge_reputation)
+        approval = None
+        names = [provider] if provider and provider in c.providers else c.send.providers
         if not dry_run:
             from . import review
-            from .render import Templates
 
-            names = [provider] if provider and provider in c.providers else c.send.providers
             if review.requires_approval(c, names):
-                review.check_approval(c, store, Templates(c))
+                approval = functools.partial(review.check_approval, c, store)
         queues = [p.events_queue for p in c.providers.values() if isinstance(p, campaign_mod.SesConfig) and p.events_queue]
         reconcile = None
         if queues:
             from .bounces import reconciler
 
             reconcile = reconciler(c.id, queues)
-        result = engine.send(c, store, opts, reconcile=reconcile)
+        result = engine.send(c, store, opts, reconcile=reconcile, approval=approval)
         counts = result.counts
         if dry_run:
             typer.echo(f"Dry run: rendered {counts['rendered']} message(s) into {c.dir / 'dry-run'}; no state changed.")

@@ -521,8 +521,10 @@ def provider_chain(campaign: Campaign, name: str | None, concurrency: int | None
 
 
 def send(campaign: Campaign, store: Store, options: SendOptions,
-         reconcile: Callable[[Store], None] | None = None) -> RunResult:
-    """Preflight, then the run. Nothing is sent unless every locale renders."""
+         reconcile: Callable[[Store], None] | None = None,
+         approval: Callable[[Templates], None] | None = None) -> RunResult:
+    """Preflight, then the run. Nothing is sent unless every locale renders and, when `approval` is
+    given (the CLI passes review.check_approval), the content is the content legal approved."""
     store.lock()
     pre = preflight(campaign, store)
     if not pre.ok:
@@ -531,6 +533,8 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
                             + "\n  ".join(pre.problems), hint="; ".join(hints))
     if options.dry_run:
         return dry_run(campaign, pre, options)
+    if approval is not None and pre.templates is not None:
+        approval(pre.templates)
     chain = provider_chain(campaign, options.provider, options.concurrency)
     suppression = SuppressionList()
     try:
@@ -561,14 +565,14 @@ def dry_run(campaign: Campaign, pre: Preflight, options: SendOptions) -> RunResu
     return result
 
 
-def status(campaign: Campaign, store: Store) -> dict[str, Any]:
+def status(campaign: Campaign, store: Store, templates: Templates | None = None) -> dict[str, Any]:
     """Everything `notify status` prints, as one JSON-ready object."""
     counts = store.counts()
     rejected, reasons = store.reject_summary()
     locales = store.locale_counts()
     fallbacks: dict[str, int] = {}
     try:
-        templates = Templates(campaign)
+        templates = templates or Templates(campaign)
         for requested, n in locales.items():
             got = templates.resolve(requested or campaign.default_locale)
             if got != requested:
