@@ -71,11 +71,16 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def test_full_filesystem_stops_cleanly_and_resumes(make_campaign: MakeCampaign, tmpfs: Path) -> None:
-    d = campaign(make_campaign, 2000)
+def on_small_fs(make_campaign: MakeCampaign, tmpfs: Path, n: int) -> Path:
+    """A campaign of n recipients copied onto the small filesystem and imported there."""
     moved = tmpfs / "camp"
-    subprocess.run(["cp", "-r", str(d), str(moved)], check=True)
+    subprocess.run(["cp", "-r", str(campaign(make_campaign, n)), str(moved)], check=True)
     assert notify("check", moved).returncode == 0
+    return moved
+
+
+def test_full_filesystem_stops_cleanly_and_resumes(make_campaign: MakeCampaign, tmpfs: Path) -> None:
+    moved = on_small_fs(make_campaign, tmpfs, 2000)
     r = notify("send", moved, "--no-progress")
     assert r.returncode == 4, r.stderr
     assert "No space left on device" in r.stderr or "disk is full" in r.stderr, r.stderr
@@ -85,10 +90,7 @@ def test_full_filesystem_stops_cleanly_and_resumes(make_campaign: MakeCampaign, 
 
 
 def test_read_only_filesystem_is_a_clear_error(make_campaign: MakeCampaign, tmpfs: Path) -> None:
-    d = campaign(make_campaign, 50)
-    moved = tmpfs / "camp"
-    subprocess.run(["cp", "-r", str(d), str(moved)], check=True)
-    assert notify("check", moved).returncode == 0
+    moved = on_small_fs(make_campaign, tmpfs, 50)
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
     r = notify("send", moved, "--no-progress")
     assert r.returncode == 4, r.stderr

@@ -6,6 +6,7 @@ import inspect
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 import pytest
@@ -37,6 +38,16 @@ def smtp_campaign(make_campaign: MakeCampaign, port: int, n: int = 20, *, relay:
     toml = d / "campaign.toml"
     toml.write_text(toml.read_text().replace('providers = ["outbox"]', 'providers = ["relay"]'))
     return d
+
+
+def scripted_run(make_campaign: MakeCampaign, script: dict[str, list[Any]], n: int,
+                 *args: str) -> tuple[int, str, str, Handler, Path]:
+    """One campaign of n recipients against a server that misbehaves as scripted; returns what the user saw."""
+    h = Handler(script=script)
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=n)
+        code, out, err = send(d, *args)
+    return code, out, err, h, d
 
 
 def send(d: Path, *args: str) -> tuple[int, str, str]:
@@ -77,10 +88,7 @@ def test_happy_path_through_a_pool(make_campaign: MakeCampaign) -> None:
 
 
 def test_451_then_success(make_campaign: MakeCampaign) -> None:
-    h = Handler(script={"p3@example.com": [("rcpt", "451 4.3.0 Try again later")]})
-    with Server(h) as srv:
-        d = smtp_campaign(make_campaign, srv.port, n=10)
-        code, _, err = send(d)
+    code, _, err, h, d = scripted_run(make_campaign, {"p3@example.com": [("rcpt", "451 4.3.0 Try again later")]}, 10)
     assert code == 0, err
     assert ledger(d)["p3@example.com"][:2] == ("sent", 2)
     assert [r.rcpt for r in h.received].count("p3@example.com") == 1
@@ -102,10 +110,7 @@ def test_421_mid_stream_reconnects(make_campaign: MakeCampaign) -> None:
 
 def test_550_user_unknown_fails_with_its_reply(make_campaign: MakeCampaign) -> None:
     bad = {f"p{i}@example.com": [("rcpt", "550 5.1.1 <p@example.com>: Recipient address rejected: User unknown")] for i in (2, 5, 7)}
-    h = Handler(script=bad)
-    with Server(h) as srv:
-        d = smtp_campaign(make_campaign, srv.port, n=10)
-        code, out, err = send(d)
+    code, out, err, h, d = scripted_run(make_campaign, bad, 10)
     assert code == 3, "finished, but some recipients failed"
     assert "sent 7, deferred 0, failed 3." in out
     got = ledger(d)
@@ -116,20 +121,14 @@ def test_550_user_unknown_fails_with_its_reply(make_campaign: MakeCampaign) -> N
 
 
 def test_drop_before_the_final_dot_is_retried_not_doubted(make_campaign: MakeCampaign) -> None:
-    h = Handler(script={"p1@example.com": [("rcpt", "drop")]})
-    with Server(h) as srv:
-        d = smtp_campaign(make_campaign, srv.port, n=5)
-        code, _, err = send(d)
+    code, _, err, h, d = scripted_run(make_campaign, {"p1@example.com": [("rcpt", "drop")]}, 5)
     assert code == 0, err
     assert ledger(d)["p1@example.com"] == ("sent", 2, 0, "250 2.0.0")
     assert [r.rcpt for r in h.received].count("p1@example.com") == 1
 
 
 def test_drop_after_the_final_dot_is_in_doubt_and_resent_with_the_same_id(make_campaign: MakeCampaign) -> None:
-    h = Handler(script={"p1@example.com": [("data", "drop")]})
-    with Server(h) as srv:
-        d = smtp_campaign(make_campaign, srv.port, n=5)
-        code, _, err = send(d)
+    code, _, err, h, d = scripted_run(make_campaign, {"p1@example.com": [("data", "drop")]}, 5)
     assert code == 0, err
     copies = [r for r in h.received if r.rcpt == "p1@example.com"]
     assert len(copies) == 2 and copies[0].message_id == copies[1].message_id
@@ -251,10 +250,7 @@ def test_connection_refused_repeatedly_is_provider_down(make_campaign: MakeCampa
 
 def test_a_wave_of_policy_rejections_stops_the_run(make_campaign: MakeCampaign) -> None:
     blocked = {f"p{i}@example.com": [("rcpt", "550 5.7.1 Service unavailable; client host blocked")] for i in range(40)}
-    h = Handler(script=blocked)
-    with Server(h) as srv:
-        d = smtp_campaign(make_campaign, srv.port, n=40)
-        code, _, err = send(d, "--concurrency", "1")
+    code, _, err, h, d = scripted_run(make_campaign, blocked, 40, "--concurrency", "1")
     assert code == 4
     assert "were refused by policy" in err
     states = Counter(v[0] for v in ledger(d).values())
