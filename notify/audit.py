@@ -47,7 +47,7 @@ def verify_chain(events: Iterable[dict[str, Any]]) -> Verdict:
 EXPORT_EVENT_FIELDS = ("seq", "ts", "recipient", "kind", "provider", "provider_message_id", "detail", "locale",
                        "content_sha256", "prev_hash", "hash")
 RECIPIENT_COLUMNS = ("row", "email", "final_state", "reason", "attempts", "first_attempt_at", "last_change_at",
-                     "provider", "provider_message_id", "message_id", "content_sha256", "locale", "jurisdiction",
+                     "provider", "provider_message_id", "message_id", "content_sha256", "locale", "variant", "jurisdiction",
                      "possibly_duplicated")
 NOT_REACHED = ("rejected", "ineligible", "suppressed", "bounced", "failed", "pending", "deferred", "inflight")
 
@@ -70,7 +70,7 @@ def _iso(epoch: float | None) -> str:
 
 
 def export(campaign: Campaign, store: Store, out: Path, template_hashes: dict[str, str],
-           resolve_locale: Callable[[str], str]) -> dict[str, Any]:
+           resolve: Callable[[str, str], str]) -> dict[str, Any]:
     """Writes events.jsonl, recipients.csv, summary.json, summary.txt and alternate_channel.csv into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     with (out / "events.jsonl").open("w", encoding="utf-8") as fh:
@@ -81,6 +81,7 @@ def export(campaign: Campaign, store: Store, out: Path, template_hashes: dict[st
     states: Counter[str] = Counter()
     locales: Counter[str] = Counter()
     jurisdictions: Counter[str] = Counter()
+    variants: Counter[str] = Counter()
     by_provider: Counter[str] = Counter()
     first_send = last_send = None
     rows_out = 0
@@ -91,14 +92,17 @@ def export(campaign: Campaign, store: Store, out: Path, template_hashes: dict[st
         aw.writerow(("row", "email", "state", "reason", "name", "locale", "jurisdiction"))
         for r in store.db.execute(
                 "SELECT row, email, state, detail, attempts, first_attempt_at, updated_at, provider, provider_message_id,"
-                " message_id, content_sha256, locale, jurisdiction, doubt, name FROM recipients ORDER BY row"):
-            (row, email, state, detail, attempts, first, updated, provider, pmid, mid, sha, locale, juris, doubt, name) = r
-            used = resolve_locale(locale or campaign.default_locale)
+                " message_id, content_sha256, locale, jurisdiction, doubt, name, version FROM recipients ORDER BY row"):
+            (row, email, state, detail, attempts, first, updated, provider, pmid, mid, sha, locale, juris, doubt, name,
+             version) = r
+            # What was sent, as recorded at the time; for those never sent, what would be.
+            variant, _, used = (version or resolve(locale or campaign.default_locale, juris)).rpartition("/")
             rw.writerow((row, email, state, detail or "", attempts, _iso(first), updated or "", provider or "", pmid or "",
-                         mid or "", sha or "", used, juris, "yes" if doubt else ""))
+                         mid or "", sha or "", used, variant, juris, "yes" if doubt else ""))
             rows_out += 1
             states[state] += 1
             locales[used] += 1
+            variants[variant or "(default)"] += 1
             jurisdictions[juris or "(none)"] += 1
             if provider and state in ("sent", "delivered", "bounced", "complained"):
                 by_provider[provider] += 1
@@ -110,7 +114,7 @@ def export(campaign: Campaign, store: Store, out: Path, template_hashes: dict[st
                                     "inflight": "never confirmed"}.get(state, state)
                 aw.writerow((row, email, state, reason, name, used, juris))
         for row, raw, reason in store.rejects():
-            rw.writerow((row, raw, "rejected", reason, 0, "", "", "", "", "", "", "", "", ""))
+            rw.writerow((row, raw, "rejected", reason, 0, "", "", "", "", "", "", "", "", "", ""))
             aw.writerow((row, raw, "rejected", reason, "", "", ""))
             rows_out += 1
             states["rejected"] += 1
@@ -128,6 +132,7 @@ def export(campaign: Campaign, store: Store, out: Path, template_hashes: dict[st
         "states": dict(sorted(states.items())),
         "locales": dict(sorted(locales.items())),
         "jurisdictions": dict(sorted(jurisdictions.items())),
+        "variants": dict(sorted(variants.items())),
         "providers": dict(sorted(by_provider.items())),
         "first_send": _iso(first_send),
         "last_send": _iso(last_send),
@@ -142,6 +147,7 @@ def export(campaign: Campaign, store: Store, out: Path, template_hashes: dict[st
              "Final states: " + ", ".join(f"{k} {v}" for k, v in summary["states"].items()),
              "Per locale: " + ", ".join(f"{k} {v}" for k, v in summary["locales"].items()),
              "Per jurisdiction: " + ", ".join(f"{k} {v}" for k, v in summary["jurisdictions"].items()),
+             "Per template variant: " + ", ".join(f"{k} {v}" for k, v in summary["variants"].items()),
              "Per provider: " + (", ".join(f"{k} {v}" for k, v in summary["providers"].items()) or "none"),
              f"First send: {summary['first_send'] or '-'}; last send: {summary['last_send'] or '-'}",
              f"Not reached by email (alternate_channel.csv): {summary['not_reached_by_email']}",

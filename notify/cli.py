@@ -104,7 +104,8 @@ def check(campaign: Path = CampaignArg) -> None:
         typer.echo(f"campaign    {c.file}: id {c.id}, providers {', '.join(c.send.providers)}")
         if pre.templates:
             typer.echo(f"templates   {c.template}: {len(pre.templates.locales)} locales ({', '.join(pre.templates.locales)})"
-                       + (f", rendered {len(pre.rendered_locales)}" if pre.rendered_locales else ""))
+                       + "".join(f"; variant {v}: {', '.join(locs)}" for v, locs in pre.templates.variants.items())
+                       + (f"; rendered {len(pre.rendered_locales)} versions" if pre.rendered_locales else ""))
         if imp:
             typer.echo(f"recipients  {imp.path}: {imp.rows_read} rows read = {imp.accepted} accepted + {imp.rejected} rejected"
                        + (" (already imported)" if imp.already else ""))
@@ -246,6 +247,8 @@ def status(
             typer.echo(f"in doubt: {st['in_doubt']} ever (a crash or dropped connection after sending); "
                        f"{st['in_doubt_unsettled']} not yet settled (sent again with the same Message-ID)")
         typer.echo("locales:  " + ", ".join(f"{k or '(none)'} {v}" for k, v in st["locales"].items()))
+        if any("/" in v for v in st["versions"]):
+            typer.echo("versions: " + ", ".join(f"{k} {v}" for k, v in st["versions"].items()))
         if st["fallbacks"]:
             typer.echo("fell back: " + ", ".join(f"{k} ({v})" for k, v in st["fallbacks"].items()))
         if st["providers"]:
@@ -283,8 +286,8 @@ def preview(campaign: Path = CampaignArg,
                                 hint=f"run `notify check {campaign}`")
         versions = review.preview(c, store, pre.templates, out)
     for v in versions:
-        falls = "; ".join(f"{r} falls back to {v.locale} ({n})" for r, n in v.fallbacks)
-        typer.echo(f"{v.locale:6} {v.recipients:6} recipients  {v.subject}" + (f"  [{falls}]" if falls else ""))
+        falls = "; ".join(f"{r} falls back to {v.version} ({n})" for r, n in v.fallbacks)
+        typer.echo(f"{v.version:9} {v.recipients:6} recipients  {v.subject}" + (f"  [{falls}]" if falls else ""))
     typer.echo(f"\nOpen {out / 'index.html'} to review; then: notify approve {campaign} --by NAME")
 
 

@@ -20,7 +20,7 @@ from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, Confi
                      ReputationPaused, StoreError, TemplateError)
 from .providers.base import Kind, Outcome, Provider
 from .recipients import STANDARD_COLUMNS
-from .render import Message, Templates, compose, recipient_context, synthetic_recipient
+from .render import Message, Rendered, Templates, compose, recipient_context, synthetic_recipient
 from .store import Change, Claimed, Event, ImportResult, Store, epoch_of
 from .suppression import SuppressionList
 from .throttle import Clock, RealClock, Throttle
@@ -39,7 +39,8 @@ class Preflight:
     imported: ImportResult | None
     problems: list[str] = field(default_factory=list)
     hints: list[str] = field(default_factory=list)  # each said once, however many problems share it
-    rendered_locales: list[str] = field(default_factory=list)
+    rendered_locales: list[str] = field(default_factory=list)  # every version rendered ("en", "US-MA/en")
+    rendered: list[tuple[Rendered, Message]] = field(default_factory=list)  # one sample of each, for the lint
 
     def add(self, problem: str, hint: str | None = None) -> None:
         self.problems.append(problem)
@@ -82,27 +83,27 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
                 f"(first at row {first}); fill it in so no notice goes out with a blank")
     if pre.problems:
         return pre  # rendering would only fail again for the same missing columns
-    # Every template locale, and every locale recipients asked for, renders before anything is sent.
-    samples = store.sample_per_locale()
+    # Every template version, and every (locale, jurisdiction) recipients have, renders before anything is sent.
     targets: dict[str, dict[str, Any]] = {}
-    for requested, s in samples.items():
+    for (requested, juris), s in store.samples().items():
         try:
-            loc = templates.resolve(requested or campaign.default_locale)
+            version = templates.resolve(requested or campaign.default_locale, juris)
         except TemplateError as e:
             pre.add(str(e), e.hint)
             continue
-        targets.setdefault(loc, recipient_context(s["email"], s["name"], requested, s["jurisdiction"], s["vars"]))
-    for loc in templates.locales:
-        targets.setdefault(loc, synthetic_recipient(loc, columns))
-    for loc, recipient in sorted(targets.items()):
+        targets.setdefault(version, recipient_context(s["email"], s["name"], requested, juris, s["vars"]))
+    for version in templates.versions:
+        targets.setdefault(version, synthetic_recipient(version.rpartition("/")[2], columns))
+    for version, recipient in sorted(targets.items(), key=lambda kv: ("/" in kv[0], kv[0])):
         try:
-            rendered = templates.render(loc, recipient)
-            compose(campaign, rendered, to_email=recipient["email"], to_name=recipient["name"], key=recipient["email"].lower())
-            pre.rendered_locales.append(loc)
+            rendered = templates.render(version, recipient)
+            msg = compose(campaign, rendered, to_email=recipient["email"], to_name=recipient["name"], key=recipient["email"].lower())
+            pre.rendered_locales.append(version)
+            pre.rendered.append((rendered, msg))
         except TemplateError as e:
             pre.add(str(e), e.hint)
         except ValueError as e:  # the email package refuses a header value
-            pre.add(f"{templates.roots[0] / loc}: the message cannot be built: {e}")
+            pre.add(f"{templates.roots[0] / version}: the message cannot be built: {e}")
     return pre
 
 
@@ -147,7 +148,8 @@ def backoff_delay(campaign: Campaign, attempts: int) -> float:
 
 def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None, locale: str,
            provider: str, now: float) -> Change:
-    """Turns one provider outcome into the state change and event that record it."""
+    """Turns one provider outcome into the state change and event that record it; `locale` is the
+    template version used ("en", or "US-MA/en" for a jurisdiction's variant)."""
     attempts = c.attempts + 1
     first = c.first_attempt_at or now
     detail: dict[str, Any] = {"attempt": attempts, "reply": outcome.describe()}
@@ -166,7 +168,7 @@ def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None
             detail["possible_duplicate"] = True
         return Change(c.id, "sent", Event("sent", provider_message_id=outcome.provider_message_id, detail=detail, **ev),  # type: ignore[arg-type]
                       fields={**common, "provider_message_id": outcome.provider_message_id,
-                              "content_sha256": ev["content_sha256"]})
+                              "content_sha256": ev["content_sha256"], "version": locale})
     if outcome.kind is Kind.PERMANENT:
         return Change(c.id, "failed", Event("failed", detail=detail, **ev), fields=common)  # type: ignore[arg-type]
     # temporary or in doubt: retry with backoff, until the policy gives up
@@ -311,7 +313,7 @@ class Sender:
     # --- one recipient ---
 
     async def deliver(self, c: Claimed) -> None:
-        locale = self.templates.resolve(c.locale or self.campaign.default_locale)
+        locale = self.templates.resolve(c.locale or self.campaign.default_locale, c.jurisdiction)
         try:
             rendered = self.templates.render(locale, recipient_context(c.email, c.name, c.locale, c.jurisdiction, c.vars))
             msg = compose(self.campaign, rendered, to_email=c.email, to_name=c.name, key=c.key)
@@ -554,7 +556,7 @@ def dry_run(campaign: Campaign, pre: Preflight, options: SendOptions) -> RunResu
         total = pre.store.count_unsent() if options.limit is None else min(options.limit, pre.store.count_unsent())
         with tqdm(total=total, unit="msg", desc="dry run", disable=not (options.progress and sys.stderr.isatty())) as bar:
             for c in rows:
-                loc = pre.templates.resolve(c.locale or campaign.default_locale)  # type: ignore[union-attr]
+                loc = pre.templates.resolve(c.locale or campaign.default_locale, c.jurisdiction)  # type: ignore[union-attr]
                 rendered = pre.templates.render(loc, recipient_context(c.email, c.name, c.locale, c.jurisdiction, c.vars))  # type: ignore[union-attr]
                 outcome = await out.send(compose(campaign, rendered, to_email=c.email, to_name=c.name, key=c.key))
                 result.counts["rendered" if outcome.kind is Kind.ACCEPTED else "failed"] += 1
@@ -570,13 +572,15 @@ def status(campaign: Campaign, store: Store, templates: Templates | None = None)
     counts = store.counts()
     rejected, reasons = store.reject_summary()
     locales = store.locale_counts()
-    fallbacks: dict[str, int] = {}
+    fallbacks: Counter[str] = Counter()
+    versions: Counter[str] = Counter()
     try:
         templates = templates or Templates(campaign)
-        for requested, n in locales.items():
-            got = templates.resolve(requested or campaign.default_locale)
-            if got != requested:
-                fallbacks[f"{requested or '(none)'} -> {got}"] = n
+        for (requested, juris), s in store.samples().items():
+            got = templates.resolve(requested or campaign.default_locale, juris)
+            versions[got] += s["count"]
+            if got.rpartition("/")[2] != requested:
+                fallbacks[f"{requested or '(none)'} -> {got}"] += s["count"]
     except NotifyError:
         templates = None
     last = store.last_import()
@@ -591,7 +595,8 @@ def status(campaign: Campaign, store: Store, templates: Templates | None = None)
         "in_doubt": store.doubt_count(),
         "in_doubt_unsettled": store.in_doubt_unsettled(),
         "locales": locales,
-        "fallbacks": fallbacks,
+        "fallbacks": dict(fallbacks),
+        "versions": dict(sorted(versions.items(), key=lambda kv: -kv[1])),
         "providers": store.provider_counts(),
         "reject_reasons": dict(reasons),
         "deferred_replies": {code: {"count": n, "example": ex} for code, n, ex in store.reply_summary("deferred")},

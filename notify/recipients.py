@@ -37,6 +37,7 @@ class Recipient:
     locale: str
     jurisdiction: str
     vars: dict[str, Any]  # every other column
+    ineligible: str | None = None  # why this person must not be emailed (they get another channel)
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,48 @@ def normalize_locale(tag: str) -> str:
     return "-".join(p for p in (lang.lower(), script and script.title(), region and region.upper()) if p)
 
 
+_TRUE = {"true", "yes", "y", "1", "x"}
+_FALSE = {"false", "no", "n", "0", ""}
+_NO_BASIS = {"", "none", "no", "withdrawn", "revoked", "false", "0"}
+
+
+def _flag(value: Any) -> bool | None:
+    """true/yes/1 and false/no/0/empty, as spreadsheets write them; None for anything else."""
+    if isinstance(value, bool):
+        return value
+    text = str(value if value is not None else "").strip().lower()
+    return True if text in _TRUE else False if text in _FALSE else None
+
+
+def eligibility(fields: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(reason this person may not be emailed, or None; problem with the row, or None).
+
+    - credentials_compromised: California Civ. Code 1798.82(j) forbids emailing the notice to an
+      account whose own credentials were breached.
+    - electronic_notice_basis (New York, HIPAA: email needs the person's agreement): when the column
+      is present, empty, none or withdrawn means no basis for email notice.
+    - email_consent: when present, false means the same."""
+    if "credentials_compromised" in fields:
+        flag = _flag(fields["credentials_compromised"])
+        if flag is None:
+            return None, f"credentials_compromised must be true or false, not {fields['credentials_compromised']!r}"
+        if flag:
+            return ("credentials compromised: California Civ. Code 1798.82(j) forbids emailing this notice to an "
+                    "account whose own credentials were breached; notify by another channel"), None
+    if "electronic_notice_basis" in fields:
+        basis = str(fields["electronic_notice_basis"] if fields["electronic_notice_basis"] is not None else "")
+        if basis.strip().lower() in _NO_BASIS:
+            return ("no basis for electronic notice (electronic_notice_basis is "
+                    f"{basis.strip() or 'empty'}); notify by another channel"), None
+    if "email_consent" in fields:
+        flag = _flag(fields["email_consent"])
+        if flag is None:
+            return None, f"email_consent must be true or false, not {fields['email_consent']!r}"
+        if not flag:
+            return "no consent to email notice (email_consent is false); notify by another channel", None
+    return None, None
+
+
 def validate(record: Record) -> Recipient | Reject:
     """Checks one row; every problem becomes a Reject with a reason a person can act on."""
     if record.fields is None:
@@ -226,6 +269,9 @@ def validate(record: Record) -> Recipient | Reject:
     except EmailNotValidError as e:
         return Reject(record.row, record.raw, f"invalid email: {e}")
     address = f"{checked.local_part}@{checked.ascii_domain}"
+    ineligible, problem = eligibility(fields)
+    if problem:
+        return Reject(record.row, record.raw, problem)
     return Recipient(
         row=record.row,
         email=address,
@@ -234,4 +280,5 @@ def validate(record: Record) -> Recipient | Reject:
         locale=normalize_locale(str(fields.get("locale") or "")),
         jurisdiction=str(fields.get("jurisdiction") or "").strip(),
         vars={k: v for k, v in fields.items() if k not in STANDARD_COLUMNS},
+        ineligible=ineligible,
     )

@@ -24,6 +24,7 @@ from .errors import TemplateError
 from .recipients import recipient_token
 
 PARTS = ("subject.txt", "body.txt", "body.html")
+VARIANTS = "variants"  # templates/<template>/variants/<jurisdiction>/<locale>/ : a jurisdiction's own text
 FALLBACK_LOCALE = "en"
 RTL_LANGUAGES = {"ar", "he", "fa", "ur", "yi", "ps", "sd", "ug", "dv", "ku"}
 SHIPPED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -35,6 +36,11 @@ class Rendered:
     subject: str
     text: str
     html: str
+    variant: str = ""  # the jurisdiction variant used; "" for the default
+
+    @property
+    def version(self) -> str:
+        return f"{self.variant}/{self.locale}" if self.variant else self.locale
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,12 @@ class Message:
     sha256: str
     smtputf8: bool
     tags: dict[str, str]
+
+
+def split_version(version: str) -> tuple[str, str]:
+    """ "US-MA/en" -> ("US-MA", "en"); "en" -> ("", "en")."""
+    variant, _, locale = version.rpartition("/")
+    return variant, locale
 
 
 def message_id(campaign_id: str, key: str, domain: str) -> str:
@@ -130,24 +142,59 @@ class Templates:
             keep_trailing_newline=True,
         )
         self.env.filters["date"] = _date_filter
-        self.locales = self._discover()
-        self._by_lower = {loc.lower(): loc for loc in self.locales}
-        self._resolved: dict[str, str] = {}  # requested tag -> template locale: asked once per message
+        self.versions = self._discover()
+        self._variant_by_lower = {v.lower(): v for v in self.variants}
+        self._by_lower = {v.lower(): v for v in self.versions}
+        self._resolved: dict[tuple[str, str], str] = {}  # (locale, jurisdiction) -> version: asked once per message
         self._compiled: dict[str, tuple[jinja2.Template, jinja2.Template, jinja2.Template]] = {}
 
     def _discover(self) -> list[str]:
+        """Every version: "en" for the default variant's locales, "US-MA/en" for a variant's."""
         found: dict[str, set[str]] = {}
         for root in self.roots:
-            for d in root.iterdir():
-                if d.is_dir() and not d.name.startswith(("_", ".")):
-                    found.setdefault(d.name, set()).update(p for p in PARTS if (d / p).is_file())
-        problems = [f"{self.roots[0] / loc}: missing {', '.join(sorted(set(PARTS) - have))}"
-                    for loc, have in sorted(found.items()) if have != set(PARTS)]
+            for prefix, base in [("", root)] + [(f"{v.name}/", v) for v in sorted((root / VARIANTS).glob("*")) if v.is_dir()]:
+                for d in base.iterdir():
+                    if d.is_dir() and not d.name.startswith(("_", ".")) and not (prefix == "" and d.name == VARIANTS):
+                        found.setdefault(prefix + d.name, set()).update(p for p in PARTS if (d / p).is_file())
+        problems = [f"{self._dir(version)}: missing {', '.join(sorted(set(PARTS) - have))}"
+                    for version, have in sorted(found.items()) if have != set(PARTS)]
         if problems:
             raise TemplateError("; ".join(problems), hint="every locale needs subject.txt, body.txt and body.html")
-        if not found:
+        if not any("/" not in v for v in found):
             raise TemplateError(f"{self.roots[0]}: no locales (expected directories such as en/ holding {', '.join(PARTS)})")
-        return sorted(found)
+        return sorted(found, key=lambda v: ("/" in v, v))
+
+    def _dir(self, version: str) -> Path:
+        variant, locale = split_version(version)
+        return self.roots[0] / (f"{VARIANTS}/{variant}/{locale}" if variant else locale)
+
+    @staticmethod
+    def _path(version: str, part: str) -> str:
+        variant, locale = split_version(version)
+        return f"{VARIANTS}/{variant}/{locale}/{part}" if variant else f"{locale}/{part}"
+
+    @property
+    def locales(self) -> list[str]:
+        """The default variant's locales."""
+        return [v for v in self.versions if "/" not in v]
+
+    @property
+    def variants(self) -> dict[str, list[str]]:
+        """Variant name -> its locales."""
+        out: dict[str, list[str]] = {}
+        for v in self.versions:
+            if "/" in v:
+                variant, locale = split_version(v)
+                out.setdefault(variant, []).append(locale)
+        return out
+
+    def variant_for(self, jurisdiction: str) -> str:
+        """US-MA -> the US-MA variant, else a US variant, else the default ("")."""
+        tag = jurisdiction.strip().lower()
+        for candidate in (tag, tag.split("-")[0]):
+            if candidate and candidate in self._variant_by_lower:
+                return self._variant_by_lower[candidate]
+        return ""
 
     def files(self) -> dict[str, Path]:
         """Every template file that shapes the content, by its name under the template (for hashing and review);
@@ -160,36 +207,42 @@ class Templates:
                     seen[rel] = p
         return seen
 
-    def resolve(self, requested: str) -> str:
-        """Exact tag (pt-BR) -> language (pt) -> campaign default -> en."""
-        if requested in self._resolved:
-            return self._resolved[requested]
+    def resolve(self, requested: str, jurisdiction: str = "") -> str:
+        """The version a recipient gets: the variant of their jurisdiction (or the default), then within
+        it the locale: exact tag (pt-BR) -> language (pt) -> campaign default -> en."""
+        if (requested, jurisdiction) in self._resolved:
+            return self._resolved[requested, jurisdiction]
+        variant = self.variant_for(jurisdiction) if jurisdiction else ""
+        prefix = f"{variant}/" if variant else ""
         chain = [requested, requested.split("-")[0], self.campaign.default_locale, FALLBACK_LOCALE]
         for tag in chain:
-            if tag and tag.lower() in self._by_lower:
-                self._resolved[requested] = self._by_lower[tag.lower()]
-                return self._resolved[requested]
+            if tag and (prefix + tag).lower() in self._by_lower:
+                self._resolved[requested, jurisdiction] = self._by_lower[(prefix + tag).lower()]
+                return self._resolved[requested, jurisdiction]
+        where = self.roots[0] / VARIANTS / variant if variant else self.roots[0]
         raise TemplateError(
-            f"no template for locale {requested!r}, nor for the default {self.campaign.default_locale!r} or {FALLBACK_LOCALE!r}",
-            hint=f"add {self.roots[0] / self.campaign.default_locale}/ or set [campaign] default_locale to one of {', '.join(self.locales)}",
+            f"no template{f' in variant {variant!r}' if variant else ''} for locale {requested!r}, "
+            f"nor for the default {self.campaign.default_locale!r} or {FALLBACK_LOCALE!r}",
+            hint=f"add {where / self.campaign.default_locale}/ or set [campaign] default_locale to one of "
+                 f"{', '.join(self.variants.get(variant, []) if variant else self.locales)}",
         )
 
-    def _load(self, locale: str) -> tuple[jinja2.Template, jinja2.Template, jinja2.Template]:
-        if locale not in self._compiled:
+    def _load(self, version: str) -> tuple[jinja2.Template, jinja2.Template, jinja2.Template]:
+        if version not in self._compiled:
             try:
-                self._compiled[locale] = tuple(self.env.get_template(f"{locale}/{p}") for p in PARTS)  # type: ignore[assignment]
+                self._compiled[version] = tuple(self.env.get_template(self._path(version, p)) for p in PARTS)  # type: ignore[assignment]
             except jinja2.TemplateSyntaxError as e:
                 raise TemplateError(f"{e.filename}:{e.lineno}: template syntax error: {e.message}") from None
             except jinja2.TemplateNotFound as e:
                 raise TemplateError(f"template {e.name!r} not found (looked in {', '.join(map(str, self.roots))})") from None
-        return self._compiled[locale]
+        return self._compiled[version]
 
     def load_all(self) -> list[str]:
         """Compiles every locale; returns every problem found (empty when all parse)."""
         problems = []
-        for loc in self.locales:
+        for version in self.versions:
             try:
-                self._load(loc)
+                self._load(version)
             except TemplateError as e:
                 problems.append(str(e))
         return problems
@@ -210,9 +263,10 @@ class Templates:
                         used.add(node.arg.value)
         return used
 
-    def render(self, locale: str, recipient: dict[str, Any]) -> Rendered:
-        """Renders one locale for one recipient; any failure is a TemplateError naming file and line."""
-        subject_t, text_t, html_t = self._load(locale)
+    def render(self, version: str, recipient: dict[str, Any]) -> Rendered:
+        """Renders one version for one recipient; any failure is a TemplateError naming file and line."""
+        subject_t, text_t, html_t = self._load(version)
+        variant, locale = split_version(version)
         ctx = {
             "recipient": Namespace("recipient", recipient),
             "campaign": Namespace("campaign", self.campaign.variables),
@@ -234,8 +288,8 @@ class Templates:
         except Exception as e:  # a template can raise anything its expressions do
             raise TemplateError(f"{_where(e, self.roots)}: {type(e).__name__}: {e}") from None
         if not subject:
-            raise TemplateError(f"{self.roots[0] / locale / 'subject.txt'}: renders to an empty subject")
-        return Rendered(locale, subject, text, html)
+            raise TemplateError(f"{self._dir(version) / 'subject.txt'}: renders to an empty subject")
+        return Rendered(locale, subject, text, html, variant)
 
 
 def recipient_context(email: str, name: str, locale: str, jurisdiction: str, vars: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import hashlib
 import html
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,9 +64,9 @@ def approve(campaign: Campaign, store: Store, templates: Templates, by: str, not
 
 @dataclass
 class Version:
-    locale: str
+    version: str  # "en", or "US-MA/en" for a jurisdiction's variant
     recipients: int
-    fallbacks: list[tuple[str, int]]  # requested locale -> count, for those that fall back into this one
+    fallbacks: list[tuple[str, int]]  # requested locale (and jurisdiction) -> count, for those that fall back into this one
     sample: str  # "row 12" or "synthetic sample"
     subject: str
     sender: str
@@ -73,43 +74,63 @@ class Version:
     html: str
     files: dict[str, str]  # kind -> sha256
 
+    @property
+    def locale(self) -> str:
+        return self.version.rpartition("/")[2]
+
+    @property
+    def variant(self) -> str:
+        return self.version.rpartition("/")[0]
+
+    @property
+    def slug(self) -> str:
+        """The file name stem: en, US-MA.en."""
+        return self.version.replace("/", ".")
+
 
 _BODY_RE = re.compile(r"<body[^>]*>(.*)</body>", re.S | re.I)
 
 
 def preview(campaign: Campaign, store: Store, templates: Templates, out: Path) -> list[Version]:
-    """Renders every locale the campaign can use for a representative recipient into out/; sends nothing."""
+    """Renders every version (variant and locale) the campaign can use for a representative recipient
+    into out/; sends nothing."""
     out.mkdir(parents=True, exist_ok=True)
-    requested = store.locale_counts()
-    samples = store.sample_per_locale()
-    per_locale: dict[str, list[tuple[str, int]]] = {loc: [] for loc in templates.locales}
-    for req, n in requested.items():
-        per_locale.setdefault(templates.resolve(req or campaign.default_locale), []).append((req or "(none)", n))
+    samples = store.samples()
+    counts: dict[str, list[tuple[str, str, int]]] = {v: [] for v in templates.versions}
+    chosen: dict[str, dict[str, Any]] = {}
+    for (req, juris), s in sorted(samples.items(), key=lambda kv: kv[1]["row"]):
+        version = templates.resolve(req or campaign.default_locale, juris)
+        counts.setdefault(version, []).append((req, juris, s["count"]))
+        chosen.setdefault(version, s)
     columns = store.columns()
     versions = []
-    for loc in templates.locales:
-        exact = [(r, s) for r, s in samples.items() if templates.resolve(r or campaign.default_locale) == loc]
-        if exact:
-            req, s = exact[0]
-            recipient = recipient_context(s["email"], s["name"], req, s["jurisdiction"], s["vars"])
-            row = store.db.execute("SELECT row FROM recipients WHERE key=?", (s["email"].lower(),)).fetchone()
-            sample = f"row {row[0]}" if row else "a real recipient"
+    for version in templates.versions:
+        locale = version.rpartition("/")[2]
+        if version in chosen:
+            s = chosen[version]
+            recipient = recipient_context(s["email"], s["name"], s["locale"], s["jurisdiction"], s["vars"])
+            sample = f"row {s['row']}"
         else:
-            recipient, sample = synthetic_recipient(loc, columns), "synthetic sample (no recipient uses this locale)"
-        rendered = templates.render(loc, recipient)
+            recipient, sample = synthetic_recipient(locale, columns), "synthetic sample (no recipient gets this version)"
+        rendered = templates.render(version, recipient)
         msg = compose(campaign, rendered, to_email=recipient["email"], to_name=recipient["name"], key=recipient["email"].lower())
         files = {"eml": msg.data, "txt": rendered.text.encode(), "html": rendered.html.encode()}
+        falls: Counter[str] = Counter()
+        for req, juris, n in counts.get(version, []):
+            if req != locale:
+                falls[(req or "(none)") + (f" ({juris})" if "/" in version else "")] += n
+        v = Version(version, sum(n for _, _, n in counts.get(version, [])), sorted(falls.items()), sample, rendered.subject,
+                    campaign.sender, rendered.text, rendered.html, {k: _sha(d) for k, d in files.items()})
         for kind, data in files.items():
-            (out / f"{loc}.{kind}").write_bytes(data)
-        versions.append(Version(loc, sum(n for _, n in per_locale.get(loc, [])),
-                                [(r, n) for r, n in per_locale.get(loc, []) if r != loc], sample, rendered.subject,
-                                campaign.sender, rendered.text, rendered.html, {k: _sha(v) for k, v in files.items()}))
+            (out / f"{v.slug}.{kind}").write_bytes(data)
+        versions.append(v)
     manifest = {
         "tool": f"notify {__version__}",
         "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "campaign": campaign.id,
         "content": fingerprint(campaign, templates),
-        "versions": [{"locale": v.locale, "recipients": v.recipients, "sample": v.sample, "subject": v.subject,
+        "versions": [{"version": v.version, "variant": v.variant or "(default)", "locale": v.locale,
+                      "recipients": v.recipients, "sample": v.sample, "subject": v.subject,
                       "falls_back_here": dict(v.fallbacks), "sha256": v.files} for v in versions],
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -122,18 +143,19 @@ def _index(campaign: Campaign, versions: list[Version]) -> str:
     total = sum(v.recipients for v in versions)
     cards = []
     for v in versions:
-        falls = "".join(f"<li>{e(r)} falls back to {e(v.locale)} ({n} recipient{'s' if n != 1 else ''})</li>"
+        falls = "".join(f"<li>{e(r)} falls back to {e(v.version)} ({n} recipient{'s' if n != 1 else ''})</li>"
                         for r, n in v.fallbacks)
         m = _BODY_RE.search(v.html)
         body = m.group(1) if m else v.html
         direction = "rtl" if 'dir="rtl"' in v.html else "ltr"
         cards.append(f"""
-<section class="version" id="{e(v.locale)}">
-  <h2>{e(v.locale)} <span class="count">{v.recipients} recipient{'s' if v.recipients != 1 else ''}</span></h2>
+<section class="version" id="{e(v.slug)}">
+  <h2>{e(v.version)} <span class="count">{v.recipients} recipient{'s' if v.recipients != 1 else ''}</span></h2>
   <dl><dt>From</dt><dd>{e(v.sender)}</dd><dt>Subject</dt><dd>{e(v.subject)}</dd>
       <dt>Rendered for</dt><dd>{e(v.sample)}</dd>
-      <dt>Files</dt><dd><a href="{e(v.locale)}.eml">{e(v.locale)}.eml</a> · <a href="{e(v.locale)}.txt">.txt</a> ·
-      <a href="{e(v.locale)}.html">.html</a></dd></dl>
+      <dt>Variant</dt><dd>{e(v.variant or "default (every jurisdiction without a variant of its own)")}</dd>
+      <dt>Files</dt><dd><a href="{e(v.slug)}.eml">{e(v.slug)}.eml</a> · <a href="{e(v.slug)}.txt">.txt</a> ·
+      <a href="{e(v.slug)}.html">.html</a></dd></dl>
   {f'<ul class="fallbacks">{falls}</ul>' if falls else ''}
   <div class="sides">
     <div class="side"><h3>Text</h3><pre dir="{direction}">{e(v.text)}</pre></div>

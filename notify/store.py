@@ -124,6 +124,10 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("0003_reputation", """
         CREATE INDEX recipients_first_attempt ON recipients(first_attempt_at)
     """),
+    # The template version a recipient was sent ("en", or "US-MA/en" for a jurisdiction's variant).
+    ("0004_version", """
+        ALTER TABLE recipients ADD COLUMN version TEXT
+    """),
 ]
 
 EVENT_FIELDS = ("seq", "ts", "recipient", "kind", "provider", "provider_message_id", "detail",
@@ -432,7 +436,7 @@ class Store:
             marks = ",".join("?" * len(chunk))
             for key, row, imp in self.db.execute(f"SELECT key, row, import_id FROM recipients WHERE key IN ({marks})", chunk):
                 first_row[key] = (row, imp)
-        rows, rejects = [], []
+        rows, rejects, ineligible = [], [], 0
         for item in items:
             if isinstance(item, Recipient) and item.key in first_row:
                 row, imp = first_row[item.key]
@@ -442,13 +446,24 @@ class Store:
                 rejects.append((import_id, item.row, item.raw, item.reason))
                 continue
             first_row[item.key] = (item.row, import_id)
-            rows.append((import_id, item.row, item.email, item.key, recipient_token(item.key), item.email.rpartition("@")[2],
-                         item.name, item.locale, item.jurisdiction, json.dumps(item.vars, ensure_ascii=False)))
+            values = (import_id, item.row, item.email, item.key, recipient_token(item.key), item.email.rpartition("@")[2],
+                      item.name, item.locale, item.jurisdiction, json.dumps(item.vars, ensure_ascii=False))
+            if item.ineligible is None:
+                rows.append(values)
+                continue
+            ineligible += 1
+            # Never sent by email: recorded as such, with the reason, in the same transaction as the import.
+            cur = self.db.execute(
+                "INSERT INTO recipients (import_id, row, email, key, token, domain, name, locale, jurisdiction, vars,"
+                " state, detail, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,'ineligible',?,?)", (*values, item.ineligible, utcnow()))
+            assert cur.lastrowid is not None
+            self._append(Event("ineligible", cur.lastrowid, item.key, locale=item.locale,
+                               detail={"reason": item.ineligible, "row": item.row, "jurisdiction": item.jurisdiction}))
         self.db.executemany(
             "INSERT INTO recipients (import_id, row, email, key, token, domain, name, locale, jurisdiction, vars)"
             " VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
         self.db.executemany("INSERT INTO rejects (import_id, row, raw, reason) VALUES (?,?,?,?)", rejects)
-        return len(rows), len(rejects)
+        return len(rows) + ineligible, len(rejects)
 
     def columns(self) -> set[str]:
         """Every column any import had (so templates can be checked against them)."""
@@ -631,12 +646,15 @@ class Store:
     def locale_counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT locale, count(*) FROM recipients GROUP BY locale ORDER BY 2 DESC").fetchall())
 
-    def sample_per_locale(self) -> dict[str, dict[str, Any]]:
-        """One real recipient per requested locale, for rendering every locale before the first send."""
-        out: dict[str, dict[str, Any]] = {}
-        for locale, rid in self.db.execute("SELECT locale, min(id) FROM recipients GROUP BY locale"):
-            r = self.db.execute("SELECT email, name, jurisdiction, vars FROM recipients WHERE id=?", (rid,)).fetchone()
-            out[locale] = {"email": r[0], "name": r[1], "locale": locale, "jurisdiction": r[2], "vars": json.loads(r[3])}
+    def samples(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """One real recipient per (requested locale, jurisdiction), for rendering every version before the
+        first send; each carries its row and how many recipients share its pair."""
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for locale, juris, rid, n in self.db.execute(
+                "SELECT locale, jurisdiction, min(id), count(*) FROM recipients GROUP BY locale, jurisdiction"):
+            r = self.db.execute("SELECT email, name, vars, row FROM recipients WHERE id=?", (rid,)).fetchone()
+            out[locale, juris] = {"email": r[0], "name": r[1], "locale": locale, "jurisdiction": juris,
+                                  "vars": json.loads(r[2]), "row": r[3], "count": n}
         return out
 
     def reject_summary(self, top: int = 5) -> tuple[int, list[tuple[str, int]]]:

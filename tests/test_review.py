@@ -31,16 +31,22 @@ def test_preview_pack(example: Path, tmp_path: Path) -> None:
     assert code == 0, err
     assert "pt falls back to en (1)" in text and "es-MX falls back to es (1)" in text
     manifest = json.loads((out / "manifest.json").read_text())
-    locales = [v["locale"] for v in manifest["versions"]]
-    assert locales == ["ar", "de", "en", "es", "fr", "ja", "pt-BR", "zh-CN"]
+    versions = [v["version"] for v in manifest["versions"]]
+    assert versions == ["ar", "de", "en", "es", "fr", "ja", "pt-BR", "zh-CN", "US-MA/en"]
     for v in manifest["versions"]:
         for kind, digest in v["sha256"].items():
-            assert hashlib.sha256((out / f"{v['locale']}.{kind}").read_bytes()).hexdigest() == digest
+            assert hashlib.sha256((out / f"{v['version'].replace('/', '.')}.{kind}").read_bytes()).hexdigest() == digest
     assert sum(v["recipients"] for v in manifest["versions"]) == 188
+    massachusetts = manifest["versions"][-1]
+    assert massachusetts["variant"] == "US-MA" and massachusetts["recipients"] == 12
+    assert massachusetts["falls_back_here"] == {"es (US-MA)": 3}
+    assert "Massachusetts" in (out / "US-MA.en.txt").read_text()
+    assert "WHAT HAPPENED" not in (out / "US-MA.en.txt").read_text(), "Massachusetts forbids describing the breach"
     assert "templates/breach-notice/en/body.txt" in manifest["content"]
+    assert "templates/breach-notice/variants/US-MA/en/body.txt" in manifest["content"]
     index = (out / "index.html").read_text()
-    for loc in locales:
-        assert f'id="{loc}"' in index
+    for v in versions:
+        assert f'id="{v.replace("/", ".")}"' in index
     assert "@media print" in index and "pt falls back to en (1 recipient)" in index
     assert "Notice of Data Breach" in index
     assert not (example / "outbox").exists(), "a preview sends nothing"
