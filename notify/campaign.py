@@ -93,6 +93,18 @@ class SendConfig:
 
 
 @dataclass(frozen=True)
+class ReviewConfig:
+    """What the content lint checks: the legal profiles each version must satisfy, and where links may go."""
+
+    profiles: list[str] = field(default_factory=list)  # for the default variant
+    variant_profiles: dict[str, list[str]] = field(default_factory=dict)  # variant -> profiles
+    allowed_domains: list[str] = field(default_factory=list)  # empty: the sender's and reply-to's domains
+
+    def for_variant(self, variant: str) -> list[str]:
+        return self.variant_profiles.get(variant, []) if variant else self.profiles
+
+
+@dataclass(frozen=True)
 class Campaign:
     dir: Path
     file: Path
@@ -106,6 +118,9 @@ class Campaign:
     send: SendConfig
     providers: dict[str, ProviderConfig]
     require_approval: bool | None = None  # None: required whenever a non-outbox provider sends
+    discovered: dt.date | None = None
+    deadline: dt.date | None = None  # the legal deadline for notice (deadline, or discovered + deadline_days)
+    review: ReviewConfig = field(default_factory=lambda: ReviewConfig())
 
     @property
     def state_dir(self) -> Path:
@@ -172,12 +187,14 @@ def _type_ok(kind: str, value: Any) -> bool:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     if kind == "table":
         return isinstance(value, dict)
+    if kind == "date":
+        return isinstance(value, dt.date) and not isinstance(value, dt.datetime)
     raise AssertionError(kind)
 
 
 _EXPECTED = {
     "str": "a string", "int": "an integer", "number": "a number", "bool": "true or false",
-    "strlist": "a list of strings", "table": "a table",
+    "strlist": "a list of strings", "table": "a table", "date": "a date (YYYY-MM-DD, unquoted)",
 }
 
 
@@ -270,6 +287,22 @@ CAMPAIGN_KEYS = {
     "from": Key("str", True, _address),
     "reply_to": Key("str", False, _address),
     "require_approval": Key("bool"),
+    "discovered": Key("date"),
+    "deadline_days": Key("int", False, _positive),
+    "deadline": Key("date"),
+}
+PROFILES = ("california", "new-york", "massachusetts", "hipaa", "gdpr")
+
+
+def _profiles(v: list[str]) -> str | None:
+    bad = [p for p in v if p not in PROFILES]
+    return f"unknown profile {', '.join(map(repr, bad))}: known are {', '.join(PROFILES)}" if bad else None
+
+
+REVIEW_KEYS = {
+    "profiles": Key("strlist", False, _profiles),
+    "variants": Key("table"),
+    "allowed_domains": Key("strlist"),
 }
 SEND_KEYS = {
     "providers": Key("strlist", True, lambda v: None if v else "must name at least one provider"),
@@ -319,6 +352,7 @@ PROVIDER_KEYS: dict[str, dict[str, Key]] = {
 TOP_KEYS = {
     "campaign": Key("table", True),
     "variables": Key("table"),
+    "review": Key("table"),
     "send": Key("table", True),
     "providers": Key("table", True),
 }
@@ -375,7 +409,22 @@ def _build(file: Path, data: dict[str, Any]) -> Campaign:
             c.problem("[send] providers", f'"{name}" is not defined: add a [providers.{name}] table (defined: {defined})')
     if "recipients" in camp and not (file.parent / camp["recipients"]).is_file():
         c.problem("[campaign] recipients", f"{file.parent / camp['recipients']}: file not found")
-    variables = top.get("variables", {})
+    variables = dict(top.get("variables", {}))
+    if "discovered" in camp:
+        variables.setdefault("discovered", camp["discovered"])  # templates say when it was discovered
+    if "deadline" in camp and "deadline_days" in camp:
+        c.problem("[campaign] deadline", "give deadline or deadline_days, not both")
+    if ("deadline_days" in camp) and "discovered" not in camp:
+        c.problem("[campaign] deadline_days", "counts from [campaign] discovered, which is missing")
+    review = c.table("[review]", top.get("review", {}), REVIEW_KEYS)
+    variant_profiles: dict[str, list[str]] = {}
+    for variant, names in review.get("variants", {}).items():
+        problem = None if _type_ok("strlist", names) else f"expected a list of profiles, got {_describe(names)}"
+        problem = problem or _profiles(names)
+        if problem:
+            c.problem(f"[review.variants] {variant}", problem)
+        else:
+            variant_profiles[variant] = list(names)
 
     if c.problems:
         n = len(c.problems)
@@ -414,6 +463,14 @@ def _build(file: Path, data: dict[str, Any]) -> Campaign:
         ),
         providers=providers,
         require_approval=camp.get("require_approval"),
+        discovered=camp.get("discovered"),
+        deadline=camp.get("deadline") or (camp["discovered"] + dt.timedelta(days=camp["deadline_days"])
+                                          if "deadline_days" in camp else None),
+        review=ReviewConfig(
+            profiles=list(review.get("profiles", [])),
+            variant_profiles=variant_profiles,
+            allowed_domains=[d.lower().strip(".") for d in review.get("allowed_domains", [])],
+        ),
     )
 
 

@@ -113,6 +113,13 @@ def check(campaign: Path = CampaignArg) -> None:
         st = engine.status(c, store, pre.templates)
         if st["fallbacks"]:
             typer.echo("fallbacks   " + ", ".join(f"{k} ({v})" for k, v in st["fallbacks"].items()))
+        if pre.ok:
+            profiles = "; ".join([f"default: {', '.join(c.review.profiles) or 'none'}"]
+                                 + [f"{v}: {', '.join(p)}" for v, p in c.review.variant_profiles.items()])
+            typer.echo(f"content     lint passed for {len(pre.rendered)} versions (profiles {profiles}; anti-phishing rules)"
+                       + (f", {len(pre.warnings)} warning(s):" if pre.warnings else ""))
+            for w in pre.warnings:
+                typer.echo(f"            warning: {w}")
         if not pre.ok:
             err(f"\n{len(pre.problems)} problem(s):")
             for p in pre.problems:
@@ -193,6 +200,8 @@ def send(
         result = engine.send(c, store, opts, reconcile=reconcile, approval=approval)
         counts = result.counts
         if dry_run:
+            for note in result.notes:
+                typer.echo(note)
             typer.echo(f"Dry run: rendered {counts['rendered']} message(s) into {c.dir / 'dry-run'}; no state changed.")
             return
         for note in result.notes:

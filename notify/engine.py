@@ -18,6 +18,7 @@ from . import providers
 from .campaign import Campaign, OutboxConfig
 from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, ConfigError, NotifyError,
                      ReputationPaused, StoreError, TemplateError)
+from .lint import lint
 from .providers.base import Kind, Outcome, Provider
 from .recipients import STANDARD_COLUMNS
 from .render import Message, Rendered, Templates, compose, recipient_context, synthetic_recipient
@@ -41,6 +42,7 @@ class Preflight:
     hints: list[str] = field(default_factory=list)  # each said once, however many problems share it
     rendered_locales: list[str] = field(default_factory=list)  # every version rendered ("en", "US-MA/en")
     rendered: list[tuple[Rendered, Message]] = field(default_factory=list)  # one sample of each, for the lint
+    warnings: list[str] = field(default_factory=list)  # content lint warnings: said, but they stop nothing
 
     def add(self, problem: str, hint: str | None = None) -> None:
         self.problems.append(problem)
@@ -104,6 +106,12 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
             pre.add(str(e), e.hint)
         except ValueError as e:  # the email package refuses a header value
             pre.add(f"{templates.roots[0] / version}: the message cannot be built: {e}")
+    if pre.ok:
+        for finding in lint(campaign, templates, pre.rendered):
+            if finding.level == "error":
+                pre.add(f"content lint: {finding}", "the content lint's rules are in README.md (Content lint)")
+            else:
+                pre.warnings.append(str(finding))
     return pre
 
 
@@ -534,15 +542,19 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
         raise TemplateError(f"{len(pre.problems)} problem(s) found before sending; nothing was sent:\n  "
                             + "\n  ".join(pre.problems), hint="; ".join(hints))
     if options.dry_run:
-        return dry_run(campaign, pre, options)
+        result = dry_run(campaign, pre, options)
+        result.notes[:0] = [f"Content lint warning: {w}" for w in pre.warnings]
+        return result
     if approval is not None and pre.templates is not None:
         approval(pre.templates)
     chain = provider_chain(campaign, options.provider, options.concurrency)
     suppression = SuppressionList()
     try:
-        return asyncio.run(Sender(campaign, pre, chain, options, suppression=suppression, reconcile=reconcile).run())
+        result = asyncio.run(Sender(campaign, pre, chain, options, suppression=suppression, reconcile=reconcile).run())
     finally:
         suppression.close()
+    result.notes[:0] = [f"Content lint warning: {w}" for w in pre.warnings]
+    return result
 
 
 def dry_run(campaign: Campaign, pre: Preflight, options: SendOptions) -> RunResult:

@@ -122,3 +122,153 @@ def test_email_consent_column(make_campaign: MakeCampaign) -> None:
     code, _, err = run("send", d, "--no-progress")
     assert code == 0, err
     assert set(sent_bodies(d)) == {"a@example.com"}
+
+
+# --- the content lint ---
+
+LINT_EN = """[phrases]
+title = "Notice of Data Breach"
+what_happened = "What Happened"
+what_information = "What Information Was Involved"
+what_we_are_doing = "What We Are Doing"
+what_you_can_do = "What You Can Do"
+for_more_information = "For More Information"
+contact_point = "For More Information"
+likely_consequences = "phishing"
+measures_taken = "What We Are Doing"
+never_ask = "never ask for your password"
+"""
+HEADINGS = ["Notice of Data Breach", "What Happened", "What Information Was Involved", "What We Are Doing",
+            "What You Can Do", "For More Information"]
+
+
+def lint_templates(*, extra_html: str = "", extra_text: str = "", drop: str = "") -> dict[str, str]:
+    """A small California-shaped notice; `drop` leaves one heading out, `extra_*` add content."""
+    heads = [h for h in HEADINGS if h != drop]
+    text = "\n\n".join(f"{h.upper()}\nSome words." for h in heads)
+    text += "\nWe will never ask for your password. Call +1 800 555 0100 or write to help@example.com about phishing.\n"
+    html = "".join(f"<h{1 if i == 0 else 2}>{h}</h{1 if i == 0 else 2}><p>Some words.</p>" for i, h in enumerate(heads))
+    html += "<p>We will never ask for your password. Call +1 800 555 0100 or write to help@example.com about phishing.</p>"
+    return {"en/subject.txt": "Notice of Data Breach", "en/body.txt": text + extra_text,
+            "en/body.html": f"<html><body>{html}{extra_html}</body></html>", "en/lint.toml": LINT_EN}
+
+
+def lint_campaign(make_campaign: MakeCampaign, review: str, name: str = "camp", **kw: str) -> Path:
+    d = make_campaign(template="t", templates=lint_templates(**kw), name=name)
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text().replace("[send]", review + "\n[send]"))
+    return d
+
+
+def problems(err: str) -> list[str]:
+    return [line[line.index("content lint: "):] for line in err.splitlines() if "content lint: " in line]
+
+
+def test_the_shipped_notice_passes_its_profiles_in_every_locale(example: Path) -> None:
+    code, out, err = run("check", example)
+    assert code == 0, err
+    assert ("content     lint passed for 9 versions (profiles default: california, gdpr; US-MA: massachusetts; "
+            "anti-phishing rules)") in out
+
+
+def test_a_clean_notice_passes_and_each_missing_heading_is_named(make_campaign: MakeCampaign) -> None:
+    review = '[review]\nprofiles = ["california", "gdpr"]\n'
+    code, out, err = run("check", lint_campaign(make_campaign, review))
+    assert code == 0, err
+    assert "content     lint passed for 1 versions" in out
+    code, _, err = run("send", lint_campaign(make_campaign, review, drop="What Happened", name="c2"), "--no-progress")
+    assert code == 1 and "nothing was sent" in err
+    assert problems(err) == [
+        "content lint: en: the text has no heading 'What Happened' on a line of its own (california requires it) [california]",
+        "content lint: en: the HTML has no heading 'What Happened' (an <h1>-<h6>; california requires it) [california]"]
+
+
+def test_anti_phishing_rules(make_campaign: MakeCampaign) -> None:
+    bad_html = ('<p><a href="https://bit.ly/3xYz">https://www.example.com/reset</a>'
+                '<a href="https://example.com.evil.example.net/login">www.example.com</a>'
+                '<a href="https://www.example.com/security">our security page</a>'
+                '<img src="https://track.example.com/o.gif" width="1" height="1">'
+                '<form action="https://www.example.com/x"></form><script>x()</script></p>')
+    d = lint_campaign(make_campaign, "", extra_html=bad_html,
+                      extra_text="Please confirm your password at http://203.0.113.9/login today.\n")
+    code, _, err = run("check", d)
+    assert code == 1
+    assert problems(err) == [
+        "content lint: en: HTML link 'https://bit.ly/3xYz' uses the URL shortener bit.ly: readers cannot see where it goes [shortener]",
+        "content lint: en: a link shows 'https://www.example.com/reset' but goes to bit.ly: exactly what phishing does [link-text]",
+        "content lint: en: HTML link 'https://example.com.evil.example.net/login' goes to example.com.evil.example.net, "
+        "which is not in [review] allowed_domains (example.com) [link-host]",
+        "content lint: en: a link shows 'www.example.com' but goes to example.com.evil.example.net: exactly what phishing does [link-text]",
+        "content lint: en: text 'http://203.0.113.9/login' is not an address on an allowed host [link-host]",
+        "content lint: en: an image of 1x1 ('https://track.example.com/o.gif') looks like a tracking pixel [tracking-pixel]",
+        "content lint: en: the HTML has a <form>: a notice asks nothing of the reader and runs nothing [active-content]",
+        "content lint: en: the HTML has a <script>: a notice asks nothing of the reader and runs nothing [active-content]",
+        "content lint: en: asks for a secret ('confirm your password'): a notice never asks for a password or a code [credential-request]",
+    ]
+
+
+def test_lint_warnings_are_said_and_stop_nothing(make_campaign: MakeCampaign) -> None:
+    d = lint_campaign(make_campaign, '[review]\nallowed_domains = ["example.com", "cdn.example.org"]\n',
+                      extra_html='<img src="https://cdn.example.org/logo.png" width="120" height="40">')
+    code, out, err = run("check", d)
+    assert code == 0, err
+    assert ("warning: en: a remote image ('https://cdn.example.org/logo.png'): many clients block it, and loading it "
+            "tells the sender who opened [remote-image]") in out
+    code, out, err = run("send", d, "--no-progress")
+    assert code == 0 and "Content lint warning: en: a remote image" in out
+
+
+def test_legal_profiles_name_what_each_law_needs(make_campaign: MakeCampaign) -> None:
+    d = lint_campaign(make_campaign, '[review]\nprofiles = ["massachusetts", "new-york", "hipaa"]\n')
+    (d / "campaign.toml").write_text((d / "campaign.toml").read_text().replace("+1 800 555 0100", "+1 212 555 0100"))
+    body = d / "templates" / "t" / "en" / "body.txt"
+    body.write_text(body.read_text().replace("+1 800 555 0100", "+1 212 555 0100")
+                    + "The breach affected 1,204 Massachusetts residents.\n")
+    code, _, err = run("check", d)
+    assert code == 1
+    assert problems(err) == [
+        f"content lint: en: the massachusetts profile needs [phrases] police_report in {d}/templates/t/en/lint.toml "
+        "(the words this locale uses for it) [massachusetts]",
+        f"content lint: en: the massachusetts profile needs [phrases] security_freeze in {d}/templates/t/en/lint.toml "
+        "(the words this locale uses for it) [massachusetts]",
+        "content lint: en: contains 'What Happened': massachusetts law forbids describing the nature of the breach [massachusetts]",
+        "content lint: en: states a number of people affected ('1,204 Massachusetts residents'), which Massachusetts law forbids [massachusetts]",
+        f"content lint: en: the new-york profile needs [phrases] agencies in {d}/templates/t/en/lint.toml "
+        "(the words this locale uses for it) [new-york]",
+        "content lint: en: New York requires the phone numbers and websites of state and federal agencies that help [new-york]",
+        "content lint: en: the text does not give the date of discovery (2022-08-08 in any of this locale's formats) [hipaa]",
+        "content lint: en: HIPAA requires a toll-free number (800, 833, 844, 855, 866, 877 or 888), and the text has none [hipaa]",
+    ]
+
+
+def test_message_level_rules_attachments_and_list_unsubscribe(make_campaign: MakeCampaign) -> None:
+    from email.message import EmailMessage
+
+    from notify.lint import lint
+    from notify.render import Message, recipient_context
+
+    d = lint_campaign(make_campaign, "")
+    c = campaign_mod.load(d)
+    t = Templates(c)
+    rendered = t.render("en", recipient_context("a@example.com", "A", "en", "", {}))
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"] = c.sender, "a@example.com", rendered.subject
+    m["List-Unsubscribe"] = "<https://www.example.com/unsubscribe>"
+    m.set_content(rendered.text)
+    m.add_alternative(rendered.html, subtype="html")
+    m.add_attachment(b"%PDF-1.4", maintype="application", subtype="pdf", filename="notice.pdf")
+    msg = Message("<x@example.com>", "security@example.com", "a@example.com", m.as_bytes(), "0", False, {})
+    assert [(f.level, f.rule) for f in lint(c, t, [(rendered, msg)])] == [("error", "attachment"), ("warning", "list-unsubscribe")]
+
+
+def test_sender_off_the_allowed_domains_and_unknown_profiles(make_campaign: MakeCampaign) -> None:
+    d = lint_campaign(make_campaign, '[review]\nallowed_domains = ["example.net"]\n[review.variants]\nUS-MA = ["massachusetts"]\n')
+    code, _, err = run("check", d)
+    assert code == 1
+    assert problems(err)[:2] == [
+        "content lint: the sender's domain example.com is not in [review] allowed_domains (example.net): a notice from "
+        "an unexpected domain looks like the phishing it warns about [sender-domain]",
+        f"content lint: [review.variants] names 'US-MA', but {d}/templates/t/variants has no such variant [profiles]"]
+    (d / "campaign.toml").write_text((d / "campaign.toml").read_text().replace('["massachusetts"]', '["texas"]'))
+    code, _, err = run("check", d)
+    assert code == 1 and "[review.variants] US-MA: unknown profile 'texas': known are california, new-york, massachusetts, hipaa, gdpr" in err
