@@ -411,7 +411,9 @@ def _build(file: Path, data: dict[str, Any]) -> Campaign:
         c.problem("[campaign] recipients", f"{file.parent / camp['recipients']}: file not found")
     variables = dict(top.get("variables", {}))
     if "discovered" in camp:
-        variables.setdefault("discovered", camp["discovered"])  # templates say when it was discovered
+        if variables.setdefault("discovered", camp["discovered"]) != camp["discovered"]:  # templates say when it was discovered
+            c.problem("[variables] discovered", f"{variables['discovered']} differs from [campaign] discovered "
+                      f"({camp['discovered']}): keep the one in [campaign], which templates see as campaign.discovered")
     if "deadline" in camp and "deadline_days" in camp:
         c.problem("[campaign] deadline", "give deadline or deadline_days, not both")
     if ("deadline_days" in camp) and "discovered" not in camp:

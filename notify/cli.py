@@ -197,7 +197,10 @@ def send(
             from .bounces import reconciler
 
             reconcile = reconciler(c.id, queues)
-        result = engine.send(c, store, opts, reconcile=reconcile, approval=approval)
+        started = time.monotonic()
+        result = engine.send(c, store, opts, reconcile=reconcile, approval=approval,
+                             announce=lambda text, warn: (err if warn else typer.echo)(text))
+        elapsed = time.monotonic() - started
         counts = result.counts
         if dry_run:
             for note in result.notes:
@@ -221,6 +224,9 @@ def send(
                        f"failed {counts['failed']}.")
         st = engine.status(c, store)
         typer.echo("Campaign: " + ", ".join(f"{k} {v}" for k, v in st["states"].items() if v) + f"; rejected rows {st['rejected']}.")
+        run_rate = did / elapsed if did and elapsed > 0 else None
+        if (due := engine.deadline(c, store, rate=run_rate)) is not None:
+            (err if due["late"] else typer.echo)(due["said"].replace("deadline", "Deadline", 1))
         if result.interrupted:
             err(f"Interrupted; everything in flight was settled. Resume with: notify send {campaign}")
         elif result.stopped:
@@ -275,6 +281,8 @@ def status(
             typer.echo(f"unmatched feedback: {st['unmatched_feedback']} (bounces or events that match no recipient)")
         if st["next_retry"]:
             typer.echo(f"next retry: {st['next_retry']}")
+        if st["deadline"]:
+            (err if st["deadline"]["late"] else typer.echo)(st["deadline"]["said"])
 
 
 @app.command()

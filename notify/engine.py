@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import signal
 import sys
@@ -532,9 +533,11 @@ def provider_chain(campaign: Campaign, name: str | None, concurrency: int | None
 
 def send(campaign: Campaign, store: Store, options: SendOptions,
          reconcile: Callable[[Store], None] | None = None,
-         approval: Callable[[Templates], None] | None = None) -> RunResult:
+         approval: Callable[[Templates], None] | None = None,
+         announce: Callable[[str, bool], None] | None = None) -> RunResult:
     """Preflight, then the run. Nothing is sent unless every locale renders and, when `approval` is
-    given (the CLI passes review.check_approval), the content is the content legal approved."""
+    given (the CLI passes review.check_approval), the content is the content legal approved.
+    `announce(text, is_warning)` hears what to say before the first message leaves (the deadline)."""
     store.lock()
     pre = preflight(campaign, store)
     if not pre.ok:
@@ -547,6 +550,8 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
         return result
     if approval is not None and pre.templates is not None:
         approval(pre.templates)
+    if announce is not None and (due := deadline(campaign, store)) is not None and due["remaining"]:
+        announce(due["said"].replace("deadline", "Deadline", 1), due["late"])
     chain = provider_chain(campaign, options.provider, options.concurrency)
     suppression = SuppressionList()
     try:
@@ -577,6 +582,60 @@ def dry_run(campaign: Campaign, pre: Preflight, options: SendOptions) -> RunResu
     asyncio.run(go())
     pre.store.log("dry_run", directory=str(campaign.dir / "dry-run"), rendered=result.counts["rendered"])
     return result
+
+
+def _span(seconds: float) -> str:
+    """A duration a tired person reads at a glance: 12 days 3 h, 5 h 12 min, 42 min, 30 s."""
+    s = int(abs(seconds))
+    days, hours, minutes = s // 86400, s % 86400 // 3600, s % 3600 // 60
+    if days:
+        return f"{days} day{'s' if days != 1 else ''} {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min" if minutes else f"{s} s"
+
+
+def deadline(campaign: Campaign, store: Store, rate: float | None = None,
+             now: dt.datetime | None = None) -> dict[str, Any] | None:
+    """Time left before the legal deadline and the projected finish at `rate` (messages per second;
+    default: the rate of the last 1,000 outcomes). None when the campaign sets no deadline.
+
+    The deadline is the end of its day in UTC: notices must be out by then."""
+    if campaign.deadline is None:
+        return None
+    now = now or dt.datetime.now(dt.timezone.utc)
+    due = dt.datetime.combine(campaign.deadline + dt.timedelta(days=1), dt.time(), dt.timezone.utc)
+    remaining = store.count_unsent()
+    rate = rate if rate else store.recent_rate()
+    left = (due - now).total_seconds()
+    out: dict[str, Any] = {
+        "deadline": campaign.deadline.isoformat(), "discovered": campaign.discovered.isoformat() if campaign.discovered else None,
+        "seconds_left": left, "remaining": remaining, "rate": rate, "projected_finish": None, "late": False,
+    }
+    since = f" ({(campaign.deadline - campaign.discovered).days} days after discovery on {campaign.discovered})" if campaign.discovered else ""
+    head = f"deadline {campaign.deadline} (end of day UTC){since}: "
+    if remaining == 0:
+        last = store.db.execute("SELECT max(first_attempt_at) FROM recipients").fetchone()[0]
+        out["late"] = bool(last and last > due.timestamp())
+        out["said"] = head + ("every recipient is in a final state" +
+                              (f"; the last of them was first sent {_span(last - due.timestamp())} after it" if out["late"] else ""))
+        return out
+    if left <= 0:
+        out["late"] = True
+        out["said"] = head + f"PASSED {_span(left)} ago, with {remaining} recipient(s) not yet notified"
+        return out
+    said = head + f"{_span(left)} left, {remaining} recipient(s) to go"
+    if rate:
+        finish = now + dt.timedelta(seconds=remaining / rate)
+        out["projected_finish"] = finish.strftime("%Y-%m-%dT%H:%M:%SZ")
+        out["late"] = finish > due
+        said += f"; at {rate:.1f}/s they finish by {finish:%Y-%m-%d %H:%M} UTC"
+        if out["late"]:
+            said += f", {_span((finish - due).total_seconds())} AFTER the deadline: raise the rate or add a provider"
+    else:
+        said += "; no sending rate measured yet to project a finish"
+    out["said"] = said
+    return out
 
 
 def status(campaign: Campaign, store: Store, templates: Templates | None = None) -> dict[str, Any]:
@@ -620,6 +679,7 @@ def status(campaign: Campaign, store: Store, templates: Templates | None = None)
         "recipients_file": last["path"] if last else None,
         "recipients_sha256": last["sha256"] if last else None,
         "events": store.db.execute("SELECT count(*) FROM events").fetchone()[0],
+        "deadline": deadline(campaign, store),
     }
 
 

@@ -626,6 +626,15 @@ class Store:
         cur = self.db.execute("SELECT seq, ts, detail FROM events WHERE kind=? ORDER BY seq", (kind,))
         return [{"seq": r[0], "ts": r[1], "detail": r[2]} for r in cur]
 
+    def recent_rate(self, n: int = 1000) -> float | None:
+        """Messages handed to providers per second over the last `n` outcomes, or None if too few."""
+        rows = self.db.execute("SELECT ts FROM events WHERE kind IN ('sent', 'deferred', 'failed') ORDER BY seq DESC LIMIT ?",
+                               (n,)).fetchall()
+        if len(rows) < 2:
+            return None
+        span = epoch_of(rows[0][0]) - epoch_of(rows[-1][0])
+        return (len(rows) - 1) / span if span > 0 else None
+
     def unmatched_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM unmatched").fetchone()[0]
 

@@ -272,3 +272,64 @@ def test_sender_off_the_allowed_domains_and_unknown_profiles(make_campaign: Make
     (d / "campaign.toml").write_text((d / "campaign.toml").read_text().replace('["massachusetts"]', '["texas"]'))
     code, _, err = run("check", d)
     assert code == 1 and "[review.variants] US-MA: unknown profile 'texas': known are california, new-york, massachusetts, hipaa, gdpr" in err
+
+
+# --- the deadline ---
+
+def deadline_campaign(make_campaign: MakeCampaign, n: int, extra: str = "discovered = 2026-11-01\ndeadline_days = 30\n",
+                      name: str = "camp") -> Path:
+    rows = "".join(f"r{i}@example.com,R{i},en\n" for i in range(n))
+    d = make_campaign("email,name,locale\n" + rows, name=name)
+    toml = d / "campaign.toml"
+    text = toml.read_text().replace("require_approval = false", "require_approval = false\n" + extra, 1)
+    toml.write_text(text.replace("discovered = 2022-08-08\n", "", 1) if "discovered" in extra else text)
+    return d
+
+
+def test_deadline_time_left_and_projected_finish(make_campaign: MakeCampaign) -> None:
+    import datetime as dt
+
+    from notify import engine
+
+    d = deadline_campaign(make_campaign, 1000)
+    c = campaign_mod.load(d)
+    assert c.deadline == dt.date(2026, 12, 1) and c.variables["discovered"] == dt.date(2026, 11, 1)
+    store = Store.open(c.state_dir)
+    store.import_file(c.recipients)
+    now = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.timezone.utc)  # 36 hours before the end of 2026-12-01
+    fast = engine.deadline(c, store, rate=1.0, now=now)
+    assert fast is not None and not fast["late"] and fast["seconds_left"] == 36 * 3600
+    assert fast["said"] == ("deadline 2026-12-01 (end of day UTC) (30 days after discovery on 2026-11-01): 1 day 12 h left, "
+                            "1000 recipient(s) to go; at 1.0/s they finish by 2026-11-30 12:16 UTC")
+    slow = engine.deadline(c, store, rate=0.005, now=now)  # 1000 / 0.005 = 200,000 s = 55.6 h
+    assert slow is not None and slow["late"] and slow["projected_finish"] == "2026-12-02T19:33:20Z"
+    assert slow["said"].endswith("finish by 2026-12-02 19:33 UTC, 19 h 33 min AFTER the deadline: raise the rate or add a provider")
+    unmeasured = engine.deadline(c, store, now=now)
+    assert unmeasured is not None and unmeasured["said"].endswith("no sending rate measured yet to project a finish")
+    passed = engine.deadline(c, store, rate=1.0, now=now + dt.timedelta(days=3))
+    assert passed is not None and passed["late"] and "PASSED 1 day 12 h ago, with 1000 recipient(s) not yet notified" in passed["said"]
+    store.close()
+
+
+def test_send_and_status_show_the_deadline(make_campaign: MakeCampaign) -> None:
+    d = deadline_campaign(make_campaign, 3, extra="deadline = 2999-01-01\n")
+    code, out, err = run("send", d, "--no-progress")
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("Deadline 2999-01-01 (end of day UTC): ") and "3 recipient(s) to go" in out
+    assert "Deadline 2999-01-01 (end of day UTC): every recipient is in a final state" in out
+    code, out, _ = run("status", d, "--json")
+    assert json.loads(out)["deadline"]["deadline"] == "2999-01-01"
+
+
+def test_deadline_settings_are_checked(make_campaign: MakeCampaign) -> None:
+    d = deadline_campaign(make_campaign, 1, extra="deadline_days = 30\n")
+    code, _, err = run("check", d)
+    assert code == 1 and "[campaign] deadline_days: counts from [campaign] discovered, which is missing" in err
+    d = deadline_campaign(make_campaign, 1, extra='discovered = "2026-11-01"\n', name="c2")
+    code, _, err = run("check", d)
+    assert code == 1 and "[campaign] discovered: expected a date (YYYY-MM-DD, unquoted), got '2026-11-01' (a string)" in err
+    d = deadline_campaign(make_campaign, 1, extra="discovered = 2026-11-01\n", name="c3")
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text().replace("[variables]\n", "[variables]\ndiscovered = 2026-10-30\n"))
+    code, _, err = run("check", d)
+    assert code == 1 and "[variables] discovered: 2026-10-30 differs from [campaign] discovered (2026-11-01)" in err
