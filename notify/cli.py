@@ -90,13 +90,19 @@ def _open(path: Path) -> Iterator[tuple[campaign_mod.Campaign, Store]]:
 
 @app.command()
 @boundary
-def check(campaign: Path = CampaignArg) -> None:
+def check(campaign: Path = CampaignArg,
+          dns: bool = typer.Option(False, "--dns", help="Also look up the sender domain's SPF, DKIM and DMARC records."),
+          dns_server: Optional[str] = typer.Option(None, "--dns-server", metavar="IP[:PORT]",
+                                                   help="Ask this name server instead of the system's (implies --dns).")) -> None:
     """Check config, templates and recipients, and report every problem at once. Sends nothing.
 
     Imports the recipients file into the campaign's state (again only if it changed and nothing
-    was sent yet), renders every locale, and writes the rejects report.
+    was sent yet), renders every version (locale and jurisdiction variant), runs the content lint
+    and writes the rejects report.
 
-    Example:  notify check campaigns/example
+    Examples:
+      notify check campaigns/example
+      notify check campaigns/example --dns
     """
     with _open(campaign) as (c, store):
         pre = engine.preflight(c, store)
@@ -120,6 +126,14 @@ def check(campaign: Path = CampaignArg) -> None:
                        + (f", {len(pre.warnings)} warning(s):" if pre.warnings else ""))
             for w in pre.warnings:
                 typer.echo(f"            warning: {w}")
+        if dns or dns_server:
+            from .dnscheck import check_dns, resolver_for
+
+            for f in check_dns(c, resolver_for(dns_server)):
+                typer.echo(f"dns         {f.record:5} {f.level if f.level != 'ok' else 'ok:'} {f.message}")
+                if f.level == "error":
+                    pre.add(f"{f.record}: {f.message}", "publish the DNS records your provider gives you; "
+                            f"`notify check {campaign} --dns` again once they are visible")
         if not pre.ok:
             err(f"\n{len(pre.problems)} problem(s):")
             for p in pre.problems:

@@ -333,3 +333,43 @@ def test_deadline_settings_are_checked(make_campaign: MakeCampaign) -> None:
     toml.write_text(toml.read_text().replace("[variables]\n", "[variables]\ndiscovered = 2026-10-30\n"))
     code, _, err = run("check", d)
     assert code == 1 and "[variables] discovered: 2026-10-30 differs from [campaign] discovered (2026-11-01)" in err
+
+
+# --- check --dns, against a DNS server on 127.0.0.1 ---
+
+def test_check_dns_reads_spf_dkim_and_dmarc(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    from .dnsd import DnsServer
+
+    d = make_campaign(providers_extra='\n[providers.relay]\ntype = "smtp"\nhost = "127.0.0.1"\ndkim_selector = "notify"\n'
+                                      'dkim_domain = "example.com"\n')
+    good = {"example.com": ["v=spf1 include:_spf.example.net -all", "google-site-verification=abc"],
+            "notify._domainkey.example.com": ["v=DKIM1; k=rsa; p=MIIBIjANBgkq"],
+            "_dmarc.example.com": ["v=DMARC1; p=none; rua=mailto:dmarc@example.com"]}
+    with DnsServer(good) as srv:
+        code, out, err = run("check", d, "--dns-server", f"127.0.0.1:{srv.port}")
+        assert code == 0, err
+        assert "dns         SPF   ok: example.com: v=spf1 include:_spf.example.net -all" in out
+        assert "dns         DKIM  ok: notify._domainkey.example.com: key published (rsa)" in out
+        assert "dns         DMARC ok: _dmarc.example.com: v=DMARC1; p=none; rua=mailto:dmarc@example.com" in out
+        assert {"example.com", "notify._domainkey.example.com", "_dmarc.example.com"} <= set(srv.queries)
+    bad = {"example.com": ["v=spf1 a -all", "v=spf1 mx -all"], "notify._domainkey.example.com": ["v=DKIM1; p="]}
+    with DnsServer(bad) as srv:
+        code, out, err = run("check", d, "--dns-server", f"127.0.0.1:{srv.port}")
+        assert code == 1
+        assert ("SPF: example.com has 2 SPF records; RFC 7208 makes that a permanent error, as if there were none: "
+                "merge them into one") in err
+        assert "DKIM: notify._domainkey.example.com has an empty p=: the key was revoked" in err
+        assert ("DMARC: no DMARC record at _dmarc.example.com: Gmail and Yahoo require one from bulk senders "
+                "(p=none is enough)") in err
+
+
+def test_check_dns_says_when_no_server_answers(make_campaign: MakeCampaign) -> None:
+    import socket
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))  # a port that never answers
+    try:
+        code, _, err = run("check", make_campaign(), "--dns-server", f"127.0.0.1:{s.getsockname()[1]}")
+    finally:
+        s.close()
+    assert code == 1 and "SPF: the lookup of example.com timed out" in err
