@@ -147,6 +147,7 @@ class Templates:
         self._by_lower = {v.lower(): v for v in self.versions}
         self._resolved: dict[tuple[str, str], str] = {}  # (locale, jurisdiction) -> version: asked once per message
         self._compiled: dict[str, tuple[jinja2.Template, jinja2.Template, jinja2.Template]] = {}
+        self._vars: dict[str, Namespace] = {}
 
     def _discover(self) -> list[str]:
         """Every version: "en" for the default variant's locales, "US-MA/en" for a variant's."""
@@ -263,13 +264,24 @@ class Templates:
                         used.add(node.arg.value)
         return used
 
+    def _variables(self, locale: str) -> Namespace:
+        """[variables] as one locale sees them: a [variables.<locale>] table (exact tag, then the
+        language) overrides the shared values, so a translation never carries an English phrase."""
+        if locale not in self._vars:
+            shared = {k: v for k, v in self.campaign.variables.items() if not isinstance(v, dict)}
+            tables = {k.lower(): v for k, v in self.campaign.variables.items() if isinstance(v, dict)}
+            for tag in (locale.split("-")[0], locale):
+                shared.update(tables.get(tag.lower(), {}))
+            self._vars[locale] = Namespace("campaign", shared)
+        return self._vars[locale]
+
     def render(self, version: str, recipient: dict[str, Any]) -> Rendered:
         """Renders one version for one recipient; any failure is a TemplateError naming file and line."""
         subject_t, text_t, html_t = self._load(version)
         variant, locale = split_version(version)
         ctx = {
             "recipient": Namespace("recipient", recipient),
-            "campaign": Namespace("campaign", self.campaign.variables),
+            "campaign": self._variables(locale),
             "locale": locale,
             "today": dt.date.today(),
             "text_direction": "rtl" if locale.split("-")[0] in RTL_LANGUAGES else "ltr",
@@ -292,8 +304,20 @@ class Templates:
         return Rendered(locale, subject, text, html, variant)
 
 
+def display_address(email: str) -> str:
+    """The address as a person reads it: josé@bücher.example, not josé@xn--bcher-kva.example. The
+    envelope and the To header keep the IDNA form; only what templates print is decoded."""
+    local, _, domain = email.rpartition("@")
+    if "xn--" not in domain.lower():
+        return email
+    try:
+        return f"{local}@{domain.encode('ascii').decode('idna')}"
+    except UnicodeError:
+        return email  # not valid IDNA after all: show it as it is rather than guess
+
+
 def recipient_context(email: str, name: str, locale: str, jurisdiction: str, vars: dict[str, Any]) -> dict[str, Any]:
-    return {**vars, "email": email, "name": name, "locale": locale, "jurisdiction": jurisdiction}
+    return {**vars, "email": display_address(email), "name": name, "locale": locale, "jurisdiction": jurisdiction}
 
 
 def compose(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: str, key: str,

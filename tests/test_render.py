@@ -44,11 +44,28 @@ def test_every_shipped_locale_renders_into_a_well_formed_message() -> None:
         assert "www.example.com/security" in text and "www.example.com/security" in html
         assert ('dir="rtl"' in html) == (loc == "ar")
         assert "{{" not in text and "{{" not in html
+        # The bytes parser decodes 8bit and base64 UTF-8 bodies (the str parser, needed for the headers, cannot).
+        plain = email.message_from_bytes(m.data, policy=email.policy.default).get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        assert "josé@bücher.example" in plain and "xn--" not in plain, "people read the domain in Unicode"
+        assert ("our email service provider" in text) == (loc == "en"), "[variables.<locale>] reaches every translation"
         if loc == "en":
             assert msg["Subject"].startswith("Notice of Data Breach")
             for h in HEADINGS_EN:
                 assert h.upper() in text and f"<h2>{h}</h2>" in html
             assert "August 8, 2022" in text
+
+
+def test_variables_per_locale(make_campaign: MakeCampaign) -> None:
+    d = make_campaign(template="t", templates={
+        f"{loc}/{p}": "{{ campaign.greeting }}, {{ campaign.company }}" for loc in ("en", "pt", "pt-BR", "fr") for p in
+        ("subject.txt", "body.txt", "body.html")})
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text().replace("[send]", 'greeting = "Hello"\n[variables.pt]\ngreeting = "Olá"\n'
+                                             '[variables.pt-BR]\ngreeting = "Oi"\n[variables.fr]\ngreeting = "Bonjour"\n\n[send]'))
+    t = Templates(campaign.load(d))
+    said = {loc: t.render(loc, recipient_context("a@example.com", "A", loc, "", {})).text for loc in ("en", "pt", "pt-BR", "fr")}
+    assert said == {"en": "Hello, Example Cloud", "pt": "Olá, Example Cloud", "pt-BR": "Oi, Example Cloud",
+                    "fr": "Bonjour, Example Cloud"}
 
 
 def test_message_id_is_deterministic_and_unique() -> None:
