@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test drill clean-demo clean
+.PHONY: demo test drill bench bench-quick bench-tools clean-demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,23 @@ test: $(STAMP)
 # Crash drill: 50 trials of 20,000 recipients, each SIGKILLed at seeded random moments and resumed.
 drill: $(STAMP)
 	$(BIN)/python -m tests.drill --trials 50 --recipients 20000 --seed 1
+
+# Benchmarks against Postfix's smtp-sink (installed here if missing), beside mailmerge 2.3.0 in its
+# own virtual environment. `make bench` takes a while (N = 50,000 and 1,000,000) and writes
+# bench/RESULTS.md; `make bench-quick` is the same suite at small N, well under a minute.
+MAILMERGE_VENV := bench/.venv-mailmerge
+
+bench-tools:
+	@command -v smtp-sink >/dev/null || test -x /usr/sbin/smtp-sink || \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix)
+	@test -x $(MAILMERGE_VENV)/bin/mailmerge || \
+		($(PYTHON) -m venv $(MAILMERGE_VENV) && $(MAILMERGE_VENV)/bin/pip install --quiet mailmerge==2.3.0)
+
+bench: $(STAMP) bench-tools
+	$(BIN)/python bench/bench.py --out bench/RESULTS.md
+
+bench-quick: $(STAMP) bench-tools
+	$(BIN)/python bench/bench.py --quick
 
 clean-demo:
 	rm -rf campaigns/example/.notify campaigns/example/outbox campaigns/example/dry-run

@@ -550,9 +550,9 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
         return result
     if approval is not None and pre.templates is not None:
         approval(pre.templates)
+    chain = provider_chain(campaign, options.provider, options.concurrency)
     if announce is not None and (due := deadline(campaign, store)) is not None and due["remaining"]:
         announce(due["said"].replace("deadline", "Deadline", 1), due["late"])
-    chain = provider_chain(campaign, options.provider, options.concurrency)
     suppression = SuppressionList()
     try:
         result = asyncio.run(Sender(campaign, pre, chain, options, suppression=suppression, reconcile=reconcile).run())

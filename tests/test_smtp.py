@@ -402,3 +402,11 @@ def test_reputation_circuit_breaker_pauses_and_needs_acknowledgment(make_campaig
     assert "reputation_paused" in kinds and "reputation_acknowledged" in kinds
     paused = json.loads(str(events(d, "reputation_paused")[0]["detail"]))
     assert paused["sends"] == 100 and paused["bounce_rate"] > 0.05
+
+
+def test_wire_body_dot_stuffs_and_normalizes_line_ends() -> None:
+    from notify.providers.smtp import wire_body
+
+    assert wire_body(b".top\r\nmid\r\n.dot\r\n..two\r\nend") == b"..top\r\nmid\r\n..dot\r\n...two\r\nend\r\n"
+    assert wire_body(b"a\nb\r\n.c\n") == b"a\r\nb\r\n..c\r\n"
+    assert wire_body(b"plain\r\n") == b"plain\r\n"

@@ -259,6 +259,17 @@ class SmtpProvider:
         await asyncio.gather(*(self._retire(c, quit=True) for c in idle), return_exceptions=True)
 
 
+def wire_body(data: bytes) -> bytes:
+    """The message as DATA carries it: CRLF line ends, leading dots doubled, ending in CRLF.
+    Our messages are CRLF already; counting is C-fast, where a regex over every line is not."""
+    body = data if data.count(b"\n") == data.count(b"\r\n") else re.sub(rb"\r?\n", b"\r\n", data)
+    if body.startswith(b"."):
+        body = b"." + body
+    if b"\n." in body:
+        body = body.replace(b"\n.", b"\n..")
+    return body if body.endswith(b"\r\n") else body + b"\r\n"
+
+
 async def _send_body(smtp: aiosmtplib.SMTP, data: bytes, timeout: float) -> aiosmtplib.SMTPResponse:
     """The message after 354, dot-stuffed, then the reply.
 
@@ -270,9 +281,7 @@ async def _send_body(smtp: aiosmtplib.SMTP, data: bytes, timeout: float) -> aios
     protocol = smtp.protocol
     if protocol is None:
         raise smtp_errors.SMTPServerDisconnected("Connection lost")
-    body = re.sub(rb"(?m)^\.", b"..", re.sub(rb"\r?\n", b"\r\n", data))
-    if not body.endswith(b"\r\n"):
-        body += b"\r\n"
+    body = wire_body(data)
     protocol._response_pending = True  # noqa: SLF001 - see docstring
     protocol.write(body + b".\r\n")
     try:

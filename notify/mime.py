@@ -1,0 +1,127 @@
+"""The fast path for a message's bytes: what email.message.EmailMessage would produce, without its cost.
+
+Building an EmailMessage and calling as_bytes() costs about a millisecond a message, nearly all of
+it in the header registry's parse-and-refold (measured: bench/RESULTS.md). Every notice of a
+campaign has the same shape, so the constant headers are encoded once per campaign and each
+message only encodes what is its own: the To display name (RFC 2047 when not ASCII), the subject,
+the date, the Message-ID, and the two bodies (7bit or 8bit when every line fits in 78 octets, as
+the email package chooses; otherwise quoted-printable for ASCII text and base64 for the rest).
+
+assemble() returns None for anything it does not handle exactly (a line it cannot keep within
+RFC 5322's 998 octets, a header value that needs structural quoting it does not do); the caller
+then uses the email package. tests/test_mime.py parses both outputs with the email parser and
+compares every header and decoded body, across all shipped locales, non-ASCII display names and
+internationalized addresses.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import re
+from email.header import Header
+from email.utils import formataddr
+
+MAX_LINE = 998  # RFC 5322 2.1.1, octets excluding CRLF
+FOLD_AT = 78  # the email package's policy.max_line_length: longer body lines are encoded
+CRLF = b"\r\n"
+
+
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def _line(name: str, value: str) -> bytes | None:
+    line = f"{name}: {value}"
+    return line.encode("ascii") + CRLF if len(line) <= FOLD_AT else None
+
+
+def address_header(name: str, display: str, addr: str) -> bytes | None:
+    """`To: Name <addr>`: ASCII names quoted as RFC 5322 needs, others as RFC 2047 encoded-words."""
+    local, _, domain = addr.rpartition("@")
+    if not (_DOT_ATOM.fullmatch(local) and domain.isascii()) or "=?" in display or _CONTROL.search(display):
+        # A quoted local part, a name that looks encoded, or a control character (the email package
+        # refuses a line break outright: no header injection here either).
+        return None
+    if not display:
+        return _line(name, addr)
+    if display.isascii():
+        return _line(name, formataddr((display, addr)))  # None when long: folding a quoted name is not ours
+    return f"{name}: {encoded_words(display)} <{addr}>".encode("ascii") + CRLF
+
+
+def encoded_words(text: str) -> str:
+    """RFC 2047 B encoded-words, each at most 75 characters (45 octets of UTF-8, never splitting a
+    character), folded one per line: a header of any length stays within 78 octets a line."""
+    words, chunk, size = [], [], 0
+    for ch in text:
+        n = len(ch.encode("utf-8"))
+        if size + n > 45:
+            words.append("".join(chunk))
+            chunk, size = [], 0
+        chunk.append(ch)
+        size += n
+    words.append("".join(chunk))
+    return "\r\n ".join(f"=?utf-8?b?{base64.b64encode(w.encode('utf-8')).decode('ascii')}?=" for w in words)
+
+
+@functools.lru_cache(maxsize=1024)
+def subject_header(subject: str) -> bytes | None:
+    """Cached: most campaigns have one subject per version."""
+    if _CONTROL.search(subject) or "=?" in subject:
+        return None
+    if subject.isascii():
+        if short := _line("Subject", subject):
+            return short
+        folded = Header(subject, "us-ascii", header_name="Subject").encode(linesep="\r\n")  # at spaces
+        return f"Subject: {folded}".encode("ascii") + CRLF
+    return f"Subject: {encoded_words(subject)}".encode("ascii") + CRLF
+
+
+@functools.lru_cache(maxsize=16)
+def constant_headers(sender: tuple[str, str], reply_to: tuple[str, str] | None) -> tuple[bytes, bytes] | None:
+    """From and Reply-To, the same for every message of a campaign: encoded once. Each is (display, addr)."""
+    sender_line = address_header("From", *sender)
+    reply_line = address_header("Reply-To", *reply_to) if reply_to else b""
+    return None if sender_line is None or reply_line is None else (sender_line, reply_line)
+
+
+def body_part(content_type: str, text: str) -> bytes | None:
+    """One text part, encoded the way the email package's set_content() chooses, or None."""
+    lines = text.encode("utf-8").splitlines()
+    if max((len(x) for x in lines), default=0) <= FOLD_AT:
+        body = CRLF.join(lines) + CRLF
+        cte = "7bit" if body.isascii() else "8bit"
+    elif all(x.isascii() for x in lines):
+        body = binascii.b2a_qp(CRLF.join(lines) + CRLF, istext=True)
+        cte = "quoted-printable"
+    else:
+        body = base64.encodebytes(CRLF.join(lines) + CRLF).replace(b"\n", CRLF)  # canonical CRLF text, as the email package
+        cte = "base64"
+    head = f'Content-Type: {content_type}; charset="utf-8"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n'
+    return head.encode("ascii") + body
+
+
+def assemble(*, constant: tuple[bytes, bytes], to: bytes, subject: bytes, date: str, message_id: str, campaign_id: str,
+             locale: str, text: str, html: str) -> bytes | None:
+    """The whole message: headers in the email package's order, multipart/alternative text + HTML."""
+    plain, rich = body_part("text/plain", text), body_part("text/html", html)
+    if plain is None or rich is None:
+        return None
+    boundary = "=_notify_" + hashlib.sha256(message_id.encode()).hexdigest()[:24]
+    while boundary.encode() in plain or boundary.encode() in rich:  # as the email package does: never inside a part
+        boundary += "_"
+    sep = f"--{boundary}\r\n".encode("ascii")
+    head = constant[0] + to + constant[1] + subject + (
+        f"Date: {date}\r\nMessage-ID: {message_id}\r\nX-Notify-Id: {message_id}\r\n"
+        f"X-Notify-Campaign: {campaign_id}\r\nMIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n'
+        f"Content-Language: {locale}\r\n\r\n").encode("ascii")
+    data = head + sep + plain + CRLF + sep + rich + CRLF + f"--{boundary}--\r\n".encode("ascii")
+    if any(len(line) > MAX_LINE for line in data.split(CRLF)):
+        return None
+    return data

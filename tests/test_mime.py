@@ -1,0 +1,91 @@
+"""The fast MIME path gives a parser exactly what the email package gives it: every header, every
+decoded body, for every shipped version, non-ASCII names and internationalized addresses."""
+
+from __future__ import annotations
+
+import email
+import email.header
+import email.policy
+import re
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from notify import campaign
+from notify.render import Rendered, Templates, compose, compose_with_email_package, recipient_context
+
+from .conftest import EXAMPLE
+
+CAMPAIGN = campaign.load(EXAMPLE)
+TEMPLATES = Templates(CAMPAIGN)
+DATE = "Mon, 08 Aug 2022 12:00:00 +0000"
+
+NAMES = ["", "Alice Smith", "José Ñúñez", "田中 太郎", "محمد علي", 'Smith, John "JJ" (Ops)', "Ω" * 60,
+         "Renée O'Brien-Łukasiewicz de la Montaña y Hernández", "x" * 90]
+ADDRESSES = ["alice@example.com", "josé@xn--bcher-kva.example", "o'brien+notice@mail.xn--fsq.jp", "用户@例子.广告"]
+
+
+def decoded(data: bytes) -> dict[str, object]:
+    """What a reader's mail program sees: each header decoded (RFC 2047 by email.header, which drops
+    whitespace between encoded-words as RFC 2047 6.2 says), and each body decoded."""
+    raw = email.message_from_bytes(data, policy=email.policy.compat32)
+    headers = []
+    for name, value in raw.items():
+        if name.lower() == "content-type":
+            value = re.sub(r'boundary="[^"]+"', "boundary=*", " ".join(str(value).split()))  # boundaries differ by design
+        text = str(email.header.make_header(email.header.decode_header(str(value)))) if "=?" in str(value) else str(value)
+        headers.append((name, " ".join(text.replace('"', "").split())))
+    parsed = email.message_from_bytes(data, policy=email.policy.default)
+    bodies = [(part.get_content_type(), part.get_content_charset(), part.get_content())  # type: ignore[attr-defined]
+              for part in parsed.walk() if not part.is_multipart()]
+    return {"headers": headers, "bodies": bodies}
+
+
+def both(rendered: Rendered, address: str, name: str) -> tuple[bytes, bytes]:
+    fast = compose(CAMPAIGN, rendered, to_email=address, to_name=name, key=address.lower())
+    ref = compose_with_email_package(CAMPAIGN, rendered, to_email=address, to_name=name, mid=fast.message_id,
+                                     date=DATE, smtputf8=fast.smtputf8)
+    return re.sub(rb"Date: [^\r]+", f"Date: {DATE}".encode(), fast.data, count=1), ref
+
+
+def test_every_shipped_version_name_and_address() -> None:
+    fast_used = 0
+    for version in TEMPLATES.versions:
+        for address in ADDRESSES:
+            for name in NAMES:
+                rendered = TEMPLATES.render(version, recipient_context(address, name, version, "", {}))
+                fast, ref = both(rendered, address, name)
+                # The email package builds SMTPUTF8 messages and long quoted ASCII names; everything else is fast.
+                expected_fast = address.split("@")[0].isascii() and not (name.isascii() and len(name) > 60)
+                assert (b"=_notify_" in fast) == expected_fast, f"{version} {address} {name!r}"
+                fast_used += expected_fast
+                assert all(len(line) <= 998 for line in fast.split(b"\r\n"))
+                if b"=_notify_" not in fast:
+                    continue  # the email package built both: nothing to compare
+                assert decoded(fast) == decoded(ref), (version, address, name)
+    assert fast_used == len(TEMPLATES.versions) * 2 * 8
+
+
+def test_long_lines_are_encoded_and_short_ones_are_not() -> None:
+    long_ascii = Rendered("en", "S", "a" * 300 + "\n", "<p>" + "b " * 200 + "</p>\n")
+    long_utf8 = Rendered("ja", "件名", "あ" * 300 + "\n", "<p>" + "い" * 300 + "</p>\n")
+    short = Rendered("de", "Betreff", "Grüße\n", "<p>Grüße</p>\n")
+    for rendered, ctes in ((long_ascii, [b"quoted-printable", b"quoted-printable"]), (long_utf8, [b"base64", b"base64"]),
+                           (short, [b"8bit", b"8bit"])):
+        fast, ref = both(rendered, "alice@example.com", "Alice")
+        assert re.findall(rb"Content-Transfer-Encoding: (\S+)", fast) == ctes
+        assert decoded(fast) == decoded(ref)
+    fast, _ = both(Rendered("en", "x" * 1200, "t\n", "<p>h</p>\n"), "alice@example.com", "Alice")
+    assert b"=_notify_" not in fast, "a subject word longer than a line goes to the email package"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=50),
+       st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), min_size=1, max_size=120),
+       st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=400))
+def test_generated_names_subjects_and_bodies(name: str, subject: str, body: str) -> None:
+    subject = " ".join(subject.split()) or "x"  # render() collapses the subject to one line
+    rendered = Rendered("en", subject, body, f"<p>{body}</p>")
+    fast, ref = both(rendered, "alice@example.com", name)
+    assert all(len(line) <= 998 for line in fast.split(b"\r\n"))
+    assert decoded(fast) == decoded(ref)
