@@ -90,6 +90,7 @@ class SendConfig:
     max_bounce_rate: float = 0.05
     max_complaint_rate: float = 0.001
     reputation_window: int = 1000  # the last N sends; not judged until there are N
+    render_processes: int | None = None  # None: one per spare core once a run is large enough; 0: in the event loop
 
 
 @dataclass(frozen=True)
@@ -315,6 +316,7 @@ SEND_KEYS = {
     "max_bounce_rate": Key("number", False, lambda v: None if 0 < v <= 1 else "must be a fraction between 0 and 1"),
     "max_complaint_rate": Key("number", False, lambda v: None if 0 < v <= 1 else "must be a fraction between 0 and 1"),
     "reputation_window": Key("int", False, _positive),
+    "render_processes": Key("int", False, _non_negative),
 }
 RETRY_KEYS = {
     "base": Key("number", False, _positive),
@@ -462,6 +464,7 @@ def _build(file: Path, data: dict[str, Any]) -> Campaign:
             max_bounce_rate=float(send.get("max_bounce_rate", 0.05)),
             max_complaint_rate=float(send.get("max_complaint_rate", 0.001)),
             reputation_window=send.get("reputation_window", 1000),
+            render_processes=send.get("render_processes"),
         ),
         providers=providers,
         require_approval=camp.get("require_approval"),

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import json
+import os
 import signal
 import sys
 import time
 from collections import Counter
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -21,6 +24,7 @@ from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, Confi
                      ReputationPaused, StoreError, TemplateError)
 from .lint import lint
 from .providers.base import Kind, Outcome, Provider
+from .renderpool import Prepared, RenderPool, prepare
 from .recipients import STANDARD_COLUMNS
 from .render import Message, Rendered, Templates, compose, recipient_context, synthetic_recipient
 from .store import Change, Claimed, Event, ImportResult, Store, epoch_of
@@ -226,6 +230,17 @@ class Sender:
         self.since_reputation = 0  # outcomes committed since the breaker last looked
         self.reputation_since = 0.0
         self.bar: tqdm[Any] | None = None
+        self.pool: RenderPool | None = None
+        self.in_render: collections.deque[tuple[list[Claimed], asyncio.Future[list[Prepared]]]] = collections.deque()
+
+    def render_processes(self, due: int) -> int:
+        """[send] render_processes, or by default one process per spare core (at most 4) once there is
+        enough to send to pay for starting them (about half a second)."""
+        configured = self.campaign.send.render_processes
+        if configured is not None:
+            return configured
+        spare = (os.cpu_count() or 1) - 1
+        return min(4, spare) if due >= 2000 else 0
 
     # --- bookkeeping ---
 
@@ -321,14 +336,10 @@ class Sender:
 
     # --- one recipient ---
 
-    async def deliver(self, c: Claimed) -> None:
-        locale = self.templates.resolve(c.locale or self.campaign.default_locale, c.jurisdiction)
-        try:
-            rendered = self.templates.render(locale, recipient_context(c.email, c.name, c.locale, c.jurisdiction, c.vars))
-            msg = compose(self.campaign, rendered, to_email=c.email, to_name=c.name, key=c.key)
-        except (TemplateError, ValueError) as e:
-            # Preflight rendered every locale; this recipient's own data broke it. Fail it, loudly.
-            outcome = Outcome(Kind.PERMANENT, detail=f"could not render: {e}")
+    async def deliver(self, c: Claimed, prepared: Prepared | None) -> None:
+        locale, msg = prepared or prepare(self.templates, c)
+        if isinstance(msg, str):  # this recipient's own data broke the rendering: fail it, loudly
+            outcome = Outcome(Kind.PERMANENT, detail=msg)
             self.record(decide(self.campaign, c, outcome, None, locale, self.provider.name, self.wall()), outcome)
             return
         domain = c.email.rpartition("@")[2]
@@ -368,14 +379,15 @@ class Sender:
 
     # --- the loop ---
 
-    async def worker(self, queue: asyncio.Queue[Claimed | None]) -> None:
-        while (c := await queue.get()) is not None:
+    async def worker(self, queue: asyncio.Queue[tuple[Claimed, Prepared | None] | None]) -> None:
+        while (item := await queue.get()) is not None:
+            c, prepared = item
             if self.stop.is_set():
                 self.releases.append(c)
                 continue
             self.busy += 1
             try:
-                await self.deliver(c)
+                await self.deliver(c, prepared)
             except Exception:
                 # A bug, not an outcome: stop the whole run (nothing else may block on this worker);
                 # the recipient stays inflight on disk and the next run resends it in doubt.
@@ -384,7 +396,23 @@ class Sender:
             finally:
                 self.busy -= 1
 
-    async def producer(self, queue: asyncio.Queue[Claimed | None]) -> None:
+    async def hand_over(self, queue: asyncio.Queue[tuple[Claimed, Prepared | None] | None]) -> None:
+        """The oldest batch the render processes hold, once built, to the workers."""
+        claimed, future = self.in_render[0]
+        try:
+            prepared = await future
+        except BrokenProcessPool:
+            if not self.stop.is_set():
+                raise
+            prepared = None  # stopping anyway (a signal reached the pool): these go back below
+        self.in_render.popleft()
+        if prepared is None:
+            self.releases.extend(claimed)
+            return
+        for c, p in zip(claimed, prepared):
+            await queue.put((c, p))
+
+    async def producer(self, queue: asyncio.Queue[tuple[Claimed, Prepared | None] | None]) -> None:
         batch = max(2 * self.concurrency, 32)
         limit = self.options.limit
         since_pause = 0
@@ -396,14 +424,22 @@ class Sender:
             claimed = self.store.claim(want, self.wall(), self.throttle.saturated_domains(DOMAIN_HORIZON))
             if claimed:
                 self.claimed_total += len(claimed)
-                for c in claimed:
-                    await queue.put(c)
+                if self.pool is None:
+                    for c in claimed:
+                        await queue.put((c, None))
+                else:
+                    # Rendered in another process while the workers send: at most two batches ahead.
+                    self.in_render.append((claimed, asyncio.wrap_future(self.pool.submit(claimed))))
+                    while len(self.in_render) > 2 or (self.in_render and self.in_render[0][1].done()):
+                        await self.hand_over(queue)
                 since_pause += len(claimed)
                 if send_cfg.batch_size and send_cfg.batch_pause and since_pause >= send_cfg.batch_size:
                     since_pause = 0
                     await self.sleep(send_cfg.batch_pause)
                 continue
             # Nothing due right now: let in-flight work settle, then decide whether to wait.
+            while self.in_render and not self.stop.is_set():
+                await self.hand_over(queue)
             while (queue.qsize() or self.busy) and not self.stop.is_set():
                 await asyncio.sleep(0.02)
             self.flush()
@@ -448,11 +484,13 @@ class Sender:
             counts = store.counts()
             self.result.remaining = sum(counts.get(s, 0) for s in ("pending", "deferred", "inflight"))
             return self.result
-        store.log("send_started", provider=self.provider.name, concurrency=self.concurrency,
-                  rate=self.throttle.rate, limit=self.options.limit, recovered_inflight=self.result.recovered)
         total = store.count_due(self.wall())
         if self.options.limit is not None:
             total = min(total, self.options.limit)
+        processes = self.render_processes(total)
+        store.log("send_started", provider=self.provider.name, concurrency=self.concurrency,
+                  rate=self.throttle.rate, limit=self.options.limit, recovered_inflight=self.result.recovered,
+                  render_processes=processes)
         show = self.options.progress and sys.stderr.isatty()
         self.bar = tqdm(total=total, unit="msg", desc="sending", disable=not show, dynamic_ncols=True)
         loop = asyncio.get_running_loop()
@@ -466,7 +504,8 @@ class Sender:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, on_signal)
-        queue: asyncio.Queue[Claimed | None] = asyncio.Queue(maxsize=2 * self.concurrency)
+        self.pool = RenderPool(self.templates, processes) if processes else None
+        queue: asyncio.Queue[tuple[Claimed, Prepared | None] | None] = asyncio.Queue(maxsize=2 * self.concurrency)
         workers = [asyncio.create_task(self.worker(queue)) for _ in range(self.concurrency)]
         flusher = asyncio.create_task(self.flusher())
         failed = False
@@ -492,11 +531,17 @@ class Sender:
             flusher.cancel()
             for w in workers:
                 w.cancel()
-            # Anything still queued never reached the provider: put it back.
+            # Anything still queued or being rendered never reached the provider: put it back.
             while not queue.empty():
-                c = queue.get_nowait()
-                if c is not None:
-                    self.releases.append(c)
+                item = queue.get_nowait()
+                if item is not None:
+                    self.releases.append(item[0])
+            for claimed, future in self.in_render:
+                future.cancel()
+                self.releases.extend(claimed)
+            self.in_render.clear()
+            if self.pool is not None:
+                self.pool.close()
             try:
                 self.flush()
             except StoreError:

@@ -136,21 +136,29 @@ def _where(exc: BaseException, roots: list[Path]) -> str:
 class Templates:
     """One campaign's templates: campaign-local templates/<template>/ first, then the shipped ones."""
 
-    def __init__(self, campaign: Campaign, shipped: Path = SHIPPED_TEMPLATES) -> None:
+    def __init__(self, campaign: Campaign, shipped: Path = SHIPPED_TEMPLATES,
+                 snapshot: tuple[list[str], dict[str, tuple[str, str]]] | None = None) -> None:
+        """`snapshot` (from snapshot()) renders exactly the sources another Templates read, whatever the
+        files hold now: a render process must send what preflight checked and legal approved."""
         self.campaign = campaign
         self.roots = [p for p in (campaign.dir / "templates" / campaign.template, shipped / campaign.template) if p.is_dir()]
         if not self.roots:
             raise TemplateError(
                 f"{campaign.file}: [campaign] template: no template {campaign.template!r} "
                 f"(looked in {campaign.dir / 'templates'} and {shipped})")
+        loader: jinja2.BaseLoader = jinja2.FileSystemLoader([str(r) for r in self.roots])
+        if snapshot is not None:
+            sources = snapshot[1]
+            loader = jinja2.FunctionLoader(
+                lambda name: (sources[name][0], sources[name][1], lambda: True) if name in sources else None)
         self.env = ImmutableSandboxedEnvironment(
-            loader=jinja2.FileSystemLoader([str(r) for r in self.roots]),
+            loader=loader,
             undefined=Undefined,
             autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
             keep_trailing_newline=True,
         )
         self.env.filters["date"] = _date_filter
-        self.versions = self._discover()
+        self.versions = list(snapshot[0]) if snapshot is not None else self._discover()
         self._variant_by_lower = {v.lower(): v for v in self.variants}
         self._by_lower = {v.lower(): v for v in self.versions}
         self._resolved: dict[tuple[str, str], str] = {}  # (locale, jurisdiction) -> version: asked once per message
@@ -215,6 +223,16 @@ class Templates:
                 if p.is_file() and p.suffix in (".txt", ".html") and rel not in seen:
                     seen[rel] = p
         return seen
+
+    def snapshot(self) -> tuple[list[str], dict[str, tuple[str, str]]]:
+        """The versions and every template's source and file name, as read now (picklable)."""
+        sources = {}
+        for name, path in self.files().items():
+            try:
+                sources[name] = (path.read_text(encoding="utf-8"), str(path))
+            except (OSError, UnicodeDecodeError) as e:
+                raise TemplateError(f"{path}: cannot read: {e}") from None
+        return list(self.versions), sources
 
     def resolve(self, requested: str, jurisdiction: str = "") -> str:
         """The version a recipient gets: the variant of their jurisdiction (or the default), then within

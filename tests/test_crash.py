@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -23,8 +24,9 @@ N = 3000
 
 
 def start(d: Path, *args: str) -> subprocess.Popen[bytes]:
+    # A session of its own, so a signal can go to the whole process group as a terminal's Ctrl-C does.
     return subprocess.Popen([sys.executable, "-m", "notify", "send", str(d), "--no-progress", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
 def wait_for_files(d: Path, n: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -37,9 +39,13 @@ def wait_for_files(d: Path, n: int, proc: subprocess.Popen[bytes], timeout: floa
     raise AssertionError("send made no progress")
 
 
-def campaign_dir(make_campaign: MakeCampaign) -> Path:
+# Rendering in the event loop, and in a render process (what a large run does on two cores).
+RENDERING = pytest.mark.parametrize("processes", [0, 1], ids=["in-loop", "render-process"])
+
+
+def campaign_dir(make_campaign: MakeCampaign, processes: int) -> Path:
     rows = "email,name\n" + "".join(f"p{i}@example.com,Person {i}\n" for i in range(N))
-    return make_campaign(rows, template="t", templates=simple_templates())
+    return make_campaign(rows, template="t", templates=simple_templates(), send_extra=f"render_processes = {processes}\n")
 
 
 def check_complete(d: Path) -> None:
@@ -61,13 +67,14 @@ def check_complete(d: Path) -> None:
     store.close()
 
 
-def test_sigkill_mid_run_then_resume(make_campaign: MakeCampaign) -> None:
-    d = campaign_dir(make_campaign)
+@RENDERING
+def test_sigkill_mid_run_then_resume(make_campaign: MakeCampaign, processes: int) -> None:
+    d = campaign_dir(make_campaign, processes)
     kills = 0
     for target in (300, 1200):
         proc = start(d, "--rate", "700")
         wait_for_files(d, target, proc)
-        proc.send_signal(signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # the render process dies too, as in a power cut
         proc.communicate()
         kills += 1
         db = sqlite3.connect(d / ".notify" / "campaign.sqlite")
@@ -83,13 +90,16 @@ def test_sigkill_mid_run_then_resume(make_campaign: MakeCampaign) -> None:
     assert verify.returncode == 0 and verify.stdout.startswith(b"OK: ")
 
 
-def test_sigint_settles_in_flight_and_exits_130(make_campaign: MakeCampaign) -> None:
-    d = campaign_dir(make_campaign)
+@RENDERING
+def test_sigint_settles_in_flight_and_exits_130(make_campaign: MakeCampaign, processes: int) -> None:
+    d = campaign_dir(make_campaign, processes)
     proc = start(d, "--rate", "500")
     wait_for_files(d, 200, proc)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches every process of the group
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
+    started = Store(d / ".notify" / "campaign.sqlite").last_event_of(("send_started",))
+    assert started is not None and started["detail"]["render_processes"] == processes
     assert f"Resume with: notify send {d}".encode() in err
     store = Store(d / ".notify" / "campaign.sqlite")
     counts = store.counts()

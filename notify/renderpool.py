@@ -1,0 +1,63 @@
+"""Rendering and composing on the other core: a process pool that turns claimed recipients into messages.
+
+One message costs about 0.5 ms of CPU to render (sandboxed jinja2) and compose, about as much as
+sending it; in one process the event loop does both, one after the other. A render process builds
+the next batch while the event loop sends the current one (bench/RESULTS.md has the gain).
+
+The processes render exactly the templates preflight checked (a snapshot of their sources, not the
+files as they are later) for exactly the campaign it loaded (pickled). They ignore SIGINT and
+SIGTERM: stopping is the parent's decision, and a claimed recipient is already inflight on disk
+before it is rendered, so nothing a render process does or fails to do can lose a recipient.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+from concurrent.futures import ProcessPoolExecutor
+
+from .campaign import Campaign
+from .errors import TemplateError
+from .render import Message, Templates, compose, recipient_context
+from .store import Claimed
+
+Prepared = tuple[str, "Message | str"]  # (version, the message, or why it could not be built)
+
+_templates: Templates | None = None
+
+
+def prepare(templates: Templates, c: Claimed) -> Prepared:
+    """One recipient's version and message; a failure is the reason, for the engine to record."""
+    campaign = templates.campaign
+    try:
+        version = templates.resolve(c.locale or campaign.default_locale, c.jurisdiction)
+        rendered = templates.render(version, recipient_context(c.email, c.name, c.locale, c.jurisdiction, c.vars))
+        return version, compose(campaign, rendered, to_email=c.email, to_name=c.name, key=c.key)
+    except (TemplateError, ValueError) as e:
+        # Preflight rendered every version; this recipient's own data broke it.
+        return (c.locale or campaign.default_locale), f"could not render: {e}"
+
+
+def _init(campaign: Campaign, snapshot: tuple[list[str], dict[str, tuple[str, str]]]) -> None:
+    global _templates
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _templates = Templates(campaign, snapshot=snapshot)
+
+
+def _prepare_batch(batch: list[Claimed]) -> list[Prepared]:
+    assert _templates is not None
+    return [prepare(_templates, c) for c in batch]
+
+
+class RenderPool:
+    def __init__(self, templates: Templates, processes: int) -> None:
+        # spawn, not fork: the parent has an event loop, SQLite connections and perhaps threads.
+        self.pool = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_init, initargs=(templates.campaign, templates.snapshot()))
+
+    def submit(self, batch: list[Claimed]):  # type: ignore[no-untyped-def]
+        return self.pool.submit(_prepare_batch, batch)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)

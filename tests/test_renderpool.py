@@ -1,0 +1,54 @@
+"""Rendering in a separate process sends the same notices as rendering in the event loop, from the
+templates preflight checked even if the files change afterwards."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from notify import campaign
+from notify.cli import app
+from notify.render import Templates, recipient_context
+
+from .conftest import MakeCampaign
+
+ROWS = "email,name,locale,jurisdiction\n" + "".join(
+    f"p{i}@example{i % 7}.org,{['Ana Núñez', 'Bob', '田中 太郎', 'محمد'][i % 4]},{['en', 'fr', 'ja', 'ar', 'es'][i % 5]},"
+    f"{['US-MA', 'US-CA', 'EU-FR'][i % 3]}\n" for i in range(300))
+
+
+def sent(d: Path) -> dict[str, tuple[str, str, str, str]]:
+    """Message-ID -> (To, Subject, text, html) of every message in the outbox."""
+    out = {}
+    for p in (d / "outbox").glob("*.eml"):
+        m = email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
+        bodies = tuple(m.get_body((kind,)).get_content() for kind in ("plain", "html"))  # type: ignore[union-attr]
+        out[str(m["Message-ID"])] = (str(m["To"]), str(m["Subject"]), *bodies)
+    return out
+
+
+def test_a_render_process_sends_what_the_event_loop_would(make_campaign: MakeCampaign) -> None:
+    dirs = []
+    for processes in (0, 1):
+        d = make_campaign(ROWS, name=f"p{processes}", send_extra=f"render_processes = {processes}\n")
+        r = CliRunner().invoke(app, ["send", str(d), "--no-progress"])
+        assert r.exit_code == 0, r.output
+        dirs.append(d)
+    in_loop, pooled = sent(dirs[0]), sent(dirs[1])
+    assert len(in_loop) == 300 and in_loop == pooled
+
+
+def test_a_snapshot_renders_the_templates_as_they_were(make_campaign: MakeCampaign) -> None:
+    d = make_campaign()
+    c = campaign.load(d)
+    snapshot = Templates(c).snapshot()
+    local = d / "templates" / "breach-notice" / "en"
+    local.mkdir(parents=True)
+    for part in ("subject.txt", "body.txt", "body.html"):
+        (local / part).write_text("changed after review", encoding="utf-8")
+    person = recipient_context("a@example.com", "A", "en", "", {})
+    assert Templates(c).render("en", person).text == "changed after review"
+    assert Templates(c, snapshot=snapshot).render("en", person).text.startswith("NOTICE OF DATA BREACH")
