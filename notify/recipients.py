@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import functools
 import csv
 import hashlib
 import json
@@ -200,6 +201,48 @@ def normalize_locale(tag: str) -> str:
     return "-".join(p for p in (lang.lower(), script and script.title(), region and region.upper()) if p)
 
 
+STAND_IN_DOMAIN = "example.com"
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+
+
+@functools.lru_cache(maxsize=65536)
+def _domain(domain: str) -> str | EmailNotValidError:
+    """A domain's IDNA form, or why it is not valid: checked once per domain, not once per row (the
+    domain checks are most of email-validator's cost, and a breach list has few distinct domains)."""
+    try:
+        return validate_email(f"x@{domain}", check_deliverability=False, allow_smtputf8=True).ascii_domain
+    except EmailNotValidError as e:
+        return e
+
+
+def check_address(email: str) -> tuple[str | None, str | None]:
+    """(the address to send to: local part as written, domain lower-cased IDNA; or None, and why).
+    Exactly what email-validator says of the whole address, with the domain's verdict cached."""
+    local, at, domain = email.rpartition("@")
+    ascii_domain = _domain(domain) if at and local else None
+    if not isinstance(ascii_domain, str):
+        return _whole(email)  # no @, or a bad domain: email-validator's own words for the whole address
+    if len(local) <= 64 and _DOT_ATOM.fullmatch(local):
+        address = f"{local}@{ascii_domain}"  # plain ASCII dot-atom: valid as written (RFC 5322 3.4.1)
+    else:
+        try:
+            checked = validate_email(f"{local}@{STAND_IN_DOMAIN}", check_deliverability=False, allow_smtputf8=True)
+        except EmailNotValidError:
+            return _whole(email)
+        address = f"{checked.local_part}@{ascii_domain}"
+    if len(address.encode("utf-8")) > 254:
+        return _whole(email)  # too long as a whole
+    return address, None
+
+
+def _whole(email: str) -> tuple[str | None, str | None]:
+    try:
+        checked = validate_email(email, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError as e:
+        return None, str(e)
+    return f"{checked.local_part}@{checked.ascii_domain}", None
+
+
 _TRUE = {"true", "yes", "y", "1", "x"}
 _FALSE = {"false", "no", "n", "0", ""}
 _NO_BASIS = {"", "none", "no", "withdrawn", "revoked", "false", "0"}
@@ -264,11 +307,9 @@ def validate(record: Record) -> Recipient | Reject:
         return Reject(record.row, record.raw, "email is empty")
     if "<" in email or ">" in email:
         return Reject(record.row, record.raw, "email holds a display name; put only the address there and the name in the 'name' column")
-    try:
-        checked = validate_email(email, check_deliverability=False, allow_smtputf8=True)
-    except EmailNotValidError as e:
-        return Reject(record.row, record.raw, f"invalid email: {e}")
-    address = f"{checked.local_part}@{checked.ascii_domain}"
+    address, problem = check_address(email)
+    if address is None:
+        return Reject(record.row, record.raw, f"invalid email: {problem}")
     ineligible, problem = eligibility(fields)
     if problem:
         return Reject(record.row, record.raw, problem)

@@ -64,3 +64,17 @@ def test_address_and_name_survive_rendering(address: str, name: str) -> None:
     raw_to = email.message_from_string(msg.data.decode("utf-8"), policy=email.policy.compat32)["To"]
     assert display_name(raw_to, to.display_name) == item.name
     assert parsed["Message-ID"] == msg.message_id
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(addresses, st.text(max_size=80), st.builds(lambda a, b: f"{a}@{b}", st.text(max_size=70), st.text(max_size=70))))
+def test_cached_domain_check_says_what_email_validator_says(address: str) -> None:
+    """recipients.check_address validates each domain once; its verdict must be email-validator's own."""
+    from notify.recipients import check_address
+
+    try:
+        v = validate_email(address, check_deliverability=False, allow_smtputf8=True)
+        expected: tuple[str | None, str | None] = (f"{v.local_part}@{v.ascii_domain}", None)
+    except EmailNotValidError as e:
+        expected = (None, str(e))
+    assert check_address(address) == expected
