@@ -474,8 +474,7 @@ class Sender:
             self.result.notes.append(f"In doubt: {before}; settled from provider events: {before - after}; "
                                      f"{after} will be sent again with the same Message-ID.")
         if self.suppression is not None:
-            reasons = self.suppression.reasons_for(store.keys_in_states(("pending", "deferred")))
-            self.result.counts["suppressed"] += store.suppress_pending(reasons)
+            self.result.counts["suppressed"] += store.suppress_pending(self.suppression.path)
         self.switching = asyncio.Lock()
         self.reputation_since = self.settle_reputation()
         if not await self.activate():

@@ -74,26 +74,6 @@ class SuppressionList:
         for row in self.db.execute("SELECT address, kind, source, reason, added_at FROM suppressed ORDER BY added_at, address"):
             yield Entry(*row)
 
-    def reasons_for(self, keys: Iterator[str]) -> dict[str, str]:
-        """For each key on the list: a sentence saying why it is suppressed."""
-        out: dict[str, str] = {}
-        batch: list[str] = []
-
-        def flush() -> None:
-            marks = ",".join("?" * len(batch))
-            for addr, kind, source, reason in self.db.execute(
-                    f"SELECT address, kind, source, reason FROM suppressed WHERE address IN ({marks})", batch):
-                out[addr] = f"on the suppression list ({kind}, from {source}): {reason}"
-            batch.clear()
-
-        for key in keys:
-            batch.append(key)
-            if len(batch) >= 900:
-                flush()
-        if batch:
-            flush()
-        return out
-
     def import_file(self, path: Path, kind: str, source: str, reason: str) -> tuple[int, int, int]:
         """Adds every valid address of a recipients-style file; returns (read, added, invalid)."""
         read_n = added = invalid = 0
