@@ -457,6 +457,9 @@ class Sender:
                 self.result.stopped = "only retries scheduled for later remain"
                 break
             await self.sleep(wait)
+        # Claimed within the limit and being rendered: theirs to send, unless the run is stopping.
+        while self.in_render and not self.stop.is_set():
+            await self.hand_over(queue)
 
     async def sleep(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):

@@ -6,14 +6,18 @@ the next batch while the event loop sends the current one (bench/RESULTS.md has 
 
 The processes render exactly the templates preflight checked (a snapshot of their sources, not the
 files as they are later) for exactly the campaign it loaded (pickled). They ignore SIGINT and
-SIGTERM: stopping is the parent's decision, and a claimed recipient is already inflight on disk
+SIGTERM: stopping is the parent's decision (and they exit on their own if the parent is killed
+outright), and a claimed recipient is already inflight on disk
 before it is rendered, so nothing a render process does or fails to do can lose a recipient.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 from .campaign import Campaign
@@ -42,6 +46,14 @@ def _init(campaign: Campaign, snapshot: tuple[list[str], dict[str, tuple[str, st
     global _templates
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def orphaned() -> None:  # the parent was killed (kill -9): nothing will ask for work again
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=orphaned, daemon=True).start()
     _templates = Templates(campaign, snapshot=snapshot)
 
 

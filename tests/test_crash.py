@@ -111,3 +111,32 @@ def test_sigint_settles_in_flight_and_exits_130(make_campaign: MakeCampaign, pro
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     check_complete(d)
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to find the render process")
+def test_a_render_process_exits_when_its_parent_is_killed(make_campaign: MakeCampaign) -> None:
+    d = campaign_dir(make_campaign, 1)
+    proc = start(d, "--rate", "500")
+    wait_for_files(d, 100, proc)
+    kids = children(proc.pid)
+    assert kids, "the send has a render process (and multiprocessing's resource tracker)"
+    proc.send_signal(signal.SIGKILL)  # the parent only, as the OOM killer would
+    proc.communicate()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and [k for k in kids if Path(f"/proc/{k}").exists() and
+                                             Path(f"/proc/{k}/stat").read_text().split()[2] != "Z"]:
+        time.sleep(0.1)
+    alive = [k for k in kids if Path(f"/proc/{k}").exists() and Path(f"/proc/{k}/stat").read_text().split()[2] != "Z"]
+    assert not alive, f"left running after the parent died: {alive}"
