@@ -320,7 +320,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small N: well under a minute")
     ap.add_argument("--out", type=Path, help="also write the report (markdown) here")
-    ap.add_argument("--only", help="run only this step (end_to_end, import, memory, rate, resume, ledger)")
+    ap.add_argument("--only", help="run only these steps, comma-separated (end_to_end, import, memory, rate, resume, ledger)")
     args = ap.parse_args()
     if not Path(SINK).exists():
         raise SystemExit("bench: smtp-sink not found: run `make bench` (it installs Debian's postfix)")
@@ -339,7 +339,7 @@ def main() -> None:
                  ("resume", lambda: bench_resume(work, sizes["resume"], sink)),
                  ("ledger", lambda: bench_ledger(work, 5_000 if q else 20_000))]
         for name, step in steps:
-            if args.only and name != args.only:
+            if args.only and name not in args.only.split(","):
                 continue
             t0 = time.perf_counter()
             report[name] = step()

@@ -128,6 +128,11 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("0004_version", """
         ALTER TABLE recipients ADD COLUMN version TEXT
     """),
+    # claim() takes pending rows in id order; without this, SQLite sorted every pending row for
+    # every batch (a temp B-tree per claim), and a million-recipient send slowed to a crawl.
+    ("0005_claim_order", """
+        CREATE INDEX recipients_state_id ON recipients(state, id)
+    """),
 ]
 
 EVENT_FIELDS = ("seq", "ts", "recipient", "kind", "provider", "provider_message_id", "detail",

@@ -151,3 +151,16 @@ def test_second_sender_is_refused(make_campaign: MakeCampaign) -> None:
     a.close()
     b.lock()
     b.close()
+
+
+def test_claiming_pending_recipients_needs_no_sort(tmp_path: Path) -> None:
+    """A claim must not sort every pending row (quadratic over a million-recipient send)."""
+    from notify.store import CLAIM_COLUMNS
+
+    (tmp_path / "r.csv").write_text("email\n" + "".join(f"u{i}@example.org\n" for i in range(100)))
+    store = Store.open(tmp_path / ".notify")
+    store.import_file(tmp_path / "r.csv")
+    plan = " ".join(str(row) for row in store.db.execute(
+        f"EXPLAIN QUERY PLAN SELECT {CLAIM_COLUMNS} FROM recipients WHERE state='pending' ORDER BY id LIMIT 64"))
+    store.close()
+    assert "TEMP B-TREE" not in plan, plan
