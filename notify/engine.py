@@ -620,10 +620,13 @@ def dry_run(campaign: Campaign, pre: Preflight, options: SendOptions) -> RunResu
         total = pre.store.count_unsent() if options.limit is None else min(options.limit, pre.store.count_unsent())
         with tqdm(total=total, unit="msg", desc="dry run", disable=not (options.progress and sys.stderr.isatty())) as bar:
             for c in rows:
-                loc = pre.templates.resolve(c.locale or campaign.default_locale, c.jurisdiction)  # type: ignore[union-attr]
-                rendered = pre.templates.render(loc, recipient_context(c.email, c.name, c.locale, c.jurisdiction, c.vars))  # type: ignore[union-attr]
-                outcome = await out.send(compose(campaign, rendered, to_email=c.email, to_name=c.name, key=c.key))
-                result.counts["rendered" if outcome.kind is Kind.ACCEPTED else "failed"] += 1
+                _, msg = prepare(pre.templates, c)  # type: ignore[arg-type]
+                if isinstance(msg, str):  # this recipient's data breaks the notice: say which, go on
+                    result.counts["failed"] += 1
+                    result.notes.append(f"row {c.row} ({c.email}): {msg}")
+                else:
+                    outcome = await out.send(msg)
+                    result.counts["rendered" if outcome.kind is Kind.ACCEPTED else "failed"] += 1
                 bar.update(1)
 
     asyncio.run(go())
