@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable
 
 from . import __version__
 from .campaign import Campaign
+from .render import split_version
 from .store import GENESIS, Store, event_hash
 
 
@@ -96,7 +97,7 @@ def export(campaign: Campaign, store: Store, out: Path, template_hashes: dict[st
             (row, email, state, detail, attempts, first, updated, provider, pmid, mid, sha, locale, juris, doubt, name,
              version) = r
             # What was sent, as recorded at the time; for those never sent, what would be.
-            variant, _, used = (version or resolve(locale or campaign.default_locale, juris)).rpartition("/")
+            variant, used = split_version(version or resolve(locale or campaign.default_locale, juris))
             rw.writerow((row, email, state, detail or "", attempts, _iso(first), updated or "", provider or "", pmid or "",
                          mid or "", sha or "", used, variant, juris, "yes" if doubt else ""))
             rows_out += 1

@@ -111,7 +111,7 @@ def check(campaign: Path = CampaignArg,
         if pre.templates:
             typer.echo(f"templates   {c.template}: {len(pre.templates.locales)} locales ({', '.join(pre.templates.locales)})"
                        + "".join(f"; variant {v}: {', '.join(locs)}" for v, locs in pre.templates.variants.items())
-                       + (f"; rendered {len(pre.rendered_locales)} versions" if pre.rendered_locales else ""))
+                       + (f"; rendered {len(pre.rendered)} versions" if pre.rendered else ""))
         if imp:
             typer.echo(f"recipients  {imp.path}: {imp.rows_read} rows read = {imp.accepted} accepted + {imp.rejected} rejected"
                        + (" (already imported)" if imp.already else ""))
@@ -233,7 +233,7 @@ def send(
         if did == 0 and not result.stopped and not result.interrupted:
             typer.echo("Nothing left to send: every recipient is in a final state.")
         else:
-            via = " then ".join(result.providers) or result.provider
+            via = " then ".join(result.providers) or "no provider (none could send)"
             typer.echo(f"This run via {via}: sent {counts['sent']}, deferred {counts['deferred']}, "
                        f"failed {counts['failed']}.")
         st = engine.status(c, store)

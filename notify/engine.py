@@ -26,7 +26,8 @@ from .lint import lint
 from .providers.base import Kind, Outcome, Provider
 from .renderpool import Prepared, RenderPool, prepare
 from .recipients import STANDARD_COLUMNS
-from .render import Message, Rendered, Templates, compose, recipient_context, synthetic_recipient
+from .render import (Message, Rendered, Templates, compose, recipient_context, split_version, synthetic_recipient,
+                     version_order)
 from .store import Change, Claimed, Event, ImportResult, Store, epoch_of
 from .suppression import SuppressionList
 from .throttle import Clock, RealClock, Throttle
@@ -45,7 +46,6 @@ class Preflight:
     imported: ImportResult | None
     problems: list[str] = field(default_factory=list)
     hints: list[str] = field(default_factory=list)  # each said once, however many problems share it
-    rendered_locales: list[str] = field(default_factory=list)  # every version rendered ("en", "US-MA/en")
     rendered: list[tuple[Rendered, Message]] = field(default_factory=list)  # one sample of each, for the lint
     warnings: list[str] = field(default_factory=list)  # content lint warnings: said, but they stop nothing
 
@@ -100,12 +100,11 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
             continue
         targets.setdefault(version, recipient_context(s["email"], s["name"], requested, juris, s["vars"]))
     for version in templates.versions:
-        targets.setdefault(version, synthetic_recipient(version.rpartition("/")[2], columns))
-    for version, recipient in sorted(targets.items(), key=lambda kv: ("/" in kv[0], kv[0])):
+        targets.setdefault(version, synthetic_recipient(split_version(version)[1], columns))
+    for version, recipient in sorted(targets.items(), key=lambda kv: version_order(kv[0])):
         try:
             rendered = templates.render(version, recipient)
             msg = compose(campaign, rendered, to_email=recipient["email"], to_name=recipient["name"], key=recipient["email"].lower())
-            pre.rendered_locales.append(version)
             pre.rendered.append((rendered, msg))
         except TemplateError as e:
             pre.add(str(e), e.hint)
@@ -134,7 +133,6 @@ class SendOptions:
 
 @dataclass
 class RunResult:
-    provider: str
     providers: list[str] = field(default_factory=list)  # those that sent in this run, in order
     counts: Counter[str] = field(default_factory=Counter)  # outcomes of this run: sent, deferred, failed
     recovered: int = 0  # recipients found inflight from a crashed run
@@ -159,10 +157,11 @@ def backoff_delay(campaign: Campaign, attempts: int) -> float:
     return min(policy.max_interval, policy.base * 2 ** max(0, attempts - 1))
 
 
-def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None, locale: str,
+def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None, version: str,
            provider: str, now: float) -> Change:
-    """Turns one provider outcome into the state change and event that record it; `locale` is the
-    template version used ("en", or "US-MA/en" for a jurisdiction's variant)."""
+    """Turns one provider outcome into the state change and event that record it; `version` is the
+    template version used ("en", or "US-MA/en" for a jurisdiction's variant), which the event
+    keeps in its locale field."""
     attempts = c.attempts + 1
     first = c.first_attempt_at or now
     detail: dict[str, Any] = {"attempt": attempts, "reply": outcome.describe()}
@@ -174,14 +173,14 @@ def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None
               "message_id": msg.message_id if msg else None,
               "detail": outcome.describe()[:500],
               "reply_code": " ".join(str(p) for p in (outcome.code, outcome.status) if p) or outcome.kind.value}
-    ev = dict(recipient_id=c.id, recipient=c.key, provider=provider, locale=locale,
+    ev = dict(recipient_id=c.id, recipient=c.key, provider=provider, locale=version,
               content_sha256=msg.sha256 if msg else None)
     if outcome.kind is Kind.ACCEPTED:
         if c.doubt:
             detail["possible_duplicate"] = True
         return Change(c.id, "sent", Event("sent", provider_message_id=outcome.provider_message_id, detail=detail, **ev),  # type: ignore[arg-type]
                       fields={**common, "provider_message_id": outcome.provider_message_id,
-                              "content_sha256": ev["content_sha256"], "version": locale})
+                              "content_sha256": ev["content_sha256"], "version": version})
     if outcome.kind is Kind.PERMANENT:
         return Change(c.id, "failed", Event("failed", detail=detail, **ev), fields=common)  # type: ignore[arg-type]
     # temporary or in doubt: retry with backoff, until the policy gives up
@@ -221,7 +220,7 @@ class Sender:
         self.concurrency = options.concurrency or campaign.send.concurrency
         self.base_rate = options.rate if options.rate is not None else campaign.send.rate
         self.throttle = Throttle(self.base_rate, campaign.send.domains, self.clock)
-        self.result = RunResult(chain[0].name)
+        self.result = RunResult()
         self.stop = asyncio.Event()
         self.changes: list[Change] = []
         self.releases: list[Claimed] = []
@@ -337,10 +336,10 @@ class Sender:
     # --- one recipient ---
 
     async def deliver(self, c: Claimed, prepared: Prepared | None) -> None:
-        locale, msg = prepared or prepare(self.templates, c)
+        version, msg = prepared or prepare(self.templates, c)
         if isinstance(msg, str):  # this recipient's own data broke the rendering: fail it, loudly
             outcome = Outcome(Kind.PERMANENT, detail=msg)
-            self.record(decide(self.campaign, c, outcome, None, locale, self.provider.name, self.wall()), outcome)
+            self.record(decide(self.campaign, c, outcome, None, version, self.provider.name, self.wall()), outcome)
             return
         domain = c.email.rpartition("@")[2]
         if self.throttle.domain_delay(domain) > DOMAIN_HORIZON:
@@ -362,7 +361,7 @@ class Sender:
             self.log_rate(self.throttle.backoff(f"{provider.name}: {outcome.describe()}"))
         else:
             self.log_rate(self.throttle.recover())
-        self.record(decide(self.campaign, c, outcome, msg, locale, provider.name, self.wall()), outcome)
+        self.record(decide(self.campaign, c, outcome, msg, version, provider.name, self.wall()), outcome)
 
     def record(self, change: Change, outcome: Outcome) -> None:
         self.changes.append(change)
@@ -613,7 +612,7 @@ def dry_run(campaign: Campaign, pre: Preflight, options: SendOptions) -> RunResu
     """Renders every unsent recipient into <campaign>/dry-run/; changes no recipient state."""
     assert pre.templates is not None
     out = providers.build(OutboxConfig(name="dry-run", path=campaign.dir / "dry-run", fsync=False))
-    result = RunResult("dry-run")
+    result = RunResult()
 
     async def go() -> None:
         rows = pre.store.unsent(options.limit)
@@ -697,11 +696,11 @@ def status(campaign: Campaign, store: Store, templates: Templates | None = None)
     versions: Counter[str] = Counter()
     try:
         templates = templates or Templates(campaign)
-        for (requested, juris), s in store.samples().items():
-            got = templates.resolve(requested or campaign.default_locale, juris)
-            versions[got] += s["count"]
-            if got.rpartition("/")[2] != requested:
-                fallbacks[f"{requested or '(none)'} -> {got}"] += s["count"]
+        for version, group in templates.by_version(store.samples()).items():
+            for s in group:
+                versions[version] += s["count"]
+                if split_version(version)[1] != s["locale"]:
+                    fallbacks[f"{s['locale'] or '(none)'} -> {version}"] += s["count"]
     except NotifyError:
         templates = None
     last = store.last_import()

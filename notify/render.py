@@ -64,6 +64,11 @@ def split_version(version: str) -> tuple[str, str]:
     return variant, locale
 
 
+def version_order(version: str) -> tuple[bool, str]:
+    """The default variant's locales first, then each variant's: en, fr, US-MA/en."""
+    return "/" in version, version
+
+
 def message_id(campaign_id: str, key: str, domain: str) -> str:
     """Deterministic per (campaign, address): a resend after a crash carries the same ID."""
     digest = hashlib.sha256(f"{campaign_id}\0{key}".encode()).hexdigest()[:32]
@@ -179,7 +184,7 @@ class Templates:
             raise TemplateError("; ".join(problems), hint="every locale needs subject.txt, body.txt and body.html")
         if not any("/" not in v for v in found):
             raise TemplateError(f"{self.roots[0]}: no locales (expected directories such as en/ holding {', '.join(PARTS)})")
-        return sorted(found, key=lambda v: ("/" in v, v))
+        return sorted(found, key=version_order)
 
     def _dir(self, version: str) -> Path:
         variant, locale = split_version(version)
@@ -223,6 +228,14 @@ class Templates:
                 if p.is_file() and p.suffix in (".txt", ".html") and rel not in seen:
                     seen[rel] = p
         return seen
+
+    def by_version(self, samples: dict[tuple[str, str], dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        """Store.samples() grouped by the version each (requested locale, jurisdiction) gets, in row order:
+        how many get each version, who falls back into it, and a real recipient to render it for."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for (requested, juris), sample in sorted(samples.items(), key=lambda kv: kv[1]["row"]):
+            out.setdefault(self.resolve(requested or self.campaign.default_locale, juris), []).append(sample)
+        return out
 
     def snapshot(self) -> tuple[list[str], dict[str, tuple[str, str]]]:
         """The versions and every template's source and file name, as read now (picklable)."""

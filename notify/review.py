@@ -15,7 +15,7 @@ from typing import Any
 from . import __version__
 from .campaign import Campaign, OutboxConfig
 from .errors import NotApproved
-from .render import Templates, compose, recipient_context, synthetic_recipient
+from .render import Templates, compose, recipient_context, split_version, synthetic_recipient
 from .store import Store
 
 
@@ -76,11 +76,11 @@ class Version:
 
     @property
     def locale(self) -> str:
-        return self.version.rpartition("/")[2]
+        return split_version(self.version)[1]
 
     @property
     def variant(self) -> str:
-        return self.version.rpartition("/")[0]
+        return split_version(self.version)[0]
 
     @property
     def slug(self) -> str:
@@ -95,19 +95,14 @@ def preview(campaign: Campaign, store: Store, templates: Templates, out: Path) -
     """Renders every version (variant and locale) the campaign can use for a representative recipient
     into out/; sends nothing."""
     out.mkdir(parents=True, exist_ok=True)
-    samples = store.samples()
-    counts: dict[str, list[tuple[str, str, int]]] = {v: [] for v in templates.versions}
-    chosen: dict[str, dict[str, Any]] = {}
-    for (req, juris), s in sorted(samples.items(), key=lambda kv: kv[1]["row"]):
-        version = templates.resolve(req or campaign.default_locale, juris)
-        counts.setdefault(version, []).append((req, juris, s["count"]))
-        chosen.setdefault(version, s)
+    groups = templates.by_version(store.samples())
     columns = store.columns()
     versions = []
     for version in templates.versions:
-        locale = version.rpartition("/")[2]
-        if version in chosen:
-            s = chosen[version]
+        variant, locale = split_version(version)
+        group = groups.get(version, [])
+        if group:
+            s = group[0]
             recipient = recipient_context(s["email"], s["name"], s["locale"], s["jurisdiction"], s["vars"])
             sample = f"row {s['row']}"
         else:
@@ -116,10 +111,10 @@ def preview(campaign: Campaign, store: Store, templates: Templates, out: Path) -
         msg = compose(campaign, rendered, to_email=recipient["email"], to_name=recipient["name"], key=recipient["email"].lower())
         files = {"eml": msg.data, "txt": rendered.text.encode(), "html": rendered.html.encode()}
         falls: Counter[str] = Counter()
-        for req, juris, n in counts.get(version, []):
-            if req != locale:
-                falls[(req or "(none)") + (f" ({juris})" if "/" in version else "")] += n
-        v = Version(version, sum(n for _, _, n in counts.get(version, [])), sorted(falls.items()), sample, rendered.subject,
+        for g in group:
+            if g["locale"] != locale:
+                falls[(g["locale"] or "(none)") + (f" ({g['jurisdiction']})" if variant else "")] += g["count"]
+        v = Version(version, sum(g["count"] for g in group), sorted(falls.items()), sample, rendered.subject,
                     campaign.sender, rendered.text, rendered.html, {k: _sha(d) for k, d in files.items()})
         for kind, data in files.items():
             (out / f"{v.slug}.{kind}").write_bytes(data)
