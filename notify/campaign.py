@@ -51,6 +51,7 @@ class SmtpConfig:
     dkim_selector: str | None
     dkim_domain: str | None
     ca_file: Path | None = None  # a private CA for the relay's certificate (verification stays on)
+    pipelining: bool = True  # MAIL, RCPT and DATA in one write where the server offers PIPELINING
     type: str = "smtp"
 
 
@@ -341,6 +342,7 @@ PROVIDER_KEYS: dict[str, dict[str, Key]] = {
         "dkim_selector": Key("str"),
         "dkim_domain": Key("str"),
         "ca_file": Key("str"),
+        "pipelining": Key("bool"),
     },
     "ses": {
         "type": Key("str", True),
@@ -501,6 +503,7 @@ def _provider(base: Path, name: str, kind: str, t: dict[str, Any]) -> ProviderCo
             dkim_selector=t.get("dkim_selector"),
             dkim_domain=t.get("dkim_domain"),
             ca_file=base / t["ca_file"] if "ca_file" in t else None,
+            pipelining=t.get("pipelining", True),
         )
     return SesConfig(
         name=name,

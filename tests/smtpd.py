@@ -1,5 +1,6 @@
 """A real SMTP server for tests: aiosmtpd on 127.0.0.1 (port 0), in its own thread, with scripted faults.
 
+The server offers PIPELINING unless told not to (aiosmtpd reads pipelined commands in order).
 Faults are scripted per recipient (a list consumed one per attempt) or drawn from a seeded random
 source. Each is (stage, action): stage is "mail", "rcpt" or "data" ("data" runs after the final
 dot, when the whole message has arrived); action is an SMTP reply line ("451 4.3.0 Try later"),
@@ -42,6 +43,7 @@ class Handler:
     received: list[Received] = field(default_factory=list)
     log: list[tuple[str, str]] = field(default_factory=list)  # (recipient, what the server did)
     mail_replies: list[str] = field(default_factory=list)  # replies for MAIL, consumed in order (None-free)
+    pipelining: bool = True  # offer PIPELINING (RFC 2920), as Postfix and the big relays do
     connections: int = 0
 
     def __post_init__(self) -> None:
@@ -70,6 +72,11 @@ class Handler:
             await asyncio.sleep(float(action.split(":")[1]))
             return "451 4.4.2 stalled"
         return action
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname  # aiosmtpd leaves this to a handler that takes over EHLO
+        return responses[:-1] + ["250-PIPELINING"] + responses[-1:] if self.pipelining else responses
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:

@@ -38,11 +38,15 @@ def expected(action: str) -> tuple[str, bool]:
     return ("deferred" if code < 500 else "failed"), False
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_random_faults_ledger_matches_server(make_campaign: MakeCampaign, seed: int) -> None:
-    h = Handler(random_faults=FAULTS, fault_rate=0.15, seed=seed)
+@pytest.mark.parametrize("seed,pipelining", [(1, "offered"), (2, "offered"), (3, "offered"), (4, "not offered"),
+                                              (5, "declined")])
+def test_random_faults_ledger_matches_server(make_campaign: MakeCampaign, seed: int, pipelining: str) -> None:
+    """Pipelined (the server offers it), one command at a time (it does not, or the relay's config
+    says pipelining = false): the ledger matches what the server did, either way."""
+    h = Handler(random_faults=FAULTS, fault_rate=0.15, seed=seed, pipelining=pipelining != "not offered")
     with Server(h) as srv:
-        d = smtp_campaign(make_campaign, srv.port, n=120, name=f"camp{seed}")
+        relay = "pipelining = false\n" if pipelining == "declined" else ""
+        d = smtp_campaign(make_campaign, srv.port, n=120, name=f"camp{seed}", relay=relay)
         toml = d / "campaign.toml"
         toml.write_text(toml.read_text().replace("timeout = 2", "timeout = 1").replace("max_attempts = 4", "max_attempts = 50"))
         code, _, err = send(d, "--concurrency", "4")
@@ -78,8 +82,11 @@ def test_random_faults_ledger_matches_server(make_campaign: MakeCampaign, seed: 
             assert received[rcpt] == sum(1 for a in server[rcpt] if a == "data:drop")
 
 
-def test_mail_stage_replies(make_campaign: MakeCampaign) -> None:
-    h = Handler(mail_replies=["451 4.3.0 MAIL later", "550 5.7.1 Sender blocked", None, None, None])  # type: ignore[list-item]
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_mail_stage_replies(make_campaign: MakeCampaign, pipelining: bool) -> None:
+    """A refused MAIL: pipelined, the RCPT and DATA behind it are refused too and read before RSET."""
+    h = Handler(mail_replies=["451 4.3.0 MAIL later", "550 5.7.1 Sender blocked", None, None, None],  # type: ignore[list-item]
+                pipelining=pipelining)
     with Server(h) as srv:
         d = smtp_campaign(make_campaign, srv.port, n=3)
         code, out, _ = send(d, "--concurrency", "1")

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from notify.audit import verify_chain
 from notify.campaign import load
 from notify.cli import app
-from notify.errors import ConfigError
+from notify.errors import EXIT_FAILED, ConfigError
 from notify.providers import build
 from notify.providers.base import Kind
 from notify.providers.smtp import classify_exception, classify_reply
@@ -410,3 +410,103 @@ def test_wire_body_dot_stuffs_and_normalizes_line_ends() -> None:
     assert wire_body(b".top\r\nmid\r\n.dot\r\n..two\r\nend") == b"..top\r\nmid\r\n..dot\r\n...two\r\nend\r\n"
     assert wire_body(b"a\nb\r\n.c\n") == b"a\r\nb\r\n..c\r\n"
     assert wire_body(b"plain\r\n") == b"plain\r\n"
+
+
+class StrictServer:
+    """A line-level SMTP server on 127.0.0.1 that checks how the client groups its commands.
+
+    Offering PIPELINING, it withholds its replies to MAIL and RCPT until DATA has arrived: a client
+    that waited for each reply would stall and time out. Not offering it, it records any command
+    that arrived before the reply to the one before it: a client must not pipeline unasked."""
+
+    def __init__(self, pipelining: bool, refuse: dict[str, str] | None = None) -> None:
+        import socket
+        import threading
+
+        self.pipelining = pipelining
+        self.refuse = refuse or {}  # recipient -> reply to its RCPT
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.early: list[str] = []  # commands sent before their predecessor was answered
+        self.delivered: list[str] = []
+        self.threads: list[threading.Thread] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _serve(self, conn: Any) -> None:
+        buf = b""
+
+        def line() -> bytes:
+            nonlocal buf
+            while b"\n" not in buf:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return b""
+                buf += chunk
+            head, _, buf = buf.partition(b"\n")
+            return head + b"\n"
+
+        conn.sendall(b"220 strict ESMTP\r\n")
+        held: list[bytes] = []  # replies withheld until DATA (pipelining mode)
+        rcpt = ""
+        while raw := line():
+            cmd = raw.decode().strip()
+            verb = cmd.split(" ", 1)[0].upper()
+            if not self.pipelining and buf:
+                self.early.append(buf.decode(errors="replace").strip())  # arrived before this command's reply
+            if verb == "EHLO":
+                conn.sendall(b"250-strict\r\n" + (b"250-PIPELINING\r\n" if self.pipelining else b"") + b"250 8BITMIME\r\n")
+            elif verb in ("MAIL", "RCPT"):
+                if verb == "RCPT":
+                    rcpt = cmd.split("<", 1)[1].rstrip(">")
+                reply = (self.refuse.get(rcpt, "250 2.1.5 ok") if verb == "RCPT" else "250 2.1.0 ok").encode() + b"\r\n"
+                if self.pipelining:
+                    held.append(reply)
+                else:
+                    conn.sendall(reply)
+            elif verb == "DATA":
+                ok = rcpt not in self.refuse
+                conn.sendall(b"".join(held) + (b"354 go ahead\r\n" if ok else b"554 5.5.1 no valid recipients\r\n"))
+                held = []
+                if ok:
+                    while line() not in (b".\r\n", b""):
+                        pass
+                    self.delivered.append(rcpt)
+                    conn.sendall(b"250 2.0.0 queued\r\n")
+            elif verb == "RSET":
+                conn.sendall(b"250 2.0.0 reset\r\n")
+            elif verb == "QUIT":
+                conn.sendall(b"221 2.0.0 bye\r\n")
+                break
+            else:
+                conn.sendall(b"502 5.5.2 unknown\r\n")
+        conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_envelope_is_pipelined_exactly_when_the_server_offers_it(make_campaign: MakeCampaign, pipelining: bool) -> None:
+    srv = StrictServer(pipelining, refuse={"p3@example.com": "550 5.1.1 no such user"})
+    try:
+        d = smtp_campaign(make_campaign, srv.port, n=12)
+        code, _, err = send(d, "--concurrency", "2")
+    finally:
+        srv.close()
+    assert code == EXIT_FAILED, err  # p3 refused; everyone else sent (a stalled client would defer them all)
+    assert sorted(srv.delivered) == sorted(f"p{i}@example.com" for i in range(12) if i != 3)
+    assert srv.early == [], f"commands sent before their predecessor's reply: {srv.early}"
+    rows = ledger(d)
+    assert rows["p3@example.com"][0] == "failed" and str(rows["p3@example.com"][3]).startswith("550")
