@@ -22,6 +22,7 @@ from . import providers
 from .campaign import Campaign, OutboxConfig
 from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, ConfigError, NotifyError,
                      ReputationPaused, StoreError, TemplateError)
+from .ledger import Ledger
 from .lint import lint
 from .providers.base import Kind, Outcome, Provider
 from .renderpool import Prepared, RenderPool, prepare
@@ -34,6 +35,7 @@ from .throttle import Clock, RealClock, Throttle
 
 FLUSH_EVERY = 0.1  # seconds: the longest an outcome waits in memory before it is committed
 FLUSH_SIZE = 128  # outcomes per group commit
+MAX_WRITING = 2  # group commits handed to the ledger thread and not yet on disk, before workers wait
 DOMAIN_HORIZON = 0.1  # seconds: a recipient whose domain cap frees later than this is handed back
 
 
@@ -224,6 +226,9 @@ class Sender:
         self.stop = asyncio.Event()
         self.changes: list[Change] = []
         self.releases: list[Claimed] = []
+        self.ledger: Ledger | None = None  # the thread that commits claims and outcomes
+        self.writing: list[asyncio.Future[None]] = []  # handed to it, not yet on disk
+        self.write_error: BaseException | None = None
         self.busy = 0
         self.claimed_total = 0
         self.since_reputation = 0  # outcomes committed since the breaker last looked
@@ -244,15 +249,38 @@ class Sender:
     # --- bookkeeping ---
 
     def flush(self) -> None:
+        """Hands the outcomes so far (one group commit) and the releases to the ledger thread."""
+        assert self.ledger is not None
         changes, self.changes = self.changes, []
-        self.store.apply(changes)
-        self.since_reputation += len(changes)
+        releases, self.releases = self.releases, []
+        if changes:
+            self.write(self.ledger.apply(changes), len(changes))
+        if releases:
+            self.write(self.ledger.release(releases), 0)
+
+    def write(self, future: asyncio.Future[None], outcomes: int) -> None:
+        self.writing.append(future)
+        future.add_done_callback(lambda f: self.written(f, outcomes))
+
+    def written(self, future: asyncio.Future[None], outcomes: int) -> None:
+        """On the loop, once the ledger thread committed (or failed): a failure stops the run."""
+        self.writing.remove(future)
+        error = None if future.cancelled() else future.exception()
+        if error is not None:
+            self.write_error = self.write_error or error
+            self.stop.set()
+            return
+        self.since_reputation += outcomes
         if self.since_reputation >= max(25, self.campaign.send.reputation_window // 20):
             self.since_reputation = 0
             self.check_reputation()
-        if self.releases:
-            releases, self.releases = self.releases, []
-            self.store.release(releases)
+
+    async def settle(self) -> None:
+        """Until everything handed to the ledger thread is on disk; raises the first write that failed."""
+        while self.writing:
+            await asyncio.wait(list(self.writing))
+        if self.write_error is not None:
+            raise self.write_error
 
     async def flusher(self) -> None:
         while True:
@@ -394,6 +422,8 @@ class Sender:
                 raise
             finally:
                 self.busy -= 1
+            if len(self.writing) > MAX_WRITING:  # the disk is slower than the wire: wait for it
+                await asyncio.wait(self.writing[:1])
 
     async def hand_over(self, queue: asyncio.Queue[tuple[Claimed, Prepared | None] | None]) -> None:
         """The oldest batch the render processes hold, once built, to the workers."""
@@ -412,6 +442,7 @@ class Sender:
             await queue.put((c, p))
 
     async def producer(self, queue: asyncio.Queue[tuple[Claimed, Prepared | None] | None]) -> None:
+        assert self.ledger is not None
         batch = max(2 * self.concurrency, 32)
         limit = self.options.limit
         since_pause = 0
@@ -420,7 +451,7 @@ class Sender:
             want = batch if limit is None else min(batch, limit - self.claimed_total)
             if want <= 0:
                 break
-            claimed = self.store.claim(want, self.wall(), self.throttle.saturated_domains(DOMAIN_HORIZON))
+            claimed = await self.ledger.claim(want, self.wall(), self.throttle.saturated_domains(DOMAIN_HORIZON))
             if claimed:
                 self.claimed_total += len(claimed)
                 if self.pool is None:
@@ -442,6 +473,7 @@ class Sender:
             while (queue.qsize() or self.busy) and not self.stop.is_set():
                 await asyncio.sleep(0.02)
             self.flush()
+            await self.settle()  # deferrals on disk before next_due looks for them
             if self.store.count_due(self.wall()):
                 saturated = self.throttle.saturated_domains(DOMAIN_HORIZON)
                 if saturated:  # only capped domains are due: sleep until the first of them has a slot
@@ -505,6 +537,8 @@ class Sender:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, on_signal)
+        self.ledger = Ledger(store.path)
+        await self.ledger.open()
         self.pool = RenderPool(self.templates, processes) if processes else None
         queue: asyncio.Queue[tuple[Claimed, Prepared | None] | None] = asyncio.Queue(maxsize=2 * self.concurrency)
         workers = [asyncio.create_task(self.worker(queue)) for _ in range(self.concurrency)]
@@ -545,11 +579,14 @@ class Sender:
                 self.pool.close()
             try:
                 self.flush()
+                await self.settle()
             except StoreError:
                 # The state cannot be written (disk full?). What is not committed stays inflight on
                 # disk and is resent, in doubt, by the next run; the first error is the one to report.
                 if not failed:
                     raise
+            finally:
+                await self.ledger.close()
             self.bar.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
