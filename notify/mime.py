@@ -93,17 +93,23 @@ def constant_headers(sender: tuple[str, str], reply_to: tuple[str, str] | None) 
 def body_part(content_type: str, text: str) -> bytes | None:
     """One text part, encoded the way the email package's set_content() chooses, or None."""
     lines = text.encode("utf-8").splitlines()
-    if max((len(x) for x in lines), default=0) <= FOLD_AT:
+    if max(map(len, lines), default=0) <= FOLD_AT:
         body = CRLF.join(lines) + CRLF
         cte = "7bit" if body.isascii() else "8bit"
-    elif all(x.isascii() for x in lines):
+    elif text.isascii():
         body = binascii.b2a_qp(CRLF.join(lines) + CRLF, istext=True)
         cte = "quoted-printable"
     else:
-        body = base64.encodebytes(CRLF.join(lines) + CRLF).replace(b"\n", CRLF)  # canonical CRLF text, as the email package
+        body = base64_lines(CRLF.join(lines) + CRLF)  # canonical CRLF text, as the email package
         cte = "base64"
     head = f'Content-Type: {content_type}; charset="utf-8"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n'
     return head.encode("ascii") + body
+
+
+def base64_lines(data: bytes) -> bytes:
+    """base64.encodebytes with CRLF: lines of 76 characters (57 octets each), in one C call and slices."""
+    encoded = binascii.b2a_base64(data, newline=False)
+    return CRLF.join([encoded[i:i + 76] for i in range(0, len(encoded), 76)]) + CRLF
 
 
 def assemble(*, constant: tuple[bytes, bytes], to: bytes, subject: bytes, date: str, message_id: str, campaign_id: str,
@@ -122,6 +128,6 @@ def assemble(*, constant: tuple[bytes, bytes], to: bytes, subject: bytes, date: 
         f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n'
         f"Content-Language: {locale}\r\n\r\n").encode("ascii")
     data = head + sep + plain + CRLF + sep + rich + CRLF + f"--{boundary}--\r\n".encode("ascii")
-    if any(len(line) > MAX_LINE for line in data.split(CRLF)):
+    if max(map(len, data.split(CRLF))) > MAX_LINE:
         return None
     return data
