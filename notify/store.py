@@ -162,9 +162,13 @@ def epoch_of(ts: str) -> float:
     return dt.datetime.strptime(ts, TS_FORMAT).replace(tzinfo=dt.timezone.utc).timestamp()
 
 
+_CANONICAL = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # built once: json.dumps
+_DETAIL = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode  # with options builds one per call
+
+
 def event_hash(event: dict[str, Any]) -> str:
     """The chain's hash of one event: SHA-256 over its fields (detail as stored text), canonical JSON."""
-    body = json.dumps([event.get(f) for f in EVENT_FIELDS], ensure_ascii=False, separators=(",", ":"))
+    body = _CANONICAL([event.get(f) for f in EVENT_FIELDS])
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
@@ -348,27 +352,34 @@ class Store:
 
     def _append(self, ev: Event) -> None:
         """Appends one event; call inside a transaction."""
+        self._append_all([ev], utcnow())
+
+    def _append_all(self, events: list[Event], ts: str) -> None:
+        """Appends events in order, each chained to the one before, stamped `ts`; call inside a transaction."""
         seq, prev = self._head
-        row: dict[str, Any] = {
-            "seq": seq + 1,
-            "ts": utcnow(),
-            "recipient": ev.recipient,
-            "kind": ev.kind,
-            "provider": ev.provider,
-            "provider_message_id": ev.provider_message_id,
-            "detail": json.dumps(ev.detail, ensure_ascii=False, sort_keys=True) if ev.detail is not None else None,
-            "locale": ev.locale,
-            "content_sha256": ev.content_sha256,
-            "prev_hash": prev,
-        }
-        row["hash"] = event_hash(row)
-        self.db.execute(
+        rows = []
+        for ev in events:
+            seq += 1
+            row: dict[str, Any] = {
+                "seq": seq,
+                "ts": ts,
+                "recipient": ev.recipient,
+                "kind": ev.kind,
+                "provider": ev.provider,
+                "provider_message_id": ev.provider_message_id,
+                "detail": _DETAIL(ev.detail) if ev.detail is not None else None,
+                "locale": ev.locale,
+                "content_sha256": ev.content_sha256,
+                "prev_hash": prev,
+            }
+            prev = event_hash(row)
+            rows.append((seq, ts, ev.recipient_id, row["recipient"], row["kind"], row["provider"],
+                         row["provider_message_id"], row["detail"], row["locale"], row["content_sha256"],
+                         row["prev_hash"], prev))
+        self.db.executemany(
             "INSERT INTO events (seq, ts, recipient_id, recipient, kind, provider, provider_message_id, detail,"
-            " locale, content_sha256, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (row["seq"], row["ts"], ev.recipient_id, row["recipient"], row["kind"], row["provider"],
-             row["provider_message_id"], row["detail"], row["locale"], row["content_sha256"], prev, row["hash"]),
-        )
-        self._head = (row["seq"], row["hash"])
+            " locale, content_sha256, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        self._head = (seq, prev)
 
     def log(self, kind: str, **detail: Any) -> None:
         """A campaign-level event in its own transaction."""
@@ -535,14 +546,14 @@ class Store:
         now = utcnow()
         with self.transaction() as db:
             for ch in changes:
-                cur = db.execute("SELECT state FROM recipients WHERE id=?", (ch.recipient_id,)).fetchone()
-                if cur is None or cur[0] != ch.expect or (cur[0], ch.state) not in TRANSITIONS:
+                sets = "".join(f", {k}=?" for k in ch.fields)
+                done = (ch.expect, ch.state) in TRANSITIONS and db.execute(
+                    f"UPDATE recipients SET state=?, updated_at=?{sets} WHERE id=? AND state=?",
+                    (ch.state, now, *ch.fields.values(), ch.recipient_id, ch.expect)).rowcount == 1
+                if not done:
+                    cur = db.execute("SELECT state FROM recipients WHERE id=?", (ch.recipient_id,)).fetchone()
                     raise StoreError(f"recipient {ch.recipient_id}: refusing {cur and cur[0]} -> {ch.state} (expected {ch.expect})")
-                sets = ", ".join(f"{k}=?" for k in ch.fields)
-                db.execute(f"UPDATE recipients SET state=?, updated_at=?{', ' if sets else ''}{sets} WHERE id=?",
-                           (ch.state, now, *ch.fields.values(), ch.recipient_id))
-                if ch.event is not None:
-                    self._append(ch.event)
+            self._append_all([ch.event for ch in changes if ch.event is not None], now)
 
     def unsent(self, limit: int | None = None) -> Iterator[Claimed]:
         """Recipients not yet in a final state, read only (for a dry run)."""
