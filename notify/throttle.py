@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -96,7 +97,8 @@ class Throttle:
         self.domain_caps = {d.lower(): cap for d, cap in (domains or {}).items()}
         self.domain_buckets: dict[str, Bucket] = {}
         self.last_backoff: float | None = None
-        self._sent: list[float] = []  # recent send times, to estimate the rate when unlimited
+        self._sent: list[float] = []  # when recent deliveries started, to estimate the rate when unlimited
+        self._last_second: deque[float] = deque()  # when the sends of the last second left (rate set)
 
     def cap(self, rate: float) -> RateChange | None:
         """A provider's own limit (SES MaxSendRate): the campaign never asks for more."""
@@ -142,10 +144,27 @@ class Throttle:
             wait = self.global_bucket.reserve()
             if wait > 0:
                 await self.clock.sleep(wait)
-        now = self.clock.now()
-        self._sent.append(now)
+            await self._within_one_second(self.global_bucket)
+
+    def attempted(self) -> None:
+        """One delivery started (refused or not): the base of observed_rate."""
+        self._sent.append(self.clock.now())
         if len(self._sent) > 512:
             del self._sent[:256]
+
+    async def _within_one_second(self, bucket: Bucket) -> None:
+        """The bucket schedules each send; a worker that wakes late (a busy event loop, a slow disk)
+        would then go out in a bunch with the ones scheduled after it. This holds the bound on the
+        times sends actually leave: never more than rate + burst within any one second."""
+        recent = self._last_second
+        while True:
+            now = self.clock.now()
+            while recent and recent[0] <= now - 1.0:
+                recent.popleft()
+            if len(recent) < max(1, int(bucket.rate + bucket.burst)):
+                recent.append(now)
+                return
+            await self.clock.sleep(recent[0] + 1.0 - now)
 
     def observed_rate(self, window: float = 5.0) -> float:
         """Messages per second over the recent past: the base for backing off when no rate was set."""

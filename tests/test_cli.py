@@ -160,11 +160,11 @@ def test_a_bug_mid_run_stops_the_run_and_the_next_run_recovers(example: Path, mo
     real = OutboxProvider.send
     calls = {"n": 0}
 
-    async def flaky(self: OutboxProvider, message: object) -> object:
+    async def flaky(self: OutboxProvider, message: object, ready: object = None) -> object:
         calls["n"] += 1
         if calls["n"] == 20:
             raise RuntimeError("defect")
-        return await real(self, message)  # type: ignore[arg-type]
+        return await real(self, message, ready)  # type: ignore[arg-type]
 
     monkeypatch.setattr(OutboxProvider, "send", flaky)
     code, _, err = run("send", example, "--concurrency", "1")

@@ -42,6 +42,32 @@ def test_global_rate_is_paced_exactly() -> None:
     assert max_in_window(times, 1.0) <= 10 + 5, "no one-second window exceeds rate + burst"
 
 
+class StallingClock(FakeClock):
+    """A FakeClock whose event loop stalls once: every sleep due to end inside the stall ends at its end."""
+
+    def __init__(self, stall_from: float, stall_to: float) -> None:
+        super().__init__()
+        self.stall = (stall_from, stall_to)
+
+    async def sleep(self, seconds: float) -> None:
+        target = self.t + max(0.0, seconds)
+        if self.stall[0] < target < self.stall[1]:
+            target = self.stall[1]
+        await asyncio.sleep(0)
+        self.t = max(self.t, target)
+
+
+def test_late_wakeups_do_not_bunch_above_rate_plus_burst() -> None:
+    """The bucket reserves slots ahead; workers that wake late all at once (here a one-second stall)
+    must not leave in a bunch with the slots scheduled after them."""
+    clock = StallingClock(3.05, 4.05)
+    t = Throttle(rate=10, clock=clock, burst=5)
+    times = [x for _, x in acquire_times(t, clock, ["example.com"] * 100, concurrency=16)]
+    assert sum(1 for x in times if x == 4.05) > 5, "the stall really bunched the late workers"
+    assert max_in_window(times, 1.0) <= 10 + 5, "no one-second window exceeds rate + burst"
+    assert times[-1] < (100 - 5) / 10 + 1.5, "the stall costs about its own length, no more"
+
+
 def test_fractional_rate() -> None:
     clock = FakeClock()
     t = Throttle(rate=0.2, clock=clock, burst=1)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import enum
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Awaitable, Callable, Optional, Protocol
 
 from ..render import Message
+
+
+Ready = Optional[Callable[[], Awaitable[None]]]
 
 
 class Kind(enum.Enum):
@@ -49,7 +52,11 @@ class Provider(Protocol):
 
     async def prepare(self) -> Readiness: ...
 
-    async def send(self, message: Message) -> Outcome: ...
+    async def send(self, message: Message, ready: Ready = None) -> Outcome:
+        """Sends one message. `ready` (the engine's throttle) is awaited exactly once, at the last
+        moment before the message itself leaves (for SMTP: after the 354, before the body), and
+        not at all if the message is refused before that point."""
+        ...
 
     async def aclose(self) -> None: ...
 

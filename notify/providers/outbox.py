@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..campaign import OutboxConfig
 from ..render import Message
-from .base import Kind, Outcome, Readiness
+from .base import Kind, Outcome, Readiness, Ready
 
 
 def eml_name(message_id: str) -> str:
@@ -40,7 +40,9 @@ class OutboxProvider:
         os.replace(tmp, final)  # readers see the whole message or none of it
         return final
 
-    async def send(self, message: Message) -> Outcome:
+    async def send(self, message: Message, ready: Ready = None) -> Outcome:
+        if ready is not None:
+            await ready()
         try:
             path = await asyncio.to_thread(self._write, message)
         except OSError as e:

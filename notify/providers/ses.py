@@ -32,7 +32,7 @@ from botocore.config import Config
 
 from ..campaign import SesConfig
 from ..render import Message
-from .base import Kind, Outcome, Readiness, Wave
+from .base import Kind, Outcome, Readiness, Ready, Wave
 
 THROTTLING = {"TooManyRequestsException", "Throttling", "ThrottlingException", "LimitExceededException"}
 DOWN = {"SendingPausedException", "AccountSuspendedException", "MailFromDomainNotVerifiedException",
@@ -165,9 +165,11 @@ class SesProvider:
             return classify_error(e)
         return Outcome(Kind.ACCEPTED, detail="accepted by SES", provider_message_id=str(reply["MessageId"]))
 
-    async def send(self, message: Message) -> Outcome:
+    async def send(self, message: Message, ready: Ready = None) -> Outcome:
         if self.quota is not None and self.quota.remaining - self.sent <= 0:
             return Outcome(Kind.PROVIDER_DOWN, detail=self._quota_message())
+        if ready is not None:
+            await ready()
         outcome = await asyncio.get_running_loop().run_in_executor(self.pool, self._send_sync, message)
         if outcome.kind is Kind.ACCEPTED:
             self.sent += 1

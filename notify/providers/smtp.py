@@ -33,7 +33,7 @@ from aiosmtplib import errors as smtp_errors
 from ..campaign import SmtpConfig
 from ..errors import ConfigError
 from ..render import Message
-from .base import Kind, Outcome, Readiness, Wave
+from .base import Kind, Outcome, Readiness, Ready, Wave
 
 THROTTLE_CODES = {421, 450, 451, 452, 454}
 ENHANCED_RE = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
@@ -286,7 +286,7 @@ class SmtpProvider:
                 pass
         conn.close()
 
-    async def send(self, message: Message) -> Outcome:
+    async def send(self, message: Message, ready: Ready = None) -> Outcome:
         async with self.slots:
             try:
                 conn = await self._acquire()
@@ -295,7 +295,7 @@ class SmtpProvider:
                     raise
                 return self._connect_failed(exc)
             self.refusals = 0
-            outcome, reusable = await self._transaction(conn, message)
+            outcome, reusable = await self._transaction(conn, message, ready)
             if reusable and outcome.code != 421:
                 conn.sent += 1
                 if conn.sent >= self.config.messages_per_connection:
@@ -324,9 +324,11 @@ class SmtpProvider:
                                   f"refused by policy ({outcome.detail})")
         return outcome
 
-    async def _transaction(self, conn: Session, message: Message) -> tuple[Outcome, bool]:
+    async def _transaction(self, conn: Session, message: Message, ready: Ready) -> tuple[Outcome, bool]:
         """MAIL, RCPT, DATA (in one write where the server pipelines), then the message; returns
-        the outcome and whether the connection can carry the next message."""
+        the outcome and whether the connection can carry the next message. The throttle (`ready`)
+        is awaited after the 354, so the rate is kept at the moment each message leaves, not an
+        envelope round trip earlier (whose jitter would bunch messages at the server)."""
         data = self.signer(message.data) if self.signer else message.data
         sender = self.config.return_path.format(token=message.tags["recipient"]) if self.config.return_path else message.sender
         options = b" SMTPUTF8" if message.smtputf8 else b""
@@ -348,6 +350,8 @@ class SmtpProvider:
                 code, text = await conn.reply()
                 if code not in ok:
                     return await _refused(conn, classify_reply(code, text, phase), pending=2 - i)
+            if ready is not None:
+                await ready()
             phase = "body"  # from here on the server may have the message
             conn.write(wire_body(data) + b".\r\n")
             code, text = await conn.reply()
