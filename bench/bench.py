@@ -151,6 +151,7 @@ def bench_end_to_end(work: Path, n: int, repeats: int, sink: Sink) -> dict[str, 
         d = campaign(work / f"e2e{r}", n, sink.port)
         run([*NOTIFY, "import", str(d)])
         notify_runs.append(run([*NOTIFY, "send", str(d), "--no-progress"]))
+        notify_runs[-1].out = str(sending_seconds(d))
         msgs = work / f"messages{r}.bin"
         prerender(d, msgs)
         c = run([PY, str(ROOT / "bench" / "ceiling.py"), str(msgs), str(sink.port), "32"])
@@ -160,13 +161,25 @@ def bench_end_to_end(work: Path, n: int, repeats: int, sink: Sink) -> dict[str, 
               f"ceiling {n / c.wall:,.0f}/s (CPU {c.cpu:.1f} s incl. loading)", flush=True)
         if MAILMERGE.exists() and r == 0:  # once: it is ten times slower, and the ratio is what counts
             mailmerge_runs.append(run_mailmerge(work / f"mm{r}", d, sink.port))
-    out = {"n": n, "notify_per_s": n / median(notify_runs).wall, "notify_cpu_s": median(notify_runs).cpu,
-           "notify_rss_mb": median(notify_runs).rss_mb, "ceiling_per_s": n / median(ceiling_runs).wall}
+    m = median(notify_runs)
+    out = {"n": n, "notify_per_s": n / m.wall, "notify_cpu_s": m.cpu, "notify_rss_mb": m.rss_mb,
+           "notify_sending_per_s": n / float(m.out), "ceiling_per_s": n / median(ceiling_runs).wall}
     out["ratio_to_ceiling"] = out["notify_per_s"] / out["ceiling_per_s"]
+    out["sending_ratio_to_ceiling"] = out["notify_sending_per_s"] / out["ceiling_per_s"]
     if mailmerge_runs:
         out["mailmerge_per_s"] = n / median(mailmerge_runs).wall
         out["ratio_to_mailmerge"] = out["notify_per_s"] / out["mailmerge_per_s"]
     return out
+
+
+def sending_seconds(d: Path) -> float:
+    """From the send_started event to send_stopped: the send itself, without the interpreter's start,
+    imports and preflight (the ceiling script's figure likewise excludes its start and loading)."""
+    db = sqlite3.connect(d / ".notify" / "campaign.sqlite")
+    (start,), (stop,) = (db.execute("SELECT ts FROM events WHERE kind=? ORDER BY seq DESC LIMIT 1", (k,)).fetchone()
+                         for k in ("send_started", "send_stopped"))
+    db.close()
+    return _epoch(stop) - _epoch(start)
 
 
 def prerender(d: Path, path: Path) -> None:
@@ -389,10 +402,13 @@ def render(r: dict, command: str) -> str:  # type: ignore[type-arg]
         f"Command: `{command}` (medians of the repeats; every figure from one run, side by side).",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, Python {m['python']}, {m['system']}.", "",
         "| measurement | result | target |", "|---|---|---|",
-        f"| end to end to smtp-sink, N={e['n']:,} | {e['notify_per_s']:,.0f} msg/s, CPU {e['notify_cpu_s']:.1f} s, "
-        f"peak RSS {e['notify_rss_mb']:.0f} MB | >= 5,000 msg/s |",
-        f"| aiosmtplib pre-rendered, 32 connections (ceiling) | {e['ceiling_per_s']:,.0f} msg/s | |",
-        f"| notify / ceiling | {e['ratio_to_ceiling']:.2f} | >= 0.8 |",
+        f"| end to end to smtp-sink, N={e['n']:,} (the whole command) | {e['notify_per_s']:,.0f} msg/s, CPU "
+        f"{e['notify_cpu_s']:.1f} s, peak RSS {e['notify_rss_mb']:.0f} MB | >= 5,000 msg/s |",
+        f"| the same runs, send_started to send_stopped (no start-up, imports, preflight) | "
+        f"{e['notify_sending_per_s']:,.0f} msg/s | |",
+        f"| aiosmtplib pre-rendered, 32 connections (ceiling; sending only) | {e['ceiling_per_s']:,.0f} msg/s | |",
+        f"| notify / ceiling | {e['ratio_to_ceiling']:.2f} whole command; {e['sending_ratio_to_ceiling']:.2f} sending "
+        "only | >= 0.8 |",
     ]
     if "mailmerge_per_s" in e:
         lines += [f"| mailmerge 2.3.0 | {e['mailmerge_per_s']:,.0f} msg/s | |",
