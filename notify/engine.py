@@ -375,13 +375,12 @@ class Sender:
             # other domains could use. Claims skip saturated domains until a slot frees up.
             self.releases.append(c)
             return
+        await self.throttle.acquire(domain)
         provider = self.provider
         if provider.name in self.down:
-            self.releases.append(c)  # every provider is down: the run is stopping
+            self.releases.append(c)  # switched while we waited: the next claim goes to the new provider
             return
-        # The throttle is awaited inside send, at the last moment before the message leaves.
-        self.throttle.attempted()
-        outcome = await provider.send(msg, lambda: self.throttle.acquire(domain))
+        outcome = await provider.send(msg, self.throttle.leave)
         if outcome.kind is Kind.PROVIDER_DOWN:
             self.releases.append(c)  # never accepted: it goes to the next provider, not to "failed"
             await self.provider_down(provider, outcome.describe())

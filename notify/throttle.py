@@ -97,7 +97,7 @@ class Throttle:
         self.domain_caps = {d.lower(): cap for d, cap in (domains or {}).items()}
         self.domain_buckets: dict[str, Bucket] = {}
         self.last_backoff: float | None = None
-        self._sent: list[float] = []  # when recent deliveries started, to estimate the rate when unlimited
+        self._sent: list[float] = []  # recent send times, to estimate the rate when unlimited
         self._last_second: deque[float] = deque()  # when the sends of the last second left (rate set)
 
     def cap(self, rate: float) -> RateChange | None:
@@ -144,18 +144,20 @@ class Throttle:
             wait = self.global_bucket.reserve()
             if wait > 0:
                 await self.clock.sleep(wait)
-            await self._within_one_second(self.global_bucket)
-
-    def attempted(self) -> None:
-        """One delivery started (refused or not): the base of observed_rate."""
         self._sent.append(self.clock.now())
         if len(self._sent) > 512:
             del self._sent[:256]
 
-    async def _within_one_second(self, bucket: Bucket) -> None:
-        """The bucket schedules each send; a worker that wakes late (a busy event loop, a slow disk)
-        would then go out in a bunch with the ones scheduled after it. This holds the bound on the
-        times sends actually leave: never more than rate + burst within any one second."""
+    async def leave(self) -> None:
+        """Called at the moment a message leaves (after acquire, for SMTP after the 354).
+
+        The bucket schedules each send; a worker that wakes late (a busy event loop) or whose
+        envelope round trip took longer would go out in a bunch with the ones scheduled after it.
+        This holds the bound on the times messages actually leave: never more than rate + burst
+        within any one second. It waits only when such a bunch forms, and at most a second."""
+        bucket = self.global_bucket
+        if bucket is None:
+            return
         recent = self._last_second
         while True:
             now = self.clock.now()

@@ -53,9 +53,9 @@ class Provider(Protocol):
     async def prepare(self) -> Readiness: ...
 
     async def send(self, message: Message, ready: Ready = None) -> Outcome:
-        """Sends one message. `ready` (the engine's throttle) is awaited exactly once, at the last
-        moment before the message itself leaves (for SMTP: after the 354, before the body), and
-        not at all if the message is refused before that point."""
+        """Sends one message. `ready` (the throttle's last check) is awaited exactly once, at the
+        last moment before the message itself leaves (for SMTP: after the 354, before the body),
+        and not at all if the message is refused before that point."""
         ...
 
     async def aclose(self) -> None: ...

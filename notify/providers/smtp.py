@@ -326,9 +326,9 @@ class SmtpProvider:
 
     async def _transaction(self, conn: Session, message: Message, ready: Ready) -> tuple[Outcome, bool]:
         """MAIL, RCPT, DATA (in one write where the server pipelines), then the message; returns
-        the outcome and whether the connection can carry the next message. The throttle (`ready`)
-        is awaited after the 354, so the rate is kept at the moment each message leaves, not an
-        envelope round trip earlier (whose jitter would bunch messages at the server)."""
+        the outcome and whether the connection can carry the next message. The throttle's last
+        check (`ready`) is awaited after the 354, so the rate holds at the moment each message
+        leaves, not only an envelope round trip earlier (whose jitter bunches messages)."""
         data = self.signer(message.data) if self.signer else message.data
         sender = self.config.return_path.format(token=message.tags["recipient"]) if self.config.return_path else message.sender
         options = b" SMTPUTF8" if message.smtputf8 else b""
@@ -352,8 +352,8 @@ class SmtpProvider:
                     return await _refused(conn, classify_reply(code, text, phase), pending=2 - i)
             if ready is not None:
                 await ready()
+            conn.write(wire_body(data) + b".\r\n")  # raises if the connection died meanwhile: nothing sent
             phase = "body"  # from here on the server may have the message
-            conn.write(wire_body(data) + b".\r\n")
             code, text = await conn.reply()
             outcome = classify_reply(code, text, "body")
             if outcome.kind is Kind.ACCEPTED:
