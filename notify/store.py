@@ -474,7 +474,7 @@ class Store:
                 continue
             first_row[item.key] = (item.row, import_id)
             values = (import_id, item.row, item.email, item.key, recipient_token(item.key), item.email.rpartition("@")[2],
-                      item.name, item.locale, item.jurisdiction, json.dumps(item.vars, ensure_ascii=False))
+                      item.name, item.locale, item.jurisdiction, json.dumps(item.vars, ensure_ascii=False) if item.vars else "{}")
             if item.ineligible is None:
                 rows.append(values)
                 continue
