@@ -271,6 +271,17 @@ def _campaign_id(v: str) -> str | None:
     return f"{v!r} must be 1-64 letters, digits, '.', '_' or '-' (it becomes part of every Message-ID)"
 
 
+def _return_path(v: str) -> str | None:
+    """The envelope sender: a bare address once {token} (32 hex digits) is filled in."""
+    try:
+        filled = v.format(token="0" * 32)
+    except (KeyError, IndexError, ValueError):
+        return f"{v!r} may contain {{token}} and nothing else in braces"
+    if any(c in filled for c in "<> \t\r\n\0") or filled.count("@") != 1 or filled.startswith("@") or filled.endswith("@"):
+        return f"{v!r} must be one bare address, e.g. \"bounces+{{token}}@bounces.example.com\""
+    return None
+
+
 def _tls(v: str) -> str | None:
     return None if v in ("starttls", "implicit", "none") else f'{v!r} must be "starttls", "implicit" or "none"'
 
@@ -335,7 +346,7 @@ PROVIDER_KEYS: dict[str, dict[str, Key]] = {
         "username_env": Key("str", False, _env_name),
         "password_env": Key("str", False, _env_name),
         "timeout": Key("number", False, _positive),
-        "return_path": Key("str"),
+        "return_path": Key("str", False, _return_path),
         "allow_insecure": Key("bool"),
         "messages_per_connection": Key("int", False, _positive),
         "dkim_key_file": Key("str"),

@@ -45,6 +45,18 @@ def test_secret_written_inline_is_refused(make_campaign: MakeCampaign) -> None:
     ]
 
 
+@pytest.mark.parametrize("value,why", [
+    ("bounces+{tok}@example.com", "may contain {token} and nothing else in braces"),
+    ("Bounces <bounces+{token}@example.com>", "must be one bare address"),
+    ("bounces+{token}", "must be one bare address"),
+])
+def test_a_return_path_that_cannot_be_an_envelope_sender_is_refused_before_sending(
+        make_campaign: MakeCampaign, value: str, why: str) -> None:
+    d = make_campaign(providers_extra=f'\n[providers.relay]\ntype = "smtp"\nhost = "127.0.0.1"\nreturn_path = "{value}"\n')
+    (problem,) = problems(d)
+    assert problem.startswith("campaign.toml: [providers.relay] return_path: ") and why in problem
+
+
 def test_provider_named_but_not_defined(make_campaign: MakeCampaign) -> None:
     d = make_campaign(send_extra="")
     text = (d / "campaign.toml").read_text().replace('providers = ["outbox"]', 'providers = ["ses", "outbox"]')

@@ -335,9 +335,8 @@ class SmtpProvider:
         if message.smtputf8 or not data.isascii():
             options += b" BODY=8BITMIME"
         encoding = "utf-8" if message.smtputf8 else "ascii"
-        for address in (sender, message.recipient):
-            if any(ch in address for ch in "<>\r\n"):
-                return Outcome(Kind.PERMANENT, detail=f"address not usable in an SMTP envelope: {address!r}"), True
+        # Both addresses are bare and free of <, >, CR and LF: the recipient since import
+        # (recipients.validate), the sender since campaign.load (from, return_path).
         commands = (b"MAIL FROM:<" + sender.encode(encoding) + b">" + options + b"\r\n",
                     b"RCPT TO:<" + message.recipient.encode(encoding) + b">\r\n", b"DATA\r\n")
         phase = "mail"
