@@ -166,14 +166,15 @@ def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None
     keeps in its locale field."""
     attempts = c.attempts + 1
     first = c.first_attempt_at or now
-    detail: dict[str, Any] = {"attempt": attempts, "reply": outcome.describe()}
+    reply = outcome.describe()
+    detail: dict[str, Any] = {"attempt": attempts, "reply": reply}
     if outcome.code:
         detail["code"] = outcome.code
     if outcome.status:
         detail["status"] = outcome.status
     common = {"attempts": attempts, "first_attempt_at": first, "provider": provider,
               "message_id": msg.message_id if msg else None,
-              "detail": outcome.describe()[:500],
+              "detail": reply[:500],
               "reply_code": " ".join(str(p) for p in (outcome.code, outcome.status) if p) or outcome.kind.value}
     ev = dict(recipient_id=c.id, recipient=c.key, provider=provider, locale=version,
               content_sha256=msg.sha256 if msg else None)
@@ -398,7 +399,7 @@ class Sender:
             self.result.counts["resent_in_doubt"] += 1
         if len(self.changes) >= FLUSH_SIZE:
             self.flush()
-        if self.bar is not None:
+        if self.bar is not None and not self.bar.disable:  # no progress line: nothing to format per message
             self.bar.update(1)
             c = self.result.counts
             rate = f" limit={self.throttle.rate:g}/s" if self.throttle.rate else ""
