@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from notify.store import epoch_of  # the ledger's own timestamp format
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 NOTIFY = [PY, "-m", "notify"]
@@ -179,7 +181,7 @@ def sending_seconds(d: Path) -> float:
     (start,), (stop,) = (db.execute("SELECT ts FROM events WHERE kind=? ORDER BY seq DESC LIMIT 1", (k,)).fetchone()
                          for k in ("send_started", "send_stopped"))
     db.close()
-    return _epoch(stop) - _epoch(start)
+    return epoch_of(stop) - epoch_of(start)
 
 
 def prerender(d: Path, path: Path) -> None:
@@ -286,12 +288,6 @@ def busiest_second(stamps: list[float]) -> int:
     return busiest
 
 
-def _epoch(ts: str) -> float:
-    import datetime as dt
-
-    return dt.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc).timestamp()
-
-
 def bench_resume(work: Path, n: int, sink: Sink) -> dict[str, float]:
     """A campaign of n recipients, 90% sent (set up directly in its ledger), resumed: when does the first
     message leave? Measured from the command's start to the first `sent` event of the new run."""
@@ -306,7 +302,7 @@ def bench_resume(work: Path, n: int, sink: Sink) -> dict[str, float]:
     db = sqlite3.connect(d / ".notify" / "campaign.sqlite")
     (first,) = db.execute("SELECT min(ts) FROM events WHERE kind='sent'").fetchone()
     db.close()
-    return {"n": n, "first_message_s": _epoch(first) - start, "command_s": r.wall, "rss_mb": r.rss_mb}
+    return {"n": n, "first_message_s": epoch_of(first) - start, "command_s": r.wall, "rss_mb": r.rss_mb}
 
 
 def bench_ledger(work: Path, n: int) -> dict[str, float]:
