@@ -25,7 +25,6 @@ import os
 import re
 import ssl
 from collections import deque
-from dataclasses import dataclass
 
 import aiosmtplib
 from aiosmtplib import errors as smtp_errors
