@@ -20,7 +20,7 @@ import jinja2
 from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
-from . import mime
+from . import mime, plan
 from .campaign import Campaign
 from .errors import TemplateError
 from .recipients import recipient_token
@@ -142,9 +142,10 @@ class Templates:
     """One campaign's templates: campaign-local templates/<template>/ first, then the shipped ones."""
 
     def __init__(self, campaign: Campaign, shipped: Path = SHIPPED_TEMPLATES,
-                 snapshot: tuple[list[str], dict[str, tuple[str, str]]] | None = None) -> None:
+                 snapshot: tuple[list[str], dict[str, tuple[str, str]]] | None = None, plans: bool = True) -> None:
         """`snapshot` (from snapshot()) renders exactly the sources another Templates read, whatever the
-        files hold now: a render process must send what preflight checked and legal approved."""
+        files hold now: a render process must send what preflight checked and legal approved. `plans`
+        False renders every recipient with jinja2 (tests compare the two)."""
         self.campaign = campaign
         self.roots = [p for p in (campaign.dir / "templates" / campaign.template, shipped / campaign.template) if p.is_dir()]
         if not self.roots:
@@ -169,6 +170,7 @@ class Templates:
         self._resolved: dict[tuple[str, str], str] = {}  # (locale, jurisdiction) -> version: asked once per message
         self._compiled: dict[str, tuple[jinja2.Template, jinja2.Template, jinja2.Template]] = {}
         self._vars: dict[str, Namespace] = {}
+        self._plans: dict[str, plan.Plans | None] | None = {} if plans else None
 
     def _discover(self) -> list[str]:
         """Every version: "en" for the default variant's locales, "US-MA/en" for a variant's."""
@@ -315,20 +317,34 @@ class Templates:
         return self._vars[locale]
 
     def render(self, version: str, recipient: dict[str, Any]) -> Rendered:
-        """Renders one version for one recipient; any failure is a TemplateError naming file and line."""
-        subject_t, text_t, html_t = self._load(version)
+        """Renders one version for one recipient; any failure is a TemplateError naming file and line.
+        Where the version has a render plan (plan.py), the text is the plan's, which is jinja2's."""
         variant, locale = split_version(version)
+        today = dt.date.today()
+        plans = self._plans_for(version)
+        filled = plans.fill(recipient, today) if plans is not None else None
+        if filled is None:
+            filled = self._render(version, recipient, today)
+            if plans is not None:
+                plans.verify(recipient, today, filled)
+        subject = " ".join(filled[0].split())
+        if not subject:
+            raise TemplateError(f"{self._dir(version) / 'subject.txt'}: renders to an empty subject")
+        return Rendered(locale, subject, filled[1], filled[2], variant)
+
+    def _render(self, version: str, recipient: dict[str, Any], today: dt.date) -> tuple[str, str, str]:
+        """jinja2's rendering of the three parts (the subject not yet collapsed to one line)."""
+        templates = self._load(version)
+        locale = split_version(version)[1]
         ctx = {
             "recipient": Namespace("recipient", recipient),
             "campaign": self._variables(locale),
             "locale": locale,
-            "today": dt.date.today(),
+            "today": today,
             "text_direction": "rtl" if locale.split("-")[0] in RTL_LANGUAGES else "ltr",
         }
         try:
-            subject = " ".join(subject_t.render(ctx).split())
-            text = text_t.render(ctx)
-            html = html_t.render(ctx)
+            return templates[0].render(ctx), templates[1].render(ctx), templates[2].render(ctx)
         except TemplateError as e:
             raise TemplateError(f"{_where(e, self.roots)}: {e}") from None
         except jinja2.UndefinedError as e:
@@ -338,9 +354,30 @@ class Templates:
             raise TemplateError(f"{_where(e, self.roots)}: refused by the sandbox: {e}") from None
         except Exception as e:  # a template can raise anything its expressions do
             raise TemplateError(f"{_where(e, self.roots)}: {type(e).__name__}: {e}") from None
-        if not subject:
-            raise TemplateError(f"{self._dir(version) / 'subject.txt'}: renders to an empty subject")
-        return Rendered(locale, subject, text, html, variant)
+
+    def _plans_for(self, version: str) -> plan.Plans | None:
+        """The version's render plans, or None when its templates use `recipient` beyond what a plan keeps."""
+        if self._plans is None:
+            return None
+        if version not in self._plans:
+            try:
+                self._plans[version] = plan.Plans(plan.usage(self._trees(version)),
+                                                  lambda r, today: self._render(version, r, today))
+            except (plan.NotPlannable, jinja2.TemplateError, TemplateError):
+                self._plans[version] = None
+        return self._plans[version]
+
+    def _trees(self, version: str) -> list[tuple[str, nodes.Template]]:
+        """The parsed templates a version loads: its three parts and all they extend, include or import."""
+        todo, seen = [self._path(version, p) for p in PARTS], {}
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            source, filename, _ = self.env.loader.get_source(self.env, name)  # type: ignore[union-attr]
+            seen[name] = self.env.parse(source, name, filename)
+            todo += plan.referenced(seen[name], filename or name)
+        return list(seen.items())
 
 
 def display_address(email: str) -> str:

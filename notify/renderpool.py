@@ -1,8 +1,9 @@
 """Rendering and composing on the other core: a process pool that turns claimed recipients into messages.
 
-One message costs about 0.5 ms of CPU to render (sandboxed jinja2) and compose, about as much as
-sending it; in one process the event loop does both, one after the other. A render process builds
-the next batch while the event loop sends the current one (bench/RESULTS.md has the gain).
+Rendering (a render plan's substitution, or sandboxed jinja2) and composing a message costs about as
+much CPU as sending it; in one process the event loop does both, one after the other. A render
+process builds the next batch while the event loop sends the current one (bench/RESULTS.md has the
+gain).
 
 The processes render exactly the templates preflight checked (a snapshot of their sources, not the
 files as they are later) for exactly the campaign it loaded (pickled). They ignore SIGINT and
