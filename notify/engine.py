@@ -237,6 +237,7 @@ class Sender:
         self.bar: tqdm[Any] | None = None
         self.pool: RenderPool | None = None
         self.in_render: collections.deque[tuple[list[Claimed], asyncio.Future[list[Prepared]]]] = collections.deque()
+        self.claiming: asyncio.Future[list[Claimed]] | None = None  # the producer's next claim, being written
 
     def render_processes(self, due: int) -> int:
         """[send] render_processes, or by default one process per spare core (at most 4) once there is
@@ -448,13 +449,28 @@ class Sender:
         limit = self.options.limit
         since_pause = 0
         send_cfg = self.campaign.send
-        while not self.stop.is_set():
+
+        def claim_next() -> asyncio.Future[list[Claimed]] | None:
             want = batch if limit is None else min(batch, limit - self.claimed_total)
             if want <= 0:
+                return None
+            assert self.ledger is not None
+            return self.ledger.claim(want, self.wall(), self.throttle.saturated_domains(DOMAIN_HORIZON))
+
+        while not self.stop.is_set():
+            self.claiming = self.claiming or claim_next()
+            if self.claiming is None:
                 break
-            claimed = await self.ledger.claim(want, self.wall(), self.throttle.saturated_domains(DOMAIN_HORIZON))
+            claimed = await self.claiming
+            self.claiming = None
             if claimed:
                 self.claimed_total += len(claimed)
+                since_pause += len(claimed)
+                pause = bool(send_cfg.batch_size and send_cfg.batch_pause and since_pause >= send_cfg.batch_size)
+                if not pause:
+                    # The next claim is written while this batch is handed over: the claim waits its
+                    # turn behind group commits in the ledger thread, and the workers should not.
+                    self.claiming = claim_next()
                 if self.pool is None:
                     for c in claimed:
                         await queue.put((c, None))
@@ -463,8 +479,7 @@ class Sender:
                     self.in_render.append((claimed, asyncio.wrap_future(self.pool.submit(claimed))))
                     while len(self.in_render) > 2 or (self.in_render and self.in_render[0][1].done()):
                         await self.hand_over(queue)
-                since_pause += len(claimed)
-                if send_cfg.batch_size and send_cfg.batch_pause and since_pause >= send_cfg.batch_size:
+                if pause:
                     since_pause = 0
                     await self.sleep(send_cfg.batch_pause)
                 continue
@@ -576,6 +591,10 @@ class Sender:
                 future.cancel()
                 self.releases.extend(claimed)
             self.in_render.clear()
+            if self.claiming is not None and not self.claiming.cancelled():
+                # Claimed ahead when the run stopped: inflight on disk, never handed to a worker.
+                with contextlib.suppress(Exception):
+                    self.releases.extend(await self.claiming)
             if self.pool is not None:
                 self.pool.close()
             try:
