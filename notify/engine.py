@@ -234,6 +234,7 @@ class Sender:
         self.busy = 0
         self.claimed_total = 0
         self.since_reputation = 0  # outcomes committed since the breaker last looked
+        self.judging: asyncio.Future[tuple[int, int, int]] | None = None  # the breaker's window, being counted
         self.reputation_since = 0.0
         self.bar: tqdm[Any] | None = None
         self.pool: RenderPool | None = None
@@ -274,14 +275,17 @@ class Sender:
             self.stop.set()
             return
         self.since_reputation += outcomes
-        if self.since_reputation >= max(25, self.campaign.send.reputation_window // 20):
+        if self.since_reputation >= max(25, self.campaign.send.reputation_window // 20) and self.judging is None:
             self.since_reputation = 0
-            self.check_reputation()
+            assert self.ledger is not None
+            self.judging = self.ledger.reputation(self.campaign.send.reputation_window, self.reputation_since)
+            self.judging.add_done_callback(self.judge_reputation)
 
     async def settle(self) -> None:
-        """Until everything handed to the ledger thread is on disk; raises the first write that failed."""
-        while self.writing:
-            await asyncio.wait(list(self.writing))
+        """Until everything handed to the ledger thread is on disk (and the breaker has judged the last
+        window it asked for); raises the first write that failed."""
+        while self.writing or self.judging is not None:
+            await asyncio.wait([*self.writing, *([self.judging] if self.judging is not None else [])])
         if self.write_error is not None:
             raise self.write_error
 
@@ -290,10 +294,19 @@ class Sender:
             await asyncio.sleep(FLUSH_EVERY)
             self.flush()
 
-    def check_reputation(self) -> None:
-        """The circuit breaker: pause before the provider suspends the account."""
+    def judge_reputation(self, window: asyncio.Future[tuple[int, int, int]]) -> None:
+        """The circuit breaker: pause before the provider suspends the account. The window is counted
+        by the ledger thread (an aggregate over the last `reputation_window` sends was a twelfth of
+        the event loop's time), after the commits handed to it before."""
+        self.judging = None
+        if window.cancelled():
+            return
+        if (error := window.exception()) is not None:
+            self.write_error = self.write_error or StoreError(f"{self.store.path}: could not count the reputation window: {error}")
+            self.stop.set()
+            return
         cfg = self.campaign.send
-        sends, bounces, complaints = self.store.reputation(cfg.reputation_window, self.reputation_since)
+        sends, bounces, complaints = window.result()
         if sends < cfg.reputation_window or self.result.stopped:
             return
         bounce_rate, complaint_rate = bounces / sends, complaints / sends

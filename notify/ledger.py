@@ -48,6 +48,10 @@ class Ledger:
         assert self.store is not None
         return self._run(self.store.release, claimed)
 
+    def reputation(self, window: int, since: float) -> asyncio.Future[tuple[int, int, int]]:
+        assert self.store is not None
+        return self._run(self.store.reputation, window, since)
+
     async def close(self) -> None:
         if self.store is not None:
             await self._run(self.store.close)

@@ -57,6 +57,8 @@ def address_header(name: str, display: str, addr: str) -> bytes | None:
 def encoded_words(text: str) -> str:
     """RFC 2047 B encoded-words, each at most 75 characters (45 octets of UTF-8, never splitting a
     character), folded one per line: a header of any length stays within 78 octets a line."""
+    if len(text) <= 11 or len(text.encode("utf-8")) <= 45:  # one word (a character is at most 4 octets)
+        return f"=?utf-8?b?{base64.b64encode(text.encode('utf-8')).decode('ascii')}?="
     words, chunk, size = [], [], 0
     for ch in text:
         n = len(ch.encode("utf-8"))
@@ -90,8 +92,9 @@ def constant_headers(sender: tuple[str, str], reply_to: tuple[str, str] | None) 
     return None if sender_line is None or reply_line is None else (sender_line, reply_line)
 
 
-def body_part(content_type: str, text: str) -> bytes | None:
-    """One text part, encoded the way the email package's set_content() chooses, or None."""
+def body_part(content_type: str, text: str) -> bytes:
+    """One text part, encoded the way the email package's set_content() chooses. Every line is at
+    most 78 octets: 7bit/8bit only when they all fit, else quoted-printable or base64 (76)."""
     lines = text.encode("utf-8").splitlines()
     if max(map(len, lines), default=0) <= FOLD_AT:
         body = CRLF.join(lines) + CRLF
@@ -116,8 +119,6 @@ def assemble(*, constant: tuple[bytes, bytes], to: bytes, subject: bytes, date: 
              locale: str, text: str, html: str) -> bytes | None:
     """The whole message: headers in the email package's order, multipart/alternative text + HTML."""
     plain, rich = body_part("text/plain", text), body_part("text/html", html)
-    if plain is None or rich is None:
-        return None
     boundary = "=_notify_" + hashlib.sha256(message_id.encode()).hexdigest()[:24]
     while boundary.encode() in plain or boundary.encode() in rich:  # as the email package does: never inside a part
         boundary += "_"
@@ -127,7 +128,6 @@ def assemble(*, constant: tuple[bytes, bytes], to: bytes, subject: bytes, date: 
         f"X-Notify-Campaign: {campaign_id}\r\nMIME-Version: 1.0\r\n"
         f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n'
         f"Content-Language: {locale}\r\n\r\n").encode("ascii")
-    data = head + sep + plain + CRLF + sep + rich + CRLF + f"--{boundary}--\r\n".encode("ascii")
-    if max(map(len, data.split(CRLF))) > MAX_LINE:
+    if max(map(len, head.split(CRLF))) > MAX_LINE:  # the parts' lines are 78 octets at most (body_part)
         return None
-    return data
+    return head + sep + plain + CRLF + sep + rich + CRLF + f"--{boundary}--\r\n".encode("ascii")

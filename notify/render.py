@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import time
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -404,14 +405,15 @@ def compose(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: s
     SMTPUTF8 message, a header it would have to quote and fold) goes through the email package.
     Both give the same message to a parser: tests/test_mime.py compares them."""
     sender = campaign.sender_address
+    sender_addr = sender.addr_spec
     local = to_email.rpartition("@")[0]
     smtputf8 = not (local.isascii() and sender.username.isascii())
     mid = message_id(campaign.id, key, sender.domain)
-    when = format_datetime(date or dt.datetime.now(dt.timezone.utc))
+    when = date_header(int(time.time())) if date is None else format_datetime(date)
     data = None
     if not smtputf8:
         reply = campaign.reply_to_address
-        constant = mime.constant_headers((sender.display_name, sender.addr_spec),
+        constant = mime.constant_headers((sender.display_name, sender_addr),
                                          (reply.display_name, reply.addr_spec) if reply else None)
         to = mime.address_header("To", to_name, to_email)
         subject = mime.subject_header(rendered.subject)
@@ -423,13 +425,19 @@ def compose(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: s
                                           smtputf8=smtputf8)
     return Message(
         message_id=mid,
-        sender=sender.addr_spec,
+        sender=sender_addr,
         recipient=to_email,
         data=data,
         sha256=hashlib.sha256(data).hexdigest(),
         smtputf8=smtputf8,
         tags={"campaign": campaign.id, "recipient": recipient_token(key)},
     )
+
+
+@functools.lru_cache(maxsize=2)
+def date_header(second: int) -> str:
+    """The Date header for a second: the same for every message composed in it."""
+    return format_datetime(dt.datetime.fromtimestamp(second, dt.timezone.utc))
 
 
 def compose_with_email_package(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: str, mid: str,
