@@ -35,7 +35,6 @@ from .throttle import Clock, RealClock, Throttle
 
 FLUSH_EVERY = 0.1  # seconds: the longest an outcome waits in memory before it is committed
 FLUSH_SIZE = 128  # outcomes per group commit
-T = TypeVar("T")
 MAX_WRITING = 2  # group commits handed to the ledger thread and not yet on disk, before workers wait
 DOMAIN_HORIZON = 0.1  # seconds: a recipient whose domain cap frees later than this is handed back
 
@@ -481,7 +480,7 @@ class Sender:
                 self.claimed_total += len(claimed)
                 since_pause += len(claimed)
                 pause = bool(send_cfg.batch_size and send_cfg.batch_pause and since_pause >= send_cfg.batch_size)
-                if not pause:
+                if not pause and not self.stop.is_set():
                     # The next claim is written while this batch is handed over: the claim waits its
                     # turn behind group commits in the ledger thread, and the workers should not.
                     self.claiming = claim_next()
@@ -636,6 +635,9 @@ class Sender:
         store.log("send_stopped", providers=self.result.providers, interrupted=interrupted,
                   reason=self.result.stopped, outcomes=dict(self.result.counts), remaining=self.result.remaining)
         return self.result
+
+
+T = TypeVar("T")
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
