@@ -36,7 +36,8 @@ from jinja2 import nodes
 from markupsafe import escape
 
 OPAQUE = (nodes.Macro, nodes.CallBlock, nodes.FilterBlock, nodes.AssignBlock)  # output a template can transform
-_BLOCK_CALLS = {"super", "caller"}  # callables that return rendered template output
+_RETURNS_OUTPUT = {"super", "caller", "loop"}  # called, these return rendered template output (as self.x() does)
+_GUARDED = {"recipient", "self", "super", "caller"}  # names allowed only in the shapes a plan keeps (loop.index is fine)
 _PROBE = re.compile("\ue000([0-9]+)(<|&lt;)\ue001")
 
 
@@ -46,6 +47,8 @@ class NotPlannable(Exception):
 
 @dataclass(frozen=True)
 class Usage:
+    """Which recipient fields the templates print and which they test for emptiness."""
+
     printed: frozenset[str]  # fields printed as {{ recipient.x }}
     tested: tuple[str, ...]  # fields tested for emptiness, in a fixed order
 
@@ -64,7 +67,7 @@ def _is_block_call(expr: nodes.Node) -> bool:
     if not isinstance(expr, nodes.Call):
         return False
     f = expr.node
-    return ((isinstance(f, nodes.Name) and f.name in _BLOCK_CALLS | {"loop"})
+    return ((isinstance(f, nodes.Name) and f.name in _RETURNS_OUTPUT)
             or (isinstance(f, nodes.Getattr) and isinstance(f.node, nodes.Name) and f.node.name == "self"))
 
 
@@ -96,7 +99,7 @@ def usage(sources: Iterable[tuple[str, nodes.Template]]) -> Usage:
             for child in (*node.body, *node.elif_, *node.else_):
                 visit(child, name, opaque)
             return
-        if isinstance(node, nodes.Name) and node.name in ("recipient", "self", *_BLOCK_CALLS):
+        if isinstance(node, nodes.Name) and node.name in _GUARDED:
             raise NotPlannable(f"{name}:{node.lineno}: uses {node.name} other than as a whole {{{{ }}}} or {{% if %}}")
         if isinstance(node, nodes.Call) and _is_block_call(node):
             raise NotPlannable(f"{name}:{node.lineno}: a block's output is used inside an expression or a macro")
