@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import typer
 
-from . import __version__, campaign as campaign_mod, engine
+from . import __version__, campaign as campaign_mod, engine, report
 from .audit import verify_chain
 from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, NotifyError, TemplateError
 from .store import Store
@@ -88,6 +88,11 @@ def _open(path: Path) -> Iterator[tuple[campaign_mod.Campaign, Store]]:
         store.close()
 
 
+def say_deadline(due: dict[str, Any]) -> None:
+    """The deadline line of `send`, before and after the run: on stderr when it is or will be missed."""
+    (err if due["late"] else typer.echo)(due["said"].replace("deadline", "Deadline", 1))
+
+
 @app.command()
 @boundary
 def check(campaign: Path = CampaignArg,
@@ -116,7 +121,7 @@ def check(campaign: Path = CampaignArg,
             typer.echo(f"recipients  {imp.path}: {imp.rows_read} rows read = {imp.accepted} accepted + {imp.rejected} rejected"
                        + (" (already imported)" if imp.already else ""))
             _print_rejects(store)
-        st = engine.status(c, store, pre.templates)
+        st = report.status(c, store, pre.templates)
         if st["fallbacks"]:
             typer.echo("fallbacks   " + ", ".join(f"{k} ({v})" for k, v in st["fallbacks"].items()))
         if pre.ok:
@@ -213,7 +218,7 @@ def send(
             reconcile = reconciler(c.id, queues)
         started = time.monotonic()
         result = engine.send(c, store, opts, reconcile=reconcile, approval=approval,
-                             announce=lambda text, warn: (err if warn else typer.echo)(text))
+                             announce=say_deadline)
         elapsed = time.monotonic() - started
         counts = result.counts
         if dry_run:
@@ -236,11 +241,11 @@ def send(
             via = " then ".join(result.providers) or "no provider (none could send)"
             typer.echo(f"This run via {via}: sent {counts['sent']}, deferred {counts['deferred']}, "
                        f"failed {counts['failed']}.")
-        st = engine.status(c, store)
+        st = report.status(c, store)
         typer.echo("Campaign: " + ", ".join(f"{k} {v}" for k, v in st["states"].items() if v) + f"; rejected rows {st['rejected']}.")
         run_rate = did / elapsed if did and elapsed > 0 else None
-        if (due := engine.deadline(c, store, rate=run_rate)) is not None:
-            (err if due["late"] else typer.echo)(due["said"].replace("deadline", "Deadline", 1))
+        if (due := report.deadline(c, store, rate=run_rate)) is not None:
+            say_deadline(due)
         if result.interrupted:
             err(f"Interrupted; everything in flight was settled. Resume with: notify send {campaign}")
         elif result.stopped:
@@ -266,9 +271,9 @@ def status(
       notify status campaigns/example --json
     """
     with _open(campaign) as (c, store):
-        st = engine.status(c, store)
+        st = report.status(c, store)
         if as_json:
-            typer.echo(engine.dumps(st))
+            typer.echo(report.dumps(st))
             return
         typer.echo(f"campaign {st['campaign']}: {st['rows_read']} rows read = {st['total']} recipients + {st['rejected']} rejected")
         typer.echo("states:   " + ", ".join(f"{k} {v}" for k, v in st["states"].items() if v))

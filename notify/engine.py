@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import datetime as dt
-import json
 import os
 import signal
 import sys
@@ -20,12 +18,13 @@ from tqdm import tqdm
 
 from . import providers
 from .campaign import Campaign, OutboxConfig
-from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, ConfigError, NotifyError,
+from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, ConfigError,
                      ReputationPaused, StoreError, TemplateError)
 from .ledger import Ledger
 from .lint import lint
 from .providers.base import Kind, Outcome, Provider
 from .renderpool import Prepared, RenderPool, prepare
+from .report import deadline
 from .recipients import STANDARD_COLUMNS
 from .render import (Message, Rendered, Templates, compose, recipient_context, split_version, synthetic_recipient,
                      version_order)
@@ -270,8 +269,7 @@ class Sender:
         self.writing.remove(future)
         error = None if future.cancelled() else future.exception()
         if error is not None:
-            self.write_error = self.write_error or error
-            self.stop.set()
+            self.failed_write(error)
             return
         self.since_reputation += outcomes
         if self.since_reputation >= max(25, self.campaign.send.reputation_window // 20) and self.judging is None:
@@ -279,6 +277,11 @@ class Sender:
             assert self.ledger is not None
             self.judging = self.ledger.reputation(self.campaign.send.reputation_window, self.reputation_since)
             self.judging.add_done_callback(self.judge_reputation)
+
+    def failed_write(self, error: BaseException) -> None:
+        """The ledger thread could not do its part: the run stops, and settle() raises the first such error."""
+        self.write_error = self.write_error or error
+        self.stop.set()
 
     async def settle(self) -> None:
         """Until everything handed to the ledger thread is on disk (and the breaker has judged the last
@@ -301,8 +304,7 @@ class Sender:
         if window.cancelled():
             return
         if (error := window.exception()) is not None:
-            self.write_error = self.write_error or StoreError(f"{self.store.path}: could not count the reputation window: {error}")
-            self.stop.set()
+            self.failed_write(StoreError(f"{self.store.path}: could not count the reputation window: {error}"))
             return
         cfg = self.campaign.send
         sends, bounces, complaints = window.result()
@@ -664,10 +666,10 @@ def provider_chain(campaign: Campaign, name: str | None, concurrency: int | None
 def send(campaign: Campaign, store: Store, options: SendOptions,
          reconcile: Callable[[Store], None] | None = None,
          approval: Callable[[Templates], None] | None = None,
-         announce: Callable[[str, bool], None] | None = None) -> RunResult:
+         announce: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
     """Preflight, then the run. Nothing is sent unless every locale renders and, when `approval` is
     given (the CLI passes review.check_approval), the content is the content legal approved.
-    `announce(text, is_warning)` hears what to say before the first message leaves (the deadline)."""
+    `announce(deadline)` hears report.deadline() before the first message leaves."""
     store.lock()
     pre = preflight(campaign, store)
     if not pre.ok:
@@ -682,7 +684,7 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
         approval(pre.templates)
     chain = provider_chain(campaign, options.provider, options.concurrency)
     if announce is not None and (due := deadline(campaign, store)) is not None and due["remaining"]:
-        announce(due["said"].replace("deadline", "Deadline", 1), due["late"])
+        announce(due)
     suppression = SuppressionList()
     try:
         result = run_loop(Sender(campaign, pre, chain, options, suppression=suppression, reconcile=reconcile).run())
@@ -712,109 +714,6 @@ def dry_run(campaign: Campaign, pre: Preflight, options: SendOptions) -> RunResu
                     result.counts["rendered" if outcome.kind is Kind.ACCEPTED else "failed"] += 1
                 bar.update(1)
 
-    asyncio.run(go())
+    run_loop(go())
     pre.store.log("dry_run", directory=str(campaign.dir / "dry-run"), rendered=result.counts["rendered"])
     return result
-
-
-def _span(seconds: float) -> str:
-    """A duration a tired person reads at a glance: 12 days 3 h, 5 h 12 min, 42 min, 30 s."""
-    s = int(abs(seconds))
-    days, hours, minutes = s // 86400, s % 86400 // 3600, s % 3600 // 60
-    if days:
-        return f"{days} day{'s' if days != 1 else ''} {hours} h"
-    if hours:
-        return f"{hours} h {minutes} min"
-    return f"{minutes} min" if minutes else f"{s} s"
-
-
-def deadline(campaign: Campaign, store: Store, rate: float | None = None,
-             now: dt.datetime | None = None) -> dict[str, Any] | None:
-    """Time left before the legal deadline and the projected finish at `rate` (messages per second;
-    default: the rate of the last 1,000 outcomes). None when the campaign sets no deadline.
-
-    The deadline is the end of its day in UTC: notices must be out by then."""
-    if campaign.deadline is None:
-        return None
-    now = now or dt.datetime.now(dt.timezone.utc)
-    due = dt.datetime.combine(campaign.deadline + dt.timedelta(days=1), dt.time(), dt.timezone.utc)
-    remaining = store.count_unsent()
-    rate = rate if rate else store.recent_rate()
-    left = (due - now).total_seconds()
-    out: dict[str, Any] = {
-        "deadline": campaign.deadline.isoformat(), "discovered": campaign.discovered.isoformat() if campaign.discovered else None,
-        "seconds_left": left, "remaining": remaining, "rate": rate, "projected_finish": None, "late": False,
-    }
-    since = f" ({(campaign.deadline - campaign.discovered).days} days after discovery on {campaign.discovered})" if campaign.discovered else ""
-    head = f"deadline {campaign.deadline} (end of day UTC){since}: "
-    if remaining == 0:
-        last = store.db.execute("SELECT max(first_attempt_at) FROM recipients").fetchone()[0]
-        out["late"] = bool(last and last > due.timestamp())
-        out["said"] = head + ("every recipient is in a final state" +
-                              (f"; the last of them was first sent {_span(last - due.timestamp())} after it" if out["late"] else ""))
-        return out
-    if left <= 0:
-        out["late"] = True
-        out["said"] = head + f"PASSED {_span(left)} ago, with {remaining} recipient(s) not yet notified"
-        return out
-    said = head + f"{_span(left)} left, {remaining} recipient(s) to go"
-    if rate:
-        finish = now + dt.timedelta(seconds=remaining / rate)
-        out["projected_finish"] = finish.strftime("%Y-%m-%dT%H:%M:%SZ")
-        out["late"] = finish > due
-        said += f"; at {rate:.1f}/s they finish by {finish:%Y-%m-%d %H:%M} UTC"
-        if out["late"]:
-            said += f", {_span((finish - due).total_seconds())} AFTER the deadline: raise the rate or add a provider"
-    else:
-        said += "; no sending rate measured yet to project a finish"
-    out["said"] = said
-    return out
-
-
-def status(campaign: Campaign, store: Store, templates: Templates | None = None) -> dict[str, Any]:
-    """Everything `notify status` prints, as one JSON-ready object."""
-    counts = store.counts()
-    rejected, reasons = store.reject_summary()
-    locales = store.locale_counts()
-    fallbacks: Counter[str] = Counter()
-    versions: Counter[str] = Counter()
-    try:
-        templates = templates or Templates(campaign)
-        for version, group in templates.by_version(store.samples()).items():
-            for s in group:
-                versions[version] += s["count"]
-                if split_version(version)[1] != s["locale"]:
-                    fallbacks[f"{s['locale'] or '(none)'} -> {version}"] += s["count"]
-    except NotifyError:
-        templates = None
-    last = store.last_import()
-    due = store.next_due()
-    return {
-        "campaign": campaign.id,
-        "total": sum(counts.values()),
-        "rejected": rejected,
-        "rows_read": (sum(counts.values()) + rejected),
-        "states": {s: counts.get(s, 0) for s in ("pending", "inflight", "deferred", "sent", "delivered", "bounced",
-                                                 "complained", "failed", "suppressed", "ineligible")},
-        "in_doubt": store.doubt_count(),
-        "in_doubt_unsettled": store.in_doubt_unsettled(),
-        "locales": locales,
-        "fallbacks": dict(fallbacks),
-        "versions": dict(sorted(versions.items(), key=lambda kv: -kv[1])),
-        "providers": store.provider_counts(),
-        "reject_reasons": dict(reasons),
-        "deferred_replies": {code: {"count": n, "example": ex} for code, n, ex in store.reply_summary("deferred")},
-        "failed_replies": {code: {"count": n, "example": ex} for code, n, ex in store.reply_summary("failed")},
-        "suppressed_reasons": {ex: n for _, n, ex in store.reply_summary("suppressed", top=10)},
-        "unmatched_feedback": store.unmatched_count(),
-        "switches": [{"at": e["ts"], **json.loads(e["detail"])} for e in store.events_of_kind("provider_switched")],
-        "next_retry": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due)) if due else None,
-        "recipients_file": last["path"] if last else None,
-        "recipients_sha256": last["sha256"] if last else None,
-        "events": store.db.execute("SELECT count(*) FROM events").fetchone()[0],
-        "deadline": deadline(campaign, store),
-    }
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False)

@@ -680,6 +680,10 @@ class Store:
         row = self.db.execute("SELECT min(next_attempt_at) FROM recipients WHERE state='deferred'").fetchone()
         return row[0]
 
+    def last_first_attempt(self) -> float | None:
+        """When the most recently first-tried recipient was first handed to a provider (epoch seconds)."""
+        return self.db.execute("SELECT max(first_attempt_at) FROM recipients").fetchone()[0]
+
     def count_due(self, now: float) -> int:
         return self.db.execute(COUNT_DUE_SQL, (now,)).fetchone()[0]
 

@@ -140,12 +140,12 @@ def test_top_level_help_lists_exit_codes() -> None:
 
 def test_a_bug_is_reported_without_a_traceback(example: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Simulate a defect inside the core: the user sees one plain line and exit 70, never a traceback.
-    import notify.engine
+    import notify.report
 
     def broken(*_: object) -> None:
         raise KeyError("boom")
 
-    monkeypatch.setattr(notify.engine, "status", broken)
+    monkeypatch.setattr(notify.report, "status", broken)
     code, _, err = run("status", example)
     assert code == 70
     assert err.startswith("Error: internal error: KeyError: 'boom'\nThis is a bug in notify.")

@@ -289,7 +289,7 @@ def deadline_campaign(make_campaign: MakeCampaign, n: int, extra: str = "discove
 def test_deadline_time_left_and_projected_finish(make_campaign: MakeCampaign) -> None:
     import datetime as dt
 
-    from notify import engine
+    from notify import report
 
     d = deadline_campaign(make_campaign, 1000)
     c = campaign_mod.load(d)
@@ -297,16 +297,16 @@ def test_deadline_time_left_and_projected_finish(make_campaign: MakeCampaign) ->
     store = Store.open(c.state_dir)
     store.import_file(c.recipients)
     now = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.timezone.utc)  # 36 hours before the end of 2026-12-01
-    fast = engine.deadline(c, store, rate=1.0, now=now)
+    fast = report.deadline(c, store, rate=1.0, now=now)
     assert fast is not None and not fast["late"] and fast["seconds_left"] == 36 * 3600
     assert fast["said"] == ("deadline 2026-12-01 (end of day UTC) (30 days after discovery on 2026-11-01): 1 day 12 h left, "
                             "1000 recipient(s) to go; at 1.0/s they finish by 2026-11-30 12:16 UTC")
-    slow = engine.deadline(c, store, rate=0.005, now=now)  # 1000 / 0.005 = 200,000 s = 55.6 h
+    slow = report.deadline(c, store, rate=0.005, now=now)  # 1000 / 0.005 = 200,000 s = 55.6 h
     assert slow is not None and slow["late"] and slow["projected_finish"] == "2026-12-02T19:33:20Z"
     assert slow["said"].endswith("finish by 2026-12-02 19:33 UTC, 19 h 33 min AFTER the deadline: raise the rate or add a provider")
-    unmeasured = engine.deadline(c, store, now=now)
+    unmeasured = report.deadline(c, store, now=now)
     assert unmeasured is not None and unmeasured["said"].endswith("no sending rate measured yet to project a finish")
-    passed = engine.deadline(c, store, rate=1.0, now=now + dt.timedelta(days=3))
+    passed = report.deadline(c, store, rate=1.0, now=now + dt.timedelta(days=3))
     assert passed is not None and passed["late"] and "PASSED 1 day 12 h ago, with 1000 recipient(s) not yet notified" in passed["said"]
     store.close()
 

@@ -1,0 +1,119 @@
+"""Read-only views of a campaign's state: everything `notify status` reports, and the legal deadline
+with the projected finish (which `send` also announces before its first message and after its run)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections import Counter
+from typing import Any
+
+from .campaign import Campaign
+from .errors import NotifyError
+from .render import Templates, split_version
+from .store import Store
+
+
+def _span(seconds: float) -> str:
+    """A duration a tired person reads at a glance: 12 days 3 h, 5 h 12 min, 42 min, 30 s."""
+    s = int(abs(seconds))
+    days, hours, minutes = s // 86400, s % 86400 // 3600, s % 3600 // 60
+    if days:
+        return f"{days} day{'s' if days != 1 else ''} {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min" if minutes else f"{s} s"
+
+
+def deadline(campaign: Campaign, store: Store, rate: float | None = None,
+             now: dt.datetime | None = None) -> dict[str, Any] | None:
+    """Time left before the legal deadline and the projected finish at `rate` (messages per second;
+    default: the rate of the last 1,000 outcomes). None when the campaign sets no deadline.
+
+    The deadline is the end of its day in UTC: notices must be out by then."""
+    if campaign.deadline is None:
+        return None
+    now = now or dt.datetime.now(dt.timezone.utc)
+    due = dt.datetime.combine(campaign.deadline + dt.timedelta(days=1), dt.time(), dt.timezone.utc)
+    remaining = store.count_unsent()
+    rate = rate if rate else store.recent_rate()
+    left = (due - now).total_seconds()
+    out: dict[str, Any] = {
+        "deadline": campaign.deadline.isoformat(), "discovered": campaign.discovered.isoformat() if campaign.discovered else None,
+        "seconds_left": left, "remaining": remaining, "rate": rate, "projected_finish": None, "late": False,
+    }
+    since = f" ({(campaign.deadline - campaign.discovered).days} days after discovery on {campaign.discovered})" if campaign.discovered else ""
+    head = f"deadline {campaign.deadline} (end of day UTC){since}: "
+    if remaining == 0:
+        last = store.last_first_attempt()
+        out["late"] = bool(last and last > due.timestamp())
+        out["said"] = head + ("every recipient is in a final state" +
+                              (f"; the last of them was first sent {_span(last - due.timestamp())} after it" if out["late"] else ""))
+        return out
+    if left <= 0:
+        out["late"] = True
+        out["said"] = head + f"PASSED {_span(left)} ago, with {remaining} recipient(s) not yet notified"
+        return out
+    said = head + f"{_span(left)} left, {remaining} recipient(s) to go"
+    if rate:
+        finish = now + dt.timedelta(seconds=remaining / rate)
+        out["projected_finish"] = finish.strftime("%Y-%m-%dT%H:%M:%SZ")
+        out["late"] = finish > due
+        said += f"; at {rate:.1f}/s they finish by {finish:%Y-%m-%d %H:%M} UTC"
+        if out["late"]:
+            said += f", {_span((finish - due).total_seconds())} AFTER the deadline: raise the rate or add a provider"
+    else:
+        said += "; no sending rate measured yet to project a finish"
+    out["said"] = said
+    return out
+
+
+def status(campaign: Campaign, store: Store, templates: Templates | None = None) -> dict[str, Any]:
+    """Everything `notify status` prints, as one JSON-ready object."""
+    counts = store.counts()
+    rejected, reasons = store.reject_summary()
+    locales = store.locale_counts()
+    fallbacks: Counter[str] = Counter()
+    versions: Counter[str] = Counter()
+    try:
+        templates = templates or Templates(campaign)
+        for version, group in templates.by_version(store.samples()).items():
+            for s in group:
+                versions[version] += s["count"]
+                if split_version(version)[1] != s["locale"]:
+                    fallbacks[f"{s['locale'] or '(none)'} -> {version}"] += s["count"]
+    except NotifyError:
+        templates = None
+    last = store.last_import()
+    due = store.next_due()
+    return {
+        "campaign": campaign.id,
+        "total": sum(counts.values()),
+        "rejected": rejected,
+        "rows_read": (sum(counts.values()) + rejected),
+        "states": {s: counts.get(s, 0) for s in ("pending", "inflight", "deferred", "sent", "delivered", "bounced",
+                                                 "complained", "failed", "suppressed", "ineligible")},
+        "in_doubt": store.doubt_count(),
+        "in_doubt_unsettled": store.in_doubt_unsettled(),
+        "locales": locales,
+        "fallbacks": dict(fallbacks),
+        "versions": dict(sorted(versions.items(), key=lambda kv: -kv[1])),
+        "providers": store.provider_counts(),
+        "reject_reasons": dict(reasons),
+        "deferred_replies": {code: {"count": n, "example": ex} for code, n, ex in store.reply_summary("deferred")},
+        "failed_replies": {code: {"count": n, "example": ex} for code, n, ex in store.reply_summary("failed")},
+        "suppressed_reasons": {ex: n for _, n, ex in store.reply_summary("suppressed", top=10)},
+        "unmatched_feedback": store.unmatched_count(),
+        "switches": [{"at": e["ts"], **json.loads(e["detail"])} for e in store.events_of_kind("provider_switched")],
+        "next_retry": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due)) if due else None,
+        "recipients_file": last["path"] if last else None,
+        "recipients_sha256": last["sha256"] if last else None,
+        "events": store.db.execute("SELECT count(*) FROM events").fetchone()[0],
+        "deadline": deadline(campaign, store),
+    }
+
+
+def dumps(obj: Any) -> str:
+    """`status --json`: readable, non-ASCII as written."""
+    return json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False)
