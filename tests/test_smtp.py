@@ -405,7 +405,7 @@ def test_reputation_circuit_breaker_pauses_and_needs_acknowledgment(make_campaig
 
 
 def test_wire_body_dot_stuffs_and_normalizes_line_ends() -> None:
-    from notify.providers.smtp import wire_body
+    from notify.providers.smtpwire import wire_body
 
     assert wire_body(b".top\r\nmid\r\n.dot\r\n..two\r\nend") == b"..top\r\nmid\r\n..dot\r\n...two\r\nend\r\n"
     assert wire_body(b"a\nb\r\n.c\n") == b"a\r\nb\r\n..c\r\n"

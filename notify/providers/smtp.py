@@ -11,9 +11,9 @@
     a wave of 5.7.x policy rejections
 
 aiosmtplib opens each connection (TCP or TLS, greeting, EHLO, STARTTLS, AUTH); the transactions
-then run over our own small protocol (`Session`), because aiosmtplib reads one reply per command
-and drops a second reply that arrives in the same segment, so it cannot pipeline. Where the
-server offers PIPELINING (RFC 2920), MAIL, RCPT and DATA go out in one write and their three
+then run over our own small protocol (smtpwire.Session), because aiosmtplib reads one reply per
+command and drops a second reply that arrives in the same segment, so it cannot pipeline. Where
+the server offers PIPELINING (RFC 2920), MAIL, RCPT and DATA go out in one write and their three
 replies come back together: two writes and two reads per message instead of four and four.
 """
 
@@ -24,7 +24,6 @@ import ipaddress
 import os
 import re
 import ssl
-from collections import deque
 
 import aiosmtplib
 from aiosmtplib import errors as smtp_errors
@@ -33,6 +32,7 @@ from ..campaign import SmtpConfig
 from ..errors import ConfigError
 from ..render import Message
 from .base import Kind, Outcome, Readiness, Ready, Wave
+from .smtpwire import Session, wire_body
 
 THROTTLE_CODES = {421, 450, 451, 452, 454}
 ENHANCED_RE = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
@@ -94,111 +94,6 @@ def classify_exception(exc: BaseException, phase: str) -> Outcome:
     if isinstance(exc, smtp_errors.SMTPException):
         return Outcome(Kind.IN_DOUBT if in_doubt else Kind.TEMPORARY, detail=f"{type(exc).__name__}: {exc}")
     raise TypeError(f"not an SMTP error: {exc!r}")
-
-
-Reply = tuple[int, str]
-MAX_REPLY = 64 * 1024  # a reply longer than this without a line end is not SMTP
-
-
-class Session(asyncio.Protocol):
-    """One open connection after aiosmtplib set it up: writes commands, reads replies in order.
-
-    Replies are parsed as bytes arrive and queued, so replies to pipelined commands that share a
-    segment are all kept (the reason this class exists). A drop or a garbled reply fails the
-    pending read and every later one; a timeout leaves the reply order unknown, so the caller
-    closes the connection after any exception.
-    """
-
-    def __init__(self, transport: asyncio.Transport, pipelining: bool, timeout: float) -> None:
-        self.transport = transport
-        self.pipelining = pipelining
-        self.timeout = timeout
-        self.sent = 0  # messages on this connection, for messages_per_connection
-        self.buffer = bytearray()
-        self.lines: list[str] = []  # the lines of a multi-line reply so far
-        self.replies: deque[Reply] = deque()
-        self.error: Exception | None = None
-        self.waiter: asyncio.Future[None] | None = None
-        transport.set_protocol(self)
-
-    @classmethod
-    def take_over(cls, smtp: aiosmtplib.SMTP, pipelining: bool, timeout: float) -> Session:
-        protocol = smtp.protocol
-        transport = protocol.transport if protocol is not None else None
-        if transport is None or transport.is_closing():
-            raise smtp_errors.SMTPServerDisconnected("Connection lost")
-        return cls(transport, pipelining and smtp.supports_extension("pipelining"), timeout)
-
-    @property
-    def is_open(self) -> bool:
-        return self.error is None and not self.transport.is_closing()
-
-    # --- asyncio.Protocol ---
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while (end := self.buffer.find(b"\n")) >= 0:
-            line = bytes(self.buffer[:end]).rstrip(b"\r")
-            del self.buffer[:end + 1]
-            code, sep = line[:3], line[3:4]
-            if not code.isdigit() or sep not in (b"", b" ", b"-"):
-                self._fail(smtp_errors.SMTPResponseException(-1, f"malformed reply line: {line[:80]!r}"))
-                return
-            self.lines.append(line[4:].decode("utf-8", "replace"))
-            if sep != b"-":
-                self.replies.append((int(code), "\n".join(self.lines)))
-                self.lines = []
-        if len(self.buffer) > MAX_REPLY:
-            self._fail(smtp_errors.SMTPResponseException(-1, "reply line too long"))
-        elif self.replies and self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    def eof_received(self) -> bool:
-        return False  # close our side too
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(smtp_errors.SMTPServerDisconnected(f"Connection lost{f': {exc}' if exc else ''}"))
-
-    def _fail(self, exc: Exception) -> None:
-        if self.error is None:
-            self.error = exc
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(exc)
-        self.transport.close()
-
-    # --- commands ---
-
-    def write(self, data: bytes) -> None:
-        if self.error is not None:
-            raise self.error
-        self.transport.write(data)
-
-    async def reply(self) -> Reply:
-        """The next reply, waiting at most `timeout` for it."""
-        if not self.replies:
-            if self.error is not None:
-                raise self.error
-            loop = asyncio.get_running_loop()
-            self.waiter = waiter = loop.create_future()
-            timer = loop.call_later(self.timeout, _expire, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self.waiter = None
-        return self.replies.popleft()
-
-    async def command(self, line: bytes) -> Reply:
-        self.write(line)
-        return await self.reply()
-
-    def close(self) -> None:
-        self.transport.close()
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(smtp_errors.SMTPTimeoutError("Timed out waiting for the server's reply"))
 
 
 ENVELOPE = (("mail", (250,)), ("rcpt", (250, 251)), ("data", (354,)))
@@ -367,17 +262,6 @@ class SmtpProvider:
     async def aclose(self) -> None:
         idle, self.idle = self.idle, []
         await asyncio.gather(*(self._retire(c, quit=True) for c in idle), return_exceptions=True)
-
-
-def wire_body(data: bytes) -> bytes:
-    """The message as DATA carries it: CRLF line ends, leading dots doubled, ending in CRLF.
-    Our messages are CRLF already; counting is C-fast, where a regex over every line is not."""
-    body = data if data.count(b"\n") == data.count(b"\r\n") else re.sub(rb"\r?\n", b"\r\n", data)
-    if body.startswith(b"."):
-        body = b"." + body
-    if b"\n." in body:
-        body = body.replace(b"\n.", b"\n..")
-    return body if body.endswith(b"\r\n") else body + b"\r\n"
 
 
 async def _refused(conn: Session, outcome: Outcome, pending: int) -> tuple[Outcome, bool]:
