@@ -16,10 +16,9 @@ from typing import Any, Callable, Coroutine, TypeVar
 
 from tqdm import tqdm
 
-from . import providers
+from . import breaker, providers
 from .campaign import Campaign, OutboxConfig
-from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, ConfigError,
-                     ReputationPaused, StoreError, TemplateError)
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, ConfigError, StoreError, TemplateError
 from .ledger import Ledger
 from .lint import lint
 from .providers.base import Kind, Outcome, Provider
@@ -28,7 +27,7 @@ from .report import deadline
 from .recipients import STANDARD_COLUMNS
 from .render import (Message, Rendered, Templates, compose, recipient_context, split_version, synthetic_recipient,
                      version_order)
-from .store import Change, Claimed, Event, ImportResult, Store, epoch_of
+from .store import Change, Claimed, Event, ImportResult, Store
 from .suppression import SuppressionList
 from .throttle import Clock, RealClock, Throttle
 
@@ -297,52 +296,25 @@ class Sender:
             self.flush()
 
     def judge_reputation(self, window: asyncio.Future[tuple[int, int, int]]) -> None:
-        """The circuit breaker: pause before the provider suspends the account. The window is counted
-        by the ledger thread (an aggregate over the last `reputation_window` sends was a twelfth of
-        the event loop's time), after the commits handed to it before."""
+        """The circuit breaker's look at a window, counted by the ledger thread (an aggregate over the
+        last `reputation_window` sends was a twelfth of the event loop's time), after the commits
+        handed to it before."""
         self.judging = None
         if window.cancelled():
             return
         if (error := window.exception()) is not None:
             self.failed_write(StoreError(f"{self.store.path}: could not count the reputation window: {error}"))
             return
-        cfg = self.campaign.send
-        sends, bounces, complaints = window.result()
-        if sends < cfg.reputation_window or self.result.stopped:
+        pause = breaker.verdict(self.campaign.send, *window.result())
+        if pause is None or self.result.stopped:
             return
-        bounce_rate, complaint_rate = bounces / sends, complaints / sends
-        if bounce_rate <= cfg.max_bounce_rate and complaint_rate <= cfg.max_complaint_rate:
-            return
-        figures = {"sends": sends, "hard_bounces": bounces, "complaints": complaints,
-                   "bounce_rate": round(bounce_rate, 4), "complaint_rate": round(complaint_rate, 5),
-                   "max_bounce_rate": cfg.max_bounce_rate, "max_complaint_rate": cfg.max_complaint_rate}
-        self.store.log("reputation_paused", **figures)
-        self.result.stopped = (
-            f"reputation circuit breaker: over the last {sends} sends, hard bounces {bounces} ({bounce_rate:.1%}, "
-            f"limit {cfg.max_bounce_rate:.1%}), complaints {complaints} ({complaint_rate:.2%}, limit "
-            f"{cfg.max_complaint_rate:.2%}); check the recipients list, then resume with --acknowledge-reputation")
+        self.store.log("reputation_paused", **pause.figures)
+        self.result.stopped = pause.reason
         self.stop.set()
 
     def log_rate(self, change: Any) -> None:
         if change is not None:
             self.store.log("rate_changed", old=change.old, new=change.new, reason=change.reason)
-
-    def settle_reputation(self) -> float:
-        """Refuses to start while the breaker's pause stands; an acknowledgment is recorded and starts a new window."""
-        last = self.store.last_event_of(("reputation_paused", "reputation_acknowledged"))
-        if last is None:
-            return 0.0
-        if last["kind"] == "reputation_paused":
-            if not self.options.acknowledge_reputation:
-                raise ReputationPaused(
-                    f"the campaign was paused by the reputation circuit breaker at {last['ts'][:19]}Z "
-                    f"(hard bounces {last['detail'].get('bounce_rate', 0):.1%}, complaints "
-                    f"{last['detail'].get('complaint_rate', 0):.2%} over {last['detail'].get('sends')} sends)",
-                    hint="check the recipients list (and `notify status`), then run send again with "
-                         "--acknowledge-reputation; the acknowledgment is recorded in the audit log")
-            self.store.log("reputation_acknowledged", paused_at=last["ts"], figures=last["detail"])
-            return self.wall()
-        return epoch_of(last["ts"])
 
     async def activate(self, reason: str | None = None) -> bool:
         """Makes the next provider in the chain current; False when every provider is down."""
@@ -541,7 +513,7 @@ class Sender:
         if self.suppression is not None:
             self.result.counts["suppressed"] += store.suppress_pending(self.suppression.path)
         self.switching = asyncio.Lock()
-        self.reputation_since = self.settle_reputation()
+        self.reputation_since = breaker.window_start(store, self.options.acknowledge_reputation, self.wall())
         if not await self.activate():
             for p in self.chain:
                 await p.aclose()
