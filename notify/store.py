@@ -482,6 +482,7 @@ class Store:
             for key, row, imp in self.db.execute(f"SELECT key, row, import_id FROM recipients WHERE key IN ({marks})", chunk):
                 first_row[key] = (row, imp)
         rows, rejects, ineligible = [], [], 0
+        events: list[Event] = []
         for item in items:
             if isinstance(item, Recipient) and item.key in first_row:
                 row, imp = first_row[item.key]
@@ -502,8 +503,9 @@ class Store:
                 "INSERT INTO recipients (import_id, row, email, key, token, domain, name, locale, jurisdiction, vars,"
                 " state, detail, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,'ineligible',?,?)", (*values, item.ineligible, utcnow()))
             assert cur.lastrowid is not None
-            self._append(Event("ineligible", cur.lastrowid, item.key, locale=item.locale,
-                               detail={"reason": item.ineligible, "row": item.row, "jurisdiction": item.jurisdiction}))
+            events.append(Event("ineligible", cur.lastrowid, item.key, locale=item.locale,
+                                detail={"reason": item.ineligible, "row": item.row, "jurisdiction": item.jurisdiction}))
+        self._append_all(events, utcnow())
         self.db.executemany(
             "INSERT INTO recipients (import_id, row, email, key, token, domain, name, locale, jurisdiction, vars)"
             " VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
@@ -526,12 +528,13 @@ class Store:
         """Rows left inflight by a crash: back in the queue, due now, marked in doubt, with an event each."""
         with self.transaction() as db:
             rows = db.execute("SELECT id, key, locale FROM recipients WHERE state='inflight'").fetchall()
-            for rid, key, locale in rows:
-                db.execute("UPDATE recipients SET state='deferred', doubt=1, next_attempt_at=?, updated_at=? WHERE id=?",
-                           (now, utcnow(), rid))
-                self._append(Event("inflight_recovered", rid, key, locale=locale, detail={
-                    "reason": "the previous run stopped while this message was with the provider; it is sent "
-                              "again with the same Message-ID and may arrive twice"}))
+            ts = utcnow()
+            db.executemany("UPDATE recipients SET state='deferred', doubt=1, next_attempt_at=?, updated_at=? WHERE id=?",
+                           [(now, ts, rid) for rid, _, _ in rows])
+            why = ("the previous run stopped while this message was with the provider; it is sent again with the "
+                   "same Message-ID and may arrive twice")
+            self._append_all([Event("inflight_recovered", rid, key, locale=locale, detail={"reason": why})
+                              for rid, key, locale in rows], ts)
         return len(rows)
 
     def claim(self, limit: int, now: float, skip_domains: Sequence[str] = ()) -> list[Claimed]:
@@ -634,19 +637,19 @@ class Store:
             return 0
         self.db.execute("ATTACH DATABASE ? AS supp", (str(suppression_db),))
         try:
-            n = 0
             with self.transaction() as db:
                 rows = db.execute(
                     "SELECT r.id, r.key, r.locale, s.kind, s.source, s.reason FROM recipients r"
                     " JOIN supp.suppressed s ON s.address = r.key WHERE r.state IN ('pending', 'deferred')").fetchall()
-                for rid, key, locale, kind, source, reason in rows:
-                    why = f"on the suppression list ({kind}, from {source}): {reason}"
-                    db.execute("UPDATE recipients SET state='suppressed', detail=?, updated_at=? WHERE id=?", (why, utcnow(), rid))
-                    self._append(Event("suppressed", rid, key, locale=locale, detail={"reason": why}))
-                    n += 1
+                ts = utcnow()
+                whys = [f"on the suppression list ({kind}, from {source}): {reason}" for _, _, _, kind, source, reason in rows]
+                db.executemany("UPDATE recipients SET state='suppressed', detail=?, updated_at=? WHERE id=?",
+                               [(why, ts, r[0]) for r, why in zip(rows, whys)])
+                self._append_all([Event("suppressed", r[0], r[1], locale=r[2], detail={"reason": why})
+                                  for r, why in zip(rows, whys)], ts)
         finally:
             self.db.execute("DETACH DATABASE supp")
-        return n
+        return len(rows)
 
     def reputation(self, window: int, since: float) -> tuple[int, int, int]:
         """Over the last `window` recipients handed to a provider after `since`: (sends, hard bounces, complaints).
