@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from notify.store import epoch_of  # the ledger's own timestamp format
+from notify.throttle import default_burst  # the bound the rate step checks
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -273,11 +274,6 @@ def bench_rate(work: Path, rate: float, seconds: float) -> dict[str, float]:
             "busiest_second_replies": busiest_second(replied)}
 
 
-def burst(rate: float) -> float:
-    """The global bucket's burst, as notify.throttle sets it."""
-    return max(1.0, min(rate, 10.0))
-
-
 def busiest_second(stamps: list[float]) -> int:
     """The most stamps in any window of one second (sliding, not calendar seconds)."""
     busiest, j = 0, 0
@@ -416,7 +412,7 @@ def render(r: dict, command: str) -> str:  # type: ignore[type-arg]
         + " | flat in N, <= 200 MB |",
         f"| --rate {rate['rate']:g} over {rate['seconds']:.0f} s, timed at arrival (smtp-sink -d) | achieved "
         f"{rate['achieved']:.1f}/s ({rate['error_pct']:+.2f}%), busiest one-second window {rate['busiest_second']} "
-        f"(by reply times {rate['busiest_second_replies']}) | within 2%; <= R + burst ({rate['rate'] + burst(rate['rate']):g}) |",
+        f"(by reply times {rate['busiest_second_replies']}) | within 2%; <= R + burst ({rate['rate'] + default_burst(rate['rate']):g}) |",
         f"| resume, N={res['n']:,}, 90% done | first message after {res['first_message_s']:.2f} s "
         f"(peak RSS {res['rss_mb']:.0f} MB) | <= 2 s |",
         "| ledger commit per outcome (state + chained event, synchronous=FULL) | "

@@ -83,6 +83,11 @@ class RateChange:
     reason: str
 
 
+def default_burst(rate: float) -> float:
+    """The global bucket's burst: up to ten messages at once, never more than a second's worth."""
+    return max(1.0, min(rate, 10.0))
+
+
 class Throttle:
     """Global rate, per-domain caps (messages per minute) and multiplicative backoff on throttling replies."""
 
@@ -93,7 +98,7 @@ class Throttle:
                  clock: Clock | None = None, burst: float | None = None) -> None:
         self.clock = clock or RealClock()
         self.configured = rate
-        self.global_bucket = Bucket(rate, burst or max(1.0, min(rate, 10.0)), self.clock) if rate else None
+        self.global_bucket = Bucket(rate, burst or default_burst(rate), self.clock) if rate else None
         self.domain_caps = {d.lower(): cap for d, cap in (domains or {}).items()}
         self.domain_buckets: dict[str, Bucket] = {}
         self.last_backoff: float | None = None
@@ -107,7 +112,7 @@ class Throttle:
         old = self.configured
         self.configured = rate
         if self.global_bucket is None:
-            self.global_bucket = Bucket(rate, max(1.0, min(rate, 10.0)), self.clock)
+            self.global_bucket = Bucket(rate, default_burst(rate), self.clock)
         else:
             self.global_bucket.set_rate(min(self.global_bucket.rate, rate))
         return RateChange(old, rate, "capped by the provider's maximum sending rate")
