@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import inspect
 import json
+import random
+import socket
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ from notify.errors import EXIT_FAILED, ConfigError
 from notify.providers import build
 from notify.providers.base import Kind
 from notify.providers.smtp import classify_exception, classify_reply
+from notify.providers.smtpwire import wire_body
 from notify.store import Store
 
 from .conftest import MakeCampaign, simple_templates
@@ -236,7 +241,6 @@ def test_starttls_with_a_verified_certificate(make_campaign: MakeCampaign, tmp_p
 
 
 def test_connection_refused_repeatedly_is_provider_down(make_campaign: MakeCampaign) -> None:
-    import socket
 
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -279,7 +283,6 @@ def test_dkim_signature_verifies(make_campaign: MakeCampaign, tmp_path: Path) ->
     (tmp_path / "dkim.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                                                           serialization.NoEncryption()))
     pub = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    import base64
 
     record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(pub)
     h = Handler()
@@ -341,7 +344,6 @@ def test_aiosmtplib_exports_are_covered() -> None:
 @pytest.mark.slow
 def test_crash_drill_short() -> None:
     """The short version of `make drill`: a few small trials, the same checks."""
-    import random
 
     from .drill import run_trial
 
@@ -405,7 +407,6 @@ def test_reputation_circuit_breaker_pauses_and_needs_acknowledgment(make_campaig
 
 
 def test_wire_body_dot_stuffs_and_normalizes_line_ends() -> None:
-    from notify.providers.smtpwire import wire_body
 
     assert wire_body(b".top\r\nmid\r\n.dot\r\n..two\r\nend") == b"..top\r\nmid\r\n..dot\r\n...two\r\nend\r\n"
     assert wire_body(b"a\nb\r\n.c\n") == b"a\r\nb\r\n..c\r\n"
@@ -420,9 +421,6 @@ class StrictServer:
     that arrived before the reply to the one before it: a client must not pipeline unasked."""
 
     def __init__(self, pipelining: bool, refuse: dict[str, str] | None = None) -> None:
-        import socket
-        import threading
-
         self.pipelining = pipelining
         self.refuse = refuse or {}  # recipient -> reply to its RCPT
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -433,8 +431,6 @@ class StrictServer:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
-        import threading
-
         while True:
             try:
                 conn, _ = self.sock.accept()
