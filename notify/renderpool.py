@@ -43,12 +43,14 @@ def prepare(templates: Templates, c: Claimed) -> Prepared:
         return (c.locale or campaign.default_locale), f"could not render: {e}"
 
 
-def _init(campaign: Campaign, snapshot: tuple[list[str], dict[str, tuple[str, str]]]) -> None:
+def _init(campaign: Campaign, snapshot: tuple[list[str], dict[str, tuple[str, str]]], parent: int) -> None:
     global _templates
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    parent = os.getppid()
 
+    # `parent` is the pid the parent passed, not our getppid() now: a parent killed while we were
+    # still starting up (spawn takes about a second) has already left us to init, and we would
+    # wait for it to change forever, holding the pipes of whoever ran the parent.
     def orphaned() -> None:  # the parent was killed (kill -9): nothing will ask for work again
         while os.getppid() == parent:
             time.sleep(1.0)
@@ -67,7 +69,7 @@ class RenderPool:
     def __init__(self, templates: Templates, processes: int) -> None:
         # spawn, not fork: the parent has an event loop, SQLite connections and perhaps threads.
         self.pool = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_init, initargs=(templates.campaign, templates.snapshot()))
+                                        initializer=_init, initargs=(templates.campaign, templates.snapshot(), os.getpid()))
 
     def submit(self, batch: list[Claimed]):  # type: ignore[no-untyped-def]
         return self.pool.submit(_prepare_batch, batch)

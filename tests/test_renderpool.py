@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from typer.testing import CliRunner
 
@@ -59,3 +66,44 @@ def test_a_limit_is_sent_in_full_by_a_render_process(make_campaign: MakeCampaign
     r = CliRunner().invoke(app, ["send", str(d), "--no-progress", "--limit", "150"])
     assert r.exit_code == 4 and "sent 150" in r.output, r.output
     assert len(sent(d)) == 150
+
+
+PARENT_KILLED_AT_SPAWN = """
+import os, signal, sys
+from notify import campaign
+from notify.render import Templates
+from notify.renderpool import RenderPool
+templates = Templates(campaign.load(sys.argv[1]))
+pool = RenderPool(templates, 1)
+pool.submit([])  # starts the render process, which takes a second or so to import and init
+print(" ".join(str(pid) for pid in pool.pool._processes), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # like a crash (or the crash drill) while they start up
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"  # a zombie has exited; only its parent has not reaped it
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_render_processes_exit_when_the_sender_dies_while_they_start(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    """Otherwise they live on, holding the pipes of whatever ran the sender (the crash drill hung on them)."""
+    d = make_campaign()
+    out = tmp_path / "pids"
+    with out.open("w") as fh:  # a file, not a pipe: a render process that lives on must not hang the test
+        r = subprocess.run([sys.executable, "-c", PARENT_KILLED_AT_SPAWN, str(d)], stdout=fh, stderr=subprocess.DEVNULL,
+                           timeout=60)
+    assert r.returncode == -signal.SIGKILL
+    pids = [int(p) for p in out.read_text().split()]
+    assert len(pids) == 1
+    deadline = time.monotonic() + 20
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [p for p in pids if alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"render processes {left} outlived the sender"
