@@ -544,7 +544,10 @@ class Sender:
         await self.ledger.open()
         self.pool = RenderPool(self.templates, processes) if processes else None
         queue: asyncio.Queue[tuple[Claimed, Prepared | None] | None] = asyncio.Queue(maxsize=2 * self.concurrency)
-        workers = [asyncio.create_task(self.worker(queue)) for _ in range(self.concurrency)]
+        # A provider that carries one message's envelope with the previous body needs a second
+        # message in hand per connection (depth 2): the workers are concurrency x depth.
+        depth = max(p.depth for p in self.chain)
+        workers = [asyncio.create_task(self.worker(queue)) for _ in range(self.concurrency * depth)]
         flusher = asyncio.create_task(self.flusher())
         failed = False
         try:

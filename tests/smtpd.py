@@ -80,6 +80,11 @@ class Handler:
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:
+        if self.close_after and getattr(session, "sent", 0) >= self.close_after:
+            # Closing after K: a MAIL pipelined behind the last message is never answered.
+            assert server.transport is not None
+            server.transport.abort()
+            return "421 4.7.0 closing"  # never reaches the client
         if self.mail_replies:
             reply = self.mail_replies.pop(0)
             if reply:

@@ -417,7 +417,8 @@ class StrictServer:
     """A line-level SMTP server on 127.0.0.1 that checks how the client groups its commands.
 
     Offering PIPELINING, it withholds its replies to MAIL and RCPT until DATA has arrived: a client
-    that waited for each reply would stall and time out. Not offering it, it records any command
+    that waited for each reply would stall and time out; and it counts the envelopes that arrived
+    together with the end of the message before them. Not offering it, it records any command
     that arrived before the reply to the one before it: a client must not pipeline unasked."""
 
     def __init__(self, pipelining: bool, refuse: dict[str, str] | None = None) -> None:
@@ -427,6 +428,7 @@ class StrictServer:
         self.port = self.sock.getsockname()[1]
         self.early: list[str] = []  # commands sent before their predecessor was answered
         self.delivered: list[str] = []
+        self.behind_body = 0  # MAIL commands that came in the same segment as the previous message's final dot
         self.threads: list[threading.Thread] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -478,6 +480,8 @@ class StrictServer:
                 if ok:
                     while line() not in (b".\r\n", b""):
                         pass
+                    if buf.startswith(b"MAIL FROM:"):
+                        self.behind_body += 1
                     self.delivered.append(rcpt)
                     conn.sendall(b"250 2.0.0 queued\r\n")
             elif verb == "RSET":
@@ -504,5 +508,9 @@ def test_envelope_is_pipelined_exactly_when_the_server_offers_it(make_campaign: 
     assert code == EXIT_FAILED, err  # p3 refused; everyone else sent (a stalled client would defer them all)
     assert sorted(srv.delivered) == sorted(f"p{i}@example.com" for i in range(12) if i != 3)
     assert srv.early == [], f"commands sent before their predecessor's reply: {srv.early}"
+    if pipelining:  # four workers on two connections: the next envelope rides with most bodies
+        assert srv.behind_body >= 6, f"only {srv.behind_body} of 11 bodies carried the next envelope"
+    else:
+        assert srv.behind_body == 0
     rows = ledger(d)
     assert rows["p3@example.com"][0] == "failed" and str(rows["p3@example.com"][3]).startswith("550")

@@ -49,6 +49,7 @@ class Readiness:
 
 class Provider(Protocol):
     name: str
+    depth: int  # sends to keep in hand per unit of concurrency (2 where one message's body carries the next envelope)
 
     async def prepare(self) -> Readiness: ...
 

@@ -19,6 +19,8 @@ def eml_name(message_id: str) -> str:
 class OutboxProvider:
     """Also the dry-run target and the tests' fake: a resend with the same Message-ID overwrites, never duplicates."""
 
+    depth = 1
+
     def __init__(self, config: OutboxConfig) -> None:
         self.name = config.name
         self.path = config.path

@@ -88,6 +88,7 @@ class SesProvider:
     # Tests attach botocore's Stubber (for GetAccount, which moto lacks, or to inject error codes) to
     # the clients built here: client_hook(client, "send" | "account"). Production leaves it None.
     client_hook: Callable[[Any, str], None] | None = None
+    depth = 1
 
     def __init__(self, config: SesConfig, concurrency: int = 8) -> None:
         self.name = config.name

@@ -14,7 +14,10 @@ aiosmtplib opens each connection (TCP or TLS, greeting, EHLO, STARTTLS, AUTH); t
 then run over our own small protocol (smtpwire.Session), because aiosmtplib reads one reply per
 command and drops a second reply that arrives in the same segment, so it cannot pipeline. Where
 the server offers PIPELINING (RFC 2920), MAIL, RCPT and DATA go out in one write and their three
-replies come back together: two writes and two reads per message instead of four and four.
+replies come back together; and while other messages wait for a connection, the next one's MAIL,
+RCPT and DATA go out behind this one's body (message content may open a group, DATA must end
+one): one write and one read per message instead of four and four. That envelope's sender takes
+the connection over once this message's reply is read, so replies are still read in order.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import ipaddress
 import os
 import re
 import ssl
+from collections import deque
 
 import aiosmtplib
 from aiosmtplib import errors as smtp_errors
@@ -33,6 +37,8 @@ from ..errors import ConfigError
 from ..render import Message
 from .base import Kind, Outcome, Readiness, Ready, Wave
 from .smtpwire import Session, wire_body
+
+Waiting = tuple[bytes, "asyncio.Future[tuple[Session | None, bool]]"]  # an envelope, and where its connection goes
 
 THROTTLE_CODES = {421, 450, 451, 452, 454}
 ENHANCED_RE = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
@@ -107,7 +113,11 @@ class SmtpProvider:
         self.config = config
         self.pool_size = pool_size
         self.idle: list[Session] = []
-        self.slots = asyncio.Semaphore(pool_size)
+        self.open = 0  # connections open, being opened or being handed on: at most pool_size
+        self.waiting: deque[Waiting] = deque()  # senders waiting for a connection, first come first served
+        # Sends worth keeping in hand per connection: with pipelining, the body of one message
+        # carries the envelope of the next (the engine runs that many more workers).
+        self.depth = 2 if config.pipelining else 1
         self.refusals = 0
         self.policy_wave = Wave(POLICY_WINDOW, POLICY_WAVE)
         self.username, self.password = self._credentials()
@@ -164,41 +174,125 @@ class SmtpProvider:
             smtp.close()
             raise
 
-    async def _acquire(self) -> Session:
+    async def _acquire(self, envelope: bytes) -> tuple[Session, bool]:
+        """A connection for one message, and whether its envelope is already on it: an idle one, a
+        new one while the pool has room, or else the next one a finishing sender hands on (which
+        may have written this envelope behind its own message)."""
         while self.idle:
             conn = self.idle.pop()
             if conn.is_open:
-                return conn
-        return await self._connect()
+                return conn, False
+            self.open -= 1
+        if self.open < self.pool_size:
+            self.open += 1
+            return await self._open_slot(), False
+        handed: asyncio.Future[tuple[Session | None, bool]] = asyncio.get_running_loop().create_future()
+        self.waiting.append((envelope, handed))
+        try:
+            conn, opened = await handed
+        except asyncio.CancelledError:
+            if handed.done() and not handed.cancelled():  # handed over just as we were cancelled
+                self._pass_on(handed.result()[0], keep=False)
+            raise
+        if conn is None:  # its connection was closed: we open one in its place
+            return await self._open_slot(), False
+        return conn, opened
 
-    async def _retire(self, conn: Session, quit: bool) -> None:
-        if quit and conn.is_open:
+    async def _open_slot(self) -> Session:
+        try:
+            return await self._connect()
+        except BaseException:
+            self._pass_on(None, keep=False)
+            raise
+
+    def _adopt(self, conn: Session) -> bytes:
+        """The envelope to send behind this message's body: the first waiting sender's, when the
+        connection pipelines and will carry another message (RFC 2920 lets message content open a
+        group and DATA end one). Its sender gets the connection once our reply has been read."""
+        if not conn.pipelining or conn.sent + 1 >= self.config.messages_per_connection:
+            return b""
+        while self.waiting:
+            envelope, handed = self.waiting.popleft()
+            if not handed.done():
+                conn.behind = handed
+                return envelope
+        return b""
+
+    def _pass_on(self, conn: Session | None, keep: bool) -> None:
+        """After a transaction: the connection (`keep`), or once it is closed the right to open one,
+        goes to the sender whose envelope went out behind ours, else to the first one waiting, else
+        back to the pool."""
+        if conn is not None:
+            behind, conn.behind = conn.behind, None
+            if not keep:
+                conn.close()
+            elif behind is not None and behind.done():  # its sender is gone; its replies are not
+                conn.close()
+                keep = False
+            if behind is not None and not behind.done():
+                behind.set_result((conn, True) if keep else (None, False))
+                return
+        while self.waiting:
+            _envelope, handed = self.waiting.popleft()
+            if not handed.done():
+                handed.set_result((conn, False) if keep else (None, False))
+                return
+        if keep and conn is not None:
+            self.idle.append(conn)
+        else:
+            self.open -= 1
+
+    async def _retire(self, conn: Session) -> None:
+        """QUIT (after messages_per_connection), then the slot goes on."""
+        if conn.is_open:
             conn.timeout = min(5.0, self.config.timeout)
             try:
                 await conn.command(b"QUIT\r\n")
             except (smtp_errors.SMTPException, OSError):
                 pass
-        conn.close()
+        self._pass_on(conn, keep=False)
+
+    def _envelope(self, message: Message) -> bytes:
+        """MAIL, RCPT and DATA for one message, CRLF-terminated."""
+        sender = self.config.return_path.format(token=message.tags["recipient"]) if self.config.return_path else message.sender
+        options = b" SMTPUTF8" if message.smtputf8 else b""
+        if message.smtputf8 or not message.data.isascii():
+            options += b" BODY=8BITMIME"
+        encoding = "utf-8" if message.smtputf8 else "ascii"
+        # Both addresses are bare and free of <, >, CR and LF: the recipient since import
+        # (recipients.validate), the sender since campaign.load (from, return_path).
+        return (b"MAIL FROM:<" + sender.encode(encoding) + b">" + options + b"\r\n"
+                b"RCPT TO:<" + message.recipient.encode(encoding) + b">\r\nDATA\r\n")
 
     async def send(self, message: Message, ready: Ready = None) -> Outcome:
-        async with self.slots:
+        envelope = self._envelope(message)
+        for _ in range(2):
             try:
-                conn = await self._acquire()
+                conn, opened = await self._acquire(envelope)
             except BaseException as exc:
                 if not isinstance(exc, Exception):
                     raise
                 return self._connect_failed(exc)
             self.refusals = 0
-            outcome, reusable = await self._transaction(conn, message, ready)
-            if reusable and outcome.code != 421:
+            try:
+                outcome, reusable = await self._transaction(conn, message, envelope, ready, opened)
+            except BaseException:  # cancelled mid-transaction: what the server has read is unknown
+                self._pass_on(conn, keep=False)
+                raise
+            if reusable and outcome is not None and outcome.code != 421:
                 conn.sent += 1
                 if conn.sent >= self.config.messages_per_connection:
-                    await self._retire(conn, quit=True)
+                    await self._retire(conn)
                 else:
-                    self.idle.append(conn)
+                    self._pass_on(conn, keep=True)
             else:
-                await self._retire(conn, quit=False)
-            return self._watch_policy(outcome)
+                self._pass_on(conn, keep=False)
+            if outcome is not None:
+                return self._watch_policy(outcome)
+            # Our envelope went out behind another message on a connection the server then closed
+            # unanswered (as servers do after their per-connection limit): nothing of ours was
+            # read, so we start over on a connection of our own, once.
+        return Outcome(Kind.TEMPORARY, detail="connection closed before the server answered MAIL, twice")
 
     def _connect_failed(self, exc: Exception) -> Outcome:
         outcome = classify_exception(exc, "connect")
@@ -218,34 +312,31 @@ class SmtpProvider:
                                   f"refused by policy ({outcome.detail})")
         return outcome
 
-    async def _transaction(self, conn: Session, message: Message, ready: Ready) -> tuple[Outcome, bool]:
-        """MAIL, RCPT, DATA (in one write where the server pipelines), then the message; returns
-        the outcome and whether the connection can carry the next message. The throttle's last
-        check (`ready`) is awaited after the 354, so the rate holds at the moment each message
-        leaves, not only an envelope round trip earlier (whose jitter bunches messages)."""
+    async def _transaction(self, conn: Session, message: Message, envelope: bytes, ready: Ready,
+                           opened: bool) -> tuple[Outcome | None, bool]:
+        """MAIL, RCPT, DATA (in one write where the server pipelines; already written behind the
+        message before when `opened`), then the message; returns the outcome and whether the
+        connection can carry the next message. The throttle's last check (`ready`) is awaited after
+        the 354, so the rate holds at the moment each message leaves, not only an envelope round
+        trip earlier (whose jitter bunches messages). No outcome: the server closed the connection
+        it was handed before answering its envelope, so it may be sent on another."""
         data = self.signer(message.data) if self.signer else message.data
-        sender = self.config.return_path.format(token=message.tags["recipient"]) if self.config.return_path else message.sender
-        options = b" SMTPUTF8" if message.smtputf8 else b""
-        if message.smtputf8 or not data.isascii():
-            options += b" BODY=8BITMIME"
-        encoding = "utf-8" if message.smtputf8 else "ascii"
-        # Both addresses are bare and free of <, >, CR and LF: the recipient since import
-        # (recipients.validate), the sender since campaign.load (from, return_path).
-        commands = (b"MAIL FROM:<" + sender.encode(encoding) + b">" + options + b"\r\n",
-                    b"RCPT TO:<" + message.recipient.encode(encoding) + b">\r\n", b"DATA\r\n")
         phase = "mail"
         try:
-            if conn.pipelining:
-                conn.write(b"".join(commands))
+            if conn.pipelining and not opened:
+                conn.write(envelope)
+            commands = () if conn.pipelining else envelope.split(b"\r\n")
             for i, (phase, ok) in enumerate(ENVELOPE):
                 if not conn.pipelining:
-                    conn.write(commands[i])
+                    conn.write(commands[i] + b"\r\n")
                 code, text = await conn.reply()
                 if code not in ok:
                     return await _refused(conn, classify_reply(code, text, phase), pending=2 - i)
             if ready is not None:
                 await ready()
-            conn.write(wire_body(data) + b".\r\n")  # raises if the connection died meanwhile: nothing sent
+            # The next sender's envelope, if one waits, rides in the same write: one write and one
+            # read per message instead of two. Refused or cut off, it is that sender's to handle.
+            conn.write(wire_body(data) + b".\r\n" + self._adopt(conn))  # raises if the connection died: nothing sent
             phase = "body"  # from here on the server may have the message
             code, text = await conn.reply()
             outcome = classify_reply(code, text, "body")
@@ -254,6 +345,8 @@ class SmtpProvider:
                                provider_message_id=message.message_id), True
             return outcome, code != 421
         except (smtp_errors.SMTPException, OSError) as exc:
+            if opened and phase == "mail" and isinstance(exc, (smtp_errors.SMTPServerDisconnected, ConnectionError)):
+                return None, False  # closed before it answered the envelope written behind another message
             return classify_exception(exc, phase), False
 
     async def prepare(self) -> Readiness:
@@ -261,7 +354,7 @@ class SmtpProvider:
 
     async def aclose(self) -> None:
         idle, self.idle = self.idle, []
-        await asyncio.gather(*(self._retire(c, quit=True) for c in idle), return_exceptions=True)
+        await asyncio.gather(*(self._retire(c) for c in idle), return_exceptions=True)
 
 
 async def _refused(conn: Session, outcome: Outcome, pending: int) -> tuple[Outcome, bool]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
+from typing import Any
 
 import aiosmtplib
 from aiosmtplib import errors as smtp_errors
@@ -31,6 +32,7 @@ class Session(asyncio.Protocol):
         self.pipelining = pipelining
         self.timeout = timeout
         self.sent = 0  # messages on this connection, for messages_per_connection
+        self.behind: asyncio.Future[Any] | None = None  # the provider's: who gets it next, envelope sent
         self.buffer = bytearray()
         self.lines: list[str] = []  # the lines of a multi-line reply so far
         self.replies: deque[Reply] = deque()
