@@ -57,6 +57,7 @@ class Message:
     sha256: str
     smtputf8: bool
     tags: dict[str, str]
+    transparent: bool = False  # data can follow SMTP's DATA as it is (mime.transparent): nothing to stuff
 
 
 def split_version(version: str) -> tuple[str, str]:
@@ -431,6 +432,7 @@ def compose(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: s
         sha256=hashlib.sha256(data).hexdigest(),
         smtputf8=smtputf8,
         tags={"campaign": campaign.id, "recipient": recipient_token(key)},
+        transparent=mime.transparent(data),
     )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import email
+import email.policy
 import inspect
 import json
 import random
@@ -24,6 +26,7 @@ from notify.errors import EXIT_FAILED, ConfigError
 from notify.providers import build
 from notify.providers.base import Kind
 from notify.providers.smtp import classify_exception, classify_reply
+from notify.mime import transparent
 from notify.providers.smtpwire import wire_body
 from notify.store import Store
 
@@ -411,6 +414,26 @@ def test_wire_body_dot_stuffs_and_normalizes_line_ends() -> None:
     assert wire_body(b".top\r\nmid\r\n.dot\r\n..two\r\nend") == b"..top\r\nmid\r\n..dot\r\n...two\r\nend\r\n"
     assert wire_body(b"a\nb\r\n.c\n") == b"a\r\nb\r\n..c\r\n"
     assert wire_body(b"plain\r\n") == b"plain\r\n"
+
+
+@pytest.mark.parametrize("data", [b".top\r\n", b"a\r\n.b\r\n", b"a\nb\r\n", b"a\r\nb", b"a\rb\r\n", b"plain\r\n",
+                                  b"a.\r\nb.c\r\n", b"\r\n", b"", b"\r\n.\r\n"])
+def test_a_transparent_message_is_its_own_wire_body(data: bytes) -> None:
+    assert transparent(data) == (wire_body(data) == data)
+
+
+def test_lines_that_start_with_a_dot_arrive_intact(make_campaign: MakeCampaign) -> None:
+    """Short lines go out 7bit as written: these must be dot-stuffed, or the lone dot ends the message."""
+    h = Handler()
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=3)
+        (d / "templates" / "t" / "en" / "body.txt").write_text("Hello {{ recipient.name }}\n.\n..two\n.lead\nend\n")
+        code, _, err = send(d)
+    assert code == 0, err
+    assert len(h.received) == 3
+    for r in h.received:
+        body = email.message_from_bytes(r.data, policy=email.policy.default).get_body(("plain",))
+        assert body is not None and body.get_content().splitlines()[1:] == [".", "..two", ".lead", "end"]
 
 
 class StrictServer:

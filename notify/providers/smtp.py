@@ -336,7 +336,8 @@ class SmtpProvider:
                 await ready()
             # The next sender's envelope, if one waits, rides in the same write: one write and one
             # read per message instead of two. Refused or cut off, it is that sender's to handle.
-            conn.write(wire_body(data) + b".\r\n" + self._adopt(conn))  # raises if the connection died: nothing sent
+            body = data if message.transparent and self.signer is None else wire_body(data)
+            conn.write(body + b".\r\n" + self._adopt(conn))  # raises if the connection died: nothing sent
             phase = "body"  # from here on the server may have the message
             code, text = await conn.reply()
             outcome = classify_reply(code, text, "body")
