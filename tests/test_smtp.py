@@ -23,10 +23,10 @@ from notify.audit import verify_chain
 from notify.campaign import load
 from notify.cli import app
 from notify.errors import EXIT_FAILED, ConfigError
+from notify.mime import transparent
 from notify.providers import build
 from notify.providers.base import Kind
 from notify.providers.smtp import classify_exception, classify_reply
-from notify.mime import transparent
 from notify.providers.smtpwire import wire_body
 from notify.store import Store
 
