@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email
 import email.policy
@@ -28,6 +29,7 @@ from notify.providers import build
 from notify.providers.base import Kind
 from notify.providers.smtp import classify_exception, classify_reply
 from notify.providers.smtpwire import wire_body
+from notify.render import Message
 from notify.store import Store
 
 from .conftest import MakeCampaign, simple_templates
@@ -537,3 +539,33 @@ def test_envelope_is_pipelined_exactly_when_the_server_offers_it(make_campaign: 
         assert srv.behind_body == 0
     rows = ledger(d)
     assert rows["p3@example.com"][0] == "failed" and str(rows["p3@example.com"][3]).startswith("550")
+
+
+def test_a_sender_cancelled_after_its_envelope_went_out_behind_another_frees_its_slot(make_campaign: MakeCampaign) -> None:
+    """One connection: b waits, its envelope rides behind a's body, and b is cancelled before a's
+    reply. The connection (with b's replies still coming) is closed, the slot is free, c is sent."""
+    h = Handler(script={"a@example.com": [("data", "stall:0.5")]})  # a's reply comes late (451)
+
+    def message(rcpt: str) -> Message:
+        return Message(f"<{rcpt}>", "s@example.com", rcpt, b"Subject: x\r\n\r\nhi\r\n", "0", False, {"recipient": "t"})
+
+    async def scenario(port: int) -> tuple[Kind, Kind, int, int]:
+        d = smtp_campaign(make_campaign, port)
+        provider = build(load(d).providers["relay"], concurrency=1)
+        a = asyncio.create_task(provider.send(message("a@example.com")))
+        b = asyncio.create_task(provider.send(message("b@example.com")))  # waits: a holds the one slot
+        while not h.log:  # a's body is in (the stall began), with b's envelope behind it
+            await asyncio.sleep(0.01)
+        b.cancel()
+        outcome_a = await a
+        slots_after_a = provider.open
+        outcome_c = await asyncio.wait_for(provider.send(message("c@example.com")), 5)
+        await provider.aclose()
+        return outcome_a.kind, outcome_c.kind, slots_after_a, provider.open
+
+    with Server(h) as srv:
+        kind_a, kind_c, slots_after_a, slots_at_end = asyncio.run(scenario(srv.port))
+    assert kind_a is Kind.TEMPORARY and kind_c is Kind.ACCEPTED
+    assert slots_after_a == 0, "a's connection carried b's unanswered envelope: closed, its slot free"
+    assert slots_at_end == 0
+    assert [r.rcpt for r in h.received] == ["c@example.com"]

@@ -224,12 +224,11 @@ class SmtpProvider:
         back to the pool."""
         if conn is not None:
             behind, conn.behind = conn.behind, None
+            if behind is not None and behind.done():  # its sender is gone; the replies to its envelope are not
+                behind, keep = None, False
             if not keep:
                 conn.close()
-            elif behind is not None and behind.done():  # its sender is gone; its replies are not
-                conn.close()
-                keep = False
-            if behind is not None and not behind.done():
+            if behind is not None:
                 behind.set_result((conn, True) if keep else (None, False))
                 return
         while self.waiting:
