@@ -411,7 +411,7 @@ def compose(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: s
     smtputf8 = not (local.isascii() and sender.username.isascii())
     mid = message_id(campaign.id, key, sender.domain)
     when = date_header(int(time.time())) if date is None else format_datetime(date)
-    data = None
+    data, clear = None, False
     if not smtputf8:
         reply = campaign.reply_to_address
         constant = mime.constant_headers((sender.display_name, sender_addr),
@@ -419,11 +419,14 @@ def compose(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: s
         to = mime.address_header("To", to_name, to_email)
         subject = mime.subject_header(rendered.subject)
         if constant is not None and to is not None and subject is not None:
-            data = mime.assemble(constant=constant, to=to, subject=subject, date=when, message_id=mid,
-                                 campaign_id=campaign.id, locale=rendered.locale, text=rendered.text, html=rendered.html)
+            built = mime.assemble(constant=constant, to=to, subject=subject, date=when, message_id=mid,
+                                  campaign_id=campaign.id, locale=rendered.locale, text=rendered.text, html=rendered.html)
+            if built is not None:
+                data, clear = built
     if data is None:
         data = compose_with_email_package(campaign, rendered, to_email=to_email, to_name=to_name, mid=mid, date=when,
                                           smtputf8=smtputf8)
+        clear = mime.transparent(data)
     return Message(
         message_id=mid,
         sender=sender_addr,
@@ -432,7 +435,7 @@ def compose(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: s
         sha256=hashlib.sha256(data).hexdigest(),
         smtputf8=smtputf8,
         tags={"campaign": campaign.id, "recipient": recipient_token(key)},
-        transparent=mime.transparent(data),
+        transparent=clear,
     )
 
 

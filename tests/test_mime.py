@@ -11,7 +11,7 @@ import re
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from notify import campaign
+from notify import campaign, mime
 from notify.render import Rendered, Templates, compose, compose_with_email_package, recipient_context
 
 from .conftest import EXAMPLE
@@ -53,6 +53,8 @@ def decoded(data: bytes) -> dict[str, object]:
 
 def both(rendered: Rendered, address: str, name: str) -> tuple[bytes, bytes]:
     fast = compose(CAMPAIGN, rendered, to_email=address, to_name=name, key=address.lower())
+    # The fast path knows whether the bytes need dot-stuffing from how it built them; the scan agrees.
+    assert fast.transparent == mime.transparent(fast.data), (rendered, address, name)
     ref = compose_with_email_package(CAMPAIGN, rendered, to_email=address, to_name=name, mid=fast.message_id,
                                      date=DATE, smtputf8=fast.smtputf8)
     return re.sub(rb"Date: [^\r]+", f"Date: {DATE}".encode(), fast.data, count=1), ref
@@ -94,6 +96,9 @@ def test_long_lines_are_encoded_and_short_ones_are_not() -> None:
        st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), min_size=1, max_size=120),
        st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=400))
 @example(name="000" + "\u0800" * 14 + " : \xa0", subject="0", body="")  # a space where an encoded-word ends
+@example(name="", subject="0", body=".top\n..two\n.")  # lines that start with a dot: 7bit, stuffed on the wire
+@example(name="", subject="0", body="." + "a" * 90 + "\n.b")  # ... in quoted-printable
+@example(name="", subject="0", body="a\rb\n")  # a bare CR in the text: the part's lines end in CRLF all the same
 def test_generated_names_subjects_and_bodies(name: str, subject: str, body: str) -> None:
     subject = " ".join(subject.split()) or "x"  # render() collapses the subject to one line
     rendered = Rendered("en", subject, body, f"<p>{body}</p>")
@@ -103,3 +108,14 @@ def test_generated_names_subjects_and_bodies(name: str, subject: str, body: str)
     to = email.message_from_bytes(fast, policy=email.policy.compat32)["To"]
     if b"=_notify_" in fast and "=?" in to:  # the fast path encoded the name: every character survives
         assert str(email.header.make_header(email.header.decode_header(to))) == f"{name} <alice@example.com>"
+
+
+def test_a_head_that_would_need_stuffing_is_not_called_transparent() -> None:
+    """compose() never builds such a head (names and subjects with line breaks go to the email
+    package), but assemble() checks its head rather than trusting its callers."""
+    for to in (b"To: x\r\n.y <a@example.com>\r\n", b"To: x\ny <a@example.com>\r\n", b"To: a@example.com\r\n"):
+        built = mime.assemble(constant=(b"From: s@example.com\r\n", b""), to=to, subject=b"Subject: s\r\n", date=DATE,
+                              message_id="<m@example.com>", campaign_id="c", locale="en", text="t\n", html="<p>h</p>\n")
+        assert built is not None
+        data, clear = built
+        assert clear == mime.transparent(data) == (to == b"To: a@example.com\r\n")
