@@ -105,10 +105,10 @@ def body_part(content_type: str, text: str) -> tuple[bytes, bool]:
         body = binascii.b2a_qp(CRLF.join(lines) + CRLF, istext=True)
         cte = "quoted-printable"
     else:
-        head = f'Content-Type: {content_type}; charset="utf-8"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
-        return head.encode("ascii") + base64_lines(CRLF.join(lines) + CRLF), True  # canonical CRLF text, as the email package
+        body = base64_lines(CRLF.join(lines) + CRLF)  # canonical CRLF text, as the email package
+        cte = "base64"
     head = f'Content-Type: {content_type}; charset="utf-8"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n'
-    return head.encode("ascii") + body, not body.startswith(b".") and b"\n." not in body
+    return head.encode("ascii") + body, cte == "base64" or not (body.startswith(b".") or b"\n." in body)
 
 
 def transparent(data: bytes) -> bool:
