@@ -28,8 +28,8 @@ drill: $(STAMP)
 	$(BIN)/python -m tests.drill --trials 50 --recipients 20000 --seed 1
 
 # Benchmarks against Postfix's smtp-sink (installed here if missing), beside mailmerge 2.3.0 in its
-# own virtual environment. `make bench` takes a while (N = 50,000 and 1,000,000) and writes
-# bench/RESULTS.md; `make bench-quick` is the same suite at small N, well under a minute.
+# own virtual environment. `make bench` takes a while (N = 50,000 and 1,000,000) and adds its figures
+# on top of bench/RESULTS.md; `make bench-quick` is the same suite at small N, well under a minute.
 MAILMERGE_VENV := bench/.venv-mailmerge
 
 bench-tools:

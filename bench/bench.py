@@ -369,7 +369,7 @@ def machine() -> dict[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small N: well under a minute")
-    ap.add_argument("--out", type=Path, help="also write the report (markdown) here")
+    ap.add_argument("--out", type=Path, help="also add the report (markdown) on top of this file, above earlier runs")
     ap.add_argument("--only", help="run only these steps, comma-separated (end_to_end, import, memory, rate, resume, ledger)")
     args = ap.parse_args()
     if not Path(SINK).exists():
@@ -402,14 +402,32 @@ def main() -> None:
     text = render(report, " ".join(["python", "bench/bench.py", *sys.argv[1:]]))
     print("\n" + text)
     if args.out:
-        args.out.write_text(text, encoding="utf-8")
+        record(args.out, text)
+
+
+def record(path: Path, section: str) -> None:
+    """The new figures go on top of the file, under its title; the earlier sections stay below them."""
+    title = "# Benchmark results\n"
+    old = path.read_text(encoding="utf-8") if path.exists() else title
+    rest = old[len(title):].lstrip("\n") if old.startswith(title) else old
+    path.write_text(f"{title}\n{section}\n{rest}", encoding="utf-8")
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "an unknown commit"
+    return (out.stdout.strip() or "an unknown commit") + (" with uncommitted changes" if dirty else "")
 
 
 def render(r: dict, command: str) -> str:  # type: ignore[type-arg]
     m, e, i, mem, rate, res = r["machine"], r["end_to_end"], r["import"], r["memory"], r["rate"], r["resume"]
     sizes = sorted(int(k.rsplit("_", 1)[1]) for k in mem if k.startswith("rss_mb_at_"))
     lines = [
-        f"# Benchmark results ({'quick' if r['quick'] else 'full'})", "",
+        f"## {time.strftime('%Y-%m-%d')}: {'quick' if r['quick'] else 'full'} run on {commit()}", "",
         f"Command: `{command}` (medians of the repeats; every figure from one run, side by side).",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, Python {m['python']}, {m['system']}.", "",
         "| measurement | result | target |", "|---|---|---|",
