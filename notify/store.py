@@ -142,6 +142,13 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX recipients_provider_message_id ON recipients(provider_message_id)
             WHERE provider_message_id IS NOT NULL AND provider_message_id IS NOT message_id
     """),
+    # samples() groups recipients by (locale, jurisdiction) in every preflight, status and preview:
+    # without an index SQLite sorted every row (0.57 s at 1,000,000, before a resumed send's first
+    # message); over this covering index, 0.11 s. The columns never change after import, so a send
+    # never writes to it.
+    ("0007_versions", """
+        CREATE INDEX recipients_locale ON recipients(locale, jurisdiction)
+    """),
 ]
 
 # A provider's own ID, through the partial index of migration 0006 (its WHERE, restated, lets SQLite
