@@ -313,7 +313,9 @@ def bench_resume(work: Path, n: int, sink: Sink) -> dict[str, float]:
     db.commit()
     db.close()
     start = time.time()
-    r = run([*NOTIFY, "send", str(d), "--no-progress", "--limit", "1"], ok=(4,))  # 4: stopped at --limit, as asked
+    # --limit 5000: enough to start a render process as a real resume would (from 2,000 due), and
+    # the command stops soon after. 4: stopped at --limit, as asked.
+    r = run([*NOTIFY, "send", str(d), "--no-progress", "--limit", "5000"], ok=(4,))
     db = sqlite3.connect(d / ".notify" / "campaign.sqlite")
     (first,) = db.execute("SELECT min(ts) FROM events WHERE kind='sent'").fetchone()
     db.close()

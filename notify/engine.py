@@ -462,7 +462,7 @@ class Sender:
                     # The next claim is written while this batch is handed over: the claim waits its
                     # turn behind group commits in the ledger thread, and the workers should not.
                     self.claiming = claim_next()
-                if self.pool is None:
+                if self.pool is None or not self.pool.ready:
                     for c in claimed:
                         await queue.put((c, None))
                 else:

@@ -65,11 +65,22 @@ def _prepare_batch(batch: list[Claimed]) -> list[Prepared]:
     return [prepare(_templates, c) for c in batch]
 
 
+def _started() -> None:
+    """Nothing: the first task, so that the processes start at once rather than at the first batch."""
+
+
 class RenderPool:
     def __init__(self, templates: Templates, processes: int) -> None:
         # spawn, not fork: the parent has an event loop, SQLite connections and perhaps threads.
         self.pool = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_init, initargs=(templates.campaign, templates.snapshot(), os.getpid()))
+        self.started = self.pool.submit(_started)
+
+    @property
+    def ready(self) -> bool:
+        """Whether a process has started (about 0.3 s: interpreter, imports, templates). Until then
+        the event loop renders the first batches itself rather than wait with nothing to send."""
+        return self.started.done()
 
     def submit(self, batch: list[Claimed]):  # type: ignore[no-untyped-def]
         return self.pool.submit(_prepare_batch, batch)
