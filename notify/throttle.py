@@ -71,9 +71,10 @@ class Bucket:
         self._refill()
         return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
 
-    def set_rate(self, rate: float) -> None:
+    def set_rate(self, rate: float, burst: float) -> None:
         self._refill()
-        self.rate = rate
+        self.rate, self.burst = rate, burst
+        self.tokens = min(self.tokens, burst)
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ class Throttle:
                  clock: Clock | None = None, burst: float | None = None) -> None:
         self.clock = clock or RealClock()
         self.configured = rate
-        self.global_bucket = Bucket(rate, burst or default_burst(rate), self.clock) if rate else None
+        self.burst = burst  # None: default_burst() of whatever the rate is now
+        self.global_bucket = Bucket(rate, self._burst(rate), self.clock) if rate else None
         self.domain_caps = {d.lower(): cap for d, cap in (domains or {}).items()}
         self.domain_buckets: dict[str, Bucket] = {}
         self.last_backoff: float | None = None
@@ -122,10 +124,19 @@ class Throttle:
         old = self.configured
         self.configured = rate
         if self.global_bucket is None:
-            self.global_bucket = Bucket(rate, default_burst(rate), self.clock)
+            self.global_bucket = Bucket(rate, self._burst(rate), self.clock)
         else:
-            self.global_bucket.set_rate(min(self.global_bucket.rate, rate))
+            self._set_rate(min(self.global_bucket.rate, rate))
         return RateChange(old, rate, "capped by the provider's maximum sending rate")
+
+    def _burst(self, rate: float) -> float:
+        return self.burst or default_burst(rate)
+
+    def _set_rate(self, rate: float) -> None:
+        """The burst follows the rate: kept at the burst for a rate of 1,000/s, a cap or a backoff to
+        14/s would let 40 go at once, more than that rate's second."""
+        assert self.global_bucket is not None
+        self.global_bucket.set_rate(rate, self._burst(rate))
 
     @property
     def rate(self) -> float | None:
@@ -204,9 +215,9 @@ class Throttle:
         base = old if old is not None else self.observed_rate()
         new = max(self.FLOOR, base / 2)
         if self.global_bucket is None:
-            self.global_bucket = Bucket(new, 1.0, self.clock)
+            self.global_bucket = Bucket(new, self._burst(new), self.clock)
         else:
-            self.global_bucket.set_rate(new)
+            self._set_rate(new)
         return RateChange(old, new, reason)
 
     def recover(self) -> RateChange | None:
@@ -227,7 +238,7 @@ class Throttle:
             self.global_bucket = None  # back to unlimited
             self.last_backoff = None
             return RateChange(old, None, "quiet period: back to unlimited")
-        self.global_bucket.set_rate(new)
+        self._set_rate(new)
         if target is not None and new == target:
             self.last_backoff = None
         return RateChange(old, new, "quiet period: rate grows back")

@@ -124,6 +124,24 @@ def test_backoff_halves_then_grows_back_to_the_configured_rate() -> None:
     assert all(b > a for a, b in zip(rates, rates[1:])), "additive increase: gentle and monotonic"
 
 
+def test_the_burst_follows_the_rate_down_and_up() -> None:
+    """A burst kept from a high rate would let more than a lowered rate's second go at once."""
+    clock = FakeClock()
+    t = Throttle(rate=1000, clock=clock)
+    assert t.global_bucket is not None and t.global_bucket.burst == 40
+    t.cap(14)  # a provider's own maximum (SES MaxSendRate)
+    assert t.global_bucket.burst == 10
+    left = [x for _, x in acquire_times(t, clock, ["example.com"] * 100, concurrency=16, leave=True)]
+    assert max_in_window(left, 1.0) <= 14 + 10
+    t = Throttle(rate=500, clock=clock)
+    t.backoff("421 4.7.0 slow down")
+    assert t.rate == 250 and t.global_bucket is not None and t.global_bucket.burst == 10
+    for _ in range(20):
+        clock.t += Throttle.QUIET
+        t.recover()
+    assert t.rate == 500 and t.global_bucket.burst == 20
+
+
 def test_backoff_from_unlimited_uses_the_observed_rate() -> None:
     clock = FakeClock()
     t = Throttle(rate=None, clock=clock)
