@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import sqlite3
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 NOTIFY = [PY, "-m", "notify"]
 SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-MAILMERGE = ROOT / "bench" / ".venv-mailmerge" / "bin" / "mailmerge"
+MAILMERGE = ROOT / "bench" / ".venv-mailmerge" / "bin" / "mailmerge"  # --mailmerge: another one (make's MAILMERGE_VENV)
 
 LOCALES = ["en", "es", "fr", "de", "pt-BR", "ja", "zh-CN", "ar"]
 NAMES = ["Alice Smith", "José Ñúñez", "Zoë Müller", "田中 太郎", "Анна Петрова", "محمد علي", "Bob Jones", "Chen Wei"]
@@ -368,15 +369,34 @@ def machine() -> dict[str, str]:
     except (OSError, ValueError, IndexError):
         pass
     return {"cpu": cpu, "cores": str(os.cpu_count()), "memory": mem, "python": platform.python_version(),
-            "system": f"{platform.system()} {platform.release()}"}
+            "interpreter": interpreter(), "system": f"{platform.system()} {platform.release()}"}
+
+
+def interpreter() -> str:
+    """Which CPython build runs the benchmark, because the build moves every figure: the same notify
+    on this VM's pyenv 3.11.7 (libpython a shared library, no PGO) and on Debian's 3.11.2 (libpython
+    linked into the executable, built with PGO and LTO) differs by about a fifth (bench/RESULTS.md).
+    Whether libpython is shared is read from this process's own mappings."""
+    path = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return path
+    shared = re.search(r"/(libpython[\w.]*\.so[\w.]*)$", maps, re.MULTILINE)
+    return f"{path} ({shared.group(1) + ', shared' if shared else 'libpython linked in'})"
 
 
 def main() -> None:
+    global MAILMERGE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small N: well under a minute")
     ap.add_argument("--out", type=Path, help="also add the report (markdown) on top of this file, above earlier runs")
     ap.add_argument("--only", help="run only these steps, comma-separated (end_to_end, import, memory, rate, resume, ledger)")
+    ap.add_argument("--mailmerge", type=Path,
+                    help="the mailmerge to compare with (default: bench/.venv-mailmerge/bin/mailmerge)")
     args = ap.parse_args()
+    if args.mailmerge:
+        MAILMERGE = args.mailmerge.resolve()  # mailmerge runs in a work directory
     if not Path(SINK).exists():
         raise SystemExit("bench: smtp-sink not found: run `make bench` (it installs Debian's postfix)")
     q = args.quick
@@ -434,7 +454,8 @@ def render(r: dict, command: str) -> str:  # type: ignore[type-arg]
     lines = [
         f"## {time.strftime('%Y-%m-%d')}: {'quick' if r['quick'] else 'full'} run on {commit()}", "",
         f"Command: `{command}` (medians of the repeats; every figure from one run, side by side).",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, Python {m['python']}, {m['system']}.", "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, Python {m['python']} ({m['interpreter']}), "
+        f"{m['system']}.", "",
         "| measurement | result | target |", "|---|---|---|",
         f"| end to end to smtp-sink, N={e['n']:,} (the whole command) | {e['notify_per_s']:,.0f} msg/s, CPU "
         f"{e['notify_cpu_s']:.1f} s, peak RSS {e['notify_rss_mb']:.0f} MB | >= 5,000 msg/s |",
