@@ -255,6 +255,11 @@ class Claimed:
 
 
 CLAIM_COLUMNS = "id, row, email, key, name, locale, jurisdiction, vars, attempts, doubt, first_attempt_at, state"
+# What claim() runs ({skip}: the saturated domains' clause); the sort-nothing test checks their plans.
+CLAIM_PENDING_SQL = f"SELECT {CLAIM_COLUMNS} FROM recipients WHERE state='pending'{{skip}} ORDER BY id LIMIT ?"
+CLAIM_DUE_SQL = (f"SELECT {CLAIM_COLUMNS} FROM {DEFERRED} AND next_attempt_at <= ?{{skip}}"
+                 " ORDER BY next_attempt_at, id LIMIT ?")
+NEXT_DUE_SQL = f"SELECT min(next_attempt_at) FROM {DEFERRED}"
 
 
 def _claimed(r: tuple[Any, ...]) -> Claimed:
@@ -576,15 +581,11 @@ class Store:
 
         Pending rows first, in file order; then deferred rows whose retry is due. Domains at their
         cap are skipped so that one slow domain never holds up the others."""
-        cols = CLAIM_COLUMNS
         skip = f" AND domain NOT IN ({','.join('?' * len(skip_domains))})" if skip_domains else ""
         with self.transaction() as db:
-            rows = db.execute(f"SELECT {cols} FROM recipients WHERE state='pending'{skip} ORDER BY id LIMIT ?",
-                              (*skip_domains, limit)).fetchall()
+            rows = db.execute(CLAIM_PENDING_SQL.format(skip=skip), (*skip_domains, limit)).fetchall()
             if len(rows) < limit:
-                rows += db.execute(
-                    f"SELECT {cols} FROM {DEFERRED} AND next_attempt_at <= ?{skip}"
-                    " ORDER BY next_attempt_at, id LIMIT ?", (now, *skip_domains, limit - len(rows))).fetchall()
+                rows += db.execute(CLAIM_DUE_SQL.format(skip=skip), (now, *skip_domains, limit - len(rows))).fetchall()
             db.executemany("UPDATE recipients SET state='inflight' WHERE id=?", [(r[0],) for r in rows])
         return [_claimed(r) for r in rows]
 
@@ -714,7 +715,7 @@ class Store:
         return self.db.execute("SELECT count(*) FROM unmatched").fetchone()[0]
 
     def next_due(self) -> float | None:
-        row = self.db.execute(f"SELECT min(next_attempt_at) FROM {DEFERRED}").fetchone()
+        row = self.db.execute(NEXT_DUE_SQL).fetchone()
         return row[0]
 
     def last_first_attempt(self) -> float | None:

@@ -159,15 +159,15 @@ def test_the_send_loop_queries_sort_nothing(tmp_path: Path) -> None:
     """Neither a claim nor the reputation breaker's window may sort every row: run every few dozen
     messages, that made a million-recipient send slower and slower (found by the benchmark). Nor may
     counting what is due collect every row id first (the send's memory grew with N)."""
-    from notify.store import CLAIM_COLUMNS, COUNT_DUE_SQL, DEFERRED, REPUTATION_SQL, SAMPLES_SQL
+    from notify.store import CLAIM_DUE_SQL, CLAIM_PENDING_SQL, COUNT_DUE_SQL, NEXT_DUE_SQL, REPUTATION_SQL, SAMPLES_SQL
 
     (tmp_path / "r.csv").write_text("email\n" + "".join(f"u{i}@example.org\n" for i in range(100)))
     store = Store.open(tmp_path / ".notify")
     store.import_file(tmp_path / "r.csv")
-    for sql, args in ((f"SELECT {CLAIM_COLUMNS} FROM recipients WHERE state='pending' ORDER BY id LIMIT 64", ()),
-                      (f"SELECT {CLAIM_COLUMNS} FROM {DEFERRED} AND next_attempt_at <= ? ORDER BY next_attempt_at, id"
-                       " LIMIT 64", (0.0,)),
-                      (f"SELECT min(next_attempt_at) FROM {DEFERRED}", ()),
+    skip = " AND domain NOT IN (?)"  # a domain at its cap
+    for sql, args in ((CLAIM_PENDING_SQL.format(skip=""), (64,)), (CLAIM_PENDING_SQL.format(skip=skip), ("a.example", 64)),
+                      (CLAIM_DUE_SQL.format(skip=""), (0.0, 64)), (CLAIM_DUE_SQL.format(skip=skip), (0.0, "a.example", 64)),
+                      (NEXT_DUE_SQL, ()),
                       (REPUTATION_SQL, (0.0, 1000)), (COUNT_DUE_SQL, (0.0,)),
                       (SAMPLES_SQL, ())):  # every preflight groups all recipients by version
         plan = " ".join(str(row) for row in store.db.execute(f"EXPLAIN QUERY PLAN {sql}", args))
