@@ -123,20 +123,20 @@ class Throttle:
             return None
         old = self.configured
         self.configured = rate
-        if self.global_bucket is None:
-            self.global_bucket = Bucket(rate, self._burst(rate), self.clock)
-        else:
-            self._set_rate(min(self.global_bucket.rate, rate))
+        self._set_rate(rate if self.global_bucket is None else min(self.global_bucket.rate, rate))
         return RateChange(old, rate, "capped by the provider's maximum sending rate")
 
     def _burst(self, rate: float) -> float:
         return self.burst or default_burst(rate)
 
     def _set_rate(self, rate: float) -> None:
-        """The burst follows the rate: kept at the burst for a rate of 1,000/s, a cap or a backoff to
-        14/s would let 40 go at once, more than that rate's second."""
-        assert self.global_bucket is not None
-        self.global_bucket.set_rate(rate, self._burst(rate))
+        """Every change of the global rate, from unlimited too. The burst follows the rate: kept at
+        the burst for a rate of 1,000/s, a cap or a backoff to 14/s would let 40 go at once, more
+        than that rate's second."""
+        if self.global_bucket is None:
+            self.global_bucket = Bucket(rate, self._burst(rate), self.clock)
+        else:
+            self.global_bucket.set_rate(rate, self._burst(rate))
 
     @property
     def rate(self) -> float | None:
@@ -214,10 +214,7 @@ class Throttle:
         old = self.rate
         base = old if old is not None else self.observed_rate()
         new = max(self.FLOOR, base / 2)
-        if self.global_bucket is None:
-            self.global_bucket = Bucket(new, self._burst(new), self.clock)
-        else:
-            self._set_rate(new)
+        self._set_rate(new)
         return RateChange(old, new, reason)
 
     def recover(self) -> RateChange | None:
