@@ -72,9 +72,10 @@ def version_order(version: str) -> tuple[bool, str]:
 
 
 def message_id(campaign_id: str, key: str, domain: str) -> str:
-    """Deterministic per (campaign, address): a resend after a crash carries the same ID."""
-    digest = hashlib.sha256(f"{campaign_id}\0{key}".encode()).hexdigest()[:32]
-    return f"<{campaign_id}.{digest}@{domain}>"
+    """Deterministic per (campaign, address): a resend after a crash carries the same ID. Its last dotted
+    part is the recipient's token, through whose index store.find() looks up a Message-ID that feedback
+    quotes; the token is already in the message's VERP address and tags, so the ID reveals nothing more."""
+    return f"<{campaign_id}.{recipient_token(key)}@{domain}>"
 
 
 def babel_locale(tag: str) -> babel.Locale:

@@ -52,6 +52,47 @@ def test_a_database_from_before_a_migration_is_upgraded(make_campaign: MakeCampa
     s.close()
 
 
+def test_message_ids_are_found_through_the_token_and_earlier_ones_still_by_their_index(make_campaign: MakeCampaign) -> None:
+    """Since migration 0009 a Message-ID ends in the recipient's token and is found through the token's
+    index; an ID of the earlier form, sent before the upgrade, is still found, through a partial index
+    that holds only such IDs (a send writes nothing to it)."""
+    import hashlib
+
+    import notify.store as store_mod
+    from notify.render import message_id
+
+    d = make_campaign()
+    (d / "recipients.csv").write_text("email\nold@example.org\nnew@example.org\n")
+    digest = hashlib.sha256(b"camp\0old@example.org").hexdigest()[:32]  # the form before 0009
+    old_form = f"<camp.{digest}@example.com>"
+    saved = store_mod.MIGRATIONS
+    store_mod.MIGRATIONS = [m for m in saved if m[0] < "0009"]
+    try:
+        s = open_store(d)
+        s.import_file(d / "recipients.csv")
+        (old,) = s.claim(1, 0.0)
+        s.apply([Change(old.id, "sent", Event("sent", old.id), fields={"message_id": old_form})])
+        s.close()
+    finally:
+        store_mod.MIGRATIONS = saved
+    s = open_store(d)
+    (new,) = s.claim(1, 0.0)
+    new_form = message_id("camp", new.key, "example.com")
+    s.apply([Change(new.id, "sent", Event("sent", new.id), fields={"message_id": new_form})])
+    assert s.find(message_id=old_form) == (old.id, "old@example.org", "sent")
+    assert s.find(message_id=new_form) == (new.id, "new@example.org", "sent")
+    assert s.find(provider_message_id=new_form) == (new.id, "new@example.org", "sent")  # SMTP reports our ID
+    assert s.find(message_id=message_id("other", new.key, "example.com")) is None  # the token alone is not enough
+    (schema,) = s.db.execute("SELECT sql FROM sqlite_master WHERE name='recipients_message_id'").fetchone()
+    assert schema.rstrip().endswith(f"WHERE {store_mod.OLD_MESSAGE_ID}"), schema  # partial: new IDs are not in it
+    assert s.db.execute(f"SELECT message_id FROM recipients INDEXED BY recipients_message_id"
+                        f" WHERE {store_mod.OLD_MESSAGE_ID}").fetchall() == [(old_form,)]
+    for where, values in store_mod._by_message_id(new_form):
+        plan = " ".join(map(str, s.db.execute(f"EXPLAIN QUERY PLAN SELECT id FROM recipients WHERE {where}", values)))
+        assert "USING INDEX" in plan, (where, plan)
+    s.close()
+
+
 def test_import_dedupes_and_counts_add_up(make_campaign: MakeCampaign) -> None:
     d = make_campaign("email\na@example.com\nb@example.com\nA@EXAMPLE.com\nbad\nb@example.com\n")
     s = open_store(d)
