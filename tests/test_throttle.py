@@ -74,15 +74,18 @@ def test_late_wakeups_do_not_bunch_above_rate_plus_burst() -> None:
     assert left[-1] < (100 - 5) / 10 + 1.5, "the stall costs about its own length, no more"
 
 
-def test_departures_keep_room_for_delivery_jitter() -> None:
+def test_departures_keep_room_for_delivery_jitter_and_never_bunch() -> None:
     """At 500/s the bound the provider counts is 520 in any second at ARRIVAL (the default burst is
-    40 ms worth); delivery spreads departures by milliseconds, so leave() holds departures to 500
-    (rate + burst, less 40 ms worth), even right after a stall, and the rate is still kept."""
+    40 ms worth). Delivery spreads departures by milliseconds, so leave() lets them run at most
+    10 ahead of the rate (the burst less 20 ms worth): 510 in any second. And it paces them, even
+    right after a stall: a cap on each sliding second alone let hundreds go at once there, and a
+    bunch, once let through, came back every second after."""
     clock = StallingClock(2.05, 2.55)
     t = Throttle(rate=500, clock=clock)
     assert t.global_bucket is not None and t.global_bucket.burst == 20
     left = [x for _, x in acquire_times(t, clock, ["example.com"] * 3000, concurrency=64, leave=True)]
-    assert max_in_window(left, 1.0) == 500
+    assert max_in_window(left, 1.0) == 510
+    assert max_in_window(left, 0.05) <= 10 + 25, "paced: a twentieth of a second holds its share and the 10 ahead"
     assert abs(len(left) / left[-1] - 500) / 500 < 0.1, "half a second's stall aside, the rate holds"
 
 
