@@ -161,12 +161,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX recipients_due ON recipients(next_attempt_at, id) WHERE state='deferred'
     """),
     # A Message-ID is hashed, so recipients_message_id took each send's ID at a random place: a page
-    # written per outcome, two thirds of the bytes of a group commit (bench/RESULTS.md). The ID now
-    # ends in the recipient's token, which is indexed from the import on (render.message_id), so
-    # find() goes through the token. Only IDs of the earlier form, sent before this migration, stay
-    # indexed, to be found when their feedback comes. A recipient left in doubt by a crash before it
-    # is resent again under the new form: a different ID than the first attempt's (the event log
-    # still marks it a possible duplicate).
+    # written per outcome, more than two thirds of the bytes of a group commit (bench/RESULTS.md).
+    # The ID now ends in the recipient's token, which is indexed from the import on
+    # (render.message_id), so find() goes through the token. Only IDs of the earlier form, sent
+    # before this migration, stay indexed, to be found when their feedback comes. A recipient a
+    # crash left in doubt before the upgrade is resent under the new form, with an ID other than
+    # its first attempt's (its event still says possible_duplicate).
     ("0009_message_id_by_token", f"""
         DROP INDEX recipients_message_id;
         CREATE INDEX recipients_message_id ON recipients(message_id) WHERE {OLD_MESSAGE_ID}
