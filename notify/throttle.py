@@ -66,9 +66,10 @@ class Bucket:
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
     def delay(self) -> float:
-        """How long a reservation made now would wait, without making it."""
+        """How long a reservation made now would wait, without making it. A wait of just that long
+        refills to one token only within rounding: close enough counts, or the wait would never end."""
         self._refill()
-        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+        return 0.0 if self.tokens >= 1 - 1e-9 else (1 - self.tokens) / self.rate
 
     def set_rate(self, rate: float, burst: float) -> None:
         self._refill()
@@ -110,12 +111,14 @@ class Throttle:
         self.clock = clock or RealClock()
         self.configured = rate
         self.burst = burst  # None: default_burst() of whatever the rate is now
-        self.global_bucket = Bucket(rate, self._burst(rate), self.clock) if rate else None
+        self.global_bucket: Bucket | None = None  # schedules each send (acquire)
+        self.departures: Bucket | None = None  # paces the moments they leave (leave)
+        if rate:
+            self._set_rate(rate)
         self.domain_caps = {d.lower(): cap for d, cap in (domains or {}).items()}
         self.domain_buckets: dict[str, Bucket] = {}
         self.last_backoff: float | None = None
         self._sent: list[float] = []  # recent send times, to estimate the rate when unlimited
-        self._departure = float("-inf")  # when the next message is due to leave, by the rate (leave())
 
     def cap(self, rate: float) -> RateChange | None:
         """A provider's own limit (SES MaxSendRate): the campaign never asks for more."""
@@ -133,10 +136,14 @@ class Throttle:
         """Every change of the global rate, from unlimited too. The burst follows the rate: kept at
         the burst for a rate of 1,000/s, a cap or a backoff to 14/s would let 40 go at once, more
         than that rate's second."""
-        if self.global_bucket is None:
-            self.global_bucket = Bucket(rate, self._burst(rate), self.clock)
+        burst = self._burst(rate)
+        ahead = max(1.0, burst - rate * JITTER)  # what leave() lets go at once: the burst less JITTER's worth
+        if self.global_bucket is None or self.departures is None:
+            self.global_bucket = Bucket(rate, burst, self.clock)
+            self.departures = Bucket(rate, ahead, self.clock)
         else:
-            self.global_bucket.set_rate(rate, self._burst(rate))
+            self.global_bucket.set_rate(rate, burst)
+            self.departures.set_rate(rate, ahead)
 
     @property
     def rate(self) -> float | None:
@@ -179,22 +186,17 @@ class Throttle:
 
         The bucket schedules each send; a worker that wakes late (a busy event loop) or whose
         envelope round trip took longer would go out in a bunch with the ones scheduled after it.
-        This paces the times messages actually leave, as a second bucket would (GCRA): one every
-        1/rate seconds, at most (burst - JITTER's worth) ahead of that schedule, so that no second
-        sees more than rate + burst arrive. A cap on each sliding second alone was not enough: it let
-        a bunch through at the start and then held the rest, and the bunch came back every second."""
-        bucket = self.global_bucket
-        if bucket is None:
+        This paces the times messages actually leave with a second bucket at the same rate, whose
+        burst is the first's less JITTER's worth, so that no second sees more than rate + burst
+        arrive. It looks at the bucket when the message is about to leave, not when it began to
+        wait, so workers that wake together still leave one by one. A cap on each sliding second
+        alone was not enough: it let a bunch through at the start and held the rest of the second,
+        and the bunch came back every second."""
+        if self.departures is None:
             return
-        gap = 1.0 / bucket.rate
-        ahead = (max(1.0, bucket.burst - bucket.rate * JITTER) - 1) * gap
-        while True:
-            now = self.clock.now()
-            due = max(self._departure, now)
-            if due - ahead <= now:
-                self._departure = due + gap
-                return
-            await self.clock.sleep(due - ahead - now)
+        while (wait := self.departures.delay()) > 0:
+            await self.clock.sleep(wait)
+        self.departures.reserve()
 
     def observed_rate(self, window: float = 5.0) -> float:
         """Messages per second over the recent past: the base for backing off when no rate was set."""

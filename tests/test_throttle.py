@@ -84,7 +84,7 @@ def test_departures_keep_room_for_delivery_jitter_and_never_bunch() -> None:
     t = Throttle(rate=500, clock=clock)
     assert t.global_bucket is not None and t.global_bucket.burst == 20
     left = [x for _, x in acquire_times(t, clock, ["example.com"] * 3000, concurrency=64, leave=True)]
-    assert max_in_window(left, 1.0) == 510
+    assert 500 <= max_in_window(left, 1.0) <= 510
     assert max_in_window(left, 0.05) <= 10 + 25, "paced: a twentieth of a second holds its share and the 10 ahead"
     assert abs(len(left) / left[-1] - 500) / 500 < 0.1, "half a second's stall aside, the rate holds"
 
