@@ -119,6 +119,7 @@ class Throttle:
         self.domain_buckets: dict[str, Bucket] = {}
         self.last_backoff: float | None = None
         self._sent: list[float] = []  # recent send times, to estimate the rate when unlimited
+        self.unlimited_at: float | None = None  # the observed rate when an unlimited send was throttled
 
     def cap(self, rate: float) -> RateChange | None:
         """A provider's own limit (SES MaxSendRate): the campaign never asks for more."""
@@ -132,10 +133,13 @@ class Throttle:
     def _burst(self, rate: float) -> float:
         return self.burst or default_burst(rate)
 
-    def _set_rate(self, rate: float) -> None:
-        """Every change of the global rate, from unlimited too. The burst follows the rate: kept at
-        the burst for a rate of 1,000/s, a cap or a backoff to 14/s would let 40 go at once, more
-        than that rate's second."""
+    def _set_rate(self, rate: float | None) -> None:
+        """Every change of the global rate, from and to unlimited (None) too; both buckets follow it.
+        The burst follows the rate: kept at the burst for a rate of 1,000/s, a cap or a backoff to
+        14/s would let 40 go at once, more than that rate's second."""
+        if rate is None:
+            self.global_bucket = self.departures = None
+            return
         burst = self._burst(rate)
         ahead = max(1.0, burst - rate * JITTER)  # what leave() lets go at once: the burst less JITTER's worth
         if self.global_bucket is None or self.departures is None:
@@ -214,12 +218,16 @@ class Throttle:
         self.last_backoff = now
         old = self.rate
         base = old if old is not None else self.observed_rate()
+        if old is None:
+            self.unlimited_at = base
         new = max(self.FLOOR, base / 2)
         self._set_rate(new)
         return RateChange(old, new, reason)
 
     def recover(self) -> RateChange | None:
-        """After a quiet period, grow back gently (additive increase) toward the configured rate."""
+        """After a quiet period, grow back gently (additive increase) toward the configured rate; with
+        none configured, by a fifth a step until the rate that flowed before the throttling, then
+        unlimited again."""
         if self.last_backoff is None or self.global_bucket is None:
             return None
         now = self.clock.now()
@@ -232,9 +240,9 @@ class Throttle:
         if target is not None and new >= target:
             new = target
         self.last_backoff = now - self.QUIET + self.QUIET / 3  # the next step comes a little sooner
-        if target is None and new >= old * 2:
-            self.global_bucket = None  # back to unlimited
-            self.last_backoff = None
+        if target is None and new >= (self.unlimited_at or 0.0):
+            self._set_rate(None)
+            self.last_backoff = self.unlimited_at = None
             return RateChange(old, None, "quiet period: back to unlimited")
         self._set_rate(new)
         if target is not None and new == target:

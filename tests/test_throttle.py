@@ -155,6 +155,35 @@ def test_backoff_from_unlimited_uses_the_observed_rate() -> None:
     assert change is not None and change.old is None and 45 < (change.new or 0) < 55
 
 
+def test_an_unlimited_send_throttled_grows_back_to_unlimited_and_departures_stop_waiting() -> None:
+    """Backed off from unlimited (no configured rate), the rate grows back a fifth per quiet period
+    until it reaches the rate that was flowing when the throttling began; then there is no limit
+    again, at acquire or at leave."""
+    clock = FakeClock()
+    t = Throttle(rate=None, clock=clock)
+    for i in range(100):
+        clock.t = i * 0.01  # 100 messages per second
+        t._sent.append(clock.t)
+    t.backoff("454 Throttling failure")
+    rates = []
+    for _ in range(10):
+        clock.t += Throttle.QUIET
+        change = t.recover()
+        if change:
+            rates.append(change.new)
+    assert rates[-1] is None and len(rates) <= 6, rates
+    assert all(b > a for a, b in zip(rates[:-2], rates[1:-1])), rates
+    assert t.rate is None and t.global_bucket is None and t.departures is None
+
+    async def leave_many() -> float:
+        start = clock.now()
+        for _ in range(1000):
+            await t.leave()
+        return clock.now() - start
+
+    assert asyncio.run(leave_many()) == 0.0, "no pacing of departures once unlimited"
+
+
 def test_bucket_delay_does_not_reserve() -> None:
     clock = FakeClock()
     b = Bucket(rate=1, burst=1, clock=clock)
