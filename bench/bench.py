@@ -445,8 +445,9 @@ def record(path: Path, section: str) -> None:
 def commit() -> str:
     try:
         out = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h"], capture_output=True, text=True)
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
+        # The report's own file does not count: a run on top of an uncommitted one is still this commit.
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":(exclude)bench/RESULTS.md"], capture_output=True, text=True).stdout.strip()
     except OSError:
         return "an unknown commit"
     return (out.stdout.strip() or "an unknown commit") + (" with uncommitted changes" if dirty else "")
