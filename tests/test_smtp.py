@@ -6,6 +6,7 @@ import asyncio
 import base64
 import email
 import email.policy
+import gc
 import inspect
 import json
 import random
@@ -82,11 +83,13 @@ def events(d: Path, kind: str) -> list[dict[str, object]]:
 
 def test_happy_path_through_a_pool(make_campaign: MakeCampaign) -> None:
     h = Handler()
+    collector = gc.get_threshold()
     with Server(h) as srv:
         d = smtp_campaign(make_campaign, srv.port, n=200)
         code, out, err = send(d, "--concurrency", "4")
     assert code == 0, err
     assert "sent 200," in out
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (collector, 0), "the send's collector settings are undone"
     assert len(h.received) == 200 and len({r.rcpt for r in h.received}) == 200
     assert h.connections <= 4, "connections are pooled and reused"
     got = ledger(d)
