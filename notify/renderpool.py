@@ -14,6 +14,7 @@ before it is rendered, so nothing a render process does or fails to do can lose 
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -29,6 +30,14 @@ from .store import Claimed
 Prepared = tuple[str, "Message | str"]  # (version, the message, or why it could not be built)
 
 _templates: Templates | None = None
+
+# glibc's malloc returns the free top of its heap to the kernel (above 128 KiB), and a render
+# process frees about a megabyte a batch (the messages, their pickled results): the next batch
+# faults those pages in again, zeroed. Measured, N=50,000 to smtp-sink: 15 us of system time a
+# message in the render process; with 64 MiB kept at the top of the heap, 4-6 us. Only pages the
+# process touched are resident, so its peak memory is unchanged.
+M_TOP_PAD = -2  # mallopt's parameter number (malloc.h)
+TOP_PAD = 64 << 20
 
 
 def prepare(templates: Templates, c: Claimed) -> Prepared:
@@ -57,7 +66,16 @@ def _init(campaign: Campaign, snapshot: tuple[list[str], dict[str, tuple[str, st
         os._exit(0)
 
     threading.Thread(target=orphaned, daemon=True).start()
+    _keep_heap()
     _templates = Templates(campaign, snapshot=snapshot)
+
+
+def _keep_heap() -> None:
+    """Asks glibc to keep freed memory (M_TOP_PAD, above); elsewhere the allocator decides."""
+    try:
+        ctypes.CDLL(None).mallopt(M_TOP_PAD, TOP_PAD)
+    except (OSError, AttributeError):
+        pass
 
 
 def _prepare_batch(batch: list[Claimed]) -> list[Prepared]:
