@@ -479,7 +479,8 @@ def render(r: dict, command: str) -> str:  # type: ignore[type-arg]
     lines += [
         f"| import, N={i['n']:,} | {i['seconds']:.1f} s ({i['rows_per_s']:,.0f} rows/s), peak RSS {i['rss_mb']:.0f} MB | "
         "<= 30 s and 250 MB at 1,000,000 |",
-        "| send peak RSS | " + ", ".join(f"{mem[f'rss_mb_at_{n}']:.0f} MB at N={n:,}" for n in sizes)
+        "| send peak RSS (and the same sends' rate, whole command, one run each) | "
+        + ", ".join(f"{mem[f'rss_mb_at_{n}']:.0f} MB at N={n:,} ({mem[f'per_s_at_{n}']:,.0f} msg/s)" for n in sizes)
         + " | flat in N, <= 200 MB |",
         f"| --rate {rate['rate']:g} over {rate['seconds']:.0f} s, timed at arrival (smtp-sink -d) | achieved "
         f"{rate['achieved']:.1f}/s ({rate['error_pct']:+.2f}%), busiest one-second window {rate['busiest_second']} "
