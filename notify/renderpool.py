@@ -74,7 +74,7 @@ def _keep_heap() -> None:
     """Asks glibc to keep freed memory (M_TOP_PAD, above); elsewhere the allocator decides."""
     try:
         ctypes.CDLL(None).mallopt(M_TOP_PAD, TOP_PAD)
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no such symbol (not glibc), or no CDLL(None) (Windows)
         pass
 
 
