@@ -27,6 +27,17 @@ def acquire_times(throttle: Throttle, clock: FakeClock, domains: list[str], conc
     return times
 
 
+def recover_over(throttle: Throttle, clock: FakeClock, periods: int) -> list[float | None]:
+    """recover() after each of `periods` quiet periods: the new rate of every change it made."""
+    rates = []
+    for _ in range(periods):
+        clock.t += Throttle.QUIET
+        change = throttle.recover()
+        if change:
+            rates.append(change.new)
+    return rates
+
+
 def max_in_window(ts: list[float], window: float) -> int:
     ts = sorted(ts)
     best, j = 0, 0
@@ -117,12 +128,7 @@ def test_backoff_halves_then_grows_back_to_the_configured_rate() -> None:
     clock.t += 1.5
     assert t.backoff("again") is not None and t.rate == 10
     assert t.recover() is None, "no growth before a quiet period"
-    rates = []
-    for _ in range(20):
-        clock.t += Throttle.QUIET
-        c = t.recover()
-        if c:
-            rates.append(c.new)
+    rates = recover_over(t, clock, 20)
     assert rates[0] == 14 and rates[-1] == 40, rates
     assert all(b > a for a, b in zip(rates, rates[1:])), "additive increase: gentle and monotonic"
 
@@ -139,9 +145,7 @@ def test_the_burst_follows_the_rate_down_and_up() -> None:
     t = Throttle(rate=500, clock=clock)
     t.backoff("421 4.7.0 slow down")
     assert t.rate == 250 and t.global_bucket is not None and t.global_bucket.burst == 10
-    for _ in range(20):
-        clock.t += Throttle.QUIET
-        t.recover()
+    recover_over(t, clock, 20)
     assert t.rate == 500 and t.global_bucket.burst == 20
 
 
@@ -165,12 +169,7 @@ def test_an_unlimited_send_throttled_grows_back_to_unlimited_and_departures_stop
         clock.t = i * 0.01  # 100 messages per second
         t._sent.append(clock.t)
     t.backoff("454 Throttling failure")
-    rates = []
-    for _ in range(10):
-        clock.t += Throttle.QUIET
-        change = t.recover()
-        if change:
-            rates.append(change.new)
+    rates = recover_over(t, clock, 10)
     assert rates[-1] is None and len(rates) <= 6, rates
     assert all(b > a for a, b in zip(rates[:-2], rates[1:-1])), rates
     assert t.rate is None and t.global_bucket is None and t.departures is None
