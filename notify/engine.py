@@ -225,6 +225,11 @@ class Sender:
         self.wall = wall
         self.clock = clock or RealClock()
         self.concurrency = options.concurrency or campaign.send.concurrency
+        # Claimed 4 x concurrency at a time: fewer claims (each a transaction and an fsync) and fewer
+        # round trips to the render process than at 2 x, which left the workers waiting for work
+        # (measured: bench/RESULTS.md). What is claimed ahead is what a crash leaves in doubt: see
+        # ARCHITECTURE.md for the bound.
+        self.batch = max(4 * self.concurrency, 32)
         self.base_rate = options.rate if options.rate is not None else campaign.send.rate
         self.throttle = Throttle(self.base_rate, campaign.send.domains, self.clock)
         self.result = RunResult()
@@ -438,11 +443,7 @@ class Sender:
 
     async def producer(self, queue: asyncio.Queue[tuple[Claimed, Prepared | None] | None]) -> None:
         assert self.ledger is not None
-        # Claimed 4 x concurrency at a time: fewer claims (each a transaction and an fsync) and fewer
-        # round trips to the render process than at 2 x, which left the workers waiting for work
-        # (measured: bench/RESULTS.md). What is claimed ahead is what a crash leaves in doubt: see
-        # ARCHITECTURE.md for the bound.
-        batch = max(4 * self.concurrency, 32)
+        batch = self.batch
         limit = self.options.limit
         since_pause = 0
         send_cfg = self.campaign.send
@@ -553,7 +554,7 @@ class Sender:
                 loop.add_signal_handler(sig, on_signal)
         self.ledger = Ledger(store.path)
         await self.ledger.open()
-        self.pool = RenderPool(self.templates, processes) if processes else None
+        self.pool = RenderPool(self.templates, processes, self.batch) if processes else None
         queue: asyncio.Queue[tuple[Claimed, Prepared | None] | None] = asyncio.Queue(maxsize=2 * self.concurrency)
         # A provider that carries one message's envelope with the previous body needs a second
         # message in hand per connection (depth 2): the workers are concurrency x depth.

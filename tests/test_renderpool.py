@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import email
 import email.policy
+import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,9 +17,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from notify import campaign
+from notify import campaign, renderpool
 from notify.cli import app
-from notify.render import Templates, recipient_context
+from notify.render import Message, Templates, recipient_context
+from notify.renderpool import RenderPool, prepare
+from notify.store import Store
 
 from .conftest import MakeCampaign
 
@@ -67,13 +71,53 @@ def test_a_limit_is_sent_in_full_by_a_render_process(make_campaign: MakeCampaign
     assert len(sent(d)) == 150
 
 
+def without_date(data: bytes) -> bytes:
+    return re.sub(rb"^Date: [^\r]*\r\n", b"", data, count=1, flags=re.M)
+
+
+@pytest.mark.parametrize("shared", ["slots", "small slots", "no shared memory"])
+def test_a_render_process_hands_back_every_byte(make_campaign: MakeCampaign, monkeypatch: pytest.MonkeyPatch,
+                                                 shared: str) -> None:
+    """Through the shared slots (more batches at once than there are slots, and slots reused), through
+    the pipe where a slot is too small for a message or there is none: the bytes rendered here."""
+    if shared == "small slots":
+        monkeypatch.setattr(renderpool, "SLOT_ROOM", 700)  # a slot takes some of a batch's messages, not all
+    if shared == "no shared memory":
+        monkeypatch.setattr(renderpool, "_shared_region", lambda size: None)
+    d = make_campaign(ROWS)
+    c = campaign.load(d)
+    store = Store.open(c.state_dir)
+    store.import_file(c.recipients)
+    claimed = list(store.unsent())
+    templates = Templates(c)
+    assert not templates.load_all()
+    pool = RenderPool(templates, 1, 20)
+    try:
+        batches = [claimed[i:i + 20] for i in range(0, len(claimed), 20)]
+        done = [pool.submit(b) for b in batches]  # 15 batches at once: more than the 8 slots
+        done += [pool.submit(b) for b in batches]  # and again, into slots the first ones gave back
+        got = [p for f in done for p in f.result(timeout=120)]
+        used = pool.region is not None and pool.region[1].find(b"\r\nSubject: ") >= 0
+        assert len(pool.free) == (renderpool.SLOTS if pool.region is not None else 0)
+    finally:
+        pool.close()
+    assert used == (shared != "no shared memory" and hasattr(os, "memfd_create"))
+    assert len(got) == 2 * len(claimed)
+    for (version, msg), c in zip(got, claimed + claimed):
+        here_version, here = prepare(templates, c)
+        assert isinstance(msg, Message) and isinstance(here, Message) and version == here_version
+        assert hashlib.sha256(msg.data).hexdigest() == msg.sha256  # the bytes the render process hashed
+        assert without_date(msg.data) == without_date(here.data)
+        assert (msg.message_id, msg.recipient, msg.tags) == (here.message_id, here.recipient, here.tags)
+
+
 PARENT_KILLED_AT_SPAWN = """
 import os, signal, sys
 from notify import campaign
 from notify.render import Templates
 from notify.renderpool import RenderPool
 templates = Templates(campaign.load(sys.argv[1]))
-pool = RenderPool(templates, 1)
+pool = RenderPool(templates, 1, 32)
 pool.submit([])  # starts the render process, which takes a second or so to import and init
 print(" ".join(str(pid) for pid in pool.pool._processes), flush=True)
 os.kill(os.getpid(), signal.SIGKILL)  # like a crash (or the crash drill) while they start up
