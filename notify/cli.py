@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
+import gc
 import os
 import sys
 import time
@@ -541,6 +543,11 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def main() -> None:
+    # At exit the interpreter runs the cycle collector over all that is still alive (some 50,000
+    # objects: modules, templates, locale data), only for the memory to go back to the system
+    # anyway: 70-95 ms of every command. Frozen, they are skipped; files and connections were closed
+    # by then, and whatever is freed by reference count still is.
+    atexit.register(gc.freeze)
     app(prog_name="notify")
 
 

@@ -22,9 +22,11 @@ its slot, or a platform without memfd, takes the pipe as before (bench/RESULTS.m
 
 from __future__ import annotations
 
+import atexit
 import collections
 import ctypes
 import dataclasses
+import gc
 import mmap
 import multiprocessing
 import os
@@ -83,6 +85,7 @@ def _init(campaign: Campaign, snapshot: tuple[list[str], dict[str, tuple[str, st
         os._exit(0)
 
     threading.Thread(target=orphaned, daemon=True).start()
+    atexit.register(gc.freeze)  # as the command itself does (cli.main): the pool's close waits for our exit
     _keep_heap()
     _templates = Templates(campaign, snapshot=snapshot)
     if region is not None:
