@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import gc
 import hashlib
 import os
 import re
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -72,7 +74,7 @@ def test_a_limit_is_sent_in_full_by_a_render_process(make_campaign: MakeCampaign
 
 
 def without_date(data: bytes) -> bytes:
-    return re.sub(rb"^Date: [^\r]*\r\n", b"", data, count=1, flags=re.M)
+    return re.sub(rb"^Date: [^\r]*\r\n", b"", data, count=1, flags=re.MULTILINE)
 
 
 @pytest.mark.parametrize("shared", ["slots", "small slots", "no shared memory"])
@@ -109,6 +111,35 @@ def test_a_render_process_hands_back_every_byte(make_campaign: MakeCampaign, mon
         assert hashlib.sha256(msg.data).hexdigest() == msg.sha256  # the bytes the render process hashed
         assert without_date(msg.data) == without_date(here.data)
         assert (msg.message_id, msg.recipient, msg.tags) == (here.message_id, here.recipient, here.tags)
+
+
+def test_a_batch_is_freed_without_the_cycle_collector(make_campaign: MakeCampaign) -> None:
+    """While sending, the collector runs seldom (engine.few_collections): a batch's messages held in
+    a reference cycle stayed alive far longer, 30 MB more at the peak of a 50,000-message send."""
+    d = make_campaign(ROWS)
+    c = campaign.load(d)
+    store = Store.open(c.state_dir)
+    store.import_file(c.recipients)
+    claimed = list(store.unsent(20))
+    templates = Templates(c)
+    assert not templates.load_all()
+    pool = RenderPool(templates, 1, 20)
+    gc.disable()
+    try:
+        for shared in (True, False):
+            if not shared:
+                pool.free.clear()  # no slot: the messages come through the pipe
+            done = pool.submit(claimed)
+            messages = done.result(timeout=120)
+            first = weakref.ref(messages[0][1])
+            del done, messages
+            deadline = time.monotonic() + 10
+            while first() is not None and time.monotonic() < deadline:
+                time.sleep(0.05)  # the pool's thread lets go of the finished work item just after
+            assert first() is None, "a finished batch is kept alive by a reference cycle"
+    finally:
+        gc.enable()
+        pool.close()
 
 
 PARENT_KILLED_AT_SPAWN = """
