@@ -34,6 +34,7 @@ import signal
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from typing import NamedTuple
 
 from .campaign import Campaign
 from .errors import TemplateError
@@ -42,6 +43,13 @@ from .store import Claimed
 
 Prepared = tuple[str, "Message | str"]  # (version, the message, or why it could not be built)
 Span = tuple[int, int]  # where in the shared region a message's bytes are: (start, end)
+
+
+class Region(NamedTuple):
+    """The parent's shared region: the memfd (which render processes open through /proc) and its mapping."""
+
+    fd: int
+    view: mmap.mmap
 
 _templates: Templates | None = None
 _region: mmap.mmap | None = None  # in a render process: the shared region, where it could be mapped
@@ -105,14 +113,12 @@ def _map_region(parent: int, fd: int, size: int) -> mmap.mmap | None:
     refused, and the messages then take the pipe."""
     try:
         own = os.open(f"/proc/{parent}/fd/{fd}", os.O_RDWR)
+        try:
+            return mmap.mmap(own, size)
+        finally:
+            os.close(own)
     except OSError:
         return None
-    try:
-        return mmap.mmap(own, size)
-    except OSError:
-        return None
-    finally:
-        os.close(own)
 
 
 def _prepare_batch(batch: list[Claimed], slot: Span | None) -> tuple[list[Prepared], list[Span | None] | None]:
@@ -143,7 +149,7 @@ class RenderPool:
         """`batch`: the most recipients submit() is given at once (it sizes the shared slots)."""
         self.region, self.slot_size = _shared_region(SLOTS * batch * SLOT_ROOM), batch * SLOT_ROOM
         self.free = collections.deque(range(SLOTS) if self.region is not None else ())  # slots no batch holds
-        shared = (self.region[0], SLOTS * self.slot_size) if self.region is not None else None
+        shared = (self.region.fd, len(self.region.view)) if self.region is not None else None
         # spawn, not fork: the parent has an event loop, SQLite connections and perhaps threads.
         self.pool = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_init,
@@ -205,7 +211,7 @@ class RenderPool:
         if spans is None:
             return prepared
         assert self.region is not None
-        view = self.region[1]
+        view = self.region.view
         return [(version, dataclasses.replace(msg, data=view[span[0]:span[1]]))  # type: ignore[type-var]
                 if span is not None else (version, msg)
                 for (version, msg), span in zip(prepared, spans)]
@@ -213,11 +219,11 @@ class RenderPool:
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
         if self.region is not None:
-            self.region[1].close()
-            os.close(self.region[0])
+            self.region.view.close()
+            os.close(self.region.fd)
 
 
-def _shared_region(size: int) -> tuple[int, mmap.mmap] | None:
+def _shared_region(size: int) -> Region | None:
     """A memfd of `size` bytes and its mapping; None where there is no memfd (not Linux). Only the
     pages written are ever backed by memory."""
     try:
@@ -226,7 +232,7 @@ def _shared_region(size: int) -> tuple[int, mmap.mmap] | None:
         return None
     try:
         os.ftruncate(fd, size)
-        return fd, mmap.mmap(fd, size)
+        return Region(fd, mmap.mmap(fd, size))
     except OSError:
         os.close(fd)
         return None

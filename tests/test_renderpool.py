@@ -99,7 +99,7 @@ def test_a_render_process_hands_back_every_byte(make_campaign: MakeCampaign, mon
         done = [pool.submit(b) for b in batches]  # 15 batches at once: more than the 8 slots
         done += [pool.submit(b) for b in batches]  # and again, into slots the first ones gave back
         got = [p for f in done for p in f.result(timeout=120)]
-        used = pool.region is not None and pool.region[1].find(b"\r\nSubject: ") >= 0
+        used = pool.region is not None and pool.region.view.find(b"\r\nSubject: ") >= 0
         assert len(pool.free) == (renderpool.SLOTS if pool.region is not None else 0)
     finally:
         pool.close()
