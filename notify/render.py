@@ -174,6 +174,7 @@ class Templates:
         self._compiled: dict[str, tuple[jinja2.Template, jinja2.Template, jinja2.Template]] = {}
         self._vars: dict[str, Namespace] = {}
         self._plans: dict[str, plan.Plans | None] | None = {} if plans else None
+        self._parse_trees: dict[str, tuple[nodes.Template, str]] = {}  # name -> (tree, file name)
 
     def _discover(self) -> list[str]:
         """Every version: "en" for the default variant's locales, "US-MA/en" for a variant's."""
@@ -295,9 +296,9 @@ class Templates:
     def recipient_fields(self) -> set[str]:
         """Every `recipient.X` (or recipient['X']) any template uses, so columns can be checked up front."""
         used: set[str] = set()
-        for path in self.files().values():
+        for name in self.files():
             try:
-                tree = self.env.parse(path.read_text(encoding="utf-8"))
+                tree = self._parsed(name)[0]
             except jinja2.TemplateSyntaxError:
                 continue  # reported by load_all
             for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
@@ -377,10 +378,18 @@ class Templates:
             name = todo.pop()
             if name in seen:
                 continue
-            source, filename, _ = self.env.loader.get_source(self.env, name)  # type: ignore[union-attr]
-            seen[name] = self.env.parse(source, name, filename)
-            todo += plan.referenced(seen[name], filename or name)
+            seen[name], filename = self._parsed(name)
+            todo += plan.referenced(seen[name], filename)
         return list(seen.items())
+
+    def _parsed(self, name: str) -> tuple[nodes.Template, str]:
+        """A template's parse tree and file name, by its name under the template, parsed once: preflight reads each tree
+        twice, for the columns it uses (recipient_fields) and for its render plan (_trees). Neither
+        changes it; compiling (get_template) parses its own copy, which jinja2's optimizer rewrites."""
+        if name not in self._parse_trees:
+            source, filename, _ = self.env.loader.get_source(self.env, name)  # type: ignore[union-attr]
+            self._parse_trees[name] = self.env.parse(source, name, filename), filename or name
+        return self._parse_trees[name]
 
 
 def display_address(email: str) -> str:
