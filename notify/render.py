@@ -383,9 +383,9 @@ class Templates:
         return list(seen.items())
 
     def _parsed(self, name: str) -> tuple[nodes.Template, str]:
-        """A template's parse tree and file name, by its name under the template, parsed once: preflight reads each tree
-        twice, for the columns it uses (recipient_fields) and for its render plan (_trees). Neither
-        changes it; compiling (get_template) parses its own copy, which jinja2's optimizer rewrites."""
+        """A template's parse tree and file name, by its name under the template, parsed once: preflight
+        reads each tree twice, for the columns it uses (recipient_fields) and for its render plan
+        (_trees). Neither changes it; get_template parses its own copy, which jinja2's optimizer rewrites."""
         if name not in self._parse_trees:
             source, filename, _ = self.env.loader.get_source(self.env, name)  # type: ignore[union-attr]
             self._parse_trees[name] = self.env.parse(source, name, filename), filename or name
