@@ -51,6 +51,7 @@ class Region(NamedTuple):
     fd: int
     view: mmap.mmap
 
+
 _templates: Templates | None = None
 _region: mmap.mmap | None = None  # in a render process: the shared region, where it could be mapped
 
