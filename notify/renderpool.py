@@ -215,7 +215,7 @@ class RenderPool:
         view = self.region.view
         return [(version, dataclasses.replace(msg, data=view[span[0]:span[1]]))  # type: ignore[type-var]
                 if span is not None else (version, msg)
-                for (version, msg), span in zip(prepared, spans)]
+                for (version, msg), span in zip(prepared, spans, strict=True)]
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
