@@ -70,8 +70,17 @@ def _iso(epoch: float | None) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if epoch else ""
 
 
-def export(campaign: Campaign, store: Store, out: Path, template_hashes: dict[str, str],
-           resolve: Callable[[str, str], str]) -> dict[str, Any]:
+def sent_templates(store: Store) -> dict[str, str]:
+    """The template files' SHA-256 as they were sent: the snapshot each send recorded in `send_started`
+    (a later run's value for a name wins; a run that rendered other content would have needed a new
+    approval). Empty when nothing was sent."""
+    out: dict[str, str] = {}
+    for ev in store.events_of_kind("send_started"):
+        out.update(json.loads(ev["detail"] or "{}").get("templates", {}))
+    return out
+
+
+def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, str], str]) -> dict[str, Any]:
     """Writes events.jsonl, recipients.csv, summary.json, summary.txt and alternate_channel.csv into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     with (out / "events.jsonl").open("w", encoding="utf-8") as fh:
@@ -123,6 +132,7 @@ def export(campaign: Campaign, store: Store, out: Path, template_hashes: dict[st
         "SELECT count(*) FROM rejects").fetchone()[0]
     assert rows_out == rows_read == sum(states.values()), "completeness: every input row has exactly one final state"
     approval = store.last_event_of(("approved",))
+    template_hashes = sent_templates(store)
     summary = {
         "campaign": campaign.id,
         "tool": f"notify {__version__}",
@@ -154,6 +164,7 @@ def export(campaign: Campaign, store: Store, out: Path, template_hashes: dict[st
              f"Not reached by email (alternate_channel.csv): {summary['not_reached_by_email']}",
              f"Approval: {approval['detail'] if approval else 'none recorded'}",
              f"Audit chain: {verdict.events} events, head {verdict.head}, {'verified' if verdict.ok else 'BROKEN'}",
-             "Templates (SHA-256):"] + [f"  {h}  {name}" for name, h in sorted(template_hashes.items())]
+             "Templates as sent (SHA-256):" + ("" if template_hashes else " none sent")]
+    lines += [f"  {h}  {name}" for name, h in sorted(template_hashes.items())]
     (out / "summary.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return summary

@@ -262,11 +262,11 @@ def _address(v: str) -> str | None:
     return None
 
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: `$` would admit a final newline
 
 
 def _campaign_id(v: str) -> str | None:
-    if _ID_RE.match(v):
+    if _ID_RE.fullmatch(v):
         return None
     return f"{v!r} must be 1-64 letters, digits, '.', '_' or '-' (it becomes part of every Message-ID)"
 

@@ -16,8 +16,8 @@ import typer
 
 from . import __version__, campaign as campaign_mod, engine, report
 from .audit import verify_chain
-from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, NotifyError, TemplateError
-from .store import Store
+from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, NotifyError, TemplateError, redact
+from .store import ImportResult, Store
 
 EXIT_CODES = """\
 Exit codes: 0 done | 1 bad input or config, nothing sent | 2 usage | 3 finished, some recipients
@@ -54,14 +54,12 @@ def boundary(fn: F) -> F:
             return fn(*args, **kwargs)
         except NotifyError as e:
             problems = getattr(e, "problems", None)
+            err(redact(f"Error: {e.message}"))
             if problems and len(problems) > 1:
-                err(f"Error: {e.message}")
                 for p in problems:
-                    err(f"  - {p}")
-            else:
-                err(f"Error: {e.message}")
+                    err(redact(f"  - {p}"))
             if e.hint:
-                err(f"Hint: {e.hint}")
+                err(redact(f"Hint: {e.hint}"))
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err("Interrupted.")
@@ -71,7 +69,7 @@ def boundary(fn: F) -> F:
         except Exception as e:  # a bug: say so plainly, keep the traceback for whoever debugs it
             if os.environ.get("NOTIFY_DEBUG"):
                 raise
-            err(f"Error: internal error: {type(e).__name__}: {e}")
+            err(redact(f"Error: internal error: {type(e).__name__}: {e}"))
             err("This is a bug in notify. The campaign's state is safe: every change is committed "
                 "before the next step relies on it, and running the same command again resumes. "
                 "Set NOTIFY_DEBUG=1 to see the traceback.")
@@ -122,6 +120,7 @@ def check(campaign: Path = CampaignArg,
         if imp:
             typer.echo(f"recipients  {imp.path}: {imp.rows_read} rows read = {imp.accepted} accepted + {imp.rejected} rejected"
                        + (" (already imported)" if imp.already else ""))
+            _print_corrections(imp)
             _print_rejects(store)
         st = report.status(c, store, pre.templates)
         if st["fallbacks"]:
@@ -152,6 +151,21 @@ def check(campaign: Path = CampaignArg,
         typer.echo(f"\nOK: ready. Next: notify send {campaign} --dry-run   (or without --dry-run to send)")
 
 
+def _print_corrections(imp: ImportResult) -> None:
+    """Corrections applied, and loudly, those that came too late (on stderr: they need a person)."""
+    if imp.corrected:
+        typer.echo(f"            corrected {imp.corrected} recipient(s) not yet sent (each recorded as a recipient_corrected event)")
+    if imp.removed:
+        typer.echo(f"            removed {imp.removed} recipient(s) no longer in the file (nothing had been sent to them)")
+    if imp.refused:
+        err(f"Warning: {len(imp.refused)} correction(s) refused: these people were already sent the notice, and their row "
+            "changed. Reach them by another channel if what they got is no longer right:")
+        for row, email, why in imp.refused[:20]:
+            err(f"  row {row}: {email}: {why.partition('changed: ')[2].partition(';')[0]} changed")
+        if len(imp.refused) > 20:
+            err(f"  (+{len(imp.refused) - 20} more: every one is in rejects.csv)")
+
+
 def _print_rejects(store: Store) -> None:
     total, reasons = store.reject_summary()
     if total:
@@ -176,6 +190,7 @@ def import_(
         store.write_rejects_file()
         typer.echo(f"{imp.path}: {imp.rows_read} rows read = {imp.accepted} accepted + {imp.rejected} rejected"
                    + (" (already imported; nothing added)" if imp.already else ""))
+        _print_corrections(imp)
         _print_rejects(store)
 
 
@@ -516,15 +531,12 @@ def audit_export(campaign: Path = CampaignArg,
 
     Example:  notify audit export campaigns/example --out audit-2022-08/
     """
-    import hashlib
-
     from .audit import export
     from .render import Templates
 
     with _open(campaign) as (c, store):
         templates = Templates(c)
-        hashes = {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in templates.files().items()}
-        summary = export(c, store, out, hashes, templates.resolve)
+        summary = export(c, store, out, templates.resolve)
     typer.echo((out / "summary.txt").read_text(encoding="utf-8").rstrip())
     typer.echo(f"\nWrote {out}/: events.jsonl, recipients.csv, summary.json, summary.txt, alternate_channel.csv")
     if not summary["chain"]["verified"]:

@@ -84,6 +84,9 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
     templates = pre.templates
     used = templates.recipient_fields() - set(STANDARD_COLUMNS)
     columns = store.columns()
+    for col in sorted(c for c in columns if not c.isidentifier()):
+        pre.warnings.append(f"{campaign.recipients}: column {col!r} is not a name a template can write as recipient.NAME; "
+                            f"a template reaches it only as recipient[{col!r}] (or rename the column)")
     for col in sorted(used - columns):
         pre.add(
             f"templates use recipient.{col}, but {campaign.recipients} has no {col!r} column "
@@ -538,7 +541,7 @@ class Sender:
         processes = self.render_processes(total)
         store.log("send_started", provider=self.provider.name, concurrency=self.concurrency,
                   rate=self.throttle.rate, limit=self.options.limit, recovered_inflight=self.result.recovered,
-                  render_processes=processes)
+                  render_processes=processes, templates=self.templates.hashes())
         show = self.options.progress and sys.stderr.isatty()
         self.bar = tqdm(total=total, unit="msg", desc="sending", disable=not show, dynamic_ncols=True)
         loop = asyncio.get_running_loop()

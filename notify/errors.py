@@ -27,6 +27,23 @@ EXIT_INTERNAL = 70  # a bug in notify (EX_SOFTWARE); the state on disk is still 
 EXIT_INTERRUPTED = 130  # Ctrl-C: everything in flight was settled; run send again
 
 
+_SECRETS: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """A password read from the environment: redact() blanks it wherever it would be printed."""
+    if len(value) >= 3:  # shorter would blank ordinary words; no real password is that short
+        _SECRETS.add(value)
+        _SECRETS.add(repr(value)[1:-1])  # as it appears inside a repr (escapes of non-ASCII, quotes)
+
+
+def redact(text: str) -> str:
+    """Text with every registered secret replaced: the last guard at the one place errors are printed."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        text = text.replace(secret, "[secret]")
+    return text
+
+
 class NotifyError(Exception):
     """Base of every error notify reports to a user."""
 

@@ -198,7 +198,7 @@ _LOCALE_RE = re.compile(r"^([A-Za-z]{2,3})(?:[-_]([A-Za-z]{4}))?(?:[-_]([A-Za-z]
 @functools.lru_cache(maxsize=4096)
 def normalize_locale(tag: str) -> str:
     """pt_br -> pt-BR, zh-hans-cn -> zh-Hans-CN; anything else is kept as written (it will fall back)."""
-    m = _LOCALE_RE.match(tag.strip())
+    m = _LOCALE_RE.fullmatch(tag.strip())
     if not m:
         return tag.strip()
     lang, script, region = m.groups()

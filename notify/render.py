@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 from email.headerregistry import Address
@@ -13,12 +14,13 @@ from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import babel
 import babel.dates
 import jinja2
 from jinja2 import nodes
+from jinja2.loaders import split_template_path
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from . import mime, plan
@@ -118,6 +120,20 @@ class Namespace(dict):  # type: ignore[type-arg]
         self.label = label
 
 
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """`recipient.items` and `campaign.label` are the column or variable of that name, never an attribute of
+    the dict that holds them (jinja2 tries attributes first, so a column named like a dict method rendered
+    as "<built-in method items ...>")."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is Namespace:
+            try:
+                return dict.__getitem__(obj, attribute)
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
+
+
 class Undefined(jinja2.StrictUndefined):
     """StrictUndefined that says "campaign.support_phone is not defined" rather than "'dict object' has no attribute"."""
 
@@ -141,13 +157,69 @@ def _where(exc: BaseException, roots: list[Path]) -> str:
     return found
 
 
+Snapshot = tuple[list[str], dict[str, tuple[str, str]]]  # (versions, name -> (source, file name))
+MAX_TEMPLATE_BYTES = 1 << 20  # one template file; a notice is a few kilobytes
+MAX_TEMPLATE_FILES = 5000
+LINT_FILE = "lint.toml"  # read by the content lint, never by the loader: it shapes the check, not the notice
+
+
+def _read_sources(roots: list[Path]) -> dict[str, tuple[str, str]]:
+    """Every file under the roots that a template could load, read once: name -> (source, file name).
+    A campaign-local file hides the shipped one of the same name, as a loader over both roots would.
+    Hidden files and lint.toml are left out (the loader then cannot reach them either)."""
+    sources: dict[str, tuple[str, str]] = {}
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):  # symlinked directories are not entered
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for fname in sorted(filenames):
+                path = Path(dirpath) / fname
+                name = path.relative_to(root).as_posix()
+                if fname.startswith(".") or fname == LINT_FILE or name in sources or not path.is_file():
+                    continue
+                if len(sources) >= MAX_TEMPLATE_FILES:
+                    raise TemplateError(f"{root}: more than {MAX_TEMPLATE_FILES} files under the template",
+                                        hint="keep only the templates in that directory")
+                try:
+                    with path.open("rb") as fh:
+                        data = fh.read(MAX_TEMPLATE_BYTES + 1)
+                except OSError as e:
+                    raise TemplateError(f"{path}: cannot read: {e.strerror}") from None
+                if len(data) > MAX_TEMPLATE_BYTES:
+                    raise TemplateError(f"{path}: larger than {MAX_TEMPLATE_BYTES // 1024} KiB, too large for a template",
+                                        hint="move files that are not templates out of the template directory")
+                try:
+                    sources[name] = (data.decode("utf-8"), str(path))
+                except UnicodeDecodeError as e:
+                    raise TemplateError(f"{path}: not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})",
+                                        hint="save it as UTF-8, or move it out of the template directory") from None
+    return sources
+
+
+class _SnapshotLoader(jinja2.BaseLoader):
+    """Loads only from the snapshot: never the file system, and never anything newer than what was read."""
+
+    def __init__(self, sources: dict[str, tuple[str, str]]) -> None:
+        self.sources = sources
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        name = "/".join(split_template_path(template))
+        if name not in self.sources:
+            raise jinja2.TemplateNotFound(template)
+        source, filename = self.sources[name]
+        return source, filename, lambda: True
+
+    def list_templates(self) -> list[str]:
+        return sorted(self.sources)
+
+
 class Templates:
     """One campaign's templates: campaign-local templates/<template>/ first, then the shipped ones."""
 
     def __init__(self, campaign: Campaign, shipped: Path = SHIPPED_TEMPLATES,
-                 snapshot: tuple[list[str], dict[str, tuple[str, str]]] | None = None, plans: bool = True) -> None:
-        """`snapshot` (from snapshot()) renders exactly the sources another Templates read, whatever the
-        files hold now: a render process must send what preflight checked and legal approved. `plans`
+                 snapshot: Snapshot | None = None, plans: bool = True) -> None:
+        """Reads every file the loader can reach, once, into an immutable snapshot (or takes `snapshot`, from
+        another Templates' snapshot()). Everything renders from it and the approval fingerprint hashes it,
+        whatever the files hold later: what is sent is what check, preview and approve saw (#24). `plans`
         False renders every recipient with jinja2 (tests compare the two)."""
         self.campaign = campaign
         self.roots = [p for p in (campaign.dir / "templates" / campaign.template, shipped / campaign.template) if p.is_dir()]
@@ -155,19 +227,15 @@ class Templates:
             raise TemplateError(
                 f"{campaign.file}: [campaign] template: no template {campaign.template!r} "
                 f"(looked in {campaign.dir / 'templates'} and {shipped})")
-        loader: jinja2.BaseLoader = jinja2.FileSystemLoader([str(r) for r in self.roots])
-        if snapshot is not None:
-            sources = snapshot[1]
-            loader = jinja2.FunctionLoader(
-                lambda name: (sources[name][0], sources[name][1], lambda: True) if name in sources else None)
-        self.env = ImmutableSandboxedEnvironment(
-            loader=loader,
+        versions, self.sources = snapshot if snapshot is not None else (None, _read_sources(self.roots))
+        self.env = _Sandbox(
+            loader=_SnapshotLoader(self.sources),
             undefined=Undefined,
             autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
             keep_trailing_newline=True,
         )
         self.env.filters["date"] = _date_filter
-        self.versions = list(snapshot[0]) if snapshot is not None else self._discover()
+        self.versions = list(versions) if versions is not None else self._discover()
         self._variant_by_lower = {v.lower(): v for v in self.variants}
         self._by_lower = {v.lower(): v for v in self.versions}
         self._resolved: dict[tuple[str, str], str] = {}  # (locale, jurisdiction) -> version: asked once per message
@@ -177,13 +245,18 @@ class Templates:
         self._parse_trees: dict[str, tuple[nodes.Template, str]] = {}  # name -> (tree, file name)
 
     def _discover(self) -> list[str]:
-        """Every version: "en" for the default variant's locales, "US-MA/en" for a variant's."""
+        """Every version in the snapshot: "en" for the default variant's locales, "US-MA/en" for a variant's."""
         found: dict[str, set[str]] = {}
-        for root in self.roots:
-            for prefix, base in [("", root)] + [(f"{v.name}/", v) for v in sorted((root / VARIANTS).glob("*")) if v.is_dir()]:
-                for d in base.iterdir():
-                    if d.is_dir() and not d.name.startswith(("_", ".")) and not (prefix == "" and d.name == VARIANTS):
-                        found.setdefault(prefix + d.name, set()).update(p for p in PARTS if (d / p).is_file())
+        for name in self.sources:
+            *dirs, part = name.split("/")
+            if dirs[:1] == [VARIANTS] and len(dirs) == 3:
+                version = f"{dirs[1]}/{dirs[2]}"
+            elif len(dirs) == 1 and dirs[0] != VARIANTS:
+                version = dirs[0]
+            else:
+                continue
+            if not any(d.startswith("_") for d in dirs):
+                found.setdefault(version, set()).update([part] if part in PARTS else [])
         problems = [f"{self._dir(version)}: missing {', '.join(sorted(set(PARTS) - have))}"
                     for version, have in sorted(found.items()) if have != set(PARTS)]
         if problems:
@@ -224,16 +297,10 @@ class Templates:
                 return self._variant_by_lower[candidate]
         return ""
 
-    def files(self) -> dict[str, Path]:
-        """Every template file that shapes the content, by its name under the template (for hashing and review);
-        a campaign-local file hides the shipped one of the same name, as the loader does."""
-        seen: dict[str, Path] = {}
-        for root in self.roots:
-            for p in sorted(root.rglob("*")):
-                rel = str(p.relative_to(root))
-                if p.is_file() and p.suffix in (".txt", ".html") and rel not in seen:
-                    seen[rel] = p
-        return seen
+    def hashes(self) -> dict[str, str]:
+        """SHA-256 of every file in the snapshot, by its name under the template: what the approval
+        fingerprint covers and what `send_started` records as sent."""
+        return {name: hashlib.sha256(src.encode("utf-8")).hexdigest() for name, (src, _) in self.sources.items()}
 
     def by_version(self, samples: dict[tuple[str, str], dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         """Store.samples() grouped by the version each (requested locale, jurisdiction) gets, in row order:
@@ -243,15 +310,9 @@ class Templates:
             out.setdefault(self.resolve(requested or self.campaign.default_locale, juris), []).append(sample)
         return out
 
-    def snapshot(self) -> tuple[list[str], dict[str, tuple[str, str]]]:
-        """The versions and every template's source and file name, as read now (picklable)."""
-        sources = {}
-        for name, path in self.files().items():
-            try:
-                sources[name] = (path.read_text(encoding="utf-8"), str(path))
-            except (OSError, UnicodeDecodeError) as e:
-                raise TemplateError(f"{path}: cannot read: {e}") from None
-        return list(self.versions), sources
+    def snapshot(self) -> Snapshot:
+        """The versions and every template's source and file name, as read once (picklable)."""
+        return list(self.versions), self.sources
 
     def resolve(self, requested: str, jurisdiction: str = "") -> str:
         """The version a recipient gets: the variant of their jurisdiction (or the default), then within
@@ -296,7 +357,7 @@ class Templates:
     def recipient_fields(self) -> set[str]:
         """Every `recipient.X` (or recipient['X']) any template uses, so columns can be checked up front."""
         used: set[str] = set()
-        for name in self.files():
+        for name in self.sources:
             try:
                 tree = self._parsed(name)[0]
             except jinja2.TemplateSyntaxError:

@@ -24,8 +24,9 @@ def _sha(data: bytes) -> str:
 
 
 def fingerprint(campaign: Campaign, templates: Templates) -> dict[str, str]:
-    """Everything that shapes what a recipient reads, each part hashed: template files, [variables], sender."""
-    parts = {f"templates/{campaign.template}/{name}": _sha(p.read_bytes()) for name, p in templates.files().items()}
+    """Everything that shapes what a recipient reads, each part hashed: every file of the template snapshot
+    (what the loop and the render processes render from), [variables], sender."""
+    parts = {f"templates/{campaign.template}/{name}": h for name, h in templates.hashes().items()}
     variables = json.dumps(campaign.variables, sort_keys=True, default=str, ensure_ascii=False)
     parts[f"{campaign.file.name} [variables]"] = _sha(variables.encode())
     parts[f"{campaign.file.name} [campaign] from, reply_to, template, default_locale"] = _sha(

@@ -297,6 +297,32 @@ class Change:
     fields: dict[str, Any] = field(default_factory=dict)  # attempts, next_attempt_at, provider, ...
 
 
+# States of a person nobody has handed to a provider yet: a corrected row still applies to them.
+_UNSENT = ("pending", "ineligible", "suppressed")
+_UNSENT_STATES = "('pending', 'ineligible', 'suppressed')"
+
+
+@dataclass
+class _Tally:
+    corrected: int = 0
+    refused: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+def _vars(item: Recipient) -> str:
+    return json.dumps(item.vars, ensure_ascii=False) if item.vars else "{}"
+
+
+def _changes(was: list[Any], item: Recipient) -> list[str]:
+    """The columns a new row for a known person changes: [email, name, locale, jurisdiction, vars, ineligible reason]
+    as stored, against the row. The eligibility columns are columns too, so a flag that changed is named."""
+    email, name, locale, jurisdiction, vars_json, detail = was
+    old_vars = json.loads(vars_json or "{}")
+    changed = [col for col, a, b in (("email", email, item.email), ("name", name, item.name), ("locale", locale, item.locale),
+                                     ("jurisdiction", jurisdiction, item.jurisdiction)) if a != b]
+    changed += sorted(k for k in set(old_vars) | set(item.vars) if old_vars.get(k) != item.vars.get(k))
+    return changed
+
+
 @dataclass(frozen=True)
 class ImportResult:
     path: Path
@@ -304,6 +330,9 @@ class ImportResult:
     accepted: int
     rejected: int
     already: bool  # the same file was imported before; nothing was added
+    corrected: int = 0  # known people whose row changed, not yet sent: the change was applied (an event each)
+    refused: tuple[tuple[int, str, str], ...] = ()  # (row, email, why) for changes to people already sent
+    removed: int = 0  # people of the earlier import not in the file that replaced it (nothing was sent yet)
 
 
 class Store:
@@ -474,8 +503,10 @@ class Store:
             self.db.row_factory = None
 
     def under_way(self) -> bool:
-        """True once any recipient has been handed to a provider."""
-        return self.db.execute("SELECT 1 FROM recipients WHERE state != 'pending' OR attempts > 0 LIMIT 1").fetchone() is not None
+        """True once any recipient has been handed to a provider. Rows that were never sent (pending, or
+        ineligible or suppressed before any attempt) do not count: a corrected file may still replace them."""
+        return self.db.execute(f"SELECT 1 FROM recipients WHERE state NOT IN {_UNSENT_STATES} OR attempts > 0"
+                               " LIMIT 1").fetchone() is not None
 
     def import_file(self, path: Path, *, append: bool = False, batch: int = 2000) -> ImportResult:
         """Imports a recipients file once. The same file again adds nothing; a different one for a
@@ -504,14 +535,14 @@ class Store:
     def _import(self, path: Path, digest: str, append: bool, replace: bool, batch: int) -> ImportResult:
         with self.transaction() as db:
             if replace:
-                db.execute("DELETE FROM recipients")
-                db.execute("DELETE FROM rejects")
+                db.execute("DELETE FROM rejects")  # the earlier file's rows are read again from the new one
             cur = db.execute(
                 "INSERT INTO imports (path, sha256, columns, rows_read, accepted, rejected, imported_at)"
                 " VALUES (?, ?, '[]', 0, 0, 0, ?)", (str(path), digest, utcnow()))
             import_id = cur.lastrowid
             assert import_id is not None
             read_n = accepted = rejected = 0
+            tally = _Tally()
             columns: set[str] = set()
             pending: list[Recipient | Reject] = []
             for record in read(path):
@@ -520,39 +551,74 @@ class Store:
                     columns.update(record.fields)
                 pending.append(validate(record))
                 if len(pending) >= batch:
-                    a, r = self._write_batch(import_id, pending)
+                    a, r = self._write_batch(import_id, pending, replace, tally)
                     accepted, rejected, pending = accepted + a, rejected + r, []
-            a, r = self._write_batch(import_id, pending)
+            a, r = self._write_batch(import_id, pending, replace, tally)
             accepted, rejected = accepted + a, rejected + r
             assert read_n == accepted + rejected, "every row is either accepted or rejected"
+            removed = 0
+            if replace:  # nobody was sent anything yet (under_way): people no longer in the file are dropped
+                removed = db.execute("DELETE FROM recipients WHERE import_id != ?", (import_id,)).rowcount
             db.execute("UPDATE imports SET columns=?, rows_read=?, accepted=?, rejected=? WHERE id=?",
                        (json.dumps(sorted(columns)), read_n, accepted, rejected, import_id))
             self._append(Event("recipients_imported", detail={
                 "file": str(path), "sha256": digest, "rows_read": read_n, "accepted": accepted,
-                "rejected": rejected, "append": append, "replaced_earlier_import": replace}))
-        return ImportResult(path, read_n, accepted, rejected, already=False)
+                "rejected": rejected, "append": append, "replaced_earlier_import": replace,
+                "corrected": tally.corrected, "corrections_refused": len(tally.refused), "removed": removed}))
+        return ImportResult(path, read_n, accepted, rejected, already=False, corrected=tally.corrected,
+                            refused=tuple(tally.refused), removed=removed)
 
-    def _write_batch(self, import_id: int, items: list[Recipient | Reject]) -> tuple[int, int]:
+    def _write_batch(self, import_id: int, items: list[Recipient | Reject], replace: bool = False,
+                     tally: _Tally | None = None) -> tuple[int, int]:
+        tally = tally if tally is not None else _Tally()
         keys = [i.key for i in items if isinstance(i, Recipient)]
-        first_row: dict[str, tuple[int, int]] = {}
+        known: dict[str, tuple[Any, ...]] = {}
         for start in range(0, len(keys), 900):
             chunk = keys[start:start + 900]
             marks = ",".join("?" * len(chunk))
-            for key, row, imp in self.db.execute(f"SELECT key, row, import_id FROM recipients WHERE key IN ({marks})", chunk):
-                first_row[key] = (row, imp)
+            for r in self.db.execute(f"SELECT key, row, import_id, id, state, attempts, email, name, locale, jurisdiction,"
+                                     f" vars, detail FROM recipients WHERE key IN ({marks})", chunk):
+                known[r[0]] = r[1:]
         rows, rejects, ineligible = [], [], 0
         events: list[Event] = []
+        corrected = 0
         for item in items:
-            if isinstance(item, Recipient) and item.key in first_row:
-                row, imp = first_row[item.key]
-                where = "" if imp == import_id else " of an earlier import"
-                item = Reject(item.row, item.email, f"duplicate of row {row}{where}")
+            if isinstance(item, Recipient) and item.key in known:
+                row, imp, rid, state, attempts, *was = known[item.key]
+                if imp == import_id:
+                    item = Reject(item.row, item.email, f"duplicate of row {row}")
+                else:
+                    changed = _changes(was, item)
+                    if changed and (state not in _UNSENT or attempts):
+                        why = (f"correction refused: this person was already handed to a provider (state {state}, row {row} "
+                               f"of an earlier import); changed: {', '.join(changed)}; reach them by another channel if "
+                               "the notice they got is no longer right")
+                        tally.refused.append((item.row, item.email, why))
+                        events.append(Event("correction_refused", rid, item.key, detail={"row": item.row, "state": state,
+                                                                                          "changed": changed}))
+                        item = Reject(item.row, item.email, why)
+                    elif changed or replace:
+                        new_state = "ineligible" if item.ineligible else ("pending" if state == "ineligible" else state)
+                        self.db.execute(
+                            "UPDATE recipients SET import_id=?, row=?, email=?, name=?, locale=?, jurisdiction=?, vars=?,"
+                            " state=?, detail=?, updated_at=? WHERE id=?",
+                            (import_id, item.row, item.email, item.name, item.locale, item.jurisdiction, _vars(item),
+                             new_state, item.ineligible if new_state == "ineligible" else None, utcnow(), rid))
+                        known[item.key] = (item.row, import_id, rid, new_state, attempts)
+                        if changed:
+                            corrected += 1
+                            events.append(Event("recipient_corrected", rid, item.key, locale=item.locale, detail={
+                                "row": item.row, "changed": changed, "state": [state, new_state],
+                                **({"reason": item.ineligible} if item.ineligible else {})}))
+                        continue
+                    else:
+                        item = Reject(item.row, item.email, f"duplicate of row {row} of an earlier import")
             if isinstance(item, Reject):
                 rejects.append((import_id, item.row, item.raw, item.reason))
                 continue
-            first_row[item.key] = (item.row, import_id)
+            known[item.key] = (item.row, import_id, 0, "pending", 0)
             values = (import_id, item.row, item.email, item.key, recipient_token(item.key), item.email.rpartition("@")[2],
-                      item.name, item.locale, item.jurisdiction, json.dumps(item.vars, ensure_ascii=False) if item.vars else "{}")
+                      item.name, item.locale, item.jurisdiction, _vars(item))
             if item.ineligible is None:
                 rows.append(values)
                 continue
@@ -564,12 +630,14 @@ class Store:
             assert cur.lastrowid is not None
             events.append(Event("ineligible", cur.lastrowid, item.key, locale=item.locale,
                                 detail={"reason": item.ineligible, "row": item.row, "jurisdiction": item.jurisdiction}))
+        tally.corrected += corrected
         self._append_all(events, utcnow())
         self.db.executemany(
             "INSERT INTO recipients (import_id, row, email, key, token, domain, name, locale, jurisdiction, vars)"
             " VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
         self.db.executemany("INSERT INTO rejects (import_id, row, raw, reason) VALUES (?,?,?,?)", rejects)
-        return len(rows) + ineligible, len(rejects)
+        accepted_known = len(items) - len(rejects) - len(rows) - ineligible
+        return len(rows) + ineligible + accepted_known, len(rejects)
 
     def columns(self) -> set[str]:
         """Every column any import had (so templates can be checked against them)."""

@@ -572,3 +572,25 @@ def test_a_sender_cancelled_after_its_envelope_went_out_behind_another_frees_its
     assert slots_after_a == 0, "a's connection carried b's unanswered envelope: closed, its slot free"
     assert slots_at_end == 0
     assert [r.rcpt for r in h.received] == ["c@example.com"]
+
+
+@pytest.mark.parametrize("password", ["p\udce4ss", "x" * 300 + "tail", "pa\"ss'w\u00f6rd<>&%{}\\n", "\u5bc6\u7801-secret"])
+def test_no_password_appears_in_output_or_files(make_campaign: MakeCampaign, monkeypatch: pytest.MonkeyPatch,
+                                                password: str) -> None:
+    # #24 item 9: a password that is not UTF-8 was printed in clear in an "internal error" line.
+    monkeypatch.setenv("T_SMTP_USER", "notify")
+    monkeypatch.setenv("T_SMTP_PASS", password)
+    h = Handler()
+    with Server(h, auth={"notify": "s3cret"}) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=3, relay='username_env = "T_SMTP_USER"\npassword_env = "T_SMTP_PASS"\n')
+        code, out, err = send(d)
+    assert code in (1, 4) and "internal error" not in err
+    if "\udce4" in password:
+        assert "T_SMTP_PASS is not valid UTF-8" in err
+    assert {v[0] for v in ledger(d).values()} <= {"pending"}, "nobody left in flight or failed"
+    shown = [out, err, repr(out), repr(err)]
+    files = [p.read_bytes() for p in d.rglob("*") if p.is_file()]
+    for form in {password, repr(password)[1:-1], password.encode("utf-8", "surrogateescape").decode("latin-1")}:
+        assert not any(form in text for text in shown)
+        raw = form.encode("utf-8", "surrogateescape")
+        assert not any(raw in data for data in files)

@@ -33,7 +33,7 @@ import aiosmtplib
 from aiosmtplib import errors as smtp_errors
 
 from ..campaign import SmtpConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, register_secret
 from ..render import Message
 from .base import Kind, Outcome, Readiness, Ready, Wave
 from .smtpwire import Session, wire_body
@@ -142,6 +142,14 @@ class SmtpProvider:
             if not value:
                 raise ConfigError(f"[providers.{self.config.name}] {key}: the environment variable {env} is not set",
                                   hint=f"export {env}=... in the shell that runs notify")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # bytes the locale could not decode: os.environ holds them as surrogates
+                raise ConfigError(f"[providers.{self.config.name}] {key}: the environment variable {env} is not valid "
+                                  "UTF-8 (its value is not shown)",
+                                  hint=f"export {env} again as UTF-8 text; a password with other bytes cannot be sent in AUTH") from None
+            if key == "password_env":
+                register_secret(value)
             values.append(value)
         if (values[0] is None) != (values[1] is None):
             raise ConfigError(f"[providers.{self.config.name}]: set both username_env and password_env, or neither")
