@@ -46,7 +46,12 @@ REQUIRED = {
 AS_HEADINGS = {"california"}
 # Massachusetts MGL c.93H 3(b): the notice must not describe the nature of the breach.
 FORBIDDEN = {"massachusetts": ("what_happened",)}
-_RESIDENT_COUNT = re.compile(r"\b\d[\d,. ]*\s+(?:massachusetts\s+)?(?:residents|customers|people|individuals|persons|accounts|users)\b", re.I)
+# Every pattern here runs over text that holds recipients' fields: each is linear in its input
+# (tests/test_integrity.py runs them on 1 MB). A match may only start where a run of its characters
+# starts (the lookbehinds), so a long run is read (and backtracked over) once, not once per position.
+# No possessive quantifiers: CPython 3.11.2's fail to match under re.I.
+_RESIDENT_COUNT = re.compile(r"\b(?<![\d,.])(?<![\d,.]\s)\d(?:[\d,.]|\s(?=\d))*\s+(?:massachusetts\s+)?"
+                             r"(?:residents|customers|people|individuals|persons|accounts|users)\b", re.I)
 
 SHORTENERS = {"bit.ly", "tinyurl.com", "t.co", "goo.gl", "ow.ly", "is.gd", "buff.ly", "rebrand.ly", "cutt.ly",
               "lnkd.in", "tiny.cc", "shorturl.at", "rb.gy", "s.id", "t.ly", "bl.ink", "short.io", "v.gd"}
@@ -58,8 +63,9 @@ _CREDENTIAL_REQUEST = [
 ]
 _URL = re.compile(r"""\bhttps?://[^\s<>"')\]]+|\bwww\.[^\s<>"')\]]+""", re.I)
 _HOSTLIKE = re.compile(r"^(?:https?://)?((?:[a-z0-9-]+\.)+[a-z]{2,})(?:[/:?#]|$)", re.I)
-_EMAIL = re.compile(r"[^\s@<>()]+@[^\s@<>()]+\.[^\s@<>()]+")
-_PHONE = re.compile(r"\+?\d[\d ().-]{6,}\d")
+_EMAIL = re.compile(r"(?<![^\s@<>()])[^\s@<>()]+@[^\s@<>()]+\.[^\s@<>()]+")
+_PHONE_RUN = re.compile(r"[\d ().-]+")  # a phone number: 8 or more of these, from a digit to a digit
+_GOV = re.compile(r"(?<![a-z0-9-])[a-z0-9-]+\.gov\b")
 # North American toll-free prefixes (47 CFR 52.101): 800, 833, 844, 855, 866, 877, 888.
 _TOLL_FREE = re.compile(r"(?:\+?1[ .-]?)?\(?8(?:00|33|44|55|66|77|88)\)?[ .-]?\d{3}[ .-]?\d{4}\b")
 
@@ -115,6 +121,15 @@ class _Html(HTMLParser):
             self._link_text.append(data)
         if self._heading is not None:
             self._heading.append(data)
+
+
+def _has_phone(text: str) -> bool:
+    """Whether the text has a phone number (8 or more digits, spaces and ().- from a digit to a digit), in
+    one pass over it: a regular expression for the same backtracks once per digit of a long run."""
+    for m in _PHONE_RUN.finditer(text):
+        if len(m.group().strip(" ().-")) >= 8:
+            return True
+    return False
 
 
 def _norm(text: str) -> str:
@@ -216,9 +231,9 @@ def _lint_version(campaign: Campaign, templates: Templates, r: Rendered, msg: Me
             add("error", profile, f"states a number of people affected ({m.group(0)!r}), which Massachusetts law forbids")
         if profile == "hipaa":
             _hipaa(campaign, r, text, add)
-        if profile in ("gdpr", "new-york") and not (_EMAIL.search(r.text) or _PHONE.search(r.text)):
+        if profile in ("gdpr", "new-york") and not (_EMAIL.search(r.text) or _has_phone(r.text)):
             add("error", profile, f"no contact point: the text gives neither an email address nor a phone number ({profile})")
-        if profile == "new-york" and not (_PHONE.search(r.text) and (_URL.search(r.text) or re.search(r"\b[a-z0-9-]+\.gov\b", text))):
+        if profile == "new-york" and not (_has_phone(r.text) and (_URL.search(r.text) or _GOV.search(text))):
             add("error", profile, "New York requires the phone numbers and websites of state and federal agencies that help")
 
     # --- anti-phishing ---

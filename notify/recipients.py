@@ -17,6 +17,11 @@ from email_validator import EmailNotValidError, validate_email
 from .errors import InputError
 
 STANDARD_COLUMNS = ("email", "name", "locale", "jurisdiction")
+# The longest a field may be (characters); README.md (Recipients) lists them. A longer one rejects its
+# row with the reason: nothing legitimate is that long, and every field is rendered and linted.
+FIELD_LIMITS = {"name": 256, "locale": 35, "jurisdiction": 64}
+OTHER_FIELD_LIMIT = 4096  # any other column
+MAX_LINE_BYTES = 1 << 20  # one line of the file; a longer one stops the import, naming the line
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "plain", ".list": "plain", ".lst": "plain"}
 # csv in Python 3.11 refuses NUL outright; we swap it for a private-use character before parsing so
 # that a NUL rejects only its row, and swap it back for the rejects report.
@@ -93,7 +98,12 @@ def _decoded_lines(path: Path, fh: BinaryIO) -> Iterator[tuple[int, str]]:
     if not head:
         raise InputError(f"{path}: the file is empty", hint="export the affected recipients into it and run again")
     fh.seek(3 if head.startswith(codecs.BOM_UTF8) else 0)
-    for n, raw in enumerate(fh, 1):
+    n = 0
+    while raw := fh.readline(MAX_LINE_BYTES + 1):
+        n += 1
+        if len(raw) > MAX_LINE_BYTES:
+            raise InputError(f"{path}: line {n} is longer than {MAX_LINE_BYTES // (1 << 20)} MiB; no recipients row is",
+                             hint="check that the file is a recipients list (CSV, JSON Lines or one address a line)")
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -289,6 +299,11 @@ def eligibility(fields: dict[str, Any]) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _clip(raw: str) -> str:
+    """A rejected row as the rejects report keeps it: a too-long row is cut, and says so."""
+    return raw if len(raw) <= 1000 else raw[:1000] + f"... ({len(raw)} characters)"
+
+
 def validate(record: Record) -> Recipient | Reject:
     """Checks one row; every problem becomes a Reject with a reason a person can act on."""
     if record.fields is None:
@@ -300,6 +315,12 @@ def validate(record: Record) -> Recipient | Reject:
             return Reject(record.row, record.raw, f"column {col!r} contains a NUL byte")
         if "\r" in text or "\n" in text:
             return Reject(record.row, record.raw, f"column {col!r} contains a line break (it could inject mail headers)")
+    for col, value in fields.items():
+        limit = FIELD_LIMITS.get(col, OTHER_FIELD_LIMIT)
+        if col != "email" and len(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)) > limit:
+            return Reject(record.row, _clip(record.raw), f"column {col!r} is longer than {limit} characters")
+        if len(col) > 128:
+            return Reject(record.row, _clip(record.raw), f"a column name is longer than 128 characters ({col[:40]!r}...)")
     for col in STANDARD_COLUMNS:
         if col in fields and not isinstance(fields[col], str):
             return Reject(record.row, record.raw, f"column {col!r} must be text")

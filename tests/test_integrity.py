@@ -6,10 +6,12 @@ import email
 import json
 import subprocess
 import sys
+import re
 import time
 from email.message import Message as EmailMessage
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from notify.campaign import load
@@ -182,3 +184,70 @@ def test_an_absent_column_named_like_a_method_is_an_error_not_a_method(make_camp
     d = make_campaign(templates=simple_templates("{{ recipient.values }}"))
     code, out, err = run("check", d)
     assert code != 0 and "recipient.values" in err and "built-in" not in out + err
+
+
+def test_a_campaign_id_with_a_final_newline_is_refused(make_campaign: MakeCampaign) -> None:
+    # Item 5: `$` matched before a final newline, which then went into Message-IDs and headers.
+    d = make_campaign(templates=simple_templates())
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text().replace('id = "test-2022-08"', 'id = "abc\\n"'))
+    code, out, err = run("check", d)
+    assert code == 1 and "'abc\\n' must be 1-64 letters" in err, out + err
+
+
+ADVERSARIAL = {"letters": "a" * 1_000_000, "digits and spaces": "1 " * 500_000, "digits and parens": "1(" * 500_000,
+               "dotted": "a." * 500_000, "hyphenated": "a-" * 500_000, "at signs": "a@" * 500_000,
+               "number list": "1, " * 333_333, "long url": "http://" + "a." * 500_000 + "a",
+               "almost an address": "x" * 500_000 + "@" + "y" * 500_000}
+
+
+@pytest.mark.parametrize("shape", sorted(ADVERSARIAL))
+def test_every_content_lint_pattern_is_linear_on_a_megabyte(shape: str) -> None:
+    # Item 7: the lint took 8.5 s on a 60,000-character name and over 300 s on 1 MB. Linear, each of
+    # these takes milliseconds; the bound only catches a pattern that backtracks per position again.
+    from notify import lint
+    text = ADVERSARIAL[shape]
+    started = time.process_time()
+    for pattern in (lint._RESIDENT_COUNT, lint._EMAIL, lint._GOV, lint._URL, lint._TOLL_FREE,
+                    *(re.compile(p, re.I) for p in lint._CREDENTIAL_REQUEST)):
+        pattern.search(text)
+    lint._URL.findall(text)
+    lint._has_phone(text)
+    lint._host(text)
+    assert time.process_time() - started < 5
+
+
+def test_the_linear_patterns_find_what_the_old_ones_did() -> None:
+    from notify import lint
+    assert lint._RESIDENT_COUNT.search("we told 5,000 residents").group(0) == "5,000 residents"
+    assert lint._RESIDENT_COUNT.search("about 12 000 Massachusetts residents").group(0) == "12 000 Massachusetts residents"
+    assert not lint._RESIDENT_COUNT.search("since 2022 we")
+    assert lint._EMAIL.search("write to (security@example.com) today").group(0) == "security@example.com"
+    old_phone = re.compile(r"\+?\d[\d ().-]{6,}\d")
+    for text in ("call +1 (800) 555-0100", "on 2022-08-08", "ext 1234567", "(1) 2 3 4", "12 34 56 78", "a 1-2-3-4 b"):
+        assert lint._has_phone(text) == bool(old_phone.search(text)), text
+    assert lint._GOV.search("see www.ftc.gov or consumer.ny.gov") and not lint._GOV.search("see gov.example")
+    assert lint._host("https://www.example.com/x") == "www.example.com"
+
+
+def test_field_lengths_are_limited_at_import(make_campaign: MakeCampaign) -> None:
+    # Item 7: JSONL has no field limit, and a megabyte-long name went through the lint in every command.
+    huge = json.dumps({"email": "ann@example.com", "name": "A" * 1_000_000, "locale": "en"})
+    wide = json.dumps({"email": "bob@example.com", "name": "Bob", "note": "n" * 5000})
+    d = make_campaign(huge + "\n" + wide + "\n" + json.dumps({"email": "cal@example.com", "name": "Cal"}) + "\n",
+                      filename="recipients.jsonl", templates=simple_templates())
+    started = time.process_time()
+    code, out, err = run("check", d)
+    assert code == 0, out + err
+    assert time.process_time() - started < 30
+    rejects = (d / ".notify" / "rejects.csv").read_text()
+    assert "column 'name' is longer than 256 characters" in rejects and "column 'note' is longer than 4096" in rejects
+    assert len(rejects) < 10_000, "the rejects report keeps a clipped row, not the megabyte"
+    assert "3 rows read = 1 accepted + 2 rejected" in out
+
+
+def test_a_line_longer_than_a_mebibyte_stops_the_import_with_its_number(make_campaign: MakeCampaign) -> None:
+    d = make_campaign("email\nann@example.com\n" + "x" * (2 << 20) + "\n", filename="recipients.txt",
+                      templates=simple_templates())
+    code, out, err = run("check", d)
+    assert code == 1 and "line 3 is longer than 1 MiB" in err, out + err
