@@ -6,12 +6,14 @@ import csv
 import datetime as dt
 import getpass
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import IO, Any, Callable, Iterable
 
-from . import __version__
+from . import __version__, files
+from .errors import InputError
 from .campaign import Campaign
 from .render import split_version
 from .store import GENESIS, Store, event_hash
@@ -80,10 +82,30 @@ def sent_templates(store: Store) -> dict[str, str]:
     return out
 
 
-def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, str], str]) -> dict[str, Any]:
+def _create(path: Path) -> IO[str]:
+    """A file of the export: it names people, so 0600 in a 0700 directory, and never through a link."""
+    return open(files.open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w", newline="", encoding="utf-8")
+
+
+def _prepare(out: Path, force: bool) -> None:
+    """The export's directory: new, or empty, or (with force) one whose files may be replaced."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: that is a file; the export is a directory of files",
+                         hint="name a new directory, such as audit-2022-08/")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise InputError(f"--out {out}: the directory is not empty, and an export mixed with other files could be "
+                         "read as one", hint="name a new directory, or add --force to write into this one anyway")
+    try:
+        files.private_dir(out)
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot create the directory: {e.strerror}") from None
+
+
+def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, str], str],
+           force: bool = False) -> dict[str, Any]:
     """Writes events.jsonl, recipients.csv, summary.json, summary.txt and alternate_channel.csv into `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "events.jsonl").open("w", encoding="utf-8") as fh:
+    _prepare(out, force)
+    with _create(out / "events.jsonl") as fh:
         for ev in store.events():
             fh.write(json.dumps({k: ev[k] for k in EXPORT_EVENT_FIELDS}, ensure_ascii=False) + "\n")
     verdict, _ = verify_file(out / "events.jsonl")
@@ -95,8 +117,7 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
     by_provider: Counter[str] = Counter()
     first_send = last_send = None
     rows_out = 0
-    with (out / "recipients.csv").open("w", newline="", encoding="utf-8") as rfh, \
-            (out / "alternate_channel.csv").open("w", newline="", encoding="utf-8") as afh:
+    with _create(out / "recipients.csv") as rfh, _create(out / "alternate_channel.csv") as afh:
         rw, aw = csv.writer(rfh), csv.writer(afh)
         rw.writerow(RECIPIENT_COLUMNS)
         aw.writerow(("row", "email", "state", "reason", "name", "locale", "jurisdiction"))
@@ -152,7 +173,8 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
         "template_sha256": template_hashes,
         "chain": {"events": verdict.events, "head": verdict.head, "verified": verdict.ok},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with _create(out / "summary.json") as fh:
+        fh.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     lines = [f"Campaign {campaign.id}: audit export by {summary['exported_by']} at {summary['exported_at']} ({summary['tool']})",
              f"Completeness: {summary['completeness']}",
              "Final states: " + ", ".join(f"{k} {v}" for k, v in summary["states"].items()),
@@ -166,5 +188,6 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
              f"Audit chain: {verdict.events} events, head {verdict.head}, {'verified' if verdict.ok else 'BROKEN'}",
              "Templates as sent (SHA-256):" + ("" if template_hashes else " none sent")]
     lines += [f"  {h}  {name}" for name, h in sorted(template_hashes.items())]
-    (out / "summary.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with _create(out / "summary.txt") as fh:
+        fh.write("\n".join(lines) + "\n")
     return summary

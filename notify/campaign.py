@@ -7,6 +7,7 @@ import difflib
 import functools
 import re
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.utils import getaddresses
@@ -92,6 +93,8 @@ class SendConfig:
     max_complaint_rate: float = 0.001
     reputation_window: int = 1000  # the last N sends; not judged until there are N
     render_processes: int | None = None  # None: one per spare core once a run is large enough; 0: in the event loop
+    render_timeout: float = 2.0  # seconds one message's templates may take to render (notify/sandbox.py)
+    render_max_bytes: int = 1_000_000  # characters one part of a message may render to
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,12 @@ def parse_address(text: str) -> Address:
         raise ValueError("is not one email address")
     name, addr = pairs[0]
     local, _, domain = addr.rpartition("@")
+    if not domain.isascii():
+        odd = next(ch for ch in domain if not ch.isascii())
+        raise ValueError(f"has a domain with a character that is not ASCII ({odd!r}, U+{ord(odd):04X} "
+                         f"{unicodedata.name(odd, 'unnamed')}): write the domain in ASCII as it is registered "
+                         "(an internationalized domain in its xn-- form); a look-alike of an ASCII domain is what "
+                         "phishing uses")
     return Address(display_name=name, username=local, domain=domain)
 
 
@@ -329,6 +338,8 @@ SEND_KEYS = {
     "max_complaint_rate": Key("number", False, lambda v: None if 0 < v <= 1 else "must be a fraction between 0 and 1"),
     "reputation_window": Key("int", False, _positive),
     "render_processes": Key("int", False, _non_negative),
+    "render_timeout": Key("number", False, _positive),
+    "render_max_bytes": Key("int", False, _positive),
 }
 RETRY_KEYS = {
     "base": Key("number", False, _positive),
@@ -387,7 +398,14 @@ def load(path: str | Path) -> Campaign:
         raise ConfigError(f"{file}: not UTF-8 ({e.reason} at byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{file}: not valid TOML: {e}") from None
-    return _build(file, data)
+    except RecursionError:
+        raise ConfigError(f"{file}: nested too deeply to read (arrays or tables inside each other hundreds of levels "
+                          "deep)", hint="a campaign.toml needs a few levels at most: look for a runaway [ or {") from None
+    try:
+        return _build(file, data)
+    except RecursionError:
+        raise ConfigError(f"{file}: a value is nested too deeply to check",
+                          hint="a campaign.toml needs a few levels at most: look for a runaway [ or {") from None
 
 
 def _build(file: Path, data: dict[str, Any]) -> Campaign:
@@ -478,6 +496,8 @@ def _build(file: Path, data: dict[str, Any]) -> Campaign:
             max_complaint_rate=float(send.get("max_complaint_rate", 0.001)),
             reputation_window=send.get("reputation_window", 1000),
             render_processes=send.get("render_processes"),
+            render_timeout=float(send.get("render_timeout", 2.0)),
+            render_max_bytes=send.get("render_max_bytes", 1_000_000),
         ),
         providers=providers,
         require_approval=camp.get("require_approval"),

@@ -525,7 +525,8 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
 @audit_app.command("export")
 @boundary
 def audit_export(campaign: Path = CampaignArg,
-                 out: Path = typer.Option(..., "--out", help="Directory to write the evidence into.")) -> None:
+                 out: Path = typer.Option(..., "--out", help="Directory to write the evidence into (new or empty)."),
+                 force: bool = typer.Option(False, "--force", help="Write into a directory that is not empty.")) -> None:
     """Write the evidence for compliance: events.jsonl (the hash chain), recipients.csv (one row per input
     row), summary.json and summary.txt, and alternate_channel.csv (everyone email did not reach).
 
@@ -536,7 +537,7 @@ def audit_export(campaign: Path = CampaignArg,
 
     with _open(campaign) as (c, store):
         templates = Templates(c)
-        summary = export(c, store, out, templates.resolve)
+        summary = export(c, store, out, templates.resolve, force=force)
     typer.echo((out / "summary.txt").read_text(encoding="utf-8").rstrip())
     typer.echo(f"\nWrote {out}/: events.jsonl, recipients.csv, summary.json, summary.txt, alternate_channel.csv")
     if not summary["chain"]["verified"]:

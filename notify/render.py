@@ -21,12 +21,13 @@ import babel.dates
 import jinja2
 from jinja2 import nodes
 from jinja2.loaders import split_template_path
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import SecurityError
 
-from . import mime, plan
+from . import mime, plan, sandbox
 from .campaign import Campaign
 from .errors import TemplateError
 from .recipients import recipient_token
+from .sandbox import Namespace
 
 PARTS = ("subject.txt", "body.txt", "body.html")
 VARIANTS = "variants"  # templates/<template>/variants/<jurisdiction>/<locale>/ : a jurisdiction's own text
@@ -110,28 +111,6 @@ def _format_date(value: dt.date, format: str, locale: str) -> str:
     if isinstance(value, dt.datetime):
         return babel.dates.format_datetime(value, format=format, locale=babel_locale(locale))
     return babel.dates.format_date(value, format=format, locale=babel_locale(locale))
-
-
-class Namespace(dict):  # type: ignore[type-arg]
-    """`campaign` and `recipient` in templates: a dict that knows its name, for error messages."""
-
-    def __init__(self, label: str, values: dict[str, Any]) -> None:
-        super().__init__(values)
-        self.label = label
-
-
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """`recipient.items` and `campaign.label` are the column or variable of that name, never an attribute of
-    the dict that holds them (jinja2 tries attributes first, so a column named like a dict method rendered
-    as "<built-in method items ...>")."""
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        if type(obj) is Namespace:
-            try:
-                return dict.__getitem__(obj, attribute)
-            except KeyError:
-                return self.undefined(obj=obj, name=attribute)
-        return super().getattr(obj, attribute)
 
 
 class Undefined(jinja2.StrictUndefined):
@@ -228,7 +207,10 @@ class Templates:
                 f"{campaign.file}: [campaign] template: no template {campaign.template!r} "
                 f"(looked in {campaign.dir / 'templates'} and {shipped})")
         versions, self.sources = snapshot if snapshot is not None else (None, _read_sources(self.roots))
-        self.env = _Sandbox(
+        self.timeout = campaign.send.render_timeout
+        self.max_bytes = campaign.send.render_max_bytes
+        self.env = sandbox.Sandbox(
+            max_bytes=self.max_bytes,
             loader=_SnapshotLoader(self.sources),
             undefined=Undefined,
             autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
@@ -408,8 +390,18 @@ class Templates:
             "today": today,
             "text_direction": "rtl" if locale.split("-")[0] in RTL_LANGUAGES else "ltr",
         }
+        current = ""
         try:
-            return templates[0].render(ctx), templates[1].render(ctx), templates[2].render(ctx)
+            with sandbox.budget(self.timeout):
+                out = []
+                for t in templates:
+                    current = t.filename or str(t.name)
+                    out.append(sandbox.render(t, ctx, self.max_bytes))
+                return out[0], out[1], out[2]
+        except sandbox.BudgetExceeded as e:
+            raise TemplateError(f"{_where(e, self.roots) or current}: {e}",
+                                hint="a notice renders in milliseconds: look for loops or repetitions that grow with "
+                                     "their input, or raise [send] render_timeout / render_max_bytes") from None
         except TemplateError as e:
             raise TemplateError(f"{_where(e, self.roots)}: {e}") from None
         except jinja2.UndefinedError as e:

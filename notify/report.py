@@ -45,6 +45,9 @@ def deadline(campaign: Campaign, store: Store, rate: float | None = None,
     }
     since = f" ({(campaign.deadline - campaign.discovered).days} days after discovery on {campaign.discovered})" if campaign.discovered else ""
     head = f"deadline {campaign.deadline} (end of day UTC){since}: "
+    if remaining == 0 and not store.counts():
+        out["said"] = head + "no recipients imported yet (`notify check` imports them)"
+        return out
     if remaining == 0:
         last = store.last_first_attempt()
         out["late"] = bool(last and last > due.timestamp())

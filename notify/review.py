@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, files
 from .campaign import Campaign, OutboxConfig
 from .errors import NotApproved
 from .render import Templates, compose, recipient_context, split_version, synthetic_recipient
@@ -95,7 +95,7 @@ _BODY_RE = re.compile(r"<body[^>]*>(.*)</body>", re.S | re.I)
 def preview(campaign: Campaign, store: Store, templates: Templates, out: Path) -> list[Version]:
     """Renders every version (variant and locale) the campaign can use for a representative recipient
     into out/; sends nothing."""
-    out.mkdir(parents=True, exist_ok=True)
+    files.private_dir(out)  # the pack shows real recipients' names and addresses
     groups = templates.by_version(store.samples())
     columns = store.columns()
     versions = []
@@ -110,15 +110,15 @@ def preview(campaign: Campaign, store: Store, templates: Templates, out: Path) -
             recipient, sample = synthetic_recipient(locale, columns), "synthetic sample (no recipient gets this version)"
         rendered = templates.render(version, recipient)
         msg = compose(campaign, rendered, to_email=recipient["email"], to_name=recipient["name"], key=recipient["email"].lower())
-        files = {"eml": msg.data, "txt": rendered.text.encode(), "html": rendered.html.encode()}
+        made = {"eml": msg.data, "txt": rendered.text.encode(), "html": rendered.html.encode()}
         falls: Counter[str] = Counter()
         for g in group:
             if g["locale"] != locale:
                 falls[(g["locale"] or "(none)") + (f" ({g['jurisdiction']})" if variant else "")] += g["count"]
         v = Version(version, sum(g["count"] for g in group), sorted(falls.items()), sample, rendered.subject,
-                    campaign.sender, rendered.text, rendered.html, {k: _sha(d) for k, d in files.items()})
-        for kind, data in files.items():
-            (out / f"{v.slug}.{kind}").write_bytes(data)
+                    campaign.sender, rendered.text, rendered.html, {k: _sha(d) for k, d in made.items()})
+        for kind, data in made.items():
+            files.write_private(out / f"{v.slug}.{kind}", data)
         versions.append(v)
     manifest = {
         "tool": f"notify {__version__}",
@@ -129,8 +129,8 @@ def preview(campaign: Campaign, store: Store, templates: Templates, out: Path) -
                       "recipients": v.recipients, "sample": v.sample, "subject": v.subject,
                       "falls_back_here": dict(v.fallbacks), "sha256": v.files} for v in versions],
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "index.html").write_text(_index(campaign, versions), encoding="utf-8")
+    files.write_private(out / "manifest.json", (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
+    files.write_private(out / "index.html", _index(campaign, versions).encode())
     return versions
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from . import files
 from .errors import InputError, StoreError
 from .recipients import Recipient, Reject, read, recipient_token, validate
 
@@ -357,13 +358,13 @@ class Store:
     def open(cls, state_dir: Path) -> Store:
         """Opens (creating, private to this user) <campaign>/.notify/campaign.sqlite."""
         try:
-            state_dir.mkdir(mode=0o700, exist_ok=True)
-            os.chmod(state_dir, 0o700)
+            files.private_dir(state_dir)
             db = state_dir / DB_NAME
-            if not db.exists():
-                os.close(os.open(db, os.O_CREAT | os.O_WRONLY, 0o600))
+            for part in ("", "-wal", "-shm", "-journal"):  # SQLite opens these by name, following links
+                files.refuse_link(db.with_name(db.name + part))
+            os.close(files.open_private(db, os.O_CREAT | os.O_WRONLY))
         except OSError as e:
-            raise StoreError(f"{state_dir}: cannot create the state directory: {e.strerror}") from None
+            raise StoreError(f"{state_dir}: cannot use the state directory: {e.strerror}") from None
         return cls(db)
 
     def close(self) -> None:
@@ -375,7 +376,7 @@ class Store:
     def lock(self) -> None:
         lock_path = self.path.parent / "lock"
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = files.open_private(lock_path, os.O_RDWR | os.O_CREAT)
         except OSError as e:
             raise self._os_error(lock_path, e) from None
         try:
@@ -862,7 +863,7 @@ class Store:
         out = self.path.parent / "rejects.csv"
         tmp = out.with_suffix(".tmp")
         try:
-            with open(tmp, "w", newline="", encoding="utf-8", opener=lambda p, f: os.open(p, f, 0o600)) as fh:
+            with open(files.create_temp(tmp), "w", newline="", encoding="utf-8") as fh:
                 w = csv.writer(fh)
                 w.writerow(["row", "raw", "reason"])
                 w.writerows(self.rejects())

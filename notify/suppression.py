@@ -7,6 +7,7 @@ address it suppresses is reported as not notified by email.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import sqlite3
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from . import files
 from .errors import InputError, StoreError
 from .recipients import Recipient, read, validate
 
@@ -42,9 +44,10 @@ class SuppressionList:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or default_path()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if not self.path.exists():
-                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            files.private_dir(self.path.parent)
+            for part in ("", "-wal", "-shm", "-journal"):
+                files.refuse_link(self.path.with_name(self.path.name + part))
+            os.close(files.open_private(self.path, os.O_CREAT | os.O_WRONLY))
             self.db = sqlite3.connect(self.path, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA busy_timeout=5000")
@@ -58,26 +61,44 @@ class SuppressionList:
     def close(self) -> None:
         self.db.close()
 
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """SQLite's failures (most often: another process holds the list locked) in words a person can act on."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            locked = "locked" in str(e) or "busy" in str(e)
+            raise StoreError(f"{self.path}: the suppression list " +
+                             ("is locked by another process (waited 5 s)" if locked else f"cannot be written: {e}"),
+                             hint=("wait for the other notify command (bounces, send, suppress) to finish, then run this "
+                                   "one again; nothing was changed") if locked else
+                             f"check the file and its directory, or set {ENV} to another path") from None
+
     def add(self, address: str, kind: str, source: str, reason: str) -> bool:
         """Adds (or keeps the first entry for) an address; returns True when it was new."""
         if kind not in KINDS:
             raise InputError(f"unknown suppression kind {kind!r}; use one of {', '.join(KINDS)}")
         now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        cur = self.db.execute("INSERT OR IGNORE INTO suppressed VALUES (?, ?, ?, ?, ?)",
-                              (address.lower(), kind, source, reason, now))
+        with self._errors():
+            cur = self.db.execute("INSERT OR IGNORE INTO suppressed VALUES (?, ?, ?, ?, ?)",
+                                  (address.lower(), kind, source, reason, now))
         return cur.rowcount > 0
 
     def remove(self, address: str) -> bool:
-        return self.db.execute("DELETE FROM suppressed WHERE address=?", (address.lower(),)).rowcount > 0
+        with self._errors():
+            return self.db.execute("DELETE FROM suppressed WHERE address=?", (address.lower(),)).rowcount > 0
 
     def entries(self) -> Iterator[Entry]:
-        for row in self.db.execute("SELECT address, kind, source, reason, added_at FROM suppressed ORDER BY added_at, address"):
-            yield Entry(*row)
+        with self._errors():
+            for row in self.db.execute("SELECT address, kind, source, reason, added_at FROM suppressed"
+                                       " ORDER BY added_at, address"):
+                yield Entry(*row)
 
     def import_file(self, path: Path, kind: str, source: str, reason: str) -> tuple[int, int, int]:
         """Adds every valid address of a recipients-style file; returns (read, added, invalid)."""
         read_n = added = invalid = 0
-        self.db.execute("BEGIN IMMEDIATE")
+        with self._errors():
+            self.db.execute("BEGIN IMMEDIATE")
         try:
             for record in read(path):
                 read_n += 1
@@ -86,8 +107,10 @@ class SuppressionList:
                     invalid += 1
                     continue
                 added += self.add(item.key, kind, source, reason)
-            self.db.execute("COMMIT")
+            with self._errors():
+                self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
             raise
         return read_n, added, invalid

@@ -251,3 +251,151 @@ def test_a_line_longer_than_a_mebibyte_stops_the_import_with_its_number(make_cam
                       templates=simple_templates())
     code, out, err = run("check", d)
     assert code == 1 and "line 3 is longer than 1 MiB" in err, out + err
+
+
+@pytest.mark.parametrize("body, says", [
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "took longer than the time budget"),
+    ('{% set s = "abcdefgh" %}{% for a in s * 4000 %}{% for b in s * 4000 %}{% for c in s %}{% endfor %}{% endfor %}{% endfor %}',
+     "took longer than the time budget"),
+    ('{{ "x" * 300000000 }}', "a repetition would build 300,000,000 characters"),
+    ("{{ 10 ** 100000000 }}", "a power would build"),
+    ('{{ "x".center(300000000) }}', "str.center would build"),
+    ('{{ "{:>300000000}".format(1) }}', "a format width would build"),
+    ('{{ "%300000000s" % 1 }}', "a %-format width would build"),
+    ('{{ "x"|center(300000000) }}', "the center filter would build"),
+    ("{% for i in range(100000) %}{{ 'y' * 100 }}{% endfor %}", "the output passed the budget of 1,000,000"),
+    ('{% macro d(s, n) %}{% if n %}{{ d(s ~ s, n - 1) }}{% else %}{{ s|length }}{% endif %}{% endmacro %}'
+     '{{ d("0123456789abcdef" * 1024, 20) }}', "a concatenation (~) would build"),
+    ('{% set s = "x" * 999999 %}{% set b %}{% for i in range(1000) %}{{ s }}{% endfor %}{% endset %}{{ b|length }}',
+     "a block's output would build"),
+    ('{% set s = "x" * 999999 %}{{ (range(1000)|map("string")|list|join(s))|length }}', "the join filter would build"),
+    ('{% set s = "x" * 999999 %}{{ s.replace("x", "yy")|length }}', "str.replace would build"),
+    ('{% set s = "x" * 999999 %}{{ (s|replace("x", "yy"))|length }}', "the replace filter would build"),
+    ('{% set s = "x" * 999999 %}{{ (s + s)|length }}', "a concatenation (+) would build"),
+])
+def test_rendering_is_bounded_in_time_output_and_memory(make_campaign: MakeCampaign, body: str, says: str) -> None:
+    # Item 6: nested loops never returned from check; "x" * 300000000 took 3.9 GB and 54 s.
+    d = make_campaign(templates=simple_templates(body), send_extra="render_timeout = 1\n")
+    started = time.monotonic()
+    code, out, err = run("check", d)
+    assert code == 1 and says in err and "en/body.txt" in err, out + err
+    assert "internal error" not in err
+    assert time.monotonic() - started < 20
+
+
+def test_an_ordinary_notice_is_well_within_the_budget(make_campaign: MakeCampaign) -> None:
+    body = '{% for i in range(50) %}{{ "{:,}".format(5000000) }} {{ "x" * 10 }}{% endfor %}{{ 2 ** 10 }}'
+    d = make_campaign(templates=simple_templates(body))
+    code, out, err = run("send", d, "--no-progress")
+    assert code == 0, out + err
+    assert "5,000,000 xxxxxxxxxx" in bodies(d)[0] and "1024" in bodies(d)[0]
+
+
+def modes(root: Path) -> dict[str, str]:
+    import stat
+    return {str(p.relative_to(root)): oct(stat.S_IMODE(p.lstat().st_mode)) for p in [root, *root.rglob("*")]}
+
+
+def test_files_holding_personal_data_are_private_whatever_the_umask(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # Item 10: outbox and dry-run messages, the review pack and the audit export were 0644 in 0755 directories.
+    import os
+    d = make_campaign(templates=simple_templates())
+    old = os.umask(0o022)
+    try:
+        assert run("send", d, "--dry-run", "--no-progress")[0] == 0
+        assert run("preview", d, "--out", tmp_path / "review" / "pack")[0] == 0
+        assert run("send", d, "--no-progress")[0] == 0
+        assert run("audit", "export", d, "--out", tmp_path / "audit")[0] == 0
+    finally:
+        os.umask(old)
+    for root in (d / "outbox", d / "dry-run", d / ".notify", tmp_path / "review", tmp_path / "audit"):
+        found = modes(root)
+        assert len(found) > 1, root
+        for name, mode in found.items():
+            path = root / name
+            assert mode == ("0o700" if path.is_dir() else "0o600"), (path, mode)
+
+
+def test_links_in_the_state_directory_are_refused_not_followed(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # Item 8: .notify/lock linked to a file was overwritten with the PID; rejects.tmp linked to a shell
+    # rc file was overwritten with the rejects report.
+    import os
+    d = make_campaign("email\nnot-an-address\nann@example.com\n", filename="recipients.txt", templates=simple_templates())
+    assert run("check", d)[0] == 0
+    victim = tmp_path / "bashrc"
+    victim.write_text("precious\n")
+    os.symlink(victim, d / ".notify" / "rejects.tmp")
+    (d / "recipients.txt").write_text("email\nalso-bad\nann@example.com\n")
+    code, out, err = run("check", d)
+    assert victim.read_text() == "precious\n" and code == 0, out + err
+    assert "also-bad" in (d / ".notify" / "rejects.csv").read_text()
+    os.symlink(victim, d / ".notify" / "lock")
+    code, out, err = run("send", d, "--no-progress")
+    assert code == 4 and "is a symbolic link" in err and "internal error" not in err, out + err
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_state_directory_that_is_a_link_is_refused(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    import os
+    d = make_campaign(templates=simple_templates())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    os.symlink(elsewhere, d / ".notify")
+    code, out, err = run("check", d)
+    assert code == 4 and ".notify is a symbolic link" in err, out + err
+    assert oct(elsewhere.stat().st_mode & 0o777) == "0o755" and not list(elsewhere.iterdir())
+
+
+def test_audit_export_refuses_a_file_and_a_directory_that_is_not_empty(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # Item 13: --out FILE was an internal error (FileExistsError); an existing directory mixed in stale files.
+    d = make_campaign(templates=simple_templates())
+    assert run("send", d, "--no-progress")[0] == 0
+    (tmp_path / "afile").write_text("x")
+    code, out, err = run("audit", "export", d, "--out", tmp_path / "afile")
+    assert code == 1 and "that is a file" in err, out + err
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "stale.csv").write_text("x")
+    code, out, err = run("audit", "export", d, "--out", tmp_path / "old")
+    assert code == 1 and "is not empty" in err and "--force" in err, out + err
+    assert run("audit", "export", d, "--out", tmp_path / "old", "--force")[0] == 0
+
+
+def test_deeply_nested_toml_is_a_clear_error(make_campaign: MakeCampaign) -> None:
+    # Item 13: a RecursionError, reported as an internal error.
+    d = make_campaign(templates=simple_templates())
+    with (d / "campaign.toml").open("a") as fh:
+        fh.write("\n[extra]\nx = " + "[" * 5000 + "]" * 5000 + "\n")
+    code, out, err = run("check", d)
+    assert code == 1 and "nested too deeply" in err and "internal error" not in err, out + err
+
+
+def test_a_homoglyph_sender_domain_is_one_clear_line(make_campaign: MakeCampaign) -> None:
+    d = make_campaign(templates=simple_templates())
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text().replace("security@example.com>", "security@ex\u0430mple.com>"))
+    code, out, err = run("check", d)
+    assert code == 1 and "U+0430 CYRILLIC SMALL LETTER A" in err and "codec" not in err, out + err
+    assert len([line for line in err.splitlines() if line.startswith("Error")]) == 1
+
+
+def test_status_before_any_import_says_so(make_campaign: MakeCampaign) -> None:
+    d = make_campaign(templates=simple_templates())
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text().replace("[variables]", "discovered = 2022-08-08\ndeadline_days = 30\n\n[variables]", 1))
+    code, out, err = run("status", d)
+    assert "no recipients imported yet" in out and "final state" not in out, out + err
+
+
+def test_a_locked_suppression_list_is_a_clear_error(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    import os
+    import sqlite3
+    path = Path(os.environ["NOTIFY_SUPPRESSION_DB"])
+    assert run("suppress", "list")[0] == 0  # creates it
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        code, out, err = run("suppress", "add", "x@example.com", "--reason", "test")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert code == 4 and "is locked by another process" in err and "internal error" not in err, out + err

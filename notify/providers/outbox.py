@@ -7,6 +7,7 @@ import errno
 import os
 from pathlib import Path
 
+from .. import files
 from ..campaign import OutboxConfig
 from ..render import Message
 from .base import Kind, Outcome, Readiness, Ready
@@ -25,21 +26,18 @@ class OutboxProvider:
         self.name = config.name
         self.path = config.path
         self.fsync = config.fsync
+        self.ready = False
         # A run killed mid-write leaves its temporary file; the message itself is resent.
         if self.path.is_dir():
             for stale in self.path.glob(".*.tmp"):
                 stale.unlink(missing_ok=True)
 
     def _write(self, message: Message) -> Path:
-        self.path.mkdir(parents=True, exist_ok=True)
+        if not self.ready:
+            files.private_dir(self.path)  # the messages name people: 0700, whatever the umask
+            self.ready = True
         final = self.path / eml_name(message.message_id)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(message.data)
-            if self.fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, final)  # readers see the whole message or none of it
+        files.write_private(final, message.data, self.fsync)  # whole or not at all, 0600
         return final
 
     async def send(self, message: Message, ready: Ready = None) -> Outcome:

@@ -1,0 +1,104 @@
+"""Files that hold personal data or the campaign's state: private whatever the umask, never through a link.
+
+Everything notify writes names people (the state, the outbox and dry-run messages, the review pack,
+the audit export), so directories are made 0700 and files 0600, and nothing is opened through a
+symbolic link: a link planted in the state directory must not redirect a write (`.notify/lock` to a
+file it would overwrite, `rejects.tmp` to a shell rc file) or a chmod (`.notify` itself).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+class LinkRefused(OSError):
+    """A path notify writes is a symbolic link; the message says which."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(errno.ELOOP, f"{path} is a symbolic link; notify does not write through links "
+                                      "(remove it, or point the campaign at the real directory)")
+        self.strerror = str(self.args[1])
+
+
+def private_dir(path: Path) -> None:
+    """Makes `path` (and missing parents) as directories only this user can enter; refuses a link."""
+    if path.is_symlink():
+        raise LinkRefused(path)
+    if not path.is_dir():
+        if not path.parent.is_dir():
+            private_dir(path.parent)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise LinkRefused(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, f"{path} is not a directory")
+    if stat.S_IMODE(st.st_mode) != 0o700 and st.st_uid == os.getuid():
+        os.chmod(path, 0o700)
+
+
+def open_private(path: Path, flags: int) -> int:
+    """os.open for a file of ours: 0600 whatever the umask, never through a link."""
+    try:
+        fd = os.open(path, flags | _NOFOLLOW | _CLOEXEC, 0o600)
+    except FileExistsError:
+        raise  # O_EXCL: create_temp removes what is there (a link itself, not its target) and tries again
+    except OSError as e:
+        if e.errno == errno.ELOOP or path.is_symlink():
+            raise LinkRefused(path) from None
+        raise
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
+            os.fchmod(fd, 0o600)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def create_temp(path: Path) -> int:
+    """A new temporary file at `path` (0600, O_EXCL: a link or file already there is removed, never followed)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        return open_private(path, flags)
+    except FileExistsError:
+        os.unlink(path)  # a stale temporary file, or something planted: unlink removes a link, not its target
+        return open_private(path, flags)
+
+
+def write_private(path: Path, data: bytes, fsync: bool = False) -> None:
+    """Writes `path` whole or not at all (a temporary file renamed into place), 0600, never through a link."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = create_temp(tmp)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)  # replaces a link at `path` itself, never what it points to
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def refuse_link(path: Path) -> None:
+    """Raises LinkRefused when `path` is a symbolic link (for files a library opens, such as SQLite's)."""
+    if path.is_symlink():
+        raise LinkRefused(path)
