@@ -8,6 +8,7 @@ import functools
 import re
 import tomllib
 import unicodedata
+import zoneinfo
 from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.utils import getaddresses
@@ -126,6 +127,16 @@ class Campaign:
     discovered: dt.date | None = None
     deadline: dt.date | None = None  # the legal deadline for notice (deadline, or discovered + deadline_days)
     review: ReviewConfig = field(default_factory=lambda: ReviewConfig())
+    # The one calendar of the campaign: the notice's date ("today" in templates), the Date header and the
+    # deadline's end of day are all in this zone.
+    timezone: str = "UTC"
+
+    @functools.cached_property
+    def tz(self) -> dt.tzinfo:
+        return _tzinfo(self.timezone)
+
+    def today(self) -> dt.date:
+        return dt.datetime.now(self.tz).date()
 
     @property
     def state_dir(self) -> Path:
@@ -263,6 +274,18 @@ def _non_negative(v: Any) -> str | None:
     return None if v >= 0 else "must be 0 or more"
 
 
+def _tzinfo(name: str) -> dt.tzinfo:
+    return dt.timezone.utc if name == "UTC" else zoneinfo.ZoneInfo(name)
+
+
+def _timezone(v: str) -> str | None:
+    try:
+        zoneinfo.ZoneInfo(v)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return f"{v!r} is not a time zone name (such as UTC, America/Los_Angeles or Europe/Berlin)"
+    return None
+
+
 def _address(v: str) -> str | None:
     try:
         parse_address(v)
@@ -312,6 +335,7 @@ CAMPAIGN_KEYS = {
     "discovered": Key("date"),
     "deadline_days": Key("int", False, _positive),
     "deadline": Key("date"),
+    "timezone": Key("str", False, lambda v: _timezone(v)),
 }
 PROFILES = ("california", "new-york", "massachusetts", "hipaa", "gdpr")
 
@@ -451,6 +475,15 @@ def _build(file: Path, data: dict[str, Any]) -> Campaign:
         c.problem("[campaign] deadline", "give deadline or deadline_days, not both")
     if ("deadline_days" in camp) and "discovered" not in camp:
         c.problem("[campaign] deadline_days", "counts from [campaign] discovered, which is missing")
+    zone = camp.get("timezone", "UTC")
+    zone = zone if isinstance(zone, str) and _timezone(zone) is None else "UTC"  # a bad name is reported above
+    today = dt.datetime.now(_tzinfo(zone)).date()
+    if isinstance(camp.get("discovered"), dt.date) and camp["discovered"] > today:
+        c.problem("[campaign] discovered", f"{camp['discovered']} is in the future (today is {today} in {zone}); "
+                  "a notice cannot say the breach was discovered on a day that has not come")
+    if isinstance(camp.get("deadline"), dt.date) and isinstance(camp.get("discovered"), dt.date) \
+            and camp["deadline"] < camp["discovered"]:
+        c.problem("[campaign] deadline", f"{camp['deadline']} is before the discovery on {camp['discovered']}")
     review = c.table("[review]", top.get("review", {}), REVIEW_KEYS)
     variant_profiles: dict[str, list[str]] = {}
     for variant, names in review.get("variants", {}).items():
@@ -502,6 +535,7 @@ def _build(file: Path, data: dict[str, Any]) -> Campaign:
         providers=providers,
         require_approval=camp.get("require_approval"),
         discovered=camp.get("discovered"),
+        timezone=camp.get("timezone", "UTC"),
         deadline=camp.get("deadline") or (camp["discovered"] + dt.timedelta(days=camp["deadline_days"])
                                           if "deadline_days" in camp else None),
         review=ReviewConfig(

@@ -35,6 +35,9 @@ from .throttle import Clock, RealClock, Throttle
 FLUSH_EVERY = 0.1  # seconds: the longest an outcome waits in memory before it is committed
 FLUSH_SIZE = 128  # outcomes per group commit
 MAX_WRITING = 2  # group commits handed to the ledger thread and not yet on disk, before workers wait
+# A recipient a provider can never take (Outcome.needs) is put off past this run; the next run takes it
+# again at once (Store.rearm_waiting), when another provider may be in the chain.
+NEEDS_WAIT = 3600.0
 DOMAIN_HORIZON = 0.1  # seconds: a recipient whose domain cap frees later than this is handed back
 # Container allocations (net) between the cycle collector's young-generation passes while sending;
 # Python's default is 700. Each message leaves a few dozen objects alive for a while (its claim,
@@ -161,6 +164,14 @@ class RunResult:
         return EXIT_FAILED if self.failed_total else EXIT_OK
 
 
+def steady_wall() -> Callable[[], float]:
+    """The wall clock as a run sees it: its time at the start plus monotonic time since, so that a clock
+    step during the run (NTP, a VM resumed) neither fails deferred recipients early nor holds them back.
+    Across runs the recorded times are the wall clock's (#24)."""
+    start_wall, start = time.time(), time.monotonic()
+    return lambda: start_wall + (time.monotonic() - start)
+
+
 def backoff_delay(campaign: Campaign, attempts: int) -> float:
     policy = campaign.send.retry
     return min(policy.max_interval, policy.base * 2 ** max(0, attempts - 1))
@@ -171,8 +182,10 @@ def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None
     """Turns one provider outcome into the state change and event that record it; `version` is the
     template version used ("en", or "US-MA/en" for a jurisdiction's variant), which the event
     keeps in its locale field."""
-    attempts = c.attempts + 1
-    first = c.first_attempt_at or now
+    # An attempt is a message handed to a provider: a connection that failed, or a relay that cannot
+    # take this address, counts none, and never gives up on the recipient (#24).
+    attempts = c.attempts + (1 if outcome.handed else 0)
+    first = c.first_attempt_at or (now if outcome.handed else None)
     reply = outcome.describe()
     detail: dict[str, Any] = {"attempt": attempts, "reply": reply}
     if outcome.code:
@@ -182,7 +195,8 @@ def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None
     common = {"attempts": attempts, "first_attempt_at": first, "provider": provider,
               "message_id": msg.message_id if msg else None,
               "detail": reply[:500],
-              "reply_code": " ".join(str(p) for p in (outcome.code, outcome.status) if p) or outcome.kind.value}
+              "reply_code": (f"needs {outcome.needs}" if outcome.needs else
+                             " ".join(str(p) for p in (outcome.code, outcome.status) if p) or outcome.kind.value)}
     ev = dict(recipient_id=c.id, recipient=c.key, provider=provider, locale=version,
               content_sha256=msg.sha256 if msg else None)
     if outcome.kind is Kind.ACCEPTED:
@@ -198,10 +212,14 @@ def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None
     doubt = c.doubt or outcome.kind is Kind.IN_DOUBT
     if outcome.kind is Kind.IN_DOUBT:
         detail["in_doubt"] = True
-    if attempts >= policy.max_attempts or now - first >= policy.max_age:
+    if not outcome.handed:
+        detail["not_handed"] = True
+    if first is not None and outcome.handed and (attempts >= policy.max_attempts or now - first >= policy.max_age):
         detail["gave_up"] = f"after {attempts} attempts over {int(now - first)} s"
         return Change(c.id, "failed", Event("failed", detail=detail, **ev), fields={**common, "doubt": int(doubt)})  # type: ignore[arg-type]
-    retry_at = now + backoff_delay(campaign, attempts)
+    # What this provider can never do for the message waits the longest interval: another run, or a
+    # provider that can, takes it.
+    retry_at = now + (max(policy.max_interval, NEEDS_WAIT) if outcome.needs else backoff_delay(campaign, attempts))
     detail["retry_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(retry_at))
     return Change(c.id, "deferred", Event("deferred", detail=detail, **ev),  # type: ignore[arg-type]
                   fields={**common, "next_attempt_at": retry_at, "doubt": int(doubt)})
@@ -211,7 +229,7 @@ class Sender:
     """One run of `notify send`: claims due recipients, sends them concurrently, group-commits outcomes."""
 
     def __init__(self, campaign: Campaign, pre: Preflight, chain: list[Provider], options: SendOptions,
-                 clock: Clock | None = None, wall: Callable[[], float] = time.time,
+                 clock: Clock | None = None, wall: Callable[[], float] | None = None,
                  suppression: SuppressionList | None = None,
                  reconcile: Callable[[Store], None] | None = None) -> None:
         assert pre.templates is not None and chain
@@ -225,7 +243,7 @@ class Sender:
         self.options = options
         self.suppression = suppression
         self.reconcile = reconcile
-        self.wall = wall
+        self.wall = wall or steady_wall()
         self.clock = clock or RealClock()
         self.concurrency = options.concurrency or campaign.send.concurrency
         # Claimed 4 x concurrency at a time: fewer claims (each a transaction and an fsync) and fewer
@@ -399,6 +417,8 @@ class Sender:
         self.result.counts[change.state] += 1
         if change.state == "sent" and change.event and (change.event.detail or {}).get("possible_duplicate"):
             self.result.counts["resent_in_doubt"] += 1
+        if outcome.needs:
+            self.result.counts[f"needs {outcome.needs}"] += 1
         if len(self.changes) >= FLUSH_SIZE:
             self.flush()
         if self.bar is not None and not self.bar.disable:  # no progress line: nothing to format per message
@@ -517,6 +537,7 @@ class Sender:
     async def run(self) -> RunResult:
         store = self.store
         self.result.recovered = store.recover_inflight(self.wall())
+        store.rearm_waiting(self.wall())
         before = store.in_doubt_unsettled()
         if before and self.reconcile is not None:
             # Settle what is in doubt from the provider's own events before resending anything.
@@ -624,6 +645,11 @@ class Sender:
         self.result.failed_total = counts.get("failed", 0)
         if self.options.limit is not None and self.result.remaining and not self.result.stopped:
             self.result.stopped = f"--limit {self.options.limit} reached"
+        for need in sorted(k for k in self.result.counts if k.startswith("needs ")):
+            self.result.notes.append(
+                f"Waiting: {self.result.counts[need]} recipient(s) need {need[6:]} (an address whose local part is not "
+                f"ASCII), which {', '.join(self.result.providers)} does not offer. They are kept, not failed: add a "
+                "provider that offers it to [send] providers (or use --provider) and run send again.")
         store.log("send_stopped", providers=self.result.providers, interrupted=interrupted,
                   reason=self.result.stopped, outcomes=dict(self.result.counts), remaining=self.result.remaining)
         return self.result

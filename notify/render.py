@@ -7,6 +7,7 @@ import functools
 import hashlib
 import os
 import time
+import zoneinfo
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -367,7 +368,7 @@ class Templates:
         """Renders one version for one recipient; any failure is a TemplateError naming file and line.
         Where the version has a render plan (plan.py), the text is the plan's, which is jinja2's."""
         variant, locale = split_version(version)
-        today = dt.date.today()
+        today = self.campaign.today()  # the campaign's calendar, as the Date header and the deadline
         plans = self._plans_for(version)
         filled = plans.fill(recipient, today) if plans is not None else None
         if filled is None:
@@ -473,7 +474,7 @@ def compose(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: s
     local = to_email.rpartition("@")[0]
     smtputf8 = not (local.isascii() and sender.username.isascii())
     mid = message_id(campaign.id, key, sender.domain)
-    when = date_header(int(time.time())) if date is None else format_datetime(date)
+    when = date_header(int(time.time()), campaign.timezone) if date is None else format_datetime(date)
     data, clear = None, False
     if not smtputf8:
         reply = campaign.reply_to_address
@@ -503,9 +504,9 @@ def compose(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: s
 
 
 @functools.lru_cache(maxsize=2)
-def date_header(second: int) -> str:
-    """The Date header for a second: the same for every message composed in it."""
-    return format_datetime(dt.datetime.fromtimestamp(second, dt.timezone.utc))
+def date_header(second: int, zone: str = "UTC") -> str:
+    """The Date header for a second, in the campaign's time zone: the same for every message composed in it."""
+    return format_datetime(dt.datetime.fromtimestamp(second, dt.timezone.utc if zone == "UTC" else zoneinfo.ZoneInfo(zone)))
 
 
 def compose_with_email_package(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: str, mid: str,

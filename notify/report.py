@@ -35,7 +35,7 @@ def deadline(campaign: Campaign, store: Store, rate: float | None = None,
     if campaign.deadline is None:
         return None
     now = now or dt.datetime.now(dt.timezone.utc)
-    due = dt.datetime.combine(campaign.deadline + dt.timedelta(days=1), dt.time(), dt.timezone.utc)
+    due = dt.datetime.combine(campaign.deadline + dt.timedelta(days=1), dt.time(), campaign.tz)
     remaining = store.count_unsent()
     rate = rate if rate else store.recent_rate()
     left = (due - now).total_seconds()
@@ -44,7 +44,7 @@ def deadline(campaign: Campaign, store: Store, rate: float | None = None,
         "seconds_left": left, "remaining": remaining, "rate": rate, "projected_finish": None, "late": False,
     }
     since = f" ({(campaign.deadline - campaign.discovered).days} days after discovery on {campaign.discovered})" if campaign.discovered else ""
-    head = f"deadline {campaign.deadline} (end of day UTC){since}: "
+    head = f"deadline {campaign.deadline} (end of day {campaign.timezone}){since}: "
     if remaining == 0 and not store.counts():
         out["said"] = head + "no recipients imported yet (`notify check` imports them)"
         return out

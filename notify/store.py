@@ -665,6 +665,13 @@ class Store:
                               for rid, key, locale in rows], ts)
         return len(rows)
 
+    def rearm_waiting(self, now: float) -> int:
+        """Recipients put off because a provider lacked what they need (reply_code 'needs ...'): due now,
+        at the start of a run, when the chain may hold a provider that has it."""
+        with self.transaction(chain=False) as db:
+            return db.execute("UPDATE recipients SET next_attempt_at=? WHERE state='deferred'"
+                              " AND reply_code LIKE 'needs %' AND next_attempt_at > ?", (now, now)).rowcount
+
     def claim(self, limit: int, now: float, skip_domains: Sequence[str] = ()) -> list[Claimed]:
         """Marks up to `limit` due recipients inflight and commits before returning them.
 

@@ -134,12 +134,12 @@ class Server:
 
     def __init__(self, handler: Handler, *, tls_context: ssl.SSLContext | None = None,
                  require_starttls: bool = False, ssl_context: ssl.SSLContext | None = None,
-                 auth: dict[str, str] | None = None) -> None:
+                 auth: dict[str, str] | None = None, smtputf8: bool = True) -> None:
         self.handler = handler
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.port = 0
-        kwargs: dict[str, Any] = {"hostname": "localhost", "enable_SMTPUTF8": True, "tls_context": tls_context,
+        kwargs: dict[str, Any] = {"hostname": "localhost", "enable_SMTPUTF8": smtputf8, "tls_context": tls_context,
                                   "require_starttls": require_starttls}
         if auth is not None:
             def authenticator(server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any) -> AuthResult:

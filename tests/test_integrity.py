@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import email.policy
 import json
 import subprocess
 import sys
@@ -399,3 +400,56 @@ def test_a_locked_suppression_list_is_a_clear_error(make_campaign: MakeCampaign,
         holder.execute("ROLLBACK")
         holder.close()
     assert code == 4 and "is locked by another process" in err and "internal error" not in err, out + err
+
+
+def test_one_calendar_for_the_notice_date_the_date_header_and_the_deadline(make_campaign: MakeCampaign,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # Item 11: "Date of this notice" used the local date while the Date header and the deadline used UTC.
+    import datetime as dt
+    import zoneinfo
+    monkeypatch.setenv("TZ", "Pacific/Pago_Pago")  # UTC-11: the local date differs from UTC's for 11 hours a day
+    time.tzset()
+    try:
+        d = make_campaign(templates=simple_templates("Date of this notice: {{ today }}"))
+        assert run("send", d, "--no-progress")[0] == 0
+        assert f"Date of this notice: {dt.datetime.now(dt.timezone.utc).date()}" in bodies(d)[0]
+        d = make_campaign(templates=simple_templates("Date of this notice: {{ today }}"), name="kiritimati")
+        toml = d / "campaign.toml"
+        toml.write_text(toml.read_text().replace('[campaign]\n', '[campaign]\ntimezone = "Pacific/Kiritimati"\n'
+                                                 'discovered = 2022-08-08\ndeadline_days = 30\n', 1)
+                        .replace("discovered = 2022-08-08\n\n", "\n", 1))
+        code, out, err = run("send", d, "--no-progress")
+        assert code == 0, out + err
+        message = email.message_from_bytes(sorted((d / "outbox").glob("*.eml"))[0].read_bytes(),
+                                           policy=email.policy.default)
+        assert message["Date"].endswith("+1400")
+        kiritimati = dt.datetime.now(zoneinfo.ZoneInfo("Pacific/Kiritimati")).date()
+        assert f"Date of this notice: {kiritimati}" in message.get_body(("plain",)).get_content()
+        assert "deadline 2022-09-07 (end of day Pacific/Kiritimati)" in "".join(run("status", d)[1:])
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+@pytest.mark.parametrize("line, says", [
+    ("discovered = 2099-01-01", "2099-01-01 is in the future"),
+    ("discovered = 2022-08-08\ndeadline = 2022-07-01", "2022-07-01 is before the discovery on 2022-08-08"),
+    ('timezone = "Mars/Olympus"', "'Mars/Olympus' is not a time zone name"),
+])
+def test_impossible_dates_are_refused(make_campaign: MakeCampaign, line: str, says: str) -> None:
+    d = make_campaign(templates=simple_templates())
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text().replace("[campaign]\n", f"[campaign]\n{line}\n", 1)
+                    .replace("discovered = 2022-08-08\n\n", "\n", 1))
+    code, out, err = run("check", d)
+    assert code == 1 and says in err, out + err
+
+
+def test_a_clock_step_during_a_run_does_not_move_the_run_s_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Item 11: retries and max_age used the wall clock, so a clock jump failed deferred recipients early.
+    from notify.engine import steady_wall
+    wall = steady_wall()
+    before = wall()
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 5 * 86400)  # NTP steps the clock five days ahead
+    assert abs(wall() - before) < 5

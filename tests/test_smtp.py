@@ -10,6 +10,7 @@ import gc
 import inspect
 import json
 import random
+import re
 import socket
 import threading
 from collections import Counter
@@ -594,3 +595,38 @@ def test_no_password_appears_in_output_or_files(make_campaign: MakeCampaign, mon
         assert not any(form in text for text in shown)
         raw = form.encode("utf-8", "surrogateescape")
         assert not any(raw in data for data in files)
+
+
+def test_a_relay_without_smtputf8_keeps_unicode_addresses_for_one_that_has_it(make_campaign: MakeCampaign) -> None:
+    # #24 item 12: each Unicode address was failed for good with "501 SMTPUTF8 disabled".
+    rows = "email,name\nann@example.com,Ann\njos\u00e9@example.com,Jos\u00e9\nbob@example.com,Bob\n"
+    h = Handler()
+    with Server(h, smtputf8=False) as srv:
+        d = smtp_campaign(make_campaign, srv.port, rows=rows)
+        code, out, err = send(d, "--no-progress")
+    assert code == 4, out + err
+    assert "does not offer SMTPUTF8" in out and "1 recipient(s) need SMTPUTF8" in out
+    assert sorted(m.rcpt for m in h.received) == ["ann@example.com", "bob@example.com"]
+    state, attempts, _, _ = ledger(d)["jos\u00e9@example.com"]
+    assert (state, attempts) == ("deferred", 0), "kept, not failed, and no attempt counted: nothing was handed over"
+    h2 = Handler()
+    with Server(h2) as srv:  # the same relay, now offering SMTPUTF8
+        toml = d / "campaign.toml"
+        toml.write_text(re.sub(r"port = \d+", f"port = {srv.port}", toml.read_text()))
+        code, out, err = send(d, "--no-progress")  # taken again at once, not an hour later
+    assert code == 0, out + err
+    assert [m.rcpt for m in h2.received] == ["jos\u00e9@example.com"]
+
+
+def test_a_relay_that_cannot_be_reached_burns_no_attempts(make_campaign: MakeCampaign) -> None:
+    # #24 item 11: during a relay outage each run burned an attempt on recipients never sent.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    d = smtp_campaign(make_campaign, port, n=6)
+    for _ in range(3):
+        code, out, err = send(d, "--no-progress")
+        assert code == 4, out + err
+    rows = ledger(d)
+    assert {attempts for _, attempts, _, _ in rows.values()} == {0}
+    assert {state for state, _, _, _ in rows.values()} <= {"pending", "deferred"}

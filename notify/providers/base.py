@@ -29,6 +29,10 @@ class Outcome:
     code: int | None = None  # SMTP reply code or HTTP status
     status: str | None = None  # enhanced status code, e.g. 5.1.1
     throttled: bool = False  # the provider asked us to slow down
+    # False when the message never reached the provider (no connection; a relay that cannot take it):
+    # no attempt is counted, and the recipient is never failed for it, only retried.
+    handed: bool = True
+    needs: str = ""  # what this message needs that the provider lacks ("SMTPUTF8"): it waits for one that has it
 
     def describe(self) -> str:
         """"550 5.1.1 user unknown": the code, then the reply text (which carries the enhanced status)."""

@@ -23,6 +23,7 @@ the connection over once this message's reply is read, so replies are still read
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import os
 import re
@@ -120,6 +121,7 @@ class SmtpProvider:
         self.depth = 2 if config.pipelining else 1
         self.refusals = 0
         self.policy_wave = Wave(POLICY_WINDOW, POLICY_WAVE)
+        self.smtputf8: bool | None = None  # whether the relay offers SMTPUTF8; None until its EHLO was read
         self.username, self.password = self._credentials()
         self.tls_context = self._tls_context()
         self.signer = _dkim_signer(config) if config.dkim_key_file else None
@@ -177,7 +179,10 @@ class SmtpProvider:
                     await smtp.ehlo()
                 except smtp_errors.SMTPHeloError:
                     await smtp.helo()  # a server from before ESMTP: no extensions, so no pipelining
-            return Session.take_over(smtp, c.pipelining, c.timeout)
+            session = Session.take_over(smtp, c.pipelining, c.timeout)
+            # RFC 6531: an address with a non-ASCII local part needs SMTPUTF8. Read from EHLO, not assumed.
+            session.smtputf8 = self.smtputf8 = smtp.supports_extension("smtputf8")
+            return session
         except BaseException:
             smtp.close()
             raise
@@ -272,6 +277,8 @@ class SmtpProvider:
                 b"RCPT TO:<" + message.recipient.encode(encoding) + b">\r\nDATA\r\n")
 
     async def send(self, message: Message, ready: Ready = None) -> Outcome:
+        if message.smtputf8 and self.smtputf8 is False:  # learned from EHLO (prepare, or the first connection)
+            return self._no_smtputf8()
         envelope = self._envelope(message)
         for _ in range(2):
             try:
@@ -281,6 +288,9 @@ class SmtpProvider:
                     raise
                 return self._connect_failed(exc)
             self.refusals = 0
+            if message.smtputf8 and not conn.smtputf8 and not opened:
+                self._pass_on(conn, keep=True)
+                return self._no_smtputf8()
             try:
                 outcome, reusable = await self._transaction(conn, message, envelope, ready, opened)
             except BaseException:  # cancelled mid-transaction: what the server has read is unknown
@@ -309,7 +319,12 @@ class SmtpProvider:
         if self.refusals >= REFUSALS_DOWN:
             return Outcome(Kind.PROVIDER_DOWN, detail=f"{self.refusals} connection attempts in a row failed; last: {outcome.detail}",
                            code=outcome.code)
-        return outcome
+        return dataclasses.replace(outcome, handed=False)  # nothing reached the relay: no attempt is counted
+
+    def _no_smtputf8(self) -> Outcome:
+        return Outcome(Kind.TEMPORARY, handed=False, needs="SMTPUTF8", detail=(
+            f"{self.config.host} does not offer SMTPUTF8, which this address needs (its local part is not ASCII): "
+            "kept for a provider that offers it"))
 
     def _watch_policy(self, outcome: Outcome) -> Outcome:
         policy = outcome.kind is Kind.PERMANENT and (outcome.status or "").startswith("5.7.")
@@ -338,7 +353,10 @@ class SmtpProvider:
                     conn.write(commands[i] + b"\r\n")
                 code, text = await conn.reply()
                 if code not in ok:
-                    return await _refused(conn, classify_reply(code, text, phase), pending=2 - i)
+                    refused = classify_reply(code, text, phase)
+                    if message.smtputf8 and not conn.smtputf8 and phase == "mail":
+                        refused = self._no_smtputf8()  # an envelope that rode behind another message, unasked
+                    return await _refused(conn, refused, pending=2 - i)
             if ready is not None:
                 await ready()
             # The next sender's envelope, if one waits, rides in the same write: one write and one
@@ -358,6 +376,18 @@ class SmtpProvider:
             return classify_exception(exc, phase), False
 
     async def prepare(self) -> Readiness:
+        """Opens the first connection (kept for the first message), so that what the relay offers is
+        known before anything is sent; a relay that cannot be reached now is tried again per message."""
+        if self.open == 0:
+            try:
+                conn = await self._connect()
+            except (smtp_errors.SMTPException, OSError):
+                return Readiness()
+            self.open += 1
+            self._pass_on(conn, keep=True)
+        if self.smtputf8 is False:
+            return Readiness(notes=(f"{self.name}: {self.config.host} does not offer SMTPUTF8: recipients whose "
+                                    "address has a non-ASCII local part are kept (never failed) for a provider that offers it",))
         return Readiness()
 
     async def aclose(self) -> None:

@@ -32,6 +32,7 @@ class Session(asyncio.Protocol):
         self.pipelining = pipelining
         self.timeout = timeout
         self.sent = 0  # messages on this connection, for messages_per_connection
+        self.smtputf8 = False  # the server offered SMTPUTF8 in its EHLO reply
         self.behind: asyncio.Future[Any] | None = None  # the provider's: who gets it next, envelope sent
         self.buffer = bytearray()
         self.lines: list[str] = []  # the lines of a multi-line reply so far
