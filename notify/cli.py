@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Optional, TypeVar
 import typer
 
 from . import __version__, campaign as campaign_mod, engine, report
+from .preflight import preflight
 from .audit import verify_chain
 from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, NotifyError, TemplateError, redact
 from .store import ImportResult, Store
@@ -110,7 +111,7 @@ def check(campaign: Path = CampaignArg,
       notify check campaigns/example --dns
     """
     with _open(campaign) as (c, store):
-        pre = engine.preflight(c, store)
+        pre = preflight(c, store)
         imp = pre.imported
         typer.echo(f"campaign    {c.file}: id {c.id}, providers {', '.join(c.send.providers)}")
         if pre.templates:
@@ -333,7 +334,7 @@ def preview(campaign: Path = CampaignArg,
     from . import review
 
     with _open(campaign) as (c, store):
-        pre = engine.preflight(c, store)
+        pre = preflight(c, store)
         if not pre.ok or pre.templates is None:
             raise TemplateError(f"{len(pre.problems)} problem(s) must be fixed before review:\n  " + "\n  ".join(pre.problems),
                                 hint=f"run `notify check {campaign}`")

@@ -1,4 +1,6 @@
-"""The send loop: store -> render -> throttle -> provider -> store; plus the preflight every send runs first."""
+"""One run of `notify send`: preflight, approval, reconciliation, suppression, then the send loop
+(store -> render -> throttle -> provider -> store). preflight.py and policy.py hold the checks and
+the outcome rules it applies."""
 
 from __future__ import annotations
 
@@ -9,126 +11,35 @@ import gc
 import os
 import signal
 import sys
-import time
-from collections import Counter
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Coroutine, Iterator, TypeVar
 
 from tqdm import tqdm
 
 from . import breaker, providers
 from .campaign import Campaign, OutboxConfig
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, ConfigError, StoreError, TemplateError
+from .errors import ConfigError, StoreError, TemplateError
 from .ledger import Ledger
-from .lint import lint
+from .policy import RunResult, decide, steady_wall
+from .preflight import Preflight, preflight
 from .providers.base import Kind, Outcome, Provider
 from .renderpool import Prepared, RenderPool, prepare
 from .report import deadline
-from .recipients import STANDARD_COLUMNS
-from .render import (Message, Rendered, Templates, compose, recipient_context, split_version, synthetic_recipient,
-                     version_order)
-from .store import Change, Claimed, Event, ImportResult, Store
+from .render import Templates
+from .store import Change, Claimed, Store
 from .suppression import SuppressionList
 from .throttle import Clock, RealClock, Throttle
 
 FLUSH_EVERY = 0.1  # seconds: the longest an outcome waits in memory before it is committed
 FLUSH_SIZE = 128  # outcomes per group commit
 MAX_WRITING = 2  # group commits handed to the ledger thread and not yet on disk, before workers wait
-# A recipient a provider can never take (Outcome.needs) is put off past this run; the next run takes it
-# again at once (Store.rearm_waiting), when another provider may be in the chain.
-NEEDS_WAIT = 3600.0
 DOMAIN_HORIZON = 0.1  # seconds: a recipient whose domain cap frees later than this is handed back
 # Container allocations (net) between the cycle collector's young-generation passes while sending;
 # Python's default is 700. Each message leaves a few dozen objects alive for a while (its claim,
 # its futures, its outcome), so at 700 a send of 30,000 ran 245 young passes at 0.35 ms each, on
 # the event loop's thread. At 7,000: 71 passes, 0.2 ms each (20,000 and 50,000 were no better).
 GC_YOUNG = 7000
-
-
-@dataclass
-class Preflight:
-    """What `check` reports and `send` requires: templates load, recipients import, every locale renders."""
-
-    store: Store
-    templates: Templates | None
-    imported: ImportResult | None
-    problems: list[str] = field(default_factory=list)
-    hints: list[str] = field(default_factory=list)  # each said once, however many problems share it
-    rendered: list[tuple[Rendered, Message]] = field(default_factory=list)  # one sample of each, for the lint
-    warnings: list[str] = field(default_factory=list)  # content lint warnings: said, but they stop nothing
-
-    def add(self, problem: str, hint: str | None = None) -> None:
-        self.problems.append(problem)
-        if hint and hint not in self.hints:
-            self.hints.append(hint)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Preflight:
-    """Collects every problem it can find rather than stopping at the first."""
-    pre = Preflight(store, None, None)
-    try:
-        pre.templates = Templates(campaign)
-        for problem in pre.templates.load_all():
-            pre.add(problem)
-    except TemplateError as e:
-        pre.add(str(e), e.hint)
-    pre.imported = store.import_file(campaign.recipients, append=append)
-    store.write_rejects_file()
-    if not store.counts():
-        pre.add(f"{campaign.recipients}: no recipients: {pre.imported.rows_read} row(s) read, all rejected "
-                            f"(see {store.path.parent / 'rejects.csv'})")
-    if pre.templates is None or pre.problems:
-        return pre
-    templates = pre.templates
-    used = templates.recipient_fields() - set(STANDARD_COLUMNS)
-    columns = store.columns()
-    for col in sorted(c for c in columns if not c.isidentifier()):
-        pre.warnings.append(f"{campaign.recipients}: column {col!r} is not a name a template can write as recipient.NAME; "
-                            f"a template reaches it only as recipient[{col!r}] (or rename the column)")
-    for col in sorted(used - columns):
-        pre.add(
-            f"templates use recipient.{col}, but {campaign.recipients} has no {col!r} column "
-            f"(add the column, or take it out of {templates.roots[0]})")
-    for col in sorted(used & columns):
-        n, first = store.empty_values(col)
-        if n:
-            pre.add(
-                f"{campaign.recipients}: {n} recipient(s) have an empty {col!r}, which the templates use "
-                f"(first at row {first}); fill it in so no notice goes out with a blank")
-    if pre.problems:
-        return pre  # rendering would only fail again for the same missing columns
-    # Every template version, and every (locale, jurisdiction) recipients have, renders before anything is sent.
-    targets: dict[str, dict[str, Any]] = {}
-    for (requested, juris), s in store.samples().items():
-        try:
-            version = templates.resolve(requested or campaign.default_locale, juris)
-        except TemplateError as e:
-            pre.add(str(e), e.hint)
-            continue
-        targets.setdefault(version, recipient_context(s["email"], s["name"], requested, juris, s["vars"]))
-    for version in templates.versions:
-        targets.setdefault(version, synthetic_recipient(split_version(version)[1], columns))
-    for version, recipient in sorted(targets.items(), key=lambda kv: version_order(kv[0])):
-        try:
-            rendered = templates.render(version, recipient)
-            msg = compose(campaign, rendered, to_email=recipient["email"], to_name=recipient["name"], key=recipient["email"].lower())
-            pre.rendered.append((rendered, msg))
-        except TemplateError as e:
-            pre.add(str(e), e.hint)
-        except ValueError as e:  # the email package refuses a header value
-            pre.add(f"{templates.roots[0] / version}: the message cannot be built: {e}")
-    if pre.ok:
-        for finding in lint(campaign, templates, pre.rendered):
-            if finding.level == "error":
-                pre.add(f"content lint: {finding}", "the content lint's rules are in README.md (Content lint)")
-            else:
-                pre.warnings.append(str(finding))
-    return pre
 
 
 @dataclass
@@ -141,88 +52,6 @@ class SendOptions:
     progress: bool = True
     max_wait: float = 120.0  # wait in-process for retries due within this many seconds; beyond, stop
     acknowledge_reputation: bool = False  # resume after the reputation circuit breaker paused the campaign
-
-
-@dataclass
-class RunResult:
-    providers: list[str] = field(default_factory=list)  # those that sent in this run, in order
-    counts: Counter[str] = field(default_factory=Counter)  # outcomes of this run: sent, deferred, failed
-    recovered: int = 0  # recipients found inflight from a crashed run
-    interrupted: bool = False
-    stopped: str | None = None  # why the run stopped before finishing (provider down, retries later)
-    next_retry: float | None = None  # wall-clock time of the next due retry, when stopped for it
-    remaining: int = 0  # recipients not yet in a final state
-    failed_total: int = 0  # failed recipients in the whole campaign
-    notes: list[str] = field(default_factory=list)  # what the provider said before sending (quota, ...)
-
-    @property
-    def exit_code(self) -> int:
-        if self.interrupted:
-            return EXIT_INTERRUPTED
-        if self.stopped or self.remaining:
-            return EXIT_STOPPED
-        return EXIT_FAILED if self.failed_total else EXIT_OK
-
-
-def steady_wall() -> Callable[[], float]:
-    """The wall clock as a run sees it: its time at the start plus monotonic time since, so that a clock
-    step during the run (NTP, a VM resumed) neither fails deferred recipients early nor holds them back.
-    Across runs the recorded times are the wall clock's (#24)."""
-    start_wall, start = time.time(), time.monotonic()
-    return lambda: start_wall + (time.monotonic() - start)
-
-
-def backoff_delay(campaign: Campaign, attempts: int) -> float:
-    policy = campaign.send.retry
-    return min(policy.max_interval, policy.base * 2 ** max(0, attempts - 1))
-
-
-def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None, version: str,
-           provider: str, now: float) -> Change:
-    """Turns one provider outcome into the state change and event that record it; `version` is the
-    template version used ("en", or "US-MA/en" for a jurisdiction's variant), which the event
-    keeps in its locale field."""
-    # An attempt is a message handed to a provider: a connection that failed, or a relay that cannot
-    # take this address, counts none, and never gives up on the recipient (#24).
-    attempts = c.attempts + (1 if outcome.handed else 0)
-    first = c.first_attempt_at or (now if outcome.handed else None)
-    reply = outcome.describe()
-    detail: dict[str, Any] = {"attempt": attempts, "reply": reply}
-    if outcome.code:
-        detail["code"] = outcome.code
-    if outcome.status:
-        detail["status"] = outcome.status
-    common = {"attempts": attempts, "first_attempt_at": first, "provider": provider,
-              "message_id": msg.message_id if msg else None,
-              "detail": reply[:500],
-              "reply_code": (f"needs {outcome.needs}" if outcome.needs else
-                             " ".join(str(p) for p in (outcome.code, outcome.status) if p) or outcome.kind.value)}
-    ev = dict(recipient_id=c.id, recipient=c.key, provider=provider, locale=version,
-              content_sha256=msg.sha256 if msg else None)
-    if outcome.kind is Kind.ACCEPTED:
-        if c.doubt:
-            detail["possible_duplicate"] = True
-        return Change(c.id, "sent", Event("sent", provider_message_id=outcome.provider_message_id, detail=detail, **ev),  # type: ignore[arg-type]
-                      fields={**common, "provider_message_id": outcome.provider_message_id,
-                              "content_sha256": ev["content_sha256"], "version": version})
-    if outcome.kind is Kind.PERMANENT:
-        return Change(c.id, "failed", Event("failed", detail=detail, **ev), fields=common)  # type: ignore[arg-type]
-    # temporary or in doubt: retry with backoff, until the policy gives up
-    policy = campaign.send.retry
-    doubt = c.doubt or outcome.kind is Kind.IN_DOUBT
-    if outcome.kind is Kind.IN_DOUBT:
-        detail["in_doubt"] = True
-    if not outcome.handed:
-        detail["not_handed"] = True
-    if first is not None and outcome.handed and (attempts >= policy.max_attempts or now - first >= policy.max_age):
-        detail["gave_up"] = f"after {attempts} attempts over {int(now - first)} s"
-        return Change(c.id, "failed", Event("failed", detail=detail, **ev), fields={**common, "doubt": int(doubt)})  # type: ignore[arg-type]
-    # What this provider can never do for the message waits the longest interval: another run, or a
-    # provider that can, takes it.
-    retry_at = now + (max(policy.max_interval, NEEDS_WAIT) if outcome.needs else backoff_delay(campaign, attempts))
-    detail["retry_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(retry_at))
-    return Change(c.id, "deferred", Event("deferred", detail=detail, **ev),  # type: ignore[arg-type]
-                  fields={**common, "next_attempt_at": retry_at, "doubt": int(doubt)})
 
 
 class Sender:

@@ -27,6 +27,7 @@ from jinja2.sandbox import SecurityError
 from . import mime, plan, sandbox
 from .campaign import Campaign
 from .errors import TemplateError
+from .message import Message, message_id
 from .recipients import recipient_token
 from .sandbox import Namespace
 
@@ -50,20 +51,6 @@ class Rendered:
         return f"{self.variant}/{self.locale}" if self.variant else self.locale
 
 
-@dataclass(frozen=True)
-class Message:
-    """What a provider needs to send one notice; providers know nothing else about the campaign."""
-
-    message_id: str
-    sender: str  # envelope sender (bare address)
-    recipient: str  # envelope recipient (bare address)
-    data: bytes
-    sha256: str
-    smtputf8: bool
-    tags: dict[str, str]
-    transparent: bool = False  # data can follow SMTP's DATA as it is (mime.transparent): nothing to stuff
-
-
 def split_version(version: str) -> tuple[str, str]:
     """ "US-MA/en" -> ("US-MA", "en"); "en" -> ("", "en")."""
     variant, _, locale = version.rpartition("/")
@@ -73,13 +60,6 @@ def split_version(version: str) -> tuple[str, str]:
 def version_order(version: str) -> tuple[bool, str]:
     """The default variant's locales first, then each variant's: en, fr, US-MA/en."""
     return "/" in version, version
-
-
-def message_id(campaign_id: str, key: str, domain: str) -> str:
-    """Deterministic per (campaign, address): a resend after a crash carries the same ID. Its last dotted
-    part is the recipient's token, through whose index store.find() looks up a Message-ID that feedback
-    quotes; the token is already in the message's VERP address and tags, so the ID reveals nothing more."""
-    return f"<{campaign_id}.{recipient_token(key)}@{domain}>"
 
 
 def babel_locale(tag: str) -> babel.Locale:

@@ -447,7 +447,7 @@ def test_impossible_dates_are_refused(make_campaign: MakeCampaign, line: str, sa
 
 def test_a_clock_step_during_a_run_does_not_move_the_run_s_time(monkeypatch: pytest.MonkeyPatch) -> None:
     # Item 11: retries and max_age used the wall clock, so a clock jump failed deferred recipients early.
-    from notify.engine import steady_wall
+    from notify.policy import steady_wall
     wall = steady_wall()
     before = wall()
     real = time.time

@@ -7,7 +7,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Optional, Protocol
 
-from ..render import Message
+from ..message import Message
 
 
 Ready = Optional[Callable[[], Awaitable[None]]]

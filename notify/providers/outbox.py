@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import os
 from pathlib import Path
 
 from .. import files
 from ..campaign import OutboxConfig
-from ..render import Message
+from ..message import Message
 from .base import Kind, Outcome, Readiness, Ready
 
 

@@ -31,7 +31,7 @@ import botocore.exceptions as bx
 from botocore.config import Config
 
 from ..campaign import SesConfig
-from ..render import Message
+from ..message import Message
 from .base import Kind, Outcome, Readiness, Ready, Wave
 
 THROTTLING = {"TooManyRequestsException", "Throttling", "ThrottlingException", "LimitExceededException"}

@@ -35,7 +35,7 @@ from aiosmtplib import errors as smtp_errors
 
 from ..campaign import SmtpConfig
 from ..errors import ConfigError, register_secret
-from ..render import Message
+from ..message import Message
 from .base import Kind, Outcome, Readiness, Ready, Wave
 from .smtpwire import Session, wire_body
 

@@ -1,0 +1,100 @@
+"""Everything `check` proves before a send, and `send` requires: templates load, recipients import,
+every version renders, the content lint passes. All problems at once, never the first alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .campaign import Campaign
+from .errors import TemplateError
+from .lint import lint
+from .message import Message
+from .recipients import STANDARD_COLUMNS
+from .render import Rendered, Templates, compose, recipient_context, split_version, synthetic_recipient, version_order
+from .store import ImportResult, Store
+
+
+@dataclass
+class Preflight:
+    """What `check` reports and `send` requires: templates load, recipients import, every locale renders."""
+
+    store: Store
+    templates: Templates | None
+    imported: ImportResult | None
+    problems: list[str] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)  # each said once, however many problems share it
+    rendered: list[tuple[Rendered, Message]] = field(default_factory=list)  # one sample of each, for the lint
+    warnings: list[str] = field(default_factory=list)  # content lint warnings: said, but they stop nothing
+
+    def add(self, problem: str, hint: str | None = None) -> None:
+        self.problems.append(problem)
+        if hint and hint not in self.hints:
+            self.hints.append(hint)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Preflight:
+    """Collects every problem it can find rather than stopping at the first."""
+    pre = Preflight(store, None, None)
+    try:
+        pre.templates = Templates(campaign)
+        for problem in pre.templates.load_all():
+            pre.add(problem)
+    except TemplateError as e:
+        pre.add(str(e), e.hint)
+    pre.imported = store.import_file(campaign.recipients, append=append)
+    store.write_rejects_file()
+    if not store.counts():
+        pre.add(f"{campaign.recipients}: no recipients: {pre.imported.rows_read} row(s) read, all rejected "
+                            f"(see {store.path.parent / 'rejects.csv'})")
+    if pre.templates is None or pre.problems:
+        return pre
+    templates = pre.templates
+    used = templates.recipient_fields() - set(STANDARD_COLUMNS)
+    columns = store.columns()
+    for col in sorted(c for c in columns if not c.isidentifier()):
+        pre.warnings.append(f"{campaign.recipients}: column {col!r} is not a name a template can write as recipient.NAME; "
+                            f"a template reaches it only as recipient[{col!r}] (or rename the column)")
+    for col in sorted(used - columns):
+        pre.add(
+            f"templates use recipient.{col}, but {campaign.recipients} has no {col!r} column "
+            f"(add the column, or take it out of {templates.roots[0]})")
+    for col in sorted(used & columns):
+        n, first = store.empty_values(col)
+        if n:
+            pre.add(
+                f"{campaign.recipients}: {n} recipient(s) have an empty {col!r}, which the templates use "
+                f"(first at row {first}); fill it in so no notice goes out with a blank")
+    if pre.problems:
+        return pre  # rendering would only fail again for the same missing columns
+    # Every template version, and every (locale, jurisdiction) recipients have, renders before anything is sent.
+    targets: dict[str, dict[str, Any]] = {}
+    for (requested, juris), s in store.samples().items():
+        try:
+            version = templates.resolve(requested or campaign.default_locale, juris)
+        except TemplateError as e:
+            pre.add(str(e), e.hint)
+            continue
+        targets.setdefault(version, recipient_context(s["email"], s["name"], requested, juris, s["vars"]))
+    for version in templates.versions:
+        targets.setdefault(version, synthetic_recipient(split_version(version)[1], columns))
+    for version, recipient in sorted(targets.items(), key=lambda kv: version_order(kv[0])):
+        try:
+            rendered = templates.render(version, recipient)
+            msg = compose(campaign, rendered, to_email=recipient["email"], to_name=recipient["name"], key=recipient["email"].lower())
+            pre.rendered.append((rendered, msg))
+        except TemplateError as e:
+            pre.add(str(e), e.hint)
+        except ValueError as e:  # the email package refuses a header value
+            pre.add(f"{templates.roots[0] / version}: the message cannot be built: {e}")
+    if pre.ok:
+        for finding in lint(campaign, templates, pre.rendered):
+            if finding.level == "error":
+                pre.add(f"content lint: {finding}", "the content lint's rules are in README.md (Content lint)")
+            else:
+                pre.warnings.append(str(finding))
+    return pre
