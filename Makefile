@@ -15,12 +15,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test drill bench bench-quick bench-tools clean-demo clean
+.PHONY: demo test lint drill bench bench-quick bench-tools clean-demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,lint]'
 	touch $(STAMP)
 
 # The example campaign end to end through the outbox provider (files on disk, no account, no server).
@@ -33,6 +33,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+# ruff (pycodestyle, pyflakes, bugbear, isort, pyupgrade) and mypy --strict, configured in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check notify tests bench
+	$(BIN)/mypy
 
 # Crash drill: 50 trials of 20,000 recipients, each SIGKILLed at seeded random moments and resumed.
 drill: $(STAMP)

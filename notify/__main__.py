@@ -1,2 +1,3 @@
 from notify.cli import main
+
 main()

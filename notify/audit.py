@@ -8,13 +8,14 @@ import getpass
 import json
 import os
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable
+from typing import IO, Any
 
 from . import __version__, files
-from .errors import InputError
 from .campaign import Campaign
+from .errors import InputError
 from .render import split_version
 from .store import GENESIS, Store, event_hash
 
@@ -69,7 +70,7 @@ def verify_file(path: Path) -> tuple[Verdict, int | None]:
 
 
 def _iso(epoch: float | None) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if epoch else ""
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if epoch else ""
 
 
 def sent_templates(store: Store) -> dict[str, str]:
@@ -158,7 +159,7 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
         "campaign": campaign.id,
         "tool": f"notify {__version__}",
         "exported_by": getpass.getuser(),
-        "exported_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "exported_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "rows_read": rows_read,
         "completeness": f"rows read {rows_read} = sum of final states {sum(states.values())}",
         "states": dict(sorted(states.items())),

@@ -15,10 +15,11 @@ import json
 import mailbox
 import re
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message as EmailMessage
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from .errors import InputError
 from .store import Event, Store
@@ -157,11 +158,11 @@ def _original_headers(msg: EmailMessage) -> EmailMessage | None:
         ctype = part.get_content_type()
         if ctype == "message/rfc822":
             payload = part.get_payload()
-            if isinstance(payload, list) and payload:
-                return payload[0]  # type: ignore[no-any-return]
+            if isinstance(payload, list) and payload and isinstance(payload[0], EmailMessage):
+                return payload[0]
         if ctype == "text/rfc822-headers":
             text = part.get_payload(decode=True) or b""
-            return email.message_from_bytes(text, policy=email.policy.compat32)
+            return email.message_from_bytes(text if isinstance(text, bytes) else b"", policy=email.policy.compat32)
     return None
 
 
@@ -186,6 +187,8 @@ def parse_dsn(raw: bytes) -> list[Feedback]:
         if not isinstance(blocks, list):
             continue
         for i, block in enumerate(blocks[1:] if len(blocks) > 1 else blocks):
+            if not isinstance(block, EmailMessage) or not isinstance(blocks[0], EmailMessage):
+                continue
             final = _dsn_fields(block, "Final-Recipient") or _dsn_fields(block, "Original-Recipient") or ""
             address = final.split(";", 1)[-1].strip() or None
             action = (_dsn_fields(block, "Action") or "").lower()
@@ -335,7 +338,7 @@ def poll_sqs(folder: Folder, queue_url: str, *, wait: int = 20, max_messages: in
     return seen
 
 
-def reconciler(campaign_id: str, queue_urls: list[str], region: str | None = None):  # type: ignore[no-untyped-def]
+def reconciler(campaign_id: str, queue_urls: list[str], region: str | None = None) -> Callable[[Store], None]:
     """A callback for the engine: drain the campaign's SES event queues into the ledger, so Send and
     Delivery events settle recipients left in doubt before anything is resent."""
 

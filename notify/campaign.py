@@ -9,11 +9,12 @@ import re
 import tomllib
 import unicodedata
 import zoneinfo
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.utils import getaddresses
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ConfigError
 
@@ -275,7 +276,7 @@ def _non_negative(v: Any) -> str | None:
 
 
 def _tzinfo(name: str) -> dt.tzinfo:
-    return dt.timezone.utc if name == "UTC" else zoneinfo.ZoneInfo(name)
+    return dt.UTC if name == "UTC" else zoneinfo.ZoneInfo(name)
 
 
 def _timezone(v: str) -> str | None:

@@ -9,15 +9,17 @@ import gc
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import Any, Optional, TypeVar, cast
 
 import typer
 
-from . import __version__, campaign as campaign_mod, engine, report
-from .preflight import preflight
+from . import __version__, engine, report
+from . import campaign as campaign_mod
 from .audit import verify_chain
 from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, NotifyError, TemplateError, redact
+from .preflight import preflight
 from .store import ImportResult, Store
 
 EXIT_CODES = """\
@@ -76,7 +78,7 @@ def boundary(fn: F) -> F:
                 "Set NOTIFY_DEBUG=1 to see the traceback.")
             raise typer.Exit(EXIT_INTERNAL) from None
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)
 
 
 @contextlib.contextmanager
@@ -202,7 +204,8 @@ def send(
     dry_run: bool = typer.Option(False, "--dry-run", help="Render every message into CAMPAIGN/dry-run/; change no state, send nothing."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Send at most N messages (a canary), then stop."),
     provider: Optional[str] = typer.Option(None, "--provider", help="Send through this [providers.NAME] only."),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="Messages in flight at once (overrides [send] concurrency)."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1,
+                                              help="Messages in flight at once (overrides [send] concurrency)."),
     rate: Optional[float] = typer.Option(None, "--rate", min=0.001, help="Messages per second (overrides [send] rate)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (it is off anyway when not on a terminal)."),
     acknowledge_reputation: bool = typer.Option(False, "--acknowledge-reputation",
@@ -399,7 +402,7 @@ def bounces(
                 n = fb.poll_sqs(folder, sqs_url, wait=wait, max_messages=max_messages, region=region)
                 typer.echo(f"read {n} queue message(s) from {sqs_url}")
             else:
-                folder.apply_raw_messages(fb.read_mbox(mbox) if mbox else fb.read_maildir(maildir))  # type: ignore[arg-type]
+                folder.apply_raw_messages(fb.read_mbox(mbox) if mbox else fb.read_maildir(cast(Path, maildir)))
         finally:
             suppression.close()
         for line in folder.summary.lines():

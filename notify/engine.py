@@ -11,9 +11,10 @@ import gc
 import os
 import signal
 import sys
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any, Callable, Coroutine, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -24,9 +25,9 @@ from .ledger import Ledger
 from .policy import RunResult, decide, steady_wall
 from .preflight import Preflight, preflight
 from .providers.base import Kind, Outcome, Provider
+from .render import Templates
 from .renderpool import Prepared, RenderPool, prepare
 from .report import deadline
-from .render import Templates
 from .store import Change, Claimed, Store
 from .suppression import SuppressionList
 from .throttle import Clock, RealClock, Throttle
@@ -147,7 +148,8 @@ class Sender:
         """Until everything handed to the ledger thread is on disk (and the breaker has judged the last
         window it asked for); raises the first write that failed."""
         while self.writing or self.judging is not None:
-            await asyncio.wait([*self.writing, *([self.judging] if self.judging is not None else [])])
+            pending: list[asyncio.Future[Any]] = [*self.writing, *([self.judging] if self.judging is not None else [])]
+            await asyncio.wait(pending)
         if self.write_error is not None:
             raise self.write_error
 
@@ -290,7 +292,7 @@ class Sender:
         if prepared is None:
             self.releases.extend(claimed)
             return
-        for c, p in zip(claimed, prepared):
+        for c, p in zip(claimed, prepared, strict=True):
             await queue.put((c, p))
 
     async def producer(self, queue: asyncio.Queue[tuple[Claimed, Prepared | None] | None]) -> None:
@@ -424,8 +426,8 @@ class Sender:
                 with contextlib.suppress(asyncio.CancelledError):
                     await producer
                 for w in workers:
-                    if w.done() and w.exception():
-                        raise w.exception()  # type: ignore[misc]
+                    if w.done() and (failure := w.exception()) is not None:
+                        raise failure
             producer.result()
             for _ in workers:
                 await queue.put(None)
@@ -561,12 +563,15 @@ def dry_run(campaign: Campaign, pre: Preflight, options: SendOptions) -> RunResu
     out = providers.build(OutboxConfig(name="dry-run", path=campaign.dir / "dry-run", fsync=False))
     result = RunResult()
 
+    templates = pre.templates
+    assert templates is not None  # preflight passed, so the templates loaded
+
     async def go() -> None:
         rows = pre.store.unsent(options.limit)
         total = pre.store.count_unsent() if options.limit is None else min(options.limit, pre.store.count_unsent())
         with tqdm(total=total, unit="msg", desc="dry run", disable=not (options.progress and sys.stderr.isatty())) as bar:
             for c in rows:
-                _, msg = prepare(pre.templates, c)  # type: ignore[arg-type]
+                _, msg = prepare(templates, c)
                 if isinstance(msg, str):  # this recipient's data breaks the notice: say which, go on
                     result.counts["failed"] += 1
                     result.notes.append(f"row {c.row} ({c.email}): {msg}")

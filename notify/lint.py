@@ -29,7 +29,8 @@ from typing import Any
 import babel.dates
 
 from .campaign import Campaign
-from .render import Message, Rendered, Templates, babel_locale, split_version
+from .message import Message
+from .render import Rendered, Templates, babel_locale, split_version
 
 LINT_FILE = "lint.toml"
 
@@ -260,7 +261,8 @@ def _lint_version(campaign: Campaign, templates: Templates, r: Rendered, msg: Me
         if w in ("0", "1") or h in ("0", "1") or "display:none" in style or re.search(r"(?:width|height):[01]px", style):
             add("error", "tracking-pixel", f"an image of {w or '?'}x{h or '?'} ({img.get('src', '')!r}) looks like a tracking pixel")
         elif img.get("src", "").lower().startswith(("http:", "https:")):
-            add("warning", "remote-image", f"a remote image ({img.get('src')!r}): many clients block it, and loading it tells the sender who opened")
+            add("warning", "remote-image",
+                f"a remote image ({img.get('src')!r}): many clients block it, and loading it tells the sender who opened")
     for tag in sorted(set(html.forbidden)):
         add("error", "active-content", f"the HTML has a <{tag}>: a notice asks nothing of the reader and runs nothing")
     for pattern in _CREDENTIAL_REQUEST + patterns:
@@ -278,9 +280,9 @@ def _lint_version(campaign: Campaign, templates: Templates, r: Rendered, msg: Me
     if parsed["List-Unsubscribe"] is not None:
         add("warning", "list-unsubscribe", "the message has a List-Unsubscribe header: a legal notice is not marketing, "
                                            "and readers must not think they can opt out of it")
-    for part in parsed.walk():
-        if part.get_content_disposition() == "attachment" or part.get_filename():
-            add("error", "attachment", f"the message has an attachment ({part.get_filename() or part.get_content_type()}): "
+    for mime_part in parsed.walk():
+        if mime_part.get_content_disposition() == "attachment" or mime_part.get_filename():
+            add("error", "attachment", f"the message has an attachment ({mime_part.get_filename() or mime_part.get_content_type()}): "
                                        "notices carry none; attachments are what phishing sends")
     return out
 

@@ -59,7 +59,9 @@ def encoded_words(text: str) -> str:
     character), folded one per line: a header of any length stays within 78 octets a line."""
     if len(text) <= 11 or len(text.encode("utf-8")) <= 45:  # one word (a character is at most 4 octets)
         return f"=?utf-8?b?{base64.b64encode(text.encode('utf-8')).decode('ascii')}?="
-    words, chunk, size = [], [], 0
+    words: list[str] = []
+    chunk: list[str] = []
+    size = 0
     for ch in text:
         n = len(ch.encode("utf-8"))
         if size + n > 45:

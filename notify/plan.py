@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from jinja2 import nodes
 from markupsafe import escape
@@ -84,7 +85,7 @@ def usage(sources: Iterable[tuple[str, nodes.Template]]) -> Usage:
                     printed.add(field)
                 elif _is_block_call(expr) and not opaque:
                     for arg in expr.iter_child_nodes():  # the call's arguments (loop(items)) are still checked
-                        if arg is not expr.node:
+                        if arg is not getattr(expr, "node", None):  # _is_block_call: expr is a Call
                             visit(arg, name, opaque)
                 else:
                     visit(expr, name, opaque)
@@ -116,6 +117,8 @@ def referenced(tree: nodes.Template, name: str) -> list[str]:
     """The templates a template extends, includes or imports; NotPlannable if a name is not constant."""
     out = []
     for node in tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
+        if not isinstance(node, (nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
+            continue  # find_all yields only these; the check tells the type checker
         t = node.template
         names = t.value if isinstance(t, nodes.Const) else None
         if isinstance(names, str):
@@ -135,7 +138,7 @@ class Text:
     slots: tuple[tuple[str, bool], ...]  # (field, HTML-escaped)
 
     @classmethod
-    def from_probe(cls, probe: str, fields: list[str]) -> "Text":
+    def from_probe(cls, probe: str, fields: list[str]) -> Text:
         pieces, slots, at = [], [], 0
         for m in _PROBE.finditer(probe):
             pieces.append(probe[at:m.start()])
@@ -148,7 +151,7 @@ class Text:
 
     def fill(self, raw: dict[str, str], escaped: dict[str, str]) -> str:
         out = [self.pieces[0]]
-        for (field, esc), piece in zip(self.slots, self.pieces[1:]):
+        for (field, esc), piece in zip(self.slots, self.pieces[1:], strict=True):
             out.append(escaped[field] if esc else raw[field])
             out.append(piece)
         return "".join(out)
@@ -195,7 +198,7 @@ class Plans:
 
     def _plan(self, key: tuple[Any, ...], like: dict[str, Any]) -> tuple[Text, Text, Text] | None:
         today, pattern = key
-        empty = {f for f, truthy in zip(self.use.tested, pattern) if not truthy}
+        empty = {f for f, truthy in zip(self.use.tested, pattern, strict=True) if not truthy}
         probe = dict(like)
         for i, f in enumerate(self.fields):
             probe[f] = "" if f in empty else f"\ue000{i}<\ue001"  # an empty field is printed as "" exactly

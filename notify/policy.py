@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .campaign import Campaign
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED
@@ -50,7 +51,7 @@ def steady_wall() -> Callable[[], float]:
 
 def backoff_delay(campaign: Campaign, attempts: int) -> float:
     policy = campaign.send.retry
-    return min(policy.max_interval, policy.base * 2 ** max(0, attempts - 1))
+    return float(min(policy.max_interval, policy.base * 2 ** max(0, attempts - 1)))
 
 
 def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None, version: str,
@@ -73,16 +74,20 @@ def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None
               "detail": reply[:500],
               "reply_code": (f"needs {outcome.needs}" if outcome.needs else
                              " ".join(str(p) for p in (outcome.code, outcome.status) if p) or outcome.kind.value)}
-    ev = dict(recipient_id=c.id, recipient=c.key, provider=provider, locale=version,
-              content_sha256=msg.sha256 if msg else None)
+    sha = msg.sha256 if msg else None
+
+    def event(kind: str) -> Event:
+        return Event(kind, c.id, c.key, provider=provider, locale=version, content_sha256=sha, detail=detail,
+                     provider_message_id=outcome.provider_message_id if kind == "sent" else None)
+
     if outcome.kind is Kind.ACCEPTED:
         if c.doubt:
             detail["possible_duplicate"] = True
-        return Change(c.id, "sent", Event("sent", provider_message_id=outcome.provider_message_id, detail=detail, **ev),  # type: ignore[arg-type]
+        return Change(c.id, "sent", event("sent"),
                       fields={**common, "provider_message_id": outcome.provider_message_id,
-                              "content_sha256": ev["content_sha256"], "version": version})
+                              "content_sha256": sha, "version": version})
     if outcome.kind is Kind.PERMANENT:
-        return Change(c.id, "failed", Event("failed", detail=detail, **ev), fields=common)  # type: ignore[arg-type]
+        return Change(c.id, "failed", event("failed"), fields=common)
     # temporary or in doubt: retry with backoff, until the policy gives up
     policy = campaign.send.retry
     doubt = c.doubt or outcome.kind is Kind.IN_DOUBT
@@ -92,10 +97,10 @@ def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None
         detail["not_handed"] = True
     if first is not None and outcome.handed and (attempts >= policy.max_attempts or now - first >= policy.max_age):
         detail["gave_up"] = f"after {attempts} attempts over {int(now - first)} s"
-        return Change(c.id, "failed", Event("failed", detail=detail, **ev), fields={**common, "doubt": int(doubt)})  # type: ignore[arg-type]
+        return Change(c.id, "failed", event("failed"), fields={**common, "doubt": int(doubt)})
     # What this provider can never do for the message waits the longest interval: another run, or a
     # provider that can, takes it.
     retry_at = now + (max(policy.max_interval, NEEDS_WAIT) if outcome.needs else backoff_delay(campaign, attempts))
     detail["retry_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(retry_at))
-    return Change(c.id, "deferred", Event("deferred", detail=detail, **ev),  # type: ignore[arg-type]
+    return Change(c.id, "deferred", event("deferred"),
                   fields={**common, "next_attempt_at": retry_at, "doubt": int(doubt)})

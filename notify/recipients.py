@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import codecs
-import functools
 import csv
+import functools
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -167,7 +168,7 @@ def _read_csv(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[Record]:
             if len(fields) != len(columns):
                 yield Record(start, _show(raw), None, f"has {len(fields)} fields but the header has {len(columns)}")
                 continue
-            yield Record(start, _show(raw), dict(zip(columns, fields)))
+            yield Record(start, _show(raw), dict(zip(columns, fields, strict=True)))
     except csv.Error as e:
         start = line_no - len(raw_lines) + 1  # where the broken record began
         detail = str(e)
@@ -175,7 +176,8 @@ def _read_csv(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[Record]:
             detail = f"a field is longer than {csv.field_size_limit()} characters (is a quote unbalanced?)"
         elif "unexpected end of data" in detail:
             detail = "a quote opened on this line is never closed"
-        raise InputError(f"{path}: line {start}: malformed CSV: {detail}", hint="fix the line and run again; nothing was imported") from None
+        raise InputError(f"{path}: line {start}: malformed CSV: {detail}",
+                         hint="fix the line and run again; nothing was imported") from None
 
 
 def _read_jsonl(lines: Iterator[tuple[int, str]]) -> Iterator[Record]:

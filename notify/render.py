@@ -8,6 +8,7 @@ import hashlib
 import os
 import time
 import zoneinfo
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -15,14 +16,14 @@ from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import babel
 import babel.dates
 import jinja2
 from jinja2 import nodes
+from jinja2.exceptions import SecurityError
 from jinja2.loaders import split_template_path
-from jinja2.sandbox import SecurityError
 
 from . import mime, plan, sandbox
 from .campaign import Campaign
@@ -102,7 +103,7 @@ class Undefined(jinja2.StrictUndefined):
         label = getattr(self._undefined_obj, "label", None)
         if label and self._undefined_name is not None:
             return f"{label}.{self._undefined_name} is not defined"
-        return super()._undefined_message  # type: ignore[no-any-return]
+        return str(super()._undefined_message)
 
 
 def _where(exc: BaseException, roots: list[Path]) -> str:
@@ -190,9 +191,10 @@ class Templates:
         versions, self.sources = snapshot if snapshot is not None else (None, _read_sources(self.roots))
         self.timeout = campaign.send.render_timeout
         self.max_bytes = campaign.send.render_max_bytes
+        self.loader = _SnapshotLoader(self.sources)
         self.env = sandbox.Sandbox(
             max_bytes=self.max_bytes,
-            loader=_SnapshotLoader(self.sources),
+            loader=self.loader,
             undefined=Undefined,
             autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
             keep_trailing_newline=True,
@@ -300,7 +302,8 @@ class Templates:
     def _load(self, version: str) -> tuple[jinja2.Template, jinja2.Template, jinja2.Template]:
         if version not in self._compiled:
             try:
-                self._compiled[version] = tuple(self.env.get_template(self._path(version, p)) for p in PARTS)  # type: ignore[assignment]
+                subject, text, html = (self.env.get_template(self._path(version, p)) for p in PARTS)
+                self._compiled[version] = (subject, text, html)
             except jinja2.TemplateSyntaxError as e:
                 raise TemplateError(f"{e.filename}:{e.lineno}: template syntax error: {e.message}") from None
             except jinja2.TemplateNotFound as e:
@@ -326,6 +329,8 @@ class Templates:
             except jinja2.TemplateSyntaxError:
                 continue  # reported by load_all
             for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+                if not isinstance(node, (nodes.Getattr, nodes.Getitem)):
+                    continue  # find_all yields only these; the check tells the type checker
                 if isinstance(node.node, nodes.Name) and node.node.name == "recipient":
                     if isinstance(node, nodes.Getattr):
                         used.add(node.attr)
@@ -387,7 +392,8 @@ class Templates:
             raise TemplateError(f"{_where(e, self.roots)}: {e}") from None
         except jinja2.UndefinedError as e:
             raise TemplateError(f"{_where(e, self.roots)}: {e.message}",
-                                hint="add it to [variables] in campaign.toml (campaign.*) or as a recipients column (recipient.*)") from None
+                                hint="add it to [variables] in campaign.toml (campaign.*) or as a recipients column "
+                                     "(recipient.*)") from None
         except SecurityError as e:
             raise TemplateError(f"{_where(e, self.roots)}: refused by the sandbox: {e}") from None
         except Exception as e:  # a template can raise anything its expressions do
@@ -421,7 +427,7 @@ class Templates:
         reads each tree twice, for the columns it uses (recipient_fields) and for its render plan
         (_trees). Neither changes it; get_template parses its own copy, which jinja2's optimizer rewrites."""
         if name not in self._parse_trees:
-            source, filename, _ = self.env.loader.get_source(self.env, name)  # type: ignore[union-attr]
+            source, filename, _ = self.loader.get_source(self.env, name)
             self._parse_trees[name] = self.env.parse(source, name, filename), filename or name
         return self._parse_trees[name]
 
@@ -486,7 +492,7 @@ def compose(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: s
 @functools.lru_cache(maxsize=2)
 def date_header(second: int, zone: str = "UTC") -> str:
     """The Date header for a second, in the campaign's time zone: the same for every message composed in it."""
-    return format_datetime(dt.datetime.fromtimestamp(second, dt.timezone.utc if zone == "UTC" else zoneinfo.ZoneInfo(zone)))
+    return format_datetime(dt.datetime.fromtimestamp(second, dt.UTC if zone == "UTC" else zoneinfo.ZoneInfo(zone)))
 
 
 def compose_with_email_package(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: str, mid: str,

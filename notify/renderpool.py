@@ -38,7 +38,8 @@ from typing import NamedTuple
 
 from .campaign import Campaign
 from .errors import TemplateError
-from .render import Message, Templates, compose, recipient_context
+from .message import Message
+from .render import Templates, compose, recipient_context
 from .store import Claimed
 
 Prepared = tuple[str, "Message | str"]  # (version, the message, or why it could not be built)
@@ -205,16 +206,16 @@ class RenderPool:
             return  # the engine stopped waiting for it
         if error is not None:
             done.set_exception(error)
-        else:
-            done.set_result(result)  # type: ignore[arg-type]
+        elif result is not None:
+            done.set_result(result)
 
     def _unstow(self, prepared: list[Prepared], spans: list[Span | None] | None) -> list[Prepared]:
         if spans is None:
             return prepared
         assert self.region is not None
         view = self.region.view
-        return [(version, dataclasses.replace(msg, data=view[span[0]:span[1]]))  # type: ignore[type-var]
-                if span is not None else (version, msg)
+        return [(version, dataclasses.replace(msg, data=view[span[0]:span[1]]))
+                if span is not None and isinstance(msg, Message) else (version, msg)  # a span is only ever a message's
                 for (version, msg), span in zip(prepared, spans, strict=True)]
 
     def close(self) -> None:

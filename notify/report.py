@@ -34,7 +34,7 @@ def deadline(campaign: Campaign, store: Store, rate: float | None = None,
     The deadline is the end of its day in UTC: notices must be out by then."""
     if campaign.deadline is None:
         return None
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     due = dt.datetime.combine(campaign.deadline + dt.timedelta(days=1), dt.time(), campaign.tz)
     remaining = store.count_unsent()
     rate = rate if rate else store.recent_rate()
@@ -43,16 +43,18 @@ def deadline(campaign: Campaign, store: Store, rate: float | None = None,
         "deadline": campaign.deadline.isoformat(), "discovered": campaign.discovered.isoformat() if campaign.discovered else None,
         "seconds_left": left, "remaining": remaining, "rate": rate, "projected_finish": None, "late": False,
     }
-    since = f" ({(campaign.deadline - campaign.discovered).days} days after discovery on {campaign.discovered})" if campaign.discovered else ""
+    since = (f" ({(campaign.deadline - campaign.discovered).days} days after discovery on {campaign.discovered})"
+             if campaign.discovered else "")
     head = f"deadline {campaign.deadline} (end of day {campaign.timezone}){since}: "
     if remaining == 0 and not store.counts():
         out["said"] = head + "no recipients imported yet (`notify check` imports them)"
         return out
     if remaining == 0:
         last = store.last_first_attempt()
-        out["late"] = bool(last and last > due.timestamp())
+        out["late"] = last is not None and last > due.timestamp()
         out["said"] = head + ("every recipient is in a final state" +
-                              (f"; the last of them was first sent {_span(last - due.timestamp())} after it" if out["late"] else ""))
+                              (f"; the last of them was first sent {_span(last - due.timestamp())} after it"
+                               if last is not None and out["late"] else ""))
         return out
     if left <= 0:
         out["late"] = True

@@ -122,7 +122,7 @@ def preview(campaign: Campaign, store: Store, templates: Templates, out: Path) -
         versions.append(v)
     manifest = {
         "tool": f"notify {__version__}",
-        "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "campaign": campaign.id,
         "content": fingerprint(campaign, templates),
         "versions": [{"version": v.version, "variant": v.variant or "(default)", "locale": v.locale,

@@ -20,8 +20,9 @@ import ctypes
 import re
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import jinja2
 from jinja2 import nodes
@@ -44,7 +45,7 @@ class _Interrupted(BudgetExceeded):
 _NUMBER = re.compile(r"\d+")
 
 
-class Namespace(dict):  # type: ignore[type-arg]  # a dict of anything a campaign or row holds
+class Namespace(dict[str, Any]):
     """`campaign` and `recipient` in templates: a dict that knows its name, for error messages. The
     Sandbox looks its keys up before any attribute, so a column named `items` or `label` is the column
     (`recipient.get("x", "")` still works where there is no column named get)."""
@@ -102,7 +103,7 @@ class Sandbox(ImmutableSandboxedEnvironment):
         bounded_join.__dict__.update(join.__dict__)
         self.filters["replace"], self.filters["join"] = bounded_replace, bounded_join
 
-    def concat(self, chunks: Any) -> str:  # type: ignore[override]  # jinja2's is "".join; templates call it
+    def concat(self, chunks: Any) -> str:  # jinja2's is "".join; compiled templates call it
         """The output of a block, a macro or a {% set %} block, measured before it is joined."""
         parts = list(chunks)
         self._check_size(sum(map(len, parts)), "a block's output")

@@ -19,9 +19,10 @@ import hashlib
 import json
 import os
 import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from . import files
 from .errors import InputError, StoreError
@@ -213,12 +214,12 @@ IMPORT_CACHE_KIB = 65536
 
 
 def utcnow() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime(TS_FORMAT)
+    return dt.datetime.now(dt.UTC).strftime(TS_FORMAT)
 
 
 def epoch_of(ts: str) -> float:
     """A timestamp the store wrote, back to seconds since the epoch."""
-    return dt.datetime.strptime(ts, TS_FORMAT).replace(tzinfo=dt.timezone.utc).timestamp()
+    return dt.datetime.strptime(ts, TS_FORMAT).replace(tzinfo=dt.UTC).timestamp()
 
 
 _CANONICAL = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # built once: json.dumps
@@ -492,14 +493,15 @@ class Store:
         )
         names = [d[0] for d in cur.description]
         for r in cur:
-            yield dict(zip(names, r))
+            yield dict(zip(names, r, strict=True))
 
     # --- import ---
 
     def last_import(self) -> sqlite3.Row | None:
         self.db.row_factory = sqlite3.Row
         try:
-            return self.db.execute("SELECT * FROM imports ORDER BY id DESC LIMIT 1").fetchone()
+            row: sqlite3.Row | None = self.db.execute("SELECT * FROM imports ORDER BY id DESC LIMIT 1").fetchone()
+            return row
         finally:
             self.db.row_factory = None
 
@@ -520,7 +522,7 @@ class Store:
         if last is not None and last["sha256"] == digest and not append:
             return ImportResult(path, last["rows_read"], last["accepted"], last["rejected"], already=True)
         replace = last is not None and not append
-        if replace and self.under_way():
+        if last is not None and replace and self.under_way():
             raise InputError(
                 f"{path} changed since it was imported on {last['imported_at'][:19]}Z, and this campaign is already under way",
                 hint="to add the new rows, run `notify import CAMPAIGN --append` (rows already imported are "
@@ -716,8 +718,8 @@ class Store:
             yield _claimed(r)
 
     def count_unsent(self) -> int:
-        return self.db.execute(
-            "SELECT count(*) FROM recipients WHERE state IN ('pending', 'deferred', 'inflight')").fetchone()[0]
+        return int(self.db.execute(
+            "SELECT count(*) FROM recipients WHERE state IN ('pending', 'deferred', 'inflight')").fetchone()[0])
 
     def empty_values(self, column: str) -> tuple[int, int | None]:
         """How many recipients have `column` missing or empty, and the first such row."""
@@ -775,9 +777,9 @@ class Store:
                 ts = utcnow()
                 whys = [f"on the suppression list ({kind}, from {source}): {reason}" for _, _, _, kind, source, reason in rows]
                 db.executemany("UPDATE recipients SET state='suppressed', detail=?, updated_at=? WHERE id=?",
-                               [(why, ts, r[0]) for r, why in zip(rows, whys)])
+                               [(why, ts, r[0]) for r, why in zip(rows, whys, strict=True)])
                 self._append_all([Event("suppressed", r[0], r[1], locale=r[2], detail={"reason": why})
-                                  for r, why in zip(rows, whys)], ts)
+                                  for r, why in zip(rows, whys, strict=True)], ts)
         finally:
             self.db.execute("DETACH DATABASE supp")
         return len(rows)
@@ -808,18 +810,19 @@ class Store:
         return (len(rows) - 1) / span if span > 0 else None
 
     def unmatched_count(self) -> int:
-        return self.db.execute("SELECT count(*) FROM unmatched").fetchone()[0]
+        return int(self.db.execute("SELECT count(*) FROM unmatched").fetchone()[0])
 
     def next_due(self) -> float | None:
         row = self.db.execute(NEXT_DUE_SQL).fetchone()
-        return row[0]
+        return float(row[0]) if row[0] is not None else None
 
     def last_first_attempt(self) -> float | None:
         """When the most recently first-tried recipient was first handed to a provider (epoch seconds)."""
-        return self.db.execute("SELECT max(first_attempt_at) FROM recipients").fetchone()[0]
+        last = self.db.execute("SELECT max(first_attempt_at) FROM recipients").fetchone()[0]
+        return float(last) if last is not None else None
 
     def count_due(self, now: float) -> int:
-        return self.db.execute(COUNT_DUE_SQL, (now,)).fetchone()[0]
+        return int(self.db.execute(COUNT_DUE_SQL, (now,)).fetchone()[0])
 
     # --- reports ---
 
@@ -855,10 +858,10 @@ class Store:
 
     def in_doubt_unsettled(self) -> int:
         """Recipients in doubt that have not been accepted since: the ones a resend might duplicate."""
-        return self.db.execute("SELECT count(*) FROM recipients WHERE doubt=1 AND state IN ('deferred','inflight')").fetchone()[0]
+        return int(self.db.execute("SELECT count(*) FROM recipients WHERE doubt=1 AND state IN ('deferred','inflight')").fetchone()[0])
 
     def doubt_count(self) -> int:
-        return self.db.execute("SELECT count(*) FROM recipients WHERE doubt=1").fetchone()[0]
+        return int(self.db.execute("SELECT count(*) FROM recipients WHERE doubt=1").fetchone()[0])
 
     def provider_counts(self) -> dict[str, int]:
         return dict(self.db.execute(

@@ -11,9 +11,9 @@ import contextlib
 import datetime as dt
 import os
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from . import files
 from .errors import InputError, StoreError
@@ -78,7 +78,7 @@ class SuppressionList:
         """Adds (or keeps the first entry for) an address; returns True when it was new."""
         if kind not in KINDS:
             raise InputError(f"unknown suppression kind {kind!r}; use one of {', '.join(KINDS)}")
-        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         with self._errors():
             cur = self.db.execute("INSERT OR IGNORE INTO suppressed VALUES (?, ?, ?, ?, ?)",
                                   (address.lower(), kind, source, reason, now))

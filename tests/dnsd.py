@@ -41,7 +41,7 @@ class DnsServer:
                     reply.answer.append(dns.rrset.from_text(question.name, 300, "IN", "TXT", *texts))
             self.sock.sendto(reply.to_wire(), peer)
 
-    def __enter__(self) -> "DnsServer":
+    def __enter__(self) -> DnsServer:
         self.thread.start()
         return self
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import re
 import subprocess
 import sys
-import re
 import time
 from email.message import Message as EmailMessage
 from pathlib import Path
@@ -412,7 +412,7 @@ def test_one_calendar_for_the_notice_date_the_date_header_and_the_deadline(make_
     try:
         d = make_campaign(templates=simple_templates("Date of this notice: {{ today }}"))
         assert run("send", d, "--no-progress")[0] == 0
-        assert f"Date of this notice: {dt.datetime.now(dt.timezone.utc).date()}" in bodies(d)[0]
+        assert f"Date of this notice: {dt.datetime.now(dt.UTC).date()}" in bodies(d)[0]
         d = make_campaign(templates=simple_templates("Date of this notice: {{ today }}"), name="kiritimati")
         toml = d / "campaign.toml"
         toml.write_text(toml.read_text().replace('[campaign]\n', '[campaign]\ntimezone = "Pacific/Kiritimati"\n'

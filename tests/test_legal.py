@@ -232,7 +232,8 @@ def test_legal_profiles_name_what_each_law_needs(make_campaign: MakeCampaign) ->
         f"content lint: en: the massachusetts profile needs [phrases] security_freeze in {d}/templates/t/en/lint.toml "
         "(the words this locale uses for it) [massachusetts]",
         "content lint: en: contains 'What Happened': massachusetts law forbids describing the nature of the breach [massachusetts]",
-        "content lint: en: states a number of people affected ('1,204 Massachusetts residents'), which Massachusetts law forbids [massachusetts]",
+        "content lint: en: states a number of people affected ('1,204 Massachusetts residents'), which Massachusetts law "
+        "forbids [massachusetts]",
         f"content lint: en: the new-york profile needs [phrases] agencies in {d}/templates/t/en/lint.toml "
         "(the words this locale uses for it) [new-york]",
         "content lint: en: New York requires the phone numbers and websites of state and federal agencies that help [new-york]",
@@ -271,7 +272,8 @@ def test_sender_off_the_allowed_domains_and_unknown_profiles(make_campaign: Make
         f"content lint: [review.variants] names 'US-MA', but {d}/templates/t/variants has no such variant [profiles]"]
     (d / "campaign.toml").write_text((d / "campaign.toml").read_text().replace('["massachusetts"]', '["texas"]'))
     code, _, err = run("check", d)
-    assert code == 1 and "[review.variants] US-MA: unknown profile 'texas': known are california, new-york, massachusetts, hipaa, gdpr" in err
+    assert code == 1
+    assert "[review.variants] US-MA: unknown profile 'texas': known are california, new-york, massachusetts, hipaa, gdpr" in err
 
 
 # --- the deadline ---
@@ -296,7 +298,7 @@ def test_deadline_time_left_and_projected_finish(make_campaign: MakeCampaign) ->
     assert c.deadline == dt.date(2026, 12, 1) and c.variables["discovered"] == dt.date(2026, 11, 1)
     store = Store.open(c.state_dir)
     store.import_file(c.recipients)
-    now = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.timezone.utc)  # 36 hours before the end of 2026-12-01
+    now = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)  # 36 hours before the end of 2026-12-01
     fast = report.deadline(c, store, rate=1.0, now=now)
     assert fast is not None and not fast["late"] and fast["seconds_left"] == 36 * 3600
     assert fast["said"] == ("deadline 2026-12-01 (end of day UTC) (30 days after discovery on 2026-11-01): 1 day 12 h left, "

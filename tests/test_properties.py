@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from notify import campaign
-from notify.recipients import Record, Recipient, validate
+from notify.recipients import Recipient, Record, validate
 from notify.render import Rendered, compose
 
 from .conftest import EXAMPLE

@@ -27,7 +27,8 @@ def error(tmp_path: Path, data: str | bytes, name: str = "r.csv") -> str:
 def test_csv_with_extra_columns_as_variables(tmp_path: Path) -> None:
     [r] = rows(tmp_path, "Email,Name,Locale,Jurisdiction,Account\nAlice@Example.COM,Alice,pt_br,US-CA,A-1\n")
     assert isinstance(r, Recipient)
-    assert (r.row, r.email, r.key, r.name, r.locale, r.jurisdiction) == (2, "Alice@example.com", "alice@example.com", "Alice", "pt-BR", "US-CA")
+    assert (r.row, r.email, r.key, r.name, r.locale, r.jurisdiction) == (
+        2, "Alice@example.com", "alice@example.com", "Alice", "pt-BR", "US-CA")
     assert r.vars == {"account": "A-1"}
 
 

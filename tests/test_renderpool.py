@@ -105,7 +105,7 @@ def test_a_render_process_hands_back_every_byte(make_campaign: MakeCampaign, mon
         pool.close()
     assert used == (shared != "no shared memory" and hasattr(os, "memfd_create"))
     assert len(got) == 2 * len(claimed)
-    for (version, msg), c in zip(got, claimed + claimed):
+    for (version, msg), c in zip(got, claimed + claimed, strict=True):
         here_version, here = prepare(templates, c)
         assert isinstance(msg, Message) and isinstance(here, Message) and version == here_version
         assert hashlib.sha256(msg.data).hexdigest() == msg.sha256  # the bytes the render process hashed

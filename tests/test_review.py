@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from notify.cli import app
 
+from .conftest import MakeCampaign
 from .smtpd import Handler, Server
 from .test_smtp import smtp_campaign
-from .conftest import MakeCampaign
 
 runner = CliRunner()
 

@@ -130,7 +130,7 @@ def test_backoff_halves_then_grows_back_to_the_configured_rate() -> None:
     assert t.recover() is None, "no growth before a quiet period"
     rates = recover_over(t, clock, 20)
     assert rates[0] == 14 and rates[-1] == 40, rates
-    assert all(b > a for a, b in zip(rates, rates[1:])), "additive increase: gentle and monotonic"
+    assert all(b > a for a, b in zip(rates, rates[1:], strict=False)), "additive increase: gentle and monotonic"
 
 
 def test_the_burst_follows_the_rate_down_and_up() -> None:
@@ -171,7 +171,7 @@ def test_an_unlimited_send_throttled_grows_back_to_unlimited_and_departures_stop
     t.backoff("454 Throttling failure")
     rates = recover_over(t, clock, 10)
     assert rates[-1] is None and len(rates) <= 6, rates
-    assert all(b > a for a, b in zip(rates[:-2], rates[1:-1])), rates
+    assert all(b > a for a, b in zip(rates[:-2], rates[1:-1], strict=True)), rates
     assert t.rate is None and t.global_bucket is None and t.departures is None
 
     async def leave_many() -> float:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Optional, Protocol
+from typing import Optional, Protocol
 
 from ..message import Message
-
 
 Ready = Optional[Callable[[], Awaitable[None]]]
 

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import boto3
 import botocore.exceptions as bx
@@ -105,7 +106,7 @@ class SesProvider:
         self.pool = ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="ses")
         self.quota: Quota | None = None
         self.sent = 0
-        self.started = dt.datetime.now(dt.timezone.utc)
+        self.started = dt.datetime.now(dt.UTC)
         self.rejections = Wave(REJECT_WAVE, REJECT_WAVE)
 
     # --- limits, read once before the first send ---

@@ -29,6 +29,7 @@ import os
 import re
 import ssl
 from collections import deque
+from collections.abc import Callable
 
 import aiosmtplib
 from aiosmtplib import errors as smtp_errors
@@ -134,7 +135,7 @@ class SmtpProvider:
             )
 
     def _credentials(self) -> tuple[str | None, str | None]:
-        values = []
+        values: list[str | None] = []
         for key in ("username_env", "password_env"):
             env = getattr(self.config, key)
             if env is None:
@@ -202,14 +203,14 @@ class SmtpProvider:
         handed: asyncio.Future[tuple[Session | None, bool]] = asyncio.get_running_loop().create_future()
         self.waiting.append((envelope, handed))
         try:
-            conn, opened = await handed
+            given, opened = await handed
         except asyncio.CancelledError:
             if handed.done() and not handed.cancelled():  # handed over just as we were cancelled
                 self._pass_on(handed.result()[0], keep=False)
             raise
-        if conn is None:  # its connection was closed: we open one in its place
+        if given is None:  # its connection was closed: we open one in its place
             return await self._open_slot(), False
-        return conn, opened
+        return given, opened
 
     async def _open_slot(self) -> Session:
         try:
@@ -413,7 +414,7 @@ async def _refused(conn: Session, outcome: Outcome, pending: int) -> tuple[Outco
         return outcome, False
 
 
-def _dkim_signer(config: SmtpConfig):  # type: ignore[no-untyped-def]
+def _dkim_signer(config: SmtpConfig) -> Callable[[bytes], bytes]:
     """DKIM signing with dkimpy, so a bare relay used in an emergency keeps the mail authenticated."""
     import dkim
 
@@ -428,6 +429,7 @@ def _dkim_signer(config: SmtpConfig):  # type: ignore[no-untyped-def]
     headers = [b"from", b"to", b"subject", b"date", b"message-id", b"reply-to", b"mime-version", b"content-type"]
 
     def sign(data: bytes) -> bytes:
-        return dkim.sign(data, selector, domain, key, include_headers=headers) + data
+        signature: bytes = dkim.sign(data, selector, domain, key, include_headers=headers)
+        return signature + data
 
     return sign

@@ -8,11 +8,10 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import aiosmtplib
 from aiosmtplib import errors as smtp_errors
-
 
 Reply = tuple[int, str]
 MAX_REPLY = 64 * 1024  # a reply longer than this without a line end is not SMTP
@@ -47,7 +46,8 @@ class Session(asyncio.Protocol):
         transport = protocol.transport if protocol is not None else None
         if transport is None or transport.is_closing():
             raise smtp_errors.SMTPServerDisconnected("Connection lost")
-        return cls(transport, pipelining and smtp.supports_extension("pipelining"), timeout)
+        # A stream transport (uvloop's is not an asyncio.Transport subclass, so no isinstance check).
+        return cls(cast(asyncio.Transport, transport), pipelining and smtp.supports_extension("pipelining"), timeout)
 
     @property
     def is_open(self) -> bool:
