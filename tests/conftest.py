@@ -8,6 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
+from notify.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "campaigns" / "example"
@@ -41,6 +44,13 @@ fsync = false
 {providers_extra}"""
 
 MakeCampaign = Callable[..., Path]
+_runner = CliRunner()
+
+
+def run(*args: str | Path) -> tuple[int, str, str]:
+    """A notify command as a user runs it: (exit code, stdout, stderr)."""
+    r = _runner.invoke(app, [str(a) for a in args])
+    return r.exit_code, r.stdout, r.stderr
 
 
 @pytest.fixture(autouse=True)

@@ -7,18 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from notify.cli import app
-
-from .conftest import MakeCampaign
-
-runner = CliRunner()
-
-
-def run(*args: str | Path) -> tuple[int, str, str]:
-    r = runner.invoke(app, [str(a) for a in args])
-    return r.exit_code, r.stdout, r.stderr
+from .conftest import MakeCampaign, run
 
 
 def test_example_end_to_end(example: Path) -> None:
@@ -125,12 +115,35 @@ def test_usage_error_is_exit_2() -> None:
     assert run("send", "x", "--limit", "0")[0] == 2
 
 
-@pytest.mark.parametrize("cmd", [["check"], ["send"], ["status"], ["import"], ["audit", "verify"]])
+def _commands() -> list[list[str]]:
+    """Every command the CLI registers, groups walked: ["check"], ["audit", "verify"], ..."""
+    import typer.main
+
+    from notify.cli import app
+
+    def walk(group: typer.core.TyperGroup, prefix: list[str]) -> list[list[str]]:
+        out = []
+        for name, cmd in sorted(group.commands.items()):
+            out += walk(cmd, [*prefix, name]) if isinstance(cmd, typer.core.TyperGroup) else [[*prefix, name]]
+        return out
+
+    root = typer.main.get_command(app)
+    assert isinstance(root, typer.core.TyperGroup)
+    return walk(root, [])
+
+
+def test_the_help_test_sees_every_command() -> None:
+    found = {" ".join(c) for c in _commands()}
+    assert {"check", "preview", "approve", "send", "status", "import", "bounces", "audit verify", "audit export",
+            "suppress list"} <= found, found
+
+
+@pytest.mark.parametrize("cmd", _commands(), ids=" ".join)
 def test_every_command_has_help_with_an_example(cmd: list[str]) -> None:
     code, out, _ = run(*cmd, "--help")
     assert code == 0
     assert re.search(r"Examples?:", out), out
-    assert "notify " + cmd[0] in out
+    assert "notify " + " ".join(cmd) in out
 
 
 def test_top_level_help_lists_exit_codes() -> None:

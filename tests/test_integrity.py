@@ -13,20 +13,11 @@ from email.message import Message as EmailMessage
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from notify.campaign import load
-from notify.cli import app
 from notify.render import Templates
 
-from .conftest import MakeCampaign, simple_templates
-
-runner = CliRunner()
-
-
-def run(*args: str | Path) -> tuple[int, str, str]:
-    r = runner.invoke(app, [str(a) for a in args])
-    return r.exit_code, r.stdout, r.stderr
+from .conftest import MakeCampaign, run, simple_templates
 
 
 def rows(n: int) -> str:

@@ -6,16 +6,11 @@ import csv
 import json
 from pathlib import Path
 
-from typer.testing import CliRunner
-
 from notify import campaign as campaign_mod
-from notify.cli import app
 from notify.render import Templates
 from notify.store import Store
 
-from .conftest import MakeCampaign
-
-runner = CliRunner()
+from .conftest import MakeCampaign, run
 
 TINY = {"en/subject.txt": "Notice {{ recipient.name }}", "en/body.txt": "default en\n", "en/body.html": "<p>default en</p>",
         "fr/subject.txt": "Avis", "fr/body.txt": "défaut fr\n", "fr/body.html": "<p>défaut fr</p>",
@@ -24,10 +19,6 @@ TINY = {"en/subject.txt": "Notice {{ recipient.name }}", "en/body.txt": "default
         "variants/US/en/subject.txt": "Notice", "variants/US/en/body.txt": "united states en\n",
         "variants/US/en/body.html": "<p>united states en</p>"}
 
-
-def run(*args: str | Path) -> tuple[int, str, str]:
-    r = runner.invoke(app, [str(a) for a in args])
-    return r.exit_code, r.stdout, r.stderr
 
 
 def read_csv(path: Path) -> dict[str, dict[str, str]]:

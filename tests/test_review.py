@@ -9,20 +9,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from notify.cli import app
-
-from .conftest import MakeCampaign
+from .conftest import MakeCampaign, run
 from .smtpd import Handler, Server
 from .test_smtp import smtp_campaign
-
-runner = CliRunner()
-
-
-def run(*args: str | Path) -> tuple[int, str, str]:
-    r = runner.invoke(app, [str(a) for a in args])
-    return r.exit_code, r.stdout, r.stderr
 
 
 def test_preview_pack(example: Path, tmp_path: Path) -> None:
