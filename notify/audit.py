@@ -88,7 +88,7 @@ def _create(path: Path) -> IO[str]:
     return open(files.open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w", newline="", encoding="utf-8")
 
 
-def _prepare(out: Path, force: bool) -> None:
+def _export_dir(out: Path, force: bool) -> None:
     """The export's directory: new, or empty, or (with force) one whose files may be replaced."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: that is a file; the export is a directory of files",
@@ -105,7 +105,7 @@ def _prepare(out: Path, force: bool) -> None:
 def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, str], str],
            force: bool = False) -> dict[str, Any]:
     """Writes events.jsonl, recipients.csv, summary.json, summary.txt and alternate_channel.csv into `out`."""
-    _prepare(out, force)
+    _export_dir(out, force)
     with _create(out / "events.jsonl") as fh:
         for ev in store.events():
             fh.write(json.dumps({k: ev[k] for k in EXPORT_EVENT_FIELDS}, ensure_ascii=False) + "\n")

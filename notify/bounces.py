@@ -252,7 +252,7 @@ def read_maildir(path: Path) -> Iterator[bytes]:
 
 # --- applying feedback ---
 
-class Folder:
+class FeedbackRecorder:
     """Applies feedback to one campaign's ledger and the shared suppression list."""
 
     def __init__(self, campaign_id: str, store: Store, suppression: SuppressionList) -> None:
@@ -303,7 +303,7 @@ class Folder:
                 self.apply(fb, raw.decode("utf-8", "replace"))
 
 
-def poll_sqs(folder: Folder, queue_url: str, *, wait: int = 20, max_messages: int | None = None,
+def poll_sqs(recorder: FeedbackRecorder, queue_url: str, *, wait: int = 20, max_messages: int | None = None,
              region: str | None = None, endpoint_url: str | None = None) -> int:
     """Long-polls until the queue is drained (or max reached); a message is deleted only after its effect is committed."""
     import boto3
@@ -329,10 +329,10 @@ def poll_sqs(folder: Folder, queue_url: str, *, wait: int = 20, max_messages: in
                 items = parse_ses(body, m.get("MessageId"))
             except (ValueError, TypeError) as e:
                 items = []
-                if folder.store.record_unmatched(f"sqs:{m.get('MessageId')}", "ses", f"unparsable: {e}", body):
-                    folder.summary.unmatched += 1
+                if recorder.store.record_unmatched(f"sqs:{m.get('MessageId')}", "ses", f"unparsable: {e}", body):
+                    recorder.summary.unmatched += 1
             for fb in items:
-                folder.apply(fb, body if isinstance(body, str) else json.dumps(body))
+                recorder.apply(fb, body if isinstance(body, str) else json.dumps(body))
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])  # after the commit above
             seen += 1
     return seen
@@ -345,9 +345,9 @@ def reconciler(campaign_id: str, queue_urls: list[str], region: str | None = Non
     def reconcile(store: Store) -> None:
         suppression = SuppressionList()
         try:
-            folder = Folder(campaign_id, store, suppression)
+            recorder = FeedbackRecorder(campaign_id, store, suppression)
             for url in queue_urls:
-                poll_sqs(folder, url, wait=0, region=region)
+                poll_sqs(recorder, url, wait=0, region=region)
         finally:
             suppression.close()
 

@@ -224,22 +224,8 @@ def send(
     with _open(campaign) as (c, store):
         opts = engine.SendOptions(dry_run=dry_run, limit=limit, provider=provider, concurrency=concurrency,
                                   rate=rate, progress=not no_progress, acknowledge_reputation=acknowledge_reputation)
-        approval = None
-        names = [provider] if provider and provider in c.providers else c.send.providers
-        if not dry_run:
-            from . import review
-
-            if review.requires_approval(c, names):
-                approval = functools.partial(review.check_approval, c, store)
-        queues = [p.events_queue for p in c.providers.values() if isinstance(p, campaign_mod.SesConfig) and p.events_queue]
-        reconcile = None
-        if queues:
-            from .bounces import reconciler
-
-            reconcile = reconciler(c.id, queues)
         started = time.monotonic()
-        result = engine.send(c, store, opts, reconcile=reconcile, approval=approval,
-                             announce=say_deadline)
+        result = engine.send(c, store, opts, announce=say_deadline)
         elapsed = time.monotonic() - started
         counts = result.counts
         if dry_run:
@@ -397,15 +383,15 @@ def bounces(
     with _open(campaign) as (c, store):
         suppression = SuppressionList()
         try:
-            folder = fb.Folder(c.id, store, suppression)
+            recorder = fb.FeedbackRecorder(c.id, store, suppression)
             if sqs_url:
-                n = fb.poll_sqs(folder, sqs_url, wait=wait, max_messages=max_messages, region=region)
+                n = fb.poll_sqs(recorder, sqs_url, wait=wait, max_messages=max_messages, region=region)
                 typer.echo(f"read {n} queue message(s) from {sqs_url}")
             else:
-                folder.apply_raw_messages(fb.read_mbox(mbox) if mbox else fb.read_maildir(cast(Path, maildir)))
+                recorder.apply_raw_messages(fb.read_mbox(mbox) if mbox else fb.read_maildir(cast(Path, maildir)))
         finally:
             suppression.close()
-        for line in folder.summary.lines():
+        for line in recorder.summary.lines():
             typer.echo(line)
 
 

@@ -18,15 +18,15 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from . import breaker, providers
-from .campaign import Campaign, OutboxConfig
+from . import bounces, breaker, providers, review
+from .campaign import Campaign, OutboxConfig, SesConfig
 from .errors import ConfigError, StoreError, TemplateError
-from .ledger import Ledger
-from .policy import RunResult, decide, steady_wall
+from .ledger import LedgerWriter
+from .policy import RunResult, decide, render_failed, steady_wall
 from .preflight import Preflight, preflight
 from .providers.base import Kind, Outcome, Provider
-from .render import Templates
-from .renderpool import Prepared, RenderPool, prepare
+from .render import RenderFailure
+from .renderpool import Prepared, RenderPool, render_claimed
 from .report import deadline
 from .store import Change, Claimed, Store
 from .suppression import SuppressionList
@@ -55,7 +55,7 @@ class SendOptions:
     acknowledge_reputation: bool = False  # resume after the reputation circuit breaker paused the campaign
 
 
-class Sender:
+class SendLoop:
     """One run of `notify send`: claims due recipients, sends them concurrently, group-commits outcomes."""
 
     def __init__(self, campaign: Campaign, pre: Preflight, chain: list[Provider], options: SendOptions,
@@ -87,7 +87,7 @@ class Sender:
         self.stop = asyncio.Event()
         self.changes: list[Change] = []
         self.releases: list[Claimed] = []
-        self.ledger: Ledger | None = None  # the thread that commits claims and outcomes
+        self.ledger: LedgerWriter | None = None  # the thread that commits claims and outcomes
         self.writing: list[asyncio.Future[None]] = []  # handed to it, not yet on disk
         self.write_error: BaseException | None = None
         self.busy = 0
@@ -140,11 +140,11 @@ class Sender:
             self.judging.add_done_callback(self.judge_reputation)
 
     def failed_write(self, error: BaseException) -> None:
-        """The ledger thread could not do its part: the run stops, and settle() raises the first such error."""
+        """The ledger thread could not do its part: the run stops, and wait_written() raises the first such error."""
         self.write_error = self.write_error or error
         self.stop.set()
 
-    async def settle(self) -> None:
+    async def wait_written(self) -> None:
         """Until everything handed to the ledger thread is on disk (and the breaker has judged the last
         window it asked for); raises the first write that failed."""
         while self.writing or self.judging is not None:
@@ -216,10 +216,9 @@ class Sender:
     # --- one recipient ---
 
     async def deliver(self, c: Claimed, prepared: Prepared | None) -> None:
-        version, msg = prepared or prepare(self.templates, c)
-        if isinstance(msg, str):  # this recipient's own data broke the rendering: fail it, loudly
-            outcome = Outcome(Kind.PERMANENT, detail=msg)
-            self.record(decide(self.campaign, c, outcome, None, version, self.provider.name, self.wall()), outcome)
+        version, msg = prepared or render_claimed(self.templates, c)
+        if isinstance(msg, RenderFailure):  # this recipient's own data broke the rendering: fail it, loudly
+            self.record(render_failed(c, msg), None)
             return
         domain = c.email.rpartition("@")[2]
         if self.throttle.domain_delay(domain) > DOMAIN_HORIZON:
@@ -243,12 +242,12 @@ class Sender:
             self.log_rate(self.throttle.recover())
         self.record(decide(self.campaign, c, outcome, msg, version, provider.name, self.wall()), outcome)
 
-    def record(self, change: Change, outcome: Outcome) -> None:
+    def record(self, change: Change, outcome: Outcome | None) -> None:
         self.changes.append(change)
         self.result.counts[change.state] += 1
         if change.state == "sent" and change.event and (change.event.detail or {}).get("possible_duplicate"):
             self.result.counts["resent_in_doubt"] += 1
-        if outcome.needs:
+        if outcome is not None and outcome.needs:
             self.result.counts[f"needs {outcome.needs}"] += 1
         if len(self.changes) >= FLUSH_SIZE:
             self.flush()
@@ -342,7 +341,7 @@ class Sender:
             while (queue.qsize() or self.busy) and not self.stop.is_set():
                 await asyncio.sleep(0.02)
             self.flush()
-            await self.settle()  # deferrals on disk before next_due looks for them
+            await self.wait_written()  # deferrals on disk before next_due looks for them
             if self.store.count_due(self.wall()):
                 saturated = self.throttle.saturated_domains(DOMAIN_HORIZON)
                 if saturated:  # only capped domains are due: sleep until the first of them has a slot
@@ -407,7 +406,7 @@ class Sender:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, on_signal)
-        self.ledger = Ledger(store.path)
+        self.ledger = LedgerWriter(store.path)
         await self.ledger.open()
         self.pool = RenderPool(self.templates, processes, self.batch) if processes else None
         queue: asyncio.Queue[tuple[Claimed, Prepared | None] | None] = asyncio.Queue(maxsize=2 * self.concurrency)
@@ -456,7 +455,7 @@ class Sender:
                 self.pool.close()
             try:
                 self.flush()
-                await self.settle()
+                await self.wait_written()
             except StoreError:
                 # The state cannot be written (disk full?). What is not committed stays inflight on
                 # disk and is resent, in doubt, by the next run; the first error is the one to report.
@@ -526,12 +525,11 @@ def provider_chain(campaign: Campaign, name: str | None, concurrency: int | None
 
 
 def send(campaign: Campaign, store: Store, options: SendOptions,
-         reconcile: Callable[[Store], None] | None = None,
-         approval: Callable[[Templates], None] | None = None,
          announce: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
-    """Preflight, then the run. Nothing is sent unless every locale renders and, when `approval` is
-    given (the CLI passes review.check_approval), the content is the content legal approved.
-    `announce(deadline)` hears report.deadline() before the first message leaves."""
+    """Preflight, then the run. Nothing is sent unless every locale renders and, where the campaign
+    requires it (review.requires_approval), the content is the content legal approved. Recipients a
+    crash left in doubt are settled first from the SES event queues the providers name
+    (bounces.reconciler). `announce(deadline)` hears report.deadline() before the first message leaves."""
     store.lock()
     pre = preflight(campaign, store)
     if not pre.ok:
@@ -542,15 +540,18 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
         result = dry_run(campaign, pre, options)
         result.notes[:0] = [f"Content lint warning: {w}" for w in pre.warnings]
         return result
-    if approval is not None and pre.templates is not None:
-        approval(pre.templates)
+    names = [options.provider] if options.provider and options.provider in campaign.providers else campaign.send.providers
+    if review.requires_approval(campaign, names) and pre.templates is not None:
+        review.check_approval(campaign, store, pre.templates)
+    queues = [p.events_queue for p in campaign.providers.values() if isinstance(p, SesConfig) and p.events_queue]
+    reconcile = bounces.reconciler(campaign.id, queues) if queues else None
     chain = provider_chain(campaign, options.provider, options.concurrency)
     if announce is not None and (due := deadline(campaign, store)) is not None and due["remaining"]:
         announce(due)
     suppression = SuppressionList()
     try:
         with few_collections():
-            result = run_loop(Sender(campaign, pre, chain, options, suppression=suppression, reconcile=reconcile).run())
+            result = run_loop(SendLoop(campaign, pre, chain, options, suppression=suppression, reconcile=reconcile).run())
     finally:
         suppression.close()
     result.notes[:0] = [f"Content lint warning: {w}" for w in pre.warnings]
@@ -571,10 +572,10 @@ def dry_run(campaign: Campaign, pre: Preflight, options: SendOptions) -> RunResu
         total = pre.store.count_unsent() if options.limit is None else min(options.limit, pre.store.count_unsent())
         with tqdm(total=total, unit="msg", desc="dry run", disable=not (options.progress and sys.stderr.isatty())) as bar:
             for c in rows:
-                _, msg = prepare(templates, c)
-                if isinstance(msg, str):  # this recipient's data breaks the notice: say which, go on
+                _, msg = render_claimed(templates, c)
+                if isinstance(msg, RenderFailure):  # this recipient's data breaks the notice: say which, go on
                     result.counts["failed"] += 1
-                    result.notes.append(f"row {c.row} ({c.email}): {msg}")
+                    result.notes.append(f"row {c.row} ({c.email}): could not render: {msg.reason}")
                 else:
                     outcome = await out.send(msg)
                     result.counts["rendered" if outcome.kind is Kind.ACCEPTED else "failed"] += 1

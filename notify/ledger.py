@@ -25,7 +25,7 @@ from .store import Change, Claimed, Store
 T = TypeVar("T")
 
 
-class Ledger:
+class LedgerWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="notify-ledger")

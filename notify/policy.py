@@ -13,6 +13,7 @@ from .campaign import Campaign
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED
 from .message import Message
 from .providers.base import Kind, Outcome
+from .render import RenderFailure
 from .store import Change, Claimed, Event
 
 # A recipient a provider can never take (Outcome.needs) is put off past this run; the next run takes it
@@ -52,6 +53,15 @@ def steady_wall() -> Callable[[], float]:
 def backoff_delay(campaign: Campaign, attempts: int) -> float:
     policy = campaign.send.retry
     return float(min(policy.max_interval, policy.base * 2 ** max(0, attempts - 1)))
+
+
+def render_failed(c: Claimed, failure: RenderFailure) -> Change:
+    """A recipient whose own data broke the notice: failed, with the reason, and never handed to a
+    provider (no attempt is counted, no provider named)."""
+    reason = f"could not render: {failure.reason}"
+    detail: dict[str, Any] = {"attempt": c.attempts, "reply": reason, "render_failed": True}
+    return Change(c.id, "failed", Event("failed", c.id, c.key, locale=failure.version, detail=detail),
+                  fields={"attempts": c.attempts, "detail": reason[:500], "reply_code": "render"})
 
 
 def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None, version: str,

@@ -11,7 +11,7 @@ from .errors import TemplateError
 from .lint import lint
 from .message import Message
 from .recipients import STANDARD_COLUMNS
-from .render import Rendered, Templates, compose, recipient_context, split_version, synthetic_recipient, version_order
+from .render import Rendered, RenderFailure, Templates, build_message, recipient_context, split_version, synthetic_recipient, version_order
 from .store import ImportResult, Store
 
 
@@ -83,14 +83,11 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
     for version in templates.versions:
         targets.setdefault(version, synthetic_recipient(split_version(version)[1], columns))
     for version, recipient in sorted(targets.items(), key=lambda kv: version_order(kv[0])):
-        try:
-            rendered = templates.render(version, recipient)
-            msg = compose(campaign, rendered, to_email=recipient["email"], to_name=recipient["name"], key=recipient["email"].lower())
-            pre.rendered.append((rendered, msg))
-        except TemplateError as e:
-            pre.add(str(e), e.hint)
-        except ValueError as e:  # the email package refuses a header value
-            pre.add(f"{templates.roots[0] / version}: the message cannot be built: {e}")
+        built = build_message(templates, recipient, key=recipient["email"].lower(), version=version)
+        if isinstance(built, RenderFailure):
+            pre.add(built.reason, built.hint)
+        else:
+            pre.rendered.append((built.rendered, built.message))
     if pre.ok:
         for finding in lint(campaign, templates, pre.rendered):
             if finding.level == "error":

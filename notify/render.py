@@ -432,6 +432,41 @@ class Templates:
         return self._parse_trees[name]
 
 
+@dataclass(frozen=True)
+class Built:
+    """One recipient's notice: the version used, its rendered parts and the exact message."""
+
+    version: str
+    rendered: Rendered
+    message: Message
+
+
+@dataclass(frozen=True)
+class RenderFailure:
+    """Why one recipient's notice could not be built (their own data broke it): recorded, never sent."""
+
+    version: str
+    reason: str
+    hint: str | None = None
+
+
+def build_message(templates: Templates, recipient: dict[str, Any], *, key: str, version: str | None = None) -> Built | RenderFailure:
+    """The one way a recipient becomes a message: resolve the version (unless given), render, compose.
+    `recipient` is recipient_context()'s dict; `key` the dedupe key the Message-ID derives from."""
+    campaign = templates.campaign
+    try:
+        if version is None:
+            version = templates.resolve(recipient["locale"] or campaign.default_locale, recipient["jurisdiction"])
+        rendered = templates.render(version, recipient)
+        message = compose(campaign, rendered, to_email=recipient["email"], to_name=recipient["name"], key=key)
+    except TemplateError as e:
+        return RenderFailure(version or recipient["locale"] or campaign.default_locale, str(e), e.hint)
+    except ValueError as e:  # the email package refuses a header value
+        where = version or recipient["locale"] or campaign.default_locale
+        return RenderFailure(where, f"{templates.roots[0] / where}: the message cannot be built: {e}")
+    return Built(version, rendered, message)
+
+
 def display_address(email: str) -> str:
     """The address as a person reads it: josé@bücher.example, not josé@xn--bcher-kva.example. The
     envelope and the To header keep the IDNA form; only what templates print is decoded."""

@@ -37,12 +37,11 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from typing import NamedTuple
 
 from .campaign import Campaign
-from .errors import TemplateError
 from .message import Message
-from .render import Templates, compose, recipient_context
+from .render import RenderFailure, Templates, build_message, recipient_context
 from .store import Claimed
 
-Prepared = tuple[str, "Message | str"]  # (version, the message, or why it could not be built)
+Prepared = tuple[str, "Message | RenderFailure"]  # (version, the message, or why it could not be built)
 Span = tuple[int, int]  # where in the shared region a message's bytes are: (start, end)
 
 
@@ -68,16 +67,12 @@ M_TOP_PAD = -2  # mallopt's parameter number (malloc.h)
 TOP_PAD = 64 << 20
 
 
-def prepare(templates: Templates, c: Claimed) -> Prepared:
-    """One recipient's version and message; a failure is the reason, for the engine to record."""
-    campaign = templates.campaign
-    try:
-        version = templates.resolve(c.locale or campaign.default_locale, c.jurisdiction)
-        rendered = templates.render(version, recipient_context(c.email, c.name, c.locale, c.jurisdiction, c.vars))
-        return version, compose(campaign, rendered, to_email=c.email, to_name=c.name, key=c.key)
-    except (TemplateError, ValueError) as e:
-        # Preflight rendered every version; this recipient's own data broke it.
-        return (c.locale or campaign.default_locale), f"could not render: {e}"
+def render_claimed(templates: Templates, c: Claimed) -> Prepared:
+    """A claimed recipient's version and message (render.build_message); a failure, for the engine to record."""
+    built = build_message(templates, recipient_context(c.email, c.name, c.locale, c.jurisdiction, c.vars), key=c.key)
+    if isinstance(built, RenderFailure):  # preflight rendered every version; this recipient's own data broke it
+        return built.version, built
+    return built.version, built.message
 
 
 def _init(campaign: Campaign, snapshot: tuple[list[str], dict[str, tuple[str, str]]], parent: int,
@@ -126,13 +121,13 @@ def _map_region(parent: int, fd: int, size: int) -> mmap.mmap | None:
 def _prepare_batch(batch: list[Claimed], slot: Span | None) -> tuple[list[Prepared], list[Span | None] | None]:
     """The batch's messages, and where in `slot` their bytes were put (None: in the messages themselves)."""
     assert _templates is not None
-    prepared = [prepare(_templates, c) for c in batch]
+    prepared = [render_claimed(_templates, c) for c in batch]
     if slot is None or _region is None:
         return prepared, None
     spans: list[Span | None] = []
     at, end = slot
     for i, (version, msg) in enumerate(prepared):
-        if isinstance(msg, str) or at + len(msg.data) > end:
+        if isinstance(msg, RenderFailure) or at + len(msg.data) > end:
             spans.append(None)
             continue
         _region[at:at + len(msg.data)] = msg.data
@@ -182,10 +177,10 @@ class RenderPool:
         # that would be a cycle holding the batch's messages until the collector found it (at 50,000:
         # 30 MB more at the peak). Cancelling `done` leaves the rendering to finish; close() cancels
         # whatever has not started.
-        rendering.add_done_callback(lambda f: self._settle(f, done, slot))
+        rendering.add_done_callback(lambda f: self._complete(f, done, slot))
         return done
 
-    def _settle(self, rendering: Future[tuple[list[Prepared], list[Span | None] | None]],
+    def _complete(self, rendering: Future[tuple[list[Prepared], list[Span | None] | None]],
                 done: Future[list[Prepared]], slot: int | None) -> None:
         """In the pool's result thread: copies the bytes out, gives the slot back, completes `done`."""
         result: list[Prepared] | None = None

@@ -14,8 +14,8 @@ from typing import Any
 
 from . import __version__, files
 from .campaign import Campaign, OutboxConfig
-from .errors import NotApproved
-from .render import Templates, compose, recipient_context, split_version, synthetic_recipient
+from .errors import NotApproved, TemplateError
+from .render import RenderFailure, Templates, build_message, recipient_context, split_version, synthetic_recipient
 from .store import Store
 
 
@@ -108,8 +108,10 @@ def preview(campaign: Campaign, store: Store, templates: Templates, out: Path) -
             sample = f"row {s['row']}"
         else:
             recipient, sample = synthetic_recipient(locale, columns), "synthetic sample (no recipient gets this version)"
-        rendered = templates.render(version, recipient)
-        msg = compose(campaign, rendered, to_email=recipient["email"], to_name=recipient["name"], key=recipient["email"].lower())
+        built = build_message(templates, recipient, key=recipient["email"].lower(), version=version)
+        if isinstance(built, RenderFailure):
+            raise TemplateError(built.reason, hint=built.hint)
+        rendered, msg = built.rendered, built.message
         made = {"eml": msg.data, "txt": rendered.text.encode(), "html": rendered.html.encode()}
         falls: Counter[str] = Counter()
         for g in group:

@@ -85,7 +85,7 @@ def test_random_faults_ledger_matches_server(make_campaign: MakeCampaign, seed: 
 @pytest.mark.parametrize("pipelining", [True, False])
 def test_mail_stage_replies(make_campaign: MakeCampaign, pipelining: bool) -> None:
     """A refused MAIL: pipelined, the RCPT and DATA behind it are refused too and read before RSET."""
-    h = Handler(mail_replies=["451 4.3.0 MAIL later", "550 5.7.1 Sender blocked", None, None, None],  # type: ignore[list-item]
+    h = Handler(mail_replies=["451 4.3.0 MAIL later", "550 5.7.1 SendLoop blocked", None, None, None],  # type: ignore[list-item]
                 pipelining=pipelining)
     with Server(h) as srv:
         d = smtp_campaign(make_campaign, srv.port, n=3)

@@ -237,7 +237,8 @@ def test_message_level_rules_attachments_and_list_unsubscribe(make_campaign: Mak
     from email.message import EmailMessage
 
     from notify.lint import lint
-    from notify.render import Message, recipient_context
+    from notify.message import Message
+    from notify.render import recipient_context
 
     d = lint_campaign(make_campaign, "")
     c = campaign_mod.load(d)

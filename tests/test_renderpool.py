@@ -21,8 +21,9 @@ from typer.testing import CliRunner
 
 from notify import campaign, renderpool
 from notify.cli import app
-from notify.render import Message, Templates, recipient_context
-from notify.renderpool import RenderPool, prepare
+from notify.message import Message
+from notify.render import Templates, recipient_context
+from notify.renderpool import RenderPool, render_claimed
 from notify.store import Store
 
 from .conftest import MakeCampaign
@@ -106,7 +107,7 @@ def test_a_render_process_hands_back_every_byte(make_campaign: MakeCampaign, mon
     assert used == (shared != "no shared memory" and hasattr(os, "memfd_create"))
     assert len(got) == 2 * len(claimed)
     for (version, msg), c in zip(got, claimed + claimed, strict=True):
-        here_version, here = prepare(templates, c)
+        here_version, here = render_claimed(templates, c)
         assert isinstance(msg, Message) and isinstance(here, Message) and version == here_version
         assert hashlib.sha256(msg.data).hexdigest() == msg.sha256  # the bytes the render process hashed
         assert without_date(msg.data) == without_date(here.data)

@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 from notify.audit import verify_chain
 from notify.campaign import SesConfig
 from notify.cli import app
+from notify.message import message_id
 from notify.providers.base import Kind
 from notify.providers.ses import DOWN, PERMANENT, THROTTLING, SesProvider, classify_error
 from notify.recipients import recipient_token
-from notify.render import message_id
 from notify.store import Store
 from notify.suppression import SuppressionList
 
@@ -123,7 +123,7 @@ def test_every_ses_error_code_maps_to_an_outcome(code: str, kind: Kind, aws: Any
     status = 500 if kind is Kind.IN_DOUBT else 400
     with Stubber(provider.client) as stub:
         stub.add_client_error("send_email", service_error_code=code, service_message="injected", http_status_code=status)
-        from notify.render import Message
+        from notify.message import Message
 
         outcome = provider._send_sync(Message("<m@example.com>", "a@example.com", "b@example.org", b"x", "0", False, {}))
     assert outcome.kind is kind

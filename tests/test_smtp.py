@@ -26,12 +26,12 @@ from notify.audit import verify_chain
 from notify.campaign import load
 from notify.cli import app
 from notify.errors import EXIT_FAILED, ConfigError
+from notify.message import Message
 from notify.mime import transparent
 from notify.providers import build
 from notify.providers.base import Kind
 from notify.providers.smtp import classify_exception, classify_reply
 from notify.providers.smtpwire import wire_body
-from notify.render import Message
 from notify.store import Store
 
 from .conftest import MakeCampaign, simple_templates

@@ -59,7 +59,7 @@ def test_message_ids_are_found_through_the_token_and_earlier_ones_still_by_their
     import hashlib
 
     import notify.store as store_mod
-    from notify.render import message_id
+    from notify.message import message_id
 
     d = make_campaign()
     (d / "recipients.csv").write_text("email\nold@example.org\nnew@example.org\n")
