@@ -72,18 +72,19 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
     if pre.problems:
         return pre  # rendering would only fail again for the same missing columns
     # Every template version, and every (locale, jurisdiction) recipients have, renders before anything is sent.
-    targets: dict[str, dict[str, Any]] = {}
+    targets: dict[str, tuple[str, dict[str, Any]]] = {}  # version -> (address as stored, template context)
     for (requested, juris), s in store.samples().items():
         try:
             version = templates.resolve(requested or campaign.default_locale, juris)
         except TemplateError as e:
             pre.add(str(e), e.hint)
             continue
-        targets.setdefault(version, recipient_context(s["email"], s["name"], requested, juris, s["vars"]))
+        targets.setdefault(version, (s["email"], recipient_context(s["email"], s["name"], requested, juris, s["vars"])))
     for version in templates.versions:
-        targets.setdefault(version, synthetic_recipient(split_version(version)[1], columns))
-    for version, recipient in sorted(targets.items(), key=lambda kv: version_order(kv[0])):
-        built = build_message(templates, recipient, key=recipient["email"].lower(), version=version)
+        sample = synthetic_recipient(split_version(version)[1], columns)
+        targets.setdefault(version, (sample["email"], sample))
+    for version, (email, recipient) in sorted(targets.items(), key=lambda kv: version_order(kv[0])):
+        built = build_message(templates, recipient, to_email=email, key=email.lower(), version=version)
         if isinstance(built, RenderFailure):
             pre.add(built.reason, built.hint)
         else:

@@ -450,15 +450,18 @@ class RenderFailure:
     hint: str | None = None
 
 
-def build_message(templates: Templates, recipient: dict[str, Any], *, key: str, version: str | None = None) -> Built | RenderFailure:
+def build_message(templates: Templates, recipient: dict[str, Any], *, to_email: str, key: str,
+                  version: str | None = None) -> Built | RenderFailure:
     """The one way a recipient becomes a message: resolve the version (unless given), render, compose.
-    `recipient` is recipient_context()'s dict; `key` the dedupe key the Message-ID derives from."""
+    `recipient` is recipient_context()'s dict (whose email is the address as people read it);
+    `to_email` the address as stored, which the envelope and the To header take (IDNA domain);
+    `key` the dedupe key the Message-ID derives from."""
     campaign = templates.campaign
     try:
         if version is None:
             version = templates.resolve(recipient["locale"] or campaign.default_locale, recipient["jurisdiction"])
         rendered = templates.render(version, recipient)
-        message = compose(campaign, rendered, to_email=recipient["email"], to_name=recipient["name"], key=key)
+        message = compose(campaign, rendered, to_email=to_email, to_name=recipient["name"], key=key)
     except TemplateError as e:
         return RenderFailure(version or recipient["locale"] or campaign.default_locale, str(e), e.hint)
     except ValueError as e:  # the email package refuses a header value

@@ -104,11 +104,12 @@ def preview(campaign: Campaign, store: Store, templates: Templates, out: Path) -
         group = groups.get(version, [])
         if group:
             s = group[0]
-            recipient = recipient_context(s["email"], s["name"], s["locale"], s["jurisdiction"], s["vars"])
+            email, recipient = s["email"], recipient_context(s["email"], s["name"], s["locale"], s["jurisdiction"], s["vars"])
             sample = f"row {s['row']}"
         else:
             recipient, sample = synthetic_recipient(locale, columns), "synthetic sample (no recipient gets this version)"
-        built = build_message(templates, recipient, key=recipient["email"].lower(), version=version)
+            email = recipient["email"]
+        built = build_message(templates, recipient, to_email=email, key=email.lower(), version=version)
         if isinstance(built, RenderFailure):
             raise TemplateError(built.reason, hint=built.hint)
         rendered, msg = built.rendered, built.message

@@ -635,3 +635,19 @@ def test_a_relay_that_cannot_be_reached_burns_no_attempts(make_campaign: MakeCam
     rows = ledger(d)
     assert {attempts for _, attempts, _, _ in rows.values()} == {0}
     assert {state for state, _, _, _ in rows.values()} <= {"pending", "deferred"}
+
+
+@pytest.mark.parametrize("render_processes", [0, 1])
+def test_an_idn_address_goes_out_in_its_ascii_form(make_campaign: MakeCampaign, render_processes: int) -> None:
+    # Found by the benchmark: build_message took the address as templates print it (bücher.example)
+    # for the envelope, which a relay without SMTPUTF8 cannot take. The envelope and the To header
+    # keep the IDNA form; only what templates print is decoded.
+    rows = "email,name\nzoe@b\u00fccher.example,Zo\u00eb\nann@example.com,Ann\n"
+    h = Handler()
+    with Server(h, smtputf8=False) as srv:
+        d = smtp_campaign(make_campaign, srv.port, rows=rows, send_keys=f"render_processes = {render_processes}\n")
+        code, out, err = send(d, "--no-progress")
+    assert code == 0, out + err
+    assert sorted(m.rcpt for m in h.received) == ["ann@example.com", "zoe@xn--bcher-kva.example"]
+    zoe = next(email.message_from_bytes(m.data) for m in h.received if m.rcpt.startswith("zoe"))
+    assert "xn--bcher-kva.example" in zoe["To"]
