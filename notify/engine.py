@@ -10,13 +10,10 @@ import contextlib
 import gc
 import os
 import signal
-import sys
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, TypeVar
-
-from tqdm import tqdm
 
 from . import bounces, breaker, providers, review
 from .campaign import Campaign, OutboxConfig, SesConfig
@@ -24,6 +21,7 @@ from .errors import ConfigError, StoreError, TemplateError
 from .ledger import LedgerWriter
 from .policy import RunResult, decide, render_failed, steady_wall
 from .preflight import Preflight, preflight
+from .progress import Progress, progress_for
 from .providers.base import Kind, Outcome, Provider
 from .render import RenderFailure
 from .renderpool import Prepared, RenderPool, render_claimed
@@ -95,7 +93,7 @@ class SendLoop:
         self.since_reputation = 0  # outcomes committed since the breaker last looked
         self.judging: asyncio.Future[tuple[int, int, int]] | None = None  # the breaker's window, being counted
         self.reputation_since = 0.0
-        self.bar: tqdm[Any] | None = None
+        self.progress: Progress = progress_for(options.progress)  # watches the loop; the loop does not draw it
         self.pool: RenderPool | None = None
         self.in_render: collections.deque[tuple[list[Claimed], asyncio.Future[list[Prepared]]]] = collections.deque()
         self.claiming: asyncio.Future[list[Claimed]] | None = None  # the producer's next claim, being written
@@ -251,11 +249,7 @@ class SendLoop:
             self.result.counts[f"needs {outcome.needs}"] += 1
         if len(self.changes) >= FLUSH_SIZE:
             self.flush()
-        if self.bar is not None and not self.bar.disable:  # no progress line: nothing to format per message
-            self.bar.update(1)
-            c = self.result.counts
-            rate = f" limit={self.throttle.rate:g}/s" if self.throttle.rate else ""
-            self.bar.set_postfix_str(f"sent={c['sent']} deferred={c['deferred']} failed={c['failed']}{rate}", refresh=False)
+        self.progress.outcome(self.result.counts, self.throttle.rate)
 
     # --- the loop ---
 
@@ -393,8 +387,7 @@ class SendLoop:
         store.log("send_started", provider=self.provider.name, concurrency=self.concurrency,
                   rate=self.throttle.rate, limit=self.options.limit, recovered_inflight=self.result.recovered,
                   render_processes=processes, templates=self.templates.hashes())
-        show = self.options.progress and sys.stderr.isatty()
-        self.bar = tqdm(total=total, unit="msg", desc="sending", disable=not show, dynamic_ncols=True)
+        self.progress.start(total)
         loop = asyncio.get_running_loop()
         interrupted = False
 
@@ -463,7 +456,7 @@ class SendLoop:
                     raise
             finally:
                 await self.ledger.close()
-            self.bar.close()
+            self.progress.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
@@ -570,7 +563,9 @@ def dry_run(campaign: Campaign, pre: Preflight, options: SendOptions) -> RunResu
     async def go() -> None:
         rows = pre.store.unsent(options.limit)
         total = pre.store.count_unsent() if options.limit is None else min(options.limit, pre.store.count_unsent())
-        with tqdm(total=total, unit="msg", desc="dry run", disable=not (options.progress and sys.stderr.isatty())) as bar:
+        progress = progress_for(options.progress, "dry run", details=False)
+        progress.start(total)
+        try:
             for c in rows:
                 _, msg = render_claimed(templates, c)
                 if isinstance(msg, RenderFailure):  # this recipient's data breaks the notice: say which, go on
@@ -579,7 +574,9 @@ def dry_run(campaign: Campaign, pre: Preflight, options: SendOptions) -> RunResu
                 else:
                     outcome = await out.send(msg)
                     result.counts["rendered" if outcome.kind is Kind.ACCEPTED else "failed"] += 1
-                bar.update(1)
+                progress.outcome(result.counts, None)
+        finally:
+            progress.close()
 
     run_loop(go())
     pre.store.log("dry_run", directory=str(campaign.dir / "dry-run"), rendered=result.counts["rendered"])
