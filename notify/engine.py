@@ -23,6 +23,7 @@ from .policy import RunResult, decide, render_failed, steady_wall
 from .preflight import Preflight, preflight
 from .progress import Progress, progress_for
 from .providers.base import Kind, Outcome, Provider
+from .providers.chain import ProviderChain
 from .render import RenderFailure
 from .renderpool import Prepared, RenderPool, render_claimed
 from .report import deadline
@@ -64,10 +65,8 @@ class SendLoop:
         self.campaign = campaign
         self.store = pre.store
         self.templates = pre.templates
-        self.chain = chain  # failover order; the first healthy one sends
-        self.next_in_chain = 0
+        self.chain = ProviderChain(chain)  # failover order; the first healthy one sends
         self.provider: Provider = chain[0]
-        self.down: dict[str, str] = {}  # provider name -> what it reported
         self.options = options
         self.suppression = suppression
         self.reconcile = reconcile
@@ -178,34 +177,30 @@ class SendLoop:
             self.store.log("rate_changed", old=change.old, new=change.new, reason=change.reason)
 
     async def activate(self, reason: str | None = None) -> bool:
-        """Makes the next provider in the chain current; False when every provider is down."""
-        previous = self.provider if self.next_in_chain else None
-        while self.next_in_chain < len(self.chain):
-            provider = self.chain[self.next_in_chain]
-            self.next_in_chain += 1
-            ready = await provider.prepare()
-            self.result.notes.extend(n for n in ready.notes if n)
-            if ready.down:
-                self.down[provider.name] = ready.down
-                self.store.log("provider_down", provider=provider.name, reason=ready.down)
-                continue
-            self.throttle = Throttle(self.base_rate, self.campaign.send.domains, self.clock)
-            if ready.max_rate:
-                self.log_rate(self.throttle.cap(ready.max_rate))
-            self.provider = provider
-            if provider.name not in self.result.providers:
-                self.result.providers.append(provider.name)
-            if previous is not None:
-                self.store.log("provider_switched", **{"from": previous.name, "to": provider.name, "reason": reason})
-            return True
-        self.result.stopped = "every provider is down: " + "; ".join(f"{n}: {r}" for n, r in self.down.items())
-        self.stop.set()
-        return False
+        """Moves the chain to its next healthy provider and records what that found; False when every
+        provider is down."""
+        switch = await self.chain.advance(reason)
+        self.result.notes.extend(switch.notes)
+        for name, why in switch.found_down:
+            self.store.log("provider_down", provider=name, reason=why)
+        if switch.current is None or switch.readiness is None:
+            self.result.stopped = self.chain.exhausted()
+            self.stop.set()
+            return False
+        provider = switch.current
+        self.throttle = Throttle(self.base_rate, self.campaign.send.domains, self.clock)
+        if switch.readiness.max_rate:
+            self.log_rate(self.throttle.cap(switch.readiness.max_rate))
+        self.provider = provider
+        if provider.name not in self.result.providers:
+            self.result.providers.append(provider.name)
+        if switch.previous is not None:
+            self.store.log("provider_switched", **{"from": switch.previous, "to": provider.name, "reason": switch.reason})
+        return True
 
     async def provider_down(self, provider: Provider, reason: str) -> None:
-        if provider.name in self.down:
+        if not self.chain.mark_down(provider, reason):
             return  # another worker already reported it
-        self.down[provider.name] = reason
         self.store.log("provider_down", provider=provider.name, reason=reason)
         if provider is self.provider:
             async with self.switching:
@@ -226,7 +221,7 @@ class SendLoop:
             return
         await self.throttle.acquire(domain)
         provider = self.provider
-        if provider.name in self.down:
+        if provider.name in self.chain.down:
             self.releases.append(c)  # switched while we waited: the next claim goes to the new provider
             return
         outcome = await provider.send(msg, self.throttle.leave)
@@ -375,7 +370,7 @@ class SendLoop:
         self.switching = asyncio.Lock()
         self.reputation_since = breaker.window_start(store, self.options.acknowledge_reputation, self.wall())
         if not await self.activate():
-            for p in self.chain:
+            for p in self.chain.providers:
                 await p.aclose()
             counts = store.counts()
             self.result.remaining = sum(counts.get(s, 0) for s in ("pending", "deferred", "inflight"))
@@ -405,7 +400,7 @@ class SendLoop:
         queue: asyncio.Queue[tuple[Claimed, Prepared | None] | None] = asyncio.Queue(maxsize=2 * self.concurrency)
         # A provider that carries one message's envelope with the previous body needs a second
         # message in hand per connection (depth 2): the workers are concurrency x depth.
-        depth = max(p.depth for p in self.chain)
+        depth = max(p.depth for p in self.chain.providers)
         workers = [asyncio.create_task(self.worker(queue)) for _ in range(self.concurrency * depth)]
         flusher = asyncio.create_task(self.flusher())
         failed = False
@@ -460,7 +455,7 @@ class SendLoop:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
-            for p in self.chain[:self.next_in_chain]:
+            for p in self.chain.started:
                 await p.aclose()
         self.result.interrupted = interrupted
         counts = store.counts()

@@ -165,3 +165,35 @@ def test_in_doubt_settled_from_ses_events_before_any_resend(make_campaign: MakeC
     assert states == {"c2@example.org": "sent", "c5@example.org": "deferred"}
     st = json.loads(runner.invoke(app, ["status", str(d), "--json"]).stdout)
     assert (st["in_doubt"], st["in_doubt_unsettled"]) == (2, 1)
+
+
+class _Stub:
+    """A provider as the chain sees it: a name and what prepare() says (the chain never sends)."""
+
+    depth = 1
+
+    def __init__(self, name: str, down: str | None = None, notes: tuple[str, ...] = ()) -> None:
+        self.name, self._down, self._notes = name, down, notes
+
+    async def prepare(self):  # type: ignore[no-untyped-def]  # a stub: returns providers.base.Readiness
+        from notify.providers.base import Readiness
+        return Readiness(down=self._down, notes=self._notes)
+
+
+def test_the_chain_decides_and_reports_and_logs_nothing() -> None:
+    import asyncio
+
+    from notify.providers.chain import ProviderChain
+    ses, relay, spare = _Stub("ses", down="account paused", notes=("quota 50,000",)), _Stub("relay"), _Stub("spare")
+    chain = ProviderChain([ses, relay, spare])  # type: ignore[list-item]  # stubs of the protocol's prepare() only
+    first = asyncio.run(chain.advance())
+    assert (first.current, first.previous, first.found_down, first.notes) == (relay, None, [("ses", "account paused")],
+                                                                              ["quota 50,000"])
+    assert chain.mark_down(relay, "535 auth") and not chain.mark_down(relay, "535 auth"), "reported once"
+    second = asyncio.run(chain.advance("relay: 535 auth"))
+    assert (second.current, second.previous, second.reason) == (spare, "relay", "relay: 535 auth")
+    assert chain.started == [ses, relay, spare]
+    chain.mark_down(spare, "refused")
+    last = asyncio.run(chain.advance("spare: refused"))
+    assert last.current is None
+    assert chain.exhausted() == "every provider is down: ses: account paused; relay: 535 auth; spare: refused"
