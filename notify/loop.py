@@ -1,0 +1,470 @@
+"""The send loop: claim -> render -> throttle -> provider -> ledger, for one run.
+
+SendLoop claims due recipients in batches, renders them (here or in render processes), sends them
+concurrently through the current provider of its ProviderChain, turns each outcome into a state
+change (policy.decide) and hands them to the LedgerWriter in group commits. engine.py wires a run:
+preflight, approval, reconciliation and suppression before, the result after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any
+
+from . import breaker
+from .campaign import Campaign
+from .errors import StoreError
+from .ledger import LedgerWriter
+from .policy import RunResult, decide, render_failed, steady_wall
+from .preflight import Preflight
+from .progress import Progress, progress_for
+from .providers.base import Kind, Outcome, Provider
+from .providers.chain import ProviderChain
+from .render import RenderFailure
+from .renderpool import Prepared, RenderPool, render_claimed
+from .store import Change, Claimed, Store
+from .suppression import SuppressionList
+from .throttle import Clock, RealClock, Throttle
+
+FLUSH_EVERY = 0.1  # seconds: the longest an outcome waits in memory before it is committed
+FLUSH_SIZE = 128  # outcomes per group commit
+MAX_WRITING = 2  # group commits handed to the ledger thread and not yet on disk, before workers wait
+DOMAIN_HORIZON = 0.1  # seconds: a recipient whose domain cap frees later than this is handed back
+
+
+@dataclass
+class SendOptions:
+    dry_run: bool = False
+    limit: int | None = None
+    provider: str | None = None
+    concurrency: int | None = None
+    rate: float | None = None
+    progress: bool = True
+    max_wait: float = 120.0  # wait in-process for retries due within this many seconds; beyond, stop
+    acknowledge_reputation: bool = False  # resume after the reputation circuit breaker paused the campaign
+
+
+class SendLoop:
+    """One run of `notify send`: claims due recipients, sends them concurrently, group-commits outcomes."""
+
+    def __init__(self, campaign: Campaign, pre: Preflight, chain: list[Provider], options: SendOptions,
+                 clock: Clock | None = None, wall: Callable[[], float] | None = None,
+                 suppression: SuppressionList | None = None,
+                 reconcile: Callable[[Store], None] | None = None) -> None:
+        assert pre.templates is not None and chain
+        self.campaign = campaign
+        self.store = pre.store
+        self.templates = pre.templates
+        self.chain = ProviderChain(chain)  # failover order; the first healthy one sends
+        self.provider: Provider = chain[0]
+        self.options = options
+        self.suppression = suppression
+        self.reconcile = reconcile
+        self.wall = wall or steady_wall()
+        self.clock = clock or RealClock()
+        self.concurrency = options.concurrency or campaign.send.concurrency
+        # Claimed 4 x concurrency at a time: fewer claims (each a transaction and an fsync) and fewer
+        # round trips to the render process than at 2 x, which left the workers waiting for work
+        # (measured: bench/RESULTS.md). What is claimed ahead is what a crash leaves in doubt: see
+        # ARCHITECTURE.md for the bound.
+        self.batch = max(4 * self.concurrency, 32)
+        self.base_rate = options.rate if options.rate is not None else campaign.send.rate
+        self.throttle = Throttle(self.base_rate, campaign.send.domains, self.clock)
+        self.result = RunResult()
+        self.stop = asyncio.Event()
+        self.changes: list[Change] = []
+        self.releases: list[Claimed] = []
+        self.ledger: LedgerWriter | None = None  # the thread that commits claims and outcomes
+        self.writing: list[asyncio.Future[None]] = []  # handed to it, not yet on disk
+        self.write_error: BaseException | None = None
+        self.busy = 0
+        self.claimed_total = 0
+        self.since_reputation = 0  # outcomes committed since the breaker last looked
+        self.judging: asyncio.Future[tuple[int, int, int]] | None = None  # the breaker's window, being counted
+        self.reputation_since = 0.0
+        self.progress: Progress = progress_for(options.progress)  # watches the loop; the loop does not draw it
+        self.pool: RenderPool | None = None
+        self.in_render: collections.deque[tuple[list[Claimed], asyncio.Future[list[Prepared]]]] = collections.deque()
+        self.claiming: asyncio.Future[list[Claimed]] | None = None  # the producer's next claim, being written
+
+    def render_processes(self, due: int) -> int:
+        """[send] render_processes, or by default one process per spare core (at most 4) once there is
+        enough to send to pay for starting them (about half a second)."""
+        configured = self.campaign.send.render_processes
+        if configured is not None:
+            return configured
+        spare = (os.cpu_count() or 1) - 1
+        return min(4, spare) if due >= 2000 else 0
+
+    # --- bookkeeping ---
+
+    def flush(self) -> None:
+        """Hands the outcomes so far (one group commit) and the releases to the ledger thread."""
+        assert self.ledger is not None
+        changes, self.changes = self.changes, []
+        releases, self.releases = self.releases, []
+        if changes:
+            self.write(self.ledger.apply(changes), len(changes))
+        if releases:
+            self.write(self.ledger.release(releases), 0)
+
+    def write(self, future: asyncio.Future[None], outcomes: int) -> None:
+        self.writing.append(future)
+        future.add_done_callback(lambda f: self.written(f, outcomes))
+
+    def written(self, future: asyncio.Future[None], outcomes: int) -> None:
+        """On the loop, once the ledger thread committed (or failed): a failure stops the run."""
+        self.writing.remove(future)
+        error = None if future.cancelled() else future.exception()
+        if error is not None:
+            self.failed_write(error)
+            return
+        self.since_reputation += outcomes
+        if self.since_reputation >= max(25, self.campaign.send.reputation_window // 20) and self.judging is None:
+            self.since_reputation = 0
+            assert self.ledger is not None
+            self.judging = self.ledger.reputation(self.campaign.send.reputation_window, self.reputation_since)
+            self.judging.add_done_callback(self.judge_reputation)
+
+    def failed_write(self, error: BaseException) -> None:
+        """The ledger thread could not do its part: the run stops, and wait_written() raises the first such error."""
+        self.write_error = self.write_error or error
+        self.stop.set()
+
+    async def wait_written(self) -> None:
+        """Until everything handed to the ledger thread is on disk (and the breaker has judged the last
+        window it asked for); raises the first write that failed."""
+        while self.writing or self.judging is not None:
+            pending: list[asyncio.Future[Any]] = [*self.writing, *([self.judging] if self.judging is not None else [])]
+            await asyncio.wait(pending)
+        if self.write_error is not None:
+            raise self.write_error
+
+    async def flusher(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            self.flush()
+
+    def judge_reputation(self, window: asyncio.Future[tuple[int, int, int]]) -> None:
+        """The circuit breaker's look at a window, counted by the ledger thread (an aggregate over the
+        last `reputation_window` sends was a twelfth of the event loop's time), after the commits
+        handed to it before."""
+        self.judging = None
+        if window.cancelled():
+            return
+        if (error := window.exception()) is not None:
+            self.failed_write(StoreError(f"{self.store.path}: could not count the reputation window: {error}"))
+            return
+        pause = breaker.verdict(self.campaign.send, *window.result())
+        if pause is None or self.result.stopped:
+            return
+        self.store.log("reputation_paused", **pause.figures)
+        self.result.stopped = pause.reason
+        self.stop.set()
+
+    def log_rate(self, change: Any) -> None:
+        if change is not None:
+            self.store.log("rate_changed", old=change.old, new=change.new, reason=change.reason)
+
+    async def activate(self, reason: str | None = None) -> bool:
+        """Moves the chain to its next healthy provider and records what that found; False when every
+        provider is down."""
+        switch = await self.chain.advance(reason)
+        self.result.notes.extend(switch.notes)
+        for name, why in switch.found_down:
+            self.store.log("provider_down", provider=name, reason=why)
+        if switch.current is None or switch.readiness is None:
+            self.result.stopped = self.chain.exhausted()
+            self.stop.set()
+            return False
+        provider = switch.current
+        self.throttle = Throttle(self.base_rate, self.campaign.send.domains, self.clock)
+        if switch.readiness.max_rate:
+            self.log_rate(self.throttle.cap(switch.readiness.max_rate))
+        self.provider = provider
+        if provider.name not in self.result.providers:
+            self.result.providers.append(provider.name)
+        if switch.previous is not None:
+            self.store.log("provider_switched", **{"from": switch.previous, "to": provider.name, "reason": switch.reason})
+        return True
+
+    async def provider_down(self, provider: Provider, reason: str) -> None:
+        if not self.chain.mark_down(provider, reason):
+            return  # another worker already reported it
+        self.store.log("provider_down", provider=provider.name, reason=reason)
+        if provider is self.provider:
+            async with self.switching:
+                await self.activate(f"{provider.name}: {reason}")
+
+    # --- one recipient ---
+
+    async def deliver(self, c: Claimed, prepared: Prepared | None) -> None:
+        version, msg = prepared or render_claimed(self.templates, c)
+        if isinstance(msg, RenderFailure):  # this recipient's own data broke the rendering: fail it, loudly
+            self.record(render_failed(c, msg), None)
+            return
+        domain = c.email.rpartition("@")[2]
+        if self.throttle.domain_delay(domain) > DOMAIN_HORIZON:
+            # This domain is at its cap: hand the recipient back rather than hold a worker that
+            # other domains could use. Claims skip saturated domains until a slot frees up.
+            self.releases.append(c)
+            return
+        await self.throttle.acquire(domain)
+        provider = self.provider
+        if provider.name in self.chain.down:
+            self.releases.append(c)  # switched while we waited: the next claim goes to the new provider
+            return
+        outcome = await provider.send(msg, self.throttle.leave)
+        if outcome.kind is Kind.PROVIDER_DOWN:
+            self.releases.append(c)  # never accepted: it goes to the next provider, not to "failed"
+            await self.provider_down(provider, outcome.describe())
+            return
+        if outcome.throttled:
+            self.log_rate(self.throttle.backoff(f"{provider.name}: {outcome.describe()}"))
+        else:
+            self.log_rate(self.throttle.recover())
+        self.record(decide(self.campaign, c, outcome, msg, version, provider.name, self.wall()), outcome)
+
+    def record(self, change: Change, outcome: Outcome | None) -> None:
+        self.changes.append(change)
+        self.result.counts[change.state] += 1
+        if change.state == "sent" and change.event and (change.event.detail or {}).get("possible_duplicate"):
+            self.result.counts["resent_in_doubt"] += 1
+        if outcome is not None and outcome.needs:
+            self.result.counts[f"needs {outcome.needs}"] += 1
+        if len(self.changes) >= FLUSH_SIZE:
+            self.flush()
+        self.progress.outcome(self.result.counts, self.throttle.rate)
+
+    # --- the loop ---
+
+    async def worker(self, queue: asyncio.Queue[tuple[Claimed, Prepared | None] | None]) -> None:
+        while (item := await queue.get()) is not None:
+            c, prepared = item
+            if self.stop.is_set():
+                self.releases.append(c)
+                continue
+            self.busy += 1
+            try:
+                await self.deliver(c, prepared)
+            except Exception:
+                # A bug, not an outcome: stop the whole run (nothing else may block on this worker);
+                # the recipient stays inflight on disk and the next run resends it in doubt.
+                self.stop.set()
+                raise
+            finally:
+                self.busy -= 1
+            if len(self.writing) > MAX_WRITING:  # the disk is slower than the wire: wait for it
+                await asyncio.wait(self.writing[:1])
+
+    async def hand_over(self, queue: asyncio.Queue[tuple[Claimed, Prepared | None] | None]) -> None:
+        """The oldest batch the render processes hold, once built, to the workers."""
+        claimed, future = self.in_render[0]
+        try:
+            prepared = await future
+        except BrokenProcessPool:
+            if not self.stop.is_set():
+                raise
+            prepared = None  # stopping anyway (a signal reached the pool): these go back below
+        self.in_render.popleft()
+        if prepared is None:
+            self.releases.extend(claimed)
+            return
+        for c, p in zip(claimed, prepared, strict=True):
+            await queue.put((c, p))
+
+    async def producer(self, queue: asyncio.Queue[tuple[Claimed, Prepared | None] | None]) -> None:
+        assert self.ledger is not None
+        batch = self.batch
+        limit = self.options.limit
+        since_pause = 0
+        send_cfg = self.campaign.send
+
+        def claim_next() -> asyncio.Future[list[Claimed]] | None:
+            want = batch if limit is None else min(batch, limit - self.claimed_total)
+            if want <= 0:
+                return None
+            assert self.ledger is not None
+            return self.ledger.claim(want, self.wall(), self.throttle.saturated_domains(DOMAIN_HORIZON))
+
+        while not self.stop.is_set():
+            self.claiming = self.claiming or claim_next()
+            if self.claiming is None:
+                break
+            claimed = await self.claiming
+            self.claiming = None
+            if claimed:
+                self.claimed_total += len(claimed)
+                since_pause += len(claimed)
+                pause = bool(send_cfg.batch_size and send_cfg.batch_pause and since_pause >= send_cfg.batch_size)
+                if not pause and not self.stop.is_set():
+                    # The next claim is written while this batch is handed over: the claim waits its
+                    # turn behind group commits in the ledger thread, and the workers should not.
+                    self.claiming = claim_next()
+                if self.pool is None or not self.pool.ready:
+                    for c in claimed:
+                        await queue.put((c, None))
+                else:
+                    # Rendered in another process while the workers send: one batch ahead (two
+                    # were no faster once batches grew to 4 x concurrency, and claim more in advance).
+                    self.in_render.append((claimed, asyncio.wrap_future(self.pool.submit(claimed))))
+                    while len(self.in_render) > 1 or (self.in_render and self.in_render[0][1].done()):
+                        await self.hand_over(queue)
+                if pause:
+                    since_pause = 0
+                    await self.sleep(send_cfg.batch_pause)
+                continue
+            # Nothing due right now: let in-flight work settle, then decide whether to wait.
+            while self.in_render and not self.stop.is_set():
+                await self.hand_over(queue)
+            while (queue.qsize() or self.busy) and not self.stop.is_set():
+                await asyncio.sleep(0.02)
+            self.flush()
+            await self.wait_written()  # deferrals on disk before next_due looks for them
+            if self.store.count_due(self.wall()):
+                saturated = self.throttle.saturated_domains(DOMAIN_HORIZON)
+                if saturated:  # only capped domains are due: sleep until the first of them has a slot
+                    await self.sleep(min(self.throttle.domain_delay(d) for d in saturated) - DOMAIN_HORIZON + 0.005)
+                continue
+            due = self.store.next_due()
+            if due is None:
+                break
+            wait = due - self.wall()
+            if wait > self.options.max_wait:
+                self.result.next_retry = due
+                self.result.stopped = "only retries scheduled for later remain"
+                break
+            await self.sleep(wait)
+        # Claimed within the limit and being rendered: theirs to send, unless the run is stopping.
+        while self.in_render and not self.stop.is_set():
+            await self.hand_over(queue)
+
+    async def sleep(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), timeout=max(0.0, seconds))
+
+    async def run(self) -> RunResult:
+        store = self.store
+        self.result.recovered = store.recover_inflight(self.wall())
+        store.rearm_waiting(self.wall())
+        before = store.in_doubt_unsettled()
+        if before and self.reconcile is not None:
+            # Settle what is in doubt from the provider's own events before resending anything.
+            self.reconcile(store)
+            after = store.in_doubt_unsettled()
+            store.log("in_doubt_reconciled", before=before, settled=before - after, still_in_doubt=after)
+            self.result.notes.append(f"In doubt: {before}; settled from provider events: {before - after}; "
+                                     f"{after} will be sent again with the same Message-ID.")
+        if self.suppression is not None:
+            self.result.counts["suppressed"] += store.suppress_pending(self.suppression.path)
+        self.switching = asyncio.Lock()
+        self.reputation_since = breaker.window_start(store, self.options.acknowledge_reputation, self.wall())
+        if not await self.activate():
+            for p in self.chain.providers:
+                await p.aclose()
+            counts = store.counts()
+            self.result.remaining = sum(counts.get(s, 0) for s in ("pending", "deferred", "inflight"))
+            return self.result
+        total = store.count_due(self.wall())
+        if self.options.limit is not None:
+            total = min(total, self.options.limit)
+        processes = self.render_processes(total)
+        store.log("send_started", provider=self.provider.name, concurrency=self.concurrency,
+                  rate=self.throttle.rate, limit=self.options.limit, recovered_inflight=self.result.recovered,
+                  render_processes=processes, templates=self.templates.hashes())
+        self.progress.start(total)
+        loop = asyncio.get_running_loop()
+        interrupted = False
+
+        def on_signal() -> None:
+            nonlocal interrupted
+            interrupted = True
+            self.stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, on_signal)
+        self.ledger = LedgerWriter(store.path)
+        await self.ledger.open()
+        self.pool = RenderPool(self.templates, processes, self.batch) if processes else None
+        queue: asyncio.Queue[tuple[Claimed, Prepared | None] | None] = asyncio.Queue(maxsize=2 * self.concurrency)
+        # A provider that carries one message's envelope with the previous body needs a second
+        # message in hand per connection (depth 2): the workers are concurrency x depth.
+        depth = max(p.depth for p in self.chain.providers)
+        workers = [asyncio.create_task(self.worker(queue)) for _ in range(self.concurrency * depth)]
+        flusher = asyncio.create_task(self.flusher())
+        failed = False
+        try:
+            producer = asyncio.create_task(self.producer(queue))
+            # Workers only end on the sentinel; one that ends before the producer failed with a bug.
+            await asyncio.wait([producer, *workers], return_when=asyncio.FIRST_COMPLETED)
+            if not producer.done():
+                producer.cancel()  # it may be blocked handing work to workers that are gone
+                with contextlib.suppress(asyncio.CancelledError):
+                    await producer
+                for w in workers:
+                    if w.done() and (failure := w.exception()) is not None:
+                        raise failure
+            producer.result()
+            for _ in workers:
+                await queue.put(None)
+            await asyncio.gather(*workers)
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            flusher.cancel()
+            for w in workers:
+                w.cancel()
+            # Anything still queued or being rendered never reached the provider: put it back.
+            while not queue.empty():
+                item = queue.get_nowait()
+                if item is not None:
+                    self.releases.append(item[0])
+            for claimed, future in self.in_render:
+                future.cancel()
+                self.releases.extend(claimed)
+            self.in_render.clear()
+            if self.claiming is not None and not self.claiming.cancelled():
+                # Claimed ahead when the run stopped: inflight on disk, never handed to a worker.
+                with contextlib.suppress(Exception):
+                    self.releases.extend(await self.claiming)
+            if self.pool is not None:
+                self.pool.close()
+            try:
+                self.flush()
+                await self.wait_written()
+            except StoreError:
+                # The state cannot be written (disk full?). What is not committed stays inflight on
+                # disk and is resent, in doubt, by the next run; the first error is the one to report.
+                if not failed:
+                    raise
+            finally:
+                await self.ledger.close()
+            self.progress.close()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+            for p in self.chain.started:
+                await p.aclose()
+        self.result.interrupted = interrupted
+        counts = store.counts()
+        self.result.remaining = sum(counts.get(s, 0) for s in ("pending", "deferred", "inflight"))
+        self.result.failed_total = counts.get("failed", 0)
+        if self.options.limit is not None and self.result.remaining and not self.result.stopped:
+            self.result.stopped = f"--limit {self.options.limit} reached"
+        for need in sorted(k for k in self.result.counts if k.startswith("needs ")):
+            self.result.notes.append(
+                f"Waiting: {self.result.counts[need]} recipient(s) need {need[6:]} (an address whose local part is not "
+                f"ASCII), which {', '.join(self.result.providers)} does not offer. They are kept, not failed: add a "
+                "provider that offers it to [send] providers (or use --provider) and run send again.")
+        store.log("send_stopped", providers=self.result.providers, interrupted=interrupted,
+                  reason=self.result.stopped, outcomes=dict(self.result.counts), remaining=self.result.remaining)
+        return self.result
