@@ -7,9 +7,11 @@ sending while the thread writes them, one after another, in the order they were 
 
 What a crash can leave is unchanged: the producer awaits a claim, so a recipient is inflight on
 disk before any worker has it; an outcome not yet committed leaves its recipient inflight, and
-the next run resends it in doubt with the same Message-ID, as when the loop committed itself. The
-loop keeps its own connection for reads (WAL readers never wait for this writer) and for the rare
-events it logs itself.
+the next run resends it in doubt with the same Message-ID, as when the loop committed itself. While
+it is open, every write of the send goes through it, the loop's campaign-level events included
+(SendLoop.log_event), in the order they were handed over; the loop keeps its own connection for
+reads (WAL readers never wait for this writer) and for what it writes before the writer opens
+(recovery, suppression, send_started) and after it closes (send_stopped).
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ class LedgerWriter:
         assert self.store is not None
         return self._run(self.store.release, claimed)
 
+    def log(self, kind: str, detail: dict[str, Any]) -> asyncio.Future[None]:
+        """A campaign-level event (rate_changed, provider_down, ...), in order with the commits before it."""
+        assert self.store is not None
+        return self._run(lambda: self.store.log(kind, **detail) if self.store is not None else None)
+
+    @property
+    def is_open(self) -> bool:
+        return self.store is not None
+
     def reputation(self, window: int, since: float) -> asyncio.Future[tuple[int, int, int]]:
         assert self.store is not None
         return self._run(self.store.reputation, window, since)
@@ -56,4 +67,5 @@ class LedgerWriter:
     async def close(self) -> None:
         if self.store is not None:
             await self._run(self.store.close)
+            self.store = None
         self.executor.shutdown(wait=True)

@@ -165,13 +165,22 @@ class SendLoop:
         pause = breaker.verdict(self.campaign.send, *window.result())
         if pause is None or self.result.stopped:
             return
-        self.store.log("reputation_paused", **pause.figures)
+        self.log_event("reputation_paused", **pause.figures)
         self.result.stopped = pause.reason
         self.stop.set()
 
+    def log_event(self, kind: str, **detail: Any) -> None:
+        """A campaign-level event: through the ledger thread while it is open (after the outcomes recorded
+        before it, so one writer and one order), directly before it opens and after it closes."""
+        if self.ledger is not None and self.ledger.is_open:
+            self.flush()
+            self.write(self.ledger.log(kind, detail), 0)
+        else:
+            self.store.log(kind, **detail)
+
     def log_rate(self, change: Any) -> None:
         if change is not None:
-            self.store.log("rate_changed", old=change.old, new=change.new, reason=change.reason)
+            self.log_event("rate_changed", old=change.old, new=change.new, reason=change.reason)
 
     async def activate(self, reason: str | None = None) -> bool:
         """Moves the chain to its next healthy provider and records what that found; False when every
@@ -179,7 +188,7 @@ class SendLoop:
         switch = await self.chain.advance(reason)
         self.result.notes.extend(switch.notes)
         for name, why in switch.found_down:
-            self.store.log("provider_down", provider=name, reason=why)
+            self.log_event("provider_down", provider=name, reason=why)
         if switch.current is None or switch.readiness is None:
             self.result.stopped = self.chain.exhausted()
             self.stop.set()
@@ -192,13 +201,13 @@ class SendLoop:
         if provider.name not in self.result.providers:
             self.result.providers.append(provider.name)
         if switch.previous is not None:
-            self.store.log("provider_switched", **{"from": switch.previous, "to": provider.name, "reason": switch.reason})
+            self.log_event("provider_switched", **{"from": switch.previous, "to": provider.name, "reason": switch.reason})
         return True
 
     async def provider_down(self, provider: Provider, reason: str) -> None:
         if not self.chain.mark_down(provider, reason):
             return  # another worker already reported it
-        self.store.log("provider_down", provider=provider.name, reason=reason)
+        self.log_event("provider_down", provider=provider.name, reason=reason)
         if provider is self.provider:
             async with self.switching:
                 await self.activate(f"{provider.name}: {reason}")
