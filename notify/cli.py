@@ -18,14 +18,15 @@ import typer
 from . import __version__, engine, report
 from . import campaign as campaign_mod
 from .audit import verify_chain
-from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, NotifyError, TemplateError, redact
+from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_PIPE, NotifyError, TemplateError, redact
 from .preflight import preflight
 from .store import ImportResult, Store
 
 EXIT_CODES = """\
 Exit codes: 0 done | 1 bad input or config, nothing sent | 2 usage | 3 finished, some recipients
 failed | 4 stopped before finishing (provider down, retries due later, --limit, disk full): run send again |
-70 internal error (a bug; state is safe) | 130 interrupted: run send again to resume."""
+70 internal error (a bug; state is safe) | 130 interrupted: run send again to resume | 141 output cut by
+its reader (| head)."""
 
 app = typer.Typer(
     name="notify",
@@ -69,6 +70,11 @@ def boundary(fn: F) -> F:
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except (typer.Exit, typer.Abort):
             raise
+        except BrokenPipeError:
+            # The reader went away (`notify status | head -1`): not an error of ours. Say nothing more on a
+            # closed pipe, and exit as a program killed by SIGPIPE would, so `set -o pipefail` still sees it.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(EXIT_PIPE) from None
         except Exception as e:  # a bug: say so plainly, keep the traceback for whoever debugs it
             if os.environ.get("NOTIFY_DEBUG"):
                 raise
@@ -152,6 +158,12 @@ def check(campaign: Path = CampaignArg,
             err(f"Nothing was sent. Fix the above and run `notify check {campaign}` again.")
             raise typer.Exit(EXIT_INPUT)
         typer.echo(f"\nOK: ready. Next: notify send {campaign} --dry-run   (or without --dry-run to send)")
+
+
+def _one_line(value: str) -> str:
+    """A field of tab-separated output: a folded bounce diagnostic's line breaks and tabs become spaces,
+    so one entry is one line (`suppress list | wc -l` counts addresses)."""
+    return " ".join(value.split()) if any(c in value for c in "\t\r\n") else value
 
 
 def _print_corrections(imp: ImportResult) -> None:
@@ -295,14 +307,14 @@ def status(
         if st["providers"]:
             typer.echo("providers: " + ", ".join(f"{k} {v}" for k, v in st["providers"].items()))
         for sw in st["switches"]:
-            typer.echo(f"switched:  {sw['from']} -> {sw['to']} at {sw['at']} ({sw['reason']})")
+            typer.echo(f"switched:  {sw['from']} -> {sw['to']} at {sw['at']} ({_one_line(str(sw['reason']))})")
         for reason, n in st["reject_reasons"].items():
-            typer.echo(f"rejected: {reason} x {n}")
+            typer.echo(f"rejected: {_one_line(reason)} x {n}")
         for title, key in (("deferred", "deferred_replies"), ("failed", "failed_replies")):
             for code, info in st[key].items():
-                typer.echo(f"{title}: {code} x {info['count']} (e.g. {info['example']})")
+                typer.echo(f"{title}: {code} x {info['count']} (e.g. {_one_line(str(info['example']))})")
         for reason, n in st["suppressed_reasons"].items():
-            typer.echo(f"suppressed (not notified by email): {reason} x {n}")
+            typer.echo(f"suppressed (not notified by email): {_one_line(reason)} x {n}")
         if st["unmatched_feedback"]:
             typer.echo(f"unmatched feedback: {st['unmatched_feedback']} (bounces or events that match no recipient)")
         if st["next_retry"]:
@@ -443,7 +455,7 @@ def suppress_list() -> None:
 
     s = SuppressionList()
     for e in s.entries():
-        typer.echo(f"{e.address}\t{e.kind}\t{e.source}\t{e.reason}\t{e.added_at}")
+        typer.echo("\t".join(_one_line(v) for v in (e.address, e.kind, e.source, e.reason, e.added_at)))
     s.close()
 
 

@@ -25,6 +25,7 @@ EXIT_FAILED = 3  # finished, but some recipients failed permanently
 EXIT_STOPPED = 4  # stopped before finishing (provider down, retries due later, state not writable): run again
 EXIT_INTERNAL = 70  # a bug in notify (EX_SOFTWARE); the state on disk is still consistent
 EXIT_INTERRUPTED = 130  # Ctrl-C: everything in flight was settled; run send again
+EXIT_PIPE = 141  # the output's reader closed the pipe early (| head): 128 + SIGPIPE, as the shell reports it
 
 
 _SECRETS: set[str] = set()

@@ -253,3 +253,39 @@ def test_the_progress_bar_shows_on_a_terminal_and_nowhere_else(make_campaign: Ma
     d2 = make_campaign(rows, templates=simple_templates(), name="piped")
     piped = subprocess.run([sys.executable, "-m", "notify", "send", str(d2)], capture_output=True, timeout=120)
     assert piped.returncode == 0 and b"sent=" not in piped.stderr and b"msg/s" not in piped.stderr
+
+
+def test_a_reader_that_closes_the_pipe_early_is_not_an_internal_error(tmp_path: Path) -> None:
+    # #28: `notify status . | head -1` exited 70 with "internal error: BrokenPipeError".
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    from notify.suppression import SuppressionList
+    SuppressionList().close()  # creates the list where NOTIFY_SUPPRESSION_DB points
+    db = sqlite3.connect(os.environ["NOTIFY_SUPPRESSION_DB"])
+    with db:
+        db.executemany("INSERT INTO suppressed VALUES (?, 'hard-bounce', 'test', '5.1.1 unknown', '2026-01-01T00:00:00Z')",
+                       [(f"p{i}@example.com",) for i in range(50_000)])
+    db.close()
+    proc = subprocess.Popen([sys.executable, "-m", "notify", "suppress", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # as `head -1` does
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 141, err
+    assert first and b"internal error" not in err and b"Traceback" not in err
+
+
+def test_suppress_list_keeps_one_entry_on_one_line() -> None:
+    # #28: a folded bounce diagnostic kept its line break, so one address printed as two lines.
+    from notify.suppression import SuppressionList
+    s = SuppressionList()
+    s.add("carol@example.com", "hard-bounce", "dsn", "550 5.1.1 <carol@example.com>:\r\n\tuser unknown")
+    s.close()
+    code, out, _ = run("suppress", "list")
+    lines = [line for line in out.splitlines() if "carol@example.com" in line]
+    assert code == 0 and len(lines) == 1 and "550 5.1.1 <carol@example.com>: user unknown" in lines[0], out
