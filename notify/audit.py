@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import getpass
 import json
@@ -119,7 +118,7 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
     first_send = last_send = None
     rows_out = 0
     with _create(out / "recipients.csv") as rfh, _create(out / "alternate_channel.csv") as afh:
-        rw, aw = csv.writer(rfh), csv.writer(afh)
+        rw, aw = files.SafeCsvWriter(rfh), files.SafeCsvWriter(afh)
         rw.writerow(RECIPIENT_COLUMNS)
         aw.writerow(("row", "email", "state", "reason", "name", "locale", "jurisdiction"))
         for r in store.db.execute(

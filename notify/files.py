@@ -8,10 +8,13 @@ file it would overwrite, `rejects.tmp` to a shell rc file) or a chmod (`.notify`
 
 from __future__ import annotations
 
+import csv
 import errno
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -96,6 +99,25 @@ def _unlink_quietly(path: Path) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+class SafeCsvWriter:
+    """csv.writer for files people open in a spreadsheet: a text cell that a spreadsheet would run as
+    a formula (=, +, -, @, or a tab or CR first) gets a leading apostrophe, as OWASP advises. Names and
+    rows come from recipients files, which anyone could have written."""
+
+    def __init__(self, fh: Any) -> None:
+        self.writer = csv.writer(fh)
+
+    def writerow(self, row: Iterable[Any]) -> None:
+        self.writer.writerow(["'" + v if isinstance(v, str) and v.startswith(_FORMULA) else v for v in row])
+
+    def writerows(self, rows: Iterable[Iterable[Any]]) -> None:
+        for row in rows:
+            self.writerow(row)
 
 
 def refuse_link(path: Path) -> None:

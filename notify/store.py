@@ -12,7 +12,6 @@ Durability, precisely (ARCHITECTURE.md repeats this):
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime as dt
 import fcntl
 import hashlib
@@ -874,7 +873,7 @@ class Store:
         tmp = out.with_suffix(".tmp")
         try:
             with open(files.create_temp(tmp), "w", newline="", encoding="utf-8") as fh:
-                w = csv.writer(fh)
+                w = files.SafeCsvWriter(fh)
                 w.writerow(["row", "raw", "reason"])
                 w.writerows(self.rejects())
             os.replace(tmp, out)

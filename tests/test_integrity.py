@@ -444,3 +444,19 @@ def test_a_clock_step_during_a_run_does_not_move_the_run_s_time(monkeypatch: pyt
     real = time.time
     monkeypatch.setattr(time, "time", lambda: real() + 5 * 86400)  # NTP steps the clock five days ahead
     assert abs(wall() - before) < 5
+
+
+def test_spreadsheet_formulas_in_names_are_defused_in_every_csv(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # #27: names beginning with =, +, - or @ went unaltered into the CSV files compliance opens in a spreadsheet.
+    rows = ('email,name,locale,credentials_compromised\nann@example.com,"=HYPERLINK(""evil"")",en,true\n'
+            'bob@example.com,+1+1,en,false\n@SUM(A1),x,en,false\n')
+    d = make_campaign(rows, templates=simple_templates())
+    assert run("send", d, "--no-progress")[0] == 0
+    assert run("audit", "export", d, "--out", tmp_path / "audit")[0] == 0
+    import csv as csv_mod
+    for path in (tmp_path / "audit" / "recipients.csv", tmp_path / "audit" / "alternate_channel.csv",
+                 d / ".notify" / "rejects.csv"):
+        cells = [c for row in csv_mod.reader(path.read_text(encoding="utf-8").splitlines()) for c in row]
+        assert not any(c.startswith(("=", "+", "@")) for c in cells), (path, cells)
+    alternate = (tmp_path / "audit" / "alternate_channel.csv").read_text()
+    assert "'=HYPERLINK" in alternate  # kept, readable, but not run
