@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import hashlib
 import json
 import os
 from collections import Counter
@@ -53,6 +54,81 @@ RECIPIENT_COLUMNS = ("row", "email", "final_state", "reason", "attempts", "first
                      "provider", "provider_message_id", "message_id", "content_sha256", "locale", "variant", "jurisdiction",
                      "possibly_duplicated")
 NOT_REACHED = ("rejected", "ineligible", "suppressed", "bounced", "failed", "pending", "deferred", "inflight")
+
+
+MANIFEST = "manifest.json"
+SEALED = ("events.jsonl", "recipients.csv", "alternate_channel.csv", "summary.json", "summary.txt")
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def write_manifest(out: Path, campaign_id: str, verdict: Verdict) -> str:
+    """Seals an export: every file's size and SHA-256, and the chain's length and head. Returns the
+    manifest's own SHA-256, which the user keeps elsewhere: with it, nobody can rewrite the export and
+    its manifest together unnoticed."""
+    manifest = {"campaign": campaign_id, "tool": f"notify {__version__}",
+                "files": {name: _file_entry(out / name) for name in SEALED},
+                "chain": {"events": verdict.events, "head": verdict.head}}
+    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    files.write_private(out / MANIFEST, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class ExportCheck:
+    problems: list[str]
+    chain: Verdict
+    files: int  # files that matched the manifest
+    manifest_sha256: str | None
+
+
+def verify_export(out: Path) -> ExportCheck:
+    """Checks an export directory against its manifest: every file present, unchanged, nothing added,
+    and the chain in events.jsonl as long as the manifest says, ending at the same head."""
+    problems: list[str] = []
+    chain, line = verify_file(out / "events.jsonl") if (out / "events.jsonl").is_file() else (Verdict(False, 0, ""), None)
+    if not (out / "events.jsonl").is_file():
+        problems.append(f"{out / 'events.jsonl'}: missing")
+    elif not chain.ok:
+        problems.append(f"line {line} of {out / 'events.jsonl'}: the chain is broken: {chain.reason}")
+    path = out / MANIFEST
+    try:
+        raw = path.read_bytes()
+        manifest = json.loads(raw)
+        listed: dict[str, dict[str, Any]] = manifest["files"]
+        sealed_chain: dict[str, Any] = manifest["chain"]
+    except FileNotFoundError:
+        problems.append(f"{path}: missing, so the files cannot be checked (an export writes one; run "
+                        "`notify audit export` again)")
+        return ExportCheck(problems, chain, 0, None)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        problems.append(f"{path}: not a manifest notify wrote ({type(e).__name__}: {e})")
+        return ExportCheck(problems, chain, 0, None)
+    matched = 0
+    for name, want in sorted(listed.items()):
+        f = out / name
+        if "/" in name or not f.is_file():
+            problems.append(f"{f}: missing (the manifest lists it)")
+            continue
+        got = _file_entry(f)
+        if got != want:
+            problems.append(f"{f}: changed since the export ({want.get('size')} bytes with SHA-256 "
+                            f"{str(want.get('sha256'))[:16]}..., now {got['size']} bytes with {got['sha256'][:16]}...)")
+        else:
+            matched += 1
+    for extra in sorted(p.name for p in out.iterdir() if p.name not in listed and p.name != MANIFEST):
+        problems.append(f"{out / extra}: not part of the export (the manifest does not list it)")
+    if chain.ok and (chain.events, chain.head) != (sealed_chain.get("events"), sealed_chain.get("head")):
+        problems.append(f"{out / 'events.jsonl'}: {chain.events} events ending at {chain.head[:16]}..., but the manifest "
+                        f"records {sealed_chain.get('events')} ending at {str(sealed_chain.get('head'))[:16]}... "
+                        "(events removed or added at the end)")
+    return ExportCheck(problems, chain, matched, hashlib.sha256(raw).hexdigest())
 
 
 def verify_file(path: Path) -> tuple[Verdict, int | None]:
@@ -190,4 +266,5 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
     lines += [f"  {h}  {name}" for name, h in sorted(template_hashes.items())]
     with _create(out / "summary.txt") as fh:
         fh.write("\n".join(lines) + "\n")
+    summary["manifest_sha256"] = write_manifest(out, campaign.id, verdict)
     return summary

@@ -500,18 +500,28 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
                                                help="A campaign directory, or a directory written by `audit export`.")) -> None:
     """Recompute the audit hash chain and name the first event that does not verify.
 
-    Given an export directory, it checks events.jsonl from the file alone and names the first
-    altered line.
+    Given an export directory, it checks every file against the export's manifest.json (present,
+    unchanged, nothing added), the chain in events.jsonl, and that the chain is as long as the
+    manifest says: a deleted last line, an edited row or an edited summary is named.
 
     Examples:
       notify audit verify campaigns/example
       notify audit verify audit-2022-08/
     """
-    from .audit import verify_file
+    from .audit import MANIFEST, verify_export
 
-    if (target / "events.jsonl").is_file() and not (target / "campaign.toml").is_file():
-        verdict, line = verify_file(target / "events.jsonl")
-        where = f"line {line} of {target / 'events.jsonl'}"
+    if not (target / "campaign.toml").is_file() and ((target / "events.jsonl").is_file() or (target / MANIFEST).is_file()):
+        check = verify_export(target)
+        if check.problems:
+            err(f"Error: the export in {target} does not verify:")
+            for problem in check.problems:
+                err(f"  - {problem}")
+            raise typer.Exit(EXIT_INPUT)
+        typer.echo(f"OK: {check.files} files match {target / MANIFEST} (SHA-256 {check.manifest_sha256}); the chain of "
+                   f"{check.chain.events} events verifies and ends at {check.chain.head}, as the manifest records.")
+        typer.echo("This proves the export is as it was written with this manifest. It does not prove who wrote it: "
+                   "compare the manifest's SHA-256 with the one `audit export` printed, kept somewhere else.")
+        return
     else:
         with _open(target) as (c, store):
             verdict = verify_chain(store.events())
@@ -541,7 +551,10 @@ def audit_export(campaign: Path = CampaignArg,
         templates = Templates(c)
         summary = export(c, store, out, templates.resolve, force=force)
     typer.echo((out / "summary.txt").read_text(encoding="utf-8").rstrip())
-    typer.echo(f"\nWrote {out}/: events.jsonl, recipients.csv, summary.json, summary.txt, alternate_channel.csv")
+    typer.echo(f"\nWrote {out}/: events.jsonl, recipients.csv, summary.json, summary.txt, alternate_channel.csv, "
+               f"manifest.json")
+    typer.echo(f"Manifest SHA-256: {summary['manifest_sha256']}  (keep it apart from the export: "
+               f"`notify audit verify {out}` prints the same value while nothing was changed)")
     if not summary["chain"]["verified"]:
         raise typer.Exit(EXIT_INPUT)
 

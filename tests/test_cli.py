@@ -213,8 +213,8 @@ def test_audit_export_for_compliance(example: Path, tmp_path: Path) -> None:
     (out / "events.jsonl").write_text("\n".join(lines) + "\n")
     code, _, err = run("audit", "verify", out)
     assert code == 1
-    assert err.startswith(f"Error: the audit chain is broken at line 42 of {out}/events.jsonl: its content does not "
-                          "match its hash: it was altered")
+    assert err.startswith(f"Error: the export in {out} does not verify:\n  - line 42 of {out}/events.jsonl: the chain is "
+                          "broken: its content does not match its hash: it was altered")
 
 
 def test_the_progress_bar_shows_on_a_terminal_and_nowhere_else(make_campaign: MakeCampaign) -> None:

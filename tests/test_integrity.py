@@ -11,6 +11,7 @@ import sys
 import time
 from email.message import Message as EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -460,3 +461,34 @@ def test_spreadsheet_formulas_in_names_are_defused_in_every_csv(make_campaign: M
         assert not any(c.startswith(("=", "+", "@")) for c in cells), (path, cells)
     alternate = (tmp_path / "audit" / "alternate_channel.csv").read_text()
     assert "'=HYPERLINK" in alternate  # kept, readable, but not run
+
+
+@pytest.mark.parametrize("tamper, names", [
+    (lambda out: (out / "events.jsonl").write_text("".join((out / "events.jsonl").read_text().splitlines(True)[:-1])),
+     ["events.jsonl: changed since the export", "events ending at", "(events removed or added at the end)"]),
+    (lambda out: (out / "recipients.csv").write_text((out / "recipients.csv").read_text().replace(",failed,", ",sent,", 1)
+                                                     .replace(",pending,", ",sent,", 1)),
+     ["recipients.csv: changed since the export"]),
+    (lambda out: (out / "summary.txt").write_text((out / "summary.txt").read_text() + "All notified on time.\n"),
+     ["summary.txt: changed since the export"]),
+    (lambda out: (out / "extra.csv").write_text("row,email\n"), ["extra.csv: not part of the export"]),
+    (lambda out: (out / "alternate_channel.csv").unlink(), ["alternate_channel.csv: missing"]),
+    (lambda out: (out / "manifest.json").unlink(), ["manifest.json: missing, so the files cannot be checked"]),
+])
+def test_audit_verify_names_a_truncated_edited_added_or_missing_file(make_campaign: MakeCampaign, tmp_path: Path,
+                                                                     tamper: Any, names: list[str]) -> None:
+    # #27: `audit verify DIR` said OK after the last line of events.jsonl was deleted, a row of
+    # recipients.csv was changed, or summary.txt was edited: it checked only the chain inside events.jsonl.
+    d = make_campaign("email,name\n" + "".join(f"p{i}@example.com,P{i}\n" for i in range(5)), templates=simple_templates())
+    assert run("send", d, "--no-progress", "--limit", "3")[0] == 4  # two never sent
+    out = tmp_path / "audit"
+    code, text, _ = run("audit", "export", d, "--out", out)
+    assert code == 0 and "Manifest SHA-256: " in text
+    sealed = text.split("Manifest SHA-256: ")[1].split()[0]
+    code, text, err = run("audit", "verify", out)
+    assert code == 0 and sealed in text, text + err
+    tamper(out)
+    code, text, err = run("audit", "verify", out)
+    assert code == 1, text + err
+    for name in names:
+        assert name in err, err
