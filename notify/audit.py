@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from . import __version__, files
+from . import __version__, files, signing
 from .campaign import Campaign
 from .errors import InputError
 from .render import split_version
@@ -68,7 +68,7 @@ def _file_entry(path: Path) -> dict[str, Any]:
     return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
-def write_manifest(out: Path, campaign_id: str, verdict: Verdict) -> str:
+def write_manifest(out: Path, campaign_id: str, verdict: Verdict, sign_key: Path | None = None) -> str:
     """Seals an export: every file's size and SHA-256, and the chain's length and head. Returns the
     manifest's own SHA-256, which the user keeps elsewhere: with it, nobody can rewrite the export and
     its manifest together unnoticed."""
@@ -77,6 +77,8 @@ def write_manifest(out: Path, campaign_id: str, verdict: Verdict) -> str:
                 "chain": {"events": verdict.events, "head": verdict.head}}
     data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     files.write_private(out / MANIFEST, data)
+    if sign_key is not None:
+        files.write_private(out / signing.SIGNATURE, signing.sign(data, sign_key))
     return hashlib.sha256(data).hexdigest()
 
 
@@ -86,9 +88,10 @@ class ExportCheck:
     chain: Verdict
     files: int  # files that matched the manifest
     manifest_sha256: str | None
+    signature: str = "none"  # "none" (unsigned), "unchecked" (signed, no key given), "valid"
 
 
-def verify_export(out: Path) -> ExportCheck:
+def verify_export(out: Path, key: Path | None = None) -> ExportCheck:
     """Checks an export directory against its manifest: every file present, unchanged, nothing added,
     and the chain in events.jsonl as long as the manifest says, ending at the same head."""
     problems: list[str] = []
@@ -122,13 +125,25 @@ def verify_export(out: Path) -> ExportCheck:
                             f"{str(want.get('sha256'))[:16]}..., now {got['size']} bytes with {got['sha256'][:16]}...)")
         else:
             matched += 1
-    for extra in sorted(p.name for p in out.iterdir() if p.name not in listed and p.name != MANIFEST):
+    for extra in sorted(p.name for p in out.iterdir() if p.name not in listed and p.name not in (MANIFEST, signing.SIGNATURE)):
         problems.append(f"{out / extra}: not part of the export (the manifest does not list it)")
     if chain.ok and (chain.events, chain.head) != (sealed_chain.get("events"), sealed_chain.get("head")):
         problems.append(f"{out / 'events.jsonl'}: {chain.events} events ending at {chain.head[:16]}..., but the manifest "
                         f"records {sealed_chain.get('events')} ending at {str(sealed_chain.get('head'))[:16]}... "
                         "(events removed or added at the end)")
-    return ExportCheck(problems, chain, matched, hashlib.sha256(raw).hexdigest())
+    signature = "none"
+    sig = out / signing.SIGNATURE
+    if sig.is_file():
+        signature = "unchecked"
+        if key is not None:
+            wrong = signing.check(raw, sig.read_bytes(), key)
+            if wrong:
+                problems.append(f"{sig}: {wrong}")
+            else:
+                signature = "valid"
+    elif key is not None:
+        problems.append(f"{out}: not signed (no {signing.SIGNATURE}), so --key {key} proves nothing about it")
+    return ExportCheck(problems, chain, matched, hashlib.sha256(raw).hexdigest(), signature)
 
 
 def verify_file(path: Path) -> tuple[Verdict, int | None]:
@@ -178,8 +193,11 @@ def _export_dir(out: Path, force: bool) -> None:
 
 
 def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, str], str],
-           force: bool = False) -> dict[str, Any]:
-    """Writes events.jsonl, recipients.csv, summary.json, summary.txt and alternate_channel.csv into `out`."""
+           force: bool = False, sign_key: Path | None = None) -> dict[str, Any]:
+    """Writes events.jsonl, recipients.csv, summary.json, summary.txt and alternate_channel.csv into `out`,
+    sealed by manifest.json (and manifest.sig, signed with `sign_key`)."""
+    if sign_key is not None:
+        signing.sign(b"", sign_key)  # a key that cannot sign is refused before anything is written
     _export_dir(out, force)
     with _create(out / "events.jsonl") as fh:
         for ev in store.events():
@@ -266,5 +284,5 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
     lines += [f"  {h}  {name}" for name, h in sorted(template_hashes.items())]
     with _create(out / "summary.txt") as fh:
         fh.write("\n".join(lines) + "\n")
-    summary["manifest_sha256"] = write_manifest(out, campaign.id, verdict)
+    summary["manifest_sha256"] = write_manifest(out, campaign.id, verdict, sign_key)
     return summary

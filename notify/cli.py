@@ -497,7 +497,9 @@ def suppress_import(
 @audit_app.command("verify")
 @boundary
 def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
-                                               help="A campaign directory, or a directory written by `audit export`.")) -> None:
+                                               help="A campaign directory, or a directory written by `audit export`."),
+                 key: Optional[Path] = typer.Option(None, "--key", metavar="PUBLIC_KEY",
+                                                    help="Check the export's signature with this public key (audit keygen).")) -> None:
     """Recompute the audit hash chain and name the first event that does not verify.
 
     Given an export directory, it checks every file against the export's manifest.json (present,
@@ -507,11 +509,12 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
     Examples:
       notify audit verify campaigns/example
       notify audit verify audit-2022-08/
+      notify audit verify audit-2022-08/ --key notify-audit.pub
     """
     from .audit import MANIFEST, verify_export
 
     if not (target / "campaign.toml").is_file() and ((target / "events.jsonl").is_file() or (target / MANIFEST).is_file()):
-        check = verify_export(target)
+        check = verify_export(target, key)
         if check.problems:
             err(f"Error: the export in {target} does not verify:")
             for problem in check.problems:
@@ -519,9 +522,19 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
             raise typer.Exit(EXIT_INPUT)
         typer.echo(f"OK: {check.files} files match {target / MANIFEST} (SHA-256 {check.manifest_sha256}); the chain of "
                    f"{check.chain.events} events verifies and ends at {check.chain.head}, as the manifest records.")
-        typer.echo("This proves the export is as it was written with this manifest. It does not prove who wrote it: "
-                   "compare the manifest's SHA-256 with the one `audit export` printed, kept somewhere else.")
+        if check.signature == "valid":
+            typer.echo(f"Signed: the manifest carries a valid signature by the private key of {key}. So the export is "
+                       "as the key's holder sealed it.")
+        else:
+            typer.echo(("Signed, but no --key was given: the signature was not checked. " if check.signature == "unchecked"
+                        else "Not signed. ") +
+                       "This proves the export is as it was written with this manifest, not who wrote it: compare the "
+                       "manifest's SHA-256 with the one `audit export` printed, kept somewhere else" +
+                       (", or verify with --key." if check.signature == "unchecked" else "."))
         return
+    if key is not None:
+        err("Error: --key checks an export directory's signature; a campaign's own ledger is not signed")
+        raise typer.Exit(EXIT_INPUT)
     else:
         with _open(target) as (c, store):
             verdict = verify_chain(store.events())
@@ -534,11 +547,30 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
     raise typer.Exit(EXIT_INPUT)
 
 
+@audit_app.command("keygen")
+@boundary
+def audit_keygen(out: Path = typer.Option(..., "--out", metavar="KEY",
+                                          help="Where to write the private key; KEY.pub gets the public one.")) -> None:
+    """Make an Ed25519 key pair for signing audit exports (`audit export --sign-key KEY`).
+
+    Keep the private key offline and give the public key (KEY.pub) to whoever checks the evidence
+    (`audit verify DIR --key KEY.pub`).
+
+    Example:  notify audit keygen --out notify-audit.key
+    """
+    from .signing import keygen
+
+    public = keygen(out)
+    typer.echo(f"Wrote {out} (private, 0600: keep it offline) and {public} (public: give it to whoever verifies)")
+
+
 @audit_app.command("export")
 @boundary
 def audit_export(campaign: Path = CampaignArg,
                  out: Path = typer.Option(..., "--out", help="Directory to write the evidence into (new or empty)."),
-                 force: bool = typer.Option(False, "--force", help="Write into a directory that is not empty.")) -> None:
+                 force: bool = typer.Option(False, "--force", help="Write into a directory that is not empty."),
+                 sign_key: Optional[Path] = typer.Option(None, "--sign-key", metavar="PRIVATE_KEY",
+                                                         help="Sign the manifest with this Ed25519 key (audit keygen).")) -> None:
     """Write the evidence for compliance: events.jsonl (the hash chain), recipients.csv (one row per input
     row), summary.json and summary.txt, and alternate_channel.csv (everyone email did not reach).
 
@@ -549,7 +581,7 @@ def audit_export(campaign: Path = CampaignArg,
 
     with _open(campaign) as (c, store):
         templates = Templates(c)
-        summary = export(c, store, out, templates.resolve, force=force)
+        summary = export(c, store, out, templates.resolve, force=force, sign_key=sign_key)
     typer.echo((out / "summary.txt").read_text(encoding="utf-8").rstrip())
     typer.echo(f"\nWrote {out}/: events.jsonl, recipients.csv, summary.json, summary.txt, alternate_channel.csv, "
                f"manifest.json")

@@ -492,3 +492,46 @@ def test_audit_verify_names_a_truncated_edited_added_or_missing_file(make_campai
     assert code == 1, text + err
     for name in names:
         assert name in err, err
+
+
+def test_a_signed_export_verifies_with_its_key_and_not_with_another_or_after_a_rewrite(make_campaign: MakeCampaign,
+                                                                                      tmp_path: Path) -> None:
+    # #27: anyone who can write the files can recompute the chain and the manifest together; a
+    # signature by a key kept elsewhere is what shows who sealed the export.
+    import json as json_mod
+    d = make_campaign(templates=simple_templates())
+    assert run("send", d, "--no-progress")[0] == 0
+    key, other = tmp_path / "audit.key", tmp_path / "other.key"
+    assert run("audit", "keygen", "--out", key)[0] == 0 and run("audit", "keygen", "--out", other)[0] == 0
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    code, _, err = run("audit", "keygen", "--out", key)
+    assert code == 1 and "already exists" in err
+    out = tmp_path / "audit"
+    assert run("audit", "export", d, "--out", out, "--sign-key", key)[0] == 0
+    code, text, err = run("audit", "verify", out, "--key", f"{key}.pub")
+    assert code == 0 and "Signed: the manifest carries a valid signature" in text, text + err
+    code, text, _ = run("audit", "verify", out)
+    assert code == 0 and "Signed, but no --key was given" in text
+    code, _, err = run("audit", "verify", out, "--key", f"{other}.pub")
+    assert code == 1 and "the signature does not match" in err
+    # A forger rewrites a row, then the manifest to match: the manifest verifies, the signature does not.
+    csv_path = out / "recipients.csv"
+    csv_path.write_text(csv_path.read_text().replace(",sent,", ",failed,", 1))
+    manifest = json_mod.loads((out / "manifest.json").read_text())
+    from notify.audit import _file_entry
+    manifest["files"]["recipients.csv"] = _file_entry(csv_path)
+    (out / "manifest.json").write_text(json_mod.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    assert run("audit", "verify", out)[0] == 0  # without the key, a consistent rewrite cannot be told apart
+    code, _, err = run("audit", "verify", out, "--key", f"{key}.pub")
+    assert code == 1 and "manifest.sig: the signature does not match" in err
+
+
+def test_verify_with_a_key_refuses_an_unsigned_export(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    d = make_campaign(templates=simple_templates())
+    assert run("send", d, "--no-progress")[0] == 0
+    assert run("audit", "keygen", "--out", tmp_path / "k")[0] == 0
+    assert run("audit", "export", d, "--out", tmp_path / "audit")[0] == 0
+    code, _, err = run("audit", "verify", tmp_path / "audit", "--key", tmp_path / "k.pub")
+    assert code == 1 and "not signed" in err
+    code, _, err = run("audit", "export", d, "--out", tmp_path / "audit2", "--sign-key", tmp_path / "k.pub")
+    assert code == 1 and "not a private key" in err and not (tmp_path / "audit2").exists()
