@@ -282,7 +282,8 @@ class FeedbackRecorder:
         if fb.kind == "suppressed_by_provider":
             detail["not_notified"] = "SES accepted the message but did not send it: the address is on the account's suppression list"
         event = Event(fb.kind, rid, key, provider_message_id=fb.provider_message_id, detail=detail)
-        if not self.store.record_feedback(fb.key, rid, new_state, event):
+        why = " ".join(str(detail[k]) for k in ("status", "diagnostic", "feedback_type") if detail.get(k)) or fb.kind
+        if not self.store.record_feedback(fb.key, rid, new_state, event, reason=f"{fb.kind}: {why}"):
             self.summary.duplicates += 1
             return
         self.summary.matched[fb.kind] += 1

@@ -740,16 +740,19 @@ class Store:
                     return row[0], row[1], row[2]
         return None
 
-    def record_feedback(self, key: str, recipient_id: int, state: str | None, event: Event) -> bool:
+    def record_feedback(self, key: str, recipient_id: int, state: str | None, event: Event, reason: str | None = None) -> bool:
         """One piece of feedback, once: its event (and state change, if any) with its dedupe key, in one
-        transaction. Returns False when this feedback was already recorded."""
+        transaction. A state change also keeps `reason` as the recipient's detail, so that the export
+        says why a person was not reached (5.2.1 account disabled), not the relay's earlier 250 OK.
+        Returns False when this feedback was already recorded."""
         with self.transaction() as db:
             if db.execute("INSERT OR IGNORE INTO feedback (key, received_at) VALUES (?, ?)", (key, utcnow())).rowcount == 0:
                 return False
             if state is not None:
                 current = db.execute("SELECT state FROM recipients WHERE id=?", (recipient_id,)).fetchone()[0]
                 if (current, state) in TRANSITIONS:
-                    db.execute("UPDATE recipients SET state=?, updated_at=? WHERE id=?", (state, utcnow(), recipient_id))
+                    db.execute("UPDATE recipients SET state=?, updated_at=?, detail=coalesce(?, detail) WHERE id=?",
+                               (state, utcnow(), reason[:500] if reason else None, recipient_id))
                 elif current != state:
                     (event.detail or {}).setdefault("state_kept", f"{current} (no transition to {state})")
             self._append(event)

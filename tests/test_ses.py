@@ -414,3 +414,21 @@ def test_wave_of_refusals() -> None:
     some = Wave(20, 5)  # SMTP: five 5.7.x among the last twenty
     flags = [some.add(i % 3 == 0) for i in range(15)]
     assert flags.index(True) == 12 and some.count == 5
+
+
+def test_a_bounced_person_shows_the_bounce_s_reason_in_the_export(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # #27: recipients.csv and alternate_channel.csv gave a bounced person's reason as the relay's
+    # "250 ... queued"; the real reason was only inside events.jsonl.
+    d = make_campaign("email\n" + "".join(f"p{i}@example.org\n" for i in range(5)), template="t", templates=simple_templates())
+    assert runner.invoke(app, ["send", str(d)]).exit_code == 0
+    path = tmp_path / "bounces.mbox"
+    box = mailbox.mbox(str(path))
+    for raw in dsn_fixtures(d):
+        box.add(raw)
+    box.close()
+    assert runner.invoke(app, ["bounces", str(d), "--mbox", str(path)]).exit_code == 0
+    out = tmp_path / "audit"
+    assert runner.invoke(app, ["audit", "export", str(d), "--out", str(out)]).exit_code == 0
+    alternate = [line for line in (out / "alternate_channel.csv").read_text().splitlines() if ",bounced," in line]
+    assert len(alternate) == 3 and all("bounced: 5." in line for line in alternate), alternate
+    assert not any("queued" in line or "outbox" in line for line in alternate)
