@@ -192,6 +192,39 @@ def _export_dir(out: Path, force: bool) -> None:
         raise InputError(f"--out {out}: cannot create the directory: {e.strerror}") from None
 
 
+def _approval_line(approval: dict[str, Any] | None) -> str:
+    """The approval as a person reads it: who, when, what (the full parts are in summary.json)."""
+    if approval is None:
+        return "none recorded"
+    d = approval["detail"]
+    note = f"; note: {d['note']}" if d.get("note") else ""
+    return f"by {d.get('by')} at {approval['ts'][:19]}Z, content SHA-256 {d.get('content_sha256')}{note}"
+
+
+def _deadline(campaign: Campaign, last_send: float | None, unsent: int) -> dict[str, Any]:
+    """A regulator's first question: the discovery, the deadline, and whether it was met."""
+    if campaign.deadline is None:
+        return {"deadline": None, "met": None, "said": "none set ([campaign] deadline or deadline_days)"}
+    due = dt.datetime.combine(campaign.deadline + dt.timedelta(days=1), dt.time(), campaign.tz)
+    since = f", {(campaign.deadline - campaign.discovered).days} days after discovery on {campaign.discovered}" \
+        if campaign.discovered else ""
+    head = f"{campaign.deadline} (end of day {campaign.timezone}{since})"
+    out: dict[str, Any] = {"deadline": campaign.deadline.isoformat(), "timezone": campaign.timezone,
+                           "discovered": campaign.discovered.isoformat() if campaign.discovered else None}
+    if unsent:
+        late = dt.datetime.now(dt.UTC) > due
+        out.update(met=False if late else None,
+                   said=f"{head}: {'MISSED' if late else 'not yet met'}: {unsent} recipient(s) not yet notified")
+    elif last_send is None:
+        out.update(met=None, said=f"{head}: nobody was sent a notice by email")
+    else:
+        days = (dt.datetime.fromtimestamp(last_send, dt.UTC) - due).total_seconds() / 86400
+        met = last_send <= due.timestamp()
+        out.update(met=met, said=f"{head}: {'met' if met else 'MISSED'}: the last notice was first sent {_iso(last_send)}, "
+                                 f"{abs(days):.1f} days {'before' if met else 'after'} it")
+    return out
+
+
 def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, str], str],
            force: bool = False, sign_key: Path | None = None) -> dict[str, Any]:
     """Writes events.jsonl, recipients.csv, summary.json, summary.txt and alternate_channel.csv into `out`,
@@ -264,6 +297,7 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
         "last_send": _iso(last_send),
         "not_reached_by_email": sum(states[s] for s in NOT_REACHED),
         "approval": approval,
+        "deadline": _deadline(campaign, last_send, sum(states[s] for s in ("pending", "deferred", "inflight"))),
         "template_sha256": template_hashes,
         "chain": {"events": verdict.events, "head": verdict.head, "verified": verdict.ok},
     }
@@ -278,7 +312,8 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
              "Per provider: " + (", ".join(f"{k} {v}" for k, v in summary["providers"].items()) or "none"),
              f"First send: {summary['first_send'] or '-'}; last send: {summary['last_send'] or '-'}",
              f"Not reached by email (alternate_channel.csv): {summary['not_reached_by_email']}",
-             f"Approval: {approval['detail'] if approval else 'none recorded'}",
+             f"Approval: {_approval_line(approval)}",
+             f"Deadline: {summary['deadline']['said']}",
              f"Audit chain: {verdict.events} events, head {verdict.head}, {'verified' if verdict.ok else 'BROKEN'}",
              "Templates as sent (SHA-256):" + ("" if template_hashes else " none sent")]
     lines += [f"  {h}  {name}" for name, h in sorted(template_hashes.items())]

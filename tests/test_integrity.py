@@ -535,3 +535,26 @@ def test_verify_with_a_key_refuses_an_unsigned_export(make_campaign: MakeCampaig
     assert code == 1 and "not signed" in err
     code, _, err = run("audit", "export", d, "--out", tmp_path / "audit2", "--sign-key", tmp_path / "k.pub")
     assert code == 1 and "not a private key" in err and not (tmp_path / "audit2").exists()
+
+
+def test_summary_states_the_approval_plainly_and_whether_the_deadline_was_met(make_campaign: MakeCampaign,
+                                                                              tmp_path: Path) -> None:
+    # #27: summary.txt printed the approval as a raw dict of 3,000 characters without its time, and said
+    # nothing of the legal deadline, a regulator's first question.
+    import datetime as dt
+    d = make_campaign(templates=simple_templates())
+    toml = d / "campaign.toml"
+    today = dt.datetime.now(dt.UTC).date()
+    toml.write_text(toml.read_text().replace("[campaign]\n", f"[campaign]\ndiscovered = {today}\ndeadline_days = 30\n", 1)
+                    .replace("discovered = 2022-08-08\n", f"discovered = {today}\n", 1))
+    assert run("approve", d, "--by", "J. Counsel", "--note", "v3 of the notice")[0] == 0
+    assert run("send", d, "--no-progress")[0] == 0
+    assert run("audit", "export", d, "--out", tmp_path / "audit")[0] == 0
+    text = (tmp_path / "audit" / "summary.txt").read_text()
+    approval = next(line for line in text.splitlines() if line.startswith("Approval: "))
+    assert approval.startswith("Approval: by J. Counsel at ") and "Z, content SHA-256 " in approval
+    assert approval.endswith("; note: v3 of the notice") and "{" not in approval and len(approval) < 200
+    deadline = next(line for line in text.splitlines() if line.startswith("Deadline: "))
+    assert deadline.startswith(f"Deadline: {today + dt.timedelta(days=30)} (end of day UTC, 30 days after discovery on {today}): met")
+    import json as json_mod
+    assert json_mod.loads((tmp_path / "audit" / "summary.json").read_text())["deadline"]["met"] is True
