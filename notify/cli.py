@@ -18,7 +18,7 @@ import typer
 from . import __version__, engine, report
 from . import campaign as campaign_mod
 from .audit import verify_chain
-from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_PIPE, NotifyError, TemplateError, redact
+from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_PIPE, NotApproved, NotifyError, TemplateError, redact
 from .preflight import preflight
 from .store import ImportResult, Store
 
@@ -157,6 +157,17 @@ def check(campaign: Path = CampaignArg,
                 err(f"Hint: {h}")
             err(f"Nothing was sent. Fix the above and run `notify check {campaign}` again.")
             raise typer.Exit(EXIT_INPUT)
+        from . import review
+
+        if pre.templates is not None and review.requires_approval(c, c.send.providers):
+            try:
+                review.check_approval(c, store, pre.templates)
+            except NotApproved as e:
+                # `send` would refuse: say so here rather than "ready" (#28).
+                typer.echo(f"\nOK: the checks passed, but not ready to send: {e.message}")
+                typer.echo(f"Next: notify preview {campaign} --out review/   then   notify approve {campaign} --by NAME"
+                           f"   (notify send {campaign} --dry-run works meanwhile)")
+                return
         typer.echo(f"\nOK: ready. Next: notify send {campaign} --dry-run   (or without --dry-run to send)")
 
 

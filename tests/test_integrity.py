@@ -558,3 +558,15 @@ def test_summary_states_the_approval_plainly_and_whether_the_deadline_was_met(ma
     assert deadline.startswith(f"Deadline: {today + dt.timedelta(days=30)} (end of day UTC, 30 days after discovery on {today}): met")
     import json as json_mod
     assert json_mod.loads((tmp_path / "audit" / "summary.json").read_text())["deadline"]["met"] is True
+
+
+def test_check_does_not_say_ready_when_send_would_refuse_for_lack_of_approval(make_campaign: MakeCampaign) -> None:
+    # #28: check ended with "OK: ready. Next: notify send" when the send would then refuse.
+    d = make_campaign(templates=simple_templates())
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text().replace("require_approval = false", "require_approval = true"))
+    code, out, _ = run("check", d)
+    assert code == 0 and "OK: ready" not in out and "not ready to send" in out and "notify approve" in out, out
+    assert run("approve", d, "--by", "J. Counsel")[0] == 0
+    code, out, _ = run("check", d)
+    assert code == 0 and "OK: ready." in out
