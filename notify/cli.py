@@ -114,6 +114,7 @@ def check(campaign: Path = CampaignArg,
     was sent yet), renders every version (locale and jurisdiction variant), runs the content lint
     and writes the rejects report.
 
+    \b
     Examples:
       notify check campaigns/example
       notify check campaigns/example --dns
@@ -225,11 +226,12 @@ def import_(
 def send(
     campaign: Path = CampaignArg,
     dry_run: bool = typer.Option(False, "--dry-run", help="Render every message into CAMPAIGN/dry-run/; change no state, send nothing."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Send at most N messages (a canary), then stop."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, metavar="N", help="Send at most N messages (a canary), then stop."),
     provider: Optional[str] = typer.Option(None, "--provider", help="Send through this [providers.NAME] only."),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1,
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, metavar="N",
                                               help="Messages in flight at once (overrides [send] concurrency)."),
-    rate: Optional[float] = typer.Option(None, "--rate", min=0.001, help="Messages per second (overrides [send] rate)."),
+    rate: Optional[float] = typer.Option(None, "--rate", min=0.001, metavar="PER_SECOND",
+                                         help="Messages per second (overrides [send] rate)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (it is off anyway when not on a terminal)."),
     acknowledge_reputation: bool = typer.Option(False, "--acknowledge-reputation",
                                                 help="Resume after the reputation circuit breaker paused the campaign (recorded)."),
@@ -239,6 +241,7 @@ def send(
     Runs the same checks as `notify check` first: nothing leaves unless every locale renders.
     Ctrl-C stops cleanly; running the same command again resumes where it stopped.
 
+    \b
     Examples:
       notify send campaigns/example --dry-run
       notify send campaigns/example --limit 10
@@ -296,6 +299,7 @@ def status(
 ) -> None:
     """Show counts by state, locale (and fallbacks), provider, and rejected rows.
 
+    \b
     Examples:
       notify status campaigns/example
       notify status campaigns/example --json
@@ -380,8 +384,8 @@ def approve(campaign: Path = CampaignArg,
 def bounces(
     campaign: Path = CampaignArg,
     sqs_url: Optional[str] = typer.Option(None, "--sqs-url", help="Long-poll this SQS queue for SES events (SNS-wrapped or raw)."),
-    wait: int = typer.Option(20, "--wait", min=0, max=20, help="Seconds each SQS poll waits for messages."),
-    max_messages: Optional[int] = typer.Option(None, "--max", min=1, help="Stop after N queue messages."),
+    wait: int = typer.Option(20, "--wait", min=0, max=20, metavar="SECONDS", help="Seconds each SQS poll waits for messages."),
+    max_messages: Optional[int] = typer.Option(None, "--max", min=1, metavar="N", help="Stop after N queue messages."),
     mbox: Optional[Path] = typer.Option(None, "--mbox", help="Read RFC 3464 bounce reports from an mbox file."),
     maildir: Optional[Path] = typer.Option(None, "--maildir", help="Read RFC 3464 bounce reports from a maildir."),
     region: Optional[str] = typer.Option(None, "--region", help="AWS region of the queue (default: the standard AWS environment)."),
@@ -391,6 +395,7 @@ def bounces(
     Each notification is recorded once, however often it arrives; a queue message is deleted only
     after its effect is committed; feedback that matches no recipient is kept and counted.
 
+    \b
     Examples:
       notify bounces campaigns/example --sqs-url https://sqs.us-east-1.amazonaws.com/123456789012/ses-events
       notify bounces campaigns/example --mbox bounces.mbox
@@ -517,6 +522,7 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
     unchanged, nothing added), the chain in events.jsonl, and that the chain is as long as the
     manifest says: a deleted last line, an edited row or an edited summary is named.
 
+    \b
     Examples:
       notify audit verify campaigns/example
       notify audit verify audit-2022-08/

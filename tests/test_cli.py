@@ -289,3 +289,13 @@ def test_suppress_list_keeps_one_entry_on_one_line() -> None:
     code, out, _ = run("suppress", "list")
     lines = [line for line in out.splitlines() if "carol@example.com" in line]
     assert code == 0 and len(lines) == 1 and "550 5.1.1 <carol@example.com>: user unknown" in lines[0], out
+
+
+def test_help_keeps_examples_one_per_line_and_names_values() -> None:
+    # #28: the Examples blocks were reflowed into one paragraph, wrapping mid-command, and options
+    # showed `<int range>` instead of a name.
+    code, out, _ = run("send", "--help")
+    assert code == 0
+    lines = [line.strip() for line in out.splitlines()]
+    assert "notify send campaigns/example --dry-run" in lines and "notify send campaigns/example --limit 10" in lines
+    assert "range>" not in out and "--limit N" in out and "--rate PER_SECOND" in out
