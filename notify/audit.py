@@ -17,7 +17,7 @@ from . import __version__, files, signing
 from .campaign import Campaign
 from .errors import InputError
 from .render import split_version
-from .store import GENESIS, Store, event_hash
+from .store import GENESIS, Store, event_hash, file_sha256
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,7 @@ SEALED = ("events.jsonl", "recipients.csv", "alternate_channel.csv", "summary.js
 
 
 def _file_entry(path: Path) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"size": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def write_manifest(out: Path, campaign_id: str, verdict: Verdict, sign_key: Path | None = None) -> str:
@@ -205,7 +201,8 @@ def _deadline(campaign: Campaign, last_send: float | None, unsent: int) -> dict[
     """A regulator's first question: the discovery, the deadline, and whether it was met."""
     if campaign.deadline is None:
         return {"deadline": None, "met": None, "said": "none set ([campaign] deadline or deadline_days)"}
-    due = dt.datetime.combine(campaign.deadline + dt.timedelta(days=1), dt.time(), campaign.tz)
+    due = campaign.deadline_end
+    assert due is not None
     since = f", {(campaign.deadline - campaign.discovered).days} days after discovery on {campaign.discovered}" \
         if campaign.discovered else ""
     head = f"{campaign.deadline} (end of day {campaign.timezone}{since})"

@@ -134,10 +134,17 @@ class Campaign:
 
     @functools.cached_property
     def tz(self) -> dt.tzinfo:
-        return _tzinfo(self.timezone)
+        return tzinfo(self.timezone)
 
     def today(self) -> dt.date:
         return dt.datetime.now(self.tz).date()
+
+    @property
+    def deadline_end(self) -> dt.datetime | None:
+        """The moment the deadline passes: the end of its day in the campaign's time zone."""
+        if self.deadline is None:
+            return None
+        return dt.datetime.combine(self.deadline + dt.timedelta(days=1), dt.time(), self.tz)
 
     @property
     def state_dir(self) -> Path:
@@ -275,7 +282,7 @@ def _non_negative(v: Any) -> str | None:
     return None if v >= 0 else "must be 0 or more"
 
 
-def _tzinfo(name: str) -> dt.tzinfo:
+def tzinfo(name: str) -> dt.tzinfo:
     return dt.UTC if name == "UTC" else zoneinfo.ZoneInfo(name)
 
 
@@ -478,7 +485,7 @@ def _build(file: Path, data: dict[str, Any]) -> Campaign:
         c.problem("[campaign] deadline_days", "counts from [campaign] discovered, which is missing")
     zone = camp.get("timezone", "UTC")
     zone = zone if isinstance(zone, str) and _timezone(zone) is None else "UTC"  # a bad name is reported above
-    today = dt.datetime.now(_tzinfo(zone)).date()
+    today = dt.datetime.now(tzinfo(zone)).date()
     if isinstance(camp.get("discovered"), dt.date) and camp["discovered"] > today:
         c.problem("[campaign] discovered", f"{camp['discovered']} is in the future (today is {today} in {zone}); "
                   "a notice cannot say the breach was discovered on a day that has not come")

@@ -8,6 +8,7 @@ file it would overwrite, `rejects.tmp` to a shell rc file) or a chmod (`.notify`
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import os
@@ -90,15 +91,9 @@ def write_private(path: Path, data: bytes, fsync: bool = False) -> None:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)  # replaces a link at `path` itself, never what it points to
     except BaseException:
-        _unlink_quietly(tmp)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")

@@ -7,7 +7,6 @@ import functools
 import hashlib
 import os
 import time
-import zoneinfo
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from email.headerregistry import Address
@@ -26,7 +25,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.loaders import split_template_path
 
 from . import mime, plan, sandbox
-from .campaign import Campaign
+from .campaign import Campaign, tzinfo
 from .errors import TemplateError
 from .message import Message, message_id
 from .recipients import recipient_token
@@ -530,7 +529,7 @@ def compose(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: s
 @functools.lru_cache(maxsize=2)
 def date_header(second: int, zone: str = "UTC") -> str:
     """The Date header for a second, in the campaign's time zone: the same for every message composed in it."""
-    return format_datetime(dt.datetime.fromtimestamp(second, dt.UTC if zone == "UTC" else zoneinfo.ZoneInfo(zone)))
+    return format_datetime(dt.datetime.fromtimestamp(second, tzinfo(zone)))
 
 
 def compose_with_email_package(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: str, mid: str,

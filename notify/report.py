@@ -35,7 +35,8 @@ def deadline(campaign: Campaign, store: Store, rate: float | None = None,
     if campaign.deadline is None:
         return None
     now = now or dt.datetime.now(dt.UTC)
-    due = dt.datetime.combine(campaign.deadline + dt.timedelta(days=1), dt.time(), campaign.tz)
+    due = campaign.deadline_end
+    assert due is not None
     remaining = store.count_unsent()
     rate = rate if rate else store.recent_rate()
     left = (due - now).total_seconds()
