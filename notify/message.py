@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .recipients import recipient_token
-
 
 @dataclass(frozen=True)
 class Message:
@@ -25,8 +23,9 @@ class Message:
     transparent: bool = False  # data can follow SMTP's DATA as it is (mime.transparent): nothing to stuff
 
 
-def message_id(campaign_id: str, key: str, domain: str) -> str:
-    """Deterministic per (campaign, address): a resend after a crash carries the same ID. Its last dotted
-    part is the recipient's token, through whose index store.find() looks up a Message-ID that feedback
-    quotes; the token is already in the message's VERP address and tags, so the ID reveals nothing more."""
-    return f"<{campaign_id}.{recipient_token(key)}@{domain}>"
+def message_id(campaign_id: str, token: str, domain: str) -> str:
+    """Deterministic per (campaign, recipient): a resend after a crash carries the same ID. Its last dotted
+    part is the recipient's token (recipients.recipient_token, stored at import), through whose index
+    store.find() looks up a Message-ID that feedback quotes; the token is already in the message's VERP
+    address and tags, so the ID reveals nothing more."""
+    return f"<{campaign_id}.{token}@{domain}>"

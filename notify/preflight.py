@@ -10,7 +10,7 @@ from .campaign import Campaign
 from .errors import TemplateError
 from .lint import lint
 from .message import Message
-from .recipients import STANDARD_COLUMNS
+from .recipients import SAMPLE_SECRET, STANDARD_COLUMNS, recipient_token
 from .render import Rendered, RenderFailure, Templates, build_message, recipient_context, split_version, synthetic_recipient, version_order
 from .store import ImportResult, Store
 
@@ -84,7 +84,8 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
         sample = synthetic_recipient(split_version(version)[1], columns)
         targets.setdefault(version, (sample["email"], sample))
     for version, (email, recipient) in sorted(targets.items(), key=lambda kv: version_order(kv[0])):
-        built = build_message(templates, recipient, to_email=email, key=email.lower(), version=version)
+        built = build_message(templates, recipient, to_email=email, token=recipient_token(email.lower(), SAMPLE_SECRET),
+                              version=version)
         if isinstance(built, RenderFailure):
             pre.add(built.reason, built.hint)
         else:

@@ -6,6 +6,7 @@ import codecs
 import csv
 import functools
 import hashlib
+import hmac
 import json
 import re
 from collections.abc import Iterator
@@ -30,9 +31,15 @@ _NUL_STANDIN = "\ue000"
 _UTF8_HINT = 'save the file as UTF-8 (in a spreadsheet: "CSV UTF-8") and run again'
 
 
-def recipient_token(key: str) -> str:
-    """A stable, opaque handle for one recipient: in SES tags and VERP addresses, never the address itself."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+def recipient_token(key: str, secret: bytes) -> str:
+    """A stable, opaque handle for one recipient: in SES tags, VERP addresses and the Message-ID, never the
+    address itself. Keyed (HMAC-SHA256 with the campaign's secret, store.token_key): nobody who knows an
+    address can compute its token, so nobody can forge a bounce that names it."""
+    return hmac.new(secret, key.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+
+# Previews and preflight render samples that are nobody's message: their tokens need no secret.
+SAMPLE_SECRET = b"notify sample, never sent"
 
 
 @dataclass(frozen=True)

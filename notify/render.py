@@ -28,7 +28,6 @@ from . import mime, plan, sandbox
 from .campaign import Campaign, tzinfo
 from .errors import TemplateError
 from .message import Message, message_id
-from .recipients import recipient_token
 from .sandbox import Namespace
 
 PARTS = ("subject.txt", "body.txt", "body.html")
@@ -449,18 +448,18 @@ class RenderFailure:
     hint: str | None = None
 
 
-def build_message(templates: Templates, recipient: dict[str, Any], *, to_email: str, key: str,
+def build_message(templates: Templates, recipient: dict[str, Any], *, to_email: str, token: str,
                   version: str | None = None) -> Built | RenderFailure:
     """The one way a recipient becomes a message: resolve the version (unless given), render, compose.
     `recipient` is recipient_context()'s dict (whose email is the address as people read it);
     `to_email` the address as stored, which the envelope and the To header take (IDNA domain);
-    `key` the dedupe key the Message-ID derives from."""
+    `token` the recipient's stored token, which the Message-ID, VERP address and tags carry."""
     campaign = templates.campaign
     try:
         if version is None:
             version = templates.resolve(recipient["locale"] or campaign.default_locale, recipient["jurisdiction"])
         rendered = templates.render(version, recipient)
-        message = compose(campaign, rendered, to_email=to_email, to_name=recipient["name"], key=key)
+        message = compose(campaign, rendered, to_email=to_email, to_name=recipient["name"], token=token)
     except TemplateError as e:
         return RenderFailure(version or recipient["locale"] or campaign.default_locale, str(e), e.hint)
     except ValueError as e:  # the email package refuses a header value
@@ -485,7 +484,7 @@ def recipient_context(email: str, name: str, locale: str, jurisdiction: str, var
     return {**vars, "email": display_address(email), "name": name, "locale": locale, "jurisdiction": jurisdiction}
 
 
-def compose(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: str, key: str,
+def compose(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: str, token: str,
             date: dt.datetime | None = None) -> Message:
     """One recipient, one message: multipart/alternative text + HTML, UTF-8, deterministic Message-ID.
 
@@ -496,7 +495,7 @@ def compose(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: s
     sender_addr = sender.addr_spec
     local = to_email.rpartition("@")[0]
     smtputf8 = not (local.isascii() and sender.username.isascii())
-    mid = message_id(campaign.id, key, sender.domain)
+    mid = message_id(campaign.id, token, sender.domain)
     when = date_header(int(time.time()), campaign.timezone) if date is None else format_datetime(date)
     data, clear = None, False
     if not smtputf8:
@@ -521,7 +520,7 @@ def compose(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: s
         data=data,
         sha256=hashlib.sha256(data).hexdigest(),
         smtputf8=smtputf8,
-        tags={"campaign": campaign.id, "recipient": recipient_token(key)},
+        tags={"campaign": campaign.id, "recipient": token},
         transparent=clear,
     )
 

@@ -70,7 +70,7 @@ TOP_PAD = 64 << 20
 def render_claimed(templates: Templates, c: Claimed) -> Prepared:
     """A claimed recipient's version and message (render.build_message); a failure, for the engine to record."""
     built = build_message(templates, recipient_context(c.email, c.name, c.locale, c.jurisdiction, c.vars),
-                          to_email=c.email, key=c.key)
+                          to_email=c.email, token=c.token)
     if isinstance(built, RenderFailure):  # preflight rendered every version; this recipient's own data broke it
         return built.version, built
     return built.version, built.message

@@ -15,6 +15,7 @@ from typing import Any
 from . import __version__, files
 from .campaign import Campaign, OutboxConfig
 from .errors import NotApproved, TemplateError
+from .recipients import SAMPLE_SECRET, recipient_token
 from .render import RenderFailure, Templates, build_message, recipient_context, split_version, synthetic_recipient
 from .store import Store
 
@@ -109,7 +110,8 @@ def preview(campaign: Campaign, store: Store, templates: Templates, out: Path) -
         else:
             recipient, sample = synthetic_recipient(locale, columns), "synthetic sample (no recipient gets this version)"
             email = recipient["email"]
-        built = build_message(templates, recipient, to_email=email, key=email.lower(), version=version)
+        built = build_message(templates, recipient, to_email=email, token=recipient_token(email.lower(), SAMPLE_SECRET),
+                              version=version)
         if isinstance(built, RenderFailure):
             raise TemplateError(built.reason, hint=built.hint)
         rendered, msg = built.rendered, built.message

@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -172,6 +173,21 @@ MIGRATIONS: list[tuple[str, str]] = [
         DROP INDEX recipients_message_id;
         CREATE INDEX recipients_message_id ON recipients(message_id) WHERE {OLD_MESSAGE_ID}
     """),
+    # Tokens were an unkeyed SHA-256 of the address: anyone who knew an address could compute its
+    # VERP address and forge a bounce for it. From here each campaign has a secret (the meta table,
+    # which _migrate keeps beside the migrations), and recipients imported from now on get a keyed token.
+    # Rows imported before keep theirs: the messages already sent carry them.
+    # suppress_outbox: a suppression decided by feedback, written in the feedback's own transaction
+    # and copied to the shared list after it, so a crash or a locked list between the two loses
+    # nothing (the next run copies what is left).
+    ("0010_keyed_tokens", """
+        CREATE TABLE suppress_outbox (
+            address TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            source TEXT NOT NULL,
+            reason TEXT NOT NULL
+        )
+    """),
 ]
 
 # A provider's own ID, through the partial index of migration 0006 (its WHERE, restated, lets SQLite
@@ -267,9 +283,10 @@ class Claimed:
     doubt: bool
     first_attempt_at: float | None
     previous_state: str
+    token: str  # the handle in its Message-ID, VERP address and tags (recipients.recipient_token)
 
 
-CLAIM_COLUMNS = "id, row, email, key, name, locale, jurisdiction, vars, attempts, doubt, first_attempt_at, state"
+CLAIM_COLUMNS = "id, row, email, key, name, locale, jurisdiction, vars, attempts, doubt, first_attempt_at, state, token"
 # What claim() runs ({skip}: the saturated domains' clause); the sort-nothing test checks their plans.
 CLAIM_PENDING_SQL = f"SELECT {CLAIM_COLUMNS} FROM recipients WHERE state='pending'{{skip}} ORDER BY id LIMIT ?"
 CLAIM_DUE_SQL = (f"SELECT {CLAIM_COLUMNS} FROM {DEFERRED} AND next_attempt_at <= ?{{skip}}"
@@ -284,7 +301,7 @@ def _by_message_id(mid: str | None) -> tuple[tuple[str, tuple[str | None, ...]],
 
 
 def _claimed(r: tuple[Any, ...]) -> Claimed:
-    return Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], bool(r[9]), r[10], r[11])
+    return Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], bool(r[9]), r[10], r[11], r[12])
 
 
 @dataclass
@@ -348,6 +365,8 @@ class Store:
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.execute("PRAGMA busy_timeout=5000")
             self._migrate()
+            self.db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('token_key', ?)", (secrets.token_bytes(32),))
+            self.token_key: bytes = bytes(self.db.execute("SELECT value FROM meta WHERE name='token_key'").fetchone()[0])
             row = self.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{path}: cannot use the campaign database: {e}") from None
@@ -409,6 +428,7 @@ class Store:
 
     def _migrate(self) -> None:
         self.db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)")
         done = {r[0] for r in self.db.execute("SELECT name FROM migrations")}
         for name, sql in MIGRATIONS:
             if name in done:
@@ -619,7 +639,7 @@ class Store:
                 rejects.append((import_id, item.row, item.raw, item.reason))
                 continue
             known[item.key] = (item.row, import_id, 0, "pending", 0)
-            values = (import_id, item.row, item.email, item.key, recipient_token(item.key), item.email.rpartition("@")[2],
+            values = (import_id, item.row, item.email, item.key, recipient_token(item.key, self.token_key), item.email.rpartition("@")[2],
                       item.name, item.locale, item.jurisdiction, _vars(item))
             if item.ineligible is None:
                 rows.append(values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +52,15 @@ def run(*args: str | Path) -> tuple[int, str, str]:
     """A notify command as a user runs it: (exit code, stdout, stderr)."""
     r = _runner.invoke(app, [str(a) for a in args])
     return r.exit_code, r.stdout, r.stderr
+
+
+def tokens(d: Path) -> dict[str, str]:
+    """Each recipient's token (keyed with the campaign's secret, so read from its state), by address."""
+    con = sqlite3.connect(d / ".notify" / "campaign.sqlite")
+    try:
+        return dict(con.execute("SELECT key, token FROM recipients"))
+    finally:
+        con.close()
 
 
 @pytest.fixture(autouse=True)

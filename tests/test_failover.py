@@ -16,7 +16,7 @@ from notify.cli import app
 from notify.providers.ses import SesProvider
 from notify.store import Store
 
-from .conftest import MakeCampaign, simple_templates
+from .conftest import MakeCampaign, simple_templates, tokens
 from .smtpd import Handler, Server
 from .test_ses import account, aws, sent_by_moto, stub_account  # noqa: F401 - aws is a fixture
 
@@ -116,8 +116,6 @@ def test_in_doubt_settled_from_ses_events_before_any_resend(make_campaign: MakeC
     import boto3
     import botocore.exceptions as bx
 
-    from notify.recipients import recipient_token
-
     from .test_ses import ses_event
 
     doubtful = {"c2@example.org", "c5@example.org"}
@@ -155,7 +153,7 @@ def test_in_doubt_settled_from_ses_events_before_any_resend(make_campaign: MakeC
 
     # SES's Send event for one of the two arrives on the campaign's queue.
     sqs.send_message(QueueUrl=url, MessageBody=json.dumps(
-        ses_event("Send", "c2@example.org", token=recipient_token("c2@example.org"))))
+        ses_event("Send", "c2@example.org", token=tokens(d)["c2@example.org"])))
     r = runner.invoke(app, ["send", str(d), "--concurrency", "1"])
     assert "In doubt: 2; settled from provider events: 1; 1 will be sent again with the same Message-ID." in r.stdout
     assert len(sent_by_moto()) == 8, "the settled one was not sent again"

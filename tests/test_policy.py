@@ -23,7 +23,7 @@ MSG = Message(message_id="<c.t@example.com>", sender="s@example.com", recipient=
 
 
 def claimed(attempts: int = 0, first: float | None = None, doubt: bool = False) -> Claimed:
-    return Claimed(id=7, row=2, email="r@example.com", key="r@example.com", name="R", locale="en", jurisdiction="",
+    return Claimed(token="0" * 32, id=7, row=2, email="r@example.com", key="r@example.com", name="R", locale="en", jurisdiction="",
                    vars={}, attempts=attempts, doubt=doubt, first_attempt_at=first, previous_state="pending")
 
 

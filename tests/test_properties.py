@@ -54,7 +54,7 @@ def test_address_and_name_survive_rendering(address: str, name: str) -> None:
         # Only names that could break a header are refused, and always with a reason.
         assert re.search(r"[\x00-\x1f\x7f\u2028\u2029\x85]", name), (name, item.reason)
         return
-    msg = compose(CAMPAIGN, RENDERED, to_email=item.email, to_name=item.name, key=item.key)
+    msg = compose(CAMPAIGN, RENDERED, to_email=item.email, to_name=item.name, token="0" * 32)
     head = msg.data.split(b"\r\n\r\n", 1)[0] if b"\r\n\r\n" in msg.data else msg.data.split(b"\n\n", 1)[0]
     for line in re.split(rb"\r?\n", head):
         assert b"\r" not in line and b"\0" not in line

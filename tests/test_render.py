@@ -10,6 +10,7 @@ import pytest
 
 from notify import campaign
 from notify.errors import TemplateError
+from notify.recipients import recipient_token
 from notify.render import Templates, compose, message_id, recipient_context
 
 from .conftest import EXAMPLE, MakeCampaign, simple_templates
@@ -30,12 +31,12 @@ def test_every_shipped_locale_renders_into_a_well_formed_message() -> None:
     assert t.locales == SHIPPED
     for loc in SHIPPED:
         r = t.render(loc, recipient_context("josé@xn--bcher-kva.example", "José Ñúñez", loc, "", {}))
-        m = compose(c, r, to_email="josé@xn--bcher-kva.example", to_name="José Ñúñez", key="josé@xn--bcher-kva.example")
+        m = compose(c, r, to_email="josé@xn--bcher-kva.example", to_name="José Ñúñez", token="0123456789abcdef" * 2)
         msg = parse(m.data)
         assert msg.get_content_type() == "multipart/alternative"
         assert msg["To"].addresses[0].display_name == "José Ñúñez"
         assert msg["To"].addresses[0].addr_spec == "josé@xn--bcher-kva.example"
-        assert msg["Message-ID"] == message_id(c.id, "josé@xn--bcher-kva.example", "example.com") == m.message_id
+        assert msg["Message-ID"] == message_id(c.id, "0123456789abcdef" * 2, "example.com") == m.message_id
         assert msg["X-Notify-Campaign"] == c.id and msg["Content-Language"] == loc
         assert "List-Unsubscribe" not in msg
         html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
@@ -69,9 +70,19 @@ def test_variables_per_locale(make_campaign: MakeCampaign) -> None:
 
 
 def test_message_id_is_deterministic_and_unique() -> None:
-    a = message_id("c1", "a@example.com", "example.com")
-    assert a == message_id("c1", "a@example.com", "example.com")
-    assert a != message_id("c1", "b@example.com", "example.com") != message_id("c2", "a@example.com", "example.com")
+    ta, tb = recipient_token("a@example.com", b"k1"), recipient_token("b@example.com", b"k1")
+    a = message_id("c1", ta, "example.com")
+    assert a == message_id("c1", recipient_token("a@example.com", b"k1"), "example.com")
+    assert a != message_id("c1", tb, "example.com") != message_id("c2", ta, "example.com")
+
+
+def test_a_token_cannot_be_computed_from_the_address_alone() -> None:
+    # #26: the token was sha256(address)[:32]: anyone could compute a person's VERP address and forge a bounce.
+    import hashlib
+
+    t = recipient_token("carol@example.com", b"secret of one campaign")
+    assert t != hashlib.sha256(b"carol@example.com").hexdigest()[:32]
+    assert t != recipient_token("carol@example.com", b"secret of another") and len(t) == 32
 
 
 def test_fallback_chain(make_campaign: MakeCampaign) -> None:
@@ -119,7 +130,7 @@ def test_subject_is_one_line_and_header_values_cannot_inject(make_campaign: Make
     r = Templates(c).render("en", recipient_context("a@example.com", "A", "en", "", {}))
     assert r.subject == "Notice of breach"
     with pytest.raises(ValueError):  # the email package refuses, and rows with CR/LF never get here
-        compose(c, r, to_email="a@example.com", to_name="A\r\nBcc: x@example.net", key="a@example.com")
+        compose(c, r, to_email="a@example.com", to_name="A\r\nBcc: x@example.net", token="t" * 32)
 
 
 def test_recipient_fields_found_for_upfront_column_checks(make_campaign: MakeCampaign) -> None:

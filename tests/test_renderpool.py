@@ -33,13 +33,13 @@ ROWS = "email,name,locale,jurisdiction\n" + "".join(
     f"{['US-MA', 'US-CA', 'EU-FR'][i % 3]}\n" for i in range(300))
 
 
-def sent(d: Path) -> dict[str, tuple[str, str, str, str]]:
-    """Message-ID -> (To, Subject, text, html) of every message in the outbox."""
+def sent(d: Path) -> dict[str, tuple[str, str, str]]:
+    """To -> (Subject, text, html) of every message in the outbox (Message-IDs differ: each campaign has its own token key)."""
     out = {}
     for p in (d / "outbox").glob("*.eml"):
         m = email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
         bodies = tuple(m.get_body((kind,)).get_content() for kind in ("plain", "html"))  # type: ignore[union-attr]
-        out[str(m["Message-ID"])] = (str(m["To"]), str(m["Subject"]), *bodies)
+        out[str(m["To"])] = (str(m["Subject"]), *bodies)
     return out
 
 

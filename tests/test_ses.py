@@ -22,11 +22,10 @@ from notify.cli import app
 from notify.message import message_id
 from notify.providers.base import Kind
 from notify.providers.ses import DOWN, PERMANENT, THROTTLING, SesProvider, classify_error
-from notify.recipients import recipient_token
 from notify.store import Store
 from notify.suppression import SuppressionList
 
-from .conftest import MakeCampaign, simple_templates
+from .conftest import MakeCampaign, simple_templates, tokens
 
 runner = CliRunner()
 DSN = Path(__file__).parent / "data" / "dsn"
@@ -230,7 +229,7 @@ def test_bounces_from_sqs(make_campaign: MakeCampaign, aws: Any, quota: dict[str
     con = db(d)
     ids = dict(con.execute("SELECT email, provider_message_id FROM recipients"))
     con.close()
-    tok = {a: recipient_token(a) for a in ids}
+    tok = tokens(d)
     sqs = boto3.client("sqs", region_name="us-east-1")
     url = sqs.create_queue(QueueName="ses-events")["QueueUrl"]
     sns = boto3.client("sns", region_name="us-east-1")
@@ -298,9 +297,9 @@ def dsn_fixtures(d: Path) -> list[bytes]:
     keys = [r[0] for r in con.execute("SELECT key FROM recipients ORDER BY id")]
     con.close()
     values = {
-        "token_postfix": recipient_token(keys[0]), "addr_postfix": "someone-else@example.net",
+        "token_postfix": tokens(d)[keys[0]], "addr_postfix": "someone-else@example.net",
         "mid_postfix": "<unrelated@example.com>",
-        "addr_exchange": "unknown-alias@example.org", "mid_exchange": message_id("test-2022-08", keys[1], "example.com"),
+        "addr_exchange": "unknown-alias@example.org", "mid_exchange": message_id("test-2022-08", tokens(d)[keys[1]], "example.com"),
         "addr_gmail": keys[2], "mid_gmail": "<x@y>",
         "addr_legacy": keys[3],
     }

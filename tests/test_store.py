@@ -77,12 +77,12 @@ def test_message_ids_are_found_through_the_token_and_earlier_ones_still_by_their
         store_mod.MIGRATIONS = saved
     s = open_store(d)
     (new,) = s.claim(1, 0.0)
-    new_form = message_id("camp", new.key, "example.com")
+    new_form = message_id("camp", new.token, "example.com")
     s.apply([Change(new.id, "sent", Event("sent", new.id), fields={"message_id": new_form})])
     assert s.find(message_id=old_form) == (old.id, "old@example.org", "sent")
     assert s.find(message_id=new_form) == (new.id, "new@example.org", "sent")
     assert s.find(provider_message_id=new_form) == (new.id, "new@example.org", "sent")  # SMTP reports our ID
-    assert s.find(message_id=message_id("other", new.key, "example.com")) is None  # the token alone is not enough
+    assert s.find(message_id=message_id("other", new.token, "example.com")) is None  # the token alone is not enough
     (schema,) = s.db.execute("SELECT sql FROM sqlite_master WHERE name='recipients_message_id'").fetchone()
     assert schema.rstrip().endswith(f"WHERE {store_mod.OLD_MESSAGE_ID}"), schema  # partial: new IDs are not in it
     assert s.db.execute(f"SELECT message_id FROM recipients INDEXED BY recipients_message_id"
