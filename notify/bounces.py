@@ -8,27 +8,28 @@ added to the shared suppression list. Feedback that matches nobody is kept and c
 
 from __future__ import annotations
 
-import email
-import email.policy
+import concurrent.futures
 import hashlib
 import json
-import mailbox
+import queue
 import re
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from email.message import Message as EmailMessage
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from . import dsn, reasons
+from .errors import DeliveryError, InputError
 from .store import Event, Store
 from .suppression import SuppressionList
 
 # kind -> (new state or None for "recorded only", suppression kind or None)
 EFFECTS: dict[str, tuple[str | None, str | None]] = {
     "delivered": ("delivered", None),
-    "bounced": ("bounced", "hard-bounce"),
+    "bounced": ("bounced", "hard-bounce"),  # the address is dead (reasons.HARD)
+    "bounce_refused": ("failed", None),  # the message was refused for good; the address lives
     "bounce_transient": (None, None),
     "bounce_undetermined": (None, None),
     "suppressed_by_provider": ("suppressed", None),
@@ -37,6 +38,10 @@ EFFECTS: dict[str, tuple[str | None, str | None]] = {
     "provider_reject": ("failed", None),
     "delivery_delayed": (None, None),
 }
+
+
+class Malformed(ValueError):
+    """Feedback of a shape we do not know: recorded as unmatched with this reason, never applied."""
 
 
 @dataclass
@@ -73,170 +78,194 @@ class Summary:
 
 # --- SES notifications ---
 
+MAX_BODY = 256 * 1024  # SQS's own limit: a longer body is not SES's
+# SES bounce subtypes -> reason, when the recipient's status and diagnostic say nothing more.
+SES_SUBTYPES = {"General": "userunknown", "NoEmail": "userunknown", "UnsubscribedRecipient": "filtered",
+                "MailboxFull": "mailboxfull", "MessageTooLarge": "mesgtoobig", "ContentRejected": "contenterror",
+                "AttachmentRejected": "policyviolation"}
+
+
+def _obj(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise Malformed(f"{what} is {type(value).__name__}, not an object")
+    return value
+
+
+def _items(value: Any, what: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise Malformed(f"{what} is {type(value).__name__}, not a list")
+    return value
+
+
+def _text(value: Any, what: str, limit: int = 2000) -> str | None:
+    """A string field as SES sends it; a number is taken as its text; anything else is malformed."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise Malformed(f"{what} is {type(value).__name__}, not a string")
+    return str(value)[:limit]
+
+
+def _address(value: Any, what: str) -> str | None:
+    text = _text(value, what, 1000)
+    return dsn.clean_address(text) if text else None
+
+
 def _tag(mail: dict[str, Any], name: str) -> str | None:
-    value = (mail.get("tags") or {}).get(name)
-    return value[0] if isinstance(value, list) and value else value if isinstance(value, str) else None
+    value = _obj(mail.get("tags"), "mail.tags").get(name)
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return _text(value, f"mail.tags.{name}", 200)
 
 
 def _header(mail: dict[str, Any], name: str) -> str | None:
-    for h in mail.get("headers") or []:
+    for h in _items(mail.get("headers"), "mail.headers"):
+        h = _obj(h, "a mail header")
         if str(h.get("name", "")).lower() == name.lower():
-            return str(h.get("value", ""))
+            return _text(h.get("value"), f"mail header {name}", 998)
     return None
 
 
-def parse_ses(body: str | dict[str, Any], envelope_id: str | None = None) -> list[Feedback]:
-    """An SQS message body: an SNS envelope (Message as a JSON string, or a dict as moto delivers it) or the
-    raw event. Event publishing uses eventType, identity notifications notificationType."""
-    data = json.loads(body) if isinstance(body, str) else body
+def _envelope(body: str | dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The SES event inside an SQS body (an SNS envelope whose Message is a JSON string, or a dict as moto
+    delivers it, or the raw event) and the SNS MessageId; Malformed for anything else."""
+    if isinstance(body, str):
+        if len(body) > MAX_BODY:
+            raise Malformed(f"{len(body)} characters: longer than any SQS message")
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError) as e:
+            raise Malformed(f"not JSON ({str(e)[:80]})") from None
+    else:
+        data = body
     sns_id = None
     if isinstance(data, dict) and data.get("Type") == "Notification" and "Message" in data:
-        sns_id = data.get("MessageId")
+        sns_id = _text(data.get("MessageId"), "SNS MessageId", 200)
         inner = data["Message"]
-        data = json.loads(inner) if isinstance(inner, str) else inner
+        try:
+            data = json.loads(inner) if isinstance(inner, str) else inner
+        except (ValueError, RecursionError):
+            raise Malformed("an SNS notification whose Message is not JSON: not an SES event") from None
     if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    etype = str(data.get("eventType") or data.get("notificationType") or "")
-    mail = data.get("mail") or {}
-    base = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+        raise Malformed(f"a JSON {type(data).__name__}, not an SES event")
+    if not (data.get("eventType") or data.get("notificationType")):
+        raise Malformed("no eventType or notificationType: not an SES event")
+    return data, sns_id
+
+
+def parse_ses(body: str | dict[str, Any], envelope_id: str | None = None) -> list[Feedback]:
+    """An SQS message body: an SNS envelope or the raw event. Event publishing uses eventType, identity
+    notifications notificationType. Any shape SES does not send raises Malformed (and nothing else)."""
+    data, sns_id = _envelope(body)
+    etype = _text(data.get("eventType") or data.get("notificationType"), "eventType", 100) or ""
+    mail = _obj(data.get("mail"), "mail")
+    try:
+        base = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    except (ValueError, TypeError, RecursionError):
+        raise Malformed("an event too deeply nested to read") from None
     ident = sns_id or envelope_id or base
     common = dict(token=_tag(mail, "recipient"), campaign=_tag(mail, "campaign"),
-                  message_id=_header(mail, "X-Notify-Id"), provider_message_id=mail.get("messageId"))
+                  message_id=_header(mail, "X-Notify-Id"), provider_message_id=_text(mail.get("messageId"), "mail.messageId", 200))
 
     def one(kind: str, address: str | None, detail: dict[str, Any], part: str = "") -> Feedback:
         return Feedback(kind, f"ses:{ident}:{part or address or ''}", "ses", address=address, detail=detail, **common)
 
     out: list[Feedback] = []
     if etype == "Bounce":
-        b = data.get("bounce") or {}
-        btype, sub = b.get("bounceType"), b.get("bounceSubType")
-        if btype == "Permanent" and sub == "OnAccountSuppressionList":
-            kind = "suppressed_by_provider"
-        else:
-            kind = {"Permanent": "bounced", "Transient": "bounce_transient"}.get(str(btype), "bounce_undetermined")
-        for r in b.get("bouncedRecipients") or [{}]:
-            out.append(one(kind, r.get("emailAddress"), {
-                "bounce_type": btype, "bounce_subtype": sub, "status": r.get("status"),
-                "diagnostic": r.get("diagnosticCode"), "feedback_id": b.get("feedbackId")}))
+        b = _obj(data.get("bounce"), "bounce")
+        btype, sub = _text(b.get("bounceType"), "bounceType", 50), _text(b.get("bounceSubType"), "bounceSubType", 50)
+        for r in _items(b.get("bouncedRecipients"), "bounce.bouncedRecipients") or [{}]:
+            r = _obj(r, "a bounced recipient")
+            status, diag = _text(r.get("status"), "status", 20), _text(r.get("diagnosticCode"), "diagnosticCode")
+            reason = reasons.classify(status, diag)
+            if reason == "undefined":
+                reason = SES_SUBTYPES.get(sub or "", "undefined")
+            if btype == "Permanent" and sub in ("OnAccountSuppressionList", "Suppressed"):
+                kind = "suppressed_by_provider"
+            elif btype == "Permanent":
+                kind = "bounced" if reasons.is_hard(reason) else "bounce_refused"
+            else:
+                kind = "bounce_transient" if btype == "Transient" else "bounce_undetermined"
+            out.append(one(kind, _address(r.get("emailAddress"), "emailAddress"), {
+                "bounce_type": btype, "bounce_subtype": sub, "status": status, "reason": reason,
+                "diagnostic": diag, "feedback_id": _text(b.get("feedbackId"), "feedbackId", 200)}))
     elif etype == "Complaint":
-        c = data.get("complaint") or {}
-        for r in c.get("complainedRecipients") or [{}]:
-            out.append(one("complained", r.get("emailAddress"), {
-                "feedback_type": c.get("complaintFeedbackType"), "feedback_id": c.get("feedbackId")}))
+        c = _obj(data.get("complaint"), "complaint")
+        for r in _items(c.get("complainedRecipients"), "complaint.complainedRecipients") or [{}]:
+            r = _obj(r, "a complained recipient")
+            out.append(one("complained", _address(r.get("emailAddress"), "emailAddress"), {
+                "feedback_type": _text(c.get("complaintFeedbackType"), "complaintFeedbackType", 100),
+                "feedback_id": _text(c.get("feedbackId"), "feedbackId", 200)}))
     elif etype == "Delivery":
-        d = data.get("delivery") or {}
-        for addr in d.get("recipients") or [None]:
-            out.append(one("delivered", addr, {"smtp_response": d.get("smtpResponse"), "at": d.get("timestamp")}))
+        d = _obj(data.get("delivery"), "delivery")
+        for addr in _items(d.get("recipients"), "delivery.recipients") or [None]:
+            out.append(one("delivered", _address(addr, "a delivery recipient"), {
+                "smtp_response": _text(d.get("smtpResponse"), "smtpResponse"), "at": _text(d.get("timestamp"), "timestamp", 50)}))
     elif etype == "Send":
         out.append(one("provider_send", None, {}, "send"))
     elif etype == "Reject":
-        out.append(one("provider_reject", None, {"reason": (data.get("reject") or {}).get("reason")}, "reject"))
+        rejected = _text(_obj(data.get("reject"), "reject").get("reason"), "reject.reason")
+        out.append(one("provider_reject", None, {"reason": rejected}, "reject"))
     elif etype == "DeliveryDelay":
-        d = data.get("deliveryDelay") or {}
-        for r in d.get("delayedRecipients") or [{}]:
-            out.append(one("delivery_delayed", r.get("emailAddress"), {"delay_type": d.get("delayType"),
-                                                                        "status": r.get("status")}))
+        d = _obj(data.get("deliveryDelay"), "deliveryDelay")
+        for r in _items(d.get("delayedRecipients"), "deliveryDelay.delayedRecipients") or [{}]:
+            r = _obj(r, "a delayed recipient")
+            out.append(one("delivery_delayed", _address(r.get("emailAddress"), "emailAddress"), {
+                "delay_type": _text(d.get("delayType"), "delayType", 100), "status": _text(r.get("status"), "status", 20)}))
     else:
-        out.append(one(f"ses_{etype.lower() or 'unknown'}", None, {"event_type": etype}, "other"))
+        out.append(one(f"ses_{re.sub(r'[^a-z]', '', etype.lower())[:40] or 'unknown'}", None, {"event_type": etype}, "other"))
     return out
 
 
-# --- RFC 3464 delivery status notifications ---
+# --- bounce messages (RFC 3464 reports and the common non-standard ones: dsn.py) ---
 
-VERP_RE = re.compile(r"\+([0-9a-f]{32})@", re.I)
-STATUS_RE = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
-ADDR_RE = re.compile(r"<?([A-Za-z0-9._%+'-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,})>?")
-
-
-def _dsn_fields(block: EmailMessage, name: str) -> str | None:
-    value = block.get(name)
-    return str(value).strip() if value else None
-
-
-def _original_headers(msg: EmailMessage) -> EmailMessage | None:
-    for part in msg.walk():
-        ctype = part.get_content_type()
-        if ctype == "message/rfc822":
-            payload = part.get_payload()
-            if isinstance(payload, list) and payload and isinstance(payload[0], EmailMessage):
-                return payload[0]
-        if ctype == "text/rfc822-headers":
-            text = part.get_payload(decode=True) or b""
-            return email.message_from_bytes(text if isinstance(text, bytes) else b"", policy=email.policy.compat32)
-    return None
-
-
-def parse_dsn(raw: bytes) -> list[Feedback]:
-    """A bounce message: standard multipart/report (Postfix, Exchange, Gmail) or, as a best effort, plain text."""
-    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
-    key = "dsn:" + (str(msg.get("Message-ID") or "").strip() or hashlib.sha256(raw).hexdigest())
-    token = None
-    for h in ("To", "Delivered-To", "X-Original-To", "Envelope-To", "Return-Path"):
-        if (m := VERP_RE.search(str(msg.get(h) or ""))):
-            token = m.group(1).lower()
-            break
-    original = _original_headers(msg)
-    message_id = None
-    if original is not None:
-        message_id = str(original.get("X-Notify-Id") or original.get("Message-ID") or "").strip() or None
+def parse_dsn(raw: bytes) -> tuple[list[Feedback], str]:
+    """A bounce message's feedback, one per failed recipient, and, when there is none, why it is not a bounce."""
+    report = dsn.parse(raw)
+    key = "dsn:" + hashlib.sha256(raw).hexdigest()
     out: list[Feedback] = []
-    for part in msg.walk():
-        if part.get_content_type() != "message/delivery-status":
-            continue
-        blocks = part.get_payload()
-        if not isinstance(blocks, list):
-            continue
-        for i, block in enumerate(blocks[1:] if len(blocks) > 1 else blocks):
-            if not isinstance(block, EmailMessage) or not isinstance(blocks[0], EmailMessage):
-                continue
-            final = _dsn_fields(block, "Final-Recipient") or _dsn_fields(block, "Original-Recipient") or ""
-            address = final.split(";", 1)[-1].strip() or None
-            action = (_dsn_fields(block, "Action") or "").lower()
-            status = _dsn_fields(block, "Status") or ""
-            diag = _dsn_fields(block, "Diagnostic-Code")
-            kind = _dsn_kind(action, status)
-            out.append(Feedback(kind, f"{key}:{i}", "dsn", address=address, token=token, message_id=message_id,
-                                detail={"action": action, "status": status, "diagnostic": diag,
-                                        "reporting_mta": _dsn_fields(blocks[0], "Reporting-MTA")}))
-    if not out:  # non-standard: look for a status code and the address in the text
-        text = _text_of(msg)
-        statuses = STATUS_RE.findall(text)
-        if statuses or token or message_id:
-            status = statuses[0] if statuses else ""
-            addrs = [a for a in ADDR_RE.findall(text) if "mailer-daemon" not in a.lower() and "postmaster" not in a.lower()]
-            out.append(Feedback(_dsn_kind("failed" if status.startswith("5") else "delayed", status), f"{key}:0",
-                                "dsn", address=addrs[0] if addrs else None, token=token, message_id=message_id,
-                                detail={"status": status, "non_standard": True, "subject": str(msg.get("Subject", ""))}))
-    return out
-
-
-def _dsn_kind(action: str, status: str) -> str:
-    if action == "delivered" or action == "relayed":
-        return "delivered"
-    if action == "failed" and status.startswith("5"):
-        return "bounced"
-    return "bounce_transient"
-
-
-def _text_of(msg: EmailMessage) -> str:
-    parts = []
-    for part in msg.walk():
-        if part.get_content_maintype() == "text":
-            payload = part.get_payload(decode=True)
-            if isinstance(payload, bytes):
-                parts.append(payload.decode(part.get_content_charset() or "utf-8", "replace"))
-    return "\n".join(parts)
+    for i, f in enumerate(report.recipients):
+        if f.action in ("delivered", "relayed", "expanded"):
+            kind = "delivered"
+        elif f.action == "failed" and not f.status.startswith("4"):
+            kind = "bounced" if reasons.is_hard(f.reason) else "bounce_refused"
+        else:
+            kind = "bounce_transient"
+        out.append(Feedback(kind, f"{key}:{i}", "dsn", address=f.address, token=report.token, message_id=report.message_id,
+                            detail={"action": f.action, "status": f.status, "reason": f.reason,
+                                    "diagnostic": (f.diagnostic or "")[:1000] or None, "form": report.form}))
+    return out, report.why or f"{report.form}: no failed recipient found"
 
 
 def read_mbox(path: Path) -> Iterator[bytes]:
+    """Each message of an mbox, as the bytes it was stored with (no header is re-wrapped); a truncated
+    last message is read as far as it goes. Streams: memory does not grow with the file."""
     if not path.is_file():
         raise InputError(f"{path}: no such mbox file")
-    box = mailbox.mbox(str(path), create=False)
-    try:
-        for msg in box:
-            yield msg.as_bytes()
-    finally:
-        box.close()
+    with path.open("rb") as fh:
+        current: list[bytes] = []
+        started = False
+        for line in fh:
+            if line.startswith(b"From ") and (not current or current[-1] in (b"\n", b"\r\n")):
+                if started:
+                    yield _unquote(current)
+                current, started = [], True
+                continue
+            if started:
+                current.append(line)
+        if started:
+            yield _unquote(current)
+
+
+def _unquote(lines: list[bytes]) -> bytes:
+    """An mbox message's lines: the separating blank line dropped, ">From " quoting undone (mboxrd)."""
+    if lines and lines[-1] in (b"\n", b"\r\n"):
+        lines = lines[:-1]
+    return b"".join(line[1:] if line.startswith(b">") and line.lstrip(b">").startswith(b"From ") else line for line in lines)
 
 
 def read_maildir(path: Path) -> Iterator[bytes]:
@@ -253,26 +282,43 @@ def read_maildir(path: Path) -> Iterator[bytes]:
 # --- applying feedback ---
 
 class FeedbackRecorder:
-    """Applies feedback to one campaign's ledger and the shared suppression list."""
+    """Applies feedback to one campaign's ledger; the suppressions it decides reach the shared list
+    through the campaign's own outbox (store.suppressions_due), so no crash or lock loses one."""
 
     def __init__(self, campaign_id: str, store: Store, suppression: SuppressionList) -> None:
         self.campaign_id = campaign_id
         self.store = store
         self.suppression = suppression
         self.summary = Summary()
+        self.settle()
 
-    def apply(self, fb: Feedback, raw: str) -> None:
+    def settle(self) -> None:
+        """What an earlier run left half done: parked feedback whose message the send has now recorded,
+        and suppressions committed in the ledger but not yet on the shared list."""
+        self.store.apply_parked()
+        self.summary.suppressed_added += self.store.flush_suppressions(self.suppression.path)
+
+    def ours(self, fb: Feedback) -> bool | None:
+        """True: this campaign's (tagged so, or matching a recipient); False: another campaign's (tagged);
+        None: untagged and matching nobody here (on a shared queue, perhaps another campaign's)."""
+        if fb.campaign:
+            return fb.campaign == self.campaign_id
+        return None
+
+    def apply(self, fb: Feedback, raw: str) -> bool:
+        """Records one piece of feedback; False when it is not ours to record (tagged for another campaign,
+        or untagged and matching nobody here): the caller leaves it for its owner."""
         if fb.campaign and fb.campaign != self.campaign_id:
             self.summary.other_campaign += 1
-            return
+            return False
         found = self.store.find(token=fb.token, message_id=fb.message_id,
                                 provider_message_id=fb.provider_message_id, address=fb.address)
         if found is None:
-            if self.store.record_unmatched(fb.key, fb.source, fb.kind, raw):
-                self.summary.unmatched += 1
-            else:
-                self.summary.duplicates += 1
-            return
+            if fb.source == "ses" and not fb.campaign:
+                self.summary.other_campaign += 1
+                return False
+            self.unmatched(fb.key, fb.source, fb.kind, raw)
+            return True
         rid, key, state = found
         new_state, suppress = EFFECTS.get(fb.kind, (None, None))
         if fb.kind == "provider_send" and state != "deferred":
@@ -281,74 +327,223 @@ class FeedbackRecorder:
         detail["source"] = fb.source
         if fb.kind == "suppressed_by_provider":
             detail["not_notified"] = "SES accepted the message but did not send it: the address is on the account's suppression list"
+        if fb.kind == "bounce_refused":
+            detail["not_notified"] = "the message was refused for good; the address is live and stays mailable"
         event = Event(fb.kind, rid, key, provider_message_id=fb.provider_message_id, detail=detail)
-        why = " ".join(str(detail[k]) for k in ("status", "diagnostic", "feedback_type") if detail.get(k)) or fb.kind
-        if not self.store.record_feedback(fb.key, rid, new_state, event, reason=f"{fb.kind}: {why}"):
-            self.summary.duplicates += 1
-            return
-        self.summary.matched[fb.kind] += 1
+        said = " ".join(str(detail[k]) for k in ("reason", "status", "diagnostic", "feedback_type") if detail.get(k))
+        why = f"{fb.kind}: {said or fb.kind}"
+        outbox = None
         if suppress:
-            reason = str(detail.get("diagnostic") or detail.get("status") or detail.get("feedback_type") or fb.kind)
-            self.summary.suppressed_added += self.suppression.add(key, suppress, f"{fb.source}:{self.campaign_id}", reason)
+            outbox = (suppress, f"{fb.source}:{self.campaign_id}",
+                      str(detail.get("diagnostic") or detail.get("status") or detail.get("feedback_type") or fb.kind)[:500])
+        if self.store.record_feedback(fb.key, rid, new_state, event, reason=why, suppress=outbox):
+            self.summary.matched[fb.kind] += 1
+        else:
+            self.summary.duplicates += 1
+        return True
 
-    def apply_raw_messages(self, messages: Iterable[bytes]) -> None:
+    def unmatched(self, key: str, source: str, kind: str | None, body: str) -> None:
+        if self.store.record_unmatched(key, source, kind, body):
+            self.summary.unmatched += 1
+        else:
+            self.summary.duplicates += 1
+
+    def apply_raw_messages(self, messages: Iterable[bytes], batch: int = 500) -> None:
+        """Bounce messages (mbox, maildir), committed `batch` at a time."""
+        pending: list[bytes] = []
         for raw in messages:
-            items = parse_dsn(raw)
-            if not items:
-                key = "dsn:" + hashlib.sha256(raw).hexdigest()
-                if self.store.record_unmatched(key, "dsn", None, raw.decode("utf-8", "replace")):
-                    self.summary.unmatched += 1
-                else:
-                    self.summary.duplicates += 1
-            for fb in items:
-                self.apply(fb, raw.decode("utf-8", "replace"))
+            pending.append(raw)
+            if len(pending) >= batch:
+                self._raw_batch(pending)
+                pending = []
+        if pending:
+            self._raw_batch(pending)
+        self.settle()
+
+    def _raw_batch(self, raws: list[bytes]) -> None:
+        with self.store.transaction():
+            for raw in raws:
+                items, why = parse_dsn(raw)
+                text = raw[:MAX_BODY].decode("utf-8", "replace")
+                if not items:
+                    self.unmatched("dsn:" + hashlib.sha256(raw).hexdigest(), "dsn", f"not a bounce: {why}"[:200], text)
+                for fb in items:
+                    self.apply(fb, text)
 
 
-def poll_sqs(recorder: FeedbackRecorder, queue_url: str, *, wait: int = 20, max_messages: int | None = None,
-             region: str | None = None, endpoint_url: str | None = None) -> int:
-    """Long-polls until the queue is drained (or max reached); a message is deleted only after its effect is committed."""
-    import boto3
-    import botocore.exceptions as bx
+# --- SQS: several receivers in flight, group commits, batch deletes ---
 
-    from .errors import DeliveryError
+@dataclass
+class QueueOptions:
+    receivers: int = 4  # ReceiveMessage calls in flight
+    wait: int = 20  # long-poll seconds
+    follow: bool = False  # keep polling until stopped
+    max_messages: int | None = None
+    commit_every: int = 200  # messages per group commit
 
-    sqs = boto3.session.Session(region_name=region).client("sqs", endpoint_url=endpoint_url)
-    seen = 0
-    while max_messages is None or seen < max_messages:
-        want = 10 if max_messages is None else min(10, max_messages - seen)
+
+class SqsReader:
+    """Drains an SES event queue into the ledger.
+
+    Receiver threads long-poll (10 messages a call) into a hand-over queue; this thread parses a group,
+    records it in one transaction, then deletes what it recorded (DeleteMessageBatch, from a small
+    pool) and makes what is not ours visible again at once (ChangeMessageVisibilityBatch). A message
+    is deleted only after its effect is committed: a crash between the two makes it arrive again, and
+    its dedupe key records it once. A message another campaign owns is never deleted."""
+
+    def __init__(self, recorder: FeedbackRecorder, queue_url: str, client: Any, options: QueueOptions) -> None:
+        self.recorder = recorder
+        self.url = queue_url
+        self.sqs = client
+        self.options = options
+        self.calls: Counter[str] = Counter()
+        self.read = 0
+        self._left: set[str] = set()  # MessageIds made visible again for their owner
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._inbox: queue.Queue[list[dict[str, Any]] | None] = queue.Queue(maxsize=max(4, options.receivers * 2))
+        self._sent: list[concurrent.futures.Future[Any]] = []
+
+    def _call(self, name: str, **kwargs: Any) -> Any:
+        import botocore.exceptions as bx
+
+        with self._lock:
+            self.calls[name] += 1
         try:
-            reply = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=want, WaitTimeSeconds=min(wait, 20))
+            return getattr(self.sqs, name)(QueueUrl=self.url, **kwargs)
         except (bx.ClientError, bx.BotoCoreError) as e:
-            raise DeliveryError(f"SQS {queue_url}: {e}", hint="check the queue URL, region and credentials; "
-                                "nothing was deleted from the queue") from None
-        messages = reply.get("Messages") or []
-        if not messages:
-            break
-        for m in messages:
-            body = m.get("Body", "")
-            try:
-                items = parse_ses(body, m.get("MessageId"))
-            except (ValueError, TypeError) as e:
-                items = []
-                if recorder.store.record_unmatched(f"sqs:{m.get('MessageId')}", "ses", f"unparsable: {e}", body):
-                    recorder.summary.unmatched += 1
-            for fb in items:
-                recorder.apply(fb, body if isinstance(body, str) else json.dumps(body))
-            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])  # after the commit above
-            seen += 1
-    return seen
+            raise DeliveryError(f"SQS {self.url}: {e}", hint="check the queue URL, region and credentials; nothing "
+                                "unrecorded was deleted from the queue, and running again resumes") from None
+
+    def _receive(self) -> None:
+        try:
+            while not self._stop.is_set():
+                with self._lock:
+                    if self.options.max_messages is not None and self.read >= self.options.max_messages:
+                        break
+                reply = self._call("receive_message", MaxNumberOfMessages=10, WaitTimeSeconds=min(self.options.wait, 20),
+                                   AttributeNames=["ApproximateReceiveCount"])
+                messages = reply.get("Messages") or []
+                with self._lock:
+                    fresh = [m for m in messages if m.get("MessageId") not in self._left]
+                    self.read += len(fresh)
+                if messages:
+                    self._inbox.put(messages)
+                if not fresh:
+                    if not self.options.follow:
+                        break  # drained (or only others' messages came back)
+                    if messages:
+                        self._stop.wait(1.0)  # only others' messages: do not spin on them
+        except BaseException as e:  # reported by run(); the thread itself must not die silently
+            self._error = e
+        finally:
+            self._inbox.put(None)
+
+    def run(self) -> int:
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(2, self.options.receivers), thread_name_prefix="sqs-delete")
+        threads = [threading.Thread(target=self._receive, name=f"sqs-receive-{i}", daemon=True)
+                   for i in range(max(1, self.options.receivers))]
+        for t in threads:
+            t.start()
+        running, pending = len(threads), []
+        interrupted = True
+        try:
+            while running:
+                got = self._inbox.get()
+                if got is None:
+                    running -= 1
+                else:
+                    pending.extend(got)
+                    while len(pending) < self.options.commit_every:  # take what is already waiting
+                        try:
+                            more = self._inbox.get_nowait()
+                        except queue.Empty:
+                            break
+                        if more is None:
+                            running -= 1
+                        else:
+                            pending.extend(more)
+                if pending and (len(pending) >= self.options.commit_every or self._inbox.empty() or not running):
+                    self._settle(pending, pool)
+                    pending = []
+            if self._error is not None:
+                raise self._error
+            interrupted = False
+        finally:
+            self._stop.set()
+            pool.shutdown(wait=True)  # every delete of what was committed is sent before we return
+            for t in threads:
+                t.join(timeout=0.1 if interrupted else 25)  # a long poll in flight ends by itself
+        for f in self._sent:
+            f.result()  # a failed delete loses nothing (the message comes again, recorded once), but is said
+        self.recorder.settle()
+        return self.read
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _settle(self, messages: list[dict[str, Any]], pool: concurrent.futures.ThreadPoolExecutor) -> None:
+        done: list[dict[str, Any]] = []
+        leave: list[dict[str, Any]] = []
+        with self.recorder.store.transaction():
+            for m in messages:
+                mid = str(m.get("MessageId") or "")
+                if mid in self._left:
+                    leave.append(m)
+                    continue
+                (done if self._apply(m) else leave).append(m)
+        self.recorder.store.apply_parked()  # a Delivery that came before the send recorded its message
+        # Committed: now, and only now, the queue may forget them.
+        for i in range(0, len(done), 10):
+            entries = [{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(done[i:i + 10])]
+            self._sent.append(pool.submit(self._call, "delete_message_batch", Entries=entries))
+        with self._lock:
+            self._left.update(str(m.get("MessageId") or "") for m in leave)
+        for i in range(0, len(leave), 10):
+            entries = [{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+                       for n, m in enumerate(leave[i:i + 10])]
+            self._sent.append(pool.submit(self._call, "change_message_visibility_batch", Entries=entries))
+
+    def _apply(self, m: dict[str, Any]) -> bool:
+        """One queue message inside the group's transaction; False when it belongs to someone else."""
+        body = m.get("Body", "")
+        body = body if isinstance(body, str) else json.dumps(body)
+        try:
+            items = parse_ses(body, m.get("MessageId"))
+        except Malformed as e:
+            self.recorder.unmatched(f"sqs:{m.get('MessageId')}", "ses", f"malformed: {e}"[:200], body[:MAX_BODY])
+            return True
+        ours = [self.recorder.apply(fb, body) for fb in items]
+        return any(ours) or not items
+
+
+def poll_sqs(recorder: FeedbackRecorder, queue_url: str, *, options: QueueOptions | None = None,
+             region: str | None = None, endpoint_url: str | None = None) -> SqsReader:
+    """Reads the queue until it is drained (or max reached, or stopped when following); returns the reader
+    (its `read` and `calls`)."""
+    import boto3
+    from botocore.config import Config
+
+    opts = options or QueueOptions()
+    client = boto3.session.Session(region_name=region).client(
+        "sqs", endpoint_url=endpoint_url, config=Config(max_pool_connections=max(10, opts.receivers * 3)))
+    reader = SqsReader(recorder, queue_url, client, opts)
+    reader.run()
+    return reader
 
 
 def reconciler(campaign_id: str, queue_urls: list[str], region: str | None = None) -> Callable[[Store], None]:
     """A callback for the engine: drain the campaign's SES event queues into the ledger, so Send and
-    Delivery events settle recipients left in doubt before anything is resent."""
+    Delivery events settle recipients left in doubt before anything is resent. It leaves other
+    campaigns' events on the queue, as `bounces` does."""
 
     def reconcile(store: Store) -> None:
         suppression = SuppressionList()
         try:
             recorder = FeedbackRecorder(campaign_id, store, suppression)
             for url in queue_urls:
-                poll_sqs(recorder, url, wait=0, region=region)
+                poll_sqs(recorder, url, options=QueueOptions(wait=0), region=region)
         finally:
             suppression.close()
 

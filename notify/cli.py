@@ -386,6 +386,8 @@ def bounces(
     sqs_url: Optional[str] = typer.Option(None, "--sqs-url", help="Long-poll this SQS queue for SES events (SNS-wrapped or raw)."),
     wait: int = typer.Option(20, "--wait", min=0, max=20, metavar="SECONDS", help="Seconds each SQS poll waits for messages."),
     max_messages: Optional[int] = typer.Option(None, "--max", min=1, metavar="N", help="Stop after N queue messages."),
+    follow: bool = typer.Option(False, "--follow", help="Keep polling the queue until Ctrl-C (safe beside a send)."),
+    receivers: int = typer.Option(4, "--receivers", min=1, max=64, metavar="N", help="SQS receive calls in flight."),
     mbox: Optional[Path] = typer.Option(None, "--mbox", help="Read RFC 3464 bounce reports from an mbox file."),
     maildir: Optional[Path] = typer.Option(None, "--maildir", help="Read RFC 3464 bounce reports from a maildir."),
     region: Optional[str] = typer.Option(None, "--region", help="AWS region of the queue (default: the standard AWS environment)."),
@@ -393,11 +395,14 @@ def bounces(
     """Fold delivery, bounce and complaint feedback into the ledger and the suppression list.
 
     Each notification is recorded once, however often it arrives; a queue message is deleted only
-    after its effect is committed; feedback that matches no recipient is kept and counted.
+    after its effect is committed; another campaign's event is left on the queue for it; feedback
+    of ours that matches no recipient, or is malformed, is kept and counted. Only real bounces
+    count: an out-of-office reply or a person's mail never bounces anyone.
 
     \b
     Examples:
       notify bounces campaigns/example --sqs-url https://sqs.us-east-1.amazonaws.com/123456789012/ses-events
+      notify bounces campaigns/example --sqs-url URL --follow      # beside a running send, until Ctrl-C
       notify bounces campaigns/example --mbox bounces.mbox
       notify bounces campaigns/example --maildir ~/Maildir/.bounces
     """
@@ -413,8 +418,15 @@ def bounces(
         try:
             recorder = fb.FeedbackRecorder(c.id, store, suppression)
             if sqs_url:
-                n = fb.poll_sqs(recorder, sqs_url, wait=wait, max_messages=max_messages, region=region)
-                typer.echo(f"read {n} queue message(s) from {sqs_url}")
+                opts = fb.QueueOptions(receivers=receivers, wait=wait, follow=follow, max_messages=max_messages)
+                try:
+                    reader = fb.poll_sqs(recorder, sqs_url, options=opts, region=region)
+                except KeyboardInterrupt:
+                    for line in recorder.summary.lines():
+                        typer.echo(line)
+                    raise
+                typer.echo(f"read {reader.read} queue message(s) from {sqs_url} in "
+                           f"{sum(reader.calls.values())} SQS call(s)")
             else:
                 recorder.apply_raw_messages(fb.read_mbox(mbox) if mbox else fb.read_maildir(cast(Path, maildir)))
         finally:

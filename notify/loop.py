@@ -371,7 +371,9 @@ class SendLoop:
             store.log("in_doubt_reconciled", before=before, settled=before - after, still_in_doubt=after)
             self.result.notes.append(f"In doubt: {before}; settled from provider events: {before - after}; "
                                      f"{after} will be sent again with the same Message-ID.")
+        store.apply_parked()  # feedback that came while a message was in flight (a crash left it so)
         if self.suppression is not None:
+            store.flush_suppressions(self.suppression.path)  # what a `bounces` run committed but had not yet copied
             self.result.counts["suppressed"] += store.suppress_pending(self.suppression.path)
         self.switching = asyncio.Lock()
         self.reputation_since = breaker.window_start(store, self.options.acknowledge_reputation, self.wall())
@@ -474,6 +476,7 @@ class SendLoop:
                 f"Waiting: {self.result.counts[need]} recipient(s) need {need[6:]} (an address whose local part is not "
                 f"ASCII), which {', '.join(self.result.providers)} does not offer. They are kept, not failed: add a "
                 "provider that offers it to [send] providers (or use --provider) and run send again.")
+        store.apply_parked()  # feedback (`bounces --follow` beside us) that came before we recorded its message
         store.log("send_stopped", providers=self.result.providers, interrupted=interrupted,
                   reason=self.result.stopped, outcomes=dict(self.result.counts), remaining=self.result.remaining)
         return self.result

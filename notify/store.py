@@ -41,6 +41,8 @@ TRANSITIONS = {
     ("delivered", "bounced"), ("delivered", "complained"),
     # Feedback: SES accepted but did not send (account suppression list, virus reject).
     ("sent", "suppressed"), ("sent", "failed"),
+    # A bounce that refuses the message (not the address) after a delivery report: not notified.
+    ("delivered", "failed"),
     # Feedback settles a recipient left in doubt: the provider did accept it.
     ("deferred", "sent"), ("deferred", "delivered"),
 }
@@ -186,6 +188,13 @@ MIGRATIONS: list[tuple[str, str]] = [
             kind TEXT NOT NULL,
             source TEXT NOT NULL,
             reason TEXT NOT NULL
+        );
+        CREATE TABLE parked_feedback (
+            id INTEGER PRIMARY KEY,
+            recipient_id INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            reason TEXT,
+            event TEXT NOT NULL
         )
     """),
 ]
@@ -441,6 +450,11 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self, chain: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT). Inside another, it joins it: a group of
+        writes (a batch of feedback) commits together or not at all."""
+        if self.db.in_transaction:
+            yield self.db
+            return
         head = self._head
         try:
             self.db.execute("BEGIN IMMEDIATE")
@@ -760,23 +774,71 @@ class Store:
                     return row[0], row[1], row[2]
         return None
 
-    def record_feedback(self, key: str, recipient_id: int, state: str | None, event: Event, reason: str | None = None) -> bool:
+    def record_feedback(self, key: str, recipient_id: int, state: str | None, event: Event, reason: str | None = None,
+                        suppress: tuple[str, str, str] | None = None) -> bool:
         """One piece of feedback, once: its event (and state change, if any) with its dedupe key, in one
         transaction. A state change also keeps `reason` as the recipient's detail, so that the export
         says why a person was not reached (5.2.1 account disabled), not the relay's earlier 250 OK.
-        Returns False when this feedback was already recorded."""
+        `suppress` (kind, source, reason) goes to the suppression outbox in the same transaction, for
+        suppressions_due() to copy to the shared list. Feedback about a message a send holds in
+        flight (a Delivery faster than the send's own commit) is parked, and applied by
+        apply_parked() once the send has recorded the message. Returns False when this feedback
+        was already recorded."""
         with self.transaction() as db:
             if db.execute("INSERT OR IGNORE INTO feedback (key, received_at) VALUES (?, ?)", (key, utcnow())).rowcount == 0:
                 return False
+            if suppress is not None:
+                db.execute("INSERT OR IGNORE INTO suppress_outbox (address, kind, source, reason)"
+                           " SELECT key, ?, ?, ? FROM recipients WHERE id=?", (*suppress, recipient_id))
             if state is not None:
                 current = db.execute("SELECT state FROM recipients WHERE id=?", (recipient_id,)).fetchone()[0]
-                if (current, state) in TRANSITIONS:
-                    db.execute("UPDATE recipients SET state=?, updated_at=?, detail=coalesce(?, detail) WHERE id=?",
-                               (state, utcnow(), reason[:500] if reason else None, recipient_id))
-                elif current != state:
-                    (event.detail or {}).setdefault("state_kept", f"{current} (no transition to {state})")
+                if current == "inflight":
+                    db.execute("INSERT INTO parked_feedback (recipient_id, state, reason, event) VALUES (?,?,?,?)",
+                               (recipient_id, state, reason, json.dumps(
+                                   [event.kind, event.recipient, event.provider_message_id, event.detail])))
+                    return True
+                self._transition_by_feedback(db, recipient_id, current, state, event, reason)
             self._append(event)
         return True
+
+    def _transition_by_feedback(self, db: sqlite3.Connection, recipient_id: int, current: str, state: str, event: Event,
+                                reason: str | None) -> None:
+        if (current, state) in TRANSITIONS:
+            db.execute("UPDATE recipients SET state=?, updated_at=?, detail=coalesce(?, detail) WHERE id=?",
+                       (state, utcnow(), reason[:500] if reason else None, recipient_id))
+        elif current != state:
+            (event.detail or {}).setdefault("state_kept", f"{current} (no transition to {state})")
+
+    def apply_parked(self) -> int:
+        """Feedback parked while its recipient was in flight, applied now that the send has recorded it
+        (its event is appended now, in the order the state changes happen). Returns how many."""
+        with self.transaction() as db:
+            rows = db.execute("SELECT p.id, p.recipient_id, p.state, p.reason, p.event, r.state FROM parked_feedback p"
+                              " JOIN recipients r ON r.id = p.recipient_id WHERE r.state != 'inflight' ORDER BY p.id").fetchall()
+            for pid, rid, state, reason, raw, current in rows:
+                kind, rkey, pmid, detail = json.loads(raw)
+                event = Event(kind, rid, rkey, provider_message_id=pmid, detail=detail)
+                self._transition_by_feedback(db, rid, current, state, event, reason)
+                self._append(event)
+                db.execute("DELETE FROM parked_feedback WHERE id=?", (pid,))
+        return len(rows)
+
+    def flush_suppressions(self, suppression_db: Path) -> int:
+        """Copies the suppressions feedback decided (committed with it, in suppress_outbox) to the shared
+        list, then forgets them; idempotent, so a crash or a locked list between the two loses nothing:
+        the next `bounces` or `send` copies what is left. Returns how many addresses were new there."""
+        if self.db.execute("SELECT 1 FROM suppress_outbox LIMIT 1").fetchone() is None:
+            return 0
+        self.db.execute("ATTACH DATABASE ? AS supp", (str(suppression_db),))
+        try:
+            with self.transaction(chain=False) as db:
+                added = db.execute(
+                    "INSERT OR IGNORE INTO supp.suppressed (address, kind, source, reason, added_at)"
+                    " SELECT address, kind, source, reason, ? FROM suppress_outbox", (utcnow()[:19] + "Z",)).rowcount
+                db.execute("DELETE FROM suppress_outbox")
+        finally:
+            self.db.execute("DETACH DATABASE supp")
+        return max(added, 0)
 
     def record_unmatched(self, key: str, source: str, kind: str | None, body: str) -> bool:
         """Feedback no recipient of this campaign matches: kept, counted, never silently dropped."""

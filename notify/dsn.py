@@ -1,0 +1,306 @@
+"""Bounce messages read as a careful parser reads them: who failed, why, and whether it is a bounce at all.
+
+A message counts as a bounce only when its form says so: an RFC 3464 delivery-status report, or a
+non-standard report from a mail system (a null or MAILER-DAEMON/postmaster sender, or our own VERP
+address or Message-ID in it) whose text names the failed recipients. An automatic reply (out of
+office, vacation: RFC 3834 headers or the usual subjects in many languages) or a person's message
+that quotes an address and a status code is never a bounce, whatever it contains.
+
+Every failed recipient of a report is read, never the report's sender or our own From; addresses
+lose their angle brackets and source routes (`@relay:user@domain`). Each gets its reason from
+reasons.classify(). Everything here is linear in the size of the message: no regular expression
+can backtrack over an unbounded run.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+from dataclasses import dataclass, field
+from email.message import Message as EmailMessage
+
+from . import reasons
+
+MAX_TEXT = 256 * 1024  # of a report's own text read for recipients (a returned message is cut off first)
+
+VERP_RE = re.compile(r"\+([0-9a-f]{32})@", re.I)
+# RFC 3463: class 2, 4 or 5; subject 0-7; detail up to three digits. "bis 5.12.23" is a date, not a status.
+STATUS_RE = re.compile(r"(?<![\d.])([245]\.[0-7]\.\d{1,3})(?![\d.]\d)")
+REPLY_RE = re.compile(r"(?<!\d)([245]\d\d)[ -](?=\S)")
+# Starts only where a run of address characters starts (the lookbehind), and each part is bounded,
+# so a 100 KB run of letters costs one bounded attempt, not one per position.
+ADDR_RE = re.compile(r"(?<![A-Za-z0-9._%+'=/-])([A-Za-z0-9._%+'=/-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,8})")
+OUR_ID_RE = re.compile(r"(?im)^(?:x-notify-id|message-id)\s*:\s*(<[^>\s]{1,200}>)")
+
+DAEMONS = ("mailer-daemon", "postmaster", "mail-daemon", "maildaemon", "mailerdaemon", "mdaemon", "mail.daemon",
+           "noreply-dmarc", "bounce", "mail delivery", "mail administrator", "mailadmin", "mail system",
+           "microsoftexchange", "internet mail delivery")
+BOUNCE_SUBJECTS = ("undeliver", "undelivered", "delivery status", "delivery failure", "delivery failed",
+                   "failure notice", "returned mail", "mail delivery failed", "delivery notification",
+                   "nondeliverable", "non-deliverable", "non deliverable", "could not be delivered", "not delivered",
+                   "delivery has failed", "mail system error", "message delivery", "rejected", "returned to sender",
+                   "failed delivery", "delayed mail", "delivery delay", "warning: could not send",
+                   "unzustellbar", "non remis", "no entregado", "non recapitabile", "配信", "不達", "error sending")
+# Subjects of automatic replies, in the languages a breach notice goes out in.
+AUTO_REPLY_SUBJECTS = (
+    "out of office", "out of the office", "automatic reply", "auto reply", "auto-reply", "autoreply", "auto:",
+    "away from", "on vacation", "vacation reply", "abwesend", "abwesenheit", "automatische antwort",
+    "réponse automatique", "reponse automatique", "absence", "absent du bureau", "respuesta automática",
+    "respuesta automatica", "fuera de la oficina", "ausente", "risposta automatica", "fuori ufficio",
+    "resposta automática", "resposta automatica", "fora do escritório", "ausência", "automatisch antwoord",
+    "afwezig", "autosvar", "frånvaro", "automaattinen vastaus", "poza biurem", "odpowiedź automatyczna",
+    "自動応答", "自動返信", "不在", "自动回复", "自動回覆", "자동 응답", "автоответ", "нет на месте", "otomatik yanıt",
+)
+# Where a report stops and the returned message begins (its headers would name our own addresses).
+RETURNED = re.compile(
+    r"(?im)^(?:[ \t]*-{2,}.{0,40}(?:original message|returned message|below this line|copy of the message|"
+    r"message headers follow|undelivered message|included message)|[ \t]*original message follows|"
+    r"[ \t]*------ this is a copy of the message|[ \t]*content-type:\s*message/rfc822|"
+    r"[ \t]*return-path:\s*<|[ \t]*received:\s*from\b)")
+
+
+@dataclass
+class Failed:
+    address: str | None
+    action: str  # failed, delayed, delivered, relayed, expanded
+    status: str
+    diagnostic: str | None
+    reason: str = "undefined"
+
+
+@dataclass
+class Report:
+    form: str  # "dsn", "mta" (a recognized non-standard report), "auto-reply", "not-a-bounce"
+    why: str = ""
+    token: str | None = None
+    message_id: str | None = None
+    recipients: list[Failed] = field(default_factory=list)
+
+
+def clean_address(value: str | None) -> str | None:
+    """`rfc822; <@relay:user@Example.COM>` -> `user@Example.COM`; None when no address is there."""
+    if not value:
+        return None
+    text = value.split(";", 1)[1] if ";" in value.split("@", 1)[0] else value
+    text = text.strip().strip("<>\"' \t")
+    if text.startswith("@") and ":" in text:  # a source route
+        text = text.split(":", 1)[1]
+    m = ADDR_RE.search(text[:512])
+    return m.group(1).strip(".") if m else None
+
+
+def _header(msg: EmailMessage, name: str) -> str:
+    value = msg.get(name)
+    return str(value) if value is not None else ""
+
+
+def _is_daemon(msg: EmailMessage) -> bool:
+    """Sent by a mail system: the null return path of RFC 5321 reports, or a daemon's name as sender."""
+    if _header(msg, "Return-Path").strip() == "<>":
+        return True
+    sender = (_header(msg, "From") + " " + _header(msg, "Sender")).lower()
+    return any(d in sender for d in DAEMONS)
+
+
+def _is_auto_reply(msg: EmailMessage) -> bool:
+    subject = _header(msg, "Subject").lower()
+    if any(s in subject for s in AUTO_REPLY_SUBJECTS):
+        return True
+    if msg.get("X-Autoreply") or msg.get("X-Autorespond") or msg.get("X-Vacation"):
+        return True
+    precedence = _header(msg, "Precedence").lower()
+    auto = _header(msg, "Auto-Submitted").lower()
+    # Real bounces say Auto-Submitted: auto-replied too; a daemon's is a report, a person's an auto-reply.
+    return "auto_reply" in precedence or (auto.startswith("auto-replied") and not _is_daemon(msg))
+
+
+def _returned_headers(msg: EmailMessage) -> EmailMessage | None:
+    for part in msg.walk():
+        ctype = part.get_content_type()
+        if ctype == "message/rfc822":
+            payload = part.get_payload()
+            if isinstance(payload, list) and payload and isinstance(payload[0], EmailMessage):
+                return payload[0]
+        if ctype in ("text/rfc822-headers", "message/rfc822-headers"):
+            data = part.get_payload(decode=True)
+            return email.message_from_bytes(data if isinstance(data, bytes) else b"", policy=email.policy.compat32)
+    return None
+
+
+def _report_text(msg: EmailMessage) -> str:
+    """The report's own human-readable text: its text parts outside any returned message, cut at the
+    returned message's start, at most MAX_TEXT characters."""
+    parts: list[str] = []
+
+    def walk(part: EmailMessage) -> None:
+        if part.get_content_type() == "message/rfc822":
+            return
+        if part.is_multipart():
+            for sub in part.get_payload() or []:
+                if isinstance(sub, EmailMessage):
+                    walk(sub)
+            return
+        if part.get_content_maintype() == "text" or part.get_content_type() == "message/delivery-status":
+            data = part.get_payload(decode=True)
+            if isinstance(data, bytes):
+                charset = part.get_content_charset() or "utf-8"
+                try:
+                    parts.append(data[:MAX_TEXT].decode(charset, "replace"))
+                except LookupError:
+                    parts.append(data[:MAX_TEXT].decode("utf-8", "replace"))
+
+    walk(msg)
+    text = "\n".join(parts)[:MAX_TEXT]
+    cut = RETURNED.search(text)
+    return text[:cut.start()] if cut else text
+
+
+def _dsn_blocks(msg: EmailMessage) -> list[dict[str, str]] | None:
+    """The fields of each recipient block of a delivery-status part (blank or per-message blocks aside);
+    None when the message has no such part."""
+    for part in msg.walk():
+        if part.get_content_type() not in ("message/delivery-status", "message/global-delivery-status"):
+            continue
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            blocks = [{k.lower(): str(v) for k, v in b.items()} for b in payload if isinstance(b, EmailMessage)]
+        else:
+            blocks = _field_blocks(str(payload or ""))
+        if not blocks:
+            continue
+        return [b for b in blocks if "final-recipient" in b or "original-recipient" in b]
+    return None
+
+
+def _field_blocks(text: str) -> list[dict[str, str]]:
+    """RFC 822-style field blocks separated by blank lines (a delivery-status part given as text)."""
+    blocks: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    last = None
+    for line in text.splitlines()[:20000]:
+        if not line.strip():
+            if current:
+                blocks.append(current)
+            current, last = {}, None
+        elif line[:1] in " \t" and last:
+            current[last] += " " + line.strip()
+        elif ":" in line:
+            name, _, value = line.partition(":")
+            last = name.strip().lower()
+            current[last] = value.strip()
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+def _status_of(*texts: str | None) -> str:
+    for t in texts:
+        if t and (m := STATUS_RE.search(t[:4096])):
+            return m.group(1)
+    return ""
+
+
+def parse(raw: bytes) -> Report:
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    token = None
+    for h in ("To", "Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "Return-Path"):
+        if (m := VERP_RE.search(_header(msg, h))):
+            token = m.group(1).lower()
+            break
+    original = _returned_headers(msg)
+    message_id = None
+    if original is not None:
+        message_id = (_header(original, "X-Notify-Id") or _header(original, "Message-ID")).strip() or None
+    report = Report("not-a-bounce", token=token, message_id=message_id)
+
+    blocks = _dsn_blocks(msg)
+    if blocks is None and _is_auto_reply(msg):
+        report.form, report.why = "auto-reply", "an automatic reply (out of office, vacation), not a bounce"
+        return report
+    if blocks:
+        report.form = "dsn"
+        for b in blocks:
+            address = clean_address(b.get("final-recipient")) or clean_address(b.get("original-recipient"))
+            action = (b.get("action") or "").strip().lower().split()[0:1]
+            diag = b.get("diagnostic-code")
+            if diag and ";" in diag.split(" ", 1)[0]:
+                diag = diag.split(";", 1)[1].strip()
+            status = _status_of(b.get("status"), diag)
+            act = action[0] if action else ("failed" if status.startswith("5") else "delayed" if status else "failed")
+            report.recipients.append(Failed(address, act, status, diag, reasons.classify(status, diag)))
+        return report
+
+    text = _report_text(msg)
+    if message_id is None and (m := OUR_ID_RE.search(_plain_after_cut(msg))):
+        report.message_id = message_id = m.group(1)
+    subject = _header(msg, "Subject").lower()
+    looks = any(s in subject for s in BOUNCE_SUBJECTS)
+    if not (_is_daemon(msg) or ((token or message_id) and looks)):
+        report.why = "not from a mail system and not about our message: a person's mail is never a bounce"
+        return report
+    if not looks and not STATUS_RE.search(text) and not REPLY_RE.search(text):
+        report.why = "from a mail system, but it reports no failure"
+        return report
+    report.form = "mta"
+    report.recipients = _text_recipients(msg, text)
+    if not report.recipients and (token or message_id):
+        status = _status_of(text)
+        report.recipients.append(Failed(None, "failed" if not status.startswith("4") else "delayed", status,
+                                        _first_line_with_code(text), reasons.classify(status, text)))
+    return report
+
+
+def _plain_after_cut(msg: EmailMessage) -> str:
+    """All text of the message (returned part included), bounded: where an MTA pasted the original's headers."""
+    out = []
+    for part in msg.walk():
+        if part.get_content_maintype() == "text" or part.get_content_type() == "message/rfc822":
+            data = part.get_payload(decode=True)
+            if isinstance(data, bytes):
+                out.append(data[:MAX_TEXT].decode("utf-8", "replace"))
+    return "\n".join(out)[:MAX_TEXT * 2]
+
+
+def _first_line_with_code(text: str) -> str | None:
+    for line in text.splitlines():
+        if STATUS_RE.search(line) or REPLY_RE.search(line):
+            return line.strip()[:500]
+    return None
+
+
+def _text_recipients(msg: EmailMessage, text: str) -> list[Failed]:
+    """The failed recipients a non-standard report names, each with the lines that say why."""
+    own = {a.lower() for h in ("From", "To", "Sender", "Reply-To", "Delivered-To", "Return-Path", "X-Original-To")
+           for a in ADDR_RE.findall(_header(msg, h))}
+    lines = text.splitlines()
+    seen: dict[str, int] = {}
+    for i, line in enumerate(lines):
+        lowered = line.lower()
+        if re.match(r"\s*(from|reply-to|sender|return-path|message-id|in-reply-to|references)\s*:", lowered):
+            continue
+        for a in ADDR_RE.findall(line):
+            key = a.lower().strip(".")
+            local = key.split("@", 1)[0]
+            if key in own or local in ("mailer-daemon", "postmaster", "root", "abuse") or "+" in local and VERP_RE.search(a):
+                continue
+            seen.setdefault(key, i)
+    out = []
+    for key, i in seen.items():
+        # The reason: this line and the following ones up to a blank line or the next address.
+        block = [lines[i]]
+        for nxt in lines[i + 1:i + 8]:
+            if not nxt.strip() or (ADDR_RE.search(nxt) and any(k in nxt.lower() for k in seen if k != key)):
+                break
+            block.append(nxt)
+        diag = " ".join(x.strip() for x in block)[:1000]
+        if not (STATUS_RE.search(diag) or REPLY_RE.search(diag)) or reasons.classify(None, diag) == "undefined":
+            # The address alone on its line: the reason is the report's (Gmail, Exim, qmail).
+            context = " ".join(x.strip() for x in lines[max(0, i - 6):i + 10])[:2000]
+            diag = diag if reasons.classify(None, diag) != "undefined" else context
+        status = _status_of(diag) or _status_of(text)
+        code = REPLY_RE.search(diag)
+        delayed = status.startswith("4") or (not status and code is not None and code.group(1).startswith("4")) or \
+            "will continue" in text.lower() or "delayed" in text.lower()[:2000] and "permanent" not in text.lower()
+        out.append(Failed(key, "delayed" if delayed else "failed", status, diag, reasons.classify(status, diag)))
+    return out

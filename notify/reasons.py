@@ -1,0 +1,155 @@
+"""What a bounce means: a reason from a documented taxonomy, and whether the address itself is dead.
+
+The taxonomy is the reference parser's (Sisimai: https://libsisimai.org/en/reason/), so our figures
+can be compared with it. Only four reasons say the *address* is dead and suppress it for every
+later campaign (HARD). Every other permanent refusal was of the *message* (a filter, a policy, a
+full mailbox, an expired retry): the person was not notified by email, but the address is live and
+stays mailable. Transient ones are recorded.
+
+classify() reads the diagnostic text first (a server's words are more specific than the code it
+chose: many answer 550 5.1.1 to everything) and falls back on the RFC 3463 status code.
+"""
+
+from __future__ import annotations
+
+import re
+
+# The address is dead: suppressed.
+HARD = frozenset({"userunknown", "hostunknown", "hasmoved", "notaccept"})
+
+# Reason -> what it means, for README and `status` (the taxonomy as people read it).
+MEANING = {
+    "userunknown": "no such mailbox",
+    "hostunknown": "no such domain",
+    "hasmoved": "the mailbox has moved, no forwarding address",
+    "notaccept": "the domain accepts no mail (null MX)",
+    "suspend": "the mailbox is disabled or suspended",
+    "mailboxfull": "the mailbox is full",
+    "mesgtoobig": "the message is too big",
+    "exceedlimit": "the message exceeds a limit of the mailbox",
+    "filtered": "refused by the recipient's filter or settings",
+    "blocked": "our sending IP or host was refused",
+    "spamdetected": "taken for spam",
+    "virusdetected": "taken for a virus",
+    "policyviolation": "refused by the recipient site's policy",
+    "authfailure": "SPF, DKIM or DMARC failed",
+    "securityerror": "a security requirement was not met",
+    "norelaying": "the server refused to relay",
+    "rejected": "the sender address was refused",
+    "requireptr": "our sending IP has no reverse DNS",
+    "contenterror": "the content was refused",
+    "syntaxerror": "an SMTP syntax error",
+    "expired": "delivery gave up after retrying",
+    "networkerror": "a network or routing error",
+    "systemerror": "an error in the receiving system",
+    "systemfull": "the receiving system is full",
+    "toomanyconn": "too many connections or recipients",
+    "speeding": "we sent too fast",
+    "mailererror": "the receiving mail program failed",
+    "undefined": "not said",
+}
+
+# Phrases (lower case) that say which reason, checked in this order: the more specific first.
+# Assembled from the wording of real MTAs (the reference parser's corpus), not copied lists.
+PHRASES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("hasmoved", (" has been replaced by ", "mailbox has moved", "mailbox owner has changed")),
+    ("notaccept", ("does not accept mail", "null mx", "nullmx", "mail receiving disabled", "host does not accept",
+                   "no mx record found")),
+    ("norelaying", ("relay access denied", "relaying denied", "relay not permitted", "we do not relay", "no relaying",
+                    "not permitted to relay", "unable to relay", "relay denied", "not allowed to relay", "as a relay")),
+    ("mesgtoobig", ("message too big", "message is too big", "message size exceeds", "size limit", "message too large",
+                    "exceeded maximum inbound message size", "message file too big", "message length exceeds",
+                    "max message size exceeded", "exceeds the maximum size", "too big for system")),
+    ("mailboxfull", ("mailbox full", "mailbox is full", "over quota", "overquota", "quota exceeded", "exceeded storage",
+                     "full mailbox", "insufficient disk space", "mailbox size limit", "disk quota", "quota exceed",
+                     "not enough space", "exceeding its mailbox quota", "inbox is full", "mailfolder is full",
+                     "user is over their quota", "exceeds storage")),
+    ("virusdetected", ("virus", "malware", "potentially executable attachment")),
+    ("spamdetected", ("spam", "unsolicited", "bulk mail", "bulk e-mail", "junk mail", "content filter",
+                      "message content rejected", "blocked by policy: no spam")),
+    ("authfailure", ("spf", "dmarc", "dkim", "sender policy framework")),
+    ("requireptr", ("reverse dns", "ptr record", "no ptr", "reverse lookup", "rdns", "cannot find your hostname",
+                    "cannot resolve your address", "not have a reverse")),
+    ("blocked", ("blocked using", "blacklisted", "blocklisted", "listed at", " is listed in", " are listed in", "spamhaus", "spamcop",
+                 "dnsbl", " rbl", "client host rejected", "your ip", "ip address", "bad sender ip", "banned sending ip",
+                 "access denied. ip name lookup failed", "connection refused", "connection dropped",
+                 "not allowed to send", "poor reputation", "bad reputation", "sender reputation")),
+    ("suspend", ("suspended", "disabled", "deactivated", "inactive", "is frozen", "account has been locked",
+                 "temporarily locked", "account is locked", "expired account", "account expired")),
+    ("expired", ("delivery expired", "delivery time expired", "message expired", "giving up on", "retry time",
+                 "retry timeout exceeded", "could not be delivered for", "has been delayed", "timed out",
+                 "time out", "have been failing for a long time", "was not delivered within", "too long in the queue",
+                 "queue too long", "delivery attempts will continue", "not been delivered for")),
+    ("hostunknown", ("host unknown", "unknown host", "host not found", "domain not found", "no such domain",
+                     "domain does not exist", "unknown domain", "name or service not known", "nxdomain",
+                     "unrouteable mail domain", "host or domain name not found", "domain must exist",
+                     "unroutable domain", "couldn't find any host", "no route to host", "dns error")),
+    ("userunknown", ("user unknown", "unknown user", "no such user", "user not found", "no such mailbox",
+                     "mailbox not found", "mailbox unavailable", "mailbox does not exist", "address does not exist",
+                     "does not exist", "invalid recipient", "recipient unknown", "unknown recipient",
+                     "recipient not found", "no such recipient", "no mailbox", "not a valid mailbox",
+                     "invalid mailbox", "address rejected", "recipient rejected", "unknown address", "address unknown",
+                     "bad destination mailbox", "no such person", "not listed in", "undeliverable address",
+                     "is not a known user", "account does not exist", "unknown local part", "unrouteable address",
+                     "unroutable address", "no such local user", "user doesn't exist", "user does not exist",
+                     "doesn't have a", "not our customer", "mailbox is unavailable", "invalid address",
+                     "no account by that name", "not a valid user", "recipient address rejected", "user invalid",
+                     "addressee unknown", "the email account that you tried to reach does not exist",
+                     "no longer available", "is not a valid")),
+    ("policyviolation", ("policy", "prohibited", "not accepted for policy reasons", "illegal attachment",
+                         "members-only", "closed mailing list", "organizational settings", "header error")),
+    ("filtered", ("filtered", "user rules", "recipient preferences", "refuse to receive", "user reject",
+                  "only accepting mail from", "is not accepting", "not authorized", "access denied",
+                  "not allowed", "restricted")),
+    ("rejected", ("sender address rejected", "sender rejected", "domain of sender address", "bogus mail from",
+                  "sender verify failed", "sender verification", "envelope sender", "mail from")),
+    ("securityerror", ("authentication required", "authentication failure", "starttls", "tls required",
+                       "encryption", "insecure")),
+    ("toomanyconn", ("too many connections", "too many recipients", "connection rate limit", "too many concurrent",
+                     "too many smtp sessions")),
+    ("speeding", ("rate limit", "rate-limit", "too fast", "slow down", "try again slower", "throttl")),
+    ("systemfull", ("mail system full", "system full", "insufficient system storage")),
+    ("networkerror", ("network", "routing loop", "mail loop", "too many hops", "hop count", "lookup failure",
+                      "name server", "unreachable")),
+    ("contenterror", ("mime", "8-bit data", "header size", "duplicate header", "improperly-formatted")),
+    ("syntaxerror", ("syntax error", "command unrecognized", "bad sequence of commands", "line too long")),
+    ("systemerror", ("system error", "internal error", "local error", "configuration error", "server error",
+                     "temporary failure", "try again later", "temporarily unavailable", "service unavailable",
+                     "mail loop")),
+)
+
+# RFC 3463 status -> reason, where the code is precise enough to say (the reference parser's table).
+STATUS = {
+    "1.0": "userunknown", "1.1": "userunknown", "1.2": "hostunknown", "1.3": "userunknown", "1.4": "filtered",
+    "1.6": "hasmoved", "1.7": "rejected", "1.8": "rejected", "1.9": "systemerror", "1.10": "notaccept",
+    "2.0": "filtered", "2.1": "suspend", "2.2": "mailboxfull", "2.3": "exceedlimit", "2.4": "filtered",
+    "3.0": "systemerror", "3.1": "systemfull", "3.2": "notaccept", "3.3": "systemerror", "3.4": "mesgtoobig",
+    "3.5": "systemerror", "4.0": "networkerror", "4.1": "expired", "4.2": "networkerror", "4.3": "systemerror",
+    "4.4": "hostunknown", "4.5": "systemfull", "4.6": "networkerror", "4.7": "expired", "5.0": "syntaxerror",
+    "5.2": "syntaxerror", "5.3": "toomanyconn", "5.4": "systemerror", "5.5": "systemerror",
+    "6.0": "contenterror", "6.1": "contenterror", "6.2": "contenterror", "6.3": "contenterror",
+    "6.5": "contenterror", "6.6": "contenterror", "7.0": "securityerror", "7.1": "securityerror",
+    "7.13": "suspend", "7.17": "hasmoved", "7.18": "hasmoved", "7.20": "authfailure", "7.21": "authfailure",
+    "7.22": "authfailure", "7.23": "authfailure", "7.24": "authfailure", "7.25": "requireptr",
+    "7.26": "authfailure", "7.27": "notaccept", "7.28": "spamdetected", "7.29": "authfailure",
+}
+_SPACE = re.compile(r"\s+")
+
+
+def classify(status: str | None, diagnostic: str | None) -> str:
+    """The reason of one failed recipient: from the diagnostic's words, else from the status code."""
+    text = _SPACE.sub(" ", (diagnostic or "").lower())
+    if text:
+        for reason, phrases in PHRASES:
+            if any(p in text for p in phrases):
+                return reason
+    code = (status or "").strip()
+    if code.count(".") == 2:
+        found = STATUS.get(code.split(".", 1)[1])
+        if found:
+            return found
+    return "undefined"
+
+
+def is_hard(reason: str) -> bool:
+    return reason in HARD
