@@ -15,7 +15,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint drill bench bench-quick bench-tools clean-demo clean
+.PHONY: demo test lint drill bench bench-quick bench-feedback bench-tools clean-demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ bench-tools:
 
 bench: $(STAMP) bench-tools
 	$(BIN)/python bench/bench.py --mailmerge $(MAILMERGE_VENV)/bin/mailmerge --out bench/RESULTS.md
+
+# Feedback (#26): notify's SQS reader beside a bare parallel client and the reader before, against
+# moto's server in its own process with 20 ms added to every call; and the reader on a queue in memory.
+bench-feedback: $(STAMP)
+	$(BIN)/python bench/feedback.py --events 10000 --receivers 8
 
 bench-quick: $(STAMP) bench-tools
 	$(BIN)/python bench/bench.py --mailmerge $(MAILMERGE_VENV)/bin/mailmerge --quick
