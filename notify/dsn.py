@@ -56,7 +56,7 @@ AUTO_REPLY_SUBJECTS = (
 RETURNED = re.compile(
     r"(?im)^(?:[ \t]*-{2,}.{0,40}(?:original message|returned message|below this line|copy of the message|"
     r"message headers follow|undelivered message|included message)|[ \t]*original message follows|"
-    r"[ \t]*------ this is a copy of the message|[ \t]*content-type:\s*message/rfc822|"
+    r"[ \t]*------ this is a copy of the message|[ \t]*content-type:\s*message/rfc822|[ \t]*message headers follow|"
     r"[ \t]*return-path:\s*<|[ \t]*received:\s*from\b)")
 
 
@@ -220,6 +220,7 @@ def parse(raw: bytes) -> Report:
         return report
     if blocks:
         report.form = "dsn"
+        text = _report_text(msg)
         for b in blocks:
             address = clean_address(b.get("final-recipient")) or clean_address(b.get("original-recipient"))
             action = (b.get("action") or "").strip().lower().split()[0:1]
@@ -228,7 +229,7 @@ def parse(raw: bytes) -> Report:
                 diag = diag.split(";", 1)[1].strip()
             status = _status_of(b.get("status"), diag)
             act = action[0] if action else ("failed" if status.startswith("5") else "delayed" if status else "failed")
-            report.recipients.append(Failed(address, act, status, diag, reasons.classify(status, diag)))
+            report.recipients.append(Failed(address, act, status, diag, _refine(reasons.classify(status, diag), text, address)))
         return report
 
     text = _report_text(msg)
@@ -244,11 +245,34 @@ def parse(raw: bytes) -> Report:
         return report
     report.form = "mta"
     report.recipients = _text_recipients(msg, text)
+    for f in report.recipients:
+        f.reason = _refine(f.reason, text, f.address)
     if not report.recipients and (token or message_id):
         status = _status_of(text)
         report.recipients.append(Failed(None, "failed" if not status.startswith("4") else "delayed", status,
                                         _first_line_with_code(text), reasons.classify(status, text)))
     return report
+
+
+def _refine(reason: str, text: str, address: str | None) -> str:
+    """"User unknown" said in reply to DATA: the server had accepted the recipient at RCPT TO, so it is
+    a filter's refusal of the message, not a dead address (as the reference parser reads it). The
+    command is the one the report's transcript shows for this address (`>>> DATA`, `in reply to end
+    of DATA command`)."""
+    if reason != "userunknown" or not address:
+        return reason
+    lines = text.lower().splitlines()
+    addr = address.lower()
+    for i, line in enumerate(lines[:5000]):
+        if addr not in line:
+            continue
+        near = " ".join(lines[i:i + 3])
+        before = lines[i - 1].strip() if i else ""
+        if "in reply to end of data" in near or "after end of data" in near or before.startswith(">>> data"):
+            return "filtered"
+        if "in reply to rcpt" in near or before.startswith(">>> rcpt"):
+            return reason
+    return reason
 
 
 def _plain_after_cut(msg: EmailMessage) -> str:
@@ -271,11 +295,14 @@ def _first_line_with_code(text: str) -> str | None:
 
 def _text_recipients(msg: EmailMessage, text: str) -> list[Failed]:
     """The failed recipients a non-standard report names, each with the lines that say why."""
-    own = {a.lower() for h in ("From", "To", "Sender", "Reply-To", "Delivered-To", "Return-Path", "X-Original-To")
-           for a in ADDR_RE.findall(_header(msg, h))}
+    own = {a.lower() for h in ("From", "To", "Sender", "Reply-To", "Return-Path") for a in ADDR_RE.findall(_header(msg, h))}
     lines = text.splitlines()
     seen: dict[str, int] = {}
-    for i, line in enumerate(lines):
+    # Exim, Google and others name the failed recipients in a header: the surest list there is.
+    for a in ADDR_RE.findall(_header(msg, "X-Failed-Recipients")[:4096]):
+        key = a.lower().strip(".")
+        seen.setdefault(key, next((i for i, line in enumerate(lines) if key in line.lower()), -1))
+    for i, line in enumerate(lines if not seen else ()):
         lowered = line.lower()
         if re.match(r"\s*(from|reply-to|sender|return-path|message-id|in-reply-to|references)\s*:", lowered):
             continue
@@ -287,6 +314,12 @@ def _text_recipients(msg: EmailMessage, text: str) -> list[Failed]:
             seen.setdefault(key, i)
     out = []
     for key, i in seen.items():
+        if i < 0:  # named only in X-Failed-Recipients: the report's text is the reason
+            diag = " ".join(x.strip() for x in lines if x.strip())[:2000]
+            status = _status_of(diag)
+            out.append(Failed(key, "delayed" if status.startswith("4") else "failed", status, diag,
+                              reasons.classify(status, diag)))
+            continue
         # The reason: this line and the following ones up to a blank line or the next address.
         block = [lines[i]]
         for nxt in lines[i + 1:i + 8]:

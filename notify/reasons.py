@@ -52,9 +52,13 @@ MEANING = {
 # Phrases (lower case) that say which reason, checked in this order: the more specific first.
 # Assembled from the wording of real MTAs (the reference parser's corpus), not copied lists.
 PHRASES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("hostunknown", ("domain is not reachable", "account or domain may not exist")),
+    ("rejected", ("you may not have permission to post", "group you tried to contact", "sender address rejected",
+                  "sender rejected", "domain of sender address", "bogus mail from", "sender verify failed",
+                  "sender verification", "envelope sender", "after mail from", "in reply to mail from")),
     ("hasmoved", (" has been replaced by ", "mailbox has moved", "mailbox owner has changed")),
-    ("notaccept", ("does not accept mail", "null mx", "nullmx", "mail receiving disabled", "host does not accept",
-                   "no mx record found")),
+    ("notaccept", ("couldn't find a mail exchanger", "does not accept mail", "null mx", "nullmx", "mail receiving disabled",
+                   "host does not accept", "no mx record found")),
     ("norelaying", ("relay access denied", "relaying denied", "relay not permitted", "we do not relay", "no relaying",
                     "not permitted to relay", "unable to relay", "relay denied", "not allowed to relay", "as a relay")),
     ("mesgtoobig", ("message too big", "message is too big", "message size exceeds", "size limit", "message too large",
@@ -76,10 +80,6 @@ PHRASES: tuple[tuple[str, tuple[str, ...]], ...] = (
                     "cannot resolve your address", "not have a reverse")),
     ("suspend", ("suspended", "disabled", "deactivated", "inactive", "is frozen", "account has been locked",
                  "temporarily locked", "account is locked", "expired account", "account expired")),
-    ("expired", ("delivery expired", "delivery time expired", "message expired", "giving up on", "retry time",
-                 "retry timeout exceeded", "could not be delivered for", "has been delayed", "timed out",
-                 "time out", "have been failing for a long time", "was not delivered within", "too long in the queue",
-                 "queue too long", "delivery attempts will continue", "not been delivered for")),
     ("hostunknown", ("host unknown", "unknown host", "host not found", "domain not found", "no such domain",
                      "domain does not exist", "unknown domain", "name or service not known", "nxdomain",
                      "unrouteable mail domain", "host or domain name not found", "domain must exist",
@@ -95,14 +95,17 @@ PHRASES: tuple[tuple[str, tuple[str, ...]], ...] = (
                      "doesn't have a", "not our customer", "mailbox is unavailable", "invalid address",
                      "no account by that name", "not a valid user", "recipient address rejected", "user invalid",
                      "addressee unknown", "the email account that you tried to reach does not exist",
-                     "no longer available", "is not a valid")),
+                     "no longer available", "is not a valid", "user not exist", "invalid final delivery userid",
+                     "recipient not found", "does not like recipient", "ディレクトリのリストにありません")),
+    ("expired", ("delivery expired", "delivery time expired", "message expired", "giving up on", "retry time",
+                 "retry timeout exceeded", "could not be delivered for", "has been delayed", "timed out",
+                 "time out", "have been failing for a long time", "was not delivered within", "too long in the queue",
+                 "queue too long", "delivery attempts will continue", "not been delivered for")),
     ("policyviolation", ("policy", "prohibited", "not accepted for policy reasons", "illegal attachment",
                          "members-only", "closed mailing list", "organizational settings", "header error")),
     ("filtered", ("filtered", "user rules", "recipient preferences", "refuse to receive", "user reject",
                   "only accepting mail from", "is not accepting", "not authorized", "access denied",
                   "not allowed", "restricted")),
-    ("rejected", ("sender address rejected", "sender rejected", "domain of sender address", "bogus mail from",
-                  "sender verify failed", "sender verification", "envelope sender", "mail from")),
     ("securityerror", ("authentication required", "authentication failure", "starttls", "tls required",
                        "encryption", "insecure")),
     ("toomanyconn", ("too many connections", "too many recipients", "connection rate limit", "too many concurrent",
@@ -136,12 +139,19 @@ STATUS = {
 _SPACE = re.compile(r"\s+")
 
 
+# A refusal after DATA: the server had accepted the recipient at RCPT TO, so "user unknown" then is
+# a filter's word, not a dead address (the reference parser reads it so too).
+AFTER_DATA = ("end of data", "after data", "final data", "data command", "after end of data")
+
+
 def classify(status: str | None, diagnostic: str | None) -> str:
     """The reason of one failed recipient: from the diagnostic's words, else from the status code."""
     text = _SPACE.sub(" ", (diagnostic or "").lower())
     if text:
         for reason, phrases in PHRASES:
             if any(p in text for p in phrases):
+                if reason == "userunknown" and any(p in text for p in AFTER_DATA):
+                    return "filtered"
                 return reason
     code = (status or "").strip()
     if code.count(".") == 2:

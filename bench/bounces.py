@@ -1,0 +1,113 @@
+"""How well notify reads real bounces: recognition and classification per MTA family, against the
+reference parser's own expected answers.
+
+The messages are Sisimai's public corpus (github.com/sisimai/set-of-emails, BSD 2-clause, vendored
+in tests/data/sisimai with its LICENSE); the expected answers, one per failed recipient (status,
+reason, hard or not), are from Sisimai's tests (rb-sisimai test/public/*.rb), in expected.json.
+
+    python bench/bounces.py [--families] [--misses FAMILY]
+
+attributed: the message gave at least one recipient address (the report is tied to someone);
+hard/soft: of the expected recipients, in order, how many we call hard exactly when Sisimai does;
+reason: how many get Sisimai's reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from notify.bounces import parse_dsn  # noqa: E402 - after the path, so the checkout's own code is measured
+
+CORPUS = ROOT / "tests" / "data" / "sisimai"
+
+
+@dataclass
+class Score:
+    messages: int = 0
+    attributed: int = 0
+    recipients: int = 0
+    hard_agree: int = 0
+    reason_agree: int = 0
+
+    def add(self, other: Score) -> None:
+        for k in vars(self):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+
+def score_one(name: str, expected: list[list[object]]) -> tuple[Score, list[str]]:
+    items, why = parse_dsn((CORPUS / name).read_bytes())
+    s = Score(messages=1, recipients=len(expected))
+    ours = [f for f in items if f.address]
+    s.attributed = int(bool(ours))
+    misses = []
+    for i, (_status, _code, reason, hard) in enumerate(expected):
+        if i >= len(ours):
+            misses.append(f"{name}: recipient {i + 1} not found ({why}); expected {reason}")
+            continue
+        f = ours[i]
+        we_hard = f.kind == "bounced"
+        s.hard_agree += int(we_hard == hard)
+        s.reason_agree += int(f.detail.get("reason") == reason)
+        if we_hard != hard or f.detail.get("reason") != reason:
+            misses.append(f"{name}: {f.address} {f.kind} {f.detail.get('reason')} (expected {reason}, "
+                          f"{'hard' if hard else 'soft'}): {str(f.detail.get('diagnostic') or '')[:140]!r}")
+    return s, misses
+
+
+def family(name: str) -> str:
+    return re.sub(r"-\d+\.eml$", "", name)
+
+
+def measure() -> tuple[dict[str, Score], list[str], float]:
+    expected = json.loads((CORPUS / "expected.json").read_text())
+    by: dict[str, Score] = defaultdict(Score)
+    misses: list[str] = []
+    start = time.perf_counter()
+    for name, exp in sorted(expected.items()):
+        s, m = score_one(name, exp)
+        by[family(name)].add(s)
+        misses += m
+    return dict(by), misses, time.perf_counter() - start
+
+
+def pct(a: int, b: int) -> str:
+    return f"{a / b:.0%}" if b else "-"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--families", action="store_true", help="a line per MTA family")
+    ap.add_argument("--misses", metavar="FAMILY", help="print each disagreement of families starting with this")
+    args = ap.parse_args()
+    by, misses, seconds = measure()
+    total = Score()
+    for s in by.values():
+        total.add(s)
+    if args.families:
+        print(f"{'family':<28} {'messages':>8} {'attributed':>10} {'hard/soft':>9} {'reason':>7}")
+        for fam, s in sorted(by.items(), key=lambda kv: -kv[1].messages):
+            print(f"{fam:<28} {s.messages:>8} {pct(s.attributed, s.messages):>10} {pct(s.hard_agree, s.recipients):>9} "
+                  f"{pct(s.reason_agree, s.recipients):>7}")
+    if args.misses:
+        for m in misses:
+            if m.startswith(args.misses):
+                print(m)
+    print(f"Sisimai corpus: {total.messages} messages, {total.recipients} expected recipients, "
+          f"{len(by)} MTA families, read in {seconds:.2f} s")
+    print(f"attributed: {pct(total.attributed, total.messages)} of messages; "
+          f"hard/soft as the reference: {pct(total.hard_agree, total.recipients)}; "
+          f"same reason: {pct(total.reason_agree, total.recipients)} (of expected recipients)")
+
+
+if __name__ == "__main__":
+    main()
