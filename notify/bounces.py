@@ -493,7 +493,9 @@ class SqsReader:
                     leave.append(m)
                     continue
                 (done if self._apply(m) else leave).append(m)
-        self.recorder.store.apply_parked()  # a Delivery that came before the send recorded its message
+        # A Delivery that came before the send recorded its message; the suppressions this group decided,
+        # on the shared list now rather than at the end (a following run may never end).
+        self.recorder.settle()
         # Committed: now, and only now, the queue may forget them.
         for i in range(0, len(done), 10):
             entries = [{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(done[i:i + 10])]

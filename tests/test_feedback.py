@@ -320,3 +320,83 @@ def test_bad_queue_messages_are_recorded_and_deleted_and_others_are_left(make_ca
         con.close()
         assert all(k.startswith("malformed: ") for k in kinds), kinds
         assert states(d)["p0@example.org"] == "bounced"
+
+
+# --- `bounces --follow` beside a running send, both real processes, SQS on moto's server ---
+
+def test_follow_beside_a_send_loses_nothing(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    """A send and `bounces --follow` share the campaign's state while SES (this test) publishes a
+    Delivery for each message the moment it appears in the outbox, often before the send has
+    committed it, and a hard bounce for every tenth. Every recipient ends as the events say."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    moto = Path(sys.executable).parent / "moto_server"
+    server = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    env = {**os.environ, "AWS_ENDPOINT_URL_SQS": f"http://127.0.0.1:{port}"}
+    n = 120
+    d = make_campaign("email\n" + "".join(f"p{i}@example.org\n" for i in range(n)), template="t",
+                      templates=simple_templates())
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        sqs = boto3.client("sqs", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{port}")
+        for _ in range(100):
+            try:
+                url = sqs.create_queue(QueueName="events")["QueueUrl"]
+                break
+            except Exception:  # noqa: BLE001 - the server is still starting
+                time.sleep(0.1)
+        code, _, err = run("import", d)
+        assert code == 0, err
+        tok = tokens(d)
+        by_token = {t: a for a, t in tok.items()}
+        cmd = [sys.executable, "-m", "notify"]
+        follow = subprocess.Popen([*cmd, "bounces", str(d), "--sqs-url", url, "--follow", "--wait", "1"], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        send = subprocess.Popen([*cmd, "send", str(d), "--rate", "60", "--no-progress"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        procs += [follow, send]
+        published: set[str] = set()
+        expected: dict[str, str] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for f in (d / "outbox").glob("*.eml") if (d / "outbox").is_dir() else ():
+                if f.name in published:
+                    continue
+                published.add(f.name)
+                token = f.name.split(".")[1].split("@")[0] if "." in f.name else ""
+                address = by_token.get(token)
+                assert address, f.name
+                kind = "Bounce" if int(address[1:].split("@")[0]) % 10 == 0 else "Delivery"
+                expected[address] = "bounced" if kind == "Bounce" else "delivered"
+                sqs.send_message(QueueUrl=url, MessageBody=json.dumps(ses_event(kind, address, token=token,
+                                                                                 ses_id=f"ses-{token}")))
+            if send.poll() is not None and len(published) == n:
+                break
+            time.sleep(0.02)
+        out, err_b = send.communicate(timeout=30)
+        assert send.returncode == 0, err_b.decode()
+        assert len(expected) == n
+        while time.monotonic() < deadline and states(d) != expected:
+            time.sleep(0.2)
+        follow.send_signal(signal.SIGINT)
+        fout, ferr = follow.communicate(timeout=30)
+        assert follow.returncode == 130, ferr.decode()
+        assert "Interrupted." in ferr.decode() and "matched" in fout.decode()
+        assert states(d) == expected, {a: s for a, s in states(d).items() if expected.get(a) != s}
+        assert suppressed() == {a for a, s in expected.items() if s == "bounced"}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        server.terminate()
+        server.wait()
