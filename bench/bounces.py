@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sys
 import time
 from collections import defaultdict
@@ -80,6 +81,45 @@ def measure() -> tuple[dict[str, Score], list[str], float]:
     return dict(by), misses, time.perf_counter() - start
 
 
+def mbox_speed(n: int) -> None:
+    """`notify bounces --mbox` on n bounce reports (a Postfix DSN each, to n recipients), as a command:
+    wall time, CPU, peak RSS."""
+    import os
+    import resource
+    import subprocess
+    import tempfile
+
+    from notify.store import Change, Event, Store
+
+    work = Path(tempfile.mkdtemp(prefix="notify-bench-mbox-"))
+    d = work / "camp"
+    shutil.copytree(ROOT / "campaigns" / "example", d, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".notify", "outbox"))
+    (d / "recipients.csv").write_text("email,name,locale\n" + "".join(f"p{i}@example{i % 97}.org,P {i},en\n" for i in range(n)))
+    store = Store.open(d / ".notify")
+    store.import_file(d / "recipients.csv")
+    while batch := store.claim(5000, 0.0):
+        store.apply([Change(c.id, "sent", Event("sent", c.id, c.key)) for c in batch])
+    store.close()
+    template = (ROOT / "tests" / "data" / "dsn" / "postfix.eml").read_text()
+    with (work / "box").open("w") as fh:
+        for i in range(n):
+            raw = template.replace("{token_postfix}", "0" * 32).replace("{addr_postfix}", f"p{i}@example{i % 97}.org")
+            raw = raw.replace("{mid_postfix}", f"<m{i}@example.com>").replace("Message-Id: <", f"Message-Id: <{i}.")
+            fh.write("From MAILER-DAEMON Mon Aug  8 14:02:11 2022\n" + raw.replace("\nFrom ", "\n>From ") + "\n")
+    env = {**os.environ, "NOTIFY_SUPPRESSION_DB": str(work / "supp.sqlite")}
+    start = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run([sys.executable, "-m", "notify", "bounces", str(d), "--mbox", str(work / "box")], env=env,
+                         capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    print(out.stdout.strip() or out.stderr.strip())
+    print(f"mbox: {n} bounce reports ({(work / 'box').stat().st_size / 1e6:.0f} MB) folded in {wall:.1f} s "
+          f"({n / wall:,.0f}/s), CPU {cpu:.1f} s, peak RSS {after.ru_maxrss / 1024:.0f} MB")
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def pct(a: int, b: int) -> str:
     return f"{a / b:.0%}" if b else "-"
 
@@ -88,7 +128,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--families", action="store_true", help="a line per MTA family")
     ap.add_argument("--misses", metavar="FAMILY", help="print each disagreement of families starting with this")
+    ap.add_argument("--mbox", type=int, metavar="N", help="also time `notify bounces --mbox` on N reports")
     args = ap.parse_args()
+    if args.mbox:
+        mbox_speed(args.mbox)
     by, misses, seconds = measure()
     total = Score()
     for s in by.values():
