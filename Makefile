@@ -15,7 +15,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint drill bench bench-quick bench-feedback bench-tools clean-demo clean
+.PHONY: demo test lint drill bench bench-quick bench-feedback bench-deferrals bench-tools clean-demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ bench: $(STAMP) bench-tools
 # moto's server in its own process with 20 ms added to every call; and the reader on a queue in memory.
 bench-feedback: $(STAMP)
 	$(BIN)/python bench/feedback.py --events 10000 --receivers 8
+
+# Deferrals (#28): the same send against aiosmtpd deferring 2% of recipients at random, and deferring none.
+bench-deferrals: $(STAMP)
+	$(BIN)/python bench/deferrals.py
 
 bench-quick: $(STAMP) bench-tools
 	$(BIN)/python bench/bench.py --mailmerge $(MAILMERGE_VENV)/bin/mailmerge --quick

@@ -97,6 +97,7 @@ class SendConfig:
     render_processes: int | None = None  # None: one per spare core once a run is large enough; 0: in the event loop
     render_timeout: float = 2.0  # seconds one message's templates may take to render (notify/sandbox.py)
     render_max_bytes: int = 1_000_000  # characters one part of a message may render to
+    adaptive: bool = True  # slow down on throttling replies (throttle.py); false: the rate set is the rate sent
 
 
 @dataclass(frozen=True)
@@ -372,6 +373,7 @@ SEND_KEYS = {
     "render_processes": Key("int", False, _non_negative),
     "render_timeout": Key("number", False, _positive),
     "render_max_bytes": Key("int", False, _positive),
+    "adaptive": Key("bool"),
 }
 RETRY_KEYS = {
     "base": Key("number", False, _positive),
@@ -539,6 +541,7 @@ def _build(file: Path, data: dict[str, Any]) -> Campaign:
             render_processes=send.get("render_processes"),
             render_timeout=float(send.get("render_timeout", 2.0)),
             render_max_bytes=send.get("render_max_bytes", 1_000_000),
+            adaptive=send.get("adaptive", True),
         ),
         providers=providers,
         require_approval=camp.get("require_approval"),

@@ -233,6 +233,7 @@ def send(
     rate: Optional[float] = typer.Option(None, "--rate", min=0.001, metavar="PER_SECOND",
                                          help="Messages per second (overrides [send] rate)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (it is off anyway when not on a terminal)."),
+    no_adaptive: bool = typer.Option(False, "--no-adaptive", help="Never slow down on throttling replies: send at the rate set."),
     acknowledge_reputation: bool = typer.Option(False, "--acknowledge-reputation",
                                                 help="Resume after the reputation circuit breaker paused the campaign (recorded)."),
 ) -> None:
@@ -249,7 +250,8 @@ def send(
     """
     with _open(campaign) as (c, store):
         opts = engine.SendOptions(dry_run=dry_run, limit=limit, provider=provider, concurrency=concurrency,
-                                  rate=rate, progress=not no_progress, acknowledge_reputation=acknowledge_reputation)
+                                  rate=rate, progress=not no_progress, acknowledge_reputation=acknowledge_reputation,
+                                  adaptive=False if no_adaptive else None)
         started = time.monotonic()
         result = engine.send(c, store, opts, announce=say_deadline)
         elapsed = time.monotonic() - started

@@ -49,6 +49,7 @@ class SendOptions:
     progress: bool = True
     max_wait: float = 120.0  # wait in-process for retries due within this many seconds; beyond, stop
     acknowledge_reputation: bool = False  # resume after the reputation circuit breaker paused the campaign
+    adaptive: bool | None = None  # None: [send] adaptive; False: never slow down on throttling replies
 
 
 class SendLoop:
@@ -76,7 +77,8 @@ class SendLoop:
         # ARCHITECTURE.md for the bound.
         self.batch = max(4 * self.concurrency, 32)
         self.base_rate = options.rate if options.rate is not None else campaign.send.rate
-        self.throttle = Throttle(self.base_rate, campaign.send.domains, self.clock)
+        self.adaptive = campaign.send.adaptive if options.adaptive is None else options.adaptive
+        self.throttle = Throttle(self.base_rate, campaign.send.domains, self.clock, adaptive=self.adaptive)
         self.result = RunResult()
         self.stop = asyncio.Event()
         self.changes: list[Change] = []
@@ -181,6 +183,8 @@ class SendLoop:
     def log_rate(self, change: Any) -> None:
         if change is not None:
             self.log_event("rate_changed", old=change.old, new=change.new, reason=change.reason)
+            old, new = ("unlimited" if r is None else f"{r:g}/s" for r in (change.old, change.new))
+            self.progress.note(f"rate {old} -> {new}: {change.reason}")
 
     async def activate(self, reason: str | None = None) -> bool:
         """Moves the chain to its next healthy provider and records what that found; False when every
@@ -194,7 +198,7 @@ class SendLoop:
             self.stop.set()
             return False
         provider = switch.current
-        self.throttle = Throttle(self.base_rate, self.campaign.send.domains, self.clock)
+        self.throttle = Throttle(self.base_rate, self.campaign.send.domains, self.clock, adaptive=self.adaptive)
         if switch.readiness.max_rate:
             self.log_rate(self.throttle.cap(switch.readiness.max_rate))
         self.provider = provider
@@ -237,8 +241,8 @@ class SendLoop:
             return
         if outcome.throttled:
             self.log_rate(self.throttle.backoff(f"{provider.name}: {outcome.describe()}"))
-        else:
-            self.log_rate(self.throttle.recover())
+        else:  # a deferral of this recipient alone does not slow the others (unless the relay is struggling)
+            self.log_rate(self.throttle.outcome(outcome.kind is Kind.TEMPORARY))
         self.record(decide(self.campaign, c, outcome, msg, version, provider.name, self.wall()), outcome)
 
     def record(self, change: Change, outcome: Outcome | None) -> None:
@@ -250,7 +254,8 @@ class SendLoop:
             self.result.counts[f"needs {outcome.needs}"] += 1
         if len(self.changes) >= FLUSH_SIZE:
             self.flush()
-        self.progress.outcome(self.result.counts, self.throttle.rate)
+        # The bar counts recipients: one deferred now is counted when it is done (a retry in this run).
+        self.progress.outcome(self.result.counts, self.throttle.rate, done=change.state != "deferred")
 
     # --- the loop ---
 

@@ -18,7 +18,9 @@ from tqdm import tqdm
 class Progress(Protocol):
     def start(self, total: int) -> None: ...
 
-    def outcome(self, counts: Counter[str], rate: float | None) -> None: ...
+    def outcome(self, counts: Counter[str], rate: float | None, done: bool = True) -> None: ...
+
+    def note(self, line: str) -> None: ...
 
     def close(self) -> None: ...
 
@@ -29,7 +31,10 @@ class Silent:
     def start(self, total: int) -> None:
         pass
 
-    def outcome(self, counts: Counter[str], rate: float | None) -> None:
+    def outcome(self, counts: Counter[str], rate: float | None, done: bool = True) -> None:
+        pass
+
+    def note(self, line: str) -> None:
         pass
 
     def close(self) -> None:
@@ -47,15 +52,22 @@ class Bar:
     def start(self, total: int) -> None:
         self.bar = tqdm(total=total, unit="msg", desc=self.desc, dynamic_ncols=True)
 
-    def outcome(self, counts: Counter[str], rate: float | None) -> None:
+    def outcome(self, counts: Counter[str], rate: float | None, done: bool = True) -> None:
+        """One outcome; `done` when its recipient is finished (a deferral is not: its retry will be)."""
         if self.bar is None:
             return
-        self.bar.update(1)
+        if done:
+            self.bar.update(1)
         if not self.details:
             return
         limit = f" limit={rate:g}/s" if rate else ""
         self.bar.set_postfix_str(f"sent={counts['sent']} deferred={counts['deferred']} failed={counts['failed']}{limit}",
                                  refresh=False)
+
+    def note(self, line: str) -> None:
+        """A line above the bar (why the rate changed), kept on the screen as the bar moves on."""
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:

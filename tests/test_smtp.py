@@ -108,7 +108,18 @@ def test_451_then_success(make_campaign: MakeCampaign) -> None:
     assert [r.rcpt for r in h.received].count("p3@example.com") == 1
     deferred = events(d, "deferred")
     assert len(deferred) == 1 and json.loads(str(deferred[0]["detail"]))["code"] == 451
-    assert events(d, "rate_changed"), "a 451 slows the sender down, and the audit log says so"
+    # #28: every per-recipient 4xx halved the whole campaign's rate. A 451 4.3.0 is this recipient's
+    # business: retried, and nobody else slows down.
+    assert not events(d, "rate_changed"), "one recipient's deferral does not slow the others"
+
+
+def test_a_rate_limit_reply_slows_the_sender_and_the_audit_log_says_why(make_campaign: MakeCampaign) -> None:
+    code, _, err, _, d = scripted_run(make_campaign, {"p3@example.com": [("rcpt", "451 4.7.1 Rate limit exceeded, slow down")]},
+                                      10)
+    assert code == 0, err
+    (change,) = events(d, "rate_changed")
+    detail = json.loads(str(change["detail"]))
+    assert "451 4.7.1 Rate limit exceeded" in detail["reason"] and detail["new"] < (detail["old"] or 1e9)
 
 
 def test_421_mid_stream_reconnects(make_campaign: MakeCampaign) -> None:
@@ -333,8 +344,8 @@ def test_every_aiosmtplib_exception_maps_to_an_outcome() -> None:
 @pytest.mark.parametrize("code,text,phase,kind,throttled", [
     (250, "2.0.0 OK", "body", Kind.ACCEPTED, False),
     (421, "4.7.0 closing", "mail", Kind.TEMPORARY, True),
-    (450, "4.2.1 busy", "rcpt", Kind.TEMPORARY, True),
-    (452, "4.5.3 too many", "rcpt", Kind.TEMPORARY, True),
+    (450, "4.2.1 busy", "rcpt", Kind.TEMPORARY, False),  # #28: one recipient's mailbox, not our rate
+    (452, "4.5.3 too many", "rcpt", Kind.TEMPORARY, False),  # too many recipients in one transaction
     (454, "4.7.0 Throttling failure: Maximum sending rate exceeded", "mail", Kind.TEMPORARY, True),
     (552, "5.2.2 mailbox full", "rcpt", Kind.TEMPORARY, False),
     (552, "5.3.4 message too big", "body", Kind.PERMANENT, False),

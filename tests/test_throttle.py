@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import random
+
+import pytest
 
 from notify.throttle import Bucket, FakeClock, Throttle
 
@@ -188,3 +191,45 @@ def test_bucket_delay_does_not_reserve() -> None:
     b = Bucket(rate=1, burst=1, clock=clock)
     assert b.delay() == 0 and b.delay() == 0
     assert b.reserve() == 0 and b.delay() == 1.0
+
+
+# --- #28: only "you are sending too fast" cuts the rate ---
+
+@pytest.mark.parametrize(("code", "text", "throttling"), [
+    (421, "4.7.0 Too many connections from your host, closing", True),
+    (454, "4.7.0 Temporary authentication failure", True),
+    (451, "4.7.1 Please try again later", True),
+    (450, "4.7.1 Rate limit exceeded", True),
+    (452, "Too many messages in this session, slow down", True),
+    (451, "4.3.0 Temporary lookup failure", False),
+    (450, "4.2.1 Greylisted, please try again in 300 seconds", False),
+    (452, "4.2.2 Mailbox full", False),
+    (451, "4.4.1 No answer from host", False),
+    (452, "4.5.3 Too many recipients", False),
+    (450, "4.1.1 Recipient address rejected: unverified address", False),
+])
+def test_only_replies_that_mean_too_fast_are_throttling(code: int, text: str, throttling: bool) -> None:
+    from notify.providers.smtp import classify_reply
+
+    assert classify_reply(code, text, "rcpt").throttled is throttling
+
+
+def test_per_recipient_deferrals_never_slow_the_others_until_the_relay_struggles() -> None:
+    clock = FakeClock()
+    t = Throttle(200.0, clock=clock)
+    rng = random.Random(28)
+    for _ in range(20_000):  # 2% deferred, at random, for a long time
+        clock.t += 0.005
+        assert t.outcome(rng.random() < 0.02) is None
+    assert t.rate == 200.0
+    changes = []
+    for i in range(400):  # then a third of everything is deferred: the relay itself is in trouble
+        clock.t += 0.005
+        if (c := t.outcome(i % 3 == 0)) is not None:
+            changes.append(c)
+    assert changes and changes[0].new == 100.0 and "the relay is struggling: " in changes[0].reason
+
+
+def test_adaptive_off_keeps_the_rate_set() -> None:
+    t = Throttle(200.0, clock=FakeClock(), adaptive=False)
+    assert t.backoff("421 4.7.0 slow down") is None and t.rate == 200.0

@@ -42,7 +42,11 @@ from .smtpwire import Session, wire_body
 
 Waiting = tuple[bytes, "asyncio.Future[tuple[Session | None, bool]]"]  # an envelope, and where its connection goes
 
-THROTTLE_CODES = {421, 450, 451, 452, 454}
+# "You are sending too fast", as relays say it: 421 (closing: too many connections or messages), 454 4.7.0,
+# and 450/451/452 with a 4.7.x status or rate wording. A 451 4.3.0 (a lookup failed), 450 4.2.1
+# (greylisting, a busy mailbox) or 452 4.2.2 is about one recipient: retried, never slowing the others.
+RATE_WORDING = re.compile(r"\brate\b|rate.?limit|too many (?:messages|connections|concurrent|sessions|mails)|too fast|"
+                          r"throttl|slow down|sending limit|exceeded.{0,20}(?:per|quota)", re.I)
 ENHANCED_RE = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
 REFUSALS_DOWN = 3  # connection attempts refused in a row before the provider counts as down
 POLICY_WINDOW = 20  # outcomes looked at for a wave of policy rejections
@@ -63,6 +67,18 @@ def enhanced_status(text: str) -> str | None:
     return m.group(1) if m else None
 
 
+def is_throttling(code: int, status: str | None, text: str) -> bool:
+    """Whether a 4xx reply means "you are sending too fast" (cut the rate) rather than "not this
+    recipient, not now" (retry that one later)."""
+    if code == 421:
+        return True
+    if code == 454:
+        return (status or "4.7.0").startswith("4.7")
+    if code in (450, 451, 452):
+        return bool(status and status.startswith("4.7.")) or RATE_WORDING.search(text) is not None
+    return False
+
+
 def classify_reply(code: int, text: str, phase: str) -> Outcome:
     """One SMTP reply to an Outcome. `phase` is mail | rcpt | data | body."""
     text = " ".join(text.split())
@@ -70,8 +86,7 @@ def classify_reply(code: int, text: str, phase: str) -> Outcome:
     if 200 <= code < 300:
         return Outcome(Kind.ACCEPTED, detail=text, code=code, status=status)
     if 400 <= code < 500 or (code == 552 and phase == "rcpt"):
-        throttled = code in THROTTLE_CODES or "throttl" in text.lower() or "rate" in text.lower()
-        return Outcome(Kind.TEMPORARY, detail=text, code=code, status=status, throttled=throttled)
+        return Outcome(Kind.TEMPORARY, detail=text, code=code, status=status, throttled=is_throttling(code, status, text))
     if 500 <= code < 600:
         return Outcome(Kind.PERMANENT, detail=text, code=code, status=status)
     return Outcome(Kind.TEMPORARY, detail=f"unexpected reply: {text}", code=code, status=status)
