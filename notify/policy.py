@@ -19,6 +19,8 @@ from .store import Change, Claimed, Event
 # A recipient a provider can never take (Outcome.needs) is put off past this run; the next run takes it
 # again at once (Store.rearm_waiting), when another provider may be in the chain.
 NEEDS_WAIT = 3600.0
+# The reply code a held refusal is recorded with ("held: 554 5.7.1"): its next refusal is final.
+HELD = "held: "
 
 
 @dataclass
@@ -97,7 +99,14 @@ def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None
                       fields={**common, "provider_message_id": outcome.provider_message_id,
                               "content_sha256": sha, "version": version})
     if outcome.kind is Kind.PERMANENT:
-        return Change(c.id, "failed", event("failed"), fields=common)
+        held_before = c.previous_state == "deferred" and (c.last_reply or "").startswith(HELD)
+        if not (outcome.wave_suspect and not held_before):
+            return Change(c.id, "failed", event("failed"), fields=common)
+        # Perhaps the first of a provider-wide wave (a suspended account refuses everyone): held, and
+        # retried after the wave is settled (by the next provider, if this one is found down). Only a
+        # refusal that stands then is a permanent failure.
+        detail["held"] = "a refusal that may be part of a provider-wide wave: retried once it is settled"
+        common["reply_code"] = f"{HELD}{common['reply_code']}"
     # temporary or in doubt: retry with backoff, until the policy gives up
     policy = campaign.send.retry
     doubt = c.doubt or outcome.kind is Kind.IN_DOUBT

@@ -293,9 +293,11 @@ class Claimed:
     first_attempt_at: float | None
     previous_state: str
     token: str  # the handle in its Message-ID, VERP address and tags (recipients.recipient_token)
+    last_reply: str | None = None  # the reply code of its last attempt ("held: 554 5.7.1": policy.HELD)
 
 
-CLAIM_COLUMNS = "id, row, email, key, name, locale, jurisdiction, vars, attempts, doubt, first_attempt_at, state, token"
+CLAIM_COLUMNS = ("id, row, email, key, name, locale, jurisdiction, vars, attempts, doubt, first_attempt_at, state, token,"
+                 " reply_code")
 # What claim() runs ({skip}: the saturated domains' clause); the sort-nothing test checks their plans.
 CLAIM_PENDING_SQL = f"SELECT {CLAIM_COLUMNS} FROM recipients WHERE state='pending'{{skip}} ORDER BY id LIMIT ?"
 CLAIM_DUE_SQL = (f"SELECT {CLAIM_COLUMNS} FROM {DEFERRED} AND next_attempt_at <= ?{{skip}}"
@@ -310,7 +312,7 @@ def _by_message_id(mid: str | None) -> tuple[tuple[str, tuple[str | None, ...]],
 
 
 def _claimed(r: tuple[Any, ...]) -> Claimed:
-    return Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], bool(r[9]), r[10], r[11], r[12])
+    return Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], bool(r[9]), r[10], r[11], r[12], r[13])
 
 
 @dataclass

@@ -90,9 +90,11 @@ def test_mail_stage_replies(make_campaign: MakeCampaign, pipelining: bool) -> No
     with Server(h) as srv:
         d = smtp_campaign(make_campaign, srv.port, n=3)
         code, out, _ = send(d, "--concurrency", "1")
-    assert code == EXIT_FAILED
+    # #28: a lone 5.7.1 is held (it could have been the start of a provider-wide wave) and retried,
+    # and this server takes the retry; before, it failed at once (exit 3).
+    assert code == 0
     db = sqlite3.connect(d / ".notify" / "campaign.sqlite")
     kinds = [r[0] for r in db.execute("SELECT kind FROM events WHERE recipient IS NOT NULL ORDER BY seq")]
     db.close()
-    assert sorted(kinds) == ["deferred", "failed", "sent", "sent"]
-    assert len(h.received) == 2
+    assert sorted(kinds) == ["deferred", "deferred", "sent", "sent", "sent"]
+    assert len(h.received) == 3

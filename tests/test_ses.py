@@ -405,7 +405,15 @@ def test_throttling_bursts_and_rejections_mid_run(make_campaign: MakeCampaign, a
     rates = con.execute("SELECT count(*) FROM events WHERE kind='rate_changed'").fetchone()[0]
     con.close()
     expected = {"accepted": "sent", "TooManyRequestsException": "deferred", "MessageRejected": "failed"}
-    assert events == [(rcpt, expected[what]) for rcpt, what in answers]
+    # #28: a rejection that could be the start of a wave is held once; the one that stands after is final.
+    rejected_before: set[str] = set()
+    want = []
+    for rcpt, what in answers:
+        held = what == "MessageRejected" and rcpt not in rejected_before
+        if what == "MessageRejected":
+            rejected_before.add(rcpt)
+        want.append((rcpt, "deferred" if held else expected[what]))
+    assert events == want
     assert sum(1 for _, w in answers if w == "TooManyRequestsException") == 4
     assert rates >= 2, "the throttle backed off (and was capped by MaxSendRate first)"
 

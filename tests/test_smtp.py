@@ -278,7 +278,29 @@ def test_a_wave_of_policy_rejections_stops_the_run(make_campaign: MakeCampaign) 
     assert code == 4
     assert "were refused by policy" in err
     states = Counter(v[0] for v in ledger(d).values())
-    assert states["failed"] == 4 and states["pending"] + states["deferred"] == 36
+    # #28: the four refusals before the wave was recognized were failed for good; they are held now.
+    assert states["failed"] == 0 and states["pending"] + states["deferred"] == 40, states
+
+
+def test_a_provider_suspended_mid_campaign_loses_nobody(make_campaign: MakeCampaign) -> None:
+    """The model case: the primary is suspended after 150 messages and refuses everyone after with
+    554 5.7.1; the backup takes over. Before #28, the refusals that came before the wave was recognized
+    were recorded as failed for good (4 of 600 never notified, exit 3)."""
+    suspended = {f"p{i}@example.com": [("rcpt", "554 5.7.1 Account suspended: sending disabled")] * 3
+                 for i in range(150, 600)}
+    h = Handler(script=suspended)
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=600)
+        toml = d / "campaign.toml"
+        toml.write_text(toml.read_text().replace('providers = ["relay"]', 'providers = ["relay", "outbox"]'))
+        code, out, err = send(d)
+    assert code == 0, err
+    states = Counter(v[0] for v in ledger(d).values())
+    assert states == {"sent": 600}, states
+    by_relay = {r.rcpt for r in h.received}
+    assert len(by_relay) >= 150 and len(by_relay) + len(list((d / "outbox").glob("*.eml"))) == 600
+    held = [e for e in events(d, "deferred") if "held" in json.loads(str(e["detail"]))]
+    assert held, "the refusals before the wave was recognized were held, not failed"
 
 
 def test_verp_token_maps_back_to_the_recipient(make_campaign: MakeCampaign) -> None:

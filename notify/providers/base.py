@@ -33,6 +33,9 @@ class Outcome:
     # no attempt is counted, and the recipient is never failed for it, only retried.
     handed: bool = True
     needs: str = ""  # what this message needs that the provider lacks ("SMTPUTF8"): it waits for one that has it
+    # A refusal of the kind a provider-wide wave is made of (5.7.x policy, SES MessageRejected), before a
+    # wave is recognized: held and retried once the wave is settled, not failed at once (#28).
+    wave_suspect: bool = False
 
     def describe(self) -> str:
         """"550 5.1.1 user unknown": the code, then the reply text (which carries the enhanced status)."""

@@ -21,6 +21,7 @@ engine, which records it, backs off, and retries under its own policy.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -178,7 +179,7 @@ class SesProvider:
         rejected = outcome.kind is Kind.PERMANENT and outcome.detail.startswith("MessageRejected")
         if self.rejections.add(rejected):
             return Outcome(Kind.PROVIDER_DOWN, detail=f"{REJECT_WAVE} messages in a row rejected by SES; last: {outcome.detail}")
-        return outcome
+        return dataclasses.replace(outcome, wave_suspect=True) if rejected else outcome
 
     async def aclose(self) -> None:
         self.pool.shutdown(wait=True)

@@ -348,7 +348,7 @@ class SmtpProvider:
             return Outcome(Kind.PROVIDER_DOWN, code=outcome.code, status=outcome.status,
                            detail=f"{self.policy_wave.count} of the last {len(self.policy_wave.recent)} messages were "
                                   f"refused by policy ({outcome.detail})")
-        return outcome
+        return dataclasses.replace(outcome, wave_suspect=True) if policy else outcome
 
     async def _transaction(self, conn: Session, message: Message, envelope: bytes, ready: Ready,
                            opened: bool) -> tuple[Outcome | None, bool]:
