@@ -197,7 +197,9 @@ def _print_rejects(store: Store) -> None:
     total, reasons = store.reject_summary()
     if total:
         for reason, n in reasons:
-            typer.echo(f"            rejected x{n}: {reason}")
+            typer.echo(f"            rejected x{n}: {_one_line(reason)}")
+        if (more := total - sum(n for _, n in reasons)) > 0:
+            typer.echo(f"            rejected: +{more} more with other reasons")
         typer.echo(f"            every rejected row, with its reason: {store.path.parent / 'rejects.csv'}")
 
 
@@ -278,7 +280,9 @@ def send(
                        f"failed {counts['failed']}.")
         st = report.status(c, store)
         typer.echo("Campaign: " + ", ".join(f"{k} {v}" for k, v in st["states"].items() if v) + f"; rejected rows {st['rejected']}.")
-        run_rate = did / elapsed if did and elapsed > 0 else None
+        # The rate of the run's last outcomes (what the bar showed at the end), not its average since it
+        # began: a send that slowed down must not project the finish at the speed it had an hour ago.
+        run_rate = (store.recent_rate(200) or did / elapsed) if did and elapsed > 0 else None
         if (due := report.deadline(c, store, rate=run_rate)) is not None:
             say_deadline(due)
         if result.interrupted:
@@ -286,7 +290,8 @@ def send(
         elif result.stopped:
             when = ""
             if result.next_retry:
-                when = f" (next retry due {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(result.next_retry))})"
+                at = time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(result.next_retry))
+                when = f" (next retry due {at}, {report.when_due(result.next_retry, time.time())})"
             err(f"Stopped: {result.stopped.rstrip('.')}{when}. Resume with: notify send {campaign}")
         elif result.failed_total:
             err(f"{result.failed_total} recipient(s) failed; see `notify status {campaign}` for the replies.")
@@ -327,6 +332,8 @@ def status(
             typer.echo(f"switched:  {sw['from']} -> {sw['to']} at {sw['at']} ({_one_line(str(sw['reason']))})")
         for reason, n in st["reject_reasons"].items():
             typer.echo(f"rejected: {_one_line(reason)} x {n}")
+        if (more := st["rejected"] - sum(st["reject_reasons"].values())) > 0:
+            typer.echo(f"rejected: +{more} more with other reasons (every one is in rejects.csv)")
         for title, key in (("deferred", "deferred_replies"), ("failed", "failed_replies")):
             for code, info in st[key].items():
                 typer.echo(f"{title}: {code} x {info['count']} (e.g. {_one_line(str(info['example']))})")
@@ -335,7 +342,7 @@ def status(
         if st["unmatched_feedback"]:
             typer.echo(f"unmatched feedback: {st['unmatched_feedback']} (bounces or events that match no recipient)")
         if st["next_retry"]:
-            typer.echo(f"next retry: {st['next_retry']}")
+            typer.echo(f"next retry: {st['next_retry_said']} ({st['next_retry']})")
         if st["deadline"]:
             (err if st["deadline"]["late"] else typer.echo)(st["deadline"]["said"])
 

@@ -69,8 +69,12 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
             pre.add(
                 f"{campaign.recipients}: {n} recipient(s) have an empty {col!r}, which the templates use "
                 f"(first at row {first}); fill it in so no notice goes out with a blank")
+    # Every variable the templates lack, in every version, at once (rendering stops at the first).
+    hint = "add it to [variables] in campaign.toml (or to the locale's [variables.<locale>] table)"
+    for problem in sorted({p for v in templates.versions for p in templates.undefined_variables(v)}):
+        pre.add(problem, hint)
     if pre.problems:
-        return pre  # rendering would only fail again for the same missing columns
+        return pre  # rendering would only fail again for the same missing columns and variables
     # Every template version, and every (locale, jurisdiction) recipients have, renders before anything is sent.
     targets: dict[str, tuple[str, dict[str, Any]]] = {}  # version -> (address as stored, template context)
     for (requested, juris), s in store.samples().items():

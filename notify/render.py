@@ -420,6 +420,22 @@ class Templates:
             todo += plan.referenced(seen[name], filename)
         return list(seen.items())
 
+    def undefined_variables(self, version: str) -> list[str]:
+        """Every `campaign.NAME` the version's templates (and all they extend, include or import) use that
+        [variables] lacks for its locale, as "file:line: campaign.NAME is not defined": all at once, where
+        rendering stops at the first. A name the templates test with `is defined` is theirs to handle."""
+        have = self._variables(split_version(version)[1])
+        out = set()
+        for name, tree in self._trees(version):
+            filename = self._parsed(name)[1]
+            guarded = {t.node.attr for t in tree.find_all(nodes.Test)
+                       if t.name == "defined" and isinstance(t.node, nodes.Getattr)}
+            for node in tree.find_all(nodes.Getattr):
+                if (isinstance(node.node, nodes.Name) and node.node.name == "campaign" and node.attr not in have
+                        and node.attr not in guarded):
+                    out.add((filename, node.lineno, node.attr))
+        return [f"{f}:{line}: campaign.{attr} is not defined" for f, line, attr in sorted(out)]
+
     def _parsed(self, name: str) -> tuple[nodes.Template, str]:
         """A template's parse tree and file name, by its name under the template, parsed once: preflight
         reads each tree twice, for the columns it uses (recipient_fields) and for its render plan

@@ -75,6 +75,21 @@ def deadline(campaign: Campaign, store: Store, rate: float | None = None,
     return out
 
 
+def when_due(due: float, now: float) -> str:
+    """A retry's time as a person at a terminal reads it: "in 3 min", or "due now" once it has passed
+    (a send under way takes it; without one, the next `send` does)."""
+    left = due - now
+    if left <= 0:
+        return "due now"
+    if left < 90:
+        return f"in {int(left + 0.5)} s"
+    if left < 90 * 60:
+        return f"in {int(left / 60 + 0.5)} min"
+    if left < 36 * 3600:
+        return f"in {left / 3600:.1f} h"
+    return f"in {left / 86400:.1f} days"
+
+
 def status(campaign: Campaign, store: Store, templates: Templates | None = None) -> dict[str, Any]:
     """Everything `notify status` prints, as one JSON-ready object."""
     counts = store.counts()
@@ -113,6 +128,7 @@ def status(campaign: Campaign, store: Store, templates: Templates | None = None)
         "unmatched_feedback": store.unmatched_count(),
         "switches": [{"at": e["ts"], **json.loads(e["detail"])} for e in store.events_of_kind("provider_switched")],
         "next_retry": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due)) if due else None,
+        "next_retry_said": when_due(due, time.time()) if due else None,
         "recipients_file": last["path"] if last else None,
         "recipients_sha256": last["sha256"] if last else None,
         "events": store.db.execute("SELECT count(*) FROM events").fetchone()[0],

@@ -299,3 +299,52 @@ def test_help_keeps_examples_one_per_line_and_names_values() -> None:
     lines = [line.strip() for line in out.splitlines()]
     assert "notify send campaigns/example --dry-run" in lines and "notify send campaigns/example --limit 10" in lines
     assert "range>" not in out and "--limit N" in out and "--rate PER_SECOND" in out
+
+
+def test_status_says_when_a_retry_is_due_as_a_person_reads_it(make_campaign: MakeCampaign) -> None:
+    # #28: during a send `status` showed a "next retry" time already past, as a bare timestamp.
+    import time
+
+    from notify.report import when_due
+    from notify.store import Change, Event, Store
+
+    assert [when_due(100.0, 100.0 + d) for d in (5, 0)] == ["due now", "due now"]
+    assert [when_due(100.0 + d, 100.0) for d in (30, 180, 7200, 3 * 86400)] == ["in 30 s", "in 3 min", "in 2.0 h", "in 3.0 days"]
+    d = make_campaign("email\na@example.com\nb@example.com\n")
+    store = Store.open(d / ".notify")
+    store.import_file(d / "recipients.csv")
+    a, b = store.claim(2, 0.0)
+    now = time.time()
+    store.apply([Change(a.id, "deferred", Event("deferred", a.id, a.key), fields={"next_attempt_at": now + 185}),
+                 Change(b.id, "deferred", Event("deferred", b.id, b.key), fields={"next_attempt_at": now + 400})])
+    store.close()
+    code, out, _ = run("status", d)
+    assert code == 0 and "next retry: in 3 min (" in out, out
+
+
+def test_the_reject_summary_says_how_many_it_did_not_list(make_campaign: MakeCampaign) -> None:
+    # #28: the summary listed the top reasons with no "+N more".
+    rows = "email\n" + "".join(f"not-an-address-{i}\n" for i in range(3)) + "".join(
+        f"p{i}@example.com\n" for i in range(3)) + "".join(f"p{i}@example.com\n" for i in range(3)) + \
+        "x@\n@y\na b@example.com\nc..d@example.com\ne@-example.com\n"
+    d = make_campaign(rows)
+    code, out, _ = run("status", d)
+    assert code == 0
+    code, out, _ = run("check", d)
+    assert "rejected: +" in out and "more with other reasons" in out, out
+    code, out, _ = run("status", d)
+    assert "rejected: +" in out and "every one is in rejects.csv" in out, out
+
+
+def test_check_reports_every_undefined_variable_at_once(make_campaign: MakeCampaign) -> None:
+    # #28: `check` said it reports every problem at once, but reported one undefined variable per run.
+    from .conftest import simple_templates
+
+    templates = simple_templates(body="Hello {{ campaign.first_missing }}\n{{ campaign.second_missing }}",
+                                 subject="{{ campaign.third_missing }} notice", locales=("en", "fr"))
+    d = make_campaign(template="t", templates=templates)
+    code, _, err = run("check", d)
+    assert code != 0
+    for name in ("first_missing", "second_missing", "third_missing"):
+        assert f"campaign.{name} is not defined" in err, err
+    assert "en/body.txt:2: campaign.second_missing" in err and "fr/subject.txt:1: campaign.third_missing" in err
