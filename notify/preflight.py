@@ -3,6 +3,7 @@ every version renders, the content lint passes. All problems at once, never the 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,9 @@ from .message import Message
 from .recipients import SAMPLE_SECRET, STANDARD_COLUMNS, recipient_token
 from .render import Rendered, RenderFailure, Templates, build_message, recipient_context, split_version, synthetic_recipient, version_order
 from .store import ImportResult, Store
+
+# The legal profile (lint.py) that checks a jurisdiction's required content, where notify has one.
+JURISDICTION_PROFILES = {"US-CA": "california", "US-NY": "new-york", "US-MA": "massachusetts"}
 
 
 @dataclass
@@ -77,6 +81,8 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
         return pre  # rendering would only fail again for the same missing columns and variables
     # Every template version, and every (locale, jurisdiction) recipients have, renders before anything is sent.
     targets: dict[str, tuple[str, dict[str, Any]]] = {}  # version -> (address as stored, template context)
+    other_language: Counter[tuple[str, str]] = Counter()  # (asked for, will get) where the language differs
+    unprofiled: Counter[str] = Counter()  # jurisdictions whose notices no legal profile checks
     for (requested, juris), s in store.samples().items():
         try:
             version = templates.resolve(requested or campaign.default_locale, juris)
@@ -84,6 +90,24 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
             pre.add(str(e), e.hint)
             continue
         targets.setdefault(version, (s["email"], recipient_context(s["email"], s["name"], requested, juris, s["vars"])))
+        variant, got = split_version(version)
+        if requested and requested.split("-")[0].lower() != got.split("-")[0].lower():
+            other_language[requested, version] += s["count"]
+        if juris and not campaign.review.for_variant(variant):
+            unprofiled[juris] += s["count"]
+    # Warnings of their own, not lost in the fallback line: people who will read another language, and
+    # jurisdictions whose legally required content nothing checks.
+    for (requested, version), n in sorted(other_language.items(), key=lambda kv: -kv[1]):
+        variant, got = split_version(version)
+        language = requested.split("-")[0]
+        where = f"the {variant} variant has" if variant else f"{templates.roots[0]} has"
+        pre.warnings.append(f"{n:,} recipient(s) asked for {requested} and will get {got}: {where} no {requested}"
+                            + (f" or {language}" if language != requested else "") + " text")
+    for juris, n in sorted(unprofiled.items(), key=lambda kv: -kv[1]):
+        known = JURISDICTION_PROFILES.get(juris) or ("gdpr" if juris.upper().startswith("EU") else None)
+        todo = (f'add [review] profiles = ["{known}"] (or a variant for {juris} with it)' if known else
+                "no profile of notify's covers it: have counsel review that notice against its law")
+        pre.warnings.append(f"{n:,} recipient(s) in {juris}, but no legal profile checks their notice: {todo}")
     for version in templates.versions:
         sample = synthetic_recipient(split_version(version)[1], columns)
         targets.setdefault(version, (sample["email"], sample))

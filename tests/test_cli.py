@@ -27,7 +27,7 @@ def test_example_end_to_end(example: Path) -> None:
     assert sum(st["states"].values()) == st["total"]
     assert st["fallbacks"]["pt -> en"] == 1
     code, out, _ = run("send", example)
-    assert (code, out.splitlines()[0]) == (0, "Nothing left to send: every recipient is in a final state.")
+    assert code == 0 and "Nothing left to send: every recipient is in a final state." in out.splitlines()
     code, out, _ = run("audit", "verify", example)
     assert code == 0 and out.startswith("OK: ")
 
@@ -35,7 +35,9 @@ def test_example_end_to_end(example: Path) -> None:
 def test_dry_run_renders_everything_and_changes_nothing(example: Path) -> None:
     code, out, _ = run("send", example, "--dry-run")
     assert code == 0
-    assert out.startswith("Dry run: rendered 188 message(s)")
+    assert "\nDry run: rendered 188 message(s)" in "\n" + out
+    # The example's Spanish speakers in Massachusetts get the US-MA variant, which is English only.
+    assert "Content lint warning: 3 recipient(s) asked for es and will get en: the US-MA variant has no es text" in out
     assert len(list((example / "dry-run").glob("*.eml"))) == 188
     assert not (example / "outbox").exists()
     st = json.loads(run("status", example, "--json")[1])
@@ -348,3 +350,19 @@ def test_check_reports_every_undefined_variable_at_once(make_campaign: MakeCampa
     for name in ("first_missing", "second_missing", "third_missing"):
         assert f"campaign.{name} is not defined" in err, err
     assert "en/body.txt:2: campaign.second_missing" in err and "fr/subject.txt:1: campaign.third_missing" in err
+
+
+def test_check_warns_of_another_language_and_of_unprofiled_jurisdictions(make_campaign: MakeCampaign) -> None:
+    # #28: `zh-TW -> en (1508)` sat inside a long "fell back" line beside harmless en-US -> en, and recipients
+    # in US-CA and US-NY with [review] profiles empty raised no warning.
+    from .conftest import simple_templates
+
+    rows = "email,locale,jurisdiction\n" + "".join(f"tw{i}@example.com,zh-TW,\n" for i in range(3)) + \
+        "us@example.com,en-US,\nca1@example.com,en,US-CA\nca2@example.com,en,US-CA\nny@example.com,en,US-NY\n"
+    d = make_campaign(rows, template="t", templates=simple_templates())
+    code, out, err = run("check", d)
+    assert code in (0, 1), err
+    assert "warning: 3 recipient(s) asked for zh-TW and will get en: " in out and "has no zh-TW or zh text" in out, out
+    assert "asked for en-US" not in out, "the same language in another region is not a warning"
+    assert 'warning: 2 recipient(s) in US-CA, but no legal profile checks their notice: add [review] profiles = ["california"]' in out
+    assert "warning: 1 recipient(s) in US-NY" in out and '"new-york"' in out
