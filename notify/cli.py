@@ -33,7 +33,7 @@ app = typer.Typer(
     help="Send breach notifications by email: localized, exactly once, with a verifiable audit trail.",
     epilog=EXIT_CODES,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )

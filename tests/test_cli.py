@@ -366,3 +366,21 @@ def test_check_warns_of_another_language_and_of_unprofiled_jurisdictions(make_ca
     assert "asked for en-US" not in out, "the same language in another region is not a warning"
     assert 'warning: 2 recipient(s) in US-CA, but no legal profile checks their notice: add [review] profiles = ["california"]' in out
     assert "warning: 1 recipient(s) in US-NY" in out and '"new-york"' in out
+
+
+@pytest.mark.parametrize(("shell", "env", "expect"), [
+    ("bash", {"COMP_WORDS": "notify st", "COMP_CWORD": "1"}, "status"),
+    ("zsh", {"_TYPER_COMPLETE_ARGS": "notify send campaigns/x --no-a"}, "--no-adaptive"),
+    ("fish", {"_TYPER_COMPLETE_ARGS": "notify aud", "_TYPER_COMPLETE_FISH_ACTION": "get-args"}, "audit"),
+])
+def test_shell_completion_for_bash_zsh_and_fish(shell: str, env: dict[str, str], expect: str) -> None:
+    # #28: `--install-completion`: no such option. The installed script calls notify back like this.
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", "from notify.cli import app; app(prog_name='notify')"],
+                       env={**os.environ, **env, "_NOTIFY_COMPLETE": f"complete_{shell}"}, capture_output=True, text=True)
+    assert expect in r.stdout, (r.stdout, r.stderr)
+    code, out, _ = run("--help")
+    assert "--install-completion" in out and "--show-completion" in out
