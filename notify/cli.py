@@ -303,6 +303,8 @@ def send(
 def status(
     campaign: Path = CampaignArg,
     as_json: bool = typer.Option(False, "--json", help="One JSON object: campaign, total, rejected, states, ..."),
+    watch: bool = typer.Option(False, "--watch", help="Refresh counts, rate, ETA and the last rate change until Ctrl-C."),
+    interval: float = typer.Option(2.0, "--interval", min=0.2, metavar="SECONDS", help="Seconds between refreshes (--watch)."),
 ) -> None:
     """Show counts by state, locale (and fallbacks), provider, and rejected rows.
 
@@ -310,8 +312,12 @@ def status(
     Examples:
       notify status campaigns/example
       notify status campaigns/example --json
+      notify status campaigns/example --watch        # from another terminal while a send runs
     """
     with _open(campaign) as (c, store):
+        if watch:
+            _watch(c, store, interval)
+            return
         st = report.status(c, store)
         if as_json:
             typer.echo(report.dumps(st))
@@ -345,6 +351,20 @@ def status(
             typer.echo(f"next retry: {st['next_retry_said']} ({st['next_retry']})")
         if st["deadline"]:
             (err if st["deadline"]["late"] else typer.echo)(st["deadline"]["said"])
+
+
+def _watch(c: campaign_mod.Campaign, store: Store, interval: float) -> None:
+    """`status --watch`: a few lines, refreshed in place on a terminal (appended in a pipe), until Ctrl-C."""
+    tty = sys.stdout.isatty()
+    while True:
+        w = report.watch(c, store)
+        if tty:
+            typer.echo("\x1b[H\x1b[2J", nl=False)  # home and clear: the screen shows the latest only
+        else:
+            typer.echo(f"--- {w['at']}")
+        for line in w["lines"]:
+            typer.echo(line)
+        time.sleep(interval)
 
 
 @app.command()

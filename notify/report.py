@@ -136,6 +136,28 @@ def status(campaign: Campaign, store: Store, templates: Templates | None = None)
     }
 
 
+def watch(campaign: Campaign, store: Store) -> dict[str, Any]:
+    """What `status --watch` shows each refresh: counts, the rate of the last outcomes, the finish
+    projected at that rate against the deadline, the last rate change and why, the next retry."""
+    counts = store.counts()
+    rate = store.recent_rate(200)
+    now = time.time()
+    lines = [f"{campaign.id}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]) if v)]
+    remaining = store.count_unsent()
+    lines.append(f"rate:     {rate:.1f}/s over the last outcomes; {remaining} to go" if rate else
+                 f"rate:     not sending now; {remaining} to go")
+    if (due := deadline(campaign, store, rate=rate)) is not None:
+        lines.append(f"deadline: {due['said']}")
+    change = store.last_event_of(("rate_changed",))
+    if change:
+        d = change["detail"]
+        old, new = ("unlimited" if r is None else f"{r:g}/s" for r in (d.get("old"), d.get("new")))
+        lines.append(f"last rate change: {old} -> {new} at {change['ts'][:19]}Z: {' '.join(str(d.get('reason')).split())}")
+    if (nxt := store.next_due()) is not None:
+        lines.append(f"next retry: {when_due(nxt, now)}")
+    return {"at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "lines": lines}
+
+
 def dumps(obj: Any) -> str:
     """`status --json`: readable, non-ASCII as written."""
     return json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False)

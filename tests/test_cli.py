@@ -384,3 +384,28 @@ def test_shell_completion_for_bash_zsh_and_fish(shell: str, env: dict[str, str],
     assert expect in r.stdout, (r.stdout, r.stderr)
     code, out, _ = run("--help")
     assert "--install-completion" in out and "--show-completion" in out
+
+
+def test_status_watch_refreshes_until_ctrl_c(make_campaign: MakeCampaign) -> None:
+    # #28: `status --watch` refreshes counts, rate, ETA against the deadline and the last rate change.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from notify.store import Store
+
+    d = make_campaign("email\na@example.com\nb@example.com\n")
+    assert run("send", d)[0] == 0
+    store = Store.open(d / ".notify")
+    store.log("rate_changed", old=200.0, new=100.0, reason="relay: 421 4.7.0 too many messages")
+    store.close()
+    p = subprocess.Popen([sys.executable, "-m", "notify", "status", str(d), "--watch", "--interval", "0.2"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 130, err
+    assert out.count("--- ") >= 2, "refreshed, one block per refresh in a pipe"
+    assert "test-2022-08: sent 2" in out
+    assert "last rate change: 200/s -> 100/s at " in out and "relay: 421 4.7.0 too many messages" in out
