@@ -46,6 +46,61 @@ def verify_chain(events: Iterable[dict[str, Any]]) -> Verdict:
     return Verdict(True, n, prev)
 
 
+# --- the state and the trail agree ---
+
+# The state an event leaves its recipient in (feedback that kept the state says so in its detail).
+EVENT_STATE = {"sent": "sent", "deferred": "deferred", "failed": "failed", "suppressed": "suppressed",
+               "ineligible": "ineligible", "delivered": "delivered", "bounced": "bounced", "complained": "complained",
+               "bounce_refused": "failed", "provider_reject": "failed", "suppressed_by_provider": "suppressed",
+               "inflight_recovered": "deferred"}
+UNFINISHED = ("pending", "deferred")
+
+
+@dataclass
+class _Trail:
+    state: str = "pending"
+    seq: int | None = None
+    attempts: int = 0
+    sha: str | None = None
+
+
+def replay(store: Store) -> list[str]:
+    """Replays the events and checks every recipient's state, attempts and content hash against them:
+    a row edited in the state (sent -> failed) or events cut from the end (a recipient sent with no
+    `sent` event left) is named, row and address. Returns the disagreements (none: they agree)."""
+    trails: dict[int, _Trail] = {}
+    for ev in store.events():
+        rid = ev.get("recipient_id")
+        if rid is None:
+            continue
+        t = trails.setdefault(rid, _Trail())
+        detail = json.loads(ev["detail"] or "{}") if isinstance(ev.get("detail"), str) else (ev.get("detail") or {})
+        kind = ev["kind"]
+        if kind in ("sent", "deferred", "failed") and isinstance(detail.get("attempt"), int):
+            t.attempts = max(t.attempts, detail["attempt"])
+        if kind == "sent":
+            t.sha = ev.get("content_sha256")
+        new = detail["state"][1] if kind == "recipient_corrected" and isinstance(detail.get("state"), list) else \
+            None if detail.get("state_kept") else EVENT_STATE.get(kind)
+        if kind == "provider_send" and t.state == "deferred" and not detail.get("state_kept"):
+            new = "sent"
+        if new is not None:
+            t.state, t.seq = new, ev["seq"]
+    problems = []
+    for rid, row, email, state, attempts, sha in store.recipient_states():
+        t = trails.get(rid, _Trail())
+        said = f"row {row} ({email})"
+        events_say = f"the events say {t.state}" + (f" (event {t.seq})" if t.seq else " (no event)")
+        if state != t.state and not (state == "inflight" and t.state in UNFINISHED):
+            problems.append(f"{said}: the state says {state}, {events_say}")
+            continue
+        if attempts != t.attempts:
+            problems.append(f"{said}: {attempts} attempt(s) in the state, {t.attempts} in the events")
+        if t.sha is not None and sha != t.sha:
+            problems.append(f"{said}: the content hash in the state is not the one its sent event recorded")
+    return problems
+
+
 # --- export: what compliance receives ---
 
 EXPORT_EVENT_FIELDS = ("seq", "ts", "recipient", "kind", "provider", "provider_message_id", "detail", "locale",

@@ -594,11 +594,23 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
         err("Error: --key checks an export directory's signature; a campaign's own ledger is not signed")
         raise typer.Exit(EXIT_INPUT)
     else:
+        from .audit import replay
+
         with _open(target) as (c, store):
             verdict = verify_chain(store.events())
+            disagreements = replay(store) if verdict.ok else []
         where = f"event {verdict.first_bad}"
+    if verdict.ok and disagreements:
+        err(f"Error: the chain of {verdict.events} events verifies, but {len(disagreements)} recipient(s) in the state "
+            "do not match what the events say (the state or the end of the trail was changed):")
+        for problem in disagreements[:20]:
+            err(f"  - {problem}")
+        if len(disagreements) > 20:
+            err(f"  (+{len(disagreements) - 20} more)")
+        raise typer.Exit(EXIT_INPUT)
     if verdict.ok:
-        typer.echo(f"OK: {verdict.events} events, chain head {verdict.head}")
+        typer.echo(f"OK: {verdict.events} events, chain head {verdict.head}; every recipient's state, attempts and "
+                   "content hash are what the events say")
         return
     err(f"Error: the audit chain is broken at {where}: {verdict.reason}")
     err(f"({verdict.events} events before it verify; head {verdict.head})")

@@ -882,6 +882,10 @@ class Store:
                               tuple(kinds)).fetchone()
         return {"seq": row[0], "ts": row[1], "kind": row[2], "detail": json.loads(row[3] or "{}")} if row else None
 
+    def recipient_states(self) -> Iterator[tuple[int, int, str, str, int, str | None]]:
+        """(id, row, email, state, attempts, content_sha256) of every recipient, for the audit's replay."""
+        yield from self.db.execute("SELECT id, row, email, state, attempts, content_sha256 FROM recipients ORDER BY id")
+
     def events_of_kind(self, kind: str) -> list[dict[str, Any]]:
         cur = self.db.execute("SELECT seq, ts, detail FROM events WHERE kind=? ORDER BY seq", (kind,))
         return [{"seq": r[0], "ts": r[1], "detail": r[2]} for r in cur]

@@ -570,3 +570,40 @@ def test_check_does_not_say_ready_when_send_would_refuse_for_lack_of_approval(ma
     assert run("approve", d, "--by", "J. Counsel")[0] == 0
     code, out, _ = run("check", d)
     assert code == 0 and "OK: ready." in out
+
+
+def test_audit_verify_replays_the_events_against_the_state(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # #27: `DELETE FROM events WHERE seq > 3` verified ("OK: 3 events"), and a person changed from sent to
+    # failed in the recipients table still verified: the table was not covered at all.
+    import shutil
+    import sqlite3
+
+    from .conftest import run
+
+    d = make_campaign("email\n" + "".join(f"p{i}@example.com\n" for i in range(6)))
+    assert run("send", d)[0] == 0
+    code, out, err = run("audit", "verify", d)
+    assert code == 0 and "every recipient's state, attempts and content hash are what the events say" in out, err
+    db = d / ".notify" / "campaign.sqlite"
+    pristine = tmp_path / "pristine.sqlite"
+    shutil.copy(db, pristine)
+
+    def tamper(sql: str) -> tuple[int, str]:
+        shutil.copy(pristine, db)
+        for suffix in ("-wal", "-shm"):
+            (db.parent / (db.name + suffix)).unlink(missing_ok=True)
+        con = sqlite3.connect(db)
+        con.execute(sql)
+        con.commit()
+        con.close()
+        code, _, err = run("audit", "verify", d)
+        return code, err
+
+    code, err = tamper("UPDATE recipients SET state='failed' WHERE email='p2@example.com'")
+    assert code == 1 and "p2@example.com): the state says failed, the events say sent" in err, err
+    code, err = tamper("DELETE FROM events WHERE seq > 3")
+    assert code == 1 and "the state says sent, the events say pending (no event)" in err, err
+    code, err = tamper("UPDATE recipients SET attempts=3 WHERE email='p4@example.com'")
+    assert code == 1 and "p4@example.com): 3 attempt(s) in the state, 1 in the events" in err, err
+    code, err = tamper("UPDATE recipients SET content_sha256='00' WHERE email='p5@example.com'")
+    assert code == 1 and "p5@example.com): the content hash in the state is not the one its sent event recorded" in err
