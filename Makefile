@@ -73,7 +73,7 @@ bench-quick: $(STAMP) bench-tools
 	$(BIN)/python bench/bench.py --mailmerge $(MAILMERGE_VENV)/bin/mailmerge --quick
 
 clean-demo:
-	rm -rf campaigns/example/.notify campaigns/example/outbox campaigns/example/dry-run
+	rm -rf campaigns/example/.notify campaigns/example/outbox campaigns/example/dry-run campaigns/example/audit-checkpoints.log
 
 clean: clean-demo
 	rm -rf $(VENV)

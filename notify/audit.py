@@ -46,6 +46,50 @@ def verify_chain(events: Iterable[dict[str, Any]]) -> Verdict:
     return Verdict(True, n, prev)
 
 
+# --- an anchor outside the state file ---
+
+CHECKPOINTS = "audit-checkpoints.log"  # beside campaign.toml, outside .notify/
+
+
+def checkpoint(campaign: Campaign, store: Store) -> str:
+    """Appends the chain's head (time, event count, hash) to audit-checkpoints.log beside campaign.toml,
+    outside the state directory, and returns the line: copied elsewhere (the send prints it on stderr,
+    where a terminal log or a CI log keeps it), it proves later that the chain was not rewritten."""
+    seq, head = store.head()
+    line = f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')} {campaign.id} {seq} {head}"
+    fd = files.open_private(campaign.file.parent / CHECKPOINTS, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    with os.fdopen(fd, "a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
+    return line
+
+
+def check_anchors(store: Store, heads: list[tuple[int | None, str]]) -> list[str]:
+    """Each (event count or None, hash) recorded earlier must still be in the chain: a chain rewritten
+    with recomputed hashes, or cut short, no longer holds it."""
+    problems = []
+    for seq, head in heads:
+        if seq is None:
+            if not store.has_hash(head):
+                problems.append(f"no event of the chain has the hash {head}: the chain was rewritten or cut short")
+        elif (found := store.hash_at(seq)) != head:
+            problems.append(f"event {seq} " + (f"has hash {found}, not {head}: the chain was rewritten" if found else
+                                                 "is missing (the chain ends earlier): it was cut short"))
+    return problems
+
+
+def read_checkpoints(path: Path) -> list[tuple[int | None, str]]:
+    """The (event count, hash) of each line of a checkpoints file (audit-checkpoints.log or a copy)."""
+    out: list[tuple[int | None, str]] = []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 4 or not parts[2].isdigit() or len(parts[3]) != 64:
+            raise InputError(f"{path}:{n}: not a checkpoint line (time, campaign, event count, hash): {line[:80]!r}")
+        out.append((int(parts[2]), parts[3]))
+    return out
+
+
 # --- the state and the trail agree ---
 
 # The state an event leaves its recipient in (feedback that kept the state says so in its detail).

@@ -295,6 +295,8 @@ def send(
             err(f"Stopped: {result.stopped.rstrip('.')}{when}. Resume with: notify send {campaign}")
         elif result.failed_total:
             err(f"{result.failed_total} recipient(s) failed; see `notify status {campaign}` for the replies.")
+        if not opts.dry_run:
+            _checkpoint(c, store)
         raise typer.Exit(result.exit_code)
 
 
@@ -351,6 +353,15 @@ def status(
             typer.echo(f"next retry: {st['next_retry_said']} ({st['next_retry']})")
         if st["deadline"]:
             (err if st["deadline"]["late"] else typer.echo)(st["deadline"]["said"])
+
+
+def _checkpoint(c: campaign_mod.Campaign, store: Store) -> None:
+    """The chain's head, outside the state file (audit-checkpoints.log) and on stderr, where a log keeps it:
+    `audit verify --checkpoints` later proves the chain was not rewritten since."""
+    from .audit import CHECKPOINTS, checkpoint
+
+    line = checkpoint(c, store)
+    err(f"Audit checkpoint: {line} (appended to {c.file.parent / CHECKPOINTS}; keep a copy elsewhere)")
 
 
 def _watch(c: campaign_mod.Campaign, store: Store, interval: float) -> None:
@@ -462,6 +473,7 @@ def bounces(
             suppression.close()
         for line in recorder.summary.lines():
             typer.echo(line)
+        _checkpoint(c, store)
 
 
 suppress_app = typer.Typer(help="The suppression list shared by all campaigns (hard bounces, complaints, manual entries).",
@@ -556,7 +568,11 @@ def suppress_import(
 def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
                                                help="A campaign directory, or a directory written by `audit export`."),
                  key: Optional[Path] = typer.Option(None, "--key", metavar="PUBLIC_KEY",
-                                                    help="Check the export's signature with this public key (audit keygen).")) -> None:
+                                                    help="Check the export's signature with this public key (audit keygen)."),
+                 head: Optional[str] = typer.Option(None, "--head", metavar="HEX",
+                                                    help="A chain head recorded earlier (an `Audit checkpoint:` line)."),
+                 checkpoints: Optional[Path] = typer.Option(None, "--checkpoints", metavar="FILE",
+                                                            help="A copy of audit-checkpoints.log: every head in it.")) -> None:
     """Recompute the audit hash chain and name the first event that does not verify.
 
     Given an export directory, it checks every file against the export's manifest.json (present,
@@ -568,10 +584,14 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
       notify audit verify campaigns/example
       notify audit verify audit-2022-08/
       notify audit verify audit-2022-08/ --key notify-audit.pub
+      notify audit verify campaigns/example --checkpoints ~/safe/audit-checkpoints.log
     """
     from .audit import MANIFEST, verify_export
 
     if not (target / "campaign.toml").is_file() and ((target / "events.jsonl").is_file() or (target / MANIFEST).is_file()):
+        if head or checkpoints:
+            err("Error: --head and --checkpoints check a campaign's own chain; an export is checked against its manifest")
+            raise typer.Exit(EXIT_INPUT)
         check = verify_export(target, key)
         if check.problems:
             err(f"Error: the export in {target} does not verify:")
@@ -594,12 +614,22 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
         err("Error: --key checks an export directory's signature; a campaign's own ledger is not signed")
         raise typer.Exit(EXIT_INPUT)
     else:
-        from .audit import replay
+        from .audit import check_anchors, read_checkpoints, replay
 
+        anchors: list[tuple[int | None, str]] = [(None, head.strip().lower())] if head else []
+        if checkpoints is not None:
+            anchors += read_checkpoints(checkpoints)
         with _open(target) as (c, store):
             verdict = verify_chain(store.events())
             disagreements = replay(store) if verdict.ok else []
+            rewritten = check_anchors(store, anchors) if verdict.ok else []
         where = f"event {verdict.first_bad}"
+        if rewritten:
+            err(f"Error: the chain of {verdict.events} events verifies by itself, but not against the heads recorded "
+                "earlier:")
+            for problem in rewritten[:20]:
+                err(f"  - {problem}")
+            raise typer.Exit(EXIT_INPUT)
     if verdict.ok and disagreements:
         err(f"Error: the chain of {verdict.events} events verifies, but {len(disagreements)} recipient(s) in the state "
             "do not match what the events say (the state or the end of the trail was changed):")
@@ -611,6 +641,12 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
     if verdict.ok:
         typer.echo(f"OK: {verdict.events} events, chain head {verdict.head}; every recipient's state, attempts and "
                    "content hash are what the events say")
+        if head or checkpoints:
+            typer.echo(f"Anchored: the chain still holds the {len(anchors)} head(s) recorded earlier, so it was not "
+                       "rewritten or cut short since.")
+        else:
+            typer.echo("Not anchored: whoever can write the state file could rewrite the whole chain consistently; "
+                       "verify with --checkpoints (a copy of audit-checkpoints.log kept elsewhere) to rule that out.")
         return
     err(f"Error: the audit chain is broken at {where}: {verdict.reason}")
     err(f"({verdict.events} events before it verify; head {verdict.head})")

@@ -882,6 +882,18 @@ class Store:
                               tuple(kinds)).fetchone()
         return {"seq": row[0], "ts": row[1], "kind": row[2], "detail": json.loads(row[3] or "{}")} if row else None
 
+    def head(self) -> tuple[int, str]:
+        """The chain's last event: (seq, hash); (0, GENESIS) when there is none."""
+        row = self.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        return (row[0], row[1]) if row else (0, GENESIS)
+
+    def has_hash(self, head: str) -> bool:
+        return self.db.execute("SELECT 1 FROM events WHERE hash=? LIMIT 1", (head,)).fetchone() is not None
+
+    def hash_at(self, seq: int) -> str | None:
+        row = self.db.execute("SELECT hash FROM events WHERE seq=?", (seq,)).fetchone()
+        return row[0] if row else None
+
     def recipient_states(self) -> Iterator[tuple[int, int, str, str, int, str | None]]:
         """(id, row, email, state, attempts, content_sha256) of every recipient, for the audit's replay."""
         yield from self.db.execute("SELECT id, row, email, state, attempts, content_sha256 FROM recipients ORDER BY id")

@@ -607,3 +607,44 @@ def test_audit_verify_replays_the_events_against_the_state(make_campaign: MakeCa
     assert code == 1 and "p4@example.com): 3 attempt(s) in the state, 1 in the events" in err, err
     code, err = tamper("UPDATE recipients SET content_sha256='00' WHERE email='p5@example.com'")
     assert code == 1 and "p5@example.com): the content hash in the state is not the one its sent event recorded" in err
+
+
+def test_a_rewritten_chain_is_caught_by_the_heads_recorded_outside_the_state(make_campaign: MakeCampaign,
+                                                                              tmp_path: Path) -> None:
+    # #27: anyone who can write the campaign's SQLite file could alter events and recompute every hash.
+    import sqlite3
+
+    from notify.store import GENESIS, event_hash
+
+    from .conftest import run
+
+    d = make_campaign("email\n" + "".join(f"p{i}@example.com\n" for i in range(4)))
+    code, _, err = run("send", d)
+    assert code == 0 and "Audit checkpoint: " in err
+    log = d / "audit-checkpoints.log"
+    kept = tmp_path / "kept-elsewhere.log"
+    kept.write_text(log.read_text())
+    head = log.read_text().split()[-1]
+    code, out, _ = run("audit", "verify", d, "--checkpoints", kept)
+    assert code == 0 and "Anchored: the chain still holds the 1 head(s)" in out
+    # Rewrite: change one event's detail and recompute every hash after it, as an attacker with the file would.
+    con = sqlite3.connect(d / ".notify" / "campaign.sqlite")
+    cols = ["seq", "ts", "recipient", "kind", "provider", "provider_message_id", "detail", "locale", "content_sha256"]
+    rows = con.execute(f"SELECT {', '.join(cols)} FROM events ORDER BY seq").fetchall()
+    prev = GENESIS
+    for row in rows:
+        ev = dict(zip(cols, row, strict=True))
+        if ev["kind"] == "sent" and ev["recipient"] == "p1@example.com":
+            ev["provider"] = "somewhere-else"
+            con.execute("UPDATE events SET provider=? WHERE seq=?", (ev["provider"], ev["seq"]))
+        ev["prev_hash"] = prev
+        prev = event_hash(ev)
+        con.execute("UPDATE events SET prev_hash=?, hash=? WHERE seq=?", (ev["prev_hash"], prev, ev["seq"]))
+    con.commit()
+    con.close()
+    code, out, _ = run("audit", "verify", d)
+    assert code == 0 and "Not anchored" in out, "by itself the rewritten chain verifies: that is the point"
+    code, _, err = run("audit", "verify", d, "--checkpoints", kept)
+    assert code == 1 and "has hash" in err and "the chain was rewritten" in err, err
+    code, _, err = run("audit", "verify", d, "--head", head)
+    assert code == 1 and f"no event of the chain has the hash {head}" in err
