@@ -75,7 +75,7 @@ PHRASES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("virusdetected", ("virus", "malware", "potentially executable attachment")),
     ("spamdetected", ("spam", "unsolicited", "bulk mail", "bulk e-mail", "junk mail", "content filter",
                       "message content rejected", "blocked by policy: no spam")),
-    ("authfailure", ("spf", "dmarc", "dkim", "sender policy framework")),
+    ("authfailure", ("spf", "dmarc", "dkim", "sender policy framework", "authentication checks failed")),
     ("requireptr", ("reverse dns", "ptr record", "no ptr", "reverse lookup", "rdns", "cannot find your hostname",
                     "cannot resolve your address", "not have a reverse")),
     ("suspend", ("suspended", "disabled", "deactivated", "inactive", "is frozen", "account has been locked",
@@ -88,12 +88,12 @@ PHRASES: tuple[tuple[str, tuple[str, ...]], ...] = (
                      "mailbox not found", "mailbox unavailable", "mailbox does not exist", "address does not exist",
                      "does not exist", "invalid recipient", "recipient unknown", "unknown recipient",
                      "recipient not found", "no such recipient", "no mailbox", "not a valid mailbox",
-                     "invalid mailbox", "address rejected", "recipient rejected", "unknown address", "address unknown",
+                     "invalid mailbox", "unknown address", "address unknown",
                      "bad destination mailbox", "no such person", "not listed in", "undeliverable address",
                      "is not a known user", "account does not exist", "unknown local part", "unrouteable address",
                      "unroutable address", "no such local user", "user doesn't exist", "user does not exist",
                      "doesn't have a", "not our customer", "mailbox is unavailable", "invalid address",
-                     "no account by that name", "not a valid user", "recipient address rejected", "user invalid",
+                     "no account by that name", "not a valid user", "user invalid",
                      "addressee unknown", "the email account that you tried to reach does not exist",
                      "no longer available", "is not a valid", "user not exist", "invalid final delivery userid",
                      "recipient not found", "does not like recipient", "ディレクトリのリストにありません")),
@@ -119,6 +119,8 @@ PHRASES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("systemerror", ("system error", "internal error", "local error", "configuration error", "server error",
                      "temporary failure", "try again later", "temporarily unavailable", "service unavailable",
                      "mail loop")),
+    # Said before the real reason ("Recipient address rejected: <why>"): only when nothing more specific is there.
+    ("userunknown", ("recipient address rejected", "address rejected", "recipient rejected")),
 )
 
 # RFC 3463 status -> reason, where the code is precise enough to say (the reference parser's table).
