@@ -405,18 +405,28 @@ def preview(campaign: Path = CampaignArg,
 @boundary
 def approve(campaign: Path = CampaignArg,
             by: str = typer.Option(..., "--by", help="Who approves (recorded in the audit log)."),
-            note: Optional[str] = typer.Option(None, "--note", help="Anything to record with the approval.")) -> None:
+            note: Optional[str] = typer.Option(None, "--note", help="Anything to record with the approval."),
+            pack: Optional[Path] = typer.Option(None, "--pack", metavar="DIR",
+                                                help="The review pack legal read (notify preview): approve exactly that.")) -> None:
     """Record legal's approval of exactly the current content: the hashes of every template file, the
     [variables] and the sender. `send` through a real provider refuses content changed since.
 
-    Example:  notify approve campaigns/example --by "J. Counsel" --note "reviewed pack of 2022-08-09"
+    \b
+    Examples:
+      notify approve campaigns/example --by "J. Counsel" --pack review/
+      notify approve campaigns/example --by "J. Counsel" --note "reviewed pack of 2022-08-09"
     """
     from . import review
     from .render import Templates
 
     with _open(campaign) as (c, store):
-        detail = review.approve(c, store, Templates(c), by, note)
+        detail = review.approve(c, store, Templates(c), by, note, pack)
     typer.echo(f"Approved by {by}: content {detail['content_sha256']} ({len(detail['parts'])} parts hashed)")
+    if pack is not None:
+        typer.echo(f"Bound to the review pack {pack} (manifest {detail['pack_sha256']}); its index.html now says so.")
+    else:
+        err("Note: nothing ties this approval to a review: approve with --pack DIR (the pack legal read) so that "
+            "the record says which pack, and refuses if the content changed since it was made.")
 
 
 @app.command()

@@ -56,12 +56,73 @@ def check_approval(campaign: Campaign, store: Store, templates: Templates) -> No
             f"{approval['ts'][:19]}Z: {', '.join(changed)}", hint=hint)
 
 
-def approve(campaign: Campaign, store: Store, templates: Templates, by: str, note: str | None) -> dict[str, Any]:
+def approve(campaign: Campaign, store: Store, templates: Templates, by: str, note: str | None,
+            pack: Path | None = None) -> dict[str, Any]:
+    """Records the approval of the content as it is now. With the review pack legal read (`pack`), it
+    refuses unless that pack is intact and was made from exactly this content, names what differs,
+    and records the pack's hash; then the pack's index.html says who approved it and when."""
     parts = fingerprint(campaign, templates)
     content = _sha(json.dumps(parts, sort_keys=True).encode())
-    detail = {"by": by, "note": note, "content_sha256": content, "parts": parts}
+    detail: dict[str, Any] = {"by": by, "note": note, "content_sha256": content, "parts": parts}
+    if pack is not None:
+        detail["pack"] = str(pack)
+        detail["pack_sha256"] = check_pack(campaign, pack, parts)
     store.log("approved", **detail)
+    if pack is not None:
+        mark_pack(pack, _approved_banner(by, dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), content))
     return detail
+
+
+def check_pack(campaign: Campaign, pack: Path, parts: dict[str, str]) -> str:
+    """The pack's manifest hash, once the pack is shown intact (every version's files as written) and made
+    from `parts`, the content as it is now; a NotApproved naming the file otherwise."""
+    hint = f"make a new pack (`notify preview {campaign.dir} --out DIR`), have it reviewed, and approve that one"
+    try:
+        raw = (pack / "manifest.json").read_bytes()
+        manifest = json.loads(raw)
+    except (OSError, ValueError) as e:
+        raise NotApproved(f"{pack}: not a review pack written by `notify preview` ({e})", hint=hint) from None
+    if not isinstance(manifest, dict) or manifest.get("campaign") != campaign.id or not isinstance(manifest.get("content"), dict):
+        raise NotApproved(f"{pack}/manifest.json: not a review pack of campaign {campaign.id}", hint=hint)
+    for v in manifest.get("versions") or []:
+        slug = str(v.get("version", "")).replace("/", ".")
+        for kind, want in (v.get("sha256") or {}).items():
+            path = pack / f"{slug}.{kind}"
+            try:
+                got = _sha(path.read_bytes())
+            except OSError:
+                got = None
+            if got != want:
+                raise NotApproved(f"{path}: {'missing from' if got is None else 'changed in'} the review pack since "
+                                  "`notify preview` wrote it", hint=hint)
+    reviewed: dict[str, str] = manifest["content"]
+    changed = sorted(k for k in parts if reviewed.get(k) != parts[k]) + sorted(k for k in reviewed if k not in parts)
+    if changed:
+        raise NotApproved(f"the content changed since the review pack {pack} was made: {', '.join(changed)}", hint=hint)
+    return _sha(raw)
+
+
+APPROVAL_MARK = ("<!-- approval -->", "<!-- /approval -->")
+
+
+def _approved_banner(by: str, at: str, content: str) -> str:
+    e = html.escape
+    return (f'<p class="approval approved">Approved by {e(by)} at {e(at)} (content {e(content[:16])}…): '
+            "exactly the content of this pack.</p>")
+
+
+def _pending_banner(campaign: Campaign) -> str:
+    return (f'<p class="approval pending">Not approved. To approve exactly this content: '
+            f"<code>notify approve {html.escape(str(campaign.dir))} --by NAME --pack THIS_DIRECTORY</code></p>")
+
+
+def mark_pack(pack: Path, banner: str) -> None:
+    """Puts the approval status into the pack's index.html (between its approval marks)."""
+    index = pack / "index.html"
+    text = index.read_text(encoding="utf-8")
+    start, end = text.find(APPROVAL_MARK[0]), text.find(APPROVAL_MARK[1])
+    if start >= 0 and end > start:
+        files.write_private(index, (text[:start + len(APPROVAL_MARK[0])] + banner + text[end:]).encode())
 
 
 @dataclass
@@ -135,11 +196,16 @@ def preview(campaign: Campaign, store: Store, templates: Templates, out: Path) -
                       "falls_back_here": dict(v.fallbacks), "sha256": v.files} for v in versions],
     }
     files.write_private(out / "manifest.json", (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
-    files.write_private(out / "index.html", _index(campaign, versions).encode())
+    approval = store.last_event_of(("approved",))
+    banner = _pending_banner(campaign)
+    if approval and approval["detail"].get("parts") == manifest["content"]:
+        banner = _approved_banner(str(approval["detail"].get("by")), approval["ts"][:19] + "Z",
+                                  str(approval["detail"].get("content_sha256")))
+    files.write_private(out / "index.html", _index(campaign, versions, banner).encode())
     return versions
 
 
-def _index(campaign: Campaign, versions: list[Version]) -> str:
+def _index(campaign: Campaign, versions: list[Version], banner: str) -> str:
     e = html.escape
     total = sum(v.recipients for v in versions)
     cards = []
@@ -177,6 +243,9 @@ dt {{ font-weight: bold; }}
 .side {{ min-width: 0; }}
 pre {{ white-space: pre-wrap; font-size: 13px; background: #f6f6f6; padding: 8px; }}
 .html {{ border: 1px dashed #999; padding: 8px; }}
+.approval {{ padding: 6px 12px; font-weight: bold; }}
+.approved {{ background: #dff3df; }}
+.pending {{ background: #fde2e2; }}
 @media print {{
   body {{ margin: 0; }}
   .version {{ page-break-after: always; border: none; }}
@@ -187,7 +256,8 @@ pre {{ white-space: pre-wrap; font-size: 13px; background: #f6f6f6; padding: 8px
 <body>
 <header><h1>Review pack: {e(campaign.id)}</h1>
 <p>{len(versions)} version{'s' if len(versions) != 1 else ''} for {total} recipients. Each is rendered for a real recipient of
-that locale where one exists, otherwise for a synthetic sample. Nothing has been sent.</p></header>
+that locale where one exists, otherwise for a synthetic sample. Nothing has been sent.</p>
+{APPROVAL_MARK[0]}{banner}{APPROVAL_MARK[1]}</header>
 {''.join(cards)}
 </body></html>
 """

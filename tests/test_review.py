@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import MakeCampaign, run
+from notify.store import Store
+
+from .conftest import MakeCampaign, run, simple_templates
 from .smtpd import Handler, Server
 from .test_smtp import smtp_campaign
 
@@ -92,3 +94,29 @@ def test_approval_locks_the_content(make_campaign: MakeCampaign) -> None:
 
 def test_outbox_needs_no_approval_by_default(example: Path) -> None:
     assert run("send", example, "--limit", "1")[0] == 4  # sent one; no approval asked for files on disk
+
+
+def test_approval_is_bound_to_the_pack_legal_reviewed(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # #27: `approve` succeeded although a template had been edited after `preview`; the approval was not
+    # tied to what legal reviewed, and the pack's index.html never showed approval status.
+    d = make_campaign(template="t", templates=simple_templates())
+    pack = tmp_path / "review"
+    assert run("preview", d, "--out", pack)[0] == 0
+    assert "Not approved." in (pack / "index.html").read_text()
+    body = d / "templates" / "t" / "en" / "body.txt"
+    body.write_text(body.read_text() + "\nOne more line legal never saw.")
+    code, _, err = run("approve", d, "--by", "J. Counsel", "--pack", pack)
+    assert code != 0 and "the content changed since the review pack" in err and "templates/t/en/body.txt" in err, err
+    assert run("preview", d, "--out", pack)[0] == 0  # a new pack of the content as it is now
+    (pack / "en.txt").write_text("edited after preview")
+    code, _, err = run("approve", d, "--by", "J. Counsel", "--pack", pack)
+    assert code != 0 and f"{pack / 'en.txt'}: changed in the review pack" in err, err
+    assert run("preview", d, "--out", pack)[0] == 0
+    code, out, err = run("approve", d, "--by", "J. Counsel", "--pack", pack)
+    assert code == 0 and f"Bound to the review pack {pack}" in out, err
+    index = (pack / "index.html").read_text()
+    assert "Approved by J. Counsel at " in index and "Not approved." not in index
+    events = [e for e in Store(d / ".notify" / "campaign.sqlite").events() if e["kind"] == "approved"]
+    assert '"pack_sha256"' in events[-1]["detail"]
+    code, _, err = run("approve", d, "--by", "J. Counsel")
+    assert code == 0 and "Note: nothing ties this approval to a review" in err
