@@ -17,7 +17,7 @@ from . import __version__, files, signing
 from .campaign import Campaign
 from .errors import InputError
 from .render import split_version
-from .store import GENESIS, Store, event_hash, file_sha256
+from .store import CHECKPOINTS, GENESIS, Store, event_hash, file_sha256
 
 
 @dataclass(frozen=True)
@@ -48,19 +48,14 @@ def verify_chain(events: Iterable[dict[str, Any]]) -> Verdict:
 
 # --- an anchor outside the state file ---
 
-CHECKPOINTS = "audit-checkpoints.log"  # beside campaign.toml, outside .notify/
 
 
 def checkpoint(campaign: Campaign, store: Store) -> str:
-    """Appends the chain's head (time, event count, hash) to audit-checkpoints.log beside campaign.toml,
-    outside the state directory, and returns the line: copied elsewhere (the send prints it on stderr,
-    where a terminal log or a CI log keeps it), it proves later that the chain was not rewritten."""
-    seq, head = store.head()
-    line = f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')} {campaign.id} {seq} {head}"
-    fd = files.open_private(campaign.file.parent / CHECKPOINTS, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    with os.fdopen(fd, "a", encoding="utf-8") as fh:
-        fh.write(line + "\n")
-    return line
+    """Appends the chain's head to audit-checkpoints.log beside campaign.toml, outside the state
+    directory, and returns the line: copied elsewhere (the send prints it on stderr, where a terminal
+    log or a CI log keeps it), it proves later that the chain was not rewritten. The send loop also
+    writes one every CHECKPOINT_EVERY seconds while it runs."""
+    return store.checkpoint(campaign.file.parent / CHECKPOINTS, campaign.id)
 
 
 def check_anchors(store: Store, heads: list[tuple[int | None, str]]) -> list[str]:

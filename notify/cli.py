@@ -358,7 +358,8 @@ def status(
 def _checkpoint(c: campaign_mod.Campaign, store: Store) -> None:
     """The chain's head, outside the state file (audit-checkpoints.log) and on stderr, where a log keeps it:
     `audit verify --checkpoints` later proves the chain was not rewritten since."""
-    from .audit import CHECKPOINTS, checkpoint
+    from .audit import checkpoint
+    from .store import CHECKPOINTS
 
     line = checkpoint(c, store)
     err(f"Audit checkpoint: {line} (appended to {c.file.parent / CHECKPOINTS}; keep a copy elsewhere)")

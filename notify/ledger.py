@@ -60,6 +60,11 @@ class LedgerWriter:
     def is_open(self) -> bool:
         return self.store is not None
 
+    def checkpoint(self, path: Path, campaign_id: str) -> asyncio.Future[str]:
+        """The chain's head to the checkpoints file (Store.checkpoint), after the commits handed over before."""
+        assert self.store is not None
+        return self._run(self.store.checkpoint, path, campaign_id)
+
     def reputation(self, window: int, since: float) -> asyncio.Future[tuple[int, int, int]]:
         assert self.store is not None
         return self._run(self.store.reputation, window, since)

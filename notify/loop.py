@@ -29,12 +29,13 @@ from .providers.base import Kind, Outcome, Provider
 from .providers.chain import ProviderChain
 from .render import RenderFailure
 from .renderpool import Prepared, RenderPool, render_claimed
-from .store import Change, Claimed, Store
+from .store import CHECKPOINTS, Change, Claimed, Store
 from .suppression import SuppressionList
 from .throttle import Clock, RealClock, Throttle
 
 FLUSH_EVERY = 0.1  # seconds: the longest an outcome waits in memory before it is committed
 FLUSH_SIZE = 128  # outcomes per group commit
+CHECKPOINT_EVERY = 60.0  # seconds between the chain heads written outside the state while a send runs
 MAX_WRITING = 2  # group commits handed to the ledger thread and not yet on disk, before workers wait
 DOMAIN_HORIZON = 0.1  # seconds: a recipient whose domain cap frees later than this is handed back
 
@@ -89,6 +90,7 @@ class SendLoop:
         self.busy = 0
         self.claimed_total = 0
         self.since_reputation = 0  # outcomes committed since the breaker last looked
+        self.last_checkpoint = self.clock.now()  # when the chain's head was last written outside the state
         self.judging: asyncio.Future[tuple[int, int, int]] | None = None  # the breaker's window, being counted
         self.reputation_since = 0.0
         self.progress: Progress = progress_for(options.progress)  # watches the loop; the loop does not draw it
@@ -117,7 +119,7 @@ class SendLoop:
         if releases:
             self.write(self.ledger.release(releases), 0)
 
-    def write(self, future: asyncio.Future[None], outcomes: int) -> None:
+    def write(self, future: asyncio.Future[Any], outcomes: int) -> None:
         self.writing.append(future)
         future.add_done_callback(lambda f: self.written(f, outcomes))
 
@@ -128,6 +130,10 @@ class SendLoop:
         if error is not None:
             self.failed_write(error)
             return
+        if outcomes and self.clock.now() - self.last_checkpoint >= CHECKPOINT_EVERY:
+            self.last_checkpoint = self.clock.now()
+            assert self.ledger is not None
+            self.write(self.ledger.checkpoint(self.campaign.file.parent / CHECKPOINTS, self.campaign.id), 0)
         self.since_reputation += outcomes
         if self.since_reputation >= max(25, self.campaign.send.reputation_window // 20) and self.judging is None:
             self.since_reputation = 0

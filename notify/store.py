@@ -230,6 +230,7 @@ EVENT_FIELDS = ("seq", "ts", "recipient", "kind", "provider", "provider_message_
 
 
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # every timestamp the store writes
+CHECKPOINTS = "audit-checkpoints.log"  # the chain's heads, beside campaign.toml, outside the state (Store.checkpoint)
 # SQLite's page cache while importing, in KiB (the default is 2 MiB). Rows go into the key and
 # token indexes at random places; at 1,000,000 rows those indexes outgrow a small cache and every
 # insert rereads pages: 26.6-27.2 s with the default, 21.3-21.9 s with 32 or 64 MiB (16: no gain).
@@ -886,6 +887,16 @@ class Store:
         """The chain's last event: (seq, hash); (0, GENESIS) when there is none."""
         row = self.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         return (row[0], row[1]) if row else (0, GENESIS)
+
+    def checkpoint(self, path: Path, campaign_id: str) -> str:
+        """Appends the chain's head (time, campaign, event count, hash) to `path`, a file outside the state
+        directory (audit-checkpoints.log), and returns the line; audit.check_anchors checks it later."""
+        seq, head = self.head()
+        line = f"{utcnow()[:19]}Z {campaign_id} {seq} {head}"
+        fd = files.open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+        return line
 
     def has_hash(self, head: str) -> bool:
         return self.db.execute("SELECT 1 FROM events WHERE hash=? LIMIT 1", (head,)).fetchone() is not None

@@ -648,3 +648,20 @@ def test_a_rewritten_chain_is_caught_by_the_heads_recorded_outside_the_state(mak
     assert code == 1 and "has hash" in err and "the chain was rewritten" in err, err
     code, _, err = run("audit", "verify", d, "--head", head)
     assert code == 1 and f"no event of the chain has the hash {head}" in err
+
+
+def test_the_chain_head_is_written_out_while_sending(make_campaign: MakeCampaign, monkeypatch: pytest.MonkeyPatch) -> None:
+    # #27: "the chain head is written out while sending", not only at the end of a run.
+    import notify.loop
+
+    from .conftest import run
+
+    monkeypatch.setattr(notify.loop, "CHECKPOINT_EVERY", 0.0)  # every group commit, instead of every minute
+    d = make_campaign("email\n" + "".join(f"p{i}@example.com\n" for i in range(300)))
+    assert run("send", d)[0] == 0
+    lines = (d / "audit-checkpoints.log").read_text().splitlines()
+    assert len(lines) >= 3, lines
+    counts = [int(line.split()[2]) for line in lines]
+    assert counts == sorted(counts) and counts[0] < counts[-1], "heads taken as the chain grew"
+    code, out, _ = run("audit", "verify", d, "--checkpoints", d / "audit-checkpoints.log")
+    assert code == 0 and f"still holds the {len(lines)} head(s)" in out
