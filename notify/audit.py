@@ -16,7 +16,7 @@ from typing import IO, Any
 from . import __version__, files, signing
 from .campaign import Campaign
 from .errors import InputError
-from .render import split_version
+from .render import display_address, split_version
 from .store import CHECKPOINTS, GENESIS, Store, event_hash, file_sha256
 
 
@@ -144,9 +144,9 @@ def replay(store: Store) -> list[str]:
 
 EXPORT_EVENT_FIELDS = ("seq", "ts", "recipient", "kind", "provider", "provider_message_id", "detail", "locale",
                        "content_sha256", "prev_hash", "hash")
-RECIPIENT_COLUMNS = ("row", "email", "final_state", "reason", "attempts", "first_attempt_at", "last_change_at",
-                     "provider", "provider_message_id", "message_id", "content_sha256", "locale", "variant", "jurisdiction",
-                     "possibly_duplicated")
+RECIPIENT_COLUMNS = ("row", "email", "email_unicode", "name", "final_state", "reason", "attempts", "attempt_log",
+                     "first_attempt_at", "last_change_at", "provider", "provider_message_id", "message_id", "content_sha256",
+                     "requested_locale", "locale", "variant", "jurisdiction", "possibly_duplicated")
 NOT_REACHED = ("rejected", "ineligible", "suppressed", "bounced", "failed", "pending", "deferred", "inflight")
 
 
@@ -249,6 +249,13 @@ def verify_file(path: Path) -> tuple[Verdict, int | None]:
     return verdict, (verdict.first_bad if not verdict.ok else None)
 
 
+def _attempt(ts: str, kind: str, provider: str | None, detail: str | None) -> str:
+    """One attempt as a person reads it: "2022-08-08T14:00:01Z relay deferred 451 4.3.0"."""
+    d = json.loads(detail or "{}")
+    code = " ".join(str(d[k]) for k in ("code", "status") if d.get(k))
+    return " ".join(p for p in (ts[:19] + "Z", provider or "", kind, code) if p)
+
+
 def _iso(epoch: float | None) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if epoch else ""
 
@@ -337,17 +344,22 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
     rows_out = 0
     with _create(out / "recipients.csv") as rfh, _create(out / "alternate_channel.csv") as afh:
         rw, aw = files.SafeCsvWriter(rfh), files.SafeCsvWriter(afh)
-        rw.writerow(RECIPIENT_COLUMNS)
-        aw.writerow(("row", "email", "state", "reason", "name", "locale", "jurisdiction"))
-        for r in store.db.execute(
-                "SELECT row, email, state, detail, attempts, first_attempt_at, updated_at, provider, provider_message_id,"
-                " message_id, content_sha256, locale, jurisdiction, doubt, name, version FROM recipients ORDER BY row"):
+        extra = list(campaign.audit_columns)  # [audit] columns: who each row is (a customer id)
+        rw.writerow((*RECIPIENT_COLUMNS, *extra))
+        aw.writerow(("row", "email", "email_unicode", "state", "reason", "name", "requested_locale", "locale",
+                     "jurisdiction", *extra))
+        for r in store.export_rows():
             (row, email, state, detail, attempts, first, updated, provider, pmid, mid, sha, locale, juris, doubt, name,
-             version) = r
+             version, raw_vars, rid) = r
             # What was sent, as recorded at the time; for those never sent, what would be.
             variant, used = split_version(version or resolve(locale or campaign.default_locale, juris))
-            rw.writerow((row, email, state, detail or "", attempts, _iso(first), updated or "", provider or "", pmid or "",
-                         mid or "", sha or "", used, variant, juris, "yes" if doubt else ""))
+            values = json.loads(raw_vars or "{}")
+            ids = [str(values.get(col, "")) for col in extra]
+            shown = display_address(email)
+            log = "; ".join(_attempt(ts, kind, prov, d) for ts, kind, prov, d in store.attempts_of(rid)) if attempts else ""
+            rw.writerow((row, email, shown, name, state, detail or "", attempts, log, _iso(first), updated or "",
+                         provider or "", pmid or "", mid or "", sha or "", locale, used, variant, juris,
+                         "yes" if doubt else "", *ids))
             rows_out += 1
             states[state] += 1
             locales[used] += 1
@@ -361,10 +373,10 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
             if state in NOT_REACHED:
                 reason = detail or {"pending": "never sent", "deferred": "not yet delivered (retrying)",
                                     "inflight": "never confirmed"}.get(state, state)
-                aw.writerow((row, email, state, reason, name, used, juris))
+                aw.writerow((row, email, shown, state, reason, name, locale, used, juris, *ids))
         for row, raw, reason in store.rejects():
-            rw.writerow((row, raw, "rejected", reason, 0, "", "", "", "", "", "", "", "", "", ""))
-            aw.writerow((row, raw, "rejected", reason, "", "", ""))
+            rw.writerow((row, raw, raw, "", "rejected", reason, 0, *[""] * (len(RECIPIENT_COLUMNS) - 7), *[""] * len(extra)))
+            aw.writerow((row, raw, raw, "rejected", reason, "", "", "", "", *[""] * len(extra)))
             rows_out += 1
             states["rejected"] += 1
     rows_read = store.db.execute("SELECT count(*) FROM recipients").fetchone()[0] + store.db.execute(

@@ -129,6 +129,7 @@ class Campaign:
     discovered: dt.date | None = None
     deadline: dt.date | None = None  # the legal deadline for notice (deadline, or discovered + deadline_days)
     review: ReviewConfig = field(default_factory=lambda: ReviewConfig())
+    audit_columns: list[str] = field(default_factory=list)  # [audit] columns: recipients columns the export carries
     # The one calendar of the campaign: the notice's date ("today" in templates), the Date header and the
     # deadline's end of day are all in this zone.
     timezone: str = "UTC"
@@ -409,10 +410,14 @@ PROVIDER_KEYS: dict[str, dict[str, Key]] = {
         "events_queue": Key("str"),
     },
 }
+AUDIT_KEYS = {
+    "columns": Key("strlist"),  # recipients columns the export carries (a customer id): who each row is
+}
 TOP_KEYS = {
     "campaign": Key("table", True),
     "variables": Key("table"),
     "review": Key("table"),
+    "audit": Key("table"),
     "send": Key("table", True),
     "providers": Key("table", True),
 }
@@ -495,6 +500,7 @@ def _build(file: Path, data: dict[str, Any]) -> Campaign:
             and camp["deadline"] < camp["discovered"]:
         c.problem("[campaign] deadline", f"{camp['deadline']} is before the discovery on {camp['discovered']}")
     review = c.table("[review]", top.get("review", {}), REVIEW_KEYS)
+    audit_cfg = c.table("[audit]", top.get("audit", {}), AUDIT_KEYS)
     variant_profiles: dict[str, list[str]] = {}
     for variant, names in review.get("variants", {}).items():
         problem = None if _type_ok("strlist", names) else f"expected a list of profiles, got {_describe(names)}"
@@ -554,6 +560,7 @@ def _build(file: Path, data: dict[str, Any]) -> Campaign:
             variant_profiles=variant_profiles,
             allowed_domains=[d.lower().strip(".") for d in review.get("allowed_domains", [])],
         ),
+        audit_columns=list(audit_cfg.get("columns", [])),
     )
 
 

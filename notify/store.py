@@ -905,6 +905,17 @@ class Store:
         row = self.db.execute("SELECT hash FROM events WHERE seq=?", (seq,)).fetchone()
         return row[0] if row else None
 
+    def export_rows(self) -> Iterator[tuple[Any, ...]]:
+        """Every recipient as the audit export writes it, in input row order."""
+        yield from self.db.execute(
+            "SELECT row, email, state, detail, attempts, first_attempt_at, updated_at, provider, provider_message_id,"
+            " message_id, content_sha256, locale, jurisdiction, doubt, name, version, vars, id FROM recipients ORDER BY row, id")
+
+    def attempts_of(self, recipient_id: int) -> list[tuple[str, str, str | None, str | None]]:
+        """Each attempt of one recipient, in order: (time, outcome, provider, event detail as JSON)."""
+        return self.db.execute("SELECT ts, kind, provider, detail FROM events WHERE recipient_id=?"
+                               " AND kind IN ('sent', 'deferred', 'failed') ORDER BY seq", (recipient_id,)).fetchall()
+
     def recipient_states(self) -> Iterator[tuple[int, int, str, str, int, str | None]]:
         """(id, row, email, state, attempts, content_sha256) of every recipient, for the audit's replay."""
         yield from self.db.execute("SELECT id, row, email, state, attempts, content_sha256 FROM recipients ORDER BY id")

@@ -665,3 +665,30 @@ def test_the_chain_head_is_written_out_while_sending(make_campaign: MakeCampaign
     assert counts == sorted(counts) and counts[0] < counts[-1], "heads taken as the chain grew"
     code, out, _ = run("audit", "verify", d, "--checkpoints", d / "audit-checkpoints.log")
     assert code == 0 and f"still holds the {len(lines)} head(s)" in out
+
+
+def test_the_export_answers_who_was_told_what_in_which_language(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # #27: recipients.csv had no name and no customer id, lost the requested locale (a zh-TW customer
+    # showed `en`), showed IDN addresses only as xn--, and no attempt's time or provider.
+    import csv
+
+    from .conftest import run
+
+    rows = ("email,name,locale,account_id\n"
+            "jane@bücher.example,Jane Doe,zh-TW,A-1001\n"
+            "bob@example.com,=HYPERLINK(\"x\"),en,A-1002\n")
+    d = make_campaign(rows)
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text() + '\n[audit]\ncolumns = ["account_id"]\n')
+    assert run("send", d)[0] == 0
+    out = tmp_path / "audit"
+    code, _, err = run("audit", "export", d, "--out", out)
+    assert code == 0, err
+    with (out / "recipients.csv").open(encoding="utf-8") as fh:
+        got = {r["account_id"]: r for r in csv.DictReader(fh)}
+    jane = got["A-1001"]
+    assert jane["email"] == "jane@xn--bcher-kva.example" and jane["email_unicode"] == "jane@bücher.example"
+    assert jane["name"] == "Jane Doe" and jane["requested_locale"] == "zh-TW" and jane["locale"] == "en"
+    assert jane["attempt_log"].endswith("Z outbox sent") and jane["final_state"] == "sent"
+    assert got["A-1002"]["name"].startswith("'="), "a formula is neutralized"
+    assert run("audit", "verify", out)[0] == 0
