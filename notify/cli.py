@@ -15,7 +15,7 @@ from typing import Any, Optional, TypeVar, cast
 
 import typer
 
-from . import __version__, engine, report
+from . import __version__, engine, files, report
 from . import campaign as campaign_mod
 from .audit import verify_chain
 from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_PIPE, NotApproved, NotifyError, TemplateError, redact
@@ -485,6 +485,54 @@ def bounces(
         for line in recorder.summary.lines():
             typer.echo(line)
         _checkpoint(c, store)
+
+
+@app.command()
+@boundary
+def lookup(campaign: Path = CampaignArg,
+           query: str = typer.Argument(..., metavar="QUERY", help="An address, a name, or a value of an [audit] column."),
+           eml: Optional[Path] = typer.Option(None, "--eml", metavar="FILE", help="Write the exact message sent to FILE."),
+           as_json: bool = typer.Option(False, "--json", help="The record and timeline as one JSON object.")) -> None:
+    """One person's proof of notice: when, in which language, through which provider, what happened
+    after, and the exact message sent (rebuilt and checked against the recorded SHA-256).
+
+    \b
+    Examples:
+      notify lookup campaigns/example jane.doe@example.com
+      notify lookup campaigns/example "Jane Doe" --eml jane.eml
+      notify lookup campaigns/example A-1001          # a value of a column named in [audit] columns
+    """
+    from . import lookup as lk
+
+    with _open(campaign) as (c, store):
+        found = lk.find(c, store, query)
+        if not found:
+            err(f"Error: nobody in {c.id} matches {query!r} (an address, a name, or a value of "
+                f"{', '.join(c.audit_columns) or 'an [audit] column'})")
+            raise typer.Exit(EXIT_INPUT)
+        if len(found) > 1:
+            err(f"Error: {len(found)} people match {query!r}; look one up by address:")
+            for p in found[:20]:
+                err(f"  row {p['row']}: {p['email']} {p['name'] or ''}".rstrip())
+            raise typer.Exit(EXIT_INPUT)
+        proof = lk.proof(c, store, found[0])
+    if as_json:
+        typer.echo(report.dumps({"record": proof.record, "timeline": proof.timeline, "content": proof.content}))
+    else:
+        for k, v in proof.record.items():
+            typer.echo(f"{k + ':':<22}{_one_line(str(v))}")
+        typer.echo("timeline:")
+        for t in proof.timeline:
+            reply = t["detail"].get("reply") or t["detail"].get("reason") or t["detail"].get("status") or ""
+            typer.echo(f"  {t['at'][:19]}Z  {t['what']:<18} {t['provider']:<8} {_one_line(str(reply))[:120]}".rstrip())
+        typer.echo(f"content:              {proof.content}")
+    if eml is not None:
+        if proof.message is None:
+            err(f"Error: no message to write: {proof.content}")
+            raise typer.Exit(EXIT_INPUT)
+        files.write_private(eml, proof.message)
+        typer.echo(f"Wrote the exact message sent to {eml} ({len(proof.message)} bytes, SHA-256 "
+                   f"{proof.record['content_sha256']}).")
 
 
 suppress_app = typer.Typer(help="The suppression list shared by all campaigns (hard bounces, complaints, manual entries).",

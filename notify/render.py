@@ -347,11 +347,11 @@ class Templates:
             self._vars[locale] = Namespace("campaign", shared)
         return self._vars[locale]
 
-    def render(self, version: str, recipient: dict[str, Any]) -> Rendered:
+    def render(self, version: str, recipient: dict[str, Any], today: dt.date | None = None) -> Rendered:
         """Renders one version for one recipient; any failure is a TemplateError naming file and line.
         Where the version has a render plan (plan.py), the text is the plan's, which is jinja2's."""
         variant, locale = split_version(version)
-        today = self.campaign.today()  # the campaign's calendar, as the Date header and the deadline
+        today = today or self.campaign.today()  # the campaign's calendar, as the Date header and the deadline
         plans = self._plans_for(version)
         filled = plans.fill(recipient, today) if plans is not None else None
         if filled is None:
@@ -465,17 +465,19 @@ class RenderFailure:
 
 
 def build_message(templates: Templates, recipient: dict[str, Any], *, to_email: str, token: str,
-                  version: str | None = None) -> Built | RenderFailure:
+                  version: str | None = None, at: dt.datetime | None = None) -> Built | RenderFailure:
     """The one way a recipient becomes a message: resolve the version (unless given), render, compose.
     `recipient` is recipient_context()'s dict (whose email is the address as people read it);
     `to_email` the address as stored, which the envelope and the To header take (IDNA domain);
-    `token` the recipient's stored token, which the Message-ID, VERP address and tags carry."""
+    `token` the recipient's stored token, which the Message-ID, VERP address and tags carry; `at` the
+    moment to build it as of (its date in the text and the Date header; now when not given), which
+    `notify lookup` uses to rebuild a message sent earlier byte for byte."""
     campaign = templates.campaign
     try:
         if version is None:
             version = templates.resolve(recipient["locale"] or campaign.default_locale, recipient["jurisdiction"])
-        rendered = templates.render(version, recipient)
-        message = compose(campaign, rendered, to_email=to_email, to_name=recipient["name"], token=token)
+        rendered = templates.render(version, recipient, at.date() if at else None)
+        message = compose(campaign, rendered, to_email=to_email, to_name=recipient["name"], token=token, date=at)
     except TemplateError as e:
         return RenderFailure(version or recipient["locale"] or campaign.default_locale, str(e), e.hint)
     except ValueError as e:  # the email package refuses a header value

@@ -916,6 +916,23 @@ class Store:
         return self.db.execute("SELECT ts, kind, provider, detail FROM events WHERE recipient_id=?"
                                " AND kind IN ('sent', 'deferred', 'failed') ORDER BY seq", (recipient_id,)).fetchall()
 
+    PEOPLE_COLUMNS = ("id, row, email, key, name, vars, locale, jurisdiction, state, detail, attempts, provider, message_id,"
+                      " provider_message_id, content_sha256, version, first_attempt_at, token")
+
+    def people(self) -> Iterator[dict[str, Any]]:
+        """Every recipient with what `notify lookup` shows of them."""
+        cur = self.db.execute(f"SELECT {self.PEOPLE_COLUMNS} FROM recipients ORDER BY row, id")
+        names = [d[0] for d in cur.description]
+        for r in cur:
+            yield dict(zip(names, r, strict=True))
+
+    def events_of(self, recipient_id: int) -> list[dict[str, Any]]:
+        """One recipient's events, in order: what happened to them."""
+        cur = self.db.execute("SELECT seq, ts, kind, provider, detail FROM events WHERE recipient_id=? ORDER BY seq",
+                              (recipient_id,))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur]
+
     def recipient_states(self) -> Iterator[tuple[int, int, str, str, int, str | None]]:
         """(id, row, email, state, attempts, content_sha256) of every recipient, for the audit's replay."""
         yield from self.db.execute("SELECT id, row, email, state, attempts, content_sha256 FROM recipients ORDER BY id")

@@ -692,3 +692,38 @@ def test_the_export_answers_who_was_told_what_in_which_language(make_campaign: M
     assert jane["attempt_log"].endswith("Z outbox sent") and jane["final_state"] == "sent"
     assert got["A-1002"]["name"].startswith("'="), "a formula is neutralized"
     assert run("audit", "verify", out)[0] == 0
+
+
+def test_lookup_proves_one_person_s_notice(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # #27: "Was Jane Doe notified, when, in which language, through which provider, with what exact
+    # content?" could not be answered from the evidence.
+    import hashlib
+    import shutil
+
+    from .conftest import run, simple_templates
+
+    rows = "email,name,locale,account_id\njane@bücher.example,Jane Doe,zh-TW,A-1001\nbob@example.com,Bob,en,A-1002\n" \
+           "bob2@example.com,Bob,en,A-1003\n"
+    d = make_campaign(rows, template="t", templates=simple_templates(body="Hello {{ recipient.name }}, {{ today }}"))
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text() + '\n[audit]\ncolumns = ["account_id"]\n')
+    assert run("send", d)[0] == 0
+    code, out, err = run("lookup", d, "A-1001", "--eml", tmp_path / "jane.eml")
+    assert code == 0, err
+    assert "email_unicode:        jane@bücher.example" in out and "requested_locale:     zh-TW" in out
+    assert "locale_sent:          en" in out and "state:                sent" in out
+    assert "the outbox's copy" in out and " sent " in out.split("timeline:")[1]
+    sha = [line.split()[-1] for line in out.splitlines() if line.startswith("content_sha256:")][0]
+    assert hashlib.sha256((tmp_path / "jane.eml").read_bytes()).hexdigest() == sha
+    shutil.rmtree(d / "outbox")  # an SMTP send keeps no copy: the message is rebuilt from the templates
+    code, out, err = run("lookup", d, "Jane Doe", "--eml", tmp_path / "rebuilt.eml")
+    assert code == 0 and "rebuilt from the templates as they are now" in out, out + err
+    assert (tmp_path / "rebuilt.eml").read_bytes() == (tmp_path / "jane.eml").read_bytes()
+    body = d / "templates" / "t" / "en" / "body.txt"
+    body.write_text("Changed after the send")
+    code, out, _ = run("lookup", d, "jane@xn--bcher-kva.example")
+    assert code == 0 and "could not be rebuilt with the recorded SHA-256" in out
+    code, _, err = run("lookup", d, "Bob")
+    assert code == 1 and "2 people match 'Bob'" in err and "bob2@example.com" in err
+    code, _, err = run("lookup", d, "nobody@example.com")
+    assert code == 1 and "nobody in test-2022-08 matches 'nobody@example.com'" in err
