@@ -298,7 +298,7 @@ def _approval_line(approval: dict[str, Any] | None) -> str:
     return f"by {d.get('by')} at {approval['ts'][:19]}Z, content SHA-256 {d.get('content_sha256')}{note}"
 
 
-def _deadline(campaign: Campaign, last_send: float | None, unsent: int) -> dict[str, Any]:
+def _deadline(campaign: Campaign, last_send: float | None, unsent: int, late: int = 0, sent: int = 0) -> dict[str, Any]:
     """A regulator's first question: the discovery, the deadline, and whether it was met."""
     if campaign.deadline is None:
         return {"deadline": None, "met": None, "said": "none set ([campaign] deadline or deadline_days)"}
@@ -318,8 +318,9 @@ def _deadline(campaign: Campaign, last_send: float | None, unsent: int) -> dict[
     else:
         days = (dt.datetime.fromtimestamp(last_send, dt.UTC) - due).total_seconds() / 86400
         met = last_send <= due.timestamp()
-        out.update(met=met, said=f"{head}: {'met' if met else 'MISSED'}: the last notice was first sent {_iso(last_send)}, "
-                                 f"{abs(days):.1f} days {'before' if met else 'after'} it")
+        who = "for everyone" if met else f"for {late} of {sent} people notified by email"
+        out.update(met=met, late=late, said=f"{head}: {'met' if met else 'MISSED'} {who}: the last notice was first sent "
+                                            f"{_iso(last_send)}, {abs(days):.1f} days {'before' if met else 'after'} it")
     return out
 
 
@@ -341,6 +342,8 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
     variants: Counter[str] = Counter()
     by_provider: Counter[str] = Counter()
     first_send = last_send = None
+    due_at = campaign.deadline_end.timestamp() if campaign.deadline_end is not None else None
+    late = 0
     rows_out = 0
     with _create(out / "recipients.csv") as rfh, _create(out / "alternate_channel.csv") as afh:
         rw, aw = files.SafeCsvWriter(rfh), files.SafeCsvWriter(afh)
@@ -370,6 +373,7 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
             if first:
                 first_send = min(first_send or first, first)
                 last_send = max(last_send or first, first)
+                late += int(due_at is not None and first > due_at)
             if state in NOT_REACHED:
                 reason = detail or {"pending": "never sent", "deferred": "not yet delivered (retrying)",
                                     "inflight": "never confirmed"}.get(state, state)
@@ -400,7 +404,8 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
         "last_send": _iso(last_send),
         "not_reached_by_email": sum(states[s] for s in NOT_REACHED),
         "approval": approval,
-        "deadline": _deadline(campaign, last_send, sum(states[s] for s in ("pending", "deferred", "inflight"))),
+        "deadline": _deadline(campaign, last_send, sum(states[s] for s in ("pending", "deferred", "inflight")), late,
+                              sum(by_provider.values())),
         "template_sha256": template_hashes,
         "chain": {"events": verdict.events, "head": verdict.head, "verified": verdict.ok},
     }
@@ -420,6 +425,14 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
              f"Audit chain: {verdict.events} events, head {verdict.head}, {'verified' if verdict.ok else 'BROKEN'}",
              "Templates as sent (SHA-256):" + ("" if template_hashes else " none sent")]
     lines += [f"  {h}  {name}" for name, h in sorted(template_hashes.items())]
+    lines += ["", "The files of this export:",
+              "  summary.txt            this page; summary.json says the same for programs",
+              "  recipients.csv         one row per row of the recipients file: who, what they were sent, in which",
+              "                         language, through which provider, every attempt, and what became of it",
+              "  alternate_channel.csv  everyone email did not reach, with the reason: for postal or substitute notice",
+              "  events.jsonl           every event in order, each hash-chained to the one before (the audit trail)",
+              "  manifest.json          the size and SHA-256 of each file and the chain's head; check them all with",
+              "                         `notify audit verify THIS_DIRECTORY` (manifest.sig: its signature, if signed)"]
     with _create(out / "summary.txt") as fh:
         fh.write("\n".join(lines) + "\n")
     summary["manifest_sha256"] = write_manifest(out, campaign.id, verdict, sign_key)

@@ -727,3 +727,16 @@ def test_lookup_proves_one_person_s_notice(make_campaign: MakeCampaign, tmp_path
     assert code == 1 and "2 people match 'Bob'" in err and "bob2@example.com" in err
     code, _, err = run("lookup", d, "nobody@example.com")
     assert code == 1 and "nobody in test-2022-08 matches 'nobody@example.com'" in err
+
+
+def test_summary_says_how_many_were_late_and_what_the_files_are(example: Path, tmp_path: Path) -> None:
+    # #27: summary.txt in plain words: whether the deadline was met for everyone (or how many were
+    # late and by how much), and what the files are.
+    from .conftest import run
+
+    assert run("send", example)[0] == 0
+    out = tmp_path / "audit"
+    assert run("audit", "export", example, "--out", out)[0] == 0
+    text = (out / "summary.txt").read_text()
+    assert "MISSED for 188 of 188 people notified by email: the last notice was first sent" in text, text
+    assert "The files of this export:" in text and "alternate_channel.csv  everyone email did not reach" in text
