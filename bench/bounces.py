@@ -147,7 +147,7 @@ def main() -> None:
                 print(m)
     print(f"Sisimai corpus: {total.messages} messages, {total.recipients} expected recipients, "
           f"{len(by)} MTA families, read in {seconds:.2f} s")
-    print(f"attributed: {pct(total.attributed, total.messages)} of messages; "
+    print(f"attributed: {total.attributed / total.messages:.1%} of messages; "
           f"hard/soft as the reference: {pct(total.hard_agree, total.recipients)}; "
           f"same reason: {pct(total.reason_agree, total.recipients)} (of expected recipients)")
 

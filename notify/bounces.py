@@ -55,6 +55,9 @@ class Feedback:
     provider_message_id: str | None = None
     campaign: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    # False where anyone could have written the address (an SES event mailed to us rather than read from
+    # our own queue): then only the keyed token, our Message-ID or the SES MessageId can find the recipient.
+    address_trusted: bool = True
 
 
 @dataclass
@@ -168,7 +171,7 @@ def parse_ses(body: str | dict[str, Any], envelope_id: str | None = None) -> lis
     except (ValueError, TypeError, RecursionError):
         raise Malformed("an event too deeply nested to read") from None
     ident = sns_id or envelope_id or base
-    common = dict(token=_tag(mail, "recipient"), campaign=_tag(mail, "campaign"),
+    common: dict[str, Any] = dict(token=_tag(mail, "recipient"), campaign=_tag(mail, "campaign"),
                   message_id=_header(mail, "X-Notify-Id"), provider_message_id=_text(mail.get("messageId"), "mail.messageId", 200))
 
     def one(kind: str, address: str | None, detail: dict[str, Any], part: str = "") -> Feedback:
@@ -224,9 +227,18 @@ def parse_ses(body: str | dict[str, Any], envelope_id: str | None = None) -> lis
 # --- bounce messages (RFC 3464 reports and the common non-standard ones: dsn.py) ---
 
 def parse_dsn(raw: bytes) -> tuple[list[Feedback], str]:
-    """A bounce message's feedback, one per failed recipient, and, when there is none, why it is not a bounce."""
-    report = dsn.parse(raw)
+    """A bounce message's feedback, one per failed recipient, and, when there is none, why it is not a bounce.
+    An SES notification delivered by email (an SNS email subscription) is read as SES's own JSON."""
     key = "dsn:" + hashlib.sha256(raw).hexdigest()
+    if (body := dsn.ses_notification(raw)) is not None:
+        try:
+            items = parse_ses(body, key)
+        except Malformed as e:
+            return [], f"an SES notification by email that cannot be read: {e}"
+        for fb in items:
+            fb.source, fb.address_trusted = "ses-email", False
+        return items, ""
+    report = dsn.parse(raw)
     out: list[Feedback] = []
     for i, f in enumerate(report.recipients):
         if f.action in ("delivered", "relayed", "expanded"):
@@ -311,8 +323,8 @@ class FeedbackRecorder:
         if fb.campaign and fb.campaign != self.campaign_id:
             self.summary.other_campaign += 1
             return False
-        found = self.store.find(token=fb.token, message_id=fb.message_id,
-                                provider_message_id=fb.provider_message_id, address=fb.address)
+        found = self.store.find(token=fb.token, message_id=fb.message_id, provider_message_id=fb.provider_message_id,
+                                address=fb.address if fb.address_trusted else None)
         if found is None:
             if fb.source == "ses" and not fb.campaign:
                 self.summary.other_campaign += 1

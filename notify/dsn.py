@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import re
 from dataclasses import dataclass, field
 from email.message import Message as EmailMessage
+from typing import Any
 
 from . import reasons
 
@@ -33,7 +35,7 @@ REPLY_RE = re.compile(r"(?<!\d)([245]\d\d)[ -](?=\S)")
 ADDR_RE = re.compile(r"(?<![A-Za-z0-9._%+'=/-])([A-Za-z0-9._%+'=/-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,8})")
 OUR_ID_RE = re.compile(r"(?im)^(?:x-notify-id|message-id)\s*:\s*(<[^>\s]{1,200}>)")
 
-DAEMONS = ("mailer-daemon", "postmaster", "mail-daemon", "maildaemon", "mailerdaemon", "mdaemon", "mail.daemon",
+DAEMONS = ("mailer-daemon", "postmaster", "post_master", "mail-daemon", "maildaemon", "mailerdaemon", "mdaemon", "mail.daemon",
            "noreply-dmarc", "bounce", "mail delivery", "mail administrator", "mailadmin", "mail system",
            "microsoftexchange", "internet mail delivery")
 BOUNCE_SUBJECTS = ("undeliver", "undelivered", "delivery status", "delivery failure", "delivery failed",
@@ -76,6 +78,23 @@ class Report:
     token: str | None = None
     message_id: str | None = None
     recipients: list[Failed] = field(default_factory=list)
+
+
+def ses_notification(raw: bytes) -> dict[str, Any] | None:
+    """The SES notification that SNS delivered by email ("AWS Notification Message": its JSON, then SNS's
+    footer), or None when the message is not one."""
+    msg = email.message_from_bytes(raw[:MAX_TEXT], policy=email.policy.compat32)
+    if "amazonaws.com" not in _header(msg, "From").lower() or msg.is_multipart():
+        return None
+    data = msg.get_payload(decode=True)
+    text = data.decode("utf-8", "replace").strip() if isinstance(data, bytes) else ""
+    if not text.startswith("{"):
+        return None
+    try:
+        value, _ = json.JSONDecoder(strict=False).raw_decode(text)  # the footer after it is SNS's, not SES's
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) and ("notificationType" in value or "eventType" in value) else None
 
 
 def clean_address(value: str | None) -> str | None:

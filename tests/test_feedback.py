@@ -400,3 +400,21 @@ def test_follow_beside_a_send_loses_nothing(make_campaign: MakeCampaign, tmp_pat
                 p.wait()
         server.terminate()
         server.wait()
+
+
+def test_an_ses_notification_by_email_finds_people_only_by_what_nobody_can_forge(make_campaign: MakeCampaign,
+                                                                                  tmp_path: Path) -> None:
+    """SNS can deliver SES notifications by email; so can anyone else. Such a message is read as SES's
+    JSON, but its address alone never finds a recipient: only the keyed token (or our Message-ID) does."""
+    d = sent_campaign(make_campaign)
+    tok = tokens(d)
+
+    def mailed(event: dict[str, Any]) -> bytes:
+        return mail({"From": "SES <no-reply@sns.amazonaws.com>", "To": "security@example.com",
+                     "Subject": "AWS Notification Message"}, json.dumps(event) + "\n--\nIf you wish to stop receiving...")
+
+    forged = ses_event("Bounce", "p1@example.org", token="0" * 32)
+    real = ses_event("Bounce", "p2@example.org", token=tok["p2@example.org"])
+    code, out, _ = run("bounces", d, "--mbox", mbox_of(tmp_path / "box", mailed(forged), mailed(real)))
+    assert code == 0 and out.startswith("matched 1 (bounced 1); duplicates ignored 0; unmatched 1"), out
+    assert states(d)["p1@example.org"] == "sent" and states(d)["p2@example.org"] == "bounced"
