@@ -418,3 +418,58 @@ def test_an_ses_notification_by_email_finds_people_only_by_what_nobody_can_forge
     code, out, _ = run("bounces", d, "--mbox", mbox_of(tmp_path / "box", mailed(forged), mailed(real)))
     assert code == 0 and out.startswith("matched 1 (bounced 1); duplicates ignored 0; unmatched 1"), out
     assert states(d)["p1@example.org"] == "sent" and states(d)["p2@example.org"] == "bounced"
+
+
+def test_kill_9_while_draining_loses_no_suppression(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    """#26: 3 kills while draining 1,500 bounces left 1,499 suppressed. `bounces` is killed (SIGKILL) three
+    times, each right after one of its group commits landed (while the suppressions it decided were not
+    yet on the shared list); the run after it finishes the work, every bounce recorded once and every
+    address suppressed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    n = 1500
+    d = make_campaign("email\n" + "".join(f"p{i}@example.org\n" for i in range(n)), template="t",
+                      templates=simple_templates())
+    code, _, err = run("send", d)
+    assert code == 0, err
+    template = (DSN / "postfix.eml").read_text()
+    raws = [template.replace("{token_postfix}", "0" * 32).replace("{addr_postfix}", f"p{i}@example.org")
+            .replace("{mid_postfix}", f"<m{i}@example.com>").replace("Message-Id: <", f"Message-Id: <{i}.").encode()
+            for i in range(n)]
+    box = mbox_of(tmp_path / "box", *raws)
+    cmd = [sys.executable, "-m", "notify", "bounces", str(d), "--mbox", str(box)]
+    def bounced() -> int:
+        con = sqlite3.connect(d / ".notify" / "campaign.sqlite", timeout=30)
+        try:
+            return int(con.execute("SELECT count(*) FROM recipients WHERE state='bounced'").fetchone()[0])
+        finally:
+            con.close()
+
+    kills = 0
+    after_first: int | None = None
+    for threshold in (1, 501, 1001):  # one kill after each of the first three group commits (500 reports each)
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+        while p.poll() is None and bounced() < threshold:
+            time.sleep(0.005)
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            kills += 1
+        p.wait()
+        if after_first is None:
+            after_first = len(suppressed())
+    assert kills >= 2, "the runs were killed with work left"
+    assert after_first is not None and after_first < bounced(), \
+        "the first kill came after bounces were committed and before their suppressions reached the shared list"
+    done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr
+    assert set(states(d).values()) == {"bounced"}
+    assert len(suppressed()) == n
+    con = sqlite3.connect(d / ".notify" / "campaign.sqlite")
+    bounced_events = con.execute("SELECT count(*) FROM events WHERE kind='bounced'").fetchone()[0]
+    con.close()
+    assert bounced_events == n, "each bounce recorded once"
+    assert run("audit", "verify", d)[0] == 0
