@@ -15,6 +15,7 @@ can backtrack over an unbounded run.
 from __future__ import annotations
 
 import email
+import email.header
 import email.policy
 import json
 import re
@@ -43,7 +44,13 @@ BOUNCE_SUBJECTS = ("undeliver", "undelivered", "delivery status", "delivery fail
                    "nondeliverable", "non-deliverable", "non deliverable", "could not be delivered", "not delivered",
                    "delivery has failed", "mail system error", "message delivery", "rejected", "returned to sender",
                    "failed delivery", "delayed mail", "delivery delay", "warning: could not send",
-                   "unzustellbar", "non remis", "no entregado", "non recapitabile", "配信", "不達", "error sending")
+                   "unzustellbar", "non remis", "no entregado", "non recapitabile", "配信", "不達", "error sending",
+                   "mail failure", "mail failed", "returning to sender", "failure delivery")
+# A mail system's own words that a message was not delivered (in the report's text, before any returned message).
+BOUNCE_TEXT = ("this is a permanent error", "could not be delivered to one or more", "permanent fatal error",
+               "delivery to the following recipient failed", "the following address(es) failed",
+               "did not reach the following recipient", "was not delivered to", "delivery has failed to these",
+               "i'm afraid i wasn't able to deliver", "undeliverable", "could not be delivered")
 # Subjects of automatic replies, in the languages a breach notice goes out in.
 AUTO_REPLY_SUBJECTS = (
     "out of office", "out of the office", "automatic reply", "auto reply", "auto-reply", "autoreply", "auto:",
@@ -112,6 +119,15 @@ def clean_address(value: str | None) -> str | None:
 def _header(msg: EmailMessage, name: str) -> str:
     value = msg.get(name)
     return str(value) if value is not None else ""
+
+
+def _subject(msg: EmailMessage) -> str:
+    """The Subject as a person reads it (RFC 2047 words decoded), lower case."""
+    raw = _header(msg, "Subject")[:998]
+    try:
+        return str(email.header.make_header(email.header.decode_header(raw))).lower()
+    except (ValueError, LookupError, UnicodeError):
+        return raw.lower()
 
 
 def _is_daemon(msg: EmailMessage) -> bool:
@@ -254,12 +270,13 @@ def parse(raw: bytes) -> Report:
     text = _report_text(msg)
     if message_id is None and (m := OUR_ID_RE.search(_plain_after_cut(msg))):
         report.message_id = message_id = m.group(1)
-    subject = _header(msg, "Subject").lower()
+    subject = _subject(msg)
     looks = any(s in subject for s in BOUNCE_SUBJECTS)
     if not (_is_daemon(msg) or ((token or message_id) and looks)):
         report.why = "not from a mail system and not about our message: a person's mail is never a bounce"
         return report
-    if not looks and not STATUS_RE.search(text) and not REPLY_RE.search(text):
+    said = text[:8192].lower()
+    if not looks and not STATUS_RE.search(text) and not REPLY_RE.search(text) and not any(p in said for p in BOUNCE_TEXT):
         report.why = "from a mail system, but it reports no failure"
         return report
     report.form = "mta"

@@ -25,9 +25,9 @@ def test_the_corpus_is_read_about_as_the_reference_reads_it() -> None:
         recipients += len(expected)
         agree += sum((f.kind == "bounced") == hard for f, (_, _, _, hard) in zip(ours, expected, strict=False))
     assert messages == 534 and recipients == 563
-    # Measured when written: 94.6% attributed, 84.0% hard/soft as Sisimai (the targets are 95 and 95).
-    assert attributed / messages >= 0.945, attributed / messages
-    assert agree / recipients >= 0.84, agree / recipients
+    # Measured when written: 96.1% attributed, 85.3% hard/soft as Sisimai (the targets are 95 and 95).
+    assert attributed / messages >= 0.96, attributed / messages
+    assert agree / recipients >= 0.85, agree / recipients
 
 
 def test_no_dead_address_is_claimed_where_the_reference_sees_a_refused_message() -> None:
