@@ -119,9 +119,10 @@ PHRASES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("systemerror", ("system error", "internal error", "local error", "configuration error", "server error",
                      "temporary failure", "try again later", "temporarily unavailable", "service unavailable",
                      "mail loop")),
-    # Said before the real reason ("Recipient address rejected: <why>"): only when nothing more specific is there.
-    ("userunknown", ("recipient address rejected", "address rejected", "recipient rejected")),
 )
+# Said before the real reason ("Recipient address rejected: <why>"): the status code decides when it has a
+# reason of its own (5.6.0 media error: contenterror), and "user unknown" only when nothing else is said.
+GENERIC_REFUSAL = ("recipient address rejected", "address rejected", "recipient rejected")
 
 # RFC 3463 status -> reason, where the code is precise enough to say (the reference parser's table).
 STATUS = {
@@ -156,11 +157,10 @@ def classify(status: str | None, diagnostic: str | None) -> str:
                     return "filtered"
                 return reason
     code = (status or "").strip()
-    if code.count(".") == 2:
-        found = STATUS.get(code.split(".", 1)[1])
-        if found:
-            return found
-    return "undefined"
+    found = STATUS.get(code.split(".", 1)[1]) if code.count(".") == 2 else None
+    if text and any(p in text for p in GENERIC_REFUSAL) and (found is None or found in HARD):
+        return "userunknown"
+    return found or "undefined"
 
 
 def is_hard(reason: str) -> bool:

@@ -25,9 +25,9 @@ def test_the_corpus_is_read_about_as_the_reference_reads_it() -> None:
         recipients += len(expected)
         agree += sum((f.kind == "bounced") == hard for f, (_, _, _, hard) in zip(ours, expected, strict=False))
     assert messages == 534 and recipients == 563
-    # Measured when written: 96.1% attributed, 85.3% hard/soft as Sisimai (the targets are 95 and 95).
+    # Measured when written: 96.1% attributed, 85.6% hard/soft as Sisimai (the targets are 95 and 95).
     assert attributed / messages >= 0.96, attributed / messages
-    assert agree / recipients >= 0.85, agree / recipients
+    assert agree / recipients >= 0.855, agree / recipients
 
 
 def test_no_dead_address_is_claimed_where_the_reference_sees_a_refused_message() -> None:
@@ -38,8 +38,8 @@ def test_no_dead_address_is_claimed_where_the_reference_sees_a_refused_message()
         for f, (_, _, reason, hard) in zip([f for f in items if f.address], expected, strict=False):
             if f.kind == "bounced" and not hard and reason not in ("delivered", "undefined", "onhold"):
                 wrongly_hard.append((name, f.detail["reason"], reason))
-    # Measured when written: 35 of 563 (mostly "user unknown" that the reference reads as a filter).
-    assert len(wrongly_hard) <= 35, wrongly_hard
+    # Measured when written: 33 of 563 (mostly "user unknown" that the reference reads as a filter).
+    assert len(wrongly_hard) <= 33, wrongly_hard
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CORPUS.glob("rfc3834-*.eml")))
