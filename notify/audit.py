@@ -383,12 +383,11 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
             aw.writerow((row, raw, raw, "rejected", reason, "", "", "", "", *[""] * len(extra)))
             rows_out += 1
             states["rejected"] += 1
-    rows_read = store.db.execute("SELECT count(*) FROM recipients").fetchone()[0] + store.db.execute(
-        "SELECT count(*) FROM rejects").fetchone()[0]
+    rows_read = store.rows_read()
     assert rows_out == rows_read == sum(states.values()), "completeness: every input row has exactly one final state"
     approval = store.last_event_of(("approved",))
     template_hashes = sent_templates(store)
-    summary = {
+    summary: dict[str, Any] = {
         "campaign": campaign.id,
         "tool": f"notify {__version__}",
         "exported_by": getpass.getuser(),

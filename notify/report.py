@@ -131,7 +131,7 @@ def status(campaign: Campaign, store: Store, templates: Templates | None = None)
         "next_retry_said": when_due(due, time.time()) if due else None,
         "recipients_file": last["path"] if last else None,
         "recipients_sha256": last["sha256"] if last else None,
-        "events": store.db.execute("SELECT count(*) FROM events").fetchone()[0],
+        "events": store.event_count(),
         "deadline": deadline(campaign, store),
     }
 

@@ -888,6 +888,13 @@ class Store:
                               tuple(kinds)).fetchone()
         return {"seq": row[0], "ts": row[1], "kind": row[2], "detail": json.loads(row[3] or "{}")} if row else None
 
+    def rows_read(self) -> int:
+        """Every input row the imports read: recipients and rejected rows."""
+        return int(self.db.execute("SELECT (SELECT count(*) FROM recipients) + (SELECT count(*) FROM rejects)").fetchone()[0])
+
+    def event_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM events").fetchone()[0])
+
     def head(self) -> tuple[int, str]:
         """The chain's last event: (seq, hash); (0, GENESIS) when there is none."""
         row = self.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
