@@ -487,6 +487,24 @@ def bounces(
         _checkpoint(c, store)
 
 
+@app.command("report")
+@boundary
+def report_cmd(campaign: Path = CampaignArg,
+               out: Path = typer.Option(..., "--out", metavar="FILE", help="Where to write the page (report.html).")) -> None:
+    """A one-page HTML report of the campaign: sends over time against the deadline, outcomes by
+    state, jurisdiction, language, domain and provider, switches and rate changes. Self-contained:
+    open it in a browser or print it to PDF.
+
+    Example:  notify report campaigns/example --out report.html
+    """
+    from .htmlreport import render
+
+    with _open(campaign) as (c, store):
+        page = render(c, store)
+    files.write_private(out, page.encode("utf-8"))
+    typer.echo(f"Wrote {out} ({len(page):,} bytes): open it in a browser, or print it to PDF.")
+
+
 @app.command()
 @boundary
 def lookup(campaign: Path = CampaignArg,

@@ -1016,6 +1016,31 @@ class Store:
     def doubt_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM recipients WHERE doubt=1").fetchone()[0])
 
+    BREAKDOWNS = {"state": "state", "jurisdiction": "coalesce(nullif(jurisdiction, ''), '(none)')",
+                  "locale": "coalesce(nullif(locale, ''), '(none)')", "domain": "domain",
+                  "provider": "coalesce(provider, '(not sent)')"}
+
+    def breakdown(self, by: str, top: int = 12) -> list[tuple[str, dict[str, int]]]:
+        """Recipients by `by` (a key of BREAKDOWNS), each group's counts per state, largest groups first."""
+        expr = self.BREAKDOWNS[by]
+        groups: dict[str, dict[str, int]] = {}
+        for value, state, n in self.db.execute(f"SELECT {expr}, state, count(*) FROM recipients GROUP BY 1, 2"):
+            groups.setdefault(str(value), {})[state] = n
+        return sorted(groups.items(), key=lambda kv: -sum(kv[1].values()))[:top]
+
+    def first_attempts(self, buckets: int = 60) -> tuple[float, float, list[tuple[int, int, int]]]:
+        """When notices first left, in `buckets` equal spans from the first to the last: (start, span in
+        seconds, [(sent, bounced or complained, failed) per span])."""
+        lo, hi = self.db.execute("SELECT min(first_attempt_at), max(first_attempt_at) FROM recipients").fetchone()
+        if lo is None:
+            return 0.0, 0.0, []
+        width = max((hi - lo) / buckets, 1e-6)
+        out = [[0, 0, 0] for _ in range(buckets)]
+        for at, state in self.db.execute("SELECT first_attempt_at, state FROM recipients WHERE first_attempt_at IS NOT NULL"):
+            i = min(buckets - 1, int((at - lo) / width))
+            out[i][0 if state in ("sent", "delivered") else 1 if state in ("bounced", "complained") else 2] += 1
+        return float(lo), width, [(a, b, c) for a, b, c in out]
+
     def provider_counts(self) -> dict[str, int]:
         return dict(self.db.execute(
             "SELECT provider, count(*) FROM recipients WHERE provider IS NOT NULL AND state IN"

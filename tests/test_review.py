@@ -120,3 +120,35 @@ def test_approval_is_bound_to_the_pack_legal_reviewed(make_campaign: MakeCampaig
     assert '"pack_sha256"' in events[-1]["detail"]
     code, _, err = run("approve", d, "--by", "J. Counsel")
     assert code == 0 and "Note: nothing ties this approval to a review" in err
+
+
+def test_campaign_report_is_one_self_contained_page(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # #27: a campaign report people would rather look at than read: sends over time against the
+    # deadline, outcomes by state, jurisdiction, locale, domain and provider, switches and rate changes.
+    import re
+
+    rows = "email,locale,jurisdiction\n" + "".join(
+        f"p{i}@example{i % 3}.com,{['en', 'fr'][i % 2]},{['US-CA', 'EU-FR', ''][i % 3]}\n" for i in range(60))
+    suspended = {f"p{i}@example{i % 3}.com": [("rcpt", "554 5.7.1 Account suspended")] * 3 for i in range(30, 60)}
+    limited = {"p3@example0.com": [("rcpt", "451 4.7.1 Rate limit exceeded, slow down")]}
+    h = Handler(script={**suspended, **limited})
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, rows=rows)
+        toml = d / "campaign.toml"
+        toml.write_text(toml.read_text().replace('providers = ["relay"]', 'providers = ["relay", "outbox"]')
+                        .replace("require_approval = false", "require_approval = false\ndiscovered = 2022-08-08\n"
+                                 "deadline = 2022-09-07"))
+        code, _, err = run("send", d, "--concurrency", "1")
+    assert code == 0, err
+    out = tmp_path / "report.html"
+    code, text, err = run("report", d, "--out", out)
+    assert code == 0 and f"Wrote {out}" in text, err
+    page = out.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<svg" in page and "<script" not in page
+    assert not re.search(r'(src|href)="https?:', page), "self-contained: nothing fetched from anywhere"
+    for heading in ("Outcomes by jurisdiction", "Outcomes by language asked for", "Outcomes by recipient domain",
+                    "Outcomes by provider", "Notices sent over time", "Bounces and complaints"):
+        assert heading in page
+    assert "US-CA" in page and "EU-FR" in page and "example0.com" in page and "outbox" in page
+    assert "switched relay -&gt; outbox" in page and "rate " in page and "Rate limit exceeded" in page
+    assert "deadline 2022-09-07" in page
