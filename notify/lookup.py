@@ -19,6 +19,7 @@ from typing import Any
 from .campaign import Campaign, OutboxConfig
 from .errors import InputError
 from .providers.outbox import eml_name
+from .recipients import Recipient, Record, validate
 from .render import RenderFailure, Templates, build_message, display_address, recipient_context, split_version
 from .store import Store
 
@@ -39,15 +40,14 @@ def find(campaign: Campaign, store: Store, query: str) -> list[dict[str, Any]]:
     q = query.strip()
     if not q:
         raise InputError("give an address, a name, or a value of an [audit] column to look up")
-    ql = q.casefold()
-    found = []
-    for r in store.people():
-        values = json.loads(r["vars"] or "{}")
-        keys = {r["key"].casefold(), r["email"].casefold(), display_address(r["email"]).casefold(), (r["name"] or "").casefold()}
-        keys |= {str(values.get(c, "")).casefold() for c in campaign.audit_columns}
-        if ql in keys - {""}:
-            found.append({**r, "vars": values})
-    return found
+    keys = []
+    if "@" in q:  # an address, as stored (IDNA) or as written (Unicode): its dedupe key, either way
+        keys.append(q.lower())
+        item = validate(Record(0, q, {"email": q}))
+        if isinstance(item, Recipient):
+            keys.append(item.key)
+    found = store.people(keys, q, {c: q for c in campaign.audit_columns})
+    return [{**r, "vars": json.loads(r["vars"] or "{}")} for r in found]
 
 
 def proof(campaign: Campaign, store: Store, person: dict[str, Any]) -> Proof:

@@ -931,12 +931,23 @@ class Store:
     PEOPLE_COLUMNS = ("id, row, email, key, name, vars, locale, jurisdiction, state, detail, attempts, provider, message_id,"
                       " provider_message_id, content_sha256, version, first_attempt_at, token")
 
-    def people(self) -> Iterator[dict[str, Any]]:
-        """Every recipient with what `notify lookup` shows of them."""
-        cur = self.db.execute(f"SELECT {self.PEOPLE_COLUMNS} FROM recipients ORDER BY row, id")
+    def people(self, keys: Sequence[str], name: str, columns: dict[str, str]) -> list[dict[str, Any]]:
+        """Recipients `notify lookup` names: by dedupe key (through its index) when one of `keys` is one, else
+        by name (any case) or by the value of one of `columns` (recipients columns), in SQL over the table."""
+        cur = self.db.execute(f"SELECT {self.PEOPLE_COLUMNS} FROM recipients WHERE key IN ({','.join('?' * len(keys))})"
+                              " ORDER BY row, id", tuple(keys)) if keys else None
+        rows = cur.fetchall() if cur is not None else []
+        if not rows:
+            where = ["lower(name) = lower(?)"] + ["json_extract(vars, ?) = ?" for _ in columns]
+            values: list[Any] = [name]
+            for column, value in columns.items():
+                values += ["$." + json.dumps(column), value]
+            cur = self.db.execute(f"SELECT {self.PEOPLE_COLUMNS} FROM recipients WHERE {' OR '.join(where)}"
+                                  " ORDER BY row, id LIMIT 1000", values)
+            rows = cur.fetchall()
+        assert cur is not None
         names = [d[0] for d in cur.description]
-        for r in cur:
-            yield dict(zip(names, r, strict=True))
+        return [dict(zip(names, r, strict=True)) for r in rows]
 
     def events_of(self, recipient_id: int) -> list[dict[str, Any]]:
         """One recipient's events, in order: what happened to them."""

@@ -723,6 +723,8 @@ def test_lookup_proves_one_person_s_notice(make_campaign: MakeCampaign, tmp_path
     body.write_text("Changed after the send")
     code, out, _ = run("lookup", d, "jane@xn--bcher-kva.example")
     assert code == 0 and "could not be rebuilt with the recorded SHA-256" in out
+    code, out, _ = run("lookup", d, "Jane@Bücher.example")  # the address as written, any case
+    assert code == 0 and "name:                 Jane Doe" in out
     code, _, err = run("lookup", d, "Bob")
     assert code == 1 and "2 people match 'Bob'" in err and "bob2@example.com" in err
     code, _, err = run("lookup", d, "nobody@example.com")
