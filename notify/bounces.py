@@ -1,9 +1,12 @@
-"""Feedback after sending: SES events from SQS, RFC 3464 bounce reports from mbox/maildir, into the ledger.
+"""Feedback after sending: SES events from SQS, bounce messages from mbox/maildir, into the ledger.
 
-Each piece of feedback becomes one audit event for the recipient it is about (matched by VERP token,
-SES tag, our X-Notify-Id / Message-ID, SES MessageId, or address), recorded once however often it
-arrives, in the same transaction as the state change it causes. Hard bounces and complaints are
-added to the shared suppression list. Feedback that matches nobody is kept and counted.
+Each piece of feedback becomes one audit event for the recipient it is about (matched by the keyed
+VERP token, SES tag, our X-Notify-Id / Message-ID, SES MessageId, or address), recorded once
+however often it arrives, in the same transaction as the state change it causes and the
+suppression it decides (the campaign's suppression outbox, copied to the shared list after). What
+a bounce means is reasons.py's; whether a message is a bounce at all, dsn.py's. A queue message is
+deleted only after its effect is committed, and only when it is ours: another campaign's is left
+on the queue. Feedback of ours that matches nobody, or is malformed, is kept and counted.
 """
 
 from __future__ import annotations
