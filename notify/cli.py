@@ -510,6 +510,8 @@ def report_cmd(campaign: Path = CampaignArg,
 def lookup(campaign: Path = CampaignArg,
            query: str = typer.Argument(..., metavar="QUERY", help="An address, a name, or a value of an [audit] column."),
            eml: Optional[Path] = typer.Option(None, "--eml", metavar="FILE", help="Write the exact message sent to FILE."),
+           out: Optional[Path] = typer.Option(None, "--out", metavar="DIR",
+                                              help="Write a proof of notice for this person (`audit verify DIR` checks it)."),
            as_json: bool = typer.Option(False, "--json", help="The record and timeline as one JSON object.")) -> None:
     """One person's proof of notice: when, in which language, through which provider, what happened
     after, and the exact message sent (rebuilt and checked against the recorded SHA-256).
@@ -534,6 +536,8 @@ def lookup(campaign: Path = CampaignArg,
                 err(f"  row {p['row']}: {p['email']} {p['name'] or ''}".rstrip())
             raise typer.Exit(EXIT_INPUT)
         proof = lk.proof(c, store, found[0])
+        if out is not None:
+            lk.write_bundle(c, store, found[0], proof, out)
     if as_json:
         typer.echo(report.dumps({"record": proof.record, "timeline": proof.timeline, "content": proof.content}))
     else:
@@ -551,6 +555,9 @@ def lookup(campaign: Path = CampaignArg,
         files.write_private(eml, proof.message)
         typer.echo(f"Wrote the exact message sent to {eml} ({len(proof.message)} bytes, SHA-256 "
                    f"{proof.record['content_sha256']}).")
+    if out is not None:
+        typer.echo(f"Wrote a proof of notice to {out}/ (person.json, {'message.eml, ' if proof.message else ''}"
+                   f"manifest.json); check it with: notify audit verify {out}")
 
 
 suppress_app = typer.Typer(help="The suppression list shared by all campaigns (hard bounces, complaints, manual entries).",
@@ -665,6 +672,17 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
     """
     from .audit import MANIFEST, verify_export
 
+    if not (target / "campaign.toml").is_file() and (target / "person.json").is_file():
+        from .lookup import verify_bundle
+
+        problems, said = verify_bundle(target)
+        if problems:
+            err(f"Error: the proof of notice in {target} does not verify:")
+            for problem in problems:
+                err(f"  - {problem}")
+            raise typer.Exit(EXIT_INPUT)
+        typer.echo(f"OK: {said}")
+        return
     if not (target / "campaign.toml").is_file() and ((target / "events.jsonl").is_file() or (target / MANIFEST).is_file()):
         if head or checkpoints:
             err("Error: --head and --checkpoints check a campaign's own chain; an export is checked against its manifest")

@@ -14,14 +14,16 @@ import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from . import files
 from .campaign import Campaign, OutboxConfig
 from .errors import InputError
 from .providers.outbox import eml_name
 from .recipients import Recipient, Record, validate
 from .render import RenderFailure, Templates, build_message, display_address, recipient_context, split_version
-from .store import Store
+from .store import Store, event_hash
 
 REBUILD_WINDOW = 120  # seconds before the first attempt in which the message may have been composed
 
@@ -33,6 +35,62 @@ class Proof:
     message: bytes | None = None  # the exact message sent, when it could be rebuilt (or read from the outbox)
     content: str = ""  # how the content was established, in words
     notes: list[str] = field(default_factory=list)
+
+
+PROOF_KIND = "proof-of-notice"
+
+
+def write_bundle(campaign: Campaign, store: Store, person: dict[str, Any], found: Proof, out: Path) -> None:
+    """A person's proof of notice, for whoever asks: person.json (the record, what happened, and each of
+    their events with the fields and hash the audit chain holds), message.eml (the exact message, when
+    established), and manifest.json (each file's size and SHA-256, the chain's head now), which
+    `notify audit verify DIR` checks."""
+    files.private_dir(out)
+    if any(out.iterdir()):
+        raise InputError(f"{out}: not empty; a proof of notice is written into a new or empty directory")
+    body = {"campaign": campaign.id, "record": found.record, "content": found.content,
+            "events": store.chain_events_of(person["id"])}
+    files.write_private(out / "person.json", (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode())
+    if found.message is not None:
+        files.write_private(out / "message.eml", found.message)
+    seq, head = store.head()
+    listed = {p.name: {"size": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+              for p in sorted(out.iterdir())}
+    manifest = {"kind": PROOF_KIND, "campaign": campaign.id, "files": listed, "chain": {"events": seq, "head": head}}
+    files.write_private(out / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+
+
+def verify_bundle(out: Path) -> tuple[list[str], str]:
+    """Checks a proof of notice: its files against its manifest, each event against its hash, the message
+    against the content SHA-256 its sent event recorded. Returns (problems, what it proves)."""
+    problems: list[str] = []
+    try:
+        manifest = json.loads((out / "manifest.json").read_bytes())
+        listed: dict[str, dict[str, Any]] = manifest["files"]
+        body = json.loads((out / "person.json").read_bytes())
+        events: list[dict[str, Any]] = body["events"]
+        record: dict[str, Any] = body["record"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return [f"{out}: not a proof of notice notify wrote ({type(e).__name__}: {e})"], ""
+    for name, want in sorted(listed.items()):
+        f = out / name
+        got = {"size": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()} if f.is_file() else None
+        if got != want:
+            problems.append(f"{f}: " + ("missing" if got is None else "changed since it was written"))
+    for extra in sorted(p.name for p in out.iterdir() if p.name not in listed and p.name != "manifest.json"):
+        problems.append(f"{out / extra}: not part of the proof (the manifest does not list it)")
+    for ev in events:
+        if event_hash(ev) != ev.get("hash"):
+            problems.append(f"event {ev.get('seq')} ({ev.get('kind')}): its content does not match its hash")
+    message = out / "message.eml"
+    if message.is_file() and hashlib.sha256(message.read_bytes()).hexdigest() != record.get("content_sha256"):
+        problems.append(f"{message}: its SHA-256 is not the content_sha256 the sent event recorded")
+    said = (f"the proof of notice for row {record.get('row')} ({record.get('email')}) is as written: {len(events)} "
+            f"event(s), each with the content the audit chain hashed"
+            + (", and the message whose SHA-256 the sent event recorded" if message.is_file() else "")
+            + f". To tie them to the campaign's chain, find their hashes in an export's events.jsonl, or the head "
+            f"{manifest.get('chain', {}).get('head')} in a checkpoint kept elsewhere.")
+    return problems, said
 
 
 def find(campaign: Campaign, store: Store, query: str) -> list[dict[str, Any]]:

@@ -949,6 +949,14 @@ class Store:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in rows]
 
+    def chain_events_of(self, recipient_id: int) -> list[dict[str, Any]]:
+        """One recipient's events with every field the chain hashes, and their hashes (a proof of notice)."""
+        cur = self.db.execute(
+            "SELECT seq, ts, recipient, kind, provider, provider_message_id, detail, locale, content_sha256, prev_hash, hash"
+            " FROM events WHERE recipient_id=? ORDER BY seq", (recipient_id,))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur]
+
     def events_of(self, recipient_id: int) -> list[dict[str, Any]]:
         """One recipient's events, in order: what happened to them."""
         cur = self.db.execute("SELECT seq, ts, kind, provider, detail FROM events WHERE recipient_id=? ORDER BY seq",

@@ -715,6 +715,17 @@ def test_lookup_proves_one_person_s_notice(make_campaign: MakeCampaign, tmp_path
     assert "the outbox's copy" in out and " sent " in out.split("timeline:")[1]
     sha = [line.split()[-1] for line in out.splitlines() if line.startswith("content_sha256:")][0]
     assert hashlib.sha256((tmp_path / "jane.eml").read_bytes()).hexdigest() == sha
+    bundle = tmp_path / "proof"
+    code, out, err = run("lookup", d, "A-1001", "--out", bundle)
+    assert code == 0 and f"check it with: notify audit verify {bundle}" in out, err
+    code, out, err = run("audit", "verify", bundle)
+    assert code == 0 and "the proof of notice for row 2 (jane@xn--bcher-kva.example) is as written" in out, err
+    assert "and the message whose SHA-256 the sent event recorded" in out
+    assert (bundle / "message.eml").read_bytes() == (tmp_path / "jane.eml").read_bytes()
+    person = bundle / "person.json"
+    person.write_text(person.read_text().replace('"kind": "sent"', '"kind": "failed"'))
+    code, _, err = run("audit", "verify", bundle)
+    assert code == 1 and "person.json: changed since it was written" in err and "does not match its hash" in err, err
     shutil.rmtree(d / "outbox")  # an SMTP send keeps no copy: the message is rebuilt from the templates
     code, out, err = run("lookup", d, "Jane Doe", "--eml", tmp_path / "rebuilt.eml")
     assert code == 0 and "rebuilt from the templates as they are now" in out, out + err
