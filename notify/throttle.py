@@ -6,10 +6,11 @@ The clock is injected: tests drive a FakeClock whose sleep advances time without
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 from dataclasses import dataclass
 from typing import Protocol
+
+from .providers.base import Wave
 
 
 class Clock(Protocol):
@@ -109,13 +110,13 @@ class Throttle:
     # Per-recipient deferrals (greylisting, a lookup that failed) are retried and never slow the others,
     # until they are this share of the last DEFERRAL_WINDOW outcomes: then the relay itself is struggling.
     DEFERRAL_WINDOW = 200
-    DEFERRAL_SHARE = 0.25
+    DEFERRAL_SHARE = 0.25  # 50 of the last 200
 
     def __init__(self, rate: float | None, domains: dict[str, float] | None = None,
                  clock: Clock | None = None, burst: float | None = None, adaptive: bool = True) -> None:
         self.clock = clock or RealClock()
         self.adaptive = adaptive  # False ([send] adaptive = false, --no-adaptive): the rate set is the rate sent
-        self._outcomes: collections.deque[bool] = collections.deque(maxlen=self.DEFERRAL_WINDOW)
+        self.deferrals = Wave(self.DEFERRAL_WINDOW, int(self.DEFERRAL_WINDOW * self.DEFERRAL_SHARE))
         self.configured = rate
         self.burst = burst  # None: default_burst() of whatever the rate is now
         self.global_bucket: Bucket | None = None  # schedules each send (acquire)
@@ -220,13 +221,10 @@ class Throttle:
     def outcome(self, deferred: bool) -> RateChange | None:
         """One recipient's outcome that was not a throttling reply. Deferred ones are that recipient's
         business, unless they become DEFERRAL_SHARE of the recent ones: a struggling relay, slowed down."""
-        self._outcomes.append(deferred)
-        if len(self._outcomes) >= self.DEFERRAL_WINDOW // 2:
-            share = sum(self._outcomes) / len(self._outcomes)
-            if share >= self.DEFERRAL_SHARE:
-                n = len(self._outcomes)
-                self._outcomes.clear()
-                return self.backoff(f"the relay is struggling: {share:.0%} of the last {n} recipients deferred")
+        if self.deferrals.add(deferred):
+            said = f"the relay is struggling: {self.deferrals.count} of the last {len(self.deferrals.recent)} recipients deferred"
+            self.deferrals.clear()
+            return self.backoff(said)
         return None if deferred else self.recover()
 
     def backoff(self, reason: str) -> RateChange | None:

@@ -70,17 +70,23 @@ class Provider(Protocol):
 
 
 class Wave:
-    """k refusals among the last n outcomes: the provider refuses us, not these recipients."""
+    """k marked outcomes among the last n: refusals of a provider that refuses us rather than these
+    recipients, or deferrals of a relay that struggles rather than one recipient's. Counted as they
+    come, since every outcome of a send passes through one."""
 
     def __init__(self, n: int, k: int) -> None:
         self.recent: deque[bool] = deque(maxlen=n)
         self.k = k
+        self.count = 0  # marked outcomes in `recent`
 
-    def add(self, refused: bool) -> bool:
-        """Records one outcome; True when this refusal completes a wave."""
-        self.recent.append(refused)
-        return refused and self.count >= self.k
+    def add(self, marked: bool) -> bool:
+        """Records one outcome; True when this marked one completes a wave."""
+        if len(self.recent) == self.recent.maxlen:
+            self.count -= self.recent[0]
+        self.recent.append(marked)
+        self.count += marked
+        return marked and self.count >= self.k
 
-    @property
-    def count(self) -> int:
-        return sum(self.recent)
+    def clear(self) -> None:
+        self.recent.clear()
+        self.count = 0
