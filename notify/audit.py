@@ -93,6 +93,7 @@ EVENT_STATE = {"sent": "sent", "deferred": "deferred", "failed": "failed", "supp
                "bounce_refused": "failed", "provider_reject": "failed", "suppressed_by_provider": "suppressed",
                "inflight_recovered": "deferred"}
 UNFINISHED = ("pending", "deferred")
+ATTEMPT_KINDS = ("sent", "deferred", "failed")  # the events of a message handed (or not) to a provider
 
 
 @dataclass
@@ -115,7 +116,7 @@ def replay(store: Store) -> list[str]:
         t = trails.setdefault(rid, _Trail())
         detail = json.loads(ev["detail"] or "{}") if isinstance(ev.get("detail"), str) else (ev.get("detail") or {})
         kind = ev["kind"]
-        if kind in ("sent", "deferred", "failed") and isinstance(detail.get("attempt"), int):
+        if kind in ATTEMPT_KINDS and isinstance(detail.get("attempt"), int):
             t.attempts = max(t.attempts, detail["attempt"])
         if kind == "sent":
             t.sha = ev.get("content_sha256")
@@ -359,7 +360,8 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
             values = json.loads(raw_vars or "{}")
             ids = [str(values.get(col, "")) for col in extra]
             shown = display_address(email)
-            log = "; ".join(_attempt(ts, kind, prov, d) for ts, kind, prov, d in store.attempts_of(rid)) if attempts else ""
+            log = "; ".join(_attempt(e["ts"], e["kind"], e["provider"], e["detail"]) for e in store.events_of(rid)
+                            if e["kind"] in ATTEMPT_KINDS) if attempts else ""
             rw.writerow((row, email, shown, name, state, detail or "", attempts, log, _iso(first), updated or "",
                          provider or "", pmid or "", mid or "", sha or "", locale, used, variant, juris,
                          "yes" if doubt else "", *ids))

@@ -49,7 +49,7 @@ def write_bundle(campaign: Campaign, store: Store, person: dict[str, Any], found
     if any(out.iterdir()):
         raise InputError(f"{out}: not empty; a proof of notice is written into a new or empty directory")
     body = {"campaign": campaign.id, "record": found.record, "content": found.content,
-            "events": store.chain_events_of(person["id"])}
+            "events": store.events_of(person["id"])}
     files.write_private(out / "person.json", (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode())
     if found.message is not None:
         files.write_private(out / "message.eml", found.message)

@@ -225,6 +225,14 @@ REPUTATION_SQL = (
     "       AND state IN ('sent','delivered','bounced','complained','failed')"
     "       ORDER BY first_attempt_at DESC LIMIT ?)")
 
+# What `notify lookup` shows of a person.
+PEOPLE_COLUMNS = ("id, row, email, key, name, vars, locale, jurisdiction, state, detail, attempts, provider, message_id,"
+                  " provider_message_id, content_sha256, version, first_attempt_at, token")
+# How `notify report` groups recipients: a name and the SQL expression of its value.
+BREAKDOWNS = {"state": "state", "jurisdiction": "coalesce(nullif(jurisdiction, ''), '(none)')",
+              "locale": "coalesce(nullif(locale, ''), '(none)')", "domain": "domain",
+              "provider": "coalesce(provider, '(not sent)')"}
+
 EVENT_FIELDS = ("seq", "ts", "recipient", "kind", "provider", "provider_message_id", "detail",
                 "locale", "content_sha256", "prev_hash")
 
@@ -310,6 +318,13 @@ def _by_message_id(mid: str | None) -> tuple[tuple[str, tuple[str | None, ...]],
     """find()'s queries for a Message-ID: through the token it ends in, or one sent before migration 0009."""
     token = (mid or "").rpartition("@")[0].rpartition(".")[2]
     return ("token=? AND message_id=?", (token, mid)), (f"message_id=? AND {OLD_MESSAGE_ID}", (mid,))
+
+
+def _dicts(cur: sqlite3.Cursor) -> Iterator[dict[str, Any]]:
+    """A query's rows as dicts by column name."""
+    names = [d[0] for d in cur.description]
+    for r in cur:
+        yield dict(zip(names, r, strict=True))
 
 
 def _claimed(r: tuple[Any, ...]) -> Claimed:
@@ -523,13 +538,9 @@ class Store:
             self._append(Event(kind, detail=detail or None))
 
     def events(self) -> Iterator[dict[str, Any]]:
-        cur = self.db.execute(
+        yield from _dicts(self.db.execute(
             "SELECT seq, ts, recipient_id, recipient, kind, provider, provider_message_id, detail, locale,"
-            " content_sha256, prev_hash, hash FROM events ORDER BY seq"
-        )
-        names = [d[0] for d in cur.description]
-        for r in cur:
-            yield dict(zip(names, r, strict=True))
+            " content_sha256, prev_hash, hash FROM events ORDER BY seq"))
 
     # --- import ---
 
@@ -783,7 +794,7 @@ class Store:
         transaction. A state change also keeps `reason` as the recipient's detail, so that the export
         says why a person was not reached (5.2.1 account disabled), not the relay's earlier 250 OK.
         `suppress` (kind, source, reason) goes to the suppression outbox in the same transaction, for
-        suppressions_due() to copy to the shared list. Feedback about a message a send holds in
+        flush_suppressions() to copy to the shared list. Feedback about a message a send holds in
         flight (a Delivery faster than the send's own commit) is parked, and applied by
         apply_parked() once the send has recorded the message. Returns False when this feedback
         was already recorded."""
@@ -923,46 +934,27 @@ class Store:
             "SELECT row, email, state, detail, attempts, first_attempt_at, updated_at, provider, provider_message_id,"
             " message_id, content_sha256, locale, jurisdiction, doubt, name, version, vars, id FROM recipients ORDER BY row, id")
 
-    def attempts_of(self, recipient_id: int) -> list[tuple[str, str, str | None, str | None]]:
-        """Each attempt of one recipient, in order: (time, outcome, provider, event detail as JSON)."""
-        return self.db.execute("SELECT ts, kind, provider, detail FROM events WHERE recipient_id=?"
-                               " AND kind IN ('sent', 'deferred', 'failed') ORDER BY seq", (recipient_id,)).fetchall()
-
-    PEOPLE_COLUMNS = ("id, row, email, key, name, vars, locale, jurisdiction, state, detail, attempts, provider, message_id,"
-                      " provider_message_id, content_sha256, version, first_attempt_at, token")
-
     def people(self, keys: Sequence[str], name: str, columns: dict[str, str]) -> list[dict[str, Any]]:
         """Recipients `notify lookup` names: by dedupe key (through its index) when one of `keys` is one, else
         by name (any case) or by the value of one of `columns` (recipients columns), in SQL over the table."""
-        cur = self.db.execute(f"SELECT {self.PEOPLE_COLUMNS} FROM recipients WHERE key IN ({','.join('?' * len(keys))})"
-                              " ORDER BY row, id", tuple(keys)) if keys else None
-        rows = cur.fetchall() if cur is not None else []
-        if not rows:
-            where = ["lower(name) = lower(?)"] + ["json_extract(vars, ?) = ?" for _ in columns]
-            values: list[Any] = [name]
-            for column, value in columns.items():
-                values += ["$." + json.dumps(column), value]
-            cur = self.db.execute(f"SELECT {self.PEOPLE_COLUMNS} FROM recipients WHERE {' OR '.join(where)}"
-                                  " ORDER BY row, id LIMIT 1000", values)
-            rows = cur.fetchall()
-        assert cur is not None
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in rows]
-
-    def chain_events_of(self, recipient_id: int) -> list[dict[str, Any]]:
-        """One recipient's events with every field the chain hashes, and their hashes (a proof of notice)."""
-        cur = self.db.execute(
-            "SELECT seq, ts, recipient, kind, provider, provider_message_id, detail, locale, content_sha256, prev_hash, hash"
-            " FROM events WHERE recipient_id=? ORDER BY seq", (recipient_id,))
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur]
+        found = list(_dicts(self.db.execute(
+            f"SELECT {PEOPLE_COLUMNS} FROM recipients WHERE key IN ({','.join('?' * len(keys))}) ORDER BY row, id",
+            tuple(keys)))) if keys else []
+        if found:
+            return found
+        where = ["lower(name) = lower(?)"] + ["json_extract(vars, ?) = ?" for _ in columns]
+        values: list[Any] = [name]
+        for column, value in columns.items():
+            values += ["$." + json.dumps(column), value]
+        return list(_dicts(self.db.execute(
+            f"SELECT {PEOPLE_COLUMNS} FROM recipients WHERE {' OR '.join(where)} ORDER BY row, id LIMIT 1000", values)))
 
     def events_of(self, recipient_id: int) -> list[dict[str, Any]]:
-        """One recipient's events, in order: what happened to them."""
-        cur = self.db.execute("SELECT seq, ts, kind, provider, detail FROM events WHERE recipient_id=? ORDER BY seq",
-                              (recipient_id,))
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur]
+        """One recipient's events, in order, with every field the chain hashes and their hashes: what
+        happened to them (lookup, a proof of notice, the export's attempt log)."""
+        return list(_dicts(self.db.execute(
+            "SELECT seq, ts, recipient, kind, provider, provider_message_id, detail, locale, content_sha256, prev_hash, hash"
+            " FROM events WHERE recipient_id=? ORDER BY seq", (recipient_id,))))
 
     def recipient_states(self) -> Iterator[tuple[int, int, str, str, int, str | None]]:
         """(id, row, email, state, attempts, content_sha256) of every recipient, for the audit's replay."""
@@ -1035,13 +1027,9 @@ class Store:
     def doubt_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM recipients WHERE doubt=1").fetchone()[0])
 
-    BREAKDOWNS = {"state": "state", "jurisdiction": "coalesce(nullif(jurisdiction, ''), '(none)')",
-                  "locale": "coalesce(nullif(locale, ''), '(none)')", "domain": "domain",
-                  "provider": "coalesce(provider, '(not sent)')"}
-
     def breakdown(self, by: str, top: int = 12) -> list[tuple[str, dict[str, int]]]:
         """Recipients by `by` (a key of BREAKDOWNS), each group's counts per state, largest groups first."""
-        expr = self.BREAKDOWNS[by]
+        expr = BREAKDOWNS[by]
         groups: dict[str, dict[str, int]] = {}
         for value, state, n in self.db.execute(f"SELECT {expr}, state, count(*) FROM recipients GROUP BY 1, 2"):
             groups.setdefault(str(value), {})[state] = n
@@ -1055,9 +1043,10 @@ class Store:
             return 0.0, 0.0, []
         width = max((hi - lo) / buckets, 1e-6)
         out = [[0, 0, 0] for _ in range(buckets)]
-        for at, state in self.db.execute("SELECT first_attempt_at, state FROM recipients WHERE first_attempt_at IS NOT NULL"):
-            i = min(buckets - 1, int((at - lo) / width))
-            out[i][0 if state in ("sent", "delivered") else 1 if state in ("bounced", "complained") else 2] += 1
+        for i, state, n in self.db.execute(
+                "SELECT min(?, CAST((first_attempt_at - ?) / ? AS INTEGER)), state, count(*) FROM recipients"
+                " WHERE first_attempt_at IS NOT NULL GROUP BY 1, 2", (buckets - 1, lo, width)):
+            out[i][0 if state in ("sent", "delivered") else 1 if state in ("bounced", "complained") else 2] += n
         return float(lo), width, [(a, b, c) for a, b, c in out]
 
     def provider_counts(self) -> dict[str, int]:
