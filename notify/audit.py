@@ -155,8 +155,31 @@ MANIFEST = "manifest.json"
 SEALED = ("events.jsonl", "recipients.csv", "alternate_channel.csv", "summary.json", "summary.txt")
 
 
-def _file_entry(path: Path) -> dict[str, Any]:
+def file_entry(path: Path) -> dict[str, Any]:
+    """What a manifest records of a file: its size and SHA-256."""
     return {"size": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def check_files(out: Path, listed: dict[str, dict[str, Any]], what: str, since: str) -> tuple[list[str], int]:
+    """Every file a manifest lists, present and unchanged, and no other in `out` (the manifest and its
+    signature aside): the problems, named, and how many files matched. `what` names the whole (the
+    export), `since` when the manifest was written (the export)."""
+    problems: list[str] = []
+    matched = 0
+    for name, want in sorted(listed.items()):
+        f = out / name
+        if "/" in name or not f.is_file():
+            problems.append(f"{f}: missing (the manifest lists it)")
+            continue
+        got = file_entry(f)
+        if got != want:
+            problems.append(f"{f}: changed since {since} ({want.get('size')} bytes with SHA-256 "
+                            f"{str(want.get('sha256'))[:16]}..., now {got['size']} bytes with {got['sha256'][:16]}...)")
+        else:
+            matched += 1
+    for extra in sorted(p.name for p in out.iterdir() if p.name not in listed and p.name not in (MANIFEST, signing.SIGNATURE)):
+        problems.append(f"{out / extra}: not part of {what} (the manifest does not list it)")
+    return problems, matched
 
 
 def write_manifest(out: Path, campaign_id: str, verdict: Verdict, sign_key: Path | None = None) -> str:
@@ -164,7 +187,7 @@ def write_manifest(out: Path, campaign_id: str, verdict: Verdict, sign_key: Path
     manifest's own SHA-256, which the user keeps elsewhere: with it, nobody can rewrite the export and
     its manifest together unnoticed."""
     manifest = {"campaign": campaign_id, "tool": f"notify {__version__}",
-                "files": {name: _file_entry(out / name) for name in SEALED},
+                "files": {name: file_entry(out / name) for name in SEALED},
                 "chain": {"events": verdict.events, "head": verdict.head}}
     data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     files.write_private(out / MANIFEST, data)
@@ -204,20 +227,8 @@ def verify_export(out: Path, key: Path | None = None) -> ExportCheck:
     except (OSError, ValueError, KeyError, TypeError) as e:
         problems.append(f"{path}: not a manifest notify wrote ({type(e).__name__}: {e})")
         return ExportCheck(problems, chain, 0, None)
-    matched = 0
-    for name, want in sorted(listed.items()):
-        f = out / name
-        if "/" in name or not f.is_file():
-            problems.append(f"{f}: missing (the manifest lists it)")
-            continue
-        got = _file_entry(f)
-        if got != want:
-            problems.append(f"{f}: changed since the export ({want.get('size')} bytes with SHA-256 "
-                            f"{str(want.get('sha256'))[:16]}..., now {got['size']} bytes with {got['sha256'][:16]}...)")
-        else:
-            matched += 1
-    for extra in sorted(p.name for p in out.iterdir() if p.name not in listed and p.name not in (MANIFEST, signing.SIGNATURE)):
-        problems.append(f"{out / extra}: not part of the export (the manifest does not list it)")
+    found, matched = check_files(out, listed, "the export", "the export")
+    problems += found
     if chain.ok and (chain.events, chain.head) != (sealed_chain.get("events"), sealed_chain.get("head")):
         problems.append(f"{out / 'events.jsonl'}: {chain.events} events ending at {chain.head[:16]}..., but the manifest "
                         f"records {sealed_chain.get('events')} ending at {str(sealed_chain.get('head'))[:16]}... "

@@ -298,7 +298,7 @@ def read_maildir(path: Path) -> Iterator[bytes]:
 
 class FeedbackRecorder:
     """Applies feedback to one campaign's ledger; the suppressions it decides reach the shared list
-    through the campaign's own outbox (store.suppressions_due), so no crash or lock loses one."""
+    through the campaign's own outbox (store.flush_suppressions), so no crash or lock loses one."""
 
     def __init__(self, campaign_id: str, store: Store, suppression: SuppressionList) -> None:
         self.campaign_id = campaign_id
@@ -312,13 +312,6 @@ class FeedbackRecorder:
         and suppressions committed in the ledger but not yet on the shared list."""
         self.store.apply_parked()
         self.summary.suppressed_added += self.store.flush_suppressions(self.suppression.path)
-
-    def ours(self, fb: Feedback) -> bool | None:
-        """True: this campaign's (tagged so, or matching a recipient); False: another campaign's (tagged);
-        None: untagged and matching nobody here (on a shared queue, perhaps another campaign's)."""
-        if fb.campaign:
-            return fb.campaign == self.campaign_id
-        return None
 
     def apply(self, fb: Feedback, raw: str) -> bool:
         """Records one piece of feedback; False when it is not ours to record (tagged for another campaign,

@@ -34,6 +34,8 @@ REPLY_RE = re.compile(r"(?<!\d)([245]\d\d)[ -](?=\S)")
 # Starts only where a run of address characters starts (the lookbehind), and each part is bounded,
 # so a 100 KB run of letters costs one bounded attempt, not one per position.
 ADDR_RE = re.compile(r"(?<![A-Za-z0-9._%+'=/-])([A-Za-z0-9._%+'=/-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,8})")
+# A header line quoted in a report's text: its addresses are the message's, not failed recipients.
+QUOTED_HEADER = re.compile(r"\s*(from|reply-to|sender|return-path|message-id|in-reply-to|references)\s*:")
 OUR_ID_RE = re.compile(r"(?im)^(?:x-notify-id|message-id)\s*:\s*(<[^>\s]{1,200}>)")
 
 DAEMONS = ("mailer-daemon", "postmaster", "post_master", "mail-daemon", "maildaemon", "mailerdaemon", "mdaemon", "mail.daemon",
@@ -268,7 +270,7 @@ def parse(raw: bytes) -> Report:
         return report
 
     text = _report_text(msg)
-    if message_id is None and (m := OUR_ID_RE.search(_plain_after_cut(msg))):
+    if message_id is None and (m := OUR_ID_RE.search(_all_text(msg))):
         report.message_id = message_id = m.group(1)
     subject = _subject(msg)
     looks = any(s in subject for s in BOUNCE_SUBJECTS)
@@ -311,7 +313,7 @@ def _refine(reason: str, text: str, address: str | None) -> str:
     return reason
 
 
-def _plain_after_cut(msg: EmailMessage) -> str:
+def _all_text(msg: EmailMessage) -> str:
     """All text of the message (returned part included), bounded: where an MTA pasted the original's headers."""
     out = []
     for part in msg.walk():
@@ -340,7 +342,7 @@ def _text_recipients(msg: EmailMessage, text: str) -> list[Failed]:
         seen.setdefault(key, next((i for i, line in enumerate(lines) if key in line.lower()), -1))
     for i, line in enumerate(lines if not seen else ()):
         lowered = line.lower()
-        if re.match(r"\s*(from|reply-to|sender|return-path|message-id|in-reply-to|references)\s*:", lowered):
+        if QUOTED_HEADER.match(lowered):
             continue
         for a in ADDR_RE.findall(line):
             key = a.lower().strip(".")

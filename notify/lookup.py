@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import files
+from .audit import MANIFEST, check_files, file_entry
 from .campaign import Campaign, OutboxConfig
 from .errors import InputError
 from .providers.outbox import eml_name
@@ -54,10 +55,9 @@ def write_bundle(campaign: Campaign, store: Store, person: dict[str, Any], found
     if found.message is not None:
         files.write_private(out / "message.eml", found.message)
     seq, head = store.head()
-    listed = {p.name: {"size": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-              for p in sorted(out.iterdir())}
+    listed = {p.name: file_entry(p) for p in sorted(out.iterdir())}
     manifest = {"kind": PROOF_KIND, "campaign": campaign.id, "files": listed, "chain": {"events": seq, "head": head}}
-    files.write_private(out / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    files.write_private(out / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
 
 
 def verify_bundle(out: Path) -> tuple[list[str], str]:
@@ -65,20 +65,14 @@ def verify_bundle(out: Path) -> tuple[list[str], str]:
     against the content SHA-256 its sent event recorded. Returns (problems, what it proves)."""
     problems: list[str] = []
     try:
-        manifest = json.loads((out / "manifest.json").read_bytes())
+        manifest = json.loads((out / MANIFEST).read_bytes())
         listed: dict[str, dict[str, Any]] = manifest["files"]
         body = json.loads((out / "person.json").read_bytes())
         events: list[dict[str, Any]] = body["events"]
         record: dict[str, Any] = body["record"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         return [f"{out}: not a proof of notice notify wrote ({type(e).__name__}: {e})"], ""
-    for name, want in sorted(listed.items()):
-        f = out / name
-        got = {"size": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()} if f.is_file() else None
-        if got != want:
-            problems.append(f"{f}: " + ("missing" if got is None else "changed since it was written"))
-    for extra in sorted(p.name for p in out.iterdir() if p.name not in listed and p.name != "manifest.json"):
-        problems.append(f"{out / extra}: not part of the proof (the manifest does not list it)")
+    problems += check_files(out, listed, "the proof", "it was written")[0]
     for ev in events:
         if event_hash(ev) != ev.get("hash"):
             problems.append(f"event {ev.get('seq')} ({ev.get('kind')}): its content does not match its hash")

@@ -17,38 +17,6 @@ import re
 # The address is dead: suppressed.
 HARD = frozenset({"userunknown", "hostunknown", "hasmoved", "notaccept"})
 
-# Reason -> what it means, for README and `status` (the taxonomy as people read it).
-MEANING = {
-    "userunknown": "no such mailbox",
-    "hostunknown": "no such domain",
-    "hasmoved": "the mailbox has moved, no forwarding address",
-    "notaccept": "the domain accepts no mail (null MX)",
-    "suspend": "the mailbox is disabled or suspended",
-    "mailboxfull": "the mailbox is full",
-    "mesgtoobig": "the message is too big",
-    "exceedlimit": "the message exceeds a limit of the mailbox",
-    "filtered": "refused by the recipient's filter or settings",
-    "blocked": "our sending IP or host was refused",
-    "spamdetected": "taken for spam",
-    "virusdetected": "taken for a virus",
-    "policyviolation": "refused by the recipient site's policy",
-    "authfailure": "SPF, DKIM or DMARC failed",
-    "securityerror": "a security requirement was not met",
-    "norelaying": "the server refused to relay",
-    "rejected": "the sender address was refused",
-    "requireptr": "our sending IP has no reverse DNS",
-    "contenterror": "the content was refused",
-    "syntaxerror": "an SMTP syntax error",
-    "expired": "delivery gave up after retrying",
-    "networkerror": "a network or routing error",
-    "systemerror": "an error in the receiving system",
-    "systemfull": "the receiving system is full",
-    "toomanyconn": "too many connections or recipients",
-    "speeding": "we sent too fast",
-    "mailererror": "the receiving mail program failed",
-    "undefined": "not said",
-}
-
 # Phrases (lower case) that say which reason, checked in this order: the more specific first.
 # Assembled from the wording of real MTAs (the reference parser's corpus), not copied lists.
 PHRASES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -117,8 +85,7 @@ PHRASES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("contenterror", ("mime", "8-bit data", "header size", "duplicate header", "improperly-formatted")),
     ("syntaxerror", ("syntax error", "command unrecognized", "bad sequence of commands", "line too long")),
     ("systemerror", ("system error", "internal error", "local error", "configuration error", "server error",
-                     "temporary failure", "try again later", "temporarily unavailable", "service unavailable",
-                     "mail loop")),
+                     "temporary failure", "try again later", "temporarily unavailable", "service unavailable")),
 )
 # Said before the real reason ("Recipient address rejected: <why>"): the status code decides when it has a
 # reason of its own (5.6.0 media error: contenterror), and "user unknown" only when nothing else is said.

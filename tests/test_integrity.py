@@ -518,8 +518,8 @@ def test_a_signed_export_verifies_with_its_key_and_not_with_another_or_after_a_r
     csv_path = out / "recipients.csv"
     csv_path.write_text(csv_path.read_text().replace(",sent,", ",failed,", 1))
     manifest = json_mod.loads((out / "manifest.json").read_text())
-    from notify.audit import _file_entry
-    manifest["files"]["recipients.csv"] = _file_entry(csv_path)
+    from notify.audit import file_entry
+    manifest["files"]["recipients.csv"] = file_entry(csv_path)
     (out / "manifest.json").write_text(json_mod.dumps(manifest, indent=2, sort_keys=True) + "\n")
     assert run("audit", "verify", out)[0] == 0  # without the key, a consistent rewrite cannot be told apart
     code, _, err = run("audit", "verify", out, "--key", f"{key}.pub")
