@@ -54,13 +54,23 @@ def run(*args: str | Path) -> tuple[int, str, str]:
     return r.exit_code, r.stdout, r.stderr
 
 
-def tokens(d: Path) -> dict[str, str]:
-    """Each recipient's token (keyed with the campaign's secret, so read from its state), by address."""
+def by_key(d: Path, column: str) -> dict[str, str]:
+    """One column of every recipient of the campaign in `d`, by address (dedupe key), read from its state."""
     con = sqlite3.connect(d / ".notify" / "campaign.sqlite")
     try:
-        return dict(con.execute("SELECT key, token FROM recipients"))
+        return dict(con.execute(f"SELECT key, {column} FROM recipients"))
     finally:
         con.close()
+
+
+def tokens(d: Path) -> dict[str, str]:
+    """Each recipient's token (keyed with the campaign's secret, so read from its state), by address."""
+    return by_key(d, "token")
+
+
+def states(d: Path) -> dict[str, str]:
+    """Each recipient's state, by address."""
+    return by_key(d, "state")
 
 
 @pytest.fixture(autouse=True)

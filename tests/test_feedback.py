@@ -17,7 +17,7 @@ from notify.bounces import FeedbackRecorder, Malformed, parse_dsn, parse_ses, re
 from notify.store import Change, Event, Store
 from notify.suppression import SuppressionList
 
-from .conftest import MakeCampaign, run, simple_templates, tokens
+from .conftest import MakeCampaign, run, simple_templates, states, tokens
 from .test_ses import ses_event
 
 DSN = Path(__file__).parent / "data" / "dsn"
@@ -28,14 +28,6 @@ def sent_campaign(make_campaign: MakeCampaign, n: int = 4) -> Path:
     code, _, err = run("send", d)
     assert code == 0, err
     return d
-
-
-def states(d: Path) -> dict[str, str]:
-    con = sqlite3.connect(d / ".notify" / "campaign.sqlite")
-    try:
-        return dict(con.execute("SELECT key, state FROM recipients"))
-    finally:
-        con.close()
 
 
 def suppressed() -> set[str]:

@@ -18,7 +18,7 @@ import pytest
 from notify.campaign import load
 from notify.render import Templates
 
-from .conftest import MakeCampaign, run, simple_templates
+from .conftest import MakeCampaign, run, simple_templates, states
 
 
 def rows(n: int) -> str:
@@ -94,15 +94,6 @@ def test_templates_edited_during_a_send_are_not_sent(make_campaign: MakeCampaign
     summary = json.loads((d / "audit/summary.json").read_text())
     import hashlib
     assert summary["template_sha256"]["_footer.inc"] == hashlib.sha256(b"Footer as approved").hexdigest()
-
-
-def states(d: Path) -> dict[str, str]:
-    import sqlite3
-    db = sqlite3.connect(d / ".notify" / "campaign.sqlite")
-    try:
-        return dict(db.execute("SELECT key, state FROM recipients"))
-    finally:
-        db.close()
 
 
 def event_kinds(d: Path) -> list[tuple[str, str | None, str | None]]:
