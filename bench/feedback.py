@@ -31,7 +31,8 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from notify.bounces import FeedbackRecorder, QueueOptions, SqsReader, parse_ses
+from notify.bounces import FeedbackRecorder, parse_ses
+from notify.sqs import QueueOptions, SqsReader
 from notify.store import Change, Event, Store
 from notify.suppression import SuppressionList
 

@@ -458,6 +458,7 @@ def bounces(
       notify bounces campaigns/example --maildir ~/Maildir/.bounces
     """
     from . import bounces as fb
+    from . import sqs
     from .suppression import SuppressionList
 
     sources = [x for x in (sqs_url, mbox, maildir) if x is not None]
@@ -469,9 +470,9 @@ def bounces(
         try:
             recorder = fb.FeedbackRecorder(c.id, store, suppression)
             if sqs_url:
-                opts = fb.QueueOptions(receivers=receivers, wait=wait, follow=follow, max_messages=max_messages)
+                opts = sqs.QueueOptions(receivers=receivers, wait=wait, follow=follow, max_messages=max_messages)
                 try:
-                    reader = fb.poll_sqs(recorder, sqs_url, options=opts, region=region)
+                    reader = sqs.poll_sqs(recorder, sqs_url, options=opts, region=region)
                 except KeyboardInterrupt:
                     for line in recorder.summary.lines():
                         typer.echo(line)

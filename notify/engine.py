@@ -1,5 +1,5 @@
 """The wiring of one `notify send`: preflight, approval (review), the provider chain, the deadline,
-the suppression list and the in-doubt reconciler (bounces), then the send loop (loop.py) under the
+the suppression list and the in-doubt reconciler (sqs), then the send loop (loop.py) under the
 collector settings a send wants; and the dry run."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import gc
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
-from . import bounces, providers, review
+from . import providers, review, sqs
 from .campaign import Campaign, OutboxConfig, SesConfig
 from .errors import ConfigError, TemplateError
 from .loop import SendLoop, SendOptions
@@ -77,7 +77,7 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
     """Preflight, then the run. Nothing is sent unless every locale renders and, where the campaign
     requires it (review.requires_approval), the content is the content legal approved. Recipients a
     crash left in doubt are settled first from the SES event queues the providers name
-    (bounces.reconciler). `announce(deadline)` hears report.deadline() before the first message leaves."""
+    (sqs.reconciler). `announce(deadline)` hears report.deadline() before the first message leaves."""
     store.lock()
     pre = preflight(campaign, store)
     if not pre.ok:
@@ -92,7 +92,7 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
     if review.requires_approval(campaign, names) and pre.templates is not None:
         review.check_approval(campaign, store, pre.templates)
     queues = [p.events_queue for p in campaign.providers.values() if isinstance(p, SesConfig) and p.events_queue]
-    reconcile = bounces.reconciler(campaign.id, queues) if queues else None
+    reconcile = sqs.reconciler(campaign.id, queues) if queues else None
     chain = provider_chain(campaign, options.provider, options.concurrency)
     if announce is not None and (due := deadline(campaign, store)) is not None and due["remaining"]:
         announce(due)
