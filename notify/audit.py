@@ -17,7 +17,7 @@ from . import __version__, files, signing
 from .campaign import Campaign
 from .errors import InputError
 from .render import display_address, split_version
-from .store import CHECKPOINTS, GENESIS, Store, event_hash, file_sha256
+from .store import GENESIS, Store, event_hash, file_sha256
 
 
 @dataclass(frozen=True)
@@ -46,17 +46,7 @@ def verify_chain(events: Iterable[dict[str, Any]]) -> Verdict:
     return Verdict(True, n, prev)
 
 
-# --- an anchor outside the state file ---
-
-
-
-def checkpoint(campaign: Campaign, store: Store) -> str:
-    """Appends the chain's head to audit-checkpoints.log beside campaign.toml, outside the state
-    directory, and returns the line: copied elsewhere (the send prints it on stderr, where a terminal
-    log or a CI log keeps it), it proves later that the chain was not rewritten. The send loop also
-    writes one every CHECKPOINT_EVERY seconds while it runs."""
-    return store.checkpoint(campaign.file.parent / CHECKPOINTS, campaign.id)
-
+# --- an anchor outside the state file (Store.checkpoint writes it) ---
 
 def check_anchors(store: Store, heads: list[tuple[int | None, str]]) -> list[str]:
     """Each (event count or None, hash) recorded earlier must still be in the chain: a chain rewritten
@@ -114,7 +104,7 @@ def replay(store: Store) -> list[str]:
         if rid is None:
             continue
         t = trails.setdefault(rid, _Trail())
-        detail = json.loads(ev["detail"] or "{}") if isinstance(ev.get("detail"), str) else (ev.get("detail") or {})
+        detail = json.loads(ev["detail"] or "{}")
         kind = ev["kind"]
         if kind in ATTEMPT_KINDS and isinstance(detail.get("attempt"), int):
             t.attempts = max(t.attempts, detail["attempt"])

@@ -152,6 +152,12 @@ class Campaign:
     def state_dir(self) -> Path:
         return self.dir / STATE_DIR
 
+    @property
+    def checkpoints_file(self) -> Path:
+        """Where the audit chain's heads are written while sending: beside campaign.toml, outside the
+        state directory, so that a rewrite of the state cannot rewrite them too (Store.checkpoint)."""
+        return self.dir / "audit-checkpoints.log"
+
     # Parsed once: compose() needs them for every message. (cached_property writes the instance
     # dict directly, so it works on a frozen dataclass.)
     @functools.cached_property

@@ -358,11 +358,8 @@ def status(
 def _checkpoint(c: campaign_mod.Campaign, store: Store) -> None:
     """The chain's head, outside the state file (audit-checkpoints.log) and on stderr, where a log keeps it:
     `audit verify --checkpoints` later proves the chain was not rewritten since."""
-    from .audit import checkpoint
-    from .store import CHECKPOINTS
-
-    line = checkpoint(c, store)
-    err(f"Audit checkpoint: {line} (appended to {c.file.parent / CHECKPOINTS}; keep a copy elsewhere)")
+    line = store.checkpoint(c.checkpoints_file, c.id)
+    err(f"Audit checkpoint: {line} (appended to {c.checkpoints_file}; keep a copy elsewhere)")
 
 
 def _watch(c: campaign_mod.Campaign, store: Store, interval: float) -> None:

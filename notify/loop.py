@@ -29,7 +29,7 @@ from .providers.base import Kind, Outcome, Provider
 from .providers.chain import ProviderChain
 from .render import RenderFailure
 from .renderpool import Prepared, RenderPool, render_claimed
-from .store import CHECKPOINTS, Change, Claimed, Store
+from .store import Change, Claimed, Store
 from .suppression import SuppressionList
 from .throttle import Clock, RealClock, Throttle
 
@@ -133,7 +133,7 @@ class SendLoop:
         if outcomes and self.clock.now() - self.last_checkpoint >= CHECKPOINT_EVERY:
             self.last_checkpoint = self.clock.now()
             assert self.ledger is not None
-            self.write(self.ledger.checkpoint(self.campaign.file.parent / CHECKPOINTS, self.campaign.id), 0)
+            self.write(self.ledger.checkpoint(self.campaign.checkpoints_file, self.campaign.id), 0)
         self.since_reputation += outcomes
         if self.since_reputation >= max(25, self.campaign.send.reputation_window // 20) and self.judging is None:
             self.since_reputation = 0

@@ -238,7 +238,6 @@ EVENT_FIELDS = ("seq", "ts", "recipient", "kind", "provider", "provider_message_
 
 
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # every timestamp the store writes
-CHECKPOINTS = "audit-checkpoints.log"  # the chain's heads, beside campaign.toml, outside the state (Store.checkpoint)
 # SQLite's page cache while importing, in KiB (the default is 2 MiB). Rows go into the key and
 # token indexes at random places; at 1,000,000 rows those indexes outgrow a small cache and every
 # insert rereads pages: 26.6-27.2 s with the default, 21.3-21.9 s with 32 or 64 MiB (16: no gain).
@@ -913,7 +912,7 @@ class Store:
 
     def checkpoint(self, path: Path, campaign_id: str) -> str:
         """Appends the chain's head (time, campaign, event count, hash) to `path`, a file outside the state
-        directory (audit-checkpoints.log), and returns the line; audit.check_anchors checks it later."""
+        directory (Campaign.checkpoints_file), and returns the line; audit.check_anchors checks it later."""
         seq, head = self.head()
         line = f"{utcnow()[:19]}Z {campaign_id} {seq} {head}"
         fd = files.open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
