@@ -336,13 +336,13 @@ def bench_ledger(work: Path, n: int) -> dict[str, float]:
     code = textwrap.dedent(f"""
         import json, sys, time
         from pathlib import Path
-        from notify.store import Store, Change, Event
+        from notify.store import SqliteStore, Change, Event
         out = {{}}
         for size in (1, 8, 32, 128, 512):
             d = Path({str(work)!r}) / f"ledger{{size}}"
             d.mkdir()
             (d / "r.csv").write_text("email\\n" + "".join(f"u{{i}}@example.org\\n" for i in range({n})))
-            store = Store.open(d / ".notify")
+            store = SqliteStore.open(d / ".notify")
             store.import_file(d / "r.csv")
             claimed = store.claim({n}, time.time())
             start = time.perf_counter()

@@ -89,13 +89,13 @@ def mbox_speed(n: int) -> None:
     import subprocess
     import tempfile
 
-    from notify.store import Change, Event, Store
+    from notify.store import Change, Event, SqliteStore
 
     work = Path(tempfile.mkdtemp(prefix="notify-bench-mbox-"))
     d = work / "camp"
     shutil.copytree(ROOT / "campaigns" / "example", d, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".notify", "outbox"))
     (d / "recipients.csv").write_text("email,name,locale\n" + "".join(f"p{i}@example{i % 97}.org,P {i},en\n" for i in range(n)))
-    store = Store.open(d / ".notify")
+    store = SqliteStore.open(d / ".notify")
     store.import_file(d / "recipients.csv")
     while batch := store.claim(5000, 0.0):
         store.apply([Change(c.id, "sent", Event("sent", c.id, c.key)) for c in batch])

@@ -33,7 +33,7 @@ from botocore.config import Config
 
 from notify.bounces import FeedbackRecorder, parse_ses
 from notify.sqs import QueueOptions, SqsReader
-from notify.store import Change, Event, Store
+from notify.store import Change, Event, SqliteStore
 from notify.suppression import SuppressionList
 
 CAMPAIGN = "bench-feedback"
@@ -78,7 +78,7 @@ def ledger(work: Path, n: int) -> tuple[Path, list[tuple[str, str]]]:
     (work / "template").mkdir(parents=True)
     csv = work / "template" / "recipients.csv"
     csv.write_text("email\n" + "".join(f"p{i}@example{i % 50}.org\n" for i in range(n)))
-    store = Store.open(state)
+    store = SqliteStore.open(state)
     store.import_file(csv)
     people = []
     while batch := store.claim(1000, 0.0):
@@ -171,7 +171,7 @@ def run_bare(endpoint: str, url: str, latency: float, receivers: int, n: int) ->
 def run_notify(endpoint: str, url: str, latency: float, receivers: int, state: Path, supp: Path,
                n: int) -> tuple[float, int, int]:
     calls = Calls(latency)
-    store = Store.open(state)
+    store = SqliteStore.open(state)
     suppression = SuppressionList(supp)
     recorder = FeedbackRecorder(CAMPAIGN, store, suppression)
     reader = SqsReader(recorder, url, client(endpoint, calls), QueueOptions(receivers=receivers, wait=1, follow=True))
@@ -221,7 +221,7 @@ class MemorySqs:
 def run_memory(people: list[tuple[str, str]], n: int, latency: float, receivers: int, state: Path,
                supp: Path) -> tuple[float, int, int]:
     calls = Calls(latency)
-    store = Store.open(state)
+    store = SqliteStore.open(state)
     suppression = SuppressionList(supp)
     recorder = FeedbackRecorder(CAMPAIGN, store, suppression)
     fake = MemorySqs([event(i, *people[i % len(people)]) for i in range(n)], calls)
@@ -239,7 +239,7 @@ def run_old(endpoint: str, url: str, latency: float, state: Path, supp: Path, li
     """The reader before #26: one receive at a time; per event its own transaction and its own DeleteMessage."""
     calls = Calls(latency)
     sqs = client(endpoint, calls)
-    store = Store.open(state)
+    store = SqliteStore.open(state)
     suppression = SuppressionList(supp)
     recorder = FeedbackRecorder(CAMPAIGN, store, suppression)
     seen = 0

@@ -29,21 +29,61 @@ class Verdict:
     reason: str | None = None
 
 
+SESSION_EVENTS = ("session_opened", "session_closed", "session_rescued")
+
+
 def verify_chain(events: Iterable[dict[str, Any]]) -> Verdict:
-    """Recomputes every hash and link; names the first event that was altered, removed or inserted."""
-    prev = GENESIS
-    n = 0
-    for n, ev in enumerate(events, 1):
+    """Recomputes every hash and link; names the first event that was altered, removed or inserted.
+
+    Events of several chains (PostgreSQL: one per worker session, each event naming its `chain`; on
+    SQLite there is one, chain 0) are checked chain by chain, in any interleaving. Chain 0, the
+    manifest, records each session's opening and the count and head it closed (or was rescued) with:
+    a chain missing, unknown to the manifest, or not ending where the manifest says is named. The
+    verdict's head is the single chain's head, or with several a SHA-256 over every chain's count and head."""
+    chains: dict[int, tuple[int, str]] = {}
+    opened: dict[int, int] = {}  # session chain -> the manifest event that opened it
+    ended: dict[int, tuple[int, str, int]] = {}  # session chain -> (events, head, manifest event) it ended with
+    total = 0
+    for ev in events:
+        chain = ev.get("chain", 0)
+        if not isinstance(chain, int) or isinstance(chain, bool) or chain < 0:
+            return Verdict(False, total, GENESIS, total + 1, f"event {total + 1} names no valid chain ({chain!r})")
+        n, prev = chains.get(chain, (0, GENESIS))
+        n += 1
+        where = f"chain {chain}: " if chain else ""
         seq = ev.get("seq")
         if seq != n:
-            return Verdict(False, n - 1, prev, seq if isinstance(seq, int) else n,
-                           f"expected event {n} here, found {seq!r}: an event was removed or inserted")
+            return Verdict(False, total, prev, seq if isinstance(seq, int) else n,
+                           f"{where}expected event {n} here, found {seq!r}: an event was removed or inserted")
         if ev.get("prev_hash") != prev:
-            return Verdict(False, n - 1, prev, n, "its prev_hash does not match the event before it")
+            return Verdict(False, total, prev, n, f"{where}its prev_hash does not match the event before it")
         if event_hash(ev) != ev.get("hash"):
-            return Verdict(False, n - 1, prev, n, "its content does not match its hash: it was altered")
-        prev = ev["hash"]
-    return Verdict(True, n, prev)
+            return Verdict(False, total, prev, n, f"{where}its content does not match its hash: it was altered")
+        chains[chain] = (n, ev["hash"])
+        total += 1
+        if chain == 0 and ev.get("kind") in SESSION_EVENTS:
+            detail = json.loads(ev.get("detail") or "{}")
+            sid = detail.get("chain")
+            if isinstance(sid, int):
+                if ev["kind"] == "session_opened":
+                    opened[sid] = n
+                else:
+                    ended[sid] = (detail.get("events"), detail.get("head"), n)
+    head = chains.get(0, (0, GENESIS))[1]
+    for sid in sorted(set(opened) - set(chains)):
+        return Verdict(False, total, head, opened[sid],
+                       f"the manifest (chain 0, event {opened[sid]}) opened chain {sid}, which has no events: it was removed")
+    for sid in sorted(set(chains) - set(opened) - {0}):
+        return Verdict(False, total, head, 1, f"chain {sid}: not opened in the manifest (chain 0): it was added")
+    for sid, (count, end, at) in sorted(ended.items()):
+        if chains.get(sid) != (count, end):
+            n, h = chains.get(sid, (0, GENESIS))
+            return Verdict(False, total, head, at, f"chain {sid} has {n} events ending in {h[:16]}, but the manifest (chain 0, "
+                                                   f"event {at}) recorded {count} ending in {str(end)[:16]}: cut short or rewritten")
+    if len(chains) > 1:
+        heads = "|".join(f"{c}:{n}:{h}" for c, (n, h) in sorted(chains.items()))
+        return Verdict(True, total, hashlib.sha256(heads.encode()).hexdigest())
+    return Verdict(True, total, head)
 
 
 # --- an anchor outside the state file (Store.checkpoint writes it) ---
@@ -69,9 +109,11 @@ def read_checkpoints(path: Path) -> list[tuple[int | None, str]]:
         parts = line.split()
         if not parts:
             continue
-        if len(parts) != 4 or not parts[2].isdigit() or len(parts[3]) != 64:
+        # The count is N (SQLite's one chain) or CHAIN:N (a worker's chain on PostgreSQL: checked by its hash).
+        count = parts[2].partition(":")[2] if len(parts) > 2 and ":" in parts[2] else parts[2] if len(parts) > 2 else ""
+        if len(parts) != 4 or not count.isdigit() or len(parts[3]) != 64:
             raise InputError(f"{path}:{n}: not a checkpoint line (time, campaign, event count, hash): {line[:80]!r}")
-        out.append((int(parts[2]), parts[3]))
+        out.append((None if ":" in parts[2] else int(count), parts[3]))
     return out
 
 
@@ -335,7 +377,7 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
     _export_dir(out, force)
     with _create(out / "events.jsonl") as fh:
         for ev in store.events():
-            fh.write(json.dumps({k: ev[k] for k in EXPORT_EVENT_FIELDS}, ensure_ascii=False) + "\n")
+            fh.write(json.dumps({k: ev[k] for k in (*EXPORT_EVENT_FIELDS, "chain") if k in ev}, ensure_ascii=False) + "\n")
     verdict, _ = verify_file(out / "events.jsonl")
 
     states: Counter[str] = Counter()

@@ -113,6 +113,14 @@ class ReviewConfig:
 
 
 @dataclass(frozen=True)
+class StateConfig:
+    """Where the campaign's state lives: its SQLite file (the default), or PostgreSQL for several hosts."""
+
+    url_env: str | None = None  # the environment variable holding postgresql://...; None: SQLite
+    stall_after: float = 30.0  # seconds without a heartbeat before other workers take over a worker's recipients
+
+
+@dataclass(frozen=True)
 class Campaign:
     dir: Path
     file: Path
@@ -133,6 +141,7 @@ class Campaign:
     # The one calendar of the campaign: the notice's date ("today" in templates), the Date header and the
     # deadline's end of day are all in this zone.
     timezone: str = "UTC"
+    state: StateConfig = field(default_factory=lambda: StateConfig())
 
     @functools.cached_property
     def tz(self) -> dt.tzinfo:
@@ -419,8 +428,13 @@ PROVIDER_KEYS: dict[str, dict[str, Key]] = {
 AUDIT_KEYS = {
     "columns": Key("strlist"),  # recipients columns the export carries (a customer id): who each row is
 }
+STATE_KEYS = {
+    "url_env": Key("str", False, _env_name),
+    "stall_after": Key("number", False, _positive),
+}
 TOP_KEYS = {
     "campaign": Key("table", True),
+    "state": Key("table"),
     "variables": Key("table"),
     "review": Key("table"),
     "audit": Key("table"),
@@ -507,6 +521,12 @@ def _build(file: Path, data: dict[str, Any]) -> Campaign:
         c.problem("[campaign] deadline", f"{camp['deadline']} is before the discovery on {camp['discovered']}")
     review = c.table("[review]", top.get("review", {}), REVIEW_KEYS)
     audit_cfg = c.table("[audit]", top.get("audit", {}), AUDIT_KEYS)
+    state_cfg = top.get("state", {})
+    if isinstance(state_cfg, dict) and "url" in state_cfg:  # a password in a file that is shared and versioned
+        c.problem("[state] url", "the database URL (and its password) does not belong in the campaign file: put it in "
+                  'an environment variable and name that here, url_env = "NOTIFY_STATE_URL"')
+        state_cfg = {k: v for k, v in state_cfg.items() if k != "url"}
+    state_cfg = c.table("[state]", state_cfg, STATE_KEYS)
     variant_profiles: dict[str, list[str]] = {}
     for variant, names in review.get("variants", {}).items():
         problem = None if _type_ok("strlist", names) else f"expected a list of profiles, got {_describe(names)}"
@@ -567,6 +587,7 @@ def _build(file: Path, data: dict[str, Any]) -> Campaign:
             allowed_domains=[d.lower().strip(".") for d in review.get("allowed_domains", [])],
         ),
         audit_columns=list(audit_cfg.get("columns", [])),
+        state=StateConfig(url_env=state_cfg.get("url_env"), stall_after=float(state_cfg.get("stall_after", 30.0))),
     )
 
 

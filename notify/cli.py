@@ -20,7 +20,7 @@ from . import campaign as campaign_mod
 from .audit import verify_chain
 from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_PIPE, NotApproved, NotifyError, TemplateError, redact
 from .preflight import preflight
-from .store import ImportResult, Store
+from .store import ImportResult, Store, open_store
 
 EXIT_CODES = """\
 Exit codes: 0 done | 1 bad input or config, nothing sent | 2 usage | 3 finished, some recipients
@@ -90,7 +90,7 @@ def boundary(fn: F) -> F:
 @contextlib.contextmanager
 def _open(path: Path) -> Iterator[tuple[campaign_mod.Campaign, Store]]:
     c = campaign_mod.load(path)
-    store = Store.open(c.state_dir)
+    store = open_store(c)
     try:
         yield c, store
     finally:
@@ -200,7 +200,7 @@ def _print_rejects(store: Store) -> None:
             typer.echo(f"            rejected x{n}: {_one_line(reason)}")
         if (more := total - sum(n for _, n in reasons)) > 0:
             typer.echo(f"            rejected: +{more} more with other reasons")
-        typer.echo(f"            every rejected row, with its reason: {store.path.parent / 'rejects.csv'}")
+        typer.echo(f"            every rejected row, with its reason: {store.state_dir / 'rejects.csv'}")
 
 
 @app.command("import")
@@ -238,6 +238,8 @@ def send(
     no_adaptive: bool = typer.Option(False, "--no-adaptive", help="Never slow down on throttling replies: send at the rate set."),
     acknowledge_reputation: bool = typer.Option(False, "--acknowledge-reputation",
                                                 help="Resume after the reputation circuit breaker paused the campaign (recorded)."),
+    worker: bool = typer.Option(False, "--worker", help="Join the other workers sending this campaign "
+                                "(state on PostgreSQL: [state] url_env); run it on each host."),
 ) -> None:
     """Send the campaign: resumable, throttled, exactly once per recipient.
 
@@ -253,7 +255,7 @@ def send(
     with _open(campaign) as (c, store):
         opts = engine.SendOptions(dry_run=dry_run, limit=limit, provider=provider, concurrency=concurrency,
                                   rate=rate, progress=not no_progress, acknowledge_reputation=acknowledge_reputation,
-                                  adaptive=False if no_adaptive else None)
+                                  adaptive=False if no_adaptive else None, worker=worker)
         started = time.monotonic()
         result = engine.send(c, store, opts, announce=say_deadline)
         elapsed = time.monotonic() - started
@@ -326,6 +328,9 @@ def status(
             return
         typer.echo(f"campaign {st['campaign']}: {st['rows_read']} rows read = {st['total']} recipients + {st['rejected']} rejected")
         typer.echo("states:   " + ", ".join(f"{k} {v}" for k, v in st["states"].items() if v))
+        for w in st["workers"]:
+            typer.echo(f"worker:   {w['host']} pid {w['pid']} (session {w['session']}): {w['status']}, sent {w['sent']}, "
+                       f"{w['rate']:g}/s, last heartbeat {w['last_heartbeat_s']:g} s ago, started {w['started']}")
         if st["in_doubt"]:
             typer.echo(f"in doubt: {st['in_doubt']} ever (a crash or dropped connection after sending); "
                        f"{st['in_doubt_unsettled']} not yet settled (sent again with the same Message-ID)")

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from . import providers, review, sqs
 from .campaign import Campaign, OutboxConfig, SesConfig
-from .errors import ConfigError, TemplateError
+from .errors import ConfigError, StoreError, TemplateError
 from .loop import SendLoop, SendOptions
 from .policy import RunResult
 from .preflight import Preflight, preflight
@@ -78,6 +78,7 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
     requires it (review.requires_approval), the content is the content legal approved. Recipients a
     crash left in doubt are settled first from the SES event queues the providers name
     (sqs.reconciler). `announce(deadline)` hears report.deadline() before the first message leaves."""
+    workers_may_join(campaign, store, options)
     store.lock()
     pre = preflight(campaign, store)
     if not pre.ok:
@@ -97,13 +98,32 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
     if announce is not None and (due := deadline(campaign, store)) is not None and due["remaining"]:
         announce(due)
     suppression = SuppressionList()
+    store.open_session()  # PostgreSQL: this worker's session, its audit chain and heartbeat
+    ok = False
     try:
         with few_collections():
             result = run_loop(SendLoop(campaign, pre, chain, options, suppression=suppression, reconcile=reconcile).run())
+        ok = True
     finally:
         suppression.close()
+        if ok:  # a run that failed leaves its session to be found stalled: its recipients in flight are rescued
+            store.end_session()
     result.notes[:0] = [f"Content lint warning: {w}" for w in pre.warnings]
     return result
+
+
+def workers_may_join(campaign: Campaign, store: Store, options: SendOptions) -> None:
+    """`--worker` joins the workers of a campaign whose state is on PostgreSQL; without it, a send refuses
+    to start beside live workers it may not know about (a second person at another terminal)."""
+    if options.worker and store.backend != "postgresql":
+        raise ConfigError(f"--worker: {campaign.file} keeps its state in SQLite, which one process sends from",
+                          hint='to send from several processes or hosts, set [state] url_env = "NOTIFY_STATE_URL" '
+                               "(README: Running on several hosts)")
+    if store.backend == "postgresql" and not options.worker and not options.dry_run and (live := store.live_workers()):
+        who = ", ".join(f"{w['host']} pid {w['pid']}" for w in live[:5])
+        raise StoreError(f"{campaign.dir}: {len(live)} worker(s) are sending this campaign now ({who})",
+                         hint=f"to add this host to them, run `notify send {campaign.dir} --worker`; `notify status "
+                              f"{campaign.dir}` shows them")
 
 
 def dry_run(campaign: Campaign, pre: Preflight, options: SendOptions) -> RunResult:

@@ -28,8 +28,8 @@ T = TypeVar("T")
 
 
 class LedgerWriter:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, store: Store) -> None:
+        self.of = store  # the loop's store: the writer opens its twin (same state, same audit chain)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="notify-ledger")
         self.store: Store | None = None
 
@@ -37,7 +37,7 @@ class LedgerWriter:
         return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def open(self) -> None:
-        self.store = await self._run(Store, self.path)
+        self.store = await self._run(self.of.twin)
 
     def claim(self, limit: int, now: float, skip_domains: list[str]) -> asyncio.Future[list[Claimed]]:
         assert self.store is not None
@@ -64,6 +64,11 @@ class LedgerWriter:
         """The chain's head to the checkpoints file (Store.checkpoint), after the commits handed over before."""
         assert self.store is not None
         return self._run(self.store.checkpoint, path, campaign_id)
+
+    def rescue(self, now: float) -> asyncio.Future[int]:
+        """Other workers' stalled sessions taken over (PostgreSQL; Store.rescue_stalled)."""
+        assert self.store is not None
+        return self._run(self.store.rescue_stalled, now)
 
     def reputation(self, window: int, since: float) -> asyncio.Future[tuple[int, int, int]]:
         assert self.store is not None

@@ -51,6 +51,7 @@ class SendOptions:
     max_wait: float = 120.0  # wait in-process for retries due within this many seconds; beyond, stop
     acknowledge_reputation: bool = False  # resume after the reputation circuit breaker paused the campaign
     adaptive: bool | None = None  # None: [send] adaptive; False: never slow down on throttling replies
+    worker: bool = False  # join the other workers sending this campaign (PostgreSQL state only)
 
 
 class SendLoop:
@@ -89,6 +90,7 @@ class SendLoop:
         self.write_error: BaseException | None = None
         self.busy = 0
         self.claimed_total = 0
+        self.waiting_for_others = False
         self.since_reputation = 0  # outcomes committed since the breaker last looked
         self.last_checkpoint = self.clock.now()  # when the chain's head was last written outside the state
         self.judging: asyncio.Future[tuple[int, int, int]] | None = None  # the breaker's window, being counted
@@ -168,7 +170,7 @@ class SendLoop:
         if window.cancelled():
             return
         if (error := window.exception()) is not None:
-            self.failed_write(StoreError(f"{self.store.path}: could not count the reputation window: {error}"))
+            self.failed_write(StoreError(f"{self.store.where()}: could not count the reputation window: {error}"))
             return
         pause = breaker.verdict(self.campaign.send, *window.result())
         if pause is None or self.result.stopped:
@@ -315,6 +317,10 @@ class SendLoop:
             return self.ledger.claim(want, self.wall(), self.throttle.saturated_domains(DOMAIN_HORIZON))
 
         while not self.stop.is_set():
+            if (lost := self.store.session_lost()) is not None:  # PostgreSQL: this worker must stop sending
+                self.result.stopped = lost
+                self.stop.set()
+                break
             self.claiming = self.claiming or claim_next()
             if self.claiming is None:
                 break
@@ -354,6 +360,16 @@ class SendLoop:
                     await self.sleep(min(self.throttle.domain_delay(d) for d in saturated) - DOMAIN_HORIZON + 0.005)
                 continue
             due = self.store.next_due()
+            if due is None and self.store.held_elsewhere():
+                # Other workers still hold recipients in flight: wait for them to finish, or to stall and
+                # be taken over (by us, if we hold the rescue lock), so that none of theirs is left behind.
+                if not self.waiting_for_others:
+                    self.waiting_for_others = True
+                    self.progress.note("waiting for other workers' messages in flight (taken over if their worker stalls)")
+                assert self.ledger is not None
+                await self.ledger.rescue(self.wall())
+                await self.sleep(min(1.0, self.campaign.state.stall_after / 4))
+                continue
             if due is None:
                 break
             wait = due - self.wall()
@@ -413,7 +429,7 @@ class SendLoop:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, on_signal)
-        self.ledger = LedgerWriter(store.path)
+        self.ledger = LedgerWriter(store)
         await self.ledger.open()
         self.pool = RenderPool(self.templates, processes, self.batch) if processes else None
         queue: asyncio.Queue[tuple[Claimed, Prepared | None] | None] = asyncio.Queue(maxsize=2 * self.concurrency)

@@ -54,7 +54,7 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
     store.write_rejects_file()
     if not store.counts():
         pre.add(f"{campaign.recipients}: no recipients: {pre.imported.rows_read} row(s) read, all rejected "
-                            f"(see {store.path.parent / 'rejects.csv'})")
+                            f"(see {store.state_dir / 'rejects.csv'})")
     if pre.templates is None or pre.problems:
         return pre
     templates = pre.templates

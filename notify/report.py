@@ -12,7 +12,7 @@ from typing import Any
 from .campaign import Campaign
 from .errors import NotifyError
 from .render import Templates, split_version
-from .store import Store
+from .store import Store, epoch_of
 
 
 def _span(seconds: float) -> str:
@@ -133,7 +133,18 @@ def status(campaign: Campaign, store: Store, templates: Templates | None = None)
         "recipients_sha256": last["sha256"] if last else None,
         "events": store.event_count(),
         "deadline": deadline(campaign, store),
+        "state_backend": store.backend,
+        "workers": [worker_line(w) for w in store.workers()][-20:],  # every live one is among the latest
     }
+
+
+def worker_line(w: dict[str, Any]) -> dict[str, Any]:
+    """One worker session as `status` shows it: host, pid, last heartbeat, sent, rate, live or stalled."""
+    silent = max(0.0, float(w["silent"]))
+    ran = max(1e-9, float(w["last"]) - epoch_of(w["started"]))
+    return {"session": w["id"], "host": w["host"], "pid": w["pid"], "started": w["started"][:19] + "Z",
+            "last_heartbeat_s": round(silent, 1), "sent": w["sent"],
+            "rate": round(w["sent"] / ran, 1) if w["sent"] else 0.0, "status": w["status"]}
 
 
 def watch(campaign: Campaign, store: Store) -> dict[str, Any]:

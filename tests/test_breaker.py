@@ -10,7 +10,7 @@ import pytest
 from notify import breaker
 from notify.campaign import SendConfig
 from notify.errors import ReputationPaused
-from notify.store import Store, epoch_of
+from notify.store import SqliteStore, epoch_of
 
 CFG = SendConfig(providers=["sink"], max_bounce_rate=0.05, max_complaint_rate=0.001, reputation_window=1000)
 
@@ -33,7 +33,7 @@ def test_over_either_limit_pauses_with_the_figures(bounces: int, complaints: int
 
 
 def test_a_pause_stands_until_acknowledged_and_the_window_restarts(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / ".notify")
+    store = SqliteStore.open(tmp_path / ".notify")
     assert breaker.window_start(store, acknowledge=False, now=100.0) == 0.0
     pause = breaker.verdict(CFG, 1000, 80, 0)
     assert pause is not None

@@ -308,12 +308,12 @@ def test_status_says_when_a_retry_is_due_as_a_person_reads_it(make_campaign: Mak
     import time
 
     from notify.report import when_due
-    from notify.store import Change, Event, Store
+    from notify.store import Change, Event, SqliteStore
 
     assert [when_due(100.0, 100.0 + d) for d in (5, 0)] == ["due now", "due now"]
     assert [when_due(100.0 + d, 100.0) for d in (30, 180, 7200, 3 * 86400)] == ["in 30 s", "in 3 min", "in 2.0 h", "in 3.0 days"]
     d = make_campaign("email\na@example.com\nb@example.com\n")
-    store = Store.open(d / ".notify")
+    store = SqliteStore.open(d / ".notify")
     store.import_file(d / "recipients.csv")
     a, b = store.claim(2, 0.0)
     now = time.time()
@@ -393,11 +393,11 @@ def test_status_watch_refreshes_until_ctrl_c(make_campaign: MakeCampaign) -> Non
     import sys
     import time
 
-    from notify.store import Store
+    from notify.store import SqliteStore
 
     d = make_campaign("email\na@example.com\nb@example.com\n")
     assert run("send", d)[0] == 0
-    store = Store.open(d / ".notify")
+    store = SqliteStore.open(d / ".notify")
     store.log("rate_changed", old=200.0, new=100.0, reason="relay: 421 4.7.0 too many messages")
     store.close()
     p = subprocess.Popen([sys.executable, "-m", "notify", "status", str(d), "--watch", "--interval", "0.2"],

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from notify.audit import verify_chain
-from notify.store import Store
+from notify.store import SqliteStore
 
 from .conftest import MakeCampaign, simple_templates
 
@@ -49,7 +49,7 @@ def campaign_dir(make_campaign: MakeCampaign, processes: int) -> Path:
 
 
 def check_complete(d: Path) -> None:
-    store = Store(d / ".notify" / "campaign.sqlite")
+    store = SqliteStore(d / ".notify" / "campaign.sqlite")
     assert store.counts() == {"sent": N}
     files = sorted(p.name for p in (d / "outbox").iterdir())
     assert len(files) == N and not [f for f in files if f.endswith(".tmp")]
@@ -98,10 +98,10 @@ def test_sigint_settles_in_flight_and_exits_130(make_campaign: MakeCampaign, pro
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches every process of the group
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
-    started = Store(d / ".notify" / "campaign.sqlite").last_event_of(("send_started",))
+    started = SqliteStore(d / ".notify" / "campaign.sqlite").last_event_of(("send_started",))
     assert started is not None and started["detail"]["render_processes"] == processes
     assert f"Resume with: notify send {d}".encode() in err
-    store = Store(d / ".notify" / "campaign.sqlite")
+    store = SqliteStore(d / ".notify" / "campaign.sqlite")
     counts = store.counts()
     assert "inflight" not in counts, "a clean stop leaves nothing in flight"
     assert store.doubt_count() == 0

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from notify.audit import verify_chain
 from notify.cli import app
 from notify.providers.ses import SesProvider
-from notify.store import Store
+from notify.store import SqliteStore
 
 from .conftest import MakeCampaign, simple_templates, tokens
 from .smtpd import Handler, Server
@@ -83,7 +83,7 @@ def test_the_drill_ses_pauses_at_30_percent_and_the_relay_finishes(
     assert set(via_relay) == set(ledger) - ses_rcpts and set(via_relay.values()) == {1}
     assert len(ses_rcpts) == 3000
 
-    store = Store(d / ".notify" / "campaign.sqlite")
+    store = SqliteStore(d / ".notify" / "campaign.sqlite")
     events = list(store.events())
     store.close()
     assert verify_chain(events).ok

@@ -14,7 +14,7 @@ from moto import mock_aws
 
 from notify import dsn
 from notify.bounces import FeedbackRecorder, Malformed, parse_dsn, parse_ses, read_mbox
-from notify.store import Change, Event, Store
+from notify.store import Change, Event, SqliteStore
 from notify.suppression import SuppressionList
 
 from .conftest import MakeCampaign, run, simple_templates, states, tokens
@@ -210,7 +210,7 @@ def test_a_locked_suppression_list_loses_no_suppression(make_campaign: MakeCampa
 def test_a_delivery_before_the_send_records_its_message_is_kept(make_campaign: MakeCampaign) -> None:
     # #26: a Delivery event for a message still in flight was recorded as "state kept" and lost.
     d = make_campaign("email\np0@example.org\n")
-    store = Store.open(d / ".notify")
+    store = SqliteStore.open(d / ".notify")
     store.import_file(d / "recipients.csv")
     (c,) = store.claim(1, 0.0)
     recorder = FeedbackRecorder("test-2022-08", store, SuppressionList())

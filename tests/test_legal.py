@@ -8,7 +8,7 @@ from pathlib import Path
 
 from notify import campaign as campaign_mod
 from notify.render import Templates
-from notify.store import Store
+from notify.store import SqliteStore
 
 from .conftest import MakeCampaign, run
 
@@ -55,7 +55,7 @@ def test_jurisdiction_selects_a_variant_with_its_own_locale_fallback(make_campai
     assert sent_bodies(d) == {"ma@example.com": "massachusetts en\n", "mafr@example.com": "massachusetts en\n",
                               "tx@example.com": "united states en\n", "fr@example.com": "défaut fr\n",
                               "none@example.com": "défaut fr\n"}
-    store = Store.open(d / ".notify")
+    store = SqliteStore.open(d / ".notify")
     versions = dict(store.db.execute("SELECT key, version FROM recipients"))
     assert versions["mafr@example.com"] == "US-MA/en" and versions["fr@example.com"] == "fr"
     events = [json.loads(e["detail"] or "{}") | {"locale": e["locale"]} for e in store.events() if e["kind"] == "sent"]
@@ -88,7 +88,7 @@ def test_ineligible_recipients_are_never_sent_and_reach_the_alternate_channel_li
     code, out, err = run("send", d, "--no-progress")
     assert code == 0, err
     assert set(sent_bodies(d)) == {"ok@example.com"}
-    store = Store.open(d / ".notify")
+    store = SqliteStore.open(d / ".notify")
     states = dict(store.db.execute("SELECT key, state FROM recipients"))
     assert states == {"ok@example.com": "sent", "cred@example.com": "ineligible",
                       "nobasis@example.com": "ineligible", "withdrawn@example.com": "ineligible"}
@@ -97,7 +97,7 @@ def test_ineligible_recipients_are_never_sent_and_reach_the_alternate_channel_li
     assert "California Civ. Code 1798.82(j)" in reasons["cred@example.com"]
     assert "electronic_notice_basis is empty" in reasons["nobasis@example.com"]
     assert "electronic_notice_basis is withdrawn" in reasons["withdrawn@example.com"]
-    store = Store.open(d / ".notify")
+    store = SqliteStore.open(d / ".notify")
     assert list(store.rejects()) == [
         (6, "odd@example.com,Odd,en,US-NY,maybe,consent", "credentials_compromised must be true or false, not 'maybe'")]
     store.close()
@@ -288,7 +288,7 @@ def test_deadline_time_left_and_projected_finish(make_campaign: MakeCampaign) ->
     d = deadline_campaign(make_campaign, 1000)
     c = campaign_mod.load(d)
     assert c.deadline == dt.date(2026, 12, 1) and c.variables["discovered"] == dt.date(2026, 11, 1)
-    store = Store.open(c.state_dir)
+    store = SqliteStore.open(c.state_dir)
     store.import_file(c.recipients)
     now = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)  # 36 hours before the end of 2026-12-01
     fast = report.deadline(c, store, rate=1.0, now=now)

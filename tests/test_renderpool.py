@@ -24,7 +24,7 @@ from notify.cli import app
 from notify.message import Message
 from notify.render import Templates, recipient_context
 from notify.renderpool import RenderPool, render_claimed
-from notify.store import Store
+from notify.store import SqliteStore
 
 from .conftest import MakeCampaign
 
@@ -89,7 +89,7 @@ def test_a_render_process_hands_back_every_byte(make_campaign: MakeCampaign, mon
         monkeypatch.setattr(renderpool, "_shared_region", lambda size: None)
     d = make_campaign(ROWS)
     c = campaign.load(d)
-    store = Store.open(c.state_dir)
+    store = SqliteStore.open(c.state_dir)
     store.import_file(c.recipients)
     claimed = list(store.unsent())
     templates = Templates(c)
@@ -119,7 +119,7 @@ def test_a_batch_is_freed_without_the_cycle_collector(make_campaign: MakeCampaig
     a reference cycle stayed alive far longer, 30 MB more at the peak of a 50,000-message send."""
     d = make_campaign(ROWS)
     c = campaign.load(d)
-    store = Store.open(c.state_dir)
+    store = SqliteStore.open(c.state_dir)
     store.import_file(c.recipients)
     claimed = list(store.unsent(20))
     templates = Templates(c)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from notify.audit import verify_chain
-from notify.store import Store
+from notify.store import SqliteStore
 
 from .conftest import MakeCampaign, simple_templates
 
@@ -36,7 +36,7 @@ def assert_intact_and_resumable(d: Path, n: int) -> None:
     con.close()
     r = notify("send", d, "--no-progress")
     assert r.returncode == 0, r.stderr
-    store = Store(db)
+    store = SqliteStore(db)
     assert store.counts() == {"sent": n}
     assert verify_chain(store.events()).ok
     store.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from notify.store import Store
+from notify.store import SqliteStore
 
 from .conftest import MakeCampaign, run, simple_templates
 from .smtpd import Handler, Server
@@ -116,7 +116,7 @@ def test_approval_is_bound_to_the_pack_legal_reviewed(make_campaign: MakeCampaig
     assert code == 0 and f"Bound to the review pack {pack}" in out, err
     index = (pack / "index.html").read_text()
     assert "Approved by J. Counsel at " in index and "Not approved." not in index
-    events = [e for e in Store(d / ".notify" / "campaign.sqlite").events() if e["kind"] == "approved"]
+    events = [e for e in SqliteStore(d / ".notify" / "campaign.sqlite").events() if e["kind"] == "approved"]
     assert '"pack_sha256"' in events[-1]["detail"]
     code, _, err = run("approve", d, "--by", "J. Counsel")
     assert code == 0 and "Note: nothing ties this approval to a review" in err

@@ -22,7 +22,7 @@ from notify.cli import app
 from notify.message import message_id
 from notify.providers.base import Kind
 from notify.providers.ses import DOWN, PERMANENT, THROTTLING, SesProvider, classify_error
-from notify.store import Store
+from notify.store import SqliteStore
 from notify.suppression import SuppressionList
 
 from .conftest import MakeCampaign, simple_templates, tokens
@@ -277,7 +277,7 @@ def test_bounces_from_sqs(make_campaign: MakeCampaign, aws: Any, quota: dict[str
     assert states["p1@example.org"] == "bounced" and states["p2@example.org"] == "complained"
     assert states["p3@example.org"] == "sent", "a transient bounce is recorded, not final"
     assert states["p4@example.org"] == "suppressed", "SES accepted but never sent it: not notified by email"
-    store = Store(d / ".notify" / "campaign.sqlite")
+    store = SqliteStore(d / ".notify" / "campaign.sqlite")
     assert verify_chain(store.events()).ok and store.unmatched_count() == 1
     store.close()
     sl = SuppressionList()

@@ -32,7 +32,7 @@ from notify.providers import build
 from notify.providers.base import Kind
 from notify.providers.smtp import classify_exception, classify_reply
 from notify.providers.smtpwire import wire_body
-from notify.store import Store
+from notify.store import SqliteStore
 
 from .conftest import MakeCampaign, simple_templates
 from .smtpd import Handler, Server
@@ -68,7 +68,7 @@ def send(d: Path, *args: str) -> tuple[int, str, str]:
 
 
 def ledger(d: Path) -> dict[str, tuple[str, int, int, str | None]]:
-    s = Store(d / ".notify" / "campaign.sqlite")
+    s = SqliteStore(d / ".notify" / "campaign.sqlite")
     rows = {r[0]: (r[1], r[2], r[3], r[4]) for r in s.db.execute("SELECT email, state, attempts, doubt, reply_code FROM recipients")}
     assert verify_chain(s.events()).ok
     s.close()
@@ -76,7 +76,7 @@ def ledger(d: Path) -> dict[str, tuple[str, int, int, str | None]]:
 
 
 def events(d: Path, kind: str) -> list[dict[str, object]]:
-    s = Store(d / ".notify" / "campaign.sqlite")
+    s = SqliteStore(d / ".notify" / "campaign.sqlite")
     out = [e for e in s.events() if e["kind"] == kind]
     s.close()
     return out
@@ -308,7 +308,7 @@ def test_verp_token_maps_back_to_the_recipient(make_campaign: MakeCampaign) -> N
     with Server(h) as srv:
         d = smtp_campaign(make_campaign, srv.port, n=3, relay='return_path = "bounces+{token}@bounces.example.com"\n')
         assert send(d)[0] == 0
-    s = Store(d / ".notify" / "campaign.sqlite")
+    s = SqliteStore(d / ".notify" / "campaign.sqlite")
     for r in h.received:
         token = r.mail_from.split("+")[1].split("@")[0]
         found = s.find(token=token)

@@ -10,13 +10,13 @@ import pytest
 from notify import campaign
 from notify.audit import verify_chain
 from notify.errors import InputError, StoreError
-from notify.store import DB_NAME, Change, Event, Store
+from notify.store import DB_NAME, Change, Event, SqliteStore
 
 from .conftest import MakeCampaign
 
 
-def open_store(d: Path) -> Store:
-    return Store.open(campaign.load(d).state_dir)
+def open_store(d: Path) -> SqliteStore:
+    return SqliteStore.open(campaign.load(d).state_dir)
 
 
 def test_state_is_private_and_migrations_recorded(make_campaign: MakeCampaign) -> None:
@@ -24,7 +24,7 @@ def test_state_is_private_and_migrations_recorded(make_campaign: MakeCampaign) -
     s = open_store(d)
     assert stat.S_IMODE((d / ".notify").stat().st_mode) == 0o700
     assert stat.S_IMODE((d / ".notify" / DB_NAME).stat().st_mode) == 0o600
-    from notify.store import MIGRATIONS
+    from notify.store.schema import MIGRATIONS
 
     assert [r[0] for r in s.db.execute("SELECT name FROM migrations ORDER BY name")] == [m[0] for m in MIGRATIONS]
     s.close()
@@ -33,7 +33,7 @@ def test_state_is_private_and_migrations_recorded(make_campaign: MakeCampaign) -
 
 
 def test_a_database_from_before_a_migration_is_upgraded(make_campaign: MakeCampaign) -> None:
-    import notify.store as store_mod
+    import notify.store.schema as store_mod
 
     d = make_campaign()
     first = store_mod.MIGRATIONS[:1]
@@ -58,8 +58,9 @@ def test_message_ids_are_found_through_the_token_and_earlier_ones_still_by_their
     that holds only such IDs (a send writes nothing to it)."""
     import hashlib
 
-    import notify.store as store_mod
+    import notify.store.schema as store_mod
     from notify.message import message_id
+    from notify.store.base import _by_message_id
 
     d = make_campaign()
     (d / "recipients.csv").write_text("email\nold@example.org\nnew@example.org\n")
@@ -87,7 +88,7 @@ def test_message_ids_are_found_through_the_token_and_earlier_ones_still_by_their
     assert schema.rstrip().endswith(f"WHERE {store_mod.OLD_MESSAGE_ID}"), schema  # partial: new IDs are not in it
     assert s.db.execute(f"SELECT message_id FROM recipients INDEXED BY recipients_message_id"
                         f" WHERE {store_mod.OLD_MESSAGE_ID}").fetchall() == [(old_form,)]
-    for where, values in store_mod._by_message_id(new_form):
+    for where, values in _by_message_id(new_form, store_mod.OLD_MESSAGE_ID):
         plan = " ".join(map(str, s.db.execute(f"EXPLAIN QUERY PLAN SELECT id FROM recipients WHERE {where}", values)))
         assert "USING INDEX" in plan, (where, plan)
     s.close()
@@ -139,7 +140,7 @@ def test_claim_commits_before_returning_and_state_machine_is_enforced(make_campa
     s = open_store(d)
     s.import_file(d / "recipients.csv")
     claimed = s.claim(5, now=0)
-    other = Store(s.path)  # a second connection sees the claim: it is on disk
+    other = SqliteStore(s.path)  # a second connection sees the claim: it is on disk
     assert other.counts() == {"inflight": 2}
     with pytest.raises(StoreError, match="refusing inflight -> delivered"):
         s.apply([Change(claimed[0].id, "delivered", Event("delivered"))])
@@ -200,10 +201,10 @@ def test_the_send_loop_queries_sort_nothing(tmp_path: Path) -> None:
     """Neither a claim nor the reputation breaker's window may sort every row: run every few dozen
     messages, that made a million-recipient send slower and slower (found by the benchmark). Nor may
     counting what is due collect every row id first (the send's memory grew with N)."""
-    from notify.store import CLAIM_DUE_SQL, CLAIM_PENDING_SQL, COUNT_DUE_SQL, NEXT_DUE_SQL, REPUTATION_SQL, SAMPLES_SQL
+    from notify.store.schema import CLAIM_DUE_SQL, CLAIM_PENDING_SQL, COUNT_DUE_SQL, NEXT_DUE_SQL, REPUTATION_SQL, SAMPLES_SQL
 
     (tmp_path / "r.csv").write_text("email\n" + "".join(f"u{i}@example.org\n" for i in range(100)))
-    store = Store.open(tmp_path / ".notify")
+    store = SqliteStore.open(tmp_path / ".notify")
     store.import_file(tmp_path / "r.csv")
     skip = " AND domain NOT IN (?)"  # a domain at its cap
     for sql, args in ((CLAIM_PENDING_SQL.format(skip=""), (64,)), (CLAIM_PENDING_SQL.format(skip=skip), ("a.example", 64)),
@@ -220,10 +221,10 @@ def test_the_send_loop_queries_sort_nothing(tmp_path: Path) -> None:
 def test_feedback_finds_a_recipient_by_either_kind_of_provider_id(tmp_path: Path) -> None:
     """SMTP reports our Message-ID as the provider's ID, SES its own. Only the provider's own IDs are in
     the index (one random page write less per SMTP send); both are still found, and by the index."""
-    from notify.store import PROVIDER_ID_WHERE
+    from notify.store.schema import PROVIDER_ID_WHERE
 
     (tmp_path / "r.csv").write_text("email\nsmtp@example.org\nses@example.org\n")
-    store = Store.open(tmp_path / ".notify")
+    store = SqliteStore.open(tmp_path / ".notify")
     store.import_file(tmp_path / "r.csv")
     smtp, ses = store.claim(2, 0.0)
     for c, provider_id in ((smtp, "<camp.abc@example.com>"), (ses, "0100018a-ses-id")):

@@ -1,7 +1,13 @@
-"""One SQLite file per campaign: recipients, their state machine, and the hash-chained audit events.
+"""The campaign state every command reads and writes, in the SQL both backends accept.
 
-Durability, precisely (ARCHITECTURE.md repeats this):
-- WAL with synchronous=FULL: a committed transaction survives a process kill and a power cut.
+A backend (sqlite.py, the embedded default; postgres.py, for several hosts) supplies the connection,
+transactions, exclusive use, the schema, and the few statements its dialect spells differently
+(class attributes below). Everything else, the import with its corrections and rejects, the
+send queue, feedback, the audit's queries and the reports, is written once, here.
+
+Durability, on either backend (ARCHITECTURE.md repeats this):
+- A committed transaction survives a process kill and a power cut (SQLite: WAL, synchronous=FULL;
+  PostgreSQL: its WAL with fsync on).
 - A recipient is claimed (state inflight) in a committed transaction before any provider sees it.
 - Its outcome and the audit event that describes it are written in ONE transaction, so the
   trail and the state never disagree. Outcomes are group-committed: a crash can leave at most the
@@ -12,314 +18,39 @@ Durability, precisely (ARCHITECTURE.md repeats this):
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import fcntl
-import hashlib
 import json
 import os
-import secrets
-import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import files
-from .errors import InputError, StoreError
-from .recipients import Recipient, Reject, read, recipient_token, validate
-
-DB_NAME = "campaign.sqlite"
-GENESIS = "0" * 64
-
-# The state machine of DESIGN.md; Store.apply refuses anything else.
-TRANSITIONS = {
-    ("pending", "inflight"), ("deferred", "inflight"),
-    ("inflight", "sent"), ("inflight", "deferred"), ("inflight", "failed"),
-    ("inflight", "pending"), ("inflight", "suppressed"),  # released on Ctrl-C / stopped provider
-    ("pending", "suppressed"), ("deferred", "suppressed"), ("pending", "ineligible"),
-    ("sent", "delivered"), ("sent", "bounced"), ("sent", "complained"),
-    ("delivered", "bounced"), ("delivered", "complained"),
-    # Feedback: SES accepted but did not send (account suppression list, virus reject).
-    ("sent", "suppressed"), ("sent", "failed"),
-    # A bounce that refuses the message (not the address) after a delivery report: not notified.
-    ("delivered", "failed"),
-    # Feedback settles a recipient left in doubt: the provider did accept it.
-    ("deferred", "sent"), ("deferred", "delivered"),
-}
-
-# A Message-ID of the form before migration 0009: it does not end in the recipient's token.
-OLD_MESSAGE_ID = "instr(message_id, '.' || token || '@') = 0"
-
-MIGRATIONS: list[tuple[str, str]] = [
-    ("0001_initial", """
-        CREATE TABLE imports (
-            id INTEGER PRIMARY KEY,
-            path TEXT NOT NULL,
-            sha256 TEXT NOT NULL,
-            columns TEXT NOT NULL,
-            rows_read INTEGER NOT NULL,
-            accepted INTEGER NOT NULL,
-            rejected INTEGER NOT NULL,
-            imported_at TEXT NOT NULL
-        );
-        CREATE TABLE recipients (
-            id INTEGER PRIMARY KEY,
-            import_id INTEGER NOT NULL REFERENCES imports(id),
-            row INTEGER NOT NULL,
-            email TEXT NOT NULL,
-            key TEXT NOT NULL UNIQUE,
-            token TEXT NOT NULL,
-            domain TEXT NOT NULL,
-            name TEXT NOT NULL,
-            locale TEXT NOT NULL,
-            jurisdiction TEXT NOT NULL,
-            vars TEXT NOT NULL,
-            state TEXT NOT NULL DEFAULT 'pending',
-            attempts INTEGER NOT NULL DEFAULT 0,
-            next_attempt_at REAL NOT NULL DEFAULT 0,
-            first_attempt_at REAL,
-            doubt INTEGER NOT NULL DEFAULT 0,
-            provider TEXT,
-            provider_message_id TEXT,
-            detail TEXT,
-            reply_code TEXT,
-            content_sha256 TEXT,
-            updated_at TEXT
-        );
-        CREATE INDEX recipients_state ON recipients(state, next_attempt_at, id);
-        CREATE INDEX recipients_token ON recipients(token);
-        CREATE TABLE rejects (
-            id INTEGER PRIMARY KEY,
-            import_id INTEGER NOT NULL REFERENCES imports(id),
-            row INTEGER NOT NULL,
-            raw TEXT NOT NULL,
-            reason TEXT NOT NULL
-        );
-        CREATE TABLE events (
-            seq INTEGER PRIMARY KEY,
-            ts TEXT NOT NULL,
-            recipient_id INTEGER,
-            recipient TEXT,
-            kind TEXT NOT NULL,
-            provider TEXT,
-            provider_message_id TEXT,
-            detail TEXT,
-            locale TEXT,
-            content_sha256 TEXT,
-            prev_hash TEXT NOT NULL,
-            hash TEXT NOT NULL
-        );
-        CREATE INDEX events_recipient ON events(recipient_id);
-    """),
-    ("0002_feedback", """
-        ALTER TABLE recipients ADD COLUMN message_id TEXT;
-        CREATE INDEX recipients_message_id ON recipients(message_id);
-        CREATE INDEX recipients_provider_message_id ON recipients(provider_message_id);
-        CREATE TABLE feedback (
-            key TEXT PRIMARY KEY,
-            received_at TEXT NOT NULL
-        );
-        CREATE TABLE unmatched (
-            id INTEGER PRIMARY KEY,
-            key TEXT UNIQUE,
-            source TEXT NOT NULL,
-            kind TEXT,
-            received_at TEXT NOT NULL,
-            body TEXT NOT NULL
-        );
-    """),
-    ("0003_reputation", """
-        CREATE INDEX recipients_first_attempt ON recipients(first_attempt_at)
-    """),
-    # The template version a recipient was sent ("en", or "US-MA/en" for a jurisdiction's variant).
-    ("0004_version", """
-        ALTER TABLE recipients ADD COLUMN version TEXT
-    """),
-    # claim() takes pending rows in id order; without this, SQLite sorted every pending row for
-    # every batch (a temp B-tree per claim), and a million-recipient send slowed to a crawl.
-    ("0005_claim_order", """
-        CREATE INDEX recipients_state_id ON recipients(state, id)
-    """),
-    # SMTP and the outbox report our own Message-ID as the provider's, so the provider_message_id
-    # index held a second random key per send: a page written per outcome, about a quarter of a
-    # group commit (bench). Only IDs the provider chose itself (SES) are indexed now; find() looks
-    # the others up by message_id, which is the same value.
-    ("0006_provider_id_when_own", """
-        DROP INDEX recipients_provider_message_id;
-        CREATE INDEX recipients_provider_message_id ON recipients(provider_message_id)
-            WHERE provider_message_id IS NOT NULL AND provider_message_id IS NOT message_id
-    """),
-    # samples() groups recipients by (locale, jurisdiction) in every preflight, status and preview:
-    # without an index SQLite sorted every row (0.57 s at 1,000,000, before a resumed send's first
-    # message); over this covering index, 0.11 s. The columns never change after import, so a send
-    # never writes to it.
-    ("0007_versions", """
-        CREATE INDEX recipients_locale ON recipients(locale, jurisdiction)
-    """),
-    # recipients_state (state, next_attempt_at, id) took a delete and an insert on every claim and
-    # every outcome (the state is in it), though only deferred rows are ever looked up by when they
-    # are due: pending rows go through recipients_state_id, counts too. Partial, it holds deferred
-    # rows only, and a claim or a sent/failed outcome never touches it (bench/RESULTS.md).
-    ("0008_due_index", """
-        DROP INDEX recipients_state;
-        CREATE INDEX recipients_due ON recipients(next_attempt_at, id) WHERE state='deferred'
-    """),
-    # A Message-ID is hashed, so recipients_message_id took each send's ID at a random place: a page
-    # written per outcome, more than two thirds of the bytes of a group commit (bench/RESULTS.md).
-    # The ID now ends in the recipient's token, which is indexed from the import on
-    # (render.message_id), so find() goes through the token. Only IDs of the earlier form, sent
-    # before this migration, stay indexed, to be found when their feedback comes. A recipient a
-    # crash left in doubt before the upgrade is resent under the new form, with an ID other than
-    # its first attempt's (its event still says possible_duplicate).
-    ("0009_message_id_by_token", f"""
-        DROP INDEX recipients_message_id;
-        CREATE INDEX recipients_message_id ON recipients(message_id) WHERE {OLD_MESSAGE_ID}
-    """),
-    # Tokens were an unkeyed SHA-256 of the address: anyone who knew an address could compute its
-    # VERP address and forge a bounce for it. From here each campaign has a secret (the meta table,
-    # which _migrate keeps beside the migrations), and recipients imported from now on get a keyed token.
-    # Rows imported before keep theirs: the messages already sent carry them.
-    # suppress_outbox: a suppression decided by feedback, written in the feedback's own transaction
-    # and copied to the shared list after it, so a crash or a locked list between the two loses
-    # nothing (the next run copies what is left).
-    ("0010_keyed_tokens", """
-        CREATE TABLE suppress_outbox (
-            address TEXT PRIMARY KEY,
-            kind TEXT NOT NULL,
-            source TEXT NOT NULL,
-            reason TEXT NOT NULL
-        );
-        CREATE TABLE parked_feedback (
-            id INTEGER PRIMARY KEY,
-            recipient_id INTEGER NOT NULL,
-            state TEXT NOT NULL,
-            reason TEXT,
-            event TEXT NOT NULL
-        )
-    """),
-]
-
-# A provider's own ID, through the partial index of migration 0006 (its WHERE, restated, lets SQLite
-# use it); where the provider reported our Message-ID, the ID is found as message_id instead.
-PROVIDER_ID_WHERE = "provider_message_id=? AND provider_message_id IS NOT message_id"
-
-# Deferred rows by when they are due, through the partial index of migration 0008. Named, because
-# without statistics SQLite prefers recipients_state_id (state=?) and then sorts every deferred row.
-DEFERRED = "recipients INDEXED BY recipients_due WHERE state='deferred'"
-
-# Two counts, not one with OR: for `pending OR (deferred AND due)` SQLite collects every matching
-# row id in memory first (8 MB at 400,000 pending: the send's only memory that grew with N).
-COUNT_DUE_SQL = ("SELECT (SELECT count(*) FROM recipients WHERE state='pending')"
-                 f" + (SELECT count(*) FROM {DEFERRED} AND next_attempt_at <= ?)")
-
-# One recipient of each (locale, jurisdiction), over the index of migration 0007 (a test checks the plan).
-SAMPLES_SQL = "SELECT locale, jurisdiction, min(id), count(*) FROM recipients GROUP BY locale, jurisdiction"
-# The breaker's window: walk the first_attempt_at index backwards and stop after `window` rows.
-# Left to itself, SQLite picked the state index and sorted every sent recipient on every check, and
-# a million-recipient send slowed down as it went (found by the benchmark; a test checks the plan).
-REPUTATION_SQL = (
-    "SELECT count(*),"
-    " sum(state = 'bounced' OR (state = 'failed' AND reply_code LIKE '5%')),"
-    " sum(state = 'complained')"
-    " FROM (SELECT state, reply_code FROM recipients INDEXED BY recipients_first_attempt WHERE first_attempt_at > ?"
-    "       AND state IN ('sent','delivered','bounced','complained','failed')"
-    "       ORDER BY first_attempt_at DESC LIMIT ?)")
-
-# What `notify lookup` shows of a person.
-PEOPLE_COLUMNS = ("id, row, email, key, name, vars, locale, jurisdiction, state, detail, attempts, provider, message_id,"
-                  " provider_message_id, content_sha256, version, first_attempt_at, token")
-# How `notify report` groups recipients: a name and the SQL expression of its value.
-BREAKDOWNS = {"state": "state", "jurisdiction": "coalesce(nullif(jurisdiction, ''), '(none)')",
-              "locale": "coalesce(nullif(locale, ''), '(none)')", "domain": "domain",
-              "provider": "coalesce(provider, '(not sent)')"}
-
-EVENT_FIELDS = ("seq", "ts", "recipient", "kind", "provider", "provider_message_id", "detail",
-                "locale", "content_sha256", "prev_hash")
+from .. import files
+from ..errors import InputError, StoreError
+from ..recipients import Recipient, Reject, read, recipient_token, validate
+from . import schema
+from .records import (
+    _DETAIL,
+    GENESIS,
+    TRANSITIONS,
+    Change,
+    Claimed,
+    Event,
+    ImportResult,
+    epoch_of,
+    event_hash,
+    file_sha256,
+    utcnow,
+)
 
 
-TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # every timestamp the store writes
-# SQLite's page cache while importing, in KiB (the default is 2 MiB). Rows go into the key and
-# token indexes at random places; at 1,000,000 rows those indexes outgrow a small cache and every
-# insert rereads pages: 26.6-27.2 s with the default, 21.3-21.9 s with 32 or 64 MiB (16: no gain).
-# 64 leaves room for lists of about twice that; peak RSS at 1,000,000 is about 100 MB.
-IMPORT_CACHE_KIB = 65536
-
-
-def utcnow() -> str:
-    return dt.datetime.now(dt.UTC).strftime(TS_FORMAT)
-
-
-def epoch_of(ts: str) -> float:
-    """A timestamp the store wrote, back to seconds since the epoch."""
-    return dt.datetime.strptime(ts, TS_FORMAT).replace(tzinfo=dt.UTC).timestamp()
-
-
-_CANONICAL = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # built once: json.dumps
-_DETAIL = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode  # with options builds one per call
-
-
-def event_hash(event: dict[str, Any]) -> str:
-    """The chain's hash of one event: SHA-256 over its fields (detail as stored text), canonical JSON."""
-    body = _CANONICAL([event.get(f) for f in EVENT_FIELDS])
-    return hashlib.sha256(body.encode("utf-8")).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@dataclass
-class Event:
-    kind: str
-    recipient_id: int | None = None
-    recipient: str | None = None
-    provider: str | None = None
-    provider_message_id: str | None = None
-    detail: dict[str, Any] | None = None
-    locale: str | None = None
-    content_sha256: str | None = None
-
-
-@dataclass(frozen=True)
-class Claimed:
-    """A recipient handed to the engine: everything needed to render and send it."""
-
-    id: int
-    row: int
-    email: str
-    key: str
-    name: str
-    locale: str
-    jurisdiction: str
-    vars: dict[str, Any]
-    attempts: int
-    doubt: bool
-    first_attempt_at: float | None
-    previous_state: str
-    token: str  # the handle in its Message-ID, VERP address and tags (recipients.recipient_token)
-    last_reply: str | None = None  # the reply code of its last attempt ("held: 554 5.7.1": policy.HELD)
-
-
-CLAIM_COLUMNS = ("id, row, email, key, name, locale, jurisdiction, vars, attempts, doubt, first_attempt_at, state, token,"
-                 " reply_code")
-# What claim() runs ({skip}: the saturated domains' clause); the sort-nothing test checks their plans.
-CLAIM_PENDING_SQL = f"SELECT {CLAIM_COLUMNS} FROM recipients WHERE state='pending'{{skip}} ORDER BY id LIMIT ?"
-CLAIM_DUE_SQL = (f"SELECT {CLAIM_COLUMNS} FROM {DEFERRED} AND next_attempt_at <= ?{{skip}}"
-                 " ORDER BY next_attempt_at, id LIMIT ?")
-NEXT_DUE_SQL = f"SELECT min(next_attempt_at) FROM {DEFERRED}"
-
-
-def _by_message_id(mid: str | None) -> tuple[tuple[str, tuple[str | None, ...]], ...]:
+def _by_message_id(mid: str | None, old_form: str) -> tuple[tuple[str, tuple[str | None, ...]], ...]:
     """find()'s queries for a Message-ID: through the token it ends in, or one sent before migration 0009."""
     token = (mid or "").rpartition("@")[0].rpartition(".")[2]
-    return ("token=? AND message_id=?", (token, mid)), (f"message_id=? AND {OLD_MESSAGE_ID}", (mid,))
+    return ("token=? AND message_id=?", (token, mid)), (f"message_id=? AND {old_form}", (mid,))
 
 
-def _dicts(cur: sqlite3.Cursor) -> Iterator[dict[str, Any]]:
+def _dicts(cur: Any) -> Iterator[dict[str, Any]]:
     """A query's rows as dicts by column name."""
     names = [d[0] for d in cur.description]
     for r in cur:
@@ -328,17 +59,6 @@ def _dicts(cur: sqlite3.Cursor) -> Iterator[dict[str, Any]]:
 
 def _claimed(r: tuple[Any, ...]) -> Claimed:
     return Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], bool(r[9]), r[10], r[11], r[12], r[13])
-
-
-@dataclass
-class Change:
-    """A state change and the event that records it; written together or not at all."""
-
-    recipient_id: int
-    state: str
-    event: Event | None
-    expect: str = "inflight"
-    fields: dict[str, Any] = field(default_factory=dict)  # attempts, next_attempt_at, provider, ...
 
 
 # States of a person nobody has handed to a provider yet: a corrected row still applies to them.
@@ -367,134 +87,102 @@ def _changes(was: list[Any], item: Recipient) -> list[str]:
     return changed
 
 
-@dataclass(frozen=True)
-class ImportResult:
-    path: Path
-    rows_read: int
-    accepted: int
-    rejected: int
-    already: bool  # the same file was imported before; nothing was added
-    corrected: int = 0  # known people whose row changed, not yet sent: the change was applied (an event each)
-    refused: tuple[tuple[int, str, str], ...] = ()  # (row, email, why) for changes to people already sent
-    removed: int = 0  # people of the earlier import not in the file that replaced it (nothing was sent yet)
-
 
 class Store:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._head: tuple[int, str] = (0, GENESIS)
-        self._lock_fd: int | None = None
-        try:
-            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self.db.execute("PRAGMA busy_timeout=5000")
-            self._migrate()
-            self.db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('token_key', ?)", (secrets.token_bytes(32),))
-            self.token_key: bytes = bytes(self.db.execute("SELECT value FROM meta WHERE name='token_key'").fetchone()[0])
-            row = self.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"{path}: cannot use the campaign database: {e}") from None
-        if row:
-            self._head = (row[0], row[1])
+    """A campaign's state on some backend (see the module's docstring). Annotate with this; open with
+    store.open_store(campaign), or a backend's own constructor."""
 
-    @classmethod
-    def open(cls, state_dir: Path) -> Store:
-        """Opens (creating, private to this user) <campaign>/.notify/campaign.sqlite."""
-        try:
-            files.private_dir(state_dir)
-            db = state_dir / DB_NAME
-            for part in ("", "-wal", "-shm", "-journal"):  # SQLite opens these by name, following links
-                files.refuse_link(db.with_name(db.name + part))
-            os.close(files.open_private(db, os.O_CREAT | os.O_WRONLY))
-        except OSError as e:
-            raise StoreError(f"{state_dir}: cannot use the state directory: {e.strerror}") from None
-        return cls(db)
+    # What the dialects spell differently (the SQLite spelling; postgres.py overrides them).
+    DEFERRED = schema.DEFERRED
+    CLAIM_DUE_SQL = schema.CLAIM_DUE_SQL
+    COUNT_DUE_SQL = schema.COUNT_DUE_SQL
+    NEXT_DUE_SQL = schema.NEXT_DUE_SQL
+    REPUTATION_SQL = schema.REPUTATION_SQL
+    PROVIDER_ID_WHERE = schema.PROVIDER_ID_WHERE
+    OLD_MESSAGE_ID = schema.OLD_MESSAGE_ID
+    NO_LIMIT: int | None = -1
+    # An event as the chain hashes it (and the export writes it), and the order events are read in.
+    EVENT_COLUMNS = "seq, ts, recipient, kind, provider, provider_message_id, detail, locale, content_sha256, prev_hash, hash"
+    EVENT_ORDER = "seq"
+    # first_attempts(): a recipient's bucket from (last bucket, start, width).
+    BUCKET_SQL = "min(?, CAST((first_attempt_at - ?) / ? AS INTEGER))"
+
+    db: Any  # the connection: execute(sql with ? marks, params) -> a cursor; executemany
+    state_dir: Path  # <campaign>/.notify: reports written beside the state (rejects.csv), the lock
+    token_key: bytes
+    chain: int = 0  # the audit chain this store appends to (several on PostgreSQL, one per worker session)
+    backend = "sqlite"
+    _head: tuple[int, str] = (0, GENESIS)
+
+    def where(self) -> str:
+        """The state, as messages name it (a path, or a database URL without its password)."""
+        raise NotImplementedError
 
     def close(self) -> None:
-        self.unlock()
-        self.db.close()
-
-    # --- exclusive use: one sending process per campaign ---
+        raise NotImplementedError
 
     def lock(self) -> None:
-        lock_path = self.path.parent / "lock"
-        try:
-            fd = files.open_private(lock_path, os.O_RDWR | os.O_CREAT)
-        except OSError as e:
-            raise self._os_error(lock_path, e) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise StoreError(
-                f"{self.path.parent.parent}: another notify process (pid {pid}) is working on this campaign",
-                hint="wait for it to finish, or stop it with Ctrl-C; it can be resumed",
-            ) from None
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)  # for the message above; the flock is what excludes
-        except OSError:
-            pass  # a full disk must not stop us holding the lock; the next real write reports it
-        self._lock_fd = fd
+        """Exclusive use for a send (SQLite: one process per campaign; PostgreSQL: workers share)."""
 
     def unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        pass
+
+    def twin(self) -> Store:
+        """Another connection to the same state, appending to the same chain (the LedgerWriter's)."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def transaction(self, chain: bool = True) -> Iterator[Any]:
+        raise NotImplementedError
+        yield
+
+    def _import_cache(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def json_field(self) -> str:
+        """SQL for one column of a recipient's vars, the column's name as the next parameter."""
+        return "json_extract(vars, ?)"
+
+    def json_path(self, column: str) -> str:
+        return "$." + json.dumps(column)
+
+    # --- the suppression list (each backend keeps it its own way) ---
+
+    def flush_suppressions(self, suppression_db: Path) -> int:
+        """Copies the suppressions feedback decided (suppress_outbox, committed with it) to the list."""
+        raise NotImplementedError
+
+    def suppress_pending(self, suppression_db: Path) -> int:
+        """Recipients not yet sent whose address is on the list: suppressed, with the reason, never sent."""
+        raise NotImplementedError
+
+    # --- worker sessions (PostgreSQL; on SQLite one process sends, and these say so) ---
+
+    def open_session(self) -> None:
+        """Starts this process's session as a sending worker."""
+
+    def end_session(self) -> None:
+        pass
+
+    def session_lost(self) -> str | None:
+        """Why this worker must stop (its session was taken over, the database is gone), or None."""
+        return None
+
+    def workers(self) -> list[dict[str, Any]]:
+        return []
+
+    def live_workers(self) -> list[dict[str, Any]]:
+        return []
+
+    def held_elsewhere(self) -> int:
+        """Recipients other sending processes hold in flight right now."""
+        return 0
+
+    def rescue_stalled(self, now: float) -> int:
+        return 0
 
     def _os_error(self, path: Path, e: OSError) -> StoreError:
         return StoreError(f"{path}: {e.strerror}",
-                          hint="free some disk space or fix the directory's permissions; nothing was lost, "
-                               "and running the same command again resumes")
-
-    # --- schema ---
-
-    def _migrate(self) -> None:
-        self.db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
-        self.db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)")
-        done = {r[0] for r in self.db.execute("SELECT name FROM migrations")}
-        for name, sql in MIGRATIONS:
-            if name in done:
-                continue
-            # Each migration and its record commit together, or neither does.
-            with self.transaction(chain=False):
-                for statement in filter(str.strip, sql.split(";")):
-                    self.db.execute(statement)
-                self.db.execute("INSERT INTO migrations VALUES (?, ?)", (name, utcnow()))
-
-    @contextlib.contextmanager
-    def transaction(self, chain: bool = True) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT). Inside another, it joins it: a group of
-        writes (a batch of feedback) commits together or not at all."""
-        if self.db.in_transaction:
-            yield self.db
-            return
-        head = self._head
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-            if chain:
-                # Another process (`bounces` beside `send`) may have appended since: chain onto the real head.
-                row = self.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-                self._head = (row[0], row[1]) if row else (0, GENESIS)
-        except sqlite3.Error as e:
-            raise self._error(e) from None
-        try:
-            yield self.db
-            self.db.execute("COMMIT")
-        except BaseException as e:
-            with contextlib.suppress(sqlite3.Error):
-                self.db.execute("ROLLBACK")
-            self._head = head
-            if isinstance(e, sqlite3.Error):
-                raise self._error(e) from None
-            raise
-
-    def _error(self, e: sqlite3.Error) -> StoreError:
-        """SQLite's failures in words a person can act on; nothing of the failed transaction was kept."""
-        return StoreError(f"{self.path}: could not write the campaign state: {e}",
                           hint="free some disk space or fix the directory's permissions; nothing was lost, "
                                "and running the same command again resumes")
 
@@ -526,10 +214,13 @@ class Store:
             rows.append((seq, ts, ev.recipient_id, row["recipient"], row["kind"], row["provider"],
                          row["provider_message_id"], row["detail"], row["locale"], row["content_sha256"],
                          row["prev_hash"], prev))
+        self._insert_events(rows)
+        self._head = (seq, prev)
+
+    def _insert_events(self, rows: list[tuple[Any, ...]]) -> None:
         self.db.executemany(
             "INSERT INTO events (seq, ts, recipient_id, recipient, kind, provider, provider_message_id, detail,"
             " locale, content_sha256, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-        self._head = (seq, prev)
 
     def log(self, kind: str, **detail: Any) -> None:
         """A campaign-level event in its own transaction."""
@@ -538,18 +229,12 @@ class Store:
 
     def events(self) -> Iterator[dict[str, Any]]:
         yield from _dicts(self.db.execute(
-            "SELECT seq, ts, recipient_id, recipient, kind, provider, provider_message_id, detail, locale,"
-            " content_sha256, prev_hash, hash FROM events ORDER BY seq"))
+            f"SELECT {self.EVENT_COLUMNS}, recipient_id FROM events ORDER BY {self.EVENT_ORDER}"))
 
     # --- import ---
 
-    def last_import(self) -> sqlite3.Row | None:
-        self.db.row_factory = sqlite3.Row
-        try:
-            row: sqlite3.Row | None = self.db.execute("SELECT * FROM imports ORDER BY id DESC LIMIT 1").fetchone()
-            return row
-        finally:
-            self.db.row_factory = None
+    def last_import(self) -> dict[str, Any] | None:
+        return next(_dicts(self.db.execute("SELECT * FROM imports ORDER BY id DESC LIMIT 1")), None)
 
     def under_way(self) -> bool:
         """True once any recipient has been handed to a provider. Rows that were never sent (pending, or
@@ -574,12 +259,8 @@ class Store:
                 hint="to add the new rows, run `notify import CAMPAIGN --append` (rows already imported are "
                 "reported as duplicates); to start over, move the campaign's .notify/ directory away",
             )
-        cache = self.db.execute("PRAGMA cache_size").fetchone()[0]
-        self.db.execute(f"PRAGMA cache_size=-{IMPORT_CACHE_KIB}")
-        try:
+        with self._import_cache():
             return self._import(path, digest, append, replace, batch)
-        finally:
-            self.db.execute(f"PRAGMA cache_size={cache}")
 
     def _import(self, path: Path, digest: str, append: bool, replace: bool, batch: int) -> ImportResult:
         with self.transaction() as db:
@@ -587,9 +268,8 @@ class Store:
                 db.execute("DELETE FROM rejects")  # the earlier file's rows are read again from the new one
             cur = db.execute(
                 "INSERT INTO imports (path, sha256, columns, rows_read, accepted, rejected, imported_at)"
-                " VALUES (?, ?, '[]', 0, 0, 0, ?)", (str(path), digest, utcnow()))
-            import_id = cur.lastrowid
-            assert import_id is not None
+                " VALUES (?, ?, '[]', 0, 0, 0, ?) RETURNING id", (str(path), digest, utcnow()))
+            import_id = int(cur.fetchone()[0])
             read_n = accepted = rejected = 0
             tally = _Tally()
             columns: set[str] = set()
@@ -675,9 +355,9 @@ class Store:
             # Never sent by email: recorded as such, with the reason, in the same transaction as the import.
             cur = self.db.execute(
                 "INSERT INTO recipients (import_id, row, email, key, token, domain, name, locale, jurisdiction, vars,"
-                " state, detail, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,'ineligible',?,?)", (*values, item.ineligible, utcnow()))
-            assert cur.lastrowid is not None
-            events.append(Event("ineligible", cur.lastrowid, item.key, locale=item.locale,
+                " state, detail, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,'ineligible',?,?) RETURNING id",
+                (*values, item.ineligible, utcnow()))
+            events.append(Event("ineligible", int(cur.fetchone()[0]), item.key, locale=item.locale,
                                 detail={"reason": item.ineligible, "row": item.row, "jurisdiction": item.jurisdiction}))
         tally.corrected += corrected
         self._append_all(events, utcnow())
@@ -717,8 +397,8 @@ class Store:
         """Recipients put off because a provider lacked what they need (reply_code 'needs ...'): due now,
         at the start of a run, when the chain may hold a provider that has it."""
         with self.transaction(chain=False) as db:
-            return db.execute("UPDATE recipients SET next_attempt_at=? WHERE state='deferred'"
-                              " AND reply_code LIKE 'needs %' AND next_attempt_at > ?", (now, now)).rowcount
+            return int(db.execute("UPDATE recipients SET next_attempt_at=? WHERE state='deferred'"
+                                  " AND reply_code LIKE 'needs %' AND next_attempt_at > ?", (now, now)).rowcount)
 
     def claim(self, limit: int, now: float, skip_domains: Sequence[str] = ()) -> list[Claimed]:
         """Marks up to `limit` due recipients inflight and commits before returning them.
@@ -727,9 +407,9 @@ class Store:
         cap are skipped so that one slow domain never holds up the others."""
         skip = f" AND domain NOT IN ({','.join('?' * len(skip_domains))})" if skip_domains else ""
         with self.transaction() as db:
-            rows = db.execute(CLAIM_PENDING_SQL.format(skip=skip), (*skip_domains, limit)).fetchall()
+            rows = db.execute(schema.CLAIM_PENDING_SQL.format(skip=skip), (*skip_domains, limit)).fetchall()
             if len(rows) < limit:
-                rows += db.execute(CLAIM_DUE_SQL.format(skip=skip), (now, *skip_domains, limit - len(rows))).fetchall()
+                rows += db.execute(self.CLAIM_DUE_SQL.format(skip=skip), (now, *skip_domains, limit - len(rows))).fetchall()
             db.executemany("UPDATE recipients SET state='inflight' WHERE id=?", [(r[0],) for r in rows])
         return [_claimed(r) for r in rows]
 
@@ -758,8 +438,8 @@ class Store:
     def unsent(self, limit: int | None = None) -> Iterator[Claimed]:
         """Recipients not yet in a final state, read only (for a dry run)."""
         cur = self.db.execute(
-            f"SELECT {CLAIM_COLUMNS} FROM recipients WHERE state IN ('pending', 'deferred', 'inflight') ORDER BY id LIMIT ?",
-            (-1 if limit is None else limit,))
+            f"SELECT {schema.CLAIM_COLUMNS} FROM recipients WHERE state IN ('pending', 'deferred', 'inflight') ORDER BY id LIMIT ?",
+            (self.NO_LIMIT if limit is None else limit,))
         for r in cur:
             yield _claimed(r)
 
@@ -769,17 +449,17 @@ class Store:
 
     def empty_values(self, column: str) -> tuple[int, int | None]:
         """How many recipients have `column` missing or empty, and the first such row."""
-        path = "$." + json.dumps(column)
         row = self.db.execute(
-            "SELECT count(*), min(row) FROM recipients WHERE trim(coalesce(json_extract(vars, ?), '')) = ''",
-            (path,)).fetchone()
+            f"SELECT count(*), min(row) FROM recipients WHERE trim(coalesce({self.json_field()}, '')) = ''",
+            (self.json_path(column),)).fetchone()
         return row[0], row[1]
 
     def find(self, *, token: str | None = None, message_id: str | None = None,
              provider_message_id: str | None = None, address: str | None = None) -> tuple[int, str, str] | None:
         """The recipient some feedback is about: (id, key, state), trying the surest handle first."""
-        for where, values in (("token=?", (token,)), *_by_message_id(message_id),
-                              (PROVIDER_ID_WHERE, (provider_message_id,)), *_by_message_id(provider_message_id),
+        for where, values in (("token=?", (token,)), *_by_message_id(message_id, self.OLD_MESSAGE_ID),
+                              (self.PROVIDER_ID_WHERE, (provider_message_id,)),
+                              *_by_message_id(provider_message_id, self.OLD_MESSAGE_ID),
                               ("key=?", (address.lower() if address else None,))):
             if all(values):
                 row = self.db.execute(f"SELECT id, key, state FROM recipients WHERE {where}", values).fetchone()
@@ -798,11 +478,11 @@ class Store:
         apply_parked() once the send has recorded the message. Returns False when this feedback
         was already recorded."""
         with self.transaction() as db:
-            if db.execute("INSERT OR IGNORE INTO feedback (key, received_at) VALUES (?, ?)", (key, utcnow())).rowcount == 0:
+            if db.execute("INSERT INTO feedback (key, received_at) VALUES (?, ?) ON CONFLICT DO NOTHING", (key, utcnow())).rowcount == 0:
                 return False
             if suppress is not None:
-                db.execute("INSERT OR IGNORE INTO suppress_outbox (address, kind, source, reason)"
-                           " SELECT key, ?, ?, ? FROM recipients WHERE id=?", (*suppress, recipient_id))
+                db.execute("INSERT INTO suppress_outbox (address, kind, source, reason)"
+                           " SELECT key, ?, ?, ? FROM recipients WHERE id=? ON CONFLICT DO NOTHING", (*suppress, recipient_id))
             if state is not None:
                 current = db.execute("SELECT state FROM recipients WHERE id=?", (recipient_id,)).fetchone()[0]
                 if current == "inflight":
@@ -814,7 +494,7 @@ class Store:
             self._append(event)
         return True
 
-    def _transition_by_feedback(self, db: sqlite3.Connection, recipient_id: int, current: str, state: str, event: Event,
+    def _transition_by_feedback(self, db: Any, recipient_id: int, current: str, state: str, event: Event,
                                 reason: str | None) -> None:
         if (current, state) in TRANSITIONS:
             db.execute("UPDATE recipients SET state=?, updated_at=?, detail=coalesce(?, detail) WHERE id=?",
@@ -836,65 +516,23 @@ class Store:
                 db.execute("DELETE FROM parked_feedback WHERE id=?", (pid,))
         return len(rows)
 
-    def flush_suppressions(self, suppression_db: Path) -> int:
-        """Copies the suppressions feedback decided (committed with it, in suppress_outbox) to the shared
-        list, then forgets them; idempotent, so a crash or a locked list between the two loses nothing:
-        the next `bounces` or `send` copies what is left. Returns how many addresses were new there."""
-        if self.db.execute("SELECT 1 FROM suppress_outbox LIMIT 1").fetchone() is None:
-            return 0
-        self.db.execute("ATTACH DATABASE ? AS supp", (str(suppression_db),))
-        try:
-            # Two transactions, each writing one file: in WAL mode a transaction over two attached files is
-            # atomic in each file but not across them, and a kill between the two commits lost the copy (a
-            # test kills `bounces` to show it). Copied first, forgotten second: a kill between them leaves
-            # the outbox to be copied again, which changes nothing.
-            with self.transaction(chain=False) as db:
-                added = db.execute(
-                    "INSERT OR IGNORE INTO supp.suppressed (address, kind, source, reason, added_at)"
-                    " SELECT address, kind, source, reason, ? FROM main.suppress_outbox", (utcnow()[:19] + "Z",)).rowcount
-            with self.transaction(chain=False) as db:
-                db.execute("DELETE FROM main.suppress_outbox WHERE address IN (SELECT address FROM supp.suppressed)")
-        finally:
-            self.db.execute("DETACH DATABASE supp")
-        return max(added, 0)
-
     def record_unmatched(self, key: str, source: str, kind: str | None, body: str) -> bool:
         """Feedback no recipient of this campaign matches: kept, counted, never silently dropped."""
         with self.transaction() as db:
-            return db.execute("INSERT OR IGNORE INTO unmatched (key, source, kind, received_at, body) VALUES (?,?,?,?,?)",
-                              (key, source, kind, utcnow(), body)).rowcount > 0
-
-    def suppress_pending(self, suppression_db: Path) -> int:
-        """Recipients not yet sent whose address is on the suppression list: state suppressed, with the
-        reason, never sent. One join against the attached list, so a resume of a million-recipient
-        campaign costs an index lookup per suppressed address, not a Python pass over every pending key."""
-        if not suppression_db.exists():
-            return 0
-        self.db.execute("ATTACH DATABASE ? AS supp", (str(suppression_db),))
-        try:
-            with self.transaction() as db:
-                rows = db.execute(
-                    "SELECT r.id, r.key, r.locale, s.kind, s.source, s.reason FROM recipients r"
-                    " JOIN supp.suppressed s ON s.address = r.key WHERE r.state IN ('pending', 'deferred')").fetchall()
-                ts = utcnow()
-                whys = [f"on the suppression list ({kind}, from {source}): {reason}" for _, _, _, kind, source, reason in rows]
-                db.executemany("UPDATE recipients SET state='suppressed', detail=?, updated_at=? WHERE id=?",
-                               [(why, ts, r[0]) for r, why in zip(rows, whys, strict=True)])
-                self._append_all([Event("suppressed", r[0], r[1], locale=r[2], detail={"reason": why})
-                                  for r, why in zip(rows, whys, strict=True)], ts)
-        finally:
-            self.db.execute("DETACH DATABASE supp")
-        return len(rows)
+            return bool(db.execute("INSERT INTO unmatched (key, source, kind, received_at, body) VALUES (?,?,?,?,?)"
+                              " ON CONFLICT DO NOTHING",
+                              (key, source, kind, utcnow(), body)).rowcount > 0)
 
     def reputation(self, window: int, since: float) -> tuple[int, int, int]:
         """Over the last `window` recipients handed to a provider after `since`: (sends, hard bounces, complaints).
         A hard bounce is a bounce report or a synchronous 5xx refusal."""
-        row = self.db.execute(REPUTATION_SQL, (since, window)).fetchone()
+        row = self.db.execute(self.REPUTATION_SQL, (since, window)).fetchone()
         return int(row[0] or 0), int(row[1] or 0), int(row[2] or 0)
 
     def last_event_of(self, kinds: Sequence[str]) -> dict[str, Any] | None:
         marks = ",".join("?" * len(kinds))
-        row = self.db.execute(f"SELECT seq, ts, kind, detail FROM events WHERE kind IN ({marks}) ORDER BY seq DESC LIMIT 1",
+        row = self.db.execute(f"SELECT seq, ts, kind, detail FROM events WHERE kind IN ({marks})"
+                              f" ORDER BY {self.EVENT_ORDER} DESC LIMIT 1",
                               tuple(kinds)).fetchone()
         return {"seq": row[0], "ts": row[1], "kind": row[2], "detail": json.loads(row[3] or "{}")} if row else None
 
@@ -937,35 +575,35 @@ class Store:
         """Recipients `notify lookup` names: by dedupe key (through its index) when one of `keys` is one, else
         by name (any case) or by the value of one of `columns` (recipients columns), in SQL over the table."""
         found = list(_dicts(self.db.execute(
-            f"SELECT {PEOPLE_COLUMNS} FROM recipients WHERE key IN ({','.join('?' * len(keys))}) ORDER BY row, id",
+            f"SELECT {schema.PEOPLE_COLUMNS} FROM recipients WHERE key IN ({','.join('?' * len(keys))}) ORDER BY row, id",
             tuple(keys)))) if keys else []
         if found:
             return found
-        where = ["lower(name) = lower(?)"] + ["json_extract(vars, ?) = ?" for _ in columns]
+        where = ["lower(name) = lower(?)"] + [f"{self.json_field()} = ?" for _ in columns]
         values: list[Any] = [name]
         for column, value in columns.items():
-            values += ["$." + json.dumps(column), value]
+            values += [self.json_path(column), value]
         return list(_dicts(self.db.execute(
-            f"SELECT {PEOPLE_COLUMNS} FROM recipients WHERE {' OR '.join(where)} ORDER BY row, id LIMIT 1000", values)))
+            f"SELECT {schema.PEOPLE_COLUMNS} FROM recipients WHERE {' OR '.join(where)} ORDER BY row, id LIMIT 1000", values)))
 
     def events_of(self, recipient_id: int) -> list[dict[str, Any]]:
         """One recipient's events, in order, with every field the chain hashes and their hashes: what
         happened to them (lookup, a proof of notice, the export's attempt log)."""
         return list(_dicts(self.db.execute(
-            "SELECT seq, ts, recipient, kind, provider, provider_message_id, detail, locale, content_sha256, prev_hash, hash"
-            " FROM events WHERE recipient_id=? ORDER BY seq", (recipient_id,))))
+            f"SELECT {self.EVENT_COLUMNS} FROM events WHERE recipient_id=? ORDER BY {self.EVENT_ORDER}", (recipient_id,))))
 
     def recipient_states(self) -> Iterator[tuple[int, int, str, str, int, str | None]]:
         """(id, row, email, state, attempts, content_sha256) of every recipient, for the audit's replay."""
         yield from self.db.execute("SELECT id, row, email, state, attempts, content_sha256 FROM recipients ORDER BY id")
 
     def events_of_kind(self, kind: str) -> list[dict[str, Any]]:
-        cur = self.db.execute("SELECT seq, ts, detail FROM events WHERE kind=? ORDER BY seq", (kind,))
+        cur = self.db.execute(f"SELECT seq, ts, detail FROM events WHERE kind=? ORDER BY {self.EVENT_ORDER}", (kind,))
         return [{"seq": r[0], "ts": r[1], "detail": r[2]} for r in cur]
 
     def recent_rate(self, n: int = 1000) -> float | None:
         """Messages handed to providers per second over the last `n` outcomes, or None if too few."""
-        rows = self.db.execute("SELECT ts FROM events WHERE kind IN ('sent', 'deferred', 'failed') ORDER BY seq DESC LIMIT ?",
+        rows = self.db.execute(f"SELECT ts FROM events WHERE kind IN ('sent', 'deferred', 'failed') ORDER BY {self.EVENT_ORDER} DESC"
+                               " LIMIT ?",
                                (n,)).fetchall()
         if len(rows) < 2:
             return None
@@ -976,7 +614,7 @@ class Store:
         return int(self.db.execute("SELECT count(*) FROM unmatched").fetchone()[0])
 
     def next_due(self) -> float | None:
-        row = self.db.execute(NEXT_DUE_SQL).fetchone()
+        row = self.db.execute(self.NEXT_DUE_SQL).fetchone()
         return float(row[0]) if row[0] is not None else None
 
     def last_first_attempt(self) -> float | None:
@@ -985,7 +623,7 @@ class Store:
         return float(last) if last is not None else None
 
     def count_due(self, now: float) -> int:
-        return int(self.db.execute(COUNT_DUE_SQL, (now,)).fetchone()[0])
+        return int(self.db.execute(self.COUNT_DUE_SQL, (now,)).fetchone()[0])
 
     # --- reports ---
 
@@ -999,7 +637,7 @@ class Store:
         """One real recipient per (requested locale, jurisdiction), for rendering every version before the
         first send; each carries its row and how many recipients share its pair."""
         out: dict[tuple[str, str], dict[str, Any]] = {}
-        for locale, juris, rid, n in self.db.execute(SAMPLES_SQL):
+        for locale, juris, rid, n in self.db.execute(schema.SAMPLES_SQL):
             r = self.db.execute("SELECT email, name, vars, row FROM recipients WHERE id=?", (rid,)).fetchone()
             out[locale, juris] = {"email": r[0], "name": r[1], "locale": locale, "jurisdiction": juris,
                                   "vars": json.loads(r[2]), "row": r[3], "count": n}
@@ -1015,9 +653,9 @@ class Store:
 
     def reply_summary(self, state: str, top: int = 5) -> list[tuple[str, int, str]]:
         """The most common replies among recipients in `state`: (code such as "550 5.1.1", count, an example)."""
-        return self.db.execute(
+        return [(str(code), int(n), str(example)) for code, n, example in self.db.execute(
             "SELECT coalesce(reply_code, '-'), count(*), max(detail) FROM recipients WHERE state=? AND detail IS NOT NULL"
-            " GROUP BY reply_code ORDER BY 2 DESC LIMIT ?", (state, top)).fetchall()
+            " GROUP BY reply_code ORDER BY 2 DESC LIMIT ?", (state, top))]
 
     def in_doubt_unsettled(self) -> int:
         """Recipients in doubt that have not been accepted since: the ones a resend might duplicate."""
@@ -1028,7 +666,7 @@ class Store:
 
     def breakdown(self, by: str, top: int = 12) -> list[tuple[str, dict[str, int]]]:
         """Recipients by `by` (a key of BREAKDOWNS), each group's counts per state, largest groups first."""
-        expr = BREAKDOWNS[by]
+        expr = schema.BREAKDOWNS[by]
         groups: dict[str, dict[str, int]] = {}
         for value, state, n in self.db.execute(f"SELECT {expr}, state, count(*) FROM recipients GROUP BY 1, 2"):
             groups.setdefault(str(value), {})[state] = n
@@ -1043,7 +681,7 @@ class Store:
         width = max((hi - lo) / buckets, 1e-6)
         out = [[0, 0, 0] for _ in range(buckets)]
         for i, state, n in self.db.execute(
-                "SELECT min(?, CAST((first_attempt_at - ?) / ? AS INTEGER)), state, count(*) FROM recipients"
+                f"SELECT {self.BUCKET_SQL}, state, count(*) FROM recipients"
                 " WHERE first_attempt_at IS NOT NULL GROUP BY 1, 2", (buckets - 1, lo, width)):
             out[i][0 if state in ("sent", "delivered") else 1 if state in ("bounced", "complained") else 2] += n
         return float(lo), width, [(a, b, c) for a, b, c in out]
@@ -1055,7 +693,7 @@ class Store:
 
     def write_rejects_file(self) -> Path:
         """The rejects report: every rejected row with its row number, raw value and reason."""
-        out = self.path.parent / "rejects.csv"
+        out = self.state_dir / "rejects.csv"
         tmp = out.with_suffix(".tmp")
         try:
             with open(files.create_temp(tmp), "w", newline="", encoding="utf-8") as fh:

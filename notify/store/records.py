@@ -1,0 +1,121 @@
+"""The values the store hands out and takes in, and the chain's hash: the same on every backend."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GENESIS = "0" * 64
+
+# The state machine of DESIGN.md; Store.apply refuses anything else.
+TRANSITIONS = {
+    ("pending", "inflight"), ("deferred", "inflight"),
+    ("inflight", "sent"), ("inflight", "deferred"), ("inflight", "failed"),
+    ("inflight", "pending"), ("inflight", "suppressed"),  # released on Ctrl-C / stopped provider
+    ("pending", "suppressed"), ("deferred", "suppressed"), ("pending", "ineligible"),
+    ("sent", "delivered"), ("sent", "bounced"), ("sent", "complained"),
+    ("delivered", "bounced"), ("delivered", "complained"),
+    # Feedback: SES accepted but did not send (account suppression list, virus reject).
+    ("sent", "suppressed"), ("sent", "failed"),
+    # A bounce that refuses the message (not the address) after a delivery report: not notified.
+    ("delivered", "failed"),
+    # Feedback settles a recipient left in doubt: the provider did accept it.
+    ("deferred", "sent"), ("deferred", "delivered"),
+}
+
+
+EVENT_FIELDS = ("seq", "ts", "recipient", "kind", "provider", "provider_message_id", "detail",
+                "locale", "content_sha256", "prev_hash")
+
+
+
+TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # every timestamp the store writes
+
+
+def utcnow() -> str:
+    return dt.datetime.now(dt.UTC).strftime(TS_FORMAT)
+
+
+def epoch_of(ts: str) -> float:
+    """A timestamp the store wrote, back to seconds since the epoch."""
+    return dt.datetime.strptime(ts, TS_FORMAT).replace(tzinfo=dt.UTC).timestamp()
+
+
+_CANONICAL = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # built once: json.dumps
+_DETAIL = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode  # with options builds one per call
+
+
+def event_hash(event: dict[str, Any]) -> str:
+    """The chain's hash of one event: SHA-256 over its fields (detail as stored text), canonical JSON."""
+    body = _CANONICAL([event.get(f) for f in EVENT_FIELDS])
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Event:
+    kind: str
+    recipient_id: int | None = None
+    recipient: str | None = None
+    provider: str | None = None
+    provider_message_id: str | None = None
+    detail: dict[str, Any] | None = None
+    locale: str | None = None
+    content_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A recipient handed to the engine: everything needed to render and send it."""
+
+    id: int
+    row: int
+    email: str
+    key: str
+    name: str
+    locale: str
+    jurisdiction: str
+    vars: dict[str, Any]
+    attempts: int
+    doubt: bool
+    first_attempt_at: float | None
+    previous_state: str
+    token: str  # the handle in its Message-ID, VERP address and tags (recipients.recipient_token)
+    last_reply: str | None = None  # the reply code of its last attempt ("held: 554 5.7.1": policy.HELD)
+
+
+
+@dataclass
+class Change:
+    """A state change and the event that records it; written together or not at all."""
+
+    recipient_id: int
+    state: str
+    event: Event | None
+    expect: str = "inflight"
+    fields: dict[str, Any] = field(default_factory=dict)  # attempts, next_attempt_at, provider, ...
+
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    path: Path
+    rows_read: int
+    accepted: int
+    rejected: int
+    already: bool  # the same file was imported before; nothing was added
+    corrected: int = 0  # known people whose row changed, not yet sent: the change was applied (an event each)
+    refused: tuple[tuple[int, str, str], ...] = ()  # (row, email, why) for changes to people already sent
+    removed: int = 0  # people of the earlier import not in the file that replaced it (nothing was sent yet)
+

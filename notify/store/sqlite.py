@@ -1,0 +1,204 @@
+"""The embedded default: one SQLite file per campaign (<campaign>/.notify/campaign.sqlite).
+
+WAL with synchronous=FULL: a committed transaction survives a process kill and a power cut. One
+sending process per campaign (a flock on .notify/lock); readers never wait for it. One audit chain.
+The suppression list is a file of its own, shared by every campaign of this user (suppression.py);
+feedback's suppressions reach it through suppress_outbox (flush_suppressions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from .. import files
+from ..errors import StoreError
+from . import schema
+from .base import Store
+from .records import GENESIS, Event, utcnow
+from .schema import DB_NAME, IMPORT_CACHE_KIB
+
+
+class SqliteStore(Store):
+    """The embedded default: one SQLite file per campaign, one sending process at a time (a flock)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.state_dir = path.parent
+        self._head: tuple[int, str] = (0, GENESIS)
+        self._lock_fd: int | None = None
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA busy_timeout=5000")
+            self._migrate()
+            self.db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('token_key', ?)", (secrets.token_bytes(32),))
+            self.token_key: bytes = bytes(self.db.execute("SELECT value FROM meta WHERE name='token_key'").fetchone()[0])
+            row = self.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{path}: cannot use the campaign database: {e}") from None
+        if row:
+            self._head = (row[0], row[1])
+
+    @classmethod
+    def open(cls, state_dir: Path) -> SqliteStore:
+        """Opens (creating, private to this user) <campaign>/.notify/campaign.sqlite."""
+        try:
+            files.private_dir(state_dir)
+            db = state_dir / DB_NAME
+            for part in ("", "-wal", "-shm", "-journal"):  # SQLite opens these by name, following links
+                files.refuse_link(db.with_name(db.name + part))
+            os.close(files.open_private(db, os.O_CREAT | os.O_WRONLY))
+        except OSError as e:
+            raise StoreError(f"{state_dir}: cannot use the state directory: {e.strerror}") from None
+        return cls(db)
+
+    def close(self) -> None:
+        self.unlock()
+        self.db.close()
+
+    def where(self) -> str:
+        return str(self.path)
+
+    def twin(self) -> SqliteStore:
+        return SqliteStore(self.path)
+
+    def _import_cache(self) -> contextlib.AbstractContextManager[None]:
+        return self._cache(IMPORT_CACHE_KIB)
+
+    @contextlib.contextmanager
+    def _cache(self, kib: int) -> Iterator[None]:
+        cache = self.db.execute("PRAGMA cache_size").fetchone()[0]
+        self.db.execute(f"PRAGMA cache_size=-{kib}")
+        try:
+            yield
+        finally:
+            self.db.execute(f"PRAGMA cache_size={cache}")
+
+    # --- exclusive use: one sending process per campaign ---
+
+    def lock(self) -> None:
+        lock_path = self.path.parent / "lock"
+        try:
+            fd = files.open_private(lock_path, os.O_RDWR | os.O_CREAT)
+        except OSError as e:
+            raise self._os_error(lock_path, e) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(
+                f"{self.path.parent.parent}: another notify process (pid {pid}) is working on this campaign",
+                hint="wait for it to finish, or stop it with Ctrl-C; it can be resumed",
+            ) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)  # for the message above; the flock is what excludes
+        except OSError:
+            pass  # a full disk must not stop us holding the lock; the next real write reports it
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # --- schema ---
+
+    def _migrate(self) -> None:
+        self.db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)")
+        done = {r[0] for r in self.db.execute("SELECT name FROM migrations")}
+        for name, sql in schema.MIGRATIONS:
+            if name in done:
+                continue
+            # Each migration and its record commit together, or neither does.
+            with self.transaction(chain=False):
+                for statement in filter(str.strip, sql.split(";")):
+                    self.db.execute(statement)
+                self.db.execute("INSERT INTO migrations VALUES (?, ?)", (name, utcnow()))
+
+    @contextlib.contextmanager
+    def transaction(self, chain: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT). Inside another, it joins it: a group of
+        writes (a batch of feedback) commits together or not at all."""
+        if self.db.in_transaction:
+            yield self.db
+            return
+        head = self._head
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            if chain:
+                # Another process (`bounces` beside `send`) may have appended since: chain onto the real head.
+                row = self.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+                self._head = (row[0], row[1]) if row else (0, GENESIS)
+        except sqlite3.Error as e:
+            raise self._error(e) from None
+        try:
+            yield self.db
+            self.db.execute("COMMIT")
+        except BaseException as e:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            self._head = head
+            if isinstance(e, sqlite3.Error):
+                raise self._error(e) from None
+            raise
+
+    def _error(self, e: sqlite3.Error) -> StoreError:
+        """SQLite's failures in words a person can act on; nothing of the failed transaction was kept."""
+        return StoreError(f"{self.path}: could not write the campaign state: {e}",
+                          hint="free some disk space or fix the directory's permissions; nothing was lost, "
+                               "and running the same command again resumes")
+
+    def flush_suppressions(self, suppression_db: Path) -> int:
+        """Copies the suppressions feedback decided (committed with it, in suppress_outbox) to the shared
+        list, then forgets them; idempotent, so a crash or a locked list between the two loses nothing:
+        the next `bounces` or `send` copies what is left. Returns how many addresses were new there."""
+        if self.db.execute("SELECT 1 FROM suppress_outbox LIMIT 1").fetchone() is None:
+            return 0
+        self.db.execute("ATTACH DATABASE ? AS supp", (str(suppression_db),))
+        try:
+            # Two transactions, each writing one file: in WAL mode a transaction over two attached files is
+            # atomic in each file but not across them, and a kill between the two commits lost the copy (a
+            # test kills `bounces` to show it). Copied first, forgotten second: a kill between them leaves
+            # the outbox to be copied again, which changes nothing.
+            with self.transaction(chain=False) as db:
+                added = db.execute(
+                    "INSERT OR IGNORE INTO supp.suppressed (address, kind, source, reason, added_at)"
+                    " SELECT address, kind, source, reason, ? FROM main.suppress_outbox", (utcnow()[:19] + "Z",)).rowcount
+            with self.transaction(chain=False) as db:
+                db.execute("DELETE FROM main.suppress_outbox WHERE address IN (SELECT address FROM supp.suppressed)")
+        finally:
+            self.db.execute("DETACH DATABASE supp")
+        return max(added, 0)
+
+    def suppress_pending(self, suppression_db: Path) -> int:
+        """Recipients not yet sent whose address is on the suppression list: state suppressed, with the
+        reason, never sent. One join against the attached list, so a resume of a million-recipient
+        campaign costs an index lookup per suppressed address, not a Python pass over every pending key."""
+        if not suppression_db.exists():
+            return 0
+        self.db.execute("ATTACH DATABASE ? AS supp", (str(suppression_db),))
+        try:
+            with self.transaction() as db:
+                rows = db.execute(
+                    "SELECT r.id, r.key, r.locale, s.kind, s.source, s.reason FROM recipients r"
+                    " JOIN supp.suppressed s ON s.address = r.key WHERE r.state IN ('pending', 'deferred')").fetchall()
+                ts = utcnow()
+                whys = [f"on the suppression list ({kind}, from {source}): {reason}" for _, _, _, kind, source, reason in rows]
+                db.executemany("UPDATE recipients SET state='suppressed', detail=?, updated_at=? WHERE id=?",
+                               [(why, ts, r[0]) for r, why in zip(rows, whys, strict=True)])
+                self._append_all([Event("suppressed", r[0], r[1], locale=r[2], detail={"reason": why})
+                                  for r, why in zip(rows, whys, strict=True)], ts)
+        finally:
+            self.db.execute("DETACH DATABASE supp")
+        return len(rows)

@@ -1,0 +1,90 @@
+"""A throwaway PostgreSQL cluster for the tests: Debian's binaries, a temporary directory, a Unix socket.
+
+initdb refuses to run as root, so the cluster belongs to the `postgres` user (runuser) when the suite
+runs as root, and to the current user otherwise. fsync stays on: the drills kill processes and
+restart the server, and what they prove must hold on a real disk. The server listens on no TCP port;
+clients connect through the socket in the cluster's directory.
+
+Roles: `postgres` (trust, the suite's own connection) and `notify` (password, what campaigns use), so
+that a wrong password is a real authentication failure.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+PASSWORD = "s3cret-pg-pass"
+
+
+def binaries() -> Path | None:
+    """The directory of pg_ctl and initdb, or None where PostgreSQL is not installed."""
+    found = shutil.which("pg_ctl")
+    if found and Path(found).resolve().parent.joinpath("initdb").exists():
+        return Path(found).resolve().parent
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    return Path(versions[-1]).parent if versions else None
+
+
+class Cluster:
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.dir = Path(tempfile.mkdtemp(prefix="notify-pg-"))
+        self.data = self.dir / "data"
+        self.socket = self.dir / "run"
+        self.as_postgres = os.geteuid() == 0
+        self._n = 0
+
+    def _cmd(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [str(self.bindir / args[0]), *args[1:]]
+        if self.as_postgres:
+            argv = ["runuser", "-u", "postgres", "--", *argv]
+        return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=120)
+
+    def init(self) -> None:
+        self.socket.mkdir()
+        if self.as_postgres:
+            shutil.chown(self.dir, "postgres", "postgres")
+            shutil.chown(self.socket, "postgres", "postgres")
+        self.dir.chmod(0o755)
+        pwfile = self.dir / "pw"
+        pwfile.write_text("x\n")
+        if self.as_postgres:
+            shutil.chown(pwfile, "postgres", "postgres")
+        self._cmd("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-instructions",
+                  "-E", "UTF8", "--locale=C.UTF-8")
+        (self.data / "pg_hba.conf").write_text(
+            "local all postgres trust\nlocal all all scram-sha-256\n")
+        self.start()
+        self.sql(f"CREATE ROLE notify LOGIN PASSWORD '{PASSWORD}' CREATEDB")
+
+    def start(self) -> None:
+        opts = f"-k {self.socket} -c listen_addresses='' -c fsync=on -c max_connections=100 -c shared_buffers=32MB"
+        self._cmd("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.dir / "log"), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._cmd("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
+
+    def sql(self, statement: str, db: str = "postgres") -> str:
+        out = subprocess.run([str(self.bindir / "psql"), "-h", str(self.socket), "-U", "postgres", "-d", db,
+                              "-v", "ON_ERROR_STOP=1", "-At", "-c", statement],
+                             check=True, capture_output=True, text=True, timeout=60)
+        return out.stdout.strip()
+
+    def new_database(self) -> str:
+        """A fresh database owned by `notify`; returns its URL (password included, as a user would give it)."""
+        self._n += 1
+        name = f"t{os.getpid()}_{self._n}"
+        self.sql(f"CREATE DATABASE {name} OWNER notify")
+        return self.url(name)
+
+    def url(self, db: str, password: str = PASSWORD) -> str:
+        return f"postgresql://notify:{password}@/{db}?host={self.socket}"
+
+    def destroy(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)
