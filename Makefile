@@ -20,7 +20,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,lint]'
+	$(BIN)/pip install --quiet -e '.[test,lint,postgres]'
 	touch $(STAMP)
 
 # The example campaign end to end through the outbox provider (files on disk, no account, no server).

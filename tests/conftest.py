@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import shutil
-import sqlite3
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from notify import campaign as campaign_mod
 from notify.cli import app
+from notify.store import open_store
+
+from . import pg
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "campaigns" / "example"
@@ -54,13 +59,20 @@ def run(*args: str | Path) -> tuple[int, str, str]:
     return r.exit_code, r.stdout, r.stderr
 
 
+def sql(d: Path, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """A statement (qmark parameters) against the state of the campaign in `d`, whichever backend holds it:
+    what a test reads to check, or what an attacker with write access changes. Committed at once."""
+    store = open_store(campaign_mod.load(d))
+    try:
+        cur = store.db.execute(statement, params)
+        return [tuple(r) for r in cur.fetchall()] if cur.description else []
+    finally:
+        store.close()
+
+
 def by_key(d: Path, column: str) -> dict[str, str]:
     """One column of every recipient of the campaign in `d`, by address (dedupe key), read from its state."""
-    con = sqlite3.connect(d / ".notify" / "campaign.sqlite")
-    try:
-        return dict(con.execute(f"SELECT key, {column} FROM recipients"))
-    finally:
-        con.close()
+    return {k: v for k, v in sql(d, f"SELECT key, {column} FROM recipients")}
 
 
 def tokens(d: Path) -> dict[str, str]:
@@ -84,9 +96,54 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_PROFILE", raising=False)
 
 
+STATE_ON_POSTGRES = """
+[state]
+url_env = "NOTIFY_STATE_URL"
+stall_after = 5
+"""
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[pg.Cluster]:
+    """A PostgreSQL cluster of the suite's own (tests/pg.py), started once, stopped at the end."""
+    bindir = pg.binaries()
+    if bindir is None:
+        if os.environ.get("NOTIFY_REQUIRE_POSTGRES"):
+            pytest.fail("no PostgreSQL binaries (pg_ctl, initdb) found, and NOTIFY_REQUIRE_POSTGRES is set (.ci/run)")
+        pytest.skip("no PostgreSQL binaries (pg_ctl, initdb) found: install Debian's postgresql to run these")
+    cluster = pg.Cluster(bindir)
+    cluster.init()
+    yield cluster
+    cluster.destroy()
+
+
 @pytest.fixture
-def make_campaign(tmp_path: Path) -> MakeCampaign:
-    """Writes campaign.toml and a recipients file; returns the campaign directory."""
+def pg_url(pg_cluster: pg.Cluster, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh database of the cluster, its URL in NOTIFY_STATE_URL (what [state] url_env names)."""
+    url = pg_cluster.new_database()
+    monkeypatch.setenv("NOTIFY_STATE_URL", url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Runs a test once per backend: campaigns made by make_campaign and example keep their state in
+    SQLite, then in a fresh PostgreSQL database."""
+    if request.param == "postgresql":
+        request.getfixturevalue("pg_url")
+    return str(request.param)
+
+
+def _on_backend(request: pytest.FixtureRequest, d: Path) -> None:
+    if "backend" in request.fixturenames and request.getfixturevalue("backend") == "postgresql":
+        with (d / "campaign.toml").open("a", encoding="utf-8") as fh:
+            fh.write(STATE_ON_POSTGRES)
+
+
+@pytest.fixture
+def make_campaign(tmp_path: Path, request: pytest.FixtureRequest) -> MakeCampaign:
+    """Writes campaign.toml and a recipients file; returns the campaign directory (state on the test's
+    backend, when it asks for one)."""
 
     def make(recipients: str | bytes = "email,name,locale\nalice@example.com,Alice,en\n", *,
              filename: str = "recipients.csv", template: str = "breach-notice", send_extra: str = "",
@@ -103,16 +160,19 @@ def make_campaign(tmp_path: Path) -> MakeCampaign:
             p = d / "templates" / template / rel
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(body, encoding="utf-8")
+        if toml is None:
+            _on_backend(request, d)
         return d
 
     return make
 
 
 @pytest.fixture
-def example(tmp_path: Path) -> Path:
+def example(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
     """A private copy of campaigns/example (its state and outbox land in tmp_path)."""
     d = tmp_path / "example"
     shutil.copytree(EXAMPLE, d, ignore=shutil.ignore_patterns(".notify", "outbox", "dry-run"))
+    _on_backend(request, d)
     return d
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from notify.audit import verify_chain
-from notify.store import SqliteStore
+from notify.campaign import load
+from notify.store import open_store
 
-from .conftest import MakeCampaign, simple_templates
+from .conftest import MakeCampaign, simple_templates, sql
 
 pytestmark = pytest.mark.slow
 N = 3000
@@ -49,7 +49,7 @@ def campaign_dir(make_campaign: MakeCampaign, processes: int) -> Path:
 
 
 def check_complete(d: Path) -> None:
-    store = SqliteStore(d / ".notify" / "campaign.sqlite")
+    store = open_store(load(d))
     assert store.counts() == {"sent": N}
     files = sorted(p.name for p in (d / "outbox").iterdir())
     assert len(files) == N and not [f for f in files if f.endswith(".tmp")]
@@ -68,7 +68,7 @@ def check_complete(d: Path) -> None:
 
 
 @RENDERING
-def test_sigkill_mid_run_then_resume(make_campaign: MakeCampaign, processes: int) -> None:
+def test_sigkill_mid_run_then_resume(make_campaign: MakeCampaign, processes: int, backend: str) -> None:
     d = campaign_dir(make_campaign, processes)
     kills = 0
     for target in (300, 1200):
@@ -77,9 +77,7 @@ def test_sigkill_mid_run_then_resume(make_campaign: MakeCampaign, processes: int
         os.killpg(proc.pid, signal.SIGKILL)  # the render process dies too, as in a power cut
         proc.communicate()
         kills += 1
-        db = sqlite3.connect(d / ".notify" / "campaign.sqlite")
-        states = dict(db.execute("SELECT state, count(*) FROM recipients GROUP BY state").fetchall())
-        db.close()
+        states = dict(sql(d, "SELECT state, count(*) FROM recipients GROUP BY state"))
         assert sum(states.values()) == N and states.get("pending", 0) < N
     proc = start(d)
     out, err = proc.communicate(timeout=120)
@@ -91,17 +89,17 @@ def test_sigkill_mid_run_then_resume(make_campaign: MakeCampaign, processes: int
 
 
 @RENDERING
-def test_sigint_settles_in_flight_and_exits_130(make_campaign: MakeCampaign, processes: int) -> None:
+def test_sigint_settles_in_flight_and_exits_130(make_campaign: MakeCampaign, processes: int, backend: str) -> None:
     d = campaign_dir(make_campaign, processes)
     proc = start(d, "--rate", "500")
     wait_for_files(d, 200, proc)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches every process of the group
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
-    started = SqliteStore(d / ".notify" / "campaign.sqlite").last_event_of(("send_started",))
+    store = open_store(load(d))
+    started = store.last_event_of(("send_started",))
     assert started is not None and started["detail"]["render_processes"] == processes
     assert f"Resume with: notify send {d}".encode() in err
-    store = SqliteStore(d / ".notify" / "campaign.sqlite")
     counts = store.counts()
     assert "inflight" not in counts, "a clean stop leaves nothing in flight"
     assert store.doubt_count() == 0

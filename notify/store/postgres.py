@@ -400,6 +400,12 @@ class PgStore(Store):
                               utcnow())
         self.chain, self._head = MANIFEST, (0, GENESIS)
 
+    @property
+    def session(self) -> int | None:
+        """The worker session claims are marked with; None outside a send (claims then belong to nobody,
+        and the next worker recovers them as a crash's)."""
+        return self.chain if self.chain != MANIFEST else None
+
     def session_lost(self) -> str | None:
         return self._heartbeat.lost if self._heartbeat is not None else None
 
@@ -413,16 +419,17 @@ class PgStore(Store):
             "SELECT id, host, pid, started, state, sent, extract(epoch FROM now() - heartbeat)::float8 AS silent,"
             " extract(epoch FROM heartbeat)::float8 AS last FROM chains WHERE kind='worker' ORDER BY id")))
         for w in rows:
-            if w["state"] == "live" and w["silent"] > self.stall_after:
-                w["status"] = "stalled"
-            else:
-                w["status"] = w["state"]
+            w["status"] = "stalled" if w["state"] == "live" and self._stalled(w["host"], w["pid"], w["silent"]) else w["state"]
         return rows
+
+    def _stalled(self, host: str, pid: int, silent: float) -> bool:
+        """No heartbeat for stall_after seconds, or a process of this host that is gone (a crash, a kill)."""
+        return silent > self.stall_after or (host == socket.gethostname() and _pid_gone(pid))
 
     def held_elsewhere(self) -> int:
         """Recipients other sessions hold in flight (they finish them, or are rescued when they stall)."""
         row = self.raw.execute("SELECT count(*) FROM recipients WHERE state='inflight' AND session IS DISTINCT FROM %s",
-                               (self.chain,)).fetchone()
+                               (self.session,)).fetchone()
         return int(row[0]) if row else 0
 
     def recover_inflight(self, now: float) -> int:
@@ -434,7 +441,6 @@ class PgStore(Store):
         """Takes over the inflight rows of every stalled session, under the campaign's advisory lock (one
         rescuer at a time): deferred, in doubt, due now; the session marked rescued with its head in the
         manifest chain. Returns how many recipients were put back."""
-        host = socket.gethostname()
         total = 0
         with self.transaction() as db:
             if not db.execute("SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || ':rescue'))").fetchone()[0]:
@@ -446,7 +452,7 @@ class PgStore(Store):
                 "SELECT id, host, pid, extract(epoch FROM now() - heartbeat)::float8 FROM chains"
                 " WHERE kind='worker' AND state='live' AND id <> ?", (self.chain,)).fetchall()
             for sid, whost, pid, silent in candidates:
-                if not (silent > self.stall_after or (whost == host and _pid_gone(pid))):
+                if not self._stalled(whost, pid, silent):
                     continue
                 row = db.execute("SELECT head_seq, head_hash, state FROM chains WHERE id=? FOR UPDATE", (sid,)).fetchone()
                 if row[2] != "live":
@@ -484,14 +490,14 @@ class PgStore(Store):
                 f"WITH c AS (SELECT id, state FROM recipients WHERE state='pending'{skip} ORDER BY id LIMIT ?"
                 " FOR UPDATE SKIP LOCKED)"
                 f" UPDATE recipients r SET state='inflight', session=? FROM c WHERE r.id=c.id RETURNING {cols}",
-                (*skipped, limit, self.chain)).fetchall()
+                (*skipped, limit, self.session)).fetchall()
             rows.sort()
             if len(rows) < limit:
                 due = db.execute(
                     f"WITH c AS (SELECT id, state FROM recipients WHERE state='deferred' AND next_attempt_at <= ?{skip}"
                     " ORDER BY next_attempt_at, id LIMIT ? FOR UPDATE SKIP LOCKED)"
                     f" UPDATE recipients r SET state='inflight', session=? FROM c WHERE r.id=c.id RETURNING {cols}",
-                    (now, *skipped, limit - len(rows), self.chain)).fetchall()
+                    (now, *skipped, limit - len(rows), self.session)).fetchall()
                 rows += sorted(due)
             if rows:
                 blocked = {r[0]: r[1:] for r in db.execute(
@@ -530,14 +536,14 @@ class PgStore(Store):
         with self.transaction() as db:
             for (state, expect, names), group in groups.items():
                 sets = "".join(f", {k}=?" for k in names)
-                fence = " AND session=?" if expect == "inflight" else ""
-                mine = (self.chain,) if fence else ()
+                fence = " AND session IS NOT DISTINCT FROM ?" if expect == "inflight" else ""
+                mine = (self.session,) if fence else ()
                 cur = db.executemany(f"UPDATE recipients SET state=?, updated_at=?{sets} WHERE id=? AND state=?{fence}",
                                      [(state, now, *ch.fields.values(), ch.recipient_id, expect, *mine) for ch in group])
                 if cur.rowcount != len(group):
                     ids = [ch.recipient_id for ch in group]
                     held = db.execute("SELECT id, state, session FROM recipients WHERE id = ANY(?)", (ids,)).fetchall()
-                    wrong = next((h for h in held if h[1] != expect or (fence and h[2] != self.chain)), held[0])
+                    wrong = next((h for h in held if h[1] != expect or (fence and h[2] != self.session)), held[0])
                     raise StoreError(f"recipient {wrong[0]}: refusing {wrong[1]} -> {state} (expected {expect}"
                                      + (f" held by session {self.chain}; it is held by session {wrong[2]}" if fence else "")
                                      + ")", hint="this worker was presumed stalled and another took over; it stops here")
