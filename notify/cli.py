@@ -568,33 +568,48 @@ suppress_app = typer.Typer(help="The suppression list shared by all campaigns (h
 app.add_typer(suppress_app, name="suppress")
 
 
+ListOf = typer.Option(None, "--campaign", metavar="CAMPAIGN", help="The list this campaign's sends obey: with "
+                      "its state on PostgreSQL, the one in that database, shared by its hosts (default: this user's file).")
+
+
+@contextlib.contextmanager
+def _suppression(campaign: Path | None) -> Iterator[Any]:
+    """The suppression list a command works on: this user's file, or the one a campaign's state names."""
+    if campaign is None:
+        from .suppression import SuppressionList
+
+        s = SuppressionList()
+        try:
+            yield s
+        finally:
+            s.close()
+        return
+    with _open(campaign) as (_, store):
+        yield store.suppression_list()
+
+
 @suppress_app.command("add")
 @boundary
-def suppress_add(address: str, reason: str = typer.Option(..., "--reason", help="Why; shown wherever it is suppressed.")) -> None:
+def suppress_add(address: str, reason: str = typer.Option(..., "--reason", help="Why; shown wherever it is suppressed."),
+                 campaign: Optional[Path] = ListOf) -> None:
     """Never email this address again (campaigns record it as suppressed, for another channel).
 
     Example:  notify suppress add alice@example.com --reason "asked for postal notice only"
     """
-    from .suppression import SuppressionList
-
-    s = SuppressionList()
-    added = s.add(address, "manual", "notify suppress add", reason)
-    s.close()
+    with _suppression(campaign) as s:
+        added = s.add(address, "manual", "notify suppress add", reason)
     typer.echo(f"{address}: {'added' if added else 'already on the list'} ({s.path})")
 
 
 @suppress_app.command("remove")
 @boundary
-def suppress_remove(address: str) -> None:
+def suppress_remove(address: str, campaign: Optional[Path] = ListOf) -> None:
     """Take an address off the suppression list.
 
     Example:  notify suppress remove alice@example.com
     """
-    from .suppression import SuppressionList
-
-    s = SuppressionList()
-    removed = s.remove(address)
-    s.close()
+    with _suppression(campaign) as s:
+        removed = s.remove(address)
     typer.echo(f"{address}: {'removed' if removed else 'was not on the list'}")
     if not removed:
         raise typer.Exit(EXIT_INPUT)
@@ -602,17 +617,14 @@ def suppress_remove(address: str) -> None:
 
 @suppress_app.command("list")
 @boundary
-def suppress_list() -> None:
+def suppress_list(campaign: Optional[Path] = ListOf) -> None:
     """Print every suppressed address with its kind, source, reason and date (tab-separated).
 
     Example:  notify suppress list
     """
-    from .suppression import SuppressionList
-
-    s = SuppressionList()
-    for e in s.entries():
-        typer.echo("\t".join(_one_line(v) for v in (e.address, e.kind, e.source, e.reason, e.added_at)))
-    s.close()
+    with _suppression(campaign) as s:
+        for e in s.entries():
+            typer.echo("\t".join(_one_line(v) for v in (e.address, e.kind, e.source, e.reason, e.added_at)))
 
 
 @suppress_app.command("import")

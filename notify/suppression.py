@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import files
 from .errors import InputError, StoreError
@@ -41,6 +42,13 @@ class Entry:
 
 
 class SuppressionList:
+    """This user's list, a SQLite file (default_path()). A campaign whose state is on PostgreSQL uses the
+    list in that database instead (store.postgres.PgSuppressionList, the same methods), shared by its hosts."""
+
+    table = "suppressed"
+    BEGIN = "BEGIN IMMEDIATE"
+    db: Any
+
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or default_path()
         try:
@@ -80,17 +88,17 @@ class SuppressionList:
             raise InputError(f"unknown suppression kind {kind!r}; use one of {', '.join(KINDS)}")
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         with self._errors():
-            cur = self.db.execute("INSERT OR IGNORE INTO suppressed VALUES (?, ?, ?, ?, ?)",
+            cur = self.db.execute(f"INSERT INTO {self.table} VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                                   (address.lower(), kind, source, reason, now))
-        return cur.rowcount > 0
+        return bool(cur.rowcount > 0)
 
     def remove(self, address: str) -> bool:
         with self._errors():
-            return self.db.execute("DELETE FROM suppressed WHERE address=?", (address.lower(),)).rowcount > 0
+            return bool(self.db.execute(f"DELETE FROM {self.table} WHERE address=?", (address.lower(),)).rowcount > 0)
 
     def entries(self) -> Iterator[Entry]:
         with self._errors():
-            for row in self.db.execute("SELECT address, kind, source, reason, added_at FROM suppressed"
+            for row in self.db.execute(f"SELECT address, kind, source, reason, added_at FROM {self.table}"
                                        " ORDER BY added_at, address"):
                 yield Entry(*row)
 
@@ -98,7 +106,7 @@ class SuppressionList:
         """Adds every valid address of a recipients-style file; returns (read, added, invalid)."""
         read_n = added = invalid = 0
         with self._errors():
-            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(self.BEGIN)
         try:
             for record in read(path):
                 read_n += 1
@@ -110,7 +118,7 @@ class SuppressionList:
             with self._errors():
                 self.db.execute("COMMIT")
         except BaseException:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(Exception):
                 self.db.execute("ROLLBACK")
             raise
         return read_n, added, invalid

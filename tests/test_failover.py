@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,10 @@ from typer.testing import CliRunner
 from notify.audit import verify_chain
 from notify.cli import app
 from notify.providers.ses import SesProvider
-from notify.store import SqliteStore
+from notify.campaign import load
+from notify.store import open_store
 
-from .conftest import MakeCampaign, simple_templates, tokens
+from .conftest import MakeCampaign, simple_templates, sql, tokens
 from .smtpd import Handler, Server
 from .test_ses import account, aws, sent_by_moto, stub_account  # noqa: F401 - aws is a fixture
 
@@ -59,7 +59,7 @@ def pause_ses_after(monkeypatch: pytest.MonkeyPatch, accepted: int) -> None:
 
 @pytest.mark.slow
 def test_the_drill_ses_pauses_at_30_percent_and_the_relay_finishes(
-        make_campaign: MakeCampaign, aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        make_campaign: MakeCampaign, aws: Any, monkeypatch: pytest.MonkeyPatch, backend: str) -> None:  # noqa: F811
     n = 10_000
     pause_ses_after(monkeypatch, accepted=3000)
     h = Handler()
@@ -69,10 +69,8 @@ def test_the_drill_ses_pauses_at_30_percent_and_the_relay_finishes(
         assert r.exit_code == 0, r.stderr
     assert "This run via ses then relay: sent 10000, deferred 0, failed 0." in r.stdout
 
-    con = sqlite3.connect(d / ".notify" / "campaign.sqlite")
     ledger = {email: (state, provider, pmid) for email, state, provider, pmid in
-              con.execute("SELECT email, state, provider, provider_message_id FROM recipients")}
-    con.close()
+              sql(d, "SELECT email, state, provider, provider_message_id FROM recipients")}
     via_ses = {m.id: m for m in sent_by_moto()}
     via_relay = Counter(r.rcpt for r in h.received)
     assert len(via_ses) == 3000 and sum(via_relay.values()) == 7000
@@ -83,7 +81,7 @@ def test_the_drill_ses_pauses_at_30_percent_and_the_relay_finishes(
     assert set(via_relay) == set(ledger) - ses_rcpts and set(via_relay.values()) == {1}
     assert len(ses_rcpts) == 3000
 
-    store = SqliteStore(d / ".notify" / "campaign.sqlite")
+    store = open_store(load(d))
     events = list(store.events())
     store.close()
     assert verify_chain(events).ok
@@ -96,23 +94,21 @@ def test_the_drill_ses_pauses_at_30_percent_and_the_relay_finishes(
 
 
 def test_forcing_a_provider_and_all_down(make_campaign: MakeCampaign, aws: Any,  # noqa: F811
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+                                         monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
     pause_ses_after(monkeypatch, accepted=2)
     d = two_provider_campaign(make_campaign, 9, 6)  # nothing listens on port 9: the relay is down too
     r = runner.invoke(app, ["send", str(d), "--concurrency", "1"])
     assert r.exit_code == 4
     assert r.stderr.startswith("Stopped: every provider is down: ses: SendingPausedException: Sending is paused for "
                                "this account.; relay: 3 connection attempts in a row failed")
-    con = sqlite3.connect(d / ".notify" / "campaign.sqlite")
-    states = Counter(s for (s,) in con.execute("SELECT state FROM recipients"))
-    con.close()
+    states = Counter(s for (s,) in sql(d, "SELECT state FROM recipients"))
     assert states["sent"] == 2 and states["failed"] == 0, "nobody fails because the providers are down"
     r = runner.invoke(app, ["send", str(d), "--provider", "relay"])
     assert r.exit_code == 4 and "every provider is down: relay:" in r.stderr
 
 
 def test_in_doubt_settled_from_ses_events_before_any_resend(make_campaign: MakeCampaign, aws: Any,  # noqa: F811
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+                                                            monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
     import boto3
     import botocore.exceptions as bx
 
@@ -157,9 +153,7 @@ def test_in_doubt_settled_from_ses_events_before_any_resend(make_campaign: MakeC
     r = runner.invoke(app, ["send", str(d), "--concurrency", "1"])
     assert "In doubt: 2; settled from provider events: 1; 1 will be sent again with the same Message-ID." in r.stdout
     assert len(sent_by_moto()) == 8, "the settled one was not sent again"
-    con = sqlite3.connect(d / ".notify" / "campaign.sqlite")
-    states = dict(con.execute("SELECT email, state FROM recipients WHERE doubt=1"))
-    con.close()
+    states = dict(sql(d, "SELECT email, state FROM recipients WHERE doubt=1"))
     assert states == {"c2@example.org": "sent", "c5@example.org": "deferred"}
     st = json.loads(runner.invoke(app, ["status", str(d), "--json"]).stdout)
     assert (st["in_doubt"], st["in_doubt_unsettled"]) == (2, 1)

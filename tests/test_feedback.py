@@ -14,10 +14,11 @@ from moto import mock_aws
 
 from notify import dsn
 from notify.bounces import FeedbackRecorder, Malformed, parse_dsn, parse_ses, read_mbox
-from notify.store import Change, Event, SqliteStore
+from notify.campaign import load
+from notify.store import Change, Event, open_store
 from notify.suppression import SuppressionList
 
-from .conftest import MakeCampaign, run, simple_templates, states, tokens
+from .conftest import MakeCampaign, run, simple_templates, sql, states, tokens
 from .test_ses import ses_event
 
 DSN = Path(__file__).parent / "data" / "dsn"
@@ -30,12 +31,19 @@ def sent_campaign(make_campaign: MakeCampaign, n: int = 4) -> Path:
     return d
 
 
-def suppressed() -> set[str]:
-    sl = SuppressionList()
+def suppressed(d: Path | None = None) -> set[str]:
+    """The suppression list campaign `d`'s sends obey (its database's, when its state is on PostgreSQL)."""
+    if d is None:
+        sl = SuppressionList()
+        try:
+            return {e.address for e in sl.entries()}
+        finally:
+            sl.close()
+    store = open_store(load(d))
     try:
-        return {e.address for e in sl.entries()}
+        return {e.address for e in store.suppression_list().entries()}
     finally:
-        sl.close()
+        store.close()
 
 
 def mbox_of(path: Path, *raws: bytes) -> Path:
@@ -78,17 +86,17 @@ def test_an_out_of_office_reply_never_bounces_anyone(make_campaign: MakeCampaign
     assert states(d)[victim] == "sent" and victim not in suppressed()
 
 
-def test_a_stranger_quoting_an_address_and_a_status_bounces_nobody(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+def test_a_stranger_quoting_an_address_and_a_status_bounces_nobody(backend: str, make_campaign: MakeCampaign, tmp_path: Path) -> None:
     # #26: a plain email from a stranger containing "550 5.1.1 <carol@example.com>" suppressed carol.
     d = sent_campaign(make_campaign)
     raw = mail({"From": "stranger@example.net", "To": "security@example.com", "Subject": "hello",
                 "Message-ID": "<s-1@example.net>"}, "FYI: 550 5.1.1 <p2@example.org>: Recipient address rejected: User unknown\n")
     code, out, _ = run("bounces", d, "--mbox", mbox_of(tmp_path / "box", raw))
     assert code == 0 and "unmatched 1" in out
-    assert states(d)["p2@example.org"] == "sent" and not suppressed()
+    assert states(d)["p2@example.org"] == "sent" and not suppressed(d)
 
 
-def test_a_bounce_to_a_guessed_verp_address_matches_nobody(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+def test_a_bounce_to_a_guessed_verp_address_matches_nobody(backend: str, make_campaign: MakeCampaign, tmp_path: Path) -> None:
     # #26: the VERP token was an unsalted SHA-256 of the address; now it is keyed with the campaign's secret.
     import hashlib
 
@@ -98,7 +106,7 @@ def test_a_bounce_to_a_guessed_verp_address_matches_nobody(make_campaign: MakeCa
         "{addr_postfix}", "someone-else@example.net").replace("{mid_postfix}", "<unrelated@example.com>").encode()
     code, out, _ = run("bounces", d, "--mbox", mbox_of(tmp_path / "box", raw))
     assert code == 0 and out.startswith("matched 0 (none)"), out
-    assert states(d)["p3@example.org"] == "sent" and not suppressed()
+    assert states(d)["p3@example.org"] == "sent" and not suppressed(d)
 
 
 def report(recipients: list[tuple[str, str, str]], *, extra_blank_blocks: bool = False) -> bytes:
@@ -207,10 +215,10 @@ def test_a_locked_suppression_list_loses_no_suppression(make_campaign: MakeCampa
     assert suppressed() == {"p0@example.org"}
 
 
-def test_a_delivery_before_the_send_records_its_message_is_kept(make_campaign: MakeCampaign) -> None:
+def test_a_delivery_before_the_send_records_its_message_is_kept(make_campaign: MakeCampaign, backend: str) -> None:
     # #26: a Delivery event for a message still in flight was recorded as "state kept" and lost.
     d = make_campaign("email\np0@example.org\n")
-    store = SqliteStore.open(d / ".notify")
+    store = open_store(load(d))
     store.import_file(d / "recipients.csv")
     (c,) = store.claim(1, 0.0)
     recorder = FeedbackRecorder("test-2022-08", store, SuppressionList())
@@ -282,7 +290,7 @@ def test_no_shape_of_json_crashes_the_ses_parser() -> None:
     assert parsed > 1000 and malformed > 1000, (parsed, malformed)
 
 
-def test_bad_queue_messages_are_recorded_and_deleted_and_others_are_left(make_campaign: MakeCampaign) -> None:
+def test_bad_queue_messages_are_recorded_and_deleted_and_others_are_left(make_campaign: MakeCampaign, backend: str) -> None:
     with mock_aws():
         d = sent_campaign(make_campaign)
         tok = tokens(d)
@@ -307,16 +315,14 @@ def test_bad_queue_messages_are_recorded_and_deleted_and_others_are_left(make_ca
         assert "1 belonged to other campaigns (left for them)" in out
         left = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0, MaxNumberOfMessages=10).get("Messages") or []
         assert [json.loads(m["Body"])["mail"]["tags"]["campaign"] for m in left] == [["someone-else"]]
-        con = sqlite3.connect(d / ".notify" / "campaign.sqlite")
-        kinds = sorted(k for (k,) in con.execute("SELECT kind FROM unmatched"))
-        con.close()
+        kinds = sorted(k for (k,) in sql(d, "SELECT kind FROM unmatched"))
         assert all(k.startswith("malformed: ") for k in kinds), kinds
         assert states(d)["p0@example.org"] == "bounced"
 
 
 # --- `bounces --follow` beside a running send, both real processes, SQS on moto's server ---
 
-def test_follow_beside_a_send_loses_nothing(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+def test_follow_beside_a_send_loses_nothing(backend: str, make_campaign: MakeCampaign, tmp_path: Path) -> None:
     """A send and `bounces --follow` share the campaign's state while SES (this test) publishes a
     Delivery for each message the moment it appears in the outbox, often before the send has
     committed it, and a hard bounce for every tenth. Every recipient ends as the events say."""
@@ -384,7 +390,7 @@ def test_follow_beside_a_send_loses_nothing(make_campaign: MakeCampaign, tmp_pat
         assert follow.returncode == 130, ferr.decode()
         assert "Interrupted." in ferr.decode() and "matched" in fout.decode()
         assert states(d) == expected, {a: s for a, s in states(d).items() if expected.get(a) != s}
-        assert suppressed() == {a for a, s in expected.items() if s == "bounced"}
+        assert suppressed(d) == {a for a, s in expected.items() if s == "bounced"}
     finally:
         for p in procs:
             if p.poll() is None:
@@ -394,7 +400,7 @@ def test_follow_beside_a_send_loses_nothing(make_campaign: MakeCampaign, tmp_pat
         server.wait()
 
 
-def test_an_ses_notification_by_email_finds_people_only_by_what_nobody_can_forge(make_campaign: MakeCampaign,
+def test_an_ses_notification_by_email_finds_people_only_by_what_nobody_can_forge(backend: str, make_campaign: MakeCampaign,
                                                                                   tmp_path: Path) -> None:
     """SNS can deliver SES notifications by email; so can anyone else. Such a message is read as SES's
     JSON, but its address alone never finds a recipient: only the keyed token (or our Message-ID) does."""
@@ -412,7 +418,7 @@ def test_an_ses_notification_by_email_finds_people_only_by_what_nobody_can_forge
     assert states(d)["p1@example.org"] == "sent" and states(d)["p2@example.org"] == "bounced"
 
 
-def test_kill_9_while_draining_loses_no_suppression(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+def test_kill_9_while_draining_loses_no_suppression(backend: str, make_campaign: MakeCampaign, tmp_path: Path) -> None:
     """#26: 3 kills while draining 1,500 bounces left 1,499 suppressed. `bounces` is killed (SIGKILL) three
     times, each right after one of its group commits landed (while the suppressions it decided were not
     yet on the shared list); the run after it finishes the work, every bounce recorded once and every
@@ -435,11 +441,7 @@ def test_kill_9_while_draining_loses_no_suppression(make_campaign: MakeCampaign,
     box = mbox_of(tmp_path / "box", *raws)
     cmd = [sys.executable, "-m", "notify", "bounces", str(d), "--mbox", str(box)]
     def bounced() -> int:
-        con = sqlite3.connect(d / ".notify" / "campaign.sqlite", timeout=30)
-        try:
-            return int(con.execute("SELECT count(*) FROM recipients WHERE state='bounced'").fetchone()[0])
-        finally:
-            con.close()
+        return int(sql(d, "SELECT count(*) FROM recipients WHERE state='bounced'")[0][0])
 
     kills = 0
     after_first: int | None = None
@@ -452,16 +454,14 @@ def test_kill_9_while_draining_loses_no_suppression(make_campaign: MakeCampaign,
             kills += 1
         p.wait()
         if after_first is None:
-            after_first = len(suppressed())
+            after_first = len(suppressed(d))
     assert kills >= 2, "the runs were killed with work left"
     assert after_first is not None and after_first < bounced(), \
         "the first kill came after bounces were committed and before their suppressions reached the shared list"
     done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     assert done.returncode == 0, done.stderr
     assert set(states(d).values()) == {"bounced"}
-    assert len(suppressed()) == n
-    con = sqlite3.connect(d / ".notify" / "campaign.sqlite")
-    bounced_events = con.execute("SELECT count(*) FROM events WHERE kind='bounced'").fetchone()[0]
-    con.close()
+    assert len(suppressed(d)) == n
+    bounced_events = sql(d, "SELECT count(*) FROM events WHERE kind='bounced'")[0][0]
     assert bounced_events == n, "each bounce recorded once"
     assert run("audit", "verify", d)[0] == 0

@@ -28,6 +28,7 @@ from typing import Any
 from .. import files
 from ..errors import InputError, StoreError
 from ..recipients import Recipient, Reject, read, recipient_token, validate
+from ..suppression import SuppressionList
 from . import schema
 from .records import (
     _DETAIL,
@@ -147,6 +148,10 @@ class Store:
         return "$." + json.dumps(column)
 
     # --- the suppression list (each backend keeps it its own way) ---
+
+    def suppression_list(self) -> SuppressionList:
+        """The suppression list this campaign's sends obey (SQLite: this user's file; PostgreSQL: a table there)."""
+        return SuppressionList()
 
     def flush_suppressions(self, suppression_db: Path) -> int:
         """Copies the suppressions feedback decided (suppress_outbox, committed with it) to the list."""

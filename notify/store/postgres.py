@@ -44,6 +44,7 @@ import psycopg
 
 from .. import files
 from ..errors import ConfigError, StoreError, register_secret
+from ..suppression import SuppressionList
 from . import schema
 from .base import Store, _dicts
 from .records import GENESIS, TRANSITIONS, Change, Claimed, Event, utcnow
@@ -554,6 +555,9 @@ class PgStore(Store):
 
     # --- suppression: a table of the same database ---
 
+    def suppression_list(self) -> SuppressionList:
+        return PgSuppressionList(self)
+
     def flush_suppressions(self, suppression_db: Path) -> int:
         """Feedback's suppressions go to the shared table in the same transaction that forgets them: one
         database, so nothing can fall between the two."""
@@ -596,6 +600,29 @@ class PgStore(Store):
             self._append_all([Event("suppressed", r[0], r[1], locale=r[2], detail={"reason": why})
                               for r, why in zip(rows, whys, strict=True)], ts)
         return len(rows)
+
+
+class PgSuppressionList(SuppressionList):
+    """The suppression list of a campaign whose state is on PostgreSQL: notify_shared.suppressed in that
+    database, read and written by every host (`notify suppress ... --campaign DIR`)."""
+
+    table = f"{SHARED}.suppressed"
+    BEGIN = "BEGIN"
+
+    def __init__(self, store: PgStore) -> None:
+        self.store = store
+        self.path = Path(store.where())  # named in messages as the database, never with its password
+        self.db = store.db
+
+    def close(self) -> None:
+        pass  # the store's connection: closed with the store
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.Error as e:
+            raise self.store._error(e) from None
 
 
 class Heartbeat:
