@@ -18,7 +18,17 @@ import typer
 from . import __version__, engine, files, report
 from . import campaign as campaign_mod
 from .audit import verify_chain
-from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_PIPE, NotApproved, NotifyError, TemplateError, redact
+from .errors import (
+    EXIT_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_PIPE,
+    ConfigError,
+    NotApproved,
+    NotifyError,
+    TemplateError,
+    redact,
+)
 from .preflight import preflight
 from .store import ImportResult, Store, open_store
 
@@ -40,6 +50,10 @@ app = typer.Typer(
 audit_app = typer.Typer(help="Check the campaign's hash-chained audit trail.", no_args_is_help=True,
                         rich_markup_mode=None)
 app.add_typer(audit_app, name="audit")
+
+state_app = typer.Typer(help="Where a campaign's state lives: create it on PostgreSQL, move it there from SQLite.",
+                        no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(state_app, name="state")
 
 F = TypeVar("F", bound=Callable[..., Any])
 CampaignArg = typer.Argument(..., help="The campaign directory (holding campaign.toml).", metavar="CAMPAIGN")
@@ -221,6 +235,79 @@ def import_(
                    + (" (already imported; nothing added)" if imp.already else ""))
         _print_corrections(imp)
         _print_rejects(store)
+
+
+@state_app.command("init")
+@boundary
+def state_init(campaign: Path = CampaignArg) -> None:
+    """Create the campaign's state where campaign.toml says ([state] url_env: PostgreSQL; else SQLite), and
+    import the recipients. Idempotent: workers may all run it; the schema and the import happen once.
+
+    \b
+    Example:
+      export NOTIFY_STATE_URL=postgresql://notify@db.internal/notify
+      notify state init campaigns/x
+    """
+    with _open(campaign) as (c, store):
+        imp = store.import_file(c.recipients)
+        store.write_rejects_file()
+        typer.echo(f"State: {store.where()} ({store.backend}).")
+        typer.echo(f"{imp.path}: {imp.rows_read} rows read = {imp.accepted} accepted + {imp.rejected} rejected"
+                   + (" (already imported; nothing added)" if imp.already else ""))
+        typer.echo(f"Next: notify check {campaign}, then `notify send {campaign}"
+                   + (" --worker` on each host" if store.backend == "postgresql" else "`"))
+
+
+@state_app.command("migrate")
+@boundary
+def state_migrate(
+    campaign: Path = CampaignArg,
+    to: Optional[str] = typer.Option(None, "--to", metavar="URL", help="postgresql://... (visible to other users in "
+                                     "the process list while it runs: prefer --to-env)."),
+    to_env: Optional[str] = typer.Option(None, "--to-env", metavar="VAR", help="The environment variable holding the URL."),
+) -> None:
+    """Move a campaign's state (under way or not) from its SQLite file to PostgreSQL.
+
+    Every recipient, rejected row, feedback record and event is copied in one transaction; the audit
+    chain continues there unchanged (it becomes the manifest chain). The SQLite file is then marked
+    as moved and refused by every command, so nothing is ever sent from both.
+
+    \b
+    Example:
+      notify state migrate campaigns/x --to-env NOTIFY_STATE_URL
+    """
+    from .store import SqliteStore
+    from .store.postgres import PgStore, migrate_from
+
+    if (to is None) == (to_env is None):
+        err("Error: give exactly one of --to URL or --to-env VAR")
+        raise typer.Exit(2)
+    c = campaign_mod.load(campaign)
+    if c.state.url_env is not None:
+        raise ConfigError(f"{c.file}: [state] url_env is set: this campaign's state is already on PostgreSQL",
+                          hint="migrate moves a campaign from its SQLite file; remove [state] to move one that is not")
+    what = f"--to-env {to_env}" if to_env else "--to"
+    url = to if to is not None else os.environ.get(str(to_env), "")
+    if not url:
+        raise ConfigError(f"{what}: {to_env} is not set", hint=f"export {to_env}=postgresql://user:password@host/database")
+    source = SqliteStore.open(c.state_dir)
+    try:
+        source.lock()  # no send of this file may run while it moves
+        target = PgStore(url, c.id, c.state_dir, what=what, stall_after=c.state.stall_after)
+        try:
+            moved = migrate_from(source, target)
+            where = target.where()
+        finally:
+            target.close()
+    finally:
+        source.close()
+    typer.echo(f"Copied to {where}: moved {moved['recipients']} recipients, {moved['rejects']} rejected rows, "
+               f"{moved['events']} events, {moved['feedback']} feedback records.")
+    typer.echo(f"{c.state_dir / 'campaign.sqlite'} is marked as moved: no command will use it again.")
+    typer.echo(f"Next: add to {c.file}:")
+    typer.echo("  [state]")
+    typer.echo(f'  url_env = "{to_env or "NOTIFY_STATE_URL"}"')
+    typer.echo(f"then run `notify send {campaign} --worker` on each host (with the URL in that variable).")
 
 
 @app.command()

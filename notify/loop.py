@@ -31,7 +31,7 @@ from .render import RenderFailure
 from .renderpool import Prepared, RenderPool, render_claimed
 from .store import Change, Claimed, Store
 from .suppression import SuppressionList
-from .throttle import Clock, RealClock, Throttle
+from .throttle import Clock, RealClock, SharedRate, Throttle
 
 FLUSH_EVERY = 0.1  # seconds: the longest an outcome waits in memory before it is committed
 FLUSH_SIZE = 128  # outcomes per group commit
@@ -91,6 +91,7 @@ class SendLoop:
         self.busy = 0
         self.claimed_total = 0
         self.waiting_for_others = False
+        self.shared: SharedRate | None = None
         self.since_reputation = 0  # outcomes committed since the breaker last looked
         self.last_checkpoint = self.clock.now()  # when the chain's head was last written outside the state
         self.judging: asyncio.Future[tuple[int, int, int]] | None = None  # the breaker's window, being counted
@@ -191,6 +192,8 @@ class SendLoop:
     def log_rate(self, change: Any) -> None:
         if change is not None:
             self.log_event("rate_changed", old=change.old, new=change.new, reason=change.reason)
+            if self.shared is not None and change.new is not None:
+                self.shared.set_rate(self.provider.name, change.new)
             old, new = ("unlimited" if r is None else f"{r:g}/s" for r in (change.old, change.new))
             self.progress.note(f"rate {old} -> {new}: {change.reason}")
 
@@ -238,6 +241,8 @@ class SendLoop:
             self.releases.append(c)
             return
         await self.throttle.acquire(domain)
+        if self.shared is not None:  # PostgreSQL: the rate is every worker's together
+            await self.shared.take(self.provider.name, self.throttle.rate, self.stop.is_set)
         provider = self.provider
         if provider.name in self.chain.down:
             self.releases.append(c)  # switched while we waited: the next claim goes to the new provider
@@ -431,6 +436,8 @@ class SendLoop:
                 loop.add_signal_handler(sig, on_signal)
         self.ledger = LedgerWriter(store)
         await self.ledger.open()
+        budget = store.rate_budget()
+        self.shared = SharedRate(budget, self.clock) if budget is not None else None
         self.pool = RenderPool(self.templates, processes, self.batch) if processes else None
         queue: asyncio.Queue[tuple[Claimed, Prepared | None] | None] = asyncio.Queue(maxsize=2 * self.concurrency)
         # A provider that carries one message's envelope with the previous body needs a second
@@ -486,6 +493,8 @@ class SendLoop:
                     raise
             finally:
                 await self.ledger.close()
+                if self.shared is not None:
+                    self.shared.close()
             self.progress.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .providers.base import Wave
 
@@ -267,3 +269,39 @@ class Throttle:
         if target is not None and new == target:
             self.last_backoff = None
         return RateChange(old, new, "quiet period: rate grows back")
+
+
+class SharedRate:
+    """A rate shared with other processes (workers on other hosts): sends are leased in small blocks from a
+    budget kept elsewhere (store.postgres.RateBudget), through one thread, so the event loop never waits
+    on the database. Taken after the local throttle, so domain caps and backoff still apply per worker."""
+
+    BLOCK = 0.05  # seconds of the rate leased at once: small, so no worker sits on much of the budget
+
+    def __init__(self, budget: Any, clock: Clock) -> None:
+        self.budget = budget
+        self.clock = clock
+        self.tokens = 0
+        self.lock = asyncio.Lock()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="notify-rate")
+
+    async def take(self, provider: str, rate: float | None, stopping: Callable[[], bool]) -> None:
+        if rate is None:
+            return
+        async with self.lock:
+            loop = asyncio.get_running_loop()
+            while self.tokens < 1 and not stopping():
+                granted, wait = await loop.run_in_executor(self.executor, self.budget.lease, provider, rate,
+                                                           max(1, int(rate * self.BLOCK)))
+                self.tokens += granted
+                if not granted:
+                    await self.clock.sleep(min(wait, 0.5))
+            self.tokens -= 1
+
+    def set_rate(self, provider: str, rate: float) -> None:
+        """This worker's rate changed (a throttling reply, or growth after it): every worker's changes too."""
+        self.executor.submit(self.budget.set_rate, provider, rate)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        self.budget.close()

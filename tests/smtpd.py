@@ -16,6 +16,7 @@ import email.policy
 import random
 import ssl
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ class Received:
     rcpt: str
     data: bytes
     message_id: str
+    at: float = field(default_factory=time.monotonic)  # when the server accepted it (rates across workers)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pytest
 from .conftest import MakeCampaign, run
 
 
-def test_example_end_to_end(example: Path) -> None:
+def test_example_end_to_end(example: Path, backend: str) -> None:
     code, out, _ = run("check", example)
     assert code == 0, out
     assert "197 rows read = 188 accepted + 9 rejected" in out

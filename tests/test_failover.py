@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from notify.audit import verify_chain
+from notify.campaign import load
 from notify.cli import app
 from notify.providers.ses import SesProvider
-from notify.campaign import load
 from notify.store import open_store
 
 from .conftest import MakeCampaign, simple_templates, sql, tokens

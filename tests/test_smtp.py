@@ -32,7 +32,7 @@ from notify.providers import build
 from notify.providers.base import Kind
 from notify.providers.smtp import classify_exception, classify_reply
 from notify.providers.smtpwire import wire_body
-from notify.store import SqliteStore
+from notify.store import SqliteStore, open_store
 
 from .conftest import MakeCampaign, simple_templates
 from .smtpd import Handler, Server
@@ -68,7 +68,7 @@ def send(d: Path, *args: str) -> tuple[int, str, str]:
 
 
 def ledger(d: Path) -> dict[str, tuple[str, int, int, str | None]]:
-    s = SqliteStore(d / ".notify" / "campaign.sqlite")
+    s = open_store(load(d))
     rows = {r[0]: (r[1], r[2], r[3], r[4]) for r in s.db.execute("SELECT email, state, attempts, doubt, reply_code FROM recipients")}
     assert verify_chain(s.events()).ok
     s.close()
@@ -76,7 +76,7 @@ def ledger(d: Path) -> dict[str, tuple[str, int, int, str | None]]:
 
 
 def events(d: Path, kind: str) -> list[dict[str, object]]:
-    s = SqliteStore(d / ".notify" / "campaign.sqlite")
+    s = open_store(load(d))
     out = [e for e in s.events() if e["kind"] == kind]
     s.close()
     return out
@@ -282,7 +282,7 @@ def test_a_wave_of_policy_rejections_stops_the_run(make_campaign: MakeCampaign) 
     assert states["failed"] == 0 and states["pending"] + states["deferred"] == 40, states
 
 
-def test_a_provider_suspended_mid_campaign_loses_nobody(make_campaign: MakeCampaign) -> None:
+def test_a_provider_suspended_mid_campaign_loses_nobody(make_campaign: MakeCampaign, backend: str) -> None:
     """The model case: the primary is suspended after 150 messages and refuses everyone after with
     554 5.7.1; the backup takes over. Before #28, the refusals that came before the wave was recognized
     were recorded as failed for good (4 of 600 never notified, exit 3)."""

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+import notify.store as store_mod
 from notify import campaign
 from notify.audit import verify_chain
 from notify.errors import InputError, StoreError
-import notify.store as store_mod
 from notify.store import DB_NAME, Change, Event, SqliteStore, Store
 
 from .conftest import MakeCampaign

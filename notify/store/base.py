@@ -186,6 +186,10 @@ class Store:
     def rescue_stalled(self, now: float) -> int:
         return 0
 
+    def rate_budget(self) -> Any:
+        """The providers' rates shared with other workers (PostgreSQL: postgres.RateBudget), or None."""
+        return None
+
     def _os_error(self, path: Path, e: OSError) -> StoreError:
         return StoreError(f"{path}: {e.strerror}",
                           hint="free some disk space or fix the directory's permissions; nothing was lost, "

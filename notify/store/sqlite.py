@@ -41,11 +41,17 @@ class SqliteStore(Store):
             self._migrate()
             self.db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('token_key', ?)", (secrets.token_bytes(32),))
             self.token_key: bytes = bytes(self.db.execute("SELECT value FROM meta WHERE name='token_key'").fetchone()[0])
+            moved = self.db.execute("SELECT value FROM meta WHERE name='moved_to'").fetchone()
             row = self.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{path}: cannot use the campaign database: {e}") from None
         if row:
             self._head = (row[0], row[1])
+        if moved:  # `notify state migrate` copied it to PostgreSQL: this file is history, never sent from again
+            self.db.close()
+            raise StoreError(f"{path}: this campaign's state was moved to {bytes(moved[0]).decode(errors='replace')}",
+                             hint='add [state] url_env = "NOTIFY_STATE_URL" to campaign.toml (with the URL in that '
+                                  "variable) to use it there; nothing was sent from this file")
 
     @classmethod
     def open(cls, state_dir: Path) -> SqliteStore:

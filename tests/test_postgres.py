@@ -1,0 +1,239 @@
+"""One campaign, many workers: the state on a real PostgreSQL server (tests/pg.py), never a mock.
+
+The behaviour tests of the other files run on both backends (the `backend` fixture); these are what
+only PostgreSQL has: several workers, their sessions and chains, rescue, the database's faults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from . import pg
+from .conftest import STATE_ON_POSTGRES, MakeCampaign, run, simple_templates, sql
+from .smtpd import Handler, Server
+from .workers import check_against_server, kill_one_midway, start_worker, status_json, wait_until
+
+pytestmark = pytest.mark.usefixtures("pg_url")
+
+
+def dbname() -> str:
+    """The test's database, from the URL in NOTIFY_STATE_URL."""
+    return urllib.parse.urlsplit(os.environ["NOTIFY_STATE_URL"]).path.lstrip("/")
+
+
+def pg_campaign(make_campaign: MakeCampaign, n: int, *, port: int | None = None, send: str = "",
+                stall_after: float = 3) -> Path:
+    rows = "email,name\n" + "".join(f"p{i}@example.com,Person {i}\n" for i in range(n))
+    relay = (f'\n[providers.relay]\ntype = "smtp"\nhost = "127.0.0.1"\nport = {port}\ntls = "none"\ntimeout = 5\n'
+             if port else "")
+    d = make_campaign(rows, template="t", templates=simple_templates(),
+                      send_extra=f"{send}[send.retry]\nbase = 0.05\nmax_interval = 0.2\n", providers_extra=relay)
+    toml = d / "campaign.toml"
+    text = toml.read_text() + STATE_ON_POSTGRES.replace("stall_after = 5", f"stall_after = {stall_after}")
+    if port:
+        text = text.replace('providers = ["outbox"]', 'providers = ["relay"]')
+    toml.write_text(text)
+    return d
+
+
+@pytest.mark.slow
+def test_three_workers_one_killed_the_survivors_rescue_its_recipients_and_finish(make_campaign: MakeCampaign) -> None:
+    n = 3000
+    h = Handler()
+    with Server(h) as srv:
+        d = pg_campaign(make_campaign, n, port=srv.port)
+        assert run("state", "init", d)[0] == 0
+        kill_one_midway(d, h, n, extra=("--rate", "400"))
+    figures = check_against_server(d, h, n)
+    assert figures["rescued_sessions"] == 1 and figures["closed_sessions"] == 2, figures
+    assert figures["chains"] == 4, "the manifest and one chain per worker"
+    st = status_json(d)
+    assert st["states"] == {**{k: 0 for k in st["states"]}, "sent": n}  # type: ignore[dict-item]
+    assert [w["status"] for w in st["workers"]] == ["rescued", "closed", "closed"]  # type: ignore[union-attr]
+    code, out, err = run("audit", "verify", d)
+    assert code == 0 and out.startswith(f"OK: {figures['events']} events"), err
+
+
+def test_a_chain_cut_short_or_unknown_to_the_manifest_is_named(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    d = pg_campaign(make_campaign, 20)
+    assert run("send", d)[0] == 0
+    code, out, _ = run("audit", "export", d, "--out", tmp_path / "export")
+    assert code == 0
+    assert run("audit", "verify", tmp_path / "export")[0] == 0
+    lines = (tmp_path / "export" / "events.jsonl").read_text().splitlines()
+    assert {json.loads(line)["chain"] for line in lines} == {0, 1}, "the export carries every chain"
+    # The worker's chain loses its last events (a delete by someone with write access to the database).
+    sql(d, "DELETE FROM events WHERE chain=1 AND seq > 3")
+    code, _, err = run("audit", "verify", d)
+    assert code == 1 and "chain 1 has 3 events" in err and "cut short or rewritten" in err, err
+    # A whole chain removed: the manifest still names it.
+    sql(d, "DELETE FROM events WHERE chain=1")
+    code, _, err = run("audit", "verify", d)
+    assert code == 1 and "opened chain 1, which has no events: it was removed" in err, err
+
+
+def test_one_worker_at_a_time_unless_it_asks_to_join(make_campaign: MakeCampaign) -> None:
+    d = pg_campaign(make_campaign, 400)
+    first = start_worker(d, "--rate", "50")
+    try:
+        wait_until("the worker's session", lambda: any(w["status"] == "live" for w in status_json(d)["workers"]))  # type: ignore[union-attr]
+        code, _, err = run("send", d)
+        assert code == 4 and "1 worker(s) are sending this campaign now" in err and "--worker" in err, err
+        code, out, _ = run("status", d)
+        assert code == 0 and "worker:" in out and ": live, sent" in out, out
+    finally:
+        first.kill()
+        first.communicate()
+    code, out, err = run("send", d)  # the killed worker's process is gone on this host: it is taken over at once
+    assert code == 0, err
+    assert sql(d, "SELECT count(*) FROM recipients WHERE state='sent'") == [(400,)]
+
+
+def test_worker_on_sqlite_is_refused(make_campaign: MakeCampaign) -> None:
+    d = make_campaign()
+    code, _, err = run("send", d, "--worker")
+    assert code == 1 and "keeps its state in SQLite" in err and "url_env" in err
+
+
+def test_a_stalled_worker_is_taken_over_and_cannot_write_after(make_campaign: MakeCampaign) -> None:
+    """A worker stopped (SIGSTOP: alive, silent) stalls; another takes over its recipients in flight.
+    When it wakes up, its session says rescued and it stops without writing: the rescuer's records stand."""
+    import signal
+
+    n = 600
+    h = Handler()
+    with Server(h) as srv:
+        d = pg_campaign(make_campaign, n, port=srv.port, stall_after=2)
+        frozen = start_worker(d, "--rate", "100")
+        wait_until("some messages", lambda: len(h.received) >= 50)
+        os.kill(frozen.pid, signal.SIGSTOP)
+        try:
+            other = start_worker(d)
+            out, err = other.communicate(timeout=120)
+            assert other.returncode == 0, err.decode()
+        finally:
+            os.kill(frozen.pid, signal.SIGCONT)
+        out, err = frozen.communicate(timeout=60)
+    assert frozen.returncode == 4, (out, err)
+    assert b"taken over" in err or b"took over" in err, err
+    figures = check_against_server(d, h, n)
+    assert figures["rescued_sessions"] == 1
+
+
+def test_a_killed_connection_and_a_database_restart_lose_nothing(make_campaign: MakeCampaign, pg_cluster: pg.Cluster) -> None:
+    n = 1500
+    h = Handler()
+    with Server(h) as srv:
+        d = pg_campaign(make_campaign, n, port=srv.port)
+        db = dbname()
+        w = start_worker(d, "--rate", "300")
+        wait_until("a third of the messages", lambda: len(h.received) >= n / 3)
+        pg_cluster.sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname='{db}'"
+                       " AND application_name='notify'")
+        out, err = w.communicate(timeout=60)
+        assert w.returncode == 4, (out, err)
+        assert b"PostgreSQL" in err and b"run the same command again" in err, err
+        w = start_worker(d, "--rate", "300")
+        wait_until("two thirds of the messages", lambda: len(h.received) >= 2 * n / 3)
+        pg_cluster.stop("immediate")  # a crash of the database server
+        time.sleep(0.5)
+        pg_cluster.start()
+        out, err = w.communicate(timeout=60)
+        assert w.returncode in (0, 4), (out, err)
+        w = start_worker(d)
+        out, err = w.communicate(timeout=120)
+        assert w.returncode == 0, err.decode()
+    check_against_server(d, h, n)
+    assert run("audit", "verify", d)[0] == 0
+
+
+# --- bad configuration: a clear error, nothing sent, no password anywhere ---
+
+def test_database_faults_are_clear_errors_and_never_show_the_password(make_campaign: MakeCampaign,
+                                                                       pg_cluster: pg.Cluster,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    d = pg_campaign(make_campaign, 3)
+    db = dbname()
+    monkeypatch.setenv("NOTIFY_STATE_URL", pg_cluster.url(db, password="wrong-Secret-9"))
+    code, out, err = run("send", d)
+    assert code == 1 and "refused the credentials" in err and "wrong-Secret-9" not in out + err, err
+    monkeypatch.setenv("NOTIFY_STATE_URL", f"postgresql://notify:{pg.PASSWORD}@/{db}?host={pg_cluster.dir}/nowhere")
+    code, out, err = run("send", d)
+    assert code == 4 and "cannot reach PostgreSQL" in err and pg.PASSWORD not in out + err, err
+    assert ":***@" in err, "the URL is named, without its password"
+    monkeypatch.delenv("NOTIFY_STATE_URL")
+    code, _, err = run("check", d)
+    assert code == 1 and "NOTIFY_STATE_URL, which is not set" in err
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text().replace('url_env = "NOTIFY_STATE_URL"', f'url = "{pg_cluster.url(db)}"'))
+    code, out, err = run("check", d)
+    assert code == 1 and "[state] url" in err and "environment variable" in err
+    assert not list((d / "outbox").glob("*.eml")) if (d / "outbox").exists() else True
+
+
+def test_a_schema_of_a_newer_notify_is_refused(make_campaign: MakeCampaign) -> None:
+    d = pg_campaign(make_campaign, 3)
+    assert run("check", d)[0] == 0
+    sql(d, "UPDATE meta SET value = ? WHERE name = 'schema_version'", (b"99",))
+    code, _, err = run("send", d)
+    assert code == 1 and "written by a newer notify (schema 99" in err and "upgrade notify" in err, err
+
+
+def test_state_init_and_migrate_from_sqlite_keep_the_chain(make_campaign: MakeCampaign, pg_cluster: pg.Cluster,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A campaign under way on SQLite moves to PostgreSQL: recipients, rejects, feedback keys and every
+    event (the SQLite chain becomes the manifest chain, hashes unchanged); the send then finishes there."""
+    url = os.environ.pop("NOTIFY_STATE_URL")
+    monkeypatch.delenv("NOTIFY_STATE_URL", raising=False)
+    d = make_campaign("email\n" + "".join(f"p{i}@example.com\n" for i in range(50)) + "bad\n", template="t",
+                      templates=simple_templates())
+    assert run("send", d, "--limit", "20")[0] == 4
+    before = sql(d, "SELECT hash FROM events ORDER BY seq DESC LIMIT 1")[0][0]
+    monkeypatch.setenv("NOTIFY_STATE_URL", url)
+    code, out, err = run("state", "migrate", d, "--to-env", "NOTIFY_STATE_URL")
+    assert code == 0, err
+    assert "moved 50 recipients" in out and 'url_env = "NOTIFY_STATE_URL"' in out
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text() + '\n[state]\nurl_env = "NOTIFY_STATE_URL"\n')
+    assert sql(d, "SELECT hash FROM events WHERE chain=0 ORDER BY seq DESC LIMIT 1")[0][0] == before
+    code, out, err = run("send", d)
+    assert code == 0 and "sent 30" in out, err
+    assert run("audit", "verify", d)[0] == 0
+    st = json.loads(run("status", d, "--json")[1])
+    assert (st["states"]["sent"], st["rejected"]) == (50, 1)
+    code, _, err = run("state", "migrate", d, "--to-env", "NOTIFY_STATE_URL")
+    assert code == 1 and "already" in err
+
+
+@pytest.mark.slow
+def test_workers_share_one_rate(make_campaign: MakeCampaign) -> None:
+    """Three workers with rate = 300 send at 300/s together (the budget is in the database), not 900."""
+    n = 2400
+    h = Handler()
+    with Server(h) as srv:
+        d = pg_campaign(make_campaign, n, port=srv.port, send="rate = 300\n")
+        assert run("state", "init", d)[0] == 0
+        procs = [start_worker(d) for _ in range(3)]
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err.decode()
+    stamps = sorted(r.at for r in h.received)
+    middle = stamps[n // 6: n - n // 6]  # the steady part: every worker running
+    rate = (len(middle) - 1) / (middle[-1] - middle[0])
+    assert 0.9 * 300 <= rate <= 1.02 * 300, rate
+    assert len(check_against_server(d, h, n)) > 0
+
+
+def test_status_from_another_terminal_sees_the_workers(make_campaign: MakeCampaign) -> None:
+    d = pg_campaign(make_campaign, 5)
+    assert run("send", d)[0] == 0
+    out = subprocess.run([sys.executable, "-m", "notify", "status", str(d)], capture_output=True, text=True)
+    assert out.returncode == 0 and "worker:" in out.stdout and "closed, sent 5" in out.stdout, out.stdout
