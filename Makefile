@@ -15,7 +15,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint drill bench bench-quick bench-feedback bench-deferrals bench-tools clean-demo clean
+.PHONY: demo test lint drill bench bench-quick bench-feedback bench-deferrals bench-workers bench-tools clean-demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,9 +39,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check notify tests bench
 	$(BIN)/mypy
 
-# Crash drill: 50 trials of 20,000 recipients, each SIGKILLed at seeded random moments and resumed.
+# Crash drill: 50 trials of 20,000 recipients, each SIGKILLed at seeded random moments and resumed; then three
+# workers on PostgreSQL (a cluster of its own, tests/pg.py) sending 20,000, one of them SIGKILLed mid-run.
 drill: $(STAMP)
 	$(BIN)/python -m tests.drill --trials 50 --recipients 20000 --seed 1
+	$(BIN)/python -m tests.workers --recipients 20000 --workers 3
 
 # Benchmarks against Postfix's smtp-sink (installed here if missing), beside mailmerge 2.3.0 in its
 # own virtual environment. `make bench` takes a while (N = 50,000 and 1,000,000) and adds its figures
@@ -68,6 +70,11 @@ bench-feedback: $(STAMP)
 # Deferrals (#28): the same send against aiosmtpd deferring 2% of recipients at random, and deferring none.
 bench-deferrals: $(STAMP)
 	$(BIN)/python bench/deferrals.py
+
+# Workers (#29): 1, 2 and 4 `send --worker` on PostgreSQL (a cluster of its own) beside one process on SQLite,
+# to one smtp-sink; outcomes/s, commits and WAL per outcome.
+bench-workers: $(STAMP) bench-tools
+	$(BIN)/python bench/workers.py --n 20000
 
 bench-quick: $(STAMP) bench-tools
 	$(BIN)/python bench/bench.py --mailmerge $(MAILMERGE_VENV)/bin/mailmerge --quick

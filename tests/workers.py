@@ -91,3 +91,75 @@ def status_json(d: Path) -> dict[str, object]:
     out = subprocess.run([sys.executable, "-m", "notify", "status", str(d), "--json"], capture_output=True, check=True)
     result: dict[str, object] = json.loads(out.stdout)
     return result
+
+
+def main() -> None:
+    """`make drill`: the long version (20,000 recipients by default), printing what it found."""
+    import argparse
+    import shutil
+    import tempfile
+    import textwrap
+
+    from .pg import Cluster, binaries
+    from .smtpd import Server
+
+    ap = argparse.ArgumentParser(description="three workers on PostgreSQL, one SIGKILLed mid-run")
+    ap.add_argument("--recipients", type=int, default=20000)
+    ap.add_argument("--workers", type=int, default=3)
+    args = ap.parse_args()
+    bindir = binaries()
+    if bindir is None:
+        raise SystemExit("drill: PostgreSQL binaries not found (Debian's postgresql)")
+    cluster = Cluster(bindir)
+    cluster.init()
+    work = Path(tempfile.mkdtemp(prefix="notify-drill-workers-"))
+    try:
+        os.environ["NOTIFY_STATE_URL"] = cluster.new_database()
+        os.environ["NOTIFY_SUPPRESSION_DB"] = str(work / "suppression.sqlite")
+        h = Handler()
+        with Server(h) as srv:
+            d = work / "camp"
+            shutil.copytree(Path(__file__).resolve().parent.parent / "templates" / "breach-notice", d / "templates" / "t")
+            (d / "recipients.csv").write_text("email,name\n" + "".join(f"p{i}@example.com,Person {i}\n"
+                                                                       for i in range(args.recipients)))
+            (d / "campaign.toml").write_text(textwrap.dedent(f"""\
+                [campaign]
+                id = "drill-workers"
+                template = "t"
+                recipients = "recipients.csv"
+                from = "Security <security@example.com>"
+                require_approval = false
+                [variables]
+                company = "Example"
+                discovered = 2022-08-08
+                email_provider = "a provider"
+                website = "www.example.com/security"
+                support_email = "security@example.com"
+                support_phone = "+1 800 555 0100"
+                [send]
+                providers = ["relay"]
+                [providers.relay]
+                type = "smtp"
+                host = "127.0.0.1"
+                port = {srv.port}
+                tls = "none"
+                [state]
+                url_env = "NOTIFY_STATE_URL"
+                stall_after = 3
+                """))
+            subprocess.run([sys.executable, "-m", "notify", "state", "init", str(d)], check=True, capture_output=True)
+            started = time.monotonic()
+            _, at_kill = kill_one_midway(d, h, args.recipients, workers=args.workers)
+            took = time.monotonic() - started
+        figures = check_against_server(d, h, args.recipients)
+        verify = subprocess.run([sys.executable, "-m", "notify", "audit", "verify", str(d)], capture_output=True, text=True)
+        assert verify.returncode == 0, verify.stderr
+        print(f"drill: {args.workers} workers, one SIGKILLed at {at_kill:,} messages; {took:.1f} s; "
+              + ", ".join(f"{k} {v:,}" for k, v in figures.items()) + "; audit verify OK")
+    finally:
+        cluster.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
