@@ -63,6 +63,7 @@ _CREDENTIAL_REQUEST = [
     r"(?:password|passcode|pin|one-time code|verification code|security code|2fa code|login details|credentials)\b",
 ]
 _URL = re.compile(r"""\bhttps?://[^\s<>"')\]]+|\bwww\.[^\s<>"')\]]+""", re.I)
+SENTENCE_END = ".,;:!?'\"»”’。、，；：！？؛،"
 _HOSTLIKE = re.compile(r"^(?:https?://)?((?:[a-z0-9-]+\.)+[a-z]{2,})(?:[/:?#]|$)", re.I)
 _EMAIL = re.compile(r"(?<![^\s@<>()])[^\s@<>()]+@[^\s@<>()]+\.[^\s@<>()]+")
 _PHONE_RUN = re.compile(r"[\d ().-]+")  # a phone number: 8 or more of these, from a digit to a digit
@@ -239,7 +240,8 @@ def _lint_version(campaign: Campaign, templates: Templates, r: Rendered, msg: Me
 
     # --- anti-phishing ---
     links = [(href, label, "HTML link") for href, label in html.links]
-    links += [(u, "", "text") for u in _URL.findall(r.text)]
+    # A bare address ends where the sentence's punctuation begins ("visit www.example.com, or call").
+    links += [(u.rstrip(SENTENCE_END), "", "text") for u in _URL.findall(r.text)]
     links += [(img.get("src", ""), "", "image") for img in html.images]
     for href, label, kind in links:
         if href.lower().startswith(("mailto:", "tel:", "#", "cid:")):

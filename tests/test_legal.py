@@ -198,6 +198,14 @@ def test_anti_phishing_rules(make_campaign: MakeCampaign) -> None:
     ]
 
 
+def test_an_address_at_the_end_of_a_sentence_is_the_address_without_the_punctuation(make_campaign: MakeCampaign) -> None:
+    # "visit www.example.com, or call": the comma is the sentence's; the address was refused with it.
+    d = lint_campaign(make_campaign, "", extra_text="Visit www.example.com, or www.example.com; see www.example.com.\n"
+                                                   "詳細は www.example.com。 أو www.example.com؛\n")
+    code, out, err = run("check", d)
+    assert code == 0 and not problems(err), err
+
+
 def test_lint_warnings_are_said_and_stop_nothing(make_campaign: MakeCampaign) -> None:
     d = lint_campaign(make_campaign, '[review]\nallowed_domains = ["example.com", "cdn.example.org"]\n',
                       extra_html='<img src="https://cdn.example.org/logo.png" width="120" height="40">')
