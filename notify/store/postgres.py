@@ -154,12 +154,20 @@ def schema_name(campaign_id: str) -> str:
     return name
 
 
-def _connect(url: str, what: str) -> psycopg.Connection[Any]:
+def _options(stall_after: float) -> dict[str, Any]:
+    """Every connection's: a partitioned network is an error within stall_after/2, never a hang (TCP
+    keepalives, and a user timeout on unacknowledged data; a Unix socket ignores both)."""
+    return {"autocommit": True, "connect_timeout": max(2, int(stall_after / 2)), "application_name": "notify",
+            "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+            "tcp_user_timeout": int(stall_after * 500)}
+
+
+def _connect(url: str, what: str, stall_after: float = 30.0) -> psycopg.Connection[Any]:
     password = urllib.parse.urlsplit(url).password
     if password:
         register_secret(urllib.parse.unquote(password))
     try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="notify")
+        return psycopg.connect(url, **_options(stall_after))
     except psycopg.OperationalError as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         if password:
@@ -218,7 +226,7 @@ class PgStore(Store):
         self._head = (0, GENESIS)
         self._in_tx = False
         self._heartbeat: Heartbeat | None = None
-        self.raw = _connect(url, what)
+        self.raw = _connect(url, what, stall_after)
         self.db = _Connection(self.raw)
         try:
             self._prepare()
@@ -557,7 +565,7 @@ class PgStore(Store):
             self._append_all([ch.event for ch in changes if ch.event is not None], now)
 
     def rate_budget(self) -> RateBudget | None:
-        return RateBudget(self.url, self.schema, self.session) if self.session is not None else None
+        return RateBudget(self.url, self.schema, self.session, self.stall_after) if self.session is not None else None
 
     # --- suppression: a table of the same database ---
 
@@ -615,8 +623,8 @@ class RateBudget:
 
     BURST = 0.1  # seconds of the rate the bucket holds: a worker idle for a while cannot then flood the relay
 
-    def __init__(self, url: str, schema_: str, session: int | None) -> None:
-        self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="notify")
+    def __init__(self, url: str, schema_: str, session: int | None, stall_after: float = 30.0) -> None:
+        self.conn = psycopg.connect(url, **_options(stall_after))
         self.conn.execute(psycopg.sql.SQL("SET search_path TO {}").format(psycopg.sql.Identifier(schema_)))
         self.session = session
 
@@ -701,7 +709,7 @@ class Heartbeat:
 
     def _beat(self) -> bool:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, int(self.give_up)))
+            self._conn = psycopg.connect(self.url, **_options(self.give_up * 2))
             self._conn.execute(psycopg.sql.SQL("SET search_path TO {}").format(psycopg.sql.Identifier(self.schema)))
         cur = self._conn.execute("UPDATE chains SET heartbeat=now() WHERE id=%s AND state='live'", (self.session,))
         return cur.rowcount == 1
