@@ -685,7 +685,7 @@ def suppress_add(address: str, reason: str = typer.Option(..., "--reason", help=
     """
     with _suppression(campaign) as s:
         added = s.add(address, "manual", "notify suppress add", reason)
-    typer.echo(f"{address}: {'added' if added else 'already on the list'} ({s.path})")
+    typer.echo(f"{address}: {'added' if added else 'already on the list'} ({s.where()})")
 
 
 @suppress_app.command("remove")
@@ -722,6 +722,7 @@ def suppress_import(
     kind: str = typer.Option("manual", "--kind", help="manual | hard-bounce | complaint | marketing-unsubscribe"),
     confirm_marketing: bool = typer.Option(False, "--confirm-marketing",
                                            help="Required with --kind marketing-unsubscribe: yes, block legally required notices too."),
+    campaign: Optional[Path] = ListOf,
 ) -> None:
     """Import addresses into the suppression list.
 
@@ -731,7 +732,7 @@ def suppress_import(
 
     Example:  notify suppress import hard-bounces.csv --kind hard-bounce --reason "bounced in 2022 mailing"
     """
-    from .suppression import KINDS, SuppressionList
+    from .suppression import KINDS
 
     if kind not in KINDS:
         err(f"Error: --kind {kind}: use one of {', '.join(KINDS)}")
@@ -740,9 +741,8 @@ def suppress_import(
         err("Error: a marketing unsubscribe list does not waive a legally required breach notice.")
         err("Hint: to suppress these addresses anyway (they will need postal or other notice), add --confirm-marketing")
         raise typer.Exit(EXIT_INPUT)
-    s = SuppressionList()
-    read_n, added, invalid = s.import_file(file, kind, f"import:{file.name}", reason)
-    s.close()
+    with _suppression(campaign) as s:
+        read_n, added, invalid = s.import_file(file, kind, f"import:{file.name}", reason)
     typer.echo(f"{file}: {read_n} rows read, {added} added, {read_n - added - invalid} already listed, {invalid} invalid")
     if kind == "marketing-unsubscribe":
         err(f"Warning: {added} address(es) from a marketing unsubscribe list will NOT receive breach notices by email; "

@@ -30,13 +30,16 @@ class LinkRefused(OSError):
         self.strerror = str(self.args[1])
 
 
-def private_dir(path: Path) -> None:
-    """Makes `path` (and missing parents) as directories only this user can enter; refuses a link."""
+def private_dir(path: Path, tighten: bool = True) -> None:
+    """Makes `path` (and missing parents) as directories only this user can enter; refuses a link. An
+    existing directory of ours is made 0700 too with `tighten` (the state directory), never one the
+    user merely chose to put a file in (tighten=False: the suppression list's), nor a shared
+    directory with the sticky bit (/tmp)."""
     if path.is_symlink():
         raise LinkRefused(path)
     if not path.is_dir():
         if not path.parent.is_dir():
-            private_dir(path.parent)
+            private_dir(path.parent, tighten)
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:
@@ -46,7 +49,7 @@ def private_dir(path: Path) -> None:
         raise LinkRefused(path)
     if not stat.S_ISDIR(st.st_mode):
         raise NotADirectoryError(errno.ENOTDIR, f"{path} is not a directory")
-    if stat.S_IMODE(st.st_mode) != 0o700 and st.st_uid == os.getuid():
+    if tighten and stat.S_IMODE(st.st_mode) != 0o700 and st.st_uid == os.getuid() and not st.st_mode & stat.S_ISVTX:
         os.chmod(path, 0o700)
 
 

@@ -52,7 +52,7 @@ class SuppressionList:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or default_path()
         try:
-            files.private_dir(self.path.parent)
+            files.private_dir(self.path.parent, tighten=False)  # a directory the user chose: only the file is ours
             for part in ("", "-wal", "-shm", "-journal"):
                 files.refuse_link(self.path.with_name(self.path.name + part))
             os.close(files.open_private(self.path, os.O_CREAT | os.O_WRONLY))
@@ -68,6 +68,10 @@ class SuppressionList:
 
     def close(self) -> None:
         self.db.close()
+
+    def where(self) -> str:
+        """The list, as messages name it."""
+        return str(self.path)
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:

@@ -672,8 +672,11 @@ class PgSuppressionList(SuppressionList):
 
     def __init__(self, store: PgStore) -> None:
         self.store = store
-        self.path = Path(store.where())  # named in messages as the database, never with its password
+        self.path = store.state_dir / "suppression (in the campaign's database)"  # a file path says nothing here
         self.db = store.db
+
+    def where(self) -> str:
+        return f"{SHARED}.suppressed in {self.store.where()}"
 
     def close(self) -> None:
         pass  # the store's connection: closed with the store
