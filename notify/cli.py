@@ -277,7 +277,8 @@ def state_migrate(
       notify state migrate campaigns/x --to-env NOTIFY_STATE_URL
     """
     from .store import SqliteStore
-    from .store.postgres import PgStore, migrate_from
+    from .store.migrate import migrate_from
+    from .store.postgres import PgStore
 
     if (to is None) == (to_env is None):
         err("Error: give exactly one of --to URL or --to-env VAR")

@@ -33,8 +33,6 @@ import os
 import re
 import secrets
 import socket
-import threading
-import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -46,8 +44,9 @@ from .. import files
 from ..errors import ConfigError, StoreError, register_secret
 from ..suppression import SuppressionList
 from . import schema
-from .base import Store, _dicts
-from .records import GENESIS, TRANSITIONS, Change, Claimed, Event, utcnow
+from .base import Store
+from .pgconn import Heartbeat, RateBudget, options
+from .records import GENESIS, TRANSITIONS, Change, Claimed, Event, dicts, utcnow
 
 SCHEMA_VERSION = 1
 SHARED = "notify_shared"
@@ -154,20 +153,12 @@ def schema_name(campaign_id: str) -> str:
     return name
 
 
-def _options(stall_after: float) -> dict[str, Any]:
-    """Every connection's: a partitioned network is an error within stall_after/2, never a hang (TCP
-    keepalives, and a user timeout on unacknowledged data; a Unix socket ignores both)."""
-    return {"autocommit": True, "connect_timeout": max(2, int(stall_after / 2)), "application_name": "notify",
-            "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
-            "tcp_user_timeout": int(stall_after * 500)}
-
-
 def _connect(url: str, what: str, stall_after: float = 30.0) -> psycopg.Connection[Any]:
     password = urllib.parse.urlsplit(url).password
     if password:
         register_secret(urllib.parse.unquote(password))
     try:
-        return psycopg.connect(url, **_options(stall_after))
+        return psycopg.connect(url, **options(stall_after))
     except psycopg.OperationalError as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         if password:
@@ -427,7 +418,7 @@ class PgStore(Store):
     def workers(self) -> list[dict[str, Any]]:
         """Every worker session: host, pid, started, seconds since its heartbeat, sent, rate, and status
         (live, stalled, closed, rescued)."""
-        rows = list(_dicts(self.raw.execute(
+        rows = list(dicts(self.raw.execute(
             "SELECT id, host, pid, started, state, sent, extract(epoch FROM now() - heartbeat)::float8 AS silent,"
             " extract(epoch FROM heartbeat)::float8 AS last FROM chains WHERE kind='worker' ORDER BY id")))
         for w in rows:
@@ -616,53 +607,6 @@ class PgStore(Store):
         return len(rows)
 
 
-class RateBudget:
-    """A provider's rate shared by every worker: a token bucket in the database (table rates, refilled from
-    the server's clock), leased in small blocks (throttle.SharedRate) on a connection of its own. A worker
-    that slows down on a throttling reply sets the shared rate: every worker slows with it."""
-
-    BURST = 0.1  # seconds of the rate the bucket holds: a worker idle for a while cannot then flood the relay
-
-    def __init__(self, url: str, schema_: str, session: int | None, stall_after: float = 30.0) -> None:
-        self.conn = psycopg.connect(url, **_options(stall_after))
-        self.conn.execute(psycopg.sql.SQL("SET search_path TO {}").format(psycopg.sql.Identifier(schema_)))
-        self.session = session
-
-    def lease(self, provider: str, rate: float, want: int) -> tuple[int, float]:
-        """Up to `want` sends at the shared rate (created at `rate` by the first worker to ask): (granted,
-        seconds until one more is due, when none was granted)."""
-        try:
-            return self._lease(provider, rate, want)
-        except psycopg.Error as e:
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise StoreError(f"lost the connection to PostgreSQL while leasing the shared rate: {reason}",
-                             hint="nothing of the interrupted step was kept; once the server is back, run the same "
-                                  "command again: it resumes") from None
-
-    def _lease(self, provider: str, rate: float, want: int) -> tuple[int, float]:
-        self.conn.execute("INSERT INTO rates (provider, rate, tokens, stamp) VALUES (%s, %s, 0,"
-                          " extract(epoch FROM clock_timestamp())) ON CONFLICT DO NOTHING", (provider, rate))
-        row = self.conn.execute(
-            "WITH cur AS (SELECT provider, rate, extract(epoch FROM clock_timestamp()) AS now,"
-            "             LEAST(rate * %(burst)s, tokens + (extract(epoch FROM clock_timestamp()) - stamp) * rate) AS avail"
-            "             FROM rates WHERE provider = %(p)s FOR UPDATE)"
-            " UPDATE rates r SET tokens = cur.avail - LEAST(%(want)s, GREATEST(0, floor(cur.avail))), stamp = cur.now"
-            " FROM cur WHERE r.provider = cur.provider"
-            " RETURNING LEAST(%(want)s, GREATEST(0, floor(cur.avail)))::int, cur.avail, cur.rate",
-            {"p": provider, "want": want, "burst": max(self.BURST, 1.0 / rate)}).fetchone()
-        assert row is not None
-        granted, avail, shared = int(row[0]), float(row[1]), float(row[2])
-        return granted, 0.0 if granted else max(0.001, (1 - avail) / shared)
-
-    def set_rate(self, provider: str, rate: float) -> None:
-        with contextlib.suppress(psycopg.Error):  # the next lease reports a lost connection
-            self.conn.execute("UPDATE rates SET rate=%s, changed_by=%s WHERE provider=%s", (rate, self.session, provider))
-
-    def close(self) -> None:
-        with contextlib.suppress(psycopg.Error):
-            self.conn.close()
-
-
 class PgSuppressionList(SuppressionList):
     """The suppression list of a campaign whose state is on PostgreSQL: notify_shared.suppressed in that
     database, read and written by every host (`notify suppress ... --campaign DIR`)."""
@@ -687,105 +631,3 @@ class PgSuppressionList(SuppressionList):
             yield
         except psycopg.Error as e:
             raise self.store._error(e) from None
-
-
-class Heartbeat:
-    """A session's pulse, on a connection and a thread of its own: every stall_after/4 seconds it tells the
-    database this worker is alive. When the database says the session was rescued, or it cannot be
-    reached for half the stall time, `lost` says why, and the send loop stops claiming and sending."""
-
-    def __init__(self, url: str, schema_: str, session: int, stall_after: float) -> None:
-        self.url, self.schema, self.session = url, schema_, session
-        self.interval = max(0.2, stall_after / 4)
-        self.give_up = stall_after / 2
-        self.lost: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="notify-heartbeat", daemon=True)
-        self._conn: psycopg.Connection[Any] | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _beat(self) -> bool:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self.url, **_options(self.give_up * 2))
-            self._conn.execute(psycopg.sql.SQL("SET search_path TO {}").format(psycopg.sql.Identifier(self.schema)))
-        cur = self._conn.execute("UPDATE chains SET heartbeat=now() WHERE id=%s AND state='live'", (self.session,))
-        return cur.rowcount == 1
-
-    def _run(self) -> None:
-        last_ok = time.monotonic()
-        while not self._stop.wait(self.interval):
-            try:
-                if not self._beat():
-                    self.lost = (f"session {self.session} was taken over by another worker (it found this one stalled); "
-                                 "stopping")
-                    break
-                last_ok = time.monotonic()
-            except psycopg.Error as e:
-                silent = time.monotonic() - last_ok
-                if silent > self.give_up:
-                    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                    self.lost = (f"cannot reach PostgreSQL for {silent:.0f} s ({reason}); stopping before another "
-                                 "worker takes over this one's recipients")
-                    break
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()
-
-
-# --- moving a campaign under way from SQLite ---
-
-MOVED = "moved_to"  # the SQLite state's meta row that says where it went (sqlite.py refuses it after)
-COPIED = (  # table, columns: everything of the SQLite state, ids kept (events and feedback point at them)
-    ("imports", "id, path, sha256, columns, rows_read, accepted, rejected, imported_at"),
-    ("recipients", "id, import_id, row, email, key, token, domain, name, locale, jurisdiction, vars, state, attempts,"
-                   " next_attempt_at, first_attempt_at, doubt, provider, provider_message_id, detail, reply_code,"
-                   " content_sha256, updated_at, message_id, version"),
-    ("rejects", "id, import_id, row, raw, reason"),
-    ("feedback", "key, received_at"),
-    ("unmatched", "id, key, source, kind, received_at, body"),
-    ("suppress_outbox", "address, kind, source, reason"),
-    ("parked_feedback", "id, recipient_id, state, reason, event"),
-)
-
-
-def migrate_from(source: Store, target: PgStore, batch: int = 5000) -> dict[str, int]:
-    """Copies a campaign's SQLite state into an empty PostgreSQL schema, in one transaction: every row
-    with its id, the campaign's secret (tokens already sent were keyed with it) and every event as the
-    manifest chain, hashes unchanged, so the chain verifies across the move. The SQLite file is then
-    marked as moved, so that no later command can send from it by mistake. Returns counts per table."""
-    if target.db.execute("SELECT count(*) FROM recipients").fetchone()[0] or \
-            target.db.execute("SELECT count(*) FROM events").fetchone()[0]:
-        raise ConfigError(f"{target.where()}: already holds the state of campaign {target.campaign_id}",
-                          hint="nothing was copied; to start over there, drop that schema first")
-    moved: dict[str, int] = {}
-    with target.transaction(chain=False) as db:
-        db.execute("UPDATE meta SET value=? WHERE name='token_key'", (source.token_key,))
-        for table, cols in COPIED:
-            marks = ",".join("?" * len(cols.split(",")))
-            cur = source.db.execute(f"SELECT {cols} FROM {table}")
-            moved[table] = 0
-            while rows := cur.fetchmany(batch):
-                db.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)
-                moved[table] += len(rows)
-            if cols.startswith("id,"):
-                db.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), coalesce(max(id), 0) + 1, false)"
-                           f" FROM {table}")
-        events = source.db.execute(f"SELECT {Store.EVENT_COLUMNS}, recipient_id FROM events ORDER BY seq")
-        moved["events"] = 0
-        head = (0, GENESIS)
-        while rows := events.fetchmany(batch):
-            db.executemany("INSERT INTO events (chain, seq, ts, recipient, kind, provider, provider_message_id, detail,"
-                           " locale, content_sha256, prev_hash, hash, recipient_id) VALUES (0,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-            moved["events"] += len(rows)
-            head = (rows[-1][0], rows[-1][10])
-        db.execute("UPDATE chains SET head_seq=?, head_hash=? WHERE id=0", head)
-    target.token_key = source.token_key
-    with source.transaction(chain=False) as db:
-        db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (MOVED, target.where().encode()))
-    return moved

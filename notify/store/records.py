@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,3 +120,10 @@ class ImportResult:
     refused: tuple[tuple[int, str, str], ...] = ()  # (row, email, why) for changes to people already sent
     removed: int = 0  # people of the earlier import not in the file that replaced it (nothing was sent yet)
 
+
+
+def dicts(cur: Any) -> Iterator[dict[str, Any]]:
+    """A query's rows as dicts by column name."""
+    names = [d[0] for d in cur.description]
+    for r in cur:
+        yield dict(zip(names, r, strict=True))

@@ -1,0 +1,225 @@
+"""The import of a recipients file: validated and normalized row by row, deduplicated, corrections
+applied to people not yet sent and refused (loudly) for the others, every rejected row kept with
+its reason; one transaction for the whole file, on either backend (Store inherits this)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import files
+from ..errors import InputError, StoreError
+from ..recipients import Recipient, Reject, read, recipient_token, validate
+from .records import Event, ImportResult, dicts, file_sha256, utcnow
+
+# States of a person nobody has handed to a provider yet: a corrected row still applies to them.
+_UNSENT = ("pending", "ineligible", "suppressed")
+_UNSENT_STATES = "('pending', 'ineligible', 'suppressed')"
+
+
+@dataclass
+class _Tally:
+    corrected: int = 0
+    refused: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+def _vars(item: Recipient) -> str:
+    return json.dumps(item.vars, ensure_ascii=False) if item.vars else "{}"
+
+
+def _changes(was: list[Any], item: Recipient) -> list[str]:
+    """The columns a new row for a known person changes: [email, name, locale, jurisdiction, vars, ineligible reason]
+    as stored, against the row. The eligibility columns are columns too, so a flag that changed is named."""
+    email, name, locale, jurisdiction, vars_json, detail = was
+    old_vars = json.loads(vars_json or "{}")
+    changed = [col for col, a, b in (("email", email, item.email), ("name", name, item.name), ("locale", locale, item.locale),
+                                     ("jurisdiction", jurisdiction, item.jurisdiction)) if a != b]
+    changed += sorted(k for k in set(old_vars) | set(item.vars) if old_vars.get(k) != item.vars.get(k))
+    return changed
+
+
+class Imports:
+    """What Store provides the import with (the connection, transactions, the chain)."""
+
+    db: Any
+    token_key: bytes
+    state_dir: Path
+
+    def transaction(self, chain: bool = True) -> contextlib.AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _import_cache(self) -> contextlib.AbstractContextManager[None]:
+        raise NotImplementedError
+
+    def _append(self, ev: Event) -> None:
+        raise NotImplementedError
+
+    def _append_all(self, events: list[Event], ts: str) -> None:
+        raise NotImplementedError
+
+    def _os_error(self, path: Path, e: OSError) -> StoreError:
+        raise NotImplementedError
+
+    def last_import(self) -> dict[str, Any] | None:
+        return next(dicts(self.db.execute("SELECT * FROM imports ORDER BY id DESC LIMIT 1")), None)
+
+    def under_way(self) -> bool:
+        """True once any recipient has been handed to a provider. Rows that were never sent (pending, or
+        ineligible or suppressed before any attempt) do not count: a corrected file may still replace them."""
+        return self.db.execute(f"SELECT 1 FROM recipients WHERE state NOT IN {_UNSENT_STATES} OR attempts > 0"
+                               " LIMIT 1").fetchone() is not None
+
+    def import_file(self, path: Path, *, append: bool = False, batch: int = 2000) -> ImportResult:
+        """Imports a recipients file once. The same file again adds nothing; a different one for a
+        campaign under way is refused unless append is asked for. All or nothing: one transaction."""
+        try:
+            digest = file_sha256(path)
+        except OSError as e:
+            raise InputError(f"{path}: cannot read: {e.strerror}") from None
+        last = self.last_import()
+        if last is not None and last["sha256"] == digest and not append:
+            return ImportResult(path, last["rows_read"], last["accepted"], last["rejected"], already=True)
+        replace = last is not None and not append
+        if last is not None and replace and self.under_way():
+            raise InputError(
+                f"{path} changed since it was imported on {last['imported_at'][:19]}Z, and this campaign is already under way",
+                hint="to add the new rows, run `notify import CAMPAIGN --append` (rows already imported are "
+                "reported as duplicates); to start over, move the campaign's .notify/ directory away",
+            )
+        with self._import_cache():
+            return self._import(path, digest, append, replace, batch)
+
+    def _import(self, path: Path, digest: str, append: bool, replace: bool, batch: int) -> ImportResult:
+        with self.transaction() as db:
+            if replace:
+                db.execute("DELETE FROM rejects")  # the earlier file's rows are read again from the new one
+            cur = db.execute(
+                "INSERT INTO imports (path, sha256, columns, rows_read, accepted, rejected, imported_at)"
+                " VALUES (?, ?, '[]', 0, 0, 0, ?) RETURNING id", (str(path), digest, utcnow()))
+            import_id = int(cur.fetchone()[0])
+            read_n = accepted = rejected = 0
+            tally = _Tally()
+            columns: set[str] = set()
+            pending: list[Recipient | Reject] = []
+            for record in read(path):
+                read_n += 1
+                if record.fields:
+                    columns.update(record.fields)
+                pending.append(validate(record))
+                if len(pending) >= batch:
+                    a, r = self._write_batch(import_id, pending, replace, tally)
+                    accepted, rejected, pending = accepted + a, rejected + r, []
+            a, r = self._write_batch(import_id, pending, replace, tally)
+            accepted, rejected = accepted + a, rejected + r
+            assert read_n == accepted + rejected, "every row is either accepted or rejected"
+            removed = 0
+            if replace:  # nobody was sent anything yet (under_way): people no longer in the file are dropped
+                removed = db.execute("DELETE FROM recipients WHERE import_id != ?", (import_id,)).rowcount
+            db.execute("UPDATE imports SET columns=?, rows_read=?, accepted=?, rejected=? WHERE id=?",
+                       (json.dumps(sorted(columns)), read_n, accepted, rejected, import_id))
+            self._append(Event("recipients_imported", detail={
+                "file": str(path), "sha256": digest, "rows_read": read_n, "accepted": accepted,
+                "rejected": rejected, "append": append, "replaced_earlier_import": replace,
+                "corrected": tally.corrected, "corrections_refused": len(tally.refused), "removed": removed}))
+        return ImportResult(path, read_n, accepted, rejected, already=False, corrected=tally.corrected,
+                            refused=tuple(tally.refused), removed=removed)
+
+    def _write_batch(self, import_id: int, items: list[Recipient | Reject], replace: bool = False,
+                     tally: _Tally | None = None) -> tuple[int, int]:
+        tally = tally if tally is not None else _Tally()
+        keys = [i.key for i in items if isinstance(i, Recipient)]
+        known: dict[str, tuple[Any, ...]] = {}
+        for start in range(0, len(keys), 900):
+            chunk = keys[start:start + 900]
+            marks = ",".join("?" * len(chunk))
+            for r in self.db.execute(f"SELECT key, row, import_id, id, state, attempts, email, name, locale, jurisdiction,"
+                                     f" vars, detail FROM recipients WHERE key IN ({marks})", chunk):
+                known[r[0]] = r[1:]
+        rows, rejects, ineligible = [], [], 0
+        events: list[Event] = []
+        corrected = 0
+        for item in items:
+            if isinstance(item, Recipient) and item.key in known:
+                row, imp, rid, state, attempts, *was = known[item.key]
+                if imp == import_id:
+                    item = Reject(item.row, item.email, f"duplicate of row {row}")
+                else:
+                    changed = _changes(was, item)
+                    if changed and (state not in _UNSENT or attempts):
+                        why = (f"correction refused: this person was already handed to a provider (state {state}, row {row} "
+                               f"of an earlier import); changed: {', '.join(changed)}; reach them by another channel if "
+                               "the notice they got is no longer right")
+                        tally.refused.append((item.row, item.email, why))
+                        events.append(Event("correction_refused", rid, item.key, detail={"row": item.row, "state": state,
+                                                                                          "changed": changed}))
+                        item = Reject(item.row, item.email, why)
+                    elif changed or replace:
+                        new_state = "ineligible" if item.ineligible else ("pending" if state == "ineligible" else state)
+                        self.db.execute(
+                            "UPDATE recipients SET import_id=?, row=?, email=?, name=?, locale=?, jurisdiction=?, vars=?,"
+                            " state=?, detail=?, updated_at=? WHERE id=?",
+                            (import_id, item.row, item.email, item.name, item.locale, item.jurisdiction, _vars(item),
+                             new_state, item.ineligible if new_state == "ineligible" else None, utcnow(), rid))
+                        known[item.key] = (item.row, import_id, rid, new_state, attempts)
+                        if changed:
+                            corrected += 1
+                            events.append(Event("recipient_corrected", rid, item.key, locale=item.locale, detail={
+                                "row": item.row, "changed": changed, "state": [state, new_state],
+                                **({"reason": item.ineligible} if item.ineligible else {})}))
+                        continue
+                    else:
+                        item = Reject(item.row, item.email, f"duplicate of row {row} of an earlier import")
+            if isinstance(item, Reject):
+                rejects.append((import_id, item.row, item.raw, item.reason))
+                continue
+            known[item.key] = (item.row, import_id, 0, "pending", 0)
+            values = (import_id, item.row, item.email, item.key, recipient_token(item.key, self.token_key), item.email.rpartition("@")[2],
+                      item.name, item.locale, item.jurisdiction, _vars(item))
+            if item.ineligible is None:
+                rows.append(values)
+                continue
+            ineligible += 1
+            # Never sent by email: recorded as such, with the reason, in the same transaction as the import.
+            cur = self.db.execute(
+                "INSERT INTO recipients (import_id, row, email, key, token, domain, name, locale, jurisdiction, vars,"
+                " state, detail, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,'ineligible',?,?) RETURNING id",
+                (*values, item.ineligible, utcnow()))
+            events.append(Event("ineligible", int(cur.fetchone()[0]), item.key, locale=item.locale,
+                                detail={"reason": item.ineligible, "row": item.row, "jurisdiction": item.jurisdiction}))
+        tally.corrected += corrected
+        self._append_all(events, utcnow())
+        self.db.executemany(
+            "INSERT INTO recipients (import_id, row, email, key, token, domain, name, locale, jurisdiction, vars)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        self.db.executemany("INSERT INTO rejects (import_id, row, raw, reason) VALUES (?,?,?,?)", rejects)
+        accepted_known = len(items) - len(rejects) - len(rows) - ineligible
+        return len(rows) + ineligible + accepted_known, len(rejects)
+
+    def columns(self) -> set[str]:
+        """Every column any import had (so templates can be checked against them)."""
+        out: set[str] = set()
+        for (cols,) in self.db.execute("SELECT columns FROM imports"):
+            out.update(json.loads(cols))
+        return out
+
+    def rejects(self) -> Iterator[tuple[int, str, str]]:
+        yield from self.db.execute("SELECT row, raw, reason FROM rejects ORDER BY import_id, row")
+
+    def write_rejects_file(self) -> Path:
+        """The rejects report: every rejected row with its row number, raw value and reason."""
+        out = self.state_dir / "rejects.csv"
+        tmp = out.with_suffix(".tmp")
+        try:
+            with open(files.create_temp(tmp), "w", newline="", encoding="utf-8") as fh:
+                w = files.SafeCsvWriter(fh)
+                w.writerow(["row", "raw", "reason"])
+                w.writerows(self.rejects())
+            os.replace(tmp, out)
+        except OSError as e:
+            raise self._os_error(out, e) from None
+        return out

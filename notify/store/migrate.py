@@ -1,0 +1,58 @@
+"""`notify state migrate`: a campaign's SQLite state moved to PostgreSQL, in one transaction."""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .base import Store
+from .postgres import PgStore
+from .records import GENESIS
+
+MOVED = "moved_to"  # the SQLite state's meta row that says where it went (sqlite.py refuses it after)
+COPIED = (  # table, columns: everything of the SQLite state, ids kept (events and feedback point at them)
+    ("imports", "id, path, sha256, columns, rows_read, accepted, rejected, imported_at"),
+    ("recipients", "id, import_id, row, email, key, token, domain, name, locale, jurisdiction, vars, state, attempts,"
+                   " next_attempt_at, first_attempt_at, doubt, provider, provider_message_id, detail, reply_code,"
+                   " content_sha256, updated_at, message_id, version"),
+    ("rejects", "id, import_id, row, raw, reason"),
+    ("feedback", "key, received_at"),
+    ("unmatched", "id, key, source, kind, received_at, body"),
+    ("suppress_outbox", "address, kind, source, reason"),
+    ("parked_feedback", "id, recipient_id, state, reason, event"),
+)
+
+
+def migrate_from(source: Store, target: PgStore, batch: int = 5000) -> dict[str, int]:
+    """Copies a campaign's SQLite state into an empty PostgreSQL schema, in one transaction: every row
+    with its id, the campaign's secret (tokens already sent were keyed with it) and every event as the
+    manifest chain, hashes unchanged, so the chain verifies across the move. The SQLite file is then
+    marked as moved, so that no later command can send from it by mistake. Returns counts per table."""
+    if target.db.execute("SELECT count(*) FROM recipients").fetchone()[0] or \
+            target.db.execute("SELECT count(*) FROM events").fetchone()[0]:
+        raise ConfigError(f"{target.where()}: already holds the state of campaign {target.campaign_id}",
+                          hint="nothing was copied; to start over there, drop that schema first")
+    moved: dict[str, int] = {}
+    with target.transaction(chain=False) as db:
+        db.execute("UPDATE meta SET value=? WHERE name='token_key'", (source.token_key,))
+        for table, cols in COPIED:
+            marks = ",".join("?" * len(cols.split(",")))
+            cur = source.db.execute(f"SELECT {cols} FROM {table}")
+            moved[table] = 0
+            while rows := cur.fetchmany(batch):
+                db.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)
+                moved[table] += len(rows)
+            if cols.startswith("id,"):
+                db.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), coalesce(max(id), 0) + 1, false)"
+                           f" FROM {table}")
+        events = source.db.execute(f"SELECT {Store.EVENT_COLUMNS}, recipient_id FROM events ORDER BY seq")
+        moved["events"] = 0
+        head = (0, GENESIS)
+        while rows := events.fetchmany(batch):
+            db.executemany("INSERT INTO events (chain, seq, ts, recipient, kind, provider, provider_message_id, detail,"
+                           " locale, content_sha256, prev_hash, hash, recipient_id) VALUES (0,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            moved["events"] += len(rows)
+            head = (rows[-1][0], rows[-1][10])
+        db.execute("UPDATE chains SET head_seq=?, head_hash=? WHERE id=0", head)
+    target.token_key = source.token_key
+    with source.transaction(chain=False) as db:
+        db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (MOVED, target.where().encode()))
+    return moved

@@ -1,0 +1,117 @@
+"""The connections a PostgreSQL worker keeps beside its store's: the heartbeat of its session, and the
+lease of the shared rate. Each has its own connection and thread, so neither waits behind a commit."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Any
+
+import psycopg
+
+from ..errors import StoreError
+
+
+def options(stall_after: float) -> dict[str, Any]:
+    """Every connection's: a partitioned network is an error within stall_after/2, never a hang (TCP
+    keepalives, and a user timeout on unacknowledged data; a Unix socket ignores both)."""
+    return {"autocommit": True, "connect_timeout": max(2, int(stall_after / 2)), "application_name": "notify",
+            "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+            "tcp_user_timeout": int(stall_after * 500)}
+
+
+class Heartbeat:
+    """A session's pulse, on a connection and a thread of its own: every stall_after/4 seconds it tells the
+    database this worker is alive. When the database says the session was rescued, or it cannot be
+    reached for half the stall time, `lost` says why, and the send loop stops claiming and sending."""
+
+    def __init__(self, url: str, schema_: str, session: int, stall_after: float) -> None:
+        self.url, self.schema, self.session = url, schema_, session
+        self.interval = max(0.2, stall_after / 4)
+        self.give_up = stall_after / 2
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="notify-heartbeat", daemon=True)
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> bool:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(self.url, **options(self.give_up * 2))
+            self._conn.execute(psycopg.sql.SQL("SET search_path TO {}").format(psycopg.sql.Identifier(self.schema)))
+        cur = self._conn.execute("UPDATE chains SET heartbeat=now() WHERE id=%s AND state='live'", (self.session,))
+        return cur.rowcount == 1
+
+    def _run(self) -> None:
+        last_ok = time.monotonic()
+        while not self._stop.wait(self.interval):
+            try:
+                if not self._beat():
+                    self.lost = (f"session {self.session} was taken over by another worker (it found this one stalled); "
+                                 "stopping")
+                    break
+                last_ok = time.monotonic()
+            except psycopg.Error as e:
+                silent = time.monotonic() - last_ok
+                if silent > self.give_up:
+                    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                    self.lost = (f"cannot reach PostgreSQL for {silent:.0f} s ({reason}); stopping before another "
+                                 "worker takes over this one's recipients")
+                    break
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+
+
+class RateBudget:
+    """A provider's rate shared by every worker: a token bucket in the database (table rates, refilled from
+    the server's clock), leased in small blocks (throttle.SharedRate) on a connection of its own. A worker
+    that slows down on a throttling reply sets the shared rate: every worker slows with it."""
+
+    BURST = 0.1  # seconds of the rate the bucket holds: a worker idle for a while cannot then flood the relay
+
+    def __init__(self, url: str, schema_: str, session: int | None, stall_after: float = 30.0) -> None:
+        self.conn = psycopg.connect(url, **options(stall_after))
+        self.conn.execute(psycopg.sql.SQL("SET search_path TO {}").format(psycopg.sql.Identifier(schema_)))
+        self.session = session
+
+    def lease(self, provider: str, rate: float, want: int) -> tuple[int, float]:
+        """Up to `want` sends at the shared rate (created at `rate` by the first worker to ask): (granted,
+        seconds until one more is due, when none was granted)."""
+        try:
+            return self._lease(provider, rate, want)
+        except psycopg.Error as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise StoreError(f"lost the connection to PostgreSQL while leasing the shared rate: {reason}",
+                             hint="nothing of the interrupted step was kept; once the server is back, run the same "
+                                  "command again: it resumes") from None
+
+    def _lease(self, provider: str, rate: float, want: int) -> tuple[int, float]:
+        self.conn.execute("INSERT INTO rates (provider, rate, tokens, stamp) VALUES (%s, %s, 0,"
+                          " extract(epoch FROM clock_timestamp())) ON CONFLICT DO NOTHING", (provider, rate))
+        row = self.conn.execute(
+            "WITH cur AS (SELECT provider, rate, extract(epoch FROM clock_timestamp()) AS now,"
+            "             LEAST(rate * %(burst)s, tokens + (extract(epoch FROM clock_timestamp()) - stamp) * rate) AS avail"
+            "             FROM rates WHERE provider = %(p)s FOR UPDATE)"
+            " UPDATE rates r SET tokens = cur.avail - LEAST(%(want)s, GREATEST(0, floor(cur.avail))), stamp = cur.now"
+            " FROM cur WHERE r.provider = cur.provider"
+            " RETURNING LEAST(%(want)s, GREATEST(0, floor(cur.avail)))::int, cur.avail, cur.rate",
+            {"p": provider, "want": want, "burst": max(self.BURST, 1.0 / rate)}).fetchone()
+        assert row is not None
+        granted, avail, shared = int(row[0]), float(row[1]), float(row[2])
+        return granted, 0.0 if granted else max(0.001, (1 - avail) / shared)
+
+    def set_rate(self, provider: str, rate: float) -> None:
+        with contextlib.suppress(psycopg.Error):  # the next lease reports a lost connection
+            self.conn.execute("UPDATE rates SET rate=%s, changed_by=%s WHERE provider=%s", (rate, self.session, provider))
+
+    def close(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self.conn.close()
