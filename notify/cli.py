@@ -457,7 +457,7 @@ def _checkpoint(c: campaign_mod.Campaign, store: Store) -> None:
 
 def _watch(c: campaign_mod.Campaign, store: Store, interval: float) -> None:
     """`status --watch`: a few lines, refreshed in place on a terminal (appended in a pipe), until Ctrl-C."""
-    tty = sys.stdout.isatty()
+    tty = sys.stdout.isatty() and os.environ.get("TERM") != "dumb"  # a dumb terminal cannot clear: append
     while True:
         w = report.watch(c, store)
         if tty:
