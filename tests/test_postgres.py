@@ -228,7 +228,8 @@ def test_workers_share_one_rate(make_campaign: MakeCampaign) -> None:
     stamps = sorted(r.at for r in h.received)
     middle = stamps[n // 6: n - n // 6]  # the steady part: every worker running
     rate = (len(middle) - 1) / (middle[-1] - middle[0])
-    assert 0.9 * 300 <= rate <= 1.02 * 300, rate
+    print(f"three workers at rate 300: {rate:.1f}/s together")
+    assert 0.98 * 300 <= rate <= 1.02 * 300, rate
     assert len(check_against_server(d, h, n)) > 0
 
 

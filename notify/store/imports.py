@@ -213,7 +213,7 @@ class Imports:
     def write_rejects_file(self) -> Path:
         """The rejects report: every rejected row with its row number, raw value and reason."""
         out = self.state_dir / "rejects.csv"
-        tmp = out.with_suffix(".tmp")
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # workers starting together each write their own
         try:
             with open(files.create_temp(tmp), "w", newline="", encoding="utf-8") as fh:
                 w = files.SafeCsvWriter(fh)
