@@ -184,7 +184,9 @@ NOT_REACHED = ("rejected", "ineligible", "suppressed", "bounced", "failed", "pen
 
 
 MANIFEST = "manifest.json"
-SEALED = ("events.jsonl", "recipients.csv", "alternate_channel.csv", "summary.json", "summary.txt")
+SEALED = ("events.jsonl", "recipients.csv", "alternate_channel.csv", "summary.json", "summary.txt",
+          # What rebuilding any notice needs with nothing but the export (lookup and report on the directory):
+          "campaign.toml", "templates.json", "state.jsonl")
 
 
 def file_entry(path: Path) -> dict[str, Any]:
@@ -368,17 +370,51 @@ def _deadline(campaign: Campaign, last_send: float | None, unsent: int, late: in
     return out
 
 
+def _campaign_copy(campaign: Campaign) -> str:
+    """campaign.toml as the export carries it: the recipients file is the export's recipients.csv, and
+    the state is the export itself (no [state] url_env). Secrets never live in campaign.toml."""
+    out: list[str] = []
+    section = ""
+    for line in campaign.file.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if stripped.startswith("["):
+            section = stripped
+        if section == "[state]" or (section == "[campaign]" and stripped.split("=")[0].strip() == "recipients"):
+            continue
+        out.append(line)
+        if stripped == "[campaign]":
+            out.append('recipients = "recipients.csv"  # in the export: its own recipients.csv')
+    return "\n".join(out) + "\n"
+
+
+def _rebuild_kit(campaign: Campaign, store: Store, out: Path, sources: dict[str, str]) -> None:
+    """campaign.toml, templates.json (the templates as read now: the summary says whether they are the ones
+    sent) and state.jsonl (every recipient's row, columns and token included): with these, `notify lookup`
+    and `notify report` work on the export directory alone, and the exact message is rebuilt from it."""
+    with _create(out / "campaign.toml") as fh:
+        fh.write(_campaign_copy(campaign))
+    with _create(out / "templates.json") as fh:
+        fh.write(json.dumps({"template": campaign.template, "files": sources}, ensure_ascii=False, indent=1,
+                            sort_keys=True) + "\n")
+    with _create(out / "state.jsonl") as fh:
+        for row in store.recipient_rows():
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
 def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, str], str],
-           force: bool = False, sign_key: Path | None = None) -> dict[str, Any]:
-    """Writes events.jsonl, recipients.csv, summary.json, summary.txt and alternate_channel.csv into `out`,
-    sealed by manifest.json (and manifest.sig, signed with `sign_key`)."""
+           force: bool = False, sign_key: Path | None = None, sources: dict[str, str] | None = None) -> dict[str, Any]:
+    """Writes events.jsonl, recipients.csv, summary.json, summary.txt, alternate_channel.csv and what a rebuild
+    of any message needs (campaign.toml, templates.json from `sources`, state.jsonl) into `out`, sealed by
+    manifest.json (and manifest.sig, signed with `sign_key`)."""
     if sign_key is not None:
         signing.sign(b"", sign_key)  # a key that cannot sign is refused before anything is written
     _export_dir(out, force)
     with _create(out / "events.jsonl") as fh:
         for ev in store.events():
-            fh.write(json.dumps({k: ev[k] for k in (*EXPORT_EVENT_FIELDS, "chain") if k in ev}, ensure_ascii=False) + "\n")
+            fh.write(json.dumps({k: ev[k] for k in (*EXPORT_EVENT_FIELDS, "chain", "recipient_id") if k in ev},
+                                ensure_ascii=False) + "\n")
     verdict, _ = verify_file(out / "events.jsonl")
+    _rebuild_kit(campaign, store, out, sources or {})
 
     states: Counter[str] = Counter()
     locales: Counter[str] = Counter()
@@ -475,6 +511,10 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
               "                         language, through which provider, every attempt, and what became of it",
               "  alternate_channel.csv  everyone email did not reach, with the reason: for postal or substitute notice",
               "  events.jsonl           every event in order, each hash-chained to the one before (the audit trail)",
+              "  campaign.toml, templates.json, state.jsonl",
+              "                         the campaign's settings, its templates and every recipient's row: with them",
+              "                         `notify lookup THIS_DIRECTORY QUERY` rebuilds the exact message a person was",
+              "                         sent, and `notify report THIS_DIRECTORY` draws the report, with nothing else",
               "  manifest.json          the size and SHA-256 of each file and the chain's head; check them all with",
               "                         `notify audit verify THIS_DIRECTORY` (manifest.sig: its signature, if signed)"]
     with _create(out / "summary.txt") as fh:

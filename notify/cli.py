@@ -8,6 +8,7 @@ import functools
 import gc
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from .errors import (
     EXIT_INTERRUPTED,
     EXIT_PIPE,
     ConfigError,
+    InputError,
     NotApproved,
     NotifyError,
     TemplateError,
@@ -57,6 +59,8 @@ app.add_typer(state_app, name="state")
 
 F = TypeVar("F", bound=Callable[..., Any])
 CampaignArg = typer.Argument(..., help="The campaign directory (holding campaign.toml).", metavar="CAMPAIGN")
+CampaignOrExport = typer.Argument(..., metavar="CAMPAIGN|EXPORT",
+                                  help="The campaign directory, or a directory written by `audit export`.")
 
 
 def err(text: str) -> None:
@@ -109,6 +113,30 @@ def _open(path: Path) -> Iterator[tuple[campaign_mod.Campaign, Store]]:
         yield c, store
     finally:
         store.close()
+
+
+@contextlib.contextmanager
+def _open_any(target: Path) -> Iterator[tuple[campaign_mod.Campaign, Store]]:
+    """A campaign directory, or an audit export read back as one (verified against its manifest first:
+    nothing is read from an export that does not verify)."""
+    from .store.exported import is_export, open_export
+
+    if not is_export(target):
+        with _open(target) as pair:
+            yield pair
+        return
+    from .audit import verify_export
+
+    check = verify_export(target)
+    if check.problems:
+        raise InputError(f"{target}: the export does not verify, so nothing read from it could be trusted:\n  "
+                         + "\n  ".join(check.problems[:10]), hint=f"`notify audit verify {target}` shows the whole report")
+    with tempfile.TemporaryDirectory(prefix="notify-export-") as tmp:
+        c, store = open_export(target, Path(tmp), (check.chain.events, check.chain.head))
+        try:
+            yield c, store
+        finally:
+            store.close()
 
 
 def say_deadline(due: dict[str, Any]) -> None:
@@ -580,17 +608,20 @@ def bounces(
 
 @app.command("report")
 @boundary
-def report_cmd(campaign: Path = CampaignArg,
+def report_cmd(campaign: Path = CampaignOrExport,
                out: Path = typer.Option(..., "--out", metavar="FILE", help="Where to write the page (report.html).")) -> None:
     """A one-page HTML report of the campaign: sends over time against the deadline, outcomes by
     state, jurisdiction, language, domain and provider, switches and rate changes. Self-contained:
     open it in a browser or print it to PDF.
 
-    Example:  notify report campaigns/example --out report.html
+    \b
+    Examples:
+      notify report campaigns/example --out report.html
+      notify report audit-2022-08/ --out report.html      # from an audit export, nothing else needed
     """
     from .htmlreport import render
 
-    with _open(campaign) as (c, store):
+    with _open_any(campaign) as (c, store):
         page = render(c, store)
     files.write_private(out, page.encode("utf-8"))
     typer.echo(f"Wrote {out} ({len(page):,} bytes): open it in a browser, or print it to PDF.")
@@ -598,7 +629,7 @@ def report_cmd(campaign: Path = CampaignArg,
 
 @app.command()
 @boundary
-def lookup(campaign: Path = CampaignArg,
+def lookup(campaign: Path = CampaignOrExport,
            query: str = typer.Argument(..., metavar="QUERY", help="An address, a name, or a value of an [audit] column."),
            eml: Optional[Path] = typer.Option(None, "--eml", metavar="FILE", help="Write the exact message sent to FILE."),
            out: Optional[Path] = typer.Option(None, "--out", metavar="DIR",
@@ -612,10 +643,11 @@ def lookup(campaign: Path = CampaignArg,
       notify lookup campaigns/example jane.doe@example.com
       notify lookup campaigns/example "Jane Doe" --eml jane.eml
       notify lookup campaigns/example A-1001          # a value of a column named in [audit] columns
+      notify lookup audit-2022-08/ jane.doe@example.com   # from an audit export, nothing else needed
     """
     from . import lookup as lk
 
-    with _open(campaign) as (c, store):
+    with _open_any(campaign) as (c, store):
         found = lk.find(c, store, query)
         if not found:
             err(f"Error: nobody in {c.id} matches {query!r} (an address, a name, or a value of "
@@ -774,6 +806,7 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
       notify audit verify campaigns/example --checkpoints ~/safe/audit-checkpoints.log
     """
     from .audit import MANIFEST, verify_export
+    from .store.exported import is_export
 
     if not (target / "campaign.toml").is_file() and (target / "person.json").is_file():
         from .lookup import verify_bundle
@@ -786,7 +819,7 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
             raise typer.Exit(EXIT_INPUT)
         typer.echo(f"OK: {said}")
         return
-    if not (target / "campaign.toml").is_file() and ((target / "events.jsonl").is_file() or (target / MANIFEST).is_file()):
+    if is_export(target):
         if head or checkpoints:
             err("Error: --head and --checkpoints check a campaign's own chain; an export is checked against its manifest")
             raise typer.Exit(EXIT_INPUT)
@@ -885,10 +918,11 @@ def audit_export(campaign: Path = CampaignArg,
 
     with _open(campaign) as (c, store):
         templates = Templates(c)
-        summary = export(c, store, out, templates.resolve, force=force, sign_key=sign_key)
+        summary = export(c, store, out, templates.resolve, force=force, sign_key=sign_key,
+                         sources={name: src for name, (src, _) in templates.sources.items()})
     typer.echo((out / "summary.txt").read_text(encoding="utf-8").rstrip())
     typer.echo(f"\nWrote {out}/: events.jsonl, recipients.csv, summary.json, summary.txt, alternate_channel.csv, "
-               f"manifest.json")
+               f"campaign.toml, templates.json, state.jsonl, manifest.json")
     typer.echo(f"Manifest SHA-256: {summary['manifest_sha256']}  (keep it apart from the export: "
                f"`notify audit verify {out}` prints the same value while nothing was changed)")
     if not summary["chain"]["verified"]:

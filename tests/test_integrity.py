@@ -756,6 +756,44 @@ def test_lookup_proves_one_person_s_notice(make_campaign: MakeCampaign, tmp_path
     assert code == 1 and "nobody in test-2022-08 matches 'nobody@example.com'" in err
 
 
+def test_lookup_and_report_work_on_an_export_alone(make_campaign: MakeCampaign, tmp_path: Path, backend: str) -> None:
+    # #27: lookup and report needed the campaign and its state; an export had neither the templates nor
+    # the rows to rebuild a message from. Here the campaign (and its database) are gone.
+    import hashlib
+    import shutil
+
+    from .conftest import run, simple_templates
+
+    rows = "email,name,locale,account_id\njane@bücher.example,Jane Doe,fr,A-1001\nbob@example.com,Bob,en,A-1002\n"
+    d = make_campaign(rows, template="t", templates=simple_templates(
+        body="Bonjour {{ recipient.name }} ({{ recipient.account_id }})", locales=("en", "fr")))
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text() + '\n[audit]\ncolumns = ["account_id"]\n')
+    assert run("send", d)[0] == 0
+    code, out, _ = run("lookup", d, "A-1001", "--eml", tmp_path / "from-campaign.eml")
+    assert code == 0
+    export = tmp_path / "export"
+    assert run("audit", "export", d, "--out", export)[0] == 0
+    shutil.rmtree(d)
+    code, out, err = run("lookup", export, "A-1001", "--eml", tmp_path / "from-export.eml", "--out", tmp_path / "proof")
+    assert code == 0, err
+    assert "byte for byte the recorded SHA-256" in out and "requested_locale:     fr" in out
+    assert (tmp_path / "from-export.eml").read_bytes() == (tmp_path / "from-campaign.eml").read_bytes()
+    sha = [line.split()[-1] for line in out.splitlines() if line.startswith("content_sha256:")][0]
+    assert hashlib.sha256((tmp_path / "from-export.eml").read_bytes()).hexdigest() == sha
+    assert run("audit", "verify", tmp_path / "proof")[0] == 0
+    code, out, err = run("report", export, "--out", tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert code == 0 and "<h2>Outcomes by provider</h2>" in page and "sent 2" in page, err
+    assert not (export / ".notify").exists(), "reading an export writes nothing into it"
+    assert run("audit", "verify", export)[0] == 0
+    # An export that does not verify is not read at all.
+    state = export / "state.jsonl"
+    state.write_text(state.read_text().replace("Jane Doe", "Jane Roe"))
+    code, _, err = run("lookup", export, "A-1001")
+    assert code == 1 and "the export does not verify" in err and "state.jsonl: changed" in err, err
+
+
 def test_summary_says_how_many_were_late_and_what_the_files_are(example: Path, tmp_path: Path, backend: str) -> None:
     # #27: summary.txt in plain words: whether the deadline was met for everyone (or how many were
     # late and by how much), and what the files are.

@@ -53,6 +53,12 @@ def _claimed(r: tuple[Any, ...]) -> Claimed:
     return Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], bool(r[9]), r[10], r[11], r[12], r[13])
 
 
+# Every column of a recipient, on either backend (what an export carries of the state).
+RECIPIENT_COLUMNS = ("id, import_id, row, email, key, token, domain, name, locale, jurisdiction, vars, state, attempts,"
+                     " next_attempt_at, first_attempt_at, doubt, provider, provider_message_id, detail, reply_code,"
+                     " content_sha256, updated_at, message_id, version")
+
+
 class Store(Imports):
     """A campaign's state on some backend (see the module's docstring). Annotate with this; open with
     store.open_store(campaign), or a backend's own constructor."""
@@ -390,6 +396,10 @@ class Store(Imports):
     def hash_at(self, seq: int) -> str | None:
         row = self.db.execute("SELECT hash FROM events WHERE seq=?", (seq,)).fetchone()
         return row[0] if row else None
+
+    def recipient_rows(self) -> Iterator[dict[str, Any]]:
+        """Every recipient with every column, in id order (the export's state.jsonl)."""
+        yield from dicts(self.db.execute(f"SELECT {RECIPIENT_COLUMNS} FROM recipients ORDER BY id"))
 
     def export_rows(self) -> Iterator[tuple[Any, ...]]:
         """Every recipient as the audit export writes it, in input row order."""

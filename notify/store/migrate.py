@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import Store
+from .base import RECIPIENT_COLUMNS, Store
 from .postgres import PgStore
 from .records import GENESIS
 
 MOVED = "moved_to"  # the SQLite state's meta row that says where it went (sqlite.py refuses it after)
 COPIED = (  # table, columns: everything of the SQLite state, ids kept (events and feedback point at them)
     ("imports", "id, path, sha256, columns, rows_read, accepted, rejected, imported_at"),
-    ("recipients", "id, import_id, row, email, key, token, domain, name, locale, jurisdiction, vars, state, attempts,"
-                   " next_attempt_at, first_attempt_at, doubt, provider, provider_message_id, detail, reply_code,"
-                   " content_sha256, updated_at, message_id, version"),
+    ("recipients", RECIPIENT_COLUMNS),
     ("rejects", "id, import_id, row, raw, reason"),
     ("feedback", "key, received_at"),
     ("unmatched", "id, key, source, kind, received_at, body"),

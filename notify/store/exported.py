@@ -1,0 +1,125 @@
+"""An audit export read back as a campaign's state, so that `notify lookup DIR` and `notify report DIR` work
+on the export alone, years later, with no access to the campaign or its database (#27).
+
+The caller verifies the export against its manifest first. Its files then become a campaign directory
+(campaign.toml, recipients.csv, the templates from templates.json) and a private SQLite state in a
+temporary directory: every recipient's row from state.jsonl and every event from events.jsonl, hashes
+as exported (several chains, from PostgreSQL, keep their chain and sequence numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .. import campaign as campaign_mod
+from .. import files
+from ..errors import InputError
+from .base import RECIPIENT_COLUMNS, Store
+from .records import utcnow
+from .sqlite import SqliteStore
+
+KIT = ("campaign.toml", "templates.json", "state.jsonl")
+EVENTS = ("gid INTEGER PRIMARY KEY, chain INTEGER NOT NULL DEFAULT 0, seq INTEGER NOT NULL, ts TEXT NOT NULL,"
+          " recipient_id INTEGER, recipient TEXT, kind TEXT NOT NULL, provider TEXT, provider_message_id TEXT, detail TEXT,"
+          " locale TEXT, content_sha256 TEXT, prev_hash TEXT NOT NULL, hash TEXT NOT NULL")
+EVENT_KEYS = ("chain", "seq", "ts", "recipient_id", "recipient", "kind", "provider", "provider_message_id", "detail",
+              "locale", "content_sha256", "prev_hash", "hash")
+
+
+EXPORT_MARKS = ("manifest.json", "events.jsonl", "summary.json", "state.jsonl")
+
+
+def is_export(path: Path) -> bool:
+    """A directory `notify audit export` wrote, even with files missing (verify then names them), as opposed
+    to a campaign directory: an export has no state directory (.notify) of its own."""
+    return not (path / ".notify").exists() and any((path / name).is_file() for name in EXPORT_MARKS)
+
+
+class ExportStore(SqliteStore):
+    """The state an export holds, in a temporary SQLite file: what lookup and report read. Its chain
+    head is the export's, as verified."""
+
+    EVENT_ORDER = "gid"
+
+    def __init__(self, path: Path, head: tuple[int, str], chains: bool) -> None:
+        super().__init__(path)
+        self.exported_head = head
+        if chains:
+            self.EVENT_COLUMNS = Store.EVENT_COLUMNS + ", chain"
+
+    def head(self) -> tuple[int, str]:
+        return self.exported_head
+
+
+def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            try:
+                value = json.loads(line)
+            except ValueError as e:
+                raise InputError(f"{path}:{n}: not a JSON line ({e})") from None
+            if not isinstance(value, dict):
+                raise InputError(f"{path}:{n}: expected an object, got {type(value).__name__}")
+            yield n, value
+
+
+def _templates(out: Path, into: Path) -> str:
+    """templates.json written out as a template directory under `into`; returns the template's name."""
+    path = out / "templates.json"
+    try:
+        kit = json.loads(path.read_text(encoding="utf-8"))
+        name, sources = kit["template"], kit["files"]
+        assert isinstance(name, str) and isinstance(sources, dict)
+    except (ValueError, KeyError, AssertionError, OSError) as e:
+        raise InputError(f"{path}: not the templates an export writes ({type(e).__name__})",
+                         hint="export the campaign again with `notify audit export`") from None
+    if not name or PurePosixPath(name).name != name:
+        raise InputError(f"{path}: template name {name!r} is not a plain name")
+    root = into / "templates" / name
+    for rel, text in sources.items():
+        parts = PurePosixPath(str(rel)).parts
+        if not parts or PurePosixPath(str(rel)).is_absolute() or ".." in parts or not isinstance(text, str):
+            raise InputError(f"{path}: {rel!r} is not a file inside the template")
+        target = root.joinpath(*parts)
+        files.private_dir(target.parent)
+        files.write_private(target, text.encode("utf-8"))
+    return name
+
+
+def open_export(out: Path, work: Path, head: tuple[int, str]) -> tuple[campaign_mod.Campaign, ExportStore]:
+    """The campaign and state an export holds, laid out under `work` (a private temporary directory)."""
+    missing = [name for name in KIT if not (out / name).is_file()]
+    if missing:
+        raise InputError(f"{out}: this export has no {', '.join(missing)}: it was written before exports carried what "
+                         "a lookup or a report needs", hint="export the campaign again with `notify audit export`")
+    camp = work / "campaign"
+    files.private_dir(camp)
+    shutil.copyfile(out / "campaign.toml", camp / "campaign.toml")
+    shutil.copyfile(out / "recipients.csv", camp / "recipients.csv")
+    _templates(out, camp)
+    campaign = campaign_mod.load(camp)
+    events = list(_lines(out / "events.jsonl"))
+    chains = any("chain" in ev for _, ev in events)
+    files.private_dir(camp / ".notify")
+    store = ExportStore(camp / ".notify" / "campaign.sqlite", head, chains)
+    columns = [c.strip() for c in RECIPIENT_COLUMNS.split(",")]
+    with store.transaction(chain=False) as db:
+        db.execute("DROP TABLE events")
+        db.execute(f"CREATE TABLE events ({EVENTS})")
+        db.execute("CREATE INDEX events_recipient ON events(recipient_id)")
+        db.execute("INSERT INTO imports (id, path, sha256, columns, rows_read, accepted, rejected, imported_at)"
+                   " VALUES (1, ?, '', '[]', 0, 0, 0, ?)", (str(out / "state.jsonl"), utcnow()))
+        rows = []
+        for n, r in _lines(out / "state.jsonl"):
+            if not all(c in r for c in columns):
+                raise InputError(f"{out / 'state.jsonl'}:{n}: a recipient's row lacks "
+                                 f"{', '.join(c for c in columns if c not in r)}")
+            rows.append(tuple(1 if c == "import_id" else r[c] for c in columns))
+        db.executemany(f"INSERT INTO recipients ({RECIPIENT_COLUMNS}) VALUES ({','.join('?' * len(columns))})", rows)
+        db.executemany(f"INSERT INTO events ({', '.join(EVENT_KEYS)}) VALUES ({','.join('?' * len(EVENT_KEYS))})",
+                       [tuple(ev.get(k, 0 if k == "chain" else None) for k in EVENT_KEYS) for _, ev in events])
+    return campaign, store
