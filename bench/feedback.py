@@ -190,6 +190,7 @@ def run_notify(endpoint: str, url: str, latency: float, receivers: int, state: P
     suppression.close()
     # at-least-once delivery: a repeat is recorded once
     assert matched + recorder.summary.duplicates == read, (matched, read, recorder.summary.lines())
+    print(f"  notify's calls: {dict(calls.count)}", file=sys.stderr)
     return seconds, calls.total(), read
 
 

@@ -11,6 +11,7 @@ import concurrent.futures
 import json
 import queue
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ from .bounces import MAX_BODY, FeedbackRecorder, Malformed, parse_ses
 from .errors import DeliveryError
 from .store import Store
 from .suppression import SuppressionList
+
+DELETE_WITHIN = 1.0  # seconds a committed message may wait for nine others before it is deleted alone
+PARTIAL_PAUSE = 0.25  # seconds a receiver waits after a partial receive while following a live queue
 
 
 @dataclass
@@ -53,6 +57,10 @@ class SqsReader:
         self._error: BaseException | None = None
         self._inbox: queue.Queue[list[dict[str, Any]] | None] = queue.Queue(maxsize=max(4, options.receivers * 2))
         self._sent: list[concurrent.futures.Future[Any]] = []
+        # Committed, not yet deleted: sent ten at a time (a partial batch after DELETE_WITHIN seconds, or at
+        # the end), so a group of 23 costs three DeleteMessageBatch calls over time, not three at once.
+        self._to_delete: list[dict[str, Any]] = []
+        self._oldest = 0.0
 
     def _call(self, name: str, **kwargs: Any) -> Any:
         import botocore.exceptions as bx
@@ -84,6 +92,10 @@ class SqsReader:
                         break  # drained (or only others' messages came back)
                     if messages:
                         self._stop.wait(1.0)  # only others' messages: do not spin on them
+                elif len(messages) < 10 and self.options.follow:
+                    # Keeping up: the queue is shallow. A short pause lets ten gather for the next call (a
+                    # quarter of a second later to the ledger, a third fewer calls); behind, calls come back full.
+                    self._stop.wait(PARTIAL_PAUSE)
         except BaseException as e:  # reported by run(); the thread itself must not die silently
             self._error = e
         finally:
@@ -99,7 +111,11 @@ class SqsReader:
         interrupted = True
         try:
             while running:
-                got = self._inbox.get()
+                try:
+                    got = self._inbox.get(timeout=DELETE_WITHIN)
+                except queue.Empty:
+                    self._delete(pool, force=True)  # quiet: what was committed leaves the queue now
+                    continue
                 if got is None:
                     running -= 1
                 else:
@@ -121,6 +137,7 @@ class SqsReader:
             interrupted = False
         finally:
             self._stop.set()
+            self._delete(pool, force=True)
             pool.shutdown(wait=True)  # every delete of what was committed is sent before we return
             for t in threads:
                 t.join(timeout=0.1 if interrupted else 25)  # a long poll in flight ends by itself
@@ -146,15 +163,25 @@ class SqsReader:
         # on the shared list now rather than at the end (a following run may never end).
         self.recorder.settle()
         # Committed: now, and only now, the queue may forget them.
-        for i in range(0, len(done), 10):
-            entries = [{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(done[i:i + 10])]
-            self._sent.append(pool.submit(self._call, "delete_message_batch", Entries=entries))
+        if done and not self._to_delete:
+            self._oldest = time.monotonic()
+        self._to_delete.extend(done)
+        self._delete(pool)
         with self._lock:
             self._left.update(str(m.get("MessageId") or "") for m in leave)
         for i in range(0, len(leave), 10):
             entries = [{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
                        for n, m in enumerate(leave[i:i + 10])]
             self._sent.append(pool.submit(self._call, "change_message_visibility_batch", Entries=entries))
+
+    def _delete(self, pool: concurrent.futures.ThreadPoolExecutor, force: bool = False) -> None:
+        """Deletes committed messages in full batches of ten; a partial batch once it has waited DELETE_WITHIN
+        seconds (well inside the queue's visibility timeout), or when forced (the run ends, the queue is quiet)."""
+        force = force or (bool(self._to_delete) and time.monotonic() - self._oldest >= DELETE_WITHIN)
+        while len(self._to_delete) >= 10 or (force and self._to_delete):
+            batch, self._to_delete = self._to_delete[:10], self._to_delete[10:]
+            entries = [{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(batch)]
+            self._sent.append(pool.submit(self._call, "delete_message_batch", Entries=entries))
 
     def _apply(self, m: dict[str, Any]) -> bool:
         """One queue message inside the group's transaction; False when it belongs to someone else."""
