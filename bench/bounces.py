@@ -39,6 +39,7 @@ class Score:
     recipients: int = 0
     hard_agree: int = 0
     reason_agree: int = 0
+    found: int = 0  # expected recipients we attributed (the "of those")
 
     def add(self, other: Score) -> None:
         for k in vars(self):
@@ -56,6 +57,7 @@ def score_one(name: str, expected: list[list[object]]) -> tuple[Score, list[str]
             misses.append(f"{name}: recipient {i + 1} not found ({why}); expected {reason}")
             continue
         f = ours[i]
+        s.found += 1
         we_hard = f.kind == "bounced"
         s.hard_agree += int(we_hard == hard)
         s.reason_agree += int(f.detail.get("reason") == reason)
@@ -150,6 +152,8 @@ def main() -> None:
     print(f"attributed: {total.attributed / total.messages:.1%} of messages; "
           f"hard/soft as the reference: {pct(total.hard_agree, total.recipients)}; "
           f"same reason: {pct(total.reason_agree, total.recipients)} (of expected recipients)")
+    print(f"of the {total.found} recipients attributed: hard/soft as the reference {pct(total.hard_agree, total.found)}, "
+          f"same reason {pct(total.reason_agree, total.found)}")
 
 
 if __name__ == "__main__":

@@ -266,7 +266,8 @@ def parse(raw: bytes) -> Report:
                 diag = diag.split(";", 1)[1].strip()
             status = _status_of(b.get("status"), diag)
             act = action[0] if action else ("failed" if status.startswith("5") else "delayed" if status else "failed")
-            report.recipients.append(Failed(address, act, status, diag, _refine(reasons.classify(status, diag), text, address)))
+            report.recipients.append(Failed(address, act, status, diag,
+                                            _refine(reasons.classify(status, diag), text, address, status, diag)))
         return report
 
     text = _report_text(msg)
@@ -284,7 +285,7 @@ def parse(raw: bytes) -> Report:
     report.form = "mta"
     report.recipients = _text_recipients(msg, text)
     for f in report.recipients:
-        f.reason = _refine(f.reason, text, f.address)
+        f.reason = _refine(f.reason, text, f.address, f.status, f.diagnostic)
     if not report.recipients and (token or message_id):
         status = _status_of(text)
         report.recipients.append(Failed(None, "failed" if not status.startswith("4") else "delayed", status,
@@ -292,25 +293,36 @@ def parse(raw: bytes) -> Report:
     return report
 
 
-def _refine(reason: str, text: str, address: str | None) -> str:
-    """"User unknown" said in reply to DATA: the server had accepted the recipient at RCPT TO, so it is
-    a filter's refusal of the message, not a dead address (as the reference parser reads it). The
-    command is the one the report's transcript shows for this address (`>>> DATA`, `in reply to end
-    of DATA command`)."""
-    if reason != "userunknown" or not address:
-        return reason
-    lines = text.lower().splitlines()
-    addr = address.lower()
-    for i, line in enumerate(lines[:5000]):
-        if addr not in line:
-            continue
-        near = " ".join(lines[i:i + 3])
-        before = lines[i - 1].strip() if i else ""
-        if "in reply to end of data" in near or "after end of data" in near or before.startswith(">>> data"):
-            return "filtered"
-        if "in reply to rcpt" in near or before.startswith(">>> rcpt"):
-            return reason
-    return reason
+# Which SMTP command a refusal answered, as reports say it (the diagnostic first, then the transcript
+# around the address).
+RCPT_SAID = ("in reply to rcpt to", "after rcpt to", ">>> rcpt to", "rcpt to:<", "rcpt to: <", "in rcpt to",
+             "rcpt to response", "after rcpt command", "rcpt_to", "in reply to rcpt command")
+DATA_SAID = ("in reply to end of data", "after end of data", "in reply to data", ">>> data", "after data",
+             "end of data command", "final data")
+MAIL_SAID = ("in reply to mail from", "after mail from", ">>> mail from")
+
+
+def _command(diag: str | None, text: str, address: str | None) -> str | None:
+    """RCPT, DATA or MAIL: the command the refusal of this recipient answered, where the report says."""
+    places = [(diag or "").lower()]
+    if address:
+        lines = text.lower().splitlines()
+        addr = address.lower()
+        for i, line in enumerate(lines[:5000]):
+            if addr in line:  # a reply folded over several lines ("(in reply to RCPT TO\n command)")
+                places.append(" ".join(" ".join(lines[max(0, i - 1):i + 6]).split()))
+                break
+    for place in places:
+        for command, said in (("DATA", DATA_SAID), ("RCPT", RCPT_SAID), ("MAIL", MAIL_SAID)):
+            if any(s in place for s in said):
+                return command
+    return None
+
+
+def _refine(reason: str, text: str, address: str | None, status: str = "", diag: str | None = None) -> str:
+    """The reason, with the line between a dead address and a refused message drawn where the reference
+    parser draws it (reasons.settle), from the command the refusal answered."""
+    return reasons.settle(reason, status, _command(diag, text, address), diag or "")
 
 
 def _all_text(msg: EmailMessage) -> str:

@@ -130,5 +130,22 @@ def classify(status: str | None, diagnostic: str | None) -> str:
     return found or "undefined"
 
 
+def settle(reason: str, status: str, command: str | None, diagnostic: str) -> str:
+    """Dead address or refused message, where the reference parser draws the line. A status that says the
+    mailbox does not exist (*.1.0, *.1.1, *.1.3) decides. Otherwise words like "user unknown" mean a dead address only in reply
+    to RCPT TO, when the server refused the recipient itself; said after DATA, or where the report does
+    not say which command they answered, they are a filter's refusal of the message (filtered: the
+    person was not notified by email, and the address stays mailable). A refusal at RCPT TO in
+    generic words ("Recipient address rejected: Access denied") is of the recipient."""
+    sub = status.strip().split(".", 1)[1] if status.strip().count(".") == 2 else ""
+    said_by_status = STATUS.get(sub) == "userunknown" or (len(sub) > 3 and STATUS.get(sub[:3]) == "userunknown")
+    if reason == "userunknown":  # (5.1.351, Exchange's "unknown recipient", counts as its 5.1.3)
+        return "userunknown" if said_by_status or command == "RCPT" else "filtered"
+    text = _SPACE.sub(" ", diagnostic.lower())
+    if reason == "filtered" and command == "RCPT" and any(p in text for p in GENERIC_REFUSAL):
+        return "userunknown"
+    return reason
+
+
 def is_hard(reason: str) -> bool:
     return reason in HARD

@@ -25,9 +25,10 @@ def test_the_corpus_is_read_about_as_the_reference_reads_it() -> None:
         recipients += len(expected)
         agree += sum((f.kind == "bounced") == hard for f, (_, _, _, hard) in zip(ours, expected, strict=False))
     assert messages == 534 and recipients == 563
-    # Measured when written: 96.1% attributed, 85.6% hard/soft as Sisimai (the targets are 95 and 95).
+    # Measured: 96.1% attributed; hard/soft as Sisimai 87.2% of expected recipients, 90.9% of those attributed
+    # (85.6% before the dead-address line followed the command a refusal answered; the targets are 95 and 95).
     assert attributed / messages >= 0.96, attributed / messages
-    assert agree / recipients >= 0.855, agree / recipients
+    assert agree / recipients >= 0.87, agree / recipients
 
 
 def test_no_dead_address_is_claimed_where_the_reference_sees_a_refused_message() -> None:
@@ -38,8 +39,9 @@ def test_no_dead_address_is_claimed_where_the_reference_sees_a_refused_message()
         for f, (_, _, reason, hard) in zip([f for f in items if f.address], expected, strict=False):
             if f.kind == "bounced" and not hard and reason not in ("delivered", "undefined", "onhold"):
                 wrongly_hard.append((name, f.detail["reason"], reason))
-    # Measured when written: 33 of 563 (mostly "user unknown" that the reference reads as a filter).
-    assert len(wrongly_hard) <= 33, wrongly_hard
+    # Measured: 8 of 563; 33 before "user unknown" was read as a dead address only in reply to RCPT TO or
+    # with a status that says so (reasons.settle), as the reference reads it.
+    assert len(wrongly_hard) <= 8, wrongly_hard
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CORPUS.glob("rfc3834-*.eml")))
