@@ -233,6 +233,40 @@ def test_workers_share_one_rate(make_campaign: MakeCampaign) -> None:
     assert len(check_against_server(d, h, n)) > 0
 
 
+def test_a_throttling_reply_slows_every_worker(make_campaign: MakeCampaign) -> None:
+    """A relay's 421 4.7.0 to one worker halves the provider's rate in the database, the rate every worker
+    leases from: not that worker's alone."""
+    n = 300
+    h = Handler(script={"p20@example.com": [("rcpt", "421 4.7.0 Too many messages, slow down")]})
+    with Server(h) as srv:
+        d = pg_campaign(make_campaign, n, port=srv.port, send="rate = 200\n")
+        w = start_worker(d)
+        out, err = w.communicate(timeout=120)
+        assert w.returncode == 0, err.decode()
+    [(rate, changed_by)] = sql(d, "SELECT rate, changed_by FROM rates WHERE provider='relay'")
+    assert rate <= 100 and changed_by == 1, (rate, changed_by)
+    assert "421 4.7.0" in str(sql(d, "SELECT detail FROM events WHERE kind='rate_changed'"))
+
+
+def test_a_suppression_recorded_during_a_send_stops_it_at_the_next_claim(make_campaign: MakeCampaign) -> None:
+    """A hard bounce recorded on one host (here: the suppression list in the campaign's database, written
+    while a worker sends) stops the send to that address on every host at its next claim."""
+    n = 400
+    h = Handler()
+    with Server(h) as srv:
+        d = pg_campaign(make_campaign, n, port=srv.port)
+        w = start_worker(d, "--rate", "100")
+        wait_until("the first messages", lambda: len(h.received) >= 20)
+        code, _, err = run("suppress", "add", "p399@example.com", "--reason", "hard bounce elsewhere", "--campaign", d)
+        assert code == 0, err
+        out, err_b = w.communicate(timeout=120)
+        assert w.returncode == 0, err_b.decode()
+    assert "p399@example.com" not in {r.rcpt for r in h.received}
+    assert sql(d, "SELECT state, detail FROM recipients WHERE key='p399@example.com'") == [
+        ("suppressed", "on the suppression list (manual, from notify suppress add): hard bounce elsewhere")]
+    assert len(h.received) == n - 1
+
+
 def test_status_from_another_terminal_sees_the_workers(make_campaign: MakeCampaign) -> None:
     d = pg_campaign(make_campaign, 5)
     assert run("send", d)[0] == 0
