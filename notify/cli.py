@@ -445,8 +445,7 @@ def status(
         typer.echo(f"campaign {st['campaign']}: {st['rows_read']} rows read = {st['total']} recipients + {st['rejected']} rejected")
         typer.echo("states:   " + ", ".join(f"{k} {v}" for k, v in st["states"].items() if v))
         for w in st["workers"]:
-            typer.echo(f"worker:   {w['host']} pid {w['pid']} (session {w['session']}): {w['status']}, sent {w['sent']}, "
-                       f"{w['rate']:g}/s, last heartbeat {w['last_heartbeat_s']:g} s ago, started {w['started']}")
+            typer.echo("worker:   " + report.worker_said(w))
         if st["in_doubt"]:
             typer.echo(f"in doubt: {st['in_doubt']} ever (a crash or dropped connection after sending); "
                        f"{st['in_doubt_unsettled']} not yet settled (sent again with the same Message-ID)")

@@ -138,6 +138,12 @@ def status(campaign: Campaign, store: Store, templates: Templates | None = None)
     }
 
 
+def worker_said(w: dict[str, Any]) -> str:
+    """One worker on one line, as `status` and `status --watch` show it."""
+    return (f"{w['host']} pid {w['pid']} (session {w['session']}): {w['status']}, sent {w['sent']}, {w['rate']:g}/s, "
+            f"last heartbeat {w['last_heartbeat_s']:g} s ago, started {w['started']}")
+
+
 def worker_line(w: dict[str, Any]) -> dict[str, Any]:
     """One worker session as `status` shows it: host, pid, last heartbeat, sent, rate, live or stalled."""
     silent = max(0.0, float(w["silent"]))
@@ -159,6 +165,7 @@ def watch(campaign: Campaign, store: Store) -> dict[str, Any]:
                  f"rate:     not sending now; {remaining} to go")
     if (due := deadline(campaign, store, rate=rate)) is not None:
         lines.append(f"deadline: {due['said']}")
+    lines += ["worker:   " + worker_said(worker_line(w)) for w in store.workers() if w["status"] in ("live", "stalled")]
     change = store.last_event_of(("rate_changed",))
     if change:
         d = change["detail"]

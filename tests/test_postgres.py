@@ -89,6 +89,15 @@ def test_one_worker_at_a_time_unless_it_asks_to_join(make_campaign: MakeCampaign
         assert code == 4 and "1 worker(s) are sending this campaign now" in err and "--worker" in err, err
         code, out, _ = run("status", d)
         assert code == 0 and "worker:" in out and ": live, sent" in out, out
+        from notify.campaign import load
+        from notify.report import watch
+        from notify.store import open_store
+
+        store = open_store(load(d))
+        try:
+            assert any(line.startswith("worker:") and ": live, sent" in line for line in watch(load(d), store)["lines"])
+        finally:
+            store.close()
     finally:
         first.kill()
         first.communicate()
