@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import PY, Sink, campaign  # noqa: E402 - bench/bench.py, beside this file (sys.path[0])
-from tests.pg import Cluster, binaries  # noqa: E402
+from tests.pg import Cluster  # noqa: E402
 
 NOTIFY = [PY, "-m", "notify"]
 
@@ -82,11 +82,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--workers", default="1,2,4")
     args = ap.parse_args()
-    bindir = binaries()
-    if bindir is None:
-        raise SystemExit("bench: PostgreSQL binaries not found (Debian's postgresql)")
-    cluster = Cluster(bindir)
-    cluster.init()
+    cluster = Cluster.started("bench")
     sink = Sink()
     rows: list[tuple[str, dict[str, float]]] = []
     try:

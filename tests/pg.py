@@ -45,6 +45,16 @@ class Cluster:
             argv = ["runuser", "-u", "postgres", "--", *argv]
         return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=120)
 
+    @classmethod
+    def started(cls, who: str) -> Cluster:
+        """A new cluster, up, for a script (`who` names it in the message where PostgreSQL is missing)."""
+        bindir = binaries()
+        if bindir is None:
+            raise SystemExit(f"{who}: PostgreSQL binaries not found (Debian's postgresql)")
+        cluster = cls(bindir)
+        cluster.init()
+        return cluster
+
     def init(self) -> None:
         self.socket.mkdir()
         if self.as_postgres:

@@ -100,18 +100,14 @@ def main() -> None:
     import tempfile
     import textwrap
 
-    from .pg import Cluster, binaries
+    from .pg import Cluster
     from .smtpd import Server
 
     ap = argparse.ArgumentParser(description="three workers on PostgreSQL, one SIGKILLed mid-run")
     ap.add_argument("--recipients", type=int, default=20000)
     ap.add_argument("--workers", type=int, default=3)
     args = ap.parse_args()
-    bindir = binaries()
-    if bindir is None:
-        raise SystemExit("drill: PostgreSQL binaries not found (Debian's postgresql)")
-    cluster = Cluster(bindir)
-    cluster.init()
+    cluster = Cluster.started("drill")
     work = Path(tempfile.mkdtemp(prefix="notify-drill-workers-"))
     try:
         os.environ["NOTIFY_STATE_URL"] = cluster.new_database()

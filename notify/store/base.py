@@ -384,11 +384,24 @@ class Store(Imports):
         """Appends the chain's head (time, campaign, event count, hash) to `path`, a file outside the state
         directory (Campaign.checkpoints_file), and returns the line; audit.check_anchors checks it later."""
         seq, head = self.head()
-        line = f"{utcnow()[:19]}Z {campaign_id} {seq} {head}"
+        line = f"{utcnow()[:19]}Z {campaign_id} {self._checkpoint_count(seq)} {head}"
         fd = files.open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         with os.fdopen(fd, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
         return line
+
+    def _checkpoint_count(self, seq: int) -> str:
+        """How a checkpoint line writes the chain's length (PostgreSQL: chain:count, for its worker's chain)."""
+        return str(seq)
+
+    def _mark_suppressed(self, rows: list[tuple[Any, ...]], ts: str) -> None:
+        """Recipients found on a suppression list, as (id, key, locale, kind, source, reason): suppressed, with
+        the reason as their detail and an event each. Inside a transaction."""
+        whys = [f"on the suppression list ({kind}, from {source}): {reason}" for _, _, _, kind, source, reason in rows]
+        self.db.executemany("UPDATE recipients SET state='suppressed', detail=?, updated_at=? WHERE id=?",
+                            [(why, ts, r[0]) for r, why in zip(rows, whys, strict=True)])
+        self._append_all([Event("suppressed", r[0], r[1], locale=r[2], detail={"reason": why})
+                          for r, why in zip(rows, whys, strict=True)], ts)
 
     def has_hash(self, head: str) -> bool:
         return self.db.execute("SELECT 1 FROM events WHERE hash=? LIMIT 1", (head,)).fetchone() is not None

@@ -40,7 +40,6 @@ from typing import Any
 
 import psycopg
 
-from .. import files
 from ..errors import ConfigError, StoreError, register_secret
 from ..suppression import SuppressionList
 from . import schema
@@ -355,14 +354,8 @@ class PgStore(Store):
         row = self.raw.execute("SELECT hash FROM events WHERE chain=%s AND seq=%s", (self.chain, seq)).fetchone()
         return row[0] if row else None
 
-    def checkpoint(self, path: Path, campaign_id: str) -> str:
-        """As on SQLite, for this store's chain: the event count is written chain:seq."""
-        seq, head = self.head()
-        line = f"{utcnow()[:19]}Z {campaign_id} {self.chain}:{seq} {head}"
-        fd = files.open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        with os.fdopen(fd, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-        return line
+    def _checkpoint_count(self, seq: int) -> str:
+        return f"{self.chain}:{seq}"  # this store's chain (audit.read_checkpoints checks it by its hash)
 
     def import_file(self, path: Path, *, append: bool = False, batch: int = 2000) -> Any:
         """As on SQLite, one importer at a time: workers starting together import the file once."""
@@ -512,18 +505,9 @@ class PgStore(Store):
                         r[10], r[11], r[12], r[13]) for r in rows]
 
     def _suppress_claimed(self, rows: list[Any], blocked: dict[str, tuple[str, str, str]]) -> list[Any]:
-        ts = utcnow()
-        keep, events = [], []
-        for r in rows:
-            if r[3] not in blocked:
-                keep.append(r)
-                continue
-            kind, source, reason = blocked[r[3]]
-            why = f"on the suppression list ({kind}, from {source}): {reason}"
-            self.db.execute("UPDATE recipients SET state='suppressed', detail=?, updated_at=? WHERE id=?", (why, ts, r[0]))
-            events.append(Event("suppressed", r[0], r[3], locale=r[5], detail={"reason": why}))
-        self._append_all(events, ts)
-        return keep
+        """Claimed rows whose address is on the shared list: suppressed now; returns the others."""
+        self._mark_suppressed([(r[0], r[3], r[5], *blocked[r[3]]) for r in rows if r[3] in blocked], utcnow())
+        return [r for r in rows if r[3] not in blocked]
 
     def apply(self, changes: list[Change]) -> None:
         """As on SQLite, group-committed, and fenced: a row this session claimed is only written while this
@@ -598,12 +582,7 @@ class PgStore(Store):
                     if rid not in seen:
                         rows.append((rid, key, locale, *chunk[key]))
                         seen.add(rid)
-            ts = utcnow()
-            whys = [f"on the suppression list ({kind}, from {source}): {reason}" for _, _, _, kind, source, reason in rows]
-            db.executemany("UPDATE recipients SET state='suppressed', detail=?, updated_at=? WHERE id=?",
-                           [(why, ts, r[0]) for r, why in zip(rows, whys, strict=True)])
-            self._append_all([Event("suppressed", r[0], r[1], locale=r[2], detail={"reason": why})
-                              for r, why in zip(rows, whys, strict=True)], ts)
+            self._mark_suppressed(rows, utcnow())
         return len(rows)
 
 

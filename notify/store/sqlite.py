@@ -20,7 +20,7 @@ from .. import files
 from ..errors import StoreError
 from . import schema
 from .base import Store
-from .records import GENESIS, Event, utcnow
+from .records import GENESIS, utcnow
 from .schema import DB_NAME, IMPORT_CACHE_KIB
 
 
@@ -199,12 +199,7 @@ class SqliteStore(Store):
                 rows = db.execute(
                     "SELECT r.id, r.key, r.locale, s.kind, s.source, s.reason FROM recipients r"
                     " JOIN supp.suppressed s ON s.address = r.key WHERE r.state IN ('pending', 'deferred')").fetchall()
-                ts = utcnow()
-                whys = [f"on the suppression list ({kind}, from {source}): {reason}" for _, _, _, kind, source, reason in rows]
-                db.executemany("UPDATE recipients SET state='suppressed', detail=?, updated_at=? WHERE id=?",
-                               [(why, ts, r[0]) for r, why in zip(rows, whys, strict=True)])
-                self._append_all([Event("suppressed", r[0], r[1], locale=r[2], detail={"reason": why})
-                                  for r, why in zip(rows, whys, strict=True)], ts)
+                self._mark_suppressed(rows, utcnow())
         finally:
             self.db.execute("DETACH DATABASE supp")
         return len(rows)
