@@ -296,7 +296,8 @@ def parse(raw: bytes) -> Report:
 # Which SMTP command a refusal answered, as reports say it (the diagnostic first, then the transcript
 # around the address).
 RCPT_SAID = ("in reply to rcpt to", "after rcpt to", ">>> rcpt to", "rcpt to:<", "rcpt to: <", "in rcpt to",
-             "rcpt to response", "after rcpt command", "rcpt_to", "in reply to rcpt command")
+             "rcpt to response", "after rcpt command", "rcpt_to", "in reply to rcpt command", "smtp:rcpt",
+             "does not like recipient")
 DATA_SAID = ("in reply to end of data", "after end of data", "in reply to data", ">>> data", "after data",
              "end of data command", "final data")
 MAIL_SAID = ("in reply to mail from", "after mail from", ">>> mail from")
