@@ -266,7 +266,8 @@ def parse(raw: bytes) -> Report:
                 diag = diag.split(";", 1)[1].strip()
             status = _status_of(b.get("status"), diag)
             act = action[0] if action else ("failed" if status.startswith("5") else "delayed" if status else "failed")
-            report.recipients.append(Failed(address, act, status, diag,
+            vendor = reasons.POWERMTA_CATEGORY.get((b.get("x-powermta-bouncecategory") or "").strip().lower())
+            report.recipients.append(Failed(address, act, status, diag, vendor or
                                             _refine(reasons.classify(status, diag), text, address, status, diag)))
         return report
 
@@ -297,7 +298,7 @@ def parse(raw: bytes) -> Report:
 # around the address).
 RCPT_SAID = ("in reply to rcpt to", "after rcpt to", ">>> rcpt to", "rcpt to:<", "rcpt to: <", "in rcpt to",
              "rcpt to response", "after rcpt command", "rcpt_to", "in reply to rcpt command", "smtp:rcpt",
-             "does not like recipient")
+             "does not like recipient", "server has rejected address")
 DATA_SAID = ("in reply to end of data", "after end of data", "in reply to data", ">>> data", "after data",
              "end of data command", "final data")
 MAIL_SAID = ("in reply to mail from", "after mail from", ">>> mail from")
@@ -344,6 +345,16 @@ def _first_line_with_code(text: str) -> str | None:
     return None
 
 
+def _block(lines: list[str], i: int, key: str, seen: dict[str, int]) -> str:
+    """Line i and the following ones up to a blank line or another recipient's address, as one line."""
+    block = [lines[i]]
+    for nxt in lines[i + 1:i + 8]:
+        if not nxt.strip() or (ADDR_RE.search(nxt) and any(k in nxt.lower() for k in seen if k != key)):
+            break
+        block.append(nxt)
+    return " ".join(x.strip() for x in block)[:1000]
+
+
 def _text_recipients(msg: EmailMessage, text: str) -> list[Failed]:
     """The failed recipients a non-standard report names, each with the lines that say why."""
     own = {a.lower() for h in ("From", "To", "Sender", "Reply-To", "Return-Path") for a in ADDR_RE.findall(_header(msg, h))}
@@ -371,13 +382,11 @@ def _text_recipients(msg: EmailMessage, text: str) -> list[Failed]:
             out.append(Failed(key, "delayed" if status.startswith("4") else "failed", status, diag,
                               reasons.classify(status, diag)))
             continue
-        # The reason: this line and the following ones up to a blank line or the next address.
-        block = [lines[i]]
-        for nxt in lines[i + 1:i + 8]:
-            if not nxt.strip() or (ADDR_RE.search(nxt) and any(k in nxt.lower() for k in seen if k != key)):
-                break
-            block.append(nxt)
-        diag = " ".join(x.strip() for x in block)[:1000]
+        # The reason: this line and the following ones up to a blank line or the next address, at the first
+        # place the address is named with one (a report may quote the original's To: line before it).
+        places = [j for j in range(i, min(len(lines), i + 400)) if key in lines[j].lower()][:8]
+        blocks = [(j, _block(lines, j, key, seen)) for j in places]
+        i, diag = next(((j, b) for j, b in blocks if reasons.classify(None, b) != "undefined"), blocks[0])
         if not (STATUS_RE.search(diag) or REPLY_RE.search(diag)) or reasons.classify(None, diag) == "undefined":
             # The address alone on its line: the reason is the report's (Gmail, Exim, qmail).
             context = " ".join(x.strip() for x in lines[max(0, i - 6):i + 10])[:2000]

@@ -51,15 +51,16 @@ PHRASES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("hostunknown", ("host unknown", "unknown host", "host not found", "domain not found", "no such domain",
                      "domain does not exist", "unknown domain", "name or service not known", "nxdomain",
                      "unrouteable mail domain", "host or domain name not found", "domain must exist",
-                     "unroutable domain", "couldn't find any host", "no route to host", "dns error")),
+                     "unroutable domain", "couldn't find any host", "no route to host", "dns error",
+                     "unrouteable address", "unroutable address")),  # Exim: no route to the address's domain
     ("userunknown", ("user unknown", "unknown user", "no such user", "user not found", "no such mailbox",
                      "mailbox not found", "mailbox unavailable", "mailbox does not exist", "address does not exist",
                      "does not exist", "invalid recipient", "recipient unknown", "unknown recipient",
                      "recipient not found", "no such recipient", "no mailbox", "not a valid mailbox",
                      "invalid mailbox", "unknown address", "address unknown",
                      "bad destination mailbox", "no such person", "not listed in", "undeliverable address",
-                     "is not a known user", "account does not exist", "unknown local part", "unrouteable address",
-                     "unroutable address", "no such local user", "user doesn't exist", "user does not exist",
+                     "is not a known user", "account does not exist", "unknown local part", "no such local user",
+                     "user doesn't exist", "user does not exist",
                      "doesn't have a", "not our customer", "mailbox is unavailable", "invalid address",
                      "no account by that name", "not a valid user", "user invalid",
                      "addressee unknown", "the email account that you tried to reach does not exist",
@@ -90,6 +91,18 @@ PHRASES: tuple[tuple[str, tuple[str, ...]], ...] = (
 # Said before the real reason ("Recipient address rejected: <why>"): the status code decides when it has a
 # reason of its own (5.6.0 media error: contenterror), and "user unknown" only when nothing else is said.
 GENERIC_REFUSAL = ("recipient address rejected", "address rejected", "recipient rejected")
+
+# The system that holds the mailboxes looked the name up in its directory and did not find it (Exchange,
+# Domino and Notes, IMail): a dead address, whatever command the report leaves unsaid.
+DIRECTORY_VERDICT = ("recipient name is not recognized", "not listed in domino directory", "not listed in public name",
+                     "ディレクトリのリストにありません", "invalid final delivery userid")
+
+# PowerMTA says what it made of a bounce in its own DSN field (X-PowerMTA-BounceCategory): its verdict decides.
+POWERMTA_CATEGORY = {"bad-mailbox": "userunknown", "bad-domain": "hostunknown", "inactive-mailbox": "suspend",
+                     "quota-issues": "mailboxfull", "message-expired": "expired", "spam-related": "spamdetected",
+                     "virus-related": "virusdetected", "policy-related": "policyviolation", "no-answer-from-host":
+                     "networkerror", "bad-connection": "networkerror", "routing-errors": "systemerror",
+                     "content-related": "contenterror", "relaying-issues": "norelaying", "protocol-errors": "systemerror"}
 
 # RFC 3463 status -> reason, where the code is precise enough to say (the reference parser's table).
 STATUS = {
@@ -139,9 +152,14 @@ def settle(reason: str, status: str, command: str | None, diagnostic: str) -> st
     generic words ("Recipient address rejected: Access denied") is of the recipient."""
     sub = status.strip().split(".", 1)[1] if status.strip().count(".") == 2 else ""
     said_by_status = STATUS.get(sub) == "userunknown" or (len(sub) > 3 and STATUS.get(sub[:3]) == "userunknown")
+    text = _SPACE.sub(" ", diagnostic.lower()).strip()
+    if text.startswith("551") and ".7." not in status:  # RFC 5321: 551 User not local
+        return "hasmoved"
+    if reason == "suspend" and sub == "1.1":  # "inactive address" with 5.1.1: the mailbox is gone
+        return "userunknown"
     if reason == "userunknown":  # (5.1.351, Exchange's "unknown recipient", counts as its 5.1.3)
-        return "userunknown" if said_by_status or command == "RCPT" else "filtered"
-    text = _SPACE.sub(" ", diagnostic.lower())
+        directory = any(p in text for p in DIRECTORY_VERDICT)
+        return "userunknown" if said_by_status or command == "RCPT" or directory else "filtered"
     if reason == "filtered" and command == "RCPT" and any(p in text for p in GENERIC_REFUSAL):
         return "userunknown"
     return reason

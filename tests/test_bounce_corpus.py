@@ -25,10 +25,11 @@ def test_the_corpus_is_read_about_as_the_reference_reads_it() -> None:
         recipients += len(expected)
         agree += sum((f.kind == "bounced") == hard for f, (_, _, _, hard) in zip(ours, expected, strict=False))
     assert messages == 534 and recipients == 563
-    # Measured: 96.1% attributed; hard/soft as Sisimai 87.2% of expected recipients, 90.9% of those attributed
-    # (85.6% before the dead-address line followed the command a refusal answered; the targets are 95 and 95).
+    # Measured: 96.1% attributed; hard/soft as Sisimai 90.6% of expected recipients, 94.4% of those attributed
+    # (85.6% before the dead-address line followed the command a refusal answered, directory verdicts,
+    # PowerMTA's category and the reply's own code; the targets are 95 and 95).
     assert attributed / messages >= 0.96, attributed / messages
-    assert agree / recipients >= 0.87, agree / recipients
+    assert agree / recipients >= 0.905, agree / recipients
 
 
 def test_no_dead_address_is_claimed_where_the_reference_sees_a_refused_message() -> None:
