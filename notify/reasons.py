@@ -26,7 +26,8 @@ PHRASES: tuple[tuple[str, tuple[str, ...]], ...] = (
                   "sender verification", "envelope sender", "after mail from", "in reply to mail from")),
     ("hasmoved", (" has been replaced by ", "mailbox has moved", "mailbox owner has changed")),
     ("notaccept", ("couldn't find a mail exchanger", "does not accept mail", "null mx", "nullmx", "mail receiving disabled",
-                   "host does not accept", "no mx record found")),
+                   "host does not accept", "no mx record found", "indicated no smtp service",
+                   "not accepting network messages")),  # RFC 7505 null MX; RFC 3463 X.3.2
     ("norelaying", ("relay access denied", "relaying denied", "relay not permitted", "we do not relay", "no relaying",
                     "not permitted to relay", "unable to relay", "relay denied", "not allowed to relay", "as a relay")),
     ("mesgtoobig", ("message too big", "message is too big", "message size exceeds", "size limit", "message too large",
@@ -139,7 +140,7 @@ def classify(status: str | None, diagnostic: str | None) -> str:
     code = (status or "").strip()
     found = STATUS.get(code.split(".", 1)[1]) if code.count(".") == 2 else None
     if text and any(p in text for p in GENERIC_REFUSAL) and (found is None or found in HARD):
-        return "userunknown"
+        return found or "userunknown"  # "Recipient address rejected" with 5.1.2: the host, not the user
     return found or "undefined"
 
 

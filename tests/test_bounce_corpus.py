@@ -16,7 +16,7 @@ EXPECTED = json.loads((CORPUS / "expected.json").read_text())
 
 
 def test_the_corpus_is_read_about_as_the_reference_reads_it() -> None:
-    messages = attributed = recipients = agree = 0
+    messages = attributed = recipients = agree = attributed_recipients = 0
     for name, expected in EXPECTED.items():
         items, _ = parse_dsn((CORPUS / name).read_bytes())
         ours = [f for f in items if f.address]
@@ -24,12 +24,15 @@ def test_the_corpus_is_read_about_as_the_reference_reads_it() -> None:
         attributed += bool(ours)
         recipients += len(expected)
         agree += sum((f.kind == "bounced") == hard for f, (_, _, _, hard) in zip(ours, expected, strict=False))
+        attributed_recipients += min(len(ours), len(expected))
     assert messages == 534 and recipients == 563
-    # Measured: 96.1% attributed; hard/soft as Sisimai 90.6% of expected recipients, 94.4% of those attributed
-    # (85.6% before the dead-address line followed the command a refusal answered, directory verdicts,
-    # PowerMTA's category and the reply's own code; the targets are 95 and 95).
+    # Measured: 96.1% attributed; hard/soft as Sisimai 513 of the 540 recipients attributed, 95.0% (the issue's
+    # targets: 95% attributed, 95% of those classified as the reference does); 85.6% of all expected before
+    # the dead-address line followed the command a refusal answered, directory verdicts, PowerMTA's category,
+    # null MX and the status of a generic refusal.
     assert attributed / messages >= 0.96, attributed / messages
-    assert agree / recipients >= 0.905, agree / recipients
+    assert agree / attributed_recipients >= 0.95, (agree, attributed_recipients)
+    assert agree / recipients >= 0.91, agree / recipients
 
 
 def test_no_dead_address_is_claimed_where_the_reference_sees_a_refused_message() -> None:
