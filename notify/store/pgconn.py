@@ -75,7 +75,8 @@ class RateBudget:
     the server's clock), leased in small blocks (throttle.SharedRate) on a connection of its own. A worker
     that slows down on a throttling reply sets the shared rate: every worker slows with it."""
 
-    BURST = 0.1  # seconds of the rate the bucket holds: a worker idle for a while cannot then flood the relay
+    BURST = 0.25  # seconds of the rate the bucket holds: a short stall of every worker (a loaded machine) loses
+    # no sends, and a worker idle for a while still cannot flood the relay
 
     def __init__(self, url: str, schema_: str, session: int | None, stall_after: float = 30.0) -> None:
         self.conn = psycopg.connect(url, **options(stall_after))
