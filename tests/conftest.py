@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -63,14 +62,7 @@ def run(*args: str | Path) -> tuple[int, str, str]:
 def sql(d: Path, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """A statement (qmark parameters) against the state of the campaign in `d`, whichever backend holds it:
     what a test reads to check, or what an attacker with write access changes. Committed at once."""
-    c = campaign_mod.load(d)
-    if c.state.url_env is None:  # SQLite: the file itself, as quick to poll as it is to read
-        con = sqlite3.connect(c.state_dir / "campaign.sqlite", timeout=30, isolation_level=None)
-        try:
-            return [tuple(r) for r in con.execute(statement, params).fetchall()]
-        finally:
-            con.close()
-    store = open_store(c)
+    store = open_store(campaign_mod.load(d))
     try:
         cur = store.db.execute(statement, params)
         return [tuple(r) for r in cur.fetchall()] if cur.description else []

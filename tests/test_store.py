@@ -187,6 +187,26 @@ def test_rollback_leaves_no_event_and_chain_intact(make_campaign: MakeCampaign, 
     assert verify_chain(s.events()).ok
 
 
+def test_opening_the_state_to_read_it_waits_for_no_writer(make_campaign: MakeCampaign) -> None:
+    """`status` beside a send or an import opens the state while they hold its write lock: opening wrote
+    (the campaign's secret, INSERT OR IGNORE), so it waited 5 s and then failed with "database is locked"."""
+    import sqlite3
+    import time
+
+    d = make_campaign()
+    open_store(d).close()
+    holder = sqlite3.connect(d / ".notify" / DB_NAME, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        s = open_store(d)
+        assert s.counts() == {} and time.monotonic() - started < 2
+        s.close()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
 def test_second_sender_is_refused(make_campaign: MakeCampaign) -> None:
     d = make_campaign()
     a, b = open_store(d), open_store(d)

@@ -39,8 +39,7 @@ class SqliteStore(Store):
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.execute("PRAGMA busy_timeout=5000")
             self._migrate()
-            self.db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('token_key', ?)", (secrets.token_bytes(32),))
-            self.token_key: bytes = bytes(self.db.execute("SELECT value FROM meta WHERE name='token_key'").fetchone()[0])
+            self.token_key: bytes = self._token_key()
             moved = self.db.execute("SELECT value FROM meta WHERE name='moved_to'").fetchone()
             row = self.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         except sqlite3.DatabaseError as e:
@@ -131,6 +130,15 @@ class SqliteStore(Store):
                 for statement in filter(str.strip, sql.split(";")):
                     self.db.execute(statement)
                 self.db.execute("INSERT INTO migrations VALUES (?, ?)", (name, utcnow()))
+
+    def _token_key(self) -> bytes:
+        """The campaign's secret (recipients.recipient_token), made once. Read without writing when it exists:
+        opening the state to read it (`status` beside a send or an import) must not wait for their lock."""
+        row = self.db.execute("SELECT value FROM meta WHERE name='token_key'").fetchone()
+        if row is None:
+            self.db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('token_key', ?)", (secrets.token_bytes(32),))
+            row = self.db.execute("SELECT value FROM meta WHERE name='token_key'").fetchone()
+        return bytes(row[0])
 
     @contextlib.contextmanager
     def transaction(self, chain: bool = True) -> Iterator[sqlite3.Connection]:
