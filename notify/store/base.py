@@ -36,6 +36,7 @@ from .records import (
     Change,
     Claimed,
     Event,
+    claimed,
     dicts,
     epoch_of,
     event_hash,
@@ -49,10 +50,6 @@ def _by_message_id(mid: str | None, old_form: str) -> tuple[tuple[str, tuple[str
     return ("token=? AND message_id=?", (token, mid)), (f"message_id=? AND {old_form}", (mid,))
 
 
-def _claimed(r: tuple[Any, ...]) -> Claimed:
-    return Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], bool(r[9]), r[10], r[11], r[12], r[13])
-
-
 # Every column of a recipient, on either backend (what an export carries of the state).
 RECIPIENT_COLUMNS = ("id, import_id, row, email, key, token, domain, name, locale, jurisdiction, vars, state, attempts,"
                      " next_attempt_at, first_attempt_at, doubt, provider, provider_message_id, detail, reply_code,"
@@ -64,8 +61,6 @@ class Store(Imports):
     store.open_store(campaign), or a backend's own constructor."""
 
     # What the dialects spell differently (the SQLite spelling; postgres.py overrides them).
-    DEFERRED = schema.DEFERRED
-    CLAIM_DUE_SQL = schema.CLAIM_DUE_SQL
     COUNT_DUE_SQL = schema.COUNT_DUE_SQL
     NEXT_DUE_SQL = schema.NEXT_DUE_SQL
     REPUTATION_SQL = schema.REPUTATION_SQL
@@ -212,18 +207,26 @@ class Store(Imports):
 
     # --- the send loop's side ---
 
+    # The send queue's three writes differ by backend (sqlite.py: one sending process; postgres.py: claims
+    # marked with the worker's session, outcomes fenced by it, recovery of stalled sessions only).
+
     def recover_inflight(self, now: float) -> int:
-        """Rows left inflight by a crash: back in the queue, due now, marked in doubt, with an event each."""
-        with self.transaction() as db:
-            rows = db.execute("SELECT id, key, locale FROM recipients WHERE state='inflight'").fetchall()
-            ts = utcnow()
-            db.executemany("UPDATE recipients SET state='deferred', doubt=1, next_attempt_at=?, updated_at=? WHERE id=?",
-                           [(now, ts, rid) for rid, _, _ in rows])
-            why = ("the previous run stopped while this message was with the provider; it is sent again with the "
-                   "same Message-ID and may arrive twice")
-            self._append_all([Event("inflight_recovered", rid, key, locale=locale, detail={"reason": why})
-                              for rid, key, locale in rows], ts)
-        return len(rows)
+        """Rows a crash left inflight: back in the queue, due now, in doubt, with an event each."""
+        raise NotImplementedError
+
+    def claim(self, limit: int, now: float, skip_domains: Sequence[str] = ()) -> list[Claimed]:
+        """Marks up to `limit` due recipients inflight and commits before returning them: pending rows first,
+        in file order, then deferred rows whose retry is due; domains at their cap are skipped."""
+        raise NotImplementedError
+
+    def apply(self, changes: list[Change]) -> None:
+        """Writes state changes with their events, all in one transaction (group commit)."""
+        raise NotImplementedError
+
+    def _recovered(self, rows: list[tuple[Any, ...]], ts: str, why: str, **detail: Any) -> None:
+        """An inflight_recovered event for each (id, key, locale) put back in doubt; inside a transaction."""
+        self._append_all([Event("inflight_recovered", rid, key, locale=locale, detail={"reason": why, **detail})
+                          for rid, key, locale in sorted(rows)], ts)
 
     def rearm_waiting(self, now: float) -> int:
         """Recipients put off because a provider lacked what they need (reply_code 'needs ...'): due now,
@@ -232,40 +235,11 @@ class Store(Imports):
             return int(db.execute("UPDATE recipients SET next_attempt_at=? WHERE state='deferred'"
                                   " AND reply_code LIKE 'needs %' AND next_attempt_at > ?", (now, now)).rowcount)
 
-    def claim(self, limit: int, now: float, skip_domains: Sequence[str] = ()) -> list[Claimed]:
-        """Marks up to `limit` due recipients inflight and commits before returning them.
-
-        Pending rows first, in file order; then deferred rows whose retry is due. Domains at their
-        cap are skipped so that one slow domain never holds up the others."""
-        skip = f" AND domain NOT IN ({','.join('?' * len(skip_domains))})" if skip_domains else ""
-        with self.transaction() as db:
-            rows = db.execute(schema.CLAIM_PENDING_SQL.format(skip=skip), (*skip_domains, limit)).fetchall()
-            if len(rows) < limit:
-                rows += db.execute(self.CLAIM_DUE_SQL.format(skip=skip), (now, *skip_domains, limit - len(rows))).fetchall()
-            db.executemany("UPDATE recipients SET state='inflight' WHERE id=?", [(r[0],) for r in rows])
-        return [_claimed(r) for r in rows]
-
     def release(self, claimed: Iterable[Claimed]) -> None:
         """Puts claimed recipients that never reached a provider back where they were."""
         with self.transaction() as db:
             db.executemany("UPDATE recipients SET state=? WHERE id=? AND state='inflight'",
                            [(c.previous_state, c.id) for c in claimed])
-
-    def apply(self, changes: list[Change]) -> None:
-        """Writes state changes with their events, all in one transaction (group commit)."""
-        if not changes:
-            return
-        now = utcnow()
-        with self.transaction() as db:
-            for ch in changes:
-                sets = "".join(f", {k}=?" for k in ch.fields)
-                done = (ch.expect, ch.state) in TRANSITIONS and db.execute(
-                    f"UPDATE recipients SET state=?, updated_at=?{sets} WHERE id=? AND state=?",
-                    (ch.state, now, *ch.fields.values(), ch.recipient_id, ch.expect)).rowcount == 1
-                if not done:
-                    cur = db.execute("SELECT state FROM recipients WHERE id=?", (ch.recipient_id,)).fetchone()
-                    raise StoreError(f"recipient {ch.recipient_id}: refusing {cur and cur[0]} -> {ch.state} (expected {ch.expect})")
-            self._append_all([ch.event for ch in changes if ch.event is not None], now)
 
     def unsent(self, limit: int | None = None) -> Iterator[Claimed]:
         """Recipients not yet in a final state, read only (for a dry run)."""
@@ -273,7 +247,7 @@ class Store(Imports):
             f"SELECT {schema.CLAIM_COLUMNS} FROM recipients WHERE state IN ('pending', 'deferred', 'inflight') ORDER BY id LIMIT ?",
             (self.NO_LIMIT if limit is None else limit,))
         for r in cur:
-            yield _claimed(r)
+            yield claimed(r)
 
     def count_unsent(self) -> int:
         return int(self.db.execute(

@@ -13,12 +13,24 @@ import psycopg
 from ..errors import StoreError
 
 
+def said(e: BaseException) -> str:
+    """What PostgreSQL said, on one line (the first: later lines are a query's position and hints)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def options(stall_after: float) -> dict[str, Any]:
     """Every connection's: a partitioned network is an error within stall_after/2, never a hang (TCP
     keepalives, and a user timeout on unacknowledged data; a Unix socket ignores both)."""
     return {"autocommit": True, "connect_timeout": max(2, int(stall_after / 2)), "application_name": "notify",
             "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
             "tcp_user_timeout": int(stall_after * 500)}
+
+
+def connect(url: str, schema: str, stall_after: float) -> psycopg.Connection[Any]:
+    """A connection of a worker's own, its search path on the campaign's schema."""
+    conn = psycopg.connect(url, **options(stall_after))
+    conn.execute(psycopg.sql.SQL("SET search_path TO {}").format(psycopg.sql.Identifier(schema)))
+    return conn
 
 
 class Heartbeat:
@@ -44,8 +56,7 @@ class Heartbeat:
 
     def _beat(self) -> bool:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self.url, **options(self.give_up * 2))
-            self._conn.execute(psycopg.sql.SQL("SET search_path TO {}").format(psycopg.sql.Identifier(self.schema)))
+            self._conn = connect(self.url, self.schema, self.give_up * 2)
         cur = self._conn.execute("UPDATE chains SET heartbeat=now() WHERE id=%s AND state='live'", (self.session,))
         return cur.rowcount == 1
 
@@ -61,7 +72,7 @@ class Heartbeat:
             except psycopg.Error as e:
                 silent = time.monotonic() - last_ok
                 if silent > self.give_up:
-                    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                    reason = said(e)
                     self.lost = (f"cannot reach PostgreSQL for {silent:.0f} s ({reason}); stopping before another "
                                  "worker takes over this one's recipients")
                     break
@@ -79,8 +90,7 @@ class RateBudget:
     # no sends, and a worker idle for a while still cannot flood the relay
 
     def __init__(self, url: str, schema_: str, session: int | None, stall_after: float = 30.0) -> None:
-        self.conn = psycopg.connect(url, **options(stall_after))
-        self.conn.execute(psycopg.sql.SQL("SET search_path TO {}").format(psycopg.sql.Identifier(schema_)))
+        self.conn = connect(url, schema_, stall_after)
         self.session = session
 
     def lease(self, provider: str, rate: float, want: int) -> tuple[int, float]:
@@ -89,7 +99,7 @@ class RateBudget:
         try:
             return self._lease(provider, rate, want)
         except psycopg.Error as e:
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            reason = said(e)
             raise StoreError(f"lost the connection to PostgreSQL while leasing the shared rate: {reason}",
                              hint="nothing of the interrupted step was kept; once the server is back, run the same "
                                   "command again: it resumes") from None

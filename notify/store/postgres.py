@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import os
 import re
 import secrets
@@ -44,8 +43,8 @@ from ..errors import ConfigError, StoreError, register_secret
 from ..suppression import SuppressionList
 from . import schema
 from .base import Store
-from .pgconn import Heartbeat, RateBudget, options
-from .records import GENESIS, TRANSITIONS, Change, Claimed, Event, dicts, utcnow
+from .pgconn import Heartbeat, RateBudget, options, said
+from .records import GENESIS, TRANSITIONS, Change, Claimed, Event, ImportResult, claimed, dicts, utcnow
 
 SCHEMA_VERSION = 1
 SHARED = "notify_shared"
@@ -159,7 +158,7 @@ def _connect(url: str, what: str, stall_after: float = 30.0) -> psycopg.Connecti
     try:
         return psycopg.connect(url, **options(stall_after))
     except psycopg.OperationalError as e:
-        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__  # libpq: the cause comes last
         if password:
             reason = reason.replace(password, "***")
         if "password authentication failed" in reason or "authentication failed" in reason or "role" in reason \
@@ -189,7 +188,6 @@ def _pid_gone(pid: int) -> bool:
 
 class PgStore(Store):
     backend = "postgresql"
-    DEFERRED = "recipients WHERE state='deferred'"
     COUNT_DUE_SQL = ("SELECT (SELECT count(*) FROM recipients WHERE state='pending')"
                      " + (SELECT count(*) FROM recipients WHERE state='deferred' AND next_attempt_at <= ?)")
     NEXT_DUE_SQL = "SELECT min(next_attempt_at) FROM recipients WHERE state='deferred'"
@@ -272,7 +270,7 @@ class PgStore(Store):
 
     def _error(self, e: psycopg.Error) -> StoreError:
         """PostgreSQL's failures in words a person can act on; nothing of the failed transaction was kept."""
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = said(e)
         if isinstance(e, psycopg.OperationalError) or self.raw.closed or self.raw.broken:
             return StoreError(f"{self.where()}: lost the connection to PostgreSQL: {reason}",
                               hint="nothing of the interrupted step was kept; once the server is back, run the same "
@@ -357,7 +355,7 @@ class PgStore(Store):
     def _checkpoint_count(self, seq: int) -> str:
         return f"{self.chain}:{seq}"  # this store's chain (audit.read_checkpoints checks it by its hash)
 
-    def import_file(self, path: Path, *, append: bool = False, batch: int = 2000) -> Any:
+    def import_file(self, path: Path, *, append: bool = False, batch: int = 2000) -> ImportResult:
         """As on SQLite, one importer at a time: workers starting together import the file once."""
         self.raw.execute("SELECT pg_advisory_lock(hashtext(current_schema() || ':import'))")
         try:
@@ -456,9 +454,7 @@ class PgStore(Store):
                 db.execute("UPDATE chains SET state='rescued' WHERE id=?", (sid,))
                 rows = db.execute("UPDATE recipients SET state='deferred', doubt=1, next_attempt_at=?, updated_at=?"
                                   " WHERE state='inflight' AND session=? RETURNING id, key, locale", (now, ts, sid)).fetchall()
-                rows.sort()
-                self._append_all([Event("inflight_recovered", rid, key, locale=locale,
-                                        detail={"reason": why, "session": sid}) for rid, key, locale in rows], ts)
+                self._recovered(rows, ts, why, session=sid)
                 self._to_manifest([Event("session_rescued", detail={
                     "chain": sid, "events": row[0], "head": row[1], "host": whost, "pid": pid, "by": self.chain,
                     "silent_seconds": round(silent, 1), "recovered": len(rows)})], ts)
@@ -466,9 +462,7 @@ class PgStore(Store):
             # A state moved from SQLite may hold rows a crash left inflight there: they belong to nobody.
             orphans = db.execute("UPDATE recipients SET state='deferred', doubt=1, next_attempt_at=?, updated_at=?"
                                  " WHERE state='inflight' AND session IS NULL RETURNING id, key, locale", (now, ts)).fetchall()
-            orphans.sort()
-            self._append_all([Event("inflight_recovered", rid, key, locale=locale, detail={"reason": why})
-                              for rid, key, locale in orphans], ts)
+            self._recovered(orphans, ts, why)
             total += len(orphans)
         return total
 
@@ -501,8 +495,7 @@ class PgStore(Store):
                     ([r[3] for r in rows],))}
                 if blocked:
                     rows = self._suppress_claimed(rows, blocked)
-        return [Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], bool(r[9]),
-                        r[10], r[11], r[12], r[13]) for r in rows]
+        return [claimed(r) for r in rows]
 
     def _suppress_claimed(self, rows: list[Any], blocked: dict[str, tuple[str, str, str]]) -> list[Any]:
         """Claimed rows whose address is on the shared list: suppressed now; returns the others."""
@@ -561,15 +554,12 @@ class PgStore(Store):
         """Recipients not yet sent whose address is on the shared table, or on this host's own list (the
         file `notify suppress add` writes), suppressed with the reason, never sent."""
         local: list[tuple[str, str, str, str]] = []
-        if suppression_db.exists():
-            import sqlite3
-            con = sqlite3.connect(f"file:{suppression_db}?mode=ro", uri=True)
+        if suppression_db.exists():  # read as every command reads it: a list that cannot be read stops the send
+            listed = SuppressionList(suppression_db)
             try:
-                local = con.execute("SELECT address, kind, source, reason FROM suppressed").fetchall()
-            except sqlite3.Error:
-                local = []
+                local = [(e.address, e.kind, e.source, e.reason) for e in listed.entries()]
             finally:
-                con.close()
+                listed.close()
         with self.transaction() as db:
             rows = db.execute(
                 f"SELECT r.id, r.key, r.locale, s.kind, s.source, s.reason FROM recipients r JOIN {SHARED}.suppressed s"

@@ -120,6 +120,11 @@ class ImportResult:
     refused: tuple[tuple[int, str, str], ...] = ()  # (row, email, why) for changes to people already sent
     removed: int = 0  # people of the earlier import not in the file that replaced it (nothing was sent yet)
 
+    def said(self) -> str:
+        """One line for `import`, `check` and `state init`."""
+        return (f"{self.path}: {self.rows_read} rows read = {self.accepted} accepted + {self.rejected} rejected"
+                + (" (already imported; nothing added)" if self.already else ""))
+
 
 
 def dicts(cur: Any) -> Iterator[dict[str, Any]]:
@@ -127,3 +132,8 @@ def dicts(cur: Any) -> Iterator[dict[str, Any]]:
     names = [d[0] for d in cur.description]
     for r in cur:
         yield dict(zip(names, r, strict=True))
+
+
+def claimed(r: tuple[Any, ...]) -> Claimed:
+    """A Claimed from a row of schema.CLAIM_COLUMNS (its state is the one the row was claimed from)."""
+    return Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], bool(r[9]), r[10], r[11], r[12], r[13])

@@ -13,14 +13,14 @@ import fcntl
 import os
 import secrets
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .. import files
 from ..errors import StoreError
 from . import schema
 from .base import Store
-from .records import GENESIS, utcnow
+from .records import GENESIS, TRANSITIONS, Change, Claimed, claimed, utcnow
 from .schema import DB_NAME, IMPORT_CACHE_KIB
 
 
@@ -211,3 +211,45 @@ class SqliteStore(Store):
         finally:
             self.db.execute("DETACH DATABASE supp")
         return len(rows)
+
+    # --- the send queue: one sending process ---
+
+    def recover_inflight(self, now: float) -> int:
+        """Rows left inflight by a crash: back in the queue, due now, marked in doubt, with an event each."""
+        with self.transaction() as db:
+            rows = db.execute("SELECT id, key, locale FROM recipients WHERE state='inflight'").fetchall()
+            ts = utcnow()
+            db.executemany("UPDATE recipients SET state='deferred', doubt=1, next_attempt_at=?, updated_at=? WHERE id=?",
+                           [(now, ts, rid) for rid, _, _ in rows])
+            self._recovered(rows, ts, "the previous run stopped while this message was with the provider; it is sent "
+                                      "again with the same Message-ID and may arrive twice")
+        return len(rows)
+
+    def claim(self, limit: int, now: float, skip_domains: Sequence[str] = ()) -> list[Claimed]:
+        """Marks up to `limit` due recipients inflight and commits before returning them.
+
+        Pending rows first, in file order; then deferred rows whose retry is due. Domains at their
+        cap are skipped so that one slow domain never holds up the others."""
+        skip = f" AND domain NOT IN ({','.join('?' * len(skip_domains))})" if skip_domains else ""
+        with self.transaction() as db:
+            rows = db.execute(schema.CLAIM_PENDING_SQL.format(skip=skip), (*skip_domains, limit)).fetchall()
+            if len(rows) < limit:
+                rows += db.execute(schema.CLAIM_DUE_SQL.format(skip=skip), (now, *skip_domains, limit - len(rows))).fetchall()
+            db.executemany("UPDATE recipients SET state='inflight' WHERE id=?", [(r[0],) for r in rows])
+        return [claimed(r) for r in rows]
+
+    def apply(self, changes: list[Change]) -> None:
+        """Writes state changes with their events, all in one transaction (group commit)."""
+        if not changes:
+            return
+        now = utcnow()
+        with self.transaction() as db:
+            for ch in changes:
+                sets = "".join(f", {k}=?" for k in ch.fields)
+                done = (ch.expect, ch.state) in TRANSITIONS and db.execute(
+                    f"UPDATE recipients SET state=?, updated_at=?{sets} WHERE id=? AND state=?",
+                    (ch.state, now, *ch.fields.values(), ch.recipient_id, ch.expect)).rowcount == 1
+                if not done:
+                    cur = db.execute("SELECT state FROM recipients WHERE id=?", (ch.recipient_id,)).fetchone()
+                    raise StoreError(f"recipient {ch.recipient_id}: refusing {cur and cur[0]} -> {ch.state} (expected {ch.expect})")
+            self._append_all([ch.event for ch in changes if ch.event is not None], now)
