@@ -7,6 +7,8 @@ import getpass
 import hashlib
 import json
 import os
+import re
+import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -70,16 +72,17 @@ def verify_chain(events: Iterable[dict[str, Any]]) -> Verdict:
                 else:
                     ended[sid] = (detail.get("events"), detail.get("head"), n)
     head = chains.get(0, (0, GENESIS))[1]
-    for sid in sorted(set(opened) - set(chains)):
+    if removed := sorted(set(opened) - set(chains)):
+        sid = removed[0]
         return Verdict(False, total, head, opened[sid],
                        f"the manifest (chain 0, event {opened[sid]}) opened chain {sid}, which has no events: it was removed")
-    for sid in sorted(set(chains) - set(opened) - {0}):
-        return Verdict(False, total, head, 1, f"chain {sid}: not opened in the manifest (chain 0): it was added")
-    for sid, (count, end, at) in sorted(ended.items()):
-        if chains.get(sid) != (count, end):
-            n, h = chains.get(sid, (0, GENESIS))
-            return Verdict(False, total, head, at, f"chain {sid} has {n} events ending in {h[:16]}, but the manifest (chain 0, "
-                                                   f"event {at}) recorded {count} ending in {str(end)[:16]}: cut short or rewritten")
+    if added := sorted(set(chains) - set(opened) - {0}):
+        return Verdict(False, total, head, 1, f"chain {added[0]}: not opened in the manifest (chain 0): it was added")
+    if cut := [(sid, end) for sid, end in sorted(ended.items()) if chains.get(sid) != end[:2]]:
+        sid, (count, last, at) = cut[0]
+        n, h = chains.get(sid, (0, GENESIS))
+        return Verdict(False, total, head, at, f"chain {sid} has {n} events ending in {h[:16]}, but the manifest (chain 0, "
+                                               f"event {at}) recorded {count} ending in {str(last)[:16]}: cut short or rewritten")
     if len(chains) > 1:
         heads = "|".join(f"{c}:{n}:{h}" for c, (n, h) in sorted(chains.items()))
         return Verdict(True, total, hashlib.sha256(heads.encode()).hexdigest())
@@ -110,10 +113,10 @@ def read_checkpoints(path: Path) -> list[tuple[int | None, str]]:
         if not parts:
             continue
         # The count is N (SQLite's one chain) or CHAIN:N (a worker's chain on PostgreSQL: checked by its hash).
-        count = parts[2].partition(":")[2] if len(parts) > 2 and ":" in parts[2] else parts[2] if len(parts) > 2 else ""
-        if len(parts) != 4 or not count.isdigit() or len(parts[3]) != 64:
+        chain, _, count = parts[2].rpartition(":") if len(parts) == 4 else ("", "", "")
+        if not count.isdigit() or len(parts[3]) != 64:
             raise InputError(f"{path}:{n}: not a checkpoint line (time, campaign, event count, hash): {line[:80]!r}")
-        out.append((None if ":" in parts[2] else int(count), parts[3]))
+        out.append((None if chain else int(count), parts[3]))
     return out
 
 
@@ -370,21 +373,36 @@ def _deadline(campaign: Campaign, last_send: float | None, unsent: int, late: in
     return out
 
 
+_TABLE = re.compile(r"\s*\[\s*([^\[\]#]+?)\s*\]\s*(?:#.*)?$")  # a [table] header (not [[array of tables]])
+
+
 def _campaign_copy(campaign: Campaign) -> str:
     """campaign.toml as the export carries it: the recipients file is the export's recipients.csv, and
-    the state is the export itself (no [state] url_env). Secrets never live in campaign.toml."""
+    the state is the export itself (no [state] url_env). Secrets never live in campaign.toml. The copy
+    is read back to check it says exactly that."""
     out: list[str] = []
     section = ""
     for line in campaign.file.read_text(encoding="utf-8").splitlines():
-        stripped = line.strip()
-        if stripped.startswith("["):
-            section = stripped
-        if section == "[state]" or (section == "[campaign]" and stripped.split("=")[0].strip() == "recipients"):
+        if (m := _TABLE.match(line)):
+            section = m.group(1).strip()
+        key = line.split("=", 1)[0].strip() if "=" in line else ""
+        if section == "state" or key.startswith("state.") or (section == "campaign" and key == "recipients") \
+                or (section == "" and key == "campaign.recipients"):
             continue
         out.append(line)
-        if stripped == "[campaign]":
+        if m and section == "campaign":
             out.append('recipients = "recipients.csv"  # in the export: its own recipients.csv')
-    return "\n".join(out) + "\n"
+    text = "\n".join(out) + "\n"
+    try:
+        copy = tomllib.loads(text)
+        ok = copy["campaign"]["recipients"] == "recipients.csv" and "state" not in copy
+    except (tomllib.TOMLDecodeError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise InputError(f"{campaign.file}: the export's copy of it could not be made (its [campaign] recipients "
+                         "or [state] is written in a form this export does not rewrite)",
+                         hint="write them as `recipients = \"...\"` under [campaign] and a [state] table of its own")
+    return text
 
 
 def _rebuild_kit(campaign: Campaign, store: Store, out: Path, sources: dict[str, str]) -> None:

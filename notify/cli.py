@@ -170,8 +170,7 @@ def check(campaign: Path = CampaignArg,
                        + "".join(f"; variant {v}: {', '.join(locs)}" for v, locs in pre.templates.variants.items())
                        + (f"; rendered {len(pre.rendered)} versions" if pre.rendered else ""))
         if imp:
-            typer.echo(f"recipients  {imp.path}: {imp.rows_read} rows read = {imp.accepted} accepted + {imp.rejected} rejected"
-                       + (" (already imported)" if imp.already else ""))
+            typer.echo(f"recipients  {imp.said()}")
             _print_corrections(imp)
             _print_rejects(store)
         st = report.status(c, store, pre.templates)
@@ -256,13 +255,17 @@ def import_(
     Example:  notify import campaigns/example --append
     """
     with _open(campaign) as (c, store):
-        store.lock()
-        imp = store.import_file(c.recipients, append=append)
-        store.write_rejects_file()
-        typer.echo(f"{imp.path}: {imp.rows_read} rows read = {imp.accepted} accepted + {imp.rejected} rejected"
-                   + (" (already imported; nothing added)" if imp.already else ""))
-        _print_corrections(imp)
-        _print_rejects(store)
+        _import_now(c, store, append)
+
+
+def _import_now(c: campaign_mod.Campaign, store: Store, append: bool = False) -> None:
+    """`import` and `state init`: the recipients file into the state, what was read, corrected and rejected."""
+    store.lock()
+    imp = store.import_file(c.recipients, append=append)
+    store.write_rejects_file()
+    typer.echo(imp.said())
+    _print_corrections(imp)
+    _print_rejects(store)
 
 
 @state_app.command("init")
@@ -277,11 +280,8 @@ def state_init(campaign: Path = CampaignArg) -> None:
       notify state init campaigns/x
     """
     with _open(campaign) as (c, store):
-        imp = store.import_file(c.recipients)
-        store.write_rejects_file()
         typer.echo(f"State: {store.where()} ({store.backend}).")
-        typer.echo(f"{imp.path}: {imp.rows_read} rows read = {imp.accepted} accepted + {imp.rejected} rejected"
-                   + (" (already imported; nothing added)" if imp.already else ""))
+        _import_now(c, store)
         typer.echo(f"Next: notify check {campaign}, then `notify send {campaign}"
                    + (" --worker` on each host" if store.backend == "postgresql" else "`"))
 

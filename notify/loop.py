@@ -194,8 +194,7 @@ class SendLoop:
             self.log_event("rate_changed", old=change.old, new=change.new, reason=change.reason)
             if self.shared is not None and change.new is not None:
                 self.shared.set_rate(self.provider.name, change.new)
-            old, new = ("unlimited" if r is None else f"{r:g}/s" for r in (change.old, change.new))
-            self.progress.note(f"rate {old} -> {new}: {change.reason}")
+            self.progress.note(f"rate {change.said()}: {change.reason}")
 
     async def activate(self, reason: str | None = None) -> bool:
         """Moves the chain to its next healthy provider and records what that found; False when every

@@ -13,6 +13,7 @@ from .campaign import Campaign
 from .errors import NotifyError
 from .render import Templates, split_version
 from .store import Store, epoch_of
+from .throttle import RateChange
 
 
 def _span(seconds: float) -> str:
@@ -169,8 +170,8 @@ def watch(campaign: Campaign, store: Store) -> dict[str, Any]:
     change = store.last_event_of(("rate_changed",))
     if change:
         d = change["detail"]
-        old, new = ("unlimited" if r is None else f"{r:g}/s" for r in (d.get("old"), d.get("new")))
-        lines.append(f"last rate change: {old} -> {new} at {change['ts'][:19]}Z: {' '.join(str(d.get('reason')).split())}")
+        said = RateChange(d.get("old"), d.get("new"), "").said()
+        lines.append(f"last rate change: {said} at {change['ts'][:19]}Z: {' '.join(str(d.get('reason')).split())}")
     if (nxt := store.next_due()) is not None:
         lines.append(f"next retry: {when_due(nxt, now)}")
     return {"at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "lines": lines}

@@ -87,6 +87,10 @@ class RateChange:
     new: float | None
     reason: str
 
+    def said(self) -> str:
+        """"200/s -> 100/s" (None: unlimited), as the progress line and `status --watch` say it."""
+        return " -> ".join("unlimited" if r is None else f"{r:g}/s" for r in (self.old, self.new))
+
 
 # The global bucket's default burst, in seconds' worth at high rates: the bound a provider counts
 # is rate + burst in any second, at arrival.
