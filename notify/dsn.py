@@ -324,7 +324,9 @@ def _command(diag: str | None, text: str, address: str | None) -> str | None:
 def _refine(reason: str, text: str, address: str | None, status: str = "", diag: str | None = None) -> str:
     """The reason, with the line between a dead address and a refused message drawn where the reference
     parser draws it (reasons.settle), from the command the refusal answered."""
-    return reasons.settle(reason, status, _command(diag, text, address), diag or "")
+    # Only that line needs the command: looking for it reads the report's text around the address.
+    command = _command(diag, text, address) if reason in ("userunknown", "filtered") else None
+    return reasons.settle(reason, status, command, diag or "")
 
 
 def _all_text(msg: EmailMessage) -> str:
