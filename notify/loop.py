@@ -363,8 +363,8 @@ class SendLoop:
                 if saturated:  # only capped domains are due: sleep until the first of them has a slot
                     await self.sleep(min(self.throttle.domain_delay(d) for d in saturated) - DOMAIN_HORIZON + 0.005)
                 continue
-            due = self.store.next_due()
-            if due is None and self.store.held_elsewhere():
+            due, held_elsewhere = self.store.what_is_left()
+            if due is None and held_elsewhere:
                 # Other workers still hold recipients in flight: wait for them to finish, or to stall and
                 # be taken over (by us, if we hold the rescue lock), so that none of theirs is left behind.
                 if not self.waiting_for_others:

@@ -420,11 +420,14 @@ class PgStore(Store):
         """No heartbeat for stall_after seconds, or a process of this host that is gone (a crash, a kill)."""
         return silent > self.stall_after or (host == socket.gethostname() and _pid_gone(pid))
 
-    def held_elsewhere(self) -> int:
-        """Recipients other sessions hold in flight (they finish them, or are rescued when they stall)."""
-        row = self.raw.execute("SELECT count(*) FROM recipients WHERE state='inflight' AND session IS DISTINCT FROM %s",
-                               (self.session,)).fetchone()
-        return int(row[0]) if row else 0
+    def what_is_left(self) -> tuple[float | None, int]:
+        """One statement, so one snapshot: other sessions' rows in flight (they finish them, or are rescued
+        when they stall) and the first deferred row's time."""
+        due, held = self.raw.execute(
+            "SELECT (SELECT min(next_attempt_at) FROM recipients WHERE state='deferred'),"
+            " (SELECT count(*) FROM recipients WHERE state='inflight' AND session IS DISTINCT FROM %s)",
+            (self.session,)).fetchone()
+        return (float(due) if due is not None else None), int(held)
 
     def recover_inflight(self, now: float) -> int:
         """On PostgreSQL only stalled sessions' rows (and rows of a state moved from SQLite, which name
