@@ -10,9 +10,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .providers.base import Wave
+
+if TYPE_CHECKING:
+    from .store.records import SharedBudget
 
 
 class Clock(Protocol):
@@ -282,7 +285,7 @@ class SharedRate:
 
     BLOCK = 0.05  # seconds of the rate leased at once: small, so no worker sits on much of the budget
 
-    def __init__(self, budget: Any, clock: Clock) -> None:
+    def __init__(self, budget: SharedBudget, clock: Clock) -> None:
         self.budget = budget
         self.clock = clock
         self.tokens = 0

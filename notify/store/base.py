@@ -36,6 +36,7 @@ from .records import (
     Change,
     Claimed,
     Event,
+    SharedBudget,
     claimed,
     dicts,
     epoch_of,
@@ -153,8 +154,8 @@ class Store(Imports):
     def rescue_stalled(self, now: float) -> int:
         return 0
 
-    def rate_budget(self) -> Any:
-        """The providers' rates shared with other workers (PostgreSQL: postgres.RateBudget), or None."""
+    def rate_budget(self) -> SharedBudget | None:
+        """The providers' rates shared with other workers (PostgreSQL: pgconn.RateBudget), or None."""
         return None
 
     def _os_error(self, path: Path, e: OSError) -> StoreError:
@@ -170,7 +171,13 @@ class Store(Imports):
 
     def _append_all(self, events: list[Event], ts: str) -> None:
         """Appends events in order, each chained to the one before, stamped `ts`; call inside a transaction."""
-        seq, prev = self._head
+        rows, self._head = self._chained(events, ts, self._head)
+        self._insert_events(rows)
+
+    @staticmethod
+    def _chained(events: list[Event], ts: str, head: tuple[int, str]) -> tuple[list[tuple[Any, ...]], tuple[int, str]]:
+        """The rows of `events` chained after `head`, and the new head."""
+        seq, prev = head
         rows = []
         for ev in events:
             seq += 1
@@ -190,8 +197,7 @@ class Store(Imports):
             rows.append((seq, ts, ev.recipient_id, row["recipient"], row["kind"], row["provider"],
                          row["provider_message_id"], row["detail"], row["locale"], row["content_sha256"],
                          row["prev_hash"], prev))
-        self._insert_events(rows)
-        self._head = (seq, prev)
+        return rows, (seq, prev)
 
     def _insert_events(self, rows: list[tuple[Any, ...]]) -> None:
         self.db.executemany(

@@ -44,7 +44,7 @@ from ..suppression import SuppressionList
 from . import schema
 from .base import Store
 from .pgconn import Heartbeat, RateBudget, options, said
-from .records import GENESIS, TRANSITIONS, Change, Claimed, Event, ImportResult, claimed, dicts, utcnow
+from .records import GENESIS, Change, Claimed, Event, ImportResult, check_transitions, claimed, dicts, utcnow
 
 SCHEMA_VERSION = 1
 SHARED = "notify_shared"
@@ -292,6 +292,8 @@ class PgStore(Store):
             try:
                 self.raw.execute("BEGIN")
                 start = self._lock_chain(self.chain) if chain else None
+                if start is not None:
+                    self._head = start
                 yield self.db
                 if start is not None and self._head != start:
                     self.raw.execute("UPDATE chains SET head_seq=%s, head_hash=%s, heartbeat=now() WHERE id=%s",
@@ -315,28 +317,24 @@ class PgStore(Store):
                 "found it stalled and took over its recipients; stopping without writing anything more",
                 hint="nothing is lost: the rescuer resends what this worker had in flight, in doubt, with the same "
                      "Message-ID; start a new worker if more are needed")
-        self._head = (row[0], row[1])
-        return self._head
+        return (row[0], row[1])
 
-    def _insert_events(self, rows: list[tuple[Any, ...]]) -> None:
+    def _insert_events(self, rows: list[tuple[Any, ...]], chain: int | None = None) -> None:
+        """Into this store's chain, or the one named (the manifest, from inside a worker's transaction)."""
+        chain = self.chain if chain is None else chain
         self.db.executemany(
             "INSERT INTO events (chain, seq, ts, recipient_id, recipient, kind, provider, provider_message_id, detail,"
             " locale, content_sha256, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [(self.chain, *r) for r in rows])
+            [(chain, *r) for r in rows])
 
     def _to_manifest(self, events: list[Event], ts: str) -> None:
         """Appends to the manifest chain from inside a transaction of this store's own chain."""
         if self.chain == MANIFEST:
             self._append_all(events, ts)
             return
-        own = (self.chain, self._head)
-        try:
-            self.chain = MANIFEST
-            self._lock_chain(MANIFEST)
-            self._append_all(events, ts)
-            self.raw.execute("UPDATE chains SET head_seq=%s, head_hash=%s WHERE id=0", self._head)
-        finally:
-            self.chain, self._head = own
+        rows, head = self._chained(events, ts, self._lock_chain(MANIFEST))
+        self._insert_events(rows, MANIFEST)
+        self.raw.execute("UPDATE chains SET head_seq=%s, head_hash=%s WHERE id=%s", (*head, MANIFEST))
 
     def json_field(self) -> str:
         return "(vars::jsonb ->> ?)"
@@ -423,10 +421,12 @@ class PgStore(Store):
     def what_is_left(self) -> tuple[float | None, int]:
         """One statement, so one snapshot: other sessions' rows in flight (they finish them, or are rescued
         when they stall) and the first deferred row's time."""
-        due, held = self.raw.execute(
+        row = self.raw.execute(
             "SELECT (SELECT min(next_attempt_at) FROM recipients WHERE state='deferred'),"
             " (SELECT count(*) FROM recipients WHERE state='inflight' AND session IS DISTINCT FROM %s)",
             (self.session,)).fetchone()
+        assert row is not None  # a SELECT without FROM returns one row
+        due, held = row
         return (float(due) if due is not None else None), int(held)
 
     def recover_inflight(self, now: float) -> int:
@@ -510,11 +510,10 @@ class PgStore(Store):
         session still holds it, so a worker presumed dead cannot overwrite the one that rescued it."""
         if not changes:
             return
+        check_transitions(changes)
         now = utcnow()
         groups: dict[tuple[str, str, tuple[str, ...]], list[Change]] = {}
         for ch in changes:
-            if (ch.expect, ch.state) not in TRANSITIONS:
-                raise StoreError(f"recipient {ch.recipient_id}: refusing {ch.expect} -> {ch.state}")
             groups.setdefault((ch.state, ch.expect, tuple(ch.fields)), []).append(ch)
         with self.transaction() as db:
             for (state, expect, names), group in groups.items():

@@ -8,7 +8,9 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from ..errors import StoreError
 
 GENESIS = "0" * 64
 
@@ -27,6 +29,18 @@ TRANSITIONS = {
     # Feedback settles a recipient left in doubt: the provider did accept it.
     ("deferred", "sent"), ("deferred", "delivered"),
 }
+
+
+class SharedBudget(Protocol):
+    """A provider's rate kept where every worker reads it (postgres.RateBudget): sends are leased in blocks."""
+
+    def lease(self, provider: str, rate: float, want: int) -> tuple[int, float]:
+        """Up to `want` sends now at `rate`/s shared by all workers: (granted, seconds to wait if none)."""
+        ...
+
+    def set_rate(self, provider: str, rate: float) -> None: ...
+
+    def close(self) -> None: ...
 
 
 EVENT_FIELDS = ("seq", "ts", "recipient", "kind", "provider", "provider_message_id", "detail",
@@ -106,6 +120,14 @@ class Change:
     event: Event | None
     expect: str = "inflight"
     fields: dict[str, Any] = field(default_factory=dict)  # attempts, next_attempt_at, provider, ...
+
+
+def check_transitions(changes: list[Change]) -> None:
+    """Refuses, before anything is written, a change the state machine does not know."""
+    for ch in changes:
+        if (ch.expect, ch.state) not in TRANSITIONS:
+            raise StoreError(f"recipient {ch.recipient_id}: refusing {ch.expect} -> {ch.state}",
+                             hint="a bug in notify: nothing of this step was written")
 
 
 

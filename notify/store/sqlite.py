@@ -20,7 +20,7 @@ from .. import files
 from ..errors import StoreError
 from . import schema
 from .base import Store
-from .records import GENESIS, TRANSITIONS, Change, Claimed, claimed, utcnow
+from .records import GENESIS, Change, Claimed, check_transitions, claimed, utcnow
 from .schema import DB_NAME, IMPORT_CACHE_KIB
 
 
@@ -242,11 +242,12 @@ class SqliteStore(Store):
         """Writes state changes with their events, all in one transaction (group commit)."""
         if not changes:
             return
+        check_transitions(changes)
         now = utcnow()
         with self.transaction() as db:
             for ch in changes:
                 sets = "".join(f", {k}=?" for k in ch.fields)
-                done = (ch.expect, ch.state) in TRANSITIONS and db.execute(
+                done = db.execute(
                     f"UPDATE recipients SET state=?, updated_at=?{sets} WHERE id=? AND state=?",
                     (ch.state, now, *ch.fields.values(), ch.recipient_id, ch.expect)).rowcount == 1
                 if not done:
