@@ -73,8 +73,9 @@ def _templates(out: Path, into: Path) -> str:
     try:
         kit = json.loads(path.read_text(encoding="utf-8"))
         name, sources = kit["template"], kit["files"]
-        assert isinstance(name, str) and isinstance(sources, dict)
-    except (ValueError, KeyError, AssertionError, OSError) as e:
+        if not isinstance(name, str) or not isinstance(sources, dict):
+            raise TypeError("template or files of the wrong type")
+    except (ValueError, KeyError, TypeError, OSError) as e:
         raise InputError(f"{path}: not the templates an export writes ({type(e).__name__})",
                          hint="export the campaign again with `notify audit export`") from None
     if not name or PurePosixPath(name).name != name:
