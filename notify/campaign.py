@@ -443,8 +443,9 @@ TOP_KEYS = {
 }
 
 
-def load(path: str | Path) -> Campaign:
-    """Reads a campaign directory (or its campaign.toml) and returns a validated Campaign."""
+def load(path: str | Path, *, recipients_file: bool = True) -> Campaign:
+    """Reads a campaign directory (or its campaign.toml) and returns a validated Campaign. Without
+    recipients_file the recipients file need not exist (an audit export read back: its state is whole)."""
     path = Path(path)
     file = path / CAMPAIGN_FILE if path.is_dir() else path
     if not file.exists():
@@ -461,13 +462,13 @@ def load(path: str | Path) -> Campaign:
         raise ConfigError(f"{file}: nested too deeply to read (arrays or tables inside each other hundreds of levels "
                           "deep)", hint="a campaign.toml needs a few levels at most: look for a runaway [ or {") from None
     try:
-        return _build(file, data)
+        return _build(file, data, recipients_file)
     except RecursionError:
         raise ConfigError(f"{file}: a value is nested too deeply to check",
                           hint="a campaign.toml needs a few levels at most: look for a runaway [ or {") from None
 
 
-def _build(file: Path, data: dict[str, Any]) -> Campaign:
+def _build(file: Path, data: dict[str, Any], recipients_file: bool = True) -> Campaign:
     c = _Checker(file)
     top = c.table("", data, TOP_KEYS)
     camp = c.table("[campaign]", top.get("campaign", {}), CAMPAIGN_KEYS)
@@ -499,7 +500,7 @@ def _build(file: Path, data: dict[str, Any]) -> Campaign:
         if name not in top.get("providers", {}):
             defined = ", ".join(top.get("providers", {})) or "none"
             c.problem("[send] providers", f'"{name}" is not defined: add a [providers.{name}] table (defined: {defined})')
-    if "recipients" in camp and not (file.parent / camp["recipients"]).is_file():
+    if recipients_file and "recipients" in camp and not (file.parent / camp["recipients"]).is_file():
         c.problem("[campaign] recipients", f"{file.parent / camp['recipients']}: file not found")
     variables = dict(top.get("variables", {}))
     if "discovered" in camp:

@@ -2,7 +2,7 @@
 on the export alone, years later, with no access to the campaign or its database (#27).
 
 The caller verifies the export against its manifest first. Its files then become a campaign directory
-(campaign.toml, recipients.csv, the templates from templates.json) and a private SQLite state in a
+(campaign.toml, the templates from templates.json) and a private SQLite state in a
 temporary directory: every recipient's row from state.jsonl and every event from events.jsonl, hashes
 as exported (several chains, from PostgreSQL, keep their chain and sequence numbers).
 """
@@ -100,9 +100,8 @@ def open_export(out: Path, work: Path, head: tuple[int, str]) -> tuple[campaign_
     camp = work / "campaign"
     files.private_dir(camp)
     shutil.copyfile(out / "campaign.toml", camp / "campaign.toml")
-    shutil.copyfile(out / "recipients.csv", camp / "recipients.csv")
     _templates(out, camp)
-    campaign = campaign_mod.load(camp)
+    campaign = campaign_mod.load(camp, recipients_file=False)  # the state below is whole: nothing is imported
     events = list(_lines(out / "events.jsonl"))
     chains = any("chain" in ev for _, ev in events)
     files.private_dir(camp / ".notify")
