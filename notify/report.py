@@ -80,15 +80,7 @@ def when_due(due: float, now: float) -> str:
     """A retry's time as a person at a terminal reads it: "in 3 min", or "due now" once it has passed
     (a send under way takes it; without one, the next `send` does)."""
     left = due - now
-    if left <= 0:
-        return "due now"
-    if left < 90:
-        return f"in {int(left + 0.5)} s"
-    if left < 90 * 60:
-        return f"in {int(left / 60 + 0.5)} min"
-    if left < 36 * 3600:
-        return f"in {left / 3600:.1f} h"
-    return f"in {left / 86400:.1f} days"
+    return f"in {_span(left)}" if left >= 1 else "due now"
 
 
 def status(campaign: Campaign, store: Store, templates: Templates | None = None) -> dict[str, Any]:

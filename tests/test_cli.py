@@ -311,7 +311,8 @@ def test_status_says_when_a_retry_is_due_as_a_person_reads_it(make_campaign: Mak
     from notify.store import Change, Event, SqliteStore
 
     assert [when_due(100.0, 100.0 + d) for d in (5, 0)] == ["due now", "due now"]
-    assert [when_due(100.0 + d, 100.0) for d in (30, 180, 7200, 3 * 86400)] == ["in 30 s", "in 3 min", "in 2.0 h", "in 3.0 days"]
+    assert [when_due(100.0 + d, 100.0) for d in (30, 180, 7290, 3 * 86400 + 3600)] == \
+        ["in 30 s", "in 3 min", "in 2 h 1 min", "in 3 days 1 h"]
     d = make_campaign("email\na@example.com\nb@example.com\n")
     store = SqliteStore.open(d / ".notify")
     store.import_file(d / "recipients.csv")
