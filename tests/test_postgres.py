@@ -260,6 +260,40 @@ def test_a_throttling_reply_slows_every_worker(make_campaign: MakeCampaign) -> N
     assert "421 4.7.0" in str(sql(d, "SELECT detail FROM events WHERE kind='rate_changed'"))
 
 
+def test_what_is_left_is_read_in_one_snapshot_while_rows_are_rescued_and_claimed(make_campaign: MakeCampaign) -> None:
+    """A worker with nothing to claim stops only when nobody is deferred and nobody else holds rows in
+    flight. CI once saw a survivor stop with 78 recipients deferred: it read the deferred rows and the rows
+    in flight in two statements, and a rescue (in flight -> deferred) fell between them. Here another
+    connection turns 40 rows from in flight to deferred and back as fast as it can while this one asks."""
+    import threading
+
+    from notify.campaign import load
+    from notify.store import open_store
+
+    d = pg_campaign(make_campaign, 40)
+    assert run("state", "init", d)[0] == 0
+    sql(d, "UPDATE recipients SET state='inflight', session=0")
+    watcher, flipper = open_store(load(d)), open_store(load(d))
+    stop = threading.Event()
+
+    def flip() -> None:
+        while not stop.is_set():
+            flipper.db.execute("UPDATE recipients SET state='deferred', next_attempt_at=0 WHERE state='inflight'")
+            flipper.db.execute("UPDATE recipients SET state='inflight' WHERE state='deferred'")
+
+    t = threading.Thread(target=flip)
+    t.start()
+    try:
+        seen = [watcher.what_is_left() for _ in range(3000)]
+    finally:
+        stop.set()
+        t.join()
+        watcher.close()
+        flipper.close()
+    assert (None, 0) not in seen, f"{seen.count((None, 0))} of {len(seen)} reads saw neither the rows in flight nor deferred"
+    assert {due is None for due, _ in seen} == {True, False}, "the rows were seen both in flight and deferred"
+
+
 def test_a_suppression_recorded_during_a_send_stops_it_at_the_next_claim(make_campaign: MakeCampaign) -> None:
     """A hard bounce recorded on one host (here: the suppression list in the campaign's database, written
     while a worker sends) stops the send to that address on every host at its next claim."""
