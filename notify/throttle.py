@@ -280,7 +280,7 @@ class Throttle:
 
 class SharedRate:
     """A rate shared with other processes (workers on other hosts): sends are leased in small blocks from a
-    budget kept elsewhere (store.postgres.RateBudget), through one thread, so the event loop never waits
+    budget kept elsewhere (store.pgconn.RateBudget), through one thread, so the event loop never waits
     on the database. Taken after the local throttle, so domain caps and backoff still apply per worker."""
 
     BLOCK = 0.05  # seconds of the rate leased at once: small, so no worker sits on much of the budget
@@ -288,7 +288,7 @@ class SharedRate:
     def __init__(self, budget: SharedBudget, clock: Clock) -> None:
         self.budget = budget
         self.clock = clock
-        self.tokens = 0
+        self.tokens: dict[str, int] = {}  # leased and not yet used, per provider (a switch starts afresh)
         self.lock = asyncio.Lock()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="notify-rate")
 
@@ -297,13 +297,14 @@ class SharedRate:
             return
         async with self.lock:
             loop = asyncio.get_running_loop()
-            while self.tokens < 1 and not stopping():
+            while self.tokens.get(provider, 0) < 1 and not stopping():
                 granted, wait = await loop.run_in_executor(self.executor, self.budget.lease, provider, rate,
                                                            max(1, int(rate * self.BLOCK)))
-                self.tokens += granted
+                self.tokens[provider] = self.tokens.get(provider, 0) + granted
                 if not granted:
                     await self.clock.sleep(min(wait, 0.5))
-            self.tokens -= 1
+            if self.tokens.get(provider, 0) >= 1:  # stopping: nothing taken, nothing owed
+                self.tokens[provider] -= 1
 
     def set_rate(self, provider: str, rate: float) -> None:
         """This worker's rate changed (a throttling reply, or growth after it): every worker's changes too."""
