@@ -127,7 +127,7 @@ def status(campaign: Campaign, store: Store, templates: Templates | None = None)
         "events": store.event_count(),
         "deadline": deadline(campaign, store),
         "state_backend": store.backend,
-        "workers": [worker_line(w) for w in store.workers()][-20:],  # every live one is among the latest
+        "workers": [worker_view(w) for w in store.workers()][-20:],  # every live one is among the latest
     }
 
 
@@ -137,7 +137,7 @@ def worker_said(w: dict[str, Any]) -> str:
             f"last heartbeat {w['last_heartbeat_s']:g} s ago, started {w['started']}")
 
 
-def worker_line(w: dict[str, Any]) -> dict[str, Any]:
+def worker_view(w: dict[str, Any]) -> dict[str, Any]:
     """One worker session as `status` shows it: host, pid, last heartbeat, sent, rate, live or stalled."""
     silent = max(0.0, float(w["silent"]))
     ran = max(1e-9, float(w["last"]) - epoch_of(w["started"]))
@@ -158,7 +158,7 @@ def watch(campaign: Campaign, store: Store) -> dict[str, Any]:
                  f"rate:     not sending now; {remaining} to go")
     if (due := deadline(campaign, store, rate=rate)) is not None:
         lines.append(f"deadline: {due['said']}")
-    lines += ["worker:   " + worker_said(worker_line(w)) for w in store.workers() if w["status"] in ("live", "stalled")]
+    lines += ["worker:   " + worker_said(worker_view(w)) for w in store.workers() if w["status"] in ("live", "stalled")]
     change = store.last_event_of(("rate_changed",))
     if change:
         d = change["detail"]
