@@ -703,8 +703,10 @@ def _suppression(campaign: Path | None) -> Iterator[Any]:
         finally:
             s.close()
         return
+    from .suppression import for_campaign
+
     with _open(campaign) as (_, store):
-        yield store.suppression_list()
+        yield for_campaign(store)
 
 
 @suppress_app.command("add")

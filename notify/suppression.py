@@ -14,11 +14,14 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import files
 from .errors import InputError, StoreError
 from .recipients import Recipient, read, validate
+
+if TYPE_CHECKING:
+    from .store import Store
 
 KINDS = ("hard-bounce", "complaint", "manual", "marketing-unsubscribe")
 ENV = "NOTIFY_SUPPRESSION_DB"
@@ -43,7 +46,7 @@ class Entry:
 
 class SuppressionList:
     """This user's list, a SQLite file (default_path()). A campaign whose state is on PostgreSQL uses the
-    list in that database instead (store.postgres.PgSuppressionList, the same methods), shared by its hosts."""
+    list in that database instead (InDatabase, the same methods), shared by its hosts: for_campaign chooses."""
 
     table = "suppressed"
     BEGIN = "BEGIN IMMEDIATE"
@@ -126,3 +129,33 @@ class SuppressionList:
                 self.db.execute("ROLLBACK")
             raise
         return read_n, added, invalid
+
+
+class InDatabase(SuppressionList):
+    """The list in a campaign's own database (store.suppression_table: on PostgreSQL, notify_shared.suppressed),
+    read and written by every host that sends from it (`notify suppress ... --campaign DIR`)."""
+
+    BEGIN = "BEGIN"
+
+    def __init__(self, store: Store, table: str) -> None:
+        self.store = store
+        self.table = table
+        self.path = store.state_dir / "suppression (in the campaign's database)"  # a file path says nothing here
+        self.db = store.db
+
+    def where(self) -> str:
+        return f"{self.table} in {self.store.where()}"
+
+    def close(self) -> None:
+        pass  # the store's connection: closed with the store
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        with self.store.errors():
+            yield
+
+
+def for_campaign(store: Store) -> SuppressionList:
+    """The list a campaign's sends obey: the one in its state's database where there is one (PostgreSQL,
+    shared by its hosts), else this user's file."""
+    return InDatabase(store, store.suppression_table) if store.suppression_table else SuppressionList()

@@ -16,7 +16,7 @@ from notify import dsn
 from notify.bounces import FeedbackRecorder, Malformed, parse_dsn, parse_ses, read_mbox
 from notify.campaign import load
 from notify.store import Change, Event, open_store
-from notify.suppression import SuppressionList
+from notify.suppression import SuppressionList, for_campaign
 
 from .conftest import MakeCampaign, run, simple_templates, sql, states, tokens
 from .test_ses import ses_event
@@ -40,9 +40,11 @@ def suppressed(d: Path | None = None) -> set[str]:
         finally:
             sl.close()
     store = open_store(load(d))
+    listed = for_campaign(store)
     try:
-        return {e.address for e in store.suppression_list().entries()}
+        return {e.address for e in listed.entries()}
     finally:
+        listed.close()
         store.close()
 
 

@@ -313,6 +313,24 @@ def test_a_suppression_recorded_during_a_send_stops_it_at_the_next_claim(make_ca
     assert len(h.received) == n - 1
 
 
+def test_a_send_on_postgresql_obeys_this_hosts_own_list_too_and_stops_on_one_it_cannot_read(
+        make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    """`notify suppress add` without --campaign writes this user's file; a send whose state is on PostgreSQL
+    honours it beside the list in the database. A file that cannot be read stops the send: it may name someone."""
+    d = pg_campaign(make_campaign, 3)
+    listed = tmp_path / "suppression.sqlite"  # NOTIFY_SUPPRESSION_DB (conftest)
+    listed.write_bytes(b"not a database, " * 64)
+    code, _, err = run("send", d)
+    assert code != 0 and str(listed) in err and "Traceback" not in err, err
+    assert "sent" not in {s for (s,) in sql(d, "SELECT state FROM recipients")}
+    listed.unlink()
+    assert run("suppress", "add", "p1@example.com", "--reason", "postal notice only")[0] == 0
+    code, _, err = run("send", d)
+    assert code == 0, err
+    assert dict(sql(d, "SELECT key, state FROM recipients")) == {
+        "p0@example.com": "sent", "p1@example.com": "suppressed", "p2@example.com": "sent"}
+
+
 def test_status_from_another_terminal_sees_the_workers(make_campaign: MakeCampaign) -> None:
     d = pg_campaign(make_campaign, 5)
     assert run("send", d)[0] == 0

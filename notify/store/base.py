@@ -26,7 +26,6 @@ from typing import Any
 
 from .. import files
 from ..errors import StoreError
-from ..suppression import SuppressionList
 from . import schema
 from .imports import Imports
 from .records import (
@@ -115,9 +114,15 @@ class Store(Imports):
 
     # --- the suppression list (each backend keeps it its own way) ---
 
-    def suppression_list(self) -> SuppressionList:
-        """The suppression list this campaign's sends obey (SQLite: this user's file; PostgreSQL: a table there)."""
-        return SuppressionList()
+    # The suppression list in this state's own database, shared by every host that sends from it
+    # (PostgreSQL), or None: sends obey this user's file (suppression.for_campaign chooses).
+    suppression_table: str | None = None
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """Statements run outside transaction() (a list in this database): the backend's failures as a
+        StoreError in words a person can act on."""
+        yield
 
     def flush_suppressions(self, suppression_db: Path) -> int:
         """Copies the suppressions feedback decided (suppress_outbox, committed with it) to the list."""

@@ -26,10 +26,12 @@ def options(stall_after: float) -> dict[str, Any]:
             "tcp_user_timeout": int(stall_after * 500)}
 
 
-def connect(url: str, schema: str, stall_after: float) -> psycopg.Connection[Any]:
-    """A connection of a worker's own, its search path on the campaign's schema."""
+def connect(url: str, stall_after: float, schema: str | None = None) -> psycopg.Connection[Any]:
+    """Every connection notify opens (the store's, and a worker's own ones with their search path on the
+    campaign's schema). psycopg's errors pass through: each caller says them its own way."""
     conn = psycopg.connect(url, **options(stall_after))
-    conn.execute(psycopg.sql.SQL("SET search_path TO {}").format(psycopg.sql.Identifier(schema)))
+    if schema is not None:
+        conn.execute(psycopg.sql.SQL("SET search_path TO {}").format(psycopg.sql.Identifier(schema)))
     return conn
 
 
@@ -56,7 +58,7 @@ class Heartbeat:
 
     def _beat(self) -> bool:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = connect(self.url, self.schema, self.give_up * 2)
+            self._conn = connect(self.url, self.give_up * 2, self.schema)
         cur = self._conn.execute("UPDATE chains SET heartbeat=now() WHERE id=%s AND state='live'", (self.session,))
         return cur.rowcount == 1
 
@@ -90,7 +92,7 @@ class RateBudget:
     # no sends, and a worker idle for a while still cannot flood the relay
 
     def __init__(self, url: str, schema_: str, session: int | None, stall_after: float = 30.0) -> None:
-        self.conn = connect(url, schema_, stall_after)
+        self.conn = connect(url, stall_after, schema_)
         self.session = session
 
     def lease(self, provider: str, rate: float, want: int) -> tuple[int, float]:

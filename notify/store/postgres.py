@@ -32,6 +32,7 @@ import os
 import re
 import secrets
 import socket
+import sqlite3
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -40,10 +41,9 @@ from typing import Any
 import psycopg
 
 from ..errors import ConfigError, StoreError, register_secret
-from ..suppression import SuppressionList
 from . import schema
 from .base import Store
-from .pgconn import Heartbeat, RateBudget, options, said
+from .pgconn import Heartbeat, RateBudget, connect, said
 from .records import GENESIS, Change, Claimed, Event, ImportResult, check_transitions, claimed, dicts, utcnow
 
 SCHEMA_VERSION = 1
@@ -156,7 +156,7 @@ def _connect(url: str, what: str, stall_after: float = 30.0) -> psycopg.Connecti
     if password:
         register_secret(urllib.parse.unquote(password))
     try:
-        return psycopg.connect(url, **options(stall_after))
+        return connect(url, stall_after)
     except psycopg.OperationalError as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__  # libpq: the cause comes last
         if password:
@@ -535,12 +535,21 @@ class PgStore(Store):
             self._append_all([ch.event for ch in changes if ch.event is not None], now)
 
     def rate_budget(self) -> RateBudget | None:
-        return RateBudget(self.url, self.schema, self.session, self.stall_after) if self.session is not None else None
+        if self.session is None:
+            return None
+        with self.errors():  # its own connection: refused or unreachable, said as the store's would be
+            return RateBudget(self.url, self.schema, self.session, self.stall_after)
 
     # --- suppression: a table of the same database ---
 
-    def suppression_list(self) -> SuppressionList:
-        return PgSuppressionList(self)
+    suppression_table = f"{SHARED}.suppressed"
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.Error as e:
+            raise self._error(e) from None
 
     def flush_suppressions(self, suppression_db: Path) -> int:
         """Feedback's suppressions go to the shared table in the same transaction that forgets them: one
@@ -556,12 +565,15 @@ class PgStore(Store):
         """Recipients not yet sent whose address is on the shared table, or on this host's own list (the
         file `notify suppress add` writes), suppressed with the reason, never sent."""
         local: list[tuple[str, str, str, str]] = []
-        if suppression_db.exists():  # read as every command reads it: a list that cannot be read stops the send
-            listed = SuppressionList(suppression_db)
+        if suppression_db.exists():  # the file the engine opened (suppression.py): its table, as SQLite ATTACHes it
             try:
-                local = [(e.address, e.kind, e.source, e.reason) for e in listed.entries()]
-            finally:
-                listed.close()
+                with contextlib.closing(sqlite3.connect(suppression_db)) as listed:
+                    listed.execute("PRAGMA busy_timeout=5000")
+                    local = listed.execute("SELECT address, kind, source, reason FROM suppressed").fetchall()
+            except sqlite3.Error as e:  # a list that cannot be read stops the send: it may name someone
+                raise StoreError(f"{suppression_db}: cannot read the suppression list: {e}",
+                                 hint="wait for the other notify command using it to finish, or fix the file; "
+                                      "nothing was sent") from None
         with self.transaction() as db:
             rows = db.execute(
                 f"SELECT r.id, r.key, r.locale, s.kind, s.source, s.reason FROM recipients r JOIN {SHARED}.suppressed s"
@@ -576,29 +588,3 @@ class PgStore(Store):
                         seen.add(rid)
             self._mark_suppressed(rows, utcnow())
         return len(rows)
-
-
-class PgSuppressionList(SuppressionList):
-    """The suppression list of a campaign whose state is on PostgreSQL: notify_shared.suppressed in that
-    database, read and written by every host (`notify suppress ... --campaign DIR`)."""
-
-    table = f"{SHARED}.suppressed"
-    BEGIN = "BEGIN"
-
-    def __init__(self, store: PgStore) -> None:
-        self.store = store
-        self.path = store.state_dir / "suppression (in the campaign's database)"  # a file path says nothing here
-        self.db = store.db
-
-    def where(self) -> str:
-        return f"{SHARED}.suppressed in {self.store.where()}"
-
-    def close(self) -> None:
-        pass  # the store's connection: closed with the store
-
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except psycopg.Error as e:
-            raise self.store._error(e) from None

@@ -167,6 +167,13 @@ class SqliteStore(Store):
                 raise self._error(e) from None
             raise
 
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise self._error(e) from None
+
     def _error(self, e: sqlite3.Error) -> StoreError:
         """SQLite's failures in words a person can act on; nothing of the failed transaction was kept."""
         return StoreError(f"{self.path}: could not write the campaign state: {e}",
