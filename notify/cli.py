@@ -317,8 +317,9 @@ def state_migrate(
                           hint="migrate moves a campaign from its SQLite file; remove [state] to move one that is not")
     what = f"--to-env {to_env}" if to_env else "--to"
     url = to if to is not None else os.environ.get(str(to_env), "")
-    if not url:
-        raise ConfigError(f"{what}: {to_env} is not set", hint=f"export {to_env}=postgresql://user:password@host/database")
+    if not url.strip():
+        raise ConfigError(f"--to-env {to_env}: the variable is not set" if to_env else "--to: the URL is empty",
+                          hint=f"export {to_env or 'NOTIFY_STATE_URL'}=postgresql://user:password@host/database")
     source = SqliteStore.open(c.state_dir)
     try:
         source.lock()  # no send of this file may run while it moves

@@ -45,10 +45,10 @@ def migrate_from(source: Store, target: PgStore, batch: int = 5000) -> dict[str,
         moved["events"] = 0
         head = (0, GENESIS)
         while rows := events.fetchmany(batch):
-            db.executemany("INSERT INTO events (chain, seq, ts, recipient, kind, provider, provider_message_id, detail,"
-                           " locale, content_sha256, prev_hash, hash, recipient_id) VALUES (0,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            db.executemany(f"INSERT INTO events (chain, {Store.EVENT_COLUMNS}, recipient_id)"
+                           f" VALUES (0, {','.join('?' * len(rows[0]))})", rows)
             moved["events"] += len(rows)
-            head = (rows[-1][0], rows[-1][10])
+            head = (rows[-1][0], rows[-1][-2])  # the last event's seq and hash (recipient_id comes after it)
         db.execute("UPDATE chains SET head_seq=?, head_hash=? WHERE id=0", head)
     target.token_key = source.token_key
     with source.transaction(chain=False) as db:
