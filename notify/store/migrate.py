@@ -6,8 +6,8 @@ from ..errors import ConfigError
 from .base import RECIPIENT_COLUMNS, Store
 from .postgres import PgStore
 from .records import GENESIS
+from .schema import MOVED
 
-MOVED = "moved_to"  # the SQLite state's meta row that says where it went (sqlite.py refuses it after)
 COPIED = (  # table, columns: everything of the SQLite state, ids kept (events and feedback point at them)
     ("imports", "id, path, sha256, columns, rows_read, accepted, rejected, imported_at"),
     ("recipients", RECIPIENT_COLUMNS),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 DB_NAME = "campaign.sqlite"
+MOVED = "moved_to"  # the meta row `state migrate` writes where the state went; SqliteStore then refuses the file
 
 # A Message-ID of the form before migration 0009: it does not end in the recipient's token.
 OLD_MESSAGE_ID = "instr(message_id, '.' || token || '@') = 0"

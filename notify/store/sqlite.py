@@ -40,7 +40,7 @@ class SqliteStore(Store):
             self.db.execute("PRAGMA busy_timeout=5000")
             self._migrate()
             self.token_key: bytes = self._token_key()
-            moved = self.db.execute("SELECT value FROM meta WHERE name='moved_to'").fetchone()
+            moved = self.db.execute("SELECT value FROM meta WHERE name=?", (schema.MOVED,)).fetchone()
             row = self.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{path}: cannot use the campaign database: {e}") from None
