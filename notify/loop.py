@@ -93,6 +93,10 @@ class SendLoop:
         self.waiting_for_others = False
         self.shared: SharedRate | None = None
         self.since_reputation = 0  # outcomes committed since the breaker last looked
+        self.recorded = 0  # outcomes this run has recorded (in memory or on disk)
+        self.committed = 0  # ... and of those, committed
+        self.judged_through = 0  # `committed` when the breaker's last finished look began
+        self.judging_through = 0  # ... and when the look under way began
         self.last_checkpoint = self.clock.now()  # when the chain's head was last written outside the state
         self.judging: asyncio.Future[tuple[int, int, int]] | None = None  # the breaker's window, being counted
         self.reputation_since = 0.0
@@ -138,11 +142,40 @@ class SendLoop:
             assert self.ledger is not None
             self.write(self.ledger.checkpoint(self.campaign.checkpoints_file, self.campaign.id), 0)
         self.since_reputation += outcomes
-        if self.since_reputation >= max(25, self.campaign.send.reputation_window // 20) and self.judging is None:
-            self.since_reputation = 0
-            assert self.ledger is not None
-            self.judging = self.ledger.reputation(self.campaign.send.reputation_window, self.reputation_since)
-            self.judging.add_done_callback(self.judge_reputation)
+        self.committed += outcomes
+        self.look_at_reputation()
+
+    def look_at_reputation(self, now: bool = False) -> None:
+        """Asks the ledger thread to count the breaker's window, every `judge_every` outcomes on disk
+        (or `now`), one count at a time."""
+        if self.judging is not None or self.ledger is None or not (now or self.since_reputation >= self.judge_every):
+            return
+        self.since_reputation = 0
+        self.judging_through = self.committed
+        self.judging = self.ledger.reputation(self.campaign.send.reputation_window, self.reputation_since)
+        self.judging.add_done_callback(self.judge_reputation)
+
+    @property
+    def judge_every(self) -> int:
+        return max(25, self.campaign.send.reputation_window // 20)
+
+    async def keep_up_with_breaker(self) -> None:
+        """Waits while this run's outcomes are more than one window (or `judge_every`) ahead of the
+        breaker's last verdict. The breaker counts on disk, behind the wire; without this, a slow
+        disk or a busy host lets sends run on past a window it would have stopped: at most one more
+        window (plus the sends under way) goes out after the window that crosses a limit."""
+        lead = max(self.campaign.send.reputation_window, self.judge_every)
+        while not self.stop.is_set() and self.recorded - self.judged_through > lead:
+            if self.judging is None and not self.writing:
+                if self.changes:
+                    self.flush()
+                else:
+                    self.look_at_reputation(now=True)
+            pending: list[asyncio.Future[Any]] = [*self.writing[:1], *([self.judging] if self.judging else [])]
+            if pending:
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            else:  # the ledger thread is not open (yet): nothing to wait on but time
+                await self.sleep(FLUSH_EVERY)
 
     def failed_write(self, error: BaseException) -> None:
         """The ledger thread could not do its part: the run stops, and wait_written() raises the first such error."""
@@ -170,11 +203,13 @@ class SendLoop:
         self.judging = None
         if window.cancelled():
             return
+        self.judged_through = self.judging_through
         if (error := window.exception()) is not None:
             self.failed_write(StoreError(f"{self.store.where()}: could not count the reputation window: {error}"))
             return
         pause = breaker.verdict(self.campaign.send, *window.result())
         if pause is None or self.result.stopped:
+            self.look_at_reputation()  # outcomes committed while this count ran
             return
         self.log_event("reputation_paused", **pause.figures)
         self.result.stopped = pause.reason
@@ -259,6 +294,7 @@ class SendLoop:
 
     def record(self, change: Change, outcome: Outcome | None) -> None:
         self.changes.append(change)
+        self.recorded += 1
         self.result.counts[change.state] += 1
         if change.state == "sent" and change.event and (change.event.detail or {}).get("possible_duplicate"):
             self.result.counts["resent_in_doubt"] += 1
@@ -274,6 +310,7 @@ class SendLoop:
     async def worker(self, queue: asyncio.Queue[tuple[Claimed, Prepared | None] | None]) -> None:
         while (item := await queue.get()) is not None:
             c, prepared = item
+            await self.keep_up_with_breaker()
             if self.stop.is_set():
                 self.releases.append(c)
                 continue

@@ -13,6 +13,7 @@ import random
 import re
 import socket
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -451,6 +452,30 @@ def test_reputation_circuit_breaker_pauses_and_needs_acknowledgment(make_campaig
     assert "reputation_paused" in kinds and "reputation_acknowledged" in kinds
     paused = json.loads(str(events(d, "reputation_paused")[0]["detail"]))
     assert paused["sends"] == 100 and paused["bounce_rate"] > 0.05
+
+
+def test_a_slow_disk_does_not_let_sends_run_past_the_breaker(make_campaign: MakeCampaign,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The breaker counts its window on disk, behind the wire. On a host where that count is slow
+    (here each takes a second, as on a busy CI machine or a loaded disk), the sends must wait for its
+    verdict rather than run on: at most one window more than the one that crossed the limit."""
+    counted = SqliteStore.reputation
+
+    def slow_count(self: SqliteStore, window: int, since: float) -> tuple[int, int, int]:
+        time.sleep(1.0)
+        return counted(self, window, since)
+
+    monkeypatch.setattr(SqliteStore, "reputation", slow_count)
+    bad = {f"p{i}@example.com": [("rcpt", "550 5.1.1 User unknown")] for i in range(0, 600, 5)}  # 20% hard bounces
+    h = Handler(script=bad)
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=600, send_keys="max_bounce_rate = 0.05\nreputation_window = 25\n")
+        code, _, err = send(d, "--concurrency", "4")
+    assert code == 4, err
+    assert "Stopped: reputation circuit breaker: over the last 25 sends" in err
+    handed = sum(1 for state, attempts, _, _ in ledger(d).values() if attempts > 0 and state != "pending")
+    # Every 25 in a row hold 5 refusals: the last verdict that let sends go on saw fewer than 25.
+    assert handed <= 24 + 25 + 4, f"{handed} recipients handed to the relay before the pause"
 
 
 def test_wire_body_dot_stuffs_and_normalizes_line_ends() -> None:
