@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 PASSWORD = "s3cret-pg-pass"
@@ -73,8 +74,33 @@ class Cluster:
         self.sql(f"CREATE ROLE notify LOGIN PASSWORD '{PASSWORD}' CREATEDB")
 
     def start(self) -> None:
+        """Starts the server and waits until it answers. Right after an immediate stop (a simulated
+        crash) on a loaded host, the first start can fail while the old server's processes are still
+        leaving, or outlast pg_ctl's wait while it recovers; both are retried, and a server that
+        still will not start fails with its own log."""
         opts = f"-k {self.socket} -c listen_addresses='' -c fsync=on -c max_connections=100 -c shared_buffers=32MB"
-        self._cmd("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.dir / "log"), "-w", "start")
+        deadline = time.monotonic() + 120
+        while True:
+            started = self._cmd("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.dir / "log"), "-w",
+                                "start", check=False)
+            if started.returncode == 0 or self._answers(until=time.monotonic() + 10):
+                return
+            if time.monotonic() > deadline:
+                log = (self.dir / "log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"PostgreSQL did not start: {started.stdout}{started.stderr}\n{log}")
+            time.sleep(1)
+
+    def _answers(self, until: float) -> bool:
+        """Whether the server accepts a query before `until` (it may still be recovering)."""
+        while time.monotonic() < until:
+            ready = subprocess.run([str(self.bindir / "pg_isready"), "-h", str(self.socket), "-U", "postgres"],
+                                   capture_output=True, timeout=30)
+            if ready.returncode == 0:
+                return True
+            if ready.returncode == 2:  # no server at all: nothing to wait for
+                return False
+            time.sleep(0.5)
+        return False
 
     def stop(self, mode: str = "fast") -> None:
         self._cmd("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
