@@ -54,9 +54,9 @@ def deadline(campaign: Campaign, store: Store, rate: float | None = None,
     if remaining == 0:
         last = store.last_first_attempt()
         out["late"] = last is not None and last > due.timestamp()
-        out["said"] = head + ("every recipient is in a final state" +
-                              (f"; the last of them was first sent {_span(last - due.timestamp())} after it"
-                               if last is not None and out["late"] else ""))
+        out["said"] = head + (f"MISSED: every recipient is in a final state, the last of them first sent "
+                              f"{_span(last - due.timestamp())} after it" if last is not None and out["late"]
+                              else "every recipient is in a final state")
         return out
     if left <= 0:
         out["late"] = True

@@ -323,6 +323,16 @@ def test_send_and_status_show_the_deadline(make_campaign: MakeCampaign) -> None:
     assert json.loads(out)["deadline"]["deadline"] == "2999-01-01"
 
 
+def test_a_campaign_finished_after_its_deadline_says_it_was_missed(make_campaign: MakeCampaign) -> None:
+    d = deadline_campaign(make_campaign, 3, extra="deadline = 2001-01-01\n")
+    code, out, err = run("send", d, "--no-progress")
+    assert code == 0, err
+    code, out, _ = run("status", d, "--json")
+    said = json.loads(out)["deadline"]["said"]
+    assert said.startswith("deadline 2001-01-01 (end of day UTC): MISSED: every recipient is in a final state, "
+                           "the last of them first sent ") and said.endswith(" after it"), said
+
+
 def test_deadline_settings_are_checked(make_campaign: MakeCampaign) -> None:
     d = deadline_campaign(make_campaign, 1, extra="deadline_days = 30\n")
     code, _, err = run("check", d)
