@@ -118,11 +118,20 @@ class Store(Imports):
     # (PostgreSQL), or None: sends obey this user's file (suppression.for_campaign chooses).
     suppression_table: str | None = None
 
+    DRIVER_ERROR: tuple[type[Exception], ...] = ()  # what the backend's driver raises (sqlite3.Error, psycopg.Error)
+
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:
         """Statements run outside transaction() (a list in this database): the backend's failures as a
         StoreError in words a person can act on."""
-        yield
+        try:
+            yield
+        except self.DRIVER_ERROR as e:
+            raise self._error(e) from None
+
+    def _error(self, e: Any) -> StoreError:
+        """A driver's failure said for the person at the terminal (each backend its own way)."""
+        raise NotImplementedError
 
     def flush_suppressions(self, suppression_db: Path) -> int:
         """Copies the suppressions feedback decided (suppress_outbox, committed with it) to the list."""

@@ -188,6 +188,7 @@ def _pid_gone(pid: int) -> bool:
 
 class PgStore(Store):
     backend = "postgresql"
+    DRIVER_ERROR = (psycopg.Error,)
     COUNT_DUE_SQL = ("SELECT (SELECT count(*) FROM recipients WHERE state='pending')"
                      " + (SELECT count(*) FROM recipients WHERE state='deferred' AND next_attempt_at <= ?)")
     NEXT_DUE_SQL = "SELECT min(next_attempt_at) FROM recipients WHERE state='deferred'"
@@ -543,13 +544,6 @@ class PgStore(Store):
     # --- suppression: a table of the same database ---
 
     suppression_table = f"{SHARED}.suppressed"
-
-    @contextlib.contextmanager
-    def errors(self) -> Iterator[None]:
-        try:
-            yield
-        except psycopg.Error as e:
-            raise self._error(e) from None
 
     def flush_suppressions(self, suppression_db: Path) -> int:
         """Feedback's suppressions go to the shared table in the same transaction that forgets them: one

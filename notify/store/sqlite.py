@@ -27,6 +27,8 @@ from .schema import DB_NAME, IMPORT_CACHE_KIB
 class SqliteStore(Store):
     """The embedded default: one SQLite file per campaign, one sending process at a time (a flock)."""
 
+    DRIVER_ERROR = (sqlite3.Error,)
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.state_dir = path.parent
@@ -166,13 +168,6 @@ class SqliteStore(Store):
             if isinstance(e, sqlite3.Error):
                 raise self._error(e) from None
             raise
-
-    @contextlib.contextmanager
-    def errors(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as e:
-            raise self._error(e) from None
 
     def _error(self, e: sqlite3.Error) -> StoreError:
         """SQLite's failures in words a person can act on; nothing of the failed transaction was kept."""
