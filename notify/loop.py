@@ -92,11 +92,13 @@ class SendLoop:
         self.claimed_total = 0
         self.waiting_for_others = False
         self.shared: SharedRate | None = None
-        self.since_reputation = 0  # outcomes committed since the breaker last looked
         self.recorded = 0  # outcomes this run has recorded (in memory or on disk)
         self.committed = 0  # ... and of those, committed
         self.judged_through = 0  # `committed` when the breaker's last finished look began
-        self.judging_through = 0  # ... and when the look under way began
+        self.judging_through = 0  # ... and when the latest look began
+        window = self.campaign.send.reputation_window
+        self.judge_every = max(25, window // 20)  # committed outcomes between the breaker's looks
+        self.breaker_lead = max(window, self.judge_every)  # outcomes a run may be ahead of its last verdict
         self.last_checkpoint = self.clock.now()  # when the chain's head was last written outside the state
         self.judging: asyncio.Future[tuple[int, int, int]] | None = None  # the breaker's window, being counted
         self.reputation_since = 0.0
@@ -141,31 +143,25 @@ class SendLoop:
             self.last_checkpoint = self.clock.now()
             assert self.ledger is not None
             self.write(self.ledger.checkpoint(self.campaign.checkpoints_file, self.campaign.id), 0)
-        self.since_reputation += outcomes
         self.committed += outcomes
         self.look_at_reputation()
 
     def look_at_reputation(self, now: bool = False) -> None:
         """Asks the ledger thread to count the breaker's window, every `judge_every` outcomes on disk
         (or `now`), one count at a time."""
-        if self.judging is not None or self.ledger is None or not (now or self.since_reputation >= self.judge_every):
+        if self.judging is not None or self.ledger is None or not (
+                now or self.committed - self.judging_through >= self.judge_every):
             return
-        self.since_reputation = 0
         self.judging_through = self.committed
         self.judging = self.ledger.reputation(self.campaign.send.reputation_window, self.reputation_since)
         self.judging.add_done_callback(self.judge_reputation)
 
-    @property
-    def judge_every(self) -> int:
-        return max(25, self.campaign.send.reputation_window // 20)
-
     async def keep_up_with_breaker(self) -> None:
-        """Waits while this run's outcomes are more than one window (or `judge_every`) ahead of the
+        """Waits while this run's outcomes are more than `breaker_lead` (one window) ahead of the
         breaker's last verdict. The breaker counts on disk, behind the wire; without this, a slow
         disk or a busy host lets sends run on past a window it would have stopped: at most one more
         window (plus the sends under way) goes out after the window that crosses a limit."""
-        lead = max(self.campaign.send.reputation_window, self.judge_every)
-        while not self.stop.is_set() and self.recorded - self.judged_through > lead:
+        while not self.stop.is_set() and self.recorded - self.judged_through > self.breaker_lead:
             if self.judging is None and not self.writing:
                 if self.changes:
                     self.flush()
@@ -310,7 +306,8 @@ class SendLoop:
     async def worker(self, queue: asyncio.Queue[tuple[Claimed, Prepared | None] | None]) -> None:
         while (item := await queue.get()) is not None:
             c, prepared = item
-            await self.keep_up_with_breaker()
+            if self.recorded - self.judged_through > self.breaker_lead:
+                await self.keep_up_with_breaker()
             if self.stop.is_set():
                 self.releases.append(c)
                 continue
