@@ -22,8 +22,10 @@ from typing import Any
 
 from . import dsn, reasons
 from .errors import InputError
+from .recipients import check_address
 from .store import Event, Store
 from .suppression import SuppressionList
+from .terminal import printable
 
 # kind -> (new state or None for "recorded only", suppression kind or None)
 EFFECTS: dict[str, tuple[str | None, str | None]] = {
@@ -55,9 +57,11 @@ class Feedback:
     provider_message_id: str | None = None
     campaign: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
-    # False where anyone could have written the address (an SES event mailed to us rather than read from
-    # our own queue): then only the keyed token, our Message-ID or the SES MessageId can find the recipient.
+    # False where anyone could have written the address (a bounce message, an SES event mailed to us rather
+    # than read from our own queue): then only the keyed token, our Message-ID or the SES MessageId can find
+    # the recipient, and an address the feedback names must be the one that message went to.
     address_trusted: bool = True
+    original: str | None = None  # a DSN's Original-Recipient, where Final-Recipient is an alias or a forward
 
 
 @dataclass
@@ -67,11 +71,14 @@ class Summary:
     unmatched: int = 0
     other_campaign: int = 0
     suppressed_added: int = 0
+    set_aside: int = 0  # messages that could not be read at all (kept for review; the rest was read)
 
     def lines(self) -> list[str]:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.matched.items())) or "none"
         out = [f"matched {sum(self.matched.values())} ({kinds}); duplicates ignored {self.duplicates}; "
-               f"unmatched {self.unmatched} (kept in the campaign's state for review)"]
+               f"unmatched {self.unmatched} (kept for review, acted on for nobody: notify bounces --unmatched)"]
+        if self.set_aside:
+            out.append(f"{self.set_aside} message(s) could not be read: set aside for review (notify bounces --unmatched)")
         if self.other_campaign:
             out.append(f"{self.other_campaign} belonged to other campaigns (left for them)")
         if self.suppressed_added:
@@ -239,6 +246,7 @@ def parse_dsn(raw: bytes) -> tuple[list[Feedback], str]:
             fb.source, fb.address_trusted = "ses-email", False
         return items, ""
     report = dsn.parse(raw)
+    campaign = report.campaign or campaign_of(report.message_id)
     out: list[Feedback] = []
     for i, f in enumerate(report.recipients):
         if f.action in ("delivered", "relayed", "expanded"):
@@ -247,28 +255,68 @@ def parse_dsn(raw: bytes) -> tuple[list[Feedback], str]:
             kind = "bounced" if reasons.is_hard(f.reason) else "bounce_refused"
         else:
             kind = "bounce_transient"
+        # Anyone can write a bounce message: the address in it finds nobody by itself (address_trusted).
         out.append(Feedback(kind, f"{key}:{i}", "dsn", address=f.address, token=report.token, message_id=report.message_id,
+                            campaign=campaign, original=f.original, address_trusted=False,
                             detail={"action": f.action, "status": f.status, "reason": f.reason,
                                     "diagnostic": (f.diagnostic or "")[:1000] or None, "form": report.form}))
-    return out, report.why or f"{report.form}: no failed recipient found"
+    why = "" if out else f"not a bounce: {report.why}" if report.why else f"{report.form}: no failed recipient found"
+    if report.blocks_skipped:
+        why = f"{report.blocks_skipped} recipient block(s) past the first {dsn.MAX_BLOCKS} not read"
+    return out, why
+
+
+def address_key(address: str) -> str:
+    """An address as the store keys a person (recipients.validate): domain in IDNA form, all lower case."""
+    checked, _ = check_address(address)
+    return (checked or address).lower()
+
+
+def campaign_of(message_id: str | None) -> str | None:
+    """The campaign a Message-ID of ours names (message.message_id: `<campaign-id.token@domain>`), or None."""
+    if not message_id or not dsn.ANY_OUR_ID_RE.fullmatch(message_id):
+        return None
+    return message_id[1:].rpartition("@")[0].rpartition(".")[0] or None
+
+
+MAX_MESSAGE = 8 * 1024 * 1024  # of one bounce message read: a report comes before what it returns
+LINE_CHUNK = 64 * 1024  # an mbox is read at most this much at a time, however long its lines
 
 
 def read_mbox(path: Path) -> Iterator[bytes]:
     """Each message of an mbox, as the bytes it was stored with (no header is re-wrapped); a truncated
-    last message is read as far as it goes. Streams: memory does not grow with the file."""
+    last message is read as far as it goes. Streams in bounded pieces: a message is kept to its first
+    MAX_MESSAGE bytes (the report; the rest is the message it returns), and a line of a gigabyte costs
+    no more memory than a short one."""
     if not path.is_file():
         raise InputError(f"{path}: no such mbox file")
     with path.open("rb") as fh:
         current: list[bytes] = []
+        size = 0
         started = False
-        for line in fh:
-            if line.startswith(b"From ") and (not current or current[-1] in (b"\n", b"\r\n")):
+        at_line_start = True  # the next piece begins a line
+        after_blank = True  # the last whole line was blank (or there was none): where a From_ line may separate
+        in_separator = False  # the rest of a long From_ line
+        for piece in iter(lambda: fh.readline(LINE_CHUNK), b""):
+            begins, at_line_start = at_line_start, piece.endswith(b"\n")
+            if not begins:
+                if not in_separator and started and size < MAX_MESSAGE:
+                    current.append(piece)
+                    size += len(piece)
+                in_separator = in_separator and not at_line_start
+                after_blank = False
+                continue
+            if piece.startswith(b"From ") and after_blank:
                 if started:
                     yield _unquote(current)
-                current, started = [], True
+                current, size, started = [], 0, True
+                in_separator, after_blank = not at_line_start, True
                 continue
-            if started:
-                current.append(line)
+            in_separator = False
+            after_blank = piece in (b"\n", b"\r\n")
+            if started and size < MAX_MESSAGE:
+                current.append(piece)
+                size += len(piece)
         if started:
             yield _unquote(current)
 
@@ -288,14 +336,23 @@ def read_maildir(path: Path) -> Iterator[bytes]:
         if d.is_dir():
             for f in sorted(d.iterdir()):
                 if f.is_file():
-                    yield f.read_bytes()
+                    with f.open("rb") as fh:
+                        yield fh.read(MAX_MESSAGE)
 
 
 # --- applying feedback ---
 
+OTHER = "other campaign"  # FeedbackRecorder.apply: feedback that belongs to another campaign, left for it
+
+
 class FeedbackRecorder:
     """Applies feedback to one campaign's ledger; the suppressions it decides reach the shared list
-    through the campaign's own outbox (store.flush_suppressions), so no crash or lock loses one."""
+    through the campaign's own outbox (store.flush_suppressions), so no crash or lock loses one.
+
+    Feedback changes a person only when it is tied to a message this campaign sent that person: the
+    keyed VERP token, our Message-ID (through the keyed token it ends in) or SES's own message ID and
+    tags, and, where anyone could have written the feedback (a bounce message), an address in it that
+    is the one our message went to. Anything else is kept once per message, with why, for review."""
 
     def __init__(self, campaign_id: str, store: Store, suppression: SuppressionList) -> None:
         self.campaign_id = campaign_id
@@ -310,23 +367,27 @@ class FeedbackRecorder:
         self.store.apply_parked()
         self.summary.suppressed_added += self.store.flush_suppressions(self.suppression.path)
 
-    def apply(self, fb: Feedback, raw: str) -> bool:
-        """Records one piece of feedback; False when it is not ours to record (tagged for another campaign,
-        or untagged and matching nobody here): the caller leaves it for its owner."""
+    def apply(self, fb: Feedback) -> str | None:
+        """Records one piece of feedback. None when it was recorded (or had been); OTHER when it belongs to
+        another campaign (the caller leaves it for its owner); otherwise why it was not acted on, for the
+        caller to keep the message it came in as unmatched."""
         if fb.campaign and fb.campaign != self.campaign_id:
-            self.summary.other_campaign += 1
-            return False
+            return OTHER
         found = self.store.find(token=fb.token, message_id=fb.message_id, provider_message_id=fb.provider_message_id,
                                 address=fb.address if fb.address_trusted else None)
         if found is None:
             if fb.source == "ses" and not fb.campaign:
-                self.summary.other_campaign += 1
-                return False
-            self.unmatched(fb.key, fb.source, fb.kind, raw)
-            return True
-        rid, key, state = found
+                return OTHER
+            if not fb.address_trusted and not (fb.token or campaign_of(fb.message_id)):
+                return "no VERP token or Message-ID of this campaign in it: not proven to be about a message we sent"
+            return "its VERP token or Message-ID matches no message of this campaign"
+        if not fb.address_trusted and (named := [a for a in (fb.address, fb.original) if a]) \
+                and found.key not in {address_key(a) for a in named}:
+            return f"it names {', '.join(named)}, but the message it quotes went to someone else"
+        if not found.handed:
+            return "about a person never handed to a provider: nothing was sent that could bounce"
         new_state, suppress = EFFECTS.get(fb.kind, (None, None))
-        if fb.kind == "provider_send" and state != "deferred":
+        if fb.kind == "provider_send" and found.state != "deferred":
             new_state = None  # only settles a recipient left in doubt; otherwise it is just recorded
         detail = {k: v for k, v in fb.detail.items() if v is not None}
         detail["source"] = fb.source
@@ -334,30 +395,52 @@ class FeedbackRecorder:
             detail["not_notified"] = "SES accepted the message but did not send it: the address is on the account's suppression list"
         if fb.kind == "bounce_refused":
             detail["not_notified"] = "the message was refused for good; the address is live and stays mailable"
-        event = Event(fb.kind, rid, key, provider_message_id=fb.provider_message_id, detail=detail)
+        event = Event(fb.kind, found.id, found.key, provider_message_id=fb.provider_message_id, detail=detail)
         said = " ".join(str(detail[k]) for k in ("reason", "status", "diagnostic", "feedback_type") if detail.get(k))
         why = f"{fb.kind}: {said or fb.kind}"
         outbox = None
         if suppress:
             outbox = (suppress, f"{fb.source}:{self.campaign_id}",
                       str(detail.get("diagnostic") or detail.get("status") or detail.get("feedback_type") or fb.kind)[:500])
-        if self.store.record_feedback(fb.key, rid, new_state, event, reason=why, suppress=outbox):
+        if self.store.record_feedback(fb.key, found.id, new_state, event, reason=why, suppress=outbox):
             self.summary.matched[fb.kind] += 1
         else:
             self.summary.duplicates += 1
+        return None
+
+    def apply_message(self, items: list[Feedback], key: str, source: str, raw: str, why: str = "") -> bool:
+        """The feedback one message carries. What none of it could act on is kept once, whole message and
+        reasons together, however many recipients it names (a report of 10,000 strangers is one row).
+        False when all of it belongs to another campaign (a queue message is then left for its owner)."""
+        whys: list[str] = [why] if why else []
+        other = 0
+        for fb in items:
+            verdict = self.apply(fb)
+            if verdict == OTHER:
+                other += 1
+            elif verdict is not None:
+                said = f"{fb.kind} for {fb.address}: {verdict}" if fb.address else f"{fb.kind}: {verdict}"
+                if said not in whys:
+                    whys.append(said)
+        if other and other == len(items):
+            self.summary.other_campaign += 1
+            return False
+        if whys:
+            text = "; ".join(whys[:3]) + (f"; and {len(whys) - 3} more" if len(whys) > 3 else "")
+            self.unmatched(key, source, text[:500], raw)
         return True
 
-    def unmatched(self, key: str, source: str, kind: str | None, body: str) -> None:
-        if self.store.record_unmatched(key, source, kind, body):
+    def unmatched(self, key: str, source: str, why: str | None, body: str) -> None:
+        if self.store.record_unmatched(key, source, why, body[:MAX_BODY]):
             self.summary.unmatched += 1
         else:
             self.summary.duplicates += 1
 
     def apply_raw_messages(self, messages: Iterable[bytes], batch: int = 500) -> None:
         """Bounce messages (mbox, maildir), committed `batch` at a time."""
-        pending: list[bytes] = []
-        for raw in messages:
-            pending.append(raw)
+        pending: list[tuple[int, bytes]] = []
+        for position, raw in enumerate(messages, 1):
+            pending.append((position, raw))
             if len(pending) >= batch:
                 self._raw_batch(pending)
                 pending = []
@@ -365,12 +448,48 @@ class FeedbackRecorder:
             self._raw_batch(pending)
         self.settle()
 
-    def _raw_batch(self, raws: list[bytes]) -> None:
+    def _raw_batch(self, raws: list[tuple[int, bytes]]) -> None:
         with self.store.transaction():
-            for raw in raws:
-                items, why = parse_dsn(raw)
+            for position, raw in raws:
+                key = "dsn:" + hashlib.sha256(raw).hexdigest()
                 text = raw[:MAX_BODY].decode("utf-8", "replace")
-                if not items:
-                    self.unmatched("dsn:" + hashlib.sha256(raw).hexdigest(), "dsn", f"not a bounce: {why}"[:200], text)
-                for fb in items:
-                    self.apply(fb, text)
+                try:
+                    items, why = parse_dsn(raw)
+                except Exception as e:  # noqa: BLE001 - hostile input: one message that breaks the parser is set aside
+                    # (MIME nested 5,000 deep raises RecursionError; whatever else the email package meets), kept
+                    # for review with what broke, and the rest is read: one bad message never stops feedback.
+                    self.summary.set_aside += 1
+                    self.store.record_unmatched(key, "dsn", f"set aside: message {position} could not be read "
+                                                f"({type(e).__name__}: {str(e)[:120]})", text)
+                    continue
+                self.apply_message(items, key, "dsn", text, why)
+
+
+@dataclass(frozen=True)
+class Kept:
+    """One piece of feedback kept for review (`notify bounces --unmatched`)."""
+
+    received_at: str
+    source: str
+    why: str
+    about: str  # the message's From, Subject and Message-ID, or the start of a queue message's body
+
+    def line(self) -> str:
+        return printable(f"{self.received_at}  {self.source}  {self.why}  [{self.about}]")
+
+
+def kept(store: Store, limit: int = 100) -> list[Kept]:
+    """What feedback was kept rather than acted on, newest first, and why: for an operator to review."""
+    import email.parser
+    import email.policy
+
+    out = []
+    for received_at, source, why, head in store.kept_feedback(limit):
+        if head.lstrip().startswith("{"):
+            about = " ".join(head.split())[:160]
+        else:
+            msg = email.parser.HeaderParser(policy=email.policy.compat32).parsestr(head, headersonly=True)
+            about = "; ".join(f"{h}: {' '.join(str(msg[h]).split())[:120]}" for h in ("From", "Subject", "Message-ID")
+                              if msg[h] is not None)
+        out.append(Kept(received_at, source, why or "(no reason recorded)", about or "(no headers)"))
+    return out

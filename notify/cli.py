@@ -560,13 +560,17 @@ def bounces(
     mbox: Optional[Path] = typer.Option(None, "--mbox", help="Read RFC 3464 bounce reports from an mbox file."),
     maildir: Optional[Path] = typer.Option(None, "--maildir", help="Read RFC 3464 bounce reports from a maildir."),
     region: Optional[str] = typer.Option(None, "--region", help="AWS region of the queue (default: the standard AWS environment)."),
+    unmatched: bool = typer.Option(False, "--unmatched", help="List the feedback kept for review (acted on for nobody), and why."),
+    limit: int = typer.Option(100, "--limit", min=1, metavar="N", help="With --unmatched: the newest N."),
 ) -> None:
     """Fold delivery, bounce and complaint feedback into the ledger and the suppression list.
 
     Each notification is recorded once, however often it arrives; a queue message is deleted only
     after its effect is committed; another campaign's event is left on the queue for it; feedback
     of ours that matches no recipient, or is malformed, is kept and counted. Only real bounces
-    count: an out-of-office reply or a person's mail never bounces anyone.
+    count: an out-of-office reply or a person's mail never bounces anyone. A bounce message changes a
+    person only when it carries this campaign's VERP token or Message-ID and names the address that
+    message went to; anything else is kept, and `--unmatched` lists it with the reason.
 
     \b
     Examples:
@@ -574,14 +578,22 @@ def bounces(
       notify bounces campaigns/example --sqs-url URL --follow      # beside a running send, until Ctrl-C
       notify bounces campaigns/example --mbox bounces.mbox
       notify bounces campaigns/example --maildir ~/Maildir/.bounces
+      notify bounces campaigns/example --unmatched                # what was kept, acted on for nobody, and why
     """
     from . import bounces as fb
     from . import sqs
     from .suppression import SuppressionList
 
     sources = [x for x in (sqs_url, mbox, maildir) if x is not None]
+    if unmatched and not sources:
+        with _open(campaign) as (c, store):
+            rows = fb.kept(store, limit)
+            for row in rows:
+                typer.echo(row.line())
+            err(f"{len(rows)} kept for review (of {store.unmatched_count()}), newest first; none of them changed anyone")
+        return
     if len(sources) != 1:
-        err("Error: give exactly one of --sqs-url, --mbox, --maildir")
+        err("Error: give exactly one of --sqs-url, --mbox, --maildir (or --unmatched alone)")
         raise typer.Exit(2)
     with _open(campaign) as (c, store):
         suppression = SuppressionList()

@@ -37,6 +37,10 @@ ADDR_RE = re.compile(r"(?<![A-Za-z0-9._%+'=/-])([A-Za-z0-9._%+'=/-]{1,64}@[A-Za-
 # A header line quoted in a report's text: its addresses are the message's, not failed recipients.
 QUOTED_HEADER = re.compile(r"\s*(from|reply-to|sender|return-path|message-id|in-reply-to|references)\s*:")
 OUR_ID_RE = re.compile(r"(?im)^(?:x-notify-id|message-id)\s*:\s*(<[^>\s]{1,200}>)")
+# Our Message-ID's form anywhere (message.message_id: `<campaign-id.token@domain>`, the token 32 hex digits):
+# where a report quotes it in its references or its text rather than in a header line of its own.
+ANY_OUR_ID_RE = re.compile(r"<[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.[0-9a-f]{32}@[A-Za-z0-9.-]{1,253}>")
+MAX_BLOCKS = 1000  # recipient blocks read of one report: we send one recipient per message, so one is ours
 
 DAEMONS = ("mailer-daemon", "postmaster", "post_master", "mail-daemon", "maildaemon", "mailerdaemon", "mdaemon", "mail.daemon",
            "noreply-dmarc", "bounce", "mail delivery", "mail administrator", "mailadmin", "mail system",
@@ -78,6 +82,7 @@ class Failed:
     status: str
     diagnostic: str | None
     reason: str = "undefined"
+    original: str | None = None  # Original-Recipient: the address the message was sent to, where Final-Recipient is a forward
 
 
 @dataclass
@@ -86,7 +91,9 @@ class Report:
     why: str = ""
     token: str | None = None
     message_id: str | None = None
+    campaign: str | None = None  # X-Notify-Campaign of the returned message, where it is quoted
     recipients: list[Failed] = field(default_factory=list)
+    blocks_skipped: int = 0  # recipient blocks past MAX_BLOCKS, not read
 
 
 def ses_notification(raw: bytes) -> dict[str, Any] | None:
@@ -246,10 +253,15 @@ def parse(raw: bytes) -> Report:
             token = m.group(1).lower()
             break
     original = _returned_headers(msg)
-    message_id = None
+    message_id = campaign = None
     if original is not None:
         message_id = (_header(original, "X-Notify-Id") or _header(original, "Message-ID")).strip() or None
-    report = Report("not-a-bounce", token=token, message_id=message_id)
+        campaign = _header(original, "X-Notify-Campaign").strip()[:64] or None
+    if message_id is None or not ANY_OUR_ID_RE.fullmatch(message_id):
+        # Our ID where the report quotes it otherwise: its In-Reply-To or References (a reply to our message).
+        quoted = ANY_OUR_ID_RE.search(_header(msg, "In-Reply-To")[:2048] + " " + _header(msg, "References")[:4096])
+        message_id = quoted.group(0) if quoted else message_id
+    report = Report("not-a-bounce", token=token, message_id=message_id, campaign=campaign)
 
     blocks = _dsn_blocks(msg)
     if blocks is None and _is_auto_reply(msg):
@@ -258,8 +270,12 @@ def parse(raw: bytes) -> Report:
     if blocks:
         report.form = "dsn"
         text = _report_text(msg)
-        for b in blocks:
-            address = clean_address(b.get("final-recipient")) or clean_address(b.get("original-recipient"))
+        if report.message_id is None and (m := ANY_OUR_ID_RE.search(_all_text(msg))):
+            report.message_id = m.group(0)
+        report.blocks_skipped = max(0, len(blocks) - MAX_BLOCKS)
+        for b in blocks[:MAX_BLOCKS]:
+            original_rcpt = clean_address(b.get("original-recipient"))
+            address = clean_address(b.get("final-recipient")) or original_rcpt
             action = (b.get("action") or "").strip().lower().split()[0:1]
             diag = b.get("diagnostic-code")
             if diag and ";" in diag.split(" ", 1)[0]:
@@ -268,12 +284,17 @@ def parse(raw: bytes) -> Report:
             act = action[0] if action else ("failed" if status.startswith("5") else "delayed" if status else "failed")
             vendor = reasons.POWERMTA_CATEGORY.get((b.get("x-powermta-bouncecategory") or "").strip().lower())
             report.recipients.append(Failed(address, act, status, diag, vendor or
-                                            _refine(reasons.classify(status, diag), text, address, status, diag)))
+                                            _refine(reasons.classify(status, diag), text, address, status, diag),
+                                            original=original_rcpt))
         return report
 
     text = _report_text(msg)
-    if message_id is None and (m := OUR_ID_RE.search(_all_text(msg))):
-        report.message_id = message_id = m.group(1)
+    if message_id is None:
+        everything = _all_text(msg)
+        if (m := OUR_ID_RE.search(everything)):
+            report.message_id = message_id = m.group(1)
+        elif (m := ANY_OUR_ID_RE.search(everything)):
+            report.message_id = message_id = m.group(0)
     subject = _subject(msg)
     looks = any(s in subject for s in BOUNCE_SUBJECTS)
     if not (_is_daemon(msg) or ((token or message_id) and looks)):
@@ -284,7 +305,8 @@ def parse(raw: bytes) -> Report:
         report.why = "from a mail system, but it reports no failure"
         return report
     report.form = "mta"
-    report.recipients = _text_recipients(msg, text)
+    found = _text_recipients(msg, text)
+    report.recipients, report.blocks_skipped = found[:MAX_BLOCKS], max(0, len(found) - MAX_BLOCKS)
     for f in report.recipients:
         f.reason = _refine(f.reason, text, f.address, f.status, f.diagnostic)
     if not report.recipients and (token or message_id):

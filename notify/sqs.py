@@ -192,8 +192,7 @@ class SqsReader:
         except Malformed as e:
             self.recorder.unmatched(f"sqs:{m.get('MessageId')}", "ses", f"malformed: {e}"[:200], body[:MAX_BODY])
             return True
-        ours = [self.recorder.apply(fb, body) for fb in items]
-        return any(ours) or not items
+        return self.recorder.apply_message(items, f"sqs:{m.get('MessageId')}", "ses", body) or not items
 
 
 def poll_sqs(recorder: FeedbackRecorder, queue_url: str, *, options: QueueOptions | None = None,

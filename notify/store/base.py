@@ -35,6 +35,7 @@ from .records import (
     Change,
     Claimed,
     Event,
+    Found,
     SharedBudget,
     claimed,
     dicts,
@@ -283,16 +284,17 @@ class Store(Imports):
         return row[0], row[1]
 
     def find(self, *, token: str | None = None, message_id: str | None = None,
-             provider_message_id: str | None = None, address: str | None = None) -> tuple[int, str, str] | None:
-        """The recipient some feedback is about: (id, key, state), trying the surest handle first."""
+             provider_message_id: str | None = None, address: str | None = None) -> Found | None:
+        """The recipient some feedback is about, trying the surest handle first."""
         for where, values in (("token=?", (token,)), *_by_message_id(message_id, self.OLD_MESSAGE_ID),
                               (self.PROVIDER_ID_WHERE, (provider_message_id,)),
                               *_by_message_id(provider_message_id, self.OLD_MESSAGE_ID),
                               ("key=?", (address.lower() if address else None,))):
             if all(values):
-                row = self.db.execute(f"SELECT id, key, state FROM recipients WHERE {where}", values).fetchone()
+                row = self.db.execute("SELECT id, key, state, state = 'inflight' OR attempts > 0 OR doubt <> 0"
+                                      f" OR first_attempt_at IS NOT NULL FROM recipients WHERE {where}", values).fetchone()
                 if row:
-                    return row[0], row[1], row[2]
+                    return Found(row[0], row[1], row[2], bool(row[3]))
         return None
 
     def record_feedback(self, key: str, recipient_id: int, state: str | None, event: Event, reason: str | None = None,
@@ -454,6 +456,11 @@ class Store(Imports):
             return None
         span = epoch_of(rows[0][0]) - epoch_of(rows[-1][0])
         return (len(rows) - 1) / span if span > 0 else None
+
+    def kept_feedback(self, limit: int) -> list[tuple[str, str, str | None, str]]:
+        """Feedback kept as unmatched, newest first: (received at, source, why, the first 8 KiB of the message)."""
+        return [(r[0], r[1], r[2], r[3]) for r in self.db.execute(
+            "SELECT received_at, source, kind, substr(body, 1, 8192) FROM unmatched ORDER BY id DESC LIMIT ?", (limit,))]
 
     def unmatched_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM unmatched").fetchone()[0])

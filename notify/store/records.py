@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..errors import StoreError
 
@@ -109,6 +109,15 @@ class Claimed:
     token: str  # the handle in its Message-ID, VERP address and tags (recipients.recipient_token)
     last_reply: str | None = None  # the reply code of its last attempt ("held: 554 5.7.1": policy.HELD)
 
+
+
+class Found(NamedTuple):
+    """The recipient some feedback names (Store.find)."""
+
+    id: int
+    key: str
+    state: str
+    handed: bool  # handed to a provider (in flight now, an attempt, a first attempt's time, or in doubt): only then can it bounce
 
 
 @dataclass

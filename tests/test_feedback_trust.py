@@ -1,0 +1,184 @@
+"""#35: feedback acts only on messages we can prove we sent. A forger who knows an address, or another
+campaign's bounces fed to the wrong directory, changes nobody; hostile messages cost bounded time and
+space and never stop the rest. Real mbox files, real SQLite files and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from notify.message import message_id
+
+from .conftest import MakeCampaign, run, simple_templates, sql, states, tokens
+from .test_feedback import DSN, mail, mbox_of, report, suppressed
+
+PEOPLE = "email\n" + "".join(f"p{i}@example.org\n" for i in range(6))
+
+
+def half_sent(make_campaign: MakeCampaign, name: str = "camp", campaign_id: str | None = None) -> Path:
+    """Six people, the first three sent (a canary), the rest pending."""
+    d = make_campaign(PEOPLE, template="t", templates=simple_templates(), name=name)
+    if campaign_id:
+        toml = d / "campaign.toml"
+        toml.write_text(toml.read_text().replace('id = "test-2022-08"', f'id = "{campaign_id}"'))
+    code, _, err = run("send", d, "--limit", "3")
+    assert code == 4, err
+    assert list(states(d).values()).count("sent") == 3
+    return d
+
+
+def postfix_bounce(address: str, token: str = "0" * 32, mid: str = "<unrelated@example.com>", campaign: str = "") -> bytes:
+    text = (DSN / "postfix.eml").read_text().replace("{token_postfix}", token).replace(
+        "{addr_postfix}", address).replace("{mid_postfix}", mid)
+    if campaign:
+        text = text.replace(f"Message-ID: {mid}", f"Message-ID: {mid}\nX-Notify-Campaign: {campaign}")
+    return text.encode()
+
+
+def test_a_report_naming_only_an_address_bounces_nobody_sent_or_not(backend: str, make_campaign: MakeCampaign,
+                                                                      tmp_path: Path) -> None:
+    # #35: a DSN from anyone, with no VERP token and no Message-ID of ours, was matched by Final-Recipient alone:
+    # a sent person became bounced and a pending one was suppressed and never mailed.
+    d = half_sent(make_campaign)
+    sent, pending = "p1@example.org", "p4@example.org"
+    forged = [report([(f"rfc822; {sent}", "5.1.1", "550 5.1.1 user unknown")]),
+              report([(f"rfc822; {pending}", "5.1.1", "550 5.1.1 user unknown")]),
+              mail({"From": "MAILER-DAEMON@anything.example", "To": "security@example.com",
+                    "Subject": "Undelivered Mail Returned to Sender", "Message-ID": "<f-3@anything.example>"},
+                   f"This is the mail system.\n\n<{pending}>: host said: 550 5.1.1 <{pending}>: User unknown\n")]
+    code, out, err = run("bounces", d, "--mbox", mbox_of(tmp_path / "box", *forged))
+    assert code == 0, err
+    assert out.startswith("matched 0 (none); duplicates ignored 0; unmatched 3"), out
+    assert states(d)[sent] == "sent" and states(d)[pending] == "pending"
+    assert not suppressed(d)
+    # What was kept, and why, for a person to look at.
+    code, out, err = run("bounces", d, "--unmatched")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 3 and all("no VERP token or Message-ID of this campaign" in line for line in lines), out
+    assert "Subject: Undelivered Mail Returned to Sender" in out and "none of them changed anyone" in err
+    # The rest of the campaign is then sent: the pending person is mailed.
+    assert run("send", d)[0] == 0 and states(d)[pending] == "sent"
+
+
+def test_a_real_token_with_someone_else_s_address_changes_nobody(backend: str, make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # #35: the token proves which message the report is about; the address it names must be who that went to.
+    d = half_sent(make_campaign)
+    tok = tokens(d)
+    raw = postfix_bounce("p2@example.org", token=tok["p1@example.org"])
+    code, out, _ = run("bounces", d, "--mbox", mbox_of(tmp_path / "box", raw))
+    assert code == 0 and out.startswith("matched 0 (none)"), out
+    assert states(d)["p1@example.org"] == "sent" and states(d)["p2@example.org"] == "sent" and not suppressed(d)
+    assert "but the message it quotes went to someone else" in run("bounces", d, "--unmatched")[1]
+
+
+def test_a_person_never_handed_to_a_provider_cannot_bounce(backend: str, make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # #35: a person not yet sent was suppressed by a bounce, and then never mailed.
+    d = half_sent(make_campaign)
+    pending = "p5@example.org"
+    raw = postfix_bounce(pending, token=tokens(d)[pending])  # a token nobody outside could know: the strongest forgery
+    code, out, _ = run("bounces", d, "--mbox", mbox_of(tmp_path / "box", raw))
+    assert code == 0 and out.startswith("matched 0 (none)"), out
+    assert states(d)[pending] == "pending" and not suppressed(d)
+    assert "never handed to a provider" in run("bounces", d, "--unmatched")[1]
+
+
+def test_another_campaign_s_bounces_are_left_for_it(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # #35: campaign A's bounces, whose Message-IDs name A, were recorded in campaign B as bounced and as a
+    # transient bounce, through the address.
+    a = half_sent(make_campaign, "a", "incident-a")
+    b = half_sent(make_campaign, "b", "incident-b")
+    tok = tokens(a)
+    raws = [postfix_bounce("p0@example.org", mid=message_id("incident-a", tok["p0@example.org"], "example.com")),
+            postfix_bounce("p1@example.org", token=tok["p1@example.org"], mid=message_id("incident-a", tok["p1@example.org"],
+                                                                                         "example.com"), campaign="incident-a")]
+    box = mbox_of(tmp_path / "box", *raws)
+    code, out, _ = run("bounces", b, "--mbox", box)
+    assert code == 0 and out.startswith("matched 0 (none); duplicates ignored 0; unmatched 0"), out
+    assert "2 belonged to other campaigns (left for them)" in out
+    assert set(states(b).values()) == {"sent", "pending"} and not sql(b, "SELECT * FROM unmatched")
+    # Fed to their own campaign, they are recorded there.
+    code, out, _ = run("bounces", a, "--mbox", box)
+    assert code == 0 and out.startswith("matched 2 (bounced 2)"), out
+    assert states(a)["p0@example.org"] == "bounced" and states(a)["p1@example.org"] == "bounced"
+
+
+def test_a_report_with_our_message_id_in_its_text_or_references_is_ours(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # #35: our Message-ID in the report's headers (In-Reply-To), its returned headers or its text ties it to us.
+    d = half_sent(make_campaign)
+    tok = tokens(d)
+    mid0 = message_id("test-2022-08", tok["p0@example.org"], "example.com")
+    mid2 = message_id("test-2022-08", tok["p2@example.org"], "example.com")
+    by_reference = mail({"From": "MAILER-DAEMON@mx.example.net", "To": "security@example.com", "In-Reply-To": mid0,
+                         "Subject": "Undelivered Mail Returned to Sender", "Message-ID": "<r-9@mx.example.net>"},
+                        "<p0@example.org>: 550 5.1.1 <p0@example.org>: Recipient address rejected: User unknown "
+                        "(in reply to RCPT TO command)\n")
+    in_text = mail({"From": "MAILER-DAEMON@mx.example.net", "To": "security@example.com",
+                    "Subject": "failure notice", "Message-ID": "<r-10@mx.example.net>"},
+                   f"Sorry, I couldn't deliver your message {mid2} to <p2@example.org>:\n"
+                   "550 5.1.1 <p2@example.org>: mailbox unavailable, user unknown (in reply to RCPT TO command)\n")
+    code, out, _ = run("bounces", d, "--mbox", mbox_of(tmp_path / "box", by_reference, in_text))
+    assert code == 0 and out.startswith("matched 2 (bounced 2)"), out
+    assert states(d)["p0@example.org"] == "bounced" and states(d)["p2@example.org"] == "bounced"
+
+
+def test_a_report_of_ten_thousand_strangers_is_kept_once(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # #35: a 750 KB DSN with 10,000 recipient blocks, none ours, grew the state by 2.6 GB (the message once a block).
+    d = half_sent(make_campaign)
+    raw = report([(f"rfc822; stranger{i}@example.net", "5.1.1", "550 5.1.1 user unknown") for i in range(10_000)])
+    db = d / ".notify" / "campaign.sqlite"
+    before = db.stat().st_size + (db.with_name(db.name + "-wal").stat().st_size if db.with_name(db.name + "-wal").exists() else 0)
+    code, out, _ = run("bounces", d, "--mbox", mbox_of(tmp_path / "box", raw))
+    assert code == 0 and out.startswith("matched 0 (none); duplicates ignored 0; unmatched 1"), out
+    ((kept, longest),) = sql(d, "SELECT count(*), max(length(body)) FROM unmatched")
+    assert kept == 1 and longest <= 256 * 1024
+    after = db.stat().st_size + (db.with_name(db.name + "-wal").stat().st_size if db.with_name(db.name + "-wal").exists() else 0)
+    assert after - before < 2_000_000, after - before
+    assert "not read" in run("bounces", d, "--unmatched")[1]  # past the first 1,000 blocks
+
+
+def nested(depth: int) -> bytes:
+    head = "From: MAILER-DAEMON@deep.example\nTo: security@example.com\nSubject: Undelivered\nMIME-Version: 1.0\n"
+    parts = "".join(f'Content-Type: multipart/mixed; boundary="b{i}"\n\n--b{i}\n' for i in range(depth))
+    return (head + parts + "Content-Type: text/plain\n\nx\n").encode()
+
+
+def test_a_message_that_breaks_the_parser_is_set_aside_and_the_rest_is_read(make_campaign: MakeCampaign,
+                                                                            tmp_path: Path) -> None:
+    # #35: MIME nested 5,000 levels deep raised RecursionError: exit 70, the batch rolled back, and every rerun died
+    # at the same message, so no later bounce was ever recorded.
+    d = half_sent(make_campaign)
+    tok = tokens(d)
+    good = postfix_bounce("p1@example.org", token=tok["p1@example.org"])
+    code, out, err = run("bounces", d, "--mbox", mbox_of(tmp_path / "box", nested(5000), good))
+    assert code == 0, err
+    assert out.startswith("matched 1 (bounced 1)"), out
+    assert "1 message(s) could not be read: set aside for review" in out
+    assert states(d)["p1@example.org"] == "bounced"
+    assert "set aside: message 1 could not be read (RecursionError" in run("bounces", d, "--unmatched")[1]
+
+
+@pytest.mark.slow
+def test_a_gigabyte_line_in_an_mbox_costs_no_memory(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # #35: a 1 GB line in an mbox raised MemoryError (exit 70) and stopped all bounce processing.
+    d = half_sent(make_campaign)
+    tok = tokens(d)
+    box = tmp_path / "box"
+    with box.open("wb") as fh:
+        fh.write(b"From MAILER-DAEMON Thu Aug  8 14:00:00 2022\nFrom: MAILER-DAEMON@x.example\nSubject: huge\n\n")
+        fh.seek(1 << 30, os.SEEK_CUR)  # a sparse gigabyte of NULs, no newline: one line
+        fh.write(b"\n\nFrom MAILER-DAEMON Thu Aug  8 14:00:01 2022\n" + postfix_bounce("p2@example.org", token=tok["p2@example.org"])
+                 + b"\n")
+
+    def cap() -> None:  # the address space a command may use: far less than the line
+        resource.setrlimit(resource.RLIMIT_AS, (700 << 20, 700 << 20))
+
+    p = subprocess.run([sys.executable, "-m", "notify", "bounces", str(d), "--mbox", str(box)], capture_output=True,
+                       text=True, preexec_fn=cap, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "matched 1 (bounced 1)" in p.stdout and states(d)["p2@example.org"] == "bounced"
