@@ -251,8 +251,10 @@ def parse_dsn(raw: bytes) -> tuple[list[Feedback], str]:
     for i, f in enumerate(report.recipients):
         if f.action in ("delivered", "relayed", "expanded"):
             kind = "delivered"
-        elif f.action == "failed" and not f.status.startswith("4"):
-            kind = "bounced" if reasons.is_hard(f.reason) else "bounce_refused"
+        elif f.action == "failed" and (report.form == "dsn" or not f.status.startswith("4")):
+            # A DSN's Action: failed means the remote side gave up, whatever the status class: 4.4.7 expired, 4.0.0
+            # with "mailbox size limit" were not delivered (RFC 3464 2.3.3). A 4.x.x never says the address is dead.
+            kind = "bounced" if reasons.is_hard(f.reason) and not f.status.startswith("4") else "bounce_refused"
         else:
             kind = "bounce_transient"
         # Anyone can write a bounce message: the address in it finds nobody by itself (address_trusted).

@@ -395,8 +395,9 @@ def send(
             typer.echo("Nothing left to send: every recipient is in a final state.")
         else:
             via = " then ".join(result.providers) or "no provider (none could send)"
+            dead = f", bounced {counts['bounced']} (no such address: suppressed)" if counts["bounced"] else ""
             typer.echo(f"This run via {via}: sent {counts['sent']}, deferred {counts['deferred']}, "
-                       f"failed {counts['failed']}.")
+                       f"failed {counts['failed']}{dead}.")
         st = report.status(c, store)
         typer.echo("Campaign: " + ", ".join(f"{k} {v}" for k, v in st["states"].items() if v) + f"; rejected rows {st['rejected']}.")
         # The rate of the run's last outcomes (what the bar showed at the end), not its average since it
@@ -463,7 +464,7 @@ def status(
             typer.echo(f"rejected: {_one_line(reason)} x {n}")
         if (more := st["rejected"] - sum(st["reject_reasons"].values())) > 0:
             typer.echo(f"rejected: +{more} more with other reasons (every one is in rejects.csv)")
-        for title, key in (("deferred", "deferred_replies"), ("failed", "failed_replies")):
+        for title, key in (("deferred", "deferred_replies"), ("failed", "failed_replies"), ("bounced", "bounced_replies")):
             for code, info in st[key].items():
                 typer.echo(f"{title}: {code} x {info['count']} (e.g. {_one_line(str(info['example']))})")
         for reason, n in st["suppressed_reasons"].items():

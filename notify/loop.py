@@ -537,7 +537,9 @@ class SendLoop:
         self.result.interrupted = interrupted
         counts = store.counts()
         self.result.remaining = sum(counts.get(s, 0) for s in ("pending", "deferred", "inflight"))
-        self.result.failed_total = counts.get("failed", 0)
+        # Not notified by email: failed, and the dead addresses this run's own sends found (a bounce report's, read
+        # by `bounces`, is the campaign's news, not this run's).
+        self.result.failed_total = counts.get("failed", 0) + self.result.counts.get("bounced", 0)
         if self.options.limit is not None and self.result.remaining and not self.result.stopped:
             self.result.stopped = f"--limit {self.options.limit} reached"
         for need in sorted(k for k in self.result.counts if k.startswith("needs ")):

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import reasons
 from .campaign import Campaign
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED
 from .message import Message
@@ -101,6 +102,13 @@ def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None
     if outcome.kind is Kind.PERMANENT:
         held_before = c.previous_state == "deferred" and (c.last_reply or "").startswith(HELD)
         if not (outcome.wave_suspect and not held_before):
+            if outcome.refused_at and reasons.is_hard(reason := reasons.settle(
+                    reasons.classify(outcome.status, outcome.detail), outcome.status or "", outcome.refused_at, reply)):
+                # The words a bounce report would make a dead address (#35: one meaning, however the refusal
+                # reaches us): bounced and suppressed, as the same report by DSN would make it.
+                detail["reason"] = reason
+                return Change(c.id, "bounced", event("bounced"), fields=common,
+                              suppress=("hard-bounce", f"{provider}:{campaign.id}", reply[:500]))
             return Change(c.id, "failed", event("failed"), fields=common)
         # Perhaps the first of a provider-wide wave (a suspended account refuses everyone): held, and
         # retried after the wave is settled (by the next provider, if this one is found down). Only a

@@ -30,6 +30,7 @@ PHRASES: tuple[tuple[str, tuple[str, ...]], ...] = (
                    "not accepting network messages")),  # RFC 7505 null MX; RFC 3463 X.3.2
     ("norelaying", ("relay access denied", "relaying denied", "relay not permitted", "we do not relay", "no relaying",
                     "not permitted to relay", "unable to relay", "relay denied", "not allowed to relay", "as a relay")),
+    ("mailboxfull", ("mailbox size limit",)),  # before mesgtoobig's "size limit": the mailbox's size, not the message's
     ("mesgtoobig", ("message too big", "message is too big", "message size exceeds", "size limit", "message too large",
                     "exceeded maximum inbound message size", "message file too big", "message length exceeds",
                     "max message size exceeded", "exceeds the maximum size", "too big for system")),
@@ -66,7 +67,8 @@ PHRASES: tuple[tuple[str, tuple[str, ...]], ...] = (
                      "no account by that name", "not a valid user", "user invalid",
                      "addressee unknown", "the email account that you tried to reach does not exist",
                      "no longer available", "is not a valid", "user not exist", "invalid final delivery userid",
-                     "recipient not found", "does not like recipient", "ディレクトリのリストにありません")),
+                     "recipient not found", "does not like recipient", "ディレクトリのリストにありません",
+                     "mail-box not found", "not an active address", "no mail box available", "bad_recipient")),
     ("expired", ("delivery expired", "delivery time expired", "message expired", "giving up on", "retry time",
                  "retry timeout exceeded", "could not be delivered for", "has been delayed", "timed out",
                  "time out", "have been failing for a long time", "was not delivered within", "too long in the queue",
@@ -154,8 +156,8 @@ def settle(reason: str, status: str, command: str | None, diagnostic: str) -> st
     sub = status.strip().split(".", 1)[1] if status.strip().count(".") == 2 else ""
     said_by_status = STATUS.get(sub) == "userunknown" or (len(sub) > 3 and STATUS.get(sub[:3]) == "userunknown")
     text = _SPACE.sub(" ", diagnostic.lower()).strip()
-    if text.startswith("551") and ".7." not in status:  # RFC 5321: 551 User not local
-        return "hasmoved"
+    if text.startswith("551") and ".7." not in status and classify(None, text) in ("undefined", *HARD):
+        return "hasmoved"  # RFC 5321: 551 User not local; its words decide where they say otherwise ("classified as spam")
     if reason == "suspend" and sub == "1.1":  # "inactive address" with 5.1.1: the mailbox is gone
         return "userunknown"
     if reason == "userunknown":  # (5.1.351, Exchange's "unknown recipient", counts as its 5.1.3)

@@ -117,6 +117,7 @@ def status(campaign: Campaign, store: Store, templates: Templates | None = None)
         "reject_reasons": dict(reasons),
         "deferred_replies": {code: {"count": n, "example": ex} for code, n, ex in store.reply_summary("deferred")},
         "failed_replies": {code: {"count": n, "example": ex} for code, n, ex in store.reply_summary("failed")},
+        "bounced_replies": {code: {"count": n, "example": ex} for code, n, ex in store.reply_summary("bounced")},
         "suppressed_reasons": {ex: n for _, n, ex in store.reply_summary("suppressed", top=10)},
         "unmatched_feedback": store.unmatched_count(),
         "switches": [{"at": e["ts"], **json.loads(e["detail"])} for e in store.events_of_kind("provider_switched")],

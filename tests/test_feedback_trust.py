@@ -182,3 +182,34 @@ def test_a_gigabyte_line_in_an_mbox_costs_no_memory(make_campaign: MakeCampaign,
                        text=True, preexec_fn=cap, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "matched 1 (bounced 1)" in p.stdout and states(d)["p2@example.org"] == "bounced"
+
+
+# --- reading bounces as the reference parsers do (#35) ---
+
+@pytest.mark.parametrize(("status", "diagnostic", "kind", "reason"), [
+    # Action: failed with a 4.x.x status: the remote side gave up, the message was not delivered (the person
+    # stayed `sent` before); never a dead address.
+    ("4.4.7", "Delivery time expired", "bounce_refused", "expired"),
+    ("4.0.0", "452 mailbox size limit exceeded", "bounce_refused", "mailboxfull"),
+    # A code's words decide where they disagree with its default meaning: 551 is "user not local" (hasmoved,
+    # suppressed for good) unless it says otherwise.
+    ("5.0.0", "551 5.0.0 This message was classified as spam", "bounce_refused", "spamdetected"),
+    ("5.1.6", "551 5.1.6 User not local; please try <new@example.net>", "bounced", "hasmoved"),
+])
+def test_a_report_means_what_its_words_and_action_say(status: str, diagnostic: str, kind: str, reason: str) -> None:
+    from notify.bounces import parse_dsn
+
+    (item,), _ = parse_dsn(report([("rfc822; p0@example.org", status, diagnostic)]))
+    assert (item.kind, item.detail["reason"]) == (kind, reason)
+
+
+def test_a_forward_s_report_reaches_the_address_we_sent_to(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # #35: Original-Recipient names the address we sent to when Final-Recipient is an alias or a forward; the
+    # campaign's address got nothing.
+    d = half_sent(make_campaign)
+    tok = tokens(d)
+    raw = postfix_bounce("p0@example.org", token=tok["p0@example.org"]).replace(
+        b"Final-Recipient: rfc822; p0@example.org", b"Final-Recipient: rfc822; p0.forwarded@mail.example.net")
+    code, out, _ = run("bounces", d, "--mbox", mbox_of(tmp_path / "box", raw))
+    assert code == 0 and out.startswith("matched 1 (bounced 1)"), out
+    assert states(d)["p0@example.org"] == "bounced"

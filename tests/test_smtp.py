@@ -134,16 +134,26 @@ def test_421_mid_stream_reconnects(make_campaign: MakeCampaign) -> None:
     assert sum(1 for v in ledger(d).values() if v[1] == 2) == 1
 
 
-def test_550_user_unknown_fails_with_its_reply(make_campaign: MakeCampaign) -> None:
+def test_550_user_unknown_at_rcpt_is_a_dead_address_as_in_a_bounce_report(make_campaign: MakeCampaign) -> None:
+    # #35: the same words at RCPT TO made the person `failed` and left them mailable, and in a DSN `bounced` and
+    # suppressed. One meaning, however the refusal reaches us; after DATA they are a filter's (failed, mailable).
     bad = {f"p{i}@example.com": [("rcpt", "550 5.1.1 <p@example.com>: Recipient address rejected: User unknown")] for i in (2, 5, 7)}
+    bad["p3@example.com"] = [("rcpt", "553 user mail-box not found")]
+    bad["p4@example.com"] = [("data", "554 user unknown")]  # after DATA, the recipient accepted: a filter's word
     code, out, err, h, d = scripted_run(make_campaign, bad, 10)
-    assert code == 3, "finished, but some recipients failed"
-    assert "sent 7, deferred 0, failed 3." in out
+    assert code == 3, "finished, but some recipients were not notified"
+    assert "sent 5, deferred 0, failed 1, bounced 4 (no such address: suppressed)." in out
     got = ledger(d)
-    assert [k for k, v in got.items() if v[0] == "failed"] == ["p2@example.com", "p5@example.com", "p7@example.com"]
-    assert {v[3] for v in got.values() if v[0] == "failed"} == {"550 5.1.1"}
+    assert [k for k, v in got.items() if v[0] == "bounced"] == ["p2@example.com", "p3@example.com", "p5@example.com", "p7@example.com"]
+    assert [k for k, v in got.items() if v[0] == "failed"] == ["p4@example.com"]
     st = runner.invoke(app, ["status", str(d)]).stdout
-    assert "failed: 550 5.1.1 x 3 (e.g. 550 5.1.1 <p@example.com>: Recipient address rejected: User unknown)" in st
+    assert "bounced: 550 5.1.1 x 3 (e.g. 550 5.1.1 <p@example.com>: Recipient address rejected: User unknown)" in st
+    listed = runner.invoke(app, ["suppress", "list"]).stdout  # copied to the shared list by the next bounces or send
+    assert runner.invoke(app, ["bounces", str(d), "--unmatched"]).exit_code == 0
+    assert runner.invoke(app, ["send", str(d)]).exit_code == 3
+    listed = runner.invoke(app, ["suppress", "list"]).stdout
+    assert sorted(line.split("\t")[0] for line in listed.splitlines()) == [
+        "p2@example.com", "p3@example.com", "p5@example.com", "p7@example.com"]
 
 
 def test_drop_before_the_final_dot_is_retried_not_doubted(make_campaign: MakeCampaign) -> None:
@@ -605,7 +615,7 @@ def test_envelope_is_pipelined_exactly_when_the_server_offers_it(make_campaign: 
     else:
         assert srv.behind_body == 0
     rows = ledger(d)
-    assert rows["p3@example.com"][0] == "failed" and str(rows["p3@example.com"][3]).startswith("550")
+    assert rows["p3@example.com"][0] == "bounced" and str(rows["p3@example.com"][3]).startswith("550")  # dead at RCPT TO
 
 
 def test_a_sender_cancelled_after_its_envelope_went_out_behind_another_frees_its_slot(make_campaign: MakeCampaign) -> None:

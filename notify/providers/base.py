@@ -36,6 +36,9 @@ class Outcome:
     # A refusal of the kind a provider-wide wave is made of (5.7.x policy, SES MessageRejected), before a
     # wave is recognized: held and retried once the wave is settled, not failed at once (#28).
     wave_suspect: bool = False
+    # The SMTP command a permanent refusal answered (MAIL, RCPT or DATA), where the provider knows: "user
+    # unknown" at RCPT TO is a dead address, after DATA a filter's word (reasons.settle), as in a bounce report.
+    refused_at: str | None = None
 
     def describe(self) -> str:
         """"550 5.1.1 user unknown": the code, then the reply text (which carries the enhanced status)."""

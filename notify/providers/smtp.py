@@ -88,7 +88,8 @@ def classify_reply(code: int, text: str, phase: str) -> Outcome:
     if 400 <= code < 500 or (code == 552 and phase == "rcpt"):
         return Outcome(Kind.TEMPORARY, detail=text, code=code, status=status, throttled=is_throttling(code, status, text))
     if 500 <= code < 600:
-        return Outcome(Kind.PERMANENT, detail=text, code=code, status=status)
+        return Outcome(Kind.PERMANENT, detail=text, code=code, status=status,
+                       refused_at={"mail": "MAIL", "rcpt": "RCPT"}.get(phase, "DATA"))
     return Outcome(Kind.TEMPORARY, detail=f"unexpected reply: {text}", code=code, status=status)
 
 

@@ -332,6 +332,14 @@ class Store(Imports):
         elif current != state:
             (event.detail or {}).setdefault("state_kept", f"{current} (no transition to {state})")
 
+    def _suppress_outcomes(self, changes: list[Change]) -> None:
+        """Suppressions an outcome decided (a dead address refused at RCPT TO), into the outbox in the outcome's
+        own transaction, as record_feedback writes a bounce report's: flush_suppressions copies them on."""
+        rows = [(*ch.suppress, ch.recipient_id) for ch in changes if ch.suppress is not None]
+        if rows:
+            self.db.executemany("INSERT INTO suppress_outbox (address, kind, source, reason)"
+                                " SELECT key, ?, ?, ? FROM recipients WHERE id=? ON CONFLICT DO NOTHING", rows)
+
     def apply_parked(self) -> int:
         """Feedback parked while its recipient was in flight, applied now that the send has recorded it
         (its event is appended now, in the order the state changes happen). Returns how many."""

@@ -530,6 +530,7 @@ class PgStore(Store):
                     raise StoreError(f"recipient {wrong[0]}: refusing {wrong[1]} -> {state} (expected {expect}"
                                      + (f" held by session {self.chain}; it is held by session {wrong[2]}" if fence else "")
                                      + ")", hint="this worker was presumed stalled and another took over; it stops here")
+            self._suppress_outcomes(changes)
             sent = sum(1 for ch in changes if ch.state == "sent")
             if sent:
                 db.execute("UPDATE chains SET sent = sent + ? WHERE id=?", (sent, self.chain))

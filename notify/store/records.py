@@ -20,6 +20,7 @@ TRANSITIONS = {
     ("inflight", "sent"), ("inflight", "deferred"), ("inflight", "failed"),
     ("inflight", "pending"), ("inflight", "suppressed"),  # released on Ctrl-C / stopped provider
     ("pending", "suppressed"), ("deferred", "suppressed"), ("pending", "ineligible"),
+    ("inflight", "bounced"),  # refused at RCPT TO as a dead address: what the same words in a bounce report make it
     ("sent", "delivered"), ("sent", "bounced"), ("sent", "complained"),
     ("delivered", "bounced"), ("delivered", "complained"),
     # Feedback: SES accepted but did not send (account suppression list, virus reject).
@@ -129,6 +130,7 @@ class Change:
     event: Event | None
     expect: str = "inflight"
     fields: dict[str, Any] = field(default_factory=dict)  # attempts, next_attempt_at, provider, ...
+    suppress: tuple[str, str, str] | None = None  # (kind, source, reason) for the suppression list, in the same transaction
 
 
 def check_transitions(changes: list[Change]) -> None:

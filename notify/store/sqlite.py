@@ -255,4 +255,5 @@ class SqliteStore(Store):
                 if not done:
                     cur = db.execute("SELECT state FROM recipients WHERE id=?", (ch.recipient_id,)).fetchone()
                     raise StoreError(f"recipient {ch.recipient_id}: refusing {cur and cur[0]} -> {ch.state} (expected {ch.expect})")
+            self._suppress_outcomes(changes)
             self._append_all([ch.event for ch in changes if ch.event is not None], now)
