@@ -25,7 +25,7 @@ from .ledger import LedgerWriter
 from .policy import RunResult, decide, render_failed, steady_wall
 from .preflight import Preflight
 from .progress import Progress, progress_for
-from .providers.base import Kind, Outcome, Provider
+from .providers.base import Kind, Outcome, Provider, Withdrawn
 from .providers.chain import ProviderChain
 from .render import RenderFailure
 from .renderpool import Prepared, RenderPool, render_claimed
@@ -54,6 +54,32 @@ class SendOptions:
     worker: bool = False  # join the other workers sending this campaign (PostgreSQL state only)
 
 
+class UntilStopped:
+    """A clock whose waits end as soon as the run is asked to stop, by raising Withdrawn: the throttle's,
+    so that no worker waiting for a rate or domain slot sends after Ctrl-C or SIGTERM, however far away
+    its slot was (a rate of one message a minute, or a domain's cap)."""
+
+    def __init__(self, clock: Clock, stop: asyncio.Event) -> None:
+        self.clock = clock
+        self.stop = stop
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    async def sleep(self, seconds: float) -> None:
+        if self.stop.is_set():
+            raise Withdrawn
+        sleeping = asyncio.ensure_future(self.clock.sleep(seconds))
+        stopping = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait((sleeping, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel()
+            stopping.cancel()
+        if self.stop.is_set():
+            raise Withdrawn
+
+
 class SendLoop:
     """One run of `notify send`: claims due recipients, sends them concurrently, group-commits outcomes."""
 
@@ -80,9 +106,12 @@ class SendLoop:
         self.batch = max(4 * self.concurrency, 32)
         self.base_rate = options.rate if options.rate is not None else campaign.send.rate
         self.adaptive = campaign.send.adaptive if options.adaptive is None else options.adaptive
-        self.throttle = Throttle(self.base_rate, campaign.send.domains, self.clock, adaptive=self.adaptive)
         self.result = RunResult()
         self.stop = asyncio.Event()
+        # The throttle's waits end the moment a stop is asked (Withdrawn): a worker waiting for a slot at
+        # --rate 0.05 must not send when its slot comes, after Ctrl-C.
+        self.throttle_clock = UntilStopped(self.clock, self.stop)
+        self.throttle = Throttle(self.base_rate, campaign.send.domains, self.throttle_clock, adaptive=self.adaptive)
         self.changes: list[Change] = []
         self.releases: list[Claimed] = []
         self.ledger: LedgerWriter | None = None  # the thread that commits claims and outcomes
@@ -239,7 +268,7 @@ class SendLoop:
             self.stop.set()
             return False
         provider = switch.current
-        self.throttle = Throttle(self.base_rate, self.campaign.send.domains, self.clock, adaptive=self.adaptive)
+        self.throttle = Throttle(self.base_rate, self.campaign.send.domains, self.throttle_clock, adaptive=self.adaptive)
         if switch.readiness.max_rate:
             self.log_rate(self.throttle.cap(switch.readiness.max_rate))
         self.provider = provider
@@ -270,14 +299,21 @@ class SendLoop:
             # other domains could use. Claims skip saturated domains until a slot frees up.
             self.releases.append(c)
             return
-        await self.throttle.acquire(domain)
+        try:
+            await self.throttle.acquire(domain)
+        except Withdrawn:
+            self.releases.append(c)  # stopped while it waited for its slot: never handed to a provider
+            return
         if self.shared is not None:  # PostgreSQL: the rate is every worker's together
             await self.shared.take(self.provider.name, self.throttle.rate, self.stop.is_set)
         provider = self.provider
-        if provider.name in self.chain.down:
-            self.releases.append(c)  # switched while we waited: the next claim goes to the new provider
+        if provider.name in self.chain.down or self.stop.is_set():
+            self.releases.append(c)  # switched, or stopped, while we waited: the next run (or provider) takes it
             return
-        outcome = await provider.send(msg, self.throttle.leave)
+        outcome = await provider.send(msg, self.ready)
+        if not outcome.handed and self.stop.is_set():
+            self.releases.append(c)  # withdrawn before it left (or never reached the provider): back where it was
+            return
         if outcome.kind is Kind.PROVIDER_DOWN:
             self.releases.append(c)  # never accepted: it goes to the next provider, not to "failed"
             await self.provider_down(provider, outcome.describe())
@@ -419,6 +455,13 @@ class SendLoop:
         # Claimed within the limit and being rendered: theirs to send, unless the run is stopping.
         while self.in_render and not self.stop.is_set():
             await self.hand_over(queue)
+
+    async def ready(self) -> None:
+        """The last check before a message leaves (providers await it): the departure pace, unless the run is
+        stopping, in which case nothing more leaves (Withdrawn)."""
+        if self.stop.is_set():
+            raise Withdrawn
+        await self.throttle.leave()
 
     async def sleep(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):

@@ -21,6 +21,11 @@ class Kind(enum.Enum):
     PROVIDER_DOWN = "provider_down"  # the provider refuses everything: stop, resumable
 
 
+class Withdrawn(Exception):
+    """Raised by a `ready` callback: the run is stopping, so this message must not leave. The provider
+    sends nothing more of it (an SMTP transaction in DATA is cut before its body) and returns WITHDRAWN."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     kind: Kind
@@ -48,6 +53,9 @@ class Outcome:
         return " ".join(head + ([self.detail] if self.detail else []))
 
 
+WITHDRAWN = Outcome(Kind.TEMPORARY, handed=False, detail="withdrawn: the run stopped before the message left")
+
+
 @dataclass(frozen=True)
 class Readiness:
     """What a provider says before the first send: its rate cap, anything the commander should know, or why not."""
@@ -66,7 +74,8 @@ class Provider(Protocol):
     async def send(self, message: Message, ready: Ready = None) -> Outcome:
         """Sends one message. `ready` (the throttle's last check) is awaited exactly once, at the
         last moment before the message itself leaves (for SMTP: after the 354, before the body),
-        and not at all if the message is refused before that point."""
+        and not at all if the message is refused before that point. If it raises Withdrawn, nothing
+        of the message leaves and the outcome is WITHDRAWN."""
         ...
 
     async def aclose(self) -> None: ...

@@ -9,7 +9,7 @@ from pathlib import Path
 from .. import files
 from ..campaign import OutboxConfig
 from ..message import Message
-from .base import Kind, Outcome, Readiness, Ready
+from .base import WITHDRAWN, Kind, Outcome, Readiness, Ready, Withdrawn
 
 
 def eml_name(message_id: str) -> str:
@@ -41,7 +41,10 @@ class OutboxProvider:
 
     async def send(self, message: Message, ready: Ready = None) -> Outcome:
         if ready is not None:
-            await ready()
+            try:
+                await ready()
+            except Withdrawn:
+                return WITHDRAWN
         try:
             path = await asyncio.to_thread(self._write, message)
         except OSError as e:

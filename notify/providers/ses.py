@@ -34,7 +34,7 @@ from botocore.config import Config
 
 from ..campaign import SesConfig
 from ..message import Message
-from .base import Kind, Outcome, Readiness, Ready, Wave
+from .base import WITHDRAWN, Kind, Outcome, Readiness, Ready, Wave, Withdrawn
 
 THROTTLING = {"TooManyRequestsException", "Throttling", "ThrottlingException", "LimitExceededException"}
 DOWN = {"SendingPausedException", "AccountSuspendedException", "MailFromDomainNotVerifiedException",
@@ -172,7 +172,10 @@ class SesProvider:
         if self.quota is not None and self.quota.remaining - self.sent <= 0:
             return Outcome(Kind.PROVIDER_DOWN, detail=self._quota_message())
         if ready is not None:
-            await ready()
+            try:
+                await ready()
+            except Withdrawn:
+                return WITHDRAWN
         outcome = await asyncio.get_running_loop().run_in_executor(self.pool, self._send_sync, message)
         if outcome.kind is Kind.ACCEPTED:
             self.sent += 1

@@ -37,7 +37,7 @@ from aiosmtplib import errors as smtp_errors
 from ..campaign import SmtpConfig
 from ..errors import ConfigError, register_secret
 from ..message import Message
-from .base import Kind, Outcome, Readiness, Ready, Wave
+from .base import WITHDRAWN, Kind, Outcome, Readiness, Ready, Wave, Withdrawn
 from .smtpwire import Session, wire_body
 
 Waiting = tuple[bytes, "asyncio.Future[tuple[Session | None, bool]]"]  # an envelope, and where its connection goes
@@ -375,7 +375,10 @@ class SmtpProvider:
                         refused = self._no_smtputf8()  # an envelope that rode behind another message, unasked
                     return await _refused(conn, refused, pending=2 - i)
             if ready is not None:
-                await ready()
+                try:
+                    await ready()
+                except Withdrawn:  # in DATA: the connection is closed without the final dot, so nothing is delivered
+                    return WITHDRAWN, False
             # The next sender's envelope, if one waits, rides in the same write: one write and one
             # read per message instead of two. Refused or cut off, it is that sender's to handle.
             body = data if message.transparent and self.signer is None else wire_body(data)
