@@ -223,13 +223,23 @@ def write_manifest(out: Path, campaign_id: str, verdict: Verdict, sign_key: Path
     """Seals an export: every file's size and SHA-256, and the chain's length and head. Returns the
     manifest's own SHA-256, which the user keeps elsewhere: with it, nobody can rewrite the export and
     its manifest together unnoticed."""
-    manifest = {"campaign": campaign_id, "tool": f"notify {__version__}",
-                "files": {name: file_entry(out / name) for name in SEALED},
-                "chain": {"events": verdict.events, "head": verdict.head}}
+    manifest: dict[str, Any] = {"campaign": campaign_id, "tool": f"notify {__version__}",
+                                "files": {name: file_entry(out / name) for name in SEALED},
+                                "chain": {"events": verdict.events, "head": verdict.head}}
+    if sign_key is not None:
+        signing.sign(b"", sign_key)  # a key that cannot sign is refused with its own clear error, before anything names it
+        pem = signing.public_pem(sign_key)
+        # The signer's public key, sealed with the rest: a signature that does not verify is then found without
+        # --key (a re-sealed forgery beside the old manifest.sig); --key proves whose key it is.
+        manifest["signer"] = {"public_key": pem, "sha256": signing.fingerprint(pem)}
     data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     files.write_private(out / MANIFEST, data)
+    sig = out / signing.SIGNATURE
     if sign_key is not None:
-        files.write_private(out / signing.SIGNATURE, signing.sign(data, sign_key))
+        signature = signing.sign(data, sign_key)
+        files.write_private(sig, signature)
+    elif sig.exists() or sig.is_symlink():
+        sig.unlink()  # an export written again (--force) unsigned: the old signature is of another manifest
     return hashlib.sha256(data).hexdigest()
 
 
@@ -239,7 +249,8 @@ class ExportCheck:
     chain: Verdict
     files: int  # files that matched the manifest
     manifest_sha256: str | None
-    signature: str = "none"  # "none" (unsigned), "unchecked" (signed, no key given), "valid"
+    signature: str = "none"  # "none" (unsigned), "unchecked" (signed, no key given), "self" (by the key it names), "valid"
+    signer: str | None = None  # the SHA-256 of the public key the manifest names as its signer
 
 
 def verify_export(out: Path, key: Path | None = None) -> ExportCheck:
@@ -272,17 +283,25 @@ def verify_export(out: Path, key: Path | None = None) -> ExportCheck:
                         "(events removed or added at the end)")
     signature = "none"
     sig = out / signing.SIGNATURE
+    named = manifest.get("signer") if isinstance(manifest, dict) else None
+    pem = named.get("public_key") if isinstance(named, dict) and isinstance(named.get("public_key"), str) else None
     if sig.is_file():
         signature = "unchecked"
-        if key is not None:
-            wrong = signing.check(raw, sig.read_bytes(), key)
+        # A signature that does not verify is refused with or without --key: against the key given, else
+        # against the key the manifest names (older exports name none: then only --key can check it).
+        against: Path | str | None = key if key is not None else pem
+        if against is not None:
+            wrong = signing.check(raw, sig.read_bytes()[:4096], against)
             if wrong:
                 problems.append(f"{sig}: {wrong}")
             else:
-                signature = "valid"
+                signature = "valid" if key is not None else "self"
     elif key is not None:
         problems.append(f"{out}: not signed (no {signing.SIGNATURE}), so --key {key} proves nothing about it")
-    return ExportCheck(problems, chain, matched, hashlib.sha256(raw).hexdigest(), signature)
+    elif pem is not None:
+        problems.append(f"{out}: the manifest names a signer, but {signing.SIGNATURE} is missing (removed?)")
+    return ExportCheck(problems, chain, matched, hashlib.sha256(raw).hexdigest(), signature,
+                       signing.fingerprint(pem) if pem else None)
 
 
 def verify_file(path: Path) -> tuple[Verdict, int | None]:

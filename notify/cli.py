@@ -59,6 +59,8 @@ app.add_typer(state_app, name="state")
 
 F = TypeVar("F", bound=Callable[..., Any])
 CampaignArg = typer.Argument(..., help="The campaign directory (holding campaign.toml).", metavar="CAMPAIGN")
+KeyOption = typer.Option(None, "--key", metavar="PUBLIC_KEY",
+                         help="An audit export's signer's public key (audit keygen): its signature must verify against it.")
 CampaignOrExport = typer.Argument(..., metavar="CAMPAIGN|EXPORT",
                                   help="The campaign directory, or a directory written by `audit export`.")
 
@@ -115,22 +117,38 @@ def _open(path: Path) -> Iterator[tuple[campaign_mod.Campaign, Store]]:
         store.close()
 
 
+def _signature_said(signature: str, key: Path | None, signer: str | None) -> str:
+    """What a verified export's signature proves, in one line."""
+    if signature == "valid":
+        return f"Signed: the manifest carries a valid signature by the private key of {key}."
+    if signature == "self":
+        return (f"Signed by the key the manifest names (public key SHA-256 {signer}): compare it with the key the "
+                "company published, or check with --key PUBLIC_KEY.")
+    if signature == "unchecked":
+        return "Signed, but no --key was given: the signature was not checked (verify with --key PUBLIC_KEY)."
+    return ("Not signed: this proves the export is as it was written with this manifest, not who wrote it: compare the "
+            "manifest's SHA-256 with the one `audit export` printed, kept somewhere else.")
+
+
 @contextlib.contextmanager
-def _open_any(target: Path) -> Iterator[tuple[campaign_mod.Campaign, Store]]:
-    """A campaign directory, or an audit export read back as one (verified against its manifest first:
-    nothing is read from an export that does not verify)."""
+def _open_any(target: Path, key: Path | None = None) -> Iterator[tuple[campaign_mod.Campaign, Store]]:
+    """A campaign directory, or an audit export read back as one (verified against its manifest and its
+    signature first: nothing is read from an export that does not verify)."""
     from .store.exported import is_export, open_export
 
     if not is_export(target):
+        if key is not None:
+            raise InputError(f"--key checks an audit export's signature; {target} is a campaign directory, whose state is not signed")
         with _open(target) as pair:
             yield pair
         return
     from .audit import verify_export
 
-    check = verify_export(target)
+    check = verify_export(target, key)
     if check.problems:
         raise InputError(f"{target}: the export does not verify, so nothing read from it could be trusted:\n  "
                          + "\n  ".join(check.problems[:10]), hint=f"`notify audit verify {target}` shows the whole report")
+    err(_signature_said(check.signature, key, check.signer))
     with tempfile.TemporaryDirectory(prefix="notify-export-") as tmp:
         c, store = open_export(target, Path(tmp), (check.chain.events, check.chain.head))
         try:
@@ -622,7 +640,8 @@ def bounces(
 @app.command("report")
 @boundary
 def report_cmd(campaign: Path = CampaignOrExport,
-               out: Path = typer.Option(..., "--out", metavar="FILE", help="Where to write the page (report.html).")) -> None:
+               out: Path = typer.Option(..., "--out", metavar="FILE", help="Where to write the page (report.html)."),
+               key: Optional[Path] = KeyOption) -> None:
     """A one-page HTML report of the campaign: sends over time against the deadline, outcomes by
     state, jurisdiction, language, domain and provider, switches and rate changes. Self-contained:
     open it in a browser or print it to PDF.
@@ -631,10 +650,11 @@ def report_cmd(campaign: Path = CampaignOrExport,
     Examples:
       notify report campaigns/example --out report.html
       notify report audit-2022-08/ --out report.html      # from an audit export, nothing else needed
+      notify report audit-2022-08/ --out report.html --key notify-audit.pub   # and its signature checked
     """
     from .htmlreport import render
 
-    with _open_any(campaign) as (c, store):
+    with _open_any(campaign, key) as (c, store):
         page = render(c, store)
     files.write_private(out, page.encode("utf-8"))
     typer.echo(f"Wrote {out} ({len(page):,} bytes): open it in a browser, or print it to PDF.")
@@ -647,7 +667,8 @@ def lookup(campaign: Path = CampaignOrExport,
            eml: Optional[Path] = typer.Option(None, "--eml", metavar="FILE", help="Write the exact message sent to FILE."),
            out: Optional[Path] = typer.Option(None, "--out", metavar="DIR",
                                               help="Write a proof of notice for this person (`audit verify DIR` checks it)."),
-           as_json: bool = typer.Option(False, "--json", help="The record and timeline as one JSON object.")) -> None:
+           as_json: bool = typer.Option(False, "--json", help="The record and timeline as one JSON object."),
+           key: Optional[Path] = KeyOption) -> None:
     """One person's proof of notice: when, in which language, through which provider, what happened
     after, and the exact message sent (rebuilt and checked against the recorded SHA-256).
 
@@ -657,10 +678,11 @@ def lookup(campaign: Path = CampaignOrExport,
       notify lookup campaigns/example "Jane Doe" --eml jane.eml
       notify lookup campaigns/example A-1001          # a value of a column named in [audit] columns
       notify lookup audit-2022-08/ jane.doe@example.com   # from an audit export, nothing else needed
+      notify lookup audit-2022-08/ jane.doe@example.com --key notify-audit.pub
     """
     from . import lookup as lk
 
-    with _open_any(campaign) as (c, store):
+    with _open_any(campaign, key) as (c, store):
         found = lk.find(c, store, query)
         if not found:
             err(f"Error: nobody in {c.id} matches {query!r} (an address, a name, or a value of "
@@ -846,15 +868,8 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
             raise typer.Exit(EXIT_INPUT)
         typer.echo(f"OK: {check.files} files match {target / MANIFEST} (SHA-256 {check.manifest_sha256}); the chain of "
                    f"{check.chain.events} events verifies and ends at {check.chain.head}, as the manifest records.")
-        if check.signature == "valid":
-            typer.echo(f"Signed: the manifest carries a valid signature by the private key of {key}. So the export is "
-                       "as the key's holder sealed it.")
-        else:
-            typer.echo(("Signed, but no --key was given: the signature was not checked. " if check.signature == "unchecked"
-                        else "Not signed. ") +
-                       "This proves the export is as it was written with this manifest, not who wrote it: compare the "
-                       "manifest's SHA-256 with the one `audit export` printed, kept somewhere else" +
-                       (", or verify with --key." if check.signature == "unchecked" else "."))
+        typer.echo(_signature_said(check.signature, key, check.signer)
+                   + (" So the export is as the key's holder sealed it." if check.signature == "valid" else ""))
         return
     if key is not None:
         err("Error: --key checks an export directory's signature; a campaign's own ledger is not signed")

@@ -8,6 +8,7 @@ keygen`) is what a regulator can check against the company's published public ke
 from __future__ import annotations
 
 import base64
+import hashlib
 from pathlib import Path
 
 from . import files
@@ -48,18 +49,33 @@ def sign(manifest: bytes, private: Path) -> bytes:
     return base64.b64encode(key.sign(manifest)) + b"\n"
 
 
-def check(manifest: bytes, signature: bytes, public: Path) -> str | None:
-    """None when `signature` is the key's signature over `manifest`; otherwise what is wrong."""
+def public_pem(private: Path) -> str:
+    """The public key of a private signing key, as PEM text: what the manifest names as its signer."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(private.read_bytes(), password=None)
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def fingerprint(pem: str) -> str:
+    """SHA-256 of a public key's PEM text: short enough to read out and compare with the one published."""
+    return hashlib.sha256(pem.encode()).hexdigest()
+
+
+def check(manifest: bytes, signature: bytes, public: Path | str) -> str | None:
+    """None when `signature` is the key's signature over `manifest`; otherwise what is wrong. `public` is a
+    key file (--key) or the PEM text the manifest names as its signer."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    what = f"--key {public}" if isinstance(public, Path) else "the manifest's signer key"
     try:
-        key = serialization.load_pem_public_key(public.read_bytes())
+        key = serialization.load_pem_public_key(public.read_bytes() if isinstance(public, Path) else public.encode())
     except (OSError, ValueError, TypeError) as e:
-        raise InputError(f"--key {public}: not a public key notify can use ({e})") from None
+        raise InputError(f"{what}: not a public key notify can use ({e})") from None
     if not isinstance(key, Ed25519PublicKey):
-        raise InputError(f"--key {public}: not an Ed25519 public key")
+        raise InputError(f"{what}: not an Ed25519 public key")
     try:
         key.verify(base64.b64decode(signature.strip(), validate=True), manifest)
     except (InvalidSignature, ValueError):
