@@ -3,12 +3,10 @@ within a second or two. A real `notify send` process against a real SMTP server 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
