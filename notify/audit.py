@@ -132,38 +132,44 @@ ATTEMPT_KINDS = ("sent", "deferred", "failed")  # the events of a message handed
 
 
 @dataclass
-class _Trail:
+class Trail:
+    """What one recipient's events say, in order: the state they leave, the attempts, the content sent."""
+
     state: str = "pending"
     seq: int | None = None
     attempts: int = 0
     sha: str | None = None
+
+    def add(self, ev: dict[str, Any]) -> None:
+        raw = ev.get("detail")
+        detail = json.loads(raw) if isinstance(raw, str) and raw else raw if isinstance(raw, dict) else {}
+        detail = detail if isinstance(detail, dict) else {}
+        kind = ev.get("kind")
+        if kind in ATTEMPT_KINDS and isinstance(detail.get("attempt"), int):
+            self.attempts = max(self.attempts, detail["attempt"])
+        if kind == "sent":
+            self.sha = ev.get("content_sha256")
+        new = detail["state"][1] if kind == "recipient_corrected" and isinstance(detail.get("state"), list) else \
+            None if detail.get("state_kept") else EVENT_STATE.get(str(kind))
+        if kind == "provider_send" and self.state == "deferred" and not detail.get("state_kept"):
+            new = "sent"
+        if new is not None:
+            self.state, self.seq = new, ev.get("seq")
 
 
 def replay(store: Store) -> list[str]:
     """Replays the events and checks every recipient's state, attempts and content hash against them:
     a row edited in the state (sent -> failed) or events cut from the end (a recipient sent with no
     `sent` event left) is named, row and address. Returns the disagreements (none: they agree)."""
-    trails: dict[int, _Trail] = {}
+    trails: dict[int, Trail] = {}
     for ev in store.events():
         rid = ev.get("recipient_id")
         if rid is None:
             continue
-        t = trails.setdefault(rid, _Trail())
-        detail = json.loads(ev["detail"] or "{}")
-        kind = ev["kind"]
-        if kind in ATTEMPT_KINDS and isinstance(detail.get("attempt"), int):
-            t.attempts = max(t.attempts, detail["attempt"])
-        if kind == "sent":
-            t.sha = ev.get("content_sha256")
-        new = detail["state"][1] if kind == "recipient_corrected" and isinstance(detail.get("state"), list) else \
-            None if detail.get("state_kept") else EVENT_STATE.get(kind)
-        if kind == "provider_send" and t.state == "deferred" and not detail.get("state_kept"):
-            new = "sent"
-        if new is not None:
-            t.state, t.seq = new, ev["seq"]
+        trails.setdefault(rid, Trail()).add(ev)
     problems = []
     for rid, row, email, state, attempts, sha in store.recipient_states():
-        t = trails.get(rid, _Trail())
+        t = trails.get(rid, Trail())
         said = f"row {row} ({email})"
         events_say = f"the events say {t.state}" + (f" (event {t.seq})" if t.seq else " (no event)")
         if state != t.state and not (state == "inflight" and t.state in UNFINISHED):
@@ -226,6 +232,12 @@ def write_manifest(out: Path, campaign_id: str, verdict: Verdict, sign_key: Path
     manifest: dict[str, Any] = {"campaign": campaign_id, "tool": f"notify {__version__}",
                                 "files": {name: file_entry(out / name) for name in SEALED},
                                 "chain": {"events": verdict.events, "head": verdict.head}}
+    return seal(out, manifest, sign_key)
+
+
+def seal(out: Path, manifest: dict[str, Any], sign_key: Path | None = None) -> str:
+    """Writes manifest.json (and, with a key, manifest.sig over it, the signer's public key named inside);
+    returns the manifest's SHA-256."""
     if sign_key is not None:
         signing.sign(b"", sign_key)  # a key that cannot sign is refused with its own clear error, before anything names it
         pem = signing.public_pem(sign_key)
@@ -281,14 +293,21 @@ def verify_export(out: Path, key: Path | None = None) -> ExportCheck:
         problems.append(f"{out / 'events.jsonl'}: {chain.events} events ending at {chain.head[:16]}..., but the manifest "
                         f"records {sealed_chain.get('events')} ending at {str(sealed_chain.get('head'))[:16]}... "
                         "(events removed or added at the end)")
+    signature, signer = check_signature(out, raw, manifest, key, problems)
+    return ExportCheck(problems, chain, matched, hashlib.sha256(raw).hexdigest(), signature, signer)
+
+
+def check_signature(out: Path, raw: bytes, manifest: Any, key: Path | None, problems: list[str]) -> tuple[str, str | None]:
+    """The signature beside a manifest (an export's or a proof of notice's): what it proves ("none",
+    "unchecked", "self", "valid") and the SHA-256 of the signer's key the manifest names; what is wrong
+    goes to `problems`. A signature that does not verify is refused with or without --key: against the
+    key given, else against the key the manifest names (older exports name none: only --key checks them)."""
     signature = "none"
     sig = out / signing.SIGNATURE
     named = manifest.get("signer") if isinstance(manifest, dict) else None
     pem = named.get("public_key") if isinstance(named, dict) and isinstance(named.get("public_key"), str) else None
     if sig.is_file():
         signature = "unchecked"
-        # A signature that does not verify is refused with or without --key: against the key given, else
-        # against the key the manifest names (older exports name none: then only --key can check it).
         against: Path | str | None = key if key is not None else pem
         if against is not None:
             wrong = signing.check(raw, sig.read_bytes()[:4096], against)
@@ -300,8 +319,7 @@ def verify_export(out: Path, key: Path | None = None) -> ExportCheck:
         problems.append(f"{out}: not signed (no {signing.SIGNATURE}), so --key {key} proves nothing about it")
     elif pem is not None:
         problems.append(f"{out}: the manifest names a signer, but {signing.SIGNATURE} is missing (removed?)")
-    return ExportCheck(problems, chain, matched, hashlib.sha256(raw).hexdigest(), signature,
-                       signing.fingerprint(pem) if pem else None)
+    return signature, signing.fingerprint(pem) if pem else None
 
 
 def verify_file(path: Path) -> tuple[Verdict, int | None]:

@@ -668,7 +668,9 @@ def lookup(campaign: Path = CampaignOrExport,
            out: Optional[Path] = typer.Option(None, "--out", metavar="DIR",
                                               help="Write a proof of notice for this person (`audit verify DIR` checks it)."),
            as_json: bool = typer.Option(False, "--json", help="The record and timeline as one JSON object."),
-           key: Optional[Path] = KeyOption) -> None:
+           key: Optional[Path] = KeyOption,
+           sign_key: Optional[Path] = typer.Option(None, "--sign-key", metavar="PRIVATE_KEY",
+                                                   help="With --out: sign the proof of notice (audit keygen).")) -> None:
     """One person's proof of notice: when, in which language, through which provider, what happened
     after, and the exact message sent (rebuilt and checked against the recorded SHA-256).
 
@@ -695,7 +697,7 @@ def lookup(campaign: Path = CampaignOrExport,
             raise typer.Exit(EXIT_INPUT)
         proof = lk.proof(c, store, found[0])
         if out is not None:
-            lk.write_bundle(c, store, found[0], proof, out)
+            lk.write_bundle(c, store, found[0], proof, out, sign_key)
     if as_json:
         typer.echo(report.dumps({"record": proof.record, "timeline": proof.timeline, "content": proof.content}))
     else:
@@ -848,7 +850,7 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
     if not (target / "campaign.toml").is_file() and (target / "person.json").is_file():
         from .lookup import verify_bundle
 
-        problems, said = verify_bundle(target)
+        problems, said = verify_bundle(target, key)
         if problems:
             err(f"Error: the proof of notice in {target} does not verify:")
             for problem in problems:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import files
-from .audit import MANIFEST, check_files, file_entry
+from .audit import MANIFEST, Trail, check_files, check_signature, file_entry, seal
 from .campaign import Campaign, OutboxConfig
 from .errors import InputError
 from .providers.outbox import eml_name
@@ -26,6 +26,7 @@ from .recipients import Recipient, Record, validate
 from .render import RenderFailure, Templates, build_message, display_address, recipient_context, split_version
 from .store import Store, event_hash
 
+MAX_BUNDLE_FILE = 64 * 1024 * 1024  # of person.json or the manifest read back: a person's events, not a campaign's
 REBUILD_WINDOW = 120  # seconds before the first attempt in which the message may have been composed
 
 
@@ -41,7 +42,8 @@ class Proof:
 PROOF_KIND = "proof-of-notice"
 
 
-def write_bundle(campaign: Campaign, store: Store, person: dict[str, Any], found: Proof, out: Path) -> None:
+def write_bundle(campaign: Campaign, store: Store, person: dict[str, Any], found: Proof, out: Path,
+                 sign_key: Path | None = None) -> None:
     """A person's proof of notice, for whoever asks: person.json (the record, what happened, and each of
     their events with the fields and hash the audit chain holds), message.eml (the exact message, when
     established), and manifest.json (each file's size and SHA-256, the chain's head now), which
@@ -56,26 +58,45 @@ def write_bundle(campaign: Campaign, store: Store, person: dict[str, Any], found
         files.write_private(out / "message.eml", found.message)
     seq, head = store.head()
     listed = {p.name: file_entry(p) for p in sorted(out.iterdir())}
-    manifest = {"kind": PROOF_KIND, "campaign": campaign.id, "files": listed, "chain": {"events": seq, "head": head}}
-    files.write_private(out / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    seal(out, {"kind": PROOF_KIND, "campaign": campaign.id, "files": listed, "chain": {"events": seq, "head": head}}, sign_key)
 
 
-def verify_bundle(out: Path) -> tuple[list[str], str]:
-    """Checks a proof of notice: its files against its manifest, each event against its hash, the message
-    against the content SHA-256 its sent event recorded. Returns (problems, what it proves)."""
+def verify_bundle(out: Path, key: Path | None = None) -> tuple[list[str], str]:
+    """Checks a proof of notice as strictly as an export: its files against its manifest (nothing added),
+    its signature (with --key, or against the signer the manifest names), each event against its hash,
+    the record against what its events say (state, attempts, content: a record saying "delivered" with no
+    event is refused), and the message against the content SHA-256 its sent event recorded. Returns
+    (problems, what it proves)."""
     problems: list[str] = []
     try:
-        manifest = json.loads((out / MANIFEST).read_bytes())
-        listed: dict[str, dict[str, Any]] = manifest["files"]
-        body = json.loads((out / "person.json").read_bytes())
-        events: list[dict[str, Any]] = body["events"]
-        record: dict[str, Any] = body["record"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        raw = (out / MANIFEST).read_bytes()[:MAX_BUNDLE_FILE]
+        manifest = json.loads(raw)
+        listed = manifest["files"]
+        body = json.loads((out / "person.json").read_bytes()[:MAX_BUNDLE_FILE])
+        events = body["events"]
+        record = body["record"]
+        if manifest.get("kind") != PROOF_KIND or not isinstance(listed, dict) or not isinstance(record, dict) \
+                or not isinstance(events, list) or not all(isinstance(e, dict) for e in events) \
+                or not all(isinstance(v, dict) for v in listed.values()):
+            raise TypeError("not the shape of a proof of notice")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         return [f"{out}: not a proof of notice notify wrote ({type(e).__name__}: {e})"], ""
     problems += check_files(out, listed, "the proof", "it was written")[0]
+    signature, signer = check_signature(out, raw, manifest, key, problems)
+    trail = Trail()
     for ev in events:
         if event_hash(ev) != ev.get("hash"):
             problems.append(f"event {ev.get('seq')} ({ev.get('kind')}): its content does not match its hash")
+        trail.add(ev)
+    keys = {ev.get("recipient") for ev in events}
+    if keys - {str(record.get("email", "")).lower()}:
+        problems.append(f"the events are about {', '.join(sorted(map(str, keys)))}, not {record.get('email')}")
+    if record.get("state") != trail.state and not (record.get("state") == "inflight" and trail.state in ("pending", "deferred")):
+        problems.append(f"the record says {record.get('state')}, its {len(events)} event(s) say {trail.state}")
+    if record.get("attempts") != trail.attempts:
+        problems.append(f"the record says {record.get('attempts')} attempt(s), its events {trail.attempts}")
+    if (record.get("content_sha256") or None) != trail.sha:
+        problems.append("the record's content SHA-256 is not the one its sent event recorded")
     message = out / "message.eml"
     if message.is_file() and hashlib.sha256(message.read_bytes()).hexdigest() != record.get("content_sha256"):
         problems.append(f"{message}: its SHA-256 is not the content_sha256 the sent event recorded")
@@ -83,7 +104,10 @@ def verify_bundle(out: Path) -> tuple[list[str], str]:
             f"event(s), each with the content the audit chain hashed"
             + (", and the message whose SHA-256 the sent event recorded" if message.is_file() else "")
             + f". To tie them to the campaign's chain, find their hashes in an export's events.jsonl, or the head "
-            f"{manifest.get('chain', {}).get('head')} in a checkpoint kept elsewhere.")
+            f"{manifest.get('chain', {}).get('head') if isinstance(manifest.get('chain'), dict) else None} in a checkpoint "
+            "kept elsewhere." + {"valid": f" Signed by the private key of {key}.",
+                                 "self": f" Signed by the key the manifest names (SHA-256 {signer}); check it with --key.",
+                                 "unchecked": " Signed; give --key to check the signature."}.get(signature, " Not signed."))
     return problems, said
 
 

@@ -80,3 +80,40 @@ def test_an_export_written_again_unsigned_loses_its_old_signature(make_campaign:
     assert not (out / "manifest.sig").exists()
     code, text, _ = run("audit", "verify", out)
     assert code == 0 and "Not signed" in text
+
+
+def test_a_proof_of_notice_is_checked_as_strictly_as_an_export(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # #34: `audit verify DIR --key PUB` exited 0 for a hand-made proof bundle (a person.json saying delivered, with no
+    # events); the key was ignored there.
+    from notify.audit import seal
+
+    key = tmp_path / "audit.key"
+    assert run("audit", "keygen", "--out", key)[0] == 0
+    d = make_campaign(PEOPLE, templates=simple_templates())
+    assert run("send", d, "--no-progress")[0] == 0
+    proof = tmp_path / "proof"
+    code, _, err = run("lookup", d, "p1@example.org", "--out", proof, "--sign-key", key)
+    assert code == 0, err
+    code, text, err = run("audit", "verify", proof, "--key", f"{key}.pub")
+    assert code == 0 and "Signed by the private key of" in text, err
+    # Hand-made: delivered, no events, sealed with a manifest of its own (no signature).
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    person = {"campaign": "test-2022-08", "content": "", "events": [],
+              "record": {"row": 2, "email": "p1@example.org", "state": "delivered", "attempts": 1, "content_sha256": "ab" * 32}}
+    (fake / "person.json").write_text(json.dumps(person))
+    seal(fake, {"kind": "proof-of-notice", "campaign": "test-2022-08", "files": {"person.json": file_entry(fake / "person.json")},
+                "chain": {"events": 0, "head": "0" * 64}})
+    code, _, err = run("audit", "verify", fake)
+    assert code == 1 and "the record says delivered, its 0 event(s) say pending" in err, err
+    code, _, err = run("audit", "verify", fake, "--key", f"{key}.pub")
+    assert code == 1 and "not signed (no manifest.sig), so --key" in err, err
+    # The real proof, its record edited and resealed: its signature and its events both say no.
+    real = json.loads((proof / "person.json").read_text())
+    real["record"]["state"] = "failed"
+    (proof / "person.json").write_text(json.dumps(real))
+    manifest = json.loads((proof / "manifest.json").read_text())
+    manifest["files"]["person.json"] = file_entry(proof / "person.json")
+    (proof / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run("audit", "verify", proof)
+    assert code == 1 and "manifest.sig: the signature does not match" in err and "the record says failed" in err, err
