@@ -84,10 +84,12 @@ def check_pack(campaign: Campaign, pack: Path, parts: dict[str, str]) -> str:
         raise NotApproved(f"{pack}: not a review pack written by `notify preview` ({e})", hint=hint) from None
     if not isinstance(manifest, dict) or manifest.get("campaign") != campaign.id or not isinstance(manifest.get("content"), dict):
         raise NotApproved(f"{pack}/manifest.json: not a review pack of campaign {campaign.id}", hint=hint)
+    expected = {"manifest.json", "index.html"}
     for v in manifest.get("versions") or []:
         slug = str(v.get("version", "")).replace("/", ".")
         for kind, want in (v.get("sha256") or {}).items():
             path = pack / f"{slug}.{kind}"
+            expected.add(path.name)
             try:
                 got = _sha(path.read_bytes())
             except OSError:
@@ -95,6 +97,16 @@ def check_pack(campaign: Campaign, pack: Path, parts: dict[str, str]) -> str:
             if got != want:
                 raise NotApproved(f"{path}: {'missing from' if got is None else 'changed in'} the review pack since "
                                   "`notify preview` wrote it", hint=hint)
+    index = pack / "index.html"
+    try:
+        page = _sha(_without_banner(index.read_text(encoding="utf-8")).encode())
+    except (OSError, UnicodeError):
+        page = None
+    if manifest.get("index_sha256") is None or page != manifest.get("index_sha256"):
+        raise NotApproved(f"{index}: {'missing from' if page is None else 'changed in'} the review pack since `notify "
+                          "preview` wrote it (or the pack is older than the check of its page)", hint=hint)
+    for extra in sorted(p.name for p in pack.iterdir() if p.name not in expected):
+        raise NotApproved(f"{pack / extra}: not part of the review pack `notify preview` wrote", hint=hint)
     reviewed: dict[str, str] = manifest["content"]
     changed = sorted(k for k in parts if reviewed.get(k) != parts[k]) + sorted(k for k in reviewed if k not in parts)
     if changed:
@@ -195,14 +207,24 @@ def preview(campaign: Campaign, store: Store, templates: Templates, out: Path) -
                       "recipients": v.recipients, "sample": v.sample, "subject": v.subject,
                       "falls_back_here": dict(v.fallbacks), "sha256": v.files} for v in versions],
     }
-    files.write_private(out / "manifest.json", (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
     approval = store.last_event_of(("approved",))
     banner = _pending_banner(campaign)
     if approval and approval["detail"].get("parts") == manifest["content"]:
         banner = _approved_banner(str(approval["detail"].get("by")), approval["ts"][:19] + "Z",
                                   str(approval["detail"].get("content_sha256")))
-    files.write_private(out / "index.html", _index(campaign, versions, banner).encode())
+    index = _index(campaign, versions, banner)
+    # The page legal reads is part of what they approve: its hash, less the approval banner (which approve
+    # writes into it), is sealed with the rest.
+    manifest["index_sha256"] = _sha(_without_banner(index).encode())
+    files.write_private(out / "manifest.json", (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
+    files.write_private(out / "index.html", index.encode())
     return versions
+
+
+def _without_banner(text: str) -> str:
+    """index.html less what lies between its approval marks: the part of the page the approval covers."""
+    start, end = text.find(APPROVAL_MARK[0]), text.find(APPROVAL_MARK[1])
+    return text[:start] + text[end:] if start >= 0 and end > start else text
 
 
 def _index(campaign: Campaign, versions: list[Version], banner: str) -> str:

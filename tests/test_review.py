@@ -140,7 +140,18 @@ def test_approval_is_bound_to_the_pack_legal_reviewed(make_campaign: MakeCampaig
     (pack / "en.txt").write_text("edited after preview")
     code, _, err = run("approve", d, "--by", "J. Counsel", "--pack", pack)
     assert code != 0 and f"{pack / 'en.txt'}: changed in the review pack" in err, err
+    # #34: the page legal actually reads was not covered: an edited index.html was stamped "exactly the content
+    # of this pack". Every file of the pack is, and nothing may be added to it.
     assert run("preview", d, "--out", pack)[0] == 0
+    index = pack / "index.html"
+    index.write_text(index.read_text().replace("Notice of Data Breach", "A routine update from us"))
+    code, _, err = run("approve", d, "--by", "J. Counsel", "--pack", pack)
+    assert code != 0 and f"{index}: changed in the review pack" in err, err
+    assert run("preview", d, "--out", pack)[0] == 0
+    (pack / "extra.html").write_text("<p>legal never saw this</p>")
+    code, _, err = run("approve", d, "--by", "J. Counsel", "--pack", pack)
+    assert code != 0 and f"{pack / 'extra.html'}: not part of the review pack" in err, err
+    (pack / "extra.html").unlink()
     code, out, err = run("approve", d, "--by", "J. Counsel", "--pack", pack)
     assert code == 0 and f"Bound to the review pack {pack}" in out, err
     index = (pack / "index.html").read_text()
