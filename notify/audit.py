@@ -10,7 +10,7 @@ import os
 import re
 import tomllib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -44,7 +44,7 @@ def verify_chain(events: Iterable[dict[str, Any]]) -> Verdict:
     verdict's head is the single chain's head, or with several a SHA-256 over every chain's count and head."""
     chains: dict[int, tuple[int, str]] = {}
     opened: dict[int, int] = {}  # session chain -> the manifest event that opened it
-    ended: dict[int, tuple[int, str, int]] = {}  # session chain -> (events, head, manifest event) it ended with
+    ended: dict[int, tuple[Any, Any, int]] = {}  # session chain -> (events, head, manifest event) it ended with
     total = 0
     for ev in events:
         chain = ev.get("chain", 0)
@@ -64,14 +64,19 @@ def verify_chain(events: Iterable[dict[str, Any]]) -> Verdict:
         chains[chain] = (n, ev["hash"])
         total += 1
         if chain == 0 and ev.get("kind") in SESSION_EVENTS:
-            detail = json.loads(ev.get("detail") or "{}")
+            try:
+                detail = json.loads(ev.get("detail") or "{}")
+            except (TypeError, ValueError, RecursionError):
+                detail = None
+            if not isinstance(detail, dict):
+                return Verdict(False, total, head_of(chains), n, "a session event whose detail is not an object")
             sid = detail.get("chain")
             if isinstance(sid, int):
                 if ev["kind"] == "session_opened":
                     opened[sid] = n
                 else:
                     ended[sid] = (detail.get("events"), detail.get("head"), n)
-    head = chains.get(0, (0, GENESIS))[1]
+    head = head_of(chains)
     if removed := sorted(set(opened) - set(chains)):
         sid = removed[0]
         return Verdict(False, total, head, opened[sid],
@@ -87,6 +92,10 @@ def verify_chain(events: Iterable[dict[str, Any]]) -> Verdict:
         heads = "|".join(f"{c}:{n}:{h}" for c, (n, h) in sorted(chains.items()))
         return Verdict(True, total, hashlib.sha256(heads.encode()).hexdigest())
     return Verdict(True, total, head)
+
+
+def head_of(chains: dict[int, tuple[int, str]]) -> str:
+    return chains.get(0, (0, GENESIS))[1]
 
 
 # --- an anchor outside the state file (Store.checkpoint writes it) ---
@@ -211,10 +220,11 @@ def check_files(out: Path, listed: dict[str, dict[str, Any]], what: str, since: 
     matched = 0
     for name, want in sorted(listed.items()):
         f = out / name
-        if "/" in name or not f.is_file():
+        if "/" in name or not f.is_file() or f.is_symlink():
             problems.append(f"{f}: missing (the manifest lists it)")
             continue
-        got = file_entry(f)
+        size = f.stat().st_size
+        got: dict[str, Any] = file_entry(f) if size == want.get("size") else {"size": size, "sha256": "(not read: its size differs)"}
         if got != want:
             problems.append(f"{f}: changed since {since} ({want.get('size')} bytes with SHA-256 "
                             f"{str(want.get('sha256'))[:16]}..., now {got['size']} bytes with {got['sha256'][:16]}...)")
@@ -265,30 +275,56 @@ class ExportCheck:
     signer: str | None = None  # the SHA-256 of the public key the manifest names as its signer
 
 
+def read_manifest(path: Path) -> tuple[bytes, dict[str, Any]]:
+    """A manifest's bytes and its value, shape checked (files: name -> {size, sha256}; chain: {events, head});
+    InputError naming what is wrong. Read to MAX_MANIFEST bytes at most: a longer one is not notify's."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_MANIFEST + 1)
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing, so the files cannot be checked (an export writes one; run "
+                         "`notify audit export` again)") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot be read ({e.strerror})") from None
+    if len(raw) > MAX_MANIFEST:
+        raise InputError(f"{path}: longer than any manifest notify writes ({MAX_MANIFEST:,} bytes)")
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise InputError(f"{path}: not a manifest notify wrote (not JSON: {str(e)[:80]})") from None
+    files_ = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files_, dict) or not files_ or not isinstance(manifest.get("chain"), dict):
+        raise InputError(f"{path}: not a manifest notify wrote ('files' must name each file, 'chain' its events and head)")
+    for name, entry in files_.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("size"), int) or not isinstance(entry.get("sha256"), str):
+            raise InputError(f"{path}: the entry for {str(name)[:80]!r} is not {{size, sha256}}")
+    return raw, manifest
+
+
 def verify_export(out: Path, key: Path | None = None) -> ExportCheck:
     """Checks an export directory against its manifest: every file present, unchanged, nothing added,
-    and the chain in events.jsonl as long as the manifest says, ending at the same head."""
+    and the chain in events.jsonl as long as the manifest says, ending at the same head. Whatever the
+    directory holds, in bounded memory: the manifest is read first, and events.jsonl only when its size
+    is the one sealed, a line at a time."""
     problems: list[str] = []
-    chain, line = verify_file(out / "events.jsonl") if (out / "events.jsonl").is_file() else (Verdict(False, 0, ""), None)
-    if not (out / "events.jsonl").is_file():
-        problems.append(f"{out / 'events.jsonl'}: missing")
-    elif not chain.ok:
-        problems.append(f"line {line} of {out / 'events.jsonl'}: the chain is broken: {chain.reason}")
-    path = out / MANIFEST
     try:
-        raw = path.read_bytes()
-        manifest = json.loads(raw)
-        listed: dict[str, dict[str, Any]] = manifest["files"]
-        sealed_chain: dict[str, Any] = manifest["chain"]
-    except FileNotFoundError:
-        problems.append(f"{path}: missing, so the files cannot be checked (an export writes one; run "
-                        "`notify audit export` again)")
-        return ExportCheck(problems, chain, 0, None)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        problems.append(f"{path}: not a manifest notify wrote ({type(e).__name__}: {e})")
-        return ExportCheck(problems, chain, 0, None)
+        raw, manifest = read_manifest(out / MANIFEST)
+    except InputError as e:
+        return ExportCheck([e.message], Verdict(False, 0, ""), 0, None)
+    listed: dict[str, dict[str, Any]] = manifest["files"]
+    sealed_chain: dict[str, Any] = manifest["chain"]
     found, matched = check_files(out, listed, "the export", "the export")
     problems += found
+    events = out / "events.jsonl"
+    chain, line = Verdict(False, 0, ""), None
+    if not events.is_file():
+        problems.append(f"{events}: missing")
+    elif events.stat().st_size != listed.get("events.jsonl", {}).get("size"):
+        pass  # named above: changed since the export (its size differs), and not read
+    else:
+        chain, line = verify_file(events)
+        if not chain.ok:
+            problems.append(f"line {line} of {events}: the chain is broken: {chain.reason}")
     if chain.ok and (chain.events, chain.head) != (sealed_chain.get("events"), sealed_chain.get("head")):
         problems.append(f"{out / 'events.jsonl'}: {chain.events} events ending at {chain.head[:16]}..., but the manifest "
                         f"records {sealed_chain.get('events')} ending at {str(sealed_chain.get('head'))[:16]}... "
@@ -322,16 +358,35 @@ def check_signature(out: Path, raw: bytes, manifest: Any, key: Path | None, prob
     return signature, signing.fingerprint(pem) if pem else None
 
 
+MAX_MANIFEST = 16 * 1024 * 1024
+MAX_EVENT_LINE = 1024 * 1024  # an event notify writes is a few KB: a longer line is not one of ours
+
+
 def verify_file(path: Path) -> tuple[Verdict, int | None]:
-    """Verifies an exported events.jsonl from the file alone; returns the verdict and the first bad line."""
-    events = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                return Verdict(False, n - 1, "", n, f"line {n} is not JSON"), n
-    verdict = verify_chain(events)
+    """Verifies an exported events.jsonl from the file alone, a line at a time (memory does not grow with
+    it); returns the verdict and the first bad line. A line that is not a JSON object in UTF-8 ends it."""
+    bad: list[tuple[int, str]] = []
+
+    def lines() -> Iterator[dict[str, Any]]:
+        with path.open("rb") as fh:
+            for n, raw in enumerate(iter(lambda: fh.readline(MAX_EVENT_LINE + 1), b""), 1):
+                if len(raw) > MAX_EVENT_LINE:
+                    bad.append((n, f"longer than any event notify writes ({MAX_EVENT_LINE:,} bytes)"))
+                    return
+                try:
+                    value = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, ValueError, RecursionError):
+                    bad.append((n, "not JSON in UTF-8"))
+                    return
+                if not isinstance(value, dict):
+                    bad.append((n, f"a JSON {type(value).__name__}, not an event"))
+                    return
+                yield value
+
+    verdict = verify_chain(lines())
+    if bad and verdict.ok:
+        n, why = bad[0]
+        return Verdict(False, n - 1, verdict.head, n, f"line {n} is {why}"), n
     return verdict, (verdict.first_bad if not verdict.ok else None)
 
 

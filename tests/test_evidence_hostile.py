@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from notify.audit import file_entry
 
@@ -117,3 +120,72 @@ def test_a_proof_of_notice_is_checked_as_strictly_as_an_export(make_campaign: Ma
     (proof / "manifest.json").write_text(json.dumps(manifest))
     code, _, err = run("audit", "verify", proof)
     assert code == 1 and "manifest.sig: the signature does not match" in err and "the record says failed" in err, err
+
+
+def _reseal(out: Path) -> None:
+    """The manifest made to match the files again, as a forger without the key would."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name in manifest["files"]:
+        manifest["files"][name] = file_entry(out / name)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_malformed_export_is_refused_clearly(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # #34: '"files": []', a non-object entry, non-object or non-UTF-8 lines in events.jsonl exited 70 (internal error).
+    import shutil
+
+    _, good = exported(make_campaign, tmp_path)
+    manifest = json.loads((good / "manifest.json").read_text())
+    cases: dict[str, Any] = {}
+
+    def case(name: str) -> Path:
+        out = tmp_path / name
+        shutil.copytree(good, out)
+        cases[name] = out
+        return out
+
+    (case("files-list") / "manifest.json").write_text(json.dumps({**manifest, "files": []}))
+    (case("entry-not-object") / "manifest.json").write_text(json.dumps({**manifest, "files": {"events.jsonl": 5}}))
+    (case("manifest-not-json") / "manifest.json").write_bytes(b"\xff\xfe{")
+    out = case("line-not-object")
+    (out / "events.jsonl").write_text("[1, 2]\n" + (out / "events.jsonl").read_text())
+    _reseal(out)
+    out = case("line-not-utf8")
+    (out / "events.jsonl").write_bytes(b"\xff\xfe\xfd\n" + (out / "events.jsonl").read_bytes())
+    _reseal(out)
+    out = case("state-wrong-types")
+    (out / "state.jsonl").write_text((out / "state.jsonl").read_text().replace('"attempts": 1', '"attempts": {"a": 1}', 1))
+    _reseal(out)
+    for name, out in cases.items():
+        for cmd in (["audit", "verify", out], ["lookup", out, "p1@example.org"]):
+            code, _, err = run(*cmd)
+            if name == "state-wrong-types" and cmd[0] == "audit":
+                continue  # its chain and manifest agree; what it holds is refused where it is read (lookup)
+            assert code == 1, (name, cmd, code, err)
+            assert "Traceback" not in err and "internal error" not in err, (name, err)
+
+
+@pytest.mark.slow
+def test_a_huge_events_file_is_not_read_before_its_size_is_checked(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # #34: a 3 GB events.jsonl was read (into memory) before its size was compared with the manifest's.
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    _, out = exported(make_campaign, tmp_path)
+    with (out / "events.jsonl").open("r+b") as fh:
+        fh.seek(3 << 30, os.SEEK_END)  # sparse: three gigabytes of NULs on one line
+        fh.write(b"\n")
+    assert (out / "events.jsonl").stat().st_size > 3 << 30
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (700 << 20, 700 << 20))
+
+    for args in ([], ["--reseal"]):
+        if args:
+            _reseal(out)  # the manifest agrees with it now: the line itself is refused, a line at a time
+        p = subprocess.run([sys.executable, "-m", "notify", "audit", "verify", str(out)], capture_output=True, text=True,
+                           preexec_fn=cap, timeout=300)
+        assert p.returncode == 1, p.stderr
+        assert "events.jsonl" in p.stderr and "Traceback" not in p.stderr, p.stderr

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .. import campaign as campaign_mod
 from .. import files
-from ..errors import InputError
+from ..errors import InputError, StoreError
 from .base import RECIPIENT_COLUMNS, Store
 from .records import utcnow
 from .sqlite import SqliteStore
@@ -59,12 +60,12 @@ class ExportStore(SqliteStore):
 
 
 def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as fh:
+    with path.open("rb") as fh:
         for n, line in enumerate(fh, 1):
             try:
-                value = json.loads(line)
-            except ValueError as e:
-                raise InputError(f"{path}:{n}: not a JSON line ({e})") from None
+                value = json.loads(line.decode("utf-8"))
+            except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+                raise InputError(f"{path}:{n}: not a JSON line in UTF-8 ({str(e)[:80]})") from None
             if not isinstance(value, dict):
                 raise InputError(f"{path}:{n}: expected an object, got {type(value).__name__}")
             yield n, value
@@ -109,6 +110,16 @@ def open_export(out: Path, work: Path, head: tuple[int, str]) -> tuple[campaign_
     chains = any("chain" in ev for _, ev in events)
     files.private_dir(camp / ".notify")
     store = ExportStore(camp / ".notify" / "campaign.sqlite", head, chains)
+    try:
+        _load(store, out, events)
+    except (sqlite3.Error, StoreError, TypeError, OverflowError) as e:  # values of the wrong type in a sealed file
+        store.close()
+        raise InputError(f"{out}: state.jsonl or events.jsonl holds values no export of notify's holds ({e})",
+                         hint="export the campaign again with `notify audit export`") from None
+    return campaign, store
+
+
+def _load(store: ExportStore, out: Path, events: list[tuple[int, dict[str, Any]]]) -> None:
     columns = [c.strip() for c in RECIPIENT_COLUMNS.split(",")]
     with store.transaction(chain=False) as db:
         db.execute("DROP TABLE events")
@@ -125,4 +136,3 @@ def open_export(out: Path, work: Path, head: tuple[int, str]) -> tuple[campaign_
         db.executemany(f"INSERT INTO recipients ({RECIPIENT_COLUMNS}) VALUES ({','.join('?' * len(columns))})", rows)
         db.executemany(f"INSERT INTO events ({', '.join(EVENT_KEYS)}) VALUES ({','.join('?' * len(EVENT_KEYS))})",
                        [tuple(ev.get(k, 0 if k == "chain" else None) for k in EVENT_KEYS) for _, ev in events])
-    return campaign, store
