@@ -10,7 +10,7 @@ import gc
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
-from . import providers, review, sqs
+from . import files, providers, review, sqs
 from .campaign import Campaign, OutboxConfig, SesConfig
 from .errors import ConfigError, StoreError, TemplateError
 from .loop import SendLoop, SendOptions
@@ -89,6 +89,7 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
         result = dry_run(campaign, pre, options)
         result.notes[:0] = [f"Content lint warning: {w}" for w in pre.warnings]
         return result
+    files.refuse_link(campaign.checkpoints_file)  # the ledger appends the chain's head there while sending
     names = [options.provider] if options.provider and options.provider in campaign.providers else campaign.send.providers
     if review.requires_approval(campaign, names) and pre.templates is not None:
         review.check_approval(campaign, store, pre.templates)
@@ -129,6 +130,7 @@ def workers_may_join(campaign: Campaign, store: Store, options: SendOptions) -> 
 def dry_run(campaign: Campaign, pre: Preflight, options: SendOptions) -> RunResult:
     """Renders every unsent recipient into <campaign>/dry-run/; changes no recipient state."""
     assert pre.templates is not None
+    files.private_dir(campaign.dir / "dry-run")  # a link there is refused, naming it, before anything is rendered
     out = providers.build(OutboxConfig(name="dry-run", path=campaign.dir / "dry-run", fsync=False))
     result = RunResult()
 

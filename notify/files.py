@@ -17,17 +17,28 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .errors import EXIT_INPUT, NotifyError
+
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
-class LinkRefused(OSError):
-    """A path notify writes is a symbolic link; the message says which."""
+class LinkRefused(OSError, NotifyError):
+    """A path notify writes is a symbolic link; the message says which. An OSError (ELOOP) where the code
+    handles file errors, and a NotifyError at the CLI's boundary: a clear refusal naming the path (exit 1),
+    never an internal error."""
+
+    exit_code = EXIT_INPUT
 
     def __init__(self, path: Path) -> None:
-        super().__init__(errno.ELOOP, f"{path} is a symbolic link; notify does not write through links "
-                                      "(remove it, or point the campaign at the real directory)")
-        self.strerror = str(self.args[1])
+        said = (f"{path} is a symbolic link; notify does not write through links "
+                "(remove it, or point the campaign at the real directory)")
+        OSError.__init__(self, errno.ELOOP, said)
+        self.strerror = self.message = said
+        self.hint = None
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def private_dir(path: Path, tighten: bool = True) -> None:

@@ -26,8 +26,9 @@ class OutboxProvider:
         self.path = config.path
         self.fsync = config.fsync
         self.ready = False
-        # A run killed mid-write leaves its temporary file; the message itself is resent.
-        if self.path.is_dir():
+        # A run killed mid-write leaves its temporary file; the message itself is resent. Never inside a link:
+        # the directory it points to is not ours to clean (prepare() refuses it).
+        if self.path.is_dir() and not self.path.is_symlink():
             for stale in self.path.glob(".*.tmp"):
                 stale.unlink(missing_ok=True)
 
@@ -49,11 +50,14 @@ class OutboxProvider:
             path = await asyncio.to_thread(self._write, message)
         except OSError as e:
             # A full or read-only disk refuses every message alike: stop rather than fail recipients.
-            kind = Kind.PROVIDER_DOWN if e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EFBIG) else Kind.TEMPORARY
+            down = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EFBIG, errno.ELOOP)  # ELOOP: a link refused
+            kind = Kind.PROVIDER_DOWN if e.errno in down else Kind.TEMPORARY
             return Outcome(kind, detail=f"{self.path}: {e.strerror}")
         return Outcome(Kind.ACCEPTED, detail=str(path.name), provider_message_id=message.message_id)
 
     async def prepare(self) -> Readiness:
+        if self.path.is_symlink():
+            return Readiness(down=str(files.LinkRefused(self.path)))
         return Readiness()
 
     async def aclose(self) -> None:

@@ -389,12 +389,16 @@ class Store(Imports):
     def checkpoint(self, path: Path, campaign_id: str) -> str:
         """Appends the chain's head (time, campaign, event count, hash) to `path`, a file outside the state
         directory (Campaign.checkpoints_file), and returns the line; audit.check_anchors checks it later."""
-        seq, head = self.head()
-        line = f"{utcnow()[:19]}Z {campaign_id} {self._checkpoint_count(seq)} {head}"
+        line = self.checkpoint_line(campaign_id)
         fd = files.open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         with os.fdopen(fd, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
         return line
+
+    def checkpoint_line(self, campaign_id: str) -> str:
+        """The chain's head as a checkpoint line: time, campaign, event count, hash."""
+        seq, head = self.head()
+        return f"{utcnow()[:19]}Z {campaign_id} {self._checkpoint_count(seq)} {head}"
 
     def _checkpoint_count(self, seq: int) -> str:
         """How a checkpoint line writes the chain's length (PostgreSQL: chain:count, for its worker's chain)."""
