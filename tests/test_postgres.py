@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -336,3 +337,37 @@ def test_status_from_another_terminal_sees_the_workers(make_campaign: MakeCampai
     assert run("send", d)[0] == 0
     out = subprocess.run([sys.executable, "-m", "notify", "status", str(d)], capture_output=True, text=True)
     assert out.returncode == 0 and "worker:" in out.stdout and "closed, sent 5" in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("form", ["query", "keyword"])
+def test_no_form_of_the_connection_string_shows_or_stores_the_password(make_campaign: MakeCampaign, pg_cluster: pg.Cluster,
+                                                                       monkeypatch: pytest.MonkeyPatch, form: str) -> None:
+    # #34: the password was printed (state init, status, send --worker errors, state migrate) and stored in the SQLite
+    # file's moved_to row when the URL carried it as ?password= or as a key=value string; only user:pw@host was masked.
+    db = dbname()
+    url = (f"postgresql://notify@/{db}?host={pg_cluster.socket}&password={pg.PASSWORD}" if form == "query" else
+           f"host={pg_cluster.socket} dbname={db} user=notify password={pg.PASSWORD}")
+    bad = url.replace(str(pg_cluster.socket), f"{pg_cluster.dir}/nowhere")
+    monkeypatch.delenv("NOTIFY_STATE_URL", raising=False)
+    d = make_campaign("email\n" + "".join(f"p{i}@example.com\n" for i in range(10)), template="t",
+                      templates=simple_templates())
+    assert run("send", d, "--limit", "4")[0] == 4
+    said = []
+    monkeypatch.setenv("NOTIFY_STATE_URL", url)
+    code, out, err = run("state", "migrate", d, "--to-env", "NOTIFY_STATE_URL")
+    assert code == 0, err
+    said.append(out + err)
+    moved = sqlite3.connect(d / ".notify" / "campaign.sqlite").execute("SELECT value FROM meta WHERE name='moved_to'").fetchone()
+    assert moved is not None and pg.PASSWORD.encode() not in moved[0] and b"***" in moved[0], moved
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text() + '\n[state]\nurl_env = "NOTIFY_STATE_URL"\n')
+    for cmd in (["state", "init", d], ["status", d], ["send", d, "--worker"]):
+        code, out, err = run(*cmd)
+        said.append(out + err)
+    monkeypatch.setenv("NOTIFY_STATE_URL", bad)
+    for cmd in (["status", d], ["send", d, "--worker"]):
+        code, out, err = run(*cmd)
+        assert code == 4 and "cannot reach PostgreSQL" in err, err
+        said.append(out + err)
+    assert all(pg.PASSWORD not in text for text in said), [t for t in said if pg.PASSWORD in t]
+    assert any("password=***" in text for text in said)

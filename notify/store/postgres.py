@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..errors import ConfigError, StoreError, register_secret
 from . import schema
@@ -134,13 +135,40 @@ class _Connection:
         return cur
 
 
+def passwords(url: str) -> list[str]:
+    """Every password a connection string carries, in every form libpq accepts: `user:pw@host` in a URL,
+    `?password=` in its query, `password=...` in key=value form (what libpq would use, and what is written)."""
+    found: list[str] = []
+    try:
+        effective = conninfo_to_dict(url).get("password")
+    except psycopg.ProgrammingError:
+        effective = None
+    if effective:
+        found.append(str(effective))
+    if "://" in url:
+        parts = urllib.parse.urlsplit(url)
+        if parts.password:
+            found += [parts.password, urllib.parse.unquote(parts.password)]
+        found += [v for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if k == "password" and v]
+        found += [v for k, v in re.findall(r"(?:^|&)(password)=([^&]*)", parts.query) if v]
+    return [p for p in dict.fromkeys(found) if p]
+
+
 def redacted(url: str) -> str:
-    """The URL without its password, for every message that names the database."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    """The connection string without any password, in the form it was written (a URL, or key=value), for
+    every message that names the database and for what is stored of it (the moved_to row)."""
+    if "://" in url:
+        parts = urllib.parse.urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+        query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "(a connection string libpq cannot read)"
+    return make_conninfo("", **{k: ("***" if k == "password" else v) for k, v in params.items()})
 
 
 def schema_name(campaign_id: str) -> str:
@@ -152,15 +180,15 @@ def schema_name(campaign_id: str) -> str:
 
 
 def _connect(url: str, what: str, stall_after: float = 30.0) -> psycopg.Connection[Any]:
-    password = urllib.parse.urlsplit(url).password
-    if password:
-        register_secret(urllib.parse.unquote(password))
+    secrets_ = passwords(url)
+    for secret in secrets_:
+        register_secret(secret)
     try:
         return connect(url, stall_after)
     except psycopg.OperationalError as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__  # libpq: the cause comes last
-        if password:
-            reason = reason.replace(password, "***")
+        for secret in secrets_:
+            reason = reason.replace(secret, "***")
         if "password authentication failed" in reason or "authentication failed" in reason or "role" in reason \
                 and "does not exist" in reason:
             raise ConfigError(f"{redacted(url)}: PostgreSQL refused the credentials: {reason}",
