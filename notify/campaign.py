@@ -291,12 +291,17 @@ def _name(where: str, key: str) -> str:
     return f"{where} {key}" if where else f"[{key}]"
 
 
-def _positive(v: Any) -> str | None:
-    return None if v > 0 else "must be greater than 0"
+def within(lo: float, hi: float, unit: str = "") -> Callable[[Any], str | None]:
+    """A number's sane range (README lists each): past it a value passes type checks and then hangs, overflows
+    or takes gigabytes (a rate of 1e-300, concurrency 1e9, deadline_days 1e9, render_timeout inf). NaN and
+    infinity are outside every range."""
+    def shown(x: float) -> str:
+        return f"{x:,.0f}" if float(x).is_integer() else f"{x:g}"
+    said = f"must be between {shown(lo)} and {shown(hi)}{' ' + unit if unit else ''}"
 
-
-def _non_negative(v: Any) -> str | None:
-    return None if v >= 0 else "must be 0 or more"
+    def check(v: Any) -> str | None:
+        return None if lo <= v <= hi else f"{v!r} is out of range: {said}"
+    return check
 
 
 def tzinfo(name: str) -> dt.tzinfo:
@@ -358,7 +363,7 @@ CAMPAIGN_KEYS = {
     "reply_to": Key("str", False, _address),
     "require_approval": Key("bool"),
     "discovered": Key("date"),
-    "deadline_days": Key("int", False, _positive),
+    "deadline_days": Key("int", False, within(1, 3650, "days")),
     "deadline": Key("date"),
     "timezone": Key("str", False, lambda v: _timezone(v)),
 }
@@ -377,25 +382,25 @@ REVIEW_KEYS = {
 }
 SEND_KEYS = {
     "providers": Key("strlist", True, lambda v: None if v else "must name at least one provider"),
-    "concurrency": Key("int", False, _positive),
-    "rate": Key("number", False, _positive),
-    "batch_size": Key("int", False, _positive),
-    "batch_pause": Key("number", False, _non_negative),
+    "concurrency": Key("int", False, within(1, 1000)),
+    "rate": Key("number", False, within(0.001, 1_000_000, "messages a second")),
+    "batch_size": Key("int", False, within(1, 100_000_000)),
+    "batch_pause": Key("number", False, within(0, 86400, "seconds")),
     "domains": Key("table"),
     "retry": Key("table"),
     "max_bounce_rate": Key("number", False, lambda v: None if 0 < v <= 1 else "must be a fraction between 0 and 1"),
     "max_complaint_rate": Key("number", False, lambda v: None if 0 < v <= 1 else "must be a fraction between 0 and 1"),
-    "reputation_window": Key("int", False, _positive),
-    "render_processes": Key("int", False, _non_negative),
-    "render_timeout": Key("number", False, _positive),
-    "render_max_bytes": Key("int", False, _positive),
+    "reputation_window": Key("int", False, within(10, 10_000_000)),
+    "render_processes": Key("int", False, within(0, 64)),
+    "render_timeout": Key("number", False, within(0.1, 300, "seconds")),
+    "render_max_bytes": Key("int", False, within(1000, 100_000_000)),
     "adaptive": Key("bool"),
 }
 RETRY_KEYS = {
-    "base": Key("number", False, _positive),
-    "max_interval": Key("number", False, _positive),
-    "max_attempts": Key("int", False, _positive),
-    "max_age_hours": Key("number", False, _positive),
+    "base": Key("number", False, within(0.01, 86400, "seconds")),
+    "max_interval": Key("number", False, within(0.01, 604800, "seconds")),
+    "max_attempts": Key("int", False, within(1, 1000)),
+    "max_age_hours": Key("number", False, within(0.01, 8760, "hours")),
 }
 PROVIDER_KEYS: dict[str, dict[str, Key]] = {
     "outbox": {"type": Key("str", True), "path": Key("str"), "fsync": Key("bool")},
@@ -406,10 +411,10 @@ PROVIDER_KEYS: dict[str, dict[str, Key]] = {
         "tls": Key("str", False, _tls),
         "username_env": Key("str", False, _env_name),
         "password_env": Key("str", False, _env_name),
-        "timeout": Key("number", False, _positive),
+        "timeout": Key("number", False, within(0.1, 3600, "seconds")),
         "return_path": Key("str", False, _return_path),
         "allow_insecure": Key("bool"),
-        "messages_per_connection": Key("int", False, _positive),
+        "messages_per_connection": Key("int", False, within(1, 1_000_000)),
         "dkim_key_file": Key("str"),
         "dkim_selector": Key("str"),
         "dkim_domain": Key("str"),
@@ -421,7 +426,7 @@ PROVIDER_KEYS: dict[str, dict[str, Key]] = {
         "region": Key("str"),
         "configuration_set": Key("str"),
         "endpoint_url": Key("str"),
-        "threads": Key("int", False, _positive),
+        "threads": Key("int", False, within(1, 256)),
         "events_queue": Key("str"),
     },
 }
@@ -430,7 +435,7 @@ AUDIT_KEYS = {
 }
 STATE_KEYS = {
     "url_env": Key("str", False, _env_name),
-    "stall_after": Key("number", False, _positive),
+    "stall_after": Key("number", False, within(1, 86400, "seconds")),
 }
 TOP_KEYS = {
     "campaign": Key("table", True),
@@ -476,10 +481,11 @@ def _build(file: Path, data: dict[str, Any], recipients_file: bool = True) -> Ca
     retry = c.table("[send.retry]", send.get("retry", {}), RETRY_KEYS)
     domains: dict[str, float] = {}
     for dom, cap in send.get("domains", {}).items():
-        if _type_ok("number", cap) and cap > 0:
+        if _type_ok("number", cap) and 0.01 <= cap <= 1_000_000:
             domains[dom.lower()] = float(cap)
         else:
-            c.problem(f"[send.domains] {dom}", f"expected messages per minute (a number > 0), got {_describe(cap)}")
+            c.problem(f"[send.domains] {dom}", f"expected messages per minute (a number between 0.01 and 1000000), "
+                                               f"got {_describe(cap)}")
 
     providers: dict[str, ProviderConfig] = {}
     for name, table in top.get("providers", {}).items():

@@ -69,7 +69,7 @@ def test_provider_named_but_not_defined(make_campaign: MakeCampaign) -> None:
 def test_all_problems_reported_at_once(make_campaign: MakeCampaign) -> None:
     d = make_campaign(send_extra="rate = 0\nbatchsize = 5\n", providers_extra='\n[providers.x]\ntype = "pigeon"\n')
     got = problems(d)
-    assert "campaign.toml: [send] rate: must be greater than 0" in got
+    assert "campaign.toml: [send] rate: 0 is out of range: must be between 0.001 and 1,000,000 messages a second" in got
     assert any(p.startswith("campaign.toml: [send] batchsize: unknown key") for p in got)
     assert "campaign.toml: [providers.x] type: 'pigeon': must be one of \"outbox\", \"smtp\", \"ses\"" in got
     assert len(got) == 3
@@ -101,3 +101,44 @@ def test_missing_recipients_file(make_campaign: MakeCampaign) -> None:
     d = make_campaign()
     (d / "recipients.csv").unlink()
     assert problems(d) == [f"campaign.toml: [campaign] recipients: {d / 'recipients.csv'}: file not found"]
+
+
+@pytest.mark.parametrize(("table", "key", "value"), [
+    ("campaign", "deadline_days", "1000000000"),      # OverflowError (exit 70)
+    ("send", "concurrency", "1000000000"),            # 20 GB of workers
+    ("send", "rate", "1e-300"),                       # a wait no signal ended
+    ("send", "render_timeout", "inf"),                # the watchdog off
+    ("send", "render_timeout", "nan"),
+    ("send.retry", "max_attempts", "0"),
+    ("send.domains", '"example.com"', "1e-300"),      # a domain cap that hangs
+])
+def test_every_number_has_a_sane_range(tmp_path: Path, table: str, key: str, value: str) -> None:
+    # #34: values that passed validation and then crashed or hung: each is now a config error naming the key.
+    from notify.campaign import load
+    from notify.errors import ConfigError
+
+    d = tmp_path / "c"
+    d.mkdir()
+    (d / "recipients.csv").write_text("email\na@example.com\n")
+    text = MINIMAL.replace(f"[{table}]\n", f"[{table}]\n{key} = {value}\n") if f"[{table}]\n" in MINIMAL else \
+        MINIMAL + f"\n[{table}]\n{key} = {value}\n"
+    (d / "campaign.toml").write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load(d)
+    said = "\n".join(e.value.problems)
+    assert key.strip('"') in said and ("out of range" in said or "between" in said), said
+
+
+MINIMAL = """\
+[campaign]
+id = "c"
+template = "breach-notice"
+recipients = "recipients.csv"
+from = "Security <security@example.com>"
+
+[send]
+providers = ["outbox"]
+
+[providers.outbox]
+type = "outbox"
+"""
