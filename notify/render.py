@@ -314,8 +314,9 @@ class Templates:
         for version in self.versions:
             try:
                 self._load(version)
+                self._trees(version)  # everything it includes, imports or extends exists
             except TemplateError as e:
-                problems.append(str(e))
+                problems.append(str(e) + (f" ({e.hint})" if e.hint else ""))
         return problems
 
     def recipient_fields(self) -> set[str]:
@@ -394,6 +395,9 @@ class Templates:
                                      "(recipient.*)") from None
         except SecurityError as e:
             raise TemplateError(f"{_where(e, self.roots)}: refused by the sandbox: {e}") from None
+        except jinja2.TemplateNotFound as e:  # a name computed at render time (a constant one is checked up front)
+            raise TemplateError(f"{_where(e, self.roots)}: includes {e.name!r}, which is not a file of the template "
+                                f"(looked in {', '.join(map(str, self.roots))})") from None
         except Exception as e:  # a template can raise anything its expressions do
             raise TemplateError(f"{_where(e, self.roots)}: {type(e).__name__}: {e}") from None
 
@@ -411,13 +415,24 @@ class Templates:
 
     def _trees(self, version: str) -> list[tuple[str, nodes.Template]]:
         """The parsed templates a version loads: its three parts and all they extend, include or import."""
-        todo, seen = [self._path(version, p) for p in PARTS], {}
+        todo: list[tuple[str, str | None]] = [(self._path(version, p), None) for p in PARTS]
+        seen: dict[str, nodes.Template] = {}
         while todo:
-            name = todo.pop()
+            name, by = todo.pop()
             if name in seen:
                 continue
-            seen[name], filename = self._parsed(name)
-            todo += plan.referenced(seen[name], filename)
+            try:
+                seen[name], filename = self._parsed(name)
+            except jinja2.TemplateNotFound:
+                if by is None:
+                    raise TemplateError(f"template {name!r} not found (looked in {', '.join(map(str, self.roots))})") from None
+                raise TemplateError(
+                    f"{by}: includes {name!r}, which is not a file of the template (looked for it in "
+                    f"{' and '.join(str(r / name) for r in self.roots)})",
+                    hint="a name in {% include %}, {% import %} or {% extends %} is a path from the template's root, not "
+                         f"from the including file: a footer shared by every locale is {self.roots[0] / 'footer.txt'}, "
+                         'included as {% include "footer.txt" %}') from None
+            todo += [(ref, filename) for ref in plan.referenced(seen[name], filename)]
         return list(seen.items())
 
     def undefined_variables(self, version: str) -> list[str]:

@@ -144,3 +144,22 @@ def test_missing_locale_file_is_reported(make_campaign: MakeCampaign) -> None:
     d = make_campaign(template="t", templates=tpl)
     with pytest.raises(TemplateError, match="en: missing body.html"):
         Templates(campaign.load(d), shipped=Path("/nonexistent"))
+
+
+def test_an_include_of_a_missing_file_is_a_check_problem_naming_both(make_campaign: MakeCampaign) -> None:
+    # #34: `{% include %}` of a file that does not exist made `notify check` exit 70 (internal error: TemplateNotFound).
+    from .conftest import run, simple_templates
+
+    templates = simple_templates(body="Hello {{ recipient.name }}\n{% include \"footer.txt\" %}")
+    d = make_campaign(template="t", templates=templates)
+    code, out, err = run("check", d)
+    assert code == 1, err
+    assert f"{d / 'templates' / 't' / 'en'}/body." in err and ": includes 'footer.txt', which is not a file of the template" in err, err
+    assert str(d / "templates" / "t" / "footer.txt") in err and "internal error" not in err
+    # Where the name is read from: the template's root, for every locale alike.
+    (d / "templates" / "t" / "footer.txt").write_text("-- Example Cloud Security")
+    code, out, err = run("check", d)
+    assert code == 0, err
+    assert run("send", d, "--no-progress")[0] == 0
+    (eml,) = (d / "outbox").glob("*.eml")
+    assert b"-- Example Cloud Security" in eml.read_bytes()
