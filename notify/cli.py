@@ -33,6 +33,7 @@ from .errors import (
 )
 from .preflight import preflight
 from .store import ImportResult, Store, open_store
+from .terminal import printable
 
 EXIT_CODES = """\
 Exit codes: 0 done | 1 bad input or config, nothing sent | 2 usage | 3 finished, some recipients
@@ -66,7 +67,7 @@ CampaignOrExport = typer.Argument(..., metavar="CAMPAIGN|EXPORT",
 
 
 def err(text: str) -> None:
-    typer.echo(text, err=True)
+    typer.echo(printable(text, lines=True), err=True)  # what it says may quote data (a row, a header)
 
 
 def boundary(fn: F) -> F:
@@ -232,9 +233,10 @@ def check(campaign: Path = CampaignArg,
 
 
 def _one_line(value: str) -> str:
-    """A field of tab-separated output: a folded bounce diagnostic's line breaks and tabs become spaces,
-    so one entry is one line (`suppress list | wc -l` counts addresses)."""
-    return " ".join(value.split()) if any(c in value for c in "\t\r\n") else value
+    """A field of tab-separated output, from data: a folded bounce diagnostic's line breaks and tabs become
+    spaces, so one entry is one line (`suppress list | wc -l` counts addresses), and what could drive the
+    terminal (an escape sequence in a column, a diagnostic, a reason) is shown as its escape."""
+    return printable(" ".join(value.split()) if any(c in value for c in "\t\r\n") else value)
 
 
 def _print_corrections(imp: ImportResult) -> None:

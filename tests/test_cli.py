@@ -61,7 +61,7 @@ def test_bad_config_exact_error(make_campaign: MakeCampaign) -> None:
     assert err == (
         f"Error: {d}/campaign.toml: 2 problems\n"
         f'  - {d}/campaign.toml: [send] concurency: unknown key (did you mean "concurrency"?)\n'
-        f"  - {d}/campaign.toml: [send] rate: must be greater than 0\n"
+        f"  - {d}/campaign.toml: [send] rate: -1 is out of range: must be between 0.001 and 1,000,000 messages a second\n"
         f"Hint: fix {d}/campaign.toml and run `notify check {d}` again\n"
     )
 

@@ -72,3 +72,23 @@ def test_hostile_input(tmp_path: Path, case: dict[str, Any]) -> None:
         assert rows == case["rejects"]
     if "sent" in case:
         assert sorted(sent(d)) == sorted(case["sent"])
+
+
+def test_nothing_printed_from_data_can_drive_the_terminal(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # #34: terminal escapes from data (an [audit] column, a diagnostic text) were printed raw by lookup and suppress
+    # list: a column could retitle the window, clear the screen or reorder a line.
+    from .conftest import run, simple_templates
+
+    evil = "A-1\x1b]0;owned\x07\x1b[2J\u202edecoy"
+    d = make_campaign(f"email,name,customer_id\np1@example.org,Pat,{evil}\n", templates=simple_templates())
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text() + '\n[audit]\ncolumns = ["customer_id"]\n')
+    assert run("send", d, "--no-progress")[0] == 0
+    code, out, err = run("lookup", d, "p1@example.org")
+    assert code == 0, err
+    assert "\x1b" not in out + err and "\u202e" not in out + err
+    assert "A-1\\x1b]0;owned\\x07\\x1b[2J\\u202edecoy" in out  # shown, as its escapes
+    code, _, err = run("suppress", "add", "p2@example.org", "--reason", "postal only \x1b[31mRED\x1b[0m")
+    assert code == 0, err
+    code, out, err = run("suppress", "list")
+    assert code == 0 and "\x1b" not in out and "postal only \\x1b[31mRED\\x1b[0m" in out, out
