@@ -10,6 +10,7 @@ import gzip
 import shutil
 import sqlite3
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def test_hostile_input(tmp_path: Path, case: dict[str, Any]) -> None:
         assert sorted(sent(d)) == sorted(case["sent"])
 
 
-def test_nothing_printed_from_data_can_drive_the_terminal(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+def test_nothing_printed_from_data_can_drive_the_terminal(make_campaign: Callable[..., Path], tmp_path: Path) -> None:
     # #34: terminal escapes from data (an [audit] column, a diagnostic text) were printed raw by lookup and suppress
     # list: a column could retitle the window, clear the screen or reorder a line.
     from .conftest import run, simple_templates
