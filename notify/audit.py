@@ -567,9 +567,13 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
                 reason = detail or {"pending": "never sent", "deferred": "not yet delivered (retrying)",
                                     "inflight": "never confirmed"}.get(state, state)
                 aw.writerow((row, email, shown, state, reason, name, locale, used, juris, *ids))
+        rejected_known = 0
         for row, raw, reason in store.rejects():
             rw.writerow((row, raw, raw, "", "rejected", reason, 0, *[""] * (len(RECIPIENT_COLUMNS) - 7), *[""] * len(extra)))
-            aw.writerow((row, raw, raw, "rejected", reason, "", "", "", "", *[""] * len(extra)))
+            if store.knows(raw):  # a row rejected for a known person (a duplicate, a refused correction): listed with their state
+                rejected_known += 1
+            else:
+                aw.writerow((row, raw, raw, "rejected", reason, "", "", "", "", *[""] * len(extra)))
             rows_out += 1
             states["rejected"] += 1
     rows_read = store.rows_read()
@@ -590,7 +594,7 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
         "providers": dict(sorted(by_provider.items())),
         "first_send": _iso(first_send),
         "last_send": _iso(last_send),
-        "not_reached_by_email": sum(states[s] for s in NOT_REACHED),
+        "not_reached_by_email": sum(states[s] for s in NOT_REACHED) - rejected_known,  # people: alternate_channel.csv's rows
         "approval": approval,
         "deadline": _deadline(campaign, last_send, sum(states[s] for s in ("pending", "deferred", "inflight")), late,
                               sum(by_provider.values())),

@@ -146,12 +146,12 @@ def test_a_correction_by_append_applies_to_the_unsent_and_is_refused_loudly_for_
     assert len(list((d / "outbox").glob("*.eml"))) == 1  # only ann's, from the first send
 
 
-def test_an_unchanged_row_appended_again_is_a_duplicate(make_campaign: MakeCampaign) -> None:
+def test_an_unchanged_file_appended_again_is_a_no_op(make_campaign: MakeCampaign) -> None:
     d = make_campaign(FLAGGED + "ann@example.com,Ann,en,false\n", templates=simple_templates())
     assert run("send", d, "--no-progress")[0] == 0
     code, out, _ = run("import", d, "--append")
-    assert code == 0 and "corrected" not in out
-    assert "duplicate of row 2 of an earlier import" in (d / ".notify" / "rejects.csv").read_text()
+    assert code == 0 and "corrected" not in out and "already imported; nothing added" in out
+    assert "ann@example.com" not in (d / ".notify" / "rejects.csv").read_text()
 
 
 def test_columns_named_like_dict_methods_render_their_values(make_campaign: MakeCampaign) -> None:
@@ -807,3 +807,38 @@ def test_summary_says_how_many_were_late_and_what_the_files_are(example: Path, t
     text = (out / "summary.txt").read_text()
     assert "MISSED for 188 of 188 people notified by email: the last notice was first sent" in text, text
     assert "The files of this export:" in text and "alternate_channel.csv  everyone email did not reach" in text
+
+
+def test_appending_the_same_rows_again_changes_nothing(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # #34: `import --append` with the same file twice made every row a duplicate reject again (an 8,000-row file ended at
+    # 82,000 rows read), repeated correction_refused, and listed people who were emailed as rejected in
+    # alternate_channel.csv (to be sent a letter).
+    rows = "".join(f"p{i}@example.com,P{i},en,false\n" for i in range(300))
+    d = make_campaign(FLAGGED + rows, templates=simple_templates())
+    assert run("send", d, "--no-progress")[0] == 0
+    # A corrected file: p1's flag changed after she was sent (refused), and one person more.
+    (d / "recipients.csv").write_text(FLAGGED + rows.replace("p1@example.com,P1,en,false", "p1@example.com,P1,en,true")
+                                      + "new@example.com,New,en,false\n")
+    said = []
+    for _ in range(3):
+        code, out, err = run("import", d, "--append")
+        assert code == 0, err
+        said.append((out, err))
+    assert "1 correction(s) refused" in said[0][1] and "301 rows read = 300 accepted + 1 rejected (299 of them already" \
+        in said[0][0], said[0]
+    assert all("correction(s) refused" not in err and "already imported; nothing added" in out for out, err in said[1:])
+    kinds = [k for k, _, _ in event_kinds(d)]
+    assert kinds.count("correction_refused") == 1 and kinds.count("recipients_imported") == 2
+    st = json.loads(run("status", d, "--json")[1])
+    assert st["rejected"] == 1 and sum(st["states"].values()) == 301
+    # Another file with the same refused row: refused once, said once.
+    with (d / "recipients.csv").open("a") as fh:
+        fh.write("newer@example.com,Newer,en,false\n")
+    code, out, err = run("import", d, "--append")
+    assert code == 0 and "correction(s) refused" not in err and "1 rejected" in out, out + err
+    assert [k for k, _, _ in event_kinds(d)].count("correction_refused") == 1
+    assert run("send", d, "--no-progress")[0] == 0
+    out = tmp_path / "audit"
+    assert run("audit", "export", d, "--out", out)[0] == 0
+    alternate = (out / "alternate_channel.csv").read_text()
+    assert "p1@example.com" not in alternate and ",rejected," not in alternate, alternate

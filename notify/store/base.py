@@ -374,6 +374,10 @@ class Store(Imports):
                               tuple(kinds)).fetchone()
         return {"seq": row[0], "ts": row[1], "kind": row[2], "detail": json.loads(row[3] or "{}")} if row else None
 
+    def knows(self, address: str) -> bool:
+        """Whether an address (as a rejected row holds it) is one of the campaign's recipients."""
+        return self.db.execute("SELECT 1 FROM recipients WHERE key=?", (address.strip().lower(),)).fetchone() is not None
+
     def rows_read(self) -> int:
         """Every input row the imports read: recipients and rejected rows."""
         return int(self.db.execute("SELECT (SELECT count(*) FROM recipients) + (SELECT count(*) FROM rejects)").fetchone()[0])

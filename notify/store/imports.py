@@ -26,6 +26,7 @@ _UNSENT_STATES = "('pending', 'ineligible', 'suppressed')"
 class _Tally:
     corrected: int = 0
     refused: list[tuple[int, str, str]] = field(default_factory=list)
+    unchanged: int = 0  # rows of known people read again as they were: nothing to do, nothing rejected
 
 
 def _vars(item: Recipient) -> str:
@@ -68,6 +69,10 @@ class Imports:
     def last_import(self) -> dict[str, Any] | None:
         return next(dicts(self.db.execute("SELECT * FROM imports ORDER BY id DESC LIMIT 1")), None)
 
+    def _imported(self, digest: str) -> dict[str, Any] | None:
+        """The last import of a file with this content, if any."""
+        return next(dicts(self.db.execute("SELECT * FROM imports WHERE sha256=? ORDER BY id DESC LIMIT 1", (digest,))), None)
+
     def under_way(self) -> bool:
         """True once any recipient has been handed to a provider. Rows that were never sent (pending, or
         ineligible or suppressed before any attempt) do not count: a corrected file may still replace them."""
@@ -84,12 +89,15 @@ class Imports:
         last = self.last_import()
         if last is not None and last["sha256"] == digest and not append:
             return ImportResult(path, last["rows_read"], last["accepted"], last["rejected"], already=True)
+        if append and (same := self._imported(digest)) is not None:
+            # The same file appended again: every row of it is already in the state, as read then. A no-op.
+            return ImportResult(path, same["rows_read"], same["accepted"], same["rejected"], already=True)
         replace = last is not None and not append
         if last is not None and replace and self.under_way():
             raise InputError(
                 f"{path} changed since it was imported on {last['imported_at'][:19]}Z, and this campaign is already under way",
-                hint="to add the new rows, run `notify import CAMPAIGN --append` (rows already imported are "
-                "reported as duplicates); to start over, move the campaign's .notify/ directory away",
+                hint="to add the new rows, run `notify import CAMPAIGN --append` (rows already imported, unchanged, are "
+                "counted as such and change nothing); to start over, move the campaign's .notify/ directory away",
             )
         with self._import_cache():
             return self._import(path, digest, append, replace, batch)
@@ -125,9 +133,9 @@ class Imports:
             self._append(Event("recipients_imported", detail={
                 "file": str(path), "sha256": digest, "rows_read": read_n, "accepted": accepted,
                 "rejected": rejected, "append": append, "replaced_earlier_import": replace,
-                "corrected": tally.corrected, "corrections_refused": len(tally.refused), "removed": removed}))
+                "unchanged": tally.unchanged, "corrected": tally.corrected, "corrections_refused": len(tally.refused), "removed": removed}))
         return ImportResult(path, read_n, accepted, rejected, already=False, corrected=tally.corrected,
-                            refused=tuple(tally.refused), removed=removed)
+                            refused=tuple(tally.refused), removed=removed, unchanged=tally.unchanged)
 
     def _write_batch(self, import_id: int, items: list[Recipient | Reject], replace: bool = False,
                      tally: _Tally | None = None) -> tuple[int, int]:
@@ -140,7 +148,7 @@ class Imports:
             for r in self.db.execute(f"SELECT key, row, import_id, id, state, attempts, email, name, locale, jurisdiction,"
                                      f" vars, detail FROM recipients WHERE key IN ({marks})", chunk):
                 known[r[0]] = r[1:]
-        rows, rejects, ineligible = [], [], 0
+        rows, rejects, ineligible, refused_before = [], [], 0, 0
         events: list[Event] = []
         corrected = 0
         for item in items:
@@ -154,6 +162,9 @@ class Imports:
                         why = (f"correction refused: this person was already handed to a provider (state {state}, row {row} "
                                f"of an earlier import); changed: {', '.join(changed)}; reach them by another channel if "
                                "the notice they got is no longer right")
+                        if self.db.execute("SELECT 1 FROM rejects WHERE raw=? AND reason=? LIMIT 1", (item.email, why)).fetchone():
+                            refused_before += 1  # the same correction, refused before: said once, recorded once
+                            continue
                         tally.refused.append((item.row, item.email, why))
                         events.append(Event("correction_refused", rid, item.key, detail={"row": item.row, "state": state,
                                                                                           "changed": changed}))
@@ -173,7 +184,8 @@ class Imports:
                                 **({"reason": item.ineligible} if item.ineligible else {})}))
                         continue
                     else:
-                        item = Reject(item.row, item.email, f"duplicate of row {row} of an earlier import")
+                        tally.unchanged += 1  # read again as it was: nothing to do (not a reject: the person is known)
+                        continue
             if isinstance(item, Reject):
                 rejects.append((import_id, item.row, item.raw, item.reason))
                 continue
@@ -197,8 +209,8 @@ class Imports:
             "INSERT INTO recipients (import_id, row, email, key, token, domain, name, locale, jurisdiction, vars)"
             " VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
         self.db.executemany("INSERT INTO rejects (import_id, row, raw, reason) VALUES (?,?,?,?)", rejects)
-        accepted_known = len(items) - len(rejects) - len(rows) - ineligible
-        return len(rows) + ineligible + accepted_known, len(rejects)
+        accepted_known = len(items) - len(rejects) - len(rows) - ineligible - refused_before
+        return len(rows) + ineligible + accepted_known, len(rejects) + refused_before
 
     def columns(self) -> set[str]:
         """Every column any import had (so templates can be checked against them)."""

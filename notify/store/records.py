@@ -154,10 +154,12 @@ class ImportResult:
     corrected: int = 0  # known people whose row changed, not yet sent: the change was applied (an event each)
     refused: tuple[tuple[int, str, str], ...] = ()  # (row, email, why) for changes to people already sent
     removed: int = 0  # people of the earlier import not in the file that replaced it (nothing was sent yet)
+    unchanged: int = 0  # of the accepted, rows of people already known, read again as they were (nothing to do)
 
     def said(self) -> str:
         """One line for `import`, `check` and `state init`."""
         return (f"{self.path}: {self.rows_read} rows read = {self.accepted} accepted + {self.rejected} rejected"
+                + (f" ({self.unchanged} of them already imported, unchanged)" if self.unchanged else "")
                 + (" (already imported; nothing added)" if self.already else ""))
 
 
