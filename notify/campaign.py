@@ -107,6 +107,9 @@ class ReviewConfig:
     profiles: list[str] = field(default_factory=list)  # for the default variant
     variant_profiles: dict[str, list[str]] = field(default_factory=dict)  # variant -> profiles
     allowed_domains: list[str] = field(default_factory=list)  # empty: the sender's and reply-to's domains
+    # Recipients columns whose values may hold links, e-mail addresses or markup (a notice prints them as they
+    # are); any other column's such value rejects its row at import (#34).
+    trusted_columns: list[str] = field(default_factory=list)
 
     def for_variant(self, variant: str) -> list[str]:
         return self.variant_profiles.get(variant, []) if variant else self.profiles
@@ -379,6 +382,7 @@ REVIEW_KEYS = {
     "profiles": Key("strlist", False, _profiles),
     "variants": Key("table"),
     "allowed_domains": Key("strlist"),
+    "trusted_columns": Key("strlist"),
 }
 SEND_KEYS = {
     "providers": Key("strlist", True, lambda v: None if v else "must name at least one provider"),
@@ -592,6 +596,7 @@ def _build(file: Path, data: dict[str, Any], recipients_file: bool = True) -> Ca
             profiles=list(review.get("profiles", [])),
             variant_profiles=variant_profiles,
             allowed_domains=[d.lower().strip(".") for d in review.get("allowed_domains", [])],
+            trusted_columns=list(review.get("trusted_columns", [])),
         ),
         audit_columns=list(audit_cfg.get("columns", [])),
         state=StateConfig(url_env=state_cfg.get("url_env"), stall_after=float(state_cfg.get("stall_after", 30.0))),

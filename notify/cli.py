@@ -281,7 +281,7 @@ def import_(
 def _import_now(c: campaign_mod.Campaign, store: Store, append: bool = False) -> None:
     """`import` and `state init`: the recipients file into the state, what was read, corrected and rejected."""
     store.lock()
-    imp = store.import_file(c.recipients, append=append)
+    imp = store.import_file(c.recipients, append=append, trusted=frozenset(c.review.trusted_columns))
     store.write_rejects_file()
     typer.echo(imp.said())
     _print_corrections(imp)

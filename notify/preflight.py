@@ -50,7 +50,7 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
             pre.add(problem)
     except TemplateError as e:
         pre.add(str(e), e.hint)
-    pre.imported = store.import_file(campaign.recipients, append=append)
+    pre.imported = store.import_file(campaign.recipients, append=append, trusted=frozenset(campaign.review.trusted_columns))
     store.write_rejects_file()
     if not store.counts():
         pre.add(f"{campaign.recipients}: no recipients: {pre.imported.rows_read} row(s) read, all rejected "

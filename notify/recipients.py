@@ -308,13 +308,49 @@ def eligibility(fields: dict[str, Any]) -> tuple[str | None, str | None]:
     return None, None
 
 
+# What a value that a notice prints must not carry unflagged (#34: a name "reset your password at
+# https://evil.example/reset" went out in the notice). Each pattern starts a match at a fixed, short window,
+# so a long field is read once.
+_LINK = re.compile(r"(?i)[a-z0-9+.-]://|\bwww\.|[a-z0-9-]\.[a-z]{2,24}/")
+_ADDRESS = re.compile(r"[^\s@<>]@[A-Za-z0-9-]{1,63}\.[A-Za-z]")
+_MARKUP = re.compile(r"<[A-Za-z!/?]|&#?[A-Za-z0-9]{1,10};")
+# Control characters (C0, DEL, C1), bidirectional overrides and isolates, zero-width and byte-order marks:
+# text a person cannot see, or that reads in another order than it is stored.
+INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+UNCHECKED_COLUMNS = frozenset({"email"})  # the address itself: validated as one
+
+
+def carried(value: str) -> str | None:
+    """What a value would carry into a notice that nobody reviewed: a link, an e-mail address or markup, with
+    the part that says so; None when it carries none."""
+    for what, pattern in (("a link", _LINK), ("an e-mail address", _ADDRESS), ("markup", _MARKUP)):
+        if (m := pattern.search(value)):
+            start = max(0, m.start() - 20)
+            return f"{what} ({value[start:m.end() + 30]!r})"
+    return None
+
+
+def _data_problem(col: str, value: Any, trusted: frozenset[str]) -> str | None:
+    """Why a column's value may not reach a notice as it is, or None."""
+    if col in UNCHECKED_COLUMNS or not isinstance(value, str):
+        return None
+    if (bad := INVISIBLE.search(value)):
+        return (f"column {col!r} holds an invisible or control character (U+{ord(bad.group()):04X}): it could hide or "
+                "reorder what the notice says")
+    if col not in trusted and (found := carried(value)):
+        return (f"column {col!r} holds {found}: a notice would carry it to the person unreviewed (a planted phishing "
+                f"link or address); fix the row, or list {col!r} in [review] trusted_columns if it may")
+    return None
+
+
 def _clip(raw: str) -> str:
     """A rejected row as the rejects report keeps it: a too-long row is cut, and says so."""
     return raw if len(raw) <= 1000 else raw[:1000] + f"... ({len(raw)} characters)"
 
 
-def validate(record: Record) -> Recipient | Reject:
-    """Checks one row; every problem becomes a Reject with a reason a person can act on."""
+def validate(record: Record, trusted: frozenset[str] = frozenset()) -> Recipient | Reject:
+    """Checks one row; every problem becomes a Reject with a reason a person can act on. `trusted`: columns
+    whose values may hold links, addresses or markup ([review] trusted_columns); control characters never."""
     if record.fields is None:
         return Reject(record.row, record.raw, record.problem or "unreadable row")
     fields = record.fields
@@ -336,6 +372,9 @@ def validate(record: Record) -> Recipient | Reject:
         if col in fields and (bad := _CONTROL_RE.search(fields[col])):
             # These columns reach mail headers, where a control character is mangled or dangerous.
             return Reject(record.row, record.raw, f"column {col!r} contains a control character (U+{ord(bad.group()):04X})")
+    for col, value in fields.items():
+        if (problem := _data_problem(col, value, trusted)):
+            return Reject(record.row, _clip(record.raw), problem)
     email = str(fields.get("email") or "").strip()
     if not email:
         return Reject(record.row, record.raw, "email is empty")

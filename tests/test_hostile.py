@@ -77,19 +77,27 @@ def test_hostile_input(tmp_path: Path, case: dict[str, Any]) -> None:
 
 def test_nothing_printed_from_data_can_drive_the_terminal(make_campaign: Callable[..., Path], tmp_path: Path) -> None:
     # #34: terminal escapes from data (an [audit] column, a diagnostic text) were printed raw by lookup and suppress
-    # list: a column could retitle the window, clear the screen or reorder a line.
-    from .conftest import run, simple_templates
+    # list: a column could retitle the window, clear the screen or reorder a line. A column holding them is now
+    # refused at import; a diagnostic or a reason is shown as its escapes.
+    from .conftest import run, simple_templates, tokens
+    from .test_feedback import mbox_of
+    from .test_feedback_trust import postfix_bounce
 
-    evil = "A-1\x1b]0;owned\x07\x1b[2J\u202edecoy"
-    d = make_campaign(f"email,name,customer_id\np1@example.org,Pat,{evil}\n", templates=simple_templates())
+    evil = "\x1b]0;owned\x07\x1b[2J\u202edecoy"
+    d = make_campaign(f"email,name,customer_id\np1@example.org,Pat,A-1\np2@example.org,Sam,A-2{evil}\n",
+                      templates=simple_templates())
     toml = d / "campaign.toml"
     toml.write_text(toml.read_text() + '\n[audit]\ncolumns = ["customer_id"]\n')
-    assert run("send", d, "--no-progress")[0] == 0
+    code, out, err = run("send", d, "--no-progress")
+    assert code == 0 and "rejected rows 1" in out and "\x1b" not in out + err, out + err
+    bounce = postfix_bounce("p1@example.org", token=tokens(d)["p1@example.org"]).replace(
+        b"User unknown in virtual", f"User unknown {evil} in virtual".encode())
+    assert run("bounces", d, "--mbox", mbox_of(tmp_path / "box", bounce))[0] == 0
     code, out, err = run("lookup", d, "p1@example.org")
     assert code == 0, err
     assert "\x1b" not in out + err and "\u202e" not in out + err
-    assert "A-1\\x1b]0;owned\\x07\\x1b[2J\\u202edecoy" in out  # shown, as its escapes
-    code, _, err = run("suppress", "add", "p2@example.org", "--reason", "postal only \x1b[31mRED\x1b[0m")
+    assert "\\x1b]0;owned\\x07\\x1b[2J" in out, out  # shown, as its escapes
+    code, _, err = run("suppress", "add", "p3@example.org", "--reason", "postal only \x1b[31mRED\x1b[0m")
     assert code == 0, err
     code, out, err = run("suppress", "list")
     assert code == 0 and "\x1b" not in out and "postal only \\x1b[31mRED\\x1b[0m" in out, out

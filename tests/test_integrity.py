@@ -246,8 +246,8 @@ def test_a_line_longer_than_a_mebibyte_stops_the_import_with_its_number(make_cam
     ('{{ "x" * 300000000 }}', "a repetition would build 300,000,000 characters"),
     ("{{ 10 ** 100000000 }}", "a power would build"),
     ('{{ "x".center(300000000) }}', "str.center would build"),
-    ('{{ "{:>300000000}".format(1) }}', "a format width would build"),
-    ('{{ "%300000000s" % 1 }}', "a %-format width would build"),
+    ('{{ "{:>300000000}".format(1) }}', "str.format would build"),
+    ('{{ "%300000000s" % 1 }}', "a %-format would build"),
     ('{{ "x"|center(300000000) }}', "the center filter would build"),
     ("{% for i in range(100000) %}{{ 'y' * 100 }}{% endfor %}", "the output passed the budget of 1,000,000"),
     ('{% macro d(s, n) %}{% if n %}{{ d(s ~ s, n - 1) }}{% else %}{{ s|length }}{% endif %}{% endmacro %}'

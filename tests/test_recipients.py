@@ -11,6 +11,8 @@ import pytest
 from notify.errors import InputError
 from notify.recipients import Recipient, Reject, normalize_locale, read, validate
 
+from .conftest import MakeCampaign
+
 
 def rows(tmp_path: Path, data: str | bytes, name: str = "r.csv") -> list[Recipient | Reject]:
     p = tmp_path / name
@@ -137,3 +139,38 @@ def test_reading_streams_in_flat_memory(tmp_path: Path) -> None:
     tracemalloc.stop()
     assert n == 100_000
     assert peak < 2_000_000, f"reading held {peak} bytes: it is not streaming"
+
+
+def test_data_that_would_carry_links_addresses_or_markup_into_a_notice_is_flagged(make_campaign: MakeCampaign) -> None:
+    # #34: recipient data was never linted: a name of "reset your password at https://evil.example/reset" was sent.
+    from .conftest import run, simple_templates, states
+
+    rows = ("email,name,plan\n"
+            "ann@example.org,Ann,basic\n"
+            "p1@example.org,reset your password at https://evil.example/reset,basic\n"
+            "p2@example.org,Bob,write to help@evil.example for a refund\n"
+            "p3@example.org,<a href=x>Carol</a>,basic\n"
+            "p4@example.org,Dan,evil.example/login\n"
+            "p5@example.org,Eve\u202e,basic\n"
+            "p6@example.org,Fay,pro\u200b\n")
+    d = make_campaign(rows, templates=simple_templates(body="Hello {{ recipient.name }}, plan {{ recipient.plan }}"))
+    code, out, err = run("check", d)
+    assert code == 0, err
+    assert "7 rows read = 1 accepted + 6 rejected" in out, out
+    report = (d / ".notify" / "rejects.csv").read_text()
+    for row, said in ((3, "column 'name' holds a link"), (4, "column 'plan' holds an e-mail address"),
+                      (5, "column 'name' holds markup"), (6, "column 'plan' holds a link"),
+                      (7, "column 'name' holds an invisible or control character (U+202E)"),
+                      (8, "column 'plan' holds an invisible or control character (U+200B)")):
+        assert any(line.startswith(f"{row},") and said in line for line in report.splitlines()), (row, said, report)
+    assert run("send", d, "--no-progress")[0] == 0
+    assert [e.read_bytes().count(b"evil.example") for e in (d / "outbox").glob("*.eml")] == [0]
+    # A campaign that states it accepts such values in a column: those rows go out; invisible characters never do.
+    d2 = make_campaign(rows, templates=simple_templates(body="Hello {{ recipient.name }}, plan {{ recipient.plan }}"),
+                       name="trusting")
+    toml = d2 / "campaign.toml"
+    toml.write_text(toml.read_text() + '\n[review]\ntrusted_columns = ["name", "plan"]\n')
+    code, out, err = run("check", d2)
+    assert code == 0 and "7 rows read = 5 accepted + 2 rejected" in out, out + err
+    assert run("send", d2, "--no-progress")[0] == 0
+    assert sorted(s for s in states(d2).values()) == ["sent"] * 5

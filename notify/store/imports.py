@@ -79,7 +79,8 @@ class Imports:
         return self.db.execute(f"SELECT 1 FROM recipients WHERE state NOT IN {_UNSENT_STATES} OR attempts > 0"
                                " LIMIT 1").fetchone() is not None
 
-    def import_file(self, path: Path, *, append: bool = False, batch: int = 2000) -> ImportResult:
+    def import_file(self, path: Path, *, append: bool = False, batch: int = 2000,
+                    trusted: frozenset[str] = frozenset()) -> ImportResult:
         """Imports a recipients file once. The same file again adds nothing; a different one for a
         campaign under way is refused unless append is asked for. All or nothing: one transaction."""
         try:
@@ -100,9 +101,10 @@ class Imports:
                 "counted as such and change nothing); to start over, move the campaign's .notify/ directory away",
             )
         with self._import_cache():
-            return self._import(path, digest, append, replace, batch)
+            return self._import(path, digest, append, replace, batch, trusted)
 
-    def _import(self, path: Path, digest: str, append: bool, replace: bool, batch: int) -> ImportResult:
+    def _import(self, path: Path, digest: str, append: bool, replace: bool, batch: int,
+                trusted: frozenset[str]) -> ImportResult:
         with self.transaction() as db:
             if replace:
                 db.execute("DELETE FROM rejects")  # the earlier file's rows are read again from the new one
@@ -118,7 +120,7 @@ class Imports:
                 read_n += 1
                 if record.fields:
                     columns.update(record.fields)
-                pending.append(validate(record))
+                pending.append(validate(record, trusted))
                 if len(pending) >= batch:
                     a, r = self._write_batch(import_id, pending, replace, tally)
                     accepted, rejected, pending = accepted + a, rejected + r, []

@@ -382,11 +382,12 @@ class PgStore(Store):
     def _checkpoint_count(self, seq: int) -> str:
         return f"{self.chain}:{seq}"  # this store's chain (audit.read_checkpoints checks it by its hash)
 
-    def import_file(self, path: Path, *, append: bool = False, batch: int = 2000) -> ImportResult:
+    def import_file(self, path: Path, *, append: bool = False, batch: int = 2000,
+                    trusted: frozenset[str] = frozenset()) -> ImportResult:
         """As on SQLite, one importer at a time: workers starting together import the file once."""
         self.raw.execute("SELECT pg_advisory_lock(hashtext(current_schema() || ':import'))")
         try:
-            return super().import_file(path, append=append, batch=batch)
+            return super().import_file(path, append=append, batch=batch, trusted=trusted)
         finally:
             with contextlib.suppress(psycopg.Error):
                 self.raw.execute("SELECT pg_advisory_unlock(hashtext(current_schema() || ':import'))")
