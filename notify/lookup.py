@@ -24,7 +24,7 @@ from .errors import InputError
 from .providers.outbox import eml_name
 from .recipients import Recipient, Record, validate
 from .render import RenderFailure, Templates, build_message, display_address, recipient_context, split_version
-from .store import Store, event_hash
+from .store import Store, epoch_of, event_hash
 
 MAX_BUNDLE_FILE = 64 * 1024 * 1024  # of person.json or the manifest read back: a person's events, not a campaign's
 REBUILD_WINDOW = 120  # seconds before the first attempt in which the message may have been composed
@@ -152,18 +152,22 @@ def proof(campaign: Campaign, store: Store, person: dict[str, Any]) -> Proof:
             if path.is_file() and hashlib.sha256(data := path.read_bytes()).hexdigest() == sha:
                 out.message, out.content = data, f"the outbox's copy ({path}) has the recorded SHA-256"
                 return out
-    out.message, out.content = _rebuild(campaign, person, sha)
+    # The attempt that was accepted was composed shortly before its `sent` event: for someone deferred and
+    # retried (in this run or a later one) that is not their first attempt's time (#37).
+    accepted = [e["at"] for e in timeline if e["what"] == "sent"]
+    out.message, out.content = _rebuild(campaign, person, sha, epoch_of(accepted[-1]) if accepted else None)
     return out
 
 
-def _rebuild(campaign: Campaign, person: dict[str, Any], sha: str) -> tuple[bytes | None, str]:
+def _rebuild(campaign: Campaign, person: dict[str, Any], sha: str, accepted_at: float | None = None) -> tuple[bytes | None, str]:
     """The message composed again from the templates as they are now, for each second in which it may
-    have been composed (its Date header and the date in its text are that second's), until the bytes
-    have the recorded SHA-256."""
+    have been composed (its Date header and the date in its text are that second's): before the accepted
+    attempt was recorded, else before the first attempt, until the bytes have the recorded SHA-256."""
     templates = Templates(campaign)
     recipient = recipient_context(person["email"], person["name"], person["locale"], person["jurisdiction"], person["vars"])
-    first = int(person["first_attempt_at"] or 0)
-    for second in range(first + 1, first - REBUILD_WINDOW, -1):
+    anchors = [int(t) for t in (accepted_at, person["first_attempt_at"]) if t]
+    seconds = dict.fromkeys(s for a in anchors or [0] for s in range(a + 1, a - REBUILD_WINDOW, -1))
+    for second in seconds:
         at = dt.datetime.fromtimestamp(second, campaign.tz)
         built = build_message(templates, recipient, to_email=person["email"], token=person["token"],
                               version=person["version"], at=at)

@@ -719,3 +719,27 @@ def test_an_idn_address_goes_out_in_its_ascii_form(make_campaign: MakeCampaign, 
     assert sorted(m.rcpt for m in h.received) == ["ann@example.com", "zoe@xn--bcher-kva.example"]
     zoe = next(email.message_from_bytes(m.data) for m in h.received if m.rcpt.startswith("zoe"))
     assert "xn--bcher-kva.example" in zoe["To"]
+
+
+def test_a_person_retried_in_a_later_run_has_a_proof_that_rebuilds(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # #37: lookup could not rebuild the message of anyone deferred in one run and sent in a later one ("the templates
+    # or [variables] changed since it was sent"), although nothing changed: it looked for the second the message was
+    # composed around the first attempt, not the accepted one.
+    from .conftest import sql
+
+    h = Handler(script={"p1@example.com": [("rcpt", "450 4.2.1 greylisted, try again later")]})
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=3, send="base = 3000\nmax_interval = 3000\n")
+        toml = d / "campaign.toml"
+        toml.write_text(toml.read_text().replace("base = 0.05\nmax_interval = 0.2\n", ""))
+        code, _, err = send(d)
+        assert code == 4 and "only retries scheduled for later remain" in err, err
+        # An hour passes before the retry (the first attempt is moved back rather than the test waiting).
+        sql(d, "UPDATE recipients SET first_attempt_at = first_attempt_at - 3600, next_attempt_at = 0 WHERE state='deferred'")
+        code, _, err = send(d)
+        assert code == 0, err
+    r = runner.invoke(app, ["lookup", str(d), "p1@example.com"])
+    assert r.exit_code == 0 and "byte for byte the recorded SHA-256" in r.stdout, r.stdout + r.stderr
+    assert runner.invoke(app, ["audit", "export", str(d), "--out", str(tmp_path / "audit")]).exit_code == 0
+    r = runner.invoke(app, ["lookup", str(tmp_path / "audit"), "p1@example.com"])
+    assert r.exit_code == 0 and "byte for byte the recorded SHA-256" in r.stdout, r.stdout + r.stderr
