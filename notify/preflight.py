@@ -7,8 +7,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import providers
 from .campaign import Campaign
-from .errors import TemplateError
+from .errors import ConfigError, TemplateError
 from .lint import lint
 from .message import Message
 from .recipients import SAMPLE_SECRET, STANDARD_COLUMNS, recipient_token
@@ -50,6 +51,14 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
             pre.add(problem)
     except TemplateError as e:
         pre.add(str(e), e.hint)
+    # Every provider of the failover order, built as send builds it: its secrets present (never shown), its key
+    # files readable. `check` said "OK: ready" with a password_env unset, and send then failed (#38).
+    for name in campaign.send.providers:
+        if name in campaign.providers:
+            try:
+                providers.build(campaign.providers[name], concurrency=1)
+            except ConfigError as e:
+                pre.add(e.message, e.hint)
     pre.imported = store.import_file(campaign.recipients, append=append, trusted=frozenset(campaign.review.trusted_columns))
     store.write_rejects_file()
     if not store.counts():

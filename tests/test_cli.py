@@ -411,3 +411,19 @@ def test_status_watch_refreshes_until_ctrl_c(make_campaign: MakeCampaign) -> Non
     assert out.count("--- ") >= 2, "refreshed, one block per refresh in a pipe"
     assert "test-2022-08: sent 2" in out
     assert "last rate change: 200/s -> 100/s at " in out and "relay: 421 4.7.0 too many messages" in out
+
+
+def test_check_proves_the_provider_s_secrets_are_there(make_campaign: MakeCampaign, monkeypatch: pytest.MonkeyPatch) -> None:
+    # #38: `check` said "OK: ready" with the provider's password_env unset; `send` then failed.
+    d = make_campaign(providers_extra='\n[providers.relay]\ntype = "smtp"\nhost = "127.0.0.1"\nport = 2525\ntls = "none"\n'
+                                      'username_env = "RELAY_USER"\npassword_env = "RELAY_PASSWORD"\n')
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text().replace('providers = ["outbox"]', 'providers = ["relay", "outbox"]'))
+    monkeypatch.delenv("RELAY_PASSWORD", raising=False)
+    monkeypatch.setenv("RELAY_USER", "notify")
+    code, out, err = run("check", d)
+    assert code == 1 and "OK: ready" not in out, out
+    assert "[providers.relay] password_env: the environment variable RELAY_PASSWORD is not set" in err, err
+    monkeypatch.setenv("RELAY_PASSWORD", "Sekr1t-value")
+    code, out, err = run("check", d)
+    assert code == 0 and "OK: ready" in out and "Sekr1t-value" not in out + err, out + err

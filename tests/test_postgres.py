@@ -371,3 +371,20 @@ def test_no_form_of_the_connection_string_shows_or_stores_the_password(make_camp
         said.append(out + err)
     assert all(pg.PASSWORD not in text for text in said), [t for t in said if pg.PASSWORD in t]
     assert any("password=***" in text for text in said)
+
+
+def test_the_rate_a_run_is_given_is_the_rate_it_uses(make_campaign: MakeCampaign) -> None:
+    # #39: run 1 `send --worker --rate 5`, then run 2 `--rate 100`: the relay saw 5/s, because the rate row was
+    # inserted with ON CONFLICT DO NOTHING and the first run's rate stayed.
+    d = pg_campaign(make_campaign, 30)
+    assert run("state", "init", d)[0] == 0
+    code, _, err = run("send", d, "--worker", "--rate", "5", "--limit", "5")
+    assert code == 4, err
+    assert sql(d, "SELECT rate FROM rates") == [(5.0,)]
+    began = time.time()
+    code, _, err = run("send", d, "--worker", "--rate", "100")
+    assert code == 0, err
+    assert sql(d, "SELECT rate FROM rates") == [(100.0,)]
+    ((n, spread),) = sql(d, "SELECT count(*), max(first_attempt_at) - min(first_attempt_at) FROM recipients"
+                            " WHERE first_attempt_at >= ?", (began,))
+    assert n == 25 and spread < 2.5, f"25 messages over {spread:.1f} s: not sent at 100/s (at 5/s: 4.8 s or more)"

@@ -26,11 +26,6 @@ class OutboxProvider:
         self.path = config.path
         self.fsync = config.fsync
         self.ready = False
-        # A run killed mid-write leaves its temporary file; the message itself is resent. Never inside a link:
-        # the directory it points to is not ours to clean (prepare() refuses it).
-        if self.path.is_dir() and not self.path.is_symlink():
-            for stale in self.path.glob(".*.tmp"):
-                stale.unlink(missing_ok=True)
 
     def _write(self, message: Message) -> Path:
         if not self.ready:
@@ -56,8 +51,13 @@ class OutboxProvider:
         return Outcome(Kind.ACCEPTED, detail=str(path.name), provider_message_id=message.message_id)
 
     async def prepare(self) -> Readiness:
+        """Before a send's first message (the campaign's lock held, so no other send writes here): refuses a
+        linked directory, and removes the temporary files a run killed mid-write left (each message is resent)."""
         if self.path.is_symlink():
             return Readiness(down=str(files.LinkRefused(self.path)))
+        if self.path.is_dir():
+            for stale in self.path.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
         return Readiness()
 
     async def aclose(self) -> None:

@@ -94,6 +94,7 @@ class RateBudget:
     def __init__(self, url: str, schema_: str, session: int | None, stall_after: float = 30.0) -> None:
         self.conn = connect(url, stall_after, schema_)
         self.session = session
+        self.given: set[str] = set()  # providers whose rate this run has set: the rate a run is given is the rate it uses
 
     def lease(self, provider: str, rate: float, want: int) -> tuple[int, float]:
         """Up to `want` sends at the shared rate (created at `rate` by the first worker to ask): (granted,
@@ -107,8 +108,14 @@ class RateBudget:
                                   "command again: it resumes") from None
 
     def _lease(self, provider: str, rate: float, want: int) -> tuple[int, float]:
+        # The first lease of a run sets the rate it was given (#39: a rate saved by an earlier run overrode a later
+        # --rate); after that, this run's leases keep what any worker's throttling reply made of it.
+        first = provider not in self.given
         self.conn.execute("INSERT INTO rates (provider, rate, tokens, stamp) VALUES (%s, %s, 0,"
-                          " extract(epoch FROM clock_timestamp())) ON CONFLICT DO NOTHING", (provider, rate))
+                          " extract(epoch FROM clock_timestamp())) ON CONFLICT (provider) DO "
+                          + ("UPDATE SET rate = EXCLUDED.rate, changed_by = %s" if first else "NOTHING"),
+                          (provider, rate, self.session) if first else (provider, rate))
+        self.given.add(provider)
         row = self.conn.execute(
             "WITH cur AS (SELECT provider, rate, extract(epoch FROM clock_timestamp()) AS now,"
             "             LEAST(rate * %(burst)s, tokens + (extract(epoch FROM clock_timestamp()) - stamp) * rate) AS avail"
