@@ -20,6 +20,10 @@ HARD = frozenset({"userunknown", "hostunknown", "hasmoved", "notaccept"})
 # Phrases (lower case) that say which reason, checked in this order: the more specific first.
 # Assembled from the wording of real MTAs (the reference parser's corpus), not copied lists.
 PHRASES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # A name server that did not answer ("try again") is not a domain that does not exist; a local delivery
+    # program that failed (procmail could not write the mailbox) is not a user that does not exist.
+    ("networkerror", ("host not found, try again", "name service error", "temporary failure in name resolution")),
+    ("mailererror", ("procmail:", "maildrop:", "mail delivery agent", "local delivery program")),
     ("hostunknown", ("domain is not reachable", "account or domain may not exist")),
     ("rejected", ("you may not have permission to post", "group you tried to contact", "sender address rejected",
                   "sender rejected", "domain of sender address", "bogus mail from", "sender verify failed",

@@ -43,9 +43,10 @@ def test_no_dead_address_is_claimed_where_the_reference_sees_a_refused_message()
         for f, (_, _, reason, hard) in zip([f for f in items if f.address], expected, strict=False):
             if f.kind == "bounced" and not hard and reason not in ("delivered", "undefined", "onhold"):
                 wrongly_hard.append((name, f.detail["reason"], reason))
-    # Measured: 8 of 563; 33 before "user unknown" was read as a dead address only in reply to RCPT TO or
+    # Measured: 6 of 563 (#35: a name server that did not answer, a local delivery program that failed, were
+    # read as dead addresses: 8); 33 before "user unknown" was read as a dead address only in reply to RCPT TO or
     # with a status that says so (reasons.settle), as the reference reads it.
-    assert len(wrongly_hard) <= 8, wrongly_hard
+    assert len(wrongly_hard) <= 6, wrongly_hard
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CORPUS.glob("rfc3834-*.eml")))
