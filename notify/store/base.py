@@ -291,8 +291,9 @@ class Store(Imports):
                               *_by_message_id(provider_message_id, self.OLD_MESSAGE_ID),
                               ("key=?", (address.lower() if address else None,))):
             if all(values):
-                row = self.db.execute("SELECT id, key, state, state = 'inflight' OR attempts > 0 OR doubt <> 0"
-                                      f" OR first_attempt_at IS NOT NULL FROM recipients WHERE {where}", values).fetchone()
+                row = self.db.execute("SELECT id, key, state, state IN ('inflight', 'sent', 'delivered', 'bounced', 'complained')"
+                                      " OR attempts > 0 OR doubt <> 0 OR first_attempt_at IS NOT NULL"
+                                      f" FROM recipients WHERE {where}", values).fetchone()
                 if row:
                     return Found(row[0], row[1], row[2], bool(row[3]))
         return None

@@ -120,7 +120,7 @@ class Found(NamedTuple):
     id: int
     key: str
     state: str
-    handed: bool  # handed to a provider (in flight now, an attempt, a first attempt's time, or in doubt): only then can it bounce
+    handed: bool  # handed to a provider (in flight or sent, an attempt, a first attempt's time, or in doubt): only then can it bounce
 
 
 @dataclass
