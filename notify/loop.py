@@ -434,9 +434,11 @@ class SendLoop:
                     await self.sleep(min(self.throttle.domain_delay(d) for d in saturated) - DOMAIN_HORIZON + 0.005)
                 continue
             due, held_elsewhere = self.store.what_is_left()
-            if due is None and held_elsewhere:
-                # Other workers still hold recipients in flight: wait for them to finish, or to stall and
-                # be taken over (by us, if we hold the rescue lock), so that none of theirs is left behind.
+            if held_elsewhere:
+                # Other workers still hold recipients in flight: wait for them to finish, or to stall and be
+                # taken over (by us, if we hold the rescue lock), so that none of theirs is left behind; whether
+                # or not retries wait for later (#39: a survivor stopped for those, and left a dead worker's rows
+                # in flight until someone started another worker by hand).
                 if not self.waiting_for_others:
                     self.waiting_for_others = True
                     self.progress.note("waiting for other workers' messages in flight (taken over if their worker stalls)")

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -388,3 +389,39 @@ def test_the_rate_a_run_is_given_is_the_rate_it_uses(make_campaign: MakeCampaign
     ((n, spread),) = sql(d, "SELECT count(*), max(first_attempt_at) - min(first_attempt_at) FROM recipients"
                             " WHERE first_attempt_at >= ?", (began,))
     assert n == 25 and spread < 2.5, f"25 messages over {spread:.1f} s: not sent at 100/s (at 5/s: 4.8 s or more)"
+
+
+@pytest.mark.slow
+def test_a_dead_worker_is_taken_over_while_retries_wait_for_later(make_campaign: MakeCampaign) -> None:
+    # #39: three workers, stall_after 30, one SIGKILLed: the survivors ran on and then exited 4 with "inflight 95 ...
+    # only retries scheduled for later remain (next retry in 59 min)": the dead worker's recipients were never
+    # taken over, because a survivor tried to rescue only when no retry at all was waiting.
+    import signal
+
+    n = 600
+    greylisted = {f"p{i}@example.com": [("rcpt", "450 4.2.1 greylisted, come back later")] for i in range(0, 40, 4)}
+    h = Handler(script=greylisted)
+    with Server(h) as srv:
+        d = pg_campaign(make_campaign, n, port=srv.port, stall_after=3)
+        toml = d / "campaign.toml"
+        toml.write_text(toml.read_text().replace("base = 0.05\nmax_interval = 0.2\n", "base = 3000\nmax_interval = 3000\n"))
+        assert run("state", "init", d)[0] == 0
+        procs = [start_worker(d, "--rate", "100") for _ in range(3)]
+        wait_until("40% of the messages", lambda: len(h.received) >= n * 0.4)
+        os.killpg(procs[0].pid, signal.SIGKILL)
+        killed_at = time.time()
+        procs[0].communicate()
+        said = [p.communicate(timeout=120) for p in procs[1:]]
+    assert [p.returncode for p in procs[1:]] == [4, 4], said
+    assert all(b"only retries scheduled for later remain" in err for _, err in said), said
+    counts = dict(sql(d, "SELECT state, count(*) FROM recipients GROUP BY state"))
+    assert counts == {"sent": n - len(greylisted), "deferred": len(greylisted)}, counts  # nobody left in flight
+    rescued = sql(d, "SELECT ts FROM events WHERE kind='session_rescued'")
+    assert len(rescued) == 1
+    from notify.store import epoch_of
+    took = epoch_of(rescued[0][0]) - killed_at
+    assert took < 3 + 5, f"taken over {took:.1f} s after the kill (stall_after 3)"
+    copies = Counter(r.rcpt for r in h.received)
+    assert set(copies) == {f"p{i}@example.com" for i in range(n)} - set(greylisted)  # the greylisted wait for later
+    doubt = {r[0] for r in sql(d, "SELECT email FROM recipients WHERE doubt=1")}
+    assert {a for a, c in copies.items() if c > 1} <= doubt, "a second copy only for a recipient recorded in doubt"
