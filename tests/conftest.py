@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import shutil
 import textwrap
 from collections.abc import Callable, Iterator
@@ -113,8 +114,18 @@ def pg_cluster() -> Iterator[pg.Cluster]:
         pytest.skip("no PostgreSQL binaries (pg_ctl, initdb) found: install Debian's postgresql to run these")
     cluster = pg.Cluster(bindir)
     cluster.init()
-    yield cluster
-    cluster.destroy()
+    # SIGTERM (a CI timeout, `kill`, a closed terminal) ends the run as Ctrl-C does, so this fixture's teardown
+    # still stops the cluster: it was left running (#38).
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture

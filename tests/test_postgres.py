@@ -425,3 +425,26 @@ def test_a_dead_worker_is_taken_over_while_retries_wait_for_later(make_campaign:
     assert set(copies) == {f"p{i}@example.com" for i in range(n)} - set(greylisted)  # the greylisted wait for later
     doubt = {r[0] for r in sql(d, "SELECT email FROM recipients WHERE doubt=1")}
     assert {a for a, c in copies.items() if c > 1} <= doubt, "a second copy only for a recipient recorded in doubt"
+
+
+@pytest.mark.slow
+def test_a_terminated_test_run_stops_its_database(tmp_path: Path) -> None:
+    # #38: `make test` interrupted with SIGTERM left its PostgreSQL cluster running.
+    import signal
+
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "conftest.py").write_text("from tests.conftest import *  # noqa: F403 - the suite's own fixtures\n")
+    (tmp_path / "test_wait.py").write_text(
+        "import time\n\ndef test_wait(pg_cluster):\n    print('CLUSTER', pg_cluster.dir, flush=True)\n    time.sleep(120)\n")
+    p = subprocess.Popen([sys.executable, "-m", "pytest", "-s", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_wait.py")],
+                         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(root)})
+    assert p.stdout is not None
+    line = b""
+    while b"CLUSTER" not in line:
+        line = p.stdout.readline()
+        assert line, "the run ended before its cluster started"
+    cluster = Path(line.decode().split("CLUSTER", 1)[1].strip())
+    assert (cluster / "data" / "postmaster.pid").exists()
+    p.send_signal(signal.SIGTERM)
+    p.communicate(timeout=60)
+    assert not (cluster / "data" / "postmaster.pid").exists() and not cluster.exists(), "the cluster was left behind"
