@@ -354,6 +354,9 @@ def test_bounce_reports_from_mbox_and_maildir(make_campaign: MakeCampaign, tmp_p
     # In any order: a maildir's file names sort by time and an unpadded microsecond count, not always as added.
     assert sorted((x["status"], x["reason"]) for x in details) == sorted([
         ("5.1.1", "userunknown"), ("5.2.2", "mailboxfull"), ("4.4.1", "expired"), ("5.1.2", "hostunknown")])
+    # #38: status grouped the DSN's failure under the relay's earlier "failed: 250 2.0.0".
+    st = runner.invoke(app, ["status", str(d)]).stdout
+    assert "failed: dsn 5.2.2 x 1" in st and "bounced: dsn 5.1.1 x 1" in st and "250 2.0.0" not in st, st
     again = runner.invoke(app, ["bounces", str(d), *args])
     assert again.stdout.startswith("matched 0 (none); duplicates ignored 5; unmatched 0")
 

@@ -328,8 +328,14 @@ class Store(Imports):
     def _transition_by_feedback(self, db: Any, recipient_id: int, current: str, state: str, event: Event,
                                 reason: str | None) -> None:
         if (current, state) in TRANSITIONS:
-            db.execute("UPDATE recipients SET state=?, updated_at=?, detail=coalesce(?, detail) WHERE id=?",
-                       (state, utcnow(), reason[:500] if reason else None, recipient_id))
+            # What status groups a person by becomes the feedback's ("dsn 5.2.2"), not the relay's 250 that came
+            # before it (#38: a DSN failure was listed as "failed: 250 2.0.0").
+            d = event.detail or {}
+            code = f"{d.get('source', 'feedback')} {d.get('status') or d.get('bounce_type') or event.kind}"[:100] \
+                if state in ("failed", "bounced", "complained", "suppressed") else None
+            db.execute("UPDATE recipients SET state=?, updated_at=?, detail=coalesce(?, detail),"
+                       " reply_code=coalesce(?, reply_code) WHERE id=?",
+                       (state, utcnow(), reason[:500] if reason else None, code, recipient_id))
         elif current != state:
             (event.detail or {}).setdefault("state_kept", f"{current} (no transition to {state})")
 
