@@ -588,10 +588,15 @@ class SendLoop:
         if self.options.limit is not None and self.result.remaining and not self.result.stopped:
             self.result.stopped = f"--limit {self.options.limit} reached"
         for need in sorted(k for k in self.result.counts if k.startswith("needs ")):
+            # Name the providers that lack it, not every provider of the run: one that offers it may have been down
+            # (#38: "which primary, backup, tertiary does not offer" when primary offered it but was down).
+            lacking = [p.name for p in self.chain.started if getattr(p, need[6:].lower(), None) is False]
+            why = (f"which {', '.join(lacking)} does not offer" if lacking else
+                   "and no provider that offers it could take them in this run (down, or not reached)")
             self.result.notes.append(
                 f"Waiting: {self.result.counts[need]} recipient(s) need {need[6:]} (an address whose local part is not "
-                f"ASCII), which {', '.join(self.result.providers)} does not offer. They are kept, not failed: add a "
-                "provider that offers it to [send] providers (or use --provider) and run send again.")
+                f"ASCII), {why}. They are kept, not failed: run send again once a provider that offers it is up "
+                "(or add one to [send] providers, or use --provider).")
         store.apply_parked()  # feedback (`bounces --follow` beside us) that came before we recorded its message
         store.log("send_stopped", providers=self.result.providers, interrupted=interrupted,
                   reason=self.result.stopped, outcomes=dict(self.result.counts), remaining=self.result.remaining)

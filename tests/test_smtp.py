@@ -743,3 +743,21 @@ def test_a_person_retried_in_a_later_run_has_a_proof_that_rebuilds(make_campaign
     assert runner.invoke(app, ["audit", "export", str(d), "--out", str(tmp_path / "audit")]).exit_code == 0
     r = runner.invoke(app, ["lookup", str(tmp_path / "audit"), "p1@example.com"])
     assert r.exit_code == 0 and "byte for byte the recorded SHA-256" in r.stdout, r.stdout + r.stderr
+
+
+def test_the_smtputf8_notice_names_only_the_providers_that_lack_it(make_campaign: MakeCampaign) -> None:
+    # #38: the notice said "which primary, backup, tertiary does not offer" when primary offered it but was down.
+    rows = "email,name\nann@example.com,Ann\njos\u00e9@example.com,Jos\u00e9\n"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # the primary: nothing listens once closed
+    h = Handler()
+    with Server(h, smtputf8=False) as srv:
+        d = smtp_campaign(make_campaign, dead, rows=rows)
+        toml = d / "campaign.toml"
+        toml.write_text(toml.read_text().replace('providers = ["relay"]', 'providers = ["relay", "backup"]')
+                        + f'\n[providers.backup]\ntype = "smtp"\nhost = "127.0.0.1"\nport = {srv.port}\ntls = "none"\n')
+        code, out, err = send(d, "--no-progress")
+    assert code == 4, out + err
+    assert "1 recipient(s) need SMTPUTF8" in out and "which backup does not offer" in out, out
+    assert "relay, backup does not offer" not in out
