@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -18,6 +19,7 @@ from .policy import RunResult
 from .preflight import Preflight, preflight
 from .progress import progress_for
 from .providers.base import Kind, Provider
+from .providers.outbox import eml_name
 from .render import RenderFailure
 from .renderpool import render_claimed
 from .report import deadline
@@ -137,24 +139,37 @@ def dry_run(campaign: Campaign, pre: Preflight, options: SendOptions) -> RunResu
     templates = pre.templates
     assert templates is not None  # preflight passed, so the templates loaded
 
+    index = campaign.dir / "dry-run" / "index.csv"
+    tmp = index.with_name(f".{index.name}.{os.getpid()}.tmp")
+
     async def go() -> None:
         rows = pre.store.unsent(options.limit)
         total = pre.store.count_unsent() if options.limit is None else min(options.limit, pre.store.count_unsent())
         progress = progress_for(options.progress, "dry run", details=False)
         progress.start(total)
-        try:
-            for c in rows:
-                _, msg = render_claimed(templates, c)
-                if isinstance(msg, RenderFailure):  # this recipient's data breaks the notice: say which, go on
-                    result.counts["failed"] += 1
-                    result.notes.append(f"row {c.row} ({c.email}): could not render: {msg.reason}")
-                else:
-                    outcome = await out.send(msg)
-                    result.counts["rendered" if outcome.kind is Kind.ACCEPTED else "failed"] += 1
-                progress.outcome(result.counts, None)
-        finally:
-            progress.close()
+        # Which file is whose (#38: the files are named by Message-ID, and nothing said which person's was which).
+        with open(files.create_temp(tmp), "w", newline="", encoding="utf-8") as fh:
+            w = files.SafeCsvWriter(fh)
+            w.writerow(["row", "email", "name", "version", "file"])
+            try:
+                for c in rows:
+                    version, msg = render_claimed(templates, c)
+                    if isinstance(msg, RenderFailure):  # this recipient's data breaks the notice: say which, go on
+                        result.counts["failed"] += 1
+                        result.notes.append(f"row {c.row} ({c.email}): could not render: {msg.reason}")
+                        w.writerow([c.row, c.email, c.name, version, f"(could not render: {msg.reason})"])
+                    else:
+                        outcome = await out.send(msg)
+                        result.counts["rendered" if outcome.kind is Kind.ACCEPTED else "failed"] += 1
+                        w.writerow([c.row, c.email, c.name, version, eml_name(msg.message_id)])
+                    progress.outcome(result.counts, None)
+            finally:
+                progress.close()
 
-    run_loop(go())
+    try:
+        run_loop(go())
+        os.replace(tmp, index)
+    finally:
+        tmp.unlink(missing_ok=True)
     pre.store.log("dry_run", directory=str(campaign.dir / "dry-run"), rendered=result.counts["rendered"])
     return result

@@ -39,6 +39,12 @@ def test_dry_run_renders_everything_and_changes_nothing(example: Path) -> None:
     # The example's Spanish speakers in Massachusetts get the US-MA variant, which is English only.
     assert "Content lint warning: 3 recipient(s) asked for es and will get en: the US-MA variant has no es text" in out
     assert len(list((example / "dry-run").glob("*.eml"))) == 188
+    # #38: files named by Message-ID, and nothing said whose was which: index.csv does, a row per person.
+    import csv
+    index = list(csv.DictReader((example / "dry-run" / "index.csv").read_text(encoding="utf-8").splitlines()))
+    assert len(index) == 188 and all((example / "dry-run" / r["file"]).is_file() for r in index)
+    daniel = next(r for r in index if r["email"] == "daniel.001@example.org")
+    assert daniel["row"] == "2" and daniel["version"] == "en" and b"Daniel" in (example / "dry-run" / daniel["file"]).read_bytes()
     assert not (example / "outbox").exists()
     st = json.loads(run("status", example, "--json")[1])
     assert st["states"]["pending"] == 188
