@@ -235,7 +235,9 @@ def test_missing_secret_env_is_a_clear_error(make_campaign: MakeCampaign, monkey
     monkeypatch.setenv("T_SMTP_USER", "u")
     code, _, err = send(d)
     assert code == 1
-    assert err.startswith("Error: [providers.relay] password_env: the environment variable T_SMTP_PASS is not set")
+    # Said with preflight's other problems (#38: check proves it too), before anything is sent.
+    assert err.startswith("Error: 1 problem(s) found before sending; nothing was sent:\n  [providers.relay] password_env: "
+                          "the environment variable T_SMTP_PASS is not set"), err
 
 
 def test_cleartext_to_a_remote_host_is_refused(make_campaign: MakeCampaign) -> None:
