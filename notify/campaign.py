@@ -145,6 +145,9 @@ class Campaign:
     # deadline's end of day are all in this zone.
     timezone: str = "UTC"
     state: StateConfig = field(default_factory=lambda: StateConfig())
+    # A locale to read as another (`pt` as `pt-BR`) where the templates have no text of its own, before the fallback
+    # to the campaign's default language (#38: `pt` with only `pt-BR` templates got English, silently).
+    locale_map: dict[str, str] = field(default_factory=dict)
 
     @functools.cached_property
     def tz(self) -> dt.tzinfo:
@@ -369,6 +372,8 @@ CAMPAIGN_KEYS = {
     "deadline_days": Key("int", False, within(1, 3650, "days")),
     "deadline": Key("date"),
     "timezone": Key("str", False, lambda v: _timezone(v)),
+    "locale_map": Key("table", False, lambda v: None if all(isinstance(x, str) and x for x in v.values())
+                      else 'each entry maps a locale to another, as text: { pt = "pt-BR" }'),
 }
 PROFILES = ("california", "new-york", "massachusetts", "hipaa", "gdpr")
 
@@ -566,6 +571,7 @@ def _build(file: Path, data: dict[str, Any], recipients_file: bool = True) -> Ca
         id=camp["id"],
         template=camp["template"],
         default_locale=camp.get("default_locale", "en"),
+        locale_map={str(k).lower(): str(v) for k, v in camp.get("locale_map", {}).items()},
         recipients=file.parent / camp["recipients"],
         sender=camp["from"],
         reply_to=camp.get("reply_to"),

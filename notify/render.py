@@ -279,12 +279,16 @@ class Templates:
 
     def resolve(self, requested: str, jurisdiction: str = "") -> str:
         """The version a recipient gets: the variant of their jurisdiction (or the default), then within
-        it the locale: exact tag (pt-BR) -> language (pt) -> campaign default -> en."""
+        it the locale: exact tag (pt-BR) -> language (pt) -> campaign default -> en; [campaign] locale_map
+        names another locale to try for a tag or a language before the default (pt -> pt-BR)."""
         if (requested, jurisdiction) in self._resolved:
             return self._resolved[requested, jurisdiction]
         variant = self.variant_for(jurisdiction) if jurisdiction else ""
         prefix = f"{variant}/" if variant else ""
-        chain = [requested, requested.split("-")[0], self.campaign.default_locale, FALLBACK_LOCALE]
+        language = requested.split("-")[0]
+        mapped = self.campaign.locale_map
+        chain = [requested, mapped.get(requested.lower(), ""), language, mapped.get(language.lower(), ""),
+                 self.campaign.default_locale, FALLBACK_LOCALE]
         for tag in chain:
             if tag and (prefix + tag).lower() in self._by_lower:
                 self._resolved[requested, jurisdiction] = self._by_lower[(prefix + tag).lower()]

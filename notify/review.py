@@ -32,6 +32,8 @@ def fingerprint(campaign: Campaign, templates: Templates) -> dict[str, str]:
     parts[f"{campaign.file.name} [variables]"] = _sha(variables.encode())
     parts[f"{campaign.file.name} [campaign] from, reply_to, template, default_locale"] = _sha(
         json.dumps([campaign.sender, campaign.reply_to, campaign.template, campaign.default_locale]).encode())
+    if campaign.locale_map:  # who reads which version (a part of its own: approvals of campaigns without one stand)
+        parts[f"{campaign.file.name} [campaign] locale_map"] = _sha(json.dumps(campaign.locale_map, sort_keys=True).encode())
     return parts
 
 

@@ -163,3 +163,21 @@ def test_an_include_of_a_missing_file_is_a_check_problem_naming_both(make_campai
     assert run("send", d, "--no-progress")[0] == 0
     (eml,) = (d / "outbox").glob("*.eml")
     assert b"-- Example Cloud Security" in eml.read_bytes()
+
+
+def test_a_locale_can_be_read_as_another_before_the_default(make_campaign: MakeCampaign) -> None:
+    # #38: `locale = pt` with only pt-BR templates: 66 people got English, silently. check said so (fallbacks pt -> en);
+    # [campaign] locale_map = { pt = "pt-BR" } now sends them the Brazilian Portuguese text.
+    from .conftest import run, simple_templates, states
+
+    templates = {**simple_templates(), **simple_templates(body="Olá {{ recipient.name }}", subject="Aviso", locales=("pt-BR",))}
+    d = make_campaign("email,name,locale\nana@example.org,Ana,pt\nbob@example.org,Bob,en\n", template="t", templates=templates)
+    code, out, err = run("check", d)
+    assert code == 0 and "pt -> en (1)" in out, out
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text().replace('default_locale = "en"', 'default_locale = "en"\nlocale_map = { pt = "pt-BR" }'))
+    code, out, err = run("check", d)
+    assert code == 0 and "pt -> pt-BR (1)" in out and "pt -> en" not in out, out + err
+    assert run("send", d, "--no-progress")[0] == 0 and set(states(d).values()) == {"sent"}
+    bodies = [p.read_bytes() for p in (d / "outbox").glob("*.eml")]
+    assert sum(b"Aviso" in b for b in bodies) == 1
