@@ -293,32 +293,39 @@ def read_mbox(path: Path) -> Iterator[bytes]:
     if not path.is_file():
         raise InputError(f"{path}: no such mbox file")
     with path.open("rb") as fh:
+        readline = fh.readline
         current: list[bytes] = []
         size = 0
         started = False
-        at_line_start = True  # the next piece begins a line
-        after_blank = True  # the last whole line was blank (or there was none): where a From_ line may separate
-        in_separator = False  # the rest of a long From_ line
-        for piece in iter(lambda: fh.readline(LINE_CHUNK), b""):
-            begins, at_line_start = at_line_start, piece.endswith(b"\n")
-            if not begins:
-                if not in_separator and started and size < MAX_MESSAGE:
-                    current.append(piece)
-                    size += len(piece)
-                in_separator = in_separator and not at_line_start
+        after_blank = True  # the last line was blank (or there was none): where a From_ line may separate
+        while line := readline(LINE_CHUNK):
+            if line[-1:] != b"\n":  # a piece of a long line (or a last line with no newline): the rare, slow path
+                first, rest, kept = line, [line], size + len(line)
+                while line[-1:] != b"\n" and (more := readline(LINE_CHUNK)):
+                    line = more
+                    if kept < MAX_MESSAGE:  # what is past the message's bound is read, and dropped
+                        rest.append(line)
+                        kept += len(line)
+                if first.startswith(b"From ") and after_blank:  # a long separator: its rest is skipped
+                    if started:
+                        yield _unquote(current)
+                    current, size, started, after_blank = [], 0, True, True
+                    continue
                 after_blank = False
+                for piece in rest:
+                    if started and size < MAX_MESSAGE:
+                        current.append(piece)
+                        size += len(piece)
                 continue
-            if piece.startswith(b"From ") and after_blank:
+            if after_blank and line.startswith(b"From "):
                 if started:
                     yield _unquote(current)
                 current, size, started = [], 0, True
-                in_separator, after_blank = not at_line_start, True
                 continue
-            in_separator = False
-            after_blank = piece in (b"\n", b"\r\n")
+            after_blank = line == b"\n" or line == b"\r\n"
             if started and size < MAX_MESSAGE:
-                current.append(piece)
-                size += len(piece)
+                current.append(line)
+                size += len(line)
         if started:
             yield _unquote(current)
 
