@@ -466,6 +466,8 @@ def status(
             return
         typer.echo(f"campaign {st['campaign']}: {st['rows_read']} rows read = {st['total']} recipients + {st['rejected']} rejected")
         typer.echo("states:   " + ", ".join(f"{k} {v}" for k, v in st["states"].items() if v))
+        for line in report.sending(c, store, time.time())[0]:  # whether anything sends now; if not, why it stopped
+            typer.echo(line)
         for w in st["workers"]:
             typer.echo("worker:   " + report.worker_said(w))
         if st["in_doubt"]:

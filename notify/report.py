@@ -28,7 +28,7 @@ def _span(seconds: float) -> str:
 
 
 def deadline(campaign: Campaign, store: Store, rate: float | None = None,
-             now: dt.datetime | None = None) -> dict[str, Any] | None:
+             now: dt.datetime | None = None, project: bool = True) -> dict[str, Any] | None:
     """Time left before the legal deadline and the projected finish at `rate` (messages per second;
     default: the rate of the last 1,000 outcomes). None when the campaign sets no deadline.
 
@@ -39,7 +39,7 @@ def deadline(campaign: Campaign, store: Store, rate: float | None = None,
     due = campaign.deadline_end
     assert due is not None
     remaining = store.count_unsent()
-    rate = rate if rate else store.recent_rate()
+    rate = (rate if rate else store.recent_rate()) if project else None
     left = (due - now).total_seconds()
     out: dict[str, Any] = {
         "deadline": campaign.deadline.isoformat(), "discovered": campaign.discovered.isoformat() if campaign.discovered else None,
@@ -70,6 +70,8 @@ def deadline(campaign: Campaign, store: Store, rate: float | None = None,
         said += f"; at {rate:.1f}/s they finish by {finish:%Y-%m-%d %H:%M} UTC"
         if out["late"]:
             said += f", {_span((finish - due).total_seconds())} AFTER the deadline: raise the rate or add a provider"
+    elif not project:
+        said += "; nothing is sending, so no finish to project"
     else:
         said += "; no sending rate measured yet to project a finish"
     out["said"] = said
@@ -120,6 +122,7 @@ def status(campaign: Campaign, store: Store, templates: Templates | None = None)
         "bounced_replies": {code: {"count": n, "example": ex} for code, n, ex in store.reply_summary("bounced")},
         "suppressed_reasons": {ex: n for _, n, ex in store.reply_summary("suppressed", top=10)},
         "unmatched_feedback": store.unmatched_count(),
+        "senders": store.senders(),  # who sends it right now (empty: nobody)
         "switches": [{"at": e["ts"], **json.loads(e["detail"])} for e in store.events_of_kind("provider_switched")],
         "next_retry": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due)) if due else None,
         "next_retry_said": when_due(due, time.time()) if due else None,
@@ -147,17 +150,48 @@ def worker_view(w: dict[str, Any]) -> dict[str, Any]:
             "rate": round(w["sent"] / ran, 1) if w["sent"] else 0.0, "status": w["status"]}
 
 
+STILL = 30.0  # seconds without an outcome after which a live sender is said to be waiting, not sending
+
+
+def sending(campaign: Campaign, store: Store, now: float) -> tuple[list[str], float | None]:
+    """Whether anything sends this campaign right now, in lines, and the rate to project a finish at (None:
+    nothing to project). Never a rate when nothing sends (#38: --watch showed 152.9/s after the run had
+    stopped): the senders are the lock's holder (SQLite) or the live sessions (PostgreSQL)."""
+    senders = store.senders()
+    remaining = store.count_unsent()
+    if not senders:
+        lines = [f"sending:  NO: nothing is sending {campaign.id} now; {remaining} to go"]
+        if (stop := store.last_event_of(("send_stopped",))) is not None:
+            d = stop["detail"]
+            why = "interrupted (Ctrl-C)" if d.get("interrupted") else d.get("reason") or (
+                "finished" if not d.get("remaining") else "stopped")
+            lines.append(f"last run: ended {stop['ts'][:19]}Z: {' '.join(str(why).split())}")
+        if remaining:
+            lines.append(f"resume:   notify send {campaign.dir}")
+        return lines, None
+    last = store.recent_rate(200)
+    latest = store.last_event_of(("sent", "deferred", "failed"))
+    idle = now - epoch_of(latest["ts"]) if latest else None
+    lines = [f"sending:  yes ({', '.join(senders)})"]
+    if last and idle is not None and idle < STILL:
+        lines.append(f"rate:     {last:.1f}/s over the last outcomes; {remaining} to go")
+        return lines, last
+    waited = f"no message handed over for {_span(idle)}" if idle is not None else "no message handed over yet"
+    lines.append(f"rate:     {waited} (waiting: retries not yet due, the breaker, a domain cap, a provider); "
+                 f"{remaining} to go")
+    return lines, None
+
+
 def watch(campaign: Campaign, store: Store) -> dict[str, Any]:
-    """What `status --watch` shows each refresh: counts, the rate of the last outcomes, the finish
-    projected at that rate against the deadline, the last rate change and why, the next retry."""
+    """What `status --watch` shows each refresh: counts, whether anything sends (and if not, how the last
+    run ended and how to resume), the rate of the last outcomes and the finish projected at it against the
+    deadline (only while messages leave), the last rate change and why, the next retry."""
     counts = store.counts()
-    rate = store.recent_rate(200)
     now = time.time()
     lines = [f"{campaign.id}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]) if v)]
-    remaining = store.count_unsent()
-    lines.append(f"rate:     {rate:.1f}/s over the last outcomes; {remaining} to go" if rate else
-                 f"rate:     not sending now; {remaining} to go")
-    if (due := deadline(campaign, store, rate=rate)) is not None:
+    now_said, rate = sending(campaign, store, now)
+    lines += now_said
+    if (due := deadline(campaign, store, rate=rate, project=rate is not None)) is not None:
         lines.append(f"deadline: {due['said']}")
     lines += ["worker:   " + worker_said(worker_view(w)) for w in store.workers() if w["status"] in ("live", "stalled")]
     change = store.last_event_of(("rate_changed",))

@@ -433,3 +433,39 @@ def test_check_proves_the_provider_s_secrets_are_there(make_campaign: MakeCampai
     monkeypatch.setenv("RELAY_PASSWORD", "Sekr1t-value")
     code, out, err = run("check", d)
     assert code == 0 and "OK: ready" in out and "Sekr1t-value" not in out + err, out + err
+
+
+def test_the_live_view_says_when_nothing_sends_and_why(make_campaign: MakeCampaign) -> None:
+    # #38: after the run stopped, `status --watch` kept printing "rate: 152.9/s ... they finish by 08:05 UTC" every
+    # 3 s, with no "sender stopped"; plain status did not say why the last run stopped.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rows = "email\n" + "".join(f"p{i}@example.com\n" for i in range(40))
+    d = make_campaign(rows)
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text().replace("[variables]", "discovered = 2022-08-08\ndeadline_days = 3650\n\n[variables]", 1))
+    sender = subprocess.Popen([sys.executable, "-m", "notify", "send", str(d), "--rate", "4", "--no-progress"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(list((d / "outbox").glob("*.eml"))) < 6 and sender.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    code, out, err = run("status", d)
+    assert code == 0 and "sending:  yes (" in out and f"pid {sender.pid})" in out, out
+    sender.send_signal(signal.SIGINT)
+    sender.communicate(timeout=30)
+    assert sender.returncode == 130
+    watch = subprocess.Popen([sys.executable, "-m", "notify", "status", str(d), "--watch", "--interval", "0.2"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    watch.send_signal(signal.SIGINT)
+    out, _ = watch.communicate(timeout=20)
+    last = out.rsplit("--- ", 1)[-1]
+    assert "sending:  NO: nothing is sending test-2022-08 now" in last and "last run: ended " in last, last
+    assert "interrupted (Ctrl-C)" in last and f"resume:   notify send {d}" in last
+    assert "/s over the last outcomes" not in last and "they finish by" not in last, last
+    assert "nothing is sending, so no finish to project" in last
+    code, out, _ = run("status", d)
+    assert "sending:  NO" in out and "last run: ended " in out

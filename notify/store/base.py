@@ -160,6 +160,11 @@ class Store(Imports):
     def live_workers(self) -> list[dict[str, Any]]:
         return []
 
+    def senders(self) -> list[str]:
+        """Who is sending this campaign right now ("host pid N"); empty when nobody is. PostgreSQL: the live
+        worker sessions; SQLite overrides it with the holder of the campaign's lock."""
+        return [f"{w.get('host')} pid {w.get('pid')}" for w in self.live_workers()]
+
     def what_is_left(self) -> tuple[float | None, int]:
         """When the first deferred recipient is due (None: nobody is deferred), and how many recipients other
         sending processes hold in flight, both read at one moment: a rescue between two reads would

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import os
 import secrets
+import socket
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -90,6 +91,20 @@ class SqliteStore(Store):
             self.db.execute(f"PRAGMA cache_size={cache}")
 
     # --- exclusive use: one sending process per campaign ---
+
+    def senders(self) -> list[str]:
+        """The process holding the campaign's lock (a send, or another command that writes), read from the
+        kernel's table of file locks without taking the lock: a look must never stand in a send's way."""
+        lock_path = self.path.parent / "lock"
+        try:
+            st = os.stat(lock_path)
+            with open("/proc/locks", encoding="ascii") as fh:
+                table = fh.read()
+        except OSError:
+            return []
+        where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        return [f"{socket.gethostname()} pid {f[4]}" for f in (line.split() for line in table.splitlines())
+                if len(f) > 5 and f[1] == "FLOCK" and f[5] == where]
 
     def lock(self) -> None:
         lock_path = self.path.parent / "lock"
