@@ -332,10 +332,8 @@ def carried(value: str) -> str | None:
     return None
 
 
-def _data_problem(col: str, value: Any, trusted: frozenset[str]) -> str | None:
+def _data_problem(col: str, value: str, trusted: frozenset[str]) -> str | None:
     """Why a column's value may not reach a notice as it is, or None."""
-    if col in UNCHECKED_COLUMNS or not isinstance(value, str):
-        return None
     if (bad := INVISIBLE.search(value)):
         return (f"column {col!r} holds an invisible or control character (U+{ord(bad.group()):04X}): it could hide or "
                 "reorder what the notice says")
@@ -375,7 +373,8 @@ def validate(record: Record, trusted: frozenset[str] = frozenset()) -> Recipient
             # These columns reach mail headers, where a control character is mangled or dangerous.
             return Reject(record.row, record.raw, f"column {col!r} contains a control character (U+{ord(bad.group()):04X})")
     for col, value in fields.items():
-        if isinstance(value, str) and _MAYBE.search(value) and (problem := _data_problem(col, value, trusted)):
+        if col not in UNCHECKED_COLUMNS and isinstance(value, str) and _MAYBE.search(value) \
+                and (problem := _data_problem(col, value, trusted)):
             return Reject(record.row, _clip(record.raw), problem)
     email = str(fields.get("email") or "").strip()
     if not email:
