@@ -5,7 +5,10 @@ The messages are Sisimai's public corpus (github.com/sisimai/set-of-emails, BSD 
 in tests/data/sisimai with its LICENSE); the expected answers, one per failed recipient (status,
 reason, hard or not), are from Sisimai's tests (rb-sisimai test/public/*.rb), in expected.json.
 
-    python bench/bounces.py [--families] [--misses FAMILY]
+    python bench/bounces.py [--families] [--misses FAMILY] [--flufl DIR] [--mbox N]
+
+--flufl DIR: a corpus kept apart (never read while the rules were written), flufl.bounce's samples from
+https://gitlab.com/warsaw/flufl.bounce (LGPL 3, so fetched, not vendored: `git clone` it and give its top).
 
 attributed: the message gave at least one recipient address (the report is tied to someone);
 hard/soft: of the expected recipients, in order, how many we call hard exactly when Sisimai does;
@@ -126,6 +129,34 @@ def mbox_speed(n: int) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+def flufl(root: Path) -> None:
+    """A corpus kept apart from the rules' making: flufl.bounce's samples (GNU Mailman's bounce detectors, LGPL,
+    read where it was fetched, not vendored) with its tests' expected addresses, permanent or temporary."""
+    import ast
+
+    tests = (root / "flufl" / "bounce" / "_detectors" / "tests" / "detectors.py").read_text()
+    table = next(n.value for n in ast.parse(tests).body if isinstance(n, ast.Assign)
+                 and getattr(n.targets[0], "id", "") == "DATA")
+    cases: dict[str, tuple[set[str], bool]] = {}
+    for row in ast.literal_eval(table):
+        _module, name, expected, *temporary = row
+        if expected:  # a detector that expects nothing of a sample says nothing of the others' answer
+            cases[name] = ({a.decode().lower() for a in expected}, bool(temporary and temporary[0]))
+    data = root / "flufl" / "bounce" / "tests" / "data"
+    samples = expected_n = found = agree = 0
+    for name, (expected, temporary) in sorted(cases.items()):
+        items, _ = parse_dsn((data / name).read_bytes())
+        ours = {f.address.lower(): f.kind for f in items if f.address}
+        samples += 1
+        expected_n += len(expected)
+        for address in expected:
+            if address in ours:
+                found += 1
+                agree += (ours[address] == "bounce_transient") == temporary
+    print(f"flufl.bounce corpus: {samples} samples, {expected_n} expected addresses: found {found} ({pct(found, expected_n)}), "
+          f"permanent/temporary as expected {agree} of those found ({pct(agree, found)})")
+
+
 def pct(a: int, b: int) -> str:
     return f"{a / b:.0%}" if b else "-"
 
@@ -135,7 +166,10 @@ def main() -> None:
     ap.add_argument("--families", action="store_true", help="a line per MTA family")
     ap.add_argument("--misses", metavar="FAMILY", help="print each disagreement of families starting with this")
     ap.add_argument("--mbox", type=int, metavar="N", help="also time `notify bounces --mbox` on N reports")
+    ap.add_argument("--flufl", type=Path, metavar="DIR", help="also read flufl.bounce's samples, fetched to DIR")
     args = ap.parse_args()
+    if args.flufl:
+        flufl(args.flufl)
     if args.mbox:
         mbox_speed(args.mbox)
     by, misses, seconds = measure()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import email
 import email.header
+import email.parser
 import email.policy
 import json
 import re
@@ -36,10 +37,21 @@ REPLY_RE = re.compile(r"(?<!\d)([245]\d\d)[ -](?=\S)")
 ADDR_RE = re.compile(r"(?<![A-Za-z0-9._%+'=/-])([A-Za-z0-9._%+'=/-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,8})")
 # A header line quoted in a report's text: its addresses are the message's, not failed recipients.
 QUOTED_HEADER = re.compile(r"\s*(from|reply-to|sender|return-path|message-id|in-reply-to|references)\s*:")
+# A message identifier inside a line (a header glued onto a boundary line): its `@` names no mailbox.
+GLUED_ID = re.compile(r"(?i)(?:message-id|in-reply-to|references|content-id)\s*:\s*<[^<>\s]{1,250}>")
 OUR_ID_RE = re.compile(r"(?im)^(?:x-notify-id|message-id)\s*:\s*(<[^>\s]{1,200}>)")
 # Our Message-ID's form anywhere (message.message_id: `<campaign-id.token@domain>`, the token 32 hex digits):
 # where a report quotes it in its references or its text rather than in a header line of its own.
 ANY_OUR_ID_RE = re.compile(r"<[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.[0-9a-f]{32}@[A-Za-z0-9.-]{1,253}>")
+# Sendmail's transcript names the host it failed to reach ("550 example.org (smtp)... 550 Host unknown") on the
+# line before the recipient it concerns: such a line starts the next recipient's reason, never ends this one's.
+HOST_LINE = re.compile(r"\s*[45]\d\d [A-Za-z0-9.-]{1,253} \((?:e?smtp|tcp)\)\.\.\.", re.I)
+# A delivery-status field line ("Status: 5.1.1"), in a report's text: machine fields, not its prose.
+FIELD_LINE = re.compile(r"\s*[A-Za-z][A-Za-z0-9-]{1,40}:\s*\S")
+# The Reporting-MTA of Amazon SES's receiving rule sets, whose Bounce action sends a reply chosen from a template.
+RULE_SET_MTA = re.compile(rb"(?i)reporting-mta:[ \t]*dns;[ \t]*inbound-smtp\.[a-z0-9-]{1,40}\.amazonaws\.com")
+# A delivery-status field naming a recipient: the report's machine part, not its words of why.
+DSN_FIELD = re.compile(r"\s*(final|original)-recipient\s*:")
 MAX_BLOCKS = 1000  # recipient blocks read of one report: we send one recipient per message, so one is ours
 
 DAEMONS = ("mailer-daemon", "postmaster", "post_master", "mail-daemon", "maildaemon", "mailerdaemon", "mdaemon", "mail.daemon",
@@ -99,8 +111,11 @@ class Report:
 def ses_notification(raw: bytes) -> dict[str, Any] | None:
     """The SES notification that SNS delivered by email ("AWS Notification Message": its JSON, then SNS's
     footer), or None when the message is not one."""
+    head = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw[:MAX_TEXT])
+    if "amazonaws.com" not in _header(head, "From").lower() or head.get_content_maintype() == "multipart":
+        return None  # decided by the headers alone: every bounce report is parsed once, by parse()
     msg = email.message_from_bytes(raw[:MAX_TEXT], policy=email.policy.compat32)
-    if "amazonaws.com" not in _header(msg, "From").lower() or msg.is_multipart():
+    if msg.is_multipart():
         return None
     data = msg.get_payload(decode=True)
     text = data.decode("utf-8", "replace").strip() if isinstance(data, bytes) else ""
@@ -185,6 +200,9 @@ def _report_text(msg: EmailMessage) -> str:
                 if isinstance(sub, EmailMessage):
                     walk(sub)
             return
+        if part.get_content_maintype() == "multipart" and isinstance(body := part.get_payload(), str):
+            parts.append(body[:MAX_TEXT])  # no boundary line was found (one with a header glued on): read it as text
+            return
         if part.get_content_maintype() == "text" or part.get_content_type() == "message/delivery-status":
             data = part.get_payload(decode=True)
             if isinstance(data, bytes):
@@ -264,6 +282,9 @@ def parse(raw: bytes) -> Report:
     report = Report("not-a-bounce", token=token, message_id=message_id, campaign=campaign)
 
     blocks = _dsn_blocks(msg)
+    if blocks is None and msg.get_content_type() == "multipart/report" and not msg.is_multipart():
+        # A report whose parts the MIME parser could not separate: its delivery-status fields are in its text.
+        blocks = [b for b in _field_blocks(_report_text(msg)) if "final-recipient" in b] or None
     if blocks is None and _is_auto_reply(msg):
         report.form, report.why = "auto-reply", "an automatic reply (out of office, vacation), not a bounce"
         return report
@@ -273,6 +294,7 @@ def parse(raw: bytes) -> Report:
         if report.message_id is None and (m := ANY_OUR_ID_RE.search(_all_text(msg))):
             report.message_id = m.group(0)
         report.blocks_skipped = max(0, len(blocks) - MAX_BLOCKS)
+        configured = b"amazonaws.com" in raw[:MAX_TEXT] and bool(RULE_SET_MTA.search(raw[:MAX_TEXT]))
         for b in blocks[:MAX_BLOCKS]:
             original_rcpt = clean_address(b.get("original-recipient"))
             address = clean_address(b.get("final-recipient")) or original_rcpt
@@ -280,12 +302,17 @@ def parse(raw: bytes) -> Report:
             diag = b.get("diagnostic-code")
             if diag and ";" in diag.split(" ", 1)[0]:
                 diag = diag.split(";", 1)[1].strip()
+            diag = _unescaped(diag) or _said_of(text, address, blocks)
             status = _status_of(b.get("status"), diag)
+            codes = set(STATUS_RE.findall((diag or "")[:4096]))
+            if status.endswith(".0.0") and len(codes) == 1 and (one := codes.pop())[:1] == status[:1]:
+                status = one  # X.0.0 is "other or undefined" (RFC 3463): the server's one code of its own says more
             act = action[0] if action else ("failed" if status.startswith("5") else "delayed" if status else "failed")
             vendor = reasons.POWERMTA_CATEGORY.get((b.get("x-powermta-bouncecategory") or "").strip().lower())
-            report.recipients.append(Failed(address, act, status, diag, vendor or
-                                            _refine(reasons.classify(status, diag), text, address, status, diag),
-                                            original=original_rcpt))
+            reason = vendor or _refine(reasons.classify(status, diag), text, address, status, diag)
+            if reasons.is_hard(reason):
+                reason = _doubted(reason, text, blocks, configured)
+            report.recipients.append(Failed(address, act, status, diag, reason, original=original_rcpt))
         return report
 
     text = _report_text(msg)
@@ -326,6 +353,9 @@ DATA_SAID = ("in reply to end of data", "after end of data", "in reply to data",
 MAIL_SAID = ("in reply to mail from", "after mail from", ">>> mail from")
 
 
+PIPELINED = re.compile(r"(?im)^\s*(?:<<<\s*)?55\d[ -](?:5\.5\.1 )?(?:error: )?no valid recipients")
+
+
 def _command(diag: str | None, text: str, address: str | None) -> str | None:
     """RCPT, DATA or MAIL: the command the refusal of this recipient answered, where the report says."""
     places = [(diag or "").lower()]
@@ -339,7 +369,9 @@ def _command(diag: str | None, text: str, address: str | None) -> str | None:
     for place in places:
         for command, said in (("DATA", DATA_SAID), ("RCPT", RCPT_SAID), ("MAIL", MAIL_SAID)):
             if any(s in place for s in said):
-                return command
+                # Pipelined (RFC 2920): the replies to RCPT TO arrive after DATA was sent, and a server that
+                # answers DATA with "no valid recipients" says it refused every recipient before.
+                return "RCPT" if command == "DATA" and PIPELINED.search(text[:MAX_TEXT]) else command
     return None
 
 
@@ -359,6 +391,8 @@ def _all_text(msg: EmailMessage) -> str:
             data = part.get_payload(decode=True)
             if isinstance(data, bytes):
                 out.append(data[:MAX_TEXT].decode("utf-8", "replace"))
+        elif part.get_content_maintype() == "multipart" and isinstance(body := part.get_payload(), str):
+            out.append(body[:MAX_TEXT])  # parts the parser could not separate
     return "\n".join(out)[:MAX_TEXT * 2]
 
 
@@ -373,10 +407,55 @@ def _block(lines: list[str], i: int, key: str, seen: dict[str, int]) -> str:
     """Line i and the following ones up to a blank line or another recipient's address, as one line."""
     block = [lines[i]]
     for nxt in lines[i + 1:i + 8]:
-        if not nxt.strip() or (ADDR_RE.search(nxt) and any(k in nxt.lower() for k in seen if k != key)):
+        if not nxt.strip() or (ADDR_RE.search(nxt) and any(k in nxt.lower() for k in seen if k != key)) \
+                or HOST_LINE.match(nxt):
             break
         block.append(nxt)
     return " ".join(x.strip() for x in block)[:1000]
+
+
+def _unescaped(field: str | None) -> str | None:
+    """A field written in ISO-2022-JP as is (its escape sequences in the raw field, as Japanese mail systems
+    do), decoded; any other field unchanged."""
+    if not field or "\x1b$" not in field:
+        return field
+    try:
+        return field.encode("ascii", "surrogateescape").decode("iso-2022-jp")
+    except (UnicodeError, LookupError):
+        return field
+
+
+def _doubted(reason: str, text: str, blocks: list[dict[str, str]], configured: bool) -> str:
+    """A dead address only beyond doubt: the address stays mailable where the report itself says otherwise.
+    A receiving rule's Bounce action (Amazon SES's inbound rule sets) answers in words its administrator chose
+    from a template ("Mailbox does not exist"): a policy's refusal, not a directory's. A report whose own prose
+    names a full mailbox or a disabled account where its status says no such user contradicts itself."""
+    if configured:
+        return "filtered"
+    named = [a.lower() for b in blocks[:MAX_BLOCKS] if (a := clean_address(b.get("final-recipient")))]
+    prose = "\n".join(line for line in text.splitlines()[:2000]
+                      if not FIELD_LINE.match(line) and not any(a in line.lower() for a in named))
+    if not any(p in prose.lower() for p in reasons.CONTRADICTING_PHRASES):  # most reports: no doubt to weigh
+        return reason
+    said = reasons.classify(None, prose)
+    return said if said in reasons.CONTRADICTING else reason
+
+
+def _said_of(text: str, address: str | None, blocks: list[dict[str, str]]) -> str | None:
+    """What the report's own words say of a recipient its delivery-status block gives no diagnostic for
+    (OpenSMTPD: "user@example.org: Domain does not exist"): the lines naming the address, where they say why."""
+    if not address:
+        return None
+    key = address.lower()
+    seen = {a.lower(): 0 for b in blocks[:MAX_BLOCKS] if (a := clean_address(b.get("final-recipient")))}
+    lines = text.splitlines()[:5000]
+    for i, line in enumerate(lines):
+        lowered = line.lower()
+        if key in lowered and not DSN_FIELD.match(lowered):
+            said = _block(lines, i, key, seen)
+            if reasons.classify(None, said) != "undefined":
+                return said
+    return None
 
 
 def _text_recipients(msg: EmailMessage, text: str) -> list[Failed]:
@@ -392,7 +471,7 @@ def _text_recipients(msg: EmailMessage, text: str) -> list[Failed]:
         lowered = line.lower()
         if QUOTED_HEADER.match(lowered):
             continue
-        for a in ADDR_RE.findall(line):
+        for a in ADDR_RE.findall(GLUED_ID.sub(" ", line)):
             key = a.lower().strip(".")
             local = key.split("@", 1)[0]
             if key in own or local in ("mailer-daemon", "postmaster", "root", "abuse") or "+" in local and VERP_RE.search(a):

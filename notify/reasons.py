@@ -22,7 +22,9 @@ HARD = frozenset({"userunknown", "hostunknown", "hasmoved", "notaccept"})
 PHRASES: tuple[tuple[str, tuple[str, ...]], ...] = (
     # A name server that did not answer ("try again") is not a domain that does not exist; a local delivery
     # program that failed (procmail could not write the mailbox) is not a user that does not exist.
-    ("networkerror", ("host not found, try again", "name service error", "temporary failure in name resolution")),
+    # Postfix says "Name service error ...: Host not found, try again" when the name server failed, and the same
+    # without "try again" when it answered that the name does not exist.
+    ("networkerror", ("host not found, try again", "temporary failure in name resolution")),
     ("mailererror", ("procmail:", "maildrop:", "mail delivery agent", "local delivery program")),
     ("hostunknown", ("domain is not reachable", "account or domain may not exist")),
     ("rejected", ("you may not have permission to post", "group you tried to contact", "sender address rejected",
@@ -39,7 +41,7 @@ PHRASES: tuple[tuple[str, tuple[str, ...]], ...] = (
                     "exceeded maximum inbound message size", "message file too big", "message length exceeds",
                     "max message size exceeded", "exceeds the maximum size", "too big for system")),
     ("mailboxfull", ("mailbox full", "mailbox is full", "over quota", "overquota", "quota exceeded", "exceeded storage",
-                     "full mailbox", "insufficient disk space", "mailbox size limit", "disk quota", "quota exceed",
+                     "full mailbox", "insufficient disk space", "not enough disk space", "mailbox size limit", "disk quota", "quota exceed",
                      "not enough space", "exceeding its mailbox quota", "inbox is full", "mailfolder is full",
                      "user is over their quota", "exceeds storage")),
     ("blocked", ("blocked using", "blacklisted", "blocklisted", "listed at", " is listed in", " are listed in", "spamhaus", "spamcop",
@@ -71,7 +73,7 @@ PHRASES: tuple[tuple[str, tuple[str, ...]], ...] = (
                      "no account by that name", "not a valid user", "user invalid",
                      "addressee unknown", "the email account that you tried to reach does not exist",
                      "no longer available", "is not a valid", "user not exist", "invalid final delivery userid",
-                     "recipient not found", "does not like recipient", "ディレクトリのリストにありません",
+                     "recipient not found", "does not like recipient", "ディレクトリのリストにありません", "ディレクトリには見つかりません",
                      "mail-box not found", "not an active address", "no mail box available", "bad_recipient")),
     ("expired", ("delivery expired", "delivery time expired", "message expired", "giving up on", "retry time",
                  "retry timeout exceeded", "could not be delivered for", "has been delayed", "timed out",
@@ -88,7 +90,8 @@ PHRASES: tuple[tuple[str, tuple[str, ...]], ...] = (
                      "too many smtp sessions")),
     ("speeding", ("rate limit", "rate-limit", "too fast", "slow down", "try again slower", "throttl")),
     ("systemfull", ("mail system full", "system full", "insufficient system storage")),
-    ("networkerror", ("network", "routing loop", "mail loop", "too many hops", "hop count", "lookup failure",
+    ("networkerror", ("network", "remote protocol error", "connection reset by peer", "routing loop", "mail loop",
+                      "too many hops", "hop count", "lookup failure",
                       "name server", "unreachable")),
     ("contenterror", ("mime", "8-bit data", "header size", "duplicate header", "improperly-formatted")),
     ("syntaxerror", ("syntax error", "command unrecognized", "bad sequence of commands", "line too long")),
@@ -102,7 +105,7 @@ GENERIC_REFUSAL = ("recipient address rejected", "address rejected", "recipient 
 # The system that holds the mailboxes looked the name up in its directory and did not find it (Exchange,
 # Domino and Notes, IMail): a dead address, whatever command the report leaves unsaid.
 DIRECTORY_VERDICT = ("recipient name is not recognized", "not listed in domino directory", "not listed in public name",
-                     "ディレクトリのリストにありません", "invalid final delivery userid")
+                     "ディレクトリのリストにありません", "ディレクトリには見つかりません", "invalid final delivery userid")
 
 # PowerMTA says what it made of a bounce in its own DSN field (X-PowerMTA-BounceCategory): its verdict decides.
 POWERMTA_CATEGORY = {"bad-mailbox": "userunknown", "bad-domain": "hostunknown", "inactive-mailbox": "suspend",
@@ -134,12 +137,21 @@ _SPACE = re.compile(r"\s+")
 AFTER_DATA = ("end of data", "after data", "final data", "data command", "after end of data")
 
 
+# "neko.example.com does not exist": what does not exist is a domain (a name with no local part), not a mailbox.
+_NO_SUCH_DOMAIN = re.compile(r"(?<![@\w.-])(?:[a-z0-9-]{1,63}\.){1,8}[a-z]{2,63} does not exist")
+# A refusal that names no recipient ("550 : User unknown", "550: : User unknown"): a receiving system's filter
+# answering for the message in the words of a dead address (KDDI's, relayed as is by Exchange and Yahoo).
+_NOBODY_UNKNOWN = re.compile(r"(?<!\d)5\d\d ?: (?:: )?user unknown")
+
+
 def classify(status: str | None, diagnostic: str | None) -> str:
     """The reason of one failed recipient: from the diagnostic's words, else from the status code."""
     text = _SPACE.sub(" ", (diagnostic or "").lower())
     if text:
         for reason, phrases in PHRASES:
             if any(p in text for p in phrases):
+                if reason == "userunknown" and _NO_SUCH_DOMAIN.search(text[:4096]):
+                    return "hostunknown"
                 if reason == "userunknown" and any(p in text for p in AFTER_DATA):
                     return "filtered"
                 return reason
@@ -164,12 +176,19 @@ def settle(reason: str, status: str, command: str | None, diagnostic: str) -> st
         return "hasmoved"  # RFC 5321: 551 User not local; its words decide where they say otherwise ("classified as spam")
     if reason == "suspend" and sub == "1.1":  # "inactive address" with 5.1.1: the mailbox is gone
         return "userunknown"
+    if reason == "userunknown" and (_NOBODY_UNKNOWN.search(text) or sub.startswith("7.")):
+        return "filtered"  # X.7.X: refused by policy (RFC 3463), in the words of a dead address
     if reason == "userunknown":  # (5.1.351, Exchange's "unknown recipient", counts as its 5.1.3)
         directory = any(p in text for p in DIRECTORY_VERDICT)
         return "userunknown" if said_by_status or command == "RCPT" or directory else "filtered"
     if reason == "filtered" and command == "RCPT" and any(p in text for p in GENERIC_REFUSAL):
         return "userunknown"
     return reason
+
+
+# Said in a report's own prose, these doubt a status that calls the address dead: the account exists.
+CONTRADICTING = frozenset({"suspend", "mailboxfull"})
+CONTRADICTING_PHRASES = tuple(p for reason, phrases in PHRASES if reason in CONTRADICTING for p in phrases)
 
 
 def is_hard(reason: str) -> bool:
