@@ -5,10 +5,11 @@ The messages are Sisimai's public corpus (github.com/sisimai/set-of-emails, BSD 
 in tests/data/sisimai with its LICENSE); the expected answers, one per failed recipient (status,
 reason, hard or not), are from Sisimai's tests (rb-sisimai test/public/*.rb), in expected.json.
 
-    python bench/bounces.py [--families] [--misses FAMILY] [--flufl DIR] [--mbox N]
+    python bench/bounces.py [--families] [--misses FAMILY] [--flufl DIR] [--bounce-email DIR] [--mbox N]
 
 --flufl DIR: a corpus kept apart (never read while the rules were written), flufl.bounce's samples from
 https://gitlab.com/warsaw/flufl.bounce (LGPL 3, so fetched, not vendored: `git clone` it and give its top).
+--bounce-email DIR: another, https://github.com/mitio/bounce_email (MIT), its samples known as bounces or not.
 
 attributed: the message gave at least one recipient address (the report is tied to someone);
 hard/soft: of the expected recipients, in order, how many we call hard exactly when Sisimai does;
@@ -157,6 +158,19 @@ def flufl(root: Path) -> None:
           f"permanent/temporary as expected {agree} of those found ({pct(agree, found)})")
 
 
+def bounce_email(root: Path) -> None:
+    """A second corpus kept apart: the Ruby gem bounce_email's samples (MIT, fetched), each known as a bounce
+    (test/bounces) or not (test/non_bounces): a report should name a failed recipient, a non-bounce nobody."""
+    results = {}
+    for kind in ("bounces", "non_bounces"):
+        files = sorted((root / "test" / kind).glob("*.txt"))
+        named = sum(bool([f for f in parse_dsn(p.read_bytes())[0] if f.address]) for p in files)
+        results[kind] = (named, len(files))
+    (b, nb), (n, nn) = results["bounces"], results["non_bounces"]
+    print(f"bounce_email corpus: {b} of {nb} bounces name a failed recipient ({pct(b, nb)}); "
+          f"{n} of {nn} non-bounces name anyone (0 expected)")
+
+
 def pct(a: int, b: int) -> str:
     return f"{a / b:.0%}" if b else "-"
 
@@ -167,9 +181,12 @@ def main() -> None:
     ap.add_argument("--misses", metavar="FAMILY", help="print each disagreement of families starting with this")
     ap.add_argument("--mbox", type=int, metavar="N", help="also time `notify bounces --mbox` on N reports")
     ap.add_argument("--flufl", type=Path, metavar="DIR", help="also read flufl.bounce's samples, fetched to DIR")
+    ap.add_argument("--bounce-email", type=Path, metavar="DIR", help="also read bounce_email's samples, fetched to DIR")
     args = ap.parse_args()
     if args.flufl:
         flufl(args.flufl)
+    if args.bounce_email:
+        bounce_email(args.bounce_email)
     if args.mbox:
         mbox_speed(args.mbox)
     by, misses, seconds = measure()

@@ -251,7 +251,7 @@ def run_old(endpoint: str, url: str, latency: float, state: Path, supp: Path, li
             continue
         for m in got:
             for fb in parse_ses(m["Body"], m["MessageId"]):
-                recorder.apply(fb, m["Body"])
+                recorder.apply(fb)
                 recorder.settle()  # the suppression write after each commit, as before
             sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
             seen += 1
