@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from notify.send.throttle import default_burst  # the bound the rate step checks
 from notify.store import epoch_of  # the ledger's own timestamp format
-from notify.throttle import default_burst  # the bound the rate step checks
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -198,9 +198,9 @@ def prerender(d: Path, path: Path) -> None:
     """The same messages notify sends, built beforehand with notify's own code (not timed)."""
     code = textwrap.dedent(f"""
         import struct, sys
-        from notify import campaign
-        from notify.render import Templates, compose, recipient_context
-        from notify.recipients import read, validate, Recipient
+        from notify.campaign import config as campaign
+        from notify.content.render import Templates, compose, recipient_context
+        from notify.recipients.rows import read, validate, Recipient
         c = campaign.load({str(d)!r})
         t = Templates(c)
         with open({str(path)!r}, "wb") as out:
@@ -225,8 +225,8 @@ def run_mailmerge(dir: Path, d: Path, port: int, html: bool = True) -> Run:
     dir.mkdir(parents=True, exist_ok=True)
     code = textwrap.dedent(f"""
         import json
-        from notify import campaign
-        from notify.render import Templates, recipient_context
+        from notify.campaign import config as campaign
+        from notify.content.render import Templates, recipient_context
         c = campaign.load({str(d)!r})
         t = Templates(c)
         r = t.render(t.resolve("en", "US-TX"), recipient_context("{{{{email}}}}", "{{{{name}}}}", "en", "US-TX", {{}}))

@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from notify.bounces import parse_dsn  # noqa: E402 - after the path, so the checkout's own code is measured
+from notify.feedback.bounces import parse_dsn  # noqa: E402 - after the path, so the checkout's own code is measured
 
 CORPUS = ROOT / "tests" / "data" / "sisimai"
 

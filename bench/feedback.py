@@ -31,10 +31,10 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from notify.bounces import FeedbackRecorder, parse_ses
-from notify.sqs import QueueOptions, SqsReader
+from notify.feedback.bounces import FeedbackRecorder, parse_ses
+from notify.feedback.sqs import QueueOptions, SqsReader
+from notify.feedback.suppression import SuppressionList
 from notify.store import Change, Event, SqliteStore
-from notify.suppression import SuppressionList
 
 CAMPAIGN = "bench-feedback"
 
@@ -252,7 +252,7 @@ def run_old(endpoint: str, url: str, latency: float, state: Path, supp: Path, li
         for m in got:
             for fb in parse_ses(m["Body"], m["MessageId"]):
                 recorder.apply(fb)
-                recorder.settle()  # the suppression write after each commit, as before
+                recorder.catch_up()  # the suppression write after each commit, as before
             sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
             seen += 1
     seconds = time.perf_counter() - start

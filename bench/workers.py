@@ -31,7 +31,7 @@ NOTIFY = [PY, "-m", "notify"]
 
 def ledger_rate(d: Path, env: dict[str, str]) -> tuple[float, int]:
     """(first attempts per second, recipients sent), read through `notify status --json` and the state."""
-    code = ("import sys, json; from notify.campaign import load; from notify.store import open_store;"
+    code = ("import sys, json; from notify.campaign.config import load; from notify.store import open_store;"
             "s = open_store(load(sys.argv[1]));"
             "r = s.db.execute('SELECT min(first_attempt_at), max(first_attempt_at), count(*) FROM recipients"
             " WHERE first_attempt_at IS NOT NULL').fetchone();"

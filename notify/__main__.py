@@ -1,3 +1,3 @@
-from notify.cli import main
+from .cli.app import main
 
 main()

@@ -2,6 +2,7 @@
 
     NotifyError                 exit 1 unless said otherwise
      ├── ConfigError            campaign.toml is wrong
+     ├── UsageError             the command line asks the impossible               (exit 2)
      ├── InputError             the recipients file cannot be read
      ├── TemplateError          a template does not load or render
      ├── StoreError             the campaign's state cannot be read or written     (exit 4)
@@ -9,7 +10,7 @@
      ├── NotApproved            the content is not what legal approved
      └── ReputationPaused       the circuit breaker's pause stands                 (exit 4)
 
-A provider that is down is an Outcome (Kind.PROVIDER_DOWN), not an exception: the engine
+A provider that is down is an Outcome (Kind.PROVIDER_DOWN), not an exception: the send loop
 switches to the next provider instead of unwinding.
 
 Per-recipient results (a rejected row, a bounced address) are data, never exceptions.
@@ -50,10 +51,11 @@ class NotifyError(Exception):
 
     exit_code = EXIT_INPUT
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, problems: list[str] | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = hint  # a line each, said as "Hint: ..."
+        self.problems = problems or []  # each said as "  - ..." under the message
 
     def __str__(self) -> str:
         return self.message
@@ -62,9 +64,11 @@ class NotifyError(Exception):
 class ConfigError(NotifyError):
     """The campaign file is missing, malformed, or names something that does not exist."""
 
-    def __init__(self, message: str, hint: str | None = None, problems: list[str] | None = None) -> None:
-        super().__init__(message, hint)
-        self.problems = problems or [message]
+
+class UsageError(NotifyError):
+    """The command line asks for something that cannot be done as asked (two sources where one is needed)."""
+
+    exit_code = EXIT_USAGE
 
 
 class InputError(NotifyError):

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from notify import campaign as campaign_mod
-from notify.cli import app
+from notify.campaign import config as campaign_mod
+from notify.cli.app import app
 from notify.store import open_store
 
 from . import pg

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from notify.bounces import parse_dsn
+from notify.feedback.bounces import parse_dsn
 
 CORPUS = Path(__file__).parent / "data" / "sisimai"
 EXPECTED = json.loads((CORPUS / "expected.json").read_text())

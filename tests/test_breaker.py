@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from notify import breaker
-from notify.campaign import SendConfig
+from notify.campaign.config import SendConfig
 from notify.errors import ReputationPaused
+from notify.send import breaker
 from notify.store import SqliteStore, epoch_of
 
 CFG = SendConfig(providers=["sink"], max_bounce_rate=0.05, max_complaint_rate=0.001, reputation_window=1000)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from notify import campaign
+from notify.campaign import config as campaign
 from notify.errors import ConfigError
 
 from .conftest import EXAMPLE, MakeCampaign
@@ -114,7 +114,7 @@ def test_missing_recipients_file(make_campaign: MakeCampaign) -> None:
 ])
 def test_every_number_has_a_sane_range(tmp_path: Path, table: str, key: str, value: str) -> None:
     # #34: values that passed validation and then crashed or hung: each is now a config error naming the key.
-    from notify.campaign import load
+    from notify.campaign.config import load
     from notify.errors import ConfigError
 
     d = tmp_path / "c"

@@ -127,7 +127,7 @@ def _commands() -> list[list[str]]:
     """Every command the CLI registers, groups walked: ["check"], ["audit", "verify"], ..."""
     import typer.main
 
-    from notify.cli import app
+    from notify.cli.app import app
 
     def walk(group: typer.core.TyperGroup, prefix: list[str]) -> list[list[str]]:
         out = []
@@ -161,12 +161,12 @@ def test_top_level_help_lists_exit_codes() -> None:
 
 def test_a_bug_is_reported_without_a_traceback(example: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Simulate a defect inside the core: the user sees one plain line and exit 70, never a traceback.
-    import notify.report
+    import notify.reports.status
 
     def broken(*_: object) -> None:
         raise KeyError("boom")
 
-    monkeypatch.setattr(notify.report, "status", broken)
+    monkeypatch.setattr(notify.reports.status, "status", broken)
     code, _, err = run("status", example)
     assert code == 70
     assert err.startswith("Error: internal error: KeyError: 'boom'\nThis is a bug in notify.")
@@ -227,7 +227,7 @@ def test_audit_export_for_compliance(example: Path, tmp_path: Path) -> None:
 
 
 def test_the_progress_bar_shows_on_a_terminal_and_nowhere_else(make_campaign: MakeCampaign) -> None:
-    # The bar is an observer of the loop (notify/progress.py): on a terminal it counts and says what
+    # The bar is an observer of the loop (notify/send/progress.py): on a terminal it counts and says what
     # the outcomes were; in a pipe nothing is drawn.
     import os
     import pty
@@ -271,7 +271,7 @@ def test_a_reader_that_closes_the_pipe_early_is_not_an_internal_error(tmp_path: 
     import subprocess
     import sys
 
-    from notify.suppression import SuppressionList
+    from notify.feedback.suppression import SuppressionList
     SuppressionList().close()  # creates the list where NOTIFY_SUPPRESSION_DB points
     db = sqlite3.connect(os.environ["NOTIFY_SUPPRESSION_DB"])
     with db:
@@ -291,7 +291,7 @@ def test_a_reader_that_closes_the_pipe_early_is_not_an_internal_error(tmp_path: 
 
 def test_suppress_list_keeps_one_entry_on_one_line() -> None:
     # #28: a folded bounce diagnostic kept its line break, so one address printed as two lines.
-    from notify.suppression import SuppressionList
+    from notify.feedback.suppression import SuppressionList
     s = SuppressionList()
     s.add("carol@example.com", "hard-bounce", "dsn", "550 5.1.1 <carol@example.com>:\r\n\tuser unknown")
     s.close()
@@ -314,7 +314,7 @@ def test_status_says_when_a_retry_is_due_as_a_person_reads_it(make_campaign: Mak
     # #28: during a send `status` showed a "next retry" time already past, as a bare timestamp.
     import time
 
-    from notify.report import when_due
+    from notify.reports.status import when_due
     from notify.store import Change, Event, SqliteStore
 
     assert [when_due(100.0, 100.0 + d) for d in (5, 0)] == ["due now", "due now"]
@@ -387,7 +387,7 @@ def test_shell_completion_for_bash_zsh_and_fish(shell: str, env: dict[str, str],
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-c", "from notify.cli import app; app(prog_name='notify')"],
+    r = subprocess.run([sys.executable, "-c", "from notify.cli.app import app; app(prog_name='notify')"],
                        env={**os.environ, **env, "_NOTIFY_COMPLETE": f"complete_{shell}"}, capture_output=True, text=True)
     assert expect in r.stdout, (r.stdout, r.stderr)
     code, out, _ = run("--help")

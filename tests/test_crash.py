@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from notify.audit import verify_chain
-from notify.campaign import load
+from notify.campaign.config import load
+from notify.evidence.audit import verify_chain
 from notify.store import open_store
 
 from .conftest import MakeCampaign, simple_templates, sql

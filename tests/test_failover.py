@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from notify.audit import verify_chain
-from notify.campaign import load
-from notify.cli import app
+from notify.campaign.config import load
+from notify.cli.app import app
+from notify.evidence.audit import verify_chain
 from notify.providers.ses import SesProvider
 from notify.store import open_store
 

@@ -12,11 +12,11 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from notify import dsn
-from notify.bounces import FeedbackRecorder, Malformed, parse_dsn, parse_ses, read_mbox
-from notify.campaign import load
+from notify.campaign.config import load
+from notify.feedback import dsn
+from notify.feedback.bounces import FeedbackRecorder, Malformed, parse_dsn, parse_ses, read_mbox
+from notify.feedback.suppression import SuppressionList, for_campaign
 from notify.store import Change, Event, open_store
-from notify.suppression import SuppressionList, for_campaign
 
 from .conftest import MakeCampaign, run, simple_templates, sql, states, tokens
 from .test_ses import ses_event

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from notify.message import message_id
+from notify.content.message import message_id
 
 from .conftest import MakeCampaign, run, simple_templates, sql, states, tokens
 from .test_feedback import DSN, mail, mbox_of, report, suppressed
@@ -197,7 +197,7 @@ def test_a_gigabyte_line_in_an_mbox_costs_no_memory(make_campaign: MakeCampaign,
     ("5.1.6", "551 5.1.6 User not local; please try <new@example.net>", "bounced", "hasmoved"),
 ])
 def test_a_report_means_what_its_words_and_action_say(status: str, diagnostic: str, kind: str, reason: str) -> None:
-    from notify.bounces import parse_dsn
+    from notify.feedback.bounces import parse_dsn
 
     (item,), _ = parse_dsn(report([("rfc822; p0@example.org", status, diagnostic)]))
     assert (item.kind, item.detail["reason"]) == (kind, reason)

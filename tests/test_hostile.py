@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from notify.cli import app
+from notify.cli.app import app
 
 HOSTILE = Path(__file__).parent / "data" / "hostile"
 ROOT = Path(__file__).resolve().parent.parent

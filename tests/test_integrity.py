@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from notify.campaign import load
-from notify.render import Templates
+from notify.campaign.config import load
+from notify.content.render import Templates
 
 from .conftest import MakeCampaign, run, simple_templates, states
 
@@ -97,7 +97,7 @@ def test_templates_edited_during_a_send_are_not_sent(make_campaign: MakeCampaign
 
 
 def event_kinds(d: Path) -> list[tuple[str, str | None, str | None]]:
-    from notify.campaign import load
+    from notify.campaign.config import load
     from notify.store import open_store
 
     store = open_store(load(d))
@@ -191,7 +191,7 @@ ADVERSARIAL = {"letters": "a" * 1_000_000, "digits and spaces": "1 " * 500_000, 
 def test_every_content_lint_pattern_is_linear_on_a_megabyte(shape: str) -> None:
     # Item 7: the lint took 8.5 s on a 60,000-character name and over 300 s on 1 MB. Linear, each of
     # these takes milliseconds; the bound only catches a pattern that backtracks per position again.
-    from notify import lint
+    from notify.checks import lint
     text = ADVERSARIAL[shape]
     started = time.process_time()
     for pattern in (lint._RESIDENT_COUNT, lint._EMAIL, lint._GOV, lint._URL, lint._TOLL_FREE,
@@ -204,7 +204,7 @@ def test_every_content_lint_pattern_is_linear_on_a_megabyte(shape: str) -> None:
 
 
 def test_the_linear_patterns_find_what_the_old_ones_did() -> None:
-    from notify import lint
+    from notify.checks import lint
     assert lint._RESIDENT_COUNT.search("we told 5,000 residents").group(0) == "5,000 residents"
     assert lint._RESIDENT_COUNT.search("about 12 000 Massachusetts residents").group(0) == "12 000 Massachusetts residents"
     assert not lint._RESIDENT_COUNT.search("since 2022 we")
@@ -452,7 +452,7 @@ def test_impossible_dates_are_refused(make_campaign: MakeCampaign, line: str, sa
 
 def test_a_clock_step_during_a_run_does_not_move_the_run_s_time(monkeypatch: pytest.MonkeyPatch) -> None:
     # Item 11: retries and max_age used the wall clock, so a clock jump failed deferred recipients early.
-    from notify.policy import steady_wall
+    from notify.send.policy import steady_wall
     wall = steady_wall()
     before = wall()
     real = time.time
@@ -531,7 +531,7 @@ def test_a_signed_export_verifies_with_its_key_and_not_with_another_or_after_a_r
     csv_path = out / "recipients.csv"
     csv_path.write_text(csv_path.read_text().replace(",sent,", ",failed,", 1))
     manifest = json_mod.loads((out / "manifest.json").read_text())
-    from notify.audit import file_entry
+    from notify.evidence.audit import file_entry
     manifest["files"]["recipients.csv"] = file_entry(csv_path)
     (out / "manifest.json").write_text(json_mod.dumps(manifest, indent=2, sort_keys=True) + "\n")
     # #34: the old signature beside it no longer verifies against the key the manifest names: refused without --key.
@@ -667,11 +667,11 @@ def test_a_rewritten_chain_is_caught_by_the_heads_recorded_outside_the_state(mak
 
 def test_the_chain_head_is_written_out_while_sending(make_campaign: MakeCampaign, monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
     # #27: "the chain head is written out while sending", not only at the end of a run.
-    import notify.loop
+    import notify.send.loop
 
     from .conftest import run
 
-    monkeypatch.setattr(notify.loop, "CHECKPOINT_EVERY", 0.0)  # every group commit, instead of every minute
+    monkeypatch.setattr(notify.send.loop, "CHECKPOINT_EVERY", 0.0)  # every group commit, instead of every minute
     d = make_campaign("email\n" + "".join(f"p{i}@example.com\n" for i in range(300)))
     assert run("send", d)[0] == 0
     lines = (d / "audit-checkpoints.log").read_text().splitlines()

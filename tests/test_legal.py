@@ -6,8 +6,8 @@ import csv
 import json
 from pathlib import Path
 
-from notify import campaign as campaign_mod
-from notify.render import Templates
+from notify.campaign import config as campaign_mod
+from notify.content.render import Templates
 from notify.store import SqliteStore
 
 from .conftest import MakeCampaign, run
@@ -244,9 +244,9 @@ def test_legal_profiles_name_what_each_law_needs(make_campaign: MakeCampaign) ->
 def test_message_level_rules_attachments_and_list_unsubscribe(make_campaign: MakeCampaign) -> None:
     from email.message import EmailMessage
 
-    from notify.lint import lint
-    from notify.message import Message
-    from notify.render import recipient_context
+    from notify.checks.lint import lint
+    from notify.content.message import Message
+    from notify.content.render import recipient_context
 
     d = lint_campaign(make_campaign, "")
     c = campaign_mod.load(d)
@@ -291,7 +291,7 @@ def deadline_campaign(make_campaign: MakeCampaign, n: int, extra: str = "discove
 def test_deadline_time_left_and_projected_finish(make_campaign: MakeCampaign) -> None:
     import datetime as dt
 
-    from notify import report
+    from notify.reports import status as report
 
     d = deadline_campaign(make_campaign, 1000)
     c = campaign_mod.load(d)

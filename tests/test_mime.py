@@ -11,8 +11,9 @@ import re
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from notify import campaign, mime
-from notify.render import Rendered, Templates, compose, compose_with_email_package, recipient_context
+from notify.campaign import config as campaign
+from notify.content import mime
+from notify.content.render import Rendered, Templates, compose, compose_with_email_package, recipient_context
 
 from .conftest import EXAMPLE
 

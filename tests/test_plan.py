@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from notify import campaign
-from notify.render import Templates, recipient_context
+from notify.campaign import config as campaign
+from notify.content.render import Templates, recipient_context
 
 from .conftest import EXAMPLE, MakeCampaign, simple_templates
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from notify.campaign import load
+from notify.campaign.config import load
+from notify.content.message import Message
 from notify.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED
-from notify.message import Message
-from notify.policy import NEEDS_WAIT, RunResult, backoff_delay, decide
 from notify.providers.base import Kind, Outcome
+from notify.send.policy import NEEDS_WAIT, RunResult, backoff_delay, decide
 from notify.store import Claimed
 
 from .conftest import MakeCampaign, simple_templates
@@ -98,9 +98,9 @@ def test_exit_codes(result: RunResult, code: int) -> None:
 
 
 def test_providers_load_without_the_renderer() -> None:
-    # Providers take a Message (notify/message.py); loading one must not load jinja2 or babel.
+    # Providers take a Message (notify/content/message.py); loading one must not load jinja2 or babel.
     code = ("import sys, notify.providers, notify.providers.outbox, notify.providers.smtp, notify.providers.ses; "
-            "print(sorted(m for m in ('jinja2', 'babel', 'notify.render') if m in sys.modules))")
+            "print(sorted(m for m in ('jinja2', 'babel', 'notify.content.render') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent).stdout
     assert out.strip() == "[]"

@@ -91,8 +91,8 @@ def test_one_worker_at_a_time_unless_it_asks_to_join(make_campaign: MakeCampaign
         assert code == 4 and "1 worker(s) are sending this campaign now" in err and "--worker" in err, err
         code, out, _ = run("status", d)
         assert code == 0 and "worker:" in out and ": live, sent" in out, out
-        from notify.campaign import load
-        from notify.report import watch
+        from notify.campaign.config import load
+        from notify.reports.status import watch
         from notify.store import open_store
 
         store = open_store(load(d))
@@ -269,7 +269,7 @@ def test_what_is_left_is_read_in_one_snapshot_while_rows_are_rescued_and_claimed
     connection turns 40 rows from in flight to deferred and back as fast as it can while this one asks."""
     import threading
 
-    from notify.campaign import load
+    from notify.campaign.config import load
     from notify.store import open_store
 
     d = pg_campaign(make_campaign, 40)

@@ -11,9 +11,9 @@ from email_validator import EmailNotValidError, validate_email
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from notify import campaign
-from notify.recipients import INVISIBLE, Recipient, Record, carried, validate
-from notify.render import Rendered, compose
+from notify.campaign import config as campaign
+from notify.content.render import Rendered, compose
+from notify.recipients.rows import INVISIBLE, Recipient, Record, carried, validate
 
 from .conftest import EXAMPLE
 
@@ -72,7 +72,7 @@ def test_address_and_name_survive_rendering(address: str, name: str) -> None:
 @given(st.one_of(addresses, st.text(max_size=80), st.builds(lambda a, b: f"{a}@{b}", st.text(max_size=70), st.text(max_size=70))))
 def test_cached_domain_check_says_what_email_validator_says(address: str) -> None:
     """recipients.check_address validates each domain once; its verdict must be email-validator's own."""
-    from notify.recipients import check_address
+    from notify.recipients.rows import check_address
 
     try:
         v = validate_email(address, check_deliverability=False, allow_smtputf8=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from notify.errors import InputError
-from notify.recipients import Recipient, Reject, normalize_locale, read, validate
+from notify.recipients.rows import Recipient, Reject, normalize_locale, read, validate
 
 from .conftest import MakeCampaign
 

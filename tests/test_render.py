@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from notify import campaign
+from notify.campaign import config as campaign
+from notify.content.render import Templates, compose, message_id, recipient_context
 from notify.errors import TemplateError
-from notify.recipients import recipient_token
-from notify.render import Templates, compose, message_id, recipient_context
+from notify.recipients.rows import recipient_token
 
 from .conftest import EXAMPLE, MakeCampaign, simple_templates
 

@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from notify import campaign, renderpool
-from notify.cli import app
-from notify.message import Message
-from notify.render import Templates, recipient_context
-from notify.renderpool import RenderPool, render_claimed
+from notify.campaign import config as campaign
+from notify.cli.app import app
+from notify.content.message import Message
+from notify.content.render import Templates, recipient_context
+from notify.send import renderpool
+from notify.send.renderpool import RenderPool, render_claimed
 from notify.store import SqliteStore
 
 from .conftest import MakeCampaign
@@ -145,9 +146,9 @@ def test_a_batch_is_freed_without_the_cycle_collector(make_campaign: MakeCampaig
 
 PARENT_KILLED_AT_SPAWN = """
 import os, signal, sys
-from notify import campaign
-from notify.render import Templates
-from notify.renderpool import RenderPool
+from notify.campaign import config as campaign
+from notify.content.render import Templates
+from notify.send.renderpool import RenderPool
 templates = Templates(campaign.load(sys.argv[1]))
 pool = RenderPool(templates, 1, 32)
 pool.submit([])  # starts the render process, which takes a second or so to import and init

@@ -16,14 +16,14 @@ from botocore.stub import Stubber
 from moto import mock_aws
 from typer.testing import CliRunner
 
-from notify.audit import verify_chain
-from notify.campaign import SesConfig
-from notify.cli import app
-from notify.message import message_id
+from notify.campaign.config import SesConfig
+from notify.cli.app import app
+from notify.content.message import message_id
+from notify.evidence.audit import verify_chain
+from notify.feedback.suppression import SuppressionList
 from notify.providers.base import Kind
 from notify.providers.ses import DOWN, PERMANENT, THROTTLING, SesProvider, classify_error
 from notify.store import SqliteStore
-from notify.suppression import SuppressionList
 
 from .conftest import MakeCampaign, simple_templates, tokens
 
@@ -122,7 +122,7 @@ def test_every_ses_error_code_maps_to_an_outcome(code: str, kind: Kind, aws: Any
     status = 500 if kind is Kind.IN_DOUBT else 400
     with Stubber(provider.client) as stub:
         stub.add_client_error("send_email", service_error_code=code, service_message="injected", http_status_code=status)
-        from notify.message import Message
+        from notify.content.message import Message
 
         outcome = provider._send_sync(Message("<m@example.com>", "a@example.com", "b@example.org", b"x", "0", False, {}))
     assert outcome.kind is kind

@@ -23,12 +23,12 @@ import pytest
 from aiosmtplib import errors as smtp_errors
 from typer.testing import CliRunner
 
-from notify.audit import verify_chain
-from notify.campaign import load
-from notify.cli import app
+from notify.campaign.config import load
+from notify.cli.app import app
+from notify.content.message import Message
+from notify.content.mime import transparent
 from notify.errors import EXIT_FAILED, ConfigError
-from notify.message import Message
-from notify.mime import transparent
+from notify.evidence.audit import verify_chain
 from notify.providers import build
 from notify.providers.base import Kind
 from notify.providers.smtp import classify_exception, classify_reply
@@ -236,7 +236,7 @@ def test_missing_secret_env_is_a_clear_error(make_campaign: MakeCampaign, monkey
     code, _, err = send(d)
     assert code == 1
     # Said with preflight's other problems (#38: check proves it too), before anything is sent.
-    assert err.startswith("Error: 1 problem(s) found before sending; nothing was sent:\n  [providers.relay] password_env: "
+    assert err.startswith("Error: 1 problem(s) found before sending; nothing was sent:\n  - [providers.relay] password_env: "
                           "the environment variable T_SMTP_PASS is not set"), err
 
 

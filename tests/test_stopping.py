@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from notify.campaign import load
+from notify.campaign.config import load
 from notify.store import open_store
 
 from .conftest import MakeCampaign

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 import notify.store as store_mod
-from notify import campaign
-from notify.audit import verify_chain
+from notify.campaign import config as campaign
 from notify.errors import InputError, StoreError
+from notify.evidence.audit import verify_chain
 from notify.store import DB_NAME, Change, Event, SqliteStore, Store
 
 from .conftest import MakeCampaign
@@ -60,7 +60,7 @@ def test_message_ids_are_found_through_the_token_and_earlier_ones_still_by_their
     import hashlib
 
     import notify.store.schema as store_mod
-    from notify.message import message_id
+    from notify.content.message import message_id
     from notify.store.base import _by_message_id
 
     d = make_campaign()

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from notify.throttle import Bucket, FakeClock, Throttle
+from notify.send.throttle import Bucket, FakeClock, Throttle
 
 
 def acquire_times(throttle: Throttle, clock: FakeClock, domains: list[str], concurrency: int = 8,

@@ -17,8 +17,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from notify.audit import verify_chain
-from notify.campaign import load
+from notify.campaign.config import load
+from notify.evidence.audit import verify_chain
 from notify.store import open_store
 
 from .smtpd import Handler

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Optional, Protocol
 
-from ..message import Message
+from ..content.message import Message
 
 Ready = Optional[Callable[[], Awaitable[None]]]
 
@@ -42,7 +42,7 @@ class Outcome:
     # wave is recognized: held and retried once the wave is settled, not failed at once (#28).
     wave_suspect: bool = False
     # The SMTP command a permanent refusal answered (MAIL, RCPT or DATA), where the provider knows: "user
-    # unknown" at RCPT TO is a dead address, after DATA a filter's word (reasons.settle), as in a bounce report.
+    # unknown" at RCPT TO is a dead address, after DATA a filter's word (reasons.dead_or_refused), as in a bounce report.
     refused_at: str | None = None
 
     def describe(self) -> str:
@@ -79,6 +79,19 @@ class Provider(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class RateChange:
+    """A provider's sending rate changed (the throttle's verdict), and why; recorded and shown as it is said."""
+
+    old: float | None
+    new: float | None
+    reason: str
+
+    def said(self) -> str:
+        """"200/s -> 100/s" (None: unlimited), as the progress line and `status --watch` say it."""
+        return " -> ".join("unlimited" if r is None else f"{r:g}/s" for r in (self.old, self.new))
 
 
 class Wave:

@@ -7,8 +7,8 @@ import errno
 from pathlib import Path
 
 from .. import files
-from ..campaign import OutboxConfig
-from ..message import Message
+from ..campaign.config import OutboxConfig
+from ..content.message import Message
 from .base import WITHDRAWN, Kind, Outcome, Readiness, Ready, Withdrawn
 
 

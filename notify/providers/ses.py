@@ -32,8 +32,8 @@ import boto3
 import botocore.exceptions as bx
 from botocore.config import Config
 
-from ..campaign import SesConfig
-from ..message import Message
+from ..campaign.config import SesConfig
+from ..content.message import Message
 from .base import WITHDRAWN, Kind, Outcome, Readiness, Ready, Wave, Withdrawn
 
 THROTTLING = {"TooManyRequestsException", "Throttling", "ThrottlingException", "LimitExceededException"}

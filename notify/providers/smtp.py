@@ -34,9 +34,9 @@ from collections.abc import Callable
 import aiosmtplib
 from aiosmtplib import errors as smtp_errors
 
-from ..campaign import SmtpConfig
+from ..campaign.config import SmtpConfig
+from ..content.message import Message
 from ..errors import ConfigError, register_secret
-from ..message import Message
 from .base import WITHDRAWN, Kind, Outcome, Readiness, Ready, Wave, Withdrawn
 from .smtpwire import Session, wire_body
 

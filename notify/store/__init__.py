@@ -10,21 +10,10 @@ from __future__ import annotations
 import os
 
 from .. import files
-from ..campaign import Campaign
+from ..campaign.config import Campaign
 from ..errors import ConfigError
 from .base import Store
-from .records import (
-    GENESIS,
-    TRANSITIONS,
-    Change,
-    Claimed,
-    Event,
-    ImportResult,
-    epoch_of,
-    event_hash,
-    file_sha256,
-    utcnow,
-)
+from .records import GENESIS, TRANSITIONS, Change, Claimed, Event, ImportResult, epoch_of, event_hash, file_sha256, utcnow
 from .schema import DB_NAME
 from .sqlite import SqliteStore
 

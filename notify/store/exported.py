@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .. import campaign as campaign_mod
 from .. import files
+from ..campaign import config as campaign_mod
 from ..errors import InputError, StoreError
 from .base import RECIPIENT_COLUMNS, Store
 from .records import utcnow

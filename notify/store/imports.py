@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import files
 from ..errors import InputError, StoreError
-from ..recipients import Recipient, Reject, read, recipient_token, validate
+from ..recipients.rows import Recipient, Reject, read, recipient_token, validate
 from .records import Event, ImportResult, dicts, file_sha256, utcnow
 
 # States of a person nobody has handed to a provider yet: a corrected row still applies to them.
@@ -126,7 +126,9 @@ class Imports:
                     accepted, rejected, pending = accepted + a, rejected + r, []
             a, r = self._write_batch(import_id, pending, replace, tally)
             accepted, rejected = accepted + a, rejected + r
-            assert read_n == accepted + rejected, "every row is either accepted or rejected"
+            if read_n != accepted + rejected:  # every row is either accepted or rejected: nothing is lost silently
+                raise StoreError(f"{path}: {read_n} row(s) read but {accepted} accepted and {rejected} rejected; "
+                                 "nothing was imported (this is a bug in notify)")
             removed = 0
             if replace:  # nobody was sent anything yet (under_way): people no longer in the file are dropped
                 removed = db.execute("DELETE FROM recipients WHERE import_id != ?", (import_id,)).rowcount

@@ -1,0 +1,1 @@
+"""The campaign: campaign.toml read into a typed, validated Campaign."""

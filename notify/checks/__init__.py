@@ -1,0 +1,1 @@
+"""What `check` proves before a send: preflight, the content lint, DNS."""

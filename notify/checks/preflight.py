@@ -1,0 +1,145 @@
+"""Everything `check` proves before a send, and `send` requires: templates load, recipients import,
+every version renders, the content lint passes. All problems at once, never the first alone."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import providers
+from ..campaign.config import Campaign
+from ..content.message import Message
+from ..content.render import (
+    Rendered,
+    RenderFailure,
+    Templates,
+    build_message,
+    recipient_context,
+    split_version,
+    synthetic_recipient,
+    version_order,
+)
+from ..errors import ConfigError, TemplateError
+from ..recipients.rows import SAMPLE_SECRET, STANDARD_COLUMNS, recipient_token
+from ..store import ImportResult, Store
+from .lint import lint
+
+# The legal profile (lint.py) that checks a jurisdiction's required content, where notify has one.
+JURISDICTION_PROFILES = {"US-CA": "california", "US-NY": "new-york", "US-MA": "massachusetts"}
+
+
+@dataclass
+class Preflight:
+    """What `check` reports and `send` requires: templates load, recipients import, every locale renders."""
+
+    store: Store
+    templates: Templates | None
+    imported: ImportResult | None
+    problems: list[str] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)  # each said once, however many problems share it
+    rendered: list[tuple[Rendered, Message]] = field(default_factory=list)  # one sample of each, for the lint
+    warnings: list[str] = field(default_factory=list)  # content lint warnings: said, but they stop nothing
+
+    def add(self, problem: str, hint: str | None = None) -> None:
+        self.problems.append(problem)
+        if hint and hint not in self.hints:
+            self.hints.append(hint)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Preflight:
+    """Collects every problem it can find rather than stopping at the first."""
+    pre = Preflight(store, None, None)
+    try:
+        pre.templates = Templates(campaign)
+        for problem in pre.templates.load_all():
+            pre.add(problem)
+    except TemplateError as e:
+        pre.add(str(e), e.hint)
+    # Every provider of the failover order, built as send builds it: its secrets present (never shown), its key
+    # files readable. `check` said "OK: ready" with a password_env unset, and send then failed (#38).
+    for name in campaign.send.providers:
+        if name in campaign.providers:
+            try:
+                providers.build(campaign.providers[name], concurrency=1)
+            except ConfigError as e:
+                pre.add(e.message, e.hint)
+    pre.imported = store.import_file(campaign.recipients, append=append, trusted=frozenset(campaign.review.trusted_columns))
+    store.write_rejects_file()
+    if not store.counts():
+        pre.add(f"{campaign.recipients}: no recipients: {pre.imported.rows_read} row(s) read, all rejected "
+                            f"(see {store.state_dir / 'rejects.csv'})")
+    if pre.templates is None or pre.problems:
+        return pre
+    templates = pre.templates
+    used = templates.recipient_fields() - set(STANDARD_COLUMNS)
+    columns = store.columns()
+    for col in sorted(c for c in columns if not c.isidentifier()):
+        pre.warnings.append(f"{campaign.recipients}: column {col!r} is not a name a template can write as recipient.NAME; "
+                            f"a template reaches it only as recipient[{col!r}] (or rename the column)")
+    for col in sorted(used - columns):
+        pre.add(
+            f"templates use recipient.{col}, but {campaign.recipients} has no {col!r} column "
+            f"(add the column, or take it out of {templates.roots[0]})")
+    for col in sorted(used & columns):
+        n, first = store.empty_values(col)
+        if n:
+            pre.add(
+                f"{campaign.recipients}: {n} recipient(s) have an empty {col!r}, which the templates use "
+                f"(first at row {first}); fill it in so no notice goes out with a blank")
+    # Every variable the templates lack, in every version, at once (rendering stops at the first).
+    hint = "add it to [variables] in campaign.toml (or to the locale's [variables.<locale>] table)"
+    for problem in sorted({p for v in templates.versions for p in templates.undefined_variables(v)}):
+        pre.add(problem, hint)
+    if pre.problems:
+        return pre  # rendering would only fail again for the same missing columns and variables
+    # Every template version, and every (locale, jurisdiction) recipients have, renders before anything is sent.
+    targets: dict[str, tuple[str, dict[str, Any]]] = {}  # version -> (address as stored, template context)
+    other_language: Counter[tuple[str, str]] = Counter()  # (asked for, will get) where the language differs
+    unprofiled: Counter[str] = Counter()  # jurisdictions whose notices no legal profile checks
+    for (requested, juris), s in store.samples().items():
+        try:
+            version = templates.resolve(requested or campaign.default_locale, juris)
+        except TemplateError as e:
+            pre.add(str(e), e.hint)
+            continue
+        targets.setdefault(version, (s["email"], recipient_context(s["email"], s["name"], requested, juris, s["vars"])))
+        variant, got = split_version(version)
+        if requested and requested.split("-")[0].lower() != got.split("-")[0].lower():
+            other_language[requested, version] += s["count"]
+        if juris and not campaign.review.for_variant(variant):
+            unprofiled[juris] += s["count"]
+    # Warnings of their own, not lost in the fallback line: people who will read another language, and
+    # jurisdictions whose legally required content nothing checks.
+    for (requested, version), n in sorted(other_language.items(), key=lambda kv: -kv[1]):
+        variant, got = split_version(version)
+        language = requested.split("-")[0]
+        where = f"the {variant} variant has" if variant else f"{templates.roots[0]} has"
+        pre.warnings.append(f"{n:,} recipient(s) asked for {requested} and will get {got}: {where} no {requested}"
+                            + (f" or {language}" if language != requested else "") + " text")
+    for juris, n in sorted(unprofiled.items(), key=lambda kv: -kv[1]):
+        known = JURISDICTION_PROFILES.get(juris) or ("gdpr" if juris.upper().startswith("EU") else None)
+        todo = (f'add [review] profiles = ["{known}"] (or a variant for {juris} with it)' if known else
+                "no profile of notify's covers it: have counsel review that notice against its law")
+        pre.warnings.append(f"{n:,} recipient(s) in {juris}, but no legal profile checks their notice: {todo}")
+    for version in templates.versions:
+        sample = synthetic_recipient(split_version(version)[1], columns)
+        targets.setdefault(version, (sample["email"], sample))
+    for version, (email, recipient) in sorted(targets.items(), key=lambda kv: version_order(kv[0])):
+        built = build_message(templates, recipient, to_email=email, token=recipient_token(email.lower(), SAMPLE_SECRET),
+                              version=version)
+        if isinstance(built, RenderFailure):
+            pre.add(built.reason, built.hint)
+        else:
+            pre.rendered.append((built.rendered, built.message))
+    if pre.ok:
+        for finding in lint(campaign, templates, pre.rendered):
+            if finding.level == "error":
+                pre.add(f"content lint: {finding}", "the content lint's rules are in README.md (Content lint)")
+            else:
+                pre.warnings.append(str(finding))
+    return pre

@@ -1,0 +1,1 @@
+"""Evidence: the hash chain, export and verification, signing, lookup, the review pack and approval."""

@@ -1,0 +1,180 @@
+"""One person's proof of notice: "was Jane Doe notified, when, in which language, through which provider,
+with what exact content, and what happened after?"
+
+`find` matches a query against the address (as stored or as written), the name, or a column named in
+[audit] columns (a customer id). `proof` gathers the person's record and timeline, and rebuilds the
+exact message that was sent from the templates as they are now: the bytes are checked against the
+content SHA-256 the ledger recorded when it was sent (or against the outbox's .eml), so a rebuild
+that matches is the message, byte for byte, and one that does not says so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import files
+from ..campaign.config import Campaign, OutboxConfig
+from ..content.render import RenderFailure, Templates, build_message, display_address, recipient_context, split_version
+from ..errors import InputError
+from ..providers.outbox import eml_name
+from ..recipients.rows import Recipient, Record, validate
+from ..store import Store, epoch_of, event_hash
+from .audit import MANIFEST, Trail, check_files, check_signature, file_entry, seal
+
+MAX_BUNDLE_FILE = 64 * 1024 * 1024  # of person.json or the manifest read back: a person's events, not a campaign's
+REBUILD_WINDOW = 120  # seconds before the first attempt in which the message may have been composed
+
+
+@dataclass
+class Proof:
+    record: dict[str, Any]
+    timeline: list[dict[str, Any]]
+    message: bytes | None = None  # the exact message sent, when it could be rebuilt (or read from the outbox)
+    content: str = ""  # how the content was established, in words
+    notes: list[str] = field(default_factory=list)
+
+
+PROOF_KIND = "proof-of-notice"
+
+
+def write_bundle(campaign: Campaign, store: Store, person: dict[str, Any], found: Proof, out: Path,
+                 sign_key: Path | None = None) -> None:
+    """A person's proof of notice, for whoever asks: person.json (the record, what happened, and each of
+    their events with the fields and hash the audit chain holds), message.eml (the exact message, when
+    established), and manifest.json (each file's size and SHA-256, the chain's head now), which
+    `notify audit verify DIR` checks."""
+    files.private_dir(out)
+    if any(out.iterdir()):
+        raise InputError(f"{out}: not empty; a proof of notice is written into a new or empty directory")
+    body = {"campaign": campaign.id, "record": found.record, "content": found.content,
+            "events": store.events_of(person["id"])}
+    files.write_private(out / "person.json", (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode())
+    if found.message is not None:
+        files.write_private(out / "message.eml", found.message)
+    seq, head = store.head()
+    listed = {p.name: file_entry(p) for p in sorted(out.iterdir())}
+    seal(out, {"kind": PROOF_KIND, "campaign": campaign.id, "files": listed, "chain": {"events": seq, "head": head}}, sign_key)
+
+
+def verify_bundle(out: Path, key: Path | None = None) -> tuple[list[str], str]:
+    """Checks a proof of notice as strictly as an export: its files against its manifest (nothing added),
+    its signature (with --key, or against the signer the manifest names), each event against its hash,
+    the record against what its events say (state, attempts, content: a record saying "delivered" with no
+    event is refused), and the message against the content SHA-256 its sent event recorded. Returns
+    (problems, what it proves)."""
+    problems: list[str] = []
+    try:
+        raw = (out / MANIFEST).read_bytes()[:MAX_BUNDLE_FILE]
+        manifest = json.loads(raw)
+        listed = manifest["files"]
+        body = json.loads((out / "person.json").read_bytes()[:MAX_BUNDLE_FILE])
+        events = body["events"]
+        record = body["record"]
+        if manifest.get("kind") != PROOF_KIND or not isinstance(listed, dict) or not isinstance(record, dict) \
+                or not isinstance(events, list) or not all(isinstance(e, dict) for e in events) \
+                or not all(isinstance(v, dict) for v in listed.values()):
+            raise TypeError("not the shape of a proof of notice")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        return [f"{out}: not a proof of notice notify wrote ({type(e).__name__}: {e})"], ""
+    problems += check_files(out, listed, "the proof", "it was written")[0]
+    signature, signer = check_signature(out, raw, manifest, key, problems)
+    trail = Trail()
+    for ev in events:
+        if event_hash(ev) != ev.get("hash"):
+            problems.append(f"event {ev.get('seq')} ({ev.get('kind')}): its content does not match its hash")
+        trail.add(ev)
+    keys = {ev.get("recipient") for ev in events}
+    if keys - {str(record.get("email", "")).lower()}:
+        problems.append(f"the events are about {', '.join(sorted(map(str, keys)))}, not {record.get('email')}")
+    if record.get("state") != trail.state and not (record.get("state") == "inflight" and trail.state in ("pending", "deferred")):
+        problems.append(f"the record says {record.get('state')}, its {len(events)} event(s) say {trail.state}")
+    if record.get("attempts") != trail.attempts:
+        problems.append(f"the record says {record.get('attempts')} attempt(s), its events {trail.attempts}")
+    if (record.get("content_sha256") or None) != trail.sha:
+        problems.append("the record's content SHA-256 is not the one its sent event recorded")
+    message = out / "message.eml"
+    if message.is_file() and hashlib.sha256(message.read_bytes()).hexdigest() != record.get("content_sha256"):
+        problems.append(f"{message}: its SHA-256 is not the content_sha256 the sent event recorded")
+    said = (f"the proof of notice for row {record.get('row')} ({record.get('email')}) is as written: {len(events)} "
+            f"event(s), each with the content the audit chain hashed"
+            + (", and the message whose SHA-256 the sent event recorded" if message.is_file() else "")
+            + f". To tie them to the campaign's chain, find their hashes in an export's events.jsonl, or the head "
+            f"{manifest.get('chain', {}).get('head') if isinstance(manifest.get('chain'), dict) else None} in a checkpoint "
+            "kept elsewhere." + {"valid": f" Signed by the private key of {key}.",
+                                 "self": f" Signed by the key the manifest names (SHA-256 {signer}); check it with --key.",
+                                 "unchecked": " Signed; give --key to check the signature."}.get(signature, " Not signed."))
+    return problems, said
+
+
+def find(campaign: Campaign, store: Store, query: str) -> list[dict[str, Any]]:
+    """Everyone the query names: an address (either form, any case), a name (any case), or an [audit] column's value."""
+    q = query.strip()
+    if not q:
+        raise InputError("give an address, a name, or a value of an [audit] column to look up")
+    keys = []
+    if "@" in q:  # an address, as stored (IDNA) or as written (Unicode): its dedupe key, either way
+        keys.append(q.lower())
+        item = validate(Record(0, q, {"email": q}))
+        if isinstance(item, Recipient):
+            keys.append(item.key)
+    found = store.people(keys, q, {c: q for c in campaign.audit_columns})
+    return [{**r, "vars": json.loads(r["vars"] or "{}")} for r in found]
+
+
+def proof(campaign: Campaign, store: Store, person: dict[str, Any]) -> Proof:
+    rid = person["id"]
+    variant, sent_locale = split_version(person["version"]) if person["version"] else ("", "")
+    record = {
+        "row": person["row"], "email": person["email"], "email_unicode": display_address(person["email"]),
+        "name": person["name"], **{c: person["vars"].get(c, "") for c in campaign.audit_columns},
+        "requested_locale": person["locale"] or "(none)", "locale_sent": sent_locale or "(not sent)",
+        "variant": variant or "(default)", "jurisdiction": person["jurisdiction"] or "(none)",
+        "state": person["state"], "reason": person["detail"] or "", "attempts": person["attempts"],
+        "provider": person["provider"] or "", "message_id": person["message_id"] or "",
+        "provider_message_id": person["provider_message_id"] or "", "content_sha256": person["content_sha256"] or "",
+    }
+    timeline = [{"seq": e["seq"], "at": e["ts"], "what": e["kind"], "provider": e["provider"] or "",
+                 "detail": json.loads(e["detail"] or "{}")} for e in store.events_of(rid)]
+    out = Proof(record, timeline)
+    sha = person["content_sha256"]
+    if not sha:
+        out.content = "nothing was sent to this person, so there is no message to show"
+        return out
+    for name in campaign.send.providers:
+        cfg = campaign.providers.get(name)
+        if isinstance(cfg, OutboxConfig) and person["message_id"]:
+            path = cfg.path / eml_name(person["message_id"])
+            if path.is_file() and hashlib.sha256(data := path.read_bytes()).hexdigest() == sha:
+                out.message, out.content = data, f"the outbox's copy ({path}) has the recorded SHA-256"
+                return out
+    # The attempt that was accepted was composed shortly before its `sent` event: for someone deferred and
+    # retried (in this run or a later one) that is not their first attempt's time (#37).
+    accepted = [e["at"] for e in timeline if e["what"] == "sent"]
+    out.message, out.content = _rebuild(campaign, person, sha, epoch_of(accepted[-1]) if accepted else None)
+    return out
+
+
+def _rebuild(campaign: Campaign, person: dict[str, Any], sha: str, accepted_at: float | None = None) -> tuple[bytes | None, str]:
+    """The message composed again from the templates as they are now, for each second in which it may
+    have been composed (its Date header and the date in its text are that second's): before the accepted
+    attempt was recorded, else before the first attempt, until the bytes have the recorded SHA-256."""
+    templates = Templates(campaign)
+    recipient = recipient_context(person["email"], person["name"], person["locale"], person["jurisdiction"], person["vars"])
+    anchors = [int(t) for t in (accepted_at, person["first_attempt_at"]) if t]
+    seconds = dict.fromkeys(s for a in anchors or [0] for s in range(a + 1, a - REBUILD_WINDOW, -1))
+    for second in seconds:
+        at = dt.datetime.fromtimestamp(second, campaign.tz)
+        built = build_message(templates, recipient, to_email=person["email"], token=person["token"],
+                              version=person["version"], at=at)
+        if isinstance(built, RenderFailure):
+            return None, f"the templates no longer render this message: {built.reason}"
+        if hashlib.sha256(built.message.data).hexdigest() == sha:
+            return built.message.data, ("rebuilt from the templates as they are now, composed at "
+                                        f"{at.isoformat()}: byte for byte the recorded SHA-256")
+    return None, ("could not be rebuilt with the recorded SHA-256: the templates or [variables] changed since it was "
+                  "sent (compare the template hashes of the send_started event with the current ones)")

@@ -1,0 +1,1 @@
+"""Feedback: SES events, bounce reports and their reasons, SQS, the suppression list."""

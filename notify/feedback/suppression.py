@@ -1,0 +1,163 @@
+"""The suppression list: one SQLite file shared by all campaigns; hard bounces and complaints land here.
+
+A marketing unsubscribe does not waive a legally required breach notice, so an unsubscribe list
+is only imported as an explicit choice (kind "marketing-unsubscribe" with confirmation), and every
+address it suppresses is reported as not notified by email.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import files
+from ..errors import InputError, StoreError
+from ..recipients.rows import Recipient, read, validate
+
+if TYPE_CHECKING:
+    from ..store import Store
+
+KINDS = ("hard-bounce", "complaint", "manual", "marketing-unsubscribe")
+ENV = "NOTIFY_SUPPRESSION_DB"
+
+
+def default_path() -> Path:
+    """$NOTIFY_SUPPRESSION_DB, else $XDG_DATA_HOME/notify/suppression.sqlite (~/.local/share by default)."""
+    if os.environ.get(ENV):
+        return Path(os.environ[ENV])
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "notify" / "suppression.sqlite"
+
+
+@dataclass(frozen=True)
+class Entry:
+    address: str
+    kind: str
+    source: str
+    reason: str
+    added_at: str
+
+
+class SuppressionList:
+    """This user's list, a SQLite file (default_path()). A campaign whose state is on PostgreSQL uses the
+    list in that database instead (InDatabase, the same methods), shared by its hosts: for_campaign chooses."""
+
+    table = "suppressed"
+    BEGIN = "BEGIN IMMEDIATE"
+    db: Any
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or default_path()
+        try:
+            files.private_dir(self.path.parent, tighten=False)  # a directory the user chose: only the file is ours
+            for part in ("", "-wal", "-shm", "-journal"):
+                files.refuse_link(self.path.with_name(self.path.name + part))
+            os.close(files.open_private(self.path, os.O_CREAT | os.O_WRONLY))
+            self.db = sqlite3.connect(self.path, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA busy_timeout=5000")
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS suppressed (address TEXT PRIMARY KEY, kind TEXT NOT NULL,"
+                " source TEXT NOT NULL, reason TEXT NOT NULL, added_at TEXT NOT NULL)")
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"{self.path}: cannot open the suppression list: {e}",
+                             hint=f"set {ENV} to a writable path") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def where(self) -> str:
+        """The list, as messages name it."""
+        return str(self.path)
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """SQLite's failures (most often: another process holds the list locked) in words a person can act on."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            locked = "locked" in str(e) or "busy" in str(e)
+            raise StoreError(f"{self.path}: the suppression list " +
+                             ("is locked by another process (waited 5 s)" if locked else f"cannot be written: {e}"),
+                             hint=("wait for the other notify command (bounces, send, suppress) to finish, then run this "
+                                   "one again; nothing was changed") if locked else
+                             f"check the file and its directory, or set {ENV} to another path") from None
+
+    def add(self, address: str, kind: str, source: str, reason: str) -> bool:
+        """Adds (or keeps the first entry for) an address; returns True when it was new."""
+        if kind not in KINDS:
+            raise InputError(f"unknown suppression kind {kind!r}; use one of {', '.join(KINDS)}")
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        with self._errors():
+            cur = self.db.execute(f"INSERT INTO {self.table} VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                                  (address.lower(), kind, source, reason, now))
+        return bool(cur.rowcount > 0)
+
+    def remove(self, address: str) -> bool:
+        with self._errors():
+            return bool(self.db.execute(f"DELETE FROM {self.table} WHERE address=?", (address.lower(),)).rowcount > 0)
+
+    def entries(self) -> Iterator[Entry]:
+        with self._errors():
+            for row in self.db.execute(f"SELECT address, kind, source, reason, added_at FROM {self.table}"
+                                       " ORDER BY added_at, address"):
+                yield Entry(*row)
+
+    def import_file(self, path: Path, kind: str, source: str, reason: str) -> tuple[int, int, int]:
+        """Adds every valid address of a recipients-style file; returns (read, added, invalid)."""
+        read_n = added = invalid = 0
+        with self._errors():
+            self.db.execute(self.BEGIN)
+        try:
+            for record in read(path):
+                read_n += 1
+                item = validate(record)
+                if not isinstance(item, Recipient):
+                    invalid += 1
+                    continue
+                added += self.add(item.key, kind, source, reason)
+            with self._errors():
+                self.db.execute("COMMIT")
+        except BaseException as e:
+            try:
+                self.db.execute("ROLLBACK")
+            except Exception as rollback:  # the connection may be gone as well: the first error is the one to report
+                e.add_note(f"(and the rollback failed too: {rollback})")
+            raise
+        return read_n, added, invalid
+
+
+class InDatabase(SuppressionList):
+    """The list in a campaign's own database (store.suppression_table: on PostgreSQL, notify_shared.suppressed),
+    read and written by every host that sends from it (`notify suppress ... --campaign DIR`)."""
+
+    BEGIN = "BEGIN"
+
+    def __init__(self, store: Store, table: str) -> None:
+        self.store = store
+        self.table = table
+        self.path = store.state_dir / "suppression (in the campaign's database)"  # a file path says nothing here
+        self.db = store.db
+
+    def where(self) -> str:
+        return f"{self.table} in {self.store.where()}"
+
+    def close(self) -> None:
+        pass  # the store's connection: closed with the store
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        with self.store.errors():
+            yield
+
+
+def for_campaign(store: Store) -> SuppressionList:
+    """The list a campaign's sends obey: the one in its state's database where there is one (PostgreSQL,
+    shared by its hosts), else this user's file."""
+    return InDatabase(store, store.suppression_table) if store.suppression_table else SuppressionList()

@@ -1,0 +1,1 @@
+"""Recipients: the rows of a recipients file, read, validated and normalized."""

@@ -1,0 +1,1 @@
+"""Read-only views of a campaign: status, deadlines, the HTML report."""

@@ -1,0 +1,137 @@
+"""`notify report`: one self-contained HTML page people would rather look at than read.
+
+Charts are inline SVG drawn here (no script, no network, nothing to install): notices sent over
+time against the deadline, with provider switches and rate changes marked; the bounce and complaint
+share over time; outcomes by state, jurisdiction, locale, recipient domain and provider. It prints
+to PDF as it shows (one column, no links to follow).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+
+from ..campaign.config import Campaign
+from ..store import Store, epoch_of
+from .status import deadline
+
+COLOURS = {"sent": "#2e7d32", "delivered": "#1b5e20", "bounced": "#ef6c00", "complained": "#c62828", "failed": "#b71c1c",
+           "suppressed": "#6a1b9a", "ineligible": "#8d6e63", "pending": "#90a4ae", "deferred": "#fbc02d",
+           "inflight": "#0288d1"}
+ORDER = ("delivered", "sent", "deferred", "inflight", "pending", "bounced", "complained", "failed", "suppressed", "ineligible")
+e = html.escape
+
+
+def _when(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _timeline(campaign: Campaign, store: Store) -> str:
+    start, width, buckets = store.first_attempts()
+    if not buckets:
+        return "<p>Nothing has been sent yet.</p>"
+    w, h, left, bottom = 900, 220, 50, 30
+    top = max(1, max(a + b + c for a, b, c in buckets))
+    bar = (w - left) / len(buckets)
+    parts = [f'<svg viewBox="0 0 {w} {h + bottom}" width="100%" role="img" aria-label="notices sent over time">']
+    for i, (sent, bounced, failed) in enumerate(buckets):
+        x, y = left + i * bar, float(h)
+        for n, colour in ((sent, COLOURS["sent"]), (bounced, COLOURS["bounced"]), (failed, COLOURS["failed"])):
+            if n:
+                height = n / top * (h - 10)
+                y -= height
+                parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(bar - 1, 0.5):.1f}" height="{height:.1f}" '
+                             f'fill="{colour}"><title>{_when(start + i * width)}: {n}</title></rect>')
+    end = start + width * len(buckets)
+    parts.append(f'<line x1="{left}" y1="{h}" x2="{w}" y2="{h}" stroke="#333"/>')
+    parts.append(f'<text x="{left}" y="{h + 18}" font-size="12">{e(_when(start))}</text>')
+    parts.append(f'<text x="{w}" y="{h + 18}" font-size="12" text-anchor="end">{e(_when(end))}</text>')
+    parts.append(f'<text x="{left - 6}" y="14" font-size="12" text-anchor="end">{top}</text>')
+
+    def x_of(epoch: float) -> float | None:
+        return left + (epoch - start) / (end - start) * (w - left) if start <= epoch <= end and end > start else None
+
+    due = campaign.deadline_end
+    if due is not None and (mark := x_of(due.timestamp())) is not None:
+        parts.append(f'<line x1="{mark:.1f}" y1="0" x2="{mark:.1f}" y2="{h}" stroke="#c62828" stroke-dasharray="6 3">'
+                     f'<title>deadline {campaign.deadline}</title></line>')
+    for kind, colour in (("provider_switched", "#6a1b9a"), ("rate_changed", "#0288d1")):
+        for ev in store.events_of_kind(kind):
+            if (mark := x_of(epoch_of(ev["ts"]))) is not None:
+                d = json.loads(ev["detail"] or "{}")
+                what = (f"switched {d.get('from')} -> {d.get('to')}" if kind == "provider_switched"
+                        else f"rate {d.get('old')} -> {d.get('new')}/s: {d.get('reason')}")
+                parts.append(f'<path d="M{mark:.1f},{h} l-5,10 l10,0 z" fill="{colour}"><title>{e(ev["ts"][:19])}Z '
+                             f'{e(what)}</title></path>')
+    parts.append("</svg>")
+    late = "" if due is None or due.timestamp() >= start else \
+        f'<p class="late">The deadline ({e(str(campaign.deadline))}) had passed before the first notice left.</p>'
+    share = _share_line(buckets, w, left)
+    return "".join(parts) + late + share
+
+
+def _share_line(buckets: list[tuple[int, int, int]], w: int, left: int) -> str:
+    """The share of bounces and complaints among notices sent in each span: what reputation limits watch."""
+    h = 90
+    points = []
+    for i, (sent, bounced, failed) in enumerate(buckets):
+        total = sent + bounced + failed
+        share = bounced / total if total else 0.0
+        points.append(f"{left + (i + 0.5) * (w - left) / len(buckets):.1f},{h - min(share, 0.2) / 0.2 * (h - 10):.1f}")
+    return (f'<h3>Bounces and complaints, share of each span (0-20%)</h3><svg viewBox="0 0 {w} {h}" width="100%" '
+            f'role="img" aria-label="bounce and complaint share over time"><line x1="{left}" y1="{h}" x2="{w}" y2="{h}" '
+            f'stroke="#333"/><polyline fill="none" stroke="{COLOURS["bounced"]}" stroke-width="2" points="{" ".join(points)}"/>'
+            f'<text x="{left - 6}" y="12" font-size="12" text-anchor="end">20%</text></svg>')
+
+
+def _stacked(groups: list[tuple[str, dict[str, int]]]) -> str:
+    if not groups:
+        return "<p>none</p>"
+    top = max(sum(c.values()) for _, c in groups)
+    rows = []
+    for name, counts in groups:
+        total = sum(counts.values())
+        segs = "".join(f'<span style="width:{n / top * 100:.2f}%;background:{COLOURS.get(s, "#999")}" '
+                       f'title="{e(s)} {n}"></span>' for s in ORDER for n in [counts.get(s, 0)] if n)
+        said = ", ".join(f"{s} {counts[s]}" for s in ORDER if counts.get(s))
+        rows.append(f'<tr><th>{e(name)}</th><td class="n">{total}</td><td><div class="bar">{segs}</div>'
+                    f'<div class="said">{e(said)}</div></td></tr>')
+    return f'<table class="stack">{"".join(rows)}</table>'
+
+
+def render(campaign: Campaign, store: Store) -> str:
+    counts = store.counts()
+    due = deadline(campaign, store)
+    approval = store.last_event_of(("approved",))
+    approved = (f"approved by {approval['detail'].get('by')} at {approval['ts'][:19]}Z" if approval
+                else "no approval recorded")
+    legend = "".join(f'<span class="key" style="background:{COLOURS[s]}"></span>{s} ' for s in ORDER if counts.get(s))
+    sections = [f"<h2>Outcomes by {title}</h2>{_stacked(store.breakdown(by))}"
+                for by, title in (("jurisdiction", "jurisdiction"), ("locale", "language asked for"),
+                                  ("domain", "recipient domain"), ("provider", "provider"))]
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Campaign report: {e(campaign.id)}</title>
+<style>
+body {{ font-family: Arial, Helvetica, sans-serif; margin: 24px auto; max-width: 960px; color: #111; }}
+h1 {{ margin-bottom: 4px; }} .sub {{ color: #444; margin-top: 0; }}
+.late {{ color: #b71c1c; font-weight: bold; }}
+.key {{ display: inline-block; width: 12px; height: 12px; margin: 0 4px 0 12px; vertical-align: middle; }}
+table.stack {{ width: 100%; border-collapse: collapse; }}
+table.stack th {{ text-align: left; width: 12em; font-weight: normal; vertical-align: top; padding: 4px; }}
+table.stack td.n {{ width: 4em; text-align: right; padding: 4px 8px; vertical-align: top; }}
+.bar {{ display: flex; height: 14px; background: #eee; }} .bar span {{ display: block; height: 100%; }}
+.said {{ font-size: 12px; color: #555; }}
+@media print {{ body {{ margin: 0; max-width: none; }} h2 {{ page-break-after: avoid; }} table {{ page-break-inside: avoid; }} }}
+</style></head><body>
+<h1>Campaign {e(campaign.id)}</h1>
+<p class="sub">{sum(counts.values())} recipients; {e(approved)}; report made {e(_when(dt.datetime.now(dt.UTC).timestamp()))}.</p>
+<p class="{'late' if due and due['late'] else ''}">{e(due['said'] if due else 'No legal deadline set ([campaign] deadline).')}</p>
+<h2>Outcomes</h2><p>{legend}</p>{_stacked([("all recipients", counts)])}
+<h2>Notices sent over time</h2>
+<p>Each bar is a span of time: notices that left then (green sent, orange bounced or complained, red failed). The dashed
+red line is the deadline; triangles mark provider switches (purple) and rate changes (blue).</p>
+{_timeline(campaign, store)}
+{''.join(sections)}
+</body></html>
+"""

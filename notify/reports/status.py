@@ -1,0 +1,209 @@
+"""Read-only views of a campaign's state: everything `notify status` reports, and the legal deadline
+with the projected finish (which `send` also announces before its first message and after its run)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections import Counter
+from typing import Any
+
+from ..campaign.config import Campaign
+from ..content.render import Templates, split_version
+from ..errors import NotifyError
+from ..providers.base import RateChange
+from ..store import Store, epoch_of
+
+
+def _span(seconds: float) -> str:
+    """A duration a tired person reads at a glance: 12 days 3 h, 5 h 12 min, 42 min, 30 s."""
+    s = int(abs(seconds))
+    days, hours, minutes = s // 86400, s % 86400 // 3600, s % 3600 // 60
+    if days:
+        return f"{days} day{'s' if days != 1 else ''} {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min" if minutes else f"{s} s"
+
+
+def deadline(campaign: Campaign, store: Store, rate: float | None = None,
+             now: dt.datetime | None = None, project: bool = True) -> dict[str, Any] | None:
+    """Time left before the legal deadline and the projected finish at `rate` (messages per second;
+    default: the rate of the last 1,000 outcomes). None when the campaign sets no deadline.
+
+    The deadline is the end of its day in UTC: notices must be out by then."""
+    if campaign.deadline is None:
+        return None
+    now = now or dt.datetime.now(dt.UTC)
+    due = campaign.deadline_end
+    assert due is not None
+    remaining = store.count_unsent()
+    rate = (rate if rate else store.recent_rate()) if project else None
+    left = (due - now).total_seconds()
+    out: dict[str, Any] = {
+        "deadline": campaign.deadline.isoformat(), "discovered": campaign.discovered.isoformat() if campaign.discovered else None,
+        "seconds_left": left, "remaining": remaining, "rate": rate, "projected_finish": None, "late": False,
+    }
+    since = (f" ({(campaign.deadline - campaign.discovered).days} days after discovery on {campaign.discovered})"
+             if campaign.discovered else "")
+    head = f"deadline {campaign.deadline} (end of day {campaign.timezone}){since}: "
+    if remaining == 0 and not store.counts():
+        out["said"] = head + "no recipients imported yet (`notify check` imports them)"
+        return out
+    if remaining == 0:
+        last = store.last_first_attempt()
+        out["late"] = last is not None and last > due.timestamp()
+        out["said"] = head + (f"MISSED: every recipient is in a final state, the last of them first sent "
+                              f"{_span(last - due.timestamp())} after it" if last is not None and out["late"]
+                              else "every recipient is in a final state")
+        return out
+    if left <= 0:
+        out["late"] = True
+        out["said"] = head + f"PASSED {_span(left)} ago, with {remaining} recipient(s) not yet notified"
+        return out
+    said = head + f"{_span(left)} left, {remaining} recipient(s) to go"
+    if rate:
+        finish = now + dt.timedelta(seconds=remaining / rate)
+        out["projected_finish"] = finish.strftime("%Y-%m-%dT%H:%M:%SZ")
+        out["late"] = finish > due
+        said += f"; at {rate:.1f}/s they finish by {finish:%Y-%m-%d %H:%M} UTC"
+        if out["late"]:
+            said += f", {_span((finish - due).total_seconds())} AFTER the deadline: raise the rate or add a provider"
+    elif not project:
+        said += "; nothing is sending, so no finish to project"
+    else:
+        said += "; no sending rate measured yet to project a finish"
+    out["said"] = said
+    return out
+
+
+def when_due(due: float, now: float) -> str:
+    """A retry's time as a person at a terminal reads it: "in 3 min", or "due now" once it has passed
+    (a send under way takes it; without one, the next `send` does)."""
+    left = due - now
+    return f"in {_span(left)}" if left >= 1 else "due now"
+
+
+def status(campaign: Campaign, store: Store, templates: Templates | None = None) -> dict[str, Any]:
+    """Everything `notify status` prints, as one JSON-ready object."""
+    counts = store.counts()
+    rejected, reasons = store.reject_summary()
+    locales = store.locale_counts()
+    fallbacks: Counter[str] = Counter()
+    versions: Counter[str] = Counter()
+    try:
+        templates = templates or Templates(campaign)
+        for version, group in templates.by_version(store.samples()).items():
+            for s in group:
+                versions[version] += s["count"]
+                if split_version(version)[1] != s["locale"]:
+                    fallbacks[f"{s['locale'] or '(none)'} -> {version}"] += s["count"]
+    except NotifyError:
+        templates = None
+    last = store.last_import()
+    due = store.next_due()
+    return {
+        "campaign": campaign.id,
+        "total": sum(counts.values()),
+        "rejected": rejected,
+        "rows_read": (sum(counts.values()) + rejected),
+        "states": {s: counts.get(s, 0) for s in ("pending", "inflight", "deferred", "sent", "delivered", "bounced",
+                                                 "complained", "failed", "suppressed", "ineligible")},
+        "in_doubt": store.doubt_count(),
+        "in_doubt_unsettled": store.in_doubt_unsettled(),
+        "locales": locales,
+        "fallbacks": dict(fallbacks),
+        "versions": dict(sorted(versions.items(), key=lambda kv: -kv[1])),
+        "providers": store.provider_counts(),
+        "reject_reasons": dict(reasons),
+        "deferred_replies": {code: {"count": n, "example": ex} for code, n, ex in store.reply_summary("deferred")},
+        "failed_replies": {code: {"count": n, "example": ex} for code, n, ex in store.reply_summary("failed")},
+        "bounced_replies": {code: {"count": n, "example": ex} for code, n, ex in store.reply_summary("bounced")},
+        "suppressed_reasons": {ex: n for _, n, ex in store.reply_summary("suppressed", top=10)},
+        "unmatched_feedback": store.unmatched_count(),
+        "senders": store.senders(),  # who sends it right now (empty: nobody)
+        "switches": [{"at": e["ts"], **json.loads(e["detail"])} for e in store.events_of_kind("provider_switched")],
+        "next_retry": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due)) if due else None,
+        "next_retry_said": when_due(due, time.time()) if due else None,
+        "recipients_file": last["path"] if last else None,
+        "recipients_sha256": last["sha256"] if last else None,
+        "events": store.event_count(),
+        "deadline": deadline(campaign, store),
+        "state_backend": store.backend,
+        "workers": [worker_view(w) for w in store.workers()][-20:],  # every live one is among the latest
+    }
+
+
+def worker_said(w: dict[str, Any]) -> str:
+    """One worker on one line, as `status` and `status --watch` show it."""
+    return (f"{w['host']} pid {w['pid']} (session {w['session']}): {w['status']}, sent {w['sent']}, {w['rate']:g}/s, "
+            f"last heartbeat {w['last_heartbeat_s']:g} s ago, started {w['started']}")
+
+
+def worker_view(w: dict[str, Any]) -> dict[str, Any]:
+    """One worker session as `status` shows it: host, pid, last heartbeat, sent, rate, live or stalled."""
+    silent = max(0.0, float(w["silent"]))
+    ran = max(1e-9, float(w["last"]) - epoch_of(w["started"]))
+    return {"session": w["id"], "host": w["host"], "pid": w["pid"], "started": w["started"][:19] + "Z",
+            "last_heartbeat_s": round(silent, 1), "sent": w["sent"],
+            "rate": round(w["sent"] / ran, 1) if w["sent"] else 0.0, "status": w["status"]}
+
+
+STILL = 30.0  # seconds without an outcome after which a live sender is said to be waiting, not sending
+
+
+def sending(campaign: Campaign, store: Store, now: float) -> tuple[list[str], float | None]:
+    """Whether anything sends this campaign right now, in lines, and the rate to project a finish at (None:
+    nothing to project). Never a rate when nothing sends (#38: --watch showed 152.9/s after the run had
+    stopped): the senders are the lock's holder (SQLite) or the live sessions (PostgreSQL)."""
+    senders = store.senders()
+    remaining = store.count_unsent()
+    if not senders:
+        lines = [f"sending:  NO: nothing is sending {campaign.id} now; {remaining} to go"]
+        if (stop := store.last_event_of(("send_stopped",))) is not None:
+            d = stop["detail"]
+            why = "interrupted (Ctrl-C)" if d.get("interrupted") else d.get("reason") or (
+                "finished" if not d.get("remaining") else "stopped")
+            lines.append(f"last run: ended {stop['ts'][:19]}Z: {' '.join(str(why).split())}")
+        if remaining:
+            lines.append(f"resume:   notify send {campaign.dir}")
+        return lines, None
+    last = store.recent_rate(200)
+    latest = store.last_event_of(("sent", "deferred", "failed"))
+    idle = now - epoch_of(latest["ts"]) if latest else None
+    lines = [f"sending:  yes ({', '.join(senders)})"]
+    if last and idle is not None and idle < STILL:
+        lines.append(f"rate:     {last:.1f}/s over the last outcomes; {remaining} to go")
+        return lines, last
+    waited = f"no message handed over for {_span(idle)}" if idle is not None else "no message handed over yet"
+    lines.append(f"rate:     {waited} (waiting: retries not yet due, the breaker, a domain cap, a provider); "
+                 f"{remaining} to go")
+    return lines, None
+
+
+def watch(campaign: Campaign, store: Store) -> dict[str, Any]:
+    """What `status --watch` shows each refresh: counts, whether anything sends (and if not, how the last
+    run ended and how to resume), the rate of the last outcomes and the finish projected at it against the
+    deadline (only while messages leave), the last rate change and why, the next retry."""
+    counts = store.counts()
+    now = time.time()
+    lines = [f"{campaign.id}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]) if v)]
+    now_said, rate = sending(campaign, store, now)
+    lines += now_said
+    if (due := deadline(campaign, store, rate=rate, project=rate is not None)) is not None:
+        lines.append(f"deadline: {due['said']}")
+    lines += ["worker:   " + worker_said(worker_view(w)) for w in store.workers() if w["status"] in ("live", "stalled")]
+    change = store.last_event_of(("rate_changed",))
+    if change:
+        d = change["detail"]
+        said = RateChange(d.get("old"), d.get("new"), "").said()
+        lines.append(f"last rate change: {said} at {change['ts'][:19]}Z: {' '.join(str(d.get('reason')).split())}")
+    if (nxt := store.next_due()) is not None:
+        lines.append(f"next retry: {when_due(nxt, now)}")
+    return {"at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "lines": lines}
+
+
+def dumps(obj: Any) -> str:
+    """`status --json`: readable, non-ASCII as written."""
+    return json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False)

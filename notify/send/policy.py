@@ -1,0 +1,133 @@
+"""The outcome policy: a provider's outcome -> the recipient's state change and event, retry backoff,
+the run's time, and the exit code a run ends with."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..campaign.config import Campaign
+from ..content.message import Message
+from ..content.render import RenderFailure
+from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED
+from ..feedback import reasons
+from ..providers.base import Kind, Outcome
+from ..store import Change, Claimed, Event
+
+# A recipient a provider can never take (Outcome.needs) is put off past this run; the next run takes it
+# again at once (Store.rearm_waiting), when another provider may be in the chain.
+NEEDS_WAIT = 3600.0
+# The reply code a held refusal is recorded with ("held: 554 5.7.1"): its next refusal is final.
+HELD = "held: "
+
+
+@dataclass
+class RunResult:
+    providers: list[str] = field(default_factory=list)  # those that sent in this run, in order
+    counts: Counter[str] = field(default_factory=Counter)  # outcomes of this run: sent, deferred, failed
+    recovered: int = 0  # recipients found inflight from a crashed run
+    interrupted: bool = False
+    stopped: str | None = None  # why the run stopped before finishing (provider down, retries later)
+    next_retry: float | None = None  # wall-clock time of the next due retry, when stopped for it
+    remaining: int = 0  # recipients not yet in a final state
+    failed_total: int = 0  # failed recipients in the whole campaign
+    notes: list[str] = field(default_factory=list)  # what the provider said before sending (quota, ...)
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        if self.stopped or self.remaining:
+            return EXIT_STOPPED
+        return EXIT_FAILED if self.failed_total else EXIT_OK
+
+
+def steady_wall() -> Callable[[], float]:
+    """The wall clock as a run sees it: its time at the start plus monotonic time since, so that a clock
+    step during the run (NTP, a VM resumed) neither fails deferred recipients early nor holds them back.
+    Across runs the recorded times are the wall clock's (#24)."""
+    start_wall, start = time.time(), time.monotonic()
+    return lambda: start_wall + (time.monotonic() - start)
+
+
+def backoff_delay(campaign: Campaign, attempts: int) -> float:
+    policy = campaign.send.retry
+    return float(min(policy.max_interval, policy.base * 2 ** max(0, attempts - 1)))
+
+
+def render_failed(c: Claimed, failure: RenderFailure) -> Change:
+    """A recipient whose own data broke the notice: failed, with the reason, and never handed to a
+    provider (no attempt is counted, no provider named)."""
+    reason = f"could not render: {failure.reason}"
+    detail: dict[str, Any] = {"attempt": c.attempts, "reply": reason, "render_failed": True}
+    return Change(c.id, "failed", Event("failed", c.id, c.key, locale=failure.version, detail=detail),
+                  fields={"attempts": c.attempts, "detail": reason[:500], "reply_code": "render"})
+
+
+def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None, version: str,
+           provider: str, now: float) -> Change:
+    """Turns one provider outcome into the state change and event that record it; `version` is the
+    template version used ("en", or "US-MA/en" for a jurisdiction's variant), which the event
+    keeps in its locale field."""
+    # An attempt is a message handed to a provider: a connection that failed, or a relay that cannot
+    # take this address, counts none, and never gives up on the recipient (#24).
+    attempts = c.attempts + (1 if outcome.handed else 0)
+    first = c.first_attempt_at or (now if outcome.handed else None)
+    reply = outcome.describe()
+    detail: dict[str, Any] = {"attempt": attempts, "reply": reply}
+    if outcome.code:
+        detail["code"] = outcome.code
+    if outcome.status:
+        detail["status"] = outcome.status
+    common = {"attempts": attempts, "first_attempt_at": first, "provider": provider,
+              "message_id": msg.message_id if msg else None,
+              "detail": reply[:500],
+              "reply_code": (f"needs {outcome.needs}" if outcome.needs else
+                             " ".join(str(p) for p in (outcome.code, outcome.status) if p) or outcome.kind.value)}
+    sha = msg.sha256 if msg else None
+
+    def event(kind: str) -> Event:
+        return Event(kind, c.id, c.key, provider=provider, locale=version, content_sha256=sha, detail=detail,
+                     provider_message_id=outcome.provider_message_id if kind == "sent" else None)
+
+    if outcome.kind is Kind.ACCEPTED:
+        if c.doubt:
+            detail["possible_duplicate"] = True
+        return Change(c.id, "sent", event("sent"),
+                      fields={**common, "provider_message_id": outcome.provider_message_id,
+                              "content_sha256": sha, "version": version})
+    if outcome.kind is Kind.PERMANENT:
+        held_before = c.previous_state == "deferred" and (c.last_reply or "").startswith(HELD)
+        if not (outcome.wave_suspect and not held_before):
+            if outcome.refused_at and reasons.is_hard(reason := reasons.dead_or_refused(
+                    reasons.classify(outcome.status, outcome.detail), outcome.status or "", outcome.refused_at, reply)):
+                # The words a bounce report would make a dead address (#35: one meaning, however the refusal
+                # reaches us): bounced and suppressed, as the same report by DSN would make it.
+                detail["reason"] = reason
+                return Change(c.id, "bounced", event("bounced"), fields=common,
+                              suppress=("hard-bounce", f"{provider}:{campaign.id}", reply[:500]))
+            return Change(c.id, "failed", event("failed"), fields=common)
+        # Perhaps the first of a provider-wide wave (a suspended account refuses everyone): held, and
+        # retried after the wave is settled (by the next provider, if this one is found down). Only a
+        # refusal that stands then is a permanent failure.
+        detail["held"] = "a refusal that may be part of a provider-wide wave: retried once it is settled"
+        common["reply_code"] = f"{HELD}{common['reply_code']}"
+    # temporary or in doubt: retry with backoff, until the policy gives up
+    policy = campaign.send.retry
+    doubt = c.doubt or outcome.kind is Kind.IN_DOUBT
+    if outcome.kind is Kind.IN_DOUBT:
+        detail["in_doubt"] = True
+    if not outcome.handed:
+        detail["not_handed"] = True
+    if first is not None and outcome.handed and (attempts >= policy.max_attempts or now - first >= policy.max_age):
+        detail["gave_up"] = f"after {attempts} attempts over {int(now - first)} s"
+        return Change(c.id, "failed", event("failed"), fields={**common, "doubt": int(doubt)})
+    # What this provider can never do for the message waits the longest interval: another run, or a
+    # provider that can, takes it.
+    retry_at = now + (max(policy.max_interval, NEEDS_WAIT) if outcome.needs else backoff_delay(campaign, attempts))
+    detail["retry_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(retry_at))
+    return Change(c.id, "deferred", event("deferred"),
+                  fields={**common, "next_attempt_at": retry_at, "doubt": int(doubt)})
