@@ -1,0 +1,218 @@
+"""Commands of evidence: report, lookup, audit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .. import files
+from ..errors import (
+    EXIT_INPUT,
+    InputError,
+    UsageError,
+)
+from ..evidence.audit import verify_chain
+from ..reports import status as report
+from .app import CampaignArg, CampaignOrExport, KeyOption, _one_line, _open, _open_any, _signature_said, boundary
+
+
+@boundary
+def report_cmd(campaign: Path = CampaignOrExport,
+               out: Path = typer.Option(..., "--out", metavar="FILE", help="Where to write the page (report.html)."),
+               key: Optional[Path] = KeyOption) -> None:
+    """A one-page HTML report of the campaign: sends over time against the deadline, outcomes by
+    state, jurisdiction, language, domain and provider, switches and rate changes. Self-contained:
+    open it in a browser or print it to PDF.
+
+    \b
+    Examples:
+      notify report campaigns/example --out report.html
+      notify report audit-2022-08/ --out report.html      # from an audit export, nothing else needed
+      notify report audit-2022-08/ --out report.html --key notify-audit.pub   # and its signature checked
+    """
+    from ..reports.html import render
+
+    with _open_any(campaign, key) as (c, store):
+        page = render(c, store)
+    files.write_private(out, page.encode("utf-8"))
+    typer.echo(f"Wrote {out} ({len(page):,} bytes): open it in a browser, or print it to PDF.")
+
+
+@boundary
+def lookup(campaign: Path = CampaignOrExport,
+           query: str = typer.Argument(..., metavar="QUERY", help="An address, a name, or a value of an [audit] column."),
+           eml: Optional[Path] = typer.Option(None, "--eml", metavar="FILE", help="Write the exact message sent to FILE."),
+           out: Optional[Path] = typer.Option(None, "--out", metavar="DIR",
+                                              help="Write a proof of notice for this person (`audit verify DIR` checks it)."),
+           as_json: bool = typer.Option(False, "--json", help="The record and timeline as one JSON object."),
+           key: Optional[Path] = KeyOption,
+           sign_key: Optional[Path] = typer.Option(None, "--sign-key", metavar="PRIVATE_KEY",
+                                                   help="With --out: sign the proof of notice (audit keygen).")) -> None:
+    """One person's proof of notice: when, in which language, through which provider, what happened
+    after, and the exact message sent (rebuilt and checked against the recorded SHA-256).
+
+    \b
+    Examples:
+      notify lookup campaigns/example jane.doe@example.com
+      notify lookup campaigns/example "Jane Doe" --eml jane.eml
+      notify lookup campaigns/example A-1001          # a value of a column named in [audit] columns
+      notify lookup audit-2022-08/ jane.doe@example.com   # from an audit export, nothing else needed
+      notify lookup audit-2022-08/ jane.doe@example.com --key notify-audit.pub
+    """
+    from ..evidence import lookup as lk
+
+    with _open_any(campaign, key) as (c, store):
+        found = lk.find(c, store, query)
+        if not found:
+            raise InputError(f"nobody in {c.id} matches {query!r} (an address, a name, or a value of "
+                             f"{', '.join(c.audit_columns) or 'an [audit] column'})")
+        if len(found) > 1:
+            raise InputError(f"{len(found)} people match {query!r}; look one up by address:",
+                             problems=[f"row {p['row']}: {p['email']} {p['name'] or ''}".rstrip() for p in found[:20]])
+        proof = lk.proof(c, store, found[0])
+        if out is not None:
+            lk.write_bundle(c, store, found[0], proof, out, sign_key)
+    if as_json:
+        typer.echo(report.dumps({"record": proof.record, "timeline": proof.timeline, "content": proof.content}))
+    else:
+        for k, v in proof.record.items():
+            typer.echo(f"{k + ':':<22}{_one_line(str(v))}")
+        typer.echo("timeline:")
+        for t in proof.timeline:
+            reply = t["detail"].get("reply") or t["detail"].get("reason") or t["detail"].get("status") or ""
+            typer.echo(f"  {t['at'][:19]}Z  {t['what']:<18} {t['provider']:<8} {_one_line(str(reply))[:120]}".rstrip())
+        typer.echo(f"content:              {proof.content}")
+    if eml is not None:
+        if proof.message is None:
+            raise InputError(f"no message to write: {proof.content}")
+        files.write_private(eml, proof.message)
+        typer.echo(f"Wrote the exact message sent to {eml} ({len(proof.message)} bytes, SHA-256 "
+                   f"{proof.record['content_sha256']}).")
+    if out is not None:
+        typer.echo(f"Wrote a proof of notice to {out}/ (person.json, {'message.eml, ' if proof.message else ''}"
+                   f"manifest.json); check it with: notify audit verify {out}")
+
+
+@boundary
+def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
+                                               help="A campaign directory, or a directory written by `audit export`."),
+                 key: Optional[Path] = typer.Option(None, "--key", metavar="PUBLIC_KEY",
+                                                    help="Check the export's signature with this public key (audit keygen)."),
+                 head: Optional[str] = typer.Option(None, "--head", metavar="HEX",
+                                                    help="A chain head recorded earlier (an `Audit checkpoint:` line)."),
+                 checkpoints: Optional[Path] = typer.Option(None, "--checkpoints", metavar="FILE",
+                                                            help="A copy of audit-checkpoints.log: every head in it.")) -> None:
+    """Recompute the audit hash chain and name the first event that does not verify.
+
+    Given an export directory, it checks every file against the export's manifest.json (present,
+    unchanged, nothing added), the chain in events.jsonl, and that the chain is as long as the
+    manifest says: a deleted last line, an edited row or an edited summary is named.
+
+    \b
+    Examples:
+      notify audit verify campaigns/example
+      notify audit verify audit-2022-08/
+      notify audit verify audit-2022-08/ --key notify-audit.pub
+      notify audit verify campaigns/example --checkpoints ~/safe/audit-checkpoints.log
+    """
+    from ..evidence.audit import MANIFEST, verify_export
+    from ..store.exported import is_export
+
+    if not (target / "campaign.toml").is_file() and (target / "person.json").is_file():
+        from ..evidence.lookup import verify_bundle
+
+        problems, said = verify_bundle(target, key)
+        if problems:
+            raise InputError(f"the proof of notice in {target} does not verify:", problems=problems)
+        typer.echo(f"OK: {said}")
+        return
+    if is_export(target):
+        if head or checkpoints:
+            raise UsageError("--head and --checkpoints check a campaign's own chain; an export is checked against its manifest")
+        check = verify_export(target, key)
+        if check.problems:
+            raise InputError(f"the export in {target} does not verify:", problems=check.problems)
+        typer.echo(f"OK: {check.files} files match {target / MANIFEST} (SHA-256 {check.manifest_sha256}); the chain of "
+                   f"{check.chain.events} events verifies and ends at {check.chain.head}, as the manifest records.")
+        typer.echo(_signature_said(check.signature, key, check.signer)
+                   + (" So the export is as the key's holder sealed it." if check.signature == "valid" else ""))
+        return
+    if key is not None:
+        raise UsageError("--key checks an export directory's signature; a campaign's own state is not signed")
+    else:
+        from ..evidence.audit import check_anchors, read_checkpoints, replay
+
+        anchors: list[tuple[int | None, str]] = [(None, head.strip().lower())] if head else []
+        if checkpoints is not None:
+            anchors += read_checkpoints(checkpoints)
+        with _open(target) as (c, store):
+            verdict = verify_chain(store.events())
+            disagreements = replay(store) if verdict.ok else []
+            rewritten = check_anchors(store, anchors) if verdict.ok else []
+        where = f"event {verdict.first_bad}"
+        if rewritten:
+            raise InputError(f"the chain of {verdict.events} events verifies by itself, but not against the heads "
+                             "recorded earlier:", problems=rewritten[:20])
+    if verdict.ok and disagreements:
+        more = [f"(+{len(disagreements) - 20} more)"] if len(disagreements) > 20 else []
+        raise InputError(f"the chain of {verdict.events} events verifies, but {len(disagreements)} recipient(s) in the "
+                         "state do not match what the events say (the state or the end of the trail was changed):",
+                         problems=disagreements[:20] + more)
+    if verdict.ok:
+        typer.echo(f"OK: {verdict.events} events, chain head {verdict.head}; every recipient's state, attempts and "
+                   "content hash are what the events say")
+        if head or checkpoints:
+            typer.echo(f"Anchored: the chain still holds the {len(anchors)} head(s) recorded earlier, so it was not "
+                       "rewritten or cut short since.")
+        else:
+            typer.echo("Not anchored: whoever can write the state file could rewrite the whole chain consistently; "
+                       "verify with --checkpoints (a copy of audit-checkpoints.log kept elsewhere) to rule that out.")
+        return
+    raise InputError(f"the audit chain is broken at {where}: {verdict.reason}",
+                     problems=[f"the {verdict.events} events before it verify; head {verdict.head}"])
+
+
+@boundary
+def audit_keygen(out: Path = typer.Option(..., "--out", metavar="KEY",
+                                          help="Where to write the private key; KEY.pub gets the public one.")) -> None:
+    """Make an Ed25519 key pair for signing audit exports (`audit export --sign-key KEY`).
+
+    Keep the private key offline and give the public key (KEY.pub) to whoever checks the evidence
+    (`audit verify DIR --key KEY.pub`).
+
+    Example:  notify audit keygen --out notify-audit.key
+    """
+    from ..evidence.signing import keygen
+
+    public = keygen(out)
+    typer.echo(f"Wrote {out} (private, 0600: keep it offline) and {public} (public: give it to whoever verifies)")
+
+
+@boundary
+def audit_export(campaign: Path = CampaignArg,
+                 out: Path = typer.Option(..., "--out", help="Directory to write the evidence into (new or empty)."),
+                 force: bool = typer.Option(False, "--force", help="Write into a directory that is not empty."),
+                 sign_key: Optional[Path] = typer.Option(None, "--sign-key", metavar="PRIVATE_KEY",
+                                                         help="Sign the manifest with this Ed25519 key (audit keygen).")) -> None:
+    """Write the evidence for compliance: events.jsonl (the hash chain), recipients.csv (one row per input
+    row), summary.json and summary.txt, and alternate_channel.csv (everyone email did not reach).
+
+    Example:  notify audit export campaigns/example --out audit-2022-08/
+    """
+    from ..content.render import Templates
+    from ..evidence.audit import export
+
+    with _open(campaign) as (c, store):
+        templates = Templates(c)
+        summary = export(c, store, out, templates.resolve, force=force, sign_key=sign_key,
+                         sources={name: src for name, (src, _) in templates.sources.items()})
+    typer.echo((out / "summary.txt").read_text(encoding="utf-8").rstrip())
+    typer.echo(f"\nWrote {out}/: events.jsonl, recipients.csv, summary.json, summary.txt, alternate_channel.csv, "
+               f"campaign.toml, templates.json, state.jsonl, manifest.json")
+    typer.echo(f"Manifest SHA-256: {summary['manifest_sha256']}  (keep it apart from the export: "
+               f"`notify audit verify {out}` prints the same value while nothing was changed)")
+    if not summary["chain"]["verified"]:
+        raise typer.Exit(EXIT_INPUT)
+

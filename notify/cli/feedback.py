@@ -1,0 +1,176 @@
+"""Commands of what comes back: bounces, and the suppression list."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional, cast
+
+import typer
+
+from ..errors import (
+    EXIT_INPUT,
+    InputError,
+    UsageError,
+)
+from .app import CampaignArg, _checkpoint, _one_line, _open, boundary, err
+
+
+@boundary
+def bounces(
+    campaign: Path = CampaignArg,
+    sqs_url: Optional[str] = typer.Option(None, "--sqs-url", help="Long-poll this SQS queue for SES events (SNS-wrapped or raw)."),
+    wait: int = typer.Option(20, "--wait", min=0, max=20, metavar="SECONDS", help="Seconds each SQS poll waits for messages."),
+    max_messages: Optional[int] = typer.Option(None, "--max", min=1, metavar="N", help="Stop after N queue messages."),
+    follow: bool = typer.Option(False, "--follow", help="Keep polling the queue until Ctrl-C (safe beside a send)."),
+    receivers: int = typer.Option(4, "--receivers", min=1, max=64, metavar="N", help="SQS receive calls in flight."),
+    mbox: Optional[Path] = typer.Option(None, "--mbox", help="Read RFC 3464 bounce reports from an mbox file."),
+    maildir: Optional[Path] = typer.Option(None, "--maildir", help="Read RFC 3464 bounce reports from a maildir."),
+    region: Optional[str] = typer.Option(None, "--region", help="AWS region of the queue (default: the standard AWS environment)."),
+    unmatched: bool = typer.Option(False, "--unmatched", help="List the feedback kept for review (acted on for nobody), and why."),
+    limit: int = typer.Option(100, "--limit", min=1, metavar="N", help="With --unmatched: the newest N."),
+) -> None:
+    """Fold delivery, bounce and complaint feedback into the ledger and the suppression list.
+
+    Each notification is recorded once, however often it arrives; a queue message is deleted only
+    after its effect is committed; another campaign's event is left on the queue for it; feedback
+    of ours that matches no recipient, or is malformed, is kept and counted. Only real bounces
+    count: an out-of-office reply or a person's mail never bounces anyone. A bounce message changes a
+    person only when it carries this campaign's VERP token or Message-ID and names the address that
+    message went to; anything else is kept, and `--unmatched` lists it with the reason.
+
+    \b
+    Examples:
+      notify bounces campaigns/example --sqs-url https://sqs.us-east-1.amazonaws.com/123456789012/ses-events
+      notify bounces campaigns/example --sqs-url URL --follow      # beside a running send, until Ctrl-C
+      notify bounces campaigns/example --mbox bounces.mbox
+      notify bounces campaigns/example --maildir ~/Maildir/.bounces
+      notify bounces campaigns/example --unmatched                # what was kept, acted on for nobody, and why
+    """
+    from ..feedback import bounces as fb
+    from ..feedback import sqs
+    from ..feedback.suppression import SuppressionList
+
+    sources = [x for x in (sqs_url, mbox, maildir) if x is not None]
+    if unmatched and not sources:
+        with _open(campaign) as (c, store):
+            rows = fb.kept(store, limit)
+            for row in rows:
+                typer.echo(row.line())
+            err(f"{len(rows)} kept for review (of {store.unmatched_count()}), newest first; none of them changed anyone")
+        return
+    if len(sources) != 1:
+        raise UsageError("give exactly one of --sqs-url, --mbox, --maildir (or --unmatched alone)")
+    with _open(campaign) as (c, store):
+        suppression = SuppressionList()
+        try:
+            recorder = fb.FeedbackRecorder(c.id, store, suppression)
+            if sqs_url:
+                opts = sqs.QueueOptions(receivers=receivers, wait=wait, follow=follow, max_messages=max_messages)
+                try:
+                    reader = sqs.poll_sqs(recorder, sqs_url, options=opts, region=region)
+                except KeyboardInterrupt:
+                    for line in recorder.summary.lines():
+                        typer.echo(line)
+                    raise
+                typer.echo(f"read {reader.read} queue message(s) from {sqs_url} in "
+                           f"{sum(reader.calls.values())} SQS call(s)")
+            else:
+                recorder.apply_raw_messages(fb.read_mbox(mbox) if mbox else fb.read_maildir(cast(Path, maildir)))
+        finally:
+            suppression.close()
+        for line in recorder.summary.lines():
+            typer.echo(line)
+        _checkpoint(c, store)
+
+
+ListOf = typer.Option(None, "--campaign", metavar="CAMPAIGN", help="The list this campaign's sends obey: with "
+                      "its state on PostgreSQL, the one in that database, shared by its hosts (default: this user's file).")
+
+
+@contextlib.contextmanager
+def _suppression(campaign: Path | None) -> Iterator[Any]:
+    """The suppression list a command works on: this user's file, or the one a campaign's state names."""
+    if campaign is None:
+        from ..feedback.suppression import SuppressionList
+
+        s = SuppressionList()
+        try:
+            yield s
+        finally:
+            s.close()
+        return
+    from ..feedback.suppression import for_campaign
+
+    with _open(campaign) as (_, store):
+        yield for_campaign(store)
+
+
+@boundary
+def suppress_add(address: str, reason: str = typer.Option(..., "--reason", help="Why; shown wherever it is suppressed."),
+                 campaign: Optional[Path] = ListOf) -> None:
+    """Never email this address again (campaigns record it as suppressed, for another channel).
+
+    Example:  notify suppress add alice@example.com --reason "asked for postal notice only"
+    """
+    with _suppression(campaign) as s:
+        added = s.add(address, "manual", "notify suppress add", reason)
+    typer.echo(f"{address}: {'added' if added else 'already on the list'} ({s.where()})")
+
+
+@boundary
+def suppress_remove(address: str, campaign: Optional[Path] = ListOf) -> None:
+    """Take an address off the suppression list.
+
+    Example:  notify suppress remove alice@example.com
+    """
+    with _suppression(campaign) as s:
+        removed = s.remove(address)
+    typer.echo(f"{address}: {'removed' if removed else 'was not on the list'}")
+    if not removed:
+        raise typer.Exit(EXIT_INPUT)
+
+
+@boundary
+def suppress_list(campaign: Optional[Path] = ListOf) -> None:
+    """Print every suppressed address with its kind, source, reason and date (tab-separated).
+
+    Example:  notify suppress list
+    """
+    with _suppression(campaign) as s:
+        for e in s.entries():
+            typer.echo("\t".join(_one_line(v) for v in (e.address, e.kind, e.source, e.reason, e.added_at)))
+
+
+@boundary
+def suppress_import(
+    file: Path = typer.Argument(..., help="A recipients-style file: CSV with an email column, JSON Lines, or one address per line."),
+    reason: str = typer.Option(..., "--reason", help="Why these addresses are suppressed."),
+    kind: str = typer.Option("manual", "--kind", help="manual | hard-bounce | complaint | marketing-unsubscribe"),
+    confirm_marketing: bool = typer.Option(False, "--confirm-marketing",
+                                           help="Required with --kind marketing-unsubscribe: yes, block legally required notices too."),
+    campaign: Optional[Path] = ListOf,
+) -> None:
+    """Import addresses into the suppression list.
+
+    A marketing unsubscribe does not waive a legally required breach notice; importing such a
+    list is an explicit choice (--kind marketing-unsubscribe --confirm-marketing), and those
+    people must then be reached another way.
+
+    Example:  notify suppress import hard-bounces.csv --kind hard-bounce --reason "bounced in 2022 mailing"
+    """
+    from ..feedback.suppression import KINDS
+
+    if kind not in KINDS:
+        raise UsageError(f"--kind {kind}: use one of {', '.join(KINDS)}")
+    if kind == "marketing-unsubscribe" and not confirm_marketing:
+        raise InputError("a marketing unsubscribe list does not waive a legally required breach notice.",
+                         hint="to suppress these addresses anyway (they will need postal or other notice), add --confirm-marketing")
+    with _suppression(campaign) as s:
+        read_n, added, invalid = s.import_file(file, kind, f"import:{file.name}", reason)
+    typer.echo(f"{file}: {read_n} rows read, {added} added, {read_n - added - invalid} already listed, {invalid} invalid")
+    if kind == "marketing-unsubscribe":
+        err(f"Warning: {added} address(es) from a marketing unsubscribe list will NOT receive breach notices by email; "
+            "they appear as suppressed in every campaign's status and need another channel.")
+

@@ -1,0 +1,252 @@
+"""Commands that get a campaign ready: check, import, state, preview, approve."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..campaign import config as campaign_mod
+from ..checks.preflight import preflight
+from ..errors import (
+    ConfigError,
+    InputError,
+    NotApproved,
+    TemplateError,
+    UsageError,
+)
+from ..reports import status as report
+from ..store import ImportResult, Store
+from .app import CampaignArg, _one_line, _open, boundary, err
+
+
+@boundary
+def check(campaign: Path = CampaignArg,
+          dns: bool = typer.Option(False, "--dns", help="Also look up the sender domain's SPF, DKIM and DMARC records."),
+          dns_server: Optional[str] = typer.Option(None, "--dns-server", metavar="IP[:PORT]",
+                                                   help="Ask this name server instead of the system's (implies --dns).")) -> None:
+    """Check config, templates and recipients, and report every problem at once. Sends nothing.
+
+    Imports the recipients file into the campaign's state (again only if it changed and nothing
+    was sent yet), renders every version (locale and jurisdiction variant), runs the content lint
+    and writes the rejects report.
+
+    \b
+    Examples:
+      notify check campaigns/example
+      notify check campaigns/example --dns
+    """
+    with _open(campaign) as (c, store):
+        pre = preflight(c, store)
+        imp = pre.imported
+        typer.echo(f"campaign    {c.file}: id {c.id}, providers {', '.join(c.send.providers)}")
+        if pre.templates:
+            typer.echo(f"templates   {c.template}: {len(pre.templates.locales)} locales ({', '.join(pre.templates.locales)})"
+                       + "".join(f"; variant {v}: {', '.join(locs)}" for v, locs in pre.templates.variants.items())
+                       + (f"; rendered {len(pre.rendered)} versions" if pre.rendered else ""))
+        if imp:
+            typer.echo(f"recipients  {imp.said()}")
+            _print_corrections(imp)
+            _print_rejects(store)
+        st = report.status(c, store, pre.templates)
+        if st["fallbacks"]:
+            typer.echo("fallbacks   " + ", ".join(f"{k} ({v})" for k, v in st["fallbacks"].items()))
+        if pre.ok:
+            profiles = "; ".join([f"default: {', '.join(c.review.profiles) or 'none'}"]
+                                 + [f"{v}: {', '.join(p)}" for v, p in c.review.variant_profiles.items()])
+            typer.echo(f"content     lint passed for {len(pre.rendered)} versions (profiles {profiles}; anti-phishing rules)"
+                       + (f", {len(pre.warnings)} warning(s):" if pre.warnings else ""))
+            for w in pre.warnings:
+                typer.echo(f"            warning: {w}")
+        if dns or dns_server:
+            from ..checks.dns import check_dns, resolver_for
+
+            for f in check_dns(c, resolver_for(dns_server)):
+                typer.echo(f"dns         {f.record:5} {f.level if f.level != 'ok' else 'ok:'} {f.message}")
+                if f.level == "error":
+                    pre.add(f"{f.record}: {f.message}", "publish the DNS records your provider gives you; "
+                            f"`notify check {campaign} --dns` again once they are visible")
+        if not pre.ok:
+            raise InputError(f"{len(pre.problems)} problem(s); nothing was sent:", problems=pre.problems,
+                             hint="\n".join([*pre.hints, f"fix the above and run `notify check {campaign}` again"]))
+        from ..evidence import review
+
+        if pre.templates is not None and review.requires_approval(c, c.send.providers):
+            try:
+                review.check_approval(c, store, pre.templates)
+            except NotApproved as e:
+                # `send` would refuse: say so here rather than "ready" (#28).
+                typer.echo(f"\nOK: the checks passed, but not ready to send: {e.message}")
+                typer.echo(f"Next: notify preview {campaign} --out review/   then   notify approve {campaign} --by NAME"
+                           f"   (notify send {campaign} --dry-run works meanwhile)")
+                return
+        typer.echo(f"\nOK: ready. Next: notify send {campaign} --dry-run   (or without --dry-run to send)")
+
+
+def _print_corrections(imp: ImportResult) -> None:
+    """Corrections applied, and loudly, those that came too late (on stderr: they need a person)."""
+    if imp.corrected:
+        typer.echo(f"            corrected {imp.corrected} recipient(s) not yet sent (each recorded as a recipient_corrected event)")
+    if imp.removed:
+        typer.echo(f"            removed {imp.removed} recipient(s) no longer in the file (nothing had been sent to them)")
+    if imp.refused:
+        err(f"Warning: {len(imp.refused)} correction(s) refused: these people were already sent the notice, and their row "
+            "changed. Reach them by another channel if what they got is no longer right:")
+        for row, email, why in imp.refused[:20]:
+            err(f"  row {row}: {email}: {why.partition('changed: ')[2].partition(';')[0]} changed")
+        if len(imp.refused) > 20:
+            err(f"  (+{len(imp.refused) - 20} more: every one is in rejects.csv)")
+
+
+def _print_rejects(store: Store) -> None:
+    total, reasons = store.reject_summary()
+    if total:
+        for reason, n in reasons:
+            typer.echo(f"            rejected x{n}: {_one_line(reason)}")
+        if (more := total - sum(n for _, n in reasons)) > 0:
+            typer.echo(f"            rejected: +{more} more with other reasons")
+        typer.echo(f"            every rejected row, with its reason: {store.state_dir / 'rejects.csv'}")
+
+
+@boundary
+def import_(
+    campaign: Path = CampaignArg,
+    append: bool = typer.Option(False, "--append", help="Add the rows of a changed recipients file to a campaign already under way."),
+) -> None:
+    """Import (validate, normalize, dedupe) the campaign's recipients file. `check` and `send` do this too.
+
+    Example:  notify import campaigns/example --append
+    """
+    with _open(campaign) as (c, store):
+        _import_now(c, store, append)
+
+
+def _import_now(c: campaign_mod.Campaign, store: Store, append: bool = False) -> None:
+    """`import` and `state init`: the recipients file into the state, what was read, corrected and rejected."""
+    store.lock()
+    imp = store.import_file(c.recipients, append=append, trusted=frozenset(c.review.trusted_columns))
+    store.write_rejects_file()
+    typer.echo(imp.said())
+    _print_corrections(imp)
+    _print_rejects(store)
+
+
+@boundary
+def state_init(campaign: Path = CampaignArg) -> None:
+    """Create the campaign's state where campaign.toml says ([state] url_env: PostgreSQL; else SQLite), and
+    import the recipients. Idempotent: workers may all run it; the schema and the import happen once.
+
+    \b
+    Example:
+      export NOTIFY_STATE_URL=postgresql://notify@db.internal/notify
+      notify state init campaigns/x
+    """
+    with _open(campaign) as (c, store):
+        typer.echo(f"State: {store.where()} ({store.backend}).")
+        _import_now(c, store)
+        typer.echo(f"Next: notify check {campaign}, then `notify send {campaign}"
+                   + (" --worker` on each host" if store.backend == "postgresql" else "`"))
+
+
+@boundary
+def state_migrate(
+    campaign: Path = CampaignArg,
+    to: Optional[str] = typer.Option(None, "--to", metavar="URL", help="postgresql://... (visible to other users in "
+                                     "the process list while it runs: prefer --to-env)."),
+    to_env: Optional[str] = typer.Option(None, "--to-env", metavar="VAR", help="The environment variable holding the URL."),
+) -> None:
+    """Move a campaign's state (under way or not) from its SQLite file to PostgreSQL.
+
+    Every recipient, rejected row, feedback record and event is copied in one transaction; the audit
+    chain continues there unchanged (it becomes the manifest chain). The SQLite file is then marked
+    as moved and refused by every command, so nothing is ever sent from both.
+
+    \b
+    Example:
+      notify state migrate campaigns/x --to-env NOTIFY_STATE_URL
+    """
+    from ..store import SqliteStore
+    from ..store.migrate import migrate_from
+    from ..store.postgres import PgStore
+
+    if (to is None) == (to_env is None):
+        raise UsageError("give exactly one of --to URL or --to-env VAR")
+    c = campaign_mod.load(campaign)
+    if c.state.url_env is not None:
+        raise ConfigError(f"{c.file}: [state] url_env is set: this campaign's state is already on PostgreSQL",
+                          hint="migrate moves a campaign from its SQLite file; remove [state] to move one that is not")
+    what = f"--to-env {to_env}" if to_env else "--to"
+    url = to if to is not None else os.environ.get(str(to_env), "")
+    if not url.strip():
+        raise ConfigError(f"--to-env {to_env}: the variable is not set" if to_env else "--to: the URL is empty",
+                          hint=f"export {to_env or 'NOTIFY_STATE_URL'}=postgresql://user:password@host/database")
+    source = SqliteStore.open(c.state_dir)
+    try:
+        source.lock()  # no send of this file may run while it moves
+        target = PgStore(url, c.id, c.state_dir, what=what, stall_after=c.state.stall_after)
+        try:
+            moved = migrate_from(source, target)
+            where = target.where()
+        finally:
+            target.close()
+    finally:
+        source.close()
+    typer.echo(f"Copied to {where}: moved {moved['recipients']} recipients, {moved['rejects']} rejected rows, "
+               f"{moved['events']} events, {moved['feedback']} feedback records.")
+    typer.echo(f"{c.state_dir / 'campaign.sqlite'} is marked as moved: no command will use it again.")
+    typer.echo(f"Next: add to {c.file}:")
+    typer.echo("  [state]")
+    typer.echo(f'  url_env = "{to_env or "NOTIFY_STATE_URL"}"')
+    typer.echo(f"then run `notify send {campaign} --worker` on each host (with the URL in that variable).")
+
+
+@boundary
+def preview(campaign: Path = CampaignArg,
+            out: Path = typer.Option(..., "--out", help="Directory for the review pack.")) -> None:
+    """Write the legal review pack: every locale as it will be sent (.eml, .txt, .html), index.html side by
+    side with fallbacks and recipient counts, and manifest.json with the SHA-256 of every file. Sends nothing.
+
+    Example:  notify preview campaigns/example --out review/
+    """
+    from ..evidence import review
+
+    with _open(campaign) as (c, store):
+        pre = preflight(c, store)
+        if not pre.ok or pre.templates is None:
+            raise TemplateError(f"{len(pre.problems)} problem(s) must be fixed before review:", problems=pre.problems,
+                                hint=f"run `notify check {campaign}`")
+        versions = review.preview(c, store, pre.templates, out)
+    for v in versions:
+        falls = "; ".join(f"{r} falls back to {v.version} ({n})" for r, n in v.fallbacks)
+        typer.echo(f"{v.version:9} {v.recipients:6} recipients  {v.subject}" + (f"  [{falls}]" if falls else ""))
+    typer.echo(f"\nOpen {out / 'index.html'} to review; then: notify approve {campaign} --by NAME")
+
+
+@boundary
+def approve(campaign: Path = CampaignArg,
+            by: str = typer.Option(..., "--by", help="Who approves (recorded in the audit log)."),
+            note: Optional[str] = typer.Option(None, "--note", help="Anything to record with the approval."),
+            pack: Optional[Path] = typer.Option(None, "--pack", metavar="DIR",
+                                                help="The review pack legal read (notify preview): approve exactly that.")) -> None:
+    """Record legal's approval of exactly the current content: the hashes of every template file, the
+    [variables] and the sender. `send` through a real provider refuses content changed since.
+
+    \b
+    Examples:
+      notify approve campaigns/example --by "J. Counsel" --pack review/
+      notify approve campaigns/example --by "J. Counsel" --note "reviewed pack of 2022-08-09"
+    """
+    from ..content.render import Templates
+    from ..evidence import review
+
+    with _open(campaign) as (c, store):
+        detail = review.approve(c, store, Templates(c), by, note, pack)
+    typer.echo(f"Approved by {by}: content {detail['content_sha256']} ({len(detail['parts'])} parts hashed)")
+    if pack is not None:
+        typer.echo(f"Bound to the review pack {pack} (manifest {detail['pack_sha256']}); its index.html now says so.")
+    else:
+        err("Note: nothing ties this approval to a review: approve with --pack DIR (the pack legal read) so that "
+            "the record says which pack, and refuses if the content changed since it was made.")
+

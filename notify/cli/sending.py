@@ -1,0 +1,174 @@
+"""Commands of a send: send, and status that watches it."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from ..campaign import config as campaign_mod
+from ..reports import status as report
+from ..send import run as send_run
+from ..store import Store
+from .app import CampaignArg, _checkpoint, _one_line, _open, boundary, err
+
+
+def say_deadline(due: dict[str, Any]) -> None:
+    """The deadline line of `send`, before and after the run: on stderr when it is or will be missed."""
+    (err if due["late"] else typer.echo)(due["said"].replace("deadline", "Deadline", 1))
+
+
+@boundary
+def send(
+    campaign: Path = CampaignArg,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Render every message into CAMPAIGN/dry-run/; change no state, send nothing."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, metavar="N", help="Send at most N messages (a canary), then stop."),
+    provider: Optional[str] = typer.Option(None, "--provider", help="Send through this [providers.NAME] only."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, max=1000, metavar="N",
+                                              help="Messages in flight at once (overrides [send] concurrency)."),
+    rate: Optional[float] = typer.Option(None, "--rate", min=0.001, max=1_000_000, metavar="PER_SECOND",
+                                         help="Messages per second (overrides [send] rate)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (it is off anyway when not on a terminal)."),
+    no_adaptive: bool = typer.Option(False, "--no-adaptive", help="Never slow down on throttling replies: send at the rate set."),
+    acknowledge_reputation: bool = typer.Option(False, "--acknowledge-reputation",
+                                                help="Resume after the reputation circuit breaker paused the campaign (recorded)."),
+    worker: bool = typer.Option(False, "--worker", help="Join the other workers sending this campaign "
+                                "(state on PostgreSQL: [state] url_env); run it on each host."),
+) -> None:
+    """Send the campaign: resumable, throttled, exactly once per recipient.
+
+    Runs the same checks as `notify check` first: nothing leaves unless every locale renders.
+    Ctrl-C stops cleanly; running the same command again resumes where it stopped.
+
+    \b
+    Examples:
+      notify send campaigns/example --dry-run
+      notify send campaigns/example --limit 10
+      notify send campaigns/example
+    """
+    with _open(campaign) as (c, store):
+        opts = send_run.SendOptions(dry_run=dry_run, limit=limit, provider=provider, concurrency=concurrency,
+                                  rate=rate, progress=not no_progress, acknowledge_reputation=acknowledge_reputation,
+                                  adaptive=False if no_adaptive else None, worker=worker)
+        started = time.monotonic()
+        result = send_run.send(c, store, opts, announce=say_deadline)
+        elapsed = time.monotonic() - started
+        counts = result.counts
+        if dry_run:
+            for note in result.notes:
+                typer.echo(note)
+            typer.echo(f"Dry run: rendered {counts['rendered']} message(s) into {c.dir / 'dry-run'}; no state changed.")
+            return
+        for note in result.notes:
+            typer.echo(note)
+        if counts["suppressed"]:
+            typer.echo(f"Suppressed: {counts['suppressed']} recipient(s) are on the suppression list and will not be "
+                       "emailed (see `notify status`; they need another channel).")
+        if result.recovered:
+            typer.echo(f"Resumed: {result.recovered} recipient(s) were in flight when the last run stopped; "
+                       "they were sent again with the same Message-ID.")
+        did = sum(counts[s] for s in ("sent", "deferred", "failed"))
+        if did == 0 and not result.stopped and not result.interrupted:
+            typer.echo("Nothing left to send: every recipient is in a final state.")
+        else:
+            via = " then ".join(result.providers) or "no provider (none could send)"
+            dead = f", bounced {counts['bounced']} (no such address: suppressed)" if counts["bounced"] else ""
+            typer.echo(f"This run via {via}: sent {counts['sent']}, deferred {counts['deferred']}, "
+                       f"failed {counts['failed']}{dead}.")
+        st = report.status(c, store)
+        typer.echo("Campaign: " + ", ".join(f"{k} {v}" for k, v in st["states"].items() if v) + f"; rejected rows {st['rejected']}.")
+        # The rate of the run's last outcomes (what the bar showed at the end), not its average since it
+        # began: a send that slowed down must not project the finish at the speed it had an hour ago.
+        run_rate = (store.recent_rate(200) or did / elapsed) if did and elapsed > 0 else None
+        if (due := report.deadline(c, store, rate=run_rate)) is not None:
+            say_deadline(due)
+        if result.interrupted:
+            err(f"Interrupted; everything in flight was settled. Resume with: notify send {campaign}")
+        elif result.stopped:
+            when = ""
+            if result.next_retry:
+                at = time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(result.next_retry))
+                when = f" (next retry due {at}, {report.when_due(result.next_retry, time.time())})"
+            err(f"Stopped: {result.stopped.rstrip('.')}{when}. Resume with: notify send {campaign}")
+        elif result.failed_total:
+            err(f"{result.failed_total} recipient(s) failed; see `notify status {campaign}` for the replies.")
+        if not opts.dry_run:
+            _checkpoint(c, store)
+        raise typer.Exit(result.exit_code)
+
+
+@boundary
+def status(
+    campaign: Path = CampaignArg,
+    as_json: bool = typer.Option(False, "--json", help="One JSON object: campaign, total, rejected, states, ..."),
+    watch: bool = typer.Option(False, "--watch", help="Refresh counts, rate, ETA and the last rate change until Ctrl-C."),
+    interval: float = typer.Option(2.0, "--interval", min=0.2, metavar="SECONDS", help="Seconds between refreshes (--watch)."),
+) -> None:
+    """Show counts by state, locale (and fallbacks), provider, and rejected rows.
+
+    \b
+    Examples:
+      notify status campaigns/example
+      notify status campaigns/example --json
+      notify status campaigns/example --watch        # from another terminal while a send runs
+    """
+    with _open(campaign) as (c, store):
+        if watch:
+            _watch(c, store, interval)
+            return
+        st = report.status(c, store)
+        if as_json:
+            typer.echo(report.dumps(st))
+            return
+        typer.echo(f"campaign {st['campaign']}: {st['rows_read']} rows read = {st['total']} recipients + {st['rejected']} rejected")
+        typer.echo("states:   " + ", ".join(f"{k} {v}" for k, v in st["states"].items() if v))
+        for line in report.sending(c, store, time.time())[0]:  # whether anything sends now; if not, why it stopped
+            typer.echo(line)
+        for w in st["workers"]:
+            typer.echo("worker:   " + report.worker_said(w))
+        if st["in_doubt"]:
+            typer.echo(f"in doubt: {st['in_doubt']} ever (a crash or dropped connection after sending); "
+                       f"{st['in_doubt_unsettled']} not yet settled (sent again with the same Message-ID)")
+        typer.echo("locales:  " + ", ".join(f"{k or '(none)'} {v}" for k, v in st["locales"].items()))
+        if any("/" in v for v in st["versions"]):
+            typer.echo("versions: " + ", ".join(f"{k} {v}" for k, v in st["versions"].items()))
+        if st["fallbacks"]:
+            typer.echo("fell back: " + ", ".join(f"{k} ({v})" for k, v in st["fallbacks"].items()))
+        if st["providers"]:
+            typer.echo("providers: " + ", ".join(f"{k} {v}" for k, v in st["providers"].items()))
+        for sw in st["switches"]:
+            typer.echo(f"switched:  {sw['from']} -> {sw['to']} at {sw['at']} ({_one_line(str(sw['reason']))})")
+        for reason, n in st["reject_reasons"].items():
+            typer.echo(f"rejected: {_one_line(reason)} x {n}")
+        if (more := st["rejected"] - sum(st["reject_reasons"].values())) > 0:
+            typer.echo(f"rejected: +{more} more with other reasons (every one is in rejects.csv)")
+        for title, key in (("deferred", "deferred_replies"), ("failed", "failed_replies"), ("bounced", "bounced_replies")):
+            for code, info in st[key].items():
+                typer.echo(f"{title}: {code} x {info['count']} (e.g. {_one_line(str(info['example']))})")
+        for reason, n in st["suppressed_reasons"].items():
+            typer.echo(f"suppressed (not notified by email): {_one_line(reason)} x {n}")
+        if st["unmatched_feedback"]:
+            typer.echo(f"unmatched feedback: {st['unmatched_feedback']} (bounces or events that match no recipient)")
+        if st["next_retry"]:
+            typer.echo(f"next retry: {st['next_retry_said']} ({st['next_retry']})")
+        if st["deadline"]:
+            (err if st["deadline"]["late"] else typer.echo)(st["deadline"]["said"])
+
+
+def _watch(c: campaign_mod.Campaign, store: Store, interval: float) -> None:
+    """`status --watch`: a few lines, refreshed in place on a terminal (appended in a pipe), until Ctrl-C."""
+    tty = sys.stdout.isatty() and os.environ.get("TERM") != "dumb"  # a dumb terminal cannot clear: append
+    while True:
+        w = report.watch(c, store)
+        if tty:
+            typer.echo("\x1b[H\x1b[2J", nl=False)  # home and clear: the screen shows the latest only
+        else:
+            typer.echo(f"--- {w['at']}")
+        for line in w["lines"]:
+            typer.echo(line)
+        time.sleep(interval)
+
