@@ -31,7 +31,8 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from notify.feedback.bounces import FeedbackRecorder, parse_ses
+from notify.feedback.recorder import FeedbackRecorder
+from notify.feedback.ses import parse_ses
 from notify.feedback.sqs import QueueOptions, SqsReader
 from notify.feedback.suppression import SuppressionList
 from notify.store import Change, Event, SqliteStore

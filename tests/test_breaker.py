@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from notify.campaign.config import SendConfig
+from notify.campaign.model import SendConfig
 from notify.errors import ReputationPaused
 from notify.send import breaker
 from notify.store import SqliteStore, epoch_of

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from notify.campaign.config import load
-from notify.evidence.audit import verify_chain
+from notify.evidence.chain import verify_chain
 from notify.store import open_store
 
 from .conftest import MakeCampaign, simple_templates, sql

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from notify.evidence.audit import file_entry
+from notify.evidence.manifest import file_entry
 
 from .conftest import MakeCampaign, run, simple_templates
 
@@ -88,7 +88,7 @@ def test_an_export_written_again_unsigned_loses_its_old_signature(make_campaign:
 def test_a_proof_of_notice_is_checked_as_strictly_as_an_export(make_campaign: MakeCampaign, tmp_path: Path) -> None:
     # #34: `audit verify DIR --key PUB` exited 0 for a hand-made proof bundle (a person.json saying delivered, with no
     # events); the key was ignored there.
-    from notify.evidence.audit import seal
+    from notify.evidence.manifest import seal
 
     key = tmp_path / "audit.key"
     assert run("audit", "keygen", "--out", key)[0] == 0

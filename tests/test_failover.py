@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from notify.campaign.config import load
 from notify.cli.app import app
-from notify.evidence.audit import verify_chain
+from notify.evidence.chain import verify_chain
 from notify.providers.ses import SesProvider
 from notify.store import open_store
 

@@ -14,7 +14,11 @@ from moto import mock_aws
 
 from notify.campaign.config import load
 from notify.feedback import dsn
-from notify.feedback.bounces import FeedbackRecorder, Malformed, parse_dsn, parse_ses, read_mbox
+from notify.feedback.bounces import parse_dsn
+from notify.feedback.mailbox import read_mbox
+from notify.feedback.model import Malformed
+from notify.feedback.recorder import FeedbackRecorder
+from notify.feedback.ses import parse_ses
 from notify.feedback.suppression import SuppressionList, for_campaign
 from notify.store import Change, Event, open_store
 

@@ -531,7 +531,7 @@ def test_a_signed_export_verifies_with_its_key_and_not_with_another_or_after_a_r
     csv_path = out / "recipients.csv"
     csv_path.write_text(csv_path.read_text().replace(",sent,", ",failed,", 1))
     manifest = json_mod.loads((out / "manifest.json").read_text())
-    from notify.evidence.audit import file_entry
+    from notify.evidence.manifest import file_entry
     manifest["files"]["recipients.csv"] = file_entry(csv_path)
     (out / "manifest.json").write_text(json_mod.dumps(manifest, indent=2, sort_keys=True) + "\n")
     # #34: the old signature beside it no longer verifies against the key the manifest names: refused without --key.

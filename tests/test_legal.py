@@ -245,8 +245,8 @@ def test_message_level_rules_attachments_and_list_unsubscribe(make_campaign: Mak
     from email.message import EmailMessage
 
     from notify.checks.lint import lint
+    from notify.content.compose import recipient_context
     from notify.content.message import Message
-    from notify.content.render import recipient_context
 
     d = lint_campaign(make_campaign, "")
     c = campaign_mod.load(d)

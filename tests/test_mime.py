@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from notify.campaign import config as campaign
 from notify.content import mime
-from notify.content.render import Rendered, Templates, compose, compose_with_email_package, recipient_context
+from notify.content.compose import compose, compose_with_email_package, recipient_context
+from notify.content.render import Rendered, Templates
 
 from .conftest import EXAMPLE
 

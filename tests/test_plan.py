@@ -7,7 +7,8 @@ import datetime as dt
 import pytest
 
 from notify.campaign import config as campaign
-from notify.content.render import Templates, recipient_context
+from notify.content.compose import recipient_context
+from notify.content.render import Templates
 
 from .conftest import EXAMPLE, MakeCampaign, simple_templates
 

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from notify.campaign import config as campaign
-from notify.content.render import Rendered, compose
+from notify.content.compose import compose
+from notify.content.render import Rendered
 from notify.recipients.rows import INVISIBLE, Recipient, Record, carried, validate
 
 from .conftest import EXAMPLE

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from notify.campaign import config as campaign
-from notify.content.render import Templates, compose, message_id, recipient_context
+from notify.content.compose import compose, recipient_context
+from notify.content.message import message_id
+from notify.content.render import Templates
 from notify.errors import TemplateError
 from notify.recipients.rows import recipient_token
 

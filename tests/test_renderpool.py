@@ -21,8 +21,9 @@ from typer.testing import CliRunner
 
 from notify.campaign import config as campaign
 from notify.cli.app import app
+from notify.content.compose import recipient_context
 from notify.content.message import Message
-from notify.content.render import Templates, recipient_context
+from notify.content.render import Templates
 from notify.send import renderpool
 from notify.send.renderpool import RenderPool, render_claimed
 from notify.store import SqliteStore

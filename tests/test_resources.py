@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from notify.evidence.audit import verify_chain
+from notify.evidence.chain import verify_chain
 from notify.store import SqliteStore
 
 from .conftest import MakeCampaign, simple_templates

@@ -16,10 +16,10 @@ from botocore.stub import Stubber
 from moto import mock_aws
 from typer.testing import CliRunner
 
-from notify.campaign.config import SesConfig
+from notify.campaign.model import SesConfig
 from notify.cli.app import app
 from notify.content.message import message_id
-from notify.evidence.audit import verify_chain
+from notify.evidence.chain import verify_chain
 from notify.feedback.suppression import SuppressionList
 from notify.providers.base import Kind
 from notify.providers.ses import DOWN, PERMANENT, THROTTLING, SesProvider, classify_error

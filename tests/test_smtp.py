@@ -28,7 +28,7 @@ from notify.cli.app import app
 from notify.content.message import Message
 from notify.content.mime import transparent
 from notify.errors import EXIT_FAILED, ConfigError
-from notify.evidence.audit import verify_chain
+from notify.evidence.chain import verify_chain
 from notify.providers import build
 from notify.providers.base import Kind
 from notify.providers.smtp import classify_exception, classify_reply

@@ -10,7 +10,7 @@ import pytest
 import notify.store as store_mod
 from notify.campaign import config as campaign
 from notify.errors import InputError, StoreError
-from notify.evidence.audit import verify_chain
+from notify.evidence.chain import verify_chain
 from notify.store import DB_NAME, Change, Event, SqliteStore, Store
 
 from .conftest import MakeCampaign

@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from notify.campaign.config import load
-from notify.evidence.audit import verify_chain
+from notify.evidence.chain import verify_chain
 from notify.store import open_store
 
 from .smtpd import Handler

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import dns.exception
 import dns.resolver
 
-from ..campaign.config import Campaign, SesConfig, SmtpConfig
+from ..campaign.model import Campaign, SesConfig, SmtpConfig
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,10 @@ from typing import Any
 
 import babel.dates
 
-from ..campaign.config import Campaign
+from ..campaign.model import Campaign
+from ..content.locales import babel_locale, split_version
 from ..content.message import Message
-from ..content.render import Rendered, Templates, babel_locale, split_version
+from ..content.render import Rendered, Templates
 
 LINT_FILE = "lint.toml"
 

@@ -8,18 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import providers
-from ..campaign.config import Campaign
+from ..campaign.model import Campaign
+from ..content.compose import RenderFailure, build_message, recipient_context, synthetic_recipient
+from ..content.locales import split_version, version_order
 from ..content.message import Message
-from ..content.render import (
-    Rendered,
-    RenderFailure,
-    Templates,
-    build_message,
-    recipient_context,
-    split_version,
-    synthetic_recipient,
-    version_order,
-)
+from ..content.render import Rendered, Templates
 from ..errors import ConfigError, TemplateError
 from ..recipients.rows import SAMPLE_SECRET, STANDARD_COLUMNS, recipient_token
 from ..store import ImportResult, Store

@@ -17,6 +17,7 @@ import typer
 
 from .. import __version__, files
 from ..campaign import config as campaign_mod
+from ..campaign.model import Campaign
 from ..errors import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -101,7 +102,7 @@ def boundary(fn: F) -> F:
 
 
 @contextlib.contextmanager
-def _open(path: Path) -> Iterator[tuple[campaign_mod.Campaign, Store]]:
+def _open(path: Path) -> Iterator[tuple[Campaign, Store]]:
     c = campaign_mod.load(path)
     store = open_store(c)
     try:
@@ -124,7 +125,7 @@ def _signature_said(signature: str, key: Path | None, signer: str | None) -> str
 
 
 @contextlib.contextmanager
-def _open_any(target: Path, key: Path | None = None) -> Iterator[tuple[campaign_mod.Campaign, Store]]:
+def _open_any(target: Path, key: Path | None = None) -> Iterator[tuple[Campaign, Store]]:
     """A campaign directory, or an audit export read back as one (verified against its manifest and its
     signature first: nothing is read from an export that does not verify)."""
     from ..store.exported import is_export, open_export
@@ -135,7 +136,7 @@ def _open_any(target: Path, key: Path | None = None) -> Iterator[tuple[campaign_
         with _open(target) as pair:
             yield pair
         return
-    from ..evidence.audit import verify_export
+    from ..evidence.manifest import verify_export
 
     check = verify_export(target, key)
     if check.problems:
@@ -150,7 +151,7 @@ def _open_any(target: Path, key: Path | None = None) -> Iterator[tuple[campaign_
             store.close()
 
 
-def _checkpoint(c: campaign_mod.Campaign, store: Store) -> None:
+def _checkpoint(c: Campaign, store: Store) -> None:
     """The chain's head, outside the state file (audit-checkpoints.log) and on stderr, where a log keeps it:
     `audit verify --checkpoints` later proves the chain was not rewritten since."""
     try:

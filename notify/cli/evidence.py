@@ -13,7 +13,7 @@ from ..errors import (
     InputError,
     UsageError,
 )
-from ..evidence.audit import verify_chain
+from ..evidence.chain import verify_chain
 from ..reports import status as report
 from .app import CampaignArg, CampaignOrExport, KeyOption, _one_line, _open, _open_any, _signature_said, boundary
 
@@ -117,7 +117,7 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
       notify audit verify audit-2022-08/ --key notify-audit.pub
       notify audit verify campaigns/example --checkpoints ~/safe/audit-checkpoints.log
     """
-    from ..evidence.audit import MANIFEST, verify_export
+    from ..evidence.manifest import MANIFEST, verify_export
     from ..store.exported import is_export
 
     if not (target / "campaign.toml").is_file() and (target / "person.json").is_file():
@@ -142,7 +142,7 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
     if key is not None:
         raise UsageError("--key checks an export directory's signature; a campaign's own state is not signed")
     else:
-        from ..evidence.audit import check_anchors, read_checkpoints, replay
+        from ..evidence.chain import check_anchors, read_checkpoints, replay
 
         anchors: list[tuple[int | None, str]] = [(None, head.strip().lower())] if head else []
         if checkpoints is not None:
@@ -202,7 +202,7 @@ def audit_export(campaign: Path = CampaignArg,
     Example:  notify audit export campaigns/example --out audit-2022-08/
     """
     from ..content.render import Templates
-    from ..evidence.audit import export
+    from ..evidence.export import export
 
     with _open(campaign) as (c, store):
         templates = Templates(c)

@@ -48,14 +48,15 @@ def bounces(
       notify bounces campaigns/example --maildir ~/Maildir/.bounces
       notify bounces campaigns/example --unmatched                # what was kept, acted on for nobody, and why
     """
-    from ..feedback import bounces as fb
     from ..feedback import sqs
+    from ..feedback.mailbox import read_maildir, read_mbox
+    from ..feedback.recorder import FeedbackRecorder, kept
     from ..feedback.suppression import SuppressionList
 
     sources = [x for x in (sqs_url, mbox, maildir) if x is not None]
     if unmatched and not sources:
         with _open(campaign) as (c, store):
-            rows = fb.kept(store, limit)
+            rows = kept(store, limit)
             for row in rows:
                 typer.echo(row.line())
             err(f"{len(rows)} kept for review (of {store.unmatched_count()}), newest first; none of them changed anyone")
@@ -65,7 +66,7 @@ def bounces(
     with _open(campaign) as (c, store):
         suppression = SuppressionList()
         try:
-            recorder = fb.FeedbackRecorder(c.id, store, suppression)
+            recorder = FeedbackRecorder(c.id, store, suppression)
             if sqs_url:
                 opts = sqs.QueueOptions(receivers=receivers, wait=wait, follow=follow, max_messages=max_messages)
                 try:
@@ -77,7 +78,7 @@ def bounces(
                 typer.echo(f"read {reader.read} queue message(s) from {sqs_url} in "
                            f"{sum(reader.calls.values())} SQS call(s)")
             else:
-                recorder.apply_raw_messages(fb.read_mbox(mbox) if mbox else fb.read_maildir(cast(Path, maildir)))
+                recorder.apply_raw_messages(read_mbox(mbox) if mbox else read_maildir(cast(Path, maildir)))
         finally:
             suppression.close()
         for line in recorder.summary.lines():

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from ..campaign import config as campaign_mod
+from ..campaign.model import Campaign
 from ..checks.preflight import preflight
 from ..errors import (
     ConfigError,
@@ -123,7 +124,7 @@ def import_(
         _import_now(c, store, append)
 
 
-def _import_now(c: campaign_mod.Campaign, store: Store, append: bool = False) -> None:
+def _import_now(c: Campaign, store: Store, append: bool = False) -> None:
     """`import` and `state init`: the recipients file into the state, what was read, corrected and rejected."""
     store.lock()
     imp = store.import_file(c.recipients, append=append, trusted=frozenset(c.review.trusted_columns))

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..campaign import config as campaign_mod
+from ..campaign.model import Campaign
 from ..reports import status as report
 from ..send import run as send_run
 from ..store import Store
@@ -159,7 +159,7 @@ def status(
             (err if st["deadline"]["late"] else typer.echo)(st["deadline"]["said"])
 
 
-def _watch(c: campaign_mod.Campaign, store: Store, interval: float) -> None:
+def _watch(c: Campaign, store: Store, interval: float) -> None:
     """`status --watch`: a few lines, refreshed in place on a terminal (appended in a pipe), until Ctrl-C."""
     tty = sys.stdout.isatty() and os.environ.get("TERM") != "dumb"  # a dumb terminal cannot clear: append
     while True:

@@ -3,39 +3,26 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import os
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.policy import SMTP, SMTPUTF8
-from email.utils import format_datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import babel
-import babel.dates
 import jinja2
 from jinja2 import nodes
 from jinja2.exceptions import SecurityError
 from jinja2.loaders import split_template_path
 
-from ..campaign.config import Campaign, tzinfo
+from ..campaign.model import Campaign
 from ..errors import TemplateError
-from . import mime, plan, sandbox
-from .message import Message, message_id
+from . import plan, sandbox
+from .locales import FALLBACK_LOCALE, PARTS, RTL_LANGUAGES, VARIANTS, _date_filter, split_version, version_order
 from .sandbox import Namespace
 
-PARTS = ("subject.txt", "body.txt", "body.html")
-VARIANTS = "variants"  # templates/<template>/variants/<jurisdiction>/<locale>/ : a jurisdiction's own text
-FALLBACK_LOCALE = "en"
-RTL_LANGUAGES = {"ar", "he", "fa", "ur", "yi", "ps", "sd", "ug", "dv", "ku"}
 SHIPPED_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
-
 
 @dataclass(frozen=True)
 class Rendered:
@@ -49,50 +36,6 @@ class Rendered:
     def version(self) -> str:
         return f"{self.variant}/{self.locale}" if self.variant else self.locale
 
-
-def split_version(version: str) -> tuple[str, str]:
-    """ "US-MA/en" -> ("US-MA", "en"); "en" -> ("", "en")."""
-    variant, _, locale = version.rpartition("/")
-    return variant, locale
-
-
-def version_order(version: str) -> tuple[bool, str]:
-    """The default variant's locales first, then each variant's: en, fr, US-MA/en."""
-    return "/" in version, version
-
-
-def babel_locale(tag: str) -> babel.Locale:
-    try:
-        return babel.Locale.parse(tag.replace("-", "_"))
-    except (ValueError, babel.UnknownLocaleError):
-        try:
-            return babel.Locale.parse(tag.split("-")[0])
-        except (ValueError, babel.UnknownLocaleError):
-            return babel.Locale.parse(FALLBACK_LOCALE)
-
-
-@jinja2.pass_context
-def _date_filter(ctx: jinja2.runtime.Context, value: Any, format: str = "long") -> str:
-    if isinstance(value, jinja2.Undefined):
-        value._fail_with_undefined_error()  # a missing date is a missing variable, not a bad date
-    if isinstance(value, str):
-        try:
-            value = dt.date.fromisoformat(value)
-        except ValueError:
-            raise TemplateError(f"the date filter got {value!r}, which is not a date (YYYY-MM-DD)") from None
-    if isinstance(value, (dt.date, dt.datetime)):
-        return _format_date(value, format, ctx["locale"])
-    raise TemplateError(f"the date filter got {value!r}, which is not a date")
-
-
-@functools.lru_cache(maxsize=4096)
-def _format_date(value: dt.date, format: str, locale: str) -> str:
-    """babel formats a date in ~100 us; a campaign prints the same few dates in a few locales."""
-    if isinstance(value, dt.datetime):
-        return babel.dates.format_datetime(value, format=format, locale=babel_locale(locale))
-    return babel.dates.format_date(value, format=format, locale=babel_locale(locale))
-
-
 class Undefined(jinja2.StrictUndefined):
     """StrictUndefined that says "campaign.support_phone is not defined" rather than "'dict object' has no attribute"."""
 
@@ -102,7 +45,6 @@ class Undefined(jinja2.StrictUndefined):
         if label and self._undefined_name is not None:
             return f"{label}.{self._undefined_name} is not defined"
         return str(super()._undefined_message)
-
 
 def _where(exc: BaseException, roots: list[Path]) -> str:
     """The template file and line an exception was raised from (jinja2 puts them in the traceback)."""
@@ -115,12 +57,13 @@ def _where(exc: BaseException, roots: list[Path]) -> str:
         tb = tb.tb_next
     return found
 
-
 Snapshot = tuple[list[str], dict[str, tuple[str, str]]]  # (versions, name -> (source, file name))
-MAX_TEMPLATE_BYTES = 1 << 20  # one template file; a notice is a few kilobytes
-MAX_TEMPLATE_FILES = 5000
-LINT_FILE = "lint.toml"  # read by the content lint, never by the loader: it shapes the check, not the notice
 
+MAX_TEMPLATE_BYTES = 1 << 20  # one template file; a notice is a few kilobytes
+
+MAX_TEMPLATE_FILES = 5000
+
+LINT_FILE = "lint.toml"  # read by the content lint, never by the loader: it shapes the check, not the notice
 
 def _read_sources(roots: list[Path]) -> dict[str, tuple[str, str]]:
     """Every file under the roots that a template could load, read once: name -> (source, file name).
@@ -153,7 +96,6 @@ def _read_sources(roots: list[Path]) -> dict[str, tuple[str, str]]:
                                         hint="save it as UTF-8, or move it out of the template directory") from None
     return sources
 
-
 class _SnapshotLoader(jinja2.BaseLoader):
     """Loads only from the snapshot: never the file system, and never anything newer than what was read."""
 
@@ -169,7 +111,6 @@ class _SnapshotLoader(jinja2.BaseLoader):
 
     def list_templates(self) -> list[str]:
         return sorted(self.sources)
-
 
 class Templates:
     """One campaign's templates: campaign-local templates/<template>/ first, then the shipped ones."""
@@ -463,132 +404,3 @@ class Templates:
             source, filename, _ = self.loader.get_source(self.env, name)
             self._parse_trees[name] = self.env.parse(source, name, filename), filename or name
         return self._parse_trees[name]
-
-
-@dataclass(frozen=True)
-class Built:
-    """One recipient's notice: the version used, its rendered parts and the exact message."""
-
-    version: str
-    rendered: Rendered
-    message: Message
-
-
-@dataclass(frozen=True)
-class RenderFailure:
-    """Why one recipient's notice could not be built (their own data broke it): recorded, never sent."""
-
-    version: str
-    reason: str
-    hint: str | None = None
-
-
-def build_message(templates: Templates, recipient: dict[str, Any], *, to_email: str, token: str,
-                  version: str | None = None, at: dt.datetime | None = None) -> Built | RenderFailure:
-    """The one way a recipient becomes a message: resolve the version (unless given), render, compose.
-    `recipient` is recipient_context()'s dict (whose email is the address as people read it);
-    `to_email` the address as stored, which the envelope and the To header take (IDNA domain);
-    `token` the recipient's stored token, which the Message-ID, VERP address and tags carry; `at` the
-    moment to build it as of (its date in the text and the Date header; now when not given), which
-    `notify lookup` uses to rebuild a message sent earlier byte for byte."""
-    campaign = templates.campaign
-    try:
-        if version is None:
-            version = templates.resolve(recipient["locale"] or campaign.default_locale, recipient["jurisdiction"])
-        rendered = templates.render(version, recipient, at.date() if at else None)
-        message = compose(campaign, rendered, to_email=to_email, to_name=recipient["name"], token=token, date=at)
-    except TemplateError as e:
-        return RenderFailure(version or recipient["locale"] or campaign.default_locale, str(e), e.hint)
-    except ValueError as e:  # the email package refuses a header value
-        where = version or recipient["locale"] or campaign.default_locale
-        return RenderFailure(where, f"{templates.roots[0] / where}: the message cannot be built: {e}")
-    return Built(version, rendered, message)
-
-
-def display_address(email: str) -> str:
-    """The address as a person reads it: josé@bücher.example, not josé@xn--bcher-kva.example. The
-    envelope and the To header keep the IDNA form; only what templates print is decoded."""
-    local, _, domain = email.rpartition("@")
-    if "xn--" not in domain.lower():
-        return email
-    try:
-        return f"{local}@{domain.encode('ascii').decode('idna')}"
-    except UnicodeError:
-        return email  # not valid IDNA after all: show it as it is rather than guess
-
-
-def recipient_context(email: str, name: str, locale: str, jurisdiction: str, vars: dict[str, Any]) -> dict[str, Any]:
-    return {**vars, "email": display_address(email), "name": name, "locale": locale, "jurisdiction": jurisdiction}
-
-
-def compose(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: str, token: str,
-            date: dt.datetime | None = None) -> Message:
-    """One recipient, one message: multipart/alternative text + HTML, UTF-8, deterministic Message-ID.
-
-    The fast path (mime.py) builds the bytes directly; whatever it does not handle exactly (an
-    SMTPUTF8 message, a header it would have to quote and fold) goes through the email package.
-    Both give the same message to a parser: tests/test_mime.py compares them."""
-    sender = campaign.sender_address
-    sender_addr = sender.addr_spec
-    local = to_email.rpartition("@")[0]
-    smtputf8 = not (local.isascii() and sender.username.isascii())
-    mid = message_id(campaign.id, token, sender.domain)
-    when = date_header(int(time.time()), campaign.timezone) if date is None else format_datetime(date)
-    data, clear = None, False
-    if not smtputf8:
-        reply = campaign.reply_to_address
-        constant = mime.constant_headers((sender.display_name, sender_addr),
-                                         (reply.display_name, reply.addr_spec) if reply else None)
-        to = mime.address_header("To", to_name, to_email)
-        subject = mime.subject_header(rendered.subject)
-        if constant is not None and to is not None and subject is not None:
-            built = mime.assemble(constant=constant, to=to, subject=subject, date=when, message_id=mid,
-                                  campaign_id=campaign.id, locale=rendered.locale, text=rendered.text, html=rendered.html)
-            if built is not None:
-                data, clear = built
-    if data is None:
-        data = compose_with_email_package(campaign, rendered, to_email=to_email, to_name=to_name, mid=mid, date=when,
-                                          smtputf8=smtputf8)
-        clear = mime.transparent(data)
-    return Message(
-        message_id=mid,
-        sender=sender_addr,
-        recipient=to_email,
-        data=data,
-        sha256=hashlib.sha256(data).hexdigest(),
-        smtputf8=smtputf8,
-        tags={"campaign": campaign.id, "recipient": token},
-        transparent=clear,
-    )
-
-
-@functools.lru_cache(maxsize=2)
-def date_header(second: int, zone: str = "UTC") -> str:
-    """The Date header for a second, in the campaign's time zone: the same for every message composed in it."""
-    return format_datetime(dt.datetime.fromtimestamp(second, tzinfo(zone)))
-
-
-def compose_with_email_package(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: str, mid: str,
-                               date: str, smtputf8: bool) -> bytes:
-    """The reference: the email package builds the message (about 1 ms; the fast path is the norm)."""
-    sender = campaign.sender_address
-    local, _, domain = to_email.rpartition("@")
-    msg = EmailMessage(policy=SMTPUTF8 if smtputf8 else SMTP)
-    msg["From"] = sender
-    msg["To"] = Address(display_name=to_name, username=local, domain=domain)
-    if campaign.reply_to_address:
-        msg["Reply-To"] = campaign.reply_to_address
-    msg["Subject"] = rendered.subject
-    msg["Date"] = date
-    msg["Message-ID"] = mid
-    msg["X-Notify-Id"] = mid
-    msg["X-Notify-Campaign"] = campaign.id
-    msg.set_content(rendered.text, charset="utf-8")
-    msg.add_alternative(rendered.html, subtype="html", charset="utf-8")
-    msg["Content-Language"] = rendered.locale  # after set_content, which clears Content-* headers
-    return msg.as_bytes()
-
-
-def synthetic_recipient(locale: str, columns: Iterable[str]) -> dict[str, Any]:
-    extra = {c: f"[{c}]" for c in columns if c not in ("email", "name", "locale", "jurisdiction")}
-    return recipient_context("sample.recipient@example.com", "Sample Recipient", locale, "", extra)

@@ -18,13 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from .. import files
-from ..campaign.config import Campaign, OutboxConfig
-from ..content.render import RenderFailure, Templates, build_message, display_address, recipient_context, split_version
+from ..campaign.model import Campaign, OutboxConfig
+from ..content.compose import RenderFailure, build_message, display_address, recipient_context
+from ..content.locales import split_version
+from ..content.render import Templates
 from ..errors import InputError
 from ..providers.outbox import eml_name
 from ..recipients.rows import Recipient, Record, validate
 from ..store import Store, epoch_of, event_hash
-from .audit import MANIFEST, Trail, check_files, check_signature, file_entry, seal
+from .chain import Trail
+from .manifest import MANIFEST, check_files, check_signature, file_entry, seal
 
 MAX_BUNDLE_FILE = 64 * 1024 * 1024  # of person.json or the manifest read back: a person's events, not a campaign's
 REBUILD_WINDOW = 120  # seconds before the first attempt in which the message may have been composed

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, files
-from ..campaign.config import Campaign, OutboxConfig
-from ..content.render import RenderFailure, Templates, build_message, recipient_context, split_version, synthetic_recipient
+from ..campaign.model import Campaign, OutboxConfig
+from ..content.compose import RenderFailure, build_message, recipient_context, synthetic_recipient
+from ..content.locales import split_version
+from ..content.render import Templates
 from ..errors import NotApproved, TemplateError
 from ..recipients.rows import SAMPLE_SECRET, recipient_token
 from ..store import Store

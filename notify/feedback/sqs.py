@@ -1,6 +1,6 @@
 """The SES event queue read into the ledger: several receivers in flight, group commits, batch deletes.
 
-bounces.py says what each event means and records it (FeedbackRecorder); this module only moves
+ses.py says what each event means and recorder.py records it (FeedbackRecorder); this module only moves
 messages: from SQS into a group, the group into one transaction, and then, the effect committed,
 the group's messages off the queue, or, when they belong to another campaign, back onto it.
 """
@@ -19,7 +19,9 @@ from typing import Any
 
 from ..errors import DeliveryError
 from ..store import Store
-from .bounces import MAX_BODY, FeedbackRecorder, Malformed, parse_ses
+from .model import Malformed
+from .recorder import FeedbackRecorder
+from .ses import MAX_BODY, parse_ses
 from .suppression import SuppressionList
 
 DELETE_WITHIN = 1.0  # seconds a committed message may wait for nine others before it is deleted alone

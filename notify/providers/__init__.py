@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..campaign.config import OutboxConfig, ProviderConfig, SesConfig, SmtpConfig
+from ..campaign.model import OutboxConfig, ProviderConfig, SesConfig, SmtpConfig
 from ..errors import ConfigError
 from .base import Kind, Outcome, Provider, Readiness
 

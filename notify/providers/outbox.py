@@ -7,7 +7,7 @@ import errno
 from pathlib import Path
 
 from .. import files
-from ..campaign.config import OutboxConfig
+from ..campaign.model import OutboxConfig
 from ..content.message import Message
 from .base import WITHDRAWN, Kind, Outcome, Readiness, Ready, Withdrawn
 

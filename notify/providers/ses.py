@@ -32,7 +32,7 @@ import boto3
 import botocore.exceptions as bx
 from botocore.config import Config
 
-from ..campaign.config import SesConfig
+from ..campaign.model import SesConfig
 from ..content.message import Message
 from .base import WITHDRAWN, Kind, Outcome, Readiness, Ready, Wave, Withdrawn
 

@@ -34,7 +34,7 @@ from collections.abc import Callable
 import aiosmtplib
 from aiosmtplib import errors as smtp_errors
 
-from ..campaign.config import SmtpConfig
+from ..campaign.model import SmtpConfig
 from ..content.message import Message
 from ..errors import ConfigError, register_secret
 from .base import WITHDRAWN, Kind, Outcome, Readiness, Ready, Wave, Withdrawn

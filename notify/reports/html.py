@@ -12,7 +12,7 @@ import datetime as dt
 import html
 import json
 
-from ..campaign.config import Campaign
+from ..campaign.model import Campaign
 from ..store import Store, epoch_of
 from .status import deadline
 

@@ -9,8 +9,9 @@ import time
 from collections import Counter
 from typing import Any
 
-from ..campaign.config import Campaign
-from ..content.render import Templates, split_version
+from ..campaign.model import Campaign
+from ..content.locales import split_version
+from ..content.render import Templates
 from ..errors import NotifyError
 from ..providers.base import RateChange
 from ..store import Store, epoch_of

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..campaign.config import SendConfig
+from ..campaign.model import SendConfig
 from ..errors import ReputationPaused
 from ..store import Store, epoch_of
 

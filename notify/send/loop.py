@@ -18,9 +18,9 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
-from ..campaign.config import Campaign
+from ..campaign.model import Campaign
 from ..checks.preflight import Preflight
-from ..content.render import RenderFailure
+from ..content.compose import RenderFailure
 from ..errors import StoreError
 from ..feedback.suppression import SuppressionList
 from ..providers.base import Kind, Outcome, Provider, Withdrawn

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..campaign.config import Campaign
+from ..campaign.model import Campaign
+from ..content.compose import RenderFailure
 from ..content.message import Message
-from ..content.render import RenderFailure
 from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED
 from ..feedback import reasons
 from ..providers.base import Kind, Outcome

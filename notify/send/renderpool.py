@@ -36,9 +36,10 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import NamedTuple
 
-from ..campaign.config import Campaign
+from ..campaign.model import Campaign
+from ..content.compose import RenderFailure, build_message, recipient_context
 from ..content.message import Message
-from ..content.render import RenderFailure, Templates, build_message, recipient_context
+from ..content.render import Templates
 from ..store import Claimed
 
 Prepared = tuple[str, "Message | RenderFailure"]  # (version, the message, or why it could not be built)

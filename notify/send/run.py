@@ -12,9 +12,9 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from .. import files, providers
-from ..campaign.config import Campaign, OutboxConfig, SesConfig
+from ..campaign.model import Campaign, OutboxConfig, SesConfig
 from ..checks.preflight import Preflight, preflight
-from ..content.render import RenderFailure
+from ..content.compose import RenderFailure
 from ..errors import ConfigError, StoreError, TemplateError
 from ..evidence import review
 from ..feedback import sqs

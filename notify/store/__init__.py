@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from .. import files
-from ..campaign.config import Campaign
+from ..campaign.model import Campaign
 from ..errors import ConfigError
 from .base import Store
 from .records import GENESIS, TRANSITIONS, Change, Claimed, Event, ImportResult, epoch_of, event_hash, file_sha256, utcnow

@@ -404,7 +404,7 @@ class Store(Imports):
 
     def checkpoint(self, path: Path, campaign_id: str) -> str:
         """Appends the chain's head (time, campaign, event count, hash) to `path`, a file outside the state
-        directory (Campaign.checkpoints_file), and returns the line; audit.check_anchors checks it later."""
+        directory (Campaign.checkpoints_file), and returns the line; evidence.chain.check_anchors checks it later."""
         line = self.checkpoint_line(campaign_id)
         fd = files.open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         with os.fdopen(fd, "a", encoding="utf-8") as fh:

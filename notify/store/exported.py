@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import files
 from ..campaign import config as campaign_mod
+from ..campaign.model import Campaign
 from ..errors import InputError, StoreError
 from .base import RECIPIENT_COLUMNS, Store
 from .records import utcnow
@@ -95,7 +96,7 @@ def _templates(out: Path, into: Path) -> str:
     return name
 
 
-def open_export(out: Path, work: Path, head: tuple[int, str]) -> tuple[campaign_mod.Campaign, ExportStore]:
+def open_export(out: Path, work: Path, head: tuple[int, str]) -> tuple[Campaign, ExportStore]:
     """The campaign and state an export holds, laid out under `work` (a private temporary directory)."""
     missing = [name for name in KIT if not (out / name).is_file()]
     if missing:

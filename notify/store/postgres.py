@@ -380,7 +380,7 @@ class PgStore(Store):
         return row[0] if row else None
 
     def _checkpoint_count(self, seq: int) -> str:
-        return f"{self.chain}:{seq}"  # this store's chain (audit.read_checkpoints checks it by its hash)
+        return f"{self.chain}:{seq}"  # this store's chain (chain.read_checkpoints checks it by its hash)
 
     def import_file(self, path: Path, *, append: bool = False, batch: int = 2000,
                     trusted: frozenset[str] = frozenset()) -> ImportResult:

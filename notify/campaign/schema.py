@@ -1,0 +1,261 @@
+"""What campaign.toml may say: every key, its type and range, checked all at once with every problem named."""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import re
+import zoneinfo
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .model import CAMPAIGN_FILE, parse_address
+
+# Keys that would put a secret into a file that is reviewed, copied and committed.
+SECRET_KEYS = {
+    "password", "passwd", "pass", "secret", "token", "api_key", "apikey", "username", "user",
+    "access_key", "access_key_id", "secret_access_key", "aws_access_key_id",
+    "aws_secret_access_key", "aws_session_token", "session_token", "private_key",
+}
+
+SECRET_HINTS = {"username": "username_env", "user": "username_env"}
+
+_TYPE_NAMES = {
+    str: "a string", bool: "true or false", int: "an integer", float: "a number",
+    list: "a list", dict: "a table", dt.date: "a date", dt.datetime: "a date and time",
+}
+
+def _describe(value: Any) -> str:
+    for t in (bool, dt.datetime, dt.date, int, float, str, list, dict):
+        if isinstance(value, t):
+            shown = f"{value!r}" if not isinstance(value, (list, dict)) else ""
+            return f"{shown} ({_TYPE_NAMES[t]})".strip() if shown else _TYPE_NAMES[t]
+    return type(value).__name__
+
+@dataclass(frozen=True)
+class Key:
+    kind: str  # str | int | number | bool | strlist | table | any
+    required: bool = False
+    check: Callable[[Any], str | None] | None = None  # returns a problem or None
+
+def _type_ok(kind: str, value: Any) -> bool:
+    if kind == "any":
+        return True
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "strlist":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == "table":
+        return isinstance(value, dict)
+    if kind == "date":
+        return isinstance(value, dt.date) and not isinstance(value, dt.datetime)
+    raise AssertionError(kind)
+
+_EXPECTED = {
+    "str": "a string", "int": "an integer", "number": "a number", "bool": "true or false",
+    "strlist": "a list of strings", "table": "a table", "date": "a date (YYYY-MM-DD, unquoted)",
+}
+
+class _Checker:
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.problems: list[str] = []
+
+    def problem(self, where: str, what: str) -> None:
+        self.problems.append(f"{self.file}: {where}: {what}")
+
+    def table(self, where: str, data: dict[str, Any], schema: dict[str, Key]) -> dict[str, Any]:
+        """Checks keys and types; returns only the keys that passed. `where` is "" for the top level."""
+        good: dict[str, Any] = {}
+        for key, value in data.items():
+            spec = schema.get(key)
+            if spec is None:
+                self.unknown(where, key, list(schema))
+                continue
+            if not _type_ok(spec.kind, value):
+                self.problem(_name(where, key), f"expected {_EXPECTED[spec.kind]}, got {_describe(value)}")
+                continue
+            if spec.check and (msg := spec.check(value)):
+                self.problem(_name(where, key), msg)
+                continue
+            good[key] = value
+        for key, spec in schema.items():
+            if spec.required and key not in data:
+                self.problem(_name(where, key), "missing (required)")
+        return good
+
+    def unknown(self, where: str, key: str, known: list[str]) -> None:
+        if key.lower() in SECRET_KEYS:
+            instead = SECRET_HINTS.get(key.lower(), "password_env")
+            self.problem(
+                _name(where, key),
+                f"secrets never live in {CAMPAIGN_FILE}; remove it and set {instead} = "
+                '"NAME_OF_AN_ENVIRONMENT_VARIABLE" that holds it',
+            )
+            return
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f' (did you mean "{close[0]}"?)' if close else f" (known keys: {', '.join(known)})"
+        self.problem(_name(where, key), f"unknown {'table' if not where else 'key'}{hint}")
+
+def _name(where: str, key: str) -> str:
+    return f"{where} {key}" if where else f"[{key}]"
+
+def within(lo: float, hi: float, unit: str = "") -> Callable[[Any], str | None]:
+    """A number's sane range (README lists each): past it a value passes type checks and then hangs, overflows
+    or takes gigabytes (a rate of 1e-300, concurrency 1e9, deadline_days 1e9, render_timeout inf). NaN and
+    infinity are outside every range."""
+    def shown(x: float) -> str:
+        return f"{x:,.0f}" if float(x).is_integer() else f"{x:g}"
+    said = f"must be between {shown(lo)} and {shown(hi)}{' ' + unit if unit else ''}"
+
+    def check(v: Any) -> str | None:
+        return None if lo <= v <= hi else f"{v!r} is out of range: {said}"
+    return check
+
+def _timezone(v: str) -> str | None:
+    try:
+        zoneinfo.ZoneInfo(v)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return f"{v!r} is not a time zone name (such as UTC, America/Los_Angeles or Europe/Berlin)"
+    return None
+
+def _address(v: str) -> str | None:
+    try:
+        parse_address(v)
+    except ValueError as e:
+        return f"{v!r} {e}"
+    return None
+
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: `$` would admit a final newline
+
+def _campaign_id(v: str) -> str | None:
+    if _ID_RE.fullmatch(v):
+        return None
+    return f"{v!r} must be 1-64 letters, digits, '.', '_' or '-' (it becomes part of every Message-ID)"
+
+def _return_path(v: str) -> str | None:
+    """The envelope sender: a bare address once {token} (32 hex digits) is filled in."""
+    try:
+        filled = v.format(token="0" * 32)
+    except (KeyError, IndexError, ValueError):
+        return f"{v!r} may contain {{token}} and nothing else in braces"
+    if any(c in filled for c in "<> \t\r\n\0") or filled.count("@") != 1 or filled.startswith("@") or filled.endswith("@"):
+        return f"{v!r} must be one bare address, e.g. \"bounces+{{token}}@bounces.example.com\""
+    return None
+
+def _tls(v: str) -> str | None:
+    return None if v in ("starttls", "implicit", "none") else f'{v!r} must be "starttls", "implicit" or "none"'
+
+def _env_name(v: str) -> str | None:
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+        return None
+    return f"{v!r} is not an environment variable name (it names the variable; the secret stays in the environment)"
+
+CAMPAIGN_KEYS = {
+    "id": Key("str", True, _campaign_id),
+    "template": Key("str", True),
+    "default_locale": Key("str"),
+    "recipients": Key("str", True),
+    "from": Key("str", True, _address),
+    "reply_to": Key("str", False, _address),
+    "require_approval": Key("bool"),
+    "discovered": Key("date"),
+    "deadline_days": Key("int", False, within(1, 3650, "days")),
+    "deadline": Key("date"),
+    "timezone": Key("str", False, lambda v: _timezone(v)),
+    "locale_map": Key("table", False, lambda v: None if all(isinstance(x, str) and x for x in v.values())
+                      else 'each entry maps a locale to another, as text: { pt = "pt-BR" }'),
+}
+
+PROFILES = ("california", "new-york", "massachusetts", "hipaa", "gdpr")
+
+def _profiles(v: list[str]) -> str | None:
+    bad = [p for p in v if p not in PROFILES]
+    return f"unknown profile {', '.join(map(repr, bad))}: known are {', '.join(PROFILES)}" if bad else None
+
+REVIEW_KEYS = {
+    "profiles": Key("strlist", False, _profiles),
+    "variants": Key("table"),
+    "allowed_domains": Key("strlist"),
+    "trusted_columns": Key("strlist"),
+}
+
+SEND_KEYS = {
+    "providers": Key("strlist", True, lambda v: None if v else "must name at least one provider"),
+    "concurrency": Key("int", False, within(1, 1000)),
+    "rate": Key("number", False, within(0.001, 1_000_000, "messages a second")),
+    "batch_size": Key("int", False, within(1, 100_000_000)),
+    "batch_pause": Key("number", False, within(0, 86400, "seconds")),
+    "domains": Key("table"),
+    "retry": Key("table"),
+    "max_bounce_rate": Key("number", False, lambda v: None if 0 < v <= 1 else "must be a fraction between 0 and 1"),
+    "max_complaint_rate": Key("number", False, lambda v: None if 0 < v <= 1 else "must be a fraction between 0 and 1"),
+    "reputation_window": Key("int", False, within(10, 10_000_000)),
+    "render_processes": Key("int", False, within(0, 64)),
+    "render_timeout": Key("number", False, within(0.1, 300, "seconds")),
+    "render_max_bytes": Key("int", False, within(1000, 100_000_000)),
+    "adaptive": Key("bool"),
+}
+
+RETRY_KEYS = {
+    "base": Key("number", False, within(0.01, 86400, "seconds")),
+    "max_interval": Key("number", False, within(0.01, 604800, "seconds")),
+    "max_attempts": Key("int", False, within(1, 1000)),
+    "max_age_hours": Key("number", False, within(0.01, 8760, "hours")),
+}
+
+PROVIDER_KEYS: dict[str, dict[str, Key]] = {
+    "outbox": {"type": Key("str", True), "path": Key("str"), "fsync": Key("bool")},
+    "smtp": {
+        "type": Key("str", True),
+        "host": Key("str", True),
+        "port": Key("int", False, lambda v: None if 0 < v < 65536 else "must be a TCP port (1-65535)"),
+        "tls": Key("str", False, _tls),
+        "username_env": Key("str", False, _env_name),
+        "password_env": Key("str", False, _env_name),
+        "timeout": Key("number", False, within(0.1, 3600, "seconds")),
+        "return_path": Key("str", False, _return_path),
+        "allow_insecure": Key("bool"),
+        "messages_per_connection": Key("int", False, within(1, 1_000_000)),
+        "dkim_key_file": Key("str"),
+        "dkim_selector": Key("str"),
+        "dkim_domain": Key("str"),
+        "ca_file": Key("str"),
+        "pipelining": Key("bool"),
+    },
+    "ses": {
+        "type": Key("str", True),
+        "region": Key("str"),
+        "configuration_set": Key("str"),
+        "endpoint_url": Key("str"),
+        "threads": Key("int", False, within(1, 256)),
+        "events_queue": Key("str"),
+    },
+}
+
+AUDIT_KEYS = {
+    "columns": Key("strlist"),  # recipients columns the export carries (a customer id): who each row is
+}
+
+STATE_KEYS = {
+    "url_env": Key("str", False, _env_name),
+    "stall_after": Key("number", False, within(1, 86400, "seconds")),
+}
+
+TOP_KEYS = {
+    "campaign": Key("table", True),
+    "state": Key("table"),
+    "variables": Key("table"),
+    "review": Key("table"),
+    "audit": Key("table"),
+    "send": Key("table", True),
+    "providers": Key("table", True),
+}

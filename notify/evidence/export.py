@@ -1,0 +1,272 @@
+"""The evidence a regulator asks for, exported: events, recipients, summary, the campaign as sent; sealed by a manifest."""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import os
+import re
+import tomllib
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from .. import __version__, files
+from ..campaign.model import Campaign
+from ..content.compose import display_address
+from ..content.locales import split_version
+from ..errors import InputError, StoreError
+from ..store import Store
+from . import signing
+from .chain import ATTEMPT_KINDS
+from .manifest import verify_file, write_manifest
+
+EXPORT_EVENT_FIELDS = ("seq", "ts", "recipient", "kind", "provider", "provider_message_id", "detail", "locale",
+                       "content_sha256", "prev_hash", "hash")
+
+RECIPIENT_COLUMNS = ("row", "email", "email_unicode", "name", "final_state", "reason", "attempts", "attempt_log",
+                     "first_attempt_at", "last_change_at", "provider", "provider_message_id", "message_id", "content_sha256",
+                     "requested_locale", "locale", "variant", "jurisdiction", "possibly_duplicated")
+
+NOT_REACHED = ("rejected", "ineligible", "suppressed", "bounced", "failed", "pending", "deferred", "inflight")
+
+def _attempt(ts: str, kind: str, provider: str | None, detail: str | None) -> str:
+    """One attempt as a person reads it: "2022-08-08T14:00:01Z relay deferred 451 4.3.0"."""
+    d = json.loads(detail or "{}")
+    code = " ".join(str(d[k]) for k in ("code", "status") if d.get(k))
+    return " ".join(p for p in (ts[:19] + "Z", provider or "", kind, code) if p)
+
+def _iso(epoch: float | None) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if epoch else ""
+
+def sent_templates(store: Store) -> dict[str, str]:
+    """The template files' SHA-256 as they were sent: the snapshot each send recorded in `send_started`
+    (a later run's value for a name wins; a run that rendered other content would have needed a new
+    approval). Empty when nothing was sent."""
+    out: dict[str, str] = {}
+    for ev in store.events_of_kind("send_started"):
+        out.update(json.loads(ev["detail"] or "{}").get("templates", {}))
+    return out
+
+def _create(path: Path) -> IO[str]:
+    """A file of the export: it names people, so 0600 in a 0700 directory, and never through a link."""
+    return open(files.open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w", newline="", encoding="utf-8")
+
+def _export_dir(out: Path, force: bool) -> None:
+    """The export's directory: new, or empty, or (with force) one whose files may be replaced."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: that is a file; the export is a directory of files",
+                         hint="name a new directory, such as audit-2022-08/")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise InputError(f"--out {out}: the directory is not empty, and an export mixed with other files could be "
+                         "read as one", hint="name a new directory, or add --force to write into this one anyway")
+    try:
+        files.private_dir(out)
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot create the directory: {e.strerror}") from None
+
+def _approval_line(approval: dict[str, Any] | None) -> str:
+    """The approval as a person reads it: who, when, what (the full parts are in summary.json)."""
+    if approval is None:
+        return "none recorded"
+    d = approval["detail"]
+    note = f"; note: {d['note']}" if d.get("note") else ""
+    return f"by {d.get('by')} at {approval['ts'][:19]}Z, content SHA-256 {d.get('content_sha256')}{note}"
+
+def _deadline(campaign: Campaign, last_send: float | None, unsent: int, late: int = 0, sent: int = 0) -> dict[str, Any]:
+    """A regulator's first question: the discovery, the deadline, and whether it was met."""
+    if campaign.deadline is None:
+        return {"deadline": None, "met": None, "said": "none set ([campaign] deadline or deadline_days)"}
+    due = campaign.deadline_end
+    assert due is not None
+    since = f", {(campaign.deadline - campaign.discovered).days} days after discovery on {campaign.discovered}" \
+        if campaign.discovered else ""
+    head = f"{campaign.deadline} (end of day {campaign.timezone}{since})"
+    out: dict[str, Any] = {"deadline": campaign.deadline.isoformat(), "timezone": campaign.timezone,
+                           "discovered": campaign.discovered.isoformat() if campaign.discovered else None}
+    if unsent:
+        late = dt.datetime.now(dt.UTC) > due
+        out.update(met=False if late else None,
+                   said=f"{head}: {'MISSED' if late else 'not yet met'}: {unsent} recipient(s) not yet notified")
+    elif last_send is None:
+        out.update(met=None, said=f"{head}: nobody was sent a notice by email")
+    else:
+        days = (dt.datetime.fromtimestamp(last_send, dt.UTC) - due).total_seconds() / 86400
+        met = last_send <= due.timestamp()
+        who = "for everyone" if met else f"for {late} of {sent} people notified by email"
+        out.update(met=met, late=late, said=f"{head}: {'met' if met else 'MISSED'} {who}: the last notice was first sent "
+                                            f"{_iso(last_send)}, {abs(days):.1f} days {'before' if met else 'after'} it")
+    return out
+
+_TABLE = re.compile(r"\s*\[\s*([^\[\]#]+?)\s*\]\s*(?:#.*)?$")  # a [table] header (not [[array of tables]])
+
+def _campaign_copy(campaign: Campaign) -> str:
+    """campaign.toml as the export carries it: the recipients file is the export's recipients.csv, and
+    the state is the export itself (no [state] url_env). Secrets never live in campaign.toml. The copy
+    is read back to check it says exactly that."""
+    out: list[str] = []
+    section = ""
+    for line in campaign.file.read_text(encoding="utf-8").splitlines():
+        if (m := _TABLE.match(line)):
+            section = m.group(1).strip()
+        key = line.split("=", 1)[0].strip() if "=" in line else ""
+        if section == "state" or key.startswith("state.") or (section == "campaign" and key == "recipients") \
+                or (section == "" and key == "campaign.recipients"):
+            continue
+        out.append(line)
+        if m and section == "campaign":
+            out.append('recipients = "recipients.csv"  # in the export: its own recipients.csv')
+    text = "\n".join(out) + "\n"
+    try:
+        copy = tomllib.loads(text)
+        ok = copy["campaign"]["recipients"] == "recipients.csv" and "state" not in copy
+    except (tomllib.TOMLDecodeError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise InputError(f"{campaign.file}: the export's copy of it could not be made (its [campaign] recipients "
+                         "or [state] is written in a form this export does not rewrite)",
+                         hint="write them as `recipients = \"...\"` under [campaign] and a [state] table of its own")
+    return text
+
+def _rebuild_kit(campaign: Campaign, store: Store, out: Path, sources: dict[str, str]) -> None:
+    """campaign.toml, templates.json (the templates as read now: the summary says whether they are the ones
+    sent) and state.jsonl (every recipient's row, columns and token included): with these, `notify lookup`
+    and `notify report` work on the export directory alone, and the exact message is rebuilt from it."""
+    with _create(out / "campaign.toml") as fh:
+        fh.write(_campaign_copy(campaign))
+    with _create(out / "templates.json") as fh:
+        fh.write(json.dumps({"template": campaign.template, "files": sources}, ensure_ascii=False, indent=1,
+                            sort_keys=True) + "\n")
+    with _create(out / "state.jsonl") as fh:
+        for row in store.recipient_rows():
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, str], str],
+           force: bool = False, sign_key: Path | None = None, sources: dict[str, str] | None = None) -> dict[str, Any]:
+    """Writes events.jsonl, recipients.csv, summary.json, summary.txt, alternate_channel.csv and what a rebuild
+    of any message needs (campaign.toml, templates.json from `sources`, state.jsonl) into `out`, sealed by
+    manifest.json (and manifest.sig, signed with `sign_key`)."""
+    if sign_key is not None:
+        signing.sign(b"", sign_key)  # a key that cannot sign is refused before anything is written
+    _export_dir(out, force)
+    with _create(out / "events.jsonl") as fh:
+        for ev in store.events():
+            fh.write(json.dumps({k: ev[k] for k in (*EXPORT_EVENT_FIELDS, "chain", "recipient_id") if k in ev},
+                                ensure_ascii=False) + "\n")
+    verdict, _ = verify_file(out / "events.jsonl")
+    _rebuild_kit(campaign, store, out, sources or {})
+
+    states: Counter[str] = Counter()
+    locales: Counter[str] = Counter()
+    jurisdictions: Counter[str] = Counter()
+    variants: Counter[str] = Counter()
+    by_provider: Counter[str] = Counter()
+    first_send = last_send = None
+    due_at = campaign.deadline_end.timestamp() if campaign.deadline_end is not None else None
+    late = 0
+    rows_out = 0
+    with _create(out / "recipients.csv") as rfh, _create(out / "alternate_channel.csv") as afh:
+        rw, aw = files.SafeCsvWriter(rfh), files.SafeCsvWriter(afh)
+        extra = list(campaign.audit_columns)  # [audit] columns: who each row is (a customer id)
+        rw.writerow((*RECIPIENT_COLUMNS, *extra))
+        aw.writerow(("row", "email", "email_unicode", "state", "reason", "name", "requested_locale", "locale",
+                     "jurisdiction", *extra))
+        for r in store.export_rows():
+            (row, email, state, detail, attempts, first, updated, provider, pmid, mid, sha, locale, juris, doubt, name,
+             version, raw_vars, rid) = r
+            # What was sent, as recorded at the time; for those never sent, what would be.
+            variant, used = split_version(version or resolve(locale or campaign.default_locale, juris))
+            values = json.loads(raw_vars or "{}")
+            ids = [str(values.get(col, "")) for col in extra]
+            shown = display_address(email)
+            log = "; ".join(_attempt(e["ts"], e["kind"], e["provider"], e["detail"]) for e in store.events_of(rid)
+                            if e["kind"] in ATTEMPT_KINDS) if attempts else ""
+            rw.writerow((row, email, shown, name, state, detail or "", attempts, log, _iso(first), updated or "",
+                         provider or "", pmid or "", mid or "", sha or "", locale, used, variant, juris,
+                         "yes" if doubt else "", *ids))
+            rows_out += 1
+            states[state] += 1
+            locales[used] += 1
+            variants[variant or "(default)"] += 1
+            jurisdictions[juris or "(none)"] += 1
+            if provider and state in ("sent", "delivered", "bounced", "complained"):
+                by_provider[provider] += 1
+            if first:
+                first_send = min(first_send or first, first)
+                last_send = max(last_send or first, first)
+                late += int(due_at is not None and first > due_at)
+            if state in NOT_REACHED:
+                reason = detail or {"pending": "never sent", "deferred": "not yet delivered (retrying)",
+                                    "inflight": "never confirmed"}.get(state, state)
+                aw.writerow((row, email, shown, state, reason, name, locale, used, juris, *ids))
+        rejected_known = 0
+        for row, raw, reason in store.rejects():
+            rw.writerow((row, raw, raw, "", "rejected", reason, 0, *[""] * (len(RECIPIENT_COLUMNS) - 7), *[""] * len(extra)))
+            if store.knows(raw):  # a row rejected for a known person (a duplicate, a refused correction): listed with their state
+                rejected_known += 1
+            else:
+                aw.writerow((row, raw, raw, "rejected", reason, "", "", "", "", *[""] * len(extra)))
+            rows_out += 1
+            states["rejected"] += 1
+    rows_read = store.rows_read()
+    if not rows_out == rows_read == sum(states.values()):  # every input row has exactly one final state
+        raise StoreError(f"the export would be incomplete: {rows_out} row(s) written, {rows_read} read from the "
+                         f"recipients file, {sum(states.values())} in a final state; the export is not valid",
+                         hint="`notify audit verify` the campaign; this is a bug in notify if the chain verifies")
+    approval = store.last_event_of(("approved",))
+    template_hashes = sent_templates(store)
+    summary: dict[str, Any] = {
+        "campaign": campaign.id,
+        "tool": f"notify {__version__}",
+        "exported_by": getpass.getuser(),
+        "exported_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "rows_read": rows_read,
+        "completeness": f"rows read {rows_read} = sum of final states {sum(states.values())}",
+        "states": dict(sorted(states.items())),
+        "locales": dict(sorted(locales.items())),
+        "jurisdictions": dict(sorted(jurisdictions.items())),
+        "variants": dict(sorted(variants.items())),
+        "providers": dict(sorted(by_provider.items())),
+        "first_send": _iso(first_send),
+        "last_send": _iso(last_send),
+        "not_reached_by_email": sum(states[s] for s in NOT_REACHED) - rejected_known,  # people: alternate_channel.csv's rows
+        "approval": approval,
+        "deadline": _deadline(campaign, last_send, sum(states[s] for s in ("pending", "deferred", "inflight")), late,
+                              sum(by_provider.values())),
+        "template_sha256": template_hashes,
+        "chain": {"events": verdict.events, "head": verdict.head, "verified": verdict.ok},
+    }
+    with _create(out / "summary.json") as fh:
+        fh.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    lines = [f"Campaign {campaign.id}: audit export by {summary['exported_by']} at {summary['exported_at']} ({summary['tool']})",
+             f"Completeness: {summary['completeness']}",
+             "Final states: " + ", ".join(f"{k} {v}" for k, v in summary["states"].items()),
+             "Per locale: " + ", ".join(f"{k} {v}" for k, v in summary["locales"].items()),
+             "Per jurisdiction: " + ", ".join(f"{k} {v}" for k, v in summary["jurisdictions"].items()),
+             "Per template variant: " + ", ".join(f"{k} {v}" for k, v in summary["variants"].items()),
+             "Per provider: " + (", ".join(f"{k} {v}" for k, v in summary["providers"].items()) or "none"),
+             f"First send: {summary['first_send'] or '-'}; last send: {summary['last_send'] or '-'}",
+             f"Not reached by email (alternate_channel.csv): {summary['not_reached_by_email']}",
+             f"Approval: {_approval_line(approval)}",
+             f"Deadline: {summary['deadline']['said']}",
+             f"Audit chain: {verdict.events} events, head {verdict.head}, {'verified' if verdict.ok else 'BROKEN'}",
+             "Templates as sent (SHA-256):" + ("" if template_hashes else " none sent")]
+    lines += [f"  {h}  {name}" for name, h in sorted(template_hashes.items())]
+    lines += ["", "The files of this export:",
+              "  summary.txt            this page; summary.json says the same for programs",
+              "  recipients.csv         one row per row of the recipients file: who, what they were sent, in which",
+              "                         language, through which provider, every attempt, and what became of it",
+              "  alternate_channel.csv  everyone email did not reach, with the reason: for postal or substitute notice",
+              "  events.jsonl           every event in order, each hash-chained to the one before (the audit trail)",
+              "  campaign.toml, templates.json, state.jsonl",
+              "                         the campaign's settings, its templates and every recipient's row: with them",
+              "                         `notify lookup THIS_DIRECTORY QUERY` rebuilds the exact message a person was",
+              "                         sent, and `notify report THIS_DIRECTORY` draws the report, with nothing else",
+              "  manifest.json          the size and SHA-256 of each file and the chain's head; check them all with",
+              "                         `notify audit verify THIS_DIRECTORY` (manifest.sig: its signature, if signed)"]
+    with _create(out / "summary.txt") as fh:
+        fh.write("\n".join(lines) + "\n")
+    summary["manifest_sha256"] = write_manifest(out, campaign.id, verdict, sign_key)
+    return summary

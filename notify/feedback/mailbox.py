@@ -1,0 +1,73 @@
+"""Bounce mailboxes read one message at a time, in bounded memory: mbox files and maildir directories."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import InputError
+
+MAX_MESSAGE = 8 * 1024 * 1024  # of one bounce message read: a report comes before what it returns
+
+LINE_CHUNK = 64 * 1024  # an mbox is read at most this much at a time, however long its lines
+
+def read_mbox(path: Path) -> Iterator[bytes]:
+    """Each message of an mbox, as the bytes it was stored with (no header is re-wrapped); a truncated
+    last message is read as far as it goes. Streams in bounded pieces: a message is kept to its first
+    MAX_MESSAGE bytes (the report; the rest is the message it returns), and a line of a gigabyte costs
+    no more memory than a short one."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such mbox file")
+    with path.open("rb") as fh:
+        readline = fh.readline
+        current: list[bytes] = []
+        size = 0
+        started = False
+        after_blank = True  # the last line was blank (or there was none): where a From_ line may separate
+        while line := readline(LINE_CHUNK):
+            if line[-1:] != b"\n":  # a piece of a long line (or a last line with no newline): the rare, slow path
+                first, rest, kept = line, [line], size + len(line)
+                while line[-1:] != b"\n" and (more := readline(LINE_CHUNK)):
+                    line = more
+                    if kept < MAX_MESSAGE:  # what is past the message's bound is read, and dropped
+                        rest.append(line)
+                        kept += len(line)
+                if first.startswith(b"From ") and after_blank:  # a long separator: its rest is skipped
+                    if started:
+                        yield _unquote(current)
+                    current, size, started, after_blank = [], 0, True, True
+                    continue
+                after_blank = False
+                for piece in rest:
+                    if started and size < MAX_MESSAGE:
+                        current.append(piece)
+                        size += len(piece)
+                continue
+            if after_blank and line.startswith(b"From "):
+                if started:
+                    yield _unquote(current)
+                current, size, started = [], 0, True
+                continue
+            after_blank = line == b"\n" or line == b"\r\n"
+            if started and size < MAX_MESSAGE:
+                current.append(line)
+                size += len(line)
+        if started:
+            yield _unquote(current)
+
+def _unquote(lines: list[bytes]) -> bytes:
+    """An mbox message's lines: the separating blank line dropped, ">From " quoting undone (mboxrd)."""
+    if lines and lines[-1] in (b"\n", b"\r\n"):
+        lines = lines[:-1]
+    return b"".join(line[1:] if line.startswith(b">") and line.lstrip(b">").startswith(b"From ") else line for line in lines)
+
+def read_maildir(path: Path) -> Iterator[bytes]:
+    if not (path / "cur").is_dir() and not (path / "new").is_dir():
+        raise InputError(f"{path}: not a maildir (no cur/ or new/ inside)")
+    for sub in ("new", "cur"):
+        d = path / sub
+        if d.is_dir():
+            for f in sorted(d.iterdir()):
+                if f.is_file():
+                    with f.open("rb") as fh:
+                        yield fh.read(MAX_MESSAGE)
