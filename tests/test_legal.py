@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 from notify.campaign import config as campaign_mod
 from notify.content.render import Templates
@@ -300,16 +302,16 @@ def test_deadline_time_left_and_projected_finish(make_campaign: MakeCampaign) ->
     store.import_file(c.recipients)
     now = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)  # 36 hours before the end of 2026-12-01
     fast = report.deadline(c, store, rate=1.0, now=now)
-    assert fast is not None and not fast["late"] and fast["seconds_left"] == 36 * 3600
-    assert fast["said"] == ("deadline 2026-12-01 (end of day UTC) (30 days after discovery on 2026-11-01): 1 day 12 h left, "
+    assert fast is not None and not fast.late and fast.standing.seconds_left == 36 * 3600
+    assert fast.said == ("deadline 2026-12-01 (end of day UTC) (30 days after discovery on 2026-11-01): 1 day 12 h left, "
                             "1000 recipient(s) to go; at 1.0/s they finish by 2026-11-30 12:16 UTC")
     slow = report.deadline(c, store, rate=0.005, now=now)  # 1000 / 0.005 = 200,000 s = 55.6 h
-    assert slow is not None and slow["late"] and slow["projected_finish"] == "2026-12-02T19:33:20Z"
-    assert slow["said"].endswith("finish by 2026-12-02 19:33 UTC, 19 h 33 min AFTER the deadline: raise the rate or add a provider")
+    assert slow is not None and slow.late and slow.as_dict()["projected_finish"] == "2026-12-02T19:33:20Z"
+    assert slow.said.endswith("finish by 2026-12-02 19:33 UTC, 19 h 33 min AFTER the deadline: raise the rate or add a provider")
     unmeasured = report.deadline(c, store, now=now)
-    assert unmeasured is not None and unmeasured["said"].endswith("no sending rate measured yet to project a finish")
+    assert unmeasured is not None and unmeasured.said.endswith("no sending rate measured yet to project a finish")
     passed = report.deadline(c, store, rate=1.0, now=now + dt.timedelta(days=3))
-    assert passed is not None and passed["late"] and "PASSED 1 day 12 h ago, with 1000 recipient(s) not yet notified" in passed["said"]
+    assert passed is not None and passed.late and "PASSED 1 day 12 h ago, with 1000 recipient(s) not yet notified" in passed.said
     store.close()
 
 
@@ -385,3 +387,28 @@ def test_check_dns_says_when_no_server_answers(make_campaign: MakeCampaign) -> N
     finally:
         s.close()
     assert code == 1 and "SPF: the lookup of example.com timed out" in err
+
+
+def test_the_deadline_is_judged_in_one_place(make_campaign: MakeCampaign) -> None:
+    """#36: status, send and the export read one verdict (campaign.deadline.standing), then say it each their way."""
+    from notify.campaign.deadline import standing
+
+    c = campaign_mod.load(deadline_campaign(make_campaign, 3))
+    ends = c.deadline_end
+    assert ends is not None
+    before, after = ends.timestamp() - 60, ends.timestamp() + 60
+    now = ends - dt.timedelta(hours=1)
+
+    def verdict(**kw: Any) -> str:
+        s = standing(c, **{"remaining": 0, "imported": True, "last_first_send": None, "rate": None, "now": now, **kw})
+        assert s is not None
+        return s.verdict
+
+    assert verdict(imported=False) == "no recipients"
+    assert verdict() == "nobody sent"
+    assert verdict(last_first_send=before) == "met"
+    assert verdict(last_first_send=after) == "missed"
+    assert verdict(remaining=3, now=ends) == "passed"  # it passes at the end of its day in the campaign's zone
+    assert verdict(remaining=3600, rate=2.0) == "on track"  # half an hour's work, an hour left
+    assert verdict(remaining=3600, rate=0.5) == "at risk"
+    assert verdict(remaining=3) == "open"  # nothing to project from

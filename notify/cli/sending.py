@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
@@ -17,9 +17,9 @@ from ..store import Store
 from .app import CampaignArg, _checkpoint, _one_line, _open, boundary, err
 
 
-def say_deadline(due: dict[str, Any]) -> None:
+def say_deadline(due: report.Deadline) -> None:
     """The deadline line of `send`, before and after the run: on stderr when it is or will be missed."""
-    (err if due["late"] else typer.echo)(due["said"].replace("deadline", "Deadline", 1))
+    (err if due.late else typer.echo)(due.said.replace("deadline", "Deadline", 1))
 
 
 @boundary

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .. import __version__, files
+from ..campaign.deadline import MET, PASSED, standing
 from ..campaign.model import Campaign
 from ..content.compose import display_address
 from ..content.locales import split_version
@@ -76,29 +77,28 @@ def _approval_line(approval: dict[str, Any] | None) -> str:
     return f"by {d.get('by')} at {approval['ts'][:19]}Z, content SHA-256 {d.get('content_sha256')}{note}"
 
 def _deadline(campaign: Campaign, last_send: float | None, unsent: int, late: int = 0, sent: int = 0) -> dict[str, Any]:
-    """A regulator's first question: the discovery, the deadline, and whether it was met."""
-    if campaign.deadline is None:
+    """A regulator's first question: the discovery, the deadline, and whether it was met (judged by
+    campaign.deadline, as `status` judges it)."""
+    s = standing(campaign, remaining=unsent, imported=True, last_first_send=last_send, rate=None)
+    if s is None:
         return {"deadline": None, "met": None, "said": "none set ([campaign] deadline or deadline_days)"}
-    due = campaign.deadline_end
-    assert due is not None
-    since = f", {(campaign.deadline - campaign.discovered).days} days after discovery on {campaign.discovered}" \
-        if campaign.discovered else ""
-    head = f"{campaign.deadline} (end of day {campaign.timezone}{since})"
-    out: dict[str, Any] = {"deadline": campaign.deadline.isoformat(), "timezone": campaign.timezone,
-                           "discovered": campaign.discovered.isoformat() if campaign.discovered else None}
+    head = f"{s.date} (end of day {s.timezone}{', ' + s.since_discovery if s.since_discovery else ''})"
+    out: dict[str, Any] = {"deadline": s.date.isoformat(), "timezone": s.timezone,
+                           "discovered": s.discovered.isoformat() if s.discovered else None}
     if unsent:
-        late = dt.datetime.now(dt.UTC) > due
-        out.update(met=False if late else None,
-                   said=f"{head}: {'MISSED' if late else 'not yet met'}: {unsent} recipient(s) not yet notified")
+        passed = s.verdict == PASSED
+        out.update(met=False if passed else None,
+                   said=f"{head}: {'MISSED' if passed else 'not yet met'}: {unsent} recipient(s) not yet notified")
     elif last_send is None:
         out.update(met=None, said=f"{head}: nobody was sent a notice by email")
     else:
-        days = (dt.datetime.fromtimestamp(last_send, dt.UTC) - due).total_seconds() / 86400
-        met = last_send <= due.timestamp()
+        days = (dt.datetime.fromtimestamp(last_send, dt.UTC) - s.ends).total_seconds() / 86400
+        met = s.verdict == MET
         who = "for everyone" if met else f"for {late} of {sent} people notified by email"
         out.update(met=met, late=late, said=f"{head}: {'met' if met else 'MISSED'} {who}: the last notice was first sent "
                                             f"{_iso(last_send)}, {abs(days):.1f} days {'before' if met else 'after'} it")
     return out
+
 
 _TABLE = re.compile(r"\s*\[\s*([^\[\]#]+?)\s*\]\s*(?:#.*)?$")  # a [table] header (not [[array of tables]])
 

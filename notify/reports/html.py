@@ -126,7 +126,7 @@ table.stack td.n {{ width: 4em; text-align: right; padding: 4px 8px; vertical-al
 </style></head><body>
 <h1>Campaign {e(campaign.id)}</h1>
 <p class="sub">{sum(counts.values())} recipients; {e(approved)}; report made {e(_when(dt.datetime.now(dt.UTC).timestamp()))}.</p>
-<p class="{'late' if due and due['late'] else ''}">{e(due['said'] if due else 'No legal deadline set ([campaign] deadline).')}</p>
+<p class="{'late' if due and due.late else ''}">{e(due.said if due else 'No legal deadline set ([campaign] deadline).')}</p>
 <h2>Outcomes</h2><p>{legend}</p>{_stacked([("all recipients", counts)])}
 <h2>Notices sent over time</h2>
 <p>Each bar is a span of time: notices that left then (green sent, orange bounced or complained, red failed). The dashed

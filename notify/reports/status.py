@@ -7,8 +7,10 @@ import datetime as dt
 import json
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
+from ..campaign.deadline import AT_RISK, MET, MISSED, NO_RECIPIENTS, NOBODY_SENT, PASSED, Standing, standing
 from ..campaign.model import Campaign
 from ..content.locales import split_version
 from ..content.render import Templates
@@ -28,55 +30,64 @@ def _span(seconds: float) -> str:
     return f"{minutes} min" if minutes else f"{s} s"
 
 
-def deadline(campaign: Campaign, store: Store, rate: float | None = None,
-             now: dt.datetime | None = None, project: bool = True) -> dict[str, Any] | None:
-    """Time left before the legal deadline and the projected finish at `rate` (messages per second;
-    default: the rate of the last 1,000 outcomes). None when the campaign sets no deadline.
+@dataclass(frozen=True)
+class Deadline:
+    """The deadline as `status` and `send` say it: where the campaign stands (campaign.deadline) and one line."""
 
-    The deadline is the end of its day in UTC: notices must be out by then."""
-    if campaign.deadline is None:
-        return None
-    now = now or dt.datetime.now(dt.UTC)
-    due = campaign.deadline_end
-    assert due is not None
+    standing: Standing
+    said: str
+
+    @property
+    def late(self) -> bool:
+        return self.standing.late
+
+    @property
+    def remaining(self) -> int:
+        return self.standing.remaining
+
+    def as_dict(self) -> dict[str, Any]:
+        """For `status --json`, in the shape it has always had."""
+        s = self.standing
+        return {"deadline": s.date.isoformat(), "discovered": s.discovered.isoformat() if s.discovered else None,
+                "seconds_left": s.seconds_left, "remaining": s.remaining, "rate": s.rate,
+                "projected_finish": s.projected_finish.strftime("%Y-%m-%dT%H:%M:%SZ") if s.projected_finish else None,
+                "late": s.late, "verdict": s.verdict, "said": self.said}
+
+
+def deadline(campaign: Campaign, store: Store, rate: float | None = None,
+             now: dt.datetime | None = None, project: bool = True) -> Deadline | None:
+    """Time left before the legal deadline and the projected finish at `rate` (messages per second;
+    default: the rate of the last 1,000 outcomes; none when `project` is false, as while nothing sends).
+    None when the campaign sets no deadline. The deadline passes at the end of its day in the campaign's
+    time zone; the projected finish is said in UTC."""
     remaining = store.count_unsent()
-    rate = (rate if rate else store.recent_rate()) if project else None
-    left = (due - now).total_seconds()
-    out: dict[str, Any] = {
-        "deadline": campaign.deadline.isoformat(), "discovered": campaign.discovered.isoformat() if campaign.discovered else None,
-        "seconds_left": left, "remaining": remaining, "rate": rate, "projected_finish": None, "late": False,
-    }
-    since = (f" ({(campaign.deadline - campaign.discovered).days} days after discovery on {campaign.discovered})"
-             if campaign.discovered else "")
-    head = f"deadline {campaign.deadline} (end of day {campaign.timezone}){since}: "
-    if remaining == 0 and not store.counts():
-        out["said"] = head + "no recipients imported yet (`notify check` imports them)"
-        return out
-    if remaining == 0:
-        last = store.last_first_attempt()
-        out["late"] = last is not None and last > due.timestamp()
-        out["said"] = head + (f"MISSED: every recipient is in a final state, the last of them first sent "
-                              f"{_span(last - due.timestamp())} after it" if last is not None and out["late"]
-                              else "every recipient is in a final state")
-        return out
-    if left <= 0:
-        out["late"] = True
-        out["said"] = head + f"PASSED {_span(left)} ago, with {remaining} recipient(s) not yet notified"
-        return out
-    said = head + f"{_span(left)} left, {remaining} recipient(s) to go"
-    if rate:
-        finish = now + dt.timedelta(seconds=remaining / rate)
-        out["projected_finish"] = finish.strftime("%Y-%m-%dT%H:%M:%SZ")
-        out["late"] = finish > due
-        said += f"; at {rate:.1f}/s they finish by {finish:%Y-%m-%d %H:%M} UTC"
-        if out["late"]:
-            said += f", {_span((finish - due).total_seconds())} AFTER the deadline: raise the rate or add a provider"
+    s = standing(campaign, remaining=remaining, imported=bool(remaining or store.counts()),
+                 last_first_send=store.last_first_attempt() if not remaining else None,
+                 rate=((rate if rate else store.recent_rate()) if project else None), now=now)
+    if s is None:
+        return None
+    since = f" ({s.since_discovery})" if s.since_discovery else ""
+    head = f"deadline {s.date} (end of day {s.timezone}){since}: "
+    if s.verdict == NO_RECIPIENTS:
+        return Deadline(s, head + "no recipients imported yet (`notify check` imports them)")
+    if s.verdict == MISSED:
+        assert s.last_first_send is not None  # a final verdict names the last first send
+        return Deadline(s, head + f"MISSED: every recipient is in a final state, the last of them first sent "
+                                  f"{_span(s.last_first_send - s.ends.timestamp())} after it")
+    if s.verdict in (MET, NOBODY_SENT):
+        return Deadline(s, head + "every recipient is in a final state")
+    if s.verdict == PASSED:
+        return Deadline(s, head + f"PASSED {_span(s.seconds_left)} ago, with {s.remaining} recipient(s) not yet notified")
+    said = head + f"{_span(s.seconds_left)} left, {s.remaining} recipient(s) to go"
+    if s.projected_finish is not None and s.rate:
+        said += f"; at {s.rate:.1f}/s they finish by {s.projected_finish:%Y-%m-%d %H:%M} UTC"
+        if s.verdict == AT_RISK:
+            said += f", {_span((s.projected_finish - s.ends).total_seconds())} AFTER the deadline: raise the rate or add a provider"
     elif not project:
         said += "; nothing is sending, so no finish to project"
     else:
         said += "; no sending rate measured yet to project a finish"
-    out["said"] = said
-    return out
+    return Deadline(s, said)
 
 
 def when_due(due: float, now: float) -> str:
@@ -130,7 +141,7 @@ def status(campaign: Campaign, store: Store, templates: Templates | None = None)
         "recipients_file": last["path"] if last else None,
         "recipients_sha256": last["sha256"] if last else None,
         "events": store.event_count(),
-        "deadline": deadline(campaign, store),
+        "deadline": d.as_dict() if (d := deadline(campaign, store)) is not None else None,
         "state_backend": store.backend,
         "workers": [worker_view(w) for w in store.workers()][-20:],  # every live one is among the latest
     }
@@ -193,7 +204,7 @@ def watch(campaign: Campaign, store: Store) -> dict[str, Any]:
     now_said, rate = sending(campaign, store, now)
     lines += now_said
     if (due := deadline(campaign, store, rate=rate, project=rate is not None)) is not None:
-        lines.append(f"deadline: {due['said']}")
+        lines.append(f"deadline: {due.said}")
     lines += ["worker:   " + worker_said(worker_view(w)) for w in store.workers() if w["status"] in ("live", "stalled")]
     change = store.last_event_of(("rate_changed",))
     if change:

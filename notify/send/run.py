@@ -21,7 +21,7 @@ from ..feedback import sqs
 from ..feedback.suppression import SuppressionList
 from ..providers.base import Kind, Provider
 from ..providers.outbox import eml_name
-from ..reports.status import deadline
+from ..reports.status import Deadline, deadline
 from ..store import Store
 from .loop import SendLoop, SendOptions
 from .policy import RunResult
@@ -77,7 +77,7 @@ def provider_chain(campaign: Campaign, name: str | None, concurrency: int | None
 
 
 def send(campaign: Campaign, store: Store, options: SendOptions,
-         announce: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
+         announce: Callable[[Deadline], None] | None = None) -> RunResult:
     """Preflight, then the run. Nothing is sent unless every locale renders and, where the campaign
     requires it (review.requires_approval), the content is the content legal approved. Recipients a
     crash left in doubt are settled first from the SES event queues the providers name
@@ -100,7 +100,7 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
     queues = [p.events_queue for p in campaign.providers.values() if isinstance(p, SesConfig) and p.events_queue]
     reconcile = sqs.reconciler(campaign.id, queues) if queues else None
     chain = provider_chain(campaign, options.provider, options.concurrency)
-    if announce is not None and (due := deadline(campaign, store)) is not None and due["remaining"]:
+    if announce is not None and (due := deadline(campaign, store)) is not None and due.remaining:
         announce(due)
     suppression = SuppressionList()
     store.open_session()  # PostgreSQL: this worker's session, its audit chain and heartbeat
