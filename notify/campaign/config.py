@@ -62,6 +62,7 @@ def load(path: str | Path, *, recipients_file: bool = True) -> Campaign:
         raise ConfigError(f"{file}: a value is nested too deeply to check",
                           hint="a campaign.toml needs a few levels at most: look for a runaway [ or {") from None
 
+
 def _build(file: Path, data: dict[str, Any], recipients_file: bool = True) -> Campaign:
     c = _Checker(file)
     top = c.table("", data, TOP_KEYS)
@@ -187,6 +188,7 @@ def _build(file: Path, data: dict[str, Any], recipients_file: bool = True) -> Ca
         audit_columns=list(audit_cfg.get("columns", [])),
         state=StateConfig(url_env=state_cfg.get("url_env"), stall_after=float(state_cfg.get("stall_after", 30.0))),
     )
+
 
 def _provider(base: Path, name: str, kind: str, t: dict[str, Any]) -> ProviderConfig:
     if kind == "outbox":

@@ -16,12 +16,14 @@ CAMPAIGN_FILE = "campaign.toml"
 
 STATE_DIR = ".notify"
 
+
 @dataclass(frozen=True)
 class OutboxConfig:
     name: str
     path: Path
     fsync: bool = True
     type: str = "outbox"
+
 
 @dataclass(frozen=True)
 class SmtpConfig:
@@ -42,6 +44,7 @@ class SmtpConfig:
     pipelining: bool = True  # MAIL, RCPT and DATA in one write where the server offers PIPELINING
     type: str = "smtp"
 
+
 @dataclass(frozen=True)
 class SesConfig:
     name: str
@@ -52,7 +55,9 @@ class SesConfig:
     events_queue: str | None = None  # SQS URL of this configuration set's events: settles in-doubt sends
     type: str = "ses"
 
+
 ProviderConfig = OutboxConfig | SmtpConfig | SesConfig
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -60,6 +65,7 @@ class RetryPolicy:
     max_interval: float = 1800.0  # RFC 5321 4.5.4.1 suggests 30 minutes between tries
     max_attempts: int = 10
     max_age: float = 4 * 24 * 3600.0  # give up after four days (RFC 5321: 4-5 days)
+
 
 @dataclass(frozen=True)
 class SendConfig:
@@ -80,6 +86,7 @@ class SendConfig:
     render_max_bytes: int = 1_000_000  # characters one part of a message may render to
     adaptive: bool = True  # slow down on throttling replies (throttle.py); false: the rate set is the rate sent
 
+
 @dataclass(frozen=True)
 class ReviewConfig:
     """What the content lint checks: the legal profiles each version must satisfy, and where links may go."""
@@ -94,12 +101,14 @@ class ReviewConfig:
     def for_variant(self, variant: str) -> list[str]:
         return self.variant_profiles.get(variant, []) if variant else self.profiles
 
+
 @dataclass(frozen=True)
 class StateConfig:
     """Where the campaign's state lives: its SQLite file (the default), or PostgreSQL for several hosts."""
 
     url_env: str | None = None  # the environment variable holding postgresql://...; None: SQLite
     stall_after: float = 30.0  # seconds without a heartbeat before other workers take over a worker's recipients
+
 
 @dataclass(frozen=True)
 class Campaign:
@@ -161,6 +170,7 @@ class Campaign:
     def reply_to_address(self) -> Address | None:
         return parse_address(self.reply_to) if self.reply_to else None
 
+
 def parse_address(text: str) -> Address:
     """One "Name <addr@domain>" or bare address; ValueError when it is not exactly one address."""
     if any(c in text for c in "\r\n\0"):
@@ -177,6 +187,7 @@ def parse_address(text: str) -> Address:
                          "(an internationalized domain in its xn-- form); a look-alike of an ASCII domain is what "
                          "phishing uses")
     return Address(display_name=name, username=local, domain=domain)
+
 
 def tzinfo(name: str) -> dt.tzinfo:
     return dt.UTC if name == "UTC" else zoneinfo.ZoneInfo(name)

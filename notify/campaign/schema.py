@@ -27,6 +27,7 @@ _TYPE_NAMES = {
     list: "a list", dict: "a table", dt.date: "a date", dt.datetime: "a date and time",
 }
 
+
 def _describe(value: Any) -> str:
     for t in (bool, dt.datetime, dt.date, int, float, str, list, dict):
         if isinstance(value, t):
@@ -34,11 +35,13 @@ def _describe(value: Any) -> str:
             return f"{shown} ({_TYPE_NAMES[t]})".strip() if shown else _TYPE_NAMES[t]
     return type(value).__name__
 
+
 @dataclass(frozen=True)
 class Key:
     kind: str  # str | int | number | bool | strlist | table | any
     required: bool = False
     check: Callable[[Any], str | None] | None = None  # returns a problem or None
+
 
 def _type_ok(kind: str, value: Any) -> bool:
     if kind == "any":
@@ -59,10 +62,12 @@ def _type_ok(kind: str, value: Any) -> bool:
         return isinstance(value, dt.date) and not isinstance(value, dt.datetime)
     raise AssertionError(kind)
 
+
 _EXPECTED = {
     "str": "a string", "int": "an integer", "number": "a number", "bool": "true or false",
     "strlist": "a list of strings", "table": "a table", "date": "a date (YYYY-MM-DD, unquoted)",
 }
+
 
 class _Checker:
     def __init__(self, file: Path) -> None:
@@ -105,8 +110,10 @@ class _Checker:
         hint = f' (did you mean "{close[0]}"?)' if close else f" (known keys: {', '.join(known)})"
         self.problem(_name(where, key), f"unknown {'table' if not where else 'key'}{hint}")
 
+
 def _name(where: str, key: str) -> str:
     return f"{where} {key}" if where else f"[{key}]"
+
 
 def within(lo: float, hi: float, unit: str = "") -> Callable[[Any], str | None]:
     """A number's sane range (README lists each): past it a value passes type checks and then hangs, overflows
@@ -120,12 +127,14 @@ def within(lo: float, hi: float, unit: str = "") -> Callable[[Any], str | None]:
         return None if lo <= v <= hi else f"{v!r} is out of range: {said}"
     return check
 
+
 def _timezone(v: str) -> str | None:
     try:
         zoneinfo.ZoneInfo(v)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         return f"{v!r} is not a time zone name (such as UTC, America/Los_Angeles or Europe/Berlin)"
     return None
+
 
 def _address(v: str) -> str | None:
     try:
@@ -134,12 +143,15 @@ def _address(v: str) -> str | None:
         return f"{v!r} {e}"
     return None
 
+
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: `$` would admit a final newline
+
 
 def _campaign_id(v: str) -> str | None:
     if _ID_RE.fullmatch(v):
         return None
     return f"{v!r} must be 1-64 letters, digits, '.', '_' or '-' (it becomes part of every Message-ID)"
+
 
 def _return_path(v: str) -> str | None:
     """The envelope sender: a bare address once {token} (32 hex digits) is filled in."""
@@ -151,13 +163,16 @@ def _return_path(v: str) -> str | None:
         return f"{v!r} must be one bare address, e.g. \"bounces+{{token}}@bounces.example.com\""
     return None
 
+
 def _tls(v: str) -> str | None:
     return None if v in ("starttls", "implicit", "none") else f'{v!r} must be "starttls", "implicit" or "none"'
+
 
 def _env_name(v: str) -> str | None:
     if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
         return None
     return f"{v!r} is not an environment variable name (it names the variable; the secret stays in the environment)"
+
 
 CAMPAIGN_KEYS = {
     "id": Key("str", True, _campaign_id),
@@ -177,9 +192,11 @@ CAMPAIGN_KEYS = {
 
 PROFILES = ("california", "new-york", "massachusetts", "hipaa", "gdpr")
 
+
 def _profiles(v: list[str]) -> str | None:
     bad = [p for p in v if p not in PROFILES]
     return f"unknown profile {', '.join(map(repr, bad))}: known are {', '.join(PROFILES)}" if bad else None
+
 
 REVIEW_KEYS = {
     "profiles": Key("strlist", False, _profiles),

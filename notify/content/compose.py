@@ -29,6 +29,7 @@ class Built:
     rendered: Rendered
     message: Message
 
+
 @dataclass(frozen=True)
 class RenderFailure:
     """Why one recipient's notice could not be built (their own data broke it): recorded, never sent."""
@@ -36,6 +37,7 @@ class RenderFailure:
     version: str
     reason: str
     hint: str | None = None
+
 
 def build_message(templates: Templates, recipient: dict[str, Any], *, to_email: str, token: str,
                   version: str | None = None, at: dt.datetime | None = None) -> Built | RenderFailure:
@@ -58,6 +60,7 @@ def build_message(templates: Templates, recipient: dict[str, Any], *, to_email: 
         return RenderFailure(where, f"{templates.roots[0] / where}: the message cannot be built: {e}")
     return Built(version, rendered, message)
 
+
 def display_address(email: str) -> str:
     """The address as a person reads it: josé@bücher.example, not josé@xn--bcher-kva.example. The
     envelope and the To header keep the IDNA form; only what templates print is decoded."""
@@ -69,8 +72,10 @@ def display_address(email: str) -> str:
     except UnicodeError:
         return email  # not valid IDNA after all: show it as it is rather than guess
 
+
 def recipient_context(email: str, name: str, locale: str, jurisdiction: str, vars: dict[str, Any]) -> dict[str, Any]:
     return {**vars, "email": display_address(email), "name": name, "locale": locale, "jurisdiction": jurisdiction}
+
 
 def compose(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: str, token: str,
             date: dt.datetime | None = None) -> Message:
@@ -112,10 +117,12 @@ def compose(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: s
         transparent=clear,
     )
 
+
 @functools.lru_cache(maxsize=2)
 def date_header(second: int, zone: str = "UTC") -> str:
     """The Date header for a second, in the campaign's time zone: the same for every message composed in it."""
     return format_datetime(dt.datetime.fromtimestamp(second, tzinfo(zone)))
+
 
 def compose_with_email_package(campaign: Campaign, rendered: Rendered, *, to_email: str, to_name: str, mid: str,
                                date: str, smtputf8: bool) -> bytes:
@@ -136,6 +143,7 @@ def compose_with_email_package(campaign: Campaign, rendered: Rendered, *, to_ema
     msg.add_alternative(rendered.html, subtype="html", charset="utf-8")
     msg["Content-Language"] = rendered.locale  # after set_content, which clears Content-* headers
     return msg.as_bytes()
+
 
 def synthetic_recipient(locale: str, columns: Iterable[str]) -> dict[str, Any]:
     extra = {c: f"[{c}]" for c in columns if c not in ("email", "name", "locale", "jurisdiction")}

@@ -20,14 +20,17 @@ FALLBACK_LOCALE = "en"
 
 RTL_LANGUAGES = {"ar", "he", "fa", "ur", "yi", "ps", "sd", "ug", "dv", "ku"}
 
+
 def split_version(version: str) -> tuple[str, str]:
     """ "US-MA/en" -> ("US-MA", "en"); "en" -> ("", "en")."""
     variant, _, locale = version.rpartition("/")
     return variant, locale
 
+
 def version_order(version: str) -> tuple[bool, str]:
     """The default variant's locales first, then each variant's: en, fr, US-MA/en."""
     return "/" in version, version
+
 
 def babel_locale(tag: str) -> babel.Locale:
     try:
@@ -37,6 +40,7 @@ def babel_locale(tag: str) -> babel.Locale:
             return babel.Locale.parse(tag.split("-")[0])
         except (ValueError, babel.UnknownLocaleError):
             return babel.Locale.parse(FALLBACK_LOCALE)
+
 
 @jinja2.pass_context
 def _date_filter(ctx: jinja2.runtime.Context, value: Any, format: str = "long") -> str:
@@ -50,6 +54,7 @@ def _date_filter(ctx: jinja2.runtime.Context, value: Any, format: str = "long") 
     if isinstance(value, (dt.date, dt.datetime)):
         return _format_date(value, format, ctx["locale"])
     raise TemplateError(f"the date filter got {value!r}, which is not a date")
+
 
 @functools.lru_cache(maxsize=4096)
 def _format_date(value: dt.date, format: str, locale: str) -> str:

@@ -24,6 +24,7 @@ from .sandbox import Namespace
 
 SHIPPED_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 
+
 @dataclass(frozen=True)
 class Rendered:
     locale: str  # the template locale used
@@ -36,6 +37,7 @@ class Rendered:
     def version(self) -> str:
         return f"{self.variant}/{self.locale}" if self.variant else self.locale
 
+
 class Undefined(jinja2.StrictUndefined):
     """StrictUndefined that says "campaign.support_phone is not defined" rather than "'dict object' has no attribute"."""
 
@@ -45,6 +47,7 @@ class Undefined(jinja2.StrictUndefined):
         if label and self._undefined_name is not None:
             return f"{label}.{self._undefined_name} is not defined"
         return str(super()._undefined_message)
+
 
 def _where(exc: BaseException, roots: list[Path]) -> str:
     """The template file and line an exception was raised from (jinja2 puts them in the traceback)."""
@@ -57,6 +60,7 @@ def _where(exc: BaseException, roots: list[Path]) -> str:
         tb = tb.tb_next
     return found
 
+
 Snapshot = tuple[list[str], dict[str, tuple[str, str]]]  # (versions, name -> (source, file name))
 
 MAX_TEMPLATE_BYTES = 1 << 20  # one template file; a notice is a few kilobytes
@@ -64,6 +68,7 @@ MAX_TEMPLATE_BYTES = 1 << 20  # one template file; a notice is a few kilobytes
 MAX_TEMPLATE_FILES = 5000
 
 LINT_FILE = "lint.toml"  # read by the content lint, never by the loader: it shapes the check, not the notice
+
 
 def _read_sources(roots: list[Path]) -> dict[str, tuple[str, str]]:
     """Every file under the roots that a template could load, read once: name -> (source, file name).
@@ -96,6 +101,7 @@ def _read_sources(roots: list[Path]) -> dict[str, tuple[str, str]]:
                                         hint="save it as UTF-8, or move it out of the template directory") from None
     return sources
 
+
 class _SnapshotLoader(jinja2.BaseLoader):
     """Loads only from the snapshot: never the file system, and never anything newer than what was read."""
 
@@ -111,6 +117,7 @@ class _SnapshotLoader(jinja2.BaseLoader):
 
     def list_templates(self) -> list[str]:
         return sorted(self.sources)
+
 
 class Templates:
     """One campaign's templates: campaign-local templates/<template>/ first, then the shipped ones."""

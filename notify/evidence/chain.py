@@ -21,7 +21,9 @@ class Verdict:
     first_bad: int | None = None  # sequence number of the first event that does not verify
     reason: str | None = None
 
+
 SESSION_EVENTS = ("session_opened", "session_closed", "session_rescued")
+
 
 def verify_chain(events: Iterable[dict[str, Any]]) -> Verdict:
     """Recomputes every hash and link; names the first event that was altered, removed or inserted.
@@ -82,8 +84,10 @@ def verify_chain(events: Iterable[dict[str, Any]]) -> Verdict:
         return Verdict(True, total, hashlib.sha256(heads.encode()).hexdigest())
     return Verdict(True, total, head)
 
+
 def head_of(chains: dict[int, tuple[int, str]]) -> str:
     return chains.get(0, (0, GENESIS))[1]
+
 
 def check_anchors(store: Store, heads: list[tuple[int | None, str]]) -> list[str]:
     """Each (event count or None, hash) recorded earlier must still be in the chain: a chain rewritten
@@ -97,6 +101,7 @@ def check_anchors(store: Store, heads: list[tuple[int | None, str]]) -> list[str
             problems.append(f"event {seq} " + (f"has hash {found}, not {head}: the chain was rewritten" if found else
                                                  "is missing (the chain ends earlier): it was cut short"))
     return problems
+
 
 def read_checkpoints(path: Path) -> list[tuple[int | None, str]]:
     """The (event count, hash) of each line of a checkpoints file (audit-checkpoints.log or a copy)."""
@@ -112,15 +117,18 @@ def read_checkpoints(path: Path) -> list[tuple[int | None, str]]:
         out.append((None if chain else int(count), parts[3]))
     return out
 
+
 # The state an event leaves its recipient in (feedback that kept the state says so in its detail).
 EVENT_STATE = {"sent": "sent", "deferred": "deferred", "failed": "failed", "suppressed": "suppressed",
                "ineligible": "ineligible", "delivered": "delivered", "bounced": "bounced", "complained": "complained",
                "bounce_refused": "failed", "provider_reject": "failed", "suppressed_by_provider": "suppressed",
                "inflight_recovered": "deferred"}
 
+
 UNFINISHED = ("pending", "deferred")
 
 ATTEMPT_KINDS = ("sent", "deferred", "failed")  # the events of a message handed (or not) to a provider
+
 
 @dataclass
 class Trail:
@@ -146,6 +154,7 @@ class Trail:
             new = "sent"
         if new is not None:
             self.state, self.seq = new, ev.get("seq")
+
 
 def replay(store: Store) -> list[str]:
     """Replays the events and checks every recipient's state, attempts and content hash against them:

@@ -27,11 +27,14 @@ from .manifest import verify_file, write_manifest
 EXPORT_EVENT_FIELDS = ("seq", "ts", "recipient", "kind", "provider", "provider_message_id", "detail", "locale",
                        "content_sha256", "prev_hash", "hash")
 
+
 RECIPIENT_COLUMNS = ("row", "email", "email_unicode", "name", "final_state", "reason", "attempts", "attempt_log",
                      "first_attempt_at", "last_change_at", "provider", "provider_message_id", "message_id", "content_sha256",
                      "requested_locale", "locale", "variant", "jurisdiction", "possibly_duplicated")
 
+
 NOT_REACHED = ("rejected", "ineligible", "suppressed", "bounced", "failed", "pending", "deferred", "inflight")
+
 
 def _attempt(ts: str, kind: str, provider: str | None, detail: str | None) -> str:
     """One attempt as a person reads it: "2022-08-08T14:00:01Z relay deferred 451 4.3.0"."""
@@ -39,8 +42,10 @@ def _attempt(ts: str, kind: str, provider: str | None, detail: str | None) -> st
     code = " ".join(str(d[k]) for k in ("code", "status") if d.get(k))
     return " ".join(p for p in (ts[:19] + "Z", provider or "", kind, code) if p)
 
+
 def _iso(epoch: float | None) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if epoch else ""
+
 
 def sent_templates(store: Store) -> dict[str, str]:
     """The template files' SHA-256 as they were sent: the snapshot each send recorded in `send_started`
@@ -51,9 +56,11 @@ def sent_templates(store: Store) -> dict[str, str]:
         out.update(json.loads(ev["detail"] or "{}").get("templates", {}))
     return out
 
+
 def _create(path: Path) -> IO[str]:
     """A file of the export: it names people, so 0600 in a 0700 directory, and never through a link."""
     return open(files.open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w", newline="", encoding="utf-8")
+
 
 def _export_dir(out: Path, force: bool) -> None:
     """The export's directory: new, or empty, or (with force) one whose files may be replaced."""
@@ -68,6 +75,7 @@ def _export_dir(out: Path, force: bool) -> None:
     except OSError as e:
         raise InputError(f"--out {out}: cannot create the directory: {e.strerror}") from None
 
+
 def _approval_line(approval: dict[str, Any] | None) -> str:
     """The approval as a person reads it: who, when, what (the full parts are in summary.json)."""
     if approval is None:
@@ -75,6 +83,7 @@ def _approval_line(approval: dict[str, Any] | None) -> str:
     d = approval["detail"]
     note = f"; note: {d['note']}" if d.get("note") else ""
     return f"by {d.get('by')} at {approval['ts'][:19]}Z, content SHA-256 {d.get('content_sha256')}{note}"
+
 
 def _deadline(campaign: Campaign, last_send: float | None, unsent: int, late: int = 0, sent: int = 0) -> dict[str, Any]:
     """A regulator's first question: the discovery, the deadline, and whether it was met (judged by
@@ -101,6 +110,7 @@ def _deadline(campaign: Campaign, last_send: float | None, unsent: int, late: in
 
 
 _TABLE = re.compile(r"\s*\[\s*([^\[\]#]+?)\s*\]\s*(?:#.*)?$")  # a [table] header (not [[array of tables]])
+
 
 def _campaign_copy(campaign: Campaign) -> str:
     """campaign.toml as the export carries it: the recipients file is the export's recipients.csv, and
@@ -130,6 +140,7 @@ def _campaign_copy(campaign: Campaign) -> str:
                          hint="write them as `recipients = \"...\"` under [campaign] and a [state] table of its own")
     return text
 
+
 def _rebuild_kit(campaign: Campaign, store: Store, out: Path, sources: dict[str, str]) -> None:
     """campaign.toml, templates.json (the templates as read now: the summary says whether they are the ones
     sent) and state.jsonl (every recipient's row, columns and token included): with these, `notify lookup`
@@ -142,6 +153,7 @@ def _rebuild_kit(campaign: Campaign, store: Store, out: Path, sources: dict[str,
     with _create(out / "state.jsonl") as fh:
         for row in store.recipient_rows():
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
 
 def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, str], str],
            force: bool = False, sign_key: Path | None = None, sources: dict[str, str] | None = None) -> dict[str, Any]:

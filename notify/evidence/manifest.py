@@ -21,9 +21,11 @@ SEALED = ("events.jsonl", "recipients.csv", "alternate_channel.csv", "summary.js
           # What rebuilding any notice needs with nothing but the export (lookup and report on the directory):
           "campaign.toml", "templates.json", "state.jsonl")
 
+
 def file_entry(path: Path) -> dict[str, Any]:
     """What a manifest records of a file: its size and SHA-256."""
     return {"size": path.stat().st_size, "sha256": file_sha256(path)}
+
 
 def check_files(out: Path, listed: dict[str, dict[str, Any]], what: str, since: str) -> tuple[list[str], int]:
     """Every file a manifest lists, present and unchanged, and no other in `out` (the manifest and its
@@ -47,6 +49,7 @@ def check_files(out: Path, listed: dict[str, dict[str, Any]], what: str, since: 
         problems.append(f"{out / extra}: not part of {what} (the manifest does not list it)")
     return problems, matched
 
+
 def write_manifest(out: Path, campaign_id: str, verdict: Verdict, sign_key: Path | None = None) -> str:
     """Seals an export: every file's size and SHA-256, and the chain's length and head. Returns the
     manifest's own SHA-256, which the user keeps elsewhere: with it, nobody can rewrite the export and
@@ -55,6 +58,7 @@ def write_manifest(out: Path, campaign_id: str, verdict: Verdict, sign_key: Path
                                 "files": {name: file_entry(out / name) for name in SEALED},
                                 "chain": {"events": verdict.events, "head": verdict.head}}
     return seal(out, manifest, sign_key)
+
 
 def seal(out: Path, manifest: dict[str, Any], sign_key: Path | None = None) -> str:
     """Writes manifest.json (and, with a key, manifest.sig over it, the signer's public key named inside);
@@ -75,6 +79,7 @@ def seal(out: Path, manifest: dict[str, Any], sign_key: Path | None = None) -> s
         sig.unlink()  # an export written again (--force) unsigned: the old signature is of another manifest
     return hashlib.sha256(data).hexdigest()
 
+
 @dataclass
 class ExportCheck:
     problems: list[str]
@@ -83,6 +88,7 @@ class ExportCheck:
     manifest_sha256: str | None
     signature: str = "none"  # "none" (unsigned), "unchecked" (signed, no key given), "self" (by the key it names), "valid"
     signer: str | None = None  # the SHA-256 of the public key the manifest names as its signer
+
 
 def read_manifest(path: Path) -> tuple[bytes, dict[str, Any]]:
     """A manifest's bytes and its value, shape checked (files: name -> {size, sha256}; chain: {events, head});
@@ -108,6 +114,7 @@ def read_manifest(path: Path) -> tuple[bytes, dict[str, Any]]:
         if not isinstance(entry, dict) or not isinstance(entry.get("size"), int) or not isinstance(entry.get("sha256"), str):
             raise InputError(f"{path}: the entry for {str(name)[:80]!r} is not {{size, sha256}}")
     return raw, manifest
+
 
 def verify_export(out: Path, key: Path | None = None) -> ExportCheck:
     """Checks an export directory against its manifest: every file present, unchanged, nothing added,
@@ -138,6 +145,7 @@ def verify_export(out: Path, key: Path | None = None) -> ExportCheck:
     signature, signer = check_signature(out, raw, manifest, key, problems)
     return ExportCheck(problems, chain, matched, hashlib.sha256(raw).hexdigest(), signature, signer)
 
+
 def check_signature(out: Path, raw: bytes, manifest: Any, key: Path | None, problems: list[str]) -> tuple[str, str | None]:
     """The signature beside a manifest (an export's or a proof of notice's): what it proves ("none",
     "unchecked", "self", "valid") and the SHA-256 of the signer's key the manifest names; what is wrong
@@ -162,9 +170,11 @@ def check_signature(out: Path, raw: bytes, manifest: Any, key: Path | None, prob
         problems.append(f"{out}: the manifest names a signer, but {signing.SIGNATURE} is missing (removed?)")
     return signature, signing.fingerprint(pem) if pem else None
 
+
 MAX_MANIFEST = 16 * 1024 * 1024
 
 MAX_EVENT_LINE = 1024 * 1024  # an event notify writes is a few KB: a longer line is not one of ours
+
 
 def verify_file(path: Path) -> tuple[Verdict, int | None]:
     """Verifies an exported events.jsonl from the file alone, a line at a time (memory does not grow with

@@ -11,6 +11,7 @@ MAX_MESSAGE = 8 * 1024 * 1024  # of one bounce message read: a report comes befo
 
 LINE_CHUNK = 64 * 1024  # an mbox is read at most this much at a time, however long its lines
 
+
 def read_mbox(path: Path) -> Iterator[bytes]:
     """Each message of an mbox, as the bytes it was stored with (no header is re-wrapped); a truncated
     last message is read as far as it goes. Streams in bounded pieces: a message is kept to its first
@@ -55,11 +56,13 @@ def read_mbox(path: Path) -> Iterator[bytes]:
         if started:
             yield _unquote(current)
 
+
 def _unquote(lines: list[bytes]) -> bytes:
     """An mbox message's lines: the separating blank line dropped, ">From " quoting undone (mboxrd)."""
     if lines and lines[-1] in (b"\n", b"\r\n"):
         lines = lines[:-1]
     return b"".join(line[1:] if line.startswith(b">") and line.lstrip(b">").startswith(b"From ") else line for line in lines)
+
 
 def read_maildir(path: Path) -> Iterator[bytes]:
     if not (path / "cur").is_dir() and not (path / "new").is_dir():

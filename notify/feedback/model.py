@@ -12,6 +12,7 @@ from . import dsn
 class Malformed(ValueError):
     """Feedback of a shape we do not know: recorded as unmatched with this reason, never applied."""
 
+
 @dataclass
 class Feedback:
     kind: str
@@ -29,10 +30,12 @@ class Feedback:
     address_trusted: bool = True
     original: str | None = None  # a DSN's Original-Recipient, where Final-Recipient is an alias or a forward
 
+
 def address_key(address: str) -> str:
     """An address as the store keys a person (recipients.validate): domain in IDNA form, all lower case."""
     checked, _ = check_address(address)
     return (checked or address).lower()
+
 
 def campaign_of(message_id: str | None) -> str | None:
     """The campaign a Message-ID of ours names (message.message_id: `<campaign-id.token@domain>`), or None."""

@@ -35,6 +35,7 @@ EFFECTS: dict[str, tuple[str | None, str | None]] = {
     "delivery_delayed": (None, None),
 }
 
+
 @dataclass
 class Summary:
     matched: Counter[str] = field(default_factory=Counter)
@@ -56,7 +57,9 @@ class Summary:
             out.append(f"{self.suppressed_added} address(es) added to the suppression list")
         return out
 
+
 OTHER = "other campaign"  # FeedbackRecorder.apply: feedback that belongs to another campaign, left for it
+
 
 class FeedbackRecorder:
     """Applies feedback to one campaign's ledger; the suppressions it decides reach the shared list
@@ -177,6 +180,7 @@ class FeedbackRecorder:
                     continue
                 self.apply_message(items, key, "dsn", text, why)
 
+
 @dataclass(frozen=True)
 class Kept:
     """One piece of feedback kept for review (`notify bounces --unmatched`)."""
@@ -188,6 +192,7 @@ class Kept:
 
     def line(self) -> str:
         return printable(f"{self.received_at}  {self.source}  {self.why}  [{self.about}]")
+
 
 def kept(store: Store, limit: int = 100) -> list[Kept]:
     """What feedback was kept rather than acted on, newest first, and why: for an operator to review."""

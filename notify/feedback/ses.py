@@ -17,6 +17,7 @@ SES_SUBTYPES = {"General": "userunknown", "NoEmail": "userunknown", "Unsubscribe
                 "MailboxFull": "mailboxfull", "MessageTooLarge": "mesgtoobig", "ContentRejected": "contenterror",
                 "AttachmentRejected": "policyviolation"}
 
+
 def _obj(value: Any, what: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -24,12 +25,14 @@ def _obj(value: Any, what: str) -> dict[str, Any]:
         raise Malformed(f"{what} is {type(value).__name__}, not an object")
     return value
 
+
 def _items(value: Any, what: str) -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list):
         raise Malformed(f"{what} is {type(value).__name__}, not a list")
     return value
+
 
 def _text(value: Any, what: str, limit: int = 2000) -> str | None:
     """A string field as SES sends it; a number is taken as its text; anything else is malformed."""
@@ -39,9 +42,11 @@ def _text(value: Any, what: str, limit: int = 2000) -> str | None:
         raise Malformed(f"{what} is {type(value).__name__}, not a string")
     return str(value)[:limit]
 
+
 def _address(value: Any, what: str) -> str | None:
     text = _text(value, what, 1000)
     return dsn.clean_address(text) if text else None
+
 
 def _tag(mail: dict[str, Any], name: str) -> str | None:
     value = _obj(mail.get("tags"), "mail.tags").get(name)
@@ -49,12 +54,14 @@ def _tag(mail: dict[str, Any], name: str) -> str | None:
         value = value[0] if value else None
     return _text(value, f"mail.tags.{name}", 200)
 
+
 def _header(mail: dict[str, Any], name: str) -> str | None:
     for h in _items(mail.get("headers"), "mail.headers"):
         h = _obj(h, "a mail header")
         if str(h.get("name", "")).lower() == name.lower():
             return _text(h.get("value"), f"mail header {name}", 998)
     return None
+
 
 def _envelope(body: str | dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     """The SES event inside an SQS body (an SNS envelope whose Message is a JSON string, or a dict as moto
@@ -81,6 +88,7 @@ def _envelope(body: str | dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     if not (data.get("eventType") or data.get("notificationType")):
         raise Malformed("no eventType or notificationType: not an SES event")
     return data, sns_id
+
 
 def parse_ses(body: str | dict[str, Any], envelope_id: str | None = None) -> list[Feedback]:
     """An SQS message body: an SNS envelope or the raw event. Event publishing uses eventType, identity
