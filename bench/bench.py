@@ -199,7 +199,8 @@ def prerender(d: Path, path: Path) -> None:
     code = textwrap.dedent(f"""
         import struct, sys
         from notify.campaign import config as campaign
-        from notify.content.render import Templates, compose, recipient_context
+        from notify.content.compose import compose, recipient_context
+        from notify.content.render import Templates
         from notify.recipients.rows import read, validate, Recipient
         c = campaign.load({str(d)!r})
         t = Templates(c)
@@ -226,7 +227,8 @@ def run_mailmerge(dir: Path, d: Path, port: int, html: bool = True) -> Run:
     code = textwrap.dedent(f"""
         import json
         from notify.campaign import config as campaign
-        from notify.content.render import Templates, recipient_context
+        from notify.content.compose import recipient_context
+        from notify.content.render import Templates
         c = campaign.load({str(d)!r})
         t = Templates(c)
         r = t.render(t.resolve("en", "US-TX"), recipient_context("{{{{email}}}}", "{{{{name}}}}", "en", "US-TX", {{}}))
