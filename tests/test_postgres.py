@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 from . import pg
 from .conftest import STATE_ON_POSTGRES, MakeCampaign, run, simple_templates, sql
 from .smtpd import Handler, Server
+from .test_standalone_verify import PYTHON, stock
 from .workers import check_against_server, kill_one_midway, start_worker, status_json, wait_until
 
 pytestmark = pytest.mark.usefixtures("pg_url")
@@ -62,6 +64,10 @@ def test_three_workers_one_killed_the_survivors_rescue_its_recipients_and_finish
     assert [w["status"] for w in st["workers"]] == ["rescued", "closed", "closed"]  # type: ignore[union-attr]
     code, out, err = run("audit", "verify", d)
     assert code == 0 and out.startswith(f"OK: {figures['events']} events"), err
+    # #37: the export of four chains (the manifest's and one per worker, one of them rescued) checks without notify.
+    assert run("audit", "export", d, "--out", d.parent / "export")[0] == 0
+    r = stock(PYTHON, "-I", d.parent / "export" / "verify.py", cwd=d.parent)
+    assert r.returncode == 0 and f"the audit chain of {figures['events']} events verifies" in r.stdout, r.stdout + r.stderr
 
 
 def test_a_chain_cut_short_or_unknown_to_the_manifest_is_named(make_campaign: MakeCampaign, tmp_path: Path) -> None:
@@ -72,6 +78,13 @@ def test_a_chain_cut_short_or_unknown_to_the_manifest_is_named(make_campaign: Ma
     assert run("audit", "verify", tmp_path / "export")[0] == 0
     lines = (tmp_path / "export" / "events.jsonl").read_text().splitlines()
     assert {json.loads(line)["chain"] for line in lines} == {0, 1}, "the export carries every chain"
+    # #37: without notify, the same: intact, then with the worker's chain taken out of the file.
+    assert stock(PYTHON, "-I", "verify.py", cwd=tmp_path / "export").returncode == 0
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "export", cut)
+    (cut / "events.jsonl").write_text("".join(line + "\n" for line in lines if json.loads(line)["chain"] == 0))
+    r = stock(PYTHON, "-I", "verify.py", cwd=cut)
+    assert r.returncode == 1 and "opened chain 1, which has no events: it was removed" in r.stdout, r.stdout
     # The worker's chain loses its last events (a delete by someone with write access to the database).
     sql(d, "DELETE FROM events WHERE chain=1 AND seq > 3")
     code, _, err = run("audit", "verify", d)

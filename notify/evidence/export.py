@@ -22,7 +22,9 @@ from ..errors import InputError, StoreError
 from ..store import Store
 from . import signing
 from .chain import ATTEMPT_KINDS
-from .manifest import verify_file, write_manifest
+from .manifest import verify_file, write_manifest, write_sums
+
+KIT = Path(__file__).resolve().parent / "kit"  # VERIFY and verify.py, copied into every export as they are
 
 EXPORT_EVENT_FIELDS = ("seq", "ts", "recipient", "kind", "provider", "provider_message_id", "detail", "locale",
                        "content_sha256", "prev_hash", "hash")
@@ -277,8 +279,14 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
               "                         `notify lookup THIS_DIRECTORY QUERY` rebuilds the exact message a person was",
               "                         sent, and `notify report THIS_DIRECTORY` draws the report, with nothing else",
               "  manifest.json          the size and SHA-256 of each file and the chain's head; check them all with",
-              "                         `notify audit verify THIS_DIRECTORY` (manifest.sig: its signature, if signed)"]
+              "                         `notify audit verify THIS_DIRECTORY` (manifest.sig: its signature, if signed)",
+              "  SHA256SUMS             the same hashes for `sha256sum -c SHA256SUMS`, manifest.json's included",
+              "  VERIFY, verify.py      how to check all of it without notify (sha256sum, openssl, the chain's exact",
+              "                         form), and a checker that needs only python3: `python3 verify.py`"]
     with _create(out / "summary.txt") as fh:
         fh.write("\n".join(lines) + "\n")
+    for name in ("VERIFY", "verify.py"):  # checking it without notify (#37): the specification, and a verifier
+        files.write_private(out / name, (KIT / name).read_bytes())
     summary["manifest_sha256"] = write_manifest(out, campaign.id, verdict, sign_key)
+    write_sums(out)
     return summary

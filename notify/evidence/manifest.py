@@ -19,7 +19,10 @@ MANIFEST = "manifest.json"
 
 SEALED = ("events.jsonl", "recipients.csv", "alternate_channel.csv", "summary.json", "summary.txt",
           # What rebuilding any notice needs with nothing but the export (lookup and report on the directory):
-          "campaign.toml", "templates.json", "state.jsonl")
+          "campaign.toml", "templates.json", "state.jsonl",
+          # What checking it needs without notify (#37): the specification, and a verifier in Python's standard library.
+          "VERIFY", "verify.py")
+SUMS = "SHA256SUMS"  # every file but itself, manifest.json included, as `sha256sum -c` reads them
 
 
 def file_entry(path: Path) -> dict[str, Any]:
@@ -45,7 +48,7 @@ def check_files(out: Path, listed: dict[str, dict[str, Any]], what: str, since: 
                             f"{str(want.get('sha256'))[:16]}..., now {got['size']} bytes with {got['sha256'][:16]}...)")
         else:
             matched += 1
-    for extra in sorted(p.name for p in out.iterdir() if p.name not in listed and p.name not in (MANIFEST, signing.SIGNATURE)):
+    for extra in sorted(p.name for p in out.iterdir() if p.name not in listed and p.name not in (MANIFEST, signing.SIGNATURE, SUMS)):
         problems.append(f"{out / extra}: not part of {what} (the manifest does not list it)")
     return problems, matched
 
@@ -142,8 +145,38 @@ def verify_export(out: Path, key: Path | None = None) -> ExportCheck:
         problems.append(f"{out / 'events.jsonl'}: {chain.events} events ending at {chain.head[:16]}..., but the manifest "
                         f"records {sealed_chain.get('events')} ending at {str(sealed_chain.get('head'))[:16]}... "
                         "(events removed or added at the end)")
+    problems += check_sums(out)
     signature, signer = check_signature(out, raw, manifest, key, problems)
     return ExportCheck(problems, chain, matched, hashlib.sha256(raw).hexdigest(), signature, signer)
+
+
+def write_sums(out: Path) -> None:
+    """SHA256SUMS: every file of the export but itself (manifest.json and manifest.sig included), as `sha256sum -c`
+    reads them, so that the files can be checked with nothing but coreutils."""
+    names = sorted(p.name for p in out.iterdir() if p.name != SUMS and p.is_file() and not p.is_symlink())
+    files.write_private(out / SUMS, "".join(f"{file_sha256(out / n)}  {n}\n" for n in names).encode())
+
+
+def check_sums(out: Path) -> list[str]:
+    """SHA256SUMS, where the export has one (older ones do not): what `sha256sum -c` would say, and that it names
+    every file. Read to a bound, like the manifest."""
+    path = out / SUMS
+    if not path.is_file():
+        return []
+    problems, named = [], set()
+    with path.open("rb") as fh:
+        text = fh.read(MAX_MANIFEST).decode("utf-8", "replace")
+    for n, line in enumerate(text.splitlines(), 1):
+        digest, sep, name = line.partition("  ")
+        f = out / name
+        named.add(name)
+        if not sep or len(digest) != 64 or "/" in name or not f.is_file():
+            problems.append(f"{path}: line {n} names no file of the export as `sha256sum -c` reads it")
+        elif file_sha256(f) != digest:
+            problems.append(f"{path}: line {n}: {name} does not have that SHA-256 (`sha256sum -c` fails)")
+    for name in sorted(p.name for p in out.iterdir() if p.name != SUMS and p.name not in named):
+        problems.append(f"{path}: does not name {name}")
+    return problems
 
 
 def check_signature(out: Path, raw: bytes, manifest: Any, key: Path | None, problems: list[str]) -> tuple[str, str | None]:
