@@ -231,6 +231,11 @@ def test_state_init_and_migrate_from_sqlite_keep_the_chain(make_campaign: MakeCa
     code, out, err = run("send", d)
     assert code == 0 and "sent 30" in out, err
     assert run("audit", "verify", d)[0] == 0
+    # #37: every message of the moved campaign rebuilds byte for byte (the outbox's copies set aside, so that each
+    # is composed again from the templates: 20 sent from SQLite, 30 from PostgreSQL).
+    shutil.rmtree(d / "outbox")
+    code, out, err = run("audit", "verify", d, "--content")
+    assert code == 0 and "every one of the 50 messages sent is byte for byte" in out and "50 rebuilt" in out, out + err
     st = json.loads(run("status", d, "--json")[1])
     assert (st["states"]["sent"], st["rejected"]) == (50, 1)
     code, _, err = run("state", "migrate", d, "--to-env", "NOTIFY_STATE_URL")

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from .. import files
+from ..campaign.model import Campaign
 from ..errors import (
     EXIT_INPUT,
     InputError,
@@ -15,6 +16,7 @@ from ..errors import (
 )
 from ..evidence.chain import verify_chain
 from ..reports import status as report
+from ..store import Store
 from .app import CampaignArg, CampaignOrExport, KeyOption, _one_line, _open, _open_any, _signature_said, boundary
 
 
@@ -103,7 +105,10 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
                  head: Optional[str] = typer.Option(None, "--head", metavar="HEX",
                                                     help="A chain head recorded earlier (an `Audit checkpoint:` line)."),
                  checkpoints: Optional[Path] = typer.Option(None, "--checkpoints", metavar="FILE",
-                                                            help="A copy of audit-checkpoints.log: every head in it.")) -> None:
+                                                            help="A copy of audit-checkpoints.log: every head in it."),
+                 content: bool = typer.Option(False, "--content",
+                                              help="Also rebuild every message sent and compare it with the SHA-256 "
+                                                   "recorded when it was sent.")) -> None:
     """Recompute the audit hash chain and name the first event that does not verify.
 
     Given an export directory, it checks every file against the export's manifest.json (present,
@@ -116,6 +121,7 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
       notify audit verify audit-2022-08/
       notify audit verify audit-2022-08/ --key notify-audit.pub
       notify audit verify campaigns/example --checkpoints ~/safe/audit-checkpoints.log
+      notify audit verify campaigns/example --content      # every message sent, rebuilt byte for byte
     """
     from ..evidence.manifest import MANIFEST, verify_export
     from ..store.exported import is_export
@@ -138,6 +144,9 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
                    f"{check.chain.events} events verifies and ends at {check.chain.head}, as the manifest records.")
         typer.echo(_signature_said(check.signature, key, check.signer)
                    + (" So the export is as the key's holder sealed it." if check.signature == "valid" else ""))
+        if content:
+            with _open_any(target, key) as (c, store):
+                _say_content(c, store)
         return
     if key is not None:
         raise UsageError("--key checks an export directory's signature; a campaign's own state is not signed")
@@ -169,9 +178,28 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
         else:
             typer.echo("Not anchored: whoever can write the state file could rewrite the whole chain consistently; "
                        "verify with --checkpoints (a copy of audit-checkpoints.log kept elsewhere) to rule that out.")
+        if content:
+            with _open(target) as (c, store):
+                _say_content(c, store)
         return
     raise InputError(f"the audit chain is broken at {where}: {verdict.reason}",
                      problems=[f"the {verdict.events} events before it verify; head {verdict.head}"])
+
+
+def _say_content(c: Campaign, store: Store) -> None:
+    """`audit verify --content`: every message sent, rebuilt and compared with its recorded SHA-256."""
+    from ..evidence.lookup import verify_content
+
+    check = verify_content(c, store)
+    if check.failed:
+        more = [f"(+{len(check.failed) - 20} more)"] if len(check.failed) > 20 else []
+        raise InputError(f"{len(check.failed)} of the {check.checked} messages sent could not be rebuilt with the SHA-256 "
+                         f"recorded when they were sent{': ' + check.templates if check.templates else ''}:",
+                         problems=check.failed[:20] + more,
+                         hint="`notify lookup` one of them shows what was recorded; the templates as sent are in the "
+                              "send_started events")
+    typer.echo(f"Content: every one of the {check.checked} messages sent is byte for byte what was recorded when it was "
+               f"sent ({check.rebuilt} rebuilt from the templates, {check.from_outbox} read from the outbox).")
 
 
 @boundary

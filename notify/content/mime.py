@@ -129,15 +129,22 @@ def base64_lines(data: bytes) -> bytes:
     return CRLF.join([encoded[i:i + 76] for i in range(0, len(encoded), 76)]) + CRLF
 
 
+def boundary_for(message_id: str, *parts: bytes) -> str:
+    """The multipart boundary of a message: derived from its Message-ID, so that composing it again gives the same
+    bytes (lookup and `audit verify --content` rebuild it); never inside a part, as the email package ensures."""
+    boundary = "=_notify_" + hashlib.sha256(message_id.encode()).hexdigest()[:24]
+    while any(boundary.encode() in part for part in parts):
+        boundary += "_"
+    return boundary
+
+
 def assemble(*, constant: tuple[bytes, bytes], to: bytes, subject: bytes, date: str, message_id: str, campaign_id: str,
              locale: str, text: str, html: str) -> tuple[bytes, bool] | None:
     """The whole message: headers in the email package's order, multipart/alternative text + HTML;
     and whether it is transparent (see transparent()), known from its parts without scanning it:
     tests/test_mime.py checks the two agree on every message it builds."""
     (plain, plain_clear), (rich, rich_clear) = body_part("text/plain", text), body_part("text/html", html)
-    boundary = "=_notify_" + hashlib.sha256(message_id.encode()).hexdigest()[:24]
-    while boundary.encode() in plain or boundary.encode() in rich:  # as the email package does: never inside a part
-        boundary += "_"
+    boundary = boundary_for(message_id, plain, rich)
     sep = f"--{boundary}\r\n".encode("ascii")
     head = b"".join((constant[0], to, constant[1], subject, (
         f"Date: {date}\r\nMessage-ID: {message_id}\r\nX-Notify-Id: {message_id}\r\n"

@@ -158,15 +158,68 @@ def proof(campaign: Campaign, store: Store, person: dict[str, Any]) -> Proof:
     # The attempt that was accepted was composed shortly before its `sent` event: for someone deferred and
     # retried (in this run or a later one) that is not their first attempt's time (#37).
     accepted = [e["at"] for e in timeline if e["what"] == "sent"]
-    out.message, out.content = _rebuild(campaign, person, sha, epoch_of(accepted[-1]) if accepted else None)
+    templates = Templates(campaign)
+    out.message, out.content = _rebuild(campaign, templates, person, sha, epoch_of(accepted[-1]) if accepted else None)
+    if out.message is None:
+        out.content += _templates_said(templates, store)
     return out
 
 
-def _rebuild(campaign: Campaign, person: dict[str, Any], sha: str, accepted_at: float | None = None) -> tuple[bytes | None, str]:
+@dataclass
+class ContentCheck:
+    """`audit verify --content`: every message recorded as sent, rebuilt (or read from the outbox) and compared
+    with the SHA-256 the ledger recorded when it was sent."""
+
+    checked: int = 0
+    rebuilt: int = 0
+    from_outbox: int = 0
+    failed: list[str] = field(default_factory=list)  # "row N: address: why", in row order
+    templates: str = ""  # whether the template files are the ones sent, in words
+
+
+def verify_content(campaign: Campaign, store: Store) -> ContentCheck:
+    """Rebuilds every message the ledger says was sent and compares it with its recorded SHA-256: the proof,
+    for the whole campaign, that what each person was sent is what the templates and their row make."""
+    templates = Templates(campaign)
+    out = ContentCheck()
+    outboxes = [cfg.path for name in campaign.send.providers
+                if isinstance(cfg := campaign.providers.get(name), OutboxConfig)]
+    for person in store.sent_people():
+        person["vars"] = json.loads(person["vars"] or "{}")
+        sha = person["content_sha256"]
+        out.checked += 1
+        copy = next((p for d in outboxes if person["message_id"] and (p := d / eml_name(person["message_id"])).is_file()), None)
+        if copy is not None and hashlib.sha256(copy.read_bytes()).hexdigest() == sha:
+            out.from_outbox += 1
+            continue
+        message, said = _rebuild(campaign, templates, person, sha, epoch_of(person["sent_ts"]) if person["sent_ts"] else None)
+        if message is None:
+            out.failed.append(f"row {person['row']}: {person['email']}: {said}")
+        else:
+            out.rebuilt += 1
+    out.templates = _templates_said(templates, store).strip(" ;") if out.failed else ""
+    return out
+
+
+def _templates_said(templates: Templates, store: Store) -> str:
+    """Whether the template files are the ones the sends recorded (send_started), naming those that are not."""
+    from .export import sent_templates
+
+    sent, now = sent_templates(store), templates.hashes()
+    if not sent:
+        return ""
+    changed = sorted(n for n in sent.keys() | now.keys() if sent.get(n) != now.get(n))
+    if changed:
+        return "; the template files changed since they were sent: " + ", ".join(
+            f"{n} ({'added' if n not in sent else 'removed' if n not in now else 'edited'})" for n in changed)
+    return "; the template files are the ones sent (so [variables], the campaign's settings or this person's row changed)"
+
+
+def _rebuild(campaign: Campaign, templates: Templates, person: dict[str, Any], sha: str,
+             accepted_at: float | None = None) -> tuple[bytes | None, str]:
     """The message composed again from the templates as they are now, for each second in which it may
     have been composed (its Date header and the date in its text are that second's): before the accepted
     attempt was recorded, else before the first attempt, until the bytes have the recorded SHA-256."""
-    templates = Templates(campaign)
     recipient = recipient_context(person["email"], person["name"], person["locale"], person["jurisdiction"], person["vars"])
     anchors = [int(t) for t in (accepted_at, person["first_attempt_at"]) if t]
     seconds = dict.fromkeys(s for a in anchors or [0] for s in range(a + 1, a - REBUILD_WINDOW, -1))
@@ -179,5 +232,4 @@ def _rebuild(campaign: Campaign, person: dict[str, Any], sha: str, accepted_at: 
         if hashlib.sha256(built.message.data).hexdigest() == sha:
             return built.message.data, ("rebuilt from the templates as they are now, composed at "
                                         f"{at.isoformat()}: byte for byte the recorded SHA-256")
-    return None, ("could not be rebuilt with the recorded SHA-256: the templates or [variables] changed since it was "
-                  "sent (compare the template hashes of the send_started event with the current ones)")
+    return None, "could not be rebuilt with the recorded SHA-256"
