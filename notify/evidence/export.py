@@ -9,7 +9,7 @@ import os
 import re
 import tomllib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,7 +21,6 @@ from ..content.locales import split_version
 from ..errors import InputError, StoreError
 from ..store import Store
 from . import signing
-from .chain import ATTEMPT_KINDS
 from .manifest import verify_file, write_manifest, write_sums
 
 KIT = Path(__file__).resolve().parent / "kit"  # VERIFY and verify.py, copied into every export as they are
@@ -157,6 +156,22 @@ def _rebuild_kit(campaign: Campaign, store: Store, out: Path, sources: dict[str,
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def _by_recipient(attempts: Iterator[tuple[int, str, str, str | None, str | None]]
+                  ) -> Callable[[int], list[tuple[str, str, str | None, str | None]]]:
+    """A merge of two streams in the same order (recipients by row and id, their attempts in the chain's order):
+    called with each recipient id in turn, it returns that recipient's attempts, reading each event once."""
+    pending = next(attempts, None)
+
+    def of(rid: int) -> list[tuple[str, str, str | None, str | None]]:
+        nonlocal pending
+        out = []
+        while pending is not None and pending[0] == rid:
+            out.append(pending[1:])
+            pending = next(attempts, None)
+        return out
+    return of
+
+
 def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, str], str],
            force: bool = False, sign_key: Path | None = None, sources: dict[str, str] | None = None) -> dict[str, Any]:
     """Writes events.jsonl, recipients.csv, summary.json, summary.txt, alternate_channel.csv and what a rebuild
@@ -187,6 +202,7 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
         rw.writerow((*RECIPIENT_COLUMNS, *extra))
         aw.writerow(("row", "email", "email_unicode", "state", "reason", "name", "requested_locale", "locale",
                      "jurisdiction", *extra))
+        attempts_of = _by_recipient(store.export_attempts())
         for r in store.export_rows():
             (row, email, state, detail, attempts, first, updated, provider, pmid, mid, sha, locale, juris, doubt, name,
              version, raw_vars, rid) = r
@@ -195,8 +211,8 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
             values = json.loads(raw_vars or "{}")
             ids = [str(values.get(col, "")) for col in extra]
             shown = display_address(email)
-            log = "; ".join(_attempt(e["ts"], e["kind"], e["provider"], e["detail"]) for e in store.events_of(rid)
-                            if e["kind"] in ATTEMPT_KINDS) if attempts else ""
+            tried = attempts_of(rid)  # read for everyone, to keep the merge in step
+            log = "; ".join(_attempt(ts, kind, via, said) for ts, kind, via, said in tried) if attempts else ""
             rw.writerow((row, email, shown, name, state, detail or "", attempts, log, _iso(first), updated or "",
                          provider or "", pmid or "", mid or "", sha or "", locale, used, variant, juris,
                          "yes" if doubt else "", *ids))

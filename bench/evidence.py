@@ -1,0 +1,84 @@
+"""Evidence at scale (#37): `audit export`, `audit verify` of the export, `lookup` of one person on it and
+`report` on it, for a campaign of N recipients every one of whom was sent (state built directly through
+the store, as a send would leave it), timed as commands. With --old DIR, the same commands of another
+checkout (a worktree of an earlier commit) run on the same state, alternately, so the figures compare.
+
+    python bench/evidence.py --n 100000 [--old /tmp/old] [--only export]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from notify.store import Change, Event, SqliteStore  # noqa: E402 - after the path, so the checkout's own code builds it
+
+
+def build(work: Path, n: int) -> Path:
+    d = work / "camp"
+    shutil.copytree(ROOT / "campaigns" / "example", d, ignore=shutil.ignore_patterns(".notify", "outbox", "dry-run",
+                                                                                   "audit-checkpoints.log"))
+    (d / "recipients.csv").write_text("email,name,locale,jurisdiction\n" + "".join(
+        f"p{i}@example{i % 97}.org,Person {i},{('en', 'de', 'fr')[i % 3]},{('US-CA', 'US-NY', 'DE', 'FR')[i % 4]}\n"
+        for i in range(n)))
+    store = SqliteStore.open(d / ".notify")
+    store.import_file(d / "recipients.csv")
+    sha = "ab" * 32
+    while batch := store.claim(5000, 0.0):
+        store.apply([Change(c.id, "sent", Event("sent", c.id, c.key, provider="outbox", content_sha256=sha, locale="en",
+                                                detail={"reply": "250 2.0.0 OK"}),
+                            fields={"attempts": 1, "provider": "outbox", "content_sha256": sha, "version": "en",
+                                    "first_attempt_at": time.time()}) for c in batch])
+    store.close()
+    return d
+
+
+def timed(label: str, checkout: Path, *args: str | Path) -> float:
+    env = {**os.environ, "PYTHONPATH": str(checkout), "NOTIFY_SUPPRESSION_DB": str(checkout / ".bench-supp.sqlite")}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "notify", *map(str, args)], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    status = "" if r.returncode == 0 else f"  (exit {r.returncode}: {(r.stderr or r.stdout).strip().splitlines()[-1][:120]})"
+    print(f"  {label:<34} {wall:8.1f} s wall {cpu:8.1f} s CPU{status}", flush=True)
+    return wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--old", type=Path, help="another checkout, timed on the same state")
+    ap.add_argument("--only", choices=("export", "all"), default="all")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="notify-bench-evidence-"))
+    try:
+        start = time.perf_counter()
+        d = build(work, args.n)
+        print(f"{args.n:,} recipients, all sent, built in {time.perf_counter() - start:.0f} s", flush=True)
+        for name, checkout in [("this checkout", ROOT)] + ([("old", args.old)] if args.old else []):
+            print(f"{name} ({checkout}):")
+            out = work / f"export-{name.replace(' ', '-')}"
+            timed("audit export", checkout, "audit", "export", d, "--out", out)
+            if args.only == "all":
+                timed("audit verify EXPORT", checkout, "audit", "verify", out)
+                timed("lookup EXPORT one person", checkout, "lookup", out, f"p{args.n // 2}@example{args.n // 2 % 97}.org")
+                timed("report EXPORT", checkout, "report", out, "--out", work / "report.html")
+            print(f"  export: {sum(f.stat().st_size for f in out.iterdir()) / 1e6:.0f} MB", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
