@@ -15,7 +15,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint drill bench bench-quick bench-feedback bench-deferrals bench-workers bench-tools clean-demo clean
+.PHONY: demo test lint drill bench bench-quick bench-feedback bench-deferrals bench-workers bench-tools postgres-trial clean-demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ lint: $(STAMP)
 drill: $(STAMP)
 	$(BIN)/python -m tests.drill --trials 50 --recipients 20000 --seed 1
 	$(BIN)/python -m tests.workers --recipients 20000 --workers 3
+
+# A private throwaway PostgreSQL for trying notify on it (as the tests start one: Debian's binaries, a temporary
+# directory, its Unix socket only). Prints the URL to export; Ctrl-C stops it and deletes its data.
+postgres-trial: $(STAMP)
+	$(BIN)/python -m tests.pg
 
 # Benchmarks against Postfix's smtp-sink (installed here if missing), beside mailmerge 2.3.0 in its
 # own virtual environment. `make bench` takes a while (N = 50,000 and 1,000,000) and adds its figures

@@ -124,3 +124,38 @@ class Cluster:
     def destroy(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def trial() -> None:
+    """`make postgres-trial`: a private throwaway cluster, as the tests start one, for trying notify on PostgreSQL.
+    Prints the URL and waits; Ctrl-C (or SIGTERM) stops the server and deletes its data."""
+    import secrets
+    import signal
+
+    cluster = Cluster.started("make postgres-trial")
+    password = secrets.token_urlsafe(12)
+    cluster.sql(f"ALTER ROLE notify PASSWORD '{password}'")
+    cluster.sql("CREATE DATABASE notify OWNER notify")
+    url = cluster.url("notify", password)
+    print(f"A throwaway PostgreSQL is running in {cluster.dir} (its Unix socket only: no TCP port).\n"
+          f"In another terminal:\n\n    export NOTIFY_STATE_URL='{url}'\n\n"
+          "and add [state] url_env = \"NOTIFY_STATE_URL\" to the campaign's campaign.toml (README: \"Running on several hosts\").\n"
+          "Ctrl-C here stops the server and deletes everything in it.", flush=True)
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while not stopping:
+            signal.pause()
+    finally:
+        cluster.destroy()
+        print("Stopped; the trial cluster and its data are gone.", flush=True)
+
+
+if __name__ == "__main__":
+    trial()

@@ -23,6 +23,8 @@ from ..store import Store
 from . import signing
 from .manifest import verify_file, write_manifest, write_sums
 
+# One encoder for every line (json.dumps with an option builds one per call: a fifth of the export's time).
+_LINE = json.JSONEncoder(ensure_ascii=False).encode
 KIT = Path(__file__).resolve().parent / "kit"  # VERIFY and verify.py, copied into every export as they are
 
 EXPORT_EVENT_FIELDS = ("seq", "ts", "recipient", "kind", "provider", "provider_message_id", "detail", "locale",
@@ -153,7 +155,7 @@ def _rebuild_kit(campaign: Campaign, store: Store, out: Path, sources: dict[str,
                             sort_keys=True) + "\n")
     with _create(out / "state.jsonl") as fh:
         for row in store.recipient_rows():
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.write(_LINE(row) + "\n")
 
 
 def _by_recipient(attempts: Iterator[tuple[int, str, str, str | None, str | None]]
@@ -182,8 +184,7 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
     _export_dir(out, force)
     with _create(out / "events.jsonl") as fh:
         for ev in store.events():
-            fh.write(json.dumps({k: ev[k] for k in (*EXPORT_EVENT_FIELDS, "chain", "recipient_id") if k in ev},
-                                ensure_ascii=False) + "\n")
+            fh.write(_LINE({k: ev[k] for k in (*EXPORT_EVENT_FIELDS, "chain", "recipient_id") if k in ev}) + "\n")
     verdict, _ = verify_file(out / "events.jsonl")
     _rebuild_kit(campaign, store, out, sources or {})
 
