@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -192,3 +194,41 @@ def test_campaign_report_is_one_self_contained_page(make_campaign: MakeCampaign,
     assert "US-CA" in page and "EU-FR" in page and "example0.com" in page and "outbox" in page
     assert "switched relay -&gt; outbox" in page and "rate " in page and "Rate limit exceeded" in page
     assert "deadline 2022-09-07" in page
+
+
+def test_a_report_of_many_jurisdictions_says_everything_on_paper(make_campaign: MakeCampaign, tmp_path: Path,
+                                                                  chromium: Callable[..., None]) -> None:
+    """#37: what a board or a regulator reads. 24 jurisdictions, none silently cut (the tail is one counted row);
+    a headline of who was notified and who needs another channel, with shares; the deadline in words where it is
+    off the time axis; the switch and its reason as text; an IDN domain as people write it; and it prints."""
+    jurisdictions = [f"US-{s}" for s in ("CA", "NY", "TX", "FL", "WA", "MA", "IL", "OH", "GA", "NC")] + \
+        [f"EU-{c}" for c in ("FR", "DE", "ES", "IT", "NL", "BE", "AT", "PL", "SE", "IE")] + ["CA-ON", "CA-QC", "AU", "JP"]
+    rows = "email,jurisdiction\n" + "".join(f"p{i}@{'bücher.example' if i % 10 == 0 else 'example.com'},{j}\n"
+                                            for i, j in enumerate(jurisdictions * 2))
+    h = Handler(script={"p1@example.com": [("rcpt", "550 5.1.1 no such user")]})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # the primary: nothing listens once closed
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, dead, rows=rows, send_keys="")
+        toml = d / "campaign.toml"
+        toml.write_text(toml.read_text().replace('providers = ["relay"]', 'providers = ["relay", "backup"]')
+                        .replace("require_approval = false", "require_approval = false\ndiscovered = 2022-08-08\n"
+                                 "deadline = 2022-09-07")
+                        + f'\n[providers.backup]\ntype = "smtp"\nhost = "127.0.0.1"\nport = {srv.port}\ntls = "none"\n')
+        run("send", d)
+        run("send", d)  # whoever met the dead primary first, deferred, goes now
+    page_path = tmp_path / "report.html"
+    assert run("report", d, "--out", page_path)[0] == 0
+    page = page_path.read_text()
+    text = re.sub(r"<[^>]+>", " ", page)
+    shown = [j for j in jurisdictions if f"<th>{j}</th>" in page]
+    assert len(shown) == 11 and "other (13 more)" in page, shown  # 11 by name, then one row for the 13 others
+    assert "notified by email" in text and "%" in text and "another channel needed" in text
+    assert re.search(r"<b>MISSED</b><br>deadline 2022-09-07", page) and "days before the first notice" in text
+    assert re.search(r"switched from relay to backup: [^<]*refused", page), "the switch and why, as text"
+    assert "bücher.example" in page and "xn--bcher-kva" not in page
+    pdf = tmp_path / "report.pdf"
+    chromium(page_path, f"--print-to-pdf={pdf}")
+    pages = pdf.read_bytes().count(b"/Type /Page") - pdf.read_bytes().count(b"/Type /Pages")
+    assert pdf.read_bytes().startswith(b"%PDF") and 1 <= pages <= 6, pages

@@ -1,9 +1,11 @@
 """`notify report`: one self-contained HTML page people would rather look at than read.
 
 Charts are inline SVG drawn here (no script, no network, nothing to install): notices sent over
-time against the deadline, with provider switches and rate changes marked; the bounce and complaint
-share over time; outcomes by state, jurisdiction, locale, recipient domain and provider. It prints
-to PDF as it shows (one column, no links to follow).
+time against the deadline (on the axis, or said at its edge with how far), with provider switches and rate
+changes marked and listed as text; the bounce and complaint share over time; a headline of who was
+notified and who still needs another channel, with shares; outcomes by state, jurisdiction, locale,
+recipient domain (as people write it) and provider, a long tail folded into one counted "other" row.
+It prints to PDF as it shows (one column, no links to follow, nothing only in a tooltip).
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import html
 import json
 
 from ..campaign.model import Campaign
+from ..content.compose import display_address
+from ..providers.base import RateChange
 from ..store import Store, epoch_of
-from .status import deadline
+from .status import Deadline, deadline
 
 COLOURS = {"sent": "#2e7d32", "delivered": "#1b5e20", "bounced": "#ef6c00", "complained": "#c62828", "failed": "#b71c1c",
            "suppressed": "#6a1b9a", "ineligible": "#8d6e63", "pending": "#90a4ae", "deferred": "#fbc02d",
@@ -55,7 +59,16 @@ def _timeline(campaign: Campaign, store: Store) -> str:
     due = campaign.deadline_end
     if due is not None and (mark := x_of(due.timestamp())) is not None:
         parts.append(f'<line x1="{mark:.1f}" y1="0" x2="{mark:.1f}" y2="{h}" stroke="#c62828" stroke-dasharray="6 3">'
-                     f'<title>deadline {campaign.deadline}</title></line>')
+                     f'<title>deadline {campaign.deadline}</title></line>'
+                     f'<text x="{mark + 4:.1f}" y="24" font-size="12" fill="#c62828">deadline {campaign.deadline}</text>')
+    elif due is not None:
+        # Off the axis (days away from minutes of sending): said at the edge it lies beyond, with how far.
+        after = due.timestamp() > end
+        gap = abs(due.timestamp() - (end if after else start)) / 86400
+        x, anchor, arrow = (w, "end", "&#8594;") if after else (left + 4, "start", "&#8592;")
+        words = (f"deadline {campaign.deadline}: {gap:.1f} days after the last notice {arrow}" if after
+                 else f"{arrow} deadline {campaign.deadline}: {gap:.1f} days before the first notice")
+        parts.append(f'<text x="{x}" y="24" font-size="12" fill="#c62828" text-anchor="{anchor}">{words}</text>')
     for kind, colour in (("provider_switched", "#6a1b9a"), ("rate_changed", "#0288d1")):
         for ev in store.events_of_kind(kind):
             if (mark := x_of(epoch_of(ev["ts"]))) is not None:
@@ -85,6 +98,72 @@ def _share_line(buckets: list[tuple[int, int, int]], w: int, left: int) -> str:
             f'<text x="{left - 6}" y="12" font-size="12" text-anchor="end">20%</text></svg>')
 
 
+TOP = 12  # groups shown by name in each breakdown; the rest are folded into one "other" row, counted
+NOTIFIED = ("sent", "delivered", "complained")  # the notice reached them (a complaint is about a message received)
+NOT_YET = ("pending", "deferred", "inflight")
+ELSEWHERE = ("bounced", "failed", "suppressed", "ineligible")  # not reached by email: another channel is needed
+
+
+def _folded(groups: list[tuple[str, dict[str, int]]], top: int = TOP) -> list[tuple[str, dict[str, int]]]:
+    """The largest groups by name, and every other one in a last row saying how many groups it holds: no silent cut."""
+    if len(groups) <= top:
+        return groups
+    rest: dict[str, int] = {}
+    for _, counts in groups[top - 1:]:
+        for state, n in counts.items():
+            rest[state] = rest.get(state, 0) + n
+    return [*groups[:top - 1], (f"other ({len(groups) - top + 1} more)", rest)]
+
+
+def _domain(value: str) -> str:
+    """A domain as people write it (bücher.example), not its IDNA form (xn--bcher-kva.example)."""
+    return display_address(f"x@{value}").partition("@")[2] if "xn--" in value else value
+
+
+def _pct(n: int, total: int) -> str:
+    return f"{n / total:.1%}" if total else "-"
+
+
+def _headline(counts: dict[str, int], rejected: int, due: Deadline | None) -> str:
+    """Who was notified, and who still needs something: counts and shares of everyone in the recipients file."""
+    total = sum(counts.values()) + rejected
+    notified = sum(counts.get(s, 0) for s in NOTIFIED)
+    elsewhere = sum(counts.get(s, 0) for s in ELSEWHERE) + rejected
+    pending = sum(counts.get(s, 0) for s in NOT_YET)
+    failed = counts.get("failed", 0) + counts.get("bounced", 0)
+    cells = [("notified by email", notified, "ok"), ("not reached: another channel needed", elsewhere, "warn" if elsewhere else "ok"),
+             ("of those, failed or bounced", failed, "warn" if failed else "ok"), ("not yet done", pending, "warn" if pending else "ok")]
+    row = "".join(f'<td class="{cls}"><b>{n:,}</b> <span>{_pct(n, total)}</span><br>{e(label)}</td>' for label, n, cls in cells)
+    if due is not None:
+        row += (f'<td class="{"warn" if due.late else "ok"}"><b>{e(due.standing.verdict.upper())}</b><br>'
+                f'deadline {e(str(due.standing.date))}</td>')
+    return f'<table class="headline"><tr>{row}</tr></table><p class="sub">of {total:,} rows in the recipients file ' \
+           f'({rejected:,} rejected at import, with the reason in rejects.csv and the export).</p>'
+
+
+def _events_said(store: Store) -> str:
+    """Provider switches, pauses and rate changes as text (a printed page has no tooltips)."""
+    lines = []
+    for ev in store.events_of_kind("provider_switched"):
+        d = json.loads(ev["detail"] or "{}")
+        lines.append((ev["ts"], f"switched from {d.get('from')} to {d.get('to')}: {d.get('reason') or 'no reason recorded'}"))
+    for ev in store.events_of_kind("provider_down"):
+        d = json.loads(ev["detail"] or "{}")
+        lines.append((ev["ts"], f"{d.get('provider')} down: {d.get('reason') or 'no reason recorded'}"))
+    for ev in store.events_of_kind("reputation_paused"):
+        d = json.loads(ev["detail"] or "{}")
+        lines.append((ev["ts"], "paused by the reputation breaker: " + ", ".join(f"{k} {v}" for k, v in d.items())))
+    for ev in store.events_of_kind("rate_changed"):
+        d = json.loads(ev["detail"] or "{}")
+        lines.append((ev["ts"], f"rate {RateChange(d.get('old'), d.get('new'), '').said()}: {d.get('reason') or ''}"))
+    if not lines:
+        return "<p>No provider switch, pause or rate change.</p>"
+    lines.sort()
+    shown = lines[:40]
+    more = f"<li>... and {len(lines) - 40} more (all in the audit trail)</li>" if len(lines) > 40 else ""
+    return "<ul class=\"events\">" + "".join(f"<li>{e(ts[:19])}Z: {e(said)}</li>" for ts, said in shown) + more + "</ul>"
+
+
 def _stacked(groups: list[tuple[str, dict[str, int]]]) -> str:
     if not groups:
         return "<p>none</p>"
@@ -106,10 +185,12 @@ def render(campaign: Campaign, store: Store) -> str:
     approval = store.last_event_of(("approved",))
     approved = (f"approved by {approval['detail'].get('by')} at {approval['ts'][:19]}Z" if approval
                 else "no approval recorded")
+    said = due.said[:1].upper() + due.said[1:] if due else "No legal deadline set ([campaign] deadline)."
     legend = "".join(f'<span class="key" style="background:{COLOURS[s]}"></span>{s} ' for s in ORDER if counts.get(s))
-    sections = [f"<h2>Outcomes by {title}</h2>{_stacked(store.breakdown(by))}"
+    sections = [f"<h2>Outcomes by {title}</h2>{_stacked(_folded(groups))}"
                 for by, title in (("jurisdiction", "jurisdiction"), ("locale", "language asked for"),
-                                  ("domain", "recipient domain"), ("provider", "provider"))]
+                                  ("domain", "recipient domain"), ("provider", "provider"))
+                for groups in [[(_domain(v) if by == "domain" else v, c) for v, c in store.breakdown(by, top=None)]]]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Campaign report: {e(campaign.id)}</title>
 <style>
@@ -122,16 +203,24 @@ table.stack th {{ text-align: left; width: 12em; font-weight: normal; vertical-a
 table.stack td.n {{ width: 4em; text-align: right; padding: 4px 8px; vertical-align: top; }}
 .bar {{ display: flex; height: 14px; background: #eee; }} .bar span {{ display: block; height: 100%; }}
 .said {{ font-size: 12px; color: #555; }}
+table.headline {{ width: 100%; border-collapse: collapse; margin-top: 12px; }}
+table.headline td {{ border: 1px solid #ccc; padding: 8px; width: 20%; vertical-align: top; }}
+table.headline b {{ font-size: 20px; }} table.headline span {{ color: #444; }}
+table.headline td.warn b {{ color: #b71c1c; }}
+ul.events {{ font-size: 13px; }}
 @media print {{ body {{ margin: 0; max-width: none; }} h2 {{ page-break-after: avoid; }} table {{ page-break-inside: avoid; }} }}
 </style></head><body>
 <h1>Campaign {e(campaign.id)}</h1>
 <p class="sub">{sum(counts.values())} recipients; {e(approved)}; report made {e(_when(dt.datetime.now(dt.UTC).timestamp()))}.</p>
-<p class="{'late' if due and due.late else ''}">{e(due.said if due else 'No legal deadline set ([campaign] deadline).')}</p>
+{_headline(counts, store.reject_summary()[0], due)}
+<p class="{'late' if due and due.late else ''}">{e(said)}</p>
 <h2>Outcomes</h2><p>{legend}</p>{_stacked([("all recipients", counts)])}
 <h2>Notices sent over time</h2>
 <p>Each bar is a span of time: notices that left then (green sent, orange bounced or complained, red failed). The dashed
 red line is the deadline; triangles mark provider switches (purple) and rate changes (blue).</p>
 {_timeline(campaign, store)}
+<h2>Provider switches, pauses and rate changes</h2>
+{_events_said(store)}
 {''.join(sections)}
 </body></html>
 """

@@ -559,13 +559,15 @@ class Store(Imports):
     def doubt_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM recipients WHERE doubt=1").fetchone()[0])
 
-    def breakdown(self, by: str, top: int = 12) -> list[tuple[str, dict[str, int]]]:
-        """Recipients by `by` (a key of BREAKDOWNS), each group's counts per state, largest groups first."""
+    def breakdown(self, by: str, top: int | None = 12) -> list[tuple[str, dict[str, int]]]:
+        """Recipients by `by` (a key of BREAKDOWNS), each group's counts per state, largest groups first (then by
+        name); the first `top` only, or all with None."""
         expr = schema.BREAKDOWNS[by]
         groups: dict[str, dict[str, int]] = {}
         for value, state, n in self.db.execute(f"SELECT {expr}, state, count(*) FROM recipients GROUP BY 1, 2"):
             groups.setdefault(str(value), {})[state] = n
-        return sorted(groups.items(), key=lambda kv: -sum(kv[1].values()))[:top]
+        ranked = sorted(groups.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
+        return ranked if top is None else ranked[:top]
 
     def first_attempts(self, buckets: int = 60) -> tuple[float, float, list[tuple[int, int, int]]]:
         """When notices first left, in `buckets` equal spans from the first to the last: (start, span in
