@@ -469,3 +469,70 @@ def test_the_live_view_says_when_nothing_sends_and_why(make_campaign: MakeCampai
     assert "nothing is sending, so no finish to project" in last
     code, out, _ = run("status", d)
     assert "sending:  NO" in out and "last run: ended " in out
+
+
+def _on_a_terminal(argv: list[str], timeout: float = 120) -> tuple[int, str]:
+    """A command run with its stderr on a pseudo-terminal (80 columns), as an incident commander sees it."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    try:
+        proc = subprocess.Popen(argv, stderr=follower, stdout=subprocess.DEVNULL)
+        os.close(follower)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal closed: everything was read
+                break
+            if not chunk:
+                break
+            seen += chunk
+        code = proc.wait(timeout=timeout)
+    finally:
+        os.close(leader)
+    return code, seen.decode("utf-8", "replace")
+
+
+def test_a_switch_and_a_wait_are_said_on_the_sending_terminal_and_in_a_pipe(make_campaign: MakeCampaign) -> None:
+    """#38: the switch was invisible while it happened (only "This run via primary then backup" at the end), and
+    the bar sat at 99% for 35 s while retries came due, saying nothing. Each is now a line above the bar, with its
+    reason and what happens next, and the same line in a pipe, timed in the campaign's zone."""
+    import socket
+    import subprocess
+    import sys
+
+    from .smtpd import Handler, Server
+    from .test_smtp import smtp_campaign
+
+    rows = "email,name\n" + "".join(f"p{i}@example.com,P{i}\n" for i in range(12))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # the primary: nothing listens once closed
+    for name, on_terminal in (("tty", True), ("pipe", False)):
+        h = Handler(script={"p5@example.com": [("rcpt", "450 4.2.1 greylisted, try again later")]})
+        with Server(h) as srv:
+            d = smtp_campaign(make_campaign, dead, rows=rows, name=name, send="base = 6\nmax_interval = 6\n")
+            toml = d / "campaign.toml"
+            toml.write_text(toml.read_text().replace("base = 0.05\nmax_interval = 0.2\n", "")
+                            .replace("require_approval = false", 'require_approval = false\ntimezone = "Europe/Paris"', 1)
+                            .replace('providers = ["relay"]', 'providers = ["relay", "backup"]')
+                            + f'\n[providers.backup]\ntype = "smtp"\nhost = "127.0.0.1"\nport = {srv.port}\ntls = "none"\n')
+            argv = [sys.executable, "-m", "notify", "send", str(d)]
+            if on_terminal:
+                code, screen = _on_a_terminal(argv)
+            else:
+                r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+                code, screen = r.returncode, r.stderr
+        assert code == 0, screen[-2000:]
+        assert re.search(r"\d\d:\d\d:\d\d CE?T relay is down: ", screen), screen[-3000:]
+        assert re.search(r"switched from relay to backup: relay: ", screen), screen[-3000:]
+        assert re.search(r"waiting \d+ s for the next retry \(due \d\d:\d\d:\d\d CE?T\); nothing else is due now", screen), \
+            screen[-3000:]
+        assert ("12/12" in screen) == on_terminal, "the bar on a terminal only"

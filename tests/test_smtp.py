@@ -763,3 +763,32 @@ def test_the_smtputf8_notice_names_only_the_providers_that_lack_it(make_campaign
     assert code == 4, out + err
     assert "1 recipient(s) need SMTPUTF8" in out and "which backup does not offer" in out, out
     assert "relay, backup does not offer" not in out
+
+
+def test_check_connect_proves_the_login_before_anyone_relies_on_it(make_campaign: MakeCampaign,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """#38: `check` said "OK: ready" with a wrong password; the first send then found it. `check --connect` logs in to
+    each provider of the failover order as a send would, sends nothing, and names what is wrong."""
+    relay = 'username_env = "T_SMTP_USER"\npassword_env = "T_SMTP_PASS"\n'
+    monkeypatch.setenv("T_SMTP_USER", "notify")
+    monkeypatch.setenv("T_SMTP_PASS", "wrong")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    h = Handler()
+    with Server(h, auth={"notify": "s3cret"}) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=3, relay=relay)
+        toml = d / "campaign.toml"
+        toml.write_text(toml.read_text().replace('providers = ["relay"]', 'providers = ["relay", "backup"]')
+                        + f'\n[providers.backup]\ntype = "smtp"\nhost = "127.0.0.1"\nport = {dead}\ntls = "none"\n')
+        assert runner.invoke(app, ["check", str(d)]).exit_code == 0, "offline, check cannot know"
+        r = runner.invoke(app, ["check", str(d), "--connect"])
+        assert r.exit_code == 1, r.stdout + r.stderr
+        assert f"[providers.relay] 127.0.0.1:{srv.port} refused the login of 'notify': 535" in r.stderr, r.stderr
+        assert f"[providers.backup] cannot reach 127.0.0.1:{dead}" in r.stderr, r.stderr
+        monkeypatch.setenv("T_SMTP_PASS", "s3cret")
+        toml.write_text(toml.read_text().replace('providers = ["relay", "backup"]', 'providers = ["relay"]'))
+        r = runner.invoke(app, ["check", str(d), "--connect"])
+        assert r.exit_code == 0, r.stdout + r.stderr
+        assert f"provider    relay: connected to 127.0.0.1:{srv.port} (none), logged in as notify; offers SMTPUTF8" in r.stdout
+    assert h.received == [], "check sends nothing"

@@ -23,11 +23,36 @@ from ..store import ImportResult, Store
 from .app import CampaignArg, _one_line, _open, boundary, err
 
 
+def probe_providers(c: Campaign) -> list[tuple[str, bool, str]]:
+    """Each provider of the failover order, built and probed as `send` would use it: (name, whether it is usable,
+    what it found or why not)."""
+    import asyncio
+
+    from .. import providers
+
+    async def one(name: str) -> tuple[str, bool, str]:
+        try:
+            provider = providers.build(c.providers[name], concurrency=1)
+        except ConfigError as e:
+            return name, False, e.message
+        try:
+            return name, True, await provider.probe()
+        except ConfigError as e:
+            return name, False, e.message
+        finally:
+            await provider.aclose()
+
+    return [asyncio.run(one(name)) for name in c.send.providers if name in c.providers]
+
+
 @boundary
 def check(campaign: Path = CampaignArg,
           dns: bool = typer.Option(False, "--dns", help="Also look up the sender domain's SPF, DKIM and DMARC records."),
           dns_server: Optional[str] = typer.Option(None, "--dns-server", metavar="IP[:PORT]",
-                                                   help="Ask this name server instead of the system's (implies --dns).")) -> None:
+                                                   help="Ask this name server instead of the system's (implies --dns)."),
+          connect: bool = typer.Option(False, "--connect",
+                                       help="Also connect and log in to each provider as a send would (SMTP AUTH, SES "
+                                            "GetAccount), sending nothing.")) -> None:
     """Check config, templates and recipients, and report every problem at once. Sends nothing.
 
     Imports the recipients file into the campaign's state (again only if it changed and nothing
@@ -38,6 +63,7 @@ def check(campaign: Path = CampaignArg,
     Examples:
       notify check campaigns/example
       notify check campaigns/example --dns
+      notify check campaigns/example --connect      # the relay's login, the SES account, before anyone relies on them
     """
     with _open(campaign) as (c, store):
         pre = preflight(c, store)
@@ -69,6 +95,12 @@ def check(campaign: Path = CampaignArg,
                 if f.level == "error":
                     pre.add(f"{f.record}: {f.message}", "publish the DNS records your provider gives you; "
                             f"`notify check {campaign} --dns` again once they are visible")
+        if connect:
+            for name, usable, said in probe_providers(c):
+                if usable:
+                    typer.echo(f"provider    {name}: {said}")
+                elif said not in pre.problems:  # a secret missing is already among the problems
+                    pre.add(said, "fix the provider's settings or secrets, then `notify check --connect` again")
         if not pre.ok:
             raise InputError(f"{len(pre.problems)} problem(s); nothing was sent:", problems=pre.problems,
                              hint="\n".join([*pre.hints, f"fix the above and run `notify check {campaign}` again"]))

@@ -71,6 +71,11 @@ class Provider(Protocol):
 
     async def prepare(self) -> Readiness: ...
 
+    async def probe(self) -> str:
+        """What `check --connect` proves without sending: connects and logs in where the provider can say so
+        cheaply (SMTP AUTH, SES GetAccount), and says what it found; ProbeFailed (a ConfigError) says why not."""
+        ...
+
     async def send(self, message: Message, ready: Ready = None) -> Outcome:
         """Sends one message. `ready` (the throttle's last check) is awaited exactly once, at the
         last moment before the message itself leaves (for SMTP: after the 354, before the body),

@@ -9,6 +9,7 @@ from pathlib import Path
 from .. import files
 from ..campaign.model import OutboxConfig
 from ..content.message import Message
+from ..errors import ConfigError
 from .base import WITHDRAWN, Kind, Outcome, Readiness, Ready, Withdrawn
 
 
@@ -59,6 +60,11 @@ class OutboxProvider:
             for stale in self.path.glob(".*.tmp"):
                 stale.unlink(missing_ok=True)
         return Readiness()
+
+    async def probe(self) -> str:
+        if self.path.is_symlink():
+            raise ConfigError(str(files.LinkRefused(self.path)))
+        return f"writes .eml files to {self.path} (nothing leaves this machine)"
 
     async def aclose(self) -> None:
         return None

@@ -34,6 +34,7 @@ from botocore.config import Config
 
 from ..campaign.model import SesConfig
 from ..content.message import Message
+from ..errors import ConfigError
 from .base import WITHDRAWN, Kind, Outcome, Readiness, Ready, Wave, Withdrawn
 
 THROTTLING = {"TooManyRequestsException", "Throttling", "ThrottlingException", "LimitExceededException"}
@@ -150,6 +151,16 @@ class SesProvider:
         left = "unlimited" if quota.max_24h < 0 else f"{quota.remaining:.0f} of {quota.max_24h:.0f}"
         note = f"SES quota: {left} left in the rolling 24 hours; at most {quota.max_rate:g} messages/s"
         return Readiness(max_rate=quota.max_rate or None, notes=(note,), down=self.down_reason())
+
+    async def probe(self) -> str:
+        """GetAccount with the campaign's credentials: the account answers, may send, and has quota left."""
+        quota, warning = await asyncio.get_running_loop().run_in_executor(self.pool, self.read_quota)
+        if quota is None:
+            raise ConfigError(f"[providers.{self.name}] {warning}")
+        if (down := self.down_reason()) is not None:
+            raise ConfigError(f"[providers.{self.name}] {down}")
+        left = "unlimited" if quota.max_24h < 0 else f"{quota.remaining:.0f} of {quota.max_24h:.0f}"
+        return f"SES account answers: sending enabled, {left} left in 24 hours, at most {quota.max_rate:g}/s"
 
     # --- sending ---
 

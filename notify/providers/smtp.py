@@ -410,6 +410,26 @@ class SmtpProvider:
                                     "address has a non-ASCII local part are kept (never failed) for a provider that offers it",))
         return Readiness()
 
+    async def probe(self) -> str:
+        """Connects, says EHLO and logs in as a send would, then QUIT: a wrong password or an unreachable relay is
+        found by `check --connect`, not by the first customer's message."""
+        c = self.config
+        try:
+            session = await self._connect()
+        except smtp_errors.SMTPAuthenticationError as e:
+            raise ConfigError(f"[providers.{self.name}] {c.host}:{c.port} refused the login of {self.username!r}: "
+                              f"{e.code} {e.message}", hint=f"check the user and the password in ${self.config.password_env}") from None
+        except (smtp_errors.SMTPException, OSError) as e:
+            raise ConfigError(f"[providers.{self.name}] cannot reach {c.host}:{c.port}: {e}") from None
+        try:
+            await session.command(b"QUIT\r\n")
+        except (smtp_errors.SMTPException, OSError):
+            pass  # the server may close first: the connection was good
+        session.close()
+        login = f"logged in as {self.username}" if self.username is not None else "no login configured"
+        utf8 = "offers SMTPUTF8" if self.smtputf8 else "does NOT offer SMTPUTF8"
+        return f"connected to {c.host}:{c.port} ({c.tls}), {login}; {utf8}"
+
     async def aclose(self) -> None:
         idle, self.idle = self.idle, []
         await asyncio.gather(*(self._retire(c) for c in idle), return_exceptions=True)

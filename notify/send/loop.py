@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime as dt
 import os
 import signal
 from collections.abc import Callable
@@ -37,6 +38,7 @@ FLUSH_EVERY = 0.1  # seconds: the longest an outcome waits in memory before it i
 FLUSH_SIZE = 128  # outcomes per group commit
 CHECKPOINT_EVERY = 60.0  # seconds between the chain heads written outside the state while a send runs
 MAX_WRITING = 2  # group commits handed to the ledger thread and not yet on disk, before workers wait
+LONG_WAIT = 5.0  # seconds: a wait for retries this long is said above the bar (and in a pipe), not sat through mutely
 DOMAIN_HORIZON = 0.1  # seconds: a recipient whose domain cap frees later than this is handed back
 
 
@@ -132,7 +134,7 @@ class SendLoop:
         self.last_checkpoint = self.clock.now()  # when the chain's head was last written outside the state
         self.judging: asyncio.Future[tuple[int, int, int]] | None = None  # the breaker's window, being counted
         self.reputation_since = 0.0
-        self.progress: Progress = progress_for(options.progress)  # watches the loop; the loop does not draw it
+        self.progress: Progress = progress_for(options.progress, tz=campaign.tz)  # watches the loop; does not draw it
         self.pool: RenderPool | None = None
         self.in_render: collections.deque[tuple[list[Claimed], asyncio.Future[list[Prepared]]]] = collections.deque()
         self.claiming: asyncio.Future[list[Claimed]] | None = None  # the producer's next claim, being written
@@ -238,6 +240,7 @@ class SendLoop:
             self.look_at_reputation()  # outcomes committed while this count ran
             return
         self.log_event("reputation_paused", **pause.figures)
+        self.progress.note(f"paused by the reputation breaker: {pause.reason}")
         self.result.stopped = pause.reason
         self.stop.set()
 
@@ -264,7 +267,9 @@ class SendLoop:
         self.result.notes.extend(switch.notes)
         for name, why in switch.found_down:
             self.log_event("provider_down", provider=name, reason=why)
+            self.progress.note(f"{name} is down: {why}")
         if switch.current is None or switch.readiness is None:
+            self.progress.note(f"no provider left to send through: {self.chain.exhausted()}")
             self.result.stopped = self.chain.exhausted()
             self.stop.set()
             return False
@@ -277,12 +282,14 @@ class SendLoop:
             self.result.providers.append(provider.name)
         if switch.previous is not None:
             self.log_event("provider_switched", **{"from": switch.previous, "to": provider.name, "reason": switch.reason})
+            self.progress.note(f"switched from {switch.previous} to {provider.name}: {switch.reason}")
         return True
 
     async def provider_down(self, provider: Provider, reason: str) -> None:
         if not self.chain.mark_down(provider, reason):
             return  # another worker already reported it
         self.log_event("provider_down", provider=provider.name, reason=reason)
+        self.progress.note(f"{provider.name} is down: {reason}")
         if provider is self.provider:
             async with self.switching:
                 await self.activate(f"{provider.name}: {reason}")
@@ -458,6 +465,9 @@ class SendLoop:
                 self.result.next_retry = due
                 self.result.stopped = "only retries scheduled for later remain"
                 break
+            if wait >= LONG_WAIT:
+                at = dt.datetime.fromtimestamp(due, self.campaign.tz).strftime("%H:%M:%S %Z")
+                self.progress.note(f"waiting {wait:.0f} s for the next retry (due {at}); nothing else is due now")
             await self.sleep(wait)
         # Claimed within the limit and being rendered: theirs to send, unless the run is stopping.
         while self.in_render and not self.stop.is_set():

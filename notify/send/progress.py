@@ -1,13 +1,14 @@
 """What the incident commander watches during a send: an observer of the loop, not code inside it.
 
 The loop tells its observer when it starts (how many are due), after each outcome (the run's
-counts and the current rate limit), and when it ends. `progress_for` picks the bar on a terminal
-and a silent observer elsewhere (a pipe, a log, `--no-progress`), so a run that nobody watches
-formats nothing per message.
+counts and the current rate limit), of what changes the run (note: a switch, a pause, a long wait, a
+rate change), and when it ends. `progress_for` picks the bar on a terminal and, elsewhere (a pipe, a
+log, `--no-progress`), an observer that formats nothing per message and writes only the notes.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from collections import Counter
 from typing import Any, Protocol
@@ -25,8 +26,17 @@ class Progress(Protocol):
     def close(self) -> None: ...
 
 
-class Silent:
-    """No display: every call is a no-op."""
+def stamped(line: str, tz: dt.tzinfo | None) -> str:
+    """A note with the time it was said, in the campaign's zone (named), as every screen of notify gives times."""
+    return f"{dt.datetime.now(tz or dt.UTC).strftime('%H:%M:%S %Z')} {line}"
+
+
+class Lines:
+    """Off a terminal (a pipe, a log, `--no-progress`): no bar, nothing per message; but what changes the run
+    (a switch, a pause, a long wait, a rate change) is a line on stderr with its time, as on a terminal."""
+
+    def __init__(self, tz: dt.tzinfo | None = None) -> None:
+        self.tz = tz
 
     def start(self, total: int) -> None:
         pass
@@ -35,7 +45,7 @@ class Silent:
         pass
 
     def note(self, line: str) -> None:
-        pass
+        print(stamped(line, self.tz), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         pass
@@ -44,8 +54,9 @@ class Silent:
 class Bar:
     """tqdm on stderr: the count, the rate, and what the outcomes were so far."""
 
-    def __init__(self, desc: str, details: bool = True) -> None:
+    def __init__(self, desc: str, details: bool = True, tz: dt.tzinfo | None = None) -> None:
         self.desc = desc
+        self.tz = tz
         self.details = details  # the outcomes beside the count (a dry run has none to show)
         self.bar: tqdm[Any] | None = None
 
@@ -65,15 +76,18 @@ class Bar:
                                  refresh=False)
 
     def note(self, line: str) -> None:
-        """A line above the bar (why the rate changed), kept on the screen as the bar moves on."""
+        """A line above the bar (a switch, a pause, a wait, why the rate changed), kept on the screen as the bar
+        moves on."""
         if self.bar is not None:
-            self.bar.write(line, file=sys.stderr)
+            self.bar.write(stamped(line, self.tz), file=sys.stderr)
+        else:
+            Lines(self.tz).note(line)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
 
-def progress_for(enabled: bool, desc: str = "sending", details: bool = True) -> Progress:
-    """The bar where someone is watching a terminal, silence otherwise."""
-    return Bar(desc, details) if enabled and sys.stderr.isatty() else Silent()
+def progress_for(enabled: bool, desc: str = "sending", details: bool = True, tz: dt.tzinfo | None = None) -> Progress:
+    """The bar where someone is watching a terminal; elsewhere, only the lines that say what changed."""
+    return Bar(desc, details, tz) if enabled and sys.stderr.isatty() else Lines(tz)

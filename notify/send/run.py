@@ -147,7 +147,7 @@ def dry_run(campaign: Campaign, pre: Preflight, options: SendOptions) -> RunResu
     async def go() -> None:
         rows = pre.store.unsent(options.limit)
         total = pre.store.count_unsent() if options.limit is None else min(options.limit, pre.store.count_unsent())
-        progress = progress_for(options.progress, "dry run", details=False)
+        progress = progress_for(options.progress, "dry run", details=False, tz=campaign.tz)
         progress.start(total)
         # Which file is whose (#38: the files are named by Message-ID, and nothing said which person's was which).
         with open(files.create_temp(tmp), "w", newline="", encoding="utf-8") as fh:
