@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -99,8 +100,11 @@ def test_forcing_a_provider_and_all_down(make_campaign: MakeCampaign, aws: Any, 
     d = two_provider_campaign(make_campaign, 9, 6)  # nothing listens on port 9: the relay is down too
     r = runner.invoke(app, ["send", str(d), "--concurrency", "1"])
     assert r.exit_code == 4
-    assert r.stderr.startswith("Stopped: every provider is down: ses: SendingPausedException: Sending is paused for "
-                               "this account.; relay: 3 connection attempts in a row failed")
+    # What happened, as it happened (#38), then why the run stopped.
+    assert re.search(r"^\d\d:\d\d:\d\d UTC ses is down: SendingPausedException", r.stderr, re.M), r.stderr
+    stopped = next(line for line in r.stderr.splitlines() if line.startswith("Stopped:"))
+    assert stopped.startswith("Stopped: every provider is down: ses: SendingPausedException: Sending is paused for "
+                              "this account.; relay: 3 connection attempts in a row failed"), r.stderr
     states = Counter(s for (s,) in sql(d, "SELECT state FROM recipients"))
     assert states["sent"] == 2 and states["failed"] == 0, "nobody fails because the providers are down"
     r = runner.invoke(app, ["send", str(d), "--provider", "relay"])
