@@ -412,3 +412,25 @@ def test_the_deadline_is_judged_in_one_place(make_campaign: MakeCampaign) -> Non
     assert verdict(remaining=3600, rate=2.0) == "on track"  # half an hour's work, an hour left
     assert verdict(remaining=3600, rate=0.5) == "at risk"
     assert verdict(remaining=3) == "open"  # nothing to project from
+
+
+def test_the_projected_finish_counts_retries_by_their_due_times_in_the_campaigns_zone(make_campaign: MakeCampaign) -> None:
+    """#38: `status` said "1 to go ... finish by 08:06" while the last one was parked for 59 minutes, and gave the
+    finish in UTC beside a deadline in the campaign's zone."""
+    from notify.reports import status as report
+    from notify.store import Change, Event
+
+    d = deadline_campaign(make_campaign, 10, extra='discovered = 2026-11-01\ndeadline_days = 30\ntimezone = "Europe/Paris"\n')
+    c = campaign_mod.load(d)
+    store = SqliteStore.open(c.state_dir)
+    store.import_file(c.recipients)
+    now = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
+    claimed = store.claim(1, 0.0)
+    later = (now + dt.timedelta(hours=3)).timestamp()  # greylisted: retried in three hours
+    store.apply([Change(claimed[0].id, "deferred", Event("deferred", claimed[0].id, claimed[0].key),
+                        fields={"next_attempt_at": later, "attempts": 1})])
+    due = report.deadline(c, store, rate=100.0, now=now)  # the nine others take a tenth of a second
+    assert due is not None and due.standing.projected_finish == dt.datetime.fromtimestamp(later, dt.UTC)
+    assert due.said.endswith("they finish by 2026-11-30 16:00 Europe/Paris (when the last retry now waiting is due)"), due.said
+    assert "(end of day Europe/Paris)" in due.said
+    store.close()

@@ -49,9 +49,10 @@ class Standing:
 
 
 def standing(campaign: Campaign, *, remaining: int, imported: bool, last_first_send: float | None,
-             rate: float | None, now: dt.datetime | None = None) -> Standing | None:
+             rate: float | None, now: dt.datetime | None = None, last_retry: float | None = None) -> Standing | None:
     """Where the campaign stands against its deadline at `now`; None when it sets none. `rate` (messages per
-    second) projects when the remaining people are reached, where any remain."""
+    second) projects when the remaining people are reached, where any remain; no sooner than `last_retry` (epoch
+    seconds), when the last retry now waiting is due."""
     if campaign.deadline is None or campaign.deadline_end is None:
         return None
     now = now or dt.datetime.now(dt.UTC)
@@ -68,6 +69,8 @@ def standing(campaign: Campaign, *, remaining: int, imported: bool, last_first_s
         verdict = PASSED
     elif rate:
         finish = now + dt.timedelta(seconds=remaining / rate)
+        if last_retry is not None:  # a greylisted person retried in an hour is not reached in the next second
+            finish = max(finish, dt.datetime.fromtimestamp(last_retry, dt.UTC))
         verdict = AT_RISK if finish > ends else ON_TRACK
     else:
         verdict = OPEN

@@ -59,11 +59,12 @@ def deadline(campaign: Campaign, store: Store, rate: float | None = None,
     """Time left before the legal deadline and the projected finish at `rate` (messages per second;
     default: the rate of the last 1,000 outcomes; none when `project` is false, as while nothing sends).
     None when the campaign sets no deadline. The deadline passes at the end of its day in the campaign's
-    time zone; the projected finish is said in UTC."""
+    time zone, and the projected finish is said in that zone too."""
     remaining = store.count_unsent()
     s = standing(campaign, remaining=remaining, imported=bool(remaining or store.counts()),
                  last_first_send=store.last_first_attempt() if not remaining else None,
-                 rate=((rate if rate else store.recent_rate()) if project else None), now=now)
+                 rate=((rate if rate else store.recent_rate()) if project else None), now=now,
+                 last_retry=store.last_retry_due() if remaining else None)
     if s is None:
         return None
     since = f" ({s.since_discovery})" if s.since_discovery else ""
@@ -80,7 +81,10 @@ def deadline(campaign: Campaign, store: Store, rate: float | None = None,
         return Deadline(s, head + f"PASSED {_span(s.seconds_left)} ago, with {s.remaining} recipient(s) not yet notified")
     said = head + f"{_span(s.seconds_left)} left, {s.remaining} recipient(s) to go"
     if s.projected_finish is not None and s.rate:
-        said += f"; at {s.rate:.1f}/s they finish by {s.projected_finish:%Y-%m-%d %H:%M} UTC"
+        finish = s.projected_finish.astimezone(campaign.tz)
+        said += f"; at {s.rate:.1f}/s they finish by {finish:%Y-%m-%d %H:%M} {campaign.timezone}"
+        if s.projected_finish > s.now + dt.timedelta(seconds=s.remaining / s.rate + 1):
+            said += " (when the last retry now waiting is due)"
         if s.verdict == AT_RISK:
             said += f", {_span((s.projected_finish - s.ends).total_seconds())} AFTER the deadline: raise the rate or add a provider"
     elif not project:

@@ -512,6 +512,11 @@ class Store(Imports):
         row = self.db.execute(self.NEXT_DUE_SQL).fetchone()
         return float(row[0]) if row[0] is not None else None
 
+    def last_retry_due(self) -> float | None:
+        """When the last retry now waiting is due (epoch seconds): no send finishes before it."""
+        last = self.db.execute("SELECT max(next_attempt_at) FROM recipients WHERE state = 'deferred'").fetchone()[0]
+        return float(last) if last is not None else None
+
     def last_first_attempt(self) -> float | None:
         """When the most recently first-tried recipient was first handed to a provider (epoch seconds)."""
         last = self.db.execute("SELECT max(first_attempt_at) FROM recipients").fetchone()[0]
