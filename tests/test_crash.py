@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,6 +87,12 @@ def test_sigkill_mid_run_then_resume(make_campaign: MakeCampaign, processes: int
     check_complete(d)
     verify = subprocess.run([sys.executable, "-m", "notify", "audit", "verify", str(d)], capture_output=True)
     assert verify.returncode == 0 and verify.stdout.startswith(b"OK: ")
+    # #37: every message rebuilds, those resent in doubt after the kills included (the outbox's copies set aside,
+    # so that each is composed again from the templates).
+    shutil.rmtree(d / "outbox")
+    content = subprocess.run([sys.executable, "-m", "notify", "audit", "verify", str(d), "--content"], capture_output=True)
+    assert content.returncode == 0 and f"every one of the {N} messages sent is byte for byte".encode() in content.stdout, \
+        content.stdout + content.stderr
 
 
 @RENDERING

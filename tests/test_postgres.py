@@ -64,6 +64,9 @@ def test_three_workers_one_killed_the_survivors_rescue_its_recipients_and_finish
     assert [w["status"] for w in st["workers"]] == ["rescued", "closed", "closed"]  # type: ignore[union-attr]
     code, out, err = run("audit", "verify", d)
     assert code == 0 and out.startswith(f"OK: {figures['events']} events"), err
+    # #37: every message rebuilds, those of the rescued worker resent in doubt included.
+    code, out, err = run("audit", "verify", d, "--content")
+    assert code == 0 and f"every one of the {n} messages sent is byte for byte" in out, out + err
     # #37: the export of four chains (the manifest's and one per worker, one of them rescued) checks without notify.
     assert run("audit", "export", d, "--out", d.parent / "export")[0] == 0
     r = stock(PYTHON, "-I", d.parent / "export" / "verify.py", cwd=d.parent)
