@@ -536,3 +536,8 @@ def test_a_switch_and_a_wait_are_said_on_the_sending_terminal_and_in_a_pipe(make
         assert re.search(r"waiting \d+ s for the next retry \(due \d\d:\d\d:\d\d CE?T\); nothing else is due now", screen), \
             screen[-3000:]
         assert ("12/12" in screen) == on_terminal, "the bar on a terminal only"
+        # And `status` says how the run left the providers (#38: provider health on the screen).
+        st = subprocess.run([sys.executable, "-m", "notify", "status", str(d)], capture_output=True, text=True, timeout=60)
+        health = next(line for line in st.stdout.splitlines() if line.startswith("health:"))
+        assert re.match(r"health:   relay DOWN since \d\d:\d\d:\d\d CE?T: 3 connection attempts in a row failed.*; "
+                        r"backup up \(switched to it at \d\d:\d\d:\d\d CE?T\)$", health), health

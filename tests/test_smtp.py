@@ -456,6 +456,10 @@ def test_reputation_circuit_breaker_pauses_and_needs_acknowledgment(make_campaig
         assert "resume with --acknowledge-reputation" in err
         sent_before = len(h.received)
         assert sent_before < 200
+        assert "paused by the reputation breaker: reputation circuit breaker: over the last 100 sends" in err, \
+            "said as it happened (#38)"
+        status = runner.invoke(app, ["status", str(d)]).stdout
+        assert "breaker:  PAUSED at " in status and "--acknowledge-reputation` resumes once the cause is understood" in status
         code, _, err = send(d)
         assert code == 4 and "the campaign was paused by the reputation circuit breaker" in err
         assert len(h.received) == sent_before, "nothing is sent while the pause stands"

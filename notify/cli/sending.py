@@ -142,6 +142,8 @@ def status(
             typer.echo("providers: " + ", ".join(f"{k} {v}" for k, v in st["providers"].items()))
         for sw in st["switches"]:
             typer.echo(f"switched:  {sw['from']} -> {sw['to']} at {sw['at']} ({_one_line(str(sw['reason']))})")
+        for line in st["health"]:
+            typer.echo(_one_line(line))
         for reason, n in st["reject_reasons"].items():
             typer.echo(f"rejected: {_one_line(reason)} x {n}")
         if (more := st["rejected"] - sum(st["reject_reasons"].values())) > 0:

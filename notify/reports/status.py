@@ -146,6 +146,7 @@ def status(campaign: Campaign, store: Store, templates: Templates | None = None)
         "recipients_sha256": last["sha256"] if last else None,
         "events": store.event_count(),
         "deadline": d.as_dict() if (d := deadline(campaign, store)) is not None else None,
+        "health": health(campaign, store),  # the providers and the breaker as the last run left them
         "state_backend": store.backend,
         "workers": [worker_view(w) for w in store.workers()][-20:],  # every live one is among the latest
     }
@@ -198,6 +199,46 @@ def sending(campaign: Campaign, store: Store, now: float) -> tuple[list[str], fl
     return lines, None
 
 
+def health(campaign: Campaign, store: Store) -> list[str]:
+    """The providers and the reputation breaker as the last run left them (#38): each provider of the failover
+    order up, down since when and why, or not reached; which one the last switch went to; a breaker pause
+    that stands. From the events of the last run (since its send_started), in the campaign's zone."""
+    started = store.last_event_of(("send_started",))
+    if started is None:
+        return []
+
+    def when(ts: str) -> str:
+        return dt.datetime.fromtimestamp(epoch_of(ts), campaign.tz).strftime("%H:%M:%S %Z")
+
+    def this_run(kind: str) -> list[dict[str, Any]]:
+        # By time, not sequence: on PostgreSQL each worker writes its own chain.
+        return [e for e in store.events_of_kind(kind) if e["ts"] >= started["ts"]]
+
+    down: dict[str, tuple[str, str]] = {}
+    for e in this_run("provider_down"):
+        d = json.loads(e["detail"] or "{}")
+        down.setdefault(str(d.get("provider")), (e["ts"], " ".join(str(d.get("reason") or "").split())))
+    switches = this_run("provider_switched")
+    current = json.loads(switches[-1]["detail"] or "{}").get("to") if switches else None
+    said = []
+    for name in campaign.send.providers:
+        if name in down and name != current:
+            ts, why = down[name]
+            said.append(f"{name} DOWN since {when(ts)}: {why}")
+        elif name == current:
+            said.append(f"{name} up (switched to it at {when(switches[-1]['ts'])})")
+        else:
+            said.append(f"{name} up" if not current and name == campaign.send.providers[0] else f"{name} not needed")
+    lines = ["health:   " + "; ".join(said)]
+    pause = store.last_event_of(("reputation_paused",))
+    ack = store.last_event_of(("reputation_acknowledged",))
+    if pause is not None and (ack is None or ack["ts"] < pause["ts"]):
+        figures = ", ".join(f"{k} {v}" for k, v in pause["detail"].items())
+        lines.append(f"breaker:  PAUSED at {when(pause['ts'])} ({figures}); "
+                     f"`notify send {campaign.dir} --acknowledge-reputation` resumes once the cause is understood")
+    return lines
+
+
 def watch(campaign: Campaign, store: Store) -> dict[str, Any]:
     """What `status --watch` shows each refresh: counts, whether anything sends (and if not, how the last
     run ended and how to resume), the rate of the last outcomes and the finish projected at it against the
@@ -210,6 +251,7 @@ def watch(campaign: Campaign, store: Store) -> dict[str, Any]:
     if (due := deadline(campaign, store, rate=rate, project=rate is not None)) is not None:
         lines.append(f"deadline: {due.said}")
     lines += ["worker:   " + worker_said(worker_view(w)) for w in store.workers() if w["status"] in ("live", "stalled")]
+    lines += health(campaign, store)
     change = store.last_event_of(("rate_changed",))
     if change:
         d = change["detail"]
