@@ -61,7 +61,7 @@ def test_message_ids_are_found_through_the_token_and_earlier_ones_still_by_their
 
     import notify.store.schema as store_mod
     from notify.content.message import message_id
-    from notify.store.base import _by_message_id
+    from notify.store.feedback import _by_message_id
 
     d = make_campaign()
     (d / "recipients.csv").write_text("email\nold@example.org\nnew@example.org\n")

@@ -20,8 +20,9 @@ from .. import files
 from ..campaign import config as campaign_mod
 from ..campaign.model import Campaign
 from ..errors import InputError, StoreError
-from .base import RECIPIENT_COLUMNS, Store
+from .base import Store
 from .records import utcnow
+from .schema import RECIPIENT_COLUMNS
 from .sqlite import SqliteStore
 
 KIT = ("campaign.toml", "templates.json", "state.jsonl")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import RECIPIENT_COLUMNS, Store
+from .base import Store
 from .postgres import PgStore
 from .records import GENESIS
-from .schema import MOVED
+from .schema import MOVED, RECIPIENT_COLUMNS
 
 COPIED = (  # table, columns: everything of the SQLite state, ids kept (events and feedback point at them)
     ("imports", "id, path, sha256, columns, rows_read, accepted, rejected, imported_at"),

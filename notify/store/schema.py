@@ -206,3 +206,8 @@ CLAIM_DUE_SQL = (f"SELECT {CLAIM_COLUMNS} FROM {DEFERRED} AND next_attempt_at <=
                  " ORDER BY next_attempt_at, id LIMIT ?")
 NEXT_DUE_SQL = f"SELECT min(next_attempt_at) FROM {DEFERRED}"
 
+
+# Every column of a recipient, on either backend (what an export carries of the state).
+RECIPIENT_COLUMNS = ("id, import_id, row, email, key, token, domain, name, locale, jurisdiction, vars, state, attempts,"
+                     " next_attempt_at, first_attempt_at, doubt, provider, provider_message_id, detail, reply_code,"
+                     " content_sha256, updated_at, message_id, version")

@@ -1,0 +1,158 @@
+"""Read-only views of the state: counts, breakdowns, the export's rows, lookups, the figures reports show."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from . import schema
+from .contract import Backend
+from .records import (
+    dicts,
+    epoch_of,
+)
+
+
+class Views(Backend):
+    """Read-only views of the state: counts, breakdowns, the export's rows, lookups, the figures reports show."""
+
+    def empty_values(self, column: str) -> tuple[int, int | None]:
+        """How many recipients have `column` missing or empty, and the first such row."""
+        row = self.db.execute(
+            f"SELECT count(*), min(row) FROM recipients WHERE trim(coalesce({self.json_field()}, '')) = ''",
+            (self.json_path(column),)).fetchone()
+        return row[0], row[1]
+
+    def knows(self, address: str) -> bool:
+        """Whether an address (as a rejected row holds it) is one of the campaign's recipients."""
+        return self.db.execute("SELECT 1 FROM recipients WHERE key=?", (address.strip().lower(),)).fetchone() is not None
+
+    def rows_read(self) -> int:
+        """Every input row the imports read: recipients and rejected rows."""
+        return int(self.db.execute("SELECT (SELECT count(*) FROM recipients) + (SELECT count(*) FROM rejects)").fetchone()[0])
+
+    def recipient_rows(self) -> Iterator[dict[str, Any]]:
+        """Every recipient with every column, in id order (the export's state.jsonl)."""
+        yield from dicts(self.db.execute(f"SELECT {schema.RECIPIENT_COLUMNS} FROM recipients ORDER BY id"))
+
+    def export_rows(self) -> Iterator[tuple[Any, ...]]:
+        """Every recipient as the audit export writes it, in input row order."""
+        yield from self.db.execute(
+            "SELECT row, email, state, detail, attempts, first_attempt_at, updated_at, provider, provider_message_id,"
+            " message_id, content_sha256, locale, jurisdiction, doubt, name, version, vars, id FROM recipients ORDER BY row, id")
+
+    def export_attempts(self) -> Iterator[tuple[int, str, str, str | None, str | None]]:
+        """(recipient id, ts, kind, provider, detail) of every attempt event (sent, deferred, failed), in the order
+        export_rows() gives the recipients and, for each, in the chain's order: the export's attempt logs in one
+        pass over the events, not one query per recipient (#37)."""
+        yield from self.db.execute(
+            "SELECT r.id, e.ts, e.kind, e.provider, e.detail FROM events e JOIN recipients r ON r.id = e.recipient_id"
+            f" WHERE e.kind IN ('sent', 'deferred', 'failed') ORDER BY r.row, r.id, e.{self.EVENT_ORDER}")
+
+    def people(self, keys: Sequence[str], name: str, columns: dict[str, str]) -> list[dict[str, Any]]:
+        """Recipients `notify lookup` names: by dedupe key (through its index) when one of `keys` is one, else
+        by name (any case) or by the value of one of `columns` (recipients columns), in SQL over the table."""
+        found = list(dicts(self.db.execute(
+            f"SELECT {schema.PEOPLE_COLUMNS} FROM recipients WHERE key IN ({','.join('?' * len(keys))}) ORDER BY row, id",
+            tuple(keys)))) if keys else []
+        if found:
+            return found
+        where = ["lower(name) = lower(?)"] + [f"{self.json_field()} = ?" for _ in columns]
+        values: list[Any] = [name]
+        for column, value in columns.items():
+            values += [self.json_path(column), value]
+        return list(dicts(self.db.execute(
+            f"SELECT {schema.PEOPLE_COLUMNS} FROM recipients WHERE {' OR '.join(where)} ORDER BY row, id LIMIT 1000", values)))
+
+    def sent_people(self) -> Iterator[dict[str, Any]]:
+        """Everyone a message was recorded as sent to (a content SHA-256), in id order, each with the time of their
+        last `sent` event (`sent_ts`): what `audit verify --content` rebuilds. One query over the table."""
+        yield from dicts(self.db.execute(
+            f"SELECT {schema.PEOPLE_COLUMNS}, (SELECT max(e.ts) FROM events e WHERE e.recipient_id = recipients.id"
+            " AND e.kind = 'sent') AS sent_ts FROM recipients WHERE content_sha256 IS NOT NULL ORDER BY id"))
+
+    def recipient_states(self) -> Iterator[tuple[int, int, str, str, int, str | None]]:
+        """(id, row, email, state, attempts, content_sha256) of every recipient, for the audit's replay."""
+        yield from self.db.execute("SELECT id, row, email, state, attempts, content_sha256 FROM recipients ORDER BY id")
+
+    def recent_rate(self, n: int = 1000) -> float | None:
+        """Messages handed to providers per second over the last `n` outcomes, or None if too few."""
+        rows = self.db.execute(f"SELECT ts FROM events WHERE kind IN ('sent', 'deferred', 'failed') ORDER BY {self.EVENT_ORDER} DESC"
+                               " LIMIT ?",
+                               (n,)).fetchall()
+        if len(rows) < 2:
+            return None
+        span = epoch_of(rows[0][0]) - epoch_of(rows[-1][0])
+        return (len(rows) - 1) / span if span > 0 else None
+
+    def last_first_attempt(self) -> float | None:
+        """When the most recently first-tried recipient was first handed to a provider (epoch seconds)."""
+        last = self.db.execute("SELECT max(first_attempt_at) FROM recipients").fetchone()[0]
+        return float(last) if last is not None else None
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT state, count(*) FROM recipients GROUP BY state").fetchall())
+
+    def locale_counts(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT locale, count(*) FROM recipients GROUP BY locale ORDER BY 2 DESC").fetchall())
+
+    def samples(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """One real recipient per (requested locale, jurisdiction), for rendering every version before the
+        first send; each carries its row and how many recipients share its pair."""
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for locale, juris, rid, n in self.db.execute(schema.SAMPLES_SQL):
+            r = self.db.execute("SELECT email, name, vars, row FROM recipients WHERE id=?", (rid,)).fetchone()
+            out[locale, juris] = {"email": r[0], "name": r[1], "locale": locale, "jurisdiction": juris,
+                                  "vars": json.loads(r[2]), "row": r[3], "count": n}
+        return out
+
+    def reject_summary(self, top: int = 5) -> tuple[int, list[tuple[str, int]]]:
+        total = self.db.execute("SELECT count(*) FROM rejects").fetchone()[0]
+        # Group duplicates together whatever their row: "duplicate of row N" differs per row.
+        reasons = self.db.execute(
+            "SELECT CASE WHEN reason LIKE 'duplicate of row %' THEN 'duplicate' ELSE reason END AS r, count(*)"
+            " FROM rejects GROUP BY r ORDER BY 2 DESC LIMIT ?", (top,)).fetchall()
+        return total, reasons
+
+    def reply_summary(self, state: str, top: int = 5) -> list[tuple[str, int, str]]:
+        """The most common replies among recipients in `state`: (code such as "550 5.1.1", count, an example)."""
+        return [(str(code), int(n), str(example)) for code, n, example in self.db.execute(
+            "SELECT coalesce(reply_code, '-'), count(*), max(detail) FROM recipients WHERE state=? AND detail IS NOT NULL"
+            " GROUP BY reply_code ORDER BY 2 DESC LIMIT ?", (state, top))]
+
+    def in_doubt_unsettled(self) -> int:
+        """Recipients in doubt that have not been accepted since: the ones a resend might duplicate."""
+        return int(self.db.execute("SELECT count(*) FROM recipients WHERE doubt=1 AND state IN ('deferred','inflight')").fetchone()[0])
+
+    def doubt_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM recipients WHERE doubt=1").fetchone()[0])
+
+    def breakdown(self, by: str, top: int | None = 12) -> list[tuple[str, dict[str, int]]]:
+        """Recipients by `by` (a key of BREAKDOWNS), each group's counts per state, largest groups first (then by
+        name); the first `top` only, or all with None."""
+        expr = schema.BREAKDOWNS[by]
+        groups: dict[str, dict[str, int]] = {}
+        for value, state, n in self.db.execute(f"SELECT {expr}, state, count(*) FROM recipients GROUP BY 1, 2"):
+            groups.setdefault(str(value), {})[state] = n
+        ranked = sorted(groups.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
+        return ranked if top is None else ranked[:top]
+
+    def first_attempts(self, buckets: int = 60) -> tuple[float, float, list[tuple[int, int, int]]]:
+        """When notices first left, in `buckets` equal spans from the first to the last: (start, span in
+        seconds, [(sent, bounced or complained, failed) per span])."""
+        lo, hi = self.db.execute("SELECT min(first_attempt_at), max(first_attempt_at) FROM recipients").fetchone()
+        if lo is None:
+            return 0.0, 0.0, []
+        width = max((hi - lo) / buckets, 1e-6)
+        out = [[0, 0, 0] for _ in range(buckets)]
+        for i, state, n in self.db.execute(
+                f"SELECT {self.BUCKET_SQL}, state, count(*) FROM recipients"
+                " WHERE first_attempt_at IS NOT NULL GROUP BY 1, 2", (buckets - 1, lo, width)):
+            out[i][0 if state in ("sent", "delivered") else 1 if state in ("bounced", "complained") else 2] += n
+        return float(lo), width, [(a, b, c) for a, b, c in out]
+
+    def provider_counts(self) -> dict[str, int]:
+        return dict(self.db.execute(
+            "SELECT provider, count(*) FROM recipients WHERE provider IS NOT NULL AND state IN"
+            " ('sent','delivered','bounced','complained') GROUP BY provider").fetchall())
