@@ -9,6 +9,7 @@ import hashlib
 
 from . import dsn, reasons
 from .model import Feedback, Malformed, campaign_of
+from .report import MAX_BLOCKS
 from .ses import parse_ses
 
 
@@ -43,5 +44,5 @@ def parse_dsn(raw: bytes) -> tuple[list[Feedback], str]:
                                     "diagnostic": (f.diagnostic or "")[:1000] or None, "form": report.form}))
     why = "" if out else f"not a bounce: {report.why}" if report.why else f"{report.form}: no failed recipient found"
     if report.blocks_skipped:
-        why = f"{report.blocks_skipped} recipient block(s) past the first {dsn.MAX_BLOCKS} not read"
+        why = f"{report.blocks_skipped} recipient block(s) past the first {MAX_BLOCKS} not read"
     return out, why

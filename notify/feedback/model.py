@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..recipients.rows import check_address
-from . import dsn
+from . import report
 
 
 class Malformed(ValueError):
@@ -39,6 +39,6 @@ def address_key(address: str) -> str:
 
 def campaign_of(message_id: str | None) -> str | None:
     """The campaign a Message-ID of ours names (message.message_id: `<campaign-id.token@domain>`), or None."""
-    if not message_id or not dsn.ANY_OUR_ID_RE.fullmatch(message_id):
+    if not message_id or not report.ANY_OUR_ID_RE.fullmatch(message_id):
         return None
     return message_id[1:].rpartition("@")[0].rpartition(".")[0] or None

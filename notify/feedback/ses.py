@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any
 
-from . import dsn, reasons
+from . import reasons, report
 from .model import Feedback, Malformed
 
 MAX_BODY = 256 * 1024  # SQS's own limit: a longer body is not SES's
@@ -45,7 +45,7 @@ def _text(value: Any, what: str, limit: int = 2000) -> str | None:
 
 def _address(value: Any, what: str) -> str | None:
     text = _text(value, what, 1000)
-    return dsn.clean_address(text) if text else None
+    return report.clean_address(text) if text else None
 
 
 def _tag(mail: dict[str, Any], name: str) -> str | None:

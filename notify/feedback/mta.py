@@ -1,0 +1,128 @@
+"""What a mail system says of each recipient in words: the lines naming an address, the command a refusal
+answered, the reason read from them."""
+
+from __future__ import annotations
+
+import re
+from email.message import Message as EmailMessage
+
+from . import reasons
+from .report import (
+    ADDR_RE,
+    DSN_FIELD,
+    GLUED_ID,
+    MAX_BLOCKS,
+    MAX_TEXT,
+    QUOTED_HEADER,
+    REPLY_RE,
+    STATUS_RE,
+    VERP_RE,
+    Failed,
+    _block,
+    _header,
+    _status_of,
+    clean_address,
+)
+
+# Which SMTP command a refusal answered, as reports say it (the diagnostic first, then the transcript
+# around the address).
+RCPT_SAID = ("in reply to rcpt to", "after rcpt to", ">>> rcpt to", "rcpt to:<", "rcpt to: <", "in rcpt to",
+             "rcpt to response", "after rcpt command", "rcpt_to", "in reply to rcpt command", "smtp:rcpt",
+             "does not like recipient", "server has rejected address")
+
+
+DATA_SAID = ("in reply to end of data", "after end of data", "in reply to data", ">>> data", "after data",
+             "end of data command", "final data")
+
+
+MAIL_SAID = ("in reply to mail from", "after mail from", ">>> mail from")
+
+PIPELINED = re.compile(r"(?im)^\s*(?:<<<\s*)?55\d[ -](?:5\.5\.1 )?(?:error: )?no valid recipients")
+
+
+def _command(diag: str | None, text: str, address: str | None) -> str | None:
+    """RCPT, DATA or MAIL: the command the refusal of this recipient answered, where the report says."""
+    places = [(diag or "").lower()]
+    if address:
+        lines = text.lower().splitlines()
+        addr = address.lower()
+        for i, line in enumerate(lines[:5000]):
+            if addr in line:  # a reply folded over several lines ("(in reply to RCPT TO\n command)")
+                places.append(" ".join(" ".join(lines[max(0, i - 1):i + 6]).split()))
+                break
+    for place in places:
+        for command, said in (("DATA", DATA_SAID), ("RCPT", RCPT_SAID), ("MAIL", MAIL_SAID)):
+            if any(s in place for s in said):
+                # Pipelined (RFC 2920): the replies to RCPT TO arrive after DATA was sent, and a server that
+                # answers DATA with "no valid recipients" says it refused every recipient before.
+                return "RCPT" if command == "DATA" and PIPELINED.search(text[:MAX_TEXT]) else command
+    return None
+
+
+def _refine(reason: str, text: str, address: str | None, status: str = "", diag: str | None = None) -> str:
+    """The reason, with the line between a dead address and a refused message drawn where the reference
+    parser draws it (reasons.dead_or_refused), from the command the refusal answered."""
+    # Only that line needs the command: looking for it reads the report's text around the address.
+    command = _command(diag, text, address) if reason in ("userunknown", "filtered") else None
+    return reasons.dead_or_refused(reason, status, command, diag or "")
+
+
+def _said_of(text: str, address: str | None, blocks: list[dict[str, str]]) -> str | None:
+    """What the report's own words say of a recipient its delivery-status block gives no diagnostic for
+    (OpenSMTPD: "user@example.org: Domain does not exist"): the lines naming the address, where they say why."""
+    if not address:
+        return None
+    key = address.lower()
+    seen = {a.lower(): 0 for b in blocks[:MAX_BLOCKS] if (a := clean_address(b.get("final-recipient")))}
+    lines = text.splitlines()[:5000]
+    for i, line in enumerate(lines):
+        lowered = line.lower()
+        if key in lowered and not DSN_FIELD.match(lowered):
+            said = _block(lines, i, key, seen)
+            if reasons.classify(None, said) != "undefined":
+                return said
+    return None
+
+
+def _text_recipients(msg: EmailMessage, text: str) -> list[Failed]:
+    """The failed recipients a non-standard report names, each with the lines that say why."""
+    own = {a.lower() for h in ("From", "To", "Sender", "Reply-To", "Return-Path") for a in ADDR_RE.findall(_header(msg, h))}
+    lines = text.splitlines()
+    seen: dict[str, int] = {}
+    # Exim, Google and others name the failed recipients in a header: the surest list there is.
+    for a in ADDR_RE.findall(_header(msg, "X-Failed-Recipients")[:4096]):
+        key = a.lower().strip(".")
+        seen.setdefault(key, next((i for i, line in enumerate(lines) if key in line.lower()), -1))
+    for i, line in enumerate(lines if not seen else ()):
+        lowered = line.lower()
+        if QUOTED_HEADER.match(lowered):
+            continue
+        for a in ADDR_RE.findall(GLUED_ID.sub(" ", line)):
+            key = a.lower().strip(".")
+            local = key.split("@", 1)[0]
+            if key in own or local in ("mailer-daemon", "postmaster", "root", "abuse") or "+" in local and VERP_RE.search(a):
+                continue
+            seen.setdefault(key, i)
+    out = []
+    for key, i in seen.items():
+        if i < 0:  # named only in X-Failed-Recipients: the report's text is the reason
+            diag = " ".join(x.strip() for x in lines if x.strip())[:2000]
+            status = _status_of(diag)
+            out.append(Failed(key, "delayed" if status.startswith("4") else "failed", status, diag,
+                              reasons.classify(status, diag)))
+            continue
+        # The reason: this line and the following ones up to a blank line or the next address, at the first
+        # place the address is named with one (a report may quote the original's To: line before it).
+        places = [j for j in range(i, min(len(lines), i + 400)) if key in lines[j].lower()][:8]
+        blocks = [(j, _block(lines, j, key, seen)) for j in places]
+        i, diag = next(((j, b) for j, b in blocks if reasons.classify(None, b) != "undefined"), blocks[0])
+        if not (STATUS_RE.search(diag) or REPLY_RE.search(diag)) or reasons.classify(None, diag) == "undefined":
+            # The address alone on its line: the reason is the report's (Gmail, Exim, qmail).
+            context = " ".join(x.strip() for x in lines[max(0, i - 6):i + 10])[:2000]
+            diag = diag if reasons.classify(None, diag) != "undefined" else context
+        status = _status_of(diag) or _status_of(text)
+        code = REPLY_RE.search(diag)
+        delayed = status.startswith("4") or (not status and code is not None and code.group(1).startswith("4")) or \
+            "will continue" in text.lower() or "delayed" in text.lower()[:2000] and "permanent" not in text.lower()
+        out.append(Failed(key, "delayed" if delayed else "failed", status, diag, reasons.classify(status, diag)))
+    return out
