@@ -1,0 +1,71 @@
+"""The templates as one immutable snapshot: every file read once, bounded in size and number, never through a link."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import jinja2
+from jinja2.loaders import split_template_path
+
+from ..errors import TemplateError
+
+SHIPPED_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+
+Snapshot = tuple[list[str], dict[str, tuple[str, str]]]  # (versions, name -> (source, file name))
+
+MAX_TEMPLATE_BYTES = 1 << 20  # one template file; a notice is a few kilobytes
+
+MAX_TEMPLATE_FILES = 5000
+
+LINT_FILE = "lint.toml"  # read by the content lint, never by the loader: it shapes the check, not the notice
+
+
+def _read_sources(roots: list[Path]) -> dict[str, tuple[str, str]]:
+    """Every file under the roots that a template could load, read once: name -> (source, file name).
+    A campaign-local file hides the shipped one of the same name, as a loader over both roots would.
+    Hidden files and lint.toml are left out (the loader then cannot reach them either)."""
+    sources: dict[str, tuple[str, str]] = {}
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):  # symlinked directories are not entered
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for fname in sorted(filenames):
+                path = Path(dirpath) / fname
+                name = path.relative_to(root).as_posix()
+                if fname.startswith(".") or fname == LINT_FILE or name in sources or not path.is_file():
+                    continue
+                if len(sources) >= MAX_TEMPLATE_FILES:
+                    raise TemplateError(f"{root}: more than {MAX_TEMPLATE_FILES} files under the template",
+                                        hint="keep only the templates in that directory")
+                try:
+                    with path.open("rb") as fh:
+                        data = fh.read(MAX_TEMPLATE_BYTES + 1)
+                except OSError as e:
+                    raise TemplateError(f"{path}: cannot read: {e.strerror}") from None
+                if len(data) > MAX_TEMPLATE_BYTES:
+                    raise TemplateError(f"{path}: larger than {MAX_TEMPLATE_BYTES // 1024} KiB, too large for a template",
+                                        hint="move files that are not templates out of the template directory")
+                try:
+                    sources[name] = (data.decode("utf-8"), str(path))
+                except UnicodeDecodeError as e:
+                    raise TemplateError(f"{path}: not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})",
+                                        hint="save it as UTF-8, or move it out of the template directory") from None
+    return sources
+
+
+class _SnapshotLoader(jinja2.BaseLoader):
+    """Loads only from the snapshot: never the file system, and never anything newer than what was read."""
+
+    def __init__(self, sources: dict[str, tuple[str, str]]) -> None:
+        self.sources = sources
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        name = "/".join(split_template_path(template))
+        if name not in self.sources:
+            raise jinja2.TemplateNotFound(template)
+        source, filename = self.sources[name]
+        return source, filename, lambda: True
+
+    def list_templates(self) -> list[str]:
+        return sorted(self.sources)
