@@ -31,7 +31,7 @@ from notify.errors import EXIT_FAILED, ConfigError
 from notify.evidence.chain import verify_chain
 from notify.providers import build
 from notify.providers.base import Kind
-from notify.providers.smtp import classify_exception, classify_reply
+from notify.providers.smtpreply import classify_exception, classify_reply
 from notify.providers.smtpwire import wire_body
 from notify.store import SqliteStore, open_store
 

@@ -209,7 +209,7 @@ def test_bucket_delay_does_not_reserve() -> None:
     (450, "4.1.1 Recipient address rejected: unverified address", False),
 ])
 def test_only_replies_that_mean_too_fast_are_throttling(code: int, text: str, throttling: bool) -> None:
-    from notify.providers.smtp import classify_reply
+    from notify.providers.smtpreply import classify_reply
 
     assert classify_reply(code, text, "rcpt").throttled is throttling
 

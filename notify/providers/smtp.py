@@ -10,6 +10,7 @@
     auth refused; N connection refusals in a row;   PROVIDER_DOWN
     a wave of 5.7.x policy rejections
 
+
 aiosmtplib opens each connection (TCP or TLS, greeting, EHLO, STARTTLS, AUTH); the transactions
 then run over our own small protocol (smtpwire.Session), because aiosmtplib reads one reply per
 command and drops a second reply that arrives in the same segment, so it cannot pipeline. Where
@@ -26,10 +27,8 @@ import asyncio
 import dataclasses
 import ipaddress
 import os
-import re
 import ssl
 from collections import deque
-from collections.abc import Callable
 
 import aiosmtplib
 from aiosmtplib import errors as smtp_errors
@@ -38,18 +37,16 @@ from ..campaign.model import SmtpConfig
 from ..content.message import Message
 from ..errors import ConfigError, register_secret
 from .base import WITHDRAWN, Kind, Outcome, Readiness, Ready, Wave, Withdrawn
+from .dkim import dkim_signer
+from .smtpreply import classify_exception, classify_reply
 from .smtpwire import Session, wire_body
 
 Waiting = tuple[bytes, "asyncio.Future[tuple[Session | None, bool]]"]  # an envelope, and where its connection goes
 
-# "You are sending too fast", as relays say it: 421 (closing: too many connections or messages), 454 4.7.0,
-# and 450/451/452 with a 4.7.x status or rate wording. A 451 4.3.0 (a lookup failed), 450 4.2.1
-# (greylisting, a busy mailbox) or 452 4.2.2 is about one recipient: retried, never slowing the others.
-RATE_WORDING = re.compile(r"\brate\b|rate.?limit|too many (?:messages|connections|concurrent|sessions|mails)|too fast|"
-                          r"throttl|slow down|sending limit|exceeded.{0,20}(?:per|quota)", re.I)
-ENHANCED_RE = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
 REFUSALS_DOWN = 3  # connection attempts refused in a row before the provider counts as down
+
 POLICY_WINDOW = 20  # outcomes looked at for a wave of policy rejections
+
 POLICY_WAVE = 5  # 5.7.x rejections within the window that mean "the provider is blocking us"
 
 
@@ -60,64 +57,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def enhanced_status(text: str) -> str | None:
-    m = ENHANCED_RE.match(text)
-    return m.group(1) if m else None
-
-
-def is_throttling(code: int, status: str | None, text: str) -> bool:
-    """Whether a 4xx reply means "you are sending too fast" (cut the rate) rather than "not this
-    recipient, not now" (retry that one later)."""
-    if code == 421:
-        return True
-    if code == 454:
-        return (status or "4.7.0").startswith("4.7")
-    if code in (450, 451, 452):
-        return bool(status and status.startswith("4.7.")) or RATE_WORDING.search(text) is not None
-    return False
-
-
-def classify_reply(code: int, text: str, phase: str) -> Outcome:
-    """One SMTP reply to an Outcome. `phase` is mail | rcpt | data | body."""
-    text = " ".join(text.split())
-    status = enhanced_status(text)
-    if 200 <= code < 300:
-        return Outcome(Kind.ACCEPTED, detail=text, code=code, status=status)
-    if 400 <= code < 500 or (code == 552 and phase == "rcpt"):
-        return Outcome(Kind.TEMPORARY, detail=text, code=code, status=status, throttled=is_throttling(code, status, text))
-    if 500 <= code < 600:
-        return Outcome(Kind.PERMANENT, detail=text, code=code, status=status,
-                       refused_at={"mail": "MAIL", "rcpt": "RCPT"}.get(phase, "DATA"))
-    return Outcome(Kind.TEMPORARY, detail=f"unexpected reply: {text}", code=code, status=status)
-
-
-def classify_exception(exc: BaseException, phase: str) -> Outcome:
-    """Every aiosmtplib error (and the OS errors under it) to an Outcome; a test walks them all."""
-    in_doubt = phase == "body"
-    if isinstance(exc, smtp_errors.SMTPAuthenticationError):
-        return Outcome(Kind.PROVIDER_DOWN, detail=f"authentication refused: {exc.message}", code=exc.code)
-    if isinstance(exc, smtp_errors.SMTPRecipientsRefused):
-        first = exc.recipients[0] if exc.recipients else None
-        return classify_reply(first.code, first.message, "rcpt") if first else Outcome(Kind.PERMANENT, detail="refused")
-    if isinstance(exc, smtp_errors.SMTPConnectResponseError):
-        return Outcome(Kind.TEMPORARY, detail=f"server refused the connection: {exc.code} {exc.message}", code=exc.code)
-    if isinstance(exc, smtp_errors.SMTPResponseException):
-        if exc.code < 0:  # aiosmtplib's own "invalid response" codes
-            return Outcome(Kind.IN_DOUBT if in_doubt else Kind.TEMPORARY, detail=f"garbled reply: {exc.message}")
-        return classify_reply(exc.code, exc.message, phase)
-    if isinstance(exc, (smtp_errors.SMTPTimeoutError, asyncio.TimeoutError, TimeoutError)):
-        what = "no reply after the message was sent" if in_doubt else f"timed out during {phase}"
-        return Outcome(Kind.IN_DOUBT if in_doubt else Kind.TEMPORARY, detail=what)
-    if isinstance(exc, (smtp_errors.SMTPServerDisconnected, smtp_errors.SMTPConnectError, ConnectionError, OSError)):
-        what = "connection dropped after the message was sent" if in_doubt else f"connection failed during {phase}: {exc}"
-        return Outcome(Kind.IN_DOUBT if in_doubt else Kind.TEMPORARY, detail=what)
-    if isinstance(exc, smtp_errors.SMTPNotSupported):
-        return Outcome(Kind.PROVIDER_DOWN, detail=f"server lacks a required extension: {exc}")
-    if isinstance(exc, smtp_errors.SMTPException):
-        return Outcome(Kind.IN_DOUBT if in_doubt else Kind.TEMPORARY, detail=f"{type(exc).__name__}: {exc}")
-    raise TypeError(f"not an SMTP error: {exc!r}")
 
 
 ENVELOPE = (("mail", (250,)), ("rcpt", (250, 251)), ("data", (354,)))
@@ -141,7 +80,7 @@ class SmtpProvider:
         self.smtputf8: bool | None = None  # whether the relay offers SMTPUTF8; None until its EHLO was read
         self.username, self.password = self._credentials()
         self.tls_context = self._tls_context()
-        self.signer = _dkim_signer(config) if config.dkim_key_file else None
+        self.signer = dkim_signer(config) if config.dkim_key_file else None
         insecure = config.tls == "none" and not is_loopback(config.host) and not config.allow_insecure
         if insecure:
             raise ConfigError(
@@ -451,24 +390,3 @@ async def _refused(conn: Session, outcome: Outcome, pending: int) -> tuple[Outco
         return outcome, code == 250
     except (smtp_errors.SMTPException, OSError):
         return outcome, False
-
-
-def _dkim_signer(config: SmtpConfig) -> Callable[[bytes], bytes]:
-    """DKIM signing with dkimpy, so a bare relay used in an emergency keeps the mail authenticated."""
-    import dkim
-
-    assert config.dkim_key_file is not None
-    try:
-        key = config.dkim_key_file.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"[providers.{config.name}] dkim_key_file: {config.dkim_key_file}: {e.strerror}") from None
-    if not config.dkim_selector or not config.dkim_domain:
-        raise ConfigError(f"[providers.{config.name}]: DKIM needs dkim_selector and dkim_domain with dkim_key_file")
-    selector, domain = config.dkim_selector.encode(), config.dkim_domain.encode()
-    headers = [b"from", b"to", b"subject", b"date", b"message-id", b"reply-to", b"mime-version", b"content-type"]
-
-    def sign(data: bytes) -> bytes:
-        signature: bytes = dkim.sign(data, selector, domain, key, include_headers=headers)
-        return signature + data
-
-    return sign
