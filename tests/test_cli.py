@@ -50,11 +50,13 @@ def test_dry_run_renders_everything_and_changes_nothing(example: Path) -> None:
     assert st["states"]["pending"] == 188
 
 
-def test_limit_is_a_canary_and_exit_4_says_resume(example: Path) -> None:
+def test_limit_is_a_canary_that_stops_as_asked(example: Path) -> None:
+    # #38: a canary that stops at its limit, as asked, exited 4 ("stopped") like a provider outage. It is not one.
     code, out, err = run("send", example, "--limit", "10")
-    assert code == 4
+    assert code == 0, err
     assert "sent 10," in out
-    assert f"Stopped: --limit 10 reached. Resume with: notify send {example}" in err
+    assert f"Canary: --limit 10 reached as asked; 178 recipient(s) still to send: `notify send {example}` sends the rest." in out
+    assert "Stopped" not in err
     assert len(list((example / "outbox").glob("*.eml"))) == 10
     code, _, _ = run("send", example)
     assert code == 0 and len(list((example / "outbox").glob("*.eml"))) == 188
@@ -199,7 +201,7 @@ def test_a_bug_mid_run_stops_the_run_and_the_next_run_recovers(example: Path, mo
 
 def test_audit_export_for_compliance(example: Path, tmp_path: Path) -> None:
     (example / "recipients.csv").write_text((example / "recipients.csv").read_text() + "zoe@example.org,Zoe,en,US-CA\n")
-    assert run("send", example, "--limit", "150")[0] == 4  # some never sent: they belong in the alternate channel
+    assert run("send", example, "--limit", "150")[0] == 0  # a canary; some never sent: they belong in the alternate channel
     out = tmp_path / "audit"
     code, text, _ = run("audit", "export", example, "--out", out)
     assert code == 0

@@ -27,7 +27,7 @@ def half_sent(make_campaign: MakeCampaign, name: str = "camp", campaign_id: str 
         toml = d / "campaign.toml"
         toml.write_text(toml.read_text().replace('id = "test-2022-08"', f'id = "{campaign_id}"'))
     code, _, err = run("send", d, "--limit", "3")
-    assert code == 4, err
+    assert code == 0, err  # a canary
     assert list(states(d).values()).count("sent") == 3
     return d
 

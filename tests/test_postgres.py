@@ -222,7 +222,7 @@ def test_state_init_and_migrate_from_sqlite_keep_the_chain(make_campaign: MakeCa
     monkeypatch.delenv("NOTIFY_STATE_URL", raising=False)
     d = make_campaign("email\n" + "".join(f"p{i}@example.com\n" for i in range(50)) + "bad\n", template="t",
                       templates=simple_templates())
-    assert run("send", d, "--limit", "20")[0] == 4
+    assert run("send", d, "--limit", "20")[0] == 0
     before = sql(d, "SELECT hash FROM events ORDER BY seq DESC LIMIT 1")[0][0]
     monkeypatch.setenv("NOTIFY_STATE_URL", url)
     code, out, err = run("state", "migrate", d, "--to-env", "NOTIFY_STATE_URL")
@@ -373,7 +373,7 @@ def test_no_form_of_the_connection_string_shows_or_stores_the_password(make_camp
     monkeypatch.delenv("NOTIFY_STATE_URL", raising=False)
     d = make_campaign("email\n" + "".join(f"p{i}@example.com\n" for i in range(10)), template="t",
                       templates=simple_templates())
-    assert run("send", d, "--limit", "4")[0] == 4
+    assert run("send", d, "--limit", "4")[0] == 0
     said = []
     monkeypatch.setenv("NOTIFY_STATE_URL", url)
     code, out, err = run("state", "migrate", d, "--to-env", "NOTIFY_STATE_URL")
@@ -401,7 +401,7 @@ def test_the_rate_a_run_is_given_is_the_rate_it_uses(make_campaign: MakeCampaign
     d = pg_campaign(make_campaign, 30)
     assert run("state", "init", d)[0] == 0
     code, _, err = run("send", d, "--worker", "--rate", "5", "--limit", "5")
-    assert code == 4, err
+    assert code == 0, err  # a canary
     assert sql(d, "SELECT rate FROM rates") == [(5.0,)]
     began = time.time()
     code, _, err = run("send", d, "--worker", "--rate", "100")

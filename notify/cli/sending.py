@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sys
 import time
@@ -91,9 +92,12 @@ def send(
         elif result.stopped:
             when = ""
             if result.next_retry:
-                at = time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(result.next_retry))
+                at = dt.datetime.fromtimestamp(result.next_retry, c.tz).strftime("%Y-%m-%d %H:%M:%S %Z")
                 when = f" (next retry due {at}, {report.when_due(result.next_retry, time.time())})"
             err(f"Stopped: {result.stopped.rstrip('.')}{when}. Resume with: notify send {campaign}")
+        elif result.limit_reached:
+            typer.echo(f"Canary: --limit {limit} reached as asked; {result.remaining} recipient(s) still to send: "
+                       f"`notify send {campaign}` sends the rest.")
         elif result.failed_total:
             err(f"{result.failed_total} recipient(s) failed; see `notify status {campaign}` for the replies.")
         if not opts.dry_run:

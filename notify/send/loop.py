@@ -615,7 +615,7 @@ class SendLoop:
         # by `bounces`, is the campaign's news, not this run's).
         self.result.failed_total = counts.get("failed", 0) + self.result.counts.get("bounced", 0)
         if self.options.limit is not None and self.result.remaining and not self.result.stopped:
-            self.result.stopped = f"--limit {self.options.limit} reached"
+            self.result.limit_reached = True  # as asked (#38: a canary that stops at its limit is not an error)
         for need in sorted(k for k in self.result.counts if k.startswith("needs ")):
             # Name the providers that lack it, not every provider of the run: one that offers it may have been down
             # (#38: "which primary, backup, tertiary does not offer" when primary offered it but was down).

@@ -35,12 +35,13 @@ class RunResult:
     remaining: int = 0  # recipients not yet in a final state
     failed_total: int = 0  # failed recipients in the whole campaign
     notes: list[str] = field(default_factory=list)  # what the provider said before sending (quota, ...)
+    limit_reached: bool = False  # a canary (--limit) sent what it was asked to, and others remain: not a stop
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_INTERRUPTED
-        if self.stopped or self.remaining:
+        if self.stopped or (self.remaining and not self.limit_reached):
             return EXIT_STOPPED
         return EXIT_FAILED if self.failed_total else EXIT_OK
 
