@@ -540,6 +540,8 @@ def test_a_switch_and_a_wait_are_said_on_the_sending_terminal_and_in_a_pipe(make
         assert ("12/12" in screen) == on_terminal, "the bar on a terminal only"
         # And `status` says how the run left the providers (#38: provider health on the screen).
         st = subprocess.run([sys.executable, "-m", "notify", "status", str(d)], capture_output=True, text=True, timeout=60)
+        assert re.search(r"^switched:  relay -> backup at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d CE?T ", st.stdout, re.M), st.stdout
+        assert re.search(r"^last run: ended \d{4}-\d\d-\d\d \d\d:\d\d:\d\d CE?T: finished", st.stdout, re.M), st.stdout
         health = next(line for line in st.stdout.splitlines() if line.startswith("health:"))
         assert re.match(r"health:   relay DOWN since \d\d:\d\d:\d\d CE?T: 3 connection attempts in a row failed.*; "
                         r"backup up \(switched to it at \d\d:\d\d:\d\d CE?T\)$", health), health

@@ -145,7 +145,7 @@ def status(
         if st["providers"]:
             typer.echo("providers: " + ", ".join(f"{k} {v}" for k, v in st["providers"].items()))
         for sw in st["switches"]:
-            typer.echo(f"switched:  {sw['from']} -> {sw['to']} at {sw['at']} ({_one_line(str(sw['reason']))})")
+            typer.echo(f"switched:  {sw['from']} -> {sw['to']} at {report.local(c, sw['at'])} ({_one_line(str(sw['reason']))})")
         for line in st["health"]:
             typer.echo(_one_line(line))
         for reason, n in st["reject_reasons"].items():
@@ -160,7 +160,7 @@ def status(
         if st["unmatched_feedback"]:
             typer.echo(f"unmatched feedback: {st['unmatched_feedback']} (bounces or events that match no recipient)")
         if st["next_retry"]:
-            typer.echo(f"next retry: {st['next_retry_said']} ({st['next_retry']})")
+            typer.echo(f"next retry: {st['next_retry_said']} ({report.local(c, st['next_retry'])})")
         if st["deadline"]:
             (err if st["deadline"]["late"] else typer.echo)(st["deadline"]["said"])
 

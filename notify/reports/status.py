@@ -19,6 +19,11 @@ from ..providers.base import RateChange
 from ..store import Store, epoch_of
 
 
+def local(campaign: Campaign, ts: str) -> str:
+    """An event's time as every screen gives times: in the campaign's zone, named (#38)."""
+    return dt.datetime.fromisoformat(ts.replace("Z", "+00:00")).astimezone(campaign.tz).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
 def _span(seconds: float) -> str:
     """A duration a tired person reads at a glance: 12 days 3 h, 5 h 12 min, 42 min, 30 s."""
     s = int(abs(seconds))
@@ -182,7 +187,7 @@ def sending(campaign: Campaign, store: Store, now: float) -> tuple[list[str], fl
             d = stop["detail"]
             why = "interrupted (Ctrl-C)" if d.get("interrupted") else d.get("reason") or (
                 "finished" if not d.get("remaining") else "stopped")
-            lines.append(f"last run: ended {stop['ts'][:19]}Z: {' '.join(str(why).split())}")
+            lines.append(f"last run: ended {local(campaign, stop['ts'])}: {' '.join(str(why).split())}")
         if remaining:
             lines.append(f"resume:   notify send {campaign.dir}")
         return lines, None
@@ -256,7 +261,7 @@ def watch(campaign: Campaign, store: Store) -> dict[str, Any]:
     if change:
         d = change["detail"]
         said = RateChange(d.get("old"), d.get("new"), "").said()
-        lines.append(f"last rate change: {said} at {change['ts'][:19]}Z: {' '.join(str(d.get('reason')).split())}")
+        lines.append(f"last rate change: {said} at {local(campaign, change['ts'])}: {' '.join(str(d.get('reason')).split())}")
     if (nxt := store.next_due()) is not None:
         lines.append(f"next retry: {when_due(nxt, now)}")
     return {"at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "lines": lines}
