@@ -98,3 +98,34 @@ def first_port(toml: Path) -> int:
     """The backup's port as campaign.toml says it (the relay's comes first in the file)."""
     text = toml.read_text()
     return int(text.split("[providers.backup]", 1)[1].split("port = ", 1)[1].split("\n", 1)[0])
+
+
+def test_a_person_held_before_any_provider_took_the_message_can_still_be_corrected(make_campaign: MakeCampaign) -> None:
+    """Found by #37's test: José, held because the relay lacked SMTPUTF8 (never transmitted), could not be corrected
+    ("correction refused: this person was already handed to a provider"), and the warning said he had been sent the
+    notice. Nobody had: the correction applies, and the message he then gets is the corrected one."""
+    rows = "email,name\nann@example.com,Ann\njos\u00e9@example.com,Jos\u00e9\n"
+    first = Handler()
+    with Server(first, smtputf8=False) as srv:
+        d = smtp_campaign(make_campaign, srv.port, rows=rows)
+        code, out, err = cli("send", d, "--no-progress")
+    assert code == 4 and [m.rcpt for m in first.received] == ["ann@example.com"], out + err
+    (d / "recipients.csv").write_text(rows.replace("Jos\u00e9\n", "Jos\u00e9 Alvarez\n"))
+    code, out, err = cli("import", d, "--append")
+    assert code == 0 and "corrected 1 recipient(s) not yet sent" in out + err and "refused" not in out + err, out + err
+    second = Handler()
+    with Server(second, smtputf8=True) as srv:
+        toml = d / "campaign.toml"
+        toml.write_text(toml.read_text().replace(f"port = {first_relay_port(toml)}\n", f"port = {srv.port}\n"))
+        sql(d, "UPDATE recipients SET next_attempt_at = 0 WHERE state = 'deferred'")
+        code, out, err = cli("send", d, "--no-progress")
+    assert code == 0, out + err
+    assert "Jos\u00e9 Alvarez" in second.received[0].data.decode()
+    # Ann, who was sent the notice, still cannot be corrected: what she got stands.
+    (d / "recipients.csv").write_text(rows.replace("Ann\n", "Ann Other\n").replace("Jos\u00e9\n", "Jos\u00e9 Alvarez\n"))
+    code, out, err = cli("import", d, "--append")
+    assert "correction refused" in out + err and "ann@example.com" in out + err, out + err
+
+
+def first_relay_port(toml: Path) -> int:
+    return int(toml.read_text().split("[providers.relay]", 1)[1].split("port = ", 1)[1].split("\n", 1)[0])

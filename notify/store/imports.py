@@ -162,7 +162,9 @@ class Imports:
                     item = Reject(item.row, item.email, f"duplicate of row {row}")
                 else:
                     changed = _changes(was, item)
-                    if changed and (state not in _UNSENT or attempts):
+                    # Deferred without an attempt: held before any provider took it (a relay down before the message
+                    # left, a provider lacking SMTPUTF8): nobody was sent anything, so the correction applies.
+                    if changed and (attempts or state not in (*_UNSENT, "deferred")):
                         why = (f"correction refused: this person was already handed to a provider (state {state}, row {row} "
                                f"of an earlier import); changed: {', '.join(changed)}; reach them by another channel if "
                                "the notice they got is no longer right")
