@@ -231,36 +231,15 @@ def test_audit_export_for_compliance(example: Path, tmp_path: Path) -> None:
 def test_the_progress_bar_shows_on_a_terminal_and_nowhere_else(make_campaign: MakeCampaign) -> None:
     # The bar is an observer of the loop (notify/send/progress.py): on a terminal it counts and says what
     # the outcomes were; in a pipe nothing is drawn.
-    import os
-    import pty
     import subprocess
     import sys
 
     from .conftest import simple_templates
     rows = "email,name\n" + "".join(f"p{i}@example.com,P{i}\n" for i in range(40))
     d = make_campaign(rows, templates=simple_templates())
-    leader, follower = pty.openpty()
-    import fcntl
-    import struct
-    import termios
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal has a size
-    try:
-        proc = subprocess.run([sys.executable, "-m", "notify", "send", str(d)], stderr=follower, stdout=subprocess.PIPE,
-                              timeout=120)
-        os.close(follower)
-        seen = b""
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # the terminal closed: everything was read
-                break
-            if not chunk:
-                break
-            seen += chunk
-    finally:
-        os.close(leader)
-    assert proc.returncode == 0
-    assert b"sending" in seen and b"40/40" in seen and b"sent=40 deferred=0 failed=0" in seen, seen[-400:]
+    code, screen = _on_a_terminal([sys.executable, "-m", "notify", "send", str(d)])
+    assert code == 0
+    assert "sending" in screen and "40/40" in screen and "sent=40 deferred=0 failed=0" in screen, screen[-400:]
     d2 = make_campaign(rows, templates=simple_templates(), name="piped")
     piped = subprocess.run([sys.executable, "-m", "notify", "send", str(d2)], capture_output=True, timeout=120)
     assert piped.returncode == 0 and b"sent=" not in piped.stderr and b"msg/s" not in piped.stderr

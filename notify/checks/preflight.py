@@ -136,3 +136,23 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
             else:
                 pre.warnings.append(str(finding))
     return pre
+
+
+def probe_providers(c: Campaign) -> list[tuple[str, bool, str]]:
+    """Each provider of the failover order, built and probed as `send` would use it: (name, whether it is usable,
+    what it found or why not)."""
+    import asyncio
+
+    async def one(name: str) -> tuple[str, bool, str]:
+        try:
+            provider = providers.build(c.providers[name], concurrency=1)
+        except ConfigError as e:
+            return name, False, e.message
+        try:
+            return name, True, await provider.probe()
+        except ConfigError as e:
+            return name, False, e.message
+        finally:
+            await provider.aclose()
+
+    return [asyncio.run(one(name)) for name in c.send.providers if name in c.providers]

@@ -10,7 +10,7 @@ import typer
 
 from ..campaign import config as campaign_mod
 from ..campaign.model import Campaign
-from ..checks.preflight import preflight
+from ..checks.preflight import preflight, probe_providers
 from ..errors import (
     ConfigError,
     InputError,
@@ -21,28 +21,6 @@ from ..errors import (
 from ..reports import status as report
 from ..store import ImportResult, Store
 from .app import CampaignArg, _one_line, _open, boundary, err
-
-
-def probe_providers(c: Campaign) -> list[tuple[str, bool, str]]:
-    """Each provider of the failover order, built and probed as `send` would use it: (name, whether it is usable,
-    what it found or why not)."""
-    import asyncio
-
-    from .. import providers
-
-    async def one(name: str) -> tuple[str, bool, str]:
-        try:
-            provider = providers.build(c.providers[name], concurrency=1)
-        except ConfigError as e:
-            return name, False, e.message
-        try:
-            return name, True, await provider.probe()
-        except ConfigError as e:
-            return name, False, e.message
-        finally:
-            await provider.aclose()
-
-    return [asyncio.run(one(name)) for name in c.send.providers if name in c.providers]
 
 
 @boundary

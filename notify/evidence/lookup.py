@@ -27,6 +27,7 @@ from ..providers.outbox import eml_name
 from ..recipients.rows import Recipient, Record, validate
 from ..store import Store, epoch_of, event_hash
 from .chain import Trail
+from .export import sent_templates
 from .manifest import MANIFEST, check_files, check_signature, file_entry, seal
 
 MAX_BUNDLE_FILE = 64 * 1024 * 1024  # of person.json or the manifest read back: a person's events, not a campaign's
@@ -148,13 +149,10 @@ def proof(campaign: Campaign, store: Store, person: dict[str, Any]) -> Proof:
     if not sha:
         out.content = "nothing was sent to this person, so there is no message to show"
         return out
-    for name in campaign.send.providers:
-        cfg = campaign.providers.get(name)
-        if isinstance(cfg, OutboxConfig) and person["message_id"]:
-            path = cfg.path / eml_name(person["message_id"])
-            if path.is_file() and hashlib.sha256(data := path.read_bytes()).hexdigest() == sha:
-                out.message, out.content = data, f"the outbox's copy ({path}) has the recorded SHA-256"
-                return out
+    if (copy := _outbox_copy(campaign, person["message_id"], sha)) is not None:
+        path, out.message = copy
+        out.content = f"the outbox's copy ({path}) has the recorded SHA-256"
+        return out
     # The attempt that was accepted was composed shortly before its `sent` event: for someone deferred and
     # retried (in this run or a later one) that is not their first attempt's time (#37).
     accepted = [e["at"] for e in timeline if e["what"] == "sent"]
@@ -182,14 +180,11 @@ def verify_content(campaign: Campaign, store: Store) -> ContentCheck:
     for the whole campaign, that what each person was sent is what the templates and their row make."""
     templates = Templates(campaign)
     out = ContentCheck()
-    outboxes = [cfg.path for name in campaign.send.providers
-                if isinstance(cfg := campaign.providers.get(name), OutboxConfig)]
     for person in store.sent_people():
         person["vars"] = json.loads(person["vars"] or "{}")
         sha = person["content_sha256"]
         out.checked += 1
-        copy = next((p for d in outboxes if person["message_id"] and (p := d / eml_name(person["message_id"])).is_file()), None)
-        if copy is not None and hashlib.sha256(copy.read_bytes()).hexdigest() == sha:
+        if _outbox_copy(campaign, person["message_id"], sha) is not None:
             out.from_outbox += 1
             continue
         message, said = _rebuild(campaign, templates, person, sha, epoch_of(person["sent_ts"]) if person["sent_ts"] else None)
@@ -201,10 +196,19 @@ def verify_content(campaign: Campaign, store: Store) -> ContentCheck:
     return out
 
 
+def _outbox_copy(campaign: Campaign, message_id: str | None, sha: str) -> tuple[Path, bytes] | None:
+    """The outbox provider's copy of a message (its path and bytes), where it has the recorded SHA-256."""
+    for name in campaign.send.providers:
+        cfg = campaign.providers.get(name)
+        if isinstance(cfg, OutboxConfig) and message_id:
+            path = cfg.path / eml_name(message_id)
+            if path.is_file() and hashlib.sha256(data := path.read_bytes()).hexdigest() == sha:
+                return path, data
+    return None
+
+
 def _templates_said(templates: Templates, store: Store) -> str:
     """Whether the template files are the ones the sends recorded (send_started), naming those that are not."""
-    from .export import sent_templates
-
     sent, now = sent_templates(store), templates.hashes()
     if not sent:
         return ""

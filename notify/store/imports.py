@@ -4,7 +4,6 @@ its reason; one transaction for the whole file, on either backend (Store inherit
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from typing import Any
 from .. import files
 from ..errors import InputError, StoreError
 from ..recipients.rows import Recipient, Reject, read, recipient_token, validate
+from .contract import Backend
 from .records import Event, ImportResult, dicts, file_sha256, utcnow
 
 # States of a person nobody has handed to a provider yet: a corrected row still applies to them.
@@ -44,27 +44,8 @@ def _changes(was: list[Any], item: Recipient) -> list[str]:
     return changed
 
 
-class Imports:
-    """What Store provides the import with (the connection, transactions, the chain)."""
-
-    db: Any
-    token_key: bytes
-    state_dir: Path
-
-    def transaction(self, chain: bool = True) -> contextlib.AbstractContextManager[Any]:
-        raise NotImplementedError
-
-    def _import_cache(self) -> contextlib.AbstractContextManager[None]:
-        raise NotImplementedError
-
-    def _append(self, ev: Event) -> None:
-        raise NotImplementedError
-
-    def _append_all(self, events: list[Event], ts: str) -> None:
-        raise NotImplementedError
-
-    def _os_error(self, path: Path, e: OSError) -> StoreError:
-        raise NotImplementedError
+class Imports(Backend):
+    """The import of a recipients file: dedupe, corrections, rejects (over the contract every role shares)."""
 
     def last_import(self) -> dict[str, Any] | None:
         return next(dicts(self.db.execute("SELECT * FROM imports ORDER BY id DESC LIMIT 1")), None)
