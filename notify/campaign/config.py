@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .jurisdictions import campaign_rules
 from .model import (
     CAMPAIGN_FILE,
     Campaign,
@@ -124,6 +125,8 @@ def _build(file: Path, data: dict[str, Any], recipients_file: bool = True) -> Ca
                   'an environment variable and name that here, url_env = "NOTIFY_STATE_URL"')
         state_cfg = {k: v for k, v in state_cfg.items() if k != "url"}
     state_cfg = c.table("[state]", state_cfg, STATE_KEYS)
+    rules, rule_problems = campaign_rules(top.get("jurisdictions", {}), file.parent, file)
+    c.problems += rule_problems
     variant_profiles: dict[str, list[str]] = {}
     for variant, names in review.get("variants", {}).items():
         problem = None if _type_ok("strlist", names) else f"expected a list of profiles, got {_describe(names)}"
@@ -186,6 +189,7 @@ def _build(file: Path, data: dict[str, Any], recipients_file: bool = True) -> Ca
             trusted_columns=list(review.get("trusted_columns", [])),
         ),
         audit_columns=list(audit_cfg.get("columns", [])),
+        rules=rules,
         state=StateConfig(url_env=state_cfg.get("url_env"), stall_after=float(state_cfg.get("stall_after", 30.0))),
     )
 

@@ -12,6 +12,8 @@ from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
+from .jurisdictions import Rules, shipped
+
 CAMPAIGN_FILE = "campaign.toml"
 
 STATE_DIR = ".notify"
@@ -135,6 +137,8 @@ class Campaign:
     # A locale to read as another (`pt` as `pt-BR`) where the templates have no text of its own, before the fallback
     # to the campaign's default language (#38: `pt` with only `pt-BR` templates got English, silently).
     locale_map: dict[str, str] = field(default_factory=dict)
+    # Each jurisdiction's deadline and regulator notices (#40): the rules notify ships, with [jurisdictions]'s own.
+    rules: Rules = field(default_factory=lambda: Rules(shipped()))
 
     @functools.cached_property
     def tz(self) -> dt.tzinfo:

@@ -273,6 +273,7 @@ TOP_KEYS = {
     "variables": Key("table"),
     "review": Key("table"),
     "audit": Key("table"),
+    "jurisdictions": Key("table"),  # rules that replace or add to those notify ships (jurisdictions.py)
     "send": Key("table", True),
     "providers": Key("table", True),
 }

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import providers
+from ..campaign.deadline import claim_order, covered
 from ..campaign.model import Campaign
 from ..content.compose import RenderFailure, build_message, recipient_context, synthetic_recipient
 from ..content.locales import split_version, version_order
@@ -33,6 +34,7 @@ class Preflight:
     hints: list[str] = field(default_factory=list)  # each said once, however many problems share it
     rendered: list[tuple[Rendered, Message]] = field(default_factory=list)  # one sample of each, for the lint
     warnings: list[str] = field(default_factory=list)  # content lint warnings: said, but they stop nothing
+    rules: list[str] = field(default_factory=list)  # the jurisdiction rules that apply to these people, a line each
 
     def add(self, problem: str, hint: str | None = None) -> None:
         self.problems.append(problem)
@@ -63,6 +65,10 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
                 pre.add(e.message, e.hint)
     pre.imported = store.import_file(campaign.recipients, append=append, trusted=frozenset(campaign.review.trusted_columns))
     store.write_rejects_file()
+    # Earliest deadline first (#40): each waiting person's claim-order key, from this campaign's rules as they are now.
+    written = {juris for _, juris in store.samples()}
+    store.order_claims({j: claim_order(campaign, j) for j in written}, claim_order(campaign, ""))
+    pre.rules = rules_that_apply(campaign, store)
     if not store.counts():
         pre.add(f"{campaign.recipients}: no recipients: {pre.imported.rows_read} row(s) read, all rejected "
                             f"(see {store.state_dir / 'rejects.csv'})")
@@ -156,3 +162,31 @@ def probe_providers(c: Campaign) -> list[tuple[str, bool, str]]:
             await provider.aclose()
 
     return [asyncio.run(one(name)) for name in c.send.providers if name in c.providers]
+
+
+def rules_that_apply(campaign: Campaign, store: Store) -> list[str]:
+    """The jurisdiction rules this campaign's people fall under, a line each, as `check` says them (#40): each
+    rule's deadline for telling residents and its regulator notices against this campaign's counts; jurisdictions
+    with no rule, said as such. Empty when no row names a jurisdiction."""
+    outcomes = store.outcomes(campaign)
+    if not any(o.jurisdiction for o in outcomes):
+        return []
+    lines = []
+    for group in covered(campaign, outcomes):
+        n = f"{group.residents:,} resident(s)"
+        rule = group.rule
+        if rule is None:
+            name = group.codes[0]
+            lines.append(f"{name}: {n}: " + ("no jurisdiction given in their rows" if name == "(none)" else
+                                            "no rule known: counsel must say what its law requires"))
+            continue
+        day = rule.deadline(campaign.discovered)
+        when = (f"notify within {rule.individuals_days} days of discovery (by {day})" if day else
+                f"notify within {rule.individuals_days} days of discovery ([campaign] discovered is not set)"
+                if rule.individuals_days is not None else "no fixed number of days")
+        notices = "; ".join(f"{x.to}: {x.threshold_said}, {'REQUIRED' if x.required(group.residents) else 'not required'}"
+                            f" ({x.deadline_said})" for x in rule.notices) or "no regulator notice"
+        source = "" if rule.source == "notify" else f", from {rule.source}"
+        where = "" if rule.covers == (rule.key,) else f" [{', '.join(group.codes)}]"
+        lines.append(f"{rule.key}{where}: {n}: {when}; {notices} ({rule.citation}; reviewed {rule.reviewed}{source})")
+    return lines

@@ -65,6 +65,11 @@ def check(campaign: Path = CampaignArg,
                        + (f", {len(pre.warnings)} warning(s):" if pre.warnings else ""))
             for w in pre.warnings:
                 typer.echo(f"            warning: {w}")
+        if pre.rules:
+            typer.echo("rules       the jurisdictions' rules for these people (a starting point, not legal advice: "
+                       "counsel must confirm each):")
+            for line in pre.rules:
+                typer.echo(f"            {line}")
         if dns or dns_server:
             from ..checks.dns import check_dns, resolver_for
 

@@ -41,13 +41,21 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from ..campaign.deadline import NEVER
 from ..errors import ConfigError, StoreError, register_secret
 from . import schema
 from .base import Store
 from .pgconn import Heartbeat, RateBudget, connect, said
 from .records import GENESIS, Change, Claimed, Event, ImportResult, check_transitions, claimed, dicts, utcnow
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# What each schema version adds to the one before, run once under the schema lock by the first worker that finds
+# the older one: 2 claims pending people earliest deadline first (#40; schema.py's 0011 on SQLite).
+UPGRADES = {2: f"""
+ALTER TABLE recipients ADD COLUMN due_by DOUBLE PRECISION NOT NULL DEFAULT {NEVER!r};
+DROP INDEX recipients_pending;
+CREATE INDEX recipients_pending ON recipients(due_by, id) WHERE state='pending'
+"""}
 SHARED = "notify_shared"
 MANIFEST = 0  # the campaign's own chain: sessions opened, closed and rescued, with their heads
 
@@ -66,8 +74,8 @@ CREATE TABLE recipients (
     next_attempt_at DOUBLE PRECISION NOT NULL DEFAULT 0, first_attempt_at DOUBLE PRECISION,
     doubt INTEGER NOT NULL DEFAULT 0, provider TEXT, provider_message_id TEXT, detail TEXT, reply_code TEXT,
     content_sha256 TEXT, updated_at TEXT, message_id TEXT, version TEXT,
-    session INTEGER);
-CREATE INDEX recipients_pending ON recipients(id) WHERE state='pending';
+    session INTEGER, due_by DOUBLE PRECISION NOT NULL DEFAULT 253402300800.0);
+CREATE INDEX recipients_pending ON recipients(due_by, id) WHERE state='pending';
 CREATE INDEX recipients_due ON recipients(next_attempt_at, id) WHERE state='deferred';
 CREATE INDEX recipients_inflight ON recipients(session) WHERE state='inflight';
 CREATE INDEX recipients_token ON recipients(token);
@@ -295,7 +303,23 @@ class PgStore(Store):
             raise ConfigError(f"{self.where()}: this campaign's state was written by a newer notify (schema {version}; "
                               f"this notify knows up to {SCHEMA_VERSION})",
                               hint="upgrade notify on this host to the version the other hosts run; nothing was sent")
+        if version < SCHEMA_VERSION:
+            self._upgrade(version)
         self.token_key = bytes(meta["token_key"])
+
+    def _upgrade(self, version: int) -> None:
+        """Brings a schema an older notify wrote up to this one, once, whichever worker comes first."""
+        self.raw.execute("SELECT pg_advisory_lock(hashtext('notify:schema'))")
+        try:
+            with self.raw.transaction():
+                row = self.raw.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()
+                now = int(bytes(row[0])) if row else version
+                for v in range(now + 1, SCHEMA_VERSION + 1):
+                    for statement in filter(str.strip, UPGRADES[v].split(";")):
+                        self.raw.execute(statement)
+                self.raw.execute("UPDATE meta SET value=%s WHERE name='schema_version'", (str(SCHEMA_VERSION).encode(),))
+        finally:
+            self.raw.execute("SELECT pg_advisory_unlock(hashtext('notify:schema'))")
 
     def _error(self, e: psycopg.Error) -> StoreError:
         """PostgreSQL's failures in words a person can act on; nothing of the failed transaction was kept."""
@@ -510,11 +534,11 @@ class PgStore(Store):
         cols = ", ".join(f"r.{c.strip()}" if c.strip() != "state" else "c.state" for c in schema.CLAIM_COLUMNS.split(","))
         with self.transaction() as db:
             rows = db.execute(
-                f"WITH c AS (SELECT id, state FROM recipients WHERE state='pending'{skip} ORDER BY id LIMIT ?"
+                f"WITH c AS (SELECT id, state FROM recipients WHERE state='pending'{skip} ORDER BY due_by, id LIMIT ?"
                 " FOR UPDATE SKIP LOCKED)"
-                f" UPDATE recipients r SET state='inflight', session=? FROM c WHERE r.id=c.id RETURNING {cols}",
+                f" UPDATE recipients r SET state='inflight', session=? FROM c WHERE r.id=c.id RETURNING r.due_by, {cols}",
                 (*skipped, limit, self.session)).fetchall()
-            rows.sort()
+            rows = [r[1:] for r in sorted(rows, key=lambda r: (r[0], r[1]))]  # RETURNING keeps no order: the claim's
             if len(rows) < limit:
                 due = db.execute(
                     f"WITH c AS (SELECT id, state FROM recipients WHERE state='deferred' AND next_attempt_at <= ?{skip}"

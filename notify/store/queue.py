@@ -24,7 +24,8 @@ class Queue(Backend):
 
     def claim(self, limit: int, now: float, skip_domains: Sequence[str] = ()) -> list[Claimed]:
         """Marks up to `limit` due recipients inflight and commits before returning them: pending rows first,
-        in file order, then deferred rows whose retry is due; domains at their cap are skipped."""
+        earliest deadline first and then in file order (order_claims), then deferred rows whose retry is due;
+        domains at their cap are skipped."""
         raise NotImplementedError
 
     def apply(self, changes: list[Change]) -> None:
@@ -43,6 +44,16 @@ class Queue(Backend):
             return int(db.execute("UPDATE recipients SET next_attempt_at=? WHERE state='deferred'"
                                   " AND reply_code LIKE 'needs %' AND next_attempt_at > ?", (now, now)).rowcount)
 
+    def order_claims(self, keys: dict[str, float], default: float) -> int:
+        """Writes each waiting person's claim-order key (#40: when their jurisdiction's deadline passes, by
+        `keys` for each jurisdiction as written, else `default`), so that claim() takes the earliest deadline
+        first. Only rows whose key changes are written; returns how many."""
+        case = "CASE jurisdiction " + " ".join("WHEN ? THEN ?" for _ in keys) + " ELSE ? END" if keys else "?"
+        values = tuple(v for pair in keys.items() for v in pair) + (default,)
+        with self.transaction(chain=False) as db:
+            return int(db.execute(f"UPDATE recipients SET due_by = {case} WHERE state IN ('pending', 'deferred')"
+                                  f" AND due_by <> {case}", values + values).rowcount)
+
     def release(self, claimed: Iterable[Claimed]) -> None:
         """Puts claimed recipients that never reached a provider back where they were."""
         with self.transaction() as db:
@@ -52,7 +63,7 @@ class Queue(Backend):
     def unsent(self, limit: int | None = None) -> Iterator[Claimed]:
         """Recipients not yet in a final state, read only (for a dry run)."""
         cur = self.db.execute(
-            f"SELECT {schema.CLAIM_COLUMNS} FROM recipients WHERE state IN ('pending', 'deferred', 'inflight') ORDER BY id LIMIT ?",
+            f"SELECT {schema.CLAIM_COLUMNS} FROM recipients WHERE state IN ('pending', 'deferred', 'inflight') ORDER BY due_by, id LIMIT ?",
             (self.NO_LIMIT if limit is None else limit,))
         for r in cur:
             yield claimed(r)

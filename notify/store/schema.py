@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..campaign.deadline import NEVER
+
 DB_NAME = "campaign.sqlite"
 MOVED = "moved_to"  # the meta row `state migrate` writes where the state went; SqliteStore then refuses the file
 
@@ -116,7 +118,7 @@ MIGRATIONS: list[tuple[str, str]] = [
     """),
     # recipients_state (state, next_attempt_at, id) took a delete and an insert on every claim and
     # every outcome (the state is in it), though only deferred rows are ever looked up by when they
-    # are due: pending rows go through recipients_state_id, counts too. Partial, it holds deferred
+    # are due: pending rows go through recipients_state_id (now recipients_claim), counts too. Partial, it holds deferred
     # rows only, and a claim or a sent/failed outcome never touches it (bench/RESULTS.md).
     ("0008_due_index", """
         DROP INDEX recipients_state;
@@ -154,6 +156,14 @@ MIGRATIONS: list[tuple[str, str]] = [
             reason TEXT,
             event TEXT NOT NULL
         )
+    """),
+    # Earliest deadline first (#40): a pending person is claimed by when their jurisdiction's deadline passes
+    # (campaign.deadline.claim_order, written by Store.order_claims), then in file order. The index replaces
+    # (state, id) and is walked in its order as that one was, so a claim still sorts nothing.
+    ("0011_deadline_order", f"""
+        ALTER TABLE recipients ADD COLUMN due_by REAL NOT NULL DEFAULT {NEVER!r};
+        DROP INDEX recipients_state_id;
+        CREATE INDEX recipients_claim ON recipients(state, due_by, id)
     """),
 ]
 
@@ -201,7 +211,7 @@ IMPORT_CACHE_KIB = 65536
 CLAIM_COLUMNS = ("id, row, email, key, name, locale, jurisdiction, vars, attempts, doubt, first_attempt_at, state, token,"
                  " reply_code")
 # What claim() runs ({skip}: the saturated domains' clause); the sort-nothing test checks their plans.
-CLAIM_PENDING_SQL = f"SELECT {CLAIM_COLUMNS} FROM recipients WHERE state='pending'{{skip}} ORDER BY id LIMIT ?"
+CLAIM_PENDING_SQL = f"SELECT {CLAIM_COLUMNS} FROM recipients WHERE state='pending'{{skip}} ORDER BY due_by, id LIMIT ?"
 CLAIM_DUE_SQL = (f"SELECT {CLAIM_COLUMNS} FROM {DEFERRED} AND next_attempt_at <= ?{{skip}}"
                  " ORDER BY next_attempt_at, id LIMIT ?")
 NEXT_DUE_SQL = f"SELECT min(next_attempt_at) FROM {DEFERRED}"

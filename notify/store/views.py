@@ -6,6 +6,9 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ..campaign.deadline import Outcomes, jurisdiction_deadline, outcomes_of
+from ..campaign.jurisdictions import code, end_of
+from ..campaign.model import Campaign
 from . import schema
 from .contract import Backend
 from .records import (
@@ -71,6 +74,23 @@ class Views(Backend):
         yield from dicts(self.db.execute(
             f"SELECT {schema.PEOPLE_COLUMNS}, (SELECT max(e.ts) FROM events e WHERE e.recipient_id = recipients.id"
             " AND e.kind = 'sent') AS sent_ts FROM recipients WHERE content_sha256 IS NOT NULL ORDER BY id"))
+
+    def sent_versions(self, jurisdictions: Sequence[str]) -> list[tuple[str, int, dict[str, Any]]]:
+        """The template versions the notified people of these jurisdictions (as written) were sent, most common
+        first: (version, how many, one of them as sent_people() gives them). For a regulator's sample copy."""
+        if not jurisdictions:
+            return []
+        marks = ",".join("?" * len(jurisdictions))
+        out = []
+        for version, n, rid in self.db.execute(
+                f"SELECT version, count(*), min(id) FROM recipients WHERE jurisdiction IN ({marks}) AND state IN"
+                " ('sent', 'delivered', 'complained') AND content_sha256 IS NOT NULL GROUP BY version ORDER BY 2 DESC, 1",
+                tuple(jurisdictions)).fetchall():
+            person = next(dicts(self.db.execute(
+                f"SELECT {schema.PEOPLE_COLUMNS}, (SELECT max(e.ts) FROM events e WHERE e.recipient_id = recipients.id"
+                " AND e.kind = 'sent') AS sent_ts FROM recipients WHERE id=?", (rid,))))
+            out.append((str(version), int(n), person))
+        return out
 
     def recipient_states(self) -> Iterator[tuple[int, int, str, str, int, str | None]]:
         """(id, row, email, state, attempts, content_sha256) of every recipient, for the audit's replay."""
@@ -151,6 +171,37 @@ class Views(Backend):
                 " WHERE first_attempt_at IS NOT NULL GROUP BY 1, 2", (buckets - 1, lo, width)):
             out[i][0 if state in ("sent", "delivered") else 1 if state in ("bounced", "complained") else 2] += n
         return float(lo), width, [(a, b, c) for a, b, c in out]
+
+    def jurisdiction_outcomes(self) -> list[tuple[str, str, int, float | None, float | None]]:
+        """(jurisdiction as written, state, count, earliest and latest first attempt) for every pair with people:
+        what the jurisdictions' deadlines and the regulators' notices are judged from (campaign.deadline)."""
+        return [(str(j), str(s), int(n), lo, hi) for j, s, n, lo, hi in self.db.execute(
+            "SELECT jurisdiction, state, count(*), min(first_attempt_at), max(first_attempt_at) FROM recipients"
+            " GROUP BY jurisdiction, state")]
+
+    def outcomes(self, campaign: Campaign) -> list[Outcomes]:
+        """The people of each jurisdiction by outcome, with how many were notified after its own deadline."""
+        rows = self.jurisdiction_outcomes()
+        written: dict[str, set[str]] = {}
+        for juris, *_ in rows:
+            written.setdefault(code(juris), set()).add(juris)
+        out = []
+        for key, o in sorted(outcomes_of(rows).items()):
+            _, day, _ = jurisdiction_deadline(campaign, key)
+            ends = end_of(day, campaign.tz).timestamp() if day is not None else None
+            if ends is not None and o.last_notice is not None and o.last_notice > ends:
+                o = Outcomes(**{**o.__dict__, "late": self.notified_after(sorted(written[key]), ends)})
+            out.append(o)
+        return out
+
+    def notified_after(self, jurisdictions: Sequence[str], after: float) -> int:
+        """How many people of these jurisdictions (as written) were notified, their first attempt after `after`."""
+        if not jurisdictions:
+            return 0
+        return int(self.db.execute(
+            f"SELECT count(*) FROM recipients WHERE jurisdiction IN ({','.join('?' * len(jurisdictions))})"
+            " AND state IN ('sent', 'delivered', 'complained') AND first_attempt_at > ?",
+            (*jurisdictions, after)).fetchone()[0])
 
     def provider_counts(self) -> dict[str, int]:
         return dict(self.db.execute(
