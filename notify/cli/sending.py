@@ -87,6 +87,8 @@ def send(
         run_rate = (store.recent_rate(200) or did / elapsed) if did and elapsed > 0 else None
         if (due := report.deadline(c, store, rate=run_rate)) is not None:
             say_deadline(due)
+        for line in report.jurisdiction_lines(c, report.jurisdictions(c, store, rate=run_rate), top=12):
+            typer.echo(line)
         if result.interrupted:
             err(f"Interrupted; everything in flight was settled. Resume with: notify send {campaign}")
         elif result.stopped:
@@ -163,6 +165,8 @@ def status(
             typer.echo(f"next retry: {st['next_retry_said']} ({report.local(c, st['next_retry'])})")
         if st["deadline"]:
             (err if st["deadline"]["late"] else typer.echo)(st["deadline"]["said"])
+        for line in report.jurisdiction_lines(c, report.jurisdictions(c, store)):
+            typer.echo(line)
 
 
 def _watch(c: Campaign, store: Store, interval: float) -> None:

@@ -18,7 +18,7 @@ from ..campaign.model import Campaign
 from ..content.compose import display_address
 from ..providers.base import RateChange
 from ..store import Store, epoch_of
-from .status import Deadline, deadline
+from .status import Deadline, deadline, jurisdiction_said, jurisdictions
 
 COLOURS = {"sent": "#2e7d32", "delivered": "#1b5e20", "bounced": "#ef6c00", "complained": "#c62828", "failed": "#b71c1c",
            "suppressed": "#6a1b9a", "ineligible": "#8d6e63", "pending": "#90a4ae", "deferred": "#fbc02d",
@@ -179,6 +179,19 @@ def _stacked(groups: list[tuple[str, dict[str, int]]]) -> str:
     return f'<table class="stack">{"".join(rows)}</table>'
 
 
+def _deadlines(campaign: Campaign, store: Store) -> str:
+    """Each jurisdiction against its own law's deadline (#40), in the order the send takes them."""
+    standings = jurisdictions(campaign, store, project=False)
+    if not standings:
+        return ""
+    rows = "".join(f'<tr class="{"late" if j.late else ""}"><td>{e(line)}</td></tr>'
+                   for j in standings for line in [jurisdiction_said(campaign, j)])
+    return ("<h2>Deadlines by jurisdiction</h2><p>Each law's deadline for telling its residents, earliest first (the "
+            "order the send takes them). The rules are a starting point, not legal advice: counsel confirms each; "
+            "`notify regulators` lists the notices owed to regulators.</p>"
+            f'<table class="deadlines">{rows}</table>')
+
+
 def render(campaign: Campaign, store: Store) -> str:
     counts = store.counts()
     due = deadline(campaign, store)
@@ -208,12 +221,14 @@ table.headline td {{ border: 1px solid #ccc; padding: 8px; width: 20%; vertical-
 table.headline b {{ font-size: 20px; }} table.headline span {{ color: #444; }}
 table.headline td.warn b {{ color: #b71c1c; }}
 ul.events {{ font-size: 13px; }}
+table.deadlines td {{ font-family: monospace; font-size: 13px; white-space: pre-wrap; padding: 2px 4px; }}
 @media print {{ body {{ margin: 0; max-width: none; }} h2 {{ page-break-after: avoid; }} table {{ page-break-inside: avoid; }} }}
 </style></head><body>
 <h1>Campaign {e(campaign.id)}</h1>
 <p class="sub">{sum(counts.values())} recipients; {e(approved)}; report made {e(_when(dt.datetime.now(dt.UTC).timestamp()))}.</p>
 {_headline(counts, store.reject_summary()[0], due)}
 <p class="{'late' if due and due.late else ''}">{e(said)}</p>
+{_deadlines(campaign, store)}
 <h2>Outcomes</h2><p>{legend}</p>{_stacked([("all recipients", counts)])}
 <h2>Notices sent over time</h2>
 <p>Each bar is a span of time: notices that left then (green sent, orange bounced or complained, red failed). The dashed

@@ -10,7 +10,22 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from ..campaign.deadline import AT_RISK, MET, MISSED, NO_RECIPIENTS, NOBODY_SENT, PASSED, Standing, standing
+from ..campaign.deadline import (
+    AT_RISK,
+    MET,
+    MISSED,
+    NO_DISCOVERY,
+    NO_FIXED,
+    NO_RECIPIENTS,
+    NO_RULE,
+    NOBODY_SENT,
+    ON_TRACK,
+    PASSED,
+    JurisdictionStanding,
+    Standing,
+    by_jurisdiction,
+    standing,
+)
 from ..campaign.model import Campaign
 from ..content.locales import split_version
 from ..content.render import Templates
@@ -99,6 +114,69 @@ def deadline(campaign: Campaign, store: Store, rate: float | None = None,
     return Deadline(s, said)
 
 
+def jurisdictions(campaign: Campaign, store: Store, rate: float | None = None,
+                  project: bool = True) -> list[JurisdictionStanding]:
+    """Each jurisdiction with people in the campaign against its own law's deadline (#40), in the order the send
+    claims them (earliest deadline first); empty when nobody's row names a jurisdiction. Projected as deadline()
+    projects: at `rate`, else the rate of the last outcomes, and not at all when `project` is false."""
+    outcomes = store.outcomes(campaign)
+    if not any(o.jurisdiction for o in outcomes):
+        return []
+    remaining = sum(o.remaining for o in outcomes)
+    return by_jurisdiction(campaign, outcomes, rate=((rate if rate else store.recent_rate()) if project else None),
+                           last_retry=store.last_retry_due() if remaining else None)
+
+
+_NO_DEADLINE = {NO_RULE: "no rule known: counsel must say its deadline", NO_FIXED: "no fixed number of days in its law",
+                NO_DISCOVERY: "its days count from [campaign] discovered, which campaign.toml does not give"}
+
+
+def jurisdiction_said(campaign: Campaign, j: JurisdictionStanding) -> str:
+    """One jurisdiction on one line: its deadline, how many of its people are notified, and where it stands."""
+    o = j.outcomes
+    counts = f"{o.notified:,} of {o.residents:,} notified"
+    counts += f", {o.remaining:,} to go" if o.remaining else ""
+    counts += f", {o.other_channel:,} need another channel" if o.other_channel else ""
+    if j.date is None:
+        why = "no jurisdiction in their rows" if not o.jurisdiction else _NO_DEADLINE.get(j.verdict, j.verdict)
+        return f"{j.name:<8} {why}; {counts}"
+    verdict = {MET: "met", NOBODY_SENT: "nobody notified by email",
+               MISSED: f"MISSED: {o.late:,} notified after it",
+               PASSED: f"PASSED with {o.remaining:,} not yet notified"}.get(j.verdict, j.verdict)
+    if j.projected_finish is not None:
+        finish = f"{j.projected_finish.astimezone(campaign.tz):%Y-%m-%d %H:%M} {campaign.timezone}"
+        verdict = f"AT RISK: they finish by {finish} at the current rate" if j.verdict == AT_RISK else \
+            f"on track (they finish by {finish})" if j.verdict == ON_TRACK else verdict
+    return f"{j.name:<8} deadline {j.date}: {counts}; {verdict}"
+
+
+def jurisdiction_lines(campaign: Campaign, standings: list[JurisdictionStanding], top: int | None = None) -> list[str]:
+    """The jurisdictions' table as `status`, `--watch` and `send` show it: a heading and a line each, late ones
+    first when cut to `top`."""
+    if not standings:
+        return []
+    shown = standings
+    if top is not None and len(standings) > top:
+        late = [j for j in standings if j.late]
+        shown = [j for j in standings if j in late or j in standings[:max(0, top - len(late))]][:top]
+    lines = ["by jurisdiction (each law's deadline, earliest first: the order the send takes them; deadlines that "
+             "fall together, in file order):"]
+    lines += ["  " + jurisdiction_said(campaign, j) for j in shown]
+    if len(shown) < len(standings):
+        lines.append(f"  ... {len(standings) - len(shown)} more: notify status {campaign.dir}")
+    return lines
+
+
+def jurisdiction_dict(j: JurisdictionStanding) -> dict[str, Any]:
+    """One jurisdiction for `status --json`, the report and the export."""
+    o = j.outcomes
+    return {"jurisdiction": j.name, "rule": j.rule.key if j.rule else None,
+            "deadline": j.date.isoformat() if j.date else None, "verdict": j.verdict, "late": j.late,
+            "residents": o.residents, "notified": o.notified, "other_channel": o.other_channel, "to_go": o.remaining,
+            "notified_after_deadline": o.late,
+            "projected_finish": j.projected_finish.strftime("%Y-%m-%dT%H:%M:%SZ") if j.projected_finish else None}
+
+
 def when_due(due: float, now: float) -> str:
     """A retry's time as a person at a terminal reads it: "in 3 min", or "due now" once it has passed
     (a send under way takes it; without one, the next `send` does)."""
@@ -151,6 +229,7 @@ def status(campaign: Campaign, store: Store, templates: Templates | None = None)
         "recipients_sha256": last["sha256"] if last else None,
         "events": store.event_count(),
         "deadline": d.as_dict() if (d := deadline(campaign, store)) is not None else None,
+        "jurisdictions": [jurisdiction_dict(j) for j in jurisdictions(campaign, store)],
         "health": health(campaign, store),  # the providers and the breaker as the last run left them
         "state_backend": store.backend,
         "workers": [worker_view(w) for w in store.workers()][-20:],  # every live one is among the latest
@@ -255,6 +334,7 @@ def watch(campaign: Campaign, store: Store) -> dict[str, Any]:
     lines += now_said
     if (due := deadline(campaign, store, rate=rate, project=rate is not None)) is not None:
         lines.append(f"deadline: {due.said}")
+    lines += jurisdiction_lines(campaign, jurisdictions(campaign, store, rate=rate, project=rate is not None), top=8)
     lines += ["worker:   " + worker_said(worker_view(w)) for w in store.workers() if w["status"] in ("live", "stalled")]
     lines += health(campaign, store)
     change = store.last_event_of(("rate_changed",))
