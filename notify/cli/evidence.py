@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -17,7 +18,7 @@ from ..errors import (
 from ..evidence.chain import verify_chain
 from ..reports import status as report
 from ..store import Store
-from .app import CampaignArg, CampaignOrExport, KeyOption, _one_line, _open, _open_any, _signature_said, boundary
+from .app import CampaignArg, CampaignOrExport, KeyOption, _one_line, _open, _open_any, _signature_said, boundary, err
 
 
 @boundary
@@ -244,3 +245,45 @@ def audit_export(campaign: Path = CampaignArg,
     if not summary["chain"]["verified"]:
         raise typer.Exit(EXIT_INPUT)
 
+
+
+@boundary
+def regulators(campaign: Path = CampaignOrExport,
+               out: Optional[Path] = typer.Option(None, "--out", metavar="DIR",
+                                                  help="Write the filing pack here: a folder per notice required."),
+               as_json: bool = typer.Option(False, "--json", help="The table as one JSON object."),
+               force: bool = typer.Option(False, "--force", help="Write into a directory that is not empty."),
+               sign_key: Optional[Path] = typer.Option(None, "--sign-key", metavar="PRIVATE_KEY",
+                                                       help="Sign the pack's manifest with this Ed25519 key."),
+               key: Optional[Path] = KeyOption) -> None:
+    """The notices owed to regulators: for each jurisdiction, its residents by outcome and the first and
+    last notice; for each notice its rules name, whether this breach crossed its threshold, its deadline
+    and whether that is still open. The rules are a starting point, not legal advice (README: Jurisdictions).
+
+    With --out, the filing pack: a folder per notice required, with its facts (facts.txt, facts.json) and
+    the sample copy of the notice as that jurisdiction's residents were sent it; index.html to read it all;
+    sealed by manifest.json (signed with --sign-key) and SHA256SUMS (`sha256sum -c SHA256SUMS`).
+
+    \b
+    Examples:
+      notify regulators campaigns/example
+      notify regulators campaigns/example --out filings-2022-08/ --sign-key notify-audit.key
+      notify regulators audit-2022-08/ --json      # from an audit export
+    """
+    from ..evidence import regulators as regs
+
+    with _open_any(campaign, key) as (c, store):
+        if out is not None:
+            table, folders = regs.write_pack(c, store, out, force=force, sign_key=sign_key)
+        else:
+            table, folders = regs.table(c, store), []
+    if as_json:
+        typer.echo(json.dumps(table, ensure_ascii=False, indent=2))
+    else:
+        for line in regs.lines(table):
+            typer.echo(line)
+    if out is not None:
+        said = f"{len(folders)} notice(s) required, a folder each: {', '.join(folders)}" if folders else \
+            "no notice is required by the rules for these counts"
+        (err if as_json else typer.echo)(f"\nWrote {out}/: {said}; open {out / 'index.html'} to read it. "
+                                         f"Sealed: manifest.json{' (signed)' if sign_key else ''}, SHA256SUMS.")

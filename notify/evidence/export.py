@@ -20,8 +20,9 @@ from ..content.compose import display_address
 from ..content.locales import split_version
 from ..errors import InputError, StoreError
 from ..store import Store
-from . import signing
-from .manifest import verify_file, write_manifest, write_sums
+from . import regulators, signing
+from .lookup import sent_templates
+from .manifest import export_dir, verify_file, write_manifest, write_sums
 
 # One encoder for every line (json.dumps with an option builds one per call: a fifth of the export's time).
 _LINE = json.JSONEncoder(ensure_ascii=False).encode
@@ -50,33 +51,9 @@ def _iso(epoch: float | None) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if epoch else ""
 
 
-def sent_templates(store: Store) -> dict[str, str]:
-    """The template files' SHA-256 as they were sent: the snapshot each send recorded in `send_started`
-    (a later run's value for a name wins; a run that rendered other content would have needed a new
-    approval). Empty when nothing was sent."""
-    out: dict[str, str] = {}
-    for ev in store.events_of_kind("send_started"):
-        out.update(json.loads(ev["detail"] or "{}").get("templates", {}))
-    return out
-
-
 def _create(path: Path) -> IO[str]:
     """A file of the export: it names people, so 0600 in a 0700 directory, and never through a link."""
     return open(files.open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w", newline="", encoding="utf-8")
-
-
-def _export_dir(out: Path, force: bool) -> None:
-    """The export's directory: new, or empty, or (with force) one whose files may be replaced."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: that is a file; the export is a directory of files",
-                         hint="name a new directory, such as audit-2022-08/")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise InputError(f"--out {out}: the directory is not empty, and an export mixed with other files could be "
-                         "read as one", hint="name a new directory, or add --force to write into this one anyway")
-    try:
-        files.private_dir(out)
-    except OSError as e:
-        raise InputError(f"--out {out}: cannot create the directory: {e.strerror}") from None
 
 
 def _approval_line(approval: dict[str, Any] | None) -> str:
@@ -181,7 +158,7 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
     manifest.json (and manifest.sig, signed with `sign_key`)."""
     if sign_key is not None:
         signing.sign(b"", sign_key)  # a key that cannot sign is refused before anything is written
-    _export_dir(out, force)
+    export_dir(out, force)
     with _create(out / "events.jsonl") as fh:
         for ev in store.events():
             fh.write(_LINE({k: ev[k] for k in (*EXPORT_EVENT_FIELDS, "chain", "recipient_id") if k in ev}) + "\n")
@@ -267,6 +244,7 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
         "deadline": _deadline(campaign, last_send, sum(states[s] for s in ("pending", "deferred", "inflight")), late,
                               sum(by_provider.values())),
         "template_sha256": template_hashes,
+        "regulators": regulators.table(campaign, store),  # what `notify regulators` says (#40)
         "chain": {"events": verdict.events, "head": verdict.head, "verified": verdict.ok},
     }
     with _create(out / "summary.json") as fh:
@@ -282,6 +260,7 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
              f"Not reached by email (alternate_channel.csv): {summary['not_reached_by_email']}",
              f"Approval: {_approval_line(approval)}",
              f"Deadline: {summary['deadline']['said']}",
+             *[f"  {line}" if line else "" for line in regulators.lines(summary["regulators"])],
              f"Audit chain: {verdict.events} events, head {verdict.head}, {'verified' if verdict.ok else 'BROKEN'}",
              "Templates as sent (SHA-256):" + ("" if template_hashes else " none sent")]
     lines += [f"  {h}  {name}" for name, h in sorted(template_hashes.items())]

@@ -27,11 +27,20 @@ from ..providers.outbox import eml_name
 from ..recipients.rows import Recipient, Record, validate
 from ..store import Store, epoch_of, event_hash
 from .chain import Trail
-from .export import sent_templates
 from .manifest import MANIFEST, check_files, check_signature, file_entry, seal
 
 MAX_BUNDLE_FILE = 64 * 1024 * 1024  # of person.json or the manifest read back: a person's events, not a campaign's
 REBUILD_WINDOW = 120  # seconds before the first attempt in which the message may have been composed
+
+
+def sent_templates(store: Store) -> dict[str, str]:
+    """The template files' SHA-256 as they were sent: the snapshot each send recorded in `send_started`
+    (a later run's value for a name wins; a run that rendered other content would have needed a new
+    approval). Empty when nothing was sent."""
+    out: dict[str, str] = {}
+    for ev in store.events_of_kind("send_started"):
+        out.update(json.loads(ev["detail"] or "{}").get("templates", {}))
+    return out
 
 
 @dataclass
@@ -224,6 +233,13 @@ def _rebuild(campaign: Campaign, templates: Templates, person: dict[str, Any], s
     """The message composed again from the templates as they are now, for each second in which it may
     have been composed (its Date header and the date in its text are that second's): before the accepted
     attempt was recorded, else before the first attempt, until the bytes have the recorded SHA-256."""
+    message, said, _ = rebuild_at(campaign, templates, person, sha, accepted_at)
+    return message, said
+
+
+def rebuild_at(campaign: Campaign, templates: Templates, person: dict[str, Any], sha: str,
+               accepted_at: float | None = None) -> tuple[bytes | None, str, dt.datetime | None]:
+    """_rebuild, with the moment the message was found to have been composed at (None when it was not found)."""
     recipient = recipient_context(person["email"], person["name"], person["locale"], person["jurisdiction"], person["vars"])
     anchors = [int(t) for t in (accepted_at, person["first_attempt_at"]) if t]
     seconds = dict.fromkeys(s for a in anchors or [0] for s in range(a + 1, a - REBUILD_WINDOW, -1))
@@ -232,8 +248,8 @@ def _rebuild(campaign: Campaign, templates: Templates, person: dict[str, Any], s
         built = build_message(templates, recipient, to_email=person["email"], token=person["token"],
                               version=person["version"], at=at)
         if isinstance(built, RenderFailure):
-            return None, f"the templates no longer render this message: {built.reason}"
+            return None, f"the templates no longer render this message: {built.reason}", None
         if hashlib.sha256(built.message.data).hexdigest() == sha:
             return built.message.data, ("rebuilt from the templates as they are now, composed at "
-                                        f"{at.isoformat()}: byte for byte the recorded SHA-256")
-    return None, "could not be rebuilt with the recorded SHA-256"
+                                        f"{at.isoformat()}: byte for byte the recorded SHA-256"), at
+    return None, "could not be rebuilt with the recorded SHA-256", None

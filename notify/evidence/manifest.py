@@ -53,6 +53,20 @@ def check_files(out: Path, listed: dict[str, dict[str, Any]], what: str, since: 
     return problems, matched
 
 
+def export_dir(out: Path, force: bool) -> None:
+    """The directory of an export (or a filing pack): new, or empty, or (with force) one whose files may be replaced."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: that is a file; the export is a directory of files",
+                         hint="name a new directory, such as audit-2022-08/")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise InputError(f"--out {out}: the directory is not empty, and an export mixed with other files could be "
+                         "read as one", hint="name a new directory, or add --force to write into this one anyway")
+    try:
+        files.private_dir(out)
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot create the directory: {e.strerror}") from None
+
+
 def write_manifest(out: Path, campaign_id: str, verdict: Verdict, sign_key: Path | None = None) -> str:
     """Seals an export: every file's size and SHA-256, and the chain's length and head. Returns the
     manifest's own SHA-256, which the user keeps elsewhere: with it, nobody can rewrite the export and
