@@ -99,13 +99,19 @@ class Sink:
         self.proc.wait()
 
 
+# Residents of jurisdictions with different deadlines (Texas 60 days, California and Washington 30, the GDPR's
+# none, Japan no rule), interleaved: the send takes them earliest deadline first (#40), not in file order.
+JURISDICTIONS = ("US-TX", "US-CA", "EU-FR", "US-WA", "JP")
+
+
 def recipients_csv(path: Path, n: int) -> None:
-    """Synthetic recipients: all eight shipped locales, non-ASCII names, 500 domains, one in 50 IDN."""
+    """Synthetic recipients: all eight shipped locales, non-ASCII names, 500 domains, one in 50 IDN, five
+    jurisdictions."""
     with path.open("w", encoding="utf-8") as fh:
         fh.write("email,name,locale,jurisdiction\n")
         for i in range(n):
             domain = f"bücher{i % 500}.example" if i % 50 == 0 else f"example{i % 500}.org"
-            fh.write(f"user{i}@{domain},{NAMES[i % 8]},{LOCALES[i % 8]},US-TX\n")
+            fh.write(f"user{i}@{domain},{NAMES[i % 8]},{LOCALES[i % 8]},{JURISDICTIONS[i % 5]}\n")
 
 
 def campaign(dir: Path, n: int, port: int, *, concurrency: int = 32, provider: str = "sink") -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -195,3 +196,23 @@ def simple_templates(body: str = "Hello {{ recipient.name }}", subject: str = "N
         out[f"{loc}/body.txt"] = body
         out[f"{loc}/body.html"] = f"<p>{body}</p>"
     return out
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Callable[..., str]:
+    """Debian's chromium, headless, offline (the flags keep it from reaching for Google's hosts): renders a
+    local page to a screenshot or a PDF. .ci/run installs it and requires it (NOTIFY_REQUIRE_BROWSER)."""
+    if not shutil.which("chromium"):
+        if os.environ.get("NOTIFY_REQUIRE_BROWSER"):
+            pytest.fail("Debian's chromium is not installed, and NOTIFY_REQUIRE_BROWSER is set (.ci/run)")
+        pytest.skip("Debian's chromium is not installed here (apt-get install chromium)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chrome'}"]
+
+    def render(page: Path, *args: str) -> str:
+        """Chromium's output (with --dump-dom, the page as the browser built it)."""
+        return subprocess.run(["chromium", *flags, *args, page.as_uri()], check=True, capture_output=True, text=True,
+                              timeout=120).stdout
+
+    return render

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 import socket
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from notify.store import SqliteStore
 
@@ -48,25 +43,7 @@ def test_preview_pack(example: Path, tmp_path: Path) -> None:
     assert not (example / "outbox").exists(), "a preview sends nothing"
 
 
-@pytest.fixture
-def chromium(tmp_path: Path) -> Callable[..., None]:
-    """Debian's chromium, headless, offline (the flags keep it from reaching for Google's hosts): renders a
-    local page to a screenshot or a PDF. .ci/run installs it and requires it (NOTIFY_REQUIRE_BROWSER)."""
-    if not shutil.which("chromium"):
-        if os.environ.get("NOTIFY_REQUIRE_BROWSER"):
-            pytest.fail("Debian's chromium is not installed, and NOTIFY_REQUIRE_BROWSER is set (.ci/run)")
-        pytest.skip("Debian's chromium is not installed here (apt-get install chromium)")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chrome'}"]
-
-    def render(page: Path, *args: str) -> None:
-        subprocess.run(["chromium", *flags, *args, page.as_uri()], check=True, capture_output=True, timeout=120)
-
-    return render
-
-
-def test_preview_looks_right_in_a_browser(example: Path, tmp_path: Path, chromium: Callable[..., None]) -> None:
+def test_preview_looks_right_in_a_browser(example: Path, tmp_path: Path, chromium: Callable[..., str]) -> None:
     out = tmp_path / "review"
     assert run("preview", example, "--out", out)[0] == 0
     shot, pdf = tmp_path / "index.png", tmp_path / "index.pdf"
@@ -76,7 +53,7 @@ def test_preview_looks_right_in_a_browser(example: Path, tmp_path: Path, chromiu
     assert pdf.read_bytes().startswith(b"%PDF") and pdf.read_bytes().count(b"/Type /Page") >= 8, "one page per version"
 
 
-def test_the_campaign_report_looks_right_in_a_browser(example: Path, tmp_path: Path, chromium: Callable[..., None]) -> None:
+def test_the_campaign_report_looks_right_in_a_browser(example: Path, tmp_path: Path, chromium: Callable[..., str]) -> None:
     """#27: the report is read on screen and printed to PDF for a regulator: it must render, with its charts,
     and print to a few pages, not dozens."""
     assert run("send", example)[0] == 0
@@ -197,7 +174,7 @@ def test_campaign_report_is_one_self_contained_page(make_campaign: MakeCampaign,
 
 
 def test_a_report_of_many_jurisdictions_says_everything_on_paper(make_campaign: MakeCampaign, tmp_path: Path,
-                                                                  chromium: Callable[..., None]) -> None:
+                                                                  chromium: Callable[..., str]) -> None:
     """#37: what a board or a regulator reads. 24 jurisdictions, none silently cut (the tail is one counted row);
     a headline of who was notified and who needs another channel, with shares; the deadline in words where it is
     off the time axis; the switch and its reason as text; an IDN domain as people write it; and it prints."""
