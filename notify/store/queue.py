@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -45,14 +46,23 @@ class Queue(Backend):
                                   " AND reply_code LIKE 'needs %' AND next_attempt_at > ?", (now, now)).rowcount)
 
     def order_claims(self, keys: dict[str, float], default: float) -> int:
-        """Writes each waiting person's claim-order key (#40: when their jurisdiction's deadline passes, by
+        """Writes each person's claim-order key (#40: when their jurisdiction's deadline passes, by
         `keys` for each jurisdiction as written, else `default`), so that claim() takes the earliest deadline
-        first. Only rows whose key changes are written; returns how many."""
+        first. Only rows whose key changes are written; returns how many. Nothing is read again while the keys
+        and the imports are those of the last call (a pass over every row: 0.8 s at 1,000,000)."""
+        last_import = self.db.execute("SELECT max(id) FROM imports").fetchone()[0]
+        done = json.dumps([sorted(keys.items()), default, last_import]).encode()
+        row = self.db.execute("SELECT value FROM meta WHERE name='claim_order'").fetchone()
+        if row is not None and bytes(row[0]) == done:
+            return 0
         case = "CASE jurisdiction " + " ".join("WHEN ? THEN ?" for _ in keys) + " ELSE ? END" if keys else "?"
         values = tuple(v for pair in keys.items() for v in pair) + (default,)
         with self.transaction(chain=False) as db:
-            return int(db.execute(f"UPDATE recipients SET due_by = {case} WHERE state IN ('pending', 'deferred')"
-                                  f" AND due_by <> {case}", values + values).rowcount)
+            # Every row, whatever its state: one in flight now may be handed back to the queue later.
+            n = int(db.execute(f"UPDATE recipients SET due_by = {case} WHERE due_by <> {case}", values + values).rowcount)
+            db.execute("INSERT INTO meta (name, value) VALUES ('claim_order', ?)"
+                       " ON CONFLICT (name) DO UPDATE SET value = excluded.value", (done,))
+        return n
 
     def release(self, claimed: Iterable[Claimed]) -> None:
         """Puts claimed recipients that never reached a provider back where they were."""
