@@ -329,3 +329,32 @@ def test_each_jurisdiction_is_judged_against_its_own_deadline(make_campaign: Mak
     html = d / "report.html"
     assert run("report", d, "--out", html)[0] == 0
     assert "Deadlines by jurisdiction" in html.read_text() and "MISSED: 3 notified after it" in html.read_text()
+
+
+def test_hostile_rules_are_refused_with_their_key(make_campaign: MakeCampaign, request: pytest.FixtureRequest) -> None:
+    """A rule's words reach terminals and a regulator's pages, and its name a folder of the filing pack: control
+    characters, a name that climbs out of the pack, a rules file that never ends are refused, in bounded time."""
+    d = campaign(make_campaign, request, {"US-CA": 1}, extra="""
+    [jurisdictions]
+    file = "/dev/zero"
+
+    [jurisdictions."../../etc"]
+    name = "x"
+    individuals = "x"
+    citation = "x"
+    reviewed = 2026-11-30
+
+    [jurisdictions.US-CA]
+    name = "California \\u001b]0;owned\\u0007"
+    individuals = "x"
+    citation = "x"
+    reviewed = 2026-11-30
+    covers = ["US-CA", "US-CA\\u202e"]
+    """)
+    code, out, err = run("check", d)
+    assert code == 1 and "Traceback" not in err, err
+    assert "/dev/zero: not a file" in err
+    assert "[jurisdictions.'../../etc']: a rule's name is letters, digits" in err, err
+    assert "[jurisdictions.US-CA] name: holds an invisible or control character (U+001B)" in err
+    assert "[jurisdictions.US-CA] covers[2]: holds an invisible or control character (U+202E)" in err
+    assert "\x1b" not in out + err and "\u202e" not in out + err

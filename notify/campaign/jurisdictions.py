@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 from ..errors import ConfigError
 
 SHIPPED = Path(__file__).resolve().parent / "jurisdictions.toml"
+MAX_RULES_BYTES = 1_000_000
 
 # A threshold's words, by its key: "more than 500" excludes 500, "at least 500" includes it.
 COMPARISONS = {"more_than": "more than", "at_least": "at least", "fewer_than": "fewer than"}
@@ -133,18 +135,29 @@ def _int(where: str, value: Any, problems: list[str], lo: int = 0, hi: int = 100
     return value
 
 
-def _text(where: str, value: Any, problems: list[str]) -> str:
-    if not isinstance(value, str) or not value.strip():
-        problems.append(f"{where}: expected text, got {_describe(value)}")
+# What a rule's words may not hold: they are printed on terminals and written into pages a regulator reads.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+# A rule's key names a folder of the filing pack; a jurisdiction code is matched against recipients' rows.
+KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _text(where: str, value: Any, problems: list[str], limit: int = 2000) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > limit:
+        problems.append(f"{where}: expected text (up to {limit:,} characters), got {_describe(value)[:80]}")
+        return ""
+    if (bad := _UNPRINTABLE.search(value)) is not None:
+        problems.append(f"{where}: holds an invisible or control character (U+{ord(bad.group()):04X}); write it out")
         return ""
     return value.strip()
 
 
 def _texts(where: str, value: Any, problems: list[str]) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
-        problems.append(f"{where}: expected a list of text, got {_describe(value)}")
+    if not isinstance(value, list) or not value or len(value) > 100:
+        problems.append(f"{where}: expected a list of text (1 to 100 items), got {_describe(value)[:80]}")
         return ()
-    return tuple(v.strip() for v in value)
+    n = len(problems)
+    out = tuple(_text(f"{where}[{i + 1}]", v, problems) for i, v in enumerate(value))
+    return out if len(problems) == n else ()
 
 
 def _notice(where: str, t: Any, problems: list[str]) -> Notice | None:
@@ -184,7 +197,13 @@ def _rule(key: str, where: str, t: Any, source: str, problems: list[str]) -> Rul
     n = len(problems)
     for k in sorted(set(t) - RULE_KEYS):
         problems.append(f"{where}: unknown key {k!r} (known: {', '.join(sorted(RULE_KEYS))})")
+    if not KEY.fullmatch(key):
+        problems.append(f"{where}: a rule's name is letters, digits, '.', '_' and '-' (up to 64), as US-CA or GDPR")
+        return None
     covers = _texts(f"{where} covers", t["covers"], problems) if "covers" in t else (key,)
+    for c in covers:
+        if not KEY.fullmatch(c):
+            problems.append(f"{where} covers: {c[:80]!r} is not a jurisdiction code (letters, digits, '.', '_', '-')")
     days = _int(f"{where} individuals_days", t["individuals_days"], problems, 0, 3660) if "individuals_days" in t else None
     reviewed = t.get("reviewed")
     if not isinstance(reviewed, dt.date) or isinstance(reviewed, dt.datetime):
@@ -209,7 +228,8 @@ def parse(data: dict[str, Any], source: str, where: str = "") -> tuple[list[Rule
     rules: list[Rule] = []
     problems: list[str] = []
     for key, table in data.items():
-        rule = _rule(key, f"[{where}{key}]", table, source, problems)
+        shown = key if KEY.fullmatch(key) else repr(key)[:80]  # a name from a file may hold anything
+        rule = _rule(key, f"[{where}{shown}]", table, source, problems)
         if rule is not None:
             rules.append(rule)
     return rules, problems
@@ -218,13 +238,22 @@ def parse(data: dict[str, Any], source: str, where: str = "") -> tuple[list[Rule
 def read(path: Path) -> dict[str, Any]:
     """A rules file's table; ConfigError naming the file when it cannot be read."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"{path}: not a file; a rules file is TOML text")
+        with path.open("rb") as fh:
+            data = fh.read(MAX_RULES_BYTES + 1)
+        if len(data) > MAX_RULES_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_RULES_BYTES:,} bytes; a rules file of every jurisdiction on "
+                              "earth is a fraction of that")
+        return tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: rules file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read the rules file: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read") from None
 
 
 @functools.cache
