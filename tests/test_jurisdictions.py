@@ -358,3 +358,30 @@ def test_hostile_rules_are_refused_with_their_key(make_campaign: MakeCampaign, r
     assert "[jurisdictions.US-CA] name: holds an invisible or control character (U+001B)" in err
     assert "[jurisdictions.US-CA] covers[2]: holds an invisible or control character (U+202E)" in err
     assert "\x1b" not in out + err and "\u202e" not in out + err
+
+
+def test_the_sample_copy_is_proven_by_rebuilding_a_residents_message(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    """Through a real relay (no outbox copy to read back), the sample is made only once one resident's message is
+    rebuilt with its recorded SHA-256; a person the relay refused is counted as failed, needing another channel;
+    templates edited since the send are refused, naming the file, and nothing is written."""
+    from .smtpd import Handler, Server
+    from .test_smtp import smtp_campaign
+
+    rows = "email,name,jurisdiction\n" + "".join(f"p{i}@example.com,Person {i},US-MA\n" for i in range(4))
+    h = Handler(script={"p2@example.com": [("rcpt", "550 5.1.1 no such user")]})
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, rows=rows)
+        run("send", d)
+    assert not (d / "outbox").exists()
+    pack = tmp_path / "pack"
+    code, out, err = run("regulators", d, "--out", pack)
+    assert code == 0, out + err
+    assert re.search(r"US-MA +4 +notified 3, other channel 1 \(1 failed\), not yet 0", out), out
+    facts = json.loads((pack / "US-MA-attorney-general" / "facts.json").read_text())
+    assert facts["sample"]["sent_to"] == 3 and "byte for byte" in facts["sample"]["proof"]
+    assert (pack / "US-MA-attorney-general" / "notice.txt").read_text().strip() == "Hello [name]"
+    body = d / "templates" / "t" / "en" / "body.txt"
+    body.write_text("Hello {{ recipient.name }}, all is well")
+    code, out, err = run("regulators", d, "--out", tmp_path / "again")
+    assert code == 1 and "cannot be reproduced" in err and "body.txt (edited)" in err, err
+    assert not (tmp_path / "again").exists()

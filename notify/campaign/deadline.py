@@ -102,7 +102,8 @@ class Outcomes:
 
     jurisdiction: str  # its code (upper case), or "" for people without one
     notified: int = 0
-    other_channel: int = 0
+    other_channel: int = 0  # email did not reach them (failed below, or never emailed: suppressed, ineligible)
+    failed: int = 0  # of those, tried and refused: bounced or failed
     remaining: int = 0
     first_notice: float | None = None  # the earliest and latest first attempt of the people notified
     last_notice: float | None = None
@@ -183,7 +184,7 @@ def outcomes_of(rows: list[tuple[str, str, int, float | None, float | None]]) ->
     """Outcomes by jurisdiction code from (jurisdiction as written, state, count, min and max first attempt) rows."""
     acc: dict[str, dict[str, Any]] = {}
     for juris, state, n, first, last in rows:
-        a = acc.setdefault(code(juris or ""), {"notified": 0, "other_channel": 0, "remaining": 0,
+        a = acc.setdefault(code(juris or ""), {"notified": 0, "other_channel": 0, "failed": 0, "remaining": 0,
                                                "first_notice": None, "last_notice": None})
         if state in NOTIFIED:
             a["notified"] += n
@@ -193,6 +194,7 @@ def outcomes_of(rows: list[tuple[str, str, int, float | None, float | None]]) ->
             a["remaining"] += n
         else:
             a["other_channel"] += n
+            a["failed"] += n if state in ("bounced", "failed") else 0
     return {k: Outcomes(k, **v) for k, v in acc.items()}
 
 

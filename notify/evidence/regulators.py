@@ -94,7 +94,7 @@ def owed(campaign: Campaign, group: Covered, now: dt.datetime) -> list[Owed]:
 def _standing_dict(campaign: Campaign, j: JurisdictionStanding) -> dict[str, Any]:
     o = j.outcomes
     return {"jurisdiction": j.name, "rule": j.rule.key if j.rule else None, "residents": o.residents,
-            "notified": o.notified, "other_channel": o.other_channel, "not_yet": o.remaining,
+            "notified": o.notified, "other_channel": o.other_channel, "failed": o.failed, "not_yet": o.remaining,
             "first_notice": _day(o.first_notice, campaign.tz), "last_notice": _day(o.last_notice, campaign.tz),
             "deadline": j.date.isoformat() if j.date else None, "verdict": j.verdict,
             "notified_after_deadline": o.late}
@@ -136,7 +136,7 @@ def lines(t: dict[str, Any]) -> list[str]:
             f"{late}" if j["deadline"] else j["verdict"]
         rule = f"rule {j['rule']}, {judged}" if j["rule"] else "no rule known"
         out.append(f"  {j['jurisdiction']:<8} {j['residents']:>8,}  notified {j['notified']:,}, other channel "
-                   f"{j['other_channel']:,}, not yet {j['not_yet']:,}{span}; {rule}")
+                   f"{j['other_channel']:,} ({j['failed']:,} failed), not yet {j['not_yet']:,}{span}; {rule}")
     out.append("")
     out.append("Notices to regulators the rules name:")
     if not t["notices"]:
@@ -223,7 +223,8 @@ def _facts_text(campaign: Campaign, o: Owed, t: dict[str, Any], s: Sample | None
     for j in rows:
         span = f"; first notice {j['first_notice']}, last {j['last_notice']}" if j["first_notice"] else ""
         out.append(f"  {j['jurisdiction']}: {j['residents']:,} affected: notified by email {j['notified']:,}, need "
-                   f"another channel {j['other_channel']:,}, not yet notified {j['not_yet']:,}{span}")
+                   f"another channel {j['other_channel']:,} (of them failed or bounced {j['failed']:,}), not yet notified "
+                   f"{j['not_yet']:,}{span}")
     out += ["", "What it must contain (the law's list):", *[f"  - {c}" for c in n.contents], ""]
     if s is None:
         out.append("Sample copy: none: nobody in this jurisdiction was notified by email yet.")
@@ -249,7 +250,8 @@ def _index_html(t: dict[str, Any], folders: list[tuple[str, dict[str, Any]]]) ->
     e = html.escape
     rows = "".join(
         f"<tr><td>{e(j['jurisdiction'])}</td><td class=n>{j['residents']:,}</td><td class=n>{j['notified']:,}</td>"
-        f"<td class=n>{j['other_channel']:,}</td><td class=n>{j['not_yet']:,}</td><td>{e(j['first_notice'] or '-')}</td>"
+        f"<td class=n>{j['other_channel']:,}</td><td class=n>{j['failed']:,}</td><td class=n>{j['not_yet']:,}</td>"
+        f"<td>{e(j['first_notice'] or '-')}</td>"
         f"<td>{e(j['last_notice'] or '-')}</td><td>{e(j['rule'] or 'no rule known')}</td></tr>" for j in t["jurisdictions"])
     def folder(n: dict[str, Any]) -> str:
         return "".join(f'<a href="{e(f)}/facts.txt">{e(f)}/</a>' for f, x in folders
@@ -266,7 +268,7 @@ def _index_html(t: dict[str, Any], folders: list[tuple[str, dict[str, Any]]]) ->
             f"{e(t['generated_at'])}. Each required notice has a folder: its facts (facts.txt, facts.json) and the "
             "sample copy of the notice as sent (notice.eml, notice.txt, notice.html).</p>"
             "<h2>Residents by jurisdiction</h2><table><tr><th>Jurisdiction</th><th>Residents</th><th>Notified</th>"
-            "<th>Other channel</th><th>Not yet</th><th>First notice</th><th>Last notice</th><th>Rule</th></tr>"
+            "<th>Other channel</th><th>of them failed</th><th>Not yet</th><th>First notice</th><th>Last notice</th><th>Rule</th></tr>"
             f"{rows}</table><h2>Notices the rules name</h2><table><tr><th>Rule</th><th>To</th><th>Threshold</th>"
             "<th>Residents</th><th>This breach</th><th>Deadline</th><th>Status</th><th>Folder</th></tr>"
             f"{owed_rows}</table>")

@@ -172,7 +172,7 @@ def jurisdiction_dict(j: JurisdictionStanding) -> dict[str, Any]:
     o = j.outcomes
     return {"jurisdiction": j.name, "rule": j.rule.key if j.rule else None,
             "deadline": j.date.isoformat() if j.date else None, "verdict": j.verdict, "late": j.late,
-            "residents": o.residents, "notified": o.notified, "other_channel": o.other_channel, "to_go": o.remaining,
+            "residents": o.residents, "notified": o.notified, "other_channel": o.other_channel, "failed": o.failed, "to_go": o.remaining,
             "notified_after_deadline": o.late,
             "projected_finish": j.projected_finish.strftime("%Y-%m-%dT%H:%M:%SZ") if j.projected_finish else None}
 
