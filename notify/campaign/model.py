@@ -87,6 +87,7 @@ class SendConfig:
     render_timeout: float = 2.0  # seconds one message's templates may take to render (notify/sandbox.py)
     render_max_bytes: int = 1_000_000  # characters one part of a message may render to
     adaptive: bool = True  # slow down on throttling replies (throttle.py); false: the rate set is the rate sent
+    seeds: list[str] = field(default_factory=list)  # addresses sent every version before any customer (send/seeds.py)
 
 
 @dataclass(frozen=True)

@@ -205,8 +205,28 @@ REVIEW_KEYS = {
     "trusted_columns": Key("strlist"),
 }
 
+def seed_problem(address: str) -> str | None:
+    """What is wrong with a seed address ([send] seeds, `send --seeds FILE`), or None: one plain address."""
+    from email_validator import EmailNotValidError, validate_email
+
+    if len(address) > 254:
+        return f"{address[:40]!r}...: longer than an address can be"
+    try:
+        validate_email(address, check_deliverability=False)
+    except EmailNotValidError as e:
+        return f"{address!r} is not an email address: {e}"
+    return None
+
+
+def _seeds(value: list[str]) -> str | None:
+    if len(value) > 100:
+        return f"{len(value)} addresses; seeds are at most 100"
+    return next((p for a in value if (p := seed_problem(a)) is not None), None)
+
+
 SEND_KEYS = {
     "providers": Key("strlist", True, lambda v: None if v else "must name at least one provider"),
+    "seeds": Key("strlist", False, _seeds),  # the company's own addresses: every version, before customers (#38)
     "concurrency": Key("int", False, within(1, 1000)),
     "rate": Key("number", False, within(0.001, 1_000_000, "messages a second")),
     "batch_size": Key("int", False, within(1, 100_000_000)),

@@ -14,6 +14,7 @@ import typer
 from ..campaign.model import Campaign
 from ..reports import status as report
 from ..send import run as send_run
+from ..send.policy import RunResult
 from ..store import Store
 from .app import CampaignArg, _checkpoint, _one_line, _open, boundary, err
 
@@ -39,6 +40,9 @@ def send(
                                                 help="Resume after the reputation circuit breaker paused the campaign (recorded)."),
     worker: bool = typer.Option(False, "--worker", help="Join the other workers sending this campaign "
                                 "(state on PostgreSQL: [state] url_env); run it on each host."),
+    seeds: Optional[Path] = typer.Option(None, "--seeds", metavar="FILE",
+                                         help="Send every version to these addresses (one a line) first, then stop: "
+                                              "look at them in real inboxes (overrides [send] seeds)."),
 ) -> None:
     """Send the campaign: resumable, throttled, exactly once per recipient.
 
@@ -48,13 +52,17 @@ def send(
     \b
     Examples:
       notify send campaigns/example --dry-run
+      notify send campaigns/example --seeds seeds.txt   # every version to your own inboxes first
       notify send campaigns/example --limit 10
       notify send campaigns/example
     """
+    from ..send.seeds import read_seeds
+
+    seed_list = read_seeds(seeds) if seeds is not None else None
     with _open(campaign) as (c, store):
         opts = send_run.SendOptions(dry_run=dry_run, limit=limit, provider=provider, concurrency=concurrency,
                                   rate=rate, progress=not no_progress, acknowledge_reputation=acknowledge_reputation,
-                                  adaptive=False if no_adaptive else None, worker=worker)
+                                  adaptive=False if no_adaptive else None, worker=worker, seeds=seed_list)
         started = time.monotonic()
         result = send_run.send(c, store, opts, announce=say_deadline)
         elapsed = time.monotonic() - started
@@ -66,6 +74,9 @@ def send(
             return
         for note in result.notes:
             typer.echo(note)
+        if result.seeds is not None:
+            _say_seeds(campaign, result)
+            raise typer.Exit(result.exit_code)
         if counts["suppressed"]:
             typer.echo(f"Suppressed: {counts['suppressed']} recipient(s) are on the suppression list and will not be "
                        "emailed (see `notify status`; they need another channel).")
@@ -105,6 +116,24 @@ def send(
         if not opts.dry_run:
             _checkpoint(c, store)
         raise typer.Exit(result.exit_code)
+
+
+def _say_seeds(campaign: Path, result: RunResult) -> None:
+    """What the seed step did, and what to do next: look, then send to customers."""
+    seeded = result.seeds
+    addresses = sorted({a for a, _, _ in seeded.sent})
+    versions = sorted({v for _, v, _ in seeded.sent})
+    if seeded.sent:
+        typer.echo(f"Seeds: sent {len(seeded.sent)} message(s), every version ({', '.join(versions)}) to "
+                   f"{len(addresses)} seed address(es) ({', '.join(addresses)}), via "
+                   f"{', '.join(sorted({p for _, _, p in seeded.sent}))}. No customer was sent anything.")
+    for address, version, why in seeded.failed:
+        err(f"Seed not sent: {version} to {address}: {_one_line(why)}")
+    if seeded.failed:
+        err(f"Fix the seeds or the provider, then `notify send {campaign}` sends the seeds not yet sent.")
+    else:
+        typer.echo(f"Look at them in those inboxes; then `notify send {campaign}` sends to the "
+                   f"{result.remaining:,} customer(s) (the seeds are not sent again for this content).")
 
 
 @boundary
@@ -159,6 +188,10 @@ def status(
                 typer.echo(f"{title}: {code} x {info['count']} (e.g. {_one_line(str(info['example']))})")
         for reason, n in st["suppressed_reasons"].items():
             typer.echo(f"suppressed (not notified by email): {_one_line(reason)} x {n}")
+        if st["seeds"]:
+            last = st["seeds"][-1]
+            typer.echo(f"seeds:    {len(st['seeds'])} message(s) to {len({s['address'] for s in st['seeds']})} seed "
+                       f"address(es), the last at {report.local(c, last['at'])} (the company's own: not counted as notified)")
         if st["unmatched_feedback"]:
             typer.echo(f"unmatched feedback: {st['unmatched_feedback']} (bounces or events that match no recipient)")
         if st["next_retry"]:

@@ -56,6 +56,13 @@ def _create(path: Path) -> IO[str]:
     return open(files.open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w", newline="", encoding="utf-8")
 
 
+def seeds_sent(store: Store) -> dict[str, Any]:
+    """The seed messages the ledger records (seed_sent events, #38): how many, to whom, which versions."""
+    events = [json.loads(e["detail"] or "{}") for e in store.events_of_kind("seed_sent")]
+    return {"messages": len(events), "addresses": sorted({str(d.get("address")) for d in events}),
+            "versions": sorted({str(d.get("version")) for d in events}), "counted_as_notified": False}
+
+
 def _approval_line(approval: dict[str, Any] | None) -> str:
     """The approval as a person reads it: who, when, what (the full parts are in summary.json)."""
     if approval is None:
@@ -245,6 +252,7 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
                               sum(by_provider.values())),
         "template_sha256": template_hashes,
         "regulators": regulators.table(campaign, store),  # what `notify regulators` says (#40)
+        "seeds": seeds_sent(store),  # the company's own addresses, sent every version first: not people notified
         "chain": {"events": verdict.events, "head": verdict.head, "verified": verdict.ok},
     }
     with _create(out / "summary.json") as fh:
@@ -259,6 +267,9 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
              f"First send: {summary['first_send'] or '-'}; last send: {summary['last_send'] or '-'}",
              f"Not reached by email (alternate_channel.csv): {summary['not_reached_by_email']}",
              f"Approval: {_approval_line(approval)}",
+             "Seeds (the company's own addresses, not people notified): " + (
+                 f"{summary['seeds']['messages']} message(s) to {len(summary['seeds']['addresses'])} address(es): "
+                 + ", ".join(summary["seeds"]["addresses"]) if summary["seeds"]["messages"] else "none"),
              f"Deadline: {summary['deadline']['said']}",
              *[f"  {line}" if line else "" for line in regulators.lines(summary["regulators"])],
              f"Audit chain: {verdict.events} events, head {verdict.head}, {'verified' if verdict.ok else 'BROKEN'}",

@@ -228,6 +228,8 @@ def status(campaign: Campaign, store: Store, templates: Templates | None = None)
         "recipients_file": last["path"] if last else None,
         "recipients_sha256": last["sha256"] if last else None,
         "events": store.event_count(),
+        "seeds": [{"at": e["ts"], **json.loads(e["detail"] or "{}")}
+                  for e in store.events_of_kind("seed_sent")][-50:],
         "deadline": d.as_dict() if (d := deadline(campaign, store)) is not None else None,
         "jurisdictions": [jurisdiction_dict(j) for j in jurisdictions(campaign, store)],
         "health": health(campaign, store),  # the providers and the breaker as the last run left them

@@ -54,6 +54,7 @@ class SendOptions:
     acknowledge_reputation: bool = False  # resume after the reputation circuit breaker paused the campaign
     adaptive: bool | None = None  # None: [send] adaptive; False: never slow down on throttling replies
     worker: bool = False  # join the other workers sending this campaign (PostgreSQL state only)
+    seeds: list[str] | None = None  # --seeds FILE's addresses; None: [send] seeds
 
 
 class UntilStopped:

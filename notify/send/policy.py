@@ -36,11 +36,14 @@ class RunResult:
     failed_total: int = 0  # failed recipients in the whole campaign
     notes: list[str] = field(default_factory=list)  # what the provider said before sending (quota, ...)
     limit_reached: bool = False  # a canary (--limit) sent what it was asked to, and others remain: not a stop
+    seeds: Any = None  # seeds.SeedRun, when this run sent the seeds first and stopped there (#38)
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_INTERRUPTED
+        if self.seeds is not None:  # seeds first, as asked: a stop only where one could not be sent
+            return EXIT_STOPPED if self.seeds.failed else EXIT_OK
         if self.stopped or (self.remaining and not self.limit_reached):
             return EXIT_STOPPED
         return EXIT_FAILED if self.failed_total else EXIT_OK

@@ -27,6 +27,8 @@ from .loop import SendLoop, SendOptions
 from .policy import RunResult
 from .progress import progress_for
 from .renderpool import render_claimed
+from .seeds import pending as seeds_pending
+from .seeds import send_seeds
 
 __all__ = ["SendOptions", "dry_run", "send"]  # the run's options are the loop's; the CLI names them here
 
@@ -100,6 +102,17 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
     queues = [p.events_queue for p in campaign.providers.values() if isinstance(p, SesConfig) and p.events_queue]
     reconcile = sqs.reconciler(campaign.id, queues) if queues else None
     chain = provider_chain(campaign, options.provider, options.concurrency)
+    seeds = options.seeds if options.seeds is not None else campaign.send.seeds
+    if seeds and pre.templates is not None:
+        if options.worker and seeds_pending(campaign, store, pre.templates, seeds)[1]:
+            raise ConfigError(f"{campaign.dir}: the seeds have not been sent this content yet, and workers do not send them",
+                              hint=f"run `notify send {campaign.dir}` once without --worker: it sends every version to the "
+                                   "seeds and stops; look at them, then start the workers")
+        seeded = send_seeds(campaign, store, pre.templates, chain, seeds)
+        if not seeded.done:
+            result = RunResult(seeds=seeded, remaining=store.count_unsent())
+            result.notes[:0] = [f"Content lint warning: {w}" for w in pre.warnings]
+            return result
     if announce is not None and (due := deadline(campaign, store)) is not None and due.remaining:
         announce(due)
     suppression = SuppressionList()

@@ -62,6 +62,11 @@ class Trail(Backend):
             "INSERT INTO events (seq, ts, recipient_id, recipient, kind, provider, provider_message_id, detail,"
             " locale, content_sha256, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
 
+    def record(self, ev: Event) -> None:
+        """One event in its own transaction."""
+        with self.transaction():
+            self._append(ev)
+
     def log(self, kind: str, **detail: Any) -> None:
         """A campaign-level event in its own transaction."""
         with self.transaction():
