@@ -635,8 +635,12 @@ def test_a_rewritten_chain_is_caught_by_the_heads_recorded_outside_the_state(mak
 
     d = make_campaign("email\n" + "".join(f"p{i}@example.com\n" for i in range(4)))
     code, _, err = run("send", d)
-    assert code == 0 and "Audit checkpoint: " in err
+    assert code == 0 and "Audit checkpoint at " in err
     log = d / "audit-checkpoints.log"
+    # #38: every screen's times in the campaign's zone, named; the line itself as the file keeps it (UTC).
+    said = re.search(r"Audit checkpoint at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d (\S+) \(the line's own time is UTC\): (.+) \(appended",
+                     err)
+    assert said and said.group(1) == "UTC" and said.group(2) == log.read_text().strip().splitlines()[-1], err
     kept = tmp_path / "kept-elsewhere.log"
     kept.write_text(log.read_text())
     head = log.read_text().split()[-1]

@@ -154,13 +154,22 @@ def _open_any(target: Path, key: Path | None = None) -> Iterator[tuple[Campaign,
 def _checkpoint(c: Campaign, store: Store) -> None:
     """The chain's head, outside the state file (audit-checkpoints.log) and on stderr, where a log keeps it:
     `audit verify --checkpoints` later proves the chain was not rewritten since."""
+    from ..reports.status import local
+
+    def at(line: str) -> str:  # the record keeps UTC, as the file does; the screen says the campaign's zone too
+        try:
+            return f" at {local(c, line.split()[0])} (the line's own time is UTC)"
+        except (ValueError, IndexError):
+            return ""
+
     try:
         line = store.checkpoint(c.checkpoints_file, c.id)
     except files.LinkRefused as e:
         # After a send or a bounces run that is complete: the run's outcome stands, the line is still said here.
-        err(f"Audit checkpoint: {store.checkpoint_line(c.id)} (NOT appended: {e.message}; keep this line elsewhere)")
+        line = store.checkpoint_line(c.id)
+        err(f"Audit checkpoint{at(line)}: {line} (NOT appended: {e.message}; keep this line elsewhere)")
         return
-    err(f"Audit checkpoint: {line} (appended to {c.checkpoints_file}; keep a copy elsewhere)")
+    err(f"Audit checkpoint{at(line)}: {line} (appended to {c.checkpoints_file}; keep a copy elsewhere)")
 
 
 def _one_line(value: str) -> str:

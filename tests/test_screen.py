@@ -1,0 +1,114 @@
+"""#38: what the incident commander's second terminal shows. `status --watch` on a pseudo-terminal, left open
+while the campaign goes through a relay death, a pause by the reputation breaker and its finish, each read
+from the screen as the terminal received it (the frames its refresh draws)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from collections.abc import Callable
+
+from .conftest import MakeCampaign
+from .smtpd import Handler, Server
+from .test_smtp import smtp_campaign
+
+CLEAR = "\x1b[H\x1b[2J"
+
+
+class Terminal:
+    """A command on a pseudo-terminal of its own (120 columns), read as it draws."""
+
+    def __init__(self, argv: list[str]) -> None:
+        leader, follower = pty.openpty()
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 120, 0, 0))
+        self.proc = subprocess.Popen(argv, stdout=follower, stderr=follower, env={**os.environ, "TERM": "xterm"})
+        os.close(follower)
+        self.leader = leader
+        self.seen = b""
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.leader, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.seen += chunk
+
+    def frames(self) -> list[str]:
+        """Each screen the refresh drew (it clears, then writes), complete ones only."""
+        return self.seen.decode("utf-8", "replace").split(CLEAR)[1:-1]
+
+    def screen(self) -> str:
+        return self.frames()[-1] if self.frames() else ""
+
+    def wait_for(self, check: Callable[[str], bool], timeout: float = 30) -> str:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if any(check(f) for f in self.frames()[-3:]):
+                return next(f for f in reversed(self.frames()) if check(f))
+            time.sleep(0.1)
+        raise AssertionError(f"the screen never showed it; last:\n{self.screen()}")
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=20)
+        self.reader.join(5)
+        os.close(self.leader)
+
+
+def test_the_watch_screen_through_a_relay_death_a_pause_and_the_finish(make_campaign: MakeCampaign) -> None:
+    rows = "email,name\n" + "".join(f"p{i}@example.com,P{i}\n" for i in range(60))
+    h = Handler()
+    srv = Server(h).__enter__()
+    d = smtp_campaign(make_campaign, srv.port, rows=rows, send_keys="rate = 10\nreputation_window = 10\n")
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text().replace("require_approval = false", 'require_approval = false\ntimezone = "Europe/Paris"', 1))
+    send = [sys.executable, "-m", "notify", "send", str(d), "--no-progress"]
+    sender = subprocess.Popen(send, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watch = Terminal([sys.executable, "-m", "notify", "status", str(d), "--watch", "--interval", "0.3"])
+    try:
+        # Sending: who sends and at what rate.
+        live = watch.wait_for(lambda f: "sending:  yes" in f and "/s over the last outcomes" in f)
+        assert re.search(r"rate: +\d+\.\d/s over the last outcomes; \d+ to go", live), live
+        # The relay dies: the sender stops (nothing else to fail over to), and the screen says so at once.
+        srv.__exit__(None, None, None)
+        out, err = sender.communicate(timeout=60)
+        assert sender.returncode == 4, out + err
+        dead = watch.wait_for(lambda f: "sending:  NO" in f and "health:" in f)
+        assert f"resume:   notify send {d}" in dead and "last run: ended " in dead, dead
+        assert re.search(r"health:   relay DOWN since \d\d:\d\d:\d\d CE?T: ", dead), dead
+        assert "/s over the last outcomes" not in dead and "finish by" not in dead, dead
+        # Back, through a relay that refuses everyone it is given: the breaker pauses the campaign.
+        h2 = Handler(script={f"p{i}@example.com": [("rcpt", "550 5.1.1 no such user")] for i in range(60)})
+        with Server(h2) as srv2:
+            toml.write_text(re.sub(r"port = \d+", f"port = {srv2.port}", toml.read_text()))
+            r = subprocess.run(send, capture_output=True, text=True, timeout=120)
+            assert r.returncode == 4 and "paused" in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
+            paused = watch.wait_for(lambda f: "breaker:  PAUSED at" in f)
+            assert re.search(r"breaker:  PAUSED at \d\d:\d\d:\d\d CE?T: hard bounces 10 of the last 10 sends "
+                             r"\(100.0%, limit 5.0%\), complaints 0", paused), paused
+            assert f"notify send {d} --acknowledge-reputation" in paused
+            # Acknowledged, the rest are sent: the screen says it finished, and nothing is left to resume.
+            h2.script.clear()
+            r = subprocess.run([*send, "--acknowledge-reputation"], capture_output=True, text=True, timeout=120)
+            assert r.returncode in (0, 3), r.stdout + r.stderr  # 3: some were refused for good, and said so
+        done = watch.wait_for(lambda f: "0 to go" in f and ": finished" in f)
+        assert re.search(r"last run: ended \d{4}-\d\d-\d\d \d\d:\d\d:\d\d CE?T: finished", done), done
+        assert "resume:" not in done and "breaker:" not in done and "/s over" not in done, done
+    finally:
+        watch.close()
+        if sender.poll() is None:
+            sender.kill()
