@@ -6,7 +6,11 @@ server (tests/pg.py: a throwaway cluster, fsync on, a Unix socket), side by side
 figure is outcomes per second from the ledger (first attempts, first to last), with what the database
 did per outcome (commits, WAL bytes), which is what the on-paper sizing in ARCHITECTURE.md uses.
 
-    python bench/workers.py [--n 20000] [--workers 1,2,4]
+Then one worker again over TCP through a proxy of the tests' own (tests/netproxy.py) that adds a round trip
+of 0, 1 and 5 ms to every exchange with the database (--latency), as a database on another host would:
+outcomes per second against the Unix socket's, with the round trips and commits per 1,000 outcomes.
+
+    python bench/workers.py [--n 20000] [--workers 1,2,4] [--latency 0,1,5]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import PY, Sink, campaign  # noqa: E402 - bench/bench.py, beside this file (sys.path[0])
+from tests.netproxy import Proxy  # noqa: E402
 from tests.pg import Cluster  # noqa: E402
 
 NOTIFY = [PY, "-m", "notify"]
@@ -49,7 +54,8 @@ def db_counters(cluster: Cluster, db: str) -> tuple[int, int]:
     return commits, wal
 
 
-def one(work: Path, label: str, n: int, port: int, workers: int, url: str | None, cluster: Cluster | None) -> dict[str, float]:
+def one(work: Path, label: str, n: int, port: int, workers: int, url: str | None, cluster: Cluster | None,
+        proxy: Proxy | None = None) -> dict[str, float]:
     d = campaign(work / label, n, port)
     env = dict(os.environ)
     if url:
@@ -59,6 +65,8 @@ def one(work: Path, label: str, n: int, port: int, workers: int, url: str | None
     subprocess.run([*NOTIFY, "state", "init", str(d)], env=env, check=True, capture_output=True)
     db = urllib.parse.urlsplit(url).path.lstrip("/") if url else ""
     before = db_counters(cluster, db) if cluster and url else (0, 0)
+    if proxy is not None:
+        proxy.reset_counters()
     start = time.perf_counter()
     extra = ["--worker"] if url else []
     procs = [subprocess.Popen([*NOTIFY, "send", str(d), "--no-progress", *extra], env=env,
@@ -68,12 +76,14 @@ def one(work: Path, label: str, n: int, port: int, workers: int, url: str | None
         if p.returncode != 0:
             raise SystemExit(f"bench: {label}: a worker failed: {err.decode()[-2000:]}")
     wall = time.perf_counter() - start
+    trips = proxy.reset_counters().round_trips if proxy is not None else 0
     after = db_counters(cluster, db) if cluster and url else (0, 0)
     rate, sent = ledger_rate(d, env)
     if sent != n:
         raise SystemExit(f"bench: {label}: {sent} of {n} sent")
     size = int(cluster.sql(f"SELECT pg_database_size('{db}')")) / n if cluster and url else 0.0
     return {"rate": rate, "wall": wall, "commits_per_1000": (after[0] - before[0]) * 1000 / n,
+            "round_trips_per_1000": trips * 1000 / n,
             "wal_per_outcome": (after[1] - before[1]) / n, "db_per_recipient": size}
 
 
@@ -81,6 +91,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--latency", default="0,1,5", help="round trips to the database to add, in ms ('' for none)")
     args = ap.parse_args()
     cluster = Cluster.started("bench")
     sink = Sink()
@@ -92,14 +103,29 @@ def main() -> None:
             for k in (int(x) for x in args.workers.split(",")):
                 url = cluster.new_database()
                 rows.append((f"PostgreSQL, {k} worker(s)", one(work, f"pg{k}", args.n, sink.port, k, url, cluster)))
+            latencies = [float(x) for x in args.latency.split(",") if x.strip()]
+            if latencies:
+                address = cluster.listen_tcp()
+                for ms in latencies:
+                    url = cluster.new_database()
+                    db = urllib.parse.urlsplit(url).path.lstrip("/")
+                    with Proxy(address, delay=ms / 2000) as proxy:
+                        tcp = cluster.tcp_url(db, "127.0.0.1", proxy.port)
+                        rows.append((f"PostgreSQL, 1 worker, +{ms:g} ms", one(work, f"lat{ms:g}", args.n, sink.port, 1, tcp,
+                                                                             cluster, proxy)))
     finally:
         sink.close()
         cluster.destroy()
     print(f"N = {args.n:,} recipients to one smtp-sink, {os.cpu_count()} cores; outcomes per second from the ledger")
-    print(f"{'':28} {'outcomes/s':>11} {'wall s':>7} {'commits/1000':>13} {'WAL bytes/outcome':>18} {'DB bytes/recipient':>19}")
+    print(f"{'':28} {'outcomes/s':>11} {'wall s':>7} {'commits/1000':>13} {'WAL bytes/outcome':>18} {'DB bytes/recipient':>19}"
+          f" {'round trips/1000':>17}")
     for label, r in rows:
         print(f"{label:28} {r['rate']:>11,.0f} {r['wall']:>7.1f} {r['commits_per_1000']:>13.0f} {r['wal_per_outcome']:>18,.0f}"
-              f" {r['db_per_recipient']:>19,.0f}")
+              f" {r['db_per_recipient']:>19,.0f} {r['round_trips_per_1000'] or float('nan'):>17,.0f}")
+    unix = next((r["rate"] for label, r in rows if label == "PostgreSQL, 1 worker(s)"), None)
+    for label, r in rows:
+        if "ms" in label and unix:
+            print(f"{label}: {r['rate'] / unix:.0%} of one worker's outcomes per second on the Unix socket")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ class Cluster:
         self.socket = self.dir / "run"
         self.as_postgres = os.geteuid() == 0
         self._n = 0
+        self.tcp: tuple[str, int] | None = None  # (address, port) it also listens on, where listen_tcp() asked
+        self.port = 5432  # the socket's name carries the port: .s.PGSQL.5432 until listen_tcp() picks one
 
     def _cmd(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         argv = [str(self.bindir / args[0]), *args[1:]]
@@ -78,7 +80,8 @@ class Cluster:
         crash) on a loaded host, the first start can fail while the old server's processes are still
         leaving, or outlast pg_ctl's wait while it recovers; both are retried, and a server that
         still will not start fails with its own log."""
-        opts = f"-k {self.socket} -c listen_addresses='' -c fsync=on -c max_connections=100 -c shared_buffers=32MB"
+        listen = f"-c listen_addresses={self.tcp[0]} -p {self.port}" if self.tcp else "-c listen_addresses=''"
+        opts = f"-k {self.socket} {listen} -c fsync=on -c max_connections=100 -c shared_buffers=32MB"
         deadline = time.monotonic() + 120
         while True:
             started = self._cmd("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.dir / "log"), "-w",
@@ -93,7 +96,7 @@ class Cluster:
     def _answers(self, until: float) -> bool:
         """Whether the server accepts a query before `until` (it may still be recovering)."""
         while time.monotonic() < until:
-            ready = subprocess.run([str(self.bindir / "pg_isready"), "-h", str(self.socket), "-U", "postgres"],
+            ready = subprocess.run([str(self.bindir / "pg_isready"), "-h", str(self.socket), "-p", str(self.port), "-U", "postgres"],
                                    capture_output=True, timeout=30)
             if ready.returncode == 0:
                 return True
@@ -102,11 +105,32 @@ class Cluster:
             time.sleep(0.5)
         return False
 
+    def listen_tcp(self, address: str = "127.0.0.1") -> tuple[str, int]:
+        """Restarts the server listening on `address` too (a free port), with password logins from there: for the
+        network drills and the latency benchmark, which put a link between the workers and the database."""
+        import socket
+
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family) as s:
+            s.bind((address, 0))
+            port = s.getsockname()[1]
+        self.tcp, self.port = (address, port), port
+        with (self.data / "pg_hba.conf").open("a") as fh:
+            fh.write(f"host all all {address}/{128 if family == socket.AF_INET6 else 32} scram-sha-256\n"
+                     "host all all 0.0.0.0/0 scram-sha-256\n")
+        self.stop()
+        self.start()
+        return self.tcp
+
+    def tcp_url(self, db: str, host: str, port: int) -> str:
+        """The URL of database `db` reached over TCP at host:port (the server itself, or a proxy in front of it)."""
+        return f"postgresql://notify:{PASSWORD}@{host}:{port}/{db}"
+
     def stop(self, mode: str = "fast") -> None:
         self._cmd("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
 
     def sql(self, statement: str, db: str = "postgres") -> str:
-        out = subprocess.run([str(self.bindir / "psql"), "-h", str(self.socket), "-U", "postgres", "-d", db,
+        out = subprocess.run([str(self.bindir / "psql"), "-h", str(self.socket), "-p", str(self.port), "-U", "postgres", "-d", db,
                               "-v", "ON_ERROR_STOP=1", "-At", "-c", statement],
                              check=True, capture_output=True, text=True, timeout=60)
         return out.stdout.strip()
@@ -119,7 +143,7 @@ class Cluster:
         return self.url(name)
 
     def url(self, db: str, password: str = PASSWORD) -> str:
-        return f"postgresql://notify:{password}@/{db}?host={self.socket}"
+        return f"postgresql://notify:{password}@/{db}?host={self.socket}&port={self.port}"
 
     def destroy(self) -> None:
         self.stop("immediate")
