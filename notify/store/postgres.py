@@ -49,6 +49,7 @@ from .pgconn import Heartbeat, RateBudget, connect, said
 from .records import GENESIS, Change, Claimed, Event, ImportResult, check_transitions, claimed, dicts, utcnow
 
 SCHEMA_VERSION = 2
+LOCK_CHAIN = "SELECT head_seq, head_hash, state FROM chains WHERE id=%s FOR UPDATE"
 # What each schema version adds to the one before, run once under the schema lock by the first worker that finds
 # the older one: 2 claims pending people earliest deadline first (#40; schema.py's 0011 on SQLite).
 UPGRADES = {2: f"""
@@ -250,6 +251,7 @@ class PgStore(Store):
         self.chain = chain
         self._head = (0, GENESIS)
         self._in_tx = False
+        self._sent = 0  # recipients sent in the open transaction: added to the chain row at COMMIT
         self._heartbeat: Heartbeat | None = None
         self.raw = _connect(url, what, stall_after)
         self.db = _Connection(self.raw)
@@ -341,17 +343,27 @@ class PgStore(Store):
             return
         head = self._head
         self._in_tx = True
+        self._sent = 0
         try:
             try:
-                self.raw.execute("BEGIN")
-                start = self._lock_chain(self.chain) if chain else None
-                if start is not None:
-                    self._head = start
+                # Each step that needs no answer before the next is sent with it, in one round trip (psycopg's
+                # pipeline mode): BEGIN with the chain's lock, and the chain's new head with COMMIT. Over a network
+                # every round trip is the link's latency; a group commit takes four instead of seven (#39).
+                if chain:
+                    with self.raw.pipeline():
+                        self.raw.execute("BEGIN")
+                        locked = self.raw.execute(LOCK_CHAIN, (self.chain,))
+                    self._head = self._chain_head(locked.fetchone(), self.chain)
+                    start: tuple[int, str] | None = self._head
+                else:
+                    self.raw.execute("BEGIN")
+                    start = None
                 yield self.db
-                if start is not None and self._head != start:
-                    self.raw.execute("UPDATE chains SET head_seq=%s, head_hash=%s, heartbeat=now() WHERE id=%s",
-                                     (*self._head, self.chain))
-                self.raw.execute("COMMIT")
+                with self.raw.pipeline():
+                    if start is not None and (self._head != start or self._sent):
+                        self.raw.execute("UPDATE chains SET head_seq=%s, head_hash=%s, heartbeat=now(), sent = sent + %s"
+                                         " WHERE id=%s", (*self._head, self._sent, self.chain))
+                    self.raw.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(psycopg.Error):
                     self.raw.execute("ROLLBACK")
@@ -363,7 +375,10 @@ class PgStore(Store):
             self._in_tx = False
 
     def _lock_chain(self, chain: int) -> tuple[int, str]:
-        row = self.raw.execute("SELECT head_seq, head_hash, state FROM chains WHERE id=%s FOR UPDATE", (chain,)).fetchone()
+        return self._chain_head(self.raw.execute(LOCK_CHAIN, (chain,)).fetchone(), chain)
+
+    def _chain_head(self, row: Any, chain: int) -> tuple[int, str]:
+        """The head of a chain whose row this transaction locked; StoreError for a session another worker rescued."""
         if row is None or (chain != MANIFEST and row[2] != "live"):
             raise StoreError(
                 f"{self.where()}: this worker's session {chain} was {row[2] if row else 'removed'}: another worker "
@@ -532,6 +547,8 @@ class PgStore(Store):
         skip = " AND domain <> ALL(?)" if skip_domains else ""
         skipped = (list(skip_domains),) if skip_domains else ()
         cols = ", ".join(f"r.{c.strip()}" if c.strip() != "state" else "c.state" for c in schema.CLAIM_COLUMNS.split(","))
+        # Whether the address is on the shared suppression list, in the claim's own answer (no round trip more).
+        cols += (f", (SELECT array[s.kind, s.source, s.reason] FROM {SHARED}.suppressed s WHERE s.address = r.key)")
         with self.transaction() as db:
             rows = db.execute(
                 f"WITH c AS (SELECT id, state FROM recipients WHERE state='pending'{skip} ORDER BY due_by, id LIMIT ?"
@@ -546,12 +563,10 @@ class PgStore(Store):
                     f" UPDATE recipients r SET state='inflight', session=? FROM c WHERE r.id=c.id RETURNING {cols}",
                     (now, *skipped, limit - len(rows), self.session)).fetchall()
                 rows += sorted(due)
-            if rows:
-                blocked = {r[0]: r[1:] for r in db.execute(
-                    f"SELECT address, kind, source, reason FROM {SHARED}.suppressed WHERE address = ANY(?)",
-                    ([r[3] for r in rows],))}
-                if blocked:
-                    rows = self._suppress_claimed(rows, blocked)
+            blocked = {r[3]: tuple(r[-1]) for r in rows if r[-1] is not None}
+            rows = [r[:-1] for r in rows]
+            if blocked:
+                rows = self._suppress_claimed(rows, blocked)
         return [claimed(r) for r in rows]
 
     def _suppress_claimed(self, rows: list[Any], blocked: dict[str, tuple[str, str, str]]) -> list[Any]:
@@ -583,11 +598,10 @@ class PgStore(Store):
                     raise StoreError(f"recipient {wrong[0]}: refusing {wrong[1]} -> {state} (expected {expect}"
                                      + (f" held by session {self.chain}; it is held by session {wrong[2]}" if fence else "")
                                      + ")", hint="this worker was presumed stalled and another took over; it stops here")
-            self._suppress_outcomes(changes)
-            sent = sum(1 for ch in changes if ch.state == "sent")
-            if sent:
-                db.execute("UPDATE chains SET sent = sent + ? WHERE id=?", (sent, self.chain))
-            self._append_all([ch.event for ch in changes if ch.event is not None], now)
+            with self.raw.pipeline():  # nothing below needs an answer: one round trip
+                self._suppress_outcomes(changes)
+                self._sent += sum(1 for ch in changes if ch.state == "sent")  # with the head, at COMMIT
+                self._append_all([ch.event for ch in changes if ch.event is not None], now)
 
     def rate_budget(self) -> RateBudget | None:
         if self.session is None:
