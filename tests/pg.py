@@ -80,7 +80,7 @@ class Cluster:
         crash) on a loaded host, the first start can fail while the old server's processes are still
         leaving, or outlast pg_ctl's wait while it recovers; both are retried, and a server that
         still will not start fails with its own log."""
-        listen = f"-c listen_addresses={self.tcp[0]} -p {self.port}" if self.tcp else "-c listen_addresses=''"
+        listen = f"-c listen_addresses='{self.tcp[0]}' -p {self.port}" if self.tcp else "-c listen_addresses=''"
         opts = f"-k {self.socket} {listen} -c fsync=on -c max_connections=100 -c shared_buffers=32MB"
         deadline = time.monotonic() + 120
         while True:
@@ -110,13 +110,14 @@ class Cluster:
         network drills and the latency benchmark, which put a link between the workers and the database."""
         import socket
 
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        first = address.split(",")[0]  # several addresses, comma-separated: one port on each
+        family = socket.AF_INET6 if ":" in first else socket.AF_INET
         with socket.socket(family) as s:
-            s.bind((address, 0))
+            s.bind((first, 0))
             port = s.getsockname()[1]
         self.tcp, self.port = (address, port), port
         with (self.data / "pg_hba.conf").open("a") as fh:
-            fh.write(f"host all all {address}/{128 if family == socket.AF_INET6 else 32} scram-sha-256\n"
+            fh.write(f"host all all {first}/{128 if family == socket.AF_INET6 else 32} scram-sha-256\n"
                      "host all all 0.0.0.0/0 scram-sha-256\n")
         self.stop()
         self.start()

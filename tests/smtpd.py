@@ -20,6 +20,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -137,8 +138,9 @@ class Server:
 
     def __init__(self, handler: Handler, *, tls_context: ssl.SSLContext | None = None,
                  require_starttls: bool = False, ssl_context: ssl.SSLContext | None = None,
-                 auth: dict[str, str] | None = None, smtputf8: bool = True) -> None:
+                 auth: dict[str, str] | None = None, smtputf8: bool = True, port: int = 0) -> None:
         self.handler = handler
+        self.bind_port = port
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.port = 0
@@ -166,7 +168,7 @@ class Server:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         server = self.loop.run_until_complete(
-            self.loop.create_server(self.factory, host="127.0.0.1", port=0, ssl=self.ssl_context))
+            self.loop.create_server(self.factory, host="127.0.0.1", port=self.bind_port, ssl=self.ssl_context))
         self.port = server.sockets[0].getsockname()[1]
         self.ready.set()
         self.loop.run_forever()
@@ -192,3 +194,28 @@ class Server:
     def __exit__(self, *exc: object) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+def main() -> None:
+    """`python -m tests.smtpd LOG PORT`: a sink of its own process (in a network namespace the drills made, as
+    a host's local relay), appending "recipient<TAB>Message-ID" to LOG for every message it accepts, at once."""
+    import sys
+
+    log, port = Path(sys.argv[1]), int(sys.argv[2])
+
+    class Logging(Handler):
+        def _keep(self, envelope: Envelope, rcpt: str, data: bytes, what: str) -> None:
+            super()._keep(envelope, rcpt, data, what)
+            with log.open("a") as fh:
+                fh.write(f"{rcpt}\t{self.received[-1].message_id}\n")
+
+    with Server(Logging(), port=port):
+        print("ready", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from ..errors import StoreError
 
@@ -20,16 +21,25 @@ def said(e: BaseException) -> str:
 
 def options(stall_after: float) -> dict[str, Any]:
     """Every connection's: a partitioned network is an error within stall_after/2, never a hang (TCP
-    keepalives, and a user timeout on unacknowledged data; a Unix socket ignores both)."""
+    keepalives, and a user timeout on unacknowledged data; a Unix socket ignores both). The server is told the
+    same of its end, and to end a transaction left idle for stall_after: a host that vanished in the middle of
+    one (its connection half open, the database never told) would otherwise hold its session's chain row, and
+    with it the rescue of its recipients, until the server's own keepalives gave up, two hours by default (#39:
+    the drill of a host that disappears found it)."""
+    server = (f"-c idle_in_transaction_session_timeout={int(stall_after * 1000)} -c tcp_keepalives_idle=5"
+              f" -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 -c tcp_user_timeout={int(stall_after * 500)}")
     return {"autocommit": True, "connect_timeout": max(2, int(stall_after / 2)), "application_name": "notify",
             "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
-            "tcp_user_timeout": int(stall_after * 500)}
+            "tcp_user_timeout": int(stall_after * 500), "options": server}
 
 
 def connect(url: str, stall_after: float, schema: str | None = None) -> psycopg.Connection[Any]:
     """Every connection notify opens (the store's, and a worker's own ones with their search path on the
     campaign's schema). psycopg's errors pass through: each caller says them its own way."""
-    conn = psycopg.connect(url, **options(stall_after))
+    kwargs = options(stall_after)
+    if given := conninfo_to_dict(url).get("options"):  # the URL's own server settings come first; ours are added
+        kwargs["options"] = f"{given} {kwargs['options']}"
+    conn = psycopg.connect(url, **kwargs)
     if schema is not None:
         conn.execute(psycopg.sql.SQL("SET search_path TO {}").format(psycopg.sql.Identifier(schema)))
     return conn
