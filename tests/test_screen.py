@@ -62,6 +62,13 @@ class Terminal:
             time.sleep(0.1)
         raise AssertionError(f"the screen never showed it; last:\n{self.screen()}")
 
+    def wait(self, timeout: float = 120) -> tuple[int, str]:
+        """The exit code and everything the command put on its terminal."""
+        code = self.proc.wait(timeout=timeout)
+        self.reader.join(10)
+        os.close(self.leader)
+        return code, self.seen.decode("utf-8", "replace")
+
     def close(self) -> None:
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(timeout=20)
@@ -76,8 +83,8 @@ def test_the_watch_screen_through_a_relay_death_a_pause_and_the_finish(make_camp
     d = smtp_campaign(make_campaign, srv.port, rows=rows, send_keys="rate = 10\nreputation_window = 10\n")
     toml = d / "campaign.toml"
     toml.write_text(toml.read_text().replace("require_approval = false", 'require_approval = false\ntimezone = "Europe/Paris"', 1))
-    send = [sys.executable, "-m", "notify", "send", str(d), "--no-progress"]
-    sender = subprocess.Popen(send, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    send = [sys.executable, "-m", "notify", "send", str(d)]
+    sender = Terminal(send)  # the commander's first terminal: the bar, and the notes above it
     watch = Terminal([sys.executable, "-m", "notify", "status", str(d), "--watch", "--interval", "0.3"])
     try:
         # Sending: who sends and at what rate.
@@ -85,8 +92,11 @@ def test_the_watch_screen_through_a_relay_death_a_pause_and_the_finish(make_camp
         assert re.search(r"rate: +\d+\.\d/s over the last outcomes; \d+ to go", live), live
         # The relay dies: the sender stops (nothing else to fail over to), and the screen says so at once.
         srv.__exit__(None, None, None)
-        out, err = sender.communicate(timeout=60)
-        assert sender.returncode == 4, out + err
+        code, screen = sender.wait(timeout=60)
+        assert code == 4, screen[-3000:]
+        assert re.search(r"\d\d:\d\d:\d\d CE?T relay is down: ", screen), screen[-3000:]
+        assert "Stopped: every provider is down" in screen and f"Resume with: notify send {d}" in screen, screen[-3000:]
+        assert re.search(r"\| \d+/\d+ \[", screen), "the bar, on a terminal"
         dead = watch.wait_for(lambda f: "sending:  NO" in f and "health:" in f)
         assert f"resume:   notify send {d}" in dead and "last run: ended " in dead, dead
         assert re.search(r"health:   relay DOWN since \d\d:\d\d:\d\d CE?T: ", dead), dead
@@ -95,20 +105,25 @@ def test_the_watch_screen_through_a_relay_death_a_pause_and_the_finish(make_camp
         h2 = Handler(script={f"p{i}@example.com": [("rcpt", "550 5.1.1 no such user")] for i in range(60)})
         with Server(h2) as srv2:
             toml.write_text(re.sub(r"port = \d+", f"port = {srv2.port}", toml.read_text()))
-            r = subprocess.run(send, capture_output=True, text=True, timeout=120)
-            assert r.returncode == 4 and "paused" in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
+            code, screen = Terminal(send).wait()
+            assert code == 4, screen[-3000:]
+            assert re.search(r"\d\d:\d\d:\d\d CE?T the reputation circuit breaker paused the campaign: over the last 10 "
+                             r"sends, hard bounces 10", screen), screen[-3000:]
+            assert f"Resume with: notify send {d} --acknowledge-reputation" in screen, screen[-3000:]
             paused = watch.wait_for(lambda f: "breaker:  PAUSED at" in f)
             assert re.search(r"breaker:  PAUSED at \d\d:\d\d:\d\d CE?T: hard bounces 10 of the last 10 sends "
                              r"\(100.0%, limit 5.0%\), complaints 0", paused), paused
             assert f"notify send {d} --acknowledge-reputation" in paused
             # Acknowledged, the rest are sent: the screen says it finished, and nothing is left to resume.
             h2.script.clear()
-            r = subprocess.run([*send, "--acknowledge-reputation"], capture_output=True, text=True, timeout=120)
-            assert r.returncode in (0, 3), r.stdout + r.stderr  # 3: some were refused for good, and said so
+            code, screen = Terminal([*send, "--acknowledge-reputation"]).wait()
+            assert code in (0, 3), screen[-3000:]  # 3: some were refused for good, and said so
+            assert re.search(r"100%\|[^|]*\| (\d+)/\1 ", screen), "the bar, complete"
+            assert re.search(r"Campaign: sent \d+, bounced \d+", screen), screen[-3000:]
         done = watch.wait_for(lambda f: "0 to go" in f and ": finished" in f)
         assert re.search(r"last run: ended \d{4}-\d\d-\d\d \d\d:\d\d:\d\d CE?T: finished", done), done
         assert "resume:" not in done and "breaker:" not in done and "/s over" not in done, done
     finally:
         watch.close()
-        if sender.poll() is None:
-            sender.kill()
+        if sender.proc.poll() is None:
+            sender.proc.kill()

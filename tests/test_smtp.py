@@ -452,12 +452,13 @@ def test_reputation_circuit_breaker_pauses_and_needs_acknowledgment(make_campaig
         d = smtp_campaign(make_campaign, srv.port, n=400, send_keys="max_bounce_rate = 0.05\nreputation_window = 100\n")
         code, _, err = send(d, "--concurrency", "2")
         assert code == 4
-        assert "Stopped: reputation circuit breaker: over the last 100 sends, hard bounces" in err
+        assert "Stopped: the reputation circuit breaker paused the campaign: over the last 100 sends, hard bounces" in err
         assert "resume with --acknowledge-reputation" in err
+        assert f"Resume with: notify send {d} --acknowledge-reputation" in err, "the command that resumes, whole"
         sent_before = len(h.received)
         assert sent_before < 200
-        assert "paused by the reputation breaker: reputation circuit breaker: over the last 100 sends" in err, \
-            "said as it happened (#38)"
+        assert re.search(r"\d\d:\d\d:\d\d \S+ the reputation circuit breaker paused the campaign: over the last 100 sends",
+                         err), "said as it happened (#38)"
         status = runner.invoke(app, ["status", str(d)]).stdout
         assert "breaker:  PAUSED at " in status and "--acknowledge-reputation` resumes once the cause is understood" in status
         code, _, err = send(d)
@@ -488,7 +489,7 @@ def test_a_slow_disk_does_not_let_sends_run_past_the_breaker(make_campaign: Make
         d = smtp_campaign(make_campaign, srv.port, n=600, send_keys="max_bounce_rate = 0.05\nreputation_window = 25\n")
         code, _, err = send(d, "--concurrency", "4")
     assert code == 4, err
-    assert "Stopped: reputation circuit breaker: over the last 25 sends" in err
+    assert "Stopped: the reputation circuit breaker paused the campaign: over the last 25 sends" in err
     handed = sum(1 for state, attempts, _, _ in ledger(d).values() if attempts > 0 and state != "pending")
     # Every 25 in a row hold 5 refusals: the last verdict that let sends go on saw fewer than 25.
     assert handed <= 24 + 25 + 4, f"{handed} recipients handed to the relay before the pause"

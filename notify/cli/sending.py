@@ -107,7 +107,8 @@ def send(
             if result.next_retry:
                 at = dt.datetime.fromtimestamp(result.next_retry, c.tz).strftime("%Y-%m-%d %H:%M:%S %Z")
                 when = f" (next retry due {at}, {report.when_due(result.next_retry, time.time())})"
-            err(f"Stopped: {result.stopped.rstrip('.')}{when}. Resume with: notify send {campaign}")
+            resume = f"notify send {campaign}" + (" --acknowledge-reputation" if result.paused else "")
+            err(f"Stopped: {result.stopped.rstrip('.')}{when}. Resume with: {resume}")
         elif result.limit_reached:
             typer.echo(f"Canary: --limit {limit} reached as asked; {result.remaining} recipient(s) still to send: "
                        f"`notify send {campaign}` sends the rest.")

@@ -18,7 +18,7 @@ from ..campaign.model import Campaign
 from ..content.compose import display_address
 from ..providers.base import RateChange
 from ..store import Store, epoch_of
-from .status import Deadline, deadline, jurisdiction_said, jurisdictions
+from .status import Deadline, deadline, jurisdiction_said, jurisdictions, pause_said
 
 COLOURS = {"sent": "#2e7d32", "delivered": "#1b5e20", "bounced": "#ef6c00", "complained": "#c62828", "failed": "#b71c1c",
            "suppressed": "#6a1b9a", "ineligible": "#8d6e63", "pending": "#90a4ae", "deferred": "#fbc02d",
@@ -152,7 +152,7 @@ def _events_said(store: Store) -> str:
         lines.append((ev["ts"], f"{d.get('provider')} down: {d.get('reason') or 'no reason recorded'}"))
     for ev in store.events_of_kind("reputation_paused"):
         d = json.loads(ev["detail"] or "{}")
-        lines.append((ev["ts"], "paused by the reputation breaker: " + ", ".join(f"{k} {v}" for k, v in d.items())))
+        lines.append((ev["ts"], "paused by the reputation breaker: " + pause_said(d)))
     for ev in store.events_of_kind("rate_changed"):
         d = json.loads(ev["detail"] or "{}")
         lines.append((ev["ts"], f"rate {RateChange(d.get('old'), d.get('new'), '').said()}: {d.get('reason') or ''}"))

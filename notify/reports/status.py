@@ -319,16 +319,19 @@ def health(campaign: Campaign, store: Store) -> list[str]:
     pause = store.last_event_of(("reputation_paused",))
     ack = store.last_event_of(("reputation_acknowledged",))
     if pause is not None and (ack is None or ack["ts"] < pause["ts"]):
-        d = pause["detail"]
-        try:  # in words, as the send said it; an event of another shape is shown as it is
-            figures = (f"hard bounces {d['hard_bounces']} of the last {d['sends']} sends ({d['bounce_rate']:.1%}, limit "
-                       f"{d['max_bounce_rate']:.1%}), complaints {d['complaints']} ({d['complaint_rate']:.2%}, limit "
-                       f"{d['max_complaint_rate']:.2%})")
-        except (KeyError, TypeError, ValueError):
-            figures = ", ".join(f"{k} {v}" for k, v in d.items())
-        lines.append(f"breaker:  PAUSED at {when(pause['ts'])}: {figures}; "
+        lines.append(f"breaker:  PAUSED at {when(pause['ts'])}: {pause_said(pause['detail'])}; "
                      f"`notify send {campaign.dir} --acknowledge-reputation` resumes once the cause is understood")
     return lines
+
+
+def pause_said(d: dict[str, Any]) -> str:
+    """A reputation pause's figures in words, as the send said them; an event of another shape as it is."""
+    try:
+        return (f"hard bounces {d['hard_bounces']} of the last {d['sends']} sends ({d['bounce_rate']:.1%}, limit "
+                f"{d['max_bounce_rate']:.1%}), complaints {d['complaints']} ({d['complaint_rate']:.2%}, limit "
+                f"{d['max_complaint_rate']:.2%})")
+    except (KeyError, TypeError, ValueError):
+        return ", ".join(f"{k} {v}" for k, v in d.items())
 
 
 def watch(campaign: Campaign, store: Store) -> dict[str, Any]:

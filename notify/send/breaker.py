@@ -34,7 +34,7 @@ def verdict(cfg: SendConfig, sends: int, bounces: int, complaints: int) -> Pause
                "bounce_rate": round(bounce_rate, 4), "complaint_rate": round(complaint_rate, 5),
                "max_bounce_rate": cfg.max_bounce_rate, "max_complaint_rate": cfg.max_complaint_rate}
     return Pause(figures, (
-        f"reputation circuit breaker: over the last {sends} sends, hard bounces {bounces} ({bounce_rate:.1%}, "
+        f"the reputation circuit breaker paused the campaign: over the last {sends} sends, hard bounces {bounces} ({bounce_rate:.1%}, "
         f"limit {cfg.max_bounce_rate:.1%}), complaints {complaints} ({complaint_rate:.2%}, limit "
         f"{cfg.max_complaint_rate:.2%}); check the recipients list, then resume with --acknowledge-reputation"))
 

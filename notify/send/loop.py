@@ -241,8 +241,9 @@ class SendLoop:
             self.look_at_reputation()  # outcomes committed while this count ran
             return
         self.log_event("reputation_paused", **pause.figures)
-        self.progress.note(f"paused by the reputation breaker: {pause.reason}")
+        self.progress.note(pause.reason)
         self.result.stopped = pause.reason
+        self.result.paused = True
         self.stop.set()
 
     def log_event(self, kind: str, **detail: Any) -> None:

@@ -36,6 +36,7 @@ class RunResult:
     failed_total: int = 0  # failed recipients in the whole campaign
     notes: list[str] = field(default_factory=list)  # what the provider said before sending (quota, ...)
     limit_reached: bool = False  # a canary (--limit) sent what it was asked to, and others remain: not a stop
+    paused: bool = False  # the reputation breaker stopped the run: resuming takes --acknowledge-reputation
     seeds: Any = None  # seeds.SeedRun, when this run sent the seeds first and stopped there (#38)
 
     @property
