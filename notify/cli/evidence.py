@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -35,12 +38,43 @@ def report_cmd(campaign: Path = CampaignOrExport,
       notify report audit-2022-08/ --out report.html      # from an audit export, nothing else needed
       notify report audit-2022-08/ --out report.html --key notify-audit.pub   # and its signature checked
     """
+    from ..evidence.index import sealed_report
     from ..reports.html import render
+    from ..store.exported import is_export
 
-    with _open_any(campaign, key) as (c, store):
-        page = render(c, store)
+    if is_export(campaign) and (sealed := sealed_report(campaign, key)) is not None:
+        data, signature, signer = sealed  # the report as of the export, sealed with it (#37)
+        err(_signature_said(signature, key, signer))
+        err(f"The report {campaign / 'report.html'} as the export sealed it (its SHA-256 checked against the manifest).")
+        page = data.decode("utf-8")
+    else:
+        with _open_any(campaign, key) as (c, store):
+            page = render(c, store)
     files.write_private(out, page.encode("utf-8"))
     typer.echo(f"Wrote {out} ({len(page):,} bytes): open it in a browser, or print it to PDF.")
+
+
+@contextlib.contextmanager
+def _open_for_lookup(target: Path, query: str, key: Path | None) -> Iterator[tuple[Campaign, Store]]:
+    """An address on an export with an index (#37): that person's lines alone, checked against the sealed blocks
+    that hold them, in a state of their own. Anything else: the campaign, or the whole export read back."""
+    from ..evidence import index
+    from ..evidence.lookup import keys_of
+    from ..store.exported import is_export, open_export
+
+    keys = keys_of(query)
+    if keys and is_export(target) and (found := index.find(target, keys, key)) is not None:
+        err(_signature_said(found.signature, key, found.signer))
+        err(found.said)
+        with tempfile.TemporaryDirectory(prefix="notify-export-") as tmp:
+            c, store = open_export(target, Path(tmp), found.head, only=(found.rows, found.events))
+            try:
+                yield c, store
+            finally:
+                store.close()
+        return
+    with _open_any(target, key) as pair:
+        yield pair
 
 
 @boundary
@@ -66,7 +100,7 @@ def lookup(campaign: Path = CampaignOrExport,
     """
     from ..evidence import lookup as lk
 
-    with _open_any(campaign, key) as (c, store):
+    with _open_for_lookup(campaign, query, key) as (c, store):
         found = lk.find(c, store, query)
         if not found:
             raise InputError(f"nobody in {c.id} matches {query!r} (an address, a name, or a value of "
@@ -235,11 +269,13 @@ def audit_export(campaign: Path = CampaignArg,
 
     with _open(campaign) as (c, store):
         templates = Templates(c)
+        from ..reports.html import render
+
         summary = export(c, store, out, templates.resolve, force=force, sign_key=sign_key,
-                         sources={name: src for name, (src, _) in templates.sources.items()})
+                         sources={name: src for name, (src, _) in templates.sources.items()}, report=lambda: render(c, store))
     typer.echo((out / "summary.txt").read_text(encoding="utf-8").rstrip())
     typer.echo(f"\nWrote {out}/: events.jsonl, recipients.csv, summary.json, summary.txt, alternate_channel.csv, "
-               f"campaign.toml, templates.json, state.jsonl, manifest.json")
+               f"campaign.toml, templates.json, state.jsonl, index.sqlite, report.html, manifest.json")
     typer.echo(f"Manifest SHA-256: {summary['manifest_sha256']}  (keep it apart from the export: "
                f"`notify audit verify {out}` prints the same value while nothing was changed)")
     if not summary["chain"]["verified"]:

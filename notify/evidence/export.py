@@ -21,6 +21,7 @@ from ..content.locales import split_version
 from ..errors import InputError, StoreError
 from ..store import Store
 from . import regulators, signing
+from .index import INDEX, REPORT, IndexWriter, Writer
 from .lookup import sent_templates
 from .manifest import export_dir, verify_file, write_manifest, write_sums
 
@@ -128,7 +129,8 @@ def _campaign_copy(campaign: Campaign) -> str:
     return text
 
 
-def _rebuild_kit(campaign: Campaign, store: Store, out: Path, sources: dict[str, str]) -> None:
+def _rebuild_kit(campaign: Campaign, store: Store, out: Path, sources: dict[str, str], index: IndexWriter,
+                 blocks: dict[str, list[str]]) -> None:
     """campaign.toml, templates.json (the templates as read now: the summary says whether they are the ones
     sent) and state.jsonl (every recipient's row, columns and token included): with these, `notify lookup`
     and `notify report` work on the export directory alone, and the exact message is rebuilt from it."""
@@ -137,9 +139,11 @@ def _rebuild_kit(campaign: Campaign, store: Store, out: Path, sources: dict[str,
     with _create(out / "templates.json") as fh:
         fh.write(json.dumps({"template": campaign.template, "files": sources}, ensure_ascii=False, indent=1,
                             sort_keys=True) + "\n")
-    with _create(out / "state.jsonl") as fh:
+    with open(files.open_private(out / "state.jsonl", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as fh:
+        w = Writer(fh)
         for row in store.recipient_rows():
-            fh.write(_LINE(row) + "\n")
+            index.person(row["key"], row["id"], *w.line(_LINE(row)))
+        blocks["state.jsonl"] = w.close()
 
 
 def _by_recipient(attempts: Iterator[tuple[int, str, str, str | None, str | None]]
@@ -159,18 +163,27 @@ def _by_recipient(attempts: Iterator[tuple[int, str, str, str | None, str | None
 
 
 def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, str], str],
-           force: bool = False, sign_key: Path | None = None, sources: dict[str, str] | None = None) -> dict[str, Any]:
+           force: bool = False, sign_key: Path | None = None, sources: dict[str, str] | None = None,
+           report: Callable[[], str] | None = None) -> dict[str, Any]:
     """Writes events.jsonl, recipients.csv, summary.json, summary.txt, alternate_channel.csv and what a rebuild
     of any message needs (campaign.toml, templates.json from `sources`, state.jsonl) into `out`, sealed by
     manifest.json (and manifest.sig, signed with `sign_key`)."""
     if sign_key is not None:
         signing.sign(b"", sign_key)  # a key that cannot sign is refused before anything is written
     export_dir(out, force)
-    with _create(out / "events.jsonl") as fh:
+    # index.sqlite (evidence/index.py): where each person's lines are, so that a lookup reads only theirs.
+    files.write_private(out / INDEX, b"")
+    index = IndexWriter(out / INDEX)
+    blocks: dict[str, list[str]] = {}
+    with open(files.open_private(out / "events.jsonl", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as fh:
+        w = Writer(fh)
         for ev in store.events():
-            fh.write(_LINE({k: ev[k] for k in (*EXPORT_EVENT_FIELDS, "chain", "recipient_id") if k in ev}) + "\n")
+            at, n = w.line(_LINE({k: ev[k] for k in (*EXPORT_EVENT_FIELDS, "chain", "recipient_id") if k in ev}))
+            index.event(ev.get("recipient_id"), at, n)
+        blocks["events.jsonl"] = w.close()
     verdict, _ = verify_file(out / "events.jsonl")
-    _rebuild_kit(campaign, store, out, sources or {})
+    _rebuild_kit(campaign, store, out, sources or {}, index, blocks)
+    index.close()
 
     states: Counter[str] = Counter()
     locales: Counter[str] = Counter()
@@ -255,6 +268,9 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
         "seeds": seeds_sent(store),  # the company's own addresses, sent every version first: not people notified
         "chain": {"events": verdict.events, "head": verdict.head, "verified": verdict.ok},
     }
+    if report is not None:  # the campaign report as of the export, sealed with it: `report EXPORT` copies it (#37)
+        with _create(out / REPORT) as fh:
+            fh.write(report())
     with _create(out / "summary.json") as fh:
         fh.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     lines = [f"Campaign {campaign.id}: audit export by {summary['exported_by']} at {summary['exported_at']} ({summary['tool']})",
@@ -285,6 +301,10 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
               "                         the campaign's settings, its templates and every recipient's row: with them",
               "                         `notify lookup THIS_DIRECTORY QUERY` rebuilds the exact message a person was",
               "                         sent, and `notify report THIS_DIRECTORY` draws the report, with nothing else",
+              "  index.sqlite           where each person's lines are in state.jsonl and events.jsonl: `notify lookup",
+              "                         THIS_DIRECTORY ADDRESS` reads and checks only that person's (the manifest seals",
+              "                         each 4 MiB block of those two files too)",
+              "  report.html            the campaign report as of this export (`notify report THIS_DIRECTORY` copies it)",
               "  manifest.json          the size and SHA-256 of each file and the chain's head; check them all with",
               "                         `notify audit verify THIS_DIRECTORY` (manifest.sig: its signature, if signed)",
               "  SHA256SUMS             the same hashes for `sha256sum -c SHA256SUMS`, manifest.json's included",
@@ -294,6 +314,7 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
         fh.write("\n".join(lines) + "\n")
     for name in ("VERIFY", "verify.py"):  # checking it without notify (#37): the specification, and a verifier
         files.write_private(out / name, (KIT / name).read_bytes())
-    summary["manifest_sha256"] = write_manifest(out, campaign.id, verdict, sign_key)
+    summary["manifest_sha256"] = write_manifest(out, campaign.id, verdict, sign_key, extra=(INDEX, *([REPORT] if report else [])),
+                                                blocks=blocks)
     write_sums(out)
     return summary

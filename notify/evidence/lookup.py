@@ -129,14 +129,20 @@ def find(campaign: Campaign, store: Store, query: str) -> list[dict[str, Any]]:
     q = query.strip()
     if not q:
         raise InputError("give an address, a name, or a value of an [audit] column to look up")
-    keys = []
-    if "@" in q:  # an address, as stored (IDNA) or as written (Unicode): its dedupe key, either way
-        keys.append(q.lower())
-        item = validate(Record(0, q, {"email": q}))
-        if isinstance(item, Recipient):
-            keys.append(item.key)
-    found = store.people(keys, q, {c: q for c in campaign.audit_columns})
+    found = store.people(keys_of(q), q, {c: q for c in campaign.audit_columns})
     return [{**r, "vars": json.loads(r["vars"] or "{}")} for r in found]
+
+
+def keys_of(query: str) -> list[str]:
+    """The dedupe keys an address query may mean: as stored (IDNA) or as written (Unicode); none for a name."""
+    q = query.strip()
+    if "@" not in q:
+        return []
+    keys = [q.lower()]
+    item = validate(Record(0, q, {"email": q}))
+    if isinstance(item, Recipient):
+        keys.append(item.key)
+    return list(dict.fromkeys(keys))
 
 
 def proof(campaign: Campaign, store: Store, person: dict[str, Any]) -> Proof:

@@ -67,13 +67,17 @@ def export_dir(out: Path, force: bool) -> None:
         raise InputError(f"--out {out}: cannot create the directory: {e.strerror}") from None
 
 
-def write_manifest(out: Path, campaign_id: str, verdict: Verdict, sign_key: Path | None = None) -> str:
-    """Seals an export: every file's size and SHA-256, and the chain's length and head. Returns the
-    manifest's own SHA-256, which the user keeps elsewhere: with it, nobody can rewrite the export and
-    its manifest together unnoticed."""
+def write_manifest(out: Path, campaign_id: str, verdict: Verdict, sign_key: Path | None = None,
+                   extra: tuple[str, ...] = (), blocks: dict[str, list[str]] | None = None) -> str:
+    """Seals an export: every file's size and SHA-256 (`extra`: files beyond SEALED, such as the index), the
+    SHA-256 of each block of the big files where given (a lookup checks only the blocks it reads), and the
+    chain's length and head. Returns the manifest's own SHA-256, which the user keeps elsewhere: with it,
+    nobody can rewrite the export and its manifest together unnoticed."""
     manifest: dict[str, Any] = {"campaign": campaign_id, "tool": f"notify {__version__}",
-                                "files": {name: file_entry(out / name) for name in SEALED},
+                                "files": {name: file_entry(out / name) for name in (*SEALED, *extra)},
                                 "chain": {"events": verdict.events, "head": verdict.head}}
+    if blocks:
+        manifest["blocks"] = blocks
     return seal(out, manifest, sign_key)
 
 

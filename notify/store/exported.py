@@ -97,8 +97,10 @@ def _templates(out: Path, into: Path) -> str:
     return name
 
 
-def open_export(out: Path, work: Path, head: tuple[int, str]) -> tuple[Campaign, ExportStore]:
-    """The campaign and state an export holds, laid out under `work` (a private temporary directory)."""
+def open_export(out: Path, work: Path, head: tuple[int, str],
+                only: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None) -> tuple[Campaign, ExportStore]:
+    """The campaign and state an export holds, laid out under `work` (a private temporary directory). With
+    `only` (recipients' rows and events, read through the export's index), that part of the state alone."""
     missing = [name for name in KIT if not (out / name).is_file()]
     if missing:
         raise InputError(f"{out}: this export has no {', '.join(missing)}: it was written before exports carried what "
@@ -108,12 +110,13 @@ def open_export(out: Path, work: Path, head: tuple[int, str]) -> tuple[Campaign,
     shutil.copyfile(out / "campaign.toml", camp / "campaign.toml")
     _templates(out, camp)
     campaign = campaign_mod.load(camp, recipients_file=False)  # the state below is whole: nothing is imported
-    events = list(_lines(out / "events.jsonl"))
+    events = list(_lines(out / "events.jsonl")) if only is None else list(enumerate(only[1], 1))
+    rows = _lines(out / "state.jsonl") if only is None else enumerate(only[0], 1)
     chains = any("chain" in ev for _, ev in events)
     files.private_dir(camp / ".notify")
     store = ExportStore(camp / ".notify" / "campaign.sqlite", head, chains)
     try:
-        _load(store, out, events)
+        _load(store, out, events, rows)
     except (sqlite3.Error, StoreError, TypeError, OverflowError) as e:  # values of the wrong type in a sealed file
         store.close()
         raise InputError(f"{out}: state.jsonl or events.jsonl holds values no export of notify's holds ({e})",
@@ -121,7 +124,8 @@ def open_export(out: Path, work: Path, head: tuple[int, str]) -> tuple[Campaign,
     return campaign, store
 
 
-def _load(store: ExportStore, out: Path, events: list[tuple[int, dict[str, Any]]]) -> None:
+def _load(store: ExportStore, out: Path, events: list[tuple[int, dict[str, Any]]],
+          state: Iterator[tuple[int, dict[str, Any]]]) -> None:
     columns = [c.strip() for c in RECIPIENT_COLUMNS.split(",")]
     with store.transaction(chain=False) as db:
         db.execute("DROP TABLE events")
@@ -130,7 +134,7 @@ def _load(store: ExportStore, out: Path, events: list[tuple[int, dict[str, Any]]
         db.execute("INSERT INTO imports (id, path, sha256, columns, rows_read, accepted, rejected, imported_at)"
                    " VALUES (1, ?, '', '[]', 0, 0, 0, ?)", (str(out / "state.jsonl"), utcnow()))
         rows = []
-        for n, r in _lines(out / "state.jsonl"):
+        for n, r in state:
             if not all(c in r for c in columns):
                 raise InputError(f"{out / 'state.jsonl'}:{n}: a recipient's row lacks "
                                  f"{', '.join(c for c in columns if c not in r)}")
