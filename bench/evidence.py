@@ -47,11 +47,17 @@ def timed(label: str, checkout: Path, *args: str | Path) -> float:
     env = {**os.environ, "PYTHONPATH": str(checkout), "NOTIFY_SUPPRESSION_DB": str(checkout / ".bench-supp.sqlite")}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "notify", *map(str, args)], env=env, capture_output=True, text=True)
+    # From the checkout's own directory: `python -m` puts the working directory first on sys.path, before
+    # PYTHONPATH, so run from elsewhere it imported this checkout's notify whatever --old said (an --old figure
+    # before this session's was this checkout's).
+    r = subprocess.run([sys.executable, "-m", "notify", *map(str, args)], env=env, capture_output=True, text=True,
+                       cwd=checkout)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     status = "" if r.returncode == 0 else f"  (exit {r.returncode}: {(r.stderr or r.stdout).strip().splitlines()[-1][:120]})"
+    if os.environ.get("BENCH_SHOW"):
+        print((r.stdout + r.stderr)[-600:])
     print(f"  {label:<34} {wall:8.1f} s wall {cpu:8.1f} s CPU{status}", flush=True)
     return wall
 
