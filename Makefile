@@ -30,6 +30,7 @@ demo: $(STAMP)
 	$(BIN)/notify send campaigns/example
 	$(BIN)/notify status campaigns/example
 	$(BIN)/notify audit verify campaigns/example
+	$(BIN)/notify regulators campaigns/example
 
 test: $(STAMP)
 	$(BIN)/pytest -q

@@ -160,13 +160,20 @@ def _texts(where: str, value: Any, problems: list[str]) -> tuple[str, ...]:
     return out if len(problems) == n else ()
 
 
-def _notice(where: str, t: Any, problems: list[str]) -> Notice | None:
+def _table(where: str, t: Any, known: set[str], problems: list[str]) -> bool:
+    """Whether `t` is a table; its unknown keys named (the known ones listed)."""
     if not isinstance(t, dict):
         problems.append(f"{where}: expected a table, got {_describe(t)}")
-        return None
+        return False
+    for key in sorted(set(t) - known):
+        problems.append(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+    return True
+
+
+def _notice(where: str, t: Any, problems: list[str]) -> Notice | None:
     n = len(problems)
-    for key in sorted(set(t) - NOTICE_KEYS):
-        problems.append(f"{where}: unknown key {key!r} (known: {', '.join(sorted(NOTICE_KEYS))})")
+    if not _table(where, t, NOTICE_KEYS, problems):
+        return None
     given = [k for k in COMPARISONS if k in t]
     if len(given) != 1:
         problems.append(f"{where}: give its threshold once, as one of more_than, at_least or fewer_than "
@@ -191,12 +198,9 @@ def _notice(where: str, t: Any, problems: list[str]) -> Notice | None:
 
 
 def _rule(key: str, where: str, t: Any, source: str, problems: list[str]) -> Rule | None:
-    if not isinstance(t, dict):
-        problems.append(f"{where}: expected a table of the rule, got {_describe(t)}")
-        return None
     n = len(problems)
-    for k in sorted(set(t) - RULE_KEYS):
-        problems.append(f"{where}: unknown key {k!r} (known: {', '.join(sorted(RULE_KEYS))})")
+    if not _table(where, t, RULE_KEYS, problems):
+        return None
     if not KEY.fullmatch(key):
         problems.append(f"{where}: a rule's name is letters, digits, '.', '_' and '-' (up to 64), as US-CA or GDPR")
         return None
