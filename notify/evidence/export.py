@@ -10,6 +10,7 @@ import re
 import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,7 +22,7 @@ from ..content.locales import split_version
 from ..errors import InputError, StoreError
 from ..store import Store
 from . import regulators, signing
-from .chain import verify_chain
+from .chain import Verdict, verify_chain
 from .index import INDEX, REPORT, IndexWriter, Writer
 from .lookup import sent_templates
 from .manifest import export_dir, verify_file, write_manifest, write_sums
@@ -163,24 +164,42 @@ def _by_recipient(attempts: Iterator[tuple[int, str, str, str | None, str | None
     return of
 
 
-def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, str], str],
-           force: bool = False, sign_key: Path | None = None, sources: dict[str, str] | None = None,
-           report: Callable[[], str] | None = None) -> dict[str, Any]:
-    """Writes events.jsonl, recipients.csv, summary.json, summary.txt, alternate_channel.csv and what a rebuild
-    of any message needs (campaign.toml, templates.json from `sources`, state.jsonl) into `out`, sealed by
-    manifest.json (and manifest.sig, signed with `sign_key`)."""
-    if sign_key is not None:
-        signing.sign(b"", sign_key)  # a key that cannot sign is refused before anything is written
-    export_dir(out, force)
-    # index.sqlite (evidence/index.py): where each person's lines are, so that a lookup reads only theirs.
-    files.write_private(out / INDEX, b"")
-    index = IndexWriter(out / INDEX)
-    blocks: dict[str, list[str]] = {}
+@dataclass
+class _Tally:
+    """What writing recipients.csv counted: the summary's figures."""
+
+    states: Counter[str] = field(default_factory=Counter)
+    locales: Counter[str] = field(default_factory=Counter)
+    jurisdictions: Counter[str] = field(default_factory=Counter)
+    variants: Counter[str] = field(default_factory=Counter)
+    by_provider: Counter[str] = field(default_factory=Counter)
+    first_send: float | None = None
+    last_send: float | None = None
+    late: int = 0  # notified after the campaign's deadline
+    rows_out: int = 0
+    rejected_known: int = 0  # rejected rows of people the campaign knows (listed with their own state)
+
+    def person(self, state: str, used: str, variant: str, juris: str, provider: str | None, first: float | None,
+               due_at: float | None) -> None:
+        self.rows_out += 1
+        self.states[state] += 1
+        self.locales[used] += 1
+        self.variants[variant or "(default)"] += 1
+        self.jurisdictions[juris or "(none)"] += 1
+        if provider and state in ("sent", "delivered", "bounced", "complained"):
+            self.by_provider[provider] += 1
+        if first:
+            self.first_send = min(self.first_send or first, first)
+            self.last_send = max(self.last_send or first, first)
+            self.late += int(due_at is not None and first > due_at)
+
+
+def _write_events(store: Store, out: Path, index: IndexWriter, blocks: dict[str, list[str]]) -> Verdict:
+    """events.jsonl, each line indexed and hashed by block as it is written, the chain verified in the same pass."""
     with open(files.open_private(out / "events.jsonl", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as efh:
         w = Writer(efh)
 
         def written() -> Iterator[dict[str, Any]]:
-            """Each event as the line holds it, as it is written: the chain is verified in the same pass."""
             for ev in store.events():
                 line = {k: ev[k] for k in (*EXPORT_EVENT_FIELDS, "chain", "recipient_id") if k in ev}
                 index.event(ev.get("recipient_id"), *w.line(_LINE(line)))
@@ -190,20 +209,15 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
         for _ in chained:  # a chain that breaks stops the check, not the export: the rest is written as it is
             pass
         blocks["events.jsonl"] = w.close()
-    if not verdict.ok:  # the chain breaks here: what follows is written as it is, for audit verify to name
+    if not verdict.ok:  # read back from the file, to name the line where it breaks
         verdict, _ = verify_file(out / "events.jsonl")
-    _rebuild_kit(campaign, store, out, sources or {}, index, blocks)
-    index.close()
+    return verdict
 
-    states: Counter[str] = Counter()
-    locales: Counter[str] = Counter()
-    jurisdictions: Counter[str] = Counter()
-    variants: Counter[str] = Counter()
-    by_provider: Counter[str] = Counter()
-    first_send = last_send = None
+
+def _write_recipients(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, str], str]) -> _Tally:
+    """recipients.csv (one row per input row) and alternate_channel.csv (everyone email did not reach)."""
+    tally = _Tally()
     due_at = campaign.deadline_end.timestamp() if campaign.deadline_end is not None else None
-    late = 0
-    rows_out = 0
     with _create(out / "recipients.csv") as rfh, _create(out / "alternate_channel.csv") as afh:
         rw, aw = files.SafeCsvWriter(rfh), files.SafeCsvWriter(afh)
         extra = list(campaign.audit_columns)  # [audit] columns: who each row is (a customer id)
@@ -224,38 +238,31 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
             rw.writerow((row, email, shown, name, state, detail or "", attempts, log, _iso(first), updated or "",
                          provider or "", pmid or "", mid or "", sha or "", locale, used, variant, juris,
                          "yes" if doubt else "", *ids))
-            rows_out += 1
-            states[state] += 1
-            locales[used] += 1
-            variants[variant or "(default)"] += 1
-            jurisdictions[juris or "(none)"] += 1
-            if provider and state in ("sent", "delivered", "bounced", "complained"):
-                by_provider[provider] += 1
-            if first:
-                first_send = min(first_send or first, first)
-                last_send = max(last_send or first, first)
-                late += int(due_at is not None and first > due_at)
+            tally.person(state, used, variant, juris, provider, first, due_at)
             if state in NOT_REACHED:
                 reason = detail or {"pending": "never sent", "deferred": "not yet delivered (retrying)",
                                     "inflight": "never confirmed"}.get(state, state)
                 aw.writerow((row, email, shown, state, reason, name, locale, used, juris, *ids))
-        rejected_known = 0
         for row, raw, reason in store.rejects():
             rw.writerow((row, raw, raw, "", "rejected", reason, 0, *[""] * (len(RECIPIENT_COLUMNS) - 7), *[""] * len(extra)))
             if store.knows(raw):  # a row rejected for a known person (a duplicate, a refused correction): listed with their state
-                rejected_known += 1
+                tally.rejected_known += 1
             else:
                 aw.writerow((row, raw, raw, "rejected", reason, "", "", "", "", *[""] * len(extra)))
-            rows_out += 1
-            states["rejected"] += 1
+            tally.rows_out += 1
+            tally.states["rejected"] += 1
+    return tally
+
+
+def _summary(campaign: Campaign, store: Store, tally: _Tally, verdict: Verdict) -> dict[str, Any]:
+    """summary.json: the figures a regulator asks for first, and what the tally must add up to."""
     rows_read = store.rows_read()
-    if not rows_out == rows_read == sum(states.values()):  # every input row has exactly one final state
-        raise StoreError(f"the export would be incomplete: {rows_out} row(s) written, {rows_read} read from the "
+    states = tally.states
+    if not tally.rows_out == rows_read == sum(states.values()):  # every input row has exactly one final state
+        raise StoreError(f"the export would be incomplete: {tally.rows_out} row(s) written, {rows_read} read from the "
                          f"recipients file, {sum(states.values())} in a final state; the export is not valid",
                          hint="`notify audit verify` the campaign; this is a bug in notify if the chain verifies")
-    approval = store.last_event_of(("approved",))
-    template_hashes = sent_templates(store)
-    summary: dict[str, Any] = {
+    return {
         "campaign": campaign.id,
         "tool": f"notify {__version__}",
         "exported_by": getpass.getuser(),
@@ -263,27 +270,30 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
         "rows_read": rows_read,
         "completeness": f"rows read {rows_read} = sum of final states {sum(states.values())}",
         "states": dict(sorted(states.items())),
-        "locales": dict(sorted(locales.items())),
-        "jurisdictions": dict(sorted(jurisdictions.items())),
-        "variants": dict(sorted(variants.items())),
-        "providers": dict(sorted(by_provider.items())),
-        "first_send": _iso(first_send),
-        "last_send": _iso(last_send),
-        "not_reached_by_email": sum(states[s] for s in NOT_REACHED) - rejected_known,  # people: alternate_channel.csv's rows
-        "approval": approval,
-        "deadline": _deadline(campaign, last_send, sum(states[s] for s in ("pending", "deferred", "inflight")), late,
-                              sum(by_provider.values())),
-        "template_sha256": template_hashes,
+        "locales": dict(sorted(tally.locales.items())),
+        "jurisdictions": dict(sorted(tally.jurisdictions.items())),
+        "variants": dict(sorted(tally.variants.items())),
+        "providers": dict(sorted(tally.by_provider.items())),
+        "first_send": _iso(tally.first_send),
+        "last_send": _iso(tally.last_send),
+        # people: alternate_channel.csv's rows
+        "not_reached_by_email": sum(states[s] for s in NOT_REACHED) - tally.rejected_known,
+        "approval": store.last_event_of(("approved",)),
+        "deadline": _deadline(campaign, tally.last_send, sum(states[s] for s in ("pending", "deferred", "inflight")),
+                              tally.late, sum(tally.by_provider.values())),
+        "template_sha256": sent_templates(store),
         "regulators": regulators.table(campaign, store),  # what `notify regulators` says (#40)
         "seeds": seeds_sent(store),  # the company's own addresses, sent every version first: not people notified
         "chain": {"events": verdict.events, "head": verdict.head, "verified": verdict.ok},
     }
-    if report is not None:  # the campaign report as of the export, sealed with it: `report EXPORT` copies it (#37)
-        with _create(out / REPORT) as fh:
-            fh.write(report())
-    with _create(out / "summary.json") as fh:
-        fh.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    lines = [f"Campaign {campaign.id}: audit export by {summary['exported_by']} at {summary['exported_at']} ({summary['tool']})",
+
+
+def _summary_lines(summary: dict[str, Any], verdict: Verdict) -> list[str]:
+    """summary.txt: the same, for a person, and what each file of the export is."""
+    template_hashes = summary["template_sha256"]
+    seeds = summary["seeds"]
+    lines = [f"Campaign {summary['campaign']}: audit export by {summary['exported_by']} at {summary['exported_at']} "
+             f"({summary['tool']})",
              f"Completeness: {summary['completeness']}",
              "Final states: " + ", ".join(f"{k} {v}" for k, v in summary["states"].items()),
              "Per locale: " + ", ".join(f"{k} {v}" for k, v in summary["locales"].items()),
@@ -292,16 +302,19 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
              "Per provider: " + (", ".join(f"{k} {v}" for k, v in summary["providers"].items()) or "none"),
              f"First send: {summary['first_send'] or '-'}; last send: {summary['last_send'] or '-'}",
              f"Not reached by email (alternate_channel.csv): {summary['not_reached_by_email']}",
-             f"Approval: {_approval_line(approval)}",
+             f"Approval: {_approval_line(summary['approval'])}",
              "Seeds (the company's own addresses, not people notified): " + (
-                 f"{summary['seeds']['messages']} message(s) to {len(summary['seeds']['addresses'])} address(es): "
-                 + ", ".join(summary["seeds"]["addresses"]) if summary["seeds"]["messages"] else "none"),
+                 f"{seeds['messages']} message(s) to {len(seeds['addresses'])} address(es): "
+                 + ", ".join(seeds["addresses"]) if seeds["messages"] else "none"),
              f"Deadline: {summary['deadline']['said']}",
              *[f"  {line}" if line else "" for line in regulators.lines(summary["regulators"])],
              f"Audit chain: {verdict.events} events, head {verdict.head}, {'verified' if verdict.ok else 'BROKEN'}",
              "Templates as sent (SHA-256):" + ("" if template_hashes else " none sent")]
     lines += [f"  {h}  {name}" for name, h in sorted(template_hashes.items())]
-    lines += ["", "The files of this export:",
+    return lines + FILES_SAID
+
+
+FILES_SAID = ["", "The files of this export:",
               "  summary.txt            this page; summary.json says the same for programs",
               "  recipients.csv         one row per row of the recipients file: who, what they were sent, in which",
               "                         language, through which provider, every attempt, and what became of it",
@@ -320,11 +333,35 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
               "  SHA256SUMS             the same hashes for `sha256sum -c SHA256SUMS`, manifest.json's included",
               "  VERIFY, verify.py      how to check all of it without notify (sha256sum, openssl, the chain's exact",
               "                         form), and a checker that needs only python3: `python3 verify.py`"]
+
+
+def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, str], str],
+           force: bool = False, sign_key: Path | None = None, sources: dict[str, str] | None = None,
+           report: Callable[[], str] | None = None) -> dict[str, Any]:
+    """Writes events.jsonl, recipients.csv, summary.json, summary.txt, alternate_channel.csv, what a rebuild of any
+    message needs (campaign.toml, templates.json from `sources`, state.jsonl), the index a lookup reads, and the
+    report as of now (`report`) into `out`, sealed by manifest.json (and manifest.sig, signed with `sign_key`)."""
+    if sign_key is not None:
+        signing.sign(b"", sign_key)  # a key that cannot sign is refused before anything is written
+    export_dir(out, force)
+    # index.sqlite (evidence/index.py): where each person's lines are, so that a lookup reads only theirs.
+    files.write_private(out / INDEX, b"")
+    index = IndexWriter(out / INDEX)
+    blocks: dict[str, list[str]] = {}
+    verdict = _write_events(store, out, index, blocks)
+    _rebuild_kit(campaign, store, out, sources or {}, index, blocks)
+    index.close()
+    summary = _summary(campaign, store, _write_recipients(campaign, store, out, resolve), verdict)
+    if report is not None:  # the campaign report as of the export, sealed with it: `report EXPORT` copies it (#37)
+        with _create(out / REPORT) as fh:
+            fh.write(report())
+    with _create(out / "summary.json") as fh:
+        fh.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     with _create(out / "summary.txt") as fh:
-        fh.write("\n".join(lines) + "\n")
+        fh.write("\n".join(_summary_lines(summary, verdict)) + "\n")
     for name in ("VERIFY", "verify.py"):  # checking it without notify (#37): the specification, and a verifier
         files.write_private(out / name, (KIT / name).read_bytes())
-    summary["manifest_sha256"] = write_manifest(out, campaign.id, verdict, sign_key, extra=(INDEX, *([REPORT] if report else [])),
-                                                blocks=blocks)
+    summary["manifest_sha256"] = write_manifest(out, campaign.id, verdict, sign_key,
+                                                extra=(INDEX, *([REPORT] if report else [])), blocks=blocks)
     write_sums(out)
     return summary
