@@ -30,10 +30,10 @@ from ..store import Store, open_store
 from ..terminal import printable
 
 EXIT_CODES = """\
-Exit codes: 0 done | 1 bad input or config, nothing sent | 2 usage | 3 finished, some recipients
-failed | 4 stopped before finishing (provider down, retries due later, --limit, disk full): run send again |
-70 internal error (a bug; state is safe) | 130 interrupted: run send again to resume | 141 output cut by
-its reader (| head)."""
+Exit codes: 0 done (a --limit canary, or the seeds first, as asked) | 1 bad input or config, nothing sent |
+2 usage | 3 finished, some recipients failed | 4 stopped before finishing (provider down, retries due later,
+a seed not sent, disk full): run send again | 70 internal error (a bug; state is safe) | 130 interrupted:
+run send again to resume | 141 output cut by its reader (| head)."""
 
 app = typer.Typer(
     name="notify",
