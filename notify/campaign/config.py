@@ -70,29 +70,8 @@ def _build(file: Path, data: dict[str, Any], recipients_file: bool = True) -> Ca
     camp = c.table("[campaign]", top.get("campaign", {}), CAMPAIGN_KEYS)
     send = c.table("[send]", top.get("send", {}), SEND_KEYS)
     retry = c.table("[send.retry]", send.get("retry", {}), RETRY_KEYS)
-    domains: dict[str, float] = {}
-    for dom, cap in send.get("domains", {}).items():
-        if _type_ok("number", cap) and 0.01 <= cap <= 1_000_000:
-            domains[dom.lower()] = float(cap)
-        else:
-            c.problem(f"[send.domains] {dom}", f"expected messages per minute (a number between 0.01 and 1000000), "
-                                               f"got {_describe(cap)}")
-
-    providers: dict[str, ProviderConfig] = {}
-    for name, table in top.get("providers", {}).items():
-        where = f"[providers.{name}]"
-        if not isinstance(table, dict):
-            c.problem(where, f"expected a table, got {_describe(table)}")
-            continue
-        kind = table.get("type")
-        if kind not in PROVIDER_KEYS:
-            known = ", ".join(f'"{k}"' for k in PROVIDER_KEYS)
-            c.problem(f"{where} type", f"{'missing' if kind is None else repr(kind)}: must be one of {known}")
-            continue
-        good = c.table(where, table, PROVIDER_KEYS[kind])
-        if len(good) == len(table):
-            providers[name] = _provider(file.parent, name, kind, good)
-
+    domains = _domains(c, send)
+    providers = _providers(c, file, top)
     for name in send.get("providers", []):
         if name not in top.get("providers", {}):
             defined = ", ".join(top.get("providers", {})) or "none"
@@ -100,23 +79,7 @@ def _build(file: Path, data: dict[str, Any], recipients_file: bool = True) -> Ca
     if recipients_file and "recipients" in camp and not (file.parent / camp["recipients"]).is_file():
         c.problem("[campaign] recipients", f"{file.parent / camp['recipients']}: file not found")
     variables = dict(top.get("variables", {}))
-    if "discovered" in camp:
-        if variables.setdefault("discovered", camp["discovered"]) != camp["discovered"]:  # templates say when it was discovered
-            c.problem("[variables] discovered", f"{variables['discovered']} differs from [campaign] discovered "
-                      f"({camp['discovered']}): keep the one in [campaign], which templates see as campaign.discovered")
-    if "deadline" in camp and "deadline_days" in camp:
-        c.problem("[campaign] deadline", "give deadline or deadline_days, not both")
-    if ("deadline_days" in camp) and "discovered" not in camp:
-        c.problem("[campaign] deadline_days", "counts from [campaign] discovered, which is missing")
-    zone = camp.get("timezone", "UTC")
-    zone = zone if isinstance(zone, str) and _timezone(zone) is None else "UTC"  # a bad name is reported above
-    today = dt.datetime.now(tzinfo(zone)).date()
-    if isinstance(camp.get("discovered"), dt.date) and camp["discovered"] > today:
-        c.problem("[campaign] discovered", f"{camp['discovered']} is in the future (today is {today} in {zone}); "
-                  "a notice cannot say the breach was discovered on a day that has not come")
-    if isinstance(camp.get("deadline"), dt.date) and isinstance(camp.get("discovered"), dt.date) \
-            and camp["deadline"] < camp["discovered"]:
-        c.problem("[campaign] deadline", f"{camp['deadline']} is before the discovery on {camp['discovered']}")
+    _dates(c, camp, variables)
     review = c.table("[review]", top.get("review", {}), REVIEW_KEYS)
     audit_cfg = c.table("[audit]", top.get("audit", {}), AUDIT_KEYS)
     state_cfg = top.get("state", {})
@@ -193,6 +156,59 @@ def _build(file: Path, data: dict[str, Any], recipients_file: bool = True) -> Ca
         rules=rules,
         state=StateConfig(url_env=state_cfg.get("url_env"), stall_after=float(state_cfg.get("stall_after", 30.0))),
     )
+
+
+def _domains(c: _Checker, send: dict[str, Any]) -> dict[str, float]:
+    """[send.domains]: messages per minute per recipient domain."""
+    domains: dict[str, float] = {}
+    for dom, cap in send.get("domains", {}).items():
+        if _type_ok("number", cap) and 0.01 <= cap <= 1_000_000:
+            domains[dom.lower()] = float(cap)
+        else:
+            c.problem(f"[send.domains] {dom}", f"expected messages per minute (a number between 0.01 and 1000000), "
+                                               f"got {_describe(cap)}")
+    return domains
+
+
+def _providers(c: _Checker, file: Path, top: dict[str, Any]) -> dict[str, ProviderConfig]:
+    """[providers.NAME]: each by its type's keys; one with a problem is left out (the problem says why)."""
+    providers: dict[str, ProviderConfig] = {}
+    for name, table in top.get("providers", {}).items():
+        where = f"[providers.{name}]"
+        if not isinstance(table, dict):
+            c.problem(where, f"expected a table, got {_describe(table)}")
+            continue
+        kind = table.get("type")
+        if kind not in PROVIDER_KEYS:
+            known = ", ".join(f'"{k}"' for k in PROVIDER_KEYS)
+            c.problem(f"{where} type", f"{'missing' if kind is None else repr(kind)}: must be one of {known}")
+            continue
+        good = c.table(where, table, PROVIDER_KEYS[kind])
+        if len(good) == len(table):
+            providers[name] = _provider(file.parent, name, kind, good)
+    return providers
+
+
+def _dates(c: _Checker, camp: dict[str, Any], variables: dict[str, Any]) -> None:
+    """The discovery and the deadline, against each other and today (in the campaign's zone); the discovery is
+    also what templates see as campaign.discovered (`variables`)."""
+    if "discovered" in camp:
+        if variables.setdefault("discovered", camp["discovered"]) != camp["discovered"]:  # templates say when it was discovered
+            c.problem("[variables] discovered", f"{variables['discovered']} differs from [campaign] discovered "
+                      f"({camp['discovered']}): keep the one in [campaign], which templates see as campaign.discovered")
+    if "deadline" in camp and "deadline_days" in camp:
+        c.problem("[campaign] deadline", "give deadline or deadline_days, not both")
+    if ("deadline_days" in camp) and "discovered" not in camp:
+        c.problem("[campaign] deadline_days", "counts from [campaign] discovered, which is missing")
+    zone = camp.get("timezone", "UTC")
+    zone = zone if isinstance(zone, str) and _timezone(zone) is None else "UTC"  # a bad name is reported above
+    today = dt.datetime.now(tzinfo(zone)).date()
+    if isinstance(camp.get("discovered"), dt.date) and camp["discovered"] > today:
+        c.problem("[campaign] discovered", f"{camp['discovered']} is in the future (today is {today} in {zone}); "
+                  "a notice cannot say the breach was discovered on a day that has not come")
+    if isinstance(camp.get("deadline"), dt.date) and isinstance(camp.get("discovered"), dt.date) \
+            and camp["deadline"] < camp["discovered"]:
+        c.problem("[campaign] deadline", f"{camp['deadline']} is before the discovery on {camp['discovered']}")
 
 
 def _provider(base: Path, name: str, kind: str, t: dict[str, Any]) -> ProviderConfig:
