@@ -49,34 +49,58 @@ class Preflight:
 def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Preflight:
     """Collects every problem it can find rather than stopping at the first."""
     pre = Preflight(store, None, None)
+    _load(campaign, pre)
+    _import(campaign, store, pre, append)
+    if pre.templates is None or pre.problems:
+        return pre
+    columns = store.columns()
+    _columns(campaign, store, pre.templates, columns, pre)
+    if pre.problems:
+        return pre  # rendering would only fail again for the same missing columns and variables
+    _render_every_version(campaign, store, pre.templates, columns, pre)
+    if pre.ok:
+        for finding in lint(campaign, pre.templates, pre.rendered):
+            if finding.level == "error":
+                pre.add(f"content lint: {finding}", "the content lint's rules are in README.md (Content lint)")
+            else:
+                pre.warnings.append(str(finding))
+    return pre
+
+
+def _load(campaign: Campaign, pre: Preflight) -> None:
+    """The templates, and every provider of the failover order built as send builds it: its secrets present
+    (never shown), its key files readable (`check` said "OK: ready" with a password_env unset, #38)."""
     try:
         pre.templates = Templates(campaign)
         for problem in pre.templates.load_all():
             pre.add(problem)
     except TemplateError as e:
         pre.add(str(e), e.hint)
-    # Every provider of the failover order, built as send builds it: its secrets present (never shown), its key
-    # files readable. `check` said "OK: ready" with a password_env unset, and send then failed (#38).
     for name in campaign.send.providers:
         if name in campaign.providers:
             try:
                 providers.build(campaign.providers[name], concurrency=1)
             except ConfigError as e:
                 pre.add(e.message, e.hint)
+
+
+def _import(campaign: Campaign, store: Store, pre: Preflight, append: bool) -> None:
+    """The recipients file into the state (again only if it changed), its rejects report, each person's claim-order
+    key from this campaign's rules as they are now (earliest deadline first, #40), and the rules that apply."""
     pre.imported = store.import_file(campaign.recipients, append=append, trusted=frozenset(campaign.review.trusted_columns))
     store.write_rejects_file()
-    # Earliest deadline first (#40): each waiting person's claim-order key, from this campaign's rules as they are now.
     written = {juris for _, juris in store.samples()}
     store.order_claims({j: claim_order(campaign, j) for j in written}, claim_order(campaign, ""))
     pre.rules = rules_that_apply(campaign, store)
     if not store.counts():
         pre.add(f"{campaign.recipients}: no recipients: {pre.imported.rows_read} row(s) read, all rejected "
-                            f"(see {store.state_dir / 'rejects.csv'})")
-    if pre.templates is None or pre.problems:
-        return pre
-    templates = pre.templates
+                f"(see {store.state_dir / 'rejects.csv'})")
+
+
+def _columns(campaign: Campaign, store: Store, templates: Templates, columns: set[str], pre: Preflight) -> None:
+    """Every column and variable the templates use, present and filled in: all of them at once (rendering stops
+    at the first)."""
     used = templates.recipient_fields() - set(STANDARD_COLUMNS)
-    columns = store.columns()
     for col in sorted(c for c in columns if not c.isidentifier()):
         pre.warnings.append(f"{campaign.recipients}: column {col!r} is not a name a template can write as recipient.NAME; "
                             f"a template reaches it only as recipient[{col!r}] (or rename the column)")
@@ -90,13 +114,16 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
             pre.add(
                 f"{campaign.recipients}: {n} recipient(s) have an empty {col!r}, which the templates use "
                 f"(first at row {first}); fill it in so no notice goes out with a blank")
-    # Every variable the templates lack, in every version, at once (rendering stops at the first).
     hint = "add it to [variables] in campaign.toml (or to the locale's [variables.<locale>] table)"
     for problem in sorted({p for v in templates.versions for p in templates.undefined_variables(v)}):
         pre.add(problem, hint)
-    if pre.problems:
-        return pre  # rendering would only fail again for the same missing columns and variables
-    # Every template version, and every (locale, jurisdiction) recipients have, renders before anything is sent.
+
+
+def _render_every_version(campaign: Campaign, store: Store, templates: Templates, columns: set[str],
+                          pre: Preflight) -> None:
+    """Every template version, and every (locale, jurisdiction) recipients have, rendered before anything is
+    sent; with warnings of their own, not lost in the fallback line: people who will read another language, and
+    jurisdictions whose legally required content nothing checks."""
     targets: dict[str, tuple[str, dict[str, Any]]] = {}  # version -> (address as stored, template context)
     other_language: Counter[tuple[str, str]] = Counter()  # (asked for, will get) where the language differs
     unprofiled: Counter[str] = Counter()  # jurisdictions whose notices no legal profile checks
@@ -112,8 +139,6 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
             other_language[requested, version] += s["count"]
         if juris and not campaign.review.for_variant(variant):
             unprofiled[juris] += s["count"]
-    # Warnings of their own, not lost in the fallback line: people who will read another language, and
-    # jurisdictions whose legally required content nothing checks.
     for (requested, version), n in sorted(other_language.items(), key=lambda kv: -kv[1]):
         variant, got = split_version(version)
         language = requested.split("-")[0]
@@ -135,13 +160,6 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
             pre.add(built.reason, built.hint)
         else:
             pre.rendered.append((built.rendered, built.message))
-    if pre.ok:
-        for finding in lint(campaign, templates, pre.rendered):
-            if finding.level == "error":
-                pre.add(f"content lint: {finding}", "the content lint's rules are in README.md (Content lint)")
-            else:
-                pre.warnings.append(str(finding))
-    return pre
 
 
 def probe_providers(c: Campaign) -> list[tuple[str, bool, str]]:
@@ -162,7 +180,6 @@ def probe_providers(c: Campaign) -> list[tuple[str, bool, str]]:
             await provider.aclose()
 
     return [asyncio.run(one(name)) for name in c.send.providers if name in c.providers]
-
 
 def rules_that_apply(campaign: Campaign, store: Store) -> list[str]:
     """The jurisdiction rules this campaign's people fall under, a line each, as `check` says them (#40): each
