@@ -96,6 +96,12 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                        ("AWS_SESSION_TOKEN", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
         monkeypatch.setenv(var, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
+    # Passwords read in one test are redacted from every later output of this process (errors.register_secret):
+    # a test's password "wrong" turned a later test's path ".../test_rules_that_are_wrong_are_0/..." into
+    # "[secret]". Each test starts with none.
+    from notify import errors
+
+    monkeypatch.setattr(errors, "_SECRETS", set())
 
 
 STATE_ON_POSTGRES = """

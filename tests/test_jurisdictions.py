@@ -228,7 +228,7 @@ def test_a_campaign_overrides_and_adds_rules(make_campaign: MakeCampaign, reques
         "US-CA": str(TODAY + dt.timedelta(days=5)), "US-NV": str(TODAY + dt.timedelta(days=15))}
 
 
-def test_rules_that_are_wrong_are_named_by_file_and_key(make_campaign: MakeCampaign, request: pytest.FixtureRequest) -> None:
+def test_rules_with_problems_are_named_by_file_and_key(make_campaign: MakeCampaign, request: pytest.FixtureRequest) -> None:
     d = campaign(make_campaign, request, {"US-CA": 1}, extra="""
     [jurisdictions]
     file = "missing-rules.toml"

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -160,47 +160,63 @@ def status(
         if as_json:
             typer.echo(report.dumps(st))
             return
-        typer.echo(f"campaign {st['campaign']}: {st['rows_read']} rows read = {st['total']} recipients + {st['rejected']} rejected")
-        typer.echo("states:   " + ", ".join(f"{k} {v}" for k, v in st["states"].items() if v))
-        for line in report.sending(c, store, time.time())[0]:  # whether anything sends now; if not, why it stopped
-            typer.echo(line)
-        for w in st["workers"]:
-            typer.echo("worker:   " + report.worker_said(w))
-        if st["in_doubt"]:
-            typer.echo(f"in doubt: {st['in_doubt']} ever (a crash or dropped connection after sending); "
-                       f"{st['in_doubt_unsettled']} not yet settled (sent again with the same Message-ID)")
-        typer.echo("locales:  " + ", ".join(f"{k or '(none)'} {v}" for k, v in st["locales"].items()))
-        if any("/" in v for v in st["versions"]):
-            typer.echo("versions: " + ", ".join(f"{k} {v}" for k, v in st["versions"].items()))
-        if st["fallbacks"]:
-            typer.echo("fell back: " + ", ".join(f"{k} ({v})" for k, v in st["fallbacks"].items()))
-        if st["providers"]:
-            typer.echo("providers: " + ", ".join(f"{k} {v}" for k, v in st["providers"].items()))
-        for sw in st["switches"]:
-            typer.echo(f"switched:  {sw['from']} -> {sw['to']} at {report.local(c, sw['at'])} ({_one_line(str(sw['reason']))})")
-        for line in st["health"]:
-            typer.echo(_one_line(line))
-        for reason, n in st["reject_reasons"].items():
-            typer.echo(f"rejected: {_one_line(reason)} x {n}")
-        if (more := st["rejected"] - sum(st["reject_reasons"].values())) > 0:
-            typer.echo(f"rejected: +{more} more with other reasons (every one is in rejects.csv)")
-        for title, key in (("deferred", "deferred_replies"), ("failed", "failed_replies"), ("bounced", "bounced_replies")):
-            for code, info in st[key].items():
-                typer.echo(f"{title}: {code} x {info['count']} (e.g. {_one_line(str(info['example']))})")
-        for reason, n in st["suppressed_reasons"].items():
-            typer.echo(f"suppressed (not notified by email): {_one_line(reason)} x {n}")
-        if st["seeds"]:
-            last = st["seeds"][-1]
-            typer.echo(f"seeds:    {len(st['seeds'])} message(s) to {len({s['address'] for s in st['seeds']})} seed "
-                       f"address(es), the last at {report.local(c, last['at'])} (the company's own: not counted as notified)")
-        if st["unmatched_feedback"]:
-            typer.echo(f"unmatched feedback: {st['unmatched_feedback']} (bounces or events that match no recipient)")
-        if st["next_retry"]:
-            typer.echo(f"next retry: {st['next_retry_said']} ({report.local(c, st['next_retry'])})")
-        if st["deadline"]:
-            (err if st["deadline"]["late"] else typer.echo)(st["deadline"]["said"])
-        for line in report.jurisdiction_lines(c, report.jurisdictions(c, store)):
-            typer.echo(line)
+        for line in [*_said_now(c, store, st), *_said_content(c, st), *_said_outcomes(st), *_said_time(c, store, st)]:
+            (err if line.startswith(LATE) else typer.echo)(line.removeprefix(LATE))
+
+
+LATE = "\0late:"  # a line for stderr: the deadline passed or will be missed
+
+
+def _said_now(c: Campaign, store: Store, st: dict[str, Any]) -> list[str]:
+    """Who is in the campaign, and whether anything sends it now (if not, why it stopped)."""
+    lines = [f"campaign {st['campaign']}: {st['rows_read']} rows read = {st['total']} recipients + {st['rejected']} rejected",
+             "states:   " + ", ".join(f"{k} {v}" for k, v in st["states"].items() if v),
+             *report.sending(c, store, time.time())[0],
+             *["worker:   " + report.worker_said(w) for w in st["workers"]]]
+    if st["in_doubt"]:
+        lines.append(f"in doubt: {st['in_doubt']} ever (a crash or dropped connection after sending); "
+                     f"{st['in_doubt_unsettled']} not yet settled (sent again with the same Message-ID)")
+    return lines
+
+
+def _said_content(c: Campaign, st: dict[str, Any]) -> list[str]:
+    """Who gets which language and version, through which provider, and how the providers stand."""
+    lines = ["locales:  " + ", ".join(f"{k or '(none)'} {v}" for k, v in st["locales"].items())]
+    if any("/" in v for v in st["versions"]):
+        lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in st["versions"].items()))
+    if st["fallbacks"]:
+        lines.append("fell back: " + ", ".join(f"{k} ({v})" for k, v in st["fallbacks"].items()))
+    if st["providers"]:
+        lines.append("providers: " + ", ".join(f"{k} {v}" for k, v in st["providers"].items()))
+    lines += [f"switched:  {sw['from']} -> {sw['to']} at {report.local(c, sw['at'])} ({_one_line(str(sw['reason']))})"
+              for sw in st["switches"]]
+    return lines + [_one_line(line) for line in st["health"]]
+
+
+def _said_outcomes(st: dict[str, Any]) -> list[str]:
+    """What went wrong, by reason: rejected rows, replies of the deferred, failed and bounced, suppressions."""
+    lines = [f"rejected: {_one_line(reason)} x {n}" for reason, n in st["reject_reasons"].items()]
+    if (more := st["rejected"] - sum(st["reject_reasons"].values())) > 0:
+        lines.append(f"rejected: +{more} more with other reasons (every one is in rejects.csv)")
+    for title, key in (("deferred", "deferred_replies"), ("failed", "failed_replies"), ("bounced", "bounced_replies")):
+        lines += [f"{title}: {code} x {info['count']} (e.g. {_one_line(str(info['example']))})" for code, info in st[key].items()]
+    lines += [f"suppressed (not notified by email): {_one_line(reason)} x {n}" for reason, n in st["suppressed_reasons"].items()]
+    if st["unmatched_feedback"]:
+        lines.append(f"unmatched feedback: {st['unmatched_feedback']} (bounces or events that match no recipient)")
+    return lines
+
+
+def _said_time(c: Campaign, store: Store, st: dict[str, Any]) -> list[str]:
+    """The seeds sent, the next retry, the deadline and each jurisdiction's."""
+    lines = []
+    if (seeded := st["seeds"]) is not None:
+        lines.append(f"seeds:    {seeded['messages']} message(s) to {seeded['addresses']} seed address(es), the last at "
+                     f"{report.local(c, seeded['last'])} (the company's own: not counted as notified)")
+    if st["next_retry"]:
+        lines.append(f"next retry: {st['next_retry_said']} ({report.local(c, st['next_retry'])})")
+    if st["deadline"]:
+        lines.append((LATE if st["deadline"]["late"] else "") + st["deadline"]["said"])
+    return lines + report.jurisdiction_lines(c, report.jurisdictions(c, store))
 
 
 def _watch(c: Campaign, store: Store, interval: float) -> None:
