@@ -88,7 +88,10 @@ def test_the_watch_screen_through_a_relay_death_a_pause_and_the_finish(make_camp
     watch = Terminal([sys.executable, "-m", "notify", "status", str(d), "--watch", "--interval", "0.3"])
     try:
         # Sending: who sends and at what rate.
-        live = watch.wait_for(lambda f: "sending:  yes" in f and "/s over the last outcomes" in f)
+        try:
+            live = watch.wait_for(lambda f: "sending:  yes" in f and "/s over the last outcomes" in f)
+        except AssertionError:
+            raise AssertionError(f"the sender's terminal: {sender.seen.decode(errors='replace')[-2000:]}") from None
         assert re.search(r"rate: +\d+\.\d/s over the last outcomes; \d+ to go", live), live
         # The relay dies: the sender stops (nothing else to fail over to), and the screen says so at once.
         srv.__exit__(None, None, None)

@@ -260,3 +260,20 @@ def test_feedback_finds_a_recipient_by_either_kind_of_provider_id(tmp_path: Path
     plan = " ".join(map(str, store.db.execute(f"EXPLAIN QUERY PLAN SELECT id FROM recipients WHERE {PROVIDER_ID_WHERE}", ("x",))))
     assert "recipients_provider_message_id" in plan, plan
     store.close()
+
+
+def test_commands_opening_a_new_state_at_once_all_open_it(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    """`send` and `status --watch` (or two of anything) opening a campaign's state for the first time, together:
+    each found the migrations to do, and the second to apply one failed with "duplicate column name" (found by
+    tests/test_screen.py, one run in four). Six processes at once, on five new campaigns."""
+    import subprocess
+    import sys
+
+    opener = ("import sys; from notify.campaign.config import load; from notify.store import open_store;"
+              "open_store(load(sys.argv[1])).close()")
+    for k in range(5):
+        d = make_campaign(name=f"c{k}")
+        procs = [subprocess.Popen([sys.executable, "-c", opener, str(d)], stderr=subprocess.PIPE, text=True)
+                 for _ in range(6)]
+        errors = [p.communicate(timeout=60)[1] for p in procs]
+        assert all(p.returncode == 0 for p in procs), [e[-300:] for e in errors if e]

@@ -142,8 +142,12 @@ class SqliteStore(Store):
         for name, sql in schema.MIGRATIONS:
             if name in done:
                 continue
-            # Each migration and its record commit together, or neither does.
+            # Each migration and its record commit together, or neither does; under the write lock, and only if
+            # nobody applied it meanwhile: two commands opening a new state at once (`send`, and `status --watch`
+            # from another terminal) both found it to do, and the second failed ("duplicate column name").
             with self.transaction(chain=False):
+                if self.db.execute("SELECT 1 FROM migrations WHERE name=?", (name,)).fetchone():
+                    continue
                 for statement in filter(str.strip, sql.split(";")):
                     self.db.execute(statement)
                 self.db.execute("INSERT INTO migrations VALUES (?, ?)", (name, utcnow()))
