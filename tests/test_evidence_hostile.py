@@ -4,6 +4,7 @@ that does not verify is refused with or without a key, and lookup and report che
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -234,3 +235,21 @@ def test_the_report_of_an_export_is_the_one_it_sealed(make_campaign: MakeCampaig
     (out / "report.html").write_text((out / "report.html").read_text().replace("5 recipients", "6 recipients"))
     code, _, err = run("report", out, "--out", tmp_path / "r2.html")
     assert code == 1 and "report.html: changed since the export" in err, err
+
+
+def test_recipients_written_in_a_process_of_their_own_are_the_same(make_campaign: MakeCampaign, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
+    """#37: a large export writes recipients.csv and alternate_channel.csv in another process while this one writes
+    the events; the files are those the one process writes, and the export verifies."""
+    from notify.evidence import export as export_mod
+
+    d, out = exported(make_campaign, tmp_path)
+    monkeypatch.setattr(export_mod, "BESIDE_FROM", 0)
+    beside = tmp_path / "beside"
+    code, _, err = run("audit", "export", d, "--out", beside)
+    assert code == 0, err
+    for name in ("recipients.csv", "alternate_channel.csv"):
+        assert (beside / name).read_bytes() == (out / name).read_bytes(), name
+    assert run("audit", "verify", beside)[0] == 0
+    sums = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=beside, capture_output=True, text=True)
+    assert sums.returncode == 0, sums.stdout + sums.stderr
