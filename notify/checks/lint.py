@@ -20,6 +20,7 @@ import datetime as dt
 import email
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from email import policy
 from html.parser import HTMLParser
@@ -199,17 +200,29 @@ def _lint_version(campaign: Campaign, templates: Templates, r: Rendered, msg: Me
 
     html = _Html()
     html.feed(r.html)
-    html_text = _norm(" ".join(html.text))
-    text = _norm(r.text)
-    text_lines = {_norm(line) for line in r.text.splitlines() if line.strip()}
     try:
         phrases, patterns, files = phrases_for(templates, v)
     except ValueError as e:
         add("error", "lint-file", str(e))
         return out
     where = files[-1] if files else templates.roots[0] / v / LINT_FILE
+    _legal(campaign, r, html, phrases, where, add)
+    _links(r, html, allowed, add)
+    _images_and_tags(html, add)
+    _asks_nothing(r, html, phrases, patterns, where, add)
+    _headers_and_parts(msg, add)
+    return out
 
-    # --- legal profiles ---
+
+Add = Callable[[str, str, str], None]  # (level, rule, message): a finding of the version being linted
+
+
+def _legal(campaign: Campaign, r: Rendered, html: _Html, phrases: dict[str, str], where: Path, add: Add) -> None:
+    """The legal profiles of the version's variant: the phrases each requires (as headings where it says so),
+    those it forbids, and its own rules (Massachusetts' count, HIPAA, a contact point, New York's agencies)."""
+    html_text = _norm(" ".join(html.text))
+    text = _norm(r.text)
+    text_lines = {_norm(line) for line in r.text.splitlines() if line.strip()}
     for profile in campaign.review.for_variant(r.variant):
         for key in REQUIRED[profile]:
             phrase = phrases.get(key)
@@ -239,7 +252,10 @@ def _lint_version(campaign: Campaign, templates: Templates, r: Rendered, msg: Me
         if profile == "new-york" and not (_has_phone(r.text) and (_URL.search(r.text) or _GOV.search(text))):
             add("error", profile, "New York requires the phone numbers and websites of state and federal agencies that help")
 
-    # --- anti-phishing ---
+
+def _links(r: Rendered, html: _Html, allowed: list[str], add: Add) -> None:
+    """Every link, address in the text and image source: on an allowed host, no shortener, and a link's text
+    never showing one host while it goes to another."""
     links = [(href, label, "HTML link") for href, label in html.links]
     # A bare address ends where the sentence's punctuation begins ("visit www.example.com, or call").
     links += [(u.rstrip(SENTENCE_END), "", "text") for u in _URL.findall(r.text)]
@@ -259,6 +275,10 @@ def _lint_version(campaign: Campaign, templates: Templates, r: Rendered, msg: Me
         shown = _host(label) if label else None
         if shown and shown != host:
             add("error", "link-text", f"a link shows {label!r} but goes to {host}: exactly what phishing does")
+
+
+def _images_and_tags(html: _Html, add: Add) -> None:
+    """No tracking pixel, a warning for a remote image, and no active content."""
     for img in html.images:
         w, h, style = img.get("width", ""), img.get("height", ""), img.get("style", "").replace(" ", "").lower()
         if w in ("0", "1") or h in ("0", "1") or "display:none" in style or re.search(r"(?:width|height):[01]px", style):
@@ -268,6 +288,12 @@ def _lint_version(campaign: Campaign, templates: Templates, r: Rendered, msg: Me
                 f"a remote image ({img.get('src')!r}): many clients block it, and loading it tells the sender who opened")
     for tag in sorted(set(html.forbidden)):
         add("error", "active-content", f"the HTML has a <{tag}>: a notice asks nothing of the reader and runs nothing")
+
+
+def _asks_nothing(r: Rendered, html: _Html, phrases: dict[str, str], patterns: list[str], where: Path,
+                  add: Add) -> None:
+    """No request for a password or a code (the shipped patterns and the locale's own), and the reassurance that
+    none will ever come."""
     for pattern in _CREDENTIAL_REQUEST + patterns:
         try:
             m = re.search(pattern, r.text, re.I) or re.search(pattern, " ".join(html.text), re.I)
@@ -276,9 +302,12 @@ def _lint_version(campaign: Campaign, templates: Templates, r: Rendered, msg: Me
             continue
         if m:
             add("error", "credential-request", f"asks for a secret ({m.group(0)!r}): a notice never asks for a password or a code")
-    if phrases.get("never_ask") and _norm(phrases["never_ask"]) not in text:
+    if phrases.get("never_ask") and _norm(phrases["never_ask"]) not in _norm(r.text):
         add("warning", "reassurance", f"the text does not say {phrases['never_ask']!r}: tell readers you never ask for passwords")
 
+
+def _headers_and_parts(msg: Message, add: Add) -> None:
+    """No List-Unsubscribe (a legal notice is not marketing) and no attachment."""
     parsed = email.message_from_bytes(msg.data, policy=policy.default)
     if parsed["List-Unsubscribe"] is not None:
         add("warning", "list-unsubscribe", "the message has a List-Unsubscribe header: a legal notice is not marketing, "
@@ -287,8 +316,6 @@ def _lint_version(campaign: Campaign, templates: Templates, r: Rendered, msg: Me
         if mime_part.get_content_disposition() == "attachment" or mime_part.get_filename():
             add("error", "attachment", f"the message has an attachment ({mime_part.get_filename() or mime_part.get_content_type()}): "
                                        "notices carry none; attachments are what phishing sends")
-    return out
-
 
 def _hipaa(campaign: Campaign, r: Rendered, text: str, add: Any) -> None:
     """45 CFR 164.404(c): the date of discovery, and a toll-free number."""
