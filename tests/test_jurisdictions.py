@@ -23,30 +23,27 @@ from notify.campaign.jurisdictions import shipped
 from notify.evidence import signing
 from notify.store import open_store
 
-from .conftest import STATE_ON_POSTGRES, MakeCampaign, run, simple_templates, sql
+from .conftest import BASE_TOML, STATE_ON_POSTGRES, MakeCampaign, run, simple_templates, sql
 
 TODAY = dt.date.today()
 
-TOML = """\
-[campaign]
-id = "juris"
-template = "t"
-default_locale = "en"
-recipients = "recipients.csv"
-from = "Example Cloud Security <security@example.com>"
-require_approval = false
-discovered = {discovered}
+# conftest's campaign, with the discovery in [campaign] (where the jurisdictions' deadlines count from) and rules
+# of the test's own after it.
+TOML = BASE_TOML.replace('id = "test-2022-08"', 'id = "juris"').replace(
+    "require_approval = false", "require_approval = false\ndiscovered = {discovered}").replace(
+    "discovered = 2022-08-08\n", "")
 
-[send]
-providers = ["outbox"]
-concurrency = 4
-{send_extra}
 
-[providers.outbox]
-type = "outbox"
-path = "outbox"
-fsync = false
-{extra}"""
+def nevada(days: int) -> str:
+    """A rule notify does not ship, as a campaign adds it."""
+    return f"""
+    [jurisdictions.US-NV]
+    name = "Nevada"
+    individuals_days = {days}
+    individuals = "in the most expedient time possible"
+    citation = "Nev. Rev. Stat. 603A.220"
+    reviewed = 2026-11-30
+    """
 
 # Residents of each side of each threshold: California's "more than 500" at exactly 500 (not crossed) and
 # Washington's at 501 (crossed); Texas' "at least 250" at 250; Florida's "500 or more" at 499, Colorado's at 500;
@@ -69,7 +66,8 @@ def rows(counts: dict[str, int]) -> str:
 
 def campaign(make_campaign: MakeCampaign, request: pytest.FixtureRequest, counts: dict[str, int], *,
              discovered: dt.date = TODAY - dt.timedelta(days=5), extra: str = "", send_extra: str = "") -> Path:
-    text = TOML.format(discovered=discovered.isoformat(), extra=textwrap.dedent(extra), send_extra=send_extra)
+    text = textwrap.dedent(TOML).format(discovered=discovered.isoformat(), template="t", recipients="recipients.csv",
+                                        send_extra=send_extra, providers_extra=textwrap.dedent(extra))
     if "backend" in request.fixturenames and request.getfixturevalue("backend") == "postgresql":
         text += STATE_ON_POSTGRES
     return make_campaign(rows(counts), toml=text, template="t", templates=simple_templates())
@@ -207,14 +205,7 @@ def test_a_campaign_overrides_and_adds_rules(make_campaign: MakeCampaign, reques
     when = "within 5 days of the notices"
     contents = ["a sample copy"]
     citation = "Cal. Civ. Code 1798.82(f)"
-
-    [jurisdictions.US-NV]
-    name = "Nevada"
-    individuals_days = 20
-    individuals = "in the most expedient time possible"
-    citation = "Nev. Rev. Stat. 603A.220"
-    reviewed = 2026-11-30
-    """
+    """ + nevada(20)
     d = campaign(make_campaign, request, {"US-CA": 3, "US-NV": 2}, extra=extra)
     code, out, err = run("check", d)
     assert code == 0, out + err
@@ -268,14 +259,7 @@ def test_the_send_takes_the_earliest_deadline_first(make_campaign: MakeCampaign,
     """Under a low rate a canary of 6 (--limit) reaches the six people whose law's deadline comes first, though
     their rows come last in the file; then status lists the jurisdictions in that order. On both backends."""
     counts = {"EU-FR": 5, "US-TX": 5, "US-CA": 4, "US-NV": 2}  # GDPR: no fixed days; Texas 60; California 30
-    extra = """
-    [jurisdictions.US-NV]
-    name = "Nevada"
-    individuals_days = 10
-    individuals = "for this test: within 10 days"
-    citation = "a test"
-    reviewed = 2026-11-30
-    """
+    extra = nevada(10)
     d = campaign(make_campaign, request, counts, extra=extra, send_extra="rate = 20")
     code, out, err = run("send", d, "--limit", "6")
     assert code == 0, out + err

@@ -159,20 +159,20 @@ def by_jurisdiction(campaign: Campaign, outcomes: list[Outcomes], *, rate: float
     """Each jurisdiction with people in the campaign against its own deadline, in the order the send claims them
     (earliest deadline first). A projected finish counts everyone claimed before a jurisdiction's people too."""
     now = now or dt.datetime.now(dt.UTC)
+    judged = {o.jurisdiction: jurisdiction_deadline(campaign, o.jurisdiction) for o in outcomes}
+    keys = {o.jurisdiction: claim_order(campaign, o.jurisdiction) for o in outcomes}
     # Where deadlines fall together the claim takes people in file order; said in this order: a law's own deadline
     # first, then no fixed days, no rule known, and last people whose rows name no jurisdiction.
-    ordered = sorted(outcomes, key=lambda o: (claim_order(campaign, o.jurisdiction),
-                                              [None, NO_FIXED, NO_DISCOVERY, NO_RULE].index(
-                                                  jurisdiction_deadline(campaign, o.jurisdiction)[2]),
+    ordered = sorted(outcomes, key=lambda o: (keys[o.jurisdiction],
+                                              [None, NO_FIXED, NO_DISCOVERY, NO_RULE].index(judged[o.jurisdiction][2]),
                                               not o.jurisdiction, o.jurisdiction))
     out = []
     for o in ordered:
-        rule, day, why = jurisdiction_deadline(campaign, o.jurisdiction)
-        key = claim_order(campaign, o.jurisdiction)
-        ahead = sum(x.remaining for x in ordered if claim_order(campaign, x.jurisdiction) <= key)
+        rule, day, why = judged[o.jurisdiction]
         if day is None:
             out.append(JurisdictionStanding(o, rule, None, None, str(why)))
             continue
+        ahead = sum(x.remaining for x in ordered if keys[x.jurisdiction] <= keys[o.jurisdiction])
         ends = end_of(day, campaign.tz)
         verdict, finish = _judge(ends, now, remaining=o.remaining, ahead=ahead, imported=True,
                                  last_first_send=o.last_notice, rate=rate, last_retry=last_retry)

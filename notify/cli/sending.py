@@ -209,9 +209,9 @@ def _said_outcomes(st: dict[str, Any]) -> list[str]:
 def _said_time(c: Campaign, store: Store, st: dict[str, Any]) -> list[str]:
     """The seeds sent, the next retry, the deadline and each jurisdiction's."""
     lines = []
-    if (seeded := st["seeds"]) is not None:
-        lines.append(f"seeds:    {seeded['messages']} message(s) to {seeded['addresses']} seed address(es), the last at "
-                     f"{report.local(c, seeded['last'])} (the company's own: not counted as notified)")
+    if (seeded := st["seeds"])["messages"]:
+        lines.append(f"seeds:    {seeded['messages']} message(s) to {len(seeded['addresses'])} seed address(es), the last "
+                     f"at {report.local(c, seeded['last'])} (the company's own: not counted as notified)")
     if st["next_retry"]:
         lines.append(f"next retry: {st['next_retry_said']} ({report.local(c, st['next_retry'])})")
     if st["deadline"]:

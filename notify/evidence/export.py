@@ -59,13 +59,6 @@ def _create(path: Path) -> IO[str]:
     return open(files.open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w", newline="", encoding="utf-8")
 
 
-def seeds_sent(store: Store) -> dict[str, Any]:
-    """The seed messages the ledger records (seed_sent events, #38): how many, to whom, which versions."""
-    events = [json.loads(e["detail"] or "{}") for e in store.events_of_kind("seed_sent")]
-    return {"messages": len(events), "addresses": sorted({str(d.get("address")) for d in events}),
-            "versions": sorted({str(d.get("version")) for d in events}), "counted_as_notified": False}
-
-
 def _approval_line(approval: dict[str, Any] | None) -> str:
     """The approval as a person reads it: who, when, what (the full parts are in summary.json)."""
     if approval is None:
@@ -317,7 +310,8 @@ def _summary(campaign: Campaign, store: Store, tally: _Tally, verdict: Verdict) 
                               tally.late, sum(tally.by_provider.values())),
         "template_sha256": sent_templates(store),
         "regulators": regulators.table(campaign, store),  # what `notify regulators` says (#40)
-        "seeds": seeds_sent(store),  # the company's own addresses, sent every version first: not people notified
+        # The company's own addresses, sent every version first: not people notified.
+        "seeds": {k: v for k, v in store.seeds_sent().items() if k != "last"},
         "chain": {"events": verdict.events, "head": verdict.head, "verified": verdict.ok},
     }
 

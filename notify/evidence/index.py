@@ -19,8 +19,7 @@ from typing import IO, Any
 
 from ..errors import InputError
 from ..store import event_hash
-from .manifest import MANIFEST, SUMS, check_signature, file_entry, read_manifest
-from .signing import SIGNATURE
+from .manifest import MANIFEST, check_signature, file_entry, read_manifest, unlisted
 
 INDEX = "index.sqlite"
 REPORT = "report.html"  # the campaign report as of the export (reports.html), sealed with it
@@ -183,8 +182,7 @@ def find(out: Path, keys: list[str], key: Path | None) -> Found | None:
         f = out / name
         if name not in SMALL and ("/" in name or not f.is_file() or f.is_symlink() or f.stat().st_size != want.get("size")):
             problems.append(f"{f}: {'missing' if not f.is_file() else 'changed since the export'} (the manifest lists it)")
-    for extra in sorted(p.name for p in out.iterdir() if p.name not in listed and p.name not in (MANIFEST, SIGNATURE, SUMS)):
-        problems.append(f"{out / extra}: not part of the export (the manifest does not list it)")
+    problems += unlisted(out, listed)
     if problems:
         raise InputError(f"{out}: the export does not verify, so nothing read from it could be trusted:\n  "
                          + "\n  ".join(problems[:10]), hint=f"`notify audit verify {out}` shows the whole report")
@@ -228,9 +226,7 @@ def sealed_report(out: Path, key: Path | None) -> tuple[bytes, str, str | None] 
         return None
     problems: list[str] = []
     signature, signer = check_signature(out, raw, manifest, key, problems)
-    for extra in sorted(p.name for p in out.iterdir() if p.name not in manifest["files"]
-                        and p.name not in (MANIFEST, SIGNATURE, SUMS)):
-        problems.append(f"{out / extra}: not part of the export (the manifest does not list it)")
+    problems += unlisted(out, manifest["files"])
     if (out / REPORT).is_symlink() or file_entry(out / REPORT) != want:
         problems.append(f"{out / REPORT}: changed since the export")
     if problems:

@@ -48,9 +48,14 @@ def check_files(out: Path, listed: dict[str, dict[str, Any]], what: str, since: 
                             f"{str(want.get('sha256'))[:16]}..., now {got['size']} bytes with {got['sha256'][:16]}...)")
         else:
             matched += 1
-    for extra in sorted(p.name for p in out.iterdir() if p.name not in listed and p.name not in (MANIFEST, signing.SIGNATURE, SUMS)):
-        problems.append(f"{out / extra}: not part of {what} (the manifest does not list it)")
+    problems += unlisted(out, listed, what)
     return problems, matched
+
+
+def unlisted(out: Path, listed: dict[str, Any], what: str = "the export") -> list[str]:
+    """What a directory holds that its manifest does not list (its manifest, signature and SHA256SUMS aside)."""
+    return [f"{out / extra}: not part of {what} (the manifest does not list it)" for extra in sorted(
+        p.name for p in out.iterdir() if p.name not in listed and p.name not in (MANIFEST, signing.SIGNATURE, SUMS))]
 
 
 def export_dir(out: Path, force: bool) -> None:

@@ -228,22 +228,13 @@ def status(campaign: Campaign, store: Store, templates: Templates | None = None)
         "recipients_file": last["path"] if last else None,
         "recipients_sha256": last["sha256"] if last else None,
         "events": store.event_count(),
-        "seeds": seeds(store),
+        "seeds": store.seeds_sent(),
         "deadline": d.as_dict() if (d := deadline(campaign, store)) is not None else None,
         "jurisdictions": [jurisdiction_dict(j) for j in jurisdictions(campaign, store)],
         "health": health(campaign, store),  # the providers and the breaker as the last run left them
         "state_backend": store.backend,
         "workers": [worker_view(w) for w in store.workers()][-20:],  # every live one is among the latest
     }
-
-
-def seeds(store: Store) -> dict[str, Any] | None:
-    """The seed messages sent (#38): how many, to how many addresses, the last when; None when none was."""
-    sent = store.events_of_kind("seed_sent")
-    if not sent:
-        return None
-    return {"messages": len(sent), "addresses": len({json.loads(e["detail"] or "{}").get("address") for e in sent}),
-            "last": sent[-1]["ts"]}
 
 
 def worker_said(w: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -197,9 +198,18 @@ class Views(Backend):
             _, day, _ = jurisdiction_deadline(campaign, key)
             ends = end_of(day, campaign.tz).timestamp() if day is not None else None
             if ends is not None and o.last_notice is not None and o.last_notice > ends:
-                o = Outcomes(**{**o.__dict__, "late": self.notified_after(sorted(written[key]), ends)})
+                o = dataclasses.replace(o, late=self.notified_after(sorted(written[key]), ends))
             out.append(o)
         return out
+
+    def seeds_sent(self) -> dict[str, Any]:
+        """The seed messages the ledger records (seed_sent events, #38): how many, to whom, which versions, the last
+        when. Never people notified: status and the export say them apart."""
+        events = list(self.db.execute("SELECT ts, detail FROM events WHERE kind='seed_sent'"))
+        details = [json.loads(d or "{}") for _, d in events]
+        return {"messages": len(events), "addresses": sorted({str(d.get("address")) for d in details}),
+                "versions": sorted({str(d.get("version")) for d in details}), "counted_as_notified": False,
+                "last": max((str(ts) for ts, _ in events), default=None)}
 
     def notified_after(self, jurisdictions: Sequence[str], after: float) -> int:
         """How many people of these jurisdictions (as written) were notified, their first attempt after `after`."""
