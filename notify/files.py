@@ -110,7 +110,20 @@ def write_private(path: Path, data: bytes, fsync: bool = False) -> None:
         raise
 
 
-_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA = frozenset("=+-@\t\r")
+
+
+def formula_guard_sql(column: str) -> str:
+    """SQL giving a text column's value as SafeCsvWriter writes it (SQLite and PostgreSQL alike), for rows that go
+    to csv.writer as they are: at the audit export's 200,000 rows the check of each cell in Python was a fifth of
+    writing them."""
+    firsts = ", ".join(f"'{c}'" for c in sorted(_FORMULA))  # the tab and CR as themselves: both databases take them
+    return f"CASE WHEN substr({column}, 1, 1) IN ({firsts}) THEN '''' || {column} ELSE {column} END"
+
+
+def formula_guard(value: str) -> str:
+    """One cell as SafeCsvWriter writes it."""
+    return "'" + value if value[:1] in _FORMULA else value
 
 
 class SafeCsvWriter:
@@ -122,7 +135,7 @@ class SafeCsvWriter:
         self.writer = csv.writer(fh)
 
     def writerow(self, row: Iterable[Any]) -> None:
-        self.writer.writerow(["'" + v if isinstance(v, str) and v.startswith(_FORMULA) else v for v in row])
+        self.writer.writerow(["'" + v if isinstance(v, str) and v[:1] in _FORMULA else v for v in row])
 
     def writerows(self, rows: Iterable[Iterable[Any]]) -> None:
         for row in rows:

@@ -58,7 +58,8 @@ def test_lookup_and_report_refuse_a_re_sealed_forgery_beside_its_old_signature(m
     assert code == 0 and "Signed by the key the manifest names" in err
     # The forger changes a person's state and seals the files again with a manifest of their own.
     state = out / "state.jsonl"
-    state.write_text(state.read_text().replace('"state": "sent"', '"state": "failed"', 1))
+    assert '"state":"sent"' in state.read_text()
+    state.write_text(state.read_text().replace('"state":"sent"', '"state":"failed"', 1))
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["files"]["state.jsonl"] = file_entry(state)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -155,7 +156,8 @@ def test_a_malformed_export_is_refused_clearly(make_campaign: MakeCampaign, tmp_
     (out / "events.jsonl").write_bytes(b"\xff\xfe\xfd\n" + (out / "events.jsonl").read_bytes())
     _reseal(out)
     out = case("state-wrong-types")
-    (out / "state.jsonl").write_text((out / "state.jsonl").read_text().replace('"attempts": 1', '"attempts": {"a": 1}', 1))
+    assert '"attempts":1' in (out / "state.jsonl").read_text()
+    (out / "state.jsonl").write_text((out / "state.jsonl").read_text().replace('"attempts":1', '"attempts":{"a":1}', 1))
     _reseal(out)
     for name, out in cases.items():
         for cmd in (["audit", "verify", out], ["lookup", out, "p1@example.org"]):
@@ -210,7 +212,7 @@ def test_a_lookup_on_an_export_reads_only_that_persons_lines_and_checks_them(mak
     assert code == 0 and "p1@example.org" in text
     # A tampered event of that person, its length kept: the whole-file hash differs, and so does its block.
     events = (out / "events.jsonl").read_bytes()
-    line = next(ln for ln in events.splitlines() if b'"p1@example.org"' in ln and b'"kind": "sent"' in ln)
+    line = next(ln for ln in events.splitlines() if b'"p1@example.org"' in ln and b'"kind":"sent"' in ln)
     forged = line.replace(b'"outbox"', b'"outbix"', 1)
     assert forged != line and len(forged) == len(line)
     (out / "events.jsonl").write_bytes(events.replace(line, forged))

@@ -109,7 +109,8 @@ def tamper_event(out: Path) -> None:
     path = out / "events.jsonl"
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     i = _first_sent_line(out)
-    lines[i] = lines[i].replace('"kind": "sent"', '"kind": "failed"')
+    assert '"kind":"sent"' in lines[i]
+    lines[i] = lines[i].replace('"kind":"sent"', '"kind":"failed"')
     path.write_text("".join(lines), encoding="utf-8")
 
 

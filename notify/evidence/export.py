@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import functools
 import getpass
+import itertools
 import json
 import os
 import re
@@ -12,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from .. import __version__, files
 from ..campaign.deadline import MET, PASSED, standing
@@ -27,13 +30,9 @@ from .index import INDEX, REPORT, IndexWriter, Writer
 from .lookup import sent_templates
 from .manifest import export_dir, verify_file, write_manifest, write_sums
 
-# One encoder for every line (json.dumps with an option builds one per call: a fifth of the export's time).
-_LINE = json.JSONEncoder(ensure_ascii=False).encode
+BATCH = 2000  # lines written and indexed at a time
+_T = TypeVar("_T")
 KIT = Path(__file__).resolve().parent / "kit"  # VERIFY and verify.py, copied into every export as they are
-
-EXPORT_EVENT_FIELDS = ("seq", "ts", "recipient", "kind", "provider", "provider_message_id", "detail", "locale",
-                       "content_sha256", "prev_hash", "hash")
-
 
 RECIPIENT_COLUMNS = ("row", "email", "email_unicode", "name", "final_state", "reason", "attempts", "attempt_log",
                      "first_attempt_at", "last_change_at", "provider", "provider_message_id", "message_id", "content_sha256",
@@ -45,18 +44,36 @@ NOT_REACHED = ("rejected", "ineligible", "suppressed", "bounced", "failed", "pen
 
 def _attempt(ts: str, kind: str, provider: str | None, detail: str | None) -> str:
     """One attempt as a person reads it: "2022-08-08T14:00:01Z relay deferred 451 4.3.0"."""
+    return " ".join(p for p in (ts[:19] + "Z", provider or "", kind, _codes(detail)) if p)
+
+
+@functools.lru_cache(maxsize=4096)  # a campaign's attempts say a few replies, each many times
+def _codes(detail: str | None) -> str:
     d = json.loads(detail or "{}")
-    code = " ".join(str(d[k]) for k in ("code", "status") if d.get(k))
-    return " ".join(p for p in (ts[:19] + "Z", provider or "", kind, code) if p)
+    return " ".join(str(d[k]) for k in ("code", "status") if d.get(k))
 
 
 def _iso(epoch: float | None) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if epoch else ""
+    if not epoch:
+        return ""
+    second = int(epoch)
+    # Within a second (not where fromtimestamp's rounding to the microsecond carries into the next), its text.
+    return _second(second) if epoch - second < 0.999999 else _second(epoch)
+
+
+@functools.lru_cache(maxsize=4096)  # a send stamps thousands of people within each second
+def _second(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _create(path: Path) -> IO[str]:
     """A file of the export: it names people, so 0600 in a 0700 directory, and never through a link."""
     return open(files.open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w", newline="", encoding="utf-8")
+
+
+def _batches(rows: Iterator[_T]) -> Iterator[list[_T]]:
+    """Lists of BATCH rows (itertools.batched, before Python 3.12)."""
+    return iter(lambda: list(itertools.islice(rows, BATCH)), [])
 
 
 def _approval_line(approval: dict[str, Any] | None) -> str:
@@ -136,8 +153,9 @@ def _rebuild_kit(campaign: Campaign, store: Store, out: Path, sources: dict[str,
                             sort_keys=True) + "\n")
     with open(files.open_private(out / "state.jsonl", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as fh:
         w = Writer(fh)
-        for row in store.recipient_rows():
-            index.person(row["key"], row["id"], *w.line(_LINE(row)))
+        for batch in _batches(store.export_state()):
+            keys, ids, lines = zip(*batch, strict=True)
+            index.people(list(keys), list(ids), *w.lines(list(lines)))
         blocks["state.jsonl"] = w.close()
 
 
@@ -193,12 +211,12 @@ def _write_events(store: Store, out: Path, index: IndexWriter, blocks: dict[str,
         w = Writer(efh)
 
         def written() -> Iterator[dict[str, Any]]:
-            for ev in store.events():
-                line = {k: ev[k] for k in (*EXPORT_EVENT_FIELDS, "chain", "recipient_id") if k in ev}
-                index.event(ev.get("recipient_id"), *w.line(_LINE(line)))
-                yield line
+            for batch in _batches(store.export_events()):
+                rids, lines, events = zip(*batch, strict=True)
+                index.events(list(rids), *w.lines(list(lines)))
+                yield from events
         chained = written()
-        verdict = verify_chain(chained)
+        verdict = verify_chain(chained, hash_of=lambda ev: ev["computed"])
         for _ in chained:  # a chain that breaks stops the check, not the export: the rest is written as it is
             pass
         blocks["events.jsonl"] = w.close()
@@ -212,39 +230,47 @@ def _write_recipients(campaign: Campaign, store: Store, out: Path, resolve: Call
     tally = _Tally()
     due_at = campaign.deadline_end.timestamp() if campaign.deadline_end is not None else None
     with _create(out / "recipients.csv") as rfh, _create(out / "alternate_channel.csv") as afh:
-        rw, aw = files.SafeCsvWriter(rfh), files.SafeCsvWriter(afh)
+        # The store guards its text for a spreadsheet (files.formula_guard_sql); what is made here is guarded here.
+        rw, aw = csv.writer(rfh), csv.writer(afh)
+        guard = files.formula_guard
         extra = list(campaign.audit_columns)  # [audit] columns: who each row is (a customer id)
         rw.writerow((*RECIPIENT_COLUMNS, *extra))
         aw.writerow(("row", "email", "email_unicode", "state", "reason", "name", "requested_locale", "locale",
                      "jurisdiction", *extra))
         attempts_of = _by_recipient(store.export_attempts())
+        blanks = [""] * len(extra)
         for r in store.export_rows():
             (row, email, state, detail, attempts, first, updated, provider, pmid, mid, sha, locale, juris, doubt, name,
-             version, raw_vars, rid) = r
+             version, raw_vars, rid, raw_locale, raw_juris, raw_provider) = r
             # What was sent, as recorded at the time; for those never sent, what would be.
-            variant, used = split_version(version or resolve(locale or campaign.default_locale, juris))
-            values = json.loads(raw_vars or "{}")
-            ids = [str(values.get(col, "")) for col in extra]
-            shown = display_address(email)
+            variant, used = split_version(version or resolve(raw_locale or campaign.default_locale, raw_juris))
+            ids = [guard(str(v)) for v in map(json.loads(raw_vars or "{}").get, extra, blanks)] if extra else []
+            shown = display_address(email)  # guarded as the address is: its first character is the same
             tried = attempts_of(rid)  # read for everyone, to keep the merge in step
-            log = "; ".join(_attempt(ts, kind, via, said) for ts, kind, via, said in tried) if attempts else ""
+            log = guard("; ".join(_attempt(ts, kind, via, said) for ts, kind, via, said in tried)) if attempts else ""
+            tally.person(state, used, variant, raw_juris, raw_provider, first, due_at)
+            used, variant = guard(used), guard(variant)
             rw.writerow((row, email, shown, name, state, detail or "", attempts, log, _iso(first), updated or "",
                          provider or "", pmid or "", mid or "", sha or "", locale, used, variant, juris,
                          "yes" if doubt else "", *ids))
-            tally.person(state, used, variant, juris, provider, first, due_at)
             if state in NOT_REACHED:
                 reason = detail or {"pending": "never sent", "deferred": "not yet delivered (retrying)",
                                     "inflight": "never confirmed"}.get(state, state)
                 aw.writerow((row, email, shown, state, reason, name, locale, used, juris, *ids))
-        for row, raw, reason in store.rejects():
-            rw.writerow((row, raw, raw, "", "rejected", reason, 0, *[""] * (len(RECIPIENT_COLUMNS) - 7), *[""] * len(extra)))
-            if store.knows(raw):  # a row rejected for a known person (a duplicate, a refused correction): listed with their state
-                tally.rejected_known += 1
-            else:
-                aw.writerow((row, raw, raw, "rejected", reason, "", "", "", "", *[""] * len(extra)))
-            tally.rows_out += 1
-            tally.states["rejected"] += 1
+        _write_rejects(store, files.SafeCsvWriter(rfh), files.SafeCsvWriter(afh), tally, len(extra))
     return tally
+
+
+def _write_rejects(store: Store, rw: files.SafeCsvWriter, aw: files.SafeCsvWriter, tally: _Tally, extra: int) -> None:
+    """The rows the imports rejected, as read (any text: the safe writer guards each cell)."""
+    for row, raw, reason in store.rejects():
+        rw.writerow((row, raw, raw, "", "rejected", reason, 0, *[""] * (len(RECIPIENT_COLUMNS) - 7), *[""] * extra))
+        if store.knows(raw):  # a row rejected for a known person (a duplicate, a refused correction): listed with their state
+            tally.rejected_known += 1
+        else:
+            aw.writerow((row, raw, raw, "rejected", reason, "", "", "", "", *[""] * extra))
+        tally.rows_out += 1
+        tally.states["rejected"] += 1
 
 
 BESIDE_FROM = 20_000  # rows: below, starting a process costs more than it saves

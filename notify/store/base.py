@@ -27,6 +27,7 @@ from ..errors import StoreError
 from . import schema
 from .feedback import FeedbackStore
 from .imports import Imports
+from .lines import Lines
 from .queue import Queue
 from .records import (
     GENESIS,
@@ -36,7 +37,7 @@ from .trail import Trail
 from .views import Views
 
 
-class Store(Trail, Queue, FeedbackStore, Views, Imports):
+class Store(Trail, Queue, FeedbackStore, Views, Imports, Lines):
     """A campaign's state on some backend (see the module's docstring). Annotate with this; open with
     store.open_store(campaign), or a backend's own constructor."""
 

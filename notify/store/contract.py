@@ -34,8 +34,12 @@ class Backend:
     EVENT_COLUMNS: str
     EVENT_ORDER: str
     BUCKET_SQL: str
+    DRIVER_ERROR: tuple[type[Exception], ...]
 
     # --- the backend's (base.py, sqlite.py, postgres.py) ---
+
+    def where(self) -> str:
+        raise NotImplementedError
 
     def transaction(self, chain: bool = True) -> contextlib.AbstractContextManager[Any]:
         raise NotImplementedError
@@ -75,4 +79,9 @@ class Backend:
         raise NotImplementedError
 
     def events(self) -> Iterator[dict[str, Any]]:
+        raise NotImplementedError
+
+    # --- the views' (views.py) ---
+
+    def recipient_rows(self) -> Iterator[dict[str, Any]]:
         raise NotImplementedError

@@ -21,11 +21,12 @@ from .. import files
 from ..errors import StoreError
 from . import schema
 from .base import Store
+from .lines import SqliteLines
 from .records import GENESIS, Change, Claimed, check_transitions, claimed, utcnow
 from .schema import DB_NAME, IMPORT_CACHE_KIB
 
 
-class SqliteStore(Store):
+class SqliteStore(SqliteLines, Store):
     """The embedded default: one SQLite file per campaign, one sending process at a time (a flock)."""
 
     DRIVER_ERROR = (sqlite3.Error,)

@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from .. import files
 from ..campaign.deadline import Outcomes, jurisdiction_deadline, outcomes_of
 from ..campaign.jurisdictions import code, end_of
 from ..campaign.model import Campaign
@@ -41,10 +42,16 @@ class Views(Backend):
         yield from dicts(self.db.execute(f"SELECT {schema.RECIPIENT_COLUMNS} FROM recipients ORDER BY id"))
 
     def export_rows(self) -> Iterator[tuple[Any, ...]]:
-        """Every recipient as the audit export writes it, in input row order."""
+        """Every recipient as the audit export writes it, in input row order: row, email, state, detail, attempts,
+        first_attempt_at, updated_at, provider, provider_message_id, message_id, content_sha256, locale,
+        jurisdiction, doubt, name, each text guarded for a spreadsheet (files.formula_guard_sql); then as they are
+        version, vars, id, locale, jurisdiction and provider."""
+        g = files.formula_guard_sql
         yield from self.db.execute(
-            "SELECT row, email, state, detail, attempts, first_attempt_at, updated_at, provider, provider_message_id,"
-            " message_id, content_sha256, locale, jurisdiction, doubt, name, version, vars, id FROM recipients ORDER BY row, id")
+            f"SELECT row, {g('email')}, state, {g('detail')}, attempts, first_attempt_at, {g('updated_at')},"
+            f" {g('provider')}, {g('provider_message_id')}, {g('message_id')}, {g('content_sha256')}, {g('locale')},"
+            f" {g('jurisdiction')}, doubt, {g('name')}, version, vars, id, locale, jurisdiction, provider"
+            " FROM recipients ORDER BY row, id")
 
     def export_attempts(self) -> Iterator[tuple[int, str, str, str | None, str | None]]:
         """(recipient id, ts, kind, provider, detail) of every attempt event (sent, deferred, failed), in the order
@@ -193,14 +200,16 @@ class Views(Backend):
         written: dict[str, set[str]] = {}
         for juris, *_ in rows:
             written.setdefault(code(juris), set()).add(juris)
-        out = []
-        for key, o in sorted(outcomes_of(rows).items()):
+        judged = sorted(outcomes_of(rows).items())
+        ends: dict[str, float] = {}  # jurisdiction as written -> its deadline's end, where someone was notified after it
+        for key, o in judged:
             _, day, _ = jurisdiction_deadline(campaign, key)
-            ends = end_of(day, campaign.tz).timestamp() if day is not None else None
-            if ends is not None and o.last_notice is not None and o.last_notice > ends:
-                o = dataclasses.replace(o, late=self.notified_after(sorted(written[key]), ends))
-            out.append(o)
-        return out
+            end = end_of(day, campaign.tz).timestamp() if day is not None else None
+            if end is not None and o.last_notice is not None and o.last_notice > end:
+                ends.update(dict.fromkeys(written[key], end))
+        late = self.notified_after(ends)
+        return [dataclasses.replace(o, late=sum(late.get(j, 0) for j in written[key])) if written[key] & ends.keys()
+                else o for key, o in judged]
 
     def seeds_sent(self) -> dict[str, Any]:
         """The seed messages the ledger records (seed_sent events, #38): how many, to whom, which versions, the last
@@ -211,14 +220,16 @@ class Views(Backend):
                 "versions": sorted({str(d.get("version")) for d in details}), "counted_as_notified": False,
                 "last": max((str(ts) for ts, _ in events), default=None)}
 
-    def notified_after(self, jurisdictions: Sequence[str], after: float) -> int:
-        """How many people of these jurisdictions (as written) were notified, their first attempt after `after`."""
-        if not jurisdictions:
-            return 0
-        return int(self.db.execute(
-            f"SELECT count(*) FROM recipients WHERE jurisdiction IN ({','.join('?' * len(jurisdictions))})"
-            " AND state IN ('sent', 'delivered', 'complained') AND first_attempt_at > ?",
-            (*jurisdictions, after)).fetchone()[0])
+    def notified_after(self, ends: dict[str, float]) -> dict[str, int]:
+        """For each jurisdiction (as written) and a time, how many of its people were notified, their first attempt
+        after that time: one pass over the recipients for all of them."""
+        if not ends:
+            return {}
+        cases = " ".join("WHEN ? THEN ?" for _ in ends)
+        return {str(j): int(n) for j, n in self.db.execute(
+            f"SELECT jurisdiction, count(*) FROM recipients WHERE jurisdiction IN ({','.join('?' * len(ends))})"
+            f" AND state IN ('sent', 'delivered', 'complained') AND first_attempt_at > CASE jurisdiction {cases} END"
+            " GROUP BY jurisdiction", (*ends, *[v for pair in ends.items() for v in pair]))}
 
     def provider_counts(self) -> dict[str, int]:
         return dict(self.db.execute(
