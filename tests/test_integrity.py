@@ -671,11 +671,11 @@ def test_a_rewritten_chain_is_caught_by_the_heads_recorded_outside_the_state(mak
 
 def test_the_chain_head_is_written_out_while_sending(make_campaign: MakeCampaign, monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
     # #27: "the chain head is written out while sending", not only at the end of a run.
-    import notify.send.loop
+    import notify.send.commits
 
     from .conftest import run
 
-    monkeypatch.setattr(notify.send.loop, "CHECKPOINT_EVERY", 0.0)  # every group commit, instead of every minute
+    monkeypatch.setattr(notify.send.commits, "CHECKPOINT_EVERY", 0.0)  # every group commit, instead of every minute
     d = make_campaign("email\n" + "".join(f"p{i}@example.com\n" for i in range(300)))
     assert run("send", d)[0] == 0
     lines = (d / "audit-checkpoints.log").read_text().splitlines()

@@ -136,3 +136,18 @@ def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None
     detail["retry_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(retry_at))
     return Change(c.id, "deferred", event("deferred"),
                   fields={**common, "next_attempt_at": retry_at, "doubt": int(doubt)})
+
+
+@dataclass
+class SendOptions:
+    dry_run: bool = False
+    limit: int | None = None
+    provider: str | None = None
+    concurrency: int | None = None
+    rate: float | None = None
+    progress: bool = True
+    max_wait: float = 120.0  # wait in-process for retries due within this many seconds; beyond, stop
+    acknowledge_reputation: bool = False  # resume after the reputation circuit breaker paused the campaign
+    adaptive: bool | None = None  # None: [send] adaptive; False: never slow down on throttling replies
+    worker: bool = False  # join the other workers sending this campaign (PostgreSQL state only)
+    seeds: list[str] | None = None  # --seeds FILE's addresses; None: [send] seeds

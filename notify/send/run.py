@@ -23,8 +23,8 @@ from ..providers.base import Kind, Provider
 from ..providers.outbox import eml_name
 from ..reports.status import Deadline, deadline
 from ..store import Store
-from .loop import SendLoop, SendOptions
-from .policy import RunResult
+from .loop import SendLoop
+from .policy import RunResult, SendOptions
 from .progress import progress_for
 from .renderpool import render_claimed
 from .seeds import pending as seeds_pending

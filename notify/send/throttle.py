@@ -11,7 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
-from ..providers.base import RateChange, Wave
+from ..providers.base import RateChange, Wave, Withdrawn
 
 if TYPE_CHECKING:
     from ..store.records import SharedBudget
@@ -301,3 +301,29 @@ class SharedRate:
     def close(self) -> None:
         self.executor.shutdown(wait=True)
         self.budget.close()
+
+
+class UntilStopped:
+    """A clock whose waits end as soon as the run is asked to stop, by raising Withdrawn: the throttle's,
+    so that no worker waiting for a rate or domain slot sends after Ctrl-C or SIGTERM, however far away
+    its slot was (a rate of one message a minute, or a domain's cap)."""
+
+    def __init__(self, clock: Clock, stop: asyncio.Event) -> None:
+        self.clock = clock
+        self.stop = stop
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    async def sleep(self, seconds: float) -> None:
+        if self.stop.is_set():
+            raise Withdrawn
+        sleeping = asyncio.ensure_future(self.clock.sleep(seconds))
+        stopping = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait((sleeping, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel()
+            stopping.cancel()
+        if self.stop.is_set():
+            raise Withdrawn
