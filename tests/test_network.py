@@ -29,7 +29,7 @@ STALL = 5  # [state] stall_after: a session silent this long is taken over
 HOLD_CHAIN = """
 import sys, time
 from notify.store.pgconn import connect
-from notify.store.postgres import schema_name
+from notify.store.pgschema import schema_name
 conn = connect(sys.argv[1], float(sys.argv[3]), schema_name("test-2022-08"))
 conn.execute("BEGIN")
 conn.execute("SELECT head_seq FROM chains WHERE id=%s FOR UPDATE", (int(sys.argv[2]),))

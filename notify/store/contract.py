@@ -66,6 +66,9 @@ class Backend:
 
     # --- the queue's (queue.py) ---
 
+    def _recovered(self, rows: list[tuple[Any, ...]], ts: str, why: str, **detail: Any) -> None:
+        raise NotImplementedError
+
     def _suppress_outcomes(self, changes: list[Change]) -> None:
         raise NotImplementedError
 

@@ -1,17 +1,22 @@
-"""The connections a PostgreSQL worker keeps beside its store's: the heartbeat of its session, and the
-lease of the shared rate. Each has its own connection and thread, so neither waits behind a commit."""
+"""Connections to PostgreSQL: the store's (its SQL in psycopg's spelling, its passwords redacted from every
+message), and the two a worker keeps beside it: the heartbeat of its session, and the lease of the shared rate.
+Each of those has its own connection and thread, so neither waits behind a commit."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import re
 import threading
 import time
+import urllib.parse
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError, register_secret
 
 
 def said(e: BaseException) -> str:
@@ -43,6 +48,92 @@ def connect(url: str, stall_after: float, schema: str | None = None) -> psycopg.
     if schema is not None:
         conn.execute(psycopg.sql.SQL("SET search_path TO {}").format(psycopg.sql.Identifier(schema)))
     return conn
+
+
+@functools.lru_cache(maxsize=1024)
+def _pg(sql: str) -> str:
+    """The store's SQL (qmark parameters) in psycopg's spelling (%s; a literal % doubled)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class Connection:
+    """A psycopg connection that takes the store's SQL: what base.Store runs on either backend."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+        return self.conn.execute(_pg(sql), tuple(params))
+
+    def executemany(self, sql: str, rows: Any) -> psycopg.Cursor[Any]:
+        cur = self.conn.cursor()
+        rows = list(rows)
+        if rows:
+            cur.executemany(_pg(sql), rows)
+        return cur
+
+
+def passwords(url: str) -> list[str]:
+    """Every password a connection string carries, in every form libpq accepts: `user:pw@host` in a URL,
+    `?password=` in its query, `password=...` in key=value form (what libpq would use, and what is written)."""
+    found: list[str] = []
+    try:
+        effective = conninfo_to_dict(url).get("password")
+    except psycopg.ProgrammingError:
+        effective = None
+    if effective:
+        found.append(str(effective))
+    if "://" in url:
+        parts = urllib.parse.urlsplit(url)
+        if parts.password:
+            found += [parts.password, urllib.parse.unquote(parts.password)]
+        found += [v for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if k == "password" and v]
+        found += [v for k, v in re.findall(r"(?:^|&)(password)=([^&]*)", parts.query) if v]
+    return [p for p in dict.fromkeys(found) if p]
+
+
+def redacted(url: str) -> str:
+    """The connection string without any password, in the form it was written (a URL, or key=value), for
+    every message that names the database and for what is stored of it (the moved_to row)."""
+    if "://" in url:
+        parts = urllib.parse.urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+        query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "(a connection string libpq cannot read)"
+    return make_conninfo("", **{k: ("***" if k == "password" else v) for k, v in params.items()})
+
+
+def store_connection(url: str, what: str, stall_after: float = 30.0) -> psycopg.Connection[Any]:
+    """The store's connection to the URL held by `what` (its passwords kept out of every message), or an error
+    that says what to fix: the credentials, the database, the server, or the URL itself."""
+    secrets_ = passwords(url)
+    for secret in secrets_:
+        register_secret(secret)
+    try:
+        return connect(url, stall_after)
+    except psycopg.OperationalError as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__  # libpq: the cause comes last
+        for secret in secrets_:
+            reason = reason.replace(secret, "***")
+        if "password authentication failed" in reason or "authentication failed" in reason or "role" in reason \
+                and "does not exist" in reason:
+            raise ConfigError(f"{redacted(url)}: PostgreSQL refused the credentials: {reason}",
+                              hint=f"check the user and password in the URL held by {what}") from None
+        if "database" in reason and "does not exist" in reason:
+            raise ConfigError(f"{redacted(url)}: {reason}",
+                              hint="create it (createdb), or name an existing database in the URL") from None
+        raise StoreError(f"{redacted(url)}: cannot reach PostgreSQL: {reason}",
+                         hint="start the server or fix the host in the URL; nothing was sent, and the same "
+                              "command resumes once it is reachable") from None
+    except psycopg.ProgrammingError as e:
+        raise ConfigError(f"{what}: not a PostgreSQL URL ({str(e).splitlines()[0]})",
+                          hint="give postgresql://user:password@host/database") from None
 
 
 class Heartbeat:
