@@ -94,7 +94,27 @@ def _dsn_blocks(msg: EmailMessage) -> list[dict[str, str]] | None:
 
 
 def parse(raw: bytes) -> Report:
+    """A message from a bounce mailbox, read: a delivery status notification (its blocks), an MTA's own words,
+    an automatic reply, or not a bounce at all; with what ties it to us (the VERP token, our Message-ID)."""
     msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    report = _ours(msg)
+    blocks = _dsn_blocks(msg)
+    if blocks is None and msg.get_content_type() == "multipart/report" and not msg.is_multipart():
+        # A report whose parts the MIME parser could not separate: its delivery-status fields are in its text.
+        blocks = [b for b in _field_blocks(_report_text(msg)) if "final-recipient" in b] or None
+    if blocks is None and _is_auto_reply(msg):
+        report.form, report.why = "auto-reply", "an automatic reply (out of office, vacation), not a bounce"
+        return report
+    if blocks:
+        _read_dsn(report, msg, raw, blocks)
+    else:
+        _read_mta(report, msg)
+    return report
+
+
+def _ours(msg: EmailMessage) -> Report:
+    """What ties a report to us: the VERP token it was addressed to, and our Message-ID (and campaign) in the
+    headers it returns, or quoted as the message it replies to."""
     token = None
     for h in ("To", "Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "Return-Path"):
         if (m := VERP_RE.search(_header(msg, h))):
@@ -109,68 +129,72 @@ def parse(raw: bytes) -> Report:
         # Our ID where the report quotes it otherwise: its In-Reply-To or References (a reply to our message).
         quoted = ANY_OUR_ID_RE.search(_header(msg, "In-Reply-To")[:2048] + " " + _header(msg, "References")[:4096])
         message_id = quoted.group(0) if quoted else message_id
-    report = Report("not-a-bounce", token=token, message_id=message_id, campaign=campaign)
+    return Report("not-a-bounce", token=token, message_id=message_id, campaign=campaign)
 
-    blocks = _dsn_blocks(msg)
-    if blocks is None and msg.get_content_type() == "multipart/report" and not msg.is_multipart():
-        # A report whose parts the MIME parser could not separate: its delivery-status fields are in its text.
-        blocks = [b for b in _field_blocks(_report_text(msg)) if "final-recipient" in b] or None
-    if blocks is None and _is_auto_reply(msg):
-        report.form, report.why = "auto-reply", "an automatic reply (out of office, vacation), not a bounce"
-        return report
-    if blocks:
-        report.form = "dsn"
-        text = _report_text(msg)
-        if report.message_id is None and (m := ANY_OUR_ID_RE.search(_all_text(msg))):
-            report.message_id = m.group(0)
-        report.blocks_skipped = max(0, len(blocks) - MAX_BLOCKS)
-        configured = b"amazonaws.com" in raw[:MAX_TEXT] and bool(RULE_SET_MTA.search(raw[:MAX_TEXT]))
-        for b in blocks[:MAX_BLOCKS]:
-            original_rcpt = clean_address(b.get("original-recipient"))
-            address = clean_address(b.get("final-recipient")) or original_rcpt
-            action = (b.get("action") or "").strip().lower().split()[0:1]
-            diag = b.get("diagnostic-code")
-            if diag and ";" in diag.split(" ", 1)[0]:
-                diag = diag.split(";", 1)[1].strip()
-            diag = _unescaped(diag) or _said_of(text, address, blocks)
-            status = _status_of(b.get("status"), diag)
-            codes = set(STATUS_RE.findall((diag or "")[:4096]))
-            if status.endswith(".0.0") and len(codes) == 1 and (one := codes.pop())[:1] == status[:1]:
-                status = one  # X.0.0 is "other or undefined" (RFC 3463): the server's one code of its own says more
-            act = action[0] if action else ("failed" if status.startswith("5") else "delayed" if status else "failed")
-            vendor = reasons.POWERMTA_CATEGORY.get((b.get("x-powermta-bouncecategory") or "").strip().lower())
-            reason = vendor or _refine(reasons.classify(status, diag), text, address, status, diag)
-            if reasons.is_hard(reason):
-                reason = _doubted(reason, text, blocks, configured)
-            report.recipients.append(Failed(address, act, status, diag, reason, original=original_rcpt))
-        return report
 
+def _read_dsn(report: Report, msg: EmailMessage, raw: bytes, blocks: list[dict[str, str]]) -> None:
+    """A delivery status notification: one Failed per recipient block (at most MAX_BLOCKS)."""
+    report.form = "dsn"
     text = _report_text(msg)
-    if message_id is None:
+    if report.message_id is None and (m := ANY_OUR_ID_RE.search(_all_text(msg))):
+        report.message_id = m.group(0)
+    report.blocks_skipped = max(0, len(blocks) - MAX_BLOCKS)
+    configured = b"amazonaws.com" in raw[:MAX_TEXT] and bool(RULE_SET_MTA.search(raw[:MAX_TEXT]))
+    for b in blocks[:MAX_BLOCKS]:
+        report.recipients.append(_block(b, text, blocks, configured))
+
+
+def _block(b: dict[str, str], text: str, blocks: list[dict[str, str]], configured: bool) -> Failed:
+    """One recipient block: the address, the action, the status (the server's own code where the block says
+    only X.0.0), the diagnostic, and the reason they add up to."""
+    original_rcpt = clean_address(b.get("original-recipient"))
+    address = clean_address(b.get("final-recipient")) or original_rcpt
+    action = (b.get("action") or "").strip().lower().split()[0:1]
+    diag = b.get("diagnostic-code")
+    if diag and ";" in diag.split(" ", 1)[0]:
+        diag = diag.split(";", 1)[1].strip()
+    diag = _unescaped(diag) or _said_of(text, address, blocks)
+    status = _status_of(b.get("status"), diag)
+    codes = set(STATUS_RE.findall((diag or "")[:4096]))
+    if status.endswith(".0.0") and len(codes) == 1 and (one := codes.pop())[:1] == status[:1]:
+        status = one  # X.0.0 is "other or undefined" (RFC 3463): the server's one code of its own says more
+    act = action[0] if action else ("failed" if status.startswith("5") else "delayed" if status else "failed")
+    vendor = reasons.POWERMTA_CATEGORY.get((b.get("x-powermta-bouncecategory") or "").strip().lower())
+    reason = vendor or _refine(reasons.classify(status, diag), text, address, status, diag)
+    if reasons.is_hard(reason):
+        reason = _doubted(reason, text, blocks, configured)
+    return Failed(address, act, status, diag, reason, original=original_rcpt)
+
+
+def _read_mta(report: Report, msg: EmailMessage) -> None:
+    """No delivery-status part: a mail system's own words, if the message is from one (or about our message, in
+    a bounce's words) and reports a failure; else why it is not a bounce."""
+    text = _report_text(msg)
+    if report.message_id is None:
         everything = _all_text(msg)
         if (m := OUR_ID_RE.search(everything)):
-            report.message_id = message_id = m.group(1)
+            report.message_id = m.group(1)
         elif (m := ANY_OUR_ID_RE.search(everything)):
-            report.message_id = message_id = m.group(0)
+            report.message_id = m.group(0)
+    ours = bool(report.token or report.message_id)
     subject = _subject(msg)
     looks = any(s in subject for s in BOUNCE_SUBJECTS)
-    if not (_is_daemon(msg) or ((token or message_id) and looks)):
+    if not (_is_daemon(msg) or (ours and looks)):
         report.why = "not from a mail system and not about our message: a person's mail is never a bounce"
-        return report
+        return
     said = text[:8192].lower()
     if not looks and not STATUS_RE.search(text) and not REPLY_RE.search(text) and not any(p in said for p in BOUNCE_TEXT):
         report.why = "from a mail system, but it reports no failure"
-        return report
+        return
     report.form = "mta"
     found = _text_recipients(msg, text)
     report.recipients, report.blocks_skipped = found[:MAX_BLOCKS], max(0, len(found) - MAX_BLOCKS)
     for f in report.recipients:
         f.reason = _refine(f.reason, text, f.address, f.status, f.diagnostic)
-    if not report.recipients and (token or message_id):
+    if not report.recipients and ours:
         status = _status_of(text)
         report.recipients.append(Failed(None, "failed" if not status.startswith("4") else "delayed", status,
                                         _first_line_with_code(text), reasons.classify(status, text)))
-    return report
 
 
 def _doubted(reason: str, text: str, blocks: list[dict[str, str]], configured: bool) -> str:

@@ -86,16 +86,23 @@ def _said_of(text: str, address: str | None, blocks: list[dict[str, str]]) -> st
 
 def _text_recipients(msg: EmailMessage, text: str) -> list[Failed]:
     """The failed recipients a non-standard report names, each with the lines that say why."""
-    own = {a.lower() for h in ("From", "To", "Sender", "Reply-To", "Return-Path") for a in ADDR_RE.findall(_header(msg, h))}
     lines = text.splitlines()
+    seen = _named(msg, lines)
+    return [_failed_in_text(key, i, lines, text, seen) for key, i in seen.items()]
+
+
+def _named(msg: EmailMessage, lines: list[str]) -> dict[str, int]:
+    """The addresses a report names as failed, each with the first line that names it (-1: only a header)."""
     seen: dict[str, int] = {}
     # Exim, Google and others name the failed recipients in a header: the surest list there is.
     for a in ADDR_RE.findall(_header(msg, "X-Failed-Recipients")[:4096]):
         key = a.lower().strip(".")
         seen.setdefault(key, next((i for i, line in enumerate(lines) if key in line.lower()), -1))
-    for i, line in enumerate(lines if not seen else ()):
-        lowered = line.lower()
-        if QUOTED_HEADER.match(lowered):
+    if seen:
+        return seen
+    own = {a.lower() for h in ("From", "To", "Sender", "Reply-To", "Return-Path") for a in ADDR_RE.findall(_header(msg, h))}
+    for i, line in enumerate(lines):
+        if QUOTED_HEADER.match(line.lower()):
             continue
         for a in ADDR_RE.findall(GLUED_ID.sub(" ", line)):
             key = a.lower().strip(".")
@@ -103,26 +110,31 @@ def _text_recipients(msg: EmailMessage, text: str) -> list[Failed]:
             if key in own or local in ("mailer-daemon", "postmaster", "root", "abuse") or "+" in local and VERP_RE.search(a):
                 continue
             seen.setdefault(key, i)
-    out = []
-    for key, i in seen.items():
-        if i < 0:  # named only in X-Failed-Recipients: the report's text is the reason
-            diag = " ".join(x.strip() for x in lines if x.strip())[:2000]
-            status = _status_of(diag)
-            out.append(Failed(key, "delayed" if status.startswith("4") else "failed", status, diag,
-                              reasons.classify(status, diag)))
-            continue
-        # The reason: this line and the following ones up to a blank line or the next address, at the first
-        # place the address is named with one (a report may quote the original's To: line before it).
-        places = [j for j in range(i, min(len(lines), i + 400)) if key in lines[j].lower()][:8]
-        blocks = [(j, _block(lines, j, key, seen)) for j in places]
-        i, diag = next(((j, b) for j, b in blocks if reasons.classify(None, b) != "undefined"), blocks[0])
-        if not (STATUS_RE.search(diag) or REPLY_RE.search(diag)) or reasons.classify(None, diag) == "undefined":
-            # The address alone on its line: the reason is the report's (Gmail, Exim, qmail).
-            context = " ".join(x.strip() for x in lines[max(0, i - 6):i + 10])[:2000]
-            diag = diag if reasons.classify(None, diag) != "undefined" else context
-        status = _status_of(diag) or _status_of(text)
-        code = REPLY_RE.search(diag)
-        delayed = status.startswith("4") or (not status and code is not None and code.group(1).startswith("4")) or \
-            "will continue" in text.lower() or "delayed" in text.lower()[:2000] and "permanent" not in text.lower()
-        out.append(Failed(key, "delayed" if delayed else "failed", status, diag, reasons.classify(status, diag)))
-    return out
+    return seen
+
+
+def _failed_in_text(key: str, i: int, lines: list[str], text: str, seen: dict[str, int]) -> Failed:
+    """One named address: the reason the report gives for it, its status, and whether it is only delayed."""
+    if i < 0:  # named only in X-Failed-Recipients: the report's text is the reason
+        diag = " ".join(x.strip() for x in lines if x.strip())[:2000]
+        status = _status_of(diag)
+        return Failed(key, "delayed" if status.startswith("4") else "failed", status, diag, reasons.classify(status, diag))
+    # The reason: this line and the following ones up to a blank line or the next address, at the first
+    # place the address is named with one (a report may quote the original's To: line before it).
+    places = [j for j in range(i, min(len(lines), i + 400)) if key in lines[j].lower()][:8]
+    blocks = [(j, _block(lines, j, key, seen)) for j in places]
+    i, diag = next(((j, b) for j, b in blocks if reasons.classify(None, b) != "undefined"), blocks[0])
+    if not (STATUS_RE.search(diag) or REPLY_RE.search(diag)) or reasons.classify(None, diag) == "undefined":
+        # The address alone on its line: the reason is the report's (Gmail, Exim, qmail).
+        context = " ".join(x.strip() for x in lines[max(0, i - 6):i + 10])[:2000]
+        diag = diag if reasons.classify(None, diag) != "undefined" else context
+    status = _status_of(diag) or _status_of(text)
+    return Failed(key, "delayed" if _delayed(status, diag, text) else "failed", status, diag, reasons.classify(status, diag))
+
+
+def _delayed(status: str, diag: str, text: str) -> bool:
+    """A temporary failure: a 4.x.x status, else a 4xx reply, or a report that says it keeps trying."""
+    code = REPLY_RE.search(diag)
+    lowered = text.lower()
+    return status.startswith("4") or (not status and code is not None and code.group(1).startswith("4")) or \
+        "will continue" in lowered or "delayed" in lowered[:2000] and "permanent" not in lowered
