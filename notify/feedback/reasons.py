@@ -170,20 +170,27 @@ def dead_or_refused(reason: str, status: str, command: str | None, diagnostic: s
     person was not notified by email, and the address stays mailable). A refusal at RCPT TO in
     generic words ("Recipient address rejected: Access denied") is of the recipient."""
     sub = status.strip().split(".", 1)[1] if status.strip().count(".") == 2 else ""
-    said_by_status = STATUS.get(sub) == "userunknown" or (len(sub) > 3 and STATUS.get(sub[:3]) == "userunknown")
     text = _SPACE.sub(" ", diagnostic.lower()).strip()
     if text.startswith("551") and ".7." not in status and classify(None, text) in ("undefined", *HARD):
         return "hasmoved"  # RFC 5321: 551 User not local; its words decide where they say otherwise ("classified as spam")
     if reason == "suspend" and sub == "1.1":  # "inactive address" with 5.1.1: the mailbox is gone
         return "userunknown"
-    if reason == "userunknown" and (_NOBODY_UNKNOWN.search(text) or sub.startswith("7.")):
-        return "filtered"  # X.7.X: refused by policy (RFC 3463), in the words of a dead address
-    if reason == "userunknown":  # (5.1.351, Exchange's "unknown recipient", counts as its 5.1.3)
-        directory = any(p in text for p in DIRECTORY_VERDICT)
-        return "userunknown" if said_by_status or command == "RCPT" or directory else "filtered"
+    if reason == "userunknown":
+        return _unknown_user(sub, command, text)
     if reason == "filtered" and command == "RCPT" and any(p in text for p in GENERIC_REFUSAL):
         return "userunknown"
     return reason
+
+
+def _unknown_user(sub: str, command: str | None, text: str) -> str:
+    """Words of a dead address: dead where the status, the command (RCPT TO) or a directory's verdict says so; a
+    policy's refusal of the message (filtered) where X.7.X says so or nothing does."""
+    if _NOBODY_UNKNOWN.search(text) or sub.startswith("7."):
+        return "filtered"  # X.7.X: refused by policy (RFC 3463), in the words of a dead address
+    # (5.1.351, Exchange's "unknown recipient", counts as its 5.1.3)
+    said_by_status = STATUS.get(sub) == "userunknown" or (len(sub) > 3 and STATUS.get(sub[:3]) == "userunknown")
+    directory = any(p in text for p in DIRECTORY_VERDICT)
+    return "userunknown" if said_by_status or command == "RCPT" or directory else "filtered"
 
 
 # Said in a report's own prose, these doubt a status that calls the address dead: the account exists.

@@ -13,8 +13,9 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from ..store import Event, Store
+from ..store import Event, Found, Store
 from ..terminal import printable
 from .bounces import parse_dsn
 from .model import Feedback, address_key, campaign_of
@@ -59,6 +60,19 @@ class Summary:
 
 
 OTHER = "other campaign"  # FeedbackRecorder.apply: feedback that belongs to another campaign, left for it
+NOT_NOTIFIED = {  # feedback that says the person was not notified after all, in the words the event records
+    "suppressed_by_provider": "SES accepted the message but did not send it: the address is on the account's suppression list",
+    "bounce_refused": "the message was refused for good; the address is live and stays mailable",
+}
+
+
+def _detail(fb: Feedback) -> dict[str, Any]:
+    """What the feedback's event records: its details, where it came from, and whether the person was notified."""
+    detail = {k: v for k, v in fb.detail.items() if v is not None}
+    detail["source"] = fb.source
+    if fb.kind in NOT_NOTIFIED:
+        detail["not_notified"] = NOT_NOTIFIED[fb.kind]
+    return detail
 
 
 class FeedbackRecorder:
@@ -91,6 +105,30 @@ class FeedbackRecorder:
             return OTHER
         found = self.store.find(token=fb.token, message_id=fb.message_id, provider_message_id=fb.provider_message_id,
                                 address=fb.address if fb.address_trusted else None)
+        refused = self._refused(fb, found)
+        if refused is not None or found is None:
+            return refused
+        new_state, suppress = EFFECTS.get(fb.kind, (None, None))
+        if fb.kind == "provider_send" and found.state != "deferred":
+            new_state = None  # only settles a recipient left in doubt; otherwise it is just recorded
+        detail = _detail(fb)
+        event = Event(fb.kind, found.id, found.key, provider_message_id=fb.provider_message_id, detail=detail)
+        said = " ".join(str(detail[k]) for k in ("reason", "status", "diagnostic", "feedback_type") if detail.get(k))
+        outbox = None
+        if suppress:
+            outbox = (suppress, f"{fb.source}:{self.campaign_id}",
+                      str(detail.get("diagnostic") or detail.get("status") or detail.get("feedback_type") or fb.kind)[:500])
+        if self.store.record_feedback(fb.key, found.id, new_state, event, reason=f"{fb.kind}: {said or fb.kind}",
+                                      suppress=outbox):
+            self.summary.matched[fb.kind] += 1
+        else:
+            self.summary.duplicates += 1
+        return None
+
+    @staticmethod
+    def _refused(fb: Feedback, found: Found | None) -> str | None:
+        """Why feedback may not act on the person it found (none, another person, nobody handed a message), or
+        OTHER for SES events of no campaign; None when it may."""
         if found is None:
             if fb.source == "ses" and not fb.campaign:
                 return OTHER
@@ -102,26 +140,6 @@ class FeedbackRecorder:
             return f"it names {', '.join(named)}, but the message it quotes went to someone else"
         if not found.handed:
             return "about a person never handed to a provider: nothing was sent that could bounce"
-        new_state, suppress = EFFECTS.get(fb.kind, (None, None))
-        if fb.kind == "provider_send" and found.state != "deferred":
-            new_state = None  # only settles a recipient left in doubt; otherwise it is just recorded
-        detail = {k: v for k, v in fb.detail.items() if v is not None}
-        detail["source"] = fb.source
-        if fb.kind == "suppressed_by_provider":
-            detail["not_notified"] = "SES accepted the message but did not send it: the address is on the account's suppression list"
-        if fb.kind == "bounce_refused":
-            detail["not_notified"] = "the message was refused for good; the address is live and stays mailable"
-        event = Event(fb.kind, found.id, found.key, provider_message_id=fb.provider_message_id, detail=detail)
-        said = " ".join(str(detail[k]) for k in ("reason", "status", "diagnostic", "feedback_type") if detail.get(k))
-        why = f"{fb.kind}: {said or fb.kind}"
-        outbox = None
-        if suppress:
-            outbox = (suppress, f"{fb.source}:{self.campaign_id}",
-                      str(detail.get("diagnostic") or detail.get("status") or detail.get("feedback_type") or fb.kind)[:500])
-        if self.store.record_feedback(fb.key, found.id, new_state, event, reason=why, suppress=outbox):
-            self.summary.matched[fb.kind] += 1
-        else:
-            self.summary.duplicates += 1
         return None
 
     def apply_message(self, items: list[Feedback], key: str, source: str, raw: str, why: str = "") -> bool:

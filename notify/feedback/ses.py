@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from . import reasons, report
@@ -107,48 +108,68 @@ def parse_ses(body: str | dict[str, Any], envelope_id: str | None = None) -> lis
     def one(kind: str, address: str | None, detail: dict[str, Any], part: str = "") -> Feedback:
         return Feedback(kind, f"ses:{ident}:{part or address or ''}", "ses", address=address, detail=detail, **common)
 
-    out: list[Feedback] = []
-    if etype == "Bounce":
-        b = _obj(data.get("bounce"), "bounce")
-        btype, sub = _text(b.get("bounceType"), "bounceType", 50), _text(b.get("bounceSubType"), "bounceSubType", 50)
-        for r in _items(b.get("bouncedRecipients"), "bounce.bouncedRecipients") or [{}]:
-            r = _obj(r, "a bounced recipient")
-            status, diag = _text(r.get("status"), "status", 20), _text(r.get("diagnosticCode"), "diagnosticCode")
-            reason = reasons.classify(status, diag)
-            if reason == "undefined":
-                reason = SES_SUBTYPES.get(sub or "", "undefined")
-            if btype == "Permanent" and sub in ("OnAccountSuppressionList", "Suppressed"):
-                kind = "suppressed_by_provider"
-            elif btype == "Permanent":
-                kind = "bounced" if reasons.is_hard(reason) else "bounce_refused"
-            else:
-                kind = "bounce_transient" if btype == "Transient" else "bounce_undetermined"
-            out.append(one(kind, _address(r.get("emailAddress"), "emailAddress"), {
-                "bounce_type": btype, "bounce_subtype": sub, "status": status, "reason": reason,
-                "diagnostic": diag, "feedback_id": _text(b.get("feedbackId"), "feedbackId", 200)}))
-    elif etype == "Complaint":
-        c = _obj(data.get("complaint"), "complaint")
-        for r in _items(c.get("complainedRecipients"), "complaint.complainedRecipients") or [{}]:
-            r = _obj(r, "a complained recipient")
-            out.append(one("complained", _address(r.get("emailAddress"), "emailAddress"), {
-                "feedback_type": _text(c.get("complaintFeedbackType"), "complaintFeedbackType", 100),
-                "feedback_id": _text(c.get("feedbackId"), "feedbackId", 200)}))
-    elif etype == "Delivery":
-        d = _obj(data.get("delivery"), "delivery")
-        for addr in _items(d.get("recipients"), "delivery.recipients") or [None]:
-            out.append(one("delivered", _address(addr, "a delivery recipient"), {
-                "smtp_response": _text(d.get("smtpResponse"), "smtpResponse"), "at": _text(d.get("timestamp"), "timestamp", 50)}))
-    elif etype == "Send":
-        out.append(one("provider_send", None, {}, "send"))
-    elif etype == "Reject":
-        rejected = _text(_obj(data.get("reject"), "reject").get("reason"), "reject.reason")
-        out.append(one("provider_reject", None, {"reason": rejected}, "reject"))
-    elif etype == "DeliveryDelay":
-        d = _obj(data.get("deliveryDelay"), "deliveryDelay")
-        for r in _items(d.get("delayedRecipients"), "deliveryDelay.delayedRecipients") or [{}]:
-            r = _obj(r, "a delayed recipient")
-            out.append(one("delivery_delayed", _address(r.get("emailAddress"), "emailAddress"), {
-                "delay_type": _text(d.get("delayType"), "delayType", 100), "status": _text(r.get("status"), "status", 20)}))
-    else:
-        out.append(one(f"ses_{re.sub(r'[^a-z]', '', etype.lower())[:40] or 'unknown'}", None, {"event_type": etype}, "other"))
+    read = _EVENTS.get(etype)
+    if read is None:
+        return [one(f"ses_{re.sub(r'[^a-z]', '', etype.lower())[:40] or 'unknown'}", None, {"event_type": etype}, "other")]
+    return read(data, one)
+
+
+One = Callable[..., Feedback]  # (kind, address, detail, part=""): a Feedback of this event
+
+
+def _bounces(data: dict[str, Any], one: One) -> list[Feedback]:
+    b = _obj(data.get("bounce"), "bounce")
+    btype, sub = _text(b.get("bounceType"), "bounceType", 50), _text(b.get("bounceSubType"), "bounceSubType", 50)
+    out = []
+    for r in _items(b.get("bouncedRecipients"), "bounce.bouncedRecipients") or [{}]:
+        r = _obj(r, "a bounced recipient")
+        status, diag = _text(r.get("status"), "status", 20), _text(r.get("diagnosticCode"), "diagnosticCode")
+        reason = reasons.classify(status, diag)
+        if reason == "undefined":
+            reason = SES_SUBTYPES.get(sub or "", "undefined")
+        out.append(one(_bounce_kind(btype, sub, reason), _address(r.get("emailAddress"), "emailAddress"), {
+            "bounce_type": btype, "bounce_subtype": sub, "status": status, "reason": reason,
+            "diagnostic": diag, "feedback_id": _text(b.get("feedbackId"), "feedbackId", 200)}))
     return out
+
+
+def _bounce_kind(btype: str | None, sub: str | None, reason: str) -> str:
+    if btype == "Permanent" and sub in ("OnAccountSuppressionList", "Suppressed"):
+        return "suppressed_by_provider"
+    if btype == "Permanent":
+        return "bounced" if reasons.is_hard(reason) else "bounce_refused"
+    return "bounce_transient" if btype == "Transient" else "bounce_undetermined"
+
+
+def _complaints(data: dict[str, Any], one: One) -> list[Feedback]:
+    c = _obj(data.get("complaint"), "complaint")
+    return [one("complained", _address(_obj(r, "a complained recipient").get("emailAddress"), "emailAddress"), {
+                "feedback_type": _text(c.get("complaintFeedbackType"), "complaintFeedbackType", 100),
+                "feedback_id": _text(c.get("feedbackId"), "feedbackId", 200)})
+            for r in _items(c.get("complainedRecipients"), "complaint.complainedRecipients") or [{}]]
+
+
+def _deliveries(data: dict[str, Any], one: One) -> list[Feedback]:
+    d = _obj(data.get("delivery"), "delivery")
+    return [one("delivered", _address(addr, "a delivery recipient"), {
+                "smtp_response": _text(d.get("smtpResponse"), "smtpResponse"), "at": _text(d.get("timestamp"), "timestamp", 50)})
+            for addr in _items(d.get("recipients"), "delivery.recipients") or [None]]
+
+
+def _delays(data: dict[str, Any], one: One) -> list[Feedback]:
+    d = _obj(data.get("deliveryDelay"), "deliveryDelay")
+    return [one("delivery_delayed", _address(_obj(r, "a delayed recipient").get("emailAddress"), "emailAddress"), {
+                "delay_type": _text(d.get("delayType"), "delayType", 100),
+                "status": _text(_obj(r, "a delayed recipient").get("status"), "status", 20)})
+            for r in _items(d.get("delayedRecipients"), "deliveryDelay.delayedRecipients") or [{}]]
+
+
+_EVENTS: dict[str, Callable[[dict[str, Any], One], list[Feedback]]] = {
+    "Bounce": _bounces,
+    "Complaint": _complaints,
+    "Delivery": _deliveries,
+    "DeliveryDelay": _delays,
+    "Send": lambda data, one: [one("provider_send", None, {}, "send")],
+    "Reject": lambda data, one: [one("provider_reject", None, {"reason": _text(
+        _obj(data.get("reject"), "reject").get("reason"), "reject.reason")}, "reject")],
+}
