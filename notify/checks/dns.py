@@ -60,45 +60,42 @@ def _org(domain: str) -> str:
 
 
 def check_dns(campaign: Campaign, resolver: dns.resolver.Resolver) -> list[DnsFinding]:
+    """The sender domain's SPF, the DKIM key of each selector we sign with, and DMARC, as receivers read them."""
     look = _Lookup(resolver)
     domain = campaign.sender_address.domain.lower()
-    out: list[DnsFinding] = []
+    return [_spf(look, domain), *_dkim(campaign, look, domain), _dmarc(look, domain)]
 
-    # SPF (RFC 7208): exactly one v=spf1 record at the sender's domain.
+
+def _spf(look: _Lookup, domain: str) -> DnsFinding:
+    """SPF (RFC 7208): exactly one v=spf1 record at the sender's domain."""
     txt = look.txt(domain)
     if isinstance(txt, str):
-        out.append(DnsFinding("error", "SPF", txt))
-    else:
-        spf = [t for t in txt if t.lower().startswith("v=spf1")]
-        if not spf:
-            out.append(DnsFinding("error", "SPF", f"{domain} has no SPF record (a TXT record starting v=spf1): "
-                                                  "Gmail and Yahoo reject or junk bulk mail without one"))
-        elif len(spf) > 1:
-            out.append(DnsFinding("error", "SPF", f"{domain} has {len(spf)} SPF records; RFC 7208 makes that a "
-                                                  "permanent error, as if there were none: merge them into one"))
-        elif spf[0].split()[-1].lower() in ("+all", "all"):
-            out.append(DnsFinding("warning", "SPF", f"{domain}: {spf[0]!r} lets anyone send as {domain}, "
-                                                    "which helps the phishers this notice warns about"))
-        else:
-            out.append(DnsFinding("ok", "SPF", f"{domain}: {spf[0]}"))
+        return DnsFinding("error", "SPF", txt)
+    spf = [t for t in txt if t.lower().startswith("v=spf1")]
+    if not spf:
+        return DnsFinding("error", "SPF", f"{domain} has no SPF record (a TXT record starting v=spf1): "
+                                          "Gmail and Yahoo reject or junk bulk mail without one")
+    if len(spf) > 1:
+        return DnsFinding("error", "SPF", f"{domain} has {len(spf)} SPF records; RFC 7208 makes that a "
+                                          "permanent error, as if there were none: merge them into one")
+    if spf[0].split()[-1].lower() in ("+all", "all"):
+        return DnsFinding("warning", "SPF", f"{domain}: {spf[0]!r} lets anyone send as {domain}, "
+                                            "which helps the phishers this notice warns about")
+    return DnsFinding("ok", "SPF", f"{domain}: {spf[0]}")
 
-    # DKIM: the public key for each selector we sign with.
+
+def _dkim(campaign: Campaign, look: _Lookup, domain: str) -> list[DnsFinding]:
+    """DKIM: the public key for each selector we sign with, and its alignment with the From domain."""
     selectors = [(p.dkim_selector, (p.dkim_domain or domain).lower()) for p in campaign.providers.values()
                  if isinstance(p, SmtpConfig) and p.dkim_selector]
+    out = []
     for selector, ddomain in selectors:
         name = f"{selector}._domainkey.{ddomain}"
         txt = look.txt(name)
-        if isinstance(txt, str):
+        if isinstance(txt, str):  # the lookup itself failed: nothing more to say of this selector
             out.append(DnsFinding("error", "DKIM", txt))
             continue
-        keys = [t for t in txt if "p=" in t.replace(" ", "")]
-        tags = dict(part.strip().split("=", 1) for k in keys[:1] for part in k.split(";") if "=" in part)
-        if not keys:
-            out.append(DnsFinding("error", "DKIM", f"{name} has no DKIM key: receivers cannot verify our signatures"))
-        elif not tags.get("p", "").strip():
-            out.append(DnsFinding("error", "DKIM", f"{name} has an empty p=: the key was revoked"))
-        else:
-            out.append(DnsFinding("ok", "DKIM", f"{name}: key published ({tags.get('k', 'rsa').strip()})"))
+        out.append(_dkim_key(name, txt))
         if _org(ddomain) != _org(domain):
             out.append(DnsFinding("warning", "DKIM", f"the signing domain {ddomain} is not aligned with the From "
                                                      f"domain {domain}: DMARC will not count the signature"))
@@ -107,22 +104,31 @@ def check_dns(campaign: Campaign, resolver: dns.resolver.Resolver) -> list[DnsFi
         out.append(DnsFinding("warning", "DKIM", "no DKIM selector is configured, so its record cannot be checked"
                               + ("; for SES, check Easy DKIM's status in the SES console" if ses else
                                  "; set dkim_selector (and dkim_key_file) on the SMTP provider, or check your provider's DKIM")))
+    return out
 
-    # DMARC (RFC 7489): _dmarc at the From domain, else at the organizational domain.
+
+def _dkim_key(name: str, txt: list[str]) -> DnsFinding:
+    keys = [t for t in txt if "p=" in t.replace(" ", "")]
+    tags = dict(part.strip().split("=", 1) for k in keys[:1] for part in k.split(";") if "=" in part)
+    if not keys:
+        return DnsFinding("error", "DKIM", f"{name} has no DKIM key: receivers cannot verify our signatures")
+    if not tags.get("p", "").strip():
+        return DnsFinding("error", "DKIM", f"{name} has an empty p=: the key was revoked")
+    return DnsFinding("ok", "DKIM", f"{name}: key published ({tags.get('k', 'rsa').strip()})")
+
+
+def _dmarc(look: _Lookup, domain: str) -> DnsFinding:
+    """DMARC (RFC 7489): _dmarc at the From domain, else at the organizational domain."""
     for where in dict.fromkeys((domain, _org(domain))):
         txt = look.txt(f"_dmarc.{where}")
         if isinstance(txt, str):
-            out.append(DnsFinding("error", "DMARC", txt))
-            break
+            return DnsFinding("error", "DMARC", txt)
         dmarc = [t for t in txt if t.lower().replace(" ", "").startswith("v=dmarc1")]
         if dmarc:
             policy = dict(p.strip().split("=", 1) for p in dmarc[0].split(";") if "=" in p).get("p", "").strip()
             level = "ok" if policy in ("none", "quarantine", "reject") else "error"
             note = "" if level == "ok" else " (no valid p= policy)"
-            out.append(DnsFinding(level, "DMARC", f"_dmarc.{where}: {dmarc[0]}{note}"))
-            break
-    else:
-        out.append(DnsFinding("error", "DMARC", f"no DMARC record at _dmarc.{domain}"
-                              + (f" or _dmarc.{_org(domain)}" if _org(domain) != domain else "")
-                              + ": Gmail and Yahoo require one from bulk senders (p=none is enough)"))
-    return out
+            return DnsFinding(level, "DMARC", f"_dmarc.{where}: {dmarc[0]}{note}")
+    return DnsFinding("error", "DMARC", f"no DMARC record at _dmarc.{domain}"
+                      + (f" or _dmarc.{_org(domain)}" if _org(domain) != domain else "")
+                      + ": Gmail and Yahoo require one from bulk senders (p=none is enough)")
