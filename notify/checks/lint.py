@@ -220,37 +220,56 @@ Add = Callable[[str, str, str], None]  # (level, rule, message): a finding of th
 def _legal(campaign: Campaign, r: Rendered, html: _Html, phrases: dict[str, str], where: Path, add: Add) -> None:
     """The legal profiles of the version's variant: the phrases each requires (as headings where it says so),
     those it forbids, and its own rules (Massachusetts' count, HIPAA, a contact point, New York's agencies)."""
-    html_text = _norm(" ".join(html.text))
-    text = _norm(r.text)
-    text_lines = {_norm(line) for line in r.text.splitlines() if line.strip()}
+    said = _Said(_norm(r.text), _norm(" ".join(html.text)), {_norm(line) for line in r.text.splitlines() if line.strip()},
+                 html.headings)
     for profile in campaign.review.for_variant(r.variant):
         for key in REQUIRED[profile]:
             phrase = phrases.get(key)
             if not phrase:
                 add("error", profile, f"the {profile} profile needs [phrases] {key} in {where} (the words this locale uses for it)")
-                continue
-            p = _norm(phrase)
-            if profile in AS_HEADINGS:
-                if p not in text_lines:
-                    add("error", profile, f"the text has no heading {phrase!r} on a line of its own ({profile} requires it)")
-                if p not in html.headings:
-                    add("error", profile, f"the HTML has no heading {phrase!r} (an <h1>-<h6>; {profile} requires it)")
             else:
-                for part, body in (("text", text), ("HTML", html_text)):
-                    if p not in body:
-                        add("error", profile, f"the {part} does not contain {phrase!r} ({key}, required by {profile})")
+                _required(profile, key, phrase, said, add)
         for key in FORBIDDEN.get(profile, ()):
             phrase = phrases.get(key)
-            if phrase and (_norm(phrase) in text or _norm(phrase) in html_text):
+            if phrase and (_norm(phrase) in said.text or _norm(phrase) in said.html):
                 add("error", profile, f"contains {phrase!r}: {profile} law forbids describing the nature of the breach")
-        if profile == "massachusetts" and (m := _RESIDENT_COUNT.search(r.text)):
-            add("error", profile, f"states a number of people affected ({m.group(0)!r}), which Massachusetts law forbids")
-        if profile == "hipaa":
-            _hipaa(campaign, r, text, add)
-        if profile in ("gdpr", "new-york") and not (_EMAIL.search(r.text) or _has_phone(r.text)):
-            add("error", profile, f"no contact point: the text gives neither an email address nor a phone number ({profile})")
-        if profile == "new-york" and not (_has_phone(r.text) and (_URL.search(r.text) or _GOV.search(text))):
-            add("error", profile, "New York requires the phone numbers and websites of state and federal agencies that help")
+        _own_rules(campaign, profile, r, said.text, add)
+
+
+@dataclass(frozen=True)
+class _Said:
+    """A version's words, normalised: its text, its HTML's text, the text's lines, and the HTML's headings."""
+
+    text: str
+    html: str
+    lines: set[str]
+    headings: list[str]
+
+
+def _required(profile: str, key: str, phrase: str, said: _Said, add: Add) -> None:
+    """One phrase a profile requires: in both parts, or as a heading of its own where the profile says so."""
+    p = _norm(phrase)
+    if profile in AS_HEADINGS:
+        if p not in said.lines:
+            add("error", profile, f"the text has no heading {phrase!r} on a line of its own ({profile} requires it)")
+        if p not in said.headings:
+            add("error", profile, f"the HTML has no heading {phrase!r} (an <h1>-<h6>; {profile} requires it)")
+        return
+    for part, body in (("text", said.text), ("HTML", said.html)):
+        if p not in body:
+            add("error", profile, f"the {part} does not contain {phrase!r} ({key}, required by {profile})")
+
+
+def _own_rules(campaign: Campaign, profile: str, r: Rendered, text: str, add: Add) -> None:
+    """A profile's rules beyond phrases: Massachusetts' count, HIPAA, a contact point, New York's agencies."""
+    if profile == "massachusetts" and (m := _RESIDENT_COUNT.search(r.text)):
+        add("error", profile, f"states a number of people affected ({m.group(0)!r}), which Massachusetts law forbids")
+    if profile == "hipaa":
+        _hipaa(campaign, r, text, add)
+    if profile in ("gdpr", "new-york") and not (_EMAIL.search(r.text) or _has_phone(r.text)):
+        add("error", profile, f"no contact point: the text gives neither an email address nor a phone number ({profile})")
+    if profile == "new-york" and not (_has_phone(r.text) and (_URL.search(r.text) or _GOV.search(text))):
+        add("error", profile, "New York requires the phone numbers and websites of state and federal agencies that help")
 
 
 def _links(r: Rendered, html: _Html, allowed: list[str], add: Add) -> None:
