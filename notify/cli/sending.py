@@ -66,57 +66,72 @@ def send(
         started = time.monotonic()
         result = send_run.send(c, store, opts, announce=say_deadline)
         elapsed = time.monotonic() - started
-        counts = result.counts
-        if dry_run:
-            for note in result.notes:
-                typer.echo(note)
-            typer.echo(f"Dry run: rendered {counts['rendered']} message(s) into {c.dir / 'dry-run'}; no state changed.")
-            return
         for note in result.notes:
             typer.echo(note)
+        if dry_run:
+            typer.echo(f"Dry run: rendered {result.counts['rendered']} message(s) into {c.dir / 'dry-run'}; no state changed.")
+            return
         if result.seeds is not None:
             _say_seeds(campaign, result)
             raise typer.Exit(result.exit_code)
-        if counts["suppressed"]:
-            typer.echo(f"Suppressed: {counts['suppressed']} recipient(s) are on the suppression list and will not be "
-                       "emailed (see `notify status`; they need another channel).")
-        if result.recovered:
-            typer.echo(f"Resumed: {result.recovered} recipient(s) were in flight when the last run stopped; "
-                       "they were sent again with the same Message-ID.")
-        did = sum(counts[s] for s in ("sent", "deferred", "failed"))
-        if did == 0 and not result.stopped and not result.interrupted:
-            typer.echo("Nothing left to send: every recipient is in a final state.")
-        else:
-            via = " then ".join(result.providers) or "no provider (none could send)"
-            dead = f", bounced {counts['bounced']} (no such address: suppressed)" if counts["bounced"] else ""
-            typer.echo(f"This run via {via}: sent {counts['sent']}, deferred {counts['deferred']}, "
-                       f"failed {counts['failed']}{dead}.")
-        st = report.status(c, store)
-        typer.echo("Campaign: " + ", ".join(f"{k} {v}" for k, v in st["states"].items() if v) + f"; rejected rows {st['rejected']}.")
-        # The rate of the run's last outcomes (what the bar showed at the end), not its average since it
-        # began: a send that slowed down must not project the finish at the speed it had an hour ago.
-        run_rate = (store.recent_rate(200) or did / elapsed) if did and elapsed > 0 else None
-        if (due := report.deadline(c, store, rate=run_rate)) is not None:
-            say_deadline(due)
-        for line in report.jurisdiction_lines(c, report.jurisdictions(c, store, rate=run_rate), top=12):
-            typer.echo(line)
-        if result.interrupted:
-            err(f"Interrupted; everything in flight was settled. Resume with: notify send {campaign}")
-        elif result.stopped:
-            when = ""
-            if result.next_retry:
-                at = dt.datetime.fromtimestamp(result.next_retry, c.tz).strftime("%Y-%m-%d %H:%M:%S %Z")
-                when = f" (next retry due {at}, {report.when_due(result.next_retry, time.time())})"
-            resume = f"notify send {campaign}" + (" --acknowledge-reputation" if result.paused else "")
-            err(f"Stopped: {result.stopped.rstrip('.')}{when}. Resume with: {resume}")
-        elif result.limit_reached:
-            typer.echo(f"Canary: --limit {limit} reached as asked; {result.remaining} recipient(s) still to send: "
-                       f"`notify send {campaign}` sends the rest.")
-        elif result.failed_total:
-            err(f"{result.failed_total} recipient(s) failed; see `notify status {campaign}` for the replies.")
-        if not opts.dry_run:
-            _checkpoint(c, store)
+        did = _say_run(result)
+        _say_campaign(c, store, did / elapsed if did and elapsed > 0 else None)
+        _say_ending(c, campaign, result, limit)
+        _checkpoint(c, store)
         raise typer.Exit(result.exit_code)
+
+
+def _say_run(result: RunResult) -> int:
+    """What this run did: suppressed, resumed, sent, deferred, failed, bounced, through which providers; returns
+    how many recipients it sent, deferred or failed."""
+    counts = result.counts
+    if counts["suppressed"]:
+        typer.echo(f"Suppressed: {counts['suppressed']} recipient(s) are on the suppression list and will not be "
+                   "emailed (see `notify status`; they need another channel).")
+    if result.recovered:
+        typer.echo(f"Resumed: {result.recovered} recipient(s) were in flight when the last run stopped; "
+                   "they were sent again with the same Message-ID.")
+    did = sum(counts[s] for s in ("sent", "deferred", "failed"))
+    if did == 0 and not result.stopped and not result.interrupted:
+        typer.echo("Nothing left to send: every recipient is in a final state.")
+    else:
+        via = " then ".join(result.providers) or "no provider (none could send)"
+        dead = f", bounced {counts['bounced']} (no such address: suppressed)" if counts["bounced"] else ""
+        typer.echo(f"This run via {via}: sent {counts['sent']}, deferred {counts['deferred']}, "
+                   f"failed {counts['failed']}{dead}.")
+    return did
+
+
+def _say_campaign(c: Campaign, store: Store, average: float | None) -> None:
+    """The campaign after this run: its states, its deadline and each jurisdiction's."""
+    st = report.status(c, store)
+    typer.echo("Campaign: " + ", ".join(f"{k} {v}" for k, v in st["states"].items() if v) + f"; rejected rows {st['rejected']}.")
+    # The rate of the run's last outcomes (what the bar showed at the end), not its average since it
+    # began: a send that slowed down must not project the finish at the speed it had an hour ago.
+    run_rate = (store.recent_rate(200) or average) if average else None
+    if (due := report.deadline(c, store, rate=run_rate)) is not None:
+        say_deadline(due)
+    for line in report.jurisdiction_lines(c, report.jurisdictions(c, store, rate=run_rate), top=12):
+        typer.echo(line)
+
+
+def _say_ending(c: Campaign, campaign: Path, result: RunResult, limit: int | None) -> None:
+    """How the run ended, and what to do next: interrupted, stopped (and when the next retry is due), a canary's
+    limit reached, or failures to look at."""
+    if result.interrupted:
+        err(f"Interrupted; everything in flight was settled. Resume with: notify send {campaign}")
+    elif result.stopped:
+        when = ""
+        if result.next_retry:
+            at = dt.datetime.fromtimestamp(result.next_retry, c.tz).strftime("%Y-%m-%d %H:%M:%S %Z")
+            when = f" (next retry due {at}, {report.when_due(result.next_retry, time.time())})"
+        resume = f"notify send {campaign}" + (" --acknowledge-reputation" if result.paused else "")
+        err(f"Stopped: {result.stopped.rstrip('.')}{when}. Resume with: {resume}")
+    elif result.limit_reached:
+        typer.echo(f"Canary: --limit {limit} reached as asked; {result.remaining} recipient(s) still to send: "
+                   f"`notify send {campaign}` sends the rest.")
+    elif result.failed_total:
+        err(f"{result.failed_total} recipient(s) failed; see `notify status {campaign}` for the replies.")
 
 
 def _say_seeds(campaign: Path, result: RunResult) -> None:
