@@ -158,67 +158,79 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
       notify audit verify campaigns/example --checkpoints ~/safe/audit-checkpoints.log
       notify audit verify campaigns/example --content      # every message sent, rebuilt byte for byte
     """
-    from ..evidence.manifest import MANIFEST, verify_export
     from ..store.exported import is_export
 
     if not (target / "campaign.toml").is_file() and (target / "person.json").is_file():
-        from ..evidence.lookup import verify_bundle
-
-        problems, said = verify_bundle(target, key)
-        if problems:
-            raise InputError(f"the proof of notice in {target} does not verify:", problems=problems)
-        typer.echo(f"OK: {said}")
-        return
-    if is_export(target):
+        _verify_bundle(target, key)
+    elif is_export(target):
         if head or checkpoints:
             raise UsageError("--head and --checkpoints check a campaign's own chain; an export is checked against its manifest")
-        check = verify_export(target, key)
-        if check.problems:
-            raise InputError(f"the export in {target} does not verify:", problems=check.problems)
-        typer.echo(f"OK: {check.files} files match {target / MANIFEST} (SHA-256 {check.manifest_sha256}); the chain of "
-                   f"{check.chain.events} events verifies and ends at {check.chain.head}, as the manifest records.")
-        typer.echo(_signature_said(check.signature, key, check.signer)
-                   + (" So the export is as the key's holder sealed it." if check.signature == "valid" else ""))
-        if content:
-            with _open_any(target, key) as (c, store):
-                _say_content(c, store)
-        return
-    if key is not None:
+        _verify_export(target, key, content)
+    elif key is not None:
         raise UsageError("--key checks an export directory's signature; a campaign's own state is not signed")
     else:
-        from ..evidence.chain import check_anchors, read_checkpoints, replay
+        _verify_campaign(target, head, checkpoints, content)
 
-        anchors: list[tuple[int | None, str]] = [(None, head.strip().lower())] if head else []
-        if checkpoints is not None:
-            anchors += read_checkpoints(checkpoints)
-        with _open(target) as (c, store):
-            verdict = verify_chain(store.events())
-            disagreements = replay(store) if verdict.ok else []
-            rewritten = check_anchors(store, anchors) if verdict.ok else []
-        where = f"event {verdict.first_bad}"
-        if rewritten:
-            raise InputError(f"the chain of {verdict.events} events verifies by itself, but not against the heads "
-                             "recorded earlier:", problems=rewritten[:20])
-    if verdict.ok and disagreements:
+
+def _verify_bundle(target: Path, key: Path | None) -> None:
+    """A proof of notice (`lookup --out`): its files against its manifest, its message against its hash."""
+    from ..evidence.lookup import verify_bundle
+
+    problems, said = verify_bundle(target, key)
+    if problems:
+        raise InputError(f"the proof of notice in {target} does not verify:", problems=problems)
+    typer.echo(f"OK: {said}")
+
+
+def _verify_export(target: Path, key: Path | None, content: bool) -> None:
+    """An export: every file against its manifest, the chain, the signature; with --content, every message."""
+    from ..evidence.manifest import MANIFEST, verify_export
+
+    check = verify_export(target, key)
+    if check.problems:
+        raise InputError(f"the export in {target} does not verify:", problems=check.problems)
+    typer.echo(f"OK: {check.files} files match {target / MANIFEST} (SHA-256 {check.manifest_sha256}); the chain of "
+               f"{check.chain.events} events verifies and ends at {check.chain.head}, as the manifest records.")
+    typer.echo(_signature_said(check.signature, key, check.signer)
+               + (" So the export is as the key's holder sealed it." if check.signature == "valid" else ""))
+    if content:
+        with _open_any(target, key) as (c, store):
+            _say_content(c, store)
+
+
+def _verify_campaign(target: Path, head: str | None, checkpoints: Path | None, content: bool) -> None:
+    """A campaign's own state: the chain, the state replayed against it, the heads recorded earlier."""
+    from ..evidence.chain import check_anchors, read_checkpoints, replay
+
+    anchors: list[tuple[int | None, str]] = [(None, head.strip().lower())] if head else []
+    if checkpoints is not None:
+        anchors += read_checkpoints(checkpoints)
+    with _open(target) as (c, store):
+        verdict = verify_chain(store.events())
+        disagreements = replay(store) if verdict.ok else []
+        rewritten = check_anchors(store, anchors) if verdict.ok else []
+    if not verdict.ok:
+        raise InputError(f"the audit chain is broken at event {verdict.first_bad}: {verdict.reason}",
+                         problems=[f"the {verdict.events} events before it verify; head {verdict.head}"])
+    if rewritten:
+        raise InputError(f"the chain of {verdict.events} events verifies by itself, but not against the heads "
+                         "recorded earlier:", problems=rewritten[:20])
+    if disagreements:
         more = [f"(+{len(disagreements) - 20} more)"] if len(disagreements) > 20 else []
         raise InputError(f"the chain of {verdict.events} events verifies, but {len(disagreements)} recipient(s) in the "
                          "state do not match what the events say (the state or the end of the trail was changed):",
                          problems=disagreements[:20] + more)
-    if verdict.ok:
-        typer.echo(f"OK: {verdict.events} events, chain head {verdict.head}; every recipient's state, attempts and "
-                   "content hash are what the events say")
-        if head or checkpoints:
-            typer.echo(f"Anchored: the chain still holds the {len(anchors)} head(s) recorded earlier, so it was not "
-                       "rewritten or cut short since.")
-        else:
-            typer.echo("Not anchored: whoever can write the state file could rewrite the whole chain consistently; "
-                       "verify with --checkpoints (a copy of audit-checkpoints.log kept elsewhere) to rule that out.")
-        if content:
-            with _open(target) as (c, store):
-                _say_content(c, store)
-        return
-    raise InputError(f"the audit chain is broken at {where}: {verdict.reason}",
-                     problems=[f"the {verdict.events} events before it verify; head {verdict.head}"])
+    typer.echo(f"OK: {verdict.events} events, chain head {verdict.head}; every recipient's state, attempts and "
+               "content hash are what the events say")
+    if anchors:
+        typer.echo(f"Anchored: the chain still holds the {len(anchors)} head(s) recorded earlier, so it was not "
+                   "rewritten or cut short since.")
+    else:
+        typer.echo("Not anchored: whoever can write the state file could rewrite the whole chain consistently; "
+                   "verify with --checkpoints (a copy of audit-checkpoints.log kept elsewhere) to rule that out.")
+    if content:
+        with _open(target) as (c, store):
+            _say_content(c, store)
 
 
 def _say_content(c: Campaign, store: Store) -> None:
