@@ -10,7 +10,7 @@ import typer
 
 from ..campaign import config as campaign_mod
 from ..campaign.model import Campaign
-from ..checks.preflight import preflight, probe_providers
+from ..checks.preflight import Preflight, preflight, probe_providers
 from ..errors import (
     ConfigError,
     InputError,
@@ -45,39 +45,9 @@ def check(campaign: Path = CampaignArg,
     """
     with _open(campaign) as (c, store):
         pre = preflight(c, store)
-        imp = pre.imported
-        typer.echo(f"campaign    {c.file}: id {c.id}, providers {', '.join(c.send.providers)}")
-        if pre.templates:
-            typer.echo(f"templates   {c.template}: {len(pre.templates.locales)} locales ({', '.join(pre.templates.locales)})"
-                       + "".join(f"; variant {v}: {', '.join(locs)}" for v, locs in pre.templates.variants.items())
-                       + (f"; rendered {len(pre.rendered)} versions" if pre.rendered else ""))
-        if imp:
-            typer.echo(f"recipients  {imp.said()}")
-            _print_corrections(imp)
-            _print_rejects(store)
-        st = report.status(c, store, pre.templates)
-        if st["fallbacks"]:
-            typer.echo("fallbacks   " + ", ".join(f"{k} ({v})" for k, v in st["fallbacks"].items()))
-        if pre.ok:
-            profiles = "; ".join([f"default: {', '.join(c.review.profiles) or 'none'}"]
-                                 + [f"{v}: {', '.join(p)}" for v, p in c.review.variant_profiles.items()])
-            typer.echo(f"content     lint passed for {len(pre.rendered)} versions (profiles {profiles}; anti-phishing rules)"
-                       + (f", {len(pre.warnings)} warning(s):" if pre.warnings else ""))
-            for w in pre.warnings:
-                typer.echo(f"            warning: {w}")
-        if pre.rules:
-            typer.echo("rules       the jurisdictions' rules for these people (a starting point, not legal advice: "
-                       "counsel must confirm each):")
-            for line in pre.rules:
-                typer.echo(f"            {line}")
+        _say_checked(c, store, pre)
         if dns or dns_server:
-            from ..checks.dns import check_dns, resolver_for
-
-            for f in check_dns(c, resolver_for(dns_server)):
-                typer.echo(f"dns         {f.record:5} {f.level if f.level != 'ok' else 'ok:'} {f.message}")
-                if f.level == "error":
-                    pre.add(f"{f.record}: {f.message}", "publish the DNS records your provider gives you; "
-                            f"`notify check {campaign} --dns` again once they are visible")
+            _check_dns(c, pre, campaign, dns_server)
         if connect:
             for name, usable, said in probe_providers(c):
                 if usable:
@@ -87,18 +57,64 @@ def check(campaign: Path = CampaignArg,
         if not pre.ok:
             raise InputError(f"{len(pre.problems)} problem(s); nothing was sent:", problems=pre.problems,
                              hint="\n".join([*pre.hints, f"fix the above and run `notify check {campaign}` again"]))
-        from ..evidence import review
-
-        if pre.templates is not None and review.requires_approval(c, c.send.providers):
-            try:
-                review.check_approval(c, store, pre.templates)
-            except NotApproved as e:
-                # `send` would refuse: say so here rather than "ready" (#28).
-                typer.echo(f"\nOK: the checks passed, but not ready to send: {e.message}")
-                typer.echo(f"Next: notify preview {campaign} --out review/   then   notify approve {campaign} --by NAME"
-                           f"   (notify send {campaign} --dry-run works meanwhile)")
-                return
+        if _awaits_approval(c, store, pre, campaign):
+            return
         typer.echo(f"\nOK: ready. Next: notify send {campaign} --dry-run   (or without --dry-run to send)")
+
+
+def _say_checked(c: Campaign, store: Store, pre: Preflight) -> None:
+    """What preflight found: the campaign, its templates, the import, fallbacks, the lint, the rules that apply."""
+    typer.echo(f"campaign    {c.file}: id {c.id}, providers {', '.join(c.send.providers)}")
+    if pre.templates:
+        typer.echo(f"templates   {c.template}: {len(pre.templates.locales)} locales ({', '.join(pre.templates.locales)})"
+                   + "".join(f"; variant {v}: {', '.join(locs)}" for v, locs in pre.templates.variants.items())
+                   + (f"; rendered {len(pre.rendered)} versions" if pre.rendered else ""))
+    if (imp := pre.imported):
+        typer.echo(f"recipients  {imp.said()}")
+        _print_corrections(imp)
+        _print_rejects(store)
+    st = report.status(c, store, pre.templates)
+    if st["fallbacks"]:
+        typer.echo("fallbacks   " + ", ".join(f"{k} ({v})" for k, v in st["fallbacks"].items()))
+    if pre.ok:
+        profiles = "; ".join([f"default: {', '.join(c.review.profiles) or 'none'}"]
+                             + [f"{v}: {', '.join(p)}" for v, p in c.review.variant_profiles.items()])
+        typer.echo(f"content     lint passed for {len(pre.rendered)} versions (profiles {profiles}; anti-phishing rules)"
+                   + (f", {len(pre.warnings)} warning(s):" if pre.warnings else ""))
+        for w in pre.warnings:
+            typer.echo(f"            warning: {w}")
+    if pre.rules:
+        typer.echo("rules       the jurisdictions' rules for these people (a starting point, not legal advice: "
+                   "counsel must confirm each):")
+        for line in pre.rules:
+            typer.echo(f"            {line}")
+
+
+def _check_dns(c: Campaign, pre: Preflight, campaign: Path, dns_server: str | None) -> None:
+    """--dns: each record as receivers read it; an error is a problem of the check."""
+    from ..checks.dns import check_dns, resolver_for
+
+    for f in check_dns(c, resolver_for(dns_server)):
+        typer.echo(f"dns         {f.record:5} {f.level if f.level != 'ok' else 'ok:'} {f.message}")
+        if f.level == "error":
+            pre.add(f"{f.record}: {f.message}", "publish the DNS records your provider gives you; "
+                    f"`notify check {campaign} --dns` again once they are visible")
+
+
+def _awaits_approval(c: Campaign, store: Store, pre: Preflight, campaign: Path) -> bool:
+    """Whether `send` would refuse for want of legal's approval: then say so here rather than "ready" (#28)."""
+    from ..evidence import review
+
+    if pre.templates is None or not review.requires_approval(c, c.send.providers):
+        return False
+    try:
+        review.check_approval(c, store, pre.templates)
+    except NotApproved as e:
+        typer.echo(f"\nOK: the checks passed, but not ready to send: {e.message}")
+        typer.echo(f"Next: notify preview {campaign} --out review/   then   notify approve {campaign} --by NAME"
+                   f"   (notify send {campaign} --dry-run works meanwhile)")
+        return True
+    return False
 
 
 def _print_corrections(imp: ImportResult) -> None:
