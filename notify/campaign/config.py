@@ -64,6 +64,49 @@ def load(path: str | Path, *, recipients_file: bool = True) -> Campaign:
                           hint="a campaign.toml needs a few levels at most: look for a runaway [ or {") from None
 
 
+def _references(c: _Checker, file: Path, top: dict[str, Any], send: dict[str, Any], camp: dict[str, Any],
+                recipients_file: bool) -> None:
+    """What the file names must exist: each provider [send] lists, and (unless not asked) the recipients file."""
+    for name in send.get("providers", []):
+        if name not in top.get("providers", {}):
+            defined = ", ".join(top.get("providers", {})) or "none"
+            c.problem("[send] providers", f'"{name}" is not defined: add a [providers.{name}] table (defined: {defined})')
+    if recipients_file and "recipients" in camp and not (file.parent / camp["recipients"]).is_file():
+        c.problem("[campaign] recipients", f"{file.parent / camp['recipients']}: file not found")
+
+
+def _state(c: _Checker, top: dict[str, Any]) -> dict[str, Any]:
+    """[state]; a database URL written into it is refused (its password would live in a shared, versioned file)."""
+    state_cfg = top.get("state", {})
+    if isinstance(state_cfg, dict) and "url" in state_cfg:
+        c.problem("[state] url", "the database URL (and its password) does not belong in the campaign file: put it in "
+                  'an environment variable and name that here, url_env = "NOTIFY_STATE_URL"')
+        state_cfg = {k: v for k, v in state_cfg.items() if k != "url"}
+    return c.table("[state]", state_cfg, STATE_KEYS)
+
+
+def _variant_profiles(c: _Checker, review: dict[str, Any]) -> dict[str, list[str]]:
+    """[review.variants]: each variant's legal profiles."""
+    out: dict[str, list[str]] = {}
+    for variant, names in review.get("variants", {}).items():
+        problem = None if _type_ok("strlist", names) else f"expected a list of profiles, got {_describe(names)}"
+        problem = problem or _profiles(names)
+        if problem:
+            c.problem(f"[review.variants] {variant}", problem)
+        else:
+            out[variant] = list(names)
+    return out
+
+
+def _retry_policy(retry: dict[str, Any]) -> RetryPolicy:
+    return RetryPolicy(
+        base=float(retry.get("base", RetryPolicy.base)),
+        max_interval=float(retry.get("max_interval", RetryPolicy.max_interval)),
+        max_attempts=int(retry.get("max_attempts", RetryPolicy.max_attempts)),
+        max_age=float(retry["max_age_hours"]) * 3600 if "max_age_hours" in retry else RetryPolicy.max_age,
+    )
+
+
 def _build(file: Path, data: dict[str, Any], recipients_file: bool = True) -> Campaign:
     c = _Checker(file)
     top = c.table("", data, TOP_KEYS)
@@ -72,33 +115,15 @@ def _build(file: Path, data: dict[str, Any], recipients_file: bool = True) -> Ca
     retry = c.table("[send.retry]", send.get("retry", {}), RETRY_KEYS)
     domains = _domains(c, send)
     providers = _providers(c, file, top)
-    for name in send.get("providers", []):
-        if name not in top.get("providers", {}):
-            defined = ", ".join(top.get("providers", {})) or "none"
-            c.problem("[send] providers", f'"{name}" is not defined: add a [providers.{name}] table (defined: {defined})')
-    if recipients_file and "recipients" in camp and not (file.parent / camp["recipients"]).is_file():
-        c.problem("[campaign] recipients", f"{file.parent / camp['recipients']}: file not found")
+    _references(c, file, top, send, camp, recipients_file)
     variables = dict(top.get("variables", {}))
     _dates(c, camp, variables)
     review = c.table("[review]", top.get("review", {}), REVIEW_KEYS)
     audit_cfg = c.table("[audit]", top.get("audit", {}), AUDIT_KEYS)
-    state_cfg = top.get("state", {})
-    if isinstance(state_cfg, dict) and "url" in state_cfg:  # a password in a file that is shared and versioned
-        c.problem("[state] url", "the database URL (and its password) does not belong in the campaign file: put it in "
-                  'an environment variable and name that here, url_env = "NOTIFY_STATE_URL"')
-        state_cfg = {k: v for k, v in state_cfg.items() if k != "url"}
-    state_cfg = c.table("[state]", state_cfg, STATE_KEYS)
+    state_cfg = _state(c, top)
     rules, rule_problems = campaign_rules(top.get("jurisdictions", {}), file.parent, file)
     c.problems += rule_problems
-    variant_profiles: dict[str, list[str]] = {}
-    for variant, names in review.get("variants", {}).items():
-        problem = None if _type_ok("strlist", names) else f"expected a list of profiles, got {_describe(names)}"
-        problem = problem or _profiles(names)
-        if problem:
-            c.problem(f"[review.variants] {variant}", problem)
-        else:
-            variant_profiles[variant] = list(names)
-
+    variant_profiles = _variant_profiles(c, review)
     if c.problems:
         n = len(c.problems)
         raise ConfigError(
@@ -106,12 +131,7 @@ def _build(file: Path, data: dict[str, Any], recipients_file: bool = True) -> Ca
             problems=c.problems,
             hint=f"fix {file} and run `notify check {file.parent}` again",
         )
-    policy = RetryPolicy(
-        base=float(retry.get("base", RetryPolicy.base)),
-        max_interval=float(retry.get("max_interval", RetryPolicy.max_interval)),
-        max_attempts=int(retry.get("max_attempts", RetryPolicy.max_attempts)),
-        max_age=float(retry["max_age_hours"]) * 3600 if "max_age_hours" in retry else RetryPolicy.max_age,
-    )
+    policy = _retry_policy(retry)
     return Campaign(
         dir=file.parent,
         file=file,
