@@ -170,15 +170,8 @@ def _table(where: str, t: Any, known: set[str], problems: list[str]) -> bool:
     return True
 
 
-def _notice(where: str, t: Any, problems: list[str]) -> Notice | None:
-    n = len(problems)
-    if not _table(where, t, NOTICE_KEYS, problems):
-        return None
-    given = [k for k in COMPARISONS if k in t]
-    if len(given) != 1:
-        problems.append(f"{where}: give its threshold once, as one of more_than, at_least or fewer_than "
-                        f"(got {', '.join(given) or 'none'})")
-    threshold = _int(f"{where} {given[0]}", t[given[0]], problems, 1) if len(given) == 1 else None
+def _notice_deadline(where: str, t: dict[str, Any], problems: list[str]) -> tuple[int | None, int | None, str | None]:
+    """A notice's deadline: days or hours (not both), and what they count from."""
     days = _int(f"{where} days", t["days"], problems, 0, 3660) if "days" in t else None
     hours = _int(f"{where} hours", t["hours"], problems, 1, 87840) if "hours" in t else None
     if days is not None and hours is not None:
@@ -189,11 +182,24 @@ def _notice(where: str, t: Any, problems: list[str]) -> Notice | None:
                         f"got {_describe(after) if 'after' in t else 'nothing'}")
     elif "after" in t and "days" not in t and "hours" not in t:
         problems.append(f"{where} after: counts days or hours, and neither is given")
+    return days, hours, after if after in AFTER else None
+
+
+def _notice(where: str, t: Any, problems: list[str]) -> Notice | None:
+    n = len(problems)
+    if not _table(where, t, NOTICE_KEYS, problems):
+        return None
+    given = [k for k in COMPARISONS if k in t]
+    if len(given) != 1:
+        problems.append(f"{where}: give its threshold once, as one of more_than, at_least or fewer_than "
+                        f"(got {', '.join(given) or 'none'})")
+    threshold = _int(f"{where} {given[0]}", t[given[0]], problems, 1) if len(given) == 1 else None
+    days, hours, after = _notice_deadline(where, t, problems)
     notice = Notice(to=_text(f"{where} to", t.get("to"), problems), comparison=given[0] if given else "at_least",
                     threshold=threshold or 1, when=_text(f"{where} when", t.get("when"), problems),
                     contents=_texts(f"{where} contents", t.get("contents"), problems),
                     citation=_text(f"{where} citation", t.get("citation"), problems),
-                    days=days, hours=hours, after=after if after in AFTER else None)
+                    days=days, hours=hours, after=after)
     return notice if len(problems) == n else None
 
 
