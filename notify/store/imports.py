@@ -29,6 +29,13 @@ class _Tally:
     unchanged: int = 0  # rows of known people read again as they were: nothing to do, nothing rejected
 
 
+class _RefusedBefore:
+    """Imports._again: the same correction was refused by an earlier import."""
+
+
+_REFUSED_BEFORE = _RefusedBefore()
+
+
 def _vars(item: Recipient) -> str:
     return json.dumps(item.vars, ensure_ascii=False) if item.vars else "{}"
 
@@ -125,54 +132,18 @@ class Imports(Backend):
     def _write_batch(self, import_id: int, items: list[Recipient | Reject], replace: bool = False,
                      tally: _Tally | None = None) -> tuple[int, int]:
         tally = tally if tally is not None else _Tally()
-        keys = [i.key for i in items if isinstance(i, Recipient)]
-        known: dict[str, tuple[Any, ...]] = {}
-        for start in range(0, len(keys), 900):
-            chunk = keys[start:start + 900]
-            marks = ",".join("?" * len(chunk))
-            for r in self.db.execute(f"SELECT key, row, import_id, id, state, attempts, email, name, locale, jurisdiction,"
-                                     f" vars, detail FROM recipients WHERE key IN ({marks})", chunk):
-                known[r[0]] = r[1:]
+        known = self._known([i.key for i in items if isinstance(i, Recipient)])
         rows, rejects, ineligible, refused_before = [], [], 0, 0
         events: list[Event] = []
-        corrected = 0
         for item in items:
             if isinstance(item, Recipient) and item.key in known:
-                row, imp, rid, state, attempts, *was = known[item.key]
-                if imp == import_id:
-                    item = Reject(item.row, item.email, f"duplicate of row {row}")
-                else:
-                    changed = _changes(was, item)
-                    # Deferred without an attempt: held before any provider took it (a relay down before the message
-                    # left, a provider lacking SMTPUTF8): nobody was sent anything, so the correction applies.
-                    if changed and (attempts or state not in (*_UNSENT, "deferred")):
-                        why = (f"correction refused: this person was already handed to a provider (state {state}, row {row} "
-                               f"of an earlier import); changed: {', '.join(changed)}; reach them by another channel if "
-                               "the notice they got is no longer right")
-                        if self.db.execute("SELECT 1 FROM rejects WHERE raw=? AND reason=? LIMIT 1", (item.email, why)).fetchone():
-                            refused_before += 1  # the same correction, refused before: said once, recorded once
-                            continue
-                        tally.refused.append((item.row, item.email, why))
-                        events.append(Event("correction_refused", rid, item.key, detail={"row": item.row, "state": state,
-                                                                                          "changed": changed}))
-                        item = Reject(item.row, item.email, why)
-                    elif changed or replace:
-                        new_state = "ineligible" if item.ineligible else ("pending" if state == "ineligible" else state)
-                        self.db.execute(
-                            "UPDATE recipients SET import_id=?, row=?, email=?, name=?, locale=?, jurisdiction=?, vars=?,"
-                            " state=?, detail=?, updated_at=? WHERE id=?",
-                            (import_id, item.row, item.email, item.name, item.locale, item.jurisdiction, _vars(item),
-                             new_state, item.ineligible if new_state == "ineligible" else None, utcnow(), rid))
-                        known[item.key] = (item.row, import_id, rid, new_state, attempts)
-                        if changed:
-                            corrected += 1
-                            events.append(Event("recipient_corrected", rid, item.key, locale=item.locale, detail={
-                                "row": item.row, "changed": changed, "state": [state, new_state],
-                                **({"reason": item.ineligible} if item.ineligible else {})}))
-                        continue
-                    else:
-                        tally.unchanged += 1  # read again as it was: nothing to do (not a reject: the person is known)
-                        continue
+                again = self._again(item, known, import_id, replace, tally, events)
+                if again is None:
+                    continue
+                if isinstance(again, _RefusedBefore):
+                    refused_before += 1  # the same correction, refused before: said once, recorded once
+                    continue
+                item = again
             if isinstance(item, Reject):
                 rejects.append((import_id, item.row, item.raw, item.reason))
                 continue
@@ -190,7 +161,6 @@ class Imports(Backend):
                 (*values, item.ineligible, utcnow()))
             events.append(Event("ineligible", int(cur.fetchone()[0]), item.key, locale=item.locale,
                                 detail={"reason": item.ineligible, "row": item.row, "jurisdiction": item.jurisdiction}))
-        tally.corrected += corrected
         self._append_all(events, utcnow())
         self.db.executemany(
             "INSERT INTO recipients (import_id, row, email, key, token, domain, name, locale, jurisdiction, vars)"
@@ -198,6 +168,56 @@ class Imports(Backend):
         self.db.executemany("INSERT INTO rejects (import_id, row, raw, reason) VALUES (?,?,?,?)", rejects)
         accepted_known = len(items) - len(rejects) - len(rows) - ineligible - refused_before
         return len(rows) + ineligible + accepted_known, len(rejects) + refused_before
+
+    def _known(self, keys: list[str]) -> dict[str, tuple[Any, ...]]:
+        """The people of these keys the campaign already has: (row, import, id, state, attempts, then the fields a
+        correction may change)."""
+        known: dict[str, tuple[Any, ...]] = {}
+        for start in range(0, len(keys), 900):
+            chunk = keys[start:start + 900]
+            marks = ",".join("?" * len(chunk))
+            for r in self.db.execute(f"SELECT key, row, import_id, id, state, attempts, email, name, locale, jurisdiction,"
+                                     f" vars, detail FROM recipients WHERE key IN ({marks})", chunk):
+                known[r[0]] = r[1:]
+        return known
+
+    def _again(self, item: Recipient, known: dict[str, tuple[Any, ...]], import_id: int, replace: bool, tally: _Tally,
+               events: list[Event]) -> Reject | _RefusedBefore | None:
+        """A person the campaign knows, read again: a duplicate of this import (a Reject), a correction refused
+        because they were already handed to a provider (a Reject; _REFUSED_BEFORE if refused so before), a
+        correction applied or the row read as it was (None: done)."""
+        row, imp, rid, state, attempts, *was = known[item.key]
+        if imp == import_id:
+            return Reject(item.row, item.email, f"duplicate of row {row}")
+        changed = _changes(was, item)
+        # Deferred without an attempt: held before any provider took it (a relay down before the message
+        # left, a provider lacking SMTPUTF8): nobody was sent anything, so the correction applies.
+        if changed and (attempts or state not in (*_UNSENT, "deferred")):
+            why = (f"correction refused: this person was already handed to a provider (state {state}, row {row} "
+                   f"of an earlier import); changed: {', '.join(changed)}; reach them by another channel if "
+                   "the notice they got is no longer right")
+            if self.db.execute("SELECT 1 FROM rejects WHERE raw=? AND reason=? LIMIT 1", (item.email, why)).fetchone():
+                return _REFUSED_BEFORE
+            tally.refused.append((item.row, item.email, why))
+            events.append(Event("correction_refused", rid, item.key, detail={"row": item.row, "state": state,
+                                                                              "changed": changed}))
+            return Reject(item.row, item.email, why)
+        if not (changed or replace):
+            tally.unchanged += 1  # read again as it was: nothing to do (not a reject: the person is known)
+            return None
+        new_state = "ineligible" if item.ineligible else ("pending" if state == "ineligible" else state)
+        self.db.execute(
+            "UPDATE recipients SET import_id=?, row=?, email=?, name=?, locale=?, jurisdiction=?, vars=?,"
+            " state=?, detail=?, updated_at=? WHERE id=?",
+            (import_id, item.row, item.email, item.name, item.locale, item.jurisdiction, _vars(item),
+             new_state, item.ineligible if new_state == "ineligible" else None, utcnow(), rid))
+        known[item.key] = (item.row, import_id, rid, new_state, attempts)
+        if changed:
+            tally.corrected += 1
+            events.append(Event("recipient_corrected", rid, item.key, locale=item.locale, detail={
+                "row": item.row, "changed": changed, "state": [state, new_state],
+                **({"reason": item.ineligible} if item.ineligible else {})}))
+        return None
 
     def columns(self) -> set[str]:
         """Every column any import had (so templates can be checked against them)."""
