@@ -35,8 +35,7 @@ def verify_chain(events: Iterable[dict[str, Any]], hash_of: Callable[[dict[str, 
     a chain missing, unknown to the manifest, or not ending where the manifest says is named. The
     verdict's head is the single chain's head, or with several a SHA-256 over every chain's count and head."""
     chains: dict[int, tuple[int, str]] = {}
-    opened: dict[int, int] = {}  # session chain -> the manifest event that opened it
-    ended: dict[int, tuple[Any, Any, int]] = {}  # session chain -> (events, head, manifest event) it ended with
+    sessions = _Sessions()
     total = 0
     for ev in events:
         chain = ev.get("chain", 0)
@@ -44,46 +43,73 @@ def verify_chain(events: Iterable[dict[str, Any]], hash_of: Callable[[dict[str, 
             return Verdict(False, total, GENESIS, total + 1, f"event {total + 1} names no valid chain ({chain!r})")
         n, prev = chains.get(chain, (0, GENESIS))
         n += 1
-        where = f"chain {chain}: " if chain else ""
-        seq = ev.get("seq")
-        if seq != n:
-            return Verdict(False, total, prev, seq if isinstance(seq, int) else n,
-                           f"{where}expected event {n} here, found {seq!r}: an event was removed or inserted")
-        if ev.get("prev_hash") != prev:
-            return Verdict(False, total, prev, n, f"{where}its prev_hash does not match the event before it")
-        if hash_of(ev) != ev.get("hash"):
-            return Verdict(False, total, prev, n, f"{where}its content does not match its hash: it was altered")
+        if (wrong := _link(ev, n, prev, hash_of)) is not None:
+            first_bad, why = wrong
+            return Verdict(False, total, prev, first_bad, f"chain {chain}: {why}" if chain else why)
         chains[chain] = (n, ev["hash"])
         total += 1
-        if chain == 0 and ev.get("kind") in SESSION_EVENTS:
-            try:
-                detail = json.loads(ev.get("detail") or "{}")
-            except (TypeError, ValueError, RecursionError):
-                detail = None
-            if not isinstance(detail, dict):
-                return Verdict(False, total, head_of(chains), n, "a session event whose detail is not an object")
-            sid = detail.get("chain")
-            if isinstance(sid, int):
-                if ev["kind"] == "session_opened":
-                    opened[sid] = n
-                else:
-                    ended[sid] = (detail.get("events"), detail.get("head"), n)
+        if chain == 0 and ev.get("kind") in SESSION_EVENTS and not sessions.note(ev, n):
+            return Verdict(False, total, head_of(chains), n, "a session event whose detail is not an object")
     head = head_of(chains)
-    if removed := sorted(set(opened) - set(chains)):
-        sid = removed[0]
-        return Verdict(False, total, head, opened[sid],
-                       f"the manifest (chain 0, event {opened[sid]}) opened chain {sid}, which has no events: it was removed")
-    if added := sorted(set(chains) - set(opened) - {0}):
-        return Verdict(False, total, head, 1, f"chain {added[0]}: not opened in the manifest (chain 0): it was added")
-    if cut := [(sid, end) for sid, end in sorted(ended.items()) if chains.get(sid) != end[:2]]:
-        sid, (count, last, at) = cut[0]
-        n, h = chains.get(sid, (0, GENESIS))
-        return Verdict(False, total, head, at, f"chain {sid} has {n} events ending in {h[:16]}, but the manifest (chain 0, "
-                                               f"event {at}) recorded {count} ending in {str(last)[:16]}: cut short or rewritten")
+    if (broken := sessions.check(chains)) is not None:
+        first_bad, why = broken
+        return Verdict(False, total, head, first_bad, why)
     if len(chains) > 1:
         heads = "|".join(f"{c}:{n}:{h}" for c, (n, h) in sorted(chains.items()))
         return Verdict(True, total, hashlib.sha256(heads.encode()).hexdigest())
     return Verdict(True, total, head)
+
+
+def _link(ev: dict[str, Any], n: int, prev: str, hash_of: Callable[[dict[str, Any]], str]) -> tuple[int, str] | None:
+    """Whether the event is the n-th of its chain, after `prev`, with its own hash: None, or (where, why) not."""
+    seq = ev.get("seq")
+    if seq != n:
+        return (seq if isinstance(seq, int) else n), f"expected event {n} here, found {seq!r}: an event was removed or inserted"
+    if ev.get("prev_hash") != prev:
+        return n, "its prev_hash does not match the event before it"
+    if hash_of(ev) != ev.get("hash"):
+        return n, "its content does not match its hash: it was altered"
+    return None
+
+
+class _Sessions:
+    """What the manifest chain (0) records of the sessions' chains: each one opened, and the count and head each
+    closed (or was rescued) with."""
+
+    def __init__(self) -> None:
+        self.opened: dict[int, int] = {}  # session chain -> the manifest event that opened it
+        self.ended: dict[int, tuple[Any, Any, int]] = {}  # session chain -> (events, head, manifest event) it ended with
+
+    def note(self, ev: dict[str, Any], n: int) -> bool:
+        """A session event of the manifest, the n-th; False when its detail is not an object."""
+        try:
+            detail = json.loads(ev.get("detail") or "{}")
+        except (TypeError, ValueError, RecursionError):
+            detail = None
+        if not isinstance(detail, dict):
+            return False
+        sid = detail.get("chain")
+        if isinstance(sid, int):
+            if ev["kind"] == "session_opened":
+                self.opened[sid] = n
+            else:
+                self.ended[sid] = (detail.get("events"), detail.get("head"), n)
+        return True
+
+    def check(self, chains: dict[int, tuple[int, str]]) -> tuple[int, str] | None:
+        """A chain missing, unknown to the manifest, or not ending where the manifest says: (where, why); or None."""
+        if removed := sorted(set(self.opened) - set(chains)):
+            sid = removed[0]
+            return self.opened[sid], (f"the manifest (chain 0, event {self.opened[sid]}) opened chain {sid}, which has "
+                                      "no events: it was removed")
+        if added := sorted(set(chains) - set(self.opened) - {0}):
+            return 1, f"chain {added[0]}: not opened in the manifest (chain 0): it was added"
+        if cut := [(sid, end) for sid, end in sorted(self.ended.items()) if chains.get(sid) != end[:2]]:
+            sid, (count, last, at) = cut[0]
+            n, h = chains.get(sid, (0, GENESIS))
+            return at, (f"chain {sid} has {n} events ending in {h[:16]}, but the manifest (chain 0, event {at}) recorded "
+                        f"{count} ending in {str(last)[:16]}: cut short or rewritten")
+        return None
 
 
 def head_of(chains: dict[int, tuple[int, str]]) -> str:
