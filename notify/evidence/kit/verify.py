@@ -73,42 +73,60 @@ def check_chain(path: Path, problems: list[str]) -> tuple[int, str]:
         n, prev = chains.get(chain, (0, GENESIS))
         n += 1
         where = f"events.jsonl line {line} (chain {chain}, event {n})"
-        if ev.get("seq") != n:
-            problems.append(f"{where}: its seq is {ev.get('seq')!r}, not {n}: an event was removed or inserted")
-            return total, prev
-        if ev.get("prev_hash") != prev:
-            problems.append(f"{where}: its prev_hash is not the hash of the event before it")
-            return total, prev
-        if event_hash(ev) != ev.get("hash"):
-            problems.append(f"{where}: its fields do not hash to its hash: it was altered")
+        wrong = link_problem(ev, n, prev)
+        if wrong is not None:
+            problems.append(f"{where}: {wrong}")
             return total, prev
         chains[chain] = (n, ev["hash"])
         total += 1
-        if chain == 0 and ev.get("kind") in SESSION_EVENTS:
-            try:
-                detail = json.loads(ev.get("detail") or "{}")
-            except ValueError:
-                detail = None
-            if not isinstance(detail, dict):
-                problems.append(f"{where}: a session event whose detail is not a JSON object")
-                return total, prev
-            sid = detail.get("chain")
-            if isinstance(sid, int):
-                if ev["kind"] == "session_opened":
-                    opened[sid] = n
-                else:
-                    ended[sid] = (detail.get("events"), detail.get("head"), n)
-    for sid in sorted(set(opened) - set(chains)):
-        problems.append(f"chain 0, event {opened[sid]} opened chain {sid}, which has no events: it was removed")
-    for sid in sorted(set(chains) - set(opened) - {0}):
-        problems.append(f"chain {sid} was never opened in chain 0: it was added")
-    for sid, (count, head, at) in sorted(ended.items()):
-        if chains.get(sid) != (count, head):
-            problems.append(f"chain {sid} does not end as chain 0, event {at} recorded ({count} events): cut short or rewritten")
+        if chain == 0 and ev.get("kind") in SESSION_EVENTS and not note_session(ev, n, opened, ended):
+            problems.append(f"{where}: a session event whose detail is not a JSON object")
+            return total, prev
+    problems += session_problems(chains, opened, ended)
     if len(chains) > 1:
         joined = "|".join(f"{c}:{n}:{h}" for c, (n, h) in sorted(chains.items()))
         return total, hashlib.sha256(joined.encode("ascii")).hexdigest()
     return total, chains.get(0, (0, GENESIS))[1]
+
+
+def link_problem(ev: dict[str, Any], n: int, prev: str) -> str | None:
+    """Why an event is not the n-th of its chain, after `prev`, with its own hash; None when it is."""
+    if ev.get("seq") != n:
+        return f"its seq is {ev.get('seq')!r}, not {n}: an event was removed or inserted"
+    if ev.get("prev_hash") != prev:
+        return "its prev_hash is not the hash of the event before it"
+    if event_hash(ev) != ev.get("hash"):
+        return "its fields do not hash to its hash: it was altered"
+    return None
+
+
+def note_session(ev: dict[str, Any], n: int, opened: dict[int, int], ended: dict[int, tuple[Any, Any, int]]) -> bool:
+    """A session event of chain 0 (the n-th): the chain it opened, or the count and head it closed with. False when
+    its detail is not a JSON object."""
+    try:
+        detail = json.loads(ev.get("detail") or "{}")
+    except ValueError:
+        detail = None
+    if not isinstance(detail, dict):
+        return False
+    sid = detail.get("chain")
+    if isinstance(sid, int):
+        if ev["kind"] == "session_opened":
+            opened[sid] = n
+        else:
+            ended[sid] = (detail.get("events"), detail.get("head"), n)
+    return True
+
+
+def session_problems(chains: dict[int, tuple[int, str]], opened: dict[int, int],
+                     ended: dict[int, tuple[Any, Any, int]]) -> list[str]:
+    """Chains removed, added, or not ending as chain 0 recorded."""
+    out = [f"chain 0, event {opened[sid]} opened chain {sid}, which has no events: it was removed"
+           for sid in sorted(set(opened) - set(chains))]
+    out += [f"chain {sid} was never opened in chain 0: it was added" for sid in sorted(set(chains) - set(opened) - {0})]
+    out += [f"chain {sid} does not end as chain 0, event {at} recorded ({count} events): cut short or rewritten"
+            for sid, (count, head, at) in sorted(ended.items()) if chains.get(sid) != (count, head)]
+    return out
 
 
 def check_files(out: Path, manifest: dict[str, Any], problems: list[str]) -> int:
