@@ -88,6 +88,19 @@ def check_pack(campaign: Campaign, pack: Path, parts: dict[str, str]) -> str:
         raise NotApproved(f"{pack}: not a review pack written by `notify preview` ({e})", hint=hint) from None
     if not isinstance(manifest, dict) or manifest.get("campaign") != campaign.id or not isinstance(manifest.get("content"), dict):
         raise NotApproved(f"{pack}/manifest.json: not a review pack of campaign {campaign.id}", hint=hint)
+    expected = _check_versions(pack, manifest, hint)
+    _check_index(pack, manifest, hint)
+    for extra in sorted(p.name for p in pack.iterdir() if p.name not in expected):
+        raise NotApproved(f"{pack / extra}: not part of the review pack `notify preview` wrote", hint=hint)
+    reviewed: dict[str, str] = manifest["content"]
+    changed = sorted(k for k in parts if reviewed.get(k) != parts[k]) + sorted(k for k in reviewed if k not in parts)
+    if changed:
+        raise NotApproved(f"the content changed since the review pack {pack} was made: {', '.join(changed)}", hint=hint)
+    return _sha(raw)
+
+
+def _check_versions(pack: Path, manifest: dict[str, Any], hint: str) -> set[str]:
+    """Every version's files in the pack as `notify preview` wrote them; returns the names the pack may hold."""
     expected = {"manifest.json", "index.html"}
     for v in manifest.get("versions") or []:
         slug = str(v.get("version", "")).replace("/", ".")
@@ -101,6 +114,11 @@ def check_pack(campaign: Campaign, pack: Path, parts: dict[str, str]) -> str:
             if got != want:
                 raise NotApproved(f"{path}: {'missing from' if got is None else 'changed in'} the review pack since "
                                   "`notify preview` wrote it", hint=hint)
+    return expected
+
+
+def _check_index(pack: Path, manifest: dict[str, Any], hint: str) -> None:
+    """The pack's page as written (its approval banner aside)."""
     index = pack / "index.html"
     try:
         page = _sha(_without_banner(index.read_text(encoding="utf-8")).encode())
@@ -109,13 +127,6 @@ def check_pack(campaign: Campaign, pack: Path, parts: dict[str, str]) -> str:
     if manifest.get("index_sha256") is None or page != manifest.get("index_sha256"):
         raise NotApproved(f"{index}: {'missing from' if page is None else 'changed in'} the review pack since `notify "
                           "preview` wrote it (or the pack is older than the check of its page)", hint=hint)
-    for extra in sorted(p.name for p in pack.iterdir() if p.name not in expected):
-        raise NotApproved(f"{pack / extra}: not part of the review pack `notify preview` wrote", hint=hint)
-    reviewed: dict[str, str] = manifest["content"]
-    changed = sorted(k for k in parts if reviewed.get(k) != parts[k]) + sorted(k for k in reviewed if k not in parts)
-    if changed:
-        raise NotApproved(f"the content changed since the review pack {pack} was made: {', '.join(changed)}", hint=hint)
-    return _sha(raw)
 
 
 APPROVAL_MARK = ("<!-- approval -->", "<!-- /approval -->")
