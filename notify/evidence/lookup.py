@@ -96,6 +96,25 @@ def verify_bundle(out: Path, key: Path | None = None) -> tuple[list[str], str]:
         return [f"{out}: not a proof of notice notify wrote ({type(e).__name__}: {e})"], ""
     problems += check_files(out, listed, "the proof", "it was written")[0]
     signature, signer = check_signature(out, raw, manifest, key, problems)
+    problems += _record_problems(record, events)
+    message = out / "message.eml"
+    if message.is_file() and hashlib.sha256(message.read_bytes()).hexdigest() != record.get("content_sha256"):
+        problems.append(f"{message}: its SHA-256 is not the content_sha256 the sent event recorded")
+    said = (f"the proof of notice for row {record.get('row')} ({record.get('email')}) is as written: {len(events)} "
+            f"event(s), each with the content the audit chain hashed"
+            + (", and the message whose SHA-256 the sent event recorded" if message.is_file() else "")
+            + f". To tie them to the campaign's chain, find their hashes in an export's events.jsonl, or the head "
+            f"{manifest.get('chain', {}).get('head') if isinstance(manifest.get('chain'), dict) else None} in a checkpoint "
+            "kept elsewhere." + {"valid": f" Signed by the private key of {key}.",
+                                 "self": f" Signed by the key the manifest names (SHA-256 {signer}); check it with --key.",
+                                 "unchecked": " Signed; give --key to check the signature."}.get(signature, " Not signed."))
+    return problems, said
+
+
+def _record_problems(record: dict[str, Any], events: list[dict[str, Any]]) -> list[str]:
+    """A proof's record against its events: each event's hash, whom they are about, and the state, attempts and
+    content SHA-256 they add up to."""
+    problems = []
     trail = Trail()
     for ev in events:
         if event_hash(ev) != ev.get("hash"):
@@ -110,18 +129,7 @@ def verify_bundle(out: Path, key: Path | None = None) -> tuple[list[str], str]:
         problems.append(f"the record says {record.get('attempts')} attempt(s), its events {trail.attempts}")
     if (record.get("content_sha256") or None) != trail.sha:
         problems.append("the record's content SHA-256 is not the one its sent event recorded")
-    message = out / "message.eml"
-    if message.is_file() and hashlib.sha256(message.read_bytes()).hexdigest() != record.get("content_sha256"):
-        problems.append(f"{message}: its SHA-256 is not the content_sha256 the sent event recorded")
-    said = (f"the proof of notice for row {record.get('row')} ({record.get('email')}) is as written: {len(events)} "
-            f"event(s), each with the content the audit chain hashed"
-            + (", and the message whose SHA-256 the sent event recorded" if message.is_file() else "")
-            + f". To tie them to the campaign's chain, find their hashes in an export's events.jsonl, or the head "
-            f"{manifest.get('chain', {}).get('head') if isinstance(manifest.get('chain'), dict) else None} in a checkpoint "
-            "kept elsewhere." + {"valid": f" Signed by the private key of {key}.",
-                                 "self": f" Signed by the key the manifest names (SHA-256 {signer}); check it with --key.",
-                                 "unchecked": " Signed; give --key to check the signature."}.get(signature, " Not signed."))
-    return problems, said
+    return problems
 
 
 def find(campaign: Campaign, store: Store, query: str) -> list[dict[str, Any]]:
@@ -145,10 +153,10 @@ def keys_of(query: str) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def proof(campaign: Campaign, store: Store, person: dict[str, Any]) -> Proof:
-    rid = person["id"]
+def _record(campaign: Campaign, person: dict[str, Any]) -> dict[str, Any]:
+    """A person's row as a proof of notice states it."""
     variant, sent_locale = split_version(person["version"]) if person["version"] else ("", "")
-    record = {
+    return {
         "row": person["row"], "email": person["email"], "email_unicode": display_address(person["email"]),
         "name": person["name"], **{c: person["vars"].get(c, "") for c in campaign.audit_columns},
         "requested_locale": person["locale"] or "(none)", "locale_sent": sent_locale or "(not sent)",
@@ -157,6 +165,13 @@ def proof(campaign: Campaign, store: Store, person: dict[str, Any]) -> Proof:
         "provider": person["provider"] or "", "message_id": person["message_id"] or "",
         "provider_message_id": person["provider_message_id"] or "", "content_sha256": person["content_sha256"] or "",
     }
+
+
+def proof(campaign: Campaign, store: Store, person: dict[str, Any]) -> Proof:
+    """A person's proof of notice: their record, every event about them, and the message they were sent (the
+    outbox's copy, or rebuilt from the templates at the time of the attempt that was accepted)."""
+    rid = person["id"]
+    record = _record(campaign, person)
     timeline = [{"seq": e["seq"], "at": e["ts"], "what": e["kind"], "provider": e["provider"] or "",
                  "detail": json.loads(e["detail"] or "{}")} for e in store.events_of(rid)]
     out = Proof(record, timeline)
