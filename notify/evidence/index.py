@@ -173,20 +173,42 @@ def find(out: Path, keys: list[str], key: Path | None) -> Found | None:
         return None
     problems: list[str] = []
     signature, signer = check_signature(out, raw, manifest, key, problems)
-    listed: dict[str, Any] = manifest["files"]
-    for name in SMALL:
-        want = listed.get(name)
-        if want is None or not (out / name).is_file() or (out / name).is_symlink() or file_entry(out / name) != want:
-            problems.append(f"{out / name}: {'missing' if want is None or not (out / name).is_file() else 'changed since the export'}")
-    for name, want in sorted(listed.items()):  # the others by their size alone (their blocks when read)
-        f = out / name
-        if name not in SMALL and ("/" in name or not f.is_file() or f.is_symlink() or f.stat().st_size != want.get("size")):
-            problems.append(f"{f}: {'missing' if not f.is_file() else 'changed since the export'} (the manifest lists it)")
-    problems += unlisted(out, listed)
+    problems += _unsealed(out, manifest["files"])
     if problems:
         raise InputError(f"{out}: the export does not verify, so nothing read from it could be trusted:\n  "
                          + "\n  ".join(problems[:10]), hint=f"`notify audit verify {out}` shows the whole report")
     reader = _Reader(out, blocks)
+    campaign_events, people = _read_people(out, reader, keys)
+    for ev in [e for _, evs in people for e in evs] + campaign_events:
+        if event_hash(ev) != ev.get("hash"):
+            raise InputError(f"{out / 'events.jsonl'}: event {ev.get('seq')} ({ev.get('kind')}) does not match its hash")
+    said = (f"Checked without reading the whole export: the manifest, the index, campaign.toml and templates.json whole, "
+            f"the {len(reader.checked)} sealed block(s) holding the lines read, and each event against its own hash; "
+            "`notify audit verify` checks the whole chain.")
+    chain = manifest["chain"]
+    return Found(campaign_events, people, said, (int(chain.get("events", 0)), str(chain.get("head", ""))),
+                 signature, signer)
+
+
+def _unsealed(out: Path, listed: dict[str, Any]) -> list[str]:
+    """What a lookup checks whole before reading: the small files by their hash, the others by their size (their
+    blocks are checked when read), and nothing the manifest does not list."""
+    problems = []
+    for name in SMALL:
+        want = listed.get(name)
+        if want is None or not (out / name).is_file() or (out / name).is_symlink() or file_entry(out / name) != want:
+            problems.append(f"{out / name}: {'missing' if want is None or not (out / name).is_file() else 'changed since the export'}")
+    for name, want in sorted(listed.items()):
+        f = out / name
+        if name not in SMALL and ("/" in name or not f.is_file() or f.is_symlink() or f.stat().st_size != want.get("size")):
+            problems.append(f"{f}: {'missing' if not f.is_file() else 'changed since the export'} (the manifest lists it)")
+    return problems + unlisted(out, listed)
+
+
+def _read_people(out: Path, reader: _Reader, keys: list[str]
+                 ) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], list[dict[str, Any]]]]]:
+    """Through the index: the campaign's own events, and each person of `keys` with their events, every line read
+    from a sealed block and matched with the entry that points to it."""
     db = sqlite3.connect(f"{(out / INDEX).resolve().as_uri()}?mode=ro&immutable=1", uri=True)
     try:
         campaign_events = [reader.line("events.jsonl", at, n) for at, n in db.execute(
@@ -204,15 +226,7 @@ def find(out: Path, keys: list[str], key: Path | None) -> Found | None:
         raise InputError(f"{out / INDEX}: not an index notify wrote ({e})") from None
     finally:
         db.close()
-    for ev in [e for _, evs in people for e in evs] + campaign_events:
-        if event_hash(ev) != ev.get("hash"):
-            raise InputError(f"{out / 'events.jsonl'}: event {ev.get('seq')} ({ev.get('kind')}) does not match its hash")
-    said = (f"Checked without reading the whole export: the manifest, the index, campaign.toml and templates.json whole, "
-            f"the {len(reader.checked)} sealed block(s) holding the lines read, and each event against its own hash; "
-            "`notify audit verify` checks the whole chain.")
-    chain = manifest["chain"]
-    return Found(campaign_events, people, said, (int(chain.get("events", 0)), str(chain.get("head", ""))),
-                 signature, signer)
+    return campaign_events, people
 
 
 def sealed_report(out: Path, key: Path | None) -> tuple[bytes, str, str | None] | None:
