@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import __version__, files
 from ..campaign.deadline import Covered, JurisdictionStanding, by_jurisdiction, covered
-from ..campaign.jurisdictions import Notice, Rule, code
+from ..campaign.jurisdictions import Notice, Rule
 from ..campaign.model import Campaign
 from ..content.compose import RenderFailure, build_message, synthetic_recipient
 from ..content.locales import split_version
@@ -275,20 +275,15 @@ def _index_html(t: dict[str, Any], folders: list[tuple[str, dict[str, Any]]]) ->
     return _PAGE.format(title=e(f"Regulator notices: {t['campaign']}"), body=body)
 
 
-def write_pack(campaign: Campaign, store: Store, out: Path, *, force: bool = False, sign_key: Path | None = None,
-               now: dt.datetime | None = None) -> tuple[dict[str, Any], list[str]]:
-    """The filing pack in `out`: regulators.json, index.html, and a folder per notice required (facts.json,
-    facts.txt, the sample copy), sealed by manifest.json (and manifest.sig with `sign_key`) and SHA256SUMS.
-    Returns the table and the folders written. Everything is checked and rendered before the first file."""
-    if sign_key is not None:
-        signing.sign(b"", sign_key)  # a key that cannot sign is refused before anything is written
-    now = now or dt.datetime.now(dt.UTC)
-    t = table(campaign, store, now)
+_Plan = tuple[str, Owed, dict[str, Any], Sample | None]  # (folder, owed notice, its facts, the sample copy)
+
+
+def _plans(campaign: Campaign, store: Store, now: dt.datetime) -> list[_Plan]:
+    """A folder for each notice required, with its facts and the sample copy (one per rule): all of it made and
+    checked before the first file is written."""
     templates = Templates(campaign)
-    written: dict[str, set[str]] = {}
-    for juris, *_ in store.jurisdiction_outcomes():
-        written.setdefault(code(juris), set()).add(juris)
-    plans = []
+    written = store.jurisdictions_written()
+    plans: list[_Plan] = []
     used: set[str] = set()
     samples: dict[str, Sample | None] = {}
     for o in judged(campaign, store, now)[1]:
@@ -302,22 +297,40 @@ def write_pack(campaign: Campaign, store: Store, out: Path, *, force: bool = Fal
             samples[o.rule.key] = sample(campaign, store, templates,
                                          sorted(w for x in o.group.outcomes for w in written.get(x.jurisdiction, ())))
         plans.append((folder, o, _owed_dict(campaign, o), samples[o.rule.key]))
+    return plans
+
+
+def _folder(campaign: Campaign, t: dict[str, Any], o: Owed, d: dict[str, Any], s: Sample | None) -> dict[str, bytes]:
+    """One notice's folder: facts.json, facts.txt, and the sample copy where there is one."""
+    facts = {**d, "campaign": campaign.id, "discovered": t["discovered"], "timezone": t["timezone"],
+             "residents_by_jurisdiction": [j for j in t["jurisdictions"] if j["jurisdiction"] in o.group.codes],
+             "sample": None if s is None else {"file": "notice.eml", "version": s.version, "sent_to": s.sent_to,
+                                               "other_versions": dict(s.others), "proof": s.proof,
+                                               "sha256": hashlib.sha256(s.message).hexdigest()},
+             "disclaimer": DISCLAIMER}
+    parts = {"facts.json": (json.dumps(facts, ensure_ascii=False, indent=2) + "\n").encode(),
+             "facts.txt": _facts_text(campaign, o, t, s).encode()}
+    if s is not None:
+        parts.update({"notice.eml": s.message, "notice.txt": s.text.encode(), "notice.html": s.html.encode()})
+    return parts
+
+
+def write_pack(campaign: Campaign, store: Store, out: Path, *, force: bool = False, sign_key: Path | None = None,
+               now: dt.datetime | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The filing pack in `out`: regulators.json, index.html, and a folder per notice required (facts.json,
+    facts.txt, the sample copy), sealed by manifest.json (and manifest.sig with `sign_key`) and SHA256SUMS.
+    Returns the table and the folders written. Everything is checked and rendered before the first file."""
+    if sign_key is not None:
+        signing.sign(b"", sign_key)  # a key that cannot sign is refused before anything is written
+    now = now or dt.datetime.now(dt.UTC)
+    t = table(campaign, store, now)
+    plans = _plans(campaign, store, now)
     export_dir(out, force)
     names = ["regulators.json", "index.html"]
     files.write_private(out / "regulators.json", (json.dumps(t, ensure_ascii=False, indent=2) + "\n").encode())
     for folder, o, d, s in plans:
         files.private_dir(out / folder)
-        facts = {**d, "campaign": campaign.id, "discovered": t["discovered"], "timezone": t["timezone"],
-                 "residents_by_jurisdiction": [j for j in t["jurisdictions"] if j["jurisdiction"] in o.group.codes],
-                 "sample": None if s is None else {"file": "notice.eml", "version": s.version, "sent_to": s.sent_to,
-                                                   "other_versions": dict(s.others), "proof": s.proof,
-                                                   "sha256": hashlib.sha256(s.message).hexdigest()},
-                 "disclaimer": DISCLAIMER}
-        parts = {"facts.json": (json.dumps(facts, ensure_ascii=False, indent=2) + "\n").encode(),
-                 "facts.txt": _facts_text(campaign, o, t, s).encode()}
-        if s is not None:
-            parts.update({"notice.eml": s.message, "notice.txt": s.text.encode(), "notice.html": s.html.encode()})
-        for name, data in parts.items():
+        for name, data in _folder(campaign, t, o, d, s).items():
             files.write_private(out / folder / name, data)
             names.append(f"{folder}/{name}")
     files.write_private(out / "index.html", _index_html(t, [(f, d) for f, _, d, _ in plans]).encode())

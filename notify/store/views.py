@@ -197,9 +197,7 @@ class Views(Backend):
     def outcomes(self, campaign: Campaign) -> list[Outcomes]:
         """The people of each jurisdiction by outcome, with how many were notified after its own deadline."""
         rows = self.jurisdiction_outcomes()
-        written: dict[str, set[str]] = {}
-        for juris, *_ in rows:
-            written.setdefault(code(juris), set()).add(juris)
+        written = _written(rows)
         judged = sorted(outcomes_of(rows).items())
         ends: dict[str, float] = {}  # jurisdiction as written -> its deadline's end, where someone was notified after it
         for key, o in judged:
@@ -210,6 +208,10 @@ class Views(Backend):
         late = self.notified_after(ends)
         return [dataclasses.replace(o, late=sum(late.get(j, 0) for j in written[key])) if written[key] & ends.keys()
                 else o for key, o in judged]
+
+    def jurisdictions_written(self) -> dict[str, set[str]]:
+        """Each jurisdiction's code, with every way the recipients files wrote it ("us-ca", "US-CA ")."""
+        return _written(self.jurisdiction_outcomes())
 
     def seeds_sent(self) -> dict[str, Any]:
         """The seed messages the ledger records (seed_sent events, #38): how many, to whom, which versions, the last
@@ -235,3 +237,10 @@ class Views(Backend):
         return dict(self.db.execute(
             "SELECT provider, count(*) FROM recipients WHERE provider IS NOT NULL AND state IN"
             " ('sent','delivered','bounced','complained') GROUP BY provider").fetchall())
+
+
+def _written(rows: list[tuple[str, str, int, float | None, float | None]]) -> dict[str, set[str]]:
+    written: dict[str, set[str]] = {}
+    for juris, *_ in rows:
+        written.setdefault(code(juris), set()).add(juris)
+    return written
