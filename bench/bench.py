@@ -207,7 +207,8 @@ def prerender(d: Path, path: Path) -> None:
         from notify.campaign import config as campaign
         from notify.content.compose import compose, recipient_context
         from notify.content.render import Templates
-        from notify.recipients.rows import read, validate, Recipient
+        from notify.recipients.rows import Recipient, read
+        from notify.recipients.validate import validate
         c = campaign.load({str(d)!r})
         t = Templates(c)
         with open({str(path)!r}, "wb") as out:

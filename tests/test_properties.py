@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from notify.campaign import config as campaign
 from notify.content.compose import compose
 from notify.content.render import Rendered
-from notify.recipients.rows import INVISIBLE, Recipient, Record, carried, validate
+from notify.recipients.rows import Recipient, Record
+from notify.recipients.validate import INVISIBLE, carried, validate
 
 from .conftest import EXAMPLE
 
@@ -73,7 +74,7 @@ def test_address_and_name_survive_rendering(address: str, name: str) -> None:
 @given(st.one_of(addresses, st.text(max_size=80), st.builds(lambda a, b: f"{a}@{b}", st.text(max_size=70), st.text(max_size=70))))
 def test_cached_domain_check_says_what_email_validator_says(address: str) -> None:
     """recipients.check_address validates each domain once; its verdict must be email-validator's own."""
-    from notify.recipients.rows import check_address
+    from notify.recipients.validate import check_address
 
     try:
         v = validate_email(address, check_deliverability=False, allow_smtputf8=True)

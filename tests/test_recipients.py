@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from notify.errors import InputError
-from notify.recipients.rows import Recipient, Reject, normalize_locale, read, validate
+from notify.recipients.rows import Recipient, Reject, read
+from notify.recipients.validate import normalize_locale, validate
 
 from .conftest import MakeCampaign
 

@@ -24,7 +24,8 @@ from ..content.locales import split_version
 from ..content.render import Templates
 from ..errors import InputError
 from ..providers.outbox import eml_name
-from ..recipients.rows import Recipient, Record, validate
+from ..recipients.rows import Recipient, Record
+from ..recipients.validate import validate
 from ..store import Store, epoch_of, event_hash
 from .chain import Trail
 from .manifest import MANIFEST, check_files, check_signature, file_entry, seal

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..recipients.rows import check_address
+from ..recipients.validate import check_address
 from . import report
 
 

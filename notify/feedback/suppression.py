@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import files
 from ..errors import InputError, StoreError
-from ..recipients.rows import Recipient, read, validate
+from ..recipients.rows import Recipient, read
+from ..recipients.validate import validate
 
 if TYPE_CHECKING:
     from ..store import Store

@@ -13,7 +13,8 @@ from typing import Any
 
 from .. import files
 from ..errors import InputError, StoreError
-from ..recipients.rows import Recipient, Reject, read, recipient_token, validate
+from ..recipients.rows import Recipient, Reject, read, recipient_token
+from ..recipients.validate import validate
 from .contract import Backend
 from .records import Event, ImportResult, dicts, file_sha256, utcnow
 
