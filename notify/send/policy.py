@@ -72,6 +72,26 @@ def render_failed(c: Claimed, failure: RenderFailure) -> Change:
                   fields={"attempts": c.attempts, "detail": reason[:500], "reply_code": "render"})
 
 
+@dataclass
+class _Said:
+    """What one outcome records, whatever the state it leads to: the event's detail, the recipient's columns, and
+    the event itself."""
+
+    c: Claimed
+    outcome: Outcome
+    provider: str
+    version: str
+    sha: str | None
+    attempts: int
+    first: float | None
+    detail: dict[str, Any]
+    common: dict[str, Any]
+
+    def event(self, kind: str) -> Event:
+        return Event(kind, self.c.id, self.c.key, provider=self.provider, locale=self.version, content_sha256=self.sha,
+                     detail=self.detail, provider_message_id=self.outcome.provider_message_id if kind == "sent" else None)
+
+
 def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None, version: str,
            provider: str, now: float) -> Change:
     """Turns one provider outcome into the state change and event that record it; `version` is the
@@ -80,62 +100,66 @@ def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None
     # An attempt is a message handed to a provider: a connection that failed, or a relay that cannot
     # take this address, counts none, and never gives up on the recipient (#24).
     attempts = c.attempts + (1 if outcome.handed else 0)
-    first = c.first_attempt_at or (now if outcome.handed else None)
     reply = outcome.describe()
     detail: dict[str, Any] = {"attempt": attempts, "reply": reply}
     if outcome.code:
         detail["code"] = outcome.code
     if outcome.status:
         detail["status"] = outcome.status
-    common = {"attempts": attempts, "first_attempt_at": first, "provider": provider,
-              "message_id": msg.message_id if msg else None,
-              "detail": reply[:500],
+    first = c.first_attempt_at or (now if outcome.handed else None)
+    common = {"attempts": attempts, "first_attempt_at": first, "provider": provider, "message_id": msg.message_id if msg else None, "detail": reply[:500],
               "reply_code": (f"needs {outcome.needs}" if outcome.needs else
                              " ".join(str(p) for p in (outcome.code, outcome.status) if p) or outcome.kind.value)}
-    sha = msg.sha256 if msg else None
-
-    def event(kind: str) -> Event:
-        return Event(kind, c.id, c.key, provider=provider, locale=version, content_sha256=sha, detail=detail,
-                     provider_message_id=outcome.provider_message_id if kind == "sent" else None)
-
+    said = _Said(c, outcome, provider, version, msg.sha256 if msg else None, attempts, first, detail, common)
     if outcome.kind is Kind.ACCEPTED:
         if c.doubt:
             detail["possible_duplicate"] = True
-        return Change(c.id, "sent", event("sent"),
+        return Change(c.id, "sent", said.event("sent"),
                       fields={**common, "provider_message_id": outcome.provider_message_id,
-                              "content_sha256": sha, "version": version})
+                              "content_sha256": said.sha, "version": version})
     if outcome.kind is Kind.PERMANENT:
         held_before = c.previous_state == "deferred" and (c.last_reply or "").startswith(HELD)
         if not (outcome.wave_suspect and not held_before):
-            if outcome.refused_at and reasons.is_hard(reason := reasons.dead_or_refused(
-                    reasons.classify(outcome.status, outcome.detail), outcome.status or "", outcome.refused_at, reply)):
-                # The words a bounce report would make a dead address (#35: one meaning, however the refusal
-                # reaches us): bounced and suppressed, as the same report by DSN would make it.
-                detail["reason"] = reason
-                return Change(c.id, "bounced", event("bounced"), fields=common,
-                              suppress=("hard-bounce", f"{provider}:{campaign.id}", reply[:500]))
-            return Change(c.id, "failed", event("failed"), fields=common)
+            return _refused(campaign, said, reply)
         # Perhaps the first of a provider-wide wave (a suspended account refuses everyone): held, and
         # retried after the wave is settled (by the next provider, if this one is found down). Only a
         # refusal that stands then is a permanent failure.
         detail["held"] = "a refusal that may be part of a provider-wide wave: retried once it is settled"
         common["reply_code"] = f"{HELD}{common['reply_code']}"
-    # temporary or in doubt: retry with backoff, until the policy gives up
+    return _retried(campaign, said, now)
+
+
+def _refused(campaign: Campaign, said: _Said, reply: str) -> Change:
+    """A refusal that stands: bounced (and suppressed) where its words make the address dead, else failed."""
+    outcome = said.outcome
+    if outcome.refused_at and reasons.is_hard(reason := reasons.dead_or_refused(
+            reasons.classify(outcome.status, outcome.detail), outcome.status or "", outcome.refused_at, reply)):
+        # The words a bounce report would make a dead address (#35: one meaning, however the refusal
+        # reaches us): bounced and suppressed, as the same report by DSN would make it.
+        said.detail["reason"] = reason
+        return Change(said.c.id, "bounced", said.event("bounced"), fields=said.common,
+                      suppress=("hard-bounce", f"{said.provider}:{campaign.id}", reply[:500]))
+    return Change(said.c.id, "failed", said.event("failed"), fields=said.common)
+
+
+def _retried(campaign: Campaign, said: _Said, now: float) -> Change:
+    """Temporary, in doubt or held: retried with backoff, until the retry policy gives up (failed)."""
     policy = campaign.send.retry
-    doubt = c.doubt or outcome.kind is Kind.IN_DOUBT
+    outcome, detail, first, attempts = said.outcome, said.detail, said.first, said.attempts
+    doubt = said.c.doubt or outcome.kind is Kind.IN_DOUBT
     if outcome.kind is Kind.IN_DOUBT:
         detail["in_doubt"] = True
     if not outcome.handed:
         detail["not_handed"] = True
     if first is not None and outcome.handed and (attempts >= policy.max_attempts or now - first >= policy.max_age):
         detail["gave_up"] = f"after {attempts} attempts over {int(now - first)} s"
-        return Change(c.id, "failed", event("failed"), fields={**common, "doubt": int(doubt)})
+        return Change(said.c.id, "failed", said.event("failed"), fields={**said.common, "doubt": int(doubt)})
     # What this provider can never do for the message waits the longest interval: another run, or a
     # provider that can, takes it.
     retry_at = now + (max(policy.max_interval, NEEDS_WAIT) if outcome.needs else backoff_delay(campaign, attempts))
     detail["retry_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(retry_at))
-    return Change(c.id, "deferred", event("deferred"),
-                  fields={**common, "next_attempt_at": retry_at, "doubt": int(doubt)})
+    return Change(said.c.id, "deferred", said.event("deferred"),
+                  fields={**said.common, "next_attempt_at": retry_at, "doubt": int(doubt)})
 
 
 @dataclass
