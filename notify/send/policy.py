@@ -107,7 +107,8 @@ def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None
     if outcome.status:
         detail["status"] = outcome.status
     first = c.first_attempt_at or (now if outcome.handed else None)
-    common = {"attempts": attempts, "first_attempt_at": first, "provider": provider, "message_id": msg.message_id if msg else None, "detail": reply[:500],
+    common = {"attempts": attempts, "first_attempt_at": first, "provider": provider,
+              "message_id": msg.message_id if msg else None, "detail": reply[:500],
               "reply_code": (f"needs {outcome.needs}" if outcome.needs else
                              " ".join(str(p) for p in (outcome.code, outcome.status) if p) or outcome.kind.value)}
     said = _Said(c, outcome, provider, version, msg.sha256 if msg else None, attempts, first, detail, common)

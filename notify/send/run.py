@@ -102,17 +102,9 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
     queues = [p.events_queue for p in campaign.providers.values() if isinstance(p, SesConfig) and p.events_queue]
     reconcile = sqs.reconciler(campaign.id, queues) if queues else None
     chain = provider_chain(campaign, options.provider, options.concurrency)
-    seeds = options.seeds if options.seeds is not None else campaign.send.seeds
-    if seeds and pre.templates is not None:
-        if options.worker and seeds_pending(campaign, store, pre.templates, seeds)[1]:
-            raise ConfigError(f"{campaign.dir}: the seeds have not been sent this content yet, and workers do not send them",
-                              hint=f"run `notify send {campaign.dir}` once without --worker: it sends every version to the "
-                                   "seeds and stops; look at them, then start the workers")
-        seeded = send_seeds(campaign, store, pre.templates, chain, seeds)
-        if not seeded.done:
-            result = RunResult(seeds=seeded, remaining=store.count_unsent())
-            result.notes[:0] = [f"Content lint warning: {w}" for w in pre.warnings]
-            return result
+    if (seeded := _seeds_first(campaign, store, pre, options, chain)) is not None:
+        seeded.notes[:0] = [f"Content lint warning: {w}" for w in pre.warnings]
+        return seeded
     if announce is not None and (due := deadline(campaign, store)) is not None and due.remaining:
         announce(due)
     suppression = SuppressionList()
@@ -128,6 +120,21 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
             store.end_session()
     result.notes[:0] = [f"Content lint warning: {w}" for w in pre.warnings]
     return result
+
+
+def _seeds_first(campaign: Campaign, store: Store, pre: Preflight, options: SendOptions,
+                 chain: list[Provider]) -> RunResult | None:
+    """The seeds ([send] seeds, --seeds) are sent every version first, and the run stops there until they have
+    been (a RunResult saying so); None when there are none, or they have all been sent this content."""
+    seeds = options.seeds if options.seeds is not None else campaign.send.seeds
+    if not seeds or pre.templates is None:
+        return None
+    if options.worker and seeds_pending(campaign, store, pre.templates, seeds)[1]:
+        raise ConfigError(f"{campaign.dir}: the seeds have not been sent this content yet, and workers do not send them",
+                          hint=f"run `notify send {campaign.dir}` once without --worker: it sends every version to the "
+                               "seeds and stops; look at them, then start the workers")
+    seeded = send_seeds(campaign, store, pre.templates, chain, seeds)
+    return None if seeded.done else RunResult(seeds=seeded, remaining=store.count_unsent())
 
 
 def workers_may_join(campaign: Campaign, store: Store, options: SendOptions) -> None:
