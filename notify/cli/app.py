@@ -15,7 +15,7 @@ from typing import Any, TypeVar, cast
 
 import typer
 
-from .. import __version__, files
+from .. import __version__
 from ..campaign import config as campaign_mod
 from ..campaign.model import Campaign
 from ..errors import (
@@ -152,24 +152,23 @@ def _open_any(target: Path, key: Path | None = None) -> Iterator[tuple[Campaign,
 
 
 def _checkpoint(c: Campaign, store: Store) -> None:
-    """The chain's head, outside the state file (audit-checkpoints.log) and on stderr, where a log keeps it:
-    `audit verify --checkpoints` later proves the chain was not rewritten since."""
+    """The chain's head, outside the state file (audit-checkpoints.log) and on stderr, where a log keeps it."""
+    say_checkpoint(c, *store.checkpoint_kept(c.checkpoints_file, c.id))
+
+
+def say_checkpoint(c: Campaign, line: str, refused: str | None) -> None:
+    """A checkpoint line as written (or, where the file was refused, to be kept by hand), on stderr."""
     from ..reports.status import local
 
-    def at(line: str) -> str:  # the record keeps UTC, as the file does; the screen says the campaign's zone too
-        try:
-            return f" at {local(c, line.split()[0])} (the line's own time is UTC)"
-        except (ValueError, IndexError):
-            return ""
-
-    try:
-        line = store.checkpoint(c.checkpoints_file, c.id)
-    except files.LinkRefused as e:
+    try:  # the record keeps UTC, as the file does; the screen says the campaign's zone too
+        at = f" at {local(c, line.split()[0])} (the line's own time is UTC)"
+    except (ValueError, IndexError):
+        at = ""
+    if refused is not None:
         # After a send or a bounces run that is complete: the run's outcome stands, the line is still said here.
-        line = store.checkpoint_line(c.id)
-        err(f"Audit checkpoint{at(line)}: {line} (NOT appended: {e.message}; keep this line elsewhere)")
-        return
-    err(f"Audit checkpoint{at(line)}: {line} (appended to {c.checkpoints_file}; keep a copy elsewhere)")
+        err(f"Audit checkpoint{at}: {line} (NOT appended: {refused}; keep this line elsewhere)")
+    else:
+        err(f"Audit checkpoint{at}: {line} (appended to {c.checkpoints_file}; keep a copy elsewhere)")
 
 
 def _one_line(value: str) -> str:

@@ -11,7 +11,6 @@ import typer
 
 from ..errors import (
     EXIT_INPUT,
-    InputError,
     UsageError,
 )
 from .app import CampaignArg, _checkpoint, _one_line, _open, boundary, err
@@ -161,13 +160,9 @@ def suppress_import(
 
     Example:  notify suppress import hard-bounces.csv --kind hard-bounce --reason "bounced in 2022 mailing"
     """
-    from ..feedback.suppression import KINDS
+    from ..feedback.suppression import may_import
 
-    if kind not in KINDS:
-        raise UsageError(f"--kind {kind}: use one of {', '.join(KINDS)}")
-    if kind == "marketing-unsubscribe" and not confirm_marketing:
-        raise InputError("a marketing unsubscribe list does not waive a legally required breach notice.",
-                         hint="to suppress these addresses anyway (they will need postal or other notice), add --confirm-marketing")
+    may_import(kind, confirm_marketing)
     with _suppression(campaign) as s:
         read_n, added, invalid = s.import_file(file, kind, f"import:{file.name}", reason)
     typer.echo(f"{file}: {read_n} rows read, {added} added, {read_n - added - invalid} already listed, {invalid} invalid")

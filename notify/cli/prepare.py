@@ -199,9 +199,7 @@ def state_migrate(
     Example:
       notify state migrate campaigns/x --to-env NOTIFY_STATE_URL
     """
-    from ..store import SqliteStore
-    from ..store.migrate import migrate_from
-    from ..store.postgres import PgStore
+    from ..store.migrate import migrate
 
     if (to is None) == (to_env is None):
         raise UsageError("give exactly one of --to URL or --to-env VAR")
@@ -214,17 +212,7 @@ def state_migrate(
     if not url.strip():
         raise ConfigError(f"--to-env {to_env}: the variable is not set" if to_env else "--to: the URL is empty",
                           hint=f"export {to_env or 'NOTIFY_STATE_URL'}=postgresql://user:password@host/database")
-    source = SqliteStore.open(c.state_dir)
-    try:
-        source.lock()  # no send of this file may run while it moves
-        target = PgStore(url, c.id, c.state_dir, what=what, stall_after=c.state.stall_after)
-        try:
-            moved = migrate_from(source, target)
-            where = target.where()
-        finally:
-            target.close()
-    finally:
-        source.close()
+    moved, where = migrate(c, url, what)
     typer.echo(f"Copied to {where}: moved {moved['recipients']} recipients, {moved['rejects']} rejected rows, "
                f"{moved['events']} events, {moved['feedback']} feedback records.")
     typer.echo(f"{c.state_dir / 'campaign.sqlite'} is marked as moved: no command will use it again.")

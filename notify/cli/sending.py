@@ -16,7 +16,7 @@ from ..reports import status as report
 from ..send import run as send_run
 from ..send.policy import RunResult
 from ..store import Store
-from .app import CampaignArg, _checkpoint, _one_line, _open, boundary, err
+from .app import CampaignArg, _one_line, _open, boundary, err, say_checkpoint
 
 
 def say_deadline(due: report.Deadline) -> None:
@@ -77,7 +77,8 @@ def send(
         did = _say_run(result)
         _say_campaign(c, store, did / elapsed if did and elapsed > 0 else None)
         _say_ending(c, campaign, result, limit)
-        _checkpoint(c, store)
+        if result.checkpoint is not None:
+            say_checkpoint(c, *result.checkpoint)
         raise typer.Exit(result.exit_code)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import files
-from ..errors import InputError, StoreError
+from ..errors import InputError, StoreError, UsageError
 from ..recipients.rows import Recipient, read
 from ..recipients.validate import validate
 
@@ -25,6 +25,16 @@ if TYPE_CHECKING:
     from ..store import Store
 
 KINDS = ("hard-bounce", "complaint", "manual", "marketing-unsubscribe")
+
+
+def may_import(kind: str, confirmed: bool) -> None:
+    """A list of this kind may be imported. A marketing unsubscribe does not waive a legally required breach
+    notice: importing such a list is an explicit choice (`confirmed`), and those people need another channel."""
+    if kind not in KINDS:
+        raise UsageError(f"--kind {kind}: use one of {', '.join(KINDS)}")
+    if kind == "marketing-unsubscribe" and not confirmed:
+        raise InputError("a marketing unsubscribe list does not waive a legally required breach notice.",
+                         hint="to suppress these addresses anyway (they will need postal or other notice), add --confirm-marketing")
 ENV = "NOTIFY_SUPPRESSION_DB"
 
 

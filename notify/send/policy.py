@@ -38,6 +38,7 @@ class RunResult:
     limit_reached: bool = False  # a canary (--limit) sent what it was asked to, and others remain: not a stop
     paused: bool = False  # the reputation breaker stopped the run: resuming takes --acknowledge-reputation
     seeds: Any = None  # seeds.SeedRun, when this run sent the seeds first and stopped there (#38)
+    checkpoint: tuple[str, str | None] | None = None  # the chain's head written at the end, and why not appended
 
     @property
     def exit_code(self) -> int:

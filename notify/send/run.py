@@ -119,6 +119,9 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
         if ok:  # a run that failed leaves its session to be found stalled: its recipients in flight are rescued
             store.end_session()
     result.notes[:0] = [f"Content lint warning: {w}" for w in pre.warnings]
+    # The chain's head, outside the state (audit-checkpoints.log): `audit verify --checkpoints` later proves the
+    # chain was not rewritten since. Written by the run, so that no caller of the library forgets it.
+    result.checkpoint = store.checkpoint_kept(campaign.checkpoints_file, campaign.id)
     return result
 
 

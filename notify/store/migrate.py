@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from ..campaign.model import Campaign
 from ..errors import ConfigError
 from .base import Store
 from .postgres import PgStore
 from .records import GENESIS
 from .schema import MOVED, RECIPIENT_COLUMNS
+from .sqlite import SqliteStore
 
 COPIED = (  # table, columns: everything of the SQLite state, ids kept (events and feedback point at them)
     ("imports", "id, path, sha256, columns, rows_read, accepted, rejected, imported_at"),
@@ -17,6 +19,22 @@ COPIED = (  # table, columns: everything of the SQLite state, ids kept (events a
     ("suppress_outbox", "address, kind, source, reason"),
     ("parked_feedback", "id, recipient_id, state, reason, event"),
 )
+
+
+def migrate(campaign: Campaign, url: str, what: str) -> tuple[dict[str, int], str]:
+    """`state migrate`: the campaign's SQLite state (locked: no send of it may run meanwhile) copied to the
+    PostgreSQL database at `url` (`what` names where the URL came from, for errors). Returns the counts per
+    table and where it went (the URL without its password)."""
+    source = SqliteStore.open(campaign.state_dir)
+    try:
+        source.lock()
+        target = PgStore(url, campaign.id, campaign.state_dir, what=what, stall_after=campaign.state.stall_after)
+        try:
+            return migrate_from(source, target), target.where()
+        finally:
+            target.close()
+    finally:
+        source.close()
 
 
 def migrate_from(source: Store, target: PgStore, batch: int = 5000) -> dict[str, int]:

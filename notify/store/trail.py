@@ -100,6 +100,14 @@ class Trail(Backend):
             fh.write(line + "\n")
         return line
 
+    def checkpoint_kept(self, path: Path, campaign_id: str) -> tuple[str, str | None]:
+        """The chain's head appended to `path` (checkpoint): (the line, None), or, where the file is a link it
+        refuses to follow, (the line, why it was not appended): the line must then be kept by other means."""
+        try:
+            return self.checkpoint(path, campaign_id), None
+        except files.LinkRefused as e:
+            return self.checkpoint_line(campaign_id), e.message
+
     def checkpoint_line(self, campaign_id: str) -> str:
         """The chain's head as a checkpoint line: time, campaign, event count, hash."""
         seq, head = self.head()
