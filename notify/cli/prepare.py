@@ -74,8 +74,8 @@ def _say_checked(c: Campaign, store: Store, pre: Preflight) -> None:
         _print_corrections(imp)
         _print_rejects(store)
     st = report.status(c, store, pre.templates)
-    if st["fallbacks"]:
-        typer.echo("fallbacks   " + ", ".join(f"{k} ({v})" for k, v in st["fallbacks"].items()))
+    if st.fallbacks:
+        typer.echo("fallbacks   " + ", ".join(f"{k} ({v})" for k, v in st.fallbacks.items()))
     if pre.ok:
         profiles = "; ".join([f"default: {', '.join(c.review.profiles) or 'none'}"]
                              + [f"{v}: {', '.join(p)}" for v, p in c.review.variant_profiles.items()])

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
@@ -106,7 +106,7 @@ def _say_run(result: RunResult) -> int:
 def _say_campaign(c: Campaign, store: Store, average: float | None) -> None:
     """The campaign after this run: its states, its deadline and each jurisdiction's."""
     st = report.status(c, store)
-    typer.echo("Campaign: " + ", ".join(f"{k} {v}" for k, v in st["states"].items() if v) + f"; rejected rows {st['rejected']}.")
+    typer.echo("Campaign: " + ", ".join(f"{k} {v}" for k, v in st.states.items() if v) + f"; rejected rows {st.rejected}.")
     # The rate of the run's last outcomes (what the bar showed at the end), not its average since it
     # began: a send that slowed down must not project the finish at the speed it had an hour ago.
     run_rate = (store.recent_rate(200) or average) if average else None
@@ -174,7 +174,7 @@ def status(
             return
         st = report.status(c, store)
         if as_json:
-            typer.echo(report.dumps(st))
+            typer.echo(report.dumps(st.as_dict()))
             return
         for line in [*_said_now(c, store, st), *_said_content(c, st), *_said_outcomes(st), *_said_time(c, store, st)]:
             (err if line.startswith(LATE) else typer.echo)(line.removeprefix(LATE))
@@ -183,56 +183,57 @@ def status(
 LATE = "\0late:"  # a line for stderr: the deadline passed or will be missed
 
 
-def _said_now(c: Campaign, store: Store, st: dict[str, Any]) -> list[str]:
+def _said_now(c: Campaign, store: Store, st: report.Status) -> list[str]:
     """Who is in the campaign, and whether anything sends it now (if not, why it stopped)."""
-    lines = [f"campaign {st['campaign']}: {st['rows_read']} rows read = {st['total']} recipients + {st['rejected']} rejected",
-             "states:   " + ", ".join(f"{k} {v}" for k, v in st["states"].items() if v),
+    lines = [f"campaign {st.campaign}: {st.rows_read} rows read = {st.total} recipients + {st.rejected} rejected",
+             "states:   " + ", ".join(f"{k} {v}" for k, v in st.states.items() if v),
              *report.sending(c, store, time.time())[0],
-             *["worker:   " + report.worker_said(w) for w in st["workers"]]]
-    if st["in_doubt"]:
-        lines.append(f"in doubt: {st['in_doubt']} ever (a crash or dropped connection after sending); "
-                     f"{st['in_doubt_unsettled']} not yet settled (sent again with the same Message-ID)")
+             *["worker:   " + report.worker_said(w) for w in st.workers]]
+    if st.in_doubt:
+        lines.append(f"in doubt: {st.in_doubt} ever (a crash or dropped connection after sending); "
+                     f"{st.in_doubt_unsettled} not yet settled (sent again with the same Message-ID)")
     return lines
 
 
-def _said_content(c: Campaign, st: dict[str, Any]) -> list[str]:
+def _said_content(c: Campaign, st: report.Status) -> list[str]:
     """Who gets which language and version, through which provider, and how the providers stand."""
-    lines = ["locales:  " + ", ".join(f"{k or '(none)'} {v}" for k, v in st["locales"].items())]
-    if any("/" in v for v in st["versions"]):
-        lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in st["versions"].items()))
-    if st["fallbacks"]:
-        lines.append("fell back: " + ", ".join(f"{k} ({v})" for k, v in st["fallbacks"].items()))
-    if st["providers"]:
-        lines.append("providers: " + ", ".join(f"{k} {v}" for k, v in st["providers"].items()))
+    lines = ["locales:  " + ", ".join(f"{k or '(none)'} {v}" for k, v in st.locales.items())]
+    if any("/" in v for v in st.versions):
+        lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in st.versions.items()))
+    if st.fallbacks:
+        lines.append("fell back: " + ", ".join(f"{k} ({v})" for k, v in st.fallbacks.items()))
+    if st.providers:
+        lines.append("providers: " + ", ".join(f"{k} {v}" for k, v in st.providers.items()))
     lines += [f"switched:  {sw['from']} -> {sw['to']} at {report.local(c, sw['at'])} ({_one_line(str(sw['reason']))})"
-              for sw in st["switches"]]
-    return lines + [_one_line(line) for line in st["health"]]
+              for sw in st.switches]
+    return lines + [_one_line(line) for line in st.health]
 
 
-def _said_outcomes(st: dict[str, Any]) -> list[str]:
+def _said_outcomes(st: report.Status) -> list[str]:
     """What went wrong, by reason: rejected rows, replies of the deferred, failed and bounced, suppressions."""
-    lines = [f"rejected: {_one_line(reason)} x {n}" for reason, n in st["reject_reasons"].items()]
-    if (more := st["rejected"] - sum(st["reject_reasons"].values())) > 0:
+    lines = [f"rejected: {_one_line(reason)} x {n}" for reason, n in st.reject_reasons.items()]
+    if (more := st.rejected - sum(st.reject_reasons.values())) > 0:
         lines.append(f"rejected: +{more} more with other reasons (every one is in rejects.csv)")
     for title, key in (("deferred", "deferred_replies"), ("failed", "failed_replies"), ("bounced", "bounced_replies")):
-        lines += [f"{title}: {code} x {info['count']} (e.g. {_one_line(str(info['example']))})" for code, info in st[key].items()]
-    lines += [f"suppressed (not notified by email): {_one_line(reason)} x {n}" for reason, n in st["suppressed_reasons"].items()]
-    if st["unmatched_feedback"]:
-        lines.append(f"unmatched feedback: {st['unmatched_feedback']} (bounces or events that match no recipient)")
+        lines += [f"{title}: {code} x {info['count']} (e.g. {_one_line(str(info['example']))})"
+                  for code, info in getattr(st, key).items()]
+    lines += [f"suppressed (not notified by email): {_one_line(reason)} x {n}" for reason, n in st.suppressed_reasons.items()]
+    if st.unmatched_feedback:
+        lines.append(f"unmatched feedback: {st.unmatched_feedback} (bounces or events that match no recipient)")
     return lines
 
 
-def _said_time(c: Campaign, store: Store, st: dict[str, Any]) -> list[str]:
+def _said_time(c: Campaign, store: Store, st: report.Status) -> list[str]:
     """The seeds sent, the next retry, the deadline and each jurisdiction's."""
     lines = []
-    if (seeded := st["seeds"])["messages"]:
+    if (seeded := st.seeds)["messages"]:
         lines.append(f"seeds:    {seeded['messages']} message(s) to {len(seeded['addresses'])} seed address(es), the last "
                      f"at {report.local(c, seeded['last'])} (the company's own: not counted as notified)")
-    if st["next_retry"]:
-        lines.append(f"next retry: {st['next_retry_said']} ({report.local(c, st['next_retry'])})")
-    if st["deadline"]:
-        lines.append((LATE if st["deadline"]["late"] else "") + st["deadline"]["said"])
-    return lines + report.jurisdiction_lines(c, report.jurisdictions(c, store))
+    if st.next_retry:
+        lines.append(f"next retry: {st.next_retry_said} ({report.local(c, st.next_retry)})")
+    if st.deadline:
+        lines.append((LATE if st.deadline.late else "") + st.deadline.said)
+    return lines + report.jurisdiction_lines(c, st.jurisdictions)
 
 
 def _watch(c: Campaign, store: Store, interval: float) -> None:

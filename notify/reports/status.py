@@ -3,6 +3,7 @@ with the projected finish (which `send` also announces before its first message 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -184,11 +185,51 @@ def when_due(due: float, now: float) -> str:
     return f"in {_span(left)}" if left >= 1 else "due now"
 
 
-def status(campaign: Campaign, store: Store, templates: Templates | None = None) -> dict[str, Any]:
-    """Everything `notify status` prints, as one JSON-ready object."""
-    counts = store.counts()
-    rejected, reasons = store.reject_summary()
-    locales = store.locale_counts()
+@dataclass
+class Status:
+    """Everything `notify status` says of a campaign (as_dict: the same for `status --json`)."""
+
+    campaign: str
+    total: int
+    rejected: int
+    rows_read: int
+    states: dict[str, int]
+    in_doubt: int
+    in_doubt_unsettled: int
+    locales: dict[str, int]
+    fallbacks: dict[str, int]
+    versions: dict[str, int]
+    providers: dict[str, int]
+    reject_reasons: dict[str, int]
+    deferred_replies: dict[str, dict[str, Any]]
+    failed_replies: dict[str, dict[str, Any]]
+    bounced_replies: dict[str, dict[str, Any]]
+    suppressed_reasons: dict[str, int]
+    unmatched_feedback: int
+    senders: list[Any]  # who sends it right now (empty: nobody)
+    switches: list[dict[str, Any]]
+    next_retry: str | None
+    next_retry_said: str | None
+    recipients_file: str | None
+    recipients_sha256: str | None
+    events: int
+    seeds: dict[str, Any]
+    deadline: Deadline | None
+    jurisdictions: list[JurisdictionStanding]
+    health: list[str]  # the providers and the breaker as the last run left them
+    state_backend: str
+    workers: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["deadline"] = self.deadline.as_dict() if self.deadline is not None else None
+        out["jurisdictions"] = [jurisdiction_dict(j) for j in self.jurisdictions]
+        return out
+
+
+def _versions(campaign: Campaign, store: Store, templates: Templates | None) -> tuple[Counter[str], Counter[str]]:
+    """How many people get each version, and who fell back to another locale than theirs (none where the
+    templates cannot be read: `check` says why)."""
     fallbacks: Counter[str] = Counter()
     versions: Counter[str] = Counter()
     try:
@@ -199,42 +240,52 @@ def status(campaign: Campaign, store: Store, templates: Templates | None = None)
                 if split_version(version)[1] != s["locale"]:
                     fallbacks[f"{s['locale'] or '(none)'} -> {version}"] += s["count"]
     except NotifyError:
-        templates = None
+        pass
+    return versions, fallbacks
+
+
+def status(campaign: Campaign, store: Store, templates: Templates | None = None) -> Status:
+    """Everything `notify status` prints."""
+    counts = store.counts()
+    rejected, reasons = store.reject_summary()
+    versions, fallbacks = _versions(campaign, store, templates)
     last = store.last_import()
     due = store.next_due()
-    return {
-        "campaign": campaign.id,
-        "total": sum(counts.values()),
-        "rejected": rejected,
-        "rows_read": (sum(counts.values()) + rejected),
-        "states": {s: counts.get(s, 0) for s in ("pending", "inflight", "deferred", "sent", "delivered", "bounced",
-                                                 "complained", "failed", "suppressed", "ineligible")},
-        "in_doubt": store.doubt_count(),
-        "in_doubt_unsettled": store.in_doubt_unsettled(),
-        "locales": locales,
-        "fallbacks": dict(fallbacks),
-        "versions": dict(sorted(versions.items(), key=lambda kv: -kv[1])),
-        "providers": store.provider_counts(),
-        "reject_reasons": dict(reasons),
-        "deferred_replies": {code: {"count": n, "example": ex} for code, n, ex in store.reply_summary("deferred")},
-        "failed_replies": {code: {"count": n, "example": ex} for code, n, ex in store.reply_summary("failed")},
-        "bounced_replies": {code: {"count": n, "example": ex} for code, n, ex in store.reply_summary("bounced")},
-        "suppressed_reasons": {ex: n for _, n, ex in store.reply_summary("suppressed", top=10)},
-        "unmatched_feedback": store.unmatched_count(),
-        "senders": store.senders(),  # who sends it right now (empty: nobody)
-        "switches": [{"at": e["ts"], **json.loads(e["detail"])} for e in store.events_of_kind("provider_switched")],
-        "next_retry": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due)) if due else None,
-        "next_retry_said": when_due(due, time.time()) if due else None,
-        "recipients_file": last["path"] if last else None,
-        "recipients_sha256": last["sha256"] if last else None,
-        "events": store.event_count(),
-        "seeds": store.seeds_sent(),
-        "deadline": d.as_dict() if (d := deadline(campaign, store)) is not None else None,
-        "jurisdictions": [jurisdiction_dict(j) for j in jurisdictions(campaign, store)],
-        "health": health(campaign, store),  # the providers and the breaker as the last run left them
-        "state_backend": store.backend,
-        "workers": [worker_view(w) for w in store.workers()][-20:],  # every live one is among the latest
-    }
+    replies = {state: {code: {"count": n, "example": ex} for code, n, ex in store.reply_summary(state)}
+               for state in ("deferred", "failed", "bounced")}
+    return Status(
+        campaign=campaign.id,
+        total=sum(counts.values()),
+        rejected=rejected,
+        rows_read=sum(counts.values()) + rejected,
+        states={s: counts.get(s, 0) for s in ("pending", "inflight", "deferred", "sent", "delivered", "bounced",
+                                              "complained", "failed", "suppressed", "ineligible")},
+        in_doubt=store.doubt_count(),
+        in_doubt_unsettled=store.in_doubt_unsettled(),
+        locales=store.locale_counts(),
+        fallbacks=dict(fallbacks),
+        versions=dict(sorted(versions.items(), key=lambda kv: -kv[1])),
+        providers=store.provider_counts(),
+        reject_reasons=dict(reasons),
+        deferred_replies=replies["deferred"],
+        failed_replies=replies["failed"],
+        bounced_replies=replies["bounced"],
+        suppressed_reasons={ex: n for _, n, ex in store.reply_summary("suppressed", top=10)},
+        unmatched_feedback=store.unmatched_count(),
+        senders=store.senders(),
+        switches=[{"at": e["ts"], **json.loads(e["detail"])} for e in store.events_of_kind("provider_switched")],
+        next_retry=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due)) if due else None,
+        next_retry_said=when_due(due, time.time()) if due else None,
+        recipients_file=last["path"] if last else None,
+        recipients_sha256=last["sha256"] if last else None,
+        events=store.event_count(),
+        seeds=store.seeds_sent(),
+        deadline=deadline(campaign, store),
+        jurisdictions=jurisdictions(campaign, store),
+        health=health(campaign, store),
+        state_backend=store.backend,
+        workers=[worker_view(w) for w in store.workers()][-20:],  # every live one is among the latest
+    )
 
 
 def worker_said(w: dict[str, Any]) -> str:
