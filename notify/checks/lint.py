@@ -50,7 +50,7 @@ AS_HEADINGS = {"california"}
 # Massachusetts MGL c.93H 3(b): the notice must not describe the nature of the breach.
 FORBIDDEN = {"massachusetts": ("what_happened",)}
 # Every pattern here runs over text that holds recipients' fields: each is linear in its input
-# (tests/test_integrity.py runs them on 1 MB). A match may only start where a run of its characters
+# (tests/test_approved_content.py runs them on 1 MB). A match may only start where a run of its characters
 # starts (the lookbehinds), so a long run is read (and backtracked over) once, not once per position.
 # No possessive quantifiers: CPython 3.11.2's fail to match under re.I.
 _RESIDENT_COUNT = re.compile(r"\b(?<![\d,.])(?<![\d,.]\s)\d(?:[\d,.]|\s(?=\d))*\s+(?:massachusetts\s+)?"

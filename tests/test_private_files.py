@@ -1,0 +1,115 @@
+"""What notify keeps on disk names people: private whatever the umask, never through a link planted in its
+directories, and a clear error where a file it needs is locked or in the way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .conftest import MakeCampaign, run, simple_templates
+
+
+def modes(root: Path) -> dict[str, str]:
+    import stat
+    return {str(p.relative_to(root)): oct(stat.S_IMODE(p.lstat().st_mode)) for p in [root, *root.rglob("*")]}
+
+
+def test_files_holding_personal_data_are_private_whatever_the_umask(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # Item 10: outbox and dry-run messages, the review pack and the audit export were 0644 in 0755 directories.
+    import os
+    d = make_campaign(templates=simple_templates())
+    old = os.umask(0o022)
+    try:
+        assert run("send", d, "--dry-run", "--no-progress")[0] == 0
+        assert run("preview", d, "--out", tmp_path / "review" / "pack")[0] == 0
+        assert run("send", d, "--no-progress")[0] == 0
+        assert run("audit", "export", d, "--out", tmp_path / "audit")[0] == 0
+    finally:
+        os.umask(old)
+    for root in (d / "outbox", d / "dry-run", d / ".notify", tmp_path / "review", tmp_path / "audit"):
+        found = modes(root)
+        assert len(found) > 1, root
+        for name, mode in found.items():
+            path = root / name
+            assert mode == ("0o700" if path.is_dir() else "0o600"), (path, mode)
+
+
+def test_a_suppression_list_in_a_shared_directory_leaves_the_directory_alone(make_campaign: MakeCampaign, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # NOTIFY_SUPPRESSION_DB=/tmp/list.sqlite made /tmp itself 0700 (every other user's programs then failed):
+    # the directory is the user's choice; only the file is ours to make private.
+    import os
+    import stat
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    monkeypatch.setenv("NOTIFY_SUPPRESSION_DB", str(shared / "list.sqlite"))
+    code, _, err = run("suppress", "add", "a@example.com", "--reason", "test")
+    assert code == 0, err
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert stat.S_IMODE((shared / "list.sqlite").stat().st_mode) == 0o600
+    d = make_campaign()
+    code, _, err = run("send", d)
+    assert code == 0 and stat.S_IMODE(shared.stat().st_mode) == 0o1777, err
+
+
+def test_links_in_the_state_directory_are_refused_not_followed(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # Item 8: .notify/lock linked to a file was overwritten with the PID; rejects.tmp linked to a shell
+    # rc file was overwritten with the rejects report.
+    import os
+    d = make_campaign("email\nnot-an-address\nann@example.com\n", filename="recipients.txt", templates=simple_templates())
+    assert run("check", d)[0] == 0
+    victim = tmp_path / "bashrc"
+    victim.write_text("precious\n")
+    os.symlink(victim, d / ".notify" / "rejects.tmp")
+    (d / "recipients.txt").write_text("email\nalso-bad\nann@example.com\n")
+    code, out, err = run("check", d)
+    assert victim.read_text() == "precious\n" and code == 0, out + err
+    assert "also-bad" in (d / ".notify" / "rejects.csv").read_text()
+    os.symlink(victim, d / ".notify" / "lock")
+    code, out, err = run("send", d, "--no-progress")
+    assert code == 4 and "is a symbolic link" in err and "internal error" not in err, out + err
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_state_directory_that_is_a_link_is_refused(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    import os
+    d = make_campaign(templates=simple_templates())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    os.symlink(elsewhere, d / ".notify")
+    code, out, err = run("check", d)
+    assert code == 4 and ".notify is a symbolic link" in err, out + err
+    assert oct(elsewhere.stat().st_mode & 0o777) == "0o755" and not list(elsewhere.iterdir())
+
+
+def test_audit_export_refuses_a_file_and_a_directory_that_is_not_empty(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # Item 13: --out FILE was an internal error (FileExistsError); an existing directory mixed in stale files.
+    d = make_campaign(templates=simple_templates())
+    assert run("send", d, "--no-progress")[0] == 0
+    (tmp_path / "afile").write_text("x")
+    code, out, err = run("audit", "export", d, "--out", tmp_path / "afile")
+    assert code == 1 and "that is a file" in err, out + err
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "stale.csv").write_text("x")
+    code, out, err = run("audit", "export", d, "--out", tmp_path / "old")
+    assert code == 1 and "is not empty" in err and "--force" in err, out + err
+    assert run("audit", "export", d, "--out", tmp_path / "old", "--force")[0] == 0
+
+
+def test_a_locked_suppression_list_is_a_clear_error(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    import os
+    import sqlite3
+    path = Path(os.environ["NOTIFY_SUPPRESSION_DB"])
+    assert run("suppress", "list")[0] == 0  # creates it
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        code, out, err = run("suppress", "add", "x@example.com", "--reason", "test")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert code == 4 and "is locked by another process" in err and "internal error" not in err, out + err
+
