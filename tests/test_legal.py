@@ -293,7 +293,7 @@ def deadline_campaign(make_campaign: MakeCampaign, n: int, extra: str = "discove
 def test_deadline_time_left_and_projected_finish(make_campaign: MakeCampaign) -> None:
     import datetime as dt
 
-    from notify.reports import status as report
+    from notify.reports import deadlines
 
     d = deadline_campaign(make_campaign, 1000)
     c = campaign_mod.load(d)
@@ -301,16 +301,16 @@ def test_deadline_time_left_and_projected_finish(make_campaign: MakeCampaign) ->
     store = SqliteStore.open(c.state_dir)
     store.import_file(c.recipients)
     now = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)  # 36 hours before the end of 2026-12-01
-    fast = report.deadline(c, store, rate=1.0, now=now)
+    fast = deadlines.deadline(c, store, rate=1.0, now=now)
     assert fast is not None and not fast.late and fast.standing.seconds_left == 36 * 3600
     assert fast.said == ("deadline 2026-12-01 (end of day UTC) (30 days after discovery on 2026-11-01): 1 day 12 h left, "
                             "1000 recipient(s) to go; at 1.0/s they finish by 2026-11-30 12:16 UTC")
-    slow = report.deadline(c, store, rate=0.005, now=now)  # 1000 / 0.005 = 200,000 s = 55.6 h
+    slow = deadlines.deadline(c, store, rate=0.005, now=now)  # 1000 / 0.005 = 200,000 s = 55.6 h
     assert slow is not None and slow.late and slow.as_dict()["projected_finish"] == "2026-12-02T19:33:20Z"
     assert slow.said.endswith("finish by 2026-12-02 19:33 UTC, 19 h 33 min AFTER the deadline: raise the rate or add a provider")
-    unmeasured = report.deadline(c, store, now=now)
+    unmeasured = deadlines.deadline(c, store, now=now)
     assert unmeasured is not None and unmeasured.said.endswith("no sending rate measured yet to project a finish")
-    passed = report.deadline(c, store, rate=1.0, now=now + dt.timedelta(days=3))
+    passed = deadlines.deadline(c, store, rate=1.0, now=now + dt.timedelta(days=3))
     assert passed is not None and passed.late and "PASSED 1 day 12 h ago, with 1000 recipient(s) not yet notified" in passed.said
     store.close()
 
@@ -417,7 +417,7 @@ def test_the_deadline_is_judged_in_one_place(make_campaign: MakeCampaign) -> Non
 def test_the_projected_finish_counts_retries_by_their_due_times_in_the_campaigns_zone(make_campaign: MakeCampaign) -> None:
     """#38: `status` said "1 to go ... finish by 08:06" while the last one was parked for 59 minutes, and gave the
     finish in UTC beside a deadline in the campaign's zone."""
-    from notify.reports import status as report
+    from notify.reports import deadlines
     from notify.store import Change, Event
 
     d = deadline_campaign(make_campaign, 10, extra='discovered = 2026-11-01\ndeadline_days = 30\ntimezone = "Europe/Paris"\n')
@@ -429,7 +429,7 @@ def test_the_projected_finish_counts_retries_by_their_due_times_in_the_campaigns
     later = (now + dt.timedelta(hours=3)).timestamp()  # greylisted: retried in three hours
     store.apply([Change(claimed[0].id, "deferred", Event("deferred", claimed[0].id, claimed[0].key),
                         fields={"next_attempt_at": later, "attempts": 1})])
-    due = report.deadline(c, store, rate=100.0, now=now)  # the nine others take a tenth of a second
+    due = deadlines.deadline(c, store, rate=100.0, now=now)  # the nine others take a tenth of a second
     assert due is not None and due.standing.projected_finish == dt.datetime.fromtimestamp(later, dt.UTC)
     assert due.said.endswith("they finish by 2026-11-30 16:00 Europe/Paris (when the last retry now waiting is due)"), due.said
     assert "(end of day Europe/Paris)" in due.said

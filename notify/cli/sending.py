@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from ..campaign.model import Campaign
+from ..reports import deadlines
 from ..reports import status as report
 from ..send import run as send_run
 from ..send.policy import RunResult
@@ -19,7 +20,7 @@ from ..store import Store
 from .app import CampaignArg, _one_line, _open, boundary, err, say_checkpoint
 
 
-def say_deadline(due: report.Deadline) -> None:
+def say_deadline(due: deadlines.Deadline) -> None:
     """The deadline line of `send`, before and after the run: on stderr when it is or will be missed."""
     (err if due.late else typer.echo)(due.said.replace("deadline", "Deadline", 1))
 
@@ -110,9 +111,9 @@ def _say_campaign(c: Campaign, store: Store, average: float | None) -> None:
     # The rate of the run's last outcomes (what the bar showed at the end), not its average since it
     # began: a send that slowed down must not project the finish at the speed it had an hour ago.
     run_rate = (store.recent_rate(200) or average) if average else None
-    if (due := report.deadline(c, store, rate=run_rate)) is not None:
+    if (due := deadlines.deadline(c, store, rate=run_rate)) is not None:
         say_deadline(due)
-    for line in report.jurisdiction_lines(c, report.jurisdictions(c, store, rate=run_rate), top=12):
+    for line in deadlines.jurisdiction_lines(c, deadlines.jurisdictions(c, store, rate=run_rate), top=12):
         typer.echo(line)
 
 
@@ -233,7 +234,7 @@ def _said_time(c: Campaign, store: Store, st: report.Status) -> list[str]:
         lines.append(f"next retry: {st.next_retry_said} ({report.local(c, st.next_retry)})")
     if st.deadline:
         lines.append((LATE if st.deadline.late else "") + st.deadline.said)
-    return lines + report.jurisdiction_lines(c, st.jurisdictions)
+    return lines + deadlines.jurisdiction_lines(c, st.jurisdictions)
 
 
 def _watch(c: Campaign, store: Store, interval: float) -> None:

@@ -213,7 +213,7 @@ def poll_sqs(recorder: FeedbackRecorder, queue_url: str, *, options: QueueOption
 
 
 def reconciler(campaign_id: str, queue_urls: list[str], region: str | None = None) -> Callable[[Store], None]:
-    """A callback for the engine: drain the campaign's SES event queues into the ledger, so Send and
+    """A callback for the send loop: drain the campaign's SES event queues into the ledger, so Send and
     Delivery events settle recipients left in doubt before anything is resent. It leaves other
     campaigns' events on the queue, as `bounces` does."""
 

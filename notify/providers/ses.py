@@ -15,7 +15,7 @@
 botocore's own retries are switched off (total_max_attempts = 1). SES has no idempotency token,
 so a retry inside botocore after a timeout could send a second notice that the ledger never
 saw. Instead every attempt is one ledger attempt: a throttled or failed call comes back to the
-engine, which records it, backs off, and retries under its own policy.
+send loop, which records it, backs off, and retries under its own policy.
 """
 
 from __future__ import annotations

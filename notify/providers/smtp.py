@@ -73,7 +73,7 @@ class SmtpProvider:
         self.open = 0  # connections open, being opened or being handed on: at most pool_size
         self.waiting: deque[Waiting] = deque()  # senders waiting for a connection, first come first served
         # Sends worth keeping in hand per connection: with pipelining, the body of one message
-        # carries the envelope of the next (the engine runs that many more workers).
+        # carries the envelope of the next (the send loop runs that many more workers).
         self.depth = 2 if config.pipelining else 1
         self.refusals = 0
         self.policy_wave = Wave(POLICY_WINDOW, POLICY_WAVE)

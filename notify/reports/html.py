@@ -18,7 +18,8 @@ from ..campaign.model import Campaign
 from ..content.compose import display_address
 from ..providers.base import RateChange
 from ..store import Store, epoch_of
-from .status import Deadline, deadline, jurisdiction_said, jurisdictions, pause_said
+from .deadlines import Deadline, deadline, jurisdiction_said, jurisdictions
+from .status import pause_said
 
 COLOURS = {"sent": "#2e7d32", "delivered": "#1b5e20", "bounced": "#ef6c00", "complained": "#c62828", "failed": "#b71c1c",
            "suppressed": "#6a1b9a", "ineligible": "#8d6e63", "pending": "#90a4ae", "deferred": "#fbc02d",

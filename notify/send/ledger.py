@@ -9,7 +9,7 @@ What a crash can leave is unchanged: the producer awaits a claim, so a recipient
 disk before any worker has it; an outcome not yet committed leaves its recipient inflight, and
 the next run resends it in doubt with the same Message-ID, as when the loop committed itself. While
 it is open, every write of the send goes through it, the loop's campaign-level events included
-(SendLoop.log_event), in the order they were handed over; the loop keeps its own connection for
+(Commits.log_event), in the order they were handed over; the loop keeps its own connection for
 reads (WAL readers never wait for this writer) and for what it writes before the writer opens
 (recovery, suppression, send_started) and after it closes (send_stopped).
 """

@@ -1,5 +1,5 @@
 """The producer of a run: claims due recipients in batches, has them rendered (here or in render processes) and
-queues them for the workers; when nothing is due, lets the work in flight settle and decides whether to wait
+queues them for the workers; when nothing is due, drains the work in flight and decides whether to wait
 (for retries due soon, a capped domain's next slot, other workers' messages in flight) or to stop."""
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class Producer:
         for c, p in zip(claimed, prepared, strict=True):
             await self.queue.put((c, p))
 
-    async def settle(self) -> None:
+    async def drain(self) -> None:
         """Until the work in flight is done: rendered, sent and its outcomes on disk."""
         loop = self.loop
         while self.in_render and not loop.stop.is_set():
@@ -113,10 +113,10 @@ class Producer:
         await loop.commits.wait_written(lambda: loop.watch.judging)  # deferrals on disk before next_due looks
 
     async def nothing_due(self) -> bool:
-        """Nothing due right now: lets the work in flight settle, then waits for what comes due soon, or for
+        """Nothing due right now: drains the work in flight, then waits for what comes due soon, or for
         other workers' messages in flight; False when the run is done."""
         loop = self.loop
-        await self.settle()
+        await self.drain()
         if loop.store.count_due(loop.wall()):
             saturated = loop.throttle.saturated_domains(DOMAIN_HORIZON)
             if saturated:  # only capped domains are due: sleep until the first of them has a slot

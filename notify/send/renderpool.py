@@ -56,7 +56,7 @@ class Region(NamedTuple):
 _templates: Templates | None = None
 _region: mmap.mmap | None = None  # in a render process: the shared region, where it could be mapped
 
-SLOTS = 8  # batches that can hold a slot at once: more than the engine keeps in flight
+SLOTS = 8  # batches that can hold a slot at once: more than the send loop keeps in flight
 SLOT_ROOM = 16 << 10  # bytes of slot per recipient in a batch: about twice the largest shipped notice
 
 # glibc's malloc returns the free top of its heap to the kernel (above 128 KiB), and a render
@@ -69,7 +69,7 @@ TOP_PAD = 64 << 20
 
 
 def render_claimed(templates: Templates, c: Claimed) -> Prepared:
-    """A claimed recipient's version and message (render.build_message); a failure, for the engine to record."""
+    """A claimed recipient's version and message (render.build_message); a failure, for the send loop to record."""
     built = build_message(templates, recipient_context(c.email, c.name, c.locale, c.jurisdiction, c.vars),
                           to_email=c.email, token=c.token)
     if isinstance(built, RenderFailure):  # preflight rendered every version; this recipient's own data broke it
@@ -194,13 +194,13 @@ class RenderPool:
             error = rendering.exception()
             if error is None:
                 result = self._unstow(*rendering.result())
-        except Exception as e:  # a bug here must reach the engine, not die in the pool's thread
+        except Exception as e:  # a bug here must reach the send loop, not die in the pool's thread
             error = e
         finally:
             if slot is not None:
                 self.free.append(slot)
         if not done.set_running_or_notify_cancel():
-            return  # the engine stopped waiting for it
+            return  # the send loop stopped waiting for it
         if error is not None:
             done.set_exception(error)
         elif result is not None:

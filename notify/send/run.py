@@ -21,7 +21,7 @@ from ..feedback import sqs
 from ..feedback.suppression import SuppressionList
 from ..providers.base import Kind, Provider
 from ..providers.outbox import eml_name
-from ..reports.status import Deadline, deadline
+from ..reports.deadlines import Deadline, deadline
 from ..store import Store
 from .loop import SendLoop
 from .policy import RunResult, SendOptions
@@ -83,7 +83,7 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
     """Preflight, then the run. Nothing is sent unless every locale renders and, where the campaign
     requires it (review.requires_approval), the content is the content legal approved. Recipients a
     crash left in doubt are settled first from the SES event queues the providers name
-    (sqs.reconciler). `announce(deadline)` hears report.deadline() before the first message leaves."""
+    (sqs.reconciler). `announce(deadline)` hears reports.deadlines.deadline() before the first message leaves."""
     workers_may_join(campaign, store, options)
     store.lock()
     pre = preflight(campaign, store)

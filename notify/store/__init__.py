@@ -1,7 +1,7 @@
 """A campaign's state: recipients, their state machine, and the hash-chained audit events.
 
 base.py holds what every command needs, in SQL both backends accept; sqlite.py is the embedded
-default (a file per campaign), postgres.py the engine for several hosts (`[state] url_env`).
+default (a file per campaign), postgres.py the backend for several hosts (`[state] url_env`).
 open_store() picks the one a campaign names.
 """
 

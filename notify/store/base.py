@@ -11,7 +11,7 @@ Durability, on either backend (ARCHITECTURE.md repeats this):
 - A recipient is claimed (state inflight) in a committed transaction before any provider sees it.
 - Its outcome and the audit event that describes it are written in ONE transaction, so the
   trail and the state never disagree. Outcomes are group-committed: a crash can leave at most the
-  uncommitted batch inflight (the engine bounds it); those are the only recipients in doubt, and
+  uncommitted batch inflight (the send loop bounds it); those are the only recipients in doubt, and
   the next run resends them with the same Message-ID and records that it did.
 """
 

@@ -342,7 +342,7 @@ class PgStore(Sessions, Store):
         """Recipients not yet sent whose address is on the shared table, or on this host's own list (the
         file `notify suppress add` writes), suppressed with the reason, never sent."""
         local: list[tuple[str, str, str, str]] = []
-        if suppression_db.exists():  # the file the engine opened (suppression.py): its table, as SQLite ATTACHes it
+        if suppression_db.exists():  # the file the send opened (suppression.py): its table, as SQLite ATTACHes it
             try:
                 with contextlib.closing(sqlite3.connect(suppression_db)) as listed:
                     listed.execute("PRAGMA busy_timeout=5000")

@@ -95,7 +95,7 @@ class Event:
 
 @dataclass(frozen=True)
 class Claimed:
-    """A recipient handed to the engine: everything needed to render and send it."""
+    """A recipient handed to the send loop: everything needed to render and send it."""
 
     id: int
     row: int
