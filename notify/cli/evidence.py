@@ -176,10 +176,10 @@ def _verify_bundle(target: Path, key: Path | None) -> None:
     """A proof of notice (`lookup --out`): its files against its manifest, its message against its hash."""
     from ..evidence.lookup import verify_bundle
 
-    problems, said = verify_bundle(target, key)
-    if problems:
-        raise InputError(f"the proof of notice in {target} does not verify:", problems=problems)
-    typer.echo(f"OK: {said}")
+    check = verify_bundle(target, key)
+    if check.problems:
+        raise InputError(f"the proof of notice in {target} does not verify:", problems=check.problems)
+    typer.echo(f"OK: {check.said}")
 
 
 def _verify_export(target: Path, key: Path | None, content: bool) -> None:

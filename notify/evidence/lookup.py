@@ -75,12 +75,19 @@ def write_bundle(campaign: Campaign, store: Store, person: dict[str, Any], found
     seal(out, {"kind": PROOF_KIND, "campaign": campaign.id, "files": listed, "chain": {"events": seq, "head": head}}, sign_key)
 
 
-def verify_bundle(out: Path, key: Path | None = None) -> tuple[list[str], str]:
+@dataclass(frozen=True)
+class BundleCheck:
+    """A proof of notice checked: what does not verify (nothing, when it does), and what it proves."""
+
+    problems: list[str]
+    said: str
+
+
+def verify_bundle(out: Path, key: Path | None = None) -> BundleCheck:
     """Checks a proof of notice as strictly as an export: its files against its manifest (nothing added),
     its signature (with --key, or against the signer the manifest names), each event against its hash,
     the record against what its events say (state, attempts, content: a record saying "delivered" with no
-    event is refused), and the message against the content SHA-256 its sent event recorded. Returns
-    (problems, what it proves)."""
+    event is refused), and the message against the content SHA-256 its sent event recorded."""
     problems: list[str] = []
     try:
         raw = (out / MANIFEST).read_bytes()[:MAX_BUNDLE_FILE]
@@ -94,7 +101,7 @@ def verify_bundle(out: Path, key: Path | None = None) -> tuple[list[str], str]:
                 or not all(isinstance(v, dict) for v in listed.values()):
             raise TypeError("not the shape of a proof of notice")
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
-        return [f"{out}: not a proof of notice notify wrote ({type(e).__name__}: {e})"], ""
+        return BundleCheck([f"{out}: not a proof of notice notify wrote ({type(e).__name__}: {e})"], "")
     problems += check_files(out, listed, "the proof", "it was written")[0]
     signature, signer = check_signature(out, raw, manifest, key, problems)
     problems += _record_problems(record, events)
@@ -109,7 +116,7 @@ def verify_bundle(out: Path, key: Path | None = None) -> tuple[list[str], str]:
             "kept elsewhere." + {"valid": f" Signed by the private key of {key}.",
                                  "self": f" Signed by the key the manifest names (SHA-256 {signer}); check it with --key.",
                                  "unchecked": " Signed; give --key to check the signature."}.get(signature, " Not signed."))
-    return problems, said
+    return BundleCheck(problems, said)
 
 
 def _record_problems(record: dict[str, Any], events: list[dict[str, Any]]) -> list[str]:

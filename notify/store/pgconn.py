@@ -225,7 +225,9 @@ class RateBudget:
             " FROM cur WHERE r.provider = cur.provider"
             " RETURNING LEAST(%(want)s, GREATEST(0, floor(cur.avail)))::int, cur.avail, cur.rate",
             {"p": provider, "want": want, "burst": max(self.BURST, 1.0 / rate)}).fetchone()
-        assert row is not None
+        if row is None:  # the provider's row is written before any lease: gone, someone removed it
+            raise StoreError(f"the shared rate of {provider} is missing from the state (table rates)",
+                             hint="stop the workers and start them again: the first one writes it anew")
         granted, avail, shared = int(row[0]), float(row[1]), float(row[2])
         return granted, 0.0 if granted else max(0.001, (1 - avail) / shared)
 
