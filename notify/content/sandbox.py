@@ -37,7 +37,6 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 DEFAULT_TIMEOUT = 2.0  # seconds a message's templates may take ([send] render_timeout)
 DEFAULT_MAX_BYTES = 1_000_000  # characters one part may produce ([send] render_max_bytes)
-POLL = 0.01  # seconds between the watchdog's looks while a render is running
 
 
 class BudgetExceeded(Exception):
@@ -328,15 +327,16 @@ def _interrupt(armed: _Armed, reason: str) -> None:
 
 
 def _watch() -> None:
+    """Sleeps until the earliest deadline of a render under way (woken early when one is armed), and
+    interrupts every render past its own."""
     with _lock:
         while True:
-            while not _armed:
-                _wake.wait()
             now = time.monotonic()
             for a in _armed.values():
                 if a.reason is None and now > a.deadline:
                     _interrupt(a, "took longer than the time budget")
-            _wake.wait(POLL)
+            pending = [a.deadline for a in _armed.values() if a.reason is None]
+            _wake.wait(max(0.0, min(pending) - now) + 0.001 if pending else None)
 
 
 @contextmanager
