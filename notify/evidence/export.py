@@ -19,7 +19,7 @@ from ..content.compose import display_address
 from ..content.locales import split_version
 from ..errors import InputError
 from ..store import Store
-from . import signing
+from . import regulators, signing
 from .chain import Verdict, verify_chain
 from .index import INDEX, REPORT, IndexWriter, Writer
 from .manifest import export_dir, verify_file, write_manifest, write_sums
@@ -87,22 +87,25 @@ def _campaign_copy(campaign: Campaign) -> str:
     return text
 
 
-def _rebuild_kit(campaign: Campaign, store: Store, out: Path, sources: dict[str, str], index: IndexWriter,
-                 blocks: dict[str, list[str]]) -> None:
-    """campaign.toml, templates.json (the templates as read now: the summary says whether they are the ones
-    sent) and state.jsonl (every recipient's row, columns and token included): with these, `notify lookup`
-    and `notify report` work on the export directory alone, and the exact message is rebuilt from it."""
+def _write_kit(campaign: Campaign, out: Path, sources: dict[str, str]) -> None:
+    """campaign.toml and templates.json (the templates as read now: the summary says whether they are the ones
+    sent): with them and state.jsonl, `notify lookup` and `notify report` work on the export directory alone, and
+    the exact message is rebuilt from it."""
     with _create(out / "campaign.toml") as fh:
         fh.write(_campaign_copy(campaign))
     with _create(out / "templates.json") as fh:
         fh.write(json.dumps({"template": campaign.template, "files": sources}, ensure_ascii=False, indent=1,
                             sort_keys=True) + "\n")
+
+
+def _write_state(store: Store, out: Path, index: IndexWriter) -> list[str]:
+    """state.jsonl: every recipient's row, columns and token included, each line indexed; its blocks' SHA-256s."""
     with open(files.open_private(out / "state.jsonl", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as fh:
         w = Writer(fh)
         for batch in _batches(store.export_state()):
             keys, ids, lines = zip(*batch, strict=True)
             index.people(list(keys), list(ids), *w.lines(list(lines)))
-        blocks["state.jsonl"] = w.close()
+        return w.close()
 
 
 def _by_recipient(attempts: Iterator[tuple[int, str, str, str | None, str | None]]
@@ -192,8 +195,9 @@ def _write_rejects(store: Store, rw: files.SafeCsvWriter, aw: files.SafeCsvWrite
 BESIDE_FROM = 20_000  # rows: below, starting a process costs more than it saves
 
 
-def _recipients_beside(campaign_file: str, out: str) -> Tally:
-    """In a process of its own: the campaign and its state opened again, recipients.csv written."""
+def _people_beside(campaign_file: str, out: str) -> tuple[Tally, list[str]]:
+    """In a process of its own: the campaign and its state opened again; state.jsonl (its people indexed in
+    PEOPLE, for the first process to take), recipients.csv and alternate_channel.csv written."""
     from ..campaign.config import load
     from ..content.render import Templates
     from ..store import open_store
@@ -201,22 +205,29 @@ def _recipients_beside(campaign_file: str, out: str) -> Tally:
     campaign = load(campaign_file, recipients_file=False)
     store = open_store(campaign)
     try:
-        return _write_recipients(campaign, store, Path(out), Templates(campaign).resolve)
+        files.write_private(Path(out) / PEOPLE, b"")  # private, as every file of the export, and never a link
+        people = IndexWriter(Path(out) / PEOPLE)
+        state_blocks = _write_state(store, Path(out), people)
+        people.finish()
+        return _write_recipients(campaign, store, Path(out), Templates(campaign).resolve), state_blocks
     finally:
         store.close()
 
 
+PEOPLE = ".people.sqlite"  # the second process's index of state.jsonl, taken into index.sqlite, then removed
+
+
 class _Beside:
-    """_write_recipients in another process (spawned: nothing of this one's state is shared)."""
+    """_people_beside in another process (spawned: nothing of this one's state is shared)."""
 
     def __init__(self, campaign: Campaign, out: Path) -> None:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        self.future = self.pool.submit(_recipients_beside, str(campaign.file), str(out))
+        self.future = self.pool.submit(_people_beside, str(campaign.file), str(out))
 
-    def result(self) -> Tally:
+    def result(self) -> tuple[Tally, list[str]]:
         try:
             return self.future.result()
         finally:
@@ -236,17 +247,25 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
     files.write_private(out / INDEX, b"")
     index = IndexWriter(out / INDEX)
     blocks: dict[str, list[str]] = {}
-    # recipients.csv and alternate_channel.csv in a process of their own while this one writes the events, the
-    # state and the index (both cores: they read the same state, and write different files), where it pays.
+    # state.jsonl, recipients.csv and alternate_channel.csv in a process of their own while this one writes the
+    # events and their index and draws the report (both cores: they read the same state, and write different
+    # files), where it pays.
     beside = _Beside(campaign, out) if store.rows_read() >= BESIDE_FROM else None
     verdict = _write_events(store, out, index, blocks)
-    _rebuild_kit(campaign, store, out, sources or {}, index, blocks)
-    index.close()
-    tally = beside.result() if beside is not None else _write_recipients(campaign, store, out, resolve)
-    summary = summarised(campaign, store, tally, verdict)
+    _write_kit(campaign, out, sources or {})
     if report is not None:  # the campaign report as of the export, sealed with it: `report EXPORT` copies it (#37)
         with _create(out / REPORT) as fh:
             fh.write(report())
+    regulators_table = regulators.table(campaign, store)  # drawn while the other process writes (#40)
+    if beside is not None:
+        tally, blocks["state.jsonl"] = beside.result()
+        index.take_people(out / PEOPLE)
+        (out / PEOPLE).unlink()
+    else:
+        blocks["state.jsonl"] = _write_state(store, out, index)
+        tally = _write_recipients(campaign, store, out, resolve)
+    index.close()
+    summary = summarised(campaign, store, tally, verdict, regulators_table)
     with _create(out / "summary.json") as fh:
         fh.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     with _create(out / "summary.txt") as fh:

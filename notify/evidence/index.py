@@ -101,6 +101,19 @@ class IndexWriter:
         """Where these people's rows are in state.jsonl."""
         self.db.executemany("INSERT INTO people VALUES (?,?,?,?)", zip(keys, ids, offsets, lengths, strict=True))
 
+    def take_people(self, other: Path) -> None:
+        """The people another IndexWriter wrote (a second process writes state.jsonl), moved into this index."""
+        self.db.execute("ATTACH DATABASE ? AS other", (str(other),))
+        self.db.execute("INSERT INTO people SELECT * FROM other.people")
+        self.db.execute("COMMIT")  # DETACH is refused inside a transaction
+        self.db.execute("DETACH DATABASE other")
+        self.db.execute("BEGIN")
+
+    def finish(self) -> None:
+        """Commits without the lookup indexes: an index written for another to take from (take_people)."""
+        self.db.execute("COMMIT")
+        self.db.close()
+
     def close(self) -> None:
         self.db.execute("CREATE INDEX people_key ON people(key)")
         self.db.execute("CREATE INDEX events_recipient ON events(recipient_id, at)")
