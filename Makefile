@@ -35,10 +35,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
-# ruff (pycodestyle, pyflakes, bugbear, isort, pyupgrade) and mypy --strict, configured in pyproject.toml.
+# ruff (pycodestyle, pyflakes, bugbear, isort, pyupgrade) and mypy --strict, configured in pyproject.toml; the
+# rooms' import contracts (tests/test_layers.py); no function or method above radon's complexity C, and no module
+# of notify above 400 lines (#36).
 lint: $(STAMP)
 	$(BIN)/ruff check notify tests bench
 	$(BIN)/mypy
+	$(BIN)/pytest -q -p no:cacheprovider tests/test_layers.py
+	@above=$$($(BIN)/radon cc -n D -s notify); if [ -n "$$above" ]; then \
+		echo "lint: above radon's complexity C (split them):"; echo "$$above"; exit 1; fi
+	@long=$$(find notify -name '*.py' -exec wc -l {} + | awk '$$2 != "total" && $$1 > 400'); if [ -n "$$long" ]; then \
+		echo "lint: modules over 400 lines (split them):"; echo "$$long"; exit 1; fi
 
 # Crash drill: 50 trials of 20,000 recipients, each SIGKILLed at seeded random moments and resumed; then three
 # workers on PostgreSQL (a cluster of its own, tests/pg.py) sending 20,000, one of them SIGKILLed mid-run.
