@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import email
 import os
 import shutil
 import signal
 import subprocess
 import textwrap
 from collections.abc import Callable, Iterator
+from email.message import Message as EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,17 @@ def run(*args: str | Path) -> tuple[int, str, str]:
     """A notify command as a user runs it: (exit code, stdout, stderr)."""
     r = _runner.invoke(app, [str(a) for a in args])
     return r.exit_code, r.stdout, r.stderr
+
+
+def bodies(d: Path) -> list[str]:
+    """The text part of every message in the campaign's outbox, in file order."""
+    out = []
+    for p in sorted((d / "outbox").glob("*.eml")):
+        msg = email.message_from_bytes(p.read_bytes())
+        texts = [part.get_payload(decode=True).decode() for part in msg.walk()
+                 if isinstance(part, EmailMessage) and part.get_content_type() == "text/plain"]
+        out.append(texts[0])
+    return out
 
 
 def sql(d: Path, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

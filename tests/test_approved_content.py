@@ -3,36 +3,22 @@ rendering that a recipient's data cannot turn into something else, or into unbou
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 import re
 import subprocess
 import sys
 import time
-from email.message import Message as EmailMessage
-from pathlib import Path
 
 import pytest
 
 from notify.campaign.config import load
 from notify.content.render import Templates
 
-from .conftest import MakeCampaign, run, simple_templates
+from .conftest import MakeCampaign, bodies, run, simple_templates
 
 
 def rows(n: int) -> str:
     return "email,name,locale\n" + "".join(f"user{i}@example.com,User {i},en\n" for i in range(n))
-
-
-def bodies(d: Path) -> list[str]:
-    out = []
-    for p in sorted((d / "outbox").glob("*.eml")):
-        msg = email.message_from_bytes(p.read_bytes())
-        texts = [part.get_payload(decode=True).decode() for part in msg.walk()
-                 if isinstance(part, EmailMessage) and part.get_content_type() == "text/plain"]
-        out.append(texts[0])
-    return out
 
 
 FOOTER_TEMPLATES = {

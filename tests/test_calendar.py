@@ -7,22 +7,10 @@ from __future__ import annotations
 import email
 import email.policy
 import time
-from email.message import Message as EmailMessage
-from pathlib import Path
 
 import pytest
 
-from .conftest import MakeCampaign, run, simple_templates
-
-
-def bodies(d: Path) -> list[str]:
-    out = []
-    for p in sorted((d / "outbox").glob("*.eml")):
-        msg = email.message_from_bytes(p.read_bytes())
-        texts = [part.get_payload(decode=True).decode() for part in msg.walk()
-                 if isinstance(part, EmailMessage) and part.get_content_type() == "text/plain"]
-        out.append(texts[0])
-    return out
+from .conftest import MakeCampaign, bodies, run, simple_templates
 
 
 def test_a_campaign_id_with_a_final_newline_is_refused(make_campaign: MakeCampaign) -> None:
