@@ -37,8 +37,10 @@ class Producer:
         loop = self.loop
         limit = loop.options.limit
         want = loop.batch if limit is None else min(loop.batch, limit - self.claimed_total)
-        if want <= 0 or loop.commits.ledger is None:
+        if want <= 0:
             return None
+        if loop.commits.ledger is None:
+            raise RuntimeError("a claim before the ledger thread opened")  # a bug: the run opens it before producing
         return loop.commits.ledger.claim(want, loop.wall(), loop.throttle.saturated_domains(DOMAIN_HORIZON))
 
     async def run(self) -> None:
