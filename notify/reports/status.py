@@ -173,7 +173,7 @@ def sending(campaign: Campaign, store: Store, now: float) -> tuple[list[str], fl
             lines.append(f"resume:   notify send {campaign.dir}")
         return lines, None
     last = store.recent_rate(200)
-    latest = store.last_event_of(("sent", "deferred", "failed"))
+    latest = store.last_event_of(("sent", "deferred", "failed"), campaign=False)
     idle = now - epoch_of(latest["ts"]) if latest else None
     lines = [f"sending:  yes ({', '.join(senders)})"]
     if last and idle is not None and idle < STILL:

@@ -165,6 +165,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         DROP INDEX recipients_state_id;
         CREATE INDEX recipients_claim ON recipients(state, due_by, id)
     """),
+    # The campaign's own events (switches, rate changes, pauses, approvals, seeds: no recipient) by kind: status,
+    # --watch, the report and the export read them; without this each was a pass over every event (a million at
+    # 10^6 recipients, on every refresh of --watch). A handful of rows, so the sends pay nothing for it (#37).
+    ("0012_campaign_events", """
+        CREATE INDEX events_campaign ON events(kind, seq) WHERE recipient_id IS NULL
+    """),
 ]
 
 # A provider's own ID, through the partial index of migration 0006 (its WHERE, restated, lets SQLite

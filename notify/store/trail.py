@@ -76,9 +76,12 @@ class Trail(Backend):
         yield from dicts(self.db.execute(
             f"SELECT {self.EVENT_COLUMNS}, recipient_id FROM events ORDER BY {self.EVENT_ORDER}"))
 
-    def last_event_of(self, kinds: Sequence[str]) -> dict[str, Any] | None:
+    def last_event_of(self, kinds: Sequence[str], campaign: bool = True) -> dict[str, Any] | None:
+        """The latest event of these kinds: of the campaign's own (no recipient: through their own index, however
+        long the trail), or with `campaign` false any (recipients' outcomes: the newest are at the trail's end)."""
         marks = ",".join("?" * len(kinds))
-        row = self.db.execute(f"SELECT seq, ts, kind, detail FROM events WHERE kind IN ({marks})"
+        own = " AND recipient_id IS NULL" if campaign else ""
+        row = self.db.execute(f"SELECT seq, ts, kind, detail FROM events WHERE kind IN ({marks}){own}"
                               f" ORDER BY {self.EVENT_ORDER} DESC LIMIT 1",
                               tuple(kinds)).fetchone()
         return {"seq": row[0], "ts": row[1], "kind": row[2], "detail": json.loads(row[3] or "{}")} if row else None
@@ -131,5 +134,8 @@ class Trail(Backend):
             f"SELECT {self.EVENT_COLUMNS} FROM events WHERE recipient_id=? ORDER BY {self.EVENT_ORDER}", (recipient_id,))))
 
     def events_of_kind(self, kind: str) -> list[dict[str, Any]]:
-        cur = self.db.execute(f"SELECT seq, ts, detail FROM events WHERE kind=? ORDER BY {self.EVENT_ORDER}", (kind,))
+        """The campaign's own events of a kind (a switch, a rate change, a seed sent: no recipient), in order, through
+        their own index: status, --watch and the report read them without a pass over every recipient's event."""
+        cur = self.db.execute(f"SELECT seq, ts, detail FROM events WHERE kind=? AND recipient_id IS NULL"
+                              f" ORDER BY {self.EVENT_ORDER}", (kind,))
         return [{"seq": r[0], "ts": r[1], "detail": r[2]} for r in cur]
