@@ -42,11 +42,6 @@ class Writer:
     _pending: list[bytes] = field(default_factory=list)
     _pending_size: int = 0
 
-    def line(self, text: str) -> tuple[int, int]:
-        """Writes one line; returns (offset, length) of its bytes, newline included."""
-        (at,), (length,) = self.lines([text])
-        return at, length
-
     def lines(self, texts: list[str]) -> tuple[list[int], list[int]]:
         """Writes lines; returns the offset and the length of each one's bytes, newline included (a batch at a
         time: one Python step per line instead of a call)."""

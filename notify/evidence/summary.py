@@ -100,7 +100,7 @@ class Tally:
 
 
 def summarised(campaign: Campaign, store: Store, tally: Tally, verdict: Verdict,
-               regulators_table: dict[str, Any] | None = None) -> dict[str, Any]:
+               regulators_table: dict[str, Any]) -> dict[str, Any]:
     """summary.json: the figures a regulator asks for first, and what the tally must add up to."""
     rows_read = store.rows_read()
     states = tally.states
@@ -128,8 +128,7 @@ def summarised(campaign: Campaign, store: Store, tally: Tally, verdict: Verdict,
         "deadline": deadline(campaign, tally.last_send, sum(states[s] for s in ("pending", "deferred", "inflight")),
                               tally.late, sum(tally.by_provider.values())),
         "template_sha256": sent_templates(store),
-        # what `notify regulators` says (#40)
-        "regulators": regulators_table if regulators_table is not None else regulators.table(campaign, store),
+        "regulators": regulators_table,  # what `notify regulators` says (#40), drawn while the files were written
         # The company's own addresses, sent every version first: not people notified.
         "seeds": {k: v for k, v in store.seeds_sent().items() if k != "last"},
         "chain": {"events": verdict.events, "head": verdict.head, "verified": verdict.ok},

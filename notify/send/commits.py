@@ -103,10 +103,13 @@ class Commits:
         if self.write_error is not None:
             raise self.write_error
 
-    async def too_far_ahead(self) -> None:
-        """While more group commits are handed over than MAX_WRITING: the disk is slower than the wire."""
-        if len(self.writing) > MAX_WRITING:
-            await asyncio.wait(self.writing[:1])
+    @property
+    def behind(self) -> bool:
+        """More group commits handed over than MAX_WRITING and not yet on disk: the disk is slower than the wire."""
+        return len(self.writing) > MAX_WRITING
+
+    async def oldest_written(self) -> None:
+        await asyncio.wait(self.writing[:1])
 
     async def flusher(self) -> None:
         while True:

@@ -211,7 +211,8 @@ class SendLoop:
                 self.busy -= 1
                 if not self.busy and not queue.qsize():
                     self.idle.set()
-            await self.commits.too_far_ahead()
+            if self.commits.behind:  # checked here, not awaited for every message: the send loop's hot path
+                await self.commits.oldest_written()
 
     async def ready(self) -> None:
         """The last check before a message leaves (providers await it): the departure pace, unless the run is

@@ -83,8 +83,6 @@ class _Said:
     provider: str
     version: str
     sha: str | None
-    attempts: int
-    first: float | None
     detail: dict[str, Any]
     common: dict[str, Any]
 
@@ -112,7 +110,7 @@ def decide(campaign: Campaign, c: Claimed, outcome: Outcome, msg: Message | None
               "message_id": msg.message_id if msg else None, "detail": reply[:500],
               "reply_code": (f"needs {outcome.needs}" if outcome.needs else
                              " ".join(str(p) for p in (outcome.code, outcome.status) if p) or outcome.kind.value)}
-    said = _Said(c, outcome, provider, version, msg.sha256 if msg else None, attempts, first, detail, common)
+    said = _Said(c, outcome, provider, version, msg.sha256 if msg else None, detail, common)
     if outcome.kind is Kind.ACCEPTED:
         if c.doubt:
             detail["possible_duplicate"] = True
@@ -147,7 +145,8 @@ def _refused(campaign: Campaign, said: _Said, reply: str) -> Change:
 def _retried(campaign: Campaign, said: _Said, now: float) -> Change:
     """Temporary, in doubt or held: retried with backoff, until the retry policy gives up (failed)."""
     policy = campaign.send.retry
-    outcome, detail, first, attempts = said.outcome, said.detail, said.first, said.attempts
+    outcome, detail = said.outcome, said.detail
+    first, attempts = said.common["first_attempt_at"], said.common["attempts"]
     doubt = said.c.doubt or outcome.kind is Kind.IN_DOUBT
     if outcome.kind is Kind.IN_DOUBT:
         detail["in_doubt"] = True
