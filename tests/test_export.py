@@ -1,6 +1,7 @@
 """#37: the export's big files as each backend writes them. SQLite writes events.jsonl and state.jsonl itself
-(json_object) and recipients.csv's guard against spreadsheet formulas (formula_guard_sql); what it writes must say
-exactly what Python would, for every value a hostile recipients file or a hostile relay can put there."""
+(json_object), proves the chain as it writes its lines (ChainProof), and writes recipients.csv's guard against
+spreadsheet formulas (formula_guard_sql); what it writes must say exactly what Python would, for every value a
+hostile recipients file or a hostile relay can put there, and its proof must fail wherever Python's check does."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from notify.campaign.config import load
 from notify.evidence.chain import verify_chain
 from notify.files import formula_guard
-from notify.store import Event, event_hash, open_store
+from notify.store import ChainProof, Event, event_hash, open_store
 from notify.store.lines import Lines
 
 from .conftest import MakeCampaign, run, simple_templates, sql
@@ -29,6 +30,15 @@ PEOPLE = ("email,name,customer_id\n"
 
 @pytest.fixture
 def exported(make_campaign: MakeCampaign, tmp_path: Path, backend: str) -> tuple[Path, Path]:
+    return _exported(make_campaign, tmp_path)
+
+
+@pytest.fixture
+def exported_on_sqlite(make_campaign: MakeCampaign, tmp_path: Path) -> tuple[Path, Path]:
+    return _exported(make_campaign, tmp_path)
+
+
+def _exported(make_campaign: MakeCampaign, tmp_path: Path) -> tuple[Path, Path]:
     d = make_campaign(PEOPLE, templates=simple_templates(), send_extra="")
     with (d / "campaign.toml").open("a", encoding="utf-8") as fh:
         fh.write('\n[audit]\ncolumns = ["customer_id"]\n')
@@ -51,13 +61,23 @@ def _lines(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
 
 
-def test_the_export_lines_say_what_pythons_would(exported: tuple[Path, Path]) -> None:
+def _proved(d: Path) -> tuple[ChainProof | None, list[str]]:
+    """The store's own proof of its chain as it writes its lines (None where it gives none), and the lines."""
+    store = open_store(load(d / "campaign.toml", recipients_file=False))
+    try:
+        proof = ChainProof()
+        batches = store.event_lines(proof)
+        return (proof, [line for _, lines in batches for line in lines]) if batches is not None else (None, [])
+    finally:
+        store.close()
+
+
+def test_the_export_lines_say_what_pythons_would(exported: tuple[Path, Path], backend: str) -> None:
     d, out = exported
     store = open_store(load(d / "campaign.toml", recipients_file=False))
     try:
         python_state = [json.loads(line) for _, _, line in Lines.export_state(store)]
         python_events = [(rid, json.loads(line), ev["computed"]) for rid, line, ev in Lines.export_events(store)]
-        fast_events = list(store.export_events())
     finally:
         store.close()
     state = _lines(out / "state.jsonl")
@@ -67,24 +87,87 @@ def test_the_export_lines_say_what_pythons_would(exported: tuple[Path, Path]) ->
     events = _lines(out / "events.jsonl")
     assert events == [e for _, e, _ in python_events]
     assert any(e["provider"] == "relay\x01\t\n\x7f" for e in events)
-    # Each event's hash as the store computed it while writing = Python's canonical form's = the one recorded.
-    assert [ev["computed"] for _, _, ev in fast_events] == [h for _, _, h in python_events] \
-        == [event_hash(e) for e in events] == [e["hash"] for e in events]
-    assert verify_chain(events).ok
+    assert [h for _, _, h in python_events] == [event_hash(e) for e in events] == [e["hash"] for e in events]
+    verdict = verify_chain(events)
+    assert verdict.ok
+    proof, lines = _proved(d)
+    if backend == "sqlite":  # SQLite proves the chain as it writes, its control characters included
+        assert proof is not None and [json.loads(line) for line in lines] == events
+        assert (proof.intact, proof.events, proof.head) == (True, verdict.events, verdict.head)
+    else:
+        assert proof is None  # PostgreSQL's several chains: verify_chain judges them as the lines are written
     code, text, err = run("audit", "verify", out)
     assert code == 0 and "verifies" in text, err
 
 
-def test_an_altered_event_is_found_by_the_export_as_by_python(exported: tuple[Path, Path], tmp_path: Path) -> None:
+# What an attacker with the state's file can do to the chain, each a break `audit verify` names: an event altered
+# (a control character, escaped differently by SQLite), one removed, one linked elsewhere, and a session event
+# (PostgreSQL's bookkeeping) chained in properly.
+BREAKS = {
+    "altered": ["UPDATE events SET provider = 'relay\x02' WHERE kind = 'note'"],
+    "removed": ["DELETE FROM events WHERE seq = 3"],
+    "relinked": ["UPDATE events SET prev_hash = hash WHERE seq = 3"],
+}
+
+
+@pytest.mark.parametrize("attack", [*BREAKS, "session event"])
+def test_a_broken_chain_is_found_by_the_export_as_by_python(exported: tuple[Path, Path], tmp_path: Path,
+                                                           backend: str, attack: str) -> None:
     d, _ = exported
-    sql(d, "UPDATE events SET provider = 'relay\x02' WHERE kind = 'note'")
+    if attack == "session event":  # written through the store: hashed and linked as any event, chain 0's own
+        store = open_store(load(d / "campaign.toml", recipients_file=False))
+        store.record(Event("session_opened", detail={"chain": 7}))
+        store.close()
+    for statement in BREAKS.get(attack, []):
+        sql(d, statement)
     store = open_store(load(d / "campaign.toml", recipients_file=False))
     try:
         said = verify_chain(store.events())
-        fast = verify_chain((ev for _, _, ev in store.export_events()), hash_of=lambda ev: ev["computed"])
     finally:
         store.close()
-    assert not said.ok and (fast.ok, fast.first_bad, fast.reason) == (False, said.first_bad, said.reason)
+    assert not said.ok, said
+    proof, _ = _proved(d)
+    assert proof is None or not proof.intact
+    code, text, err = run("audit", "export", d, "--out", tmp_path / "again")
+    assert code == 1 and f"Audit chain: {said.events} events" in text and "BROKEN" in text, text + err
+    summary = json.loads((tmp_path / "again" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["chain"] == {"events": said.events, "head": said.head, "verified": False}
+
+
+def _rewritten(d: Path, renumber_from: int | None = None, unlinked: int | None = None) -> None:
+    """The whole chain written again from its third event on, every hash recomputed, as someone who knows the
+    form would forge it: with the events from `renumber_from` numbered one further (a gap, every link and hash
+    right), or with event `unlinked` after the wrong hash (its own hash and every later link right)."""
+    columns = ", ".join(("seq", "ts", "recipient", "kind", "provider", "provider_message_id", "detail", "locale",
+                         "content_sha256", "prev_hash", "hash"))
+    events = [dict(zip(columns.split(", "), row, strict=True))
+              for row in sql(d, f"SELECT {columns} FROM events ORDER BY seq")]
+    prev = events[1]["hash"]
+    for ev in events[2:]:
+        old = ev["seq"]
+        if renumber_from is not None and ev["seq"] >= renumber_from:
+            ev["seq"] += 1
+        ev["prev_hash"] = "0" * 64 if ev["seq"] == unlinked else prev
+        ev["hash"] = prev = event_hash(ev)
+        ev["old"] = old
+    for ev in reversed(events[2:]):  # from the end: a seq moved up never meets one not yet moved
+        sql(d, "UPDATE events SET seq = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+            (ev["seq"], ev["prev_hash"], ev["hash"], ev["old"]))
+
+
+@pytest.mark.parametrize("forgery", ["a gap in the numbers", "a link to the wrong event"])
+def test_a_chain_rewritten_whole_is_found_by_the_export_as_by_python(exported_on_sqlite: tuple[Path, Path],
+                                                                     tmp_path: Path, forgery: str) -> None:
+    d, _ = exported_on_sqlite  # SQLite's own proof (PostgreSQL's chains are judged by verify_chain, as above)
+    _rewritten(d, **({"renumber_from": 4} if forgery == "a gap in the numbers" else {"unlinked": 4}))
+    store = open_store(load(d / "campaign.toml", recipients_file=False))
+    try:
+        said = verify_chain(store.events())
+    finally:
+        store.close()
+    assert not said.ok and said.events == 3, said  # broken after the third event
+    proof, _ = _proved(d)
+    assert proof is not None and not proof.intact
     code, text, err = run("audit", "export", d, "--out", tmp_path / "again")
     assert code == 1 and f"Audit chain: {said.events} events" in text and "BROKEN" in text, text + err
 

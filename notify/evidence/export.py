@@ -18,7 +18,7 @@ from ..campaign.model import Campaign
 from ..content.compose import display_address
 from ..content.locales import split_version
 from ..errors import InputError
-from ..store import Store
+from ..store import ChainProof, Store
 from . import regulators, signing
 from .chain import Verdict, verify_chain
 from .index import INDEX, REPORT, IndexWriter, Writer
@@ -125,23 +125,32 @@ def _by_recipient(attempts: Iterator[tuple[int, str, str, str | None, str | None
 
 
 def _write_events(store: Store, out: Path, index: IndexWriter, blocks: dict[str, list[str]]) -> Verdict:
-    """events.jsonl, each line indexed and hashed by block as it is written, the chain verified in the same pass."""
+    """events.jsonl, each line indexed and hashed by block as it is written, the chain verified in the same pass
+    (by the store as it writes the lines where it can, ChainProof; else by verify_chain)."""
+    proof = ChainProof()
     with open(files.open_private(out / "events.jsonl", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as efh:
         w = Writer(efh)
-
-        def written() -> Iterator[dict[str, Any]]:
-            for batch in _batches(store.export_events()):
-                rids, lines, events = zip(*batch, strict=True)
-                index.events(list(rids), *w.lines(list(lines)))
-                yield from events
-        chained = written()
-        verdict = verify_chain(chained, hash_of=lambda ev: ev["computed"])
-        for _ in chained:  # a chain that breaks stops the check, not the export: the rest is written as it is
-            pass
+        if (proved := store.event_lines(proof)) is not None:
+            for rids, lines in proved:
+                index.events(rids, *w.lines(lines))
+            verdict = Verdict(True, proof.events, proof.head) if proof.intact else Verdict(False, proof.events, "")
+        else:
+            events = _written(store, w, index)
+            verdict = verify_chain(events, hash_of=lambda ev: ev["computed"])
+            for _ in events:  # a chain that breaks stops the check, not the export: the rest is written as it is
+                pass
         blocks["events.jsonl"] = w.close()
     if not verdict.ok:  # read back from the file, to name the line where it breaks
         verdict, _ = verify_file(out / "events.jsonl")
     return verdict
+
+
+def _written(store: Store, w: Writer, index: IndexWriter) -> Iterator[dict[str, Any]]:
+    """The store's events from Python, each written and indexed before verify_chain reads it."""
+    for batch in _batches(store.export_events()):
+        rids, lines, events = zip(*batch, strict=True)
+        index.events(list(rids), *w.lines(list(lines)))
+        yield from events
 
 
 def _write_recipients(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, str], str]) -> Tally:

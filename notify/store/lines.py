@@ -4,7 +4,10 @@ check) and state.jsonl (each recipient's row). Lines are JSON objects in UTF-8 w
 
 Any backend gets them from Python (Lines). SQLite writes them itself (SqliteLines): at 200,000 recipients,
 encoding each line in Python was two thirds of `audit export`'s time (#37); SQLite's json_object writes the same
-text, and its json_array the canonical form of evidence/kit/VERIFY, which Python then only hashes.
+text, and its json_array the canonical form of evidence/kit/VERIFY, which Python then only hashes. SQLite's pass
+also proves the chain whole (ChainProof): each event numbered in turn, linked to the one before, its hash that of
+its own fields; the export's check of the chain then costs no second pass over the events in Python, and where
+anything is off, the export reads its file back to name the line as `notify audit verify` does.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import StoreError
 from . import schema
 from .contract import Backend
-from .records import EVENT_FIELDS, event_hash
+from .records import EVENT_FIELDS, GENESIS, event_hash
 
 EVENT_LINE_FIELDS = (*EVENT_FIELDS, "hash")  # then "chain" where several chains (PostgreSQL), and "recipient_id"
 RECIPIENT_FIELDS = tuple(schema.RECIPIENT_COLUMNS.split(", "))
@@ -32,8 +36,29 @@ _LINE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # bu
 _ESCAPED_CONTROL = re.compile(r"\\(?:[bfnrt]|u00[01])")
 
 
+# Events of several chains' bookkeeping (PostgreSQL's sessions): a chain that holds one is not proved by SQLite's
+# pass, whose proof is of a single chain; evidence.chain.verify_chain judges it.
+SESSION_EVENTS = frozenset(("session_opened", "session_closed", "session_rescued"))
+
+
+@dataclass
+class ChainProof:
+    """What a store proved of its chain while writing its lines: `intact` when every event is the next of one
+    chain, linked to the one before and hashed from its own fields (then `events` and `head` are the chain's);
+    False when it did not prove it (something is off, or a backend that does not check as it writes)."""
+
+    intact: bool = True
+    events: int = 0
+    head: str = GENESIS
+
+
 class Lines(Backend):
     """Lines from Python, for any backend."""
+
+    def event_lines(self, proof: ChainProof) -> Iterator[tuple[list[int | None], list[str]]] | None:
+        """Every event's events.jsonl line in the chain's order, in batches of (recipient ids, lines), the chain
+        proved in the same pass (`proof`); None where the backend does not prove it (then export_events)."""
+        return None
 
     def export_events(self) -> Iterator[tuple[int | None, str, dict[str, Any]]]:
         """Every event in the chain's order as (recipient id, its events.jsonl line, the event as
@@ -67,22 +92,30 @@ def _object_sql(fields: tuple[str, ...]) -> str:
     return f"json_object({pairs})"
 
 
+# Each event's line, its canonical form (VERIFY), its place in the chain (seq, prev_hash, hash), its kind.
 EVENTS_SQL = (f"SELECT recipient_id, {_object_sql((*EVENT_LINE_FIELDS, 'recipient_id'))},"
-              f" json_array({', '.join(EVENT_FIELDS)}), seq, prev_hash, hash, kind, detail FROM events ORDER BY seq")
+              f" json_array({', '.join(EVENT_FIELDS)}), seq, prev_hash, hash, kind FROM events ORDER BY seq")
+BATCH = 2000  # lines handed on at a time
 STATE_SQL = f"SELECT key, id, {_object_sql(RECIPIENT_FIELDS)} FROM recipients ORDER BY id"
 
 
 class SqliteLines(Lines):
     """Lines written by SQLite: one chain (no "chain" field), the schema of store/schema.py."""
 
-    def export_events(self) -> Iterator[tuple[int | None, str, dict[str, Any]]]:
+    def event_lines(self, proof: ChainProof) -> Iterator[tuple[list[int | None], list[str]]]:
         try:
-            for rid, text, canonical, seq, prev, stored, kind, detail in self.db.execute(EVENTS_SQL):
-                computed = hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
-                if computed != stored or _ESCAPED_CONTROL.search(canonical):
-                    computed = event_hash(json.loads(text))  # Python's canonical form, the one VERIFY specifies
-                yield rid, text, {"seq": seq, "prev_hash": prev, "hash": stored, "kind": kind, "detail": detail,
-                                  "computed": computed}
+            cursor = self.db.execute(EVENTS_SQL)
+            while rows := cursor.fetchmany(BATCH):
+                rids, lines, canonicals, seqs, prevs, hashes, kinds = zip(*rows, strict=True)
+                if proof.intact:
+                    # Numbered next, each after the hash of the one before, no session event (several chains'
+                    # bookkeeping, which verify_chain judges), each hash that of its own fields.
+                    proof.intact = (list(seqs) == list(range(proof.events + 1, proof.events + len(rows) + 1))
+                                    and prevs == (proof.head, *hashes[:-1]) and SESSION_EVENTS.isdisjoint(kinds)
+                                    and _hashes(lines, canonicals) == list(hashes))
+                proof.events += len(rows)
+                proof.head = hashes[-1]
+                yield list(rids), list(lines)
         except self.DRIVER_ERROR as e:
             raise StoreError(f"{self.where()}: its events cannot be exported: {e}",
                              hint="`notify audit verify` the campaign: the state may have been altered") from None
@@ -93,3 +126,12 @@ class SqliteLines(Lines):
         except self.DRIVER_ERROR as e:
             raise StoreError(f"{self.where()}: its recipients cannot be exported: {e}",
                              hint="`notify audit verify` the campaign: the state may have been altered") from None
+
+
+def _hashes(lines: tuple[str, ...], canonicals: tuple[str, ...]) -> list[str]:
+    """Each event's hash from SQLite's canonical form; where that escapes a control character (the one place two
+    JSON encoders may differ), from Python's, the one VERIFY specifies."""
+    if not _ESCAPED_CONTROL.search("".join(canonicals)):  # one search a batch: almost every batch has none
+        return [hashlib.sha256(c.encode("utf-8", "surrogatepass")).hexdigest() for c in canonicals]
+    return [event_hash(json.loads(line)) if _ESCAPED_CONTROL.search(c)
+            else hashlib.sha256(c.encode("utf-8", "surrogatepass")).hexdigest() for line, c in zip(lines, canonicals, strict=True)]
