@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,46 @@ def test_recipients_csv_guards_every_formula_as_the_safe_writer_does(exported: t
     for row in rows.values():  # no cell a spreadsheet would run
         assert all(formula_guard(v) == v or v.startswith("'") for v in row.values())
         assert not [v for v in row.values() if v and v[0] in "=+-@\t\r"], row
+
+
+VARIANTS = {**simple_templates(locales=("en", "fr")),
+            **{f"variants/US-MA/en/{k}": v for k, v in simple_templates("massachusetts").items() if k.startswith("en/")
+               for k in [k.removeprefix("en/")]}}
+
+
+def test_the_summary_counts_what_recipients_csv_lists(make_campaign: MakeCampaign, tmp_path: Path, backend: str) -> None:
+    """summary.json's figures (the regulator's first questions) are recipients.csv's rows counted one by one:
+    states, the locales and variants used (a fallback, a variant, and for those never sent what they would get),
+    jurisdictions, providers, the first and last send and how many were notified after the deadline."""
+    rows = "".join(f"p{i}@example.org,P{i},{('en', 'fr', 'it')[i % 3]},{('US-MA', 'US-NY', 'DE', '')[i % 4]}\n"
+                   for i in range(24))
+    d = make_campaign("email,name,locale,jurisdiction\n" + rows + "broken,Nobody,en,DE\n", templates=VARIANTS)
+    toml = d / "campaign.toml"
+    # A deadline long past: everyone sent is notified after it.
+    toml.write_text(toml.read_text(encoding="utf-8").replace(
+        "require_approval = false", "require_approval = false\ndeadline = 2022-09-01", 1), encoding="utf-8")
+    assert run("send", d, "--no-progress", "--limit", "15")[0] == 0  # nine left pending
+    out = tmp_path / "export"
+    code, _, err = run("audit", "export", d, "--out", out)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    with (out / "recipients.csv").open(encoding="utf-8", newline="") as fh:
+        listed = list(csv.DictReader(fh))
+    people = [r for r in listed if r["final_state"] != "rejected"]
+    sent = [r for r in people if r["final_state"] in ("sent", "delivered", "bounced", "complained")]
+
+    def counted(column: str, rows: list[dict[str, str]], empty: str = "") -> dict[str, int]:
+        return dict(sorted(Counter(r[column] or empty for r in rows).items()))
+
+    assert summary["states"] == counted("final_state", listed) and summary["states"]["pending"] == 9
+    assert summary["locales"] == counted("locale", people) and "it" not in summary["locales"]  # it falls back to en
+    assert summary["variants"] == counted("variant", people, "(default)") and summary["variants"]["US-MA"] > 0
+    assert summary["jurisdictions"] == counted("jurisdiction", people, "(none)")
+    assert summary["providers"] == counted("provider", sent) == {"outbox": 15}
+    firsts = sorted(r["first_attempt_at"] for r in people if r["first_attempt_at"])
+    assert (summary["first_send"], summary["last_send"]) == (firsts[0], firsts[-1]) and len(firsts) == 15
+    assert summary["deadline"]["met"] is False and "9 recipient(s) not yet notified" in summary["deadline"]["said"]
+    assert run("send", d, "--no-progress")[0] == 0  # the rest, all after the deadline
+    assert run("audit", "export", d, "--out", out, "--force")[0] == 0
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert (summary["deadline"]["met"], summary["deadline"]["late"]) == (False, 24)

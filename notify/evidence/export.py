@@ -156,7 +156,11 @@ def _written(store: Store, w: Writer, index: IndexWriter) -> Iterator[dict[str, 
 def _write_recipients(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, str], str]) -> Tally:
     """recipients.csv (one row per input row) and alternate_channel.csv (everyone email did not reach)."""
     tally = Tally()
+    sent_as = _versions(campaign, resolve)
     due_at = campaign.deadline_end.timestamp() if campaign.deadline_end is not None else None
+    for state, version, locale, juris, provider, *counts in store.export_groups(due_at):
+        variant, used = sent_as(version, locale, juris)
+        tally.group(state, used, variant, juris, provider, *counts)
     with _create(out / "recipients.csv") as rfh, _create(out / "alternate_channel.csv") as afh:
         # The store guards its text for a spreadsheet (files.formula_guard_sql); what is made here is guarded here.
         rw, aw = csv.writer(rfh), csv.writer(afh)
@@ -169,14 +173,13 @@ def _write_recipients(campaign: Campaign, store: Store, out: Path, resolve: Call
         blanks = [""] * len(extra)
         for r in store.export_rows():
             (row, email, state, detail, attempts, first, updated, provider, pmid, mid, sha, locale, juris, doubt, name,
-             version, raw_vars, rid, raw_locale, raw_juris, raw_provider) = r
-            # What was sent, as recorded at the time; for those never sent, what would be.
-            variant, used = split_version(version or resolve(raw_locale or campaign.default_locale, raw_juris))
+             version, raw_vars, rid, raw_locale, raw_juris, _) = r
+            variant, used = sent_as(version, raw_locale, raw_juris)
             ids = [guard(str(v)) for v in map(json.loads(raw_vars or "{}").get, extra, blanks)] if extra else []
             shown = display_address(email)  # guarded as the address is: its first character is the same
             tried = attempts_of(rid)  # read for everyone, to keep the merge in step
             log = guard("; ".join(_attempt(ts, kind, via, said) for ts, kind, via, said in tried)) if attempts else ""
-            tally.person(state, used, variant, raw_juris, raw_provider, first, due_at)
+            tally.rows_out += 1
             used, variant = guard(used), guard(variant)
             rw.writerow((row, email, shown, name, state, detail or "", attempts, log, iso(first), updated or "",
                          provider or "", pmid or "", mid or "", sha or "", locale, used, variant, juris,
@@ -187,6 +190,15 @@ def _write_recipients(campaign: Campaign, store: Store, out: Path, resolve: Call
                 aw.writerow((row, email, shown, state, reason, name, locale, used, juris, *ids))
         _write_rejects(store, files.SafeCsvWriter(rfh), files.SafeCsvWriter(afh), tally, len(extra))
     return tally
+
+
+def _versions(campaign: Campaign, resolve: Callable[[str, str], str]) -> Callable[[str | None, str, str], tuple[str, str]]:
+    """(variant, locale) of the version a person was sent, as recorded at the time; for those never sent, what
+    would be: each (version, locale, jurisdiction) worked out once."""
+    @functools.lru_cache(maxsize=4096)
+    def sent_as(version: str | None, locale: str, juris: str) -> tuple[str, str]:
+        return split_version(version or resolve(locale or campaign.default_locale, juris))
+    return sent_as
 
 
 def _write_rejects(store: Store, rw: files.SafeCsvWriter, aw: files.SafeCsvWriter, tally: Tally, extra: int) -> None:

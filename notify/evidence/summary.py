@@ -81,22 +81,22 @@ class Tally:
     first_send: float | None = None
     last_send: float | None = None
     late: int = 0  # notified after the campaign's deadline
-    rows_out: int = 0
+    rows_out: int = 0  # rows written to recipients.csv: what the states must add up to
     rejected_known: int = 0  # rejected rows of people the campaign knows (listed with their own state)
 
-    def person(self, state: str, used: str, variant: str, juris: str, provider: str | None, first: float | None,
-               due_at: float | None) -> None:
-        self.rows_out += 1
-        self.states[state] += 1
-        self.locales[used] += 1
-        self.variants[variant or "(default)"] += 1
-        self.jurisdictions[juris or "(none)"] += 1
+    def group(self, state: str, used: str, variant: str, juris: str, provider: str | None, n: int,
+              first: float | None, last: float | None, late: int) -> None:
+        """n people of one state, locale used, variant, jurisdiction and provider (Store.export_groups)."""
+        self.states[state] += n
+        self.locales[used] += n
+        self.variants[variant or "(default)"] += n
+        self.jurisdictions[juris or "(none)"] += n
         if provider and state in ("sent", "delivered", "bounced", "complained"):
-            self.by_provider[provider] += 1
-        if first:
+            self.by_provider[provider] += n
+        if first is not None and last is not None:
             self.first_send = min(self.first_send or first, first)
-            self.last_send = max(self.last_send or first, first)
-            self.late += int(due_at is not None and first > due_at)
+            self.last_send = max(self.last_send or last, last)
+        self.late += late
 
 
 def summarised(campaign: Campaign, store: Store, tally: Tally, verdict: Verdict,

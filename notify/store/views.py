@@ -53,6 +53,17 @@ class Views(Backend):
             f" {g('jurisdiction')}, doubt, {g('name')}, version, vars, id, locale, jurisdiction, provider"
             " FROM recipients ORDER BY row, id")
 
+    def export_groups(self, due_at: float | None) -> list[tuple[str, str | None, str, str, str | None, int, float | None,
+                                                                float | None, int]]:
+        """The recipients in groups of one state, version, locale, jurisdiction and provider: each with its count,
+        its earliest and latest first attempt, and how many were first tried after `due_at`: the export's summary
+        in one pass, not a tally per person (#37)."""
+        return [(str(s), v, str(lo), str(j), p, int(n), first, last, int(late or 0)) for s, v, lo, j, p, n, first, last, late in
+                self.db.execute(
+            "SELECT state, version, locale, jurisdiction, provider, count(*), min(nullif(first_attempt_at, 0)),"
+            " max(nullif(first_attempt_at, 0)), sum(CASE WHEN first_attempt_at > ? THEN 1 ELSE 0 END) FROM recipients"
+            " GROUP BY state, version, locale, jurisdiction, provider", (due_at,))]
+
     def export_attempts(self) -> Iterator[tuple[int, str, str, str | None, str | None]]:
         """(recipient id, ts, kind, provider, detail) of every attempt event (sent, deferred, failed), in the order
         export_rows() gives the recipients and, for each, in the chain's order: the export's attempt logs in one
