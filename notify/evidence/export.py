@@ -98,8 +98,8 @@ def _write_kit(campaign: Campaign, out: Path, sources: dict[str, str]) -> None:
                             sort_keys=True) + "\n")
 
 
-def _write_state(store: Store, out: Path, index: IndexWriter) -> list[str]:
-    """state.jsonl: every recipient's row, columns and token included, each line indexed; its blocks' SHA-256s."""
+def _write_state(store: Store, out: Path, index: IndexWriter) -> Writer:
+    """state.jsonl: every recipient's row, columns and token included, each line indexed; its Writer, which hashed it."""
     with open(files.open_private(out / "state.jsonl", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as fh:
         w = Writer(fh)
         for batch in _batches(store.export_state()):
@@ -124,7 +124,7 @@ def _by_recipient(attempts: Iterator[tuple[int, str, str, str | None, str | None
     return of
 
 
-def _write_events(store: Store, out: Path, index: IndexWriter, blocks: dict[str, list[str]]) -> Verdict:
+def _write_events(store: Store, out: Path, index: IndexWriter, written: dict[str, Writer]) -> Verdict:
     """events.jsonl, each line indexed and hashed by block as it is written, the chain verified in the same pass
     (by the store as it writes the lines where it can, ChainProof; else by verify_chain)."""
     proof = ChainProof()
@@ -139,7 +139,7 @@ def _write_events(store: Store, out: Path, index: IndexWriter, blocks: dict[str,
             verdict = verify_chain(events, hash_of=lambda ev: ev["computed"])
             for _ in events:  # a chain that breaks stops the check, not the export: the rest is written as it is
                 pass
-        blocks["events.jsonl"] = w.close()
+        written["events.jsonl"] = w.close()
     if not verdict.ok:  # read back from the file, to name the line where it breaks
         verdict, _ = verify_file(out / "events.jsonl")
     return verdict
@@ -158,9 +158,9 @@ def _write_recipients(campaign: Campaign, store: Store, out: Path, resolve: Call
     tally = Tally()
     sent_as = _versions(campaign, resolve)
     due_at = campaign.deadline_end.timestamp() if campaign.deadline_end is not None else None
-    for state, version, locale, juris, provider, *counts in store.export_groups(due_at):
+    for state, version, locale, juris, provider, n, first, last, late in store.export_groups(due_at):
         variant, used = sent_as(version, locale, juris)
-        tally.group(state, used, variant, juris, provider, *counts)
+        tally.group(state, used, variant, juris, provider, n, first, last, late)
     with _create(out / "recipients.csv") as rfh, _create(out / "alternate_channel.csv") as afh:
         # The store guards its text for a spreadsheet (files.formula_guard_sql); what is made here is guarded here.
         rw, aw = csv.writer(rfh), csv.writer(afh)
@@ -216,9 +216,9 @@ def _write_rejects(store: Store, rw: files.SafeCsvWriter, aw: files.SafeCsvWrite
 BESIDE_FROM = 20_000  # rows: below, starting a process costs more than it saves
 
 
-def _people_beside(campaign_file: str, out: str) -> tuple[Tally, list[str]]:
-    """In a process of its own: the campaign and its state opened again; state.jsonl (its people indexed in
-    PEOPLE, for the first process to take), recipients.csv and alternate_channel.csv written."""
+def _recipients_beside(campaign_file: str, out: str) -> tuple[Tally, dict[str, Any]]:
+    """In a process of its own: the campaign and its state opened again; recipients.csv and alternate_channel.csv
+    written, and the regulators' table drawn."""
     from ..campaign.config import load
     from ..content.render import Templates
     from ..store import open_store
@@ -226,29 +226,22 @@ def _people_beside(campaign_file: str, out: str) -> tuple[Tally, list[str]]:
     campaign = load(campaign_file, recipients_file=False)
     store = open_store(campaign)
     try:
-        files.write_private(Path(out) / PEOPLE, b"")  # private, as every file of the export, and never a link
-        people = IndexWriter(Path(out) / PEOPLE)
-        state_blocks = _write_state(store, Path(out), people)
-        people.finish()
-        return _write_recipients(campaign, store, Path(out), Templates(campaign).resolve), state_blocks
+        return _write_recipients(campaign, store, Path(out), Templates(campaign).resolve), regulators.table(campaign, store)
     finally:
         store.close()
 
 
-PEOPLE = ".people.sqlite"  # the second process's index of state.jsonl, taken into index.sqlite, then removed
-
-
 class _Beside:
-    """_people_beside in another process (spawned: nothing of this one's state is shared)."""
+    """_recipients_beside in another process (spawned: nothing of this one's state is shared)."""
 
     def __init__(self, campaign: Campaign, out: Path) -> None:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        self.future = self.pool.submit(_people_beside, str(campaign.file), str(out))
+        self.future = self.pool.submit(_recipients_beside, str(campaign.file), str(out))
 
-    def result(self) -> tuple[Tally, list[str]]:
+    def result(self) -> tuple[Tally, dict[str, Any]]:
         try:
             return self.future.result()
         finally:
@@ -267,24 +260,21 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
     # index.sqlite (evidence/index.py): where each person's lines are, so that a lookup reads only theirs.
     files.write_private(out / INDEX, b"")
     index = IndexWriter(out / INDEX)
-    blocks: dict[str, list[str]] = {}
-    # state.jsonl, recipients.csv and alternate_channel.csv in a process of their own while this one writes the
-    # events and their index and draws the report (both cores: they read the same state, and write different
-    # files), where it pays.
+    written: dict[str, Writer] = {}  # events.jsonl and state.jsonl: their blocks' and their own SHA-256
+    # recipients.csv and alternate_channel.csv, and the regulators' table, in a process of its own while this one
+    # writes events.jsonl and state.jsonl with their index and draws the report (both cores: they read the same
+    # state and write different files), where it pays.
     beside = _Beside(campaign, out) if store.rows_read() >= BESIDE_FROM else None
-    verdict = _write_events(store, out, index, blocks)
+    verdict = _write_events(store, out, index, written)
+    written["state.jsonl"] = _write_state(store, out, index)
     _write_kit(campaign, out, sources or {})
     if report is not None:  # the campaign report as of the export, sealed with it: `report EXPORT` copies it (#37)
         with _create(out / REPORT) as fh:
             fh.write(report())
-    regulators_table = regulators.table(campaign, store)  # drawn while the other process writes (#40)
     if beside is not None:
-        tally, blocks["state.jsonl"] = beside.result()
-        index.take_people(out / PEOPLE)
-        (out / PEOPLE).unlink()
+        tally, regulators_table = beside.result()
     else:
-        blocks["state.jsonl"] = _write_state(store, out, index)
-        tally = _write_recipients(campaign, store, out, resolve)
+        tally, regulators_table = _write_recipients(campaign, store, out, resolve), regulators.table(campaign, store)
     index.close()
     summary = summarised(campaign, store, tally, verdict, regulators_table)
     with _create(out / "summary.json") as fh:
@@ -294,6 +284,8 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
     for name in ("VERIFY", "verify.py"):  # checking it without notify (#37): the specification, and a verifier
         files.write_private(out / name, (KIT / name).read_bytes())
     summary["manifest_sha256"] = write_manifest(out, campaign.id, verdict, sign_key,
-                                                extra=(INDEX, *([REPORT] if report else [])), blocks=blocks)
+                                                extra=(INDEX, *([REPORT] if report else [])),
+                                                blocks={name: w.blocks for name, w in written.items()},
+                                                hashed={name: w.entry() for name, w in written.items()})
     write_sums(out, json.loads((out / "manifest.json").read_text(encoding="utf-8"))["files"])
     return summary

@@ -31,8 +31,8 @@ SMALL = ("campaign.toml", "templates.json", INDEX)  # checked whole by a lookup
 
 @dataclass
 class Writer:
-    """A file of the export written as bytes, with each line's offset known and each block's SHA-256 taken
-    as it is written (no second read), in chunks of 256 KiB."""
+    """A file of the export written as bytes, with each line's offset known and each block's SHA-256 and the
+    whole file's taken as it is written (no second read), in chunks of 256 KiB."""
 
     fh: IO[bytes]
     offset: int = 0
@@ -41,6 +41,7 @@ class Writer:
     _in_block: int = 0
     _pending: list[bytes] = field(default_factory=list)
     _pending_size: int = 0
+    _whole: Any = field(default_factory=hashlib.sha256)
 
     def lines(self, texts: list[str]) -> tuple[list[int], list[int]]:
         """Writes lines; returns the offset and the length of each one's bytes, newline included (a batch at a
@@ -59,6 +60,7 @@ class Writer:
         chunk = b"".join(self._pending)
         self._pending, self._pending_size = [], 0
         self.fh.write(chunk)
+        self._whole.update(chunk)
         view = memoryview(chunk)
         while view:
             taken = min(BLOCK - self._in_block, len(view))
@@ -69,11 +71,15 @@ class Writer:
                 self.blocks.append(self._block.hexdigest())
                 self._block, self._in_block = hashlib.sha256(), 0
 
-    def close(self) -> list[str]:
+    def close(self) -> Writer:
         self._flush()
         if self._in_block:
             self.blocks.append(self._block.hexdigest())
-        return self.blocks
+        return self
+
+    def entry(self) -> dict[str, Any]:
+        """What the manifest records of the file written (manifest.file_entry, without reading it again)."""
+        return {"size": self.offset, "sha256": self._whole.hexdigest()}
 
 
 class IndexWriter:
@@ -95,19 +101,6 @@ class IndexWriter:
     def people(self, keys: list[str], ids: list[int], offsets: list[int], lengths: list[int]) -> None:
         """Where these people's rows are in state.jsonl."""
         self.db.executemany("INSERT INTO people VALUES (?,?,?,?)", zip(keys, ids, offsets, lengths, strict=True))
-
-    def take_people(self, other: Path) -> None:
-        """The people another IndexWriter wrote (a second process writes state.jsonl), moved into this index."""
-        self.db.execute("ATTACH DATABASE ? AS other", (str(other),))
-        self.db.execute("INSERT INTO people SELECT * FROM other.people")
-        self.db.execute("COMMIT")  # DETACH is refused inside a transaction
-        self.db.execute("DETACH DATABASE other")
-        self.db.execute("BEGIN")
-
-    def finish(self) -> None:
-        """Commits without the lookup indexes: an index written for another to take from (take_people)."""
-        self.db.execute("COMMIT")
-        self.db.close()
 
     def close(self) -> None:
         self.db.execute("CREATE INDEX people_key ON people(key)")

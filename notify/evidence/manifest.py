@@ -73,13 +73,20 @@ def export_dir(out: Path, force: bool) -> None:
 
 
 def write_manifest(out: Path, campaign_id: str, verdict: Verdict, sign_key: Path | None = None,
-                   extra: tuple[str, ...] = (), blocks: dict[str, list[str]] | None = None) -> str:
-    """Seals an export: every file's size and SHA-256 (`extra`: files beyond SEALED, such as the index), the
-    SHA-256 of each block of the big files where given (a lookup checks only the blocks it reads), and the
-    chain's length and head. Returns the manifest's own SHA-256, which the user keeps elsewhere: with it,
-    nobody can rewrite the export and its manifest together unnoticed."""
+                   extra: tuple[str, ...] = (), blocks: dict[str, list[str]] | None = None,
+                   hashed: dict[str, dict[str, Any]] | None = None) -> str:
+    """Seals an export: every file's size and SHA-256 (`extra`: files beyond SEALED, such as the index; `hashed`:
+    those taken as the file was written, used where the size on disk is still theirs), the SHA-256 of each block
+    of the big files where given (a lookup checks only the blocks it reads), and the chain's length and head.
+    Returns the manifest's own SHA-256, which the user keeps elsewhere: with it, nobody can rewrite the export
+    and its manifest together unnoticed."""
+    hashed = hashed or {}
+
+    def entry(name: str) -> dict[str, Any]:
+        known = hashed.get(name)
+        return known if known is not None and known["size"] == (out / name).stat().st_size else file_entry(out / name)
     manifest: dict[str, Any] = {"campaign": campaign_id, "tool": f"notify {__version__}",
-                                "files": {name: file_entry(out / name) for name in (*SEALED, *extra)},
+                                "files": {name: entry(name) for name in (*SEALED, *extra)},
                                 "chain": {"events": verdict.events, "head": verdict.head}}
     if blocks:
         manifest["blocks"] = blocks
