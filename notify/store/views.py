@@ -192,9 +192,11 @@ class Views(Backend):
             return 0.0, 0.0, []
         width = max((hi - lo) / buckets, 1e-6)
         out = [[0, 0, 0] for _ in range(buckets)]
+        # "+ 0": not through the index of first attempts (SQLite without statistics takes it, then looks up every
+        # row it names: 0.39 s at 200,000 against 0.13 s for one pass over the table, #37).
         for i, state, n in self.db.execute(
                 f"SELECT {self.BUCKET_SQL}, state, count(*) FROM recipients"
-                " WHERE first_attempt_at IS NOT NULL GROUP BY 1, 2", (buckets - 1, lo, width)):
+                " WHERE first_attempt_at + 0 IS NOT NULL GROUP BY 1, 2", (buckets - 1, lo, width)):
             out[i][0 if state in ("sent", "delivered") else 1 if state in ("bounced", "complained") else 2] += n
         return float(lo), width, [(a, b, c) for a, b, c in out]
 
@@ -235,13 +237,14 @@ class Views(Backend):
 
     def notified_after(self, ends: dict[str, float]) -> dict[str, int]:
         """For each jurisdiction (as written) and a time, how many of its people were notified, their first attempt
-        after that time: one pass over the recipients for all of them."""
+        after that time: one pass over the recipients for all of them (not through the index of states: most people
+        are in these, and looking each up from it took half as long again)."""
         if not ends:
             return {}
         cases = " ".join("WHEN ? THEN ?" for _ in ends)
         return {str(j): int(n) for j, n in self.db.execute(
             f"SELECT jurisdiction, count(*) FROM recipients WHERE jurisdiction IN ({','.join('?' * len(ends))})"
-            f" AND state IN ('sent', 'delivered', 'complained') AND first_attempt_at > CASE jurisdiction {cases} END"
+            f" AND state || '' IN ('sent', 'delivered', 'complained') AND first_attempt_at > CASE jurisdiction {cases} END"
             " GROUP BY jurisdiction", (*ends, *[v for pair in ends.items() for v in pair]))}
 
     def provider_counts(self) -> dict[str, int]:
