@@ -18,6 +18,9 @@ Per-recipient results (a rejected row, a bounced address) are data, never except
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import Any
+
 # Exit codes scripts can rely on; README.md and `notify --help` list the same table.
 EXIT_OK = 0
 EXIT_INPUT = 1  # bad input or config: nothing was sent
@@ -99,3 +102,18 @@ class ReputationPaused(NotifyError):
     """The reputation circuit breaker paused the campaign; resuming needs an acknowledgment."""
 
     exit_code = EXIT_STOPPED
+
+
+_TYPE_NAMES = {
+    str: "a string", bool: "true or false", int: "an integer", float: "a number",
+    list: "a list", dict: "a table", dt.date: "a date", dt.datetime: "a date and time",
+}
+
+
+def described(value: Any) -> str:
+    """A value read from a TOML file as an error names it, in TOML's words: "'15' (a string)", "a table"."""
+    for t in (bool, dt.datetime, dt.date, int, float, str, list, dict):
+        if isinstance(value, t):
+            shown = f"{value!r}" if not isinstance(value, (list, dict)) else ""
+            return f"{shown} ({_TYPE_NAMES[t]})".strip() if shown else _TYPE_NAMES[t]
+    return type(value).__name__

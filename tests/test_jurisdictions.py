@@ -235,7 +235,7 @@ def test_rules_with_problems_are_named_by_file_and_key(make_campaign: MakeCampai
     to = "Attorney General"
     more_than = 500
     at_least = 500
-    days = 15
+    days = "15"
     after = "the breach"
     when = "15 days"
     contents = ["a copy"]
@@ -249,7 +249,10 @@ def test_rules_with_problems_are_named_by_file_and_key(make_campaign: MakeCampai
                  f"{toml}: [jurisdictions.US-CA] reviewed: the date this entry was last checked",
                  f"{toml}: [jurisdictions.US-CA] notices[1]: give its threshold once, as one of more_than, at_least "
                  "or fewer_than (got more_than, at_least)",
-                 f"{toml}: [jurisdictions.US-CA] notices[1] after: what its days count from"):
+                 f"{toml}: [jurisdictions.US-CA] notices[1] after: what its days count from",
+                 # A value of the wrong type named as TOML names it, as every other key of campaign.toml is.
+                 f"{toml}: [jurisdictions.US-CA] notices[1] days: expected a whole number from 0 to 3,660, "
+                 "got '15' (a string)"):
         assert said in err, err
     assert not (d / "outbox").exists()
 

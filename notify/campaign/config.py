@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, described
 from .jurisdictions import campaign_rules
 from .model import (
     CAMPAIGN_FILE,
@@ -32,7 +32,6 @@ from .schema import (
     STATE_KEYS,
     TOP_KEYS,
     _Checker,
-    _describe,
     _profiles,
     _timezone,
     _type_ok,
@@ -89,7 +88,7 @@ def _variant_profiles(c: _Checker, review: dict[str, Any]) -> dict[str, list[str
     """[review.variants]: each variant's legal profiles."""
     out: dict[str, list[str]] = {}
     for variant, names in review.get("variants", {}).items():
-        problem = None if _type_ok("strlist", names) else f"expected a list of profiles, got {_describe(names)}"
+        problem = None if _type_ok("strlist", names) else f"expected a list of profiles, got {described(names)}"
         problem = problem or _profiles(names)
         if problem:
             c.problem(f"[review.variants] {variant}", problem)
@@ -186,7 +185,7 @@ def _domains(c: _Checker, send: dict[str, Any]) -> dict[str, float]:
             domains[dom.lower()] = float(cap)
         else:
             c.problem(f"[send.domains] {dom}", f"expected messages per minute (a number between 0.01 and 1000000), "
-                                               f"got {_describe(cap)}")
+                                               f"got {described(cap)}")
     return domains
 
 
@@ -196,7 +195,7 @@ def _providers(c: _Checker, file: Path, top: dict[str, Any]) -> dict[str, Provid
     for name, table in top.get("providers", {}).items():
         where = f"[providers.{name}]"
         if not isinstance(table, dict):
-            c.problem(where, f"expected a table, got {_describe(table)}")
+            c.problem(where, f"expected a table, got {described(table)}")
             continue
         kind = table.get("type")
         if kind not in PROVIDER_KEYS:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, described
 
 SHIPPED = Path(__file__).resolve().parent / "jurisdictions.toml"
 MAX_RULES_BYTES = 1_000_000
@@ -124,13 +124,9 @@ class Rules:
         return self._by_code.get(code(jurisdiction)) if jurisdiction.strip() else None
 
 
-def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
-
-
 def _int(where: str, value: Any, problems: list[str], lo: int = 0, hi: int = 100_000_000) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        problems.append(f"{where}: expected a whole number from {lo} to {hi:,}, got {_describe(value)}")
+        problems.append(f"{where}: expected a whole number from {lo} to {hi:,}, got {described(value)}")
         return None
     return value
 
@@ -143,7 +139,7 @@ KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 def _text(where: str, value: Any, problems: list[str], limit: int = 2000) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > limit:
-        problems.append(f"{where}: expected text (up to {limit:,} characters), got {_describe(value)[:80]}")
+        problems.append(f"{where}: expected text (up to {limit:,} characters), got {described(value)[:80]}")
         return ""
     if (bad := _UNPRINTABLE.search(value)) is not None:
         problems.append(f"{where}: holds an invisible or control character (U+{ord(bad.group()):04X}); write it out")
@@ -153,7 +149,7 @@ def _text(where: str, value: Any, problems: list[str], limit: int = 2000) -> str
 
 def _texts(where: str, value: Any, problems: list[str]) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or len(value) > 100:
-        problems.append(f"{where}: expected a list of text (1 to 100 items), got {_describe(value)[:80]}")
+        problems.append(f"{where}: expected a list of text (1 to 100 items), got {described(value)[:80]}")
         return ()
     n = len(problems)
     out = tuple(_text(f"{where}[{i + 1}]", v, problems) for i, v in enumerate(value))
@@ -163,7 +159,7 @@ def _texts(where: str, value: Any, problems: list[str]) -> tuple[str, ...]:
 def _table(where: str, t: Any, known: set[str], problems: list[str]) -> bool:
     """Whether `t` is a table; its unknown keys named (the known ones listed)."""
     if not isinstance(t, dict):
-        problems.append(f"{where}: expected a table, got {_describe(t)}")
+        problems.append(f"{where}: expected a table, got {described(t)}")
         return False
     for key in sorted(set(t) - known):
         problems.append(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
@@ -179,7 +175,7 @@ def _notice_deadline(where: str, t: dict[str, Any], problems: list[str]) -> tupl
     after = t.get("after")
     if ("days" in t or "hours" in t) and after not in AFTER:
         problems.append(f"{where} after: what its days count from: one of {', '.join(map(repr, AFTER))}, "
-                        f"got {_describe(after) if 'after' in t else 'nothing'}")
+                        f"got {described(after) if 'after' in t else 'nothing'}")
     elif "after" in t and "days" not in t and "hours" not in t:
         problems.append(f"{where} after: counts days or hours, and neither is given")
     return days, hours, after if after in AFTER else None
@@ -218,10 +214,10 @@ def _rule(key: str, where: str, t: Any, source: str, problems: list[str]) -> Rul
     reviewed = t.get("reviewed")
     if not isinstance(reviewed, dt.date) or isinstance(reviewed, dt.datetime):
         problems.append(f"{where} reviewed: the date this entry was last checked against the law (YYYY-MM-DD, "
-                        f"unquoted), got {_describe(reviewed) if 'reviewed' in t else 'nothing'}")
+                        f"unquoted), got {described(reviewed) if 'reviewed' in t else 'nothing'}")
     raw_notices = t.get("notices", [])
     if not isinstance(raw_notices, list):
-        problems.append(f"{where} notices: expected [[{key}.notices]] tables, got {_describe(raw_notices)}")
+        problems.append(f"{where} notices: expected [[{key}.notices]] tables, got {described(raw_notices)}")
         raw_notices = []
     notices = [_notice(f"{where} notices[{i + 1}]", nt, problems) for i, nt in enumerate(raw_notices)]
     rule = Rule(key=key, name=_text(f"{where} name", t.get("name"), problems), covers=tuple(map(code, covers)),
@@ -286,7 +282,7 @@ def campaign_rules(table: dict[str, Any], base: Path, file: Path) -> tuple[Rules
     named = entries.pop("file", None)
     if named is not None:
         if not isinstance(named, str) or not named.strip():
-            problems.append(f"{file}: [jurisdictions] file: expected the path of a rules file, got {_describe(named)}")
+            problems.append(f"{file}: [jurisdictions] file: expected the path of a rules file, got {described(named)}")
         else:
             path = base / named
             try:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import described
 from .model import CAMPAIGN_FILE, parse_address
 
 # Keys that would put a secret into a file that is reviewed, copied and committed.
@@ -21,20 +22,6 @@ SECRET_KEYS = {
 }
 
 SECRET_HINTS = {"username": "username_env", "user": "username_env"}
-
-_TYPE_NAMES = {
-    str: "a string", bool: "true or false", int: "an integer", float: "a number",
-    list: "a list", dict: "a table", dt.date: "a date", dt.datetime: "a date and time",
-}
-
-
-def _describe(value: Any) -> str:
-    for t in (bool, dt.datetime, dt.date, int, float, str, list, dict):
-        if isinstance(value, t):
-            shown = f"{value!r}" if not isinstance(value, (list, dict)) else ""
-            return f"{shown} ({_TYPE_NAMES[t]})".strip() if shown else _TYPE_NAMES[t]
-    return type(value).__name__
-
 
 @dataclass(frozen=True)
 class Key:
@@ -86,7 +73,7 @@ class _Checker:
                 self.unknown(where, key, list(schema))
                 continue
             if not _type_ok(spec.kind, value):
-                self.problem(_name(where, key), f"expected {_EXPECTED[spec.kind]}, got {_describe(value)}")
+                self.problem(_name(where, key), f"expected {_EXPECTED[spec.kind]}, got {described(value)}")
                 continue
             if spec.check and (msg := spec.check(value)):
                 self.problem(_name(where, key), msg)
