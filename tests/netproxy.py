@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from dataclasses import dataclass
+
+from .loopthread import LoopThread
 
 
 @dataclass
@@ -23,41 +24,23 @@ class Counters:
     to_client: int = 0
 
 
-class Proxy:
+class Proxy(LoopThread):
+    name = "netproxy"
+
     def __init__(self, target: tuple[str, int], delay: float = 0.0) -> None:
+        super().__init__()
         self.target = target
         self.delay = delay
         self.counters = Counters()
-        self.port = 0
-        self.loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="netproxy")
         self._writers: set[asyncio.StreamWriter] = set()
         self._held = False  # forwarding stopped: bytes are read and dropped (nothing answers, nothing closes)
 
-    def __enter__(self) -> Proxy:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
+    async def listen(self) -> asyncio.AbstractServer:
+        return await asyncio.start_server(self._client, "127.0.0.1", 0)
 
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        server = self.loop.run_until_complete(asyncio.start_server(self._client, "127.0.0.1", 0))
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self.loop.run_forever()
-        server.close()
+    def close_connections(self) -> None:
         for w in list(self._writers):
             w.transport.abort()
-        pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
-        for t in pending:
-            t.cancel()
-        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        self.loop.close()
 
     def reset_counters(self) -> Counters:
         before, self.counters = self.counters, Counters()

@@ -25,6 +25,8 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from .loopthread import LoopThread
+
 Fault = tuple[str, str]
 
 
@@ -133,17 +135,15 @@ class Handler:
             self.log.append((rcpt, what))
 
 
-class Server:
+class Server(LoopThread):
     """Runs aiosmtpd's SMTP protocol on 127.0.0.1 in a thread with its own event loop."""
 
     def __init__(self, handler: Handler, *, tls_context: ssl.SSLContext | None = None,
                  require_starttls: bool = False, ssl_context: ssl.SSLContext | None = None,
                  auth: dict[str, str] | None = None, smtputf8: bool = True, port: int = 0) -> None:
+        super().__init__()
         self.handler = handler
         self.bind_port = port
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.port = 0
         kwargs: dict[str, Any] = {"hostname": "localhost", "enable_SMTPUTF8": smtputf8, "tls_context": tls_context,
                                   "require_starttls": require_starttls}
         if auth is not None:
@@ -154,7 +154,6 @@ class Server:
         self.factory: Callable[[], SMTP] = lambda: self._count(lambda: SMTP(handler, loop=self.loop, **kwargs))
         self.ssl_context = ssl_context
         self.sessions: list[SMTP] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _count(self, make: Callable[[], SMTP]) -> SMTP:
         self.handler.connections += 1
@@ -165,35 +164,13 @@ class Server:
         self.sessions.append(session)
         return session
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        server = self.loop.run_until_complete(
-            self.loop.create_server(self.factory, host="127.0.0.1", port=self.bind_port, ssl=self.ssl_context))
-        self.port = server.sockets[0].getsockname()[1]
-        self.ready.set()
-        self.loop.run_forever()
-        server.close()
-        # Python 3.11's server.close() leaves accepted connections open (a client still connected, such
-        # as a killed worker's): closed here, and their handlers let finish, or the garbage collector
-        # warns about their sockets later, in whichever test is running then.
+    async def listen(self) -> asyncio.AbstractServer:
+        return await self.loop.create_server(self.factory, host="127.0.0.1", port=self.bind_port, ssl=self.ssl_context)
+
+    def close_connections(self) -> None:
         for session in self.sessions:
             if session.transport is not None:
                 session.transport.close()
-        pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
-        for t in pending:
-            t.cancel()
-        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        self.loop.run_until_complete(server.wait_closed())
-        self.loop.close()
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        self.ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 def main() -> None:
