@@ -6,7 +6,9 @@ hostile recipients file or a hostile relay can put there, and its proof must fai
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import sqlite3
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from notify.evidence.chain import verify_chain
 from notify.files import formula_guard
 from notify.store import ChainProof, Event, event_hash, open_store
 from notify.store.lines import Lines
+from notify.store.records import EVENT_FIELDS
 
 from .conftest import MakeCampaign, run, simple_templates, sql
 
@@ -167,6 +170,38 @@ def test_a_chain_rewritten_whole_is_found_by_the_export_as_by_python(exported_on
     finally:
         store.close()
     assert not said.ok and said.events == 3, said  # broken after the third event
+    proof, _ = _proved(d)
+    assert proof is not None and not proof.intact
+    code, text, err = run("audit", "export", d, "--out", tmp_path / "again")
+    assert code == 1 and f"Audit chain: {said.events} events" in text and "BROKEN" in text, text + err
+
+
+def test_a_hash_forged_to_sqlites_own_form_is_not_proof(exported_on_sqlite: tuple[Path, Path], tmp_path: Path) -> None:
+    """The events table rebuilt without its column types (the state directory is anyone's who can write it), a
+    REAL in the last event's locale and its hash made SHA-256 of SQLite's canonical form, which writes 1e20 as
+    1.0e+20 where VERIFY's (Python's) writes 1e+20: SQLite's own form matches, VERIFY's does not, and the export
+    must say what `audit verify` says of it, not "verified"."""
+    d, _ = exported_on_sqlite
+    store = open_store(load(d / "campaign.toml", recipients_file=False))
+    store.record(Event("note", detail={"said": "a plain event, last"}))  # no control character: SQLite's form is hashed
+    store.close()
+    columns = "seq, ts, recipient_id, recipient, kind, provider, provider_message_id, detail, locale, content_sha256, " \
+              "prev_hash, hash"
+    db = sqlite3.connect(d / ".notify" / "campaign.sqlite")
+    db.executescript(f"""CREATE TABLE untyped ({columns.replace('seq,', 'seq INTEGER PRIMARY KEY,', 1)});
+        INSERT INTO untyped SELECT {columns} FROM events; DROP TABLE events; ALTER TABLE untyped RENAME TO events;""")
+    db.close()
+    last = "seq = (SELECT max(seq) FROM events)"
+    sql(d, f"UPDATE events SET locale = 1e20 WHERE {last}")
+    (canonical,) = sql(d, f"SELECT json_array({', '.join(EVENT_FIELDS)}) FROM events WHERE {last}")[0]
+    assert "1.0e+20" in canonical
+    sql(d, f"UPDATE events SET hash = ? WHERE {last}", (hashlib.sha256(canonical.encode()).hexdigest(),))
+    store = open_store(load(d / "campaign.toml", recipients_file=False))
+    try:
+        said = verify_chain(store.events())
+    finally:
+        store.close()
+    assert not said.ok and "altered" in str(said.reason), said
     proof, _ = _proved(d)
     assert proof is not None and not proof.intact
     code, text, err = run("audit", "export", d, "--out", tmp_path / "again")

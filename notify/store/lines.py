@@ -92,9 +92,17 @@ def _object_sql(fields: tuple[str, ...]) -> str:
     return f"json_object({pairs})"
 
 
-# Each event's line, its canonical form (VERIFY), its place in the chain (seq, prev_hash, hash), its kind.
+# Whether an event's fields are of the types the store writes: text (or NULL where it may be), seq an integer.
+# json_array and Python's encoder write those alike; a value of another type (a REAL planted in a text column,
+# 1e20, which SQLite writes 1.0e+20 and Python 1e+20) would make SQLite's canonical form differ from VERIFY's,
+# and a hash forged to match SQLite's pass a check that `audit verify` fails: such an event is left to Python.
+_TYPED = " AND ".join(["typeof(seq) = 'integer'", *(f"typeof({f}) = 'text'" for f in ("ts", "kind", "prev_hash", "hash")),
+                       *(f"typeof({f}) IN ('text', 'null')" for f in EVENT_FIELDS
+                         if f not in ("seq", "ts", "kind", "prev_hash"))])
+# Each event's line, its canonical form (VERIFY), its place in the chain (seq, prev_hash, hash), its kind, and
+# whether its fields are typed as the store writes them.
 EVENTS_SQL = (f"SELECT recipient_id, {_object_sql((*EVENT_LINE_FIELDS, 'recipient_id'))},"
-              f" json_array({', '.join(EVENT_FIELDS)}), seq, prev_hash, hash, kind FROM events ORDER BY seq")
+              f" json_array({', '.join(EVENT_FIELDS)}), seq, prev_hash, hash, kind, {_TYPED} FROM events ORDER BY seq")
 BATCH = 2000  # lines handed on at a time
 STATE_SQL = f"SELECT key, id, {_object_sql(RECIPIENT_FIELDS)} FROM recipients ORDER BY id"
 
@@ -106,11 +114,11 @@ class SqliteLines(Lines):
         try:
             cursor = self.db.execute(EVENTS_SQL)
             while rows := cursor.fetchmany(BATCH):
-                rids, lines, canonicals, seqs, prevs, hashes, kinds = zip(*rows, strict=True)
+                rids, lines, canonicals, seqs, prevs, hashes, kinds, typed = zip(*rows, strict=True)
                 if proof.intact:
                     # Numbered next, each after the hash of the one before, no session event (several chains'
-                    # bookkeeping, which verify_chain judges), each hash that of its own fields.
-                    proof.intact = (list(seqs) == list(range(proof.events + 1, proof.events + len(rows) + 1))
+                    # bookkeeping, which verify_chain judges), each hash that of its own fields, typed as written.
+                    proof.intact = (all(typed) and list(seqs) == list(range(proof.events + 1, proof.events + len(rows) + 1))
                                     and prevs == (proof.head, *hashes[:-1]) and SESSION_EVENTS.isdisjoint(kinds)
                                     and _hashes(lines, canonicals) == list(hashes))
                 proof.events += len(rows)
