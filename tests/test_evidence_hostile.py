@@ -3,8 +3,10 @@ that does not verify is refused with or without a key, and lookup and report che
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 
 from notify.evidence.manifest import file_entry
 
-from .conftest import MakeCampaign, run, simple_templates
+from .conftest import MakeCampaign, run, simple_templates, sql
 
 PEOPLE = "email,name\n" + "".join(f"p{i}@example.org,Person {i}\n" for i in range(5))
 
@@ -264,3 +266,45 @@ def test_recipients_written_in_a_process_of_their_own_are_the_same(make_campaign
     assert code == 0 and "Checked without reading the whole export" in err and "p3@example.org" in text, err
     sums = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=beside, capture_output=True, text=True)
     assert sums.returncode == 0, sums.stdout + sums.stderr
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_an_altered_attempt_is_exported_and_said_broken_without_a_traceback(make_campaign: MakeCampaign,
+                                                                            tmp_path: Path, processes: int) -> None:
+    """#37: an attempt's detail that is not JSON (the state altered) made `audit export` end in "internal error
+    ... a bug in notify" and a traceback from a reader left open after the store closed. The export is written,
+    that attempt's log says its detail is not readable, and the chain's check names the event: exit 1, in one
+    process as in two (a subprocess, so that anything Python prints at exit is seen)."""
+    d = make_campaign(PEOPLE, templates=simple_templates())
+    assert run("send", d, "--no-progress")[0] == 0
+    (seq,) = sql(d, "SELECT min(seq) FROM events WHERE kind = 'sent'")[0]
+    sql(d, "UPDATE events SET detail = '{not json' WHERE seq = ?", (seq,))
+    r = _export_alone(d, tmp_path / "x", processes)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"Audit chain: {seq - 1} events" in r.stdout and "BROKEN" in r.stdout, r.stdout
+    rows = csv.DictReader((tmp_path / "x" / "recipients.csv").read_text(encoding="utf-8").splitlines())
+    log = {row["email"]: row["attempt_log"] for row in rows}
+    assert sum("(its detail is not readable)" in v for v in log.values()) == 1, log
+
+
+def test_audit_columns_the_state_cannot_give_are_a_clear_error(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    d = make_campaign("email,name,customer_id\n" + "".join(f"p{i}@example.org,P{i},C{i}\n" for i in range(3)),
+                      templates=simple_templates())
+    with (d / "campaign.toml").open("a", encoding="utf-8") as fh:
+        fh.write('\n[audit]\ncolumns = ["customer_id"]\n')
+    assert run("send", d, "--no-progress")[0] == 0
+    sql(d, "UPDATE recipients SET vars = '[1, 2]' WHERE email = 'p1@example.org'")
+    r = _export_alone(d, tmp_path / "x", 1)
+    assert r.returncode == 4 and "the recipient of row 3: its variables in the state are not a JSON object" in r.stderr
+    assert "customer_id" in r.stderr
+
+
+def _export_alone(d: Path, out: Path, processes: int) -> subprocess.CompletedProcess[str]:
+    """`audit export` in a process of its own (with `processes` 2, the recipients written by a second one), so that
+    anything Python prints as it exits is seen: no traceback, no internal error, no reader left open."""
+    script = ("import sys; from notify.evidence import export; export.BESIDE_FROM = 0; from notify.cli.app import main; "
+              "sys.argv[0] = 'notify'; main()") if processes == 2 else "from notify.cli.app import main; main()"
+    r = subprocess.run([sys.executable, "-c", script, "audit", "export", str(d), "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    return r

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import itertools
@@ -9,7 +10,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -17,7 +18,7 @@ from .. import files
 from ..campaign.model import Campaign
 from ..content.compose import display_address
 from ..content.locales import split_version
-from ..errors import InputError
+from ..errors import InputError, StoreError
 from ..store import ChainProof, Store
 from . import regulators, signing
 from .chain import Verdict, verify_chain
@@ -41,13 +42,42 @@ def _attempt(ts: str, kind: str, provider: str | None, detail: str | None) -> st
 
 @functools.lru_cache(maxsize=4096)  # a campaign's attempts say a few replies, each many times
 def _codes(detail: str | None) -> str:
-    d = json.loads(detail or "{}")
+    try:
+        d = json.loads(detail or "{}")
+    except (ValueError, RecursionError):
+        d = None
+    if not isinstance(d, dict):  # the state altered: the chain's check, in the same export, names the event
+        return "(its detail is not readable)"
     return " ".join(str(d[k]) for k in ("code", "status") if d.get(k))
+
+
+def _audit_ids(raw_vars: str | None, extra: list[str], row: int) -> list[str]:
+    """The [audit] columns of one recipient (a customer id), from the variables the state holds, each guarded."""
+    try:
+        values = json.loads(raw_vars or "{}")
+    except (ValueError, RecursionError):
+        values = None
+    if not isinstance(values, dict):
+        raise StoreError(f"the recipient of row {row}: its variables in the state are not a JSON object, so its "
+                         f"[audit] columns ({', '.join(extra)}) cannot be written",
+                         hint="the state was altered: `notify audit verify` the campaign, and restore it from a copy")
+    return [files.formula_guard(str(values.get(column, ""))) for column in extra]
 
 
 def _create(path: Path) -> IO[str]:
     """A file of the export: it names people, so 0600 in a 0700 directory, and never through a link."""
     return open(files.open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w", newline="", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _reading(rows: Iterator[_T]) -> Iterator[Iterator[_T]]:
+    """A store's rows, closed when read or on an error while the store is still open: a reader left to the garbage
+    collector closes its cursor against a closed store, and Python prints that failure on the way out."""
+    try:
+        yield rows
+    finally:
+        if isinstance(rows, Generator):
+            rows.close()
 
 
 def _batches(rows: Iterator[_T]) -> Iterator[list[_T]]:
@@ -102,9 +132,10 @@ def _write_state(store: Store, out: Path, index: IndexWriter) -> Writer:
     """state.jsonl: every recipient's row, columns and token included, each line indexed; its Writer, which hashed it."""
     with open(files.open_private(out / "state.jsonl", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as fh:
         w = Writer(fh)
-        for batch in _batches(store.export_state()):
-            keys, ids, lines = zip(*batch, strict=True)
-            index.people(list(keys), list(ids), *w.lines(list(lines)))
+        with _reading(store.export_state()) as rows:
+            for batch in _batches(rows):
+                keys, ids, lines = zip(*batch, strict=True)
+                index.people(list(keys), list(ids), *w.lines(list(lines)))
         return w.close()
 
 
@@ -131,14 +162,15 @@ def _write_events(store: Store, out: Path, index: IndexWriter, written: dict[str
     with open(files.open_private(out / "events.jsonl", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as efh:
         w = Writer(efh)
         if (proved := store.event_lines(proof)) is not None:
-            for rids, lines in proved:
-                index.events(rids, *w.lines(lines))
+            with _reading(proved) as batches:
+                for rids, lines in batches:
+                    index.events(rids, *w.lines(lines))
             verdict = Verdict(True, proof.events, proof.head) if proof.intact else Verdict(False, proof.events, "")
         else:
-            events = _written(store, w, index)
-            verdict = verify_chain(events, hash_of=lambda ev: ev["computed"])
-            for _ in events:  # a chain that breaks stops the check, not the export: the rest is written as it is
-                pass
+            with _reading(_written(store, w, index)) as events:
+                verdict = verify_chain(events, hash_of=lambda ev: ev["computed"])
+                for _ in events:  # a chain that breaks stops the check, not the export: the rest is written as it is
+                    pass
         written["events.jsonl"] = w.close()
     if not verdict.ok:  # read back from the file, to name the line where it breaks
         verdict, _ = verify_file(out / "events.jsonl")
@@ -147,10 +179,11 @@ def _write_events(store: Store, out: Path, index: IndexWriter, written: dict[str
 
 def _written(store: Store, w: Writer, index: IndexWriter) -> Iterator[dict[str, Any]]:
     """The store's events from Python, each written and indexed before verify_chain reads it."""
-    for batch in _batches(store.export_events()):
-        rids, lines, events = zip(*batch, strict=True)
-        index.events(list(rids), *w.lines(list(lines)))
-        yield from events
+    with _reading(store.export_events()) as rows:
+        for batch in _batches(rows):
+            rids, lines, events = zip(*batch, strict=True)
+            index.events(list(rids), *w.lines(list(lines)))
+            yield from events
 
 
 def _write_recipients(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, str], str]) -> Tally:
@@ -164,32 +197,39 @@ def _write_recipients(campaign: Campaign, store: Store, out: Path, resolve: Call
     with _create(out / "recipients.csv") as rfh, _create(out / "alternate_channel.csv") as afh:
         # The store guards its text for a spreadsheet (files.formula_guard_sql); what is made here is guarded here.
         rw, aw = csv.writer(rfh), csv.writer(afh)
-        guard = files.formula_guard
         extra = list(campaign.audit_columns)  # [audit] columns: who each row is (a customer id)
         rw.writerow((*RECIPIENT_COLUMNS, *extra))
         aw.writerow(("row", "email", "email_unicode", "state", "reason", "name", "requested_locale", "locale",
                      "jurisdiction", *extra))
-        attempts_of = _by_recipient(store.export_attempts())
-        blanks = [""] * len(extra)
-        for r in store.export_rows():
-            (row, email, state, detail, attempts, first, updated, provider, pmid, mid, sha, locale, juris, doubt, name,
-             version, raw_vars, rid, raw_locale, raw_juris, _) = r
-            variant, used = sent_as(version, raw_locale, raw_juris)
-            ids = [guard(str(v)) for v in map(json.loads(raw_vars or "{}").get, extra, blanks)] if extra else []
-            shown = display_address(email)  # guarded as the address is: its first character is the same
-            tried = attempts_of(rid)  # read for everyone, to keep the merge in step
-            log = guard("; ".join(_attempt(ts, kind, via, said) for ts, kind, via, said in tried)) if attempts else ""
-            tally.rows_out += 1
-            used, variant = guard(used), guard(variant)
-            rw.writerow((row, email, shown, name, state, detail or "", attempts, log, iso(first), updated or "",
-                         provider or "", pmid or "", mid or "", sha or "", locale, used, variant, juris,
-                         "yes" if doubt else "", *ids))
-            if state in NOT_REACHED:
-                reason = detail or {"pending": "never sent", "deferred": "not yet delivered (retrying)",
-                                    "inflight": "never confirmed"}.get(state, state)
-                aw.writerow((row, email, shown, state, reason, name, locale, used, juris, *ids))
+        with _reading(store.export_attempts()) as attempts, _reading(store.export_rows()) as rows:
+            _write_rows(campaign, rows, _by_recipient(attempts), sent_as, rw, aw, tally)
         _write_rejects(store, files.SafeCsvWriter(rfh), files.SafeCsvWriter(afh), tally, len(extra))
     return tally
+
+
+def _write_rows(campaign: Campaign, rows: Iterator[tuple[Any, ...]],
+                attempts_of: Callable[[int], list[tuple[str, str, str | None, str | None]]],
+                sent_as: Callable[[str | None, str, str], tuple[str, str]], rw: Any, aw: Any, tally: Tally) -> None:
+    """Each recipient's row of recipients.csv, and of alternate_channel.csv where email did not reach them."""
+    guard = files.formula_guard
+    extra = list(campaign.audit_columns)
+    for r in rows:
+        (row, email, state, detail, attempts, first, updated, provider, pmid, mid, sha, locale, juris, doubt, name,
+         version, raw_vars, rid, raw_locale, raw_juris, _) = r
+        variant, used = sent_as(version, raw_locale, raw_juris)
+        ids = _audit_ids(raw_vars, extra, row) if extra else []
+        shown = display_address(email)  # guarded as the address is: its first character is the same
+        tried = attempts_of(rid)  # read for everyone, to keep the merge in step
+        log = guard("; ".join(_attempt(ts, kind, via, said) for ts, kind, via, said in tried)) if attempts else ""
+        tally.rows_out += 1
+        used, variant = guard(used), guard(variant)
+        rw.writerow((row, email, shown, name, state, detail or "", attempts, log, iso(first), updated or "",
+                     provider or "", pmid or "", mid or "", sha or "", locale, used, variant, juris,
+                     "yes" if doubt else "", *ids))
+        if state in NOT_REACHED:
+            reason = detail or {"pending": "never sent", "deferred": "not yet delivered (retrying)",
+                                "inflight": "never confirmed"}.get(state, state)
+            aw.writerow((row, email, shown, state, reason, name, locale, used, juris, *ids))
 
 
 def _versions(campaign: Campaign, resolve: Callable[[str, str], str]) -> Callable[[str | None, str, str], tuple[str, str]]:
