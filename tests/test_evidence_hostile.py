@@ -308,3 +308,37 @@ def _export_alone(d: Path, out: Path, processes: int) -> subprocess.CompletedPro
                        capture_output=True, text=True, timeout=120)
     assert "Traceback" not in r.stderr and "internal error" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
     return r
+
+
+def test_every_reader_of_the_ledger_survives_an_altered_detail(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    """#37: an event's detail that is not a JSON object (the state altered) made `lookup` end in "internal error:
+    JSONDecodeError", and would have `status` and `report` where the event is a switch, a pause or the send's
+    start. Each says what it can, the detail as unreadable, and `audit verify` names the alteration."""
+    from notify.campaign.config import load
+    from notify.store import Event, open_store
+
+    d = make_campaign(PEOPLE, templates=simple_templates())
+    assert run("send", d, "--no-progress")[0] == 0
+    store = open_store(load(d / "campaign.toml", recipients_file=False))
+    for kind, detail in (("provider_switched", {"from": "a", "to": "b", "reason": "down"}),
+                         ("provider_down", {"provider": "a", "reason": "refused"}), ("rate_changed", {"old": 1, "new": 2}),
+                         ("reputation_paused", {"window": 100}), ("seed_sent", {"address": "s@example.com"})):
+        store.record(Event(kind, detail=detail))
+    store.close()
+    (seq,) = sql(d, "SELECT min(seq) FROM events WHERE kind = 'sent'")[0]
+    sql(d, "UPDATE events SET detail = '[not, json' WHERE recipient_id IS NULL OR seq = ?", (seq,))
+    (who,) = sql(d, "SELECT recipient FROM events WHERE seq = ?", (seq,))[0]
+    for args in (["status", d], ["status", d, "--json"], ["report", d, "--out", tmp_path / "r.html"], ["lookup", d, who],
+                 ["regulators", d], ["send", d, "--no-progress"]):
+        code, out, err = run(*args)
+        # send: the recorded pause stands (exit 4), as it would with its detail intact
+        assert code == (4 if args[0] == "send" else 0), (args, out, err)
+        assert "internal error" not in err and "Traceback" not in err, (args, out, err)
+    code, out, err = run("lookup", d, who)
+    assert "sent               outbox   its detail is not readable: [not, json" in out, out
+    code, out, err = run("status", d)
+    assert "its detail not readable (the state was altered: `notify audit verify`): [not, json" in out, out
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert page.count("its detail not readable") == 4, page  # the switch, the outage, the pause, the rate change
+    code, _, err = run("audit", "verify", d)
+    assert code == 1 and "altered" in err, err

@@ -118,7 +118,9 @@ def lookup(campaign: Path = CampaignOrExport,
             typer.echo(f"{k + ':':<22}{_one_line(str(v))}")
         typer.echo("timeline:")
         for t in proof.timeline:
-            reply = t["detail"].get("reply") or t["detail"].get("reason") or t["detail"].get("status") or ""
+            d = t["detail"]
+            reply = d.get("reply") or d.get("reason") or d.get("status") or (
+                f"its detail is not readable: {d['unreadable']}" if "unreadable" in d else "")
             typer.echo(f"  {t['at'][:19]}Z  {t['what']:<18} {t['provider']:<8} {_one_line(str(reply))[:120]}".rstrip())
         typer.echo(f"content:              {proof.content}")
     if eml is not None:

@@ -205,8 +205,9 @@ def _said_content(c: Campaign, st: report.Status) -> list[str]:
         lines.append("fell back: " + ", ".join(f"{k} ({v})" for k, v in st.fallbacks.items()))
     if st.providers:
         lines.append("providers: " + ", ".join(f"{k} {v}" for k, v in st.providers.items()))
-    lines += [f"switched:  {sw['from']} -> {sw['to']} at {report.local(c, sw['at'])} ({_one_line(str(sw['reason']))})"
-              for sw in st.switches]
+    lines += [f"switched:  {sw.get('from')} -> {sw.get('to')} at {report.local(c, sw['at'])} ({_one_line(str(sw.get('reason')))})"
+              if "unreadable" not in sw else f"switched:  at {report.local(c, sw['at'])}, its detail not readable (the state "
+              f"was altered: `notify audit verify`): {_one_line(str(sw['unreadable']))}" for sw in st.switches]
     return lines + [_one_line(line) for line in st.health]
 
 

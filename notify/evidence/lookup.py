@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..providers.outbox import eml_name
 from ..recipients.rows import Recipient, Record
 from ..recipients.validate import validate
-from ..store import Store, epoch_of, event_hash
+from ..store import Store, detail_of, epoch_of, event_hash
 from .chain import Trail
 from .manifest import MANIFEST, check_files, check_signature, file_entry, seal
 
@@ -40,7 +40,7 @@ def sent_templates(store: Store) -> dict[str, str]:
     approval). Empty when nothing was sent."""
     out: dict[str, str] = {}
     for ev in store.events_of_kind("send_started"):
-        out.update(json.loads(ev["detail"] or "{}").get("templates", {}))
+        out.update(detail_of(ev["detail"]).get("templates", {}))
     return out
 
 
@@ -181,7 +181,7 @@ def proof(campaign: Campaign, store: Store, person: dict[str, Any]) -> Proof:
     rid = person["id"]
     record = _record(campaign, person)
     timeline = [{"seq": e["seq"], "at": e["ts"], "what": e["kind"], "provider": e["provider"] or "",
-                 "detail": json.loads(e["detail"] or "{}")} for e in store.events_of(rid)]
+                 "detail": detail_of(e["detail"])} for e in store.events_of(rid)]
     out = Proof(record, timeline)
     sha = person["content_sha256"]
     if not sha:

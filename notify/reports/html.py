@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import json
+from collections.abc import Callable
+from typing import Any
 
 from ..campaign.model import Campaign
 from ..content.compose import display_address
 from ..providers.base import RateChange
-from ..store import Store, epoch_of
+from ..store import Store, detail_of, epoch_of
 from .deadlines import Deadline, deadline, jurisdiction_said, jurisdictions
 from .status import pause_said
 
@@ -73,7 +74,7 @@ def _timeline(campaign: Campaign, store: Store) -> str:
     for kind, colour in (("provider_switched", "#6a1b9a"), ("rate_changed", "#0288d1")):
         for ev in store.events_of_kind(kind):
             if (mark := x_of(epoch_of(ev["ts"]))) is not None:
-                d = json.loads(ev["detail"] or "{}")
+                d = detail_of(ev["detail"])
                 what = (f"switched {d.get('from')} -> {d.get('to')}" if kind == "provider_switched"
                         else f"rate {d.get('old')} -> {d.get('new')}/s: {d.get('reason')}")
                 parts.append(f'<path d="M{mark:.1f},{h} l-5,10 l10,0 z" fill="{colour}"><title>{e(ev["ts"][:19])}Z '
@@ -142,21 +143,24 @@ def _headline(counts: dict[str, int], rejected: int, due: Deadline | None) -> st
            f'({rejected:,} rejected at import, with the reason in rejects.csv and the export).</p>'
 
 
+# How each of the campaign's own events reads on the page, from its detail.
+_SAID: dict[str, Callable[[dict[str, Any]], str]] = {
+    "provider_switched": lambda d: f"switched from {d.get('from')} to {d.get('to')}: {d.get('reason') or 'no reason recorded'}",
+    "provider_down": lambda d: f"{d.get('provider')} down: {d.get('reason') or 'no reason recorded'}",
+    "reputation_paused": lambda d: "paused by the reputation breaker: " + pause_said(d),
+    "rate_changed": lambda d: f"rate {RateChange(d.get('old'), d.get('new'), '').said()}: {d.get('reason') or ''}",
+}
+
+
 def _events_said(store: Store) -> str:
     """Provider switches, pauses and rate changes as text (a printed page has no tooltips)."""
     lines = []
-    for ev in store.events_of_kind("provider_switched"):
-        d = json.loads(ev["detail"] or "{}")
-        lines.append((ev["ts"], f"switched from {d.get('from')} to {d.get('to')}: {d.get('reason') or 'no reason recorded'}"))
-    for ev in store.events_of_kind("provider_down"):
-        d = json.loads(ev["detail"] or "{}")
-        lines.append((ev["ts"], f"{d.get('provider')} down: {d.get('reason') or 'no reason recorded'}"))
-    for ev in store.events_of_kind("reputation_paused"):
-        d = json.loads(ev["detail"] or "{}")
-        lines.append((ev["ts"], "paused by the reputation breaker: " + pause_said(d)))
-    for ev in store.events_of_kind("rate_changed"):
-        d = json.loads(ev["detail"] or "{}")
-        lines.append((ev["ts"], f"rate {RateChange(d.get('old'), d.get('new'), '').said()}: {d.get('reason') or ''}"))
+    for kind, said in _SAID.items():
+        for ev in store.events_of_kind(kind):
+            d = detail_of(ev["detail"])
+            lines.append((ev["ts"], said(d) if "unreadable" not in d else
+                          f"{kind.replace('_', ' ')}, its detail not readable (the state was altered: `notify audit "
+                          f"verify`): {d['unreadable']}"))
     if not lines:
         return "<p>No provider switch, pause or rate change.</p>"
     lines.sort()

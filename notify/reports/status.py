@@ -19,7 +19,7 @@ from ..content.locales import split_version
 from ..content.render import Templates
 from ..errors import NotifyError
 from ..providers.base import RateChange
-from ..store import Store, epoch_of
+from ..store import Store, detail_of, epoch_of
 from .deadlines import Deadline, deadline, jurisdiction_dict, jurisdiction_lines, jurisdictions, span
 
 
@@ -123,7 +123,7 @@ def status(campaign: Campaign, store: Store, templates: Templates | None = None)
         suppressed_reasons={ex: n for _, n, ex in store.reply_summary("suppressed", top=10)},
         unmatched_feedback=store.unmatched_count(),
         senders=store.senders(),
-        switches=[{"at": e["ts"], **json.loads(e["detail"])} for e in store.events_of_kind("provider_switched")],
+        switches=[{"at": e["ts"], **detail_of(e["detail"])} for e in store.events_of_kind("provider_switched")],
         next_retry=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due)) if due else None,
         next_retry_said=when_due(due, time.time()) if due else None,
         recipients_file=last["path"] if last else None,
@@ -202,10 +202,10 @@ def health(campaign: Campaign, store: Store) -> list[str]:
 
     down: dict[str, tuple[str, str]] = {}
     for e in this_run("provider_down"):
-        d = json.loads(e["detail"] or "{}")
+        d = detail_of(e["detail"])
         down.setdefault(str(d.get("provider")), (e["ts"], " ".join(str(d.get("reason") or "").split())))
     switches = this_run("provider_switched")
-    current = json.loads(switches[-1]["detail"] or "{}").get("to") if switches else None
+    current = detail_of(switches[-1]["detail"]).get("to") if switches else None
     said = []
     for name in campaign.send.providers:
         if name in down and name != current:

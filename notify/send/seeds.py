@@ -25,7 +25,7 @@ from ..errors import InputError, TemplateError
 from ..evidence.review import fingerprint
 from ..providers.base import Kind, Outcome, Provider, Readiness
 from ..recipients.rows import SAMPLE_SECRET, recipient_token
-from ..store import Event, Store
+from ..store import Event, Store, detail_of
 
 MAX_SEEDS = 100
 MAX_SEEDS_FILE = 100_000  # bytes: a list of seed addresses is a few lines
@@ -87,7 +87,7 @@ def pending(campaign: Campaign, store: Store, templates: Templates, seeds: list[
     content = content_sha256(campaign, templates)
     done = set()
     for e in store.events_of_kind("seed_sent"):
-        d = json.loads(e["detail"] or "{}")
+        d = detail_of(e["detail"])
         if d.get("content") == content:
             done.add((str(d.get("address", "")).lower(), str(d.get("version"))))
     versions = sorted(templates.versions, key=version_order)

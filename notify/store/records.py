@@ -65,6 +65,16 @@ _CANONICAL = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode 
 _DETAIL = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode  # with options builds one per call
 
 
+def detail_of(text: str | None) -> dict[str, Any]:
+    """An event's detail as a table: what the store writes (a JSON object). Anything else is an altered state, which
+    `audit verify` names; what reads it here says so ({"unreadable": its first 200 characters}) rather than fail."""
+    try:
+        value = json.loads(text or "{}")
+    except (ValueError, RecursionError):
+        value = None
+    return value if isinstance(value, dict) else {"unreadable": str(text)[:200]}
+
+
 def event_hash(event: dict[str, Any]) -> str:
     """The chain's hash of one event: SHA-256 over its fields (detail as stored text), canonical JSON."""
     body = _CANONICAL([event.get(f) for f in EVENT_FIELDS])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ from .records import (
     _DETAIL,
     GENESIS,
     Event,
+    detail_of,
     dicts,
     event_hash,
     utcnow,
@@ -84,7 +84,7 @@ class Trail(Backend):
         row = self.db.execute(f"SELECT seq, ts, kind, detail FROM events WHERE kind IN ({marks}){own}"
                               f" ORDER BY {self.EVENT_ORDER} DESC LIMIT 1",
                               tuple(kinds)).fetchone()
-        return {"seq": row[0], "ts": row[1], "kind": row[2], "detail": json.loads(row[3] or "{}")} if row else None
+        return {"seq": row[0], "ts": row[1], "kind": row[2], "detail": detail_of(row[3])} if row else None
 
     def event_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM events").fetchone()[0])

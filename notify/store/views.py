@@ -14,6 +14,7 @@ from ..campaign.model import Campaign
 from . import schema
 from .contract import Backend
 from .records import (
+    detail_of,
     dicts,
     epoch_of,
 )
@@ -230,7 +231,7 @@ class Views(Backend):
         """The seed messages the ledger records (seed_sent events, #38): how many, to whom, which versions, the last
         when. Never people notified: status and the export say them apart."""
         events = list(self.db.execute("SELECT ts, detail FROM events WHERE kind='seed_sent' AND recipient_id IS NULL"))
-        details = [json.loads(d or "{}") for _, d in events]
+        details = [detail_of(d) for _, d in events]
         return {"messages": len(events), "addresses": sorted({str(d.get("address")) for d in details}),
                 "versions": sorted({str(d.get("version")) for d in details}), "counted_as_notified": False,
                 "last": max((str(ts) for ts, _ in events), default=None)}
