@@ -18,8 +18,8 @@ from .. import files
 from ..campaign.model import Campaign
 from ..content.compose import display_address
 from ..content.locales import split_version
-from ..errors import InputError, StoreError
-from ..store import ChainProof, Store
+from ..errors import InputError
+from ..store import ChainProof, Store, vars_of
 from . import regulators, signing
 from .chain import Verdict, verify_chain
 from .index import INDEX, REPORT, IndexWriter, Writer
@@ -53,14 +53,7 @@ def _codes(detail: str | None) -> str:
 
 def _audit_ids(raw_vars: str | None, extra: list[str], row: int) -> list[str]:
     """The [audit] columns of one recipient (a customer id), from the variables the state holds, each guarded."""
-    try:
-        values = json.loads(raw_vars or "{}")
-    except (ValueError, RecursionError):
-        values = None
-    if not isinstance(values, dict):
-        raise StoreError(f"the recipient of row {row}: its variables in the state are not a JSON object, so its "
-                         f"[audit] columns ({', '.join(extra)}) cannot be written",
-                         hint="the state was altered: `notify audit verify` the campaign, and restore it from a copy")
+    values = vars_of(raw_vars, f"the recipient of row {row} (its [audit] columns: {', '.join(extra)})")
     return [files.formula_guard(str(values.get(column, ""))) for column in extra]
 
 

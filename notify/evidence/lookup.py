@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..providers.outbox import eml_name
 from ..recipients.rows import Recipient, Record
 from ..recipients.validate import validate
-from ..store import Store, detail_of, epoch_of, event_hash
+from ..store import Store, detail_of, epoch_of, event_hash, vars_of
 from .chain import Trail
 from .manifest import MANIFEST, check_files, check_signature, file_entry, seal
 
@@ -146,7 +146,7 @@ def find(campaign: Campaign, store: Store, query: str) -> list[dict[str, Any]]:
     if not q:
         raise InputError("give an address, a name, or a value of an [audit] column to look up")
     found = store.people(keys_of(q), q, {c: q for c in campaign.audit_columns})
-    return [{**r, "vars": json.loads(r["vars"] or "{}")} for r in found]
+    return [{**r, "vars": vars_of(r["vars"], f"the recipient of row {r['row']} ({r['email']})")} for r in found]
 
 
 def keys_of(query: str) -> list[str]:
@@ -219,7 +219,7 @@ def verify_content(campaign: Campaign, store: Store) -> ContentCheck:
     templates = Templates(campaign)
     out = ContentCheck()
     for person in store.sent_people():
-        person["vars"] = json.loads(person["vars"] or "{}")
+        person["vars"] = vars_of(person["vars"], f"the recipient of row {person['row']} ({person['email']})")
         sha = person["content_sha256"]
         out.checked += 1
         if _outbox_copy(campaign, person["message_id"], sha) is not None:

@@ -32,7 +32,7 @@ from ..content.locales import split_version
 from ..content.render import Templates
 from ..errors import InputError
 from ..recipients.rows import SAMPLE_SECRET, recipient_token
-from ..store import Store, epoch_of
+from ..store import Store, epoch_of, vars_of
 from . import signing
 from .lookup import _outbox_copy, _templates_said, rebuild_at
 from .manifest import export_dir, file_entry, seal
@@ -185,7 +185,7 @@ def sample(campaign: Campaign, store: Store, templates: Templates, written: Sequ
     if not versions:
         return None
     version, n, person = versions[0]
-    person["vars"] = json.loads(person["vars"] or "{}")
+    person["vars"] = vars_of(person["vars"], f"the recipient of row {person['row']} ({person['email']})")
     sha = person["content_sha256"]
     copy = _outbox_copy(campaign, person["message_id"], sha)
     if copy is not None:  # composed when its Date header says

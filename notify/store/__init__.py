@@ -14,12 +14,26 @@ from ..campaign.model import Campaign
 from ..errors import ConfigError
 from .base import Store
 from .lines import ChainProof
-from .records import GENESIS, TRANSITIONS, Change, Claimed, Event, Found, ImportResult, detail_of, epoch_of, event_hash, file_sha256, utcnow
+from .records import (
+    GENESIS,
+    TRANSITIONS,
+    Change,
+    Claimed,
+    Event,
+    Found,
+    ImportResult,
+    detail_of,
+    epoch_of,
+    event_hash,
+    file_sha256,
+    utcnow,
+    vars_of,
+)
 from .schema import DB_NAME
 from .sqlite import SqliteStore
 
 __all__ = ["DB_NAME", "GENESIS", "ChainProof", "TRANSITIONS", "Change", "Claimed", "Event", "Found", "ImportResult", "SqliteStore", "Store",
-           "detail_of", "epoch_of", "event_hash", "file_sha256", "open_store", "utcnow"]
+           "detail_of", "epoch_of", "event_hash", "file_sha256", "open_store", "utcnow", "vars_of"]
 
 
 def open_store(campaign: Campaign) -> Store:

@@ -16,7 +16,7 @@ from ..errors import InputError, StoreError
 from ..recipients.rows import Recipient, Reject, read, recipient_token
 from ..recipients.validate import validate
 from .contract import Backend
-from .records import Event, ImportResult, dicts, file_sha256, utcnow
+from .records import Event, ImportResult, dicts, file_sha256, utcnow, vars_of
 
 # States of a person nobody has handed to a provider yet: a corrected row still applies to them.
 _UNSENT = ("pending", "ineligible", "suppressed")
@@ -45,7 +45,7 @@ def _changes(was: list[Any], item: Recipient) -> list[str]:
     """The columns a new row for a known person changes: [email, name, locale, jurisdiction, vars, ineligible reason]
     as stored, against the row. The eligibility columns are columns too, so a flag that changed is named."""
     email, name, locale, jurisdiction, vars_json, detail = was
-    old_vars = json.loads(vars_json or "{}")
+    old_vars = vars_of(vars_json, f"the recipient {email} (read again in row {item.row})")
     changed = [col for col, a, b in (("email", email, item.email), ("name", name, item.name), ("locale", locale, item.locale),
                                      ("jurisdiction", jurisdiction, item.jurisdiction)) if a != b]
     changed += sorted(k for k in set(old_vars) | set(item.vars) if old_vars.get(k) != item.vars.get(k))

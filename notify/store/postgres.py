@@ -280,9 +280,11 @@ class PgStore(Sessions, Store):
                 rows += sorted(due)
             blocked = {r[3]: tuple(r[-1]) for r in rows if r[-1] is not None}
             rows = [r[:-1] for r in rows]
+            out = [claimed(r) for r in rows]  # read before the claim commits: a row that cannot be read claims none
             if blocked:
-                rows = self._suppress_claimed(rows, blocked)
-        return [claimed(r) for r in rows]
+                suppressed = {r[0] for r in rows} - {r[0] for r in self._suppress_claimed(rows, blocked)}
+                out = [c for c in out if c.id not in suppressed]
+        return out
 
     def _suppress_claimed(self, rows: list[Any], blocked: dict[str, tuple[str, str, str]]) -> list[Any]:
         """Claimed rows whose address is on the shared list: suppressed now; returns the others."""

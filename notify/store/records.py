@@ -75,6 +75,20 @@ def detail_of(text: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"unreadable": str(text)[:200]}
 
 
+def vars_of(text: str | None, who: str) -> dict[str, Any]:
+    """A recipient's variables (the recipients file's other columns) as the store wrote them, a JSON object.
+    Anything else is an altered state: refused, naming `who`, rather than a message built without them."""
+    try:
+        value = json.loads(text or "{}")
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        raise StoreError(f"{who}: its variables in the campaign's state are not a JSON object: the state was altered",
+                         hint="`notify audit verify` the campaign, and restore its state from a copy (or import the "
+                              "recipients file into a new state)")
+    return value
+
+
 def event_hash(event: dict[str, Any]) -> str:
     """The chain's hash of one event: SHA-256 over its fields (detail as stored text), canonical JSON."""
     body = _CANONICAL([event.get(f) for f in EVENT_FIELDS])
@@ -183,4 +197,5 @@ def dicts(cur: Any) -> Iterator[dict[str, Any]]:
 
 def claimed(r: tuple[Any, ...]) -> Claimed:
     """A Claimed from a row of schema.CLAIM_COLUMNS (its state is the one the row was claimed from)."""
-    return Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], bool(r[9]), r[10], r[11], r[12], r[13])
+    return Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], vars_of(r[7], f"the recipient of row {r[1]} ({r[2]})"), r[8],
+                   bool(r[9]), r[10], r[11], r[12], r[13])

@@ -257,8 +257,9 @@ class SqliteStore(SqliteLines, Store):
             rows = db.execute(schema.CLAIM_PENDING_SQL.format(skip=skip), (*skip_domains, limit)).fetchall()
             if len(rows) < limit:
                 rows += db.execute(schema.CLAIM_DUE_SQL.format(skip=skip), (now, *skip_domains, limit - len(rows))).fetchall()
+            out = [claimed(r) for r in rows]  # read before they are marked: a row that cannot be read marks none
             db.executemany("UPDATE recipients SET state='inflight' WHERE id=?", [(r[0],) for r in rows])
-        return [claimed(r) for r in rows]
+        return out
 
     def apply(self, changes: list[Change]) -> None:
         """Writes state changes with their events, all in one transaction (group commit)."""

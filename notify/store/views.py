@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -17,6 +16,7 @@ from .records import (
     detail_of,
     dicts,
     epoch_of,
+    vars_of,
 )
 
 
@@ -151,7 +151,7 @@ class Views(Backend):
         for locale, juris, rid, n in groups:
             r = people[rid]
             out[locale, juris] = {"email": r[0], "name": r[1], "locale": locale, "jurisdiction": juris,
-                                  "vars": json.loads(r[2]), "row": r[3], "count": n}
+                                  "vars": vars_of(r[2], f"the recipient of row {r[3]} ({r[0]})"), "row": r[3], "count": n}
         return out
 
     def reject_summary(self, top: int = 5) -> tuple[int, list[tuple[str, int]]]:
