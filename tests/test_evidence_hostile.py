@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -360,3 +361,27 @@ def test_a_recipients_variables_altered_stop_the_send_with_the_row_named(make_ca
         assert code == 4 and said in err and "internal error" not in err, (args, out, err)
     assert sql(d, "SELECT state, count(*) FROM recipients GROUP BY state") == [("pending", 5)]
     assert sql(d, "SELECT count(*) FROM recipients WHERE doubt = 1") == [(0,)]
+
+
+@pytest.mark.parametrize("altered", ["an event's time", "a first attempt's time"])
+def test_a_time_the_state_cannot_give_is_named_not_a_crash(make_campaign: MakeCampaign, tmp_path: Path,
+                                                          altered: str) -> None:
+    """A sent event's time that is no timestamp, or a first attempt's time that is text (SQLite keeps what its REAL
+    column cannot read as a number), made status, report, regulators, export and send end in "internal error:
+    ValueError" or "TypeError". Each now says what the state holds and what to do (exit 4); `audit verify` names the
+    altered event where it can read the state."""
+    d = make_campaign(PEOPLE, templates=simple_templates())
+    assert run("send", d, "--no-progress")[0] == 0
+    if altered == "an event's time":
+        sql(d, "UPDATE events SET ts = 'not a time' WHERE seq = (SELECT max(seq) FROM events WHERE kind = 'sent')")
+        said = "an event's time in the campaign's state is not one notify writes ('not a time'): the state was altered"
+    else:
+        db = sqlite3.connect(d / ".notify" / "campaign.sqlite")
+        db.execute("UPDATE recipients SET first_attempt_at = 'abc' WHERE email = 'p1@example.org'")
+        db.commit()
+        db.close()
+        said = "the recipient of row 3 (p1@example.org): its first attempt's time is not a number ('abc')"
+    for args in (["status", d], ["report", d, "--out", tmp_path / "r.html"], ["audit", "export", d, "--out", tmp_path / "x"],
+                 ["send", d, "--no-progress"]):
+        code, out, err = run(*args)
+        assert code == 4 and said in err and "internal error" not in err, (args, out, err)

@@ -57,8 +57,14 @@ def utcnow() -> str:
 
 
 def epoch_of(ts: str) -> float:
-    """A timestamp the store wrote, back to seconds since the epoch."""
-    return dt.datetime.strptime(ts, TS_FORMAT).replace(tzinfo=dt.UTC).timestamp()
+    """A timestamp the store wrote, back to seconds since the epoch. Anything else is an altered state: refused
+    with what it holds, not a crash where a time was needed."""
+    try:
+        return dt.datetime.strptime(ts, TS_FORMAT).replace(tzinfo=dt.UTC).timestamp()
+    except (TypeError, ValueError):
+        raise StoreError(f"an event's time in the campaign's state is not one notify writes ({str(ts)[:40]!r}): "
+                         "the state was altered", hint="`notify audit verify` the campaign names the event; restore "
+                                                       "its state from a copy") from None
 
 
 _CANONICAL = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # built once: json.dumps

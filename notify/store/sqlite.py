@@ -46,8 +46,17 @@ class SqliteStore(SqliteLines, Store):
             self.token_key: bytes = self._token_key()
             moved = self.db.execute("SELECT value FROM meta WHERE name=?", (schema.MOVED,)).fetchone()
             row = self.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+            # A first attempt's time that is no number (SQLite keeps a text the column cannot read as one): every
+            # figure of time would fail on it. Text sorts after every number, so the index finds one at once.
+            untimed = self.db.execute("SELECT row, email, first_attempt_at FROM recipients WHERE first_attempt_at >= ''"
+                                      " LIMIT 1").fetchone()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{path}: cannot use the campaign database: {e}") from None
+        if untimed:
+            self.db.close()
+            raise StoreError(f"{path}: the recipient of row {untimed[0]} ({untimed[1]}): its first attempt's time is not "
+                             f"a number ({str(untimed[2])[:40]!r}): the state was altered",
+                             hint="`notify audit verify` the campaign, and restore its state from a copy")
         if row:
             self._head = (row[0], row[1])
         if moved:  # `notify state migrate` copied it to PostgreSQL: this file is history, never sent from again
