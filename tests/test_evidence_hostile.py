@@ -385,3 +385,23 @@ def test_a_time_the_state_cannot_give_is_named_not_a_crash(make_campaign: MakeCa
                  ["send", d, "--no-progress"]):
         code, out, err = run(*args)
         assert code == 4 and said in err and "internal error" not in err, (args, out, err)
+
+
+@pytest.mark.parametrize("statement, said", [
+    ("UPDATE recipients SET attempts = 'x' WHERE email = 'p2@example.org'",
+     "the recipient of row 4 (p2@example.org): its count of attempts in the campaign's state is not a number ('x')"),
+    ("UPDATE imports SET columns = '{bad'", "import 1 in the campaign's state: its columns are not a list of names"),
+])
+def test_other_values_the_state_cannot_give_stop_the_send_and_claim_nobody(make_campaign: MakeCampaign, statement: str,
+                                                                           said: str) -> None:
+    """A count of attempts that is text, an import's columns that are no list of names: `send` ended in "internal
+    error" (TypeError, JSONDecodeError). It now names what the state holds (exit 4) and marks nobody."""
+    d = make_campaign(PEOPLE, templates=simple_templates())
+    assert run("import", d)[0] == 0
+    db = sqlite3.connect(d / ".notify" / "campaign.sqlite")  # SQLite keeps text in an INTEGER column
+    db.execute(statement)
+    db.commit()
+    db.close()
+    code, out, err = run("send", d, "--no-progress")
+    assert code == 4 and said in err and "internal error" not in err, (out, err)
+    assert sql(d, "SELECT state, count(*) FROM recipients GROUP BY state") == [("pending", 5)]

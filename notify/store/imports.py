@@ -223,8 +223,16 @@ class Imports(Backend):
     def columns(self) -> set[str]:
         """Every column any import had (so templates can be checked against them)."""
         out: set[str] = set()
-        for (cols,) in self.db.execute("SELECT columns FROM imports"):
-            out.update(json.loads(cols))
+        for import_id, cols in self.db.execute("SELECT id, columns FROM imports"):
+            try:
+                names = json.loads(cols)
+            except (TypeError, ValueError, RecursionError):
+                names = None
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise StoreError(f"import {import_id} in the campaign's state: its columns are not a list of names "
+                                 f"({str(cols)[:40]!r}): the state was altered",
+                                 hint="`notify audit verify` the campaign, and restore its state from a copy")
+            out.update(names)
         return out
 
     def rejects(self) -> Iterator[tuple[int, str, str]]:

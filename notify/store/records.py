@@ -202,6 +202,10 @@ def dicts(cur: Any) -> Iterator[dict[str, Any]]:
 
 
 def claimed(r: tuple[Any, ...]) -> Claimed:
-    """A Claimed from a row of schema.CLAIM_COLUMNS (its state is the one the row was claimed from)."""
-    return Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], vars_of(r[7], f"the recipient of row {r[1]} ({r[2]})"), r[8],
-                   bool(r[9]), r[10], r[11], r[12], r[13])
+    """A Claimed from a row of schema.CLAIM_COLUMNS (its state is the one the row was claimed from). A row whose
+    variables or count of attempts the state cannot give (altered) is refused, naming it, before anything is sent."""
+    who = f"the recipient of row {r[1]} ({r[2]})"
+    if not isinstance(r[8], int) or isinstance(r[8], bool):
+        raise StoreError(f"{who}: its count of attempts in the campaign's state is not a number ({str(r[8])[:40]!r}): "
+                         "the state was altered", hint="`notify audit verify` the campaign, and restore its state from a copy")
+    return Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], vars_of(r[7], who), r[8], bool(r[9]), r[10], r[11], r[12], r[13])
