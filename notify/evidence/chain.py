@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..store import GENESIS, Store, event_hash
+from ..store import GENESIS, SESSION_EVENTS, Store, event_hash
 
 
 @dataclass(frozen=True)
@@ -20,9 +20,6 @@ class Verdict:
     head: str
     first_bad: int | None = None  # sequence number of the first event that does not verify
     reason: str | None = None
-
-
-SESSION_EVENTS = ("session_opened", "session_closed", "session_rescued")
 
 
 def verify_chain(events: Iterable[dict[str, Any]], hash_of: Callable[[dict[str, Any]], str] = event_hash) -> Verdict:

@@ -19,7 +19,7 @@ from ..campaign.model import Campaign
 from ..content.compose import display_address
 from ..content.locales import split_version
 from ..errors import InputError
-from ..store import ChainProof, Store, vars_of
+from ..store import ChainProof, Store, detail_of, vars_of
 from . import regulators, signing
 from .chain import Verdict, verify_chain
 from .index import INDEX, REPORT, IndexWriter, Writer
@@ -42,11 +42,8 @@ def _attempt(ts: str, kind: str, provider: str | None, detail: str | None) -> st
 
 @functools.lru_cache(maxsize=4096)  # a campaign's attempts say a few replies, each many times
 def _codes(detail: str | None) -> str:
-    try:
-        d = json.loads(detail or "{}")
-    except (ValueError, RecursionError):
-        d = None
-    if not isinstance(d, dict):  # the state altered: the chain's check, in the same export, names the event
+    d = detail_of(detail)
+    if "unreadable" in d:  # the state altered: the chain's check, in the same export, names the event
         return "(its detail is not readable)"
     return " ".join(str(d[k]) for k in ("code", "status") if d.get(k))
 

@@ -13,7 +13,7 @@ from .. import files
 from ..campaign.model import Campaign
 from ..errors import ConfigError
 from .base import Store
-from .lines import ChainProof
+from .lines import SESSION_EVENTS, ChainProof
 from .records import (
     GENESIS,
     TRANSITIONS,
@@ -32,7 +32,8 @@ from .records import (
 from .schema import DB_NAME
 from .sqlite import SqliteStore
 
-__all__ = ["DB_NAME", "GENESIS", "ChainProof", "TRANSITIONS", "Change", "Claimed", "Event", "Found", "ImportResult", "SqliteStore", "Store",
+__all__ = ["DB_NAME", "GENESIS", "SESSION_EVENTS", "ChainProof", "TRANSITIONS", "Change", "Claimed", "Event", "Found", "ImportResult",
+           "SqliteStore", "Store",
            "detail_of", "epoch_of", "event_hash", "file_sha256", "open_store", "utcnow", "vars_of"]
 
 

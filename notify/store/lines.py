@@ -36,8 +36,8 @@ _LINE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # bu
 _ESCAPED_CONTROL = re.compile(r"\\(?:[bfnrt]|u00[01])")
 
 
-# Events of several chains' bookkeeping (PostgreSQL's sessions): a chain that holds one is not proved by SQLite's
-# pass, whose proof is of a single chain; evidence.chain.verify_chain judges it.
+# Events of several chains' bookkeeping (PostgreSQL's sessions), which evidence.chain.verify_chain judges: a chain
+# that holds one is not proved by SQLite's pass, whose proof is of a single chain.
 SESSION_EVENTS = frozenset(("session_opened", "session_closed", "session_rescued"))
 
 

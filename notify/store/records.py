@@ -71,24 +71,27 @@ _CANONICAL = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode 
 _DETAIL = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode  # with options builds one per call
 
 
+def _object(text: str | None) -> dict[str, Any] | None:
+    """A JSON object the store wrote as text (an event's detail, a recipient's variables), or None for anything else."""
+    try:
+        value = json.loads(text or "{}")
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def detail_of(text: str | None) -> dict[str, Any]:
     """An event's detail as a table: what the store writes (a JSON object). Anything else is an altered state, which
     `audit verify` names; what reads it here says so ({"unreadable": its first 200 characters}) rather than fail."""
-    try:
-        value = json.loads(text or "{}")
-    except (ValueError, RecursionError):
-        value = None
-    return value if isinstance(value, dict) else {"unreadable": str(text)[:200]}
+    value = _object(text)
+    return value if value is not None else {"unreadable": str(text)[:200]}
 
 
 def vars_of(text: str | None, who: str) -> dict[str, Any]:
     """A recipient's variables (the recipients file's other columns) as the store wrote them, a JSON object.
     Anything else is an altered state: refused, naming `who`, rather than a message built without them."""
-    try:
-        value = json.loads(text or "{}")
-    except (ValueError, RecursionError):
-        value = None
-    if not isinstance(value, dict):
+    value = _object(text)
+    if value is None:
         raise StoreError(f"{who}: its variables in the campaign's state are not a JSON object: the state was altered",
                          hint="`notify audit verify` the campaign, and restore its state from a copy (or import the "
                               "recipients file into a new state)")
