@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,29 @@ providers = ["outbox"]
 [providers.outbox]
 type = "outbox"
 """
+
+
+@pytest.mark.parametrize("name", ["../../../etc", "/etc", "a/b", "..", "a" * 300, "bad\x01name"])
+def test_a_template_is_named_not_a_path(tmp_path: Path, name: str) -> None:
+    # `template = "../../../etc"` read /etc as the template directory (check then quoted /etc/aliases.db), and a
+    # name longer than a file name can be was an internal error: a campaign file is input like any other.
+    d = tmp_path / "c"
+    d.mkdir()
+    (d / "recipients.csv").write_text("email\na@example.com\n")
+    (d / "campaign.toml").write_text(MINIMAL.replace('"breach-notice"', json.dumps(name)))
+    (problem,) = problems(d)
+    assert problem.startswith("campaign.toml: [campaign] template: ") and "plain name of a directory" in problem
+
+
+def test_a_path_longer_than_the_system_allows_is_named_not_a_crash(tmp_path: Path) -> None:
+    from .conftest import run
+
+    d = tmp_path / "c"
+    d.mkdir()
+    (d / "recipients.csv").write_text("email\na@example.com\n")
+    (d / "campaign.toml").write_text(MINIMAL.replace('"recipients.csv"', '"' + "r" * 300 + '.csv"'))
+    code, out, err = run("check", d)
+    assert code == 1, out + err
+    assert "a path longer than this system allows" in err and "internal error" not in err
+    code, out, err = run("check", tmp_path / ("x" * 300))
+    assert code == 1 and "a path longer than this system allows" in err, out + err

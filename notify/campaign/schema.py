@@ -140,6 +140,14 @@ def _campaign_id(v: str) -> str | None:
     return f"{v!r} must be 1-64 letters, digits, '.', '_' or '-' (it becomes part of every Message-ID)"
 
 
+def _template_name(v: str) -> str | None:
+    """A directory's plain name under templates/: a path (../../etc) would read templates from anywhere."""
+    if v not in ("", ".", "..") and len(v.encode("utf-8")) <= 100 and not re.search(r"[/\\\x00-\x1f\x7f]", v):
+        return None
+    return (f"{v[:60]!r} must be the plain name of a directory under templates/ (at most 100 bytes, no '/', no "
+            "'..'), e.g. \"breach-notice\"")
+
+
 def _return_path(v: str) -> str | None:
     """The envelope sender: a bare address once {token} (32 hex digits) is filled in."""
     try:
@@ -163,7 +171,7 @@ def _env_name(v: str) -> str | None:
 
 CAMPAIGN_KEYS = {
     "id": Key("str", True, _campaign_id),
-    "template": Key("str", True),
+    "template": Key("str", True, _template_name),
     "default_locale": Key("str"),
     "recipients": Key("str", True),
     "from": Key("str", True, _address),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import functools
 import gc
 import os
@@ -19,6 +20,7 @@ from .. import __version__
 from ..campaign import config as campaign_mod
 from ..campaign.model import Campaign
 from ..errors import (
+    EXIT_INPUT,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_PIPE,
@@ -90,6 +92,10 @@ def boundary(fn: F) -> F:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise typer.Exit(EXIT_PIPE) from None
         except Exception as e:  # a bug: say so plainly, keep the traceback for whoever debugs it
+            if isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG:  # a path from a file or the command line
+                err(redact(f"Error: {str(e.filename)[:80]}...: a path longer than this system allows"))
+                err("Hint: shorten the name in campaign.toml or on the command line")
+                raise typer.Exit(EXIT_INPUT) from None
             if os.environ.get("NOTIFY_DEBUG"):
                 raise
             err(redact(f"Error: internal error: {type(e).__name__}: {e}"))
