@@ -23,22 +23,37 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
-class LinkRefused(OSError, NotifyError):
-    """A path notify writes is a symbolic link; the message says which. An OSError (ELOOP) where the code
-    handles file errors, and a NotifyError at the CLI's boundary: a clear refusal naming the path (exit 1),
-    never an internal error."""
+class PathRefused(OSError, NotifyError):
+    """A path notify would write is not one it writes: the message says which and why. An OSError where the code
+    handles file errors, and a NotifyError at the CLI's boundary: a clear refusal naming the path (exit 1), never
+    an internal error."""
 
     exit_code = EXIT_INPUT
 
-    def __init__(self, path: Path) -> None:
-        said = (f"{path} is a symbolic link; notify does not write through links "
-                "(remove it, or point the campaign at the real directory)")
-        OSError.__init__(self, errno.ELOOP, said)
+    def __init__(self, code: int, said: str, hint: str | None = None) -> None:
+        OSError.__init__(self, code, said)
         self.strerror = self.message = said
-        self.hint = None
+        self.hint, self.problems = hint, []
 
     def __str__(self) -> str:
         return self.message
+
+
+class LinkRefused(PathRefused):
+    """A path notify writes is a symbolic link."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(errno.ELOOP, f"{path} is a symbolic link; notify does not write through links "
+                                      "(remove it, or point the campaign at the real directory)")
+
+
+def _not_a_file(path: Path, st: os.stat_result) -> PathRefused:
+    """What a path that is there, and is no regular file, is refused as: `--out DIR/` for a file, `--out /dev/full`
+    (a device notify's rename would have replaced), a pipe."""
+    what = "a directory" if stat.S_ISDIR(st.st_mode) else "a device, a pipe or a socket, not a regular file"
+    return PathRefused(errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL,
+                       f"{path} is {what}; notify writes a file of its own there, whole, or replaces one",
+                       hint="name a new file, or one notify wrote before")
 
 
 def private_dir(path: Path, tighten: bool = True) -> None:
@@ -59,7 +74,8 @@ def private_dir(path: Path, tighten: bool = True) -> None:
     if stat.S_ISLNK(st.st_mode):
         raise LinkRefused(path)
     if not stat.S_ISDIR(st.st_mode):
-        raise NotADirectoryError(errno.ENOTDIR, f"{path} is not a directory")
+        raise PathRefused(errno.ENOTDIR, f"{path} is not a directory; notify writes a directory of files there",
+                          hint="name a new directory, or one notify wrote before")
     if tighten and stat.S_IMODE(st.st_mode) != 0o700 and st.st_uid == os.getuid() and not st.st_mode & stat.S_ISVTX:
         os.chmod(path, 0o700)
 
@@ -95,6 +111,9 @@ def create_temp(path: Path) -> int:
 
 def write_private(path: Path, data: bytes, fsync: bool = False) -> None:
     """Writes `path` whole or not at all (a temporary file renamed into place), 0600, never through a link."""
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISREG((st := os.lstat(path)).st_mode) and not stat.S_ISLNK(st.st_mode):
+            raise _not_a_file(path, st)  # a link is replaced itself, below: never written through
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = create_temp(tmp)
     try:

@@ -113,3 +113,26 @@ def test_a_locked_suppression_list_is_a_clear_error(make_campaign: MakeCampaign,
         holder.close()
     assert code == 4 and "is locked by another process" in err and "internal error" not in err, out + err
 
+
+
+def test_an_output_that_is_no_regular_file_is_refused_and_left_as_it_is(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # `report --out /dev/full` (as root) renamed the report over the device, which became a regular file; a pipe the
+    # same; `report --out DIR` and `preview --out FILE` were internal errors (IsADirectoryError, NotADirectoryError).
+    import os
+    import stat
+    d = make_campaign(templates=simple_templates())
+    assert run("send", d, "--no-progress")[0] == 0
+    fifo, folder, plain = tmp_path / "pipe", tmp_path / "folder", tmp_path / "plain.txt"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    plain.write_text("mine")
+    for args, said in [(("report", d, "--out", fifo), "is a device, a pipe or a socket, not a regular file"),
+                       (("report", d, "--out", folder), "is a directory"),
+                       (("lookup", d, "alice@example.com", "--eml", fifo), "not a regular file"),
+                       (("preview", d, "--out", plain), "is not a directory")]:
+        code, out, err = run(*args)
+        assert code == 1 and said in err and "internal error" not in err, (args, out + err)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and folder.is_dir() and plain.read_text() == "mine"
+    assert list(folder.iterdir()) == []
+    assert run("report", d, "--out", tmp_path / "report.html")[0] == 0  # a new file, and the same again
+    assert run("report", d, "--out", tmp_path / "report.html")[0] == 0
