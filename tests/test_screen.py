@@ -130,3 +130,31 @@ def test_the_watch_screen_through_a_relay_death_a_pause_and_the_finish(make_camp
         watch.close()
         if sender.proc.poll() is None:
             sender.proc.kill()
+
+
+def test_watch_json_is_a_line_of_json_each_refresh_with_a_rate_only_while_it_sends(make_campaign: MakeCampaign) -> None:
+    # `status --watch --json` printed the human screen: a script asked for JSON got text. Now each refresh is a
+    # line of JSON (what `status --json` says, with its time, the sender lines and the rate, null when nothing sends).
+    import json
+    rows = "email,name\n" + "".join(f"p{i}@example.com,P{i}\n" for i in range(40))
+    with Server(Handler()) as srv:
+        d = smtp_campaign(make_campaign, srv.port, rows=rows, send_keys="rate = 10\n")
+        with subprocess.Popen([sys.executable, "-m", "notify", "status", str(d), "--watch", "--json", "--interval", "0.3"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as watch:
+            lines: list[str] = []
+            reader = threading.Thread(target=lambda: lines.extend(watch.stdout or []), daemon=True)
+            reader.start()
+            try:
+                sent = subprocess.run([sys.executable, "-m", "notify", "send", str(d), "--no-progress"],
+                                      capture_output=True, text=True, timeout=120)
+                assert sent.returncode == 0, sent.stderr
+                time.sleep(1.0)
+            finally:
+                watch.terminate()
+                reader.join(timeout=10)
+    frames = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert len(frames) >= 3 and all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", f["at"]) for f in frames), lines[:3]
+    live = [f for f in frames if f["rate"] is not None]
+    assert live and all(any(s.startswith("sending:  yes") for s in f["sending"]) for f in live), frames[-1]
+    last = frames[-1]
+    assert last["rate"] is None and last["states"]["sent"] == 40 and last["sending"][0].startswith("sending:  NO"), last

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import sys
 import time
@@ -157,7 +158,8 @@ def _say_seeds(campaign: Path, result: RunResult) -> None:
 @boundary
 def status(
     campaign: Path = CampaignArg,
-    as_json: bool = typer.Option(False, "--json", help="One JSON object: campaign, total, rejected, states, ..."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object: campaign, total, rejected, states, ... "
+                                                       "(with --watch, one a line at each refresh, with its time and rate)."),
     watch: bool = typer.Option(False, "--watch", help="Refresh counts, rate, ETA and the last rate change until Ctrl-C."),
     interval: float = typer.Option(2.0, "--interval", min=0.2, metavar="SECONDS", help="Seconds between refreshes (--watch)."),
 ) -> None:
@@ -168,10 +170,11 @@ def status(
       notify status campaigns/example
       notify status campaigns/example --json
       notify status campaigns/example --watch        # from another terminal while a send runs
+      notify status campaigns/example --watch --json # a line of JSON each refresh, for a script or a dashboard
     """
     with _open(campaign) as (c, store):
         if watch:
-            _watch(c, store, interval)
+            (_watch_json if as_json else _watch)(c, store, interval)
             return
         st = report.status(c, store)
         if as_json:
@@ -236,6 +239,18 @@ def _said_time(c: Campaign, store: Store, st: report.Status) -> list[str]:
     if st.deadline:
         lines.append((LATE if st.deadline.late else "") + st.deadline.said)
     return lines + deadlines.jurisdiction_lines(c, st.jurisdictions)
+
+
+def _watch_json(c: Campaign, store: Store, interval: float) -> None:
+    """`status --watch --json`: at each refresh, one line of JSON (JSON Lines): its time, the rate a finish is
+    projected at (null while nothing sends: `sending` says so), and what `status --json` says."""
+    while True:
+        now = time.time()
+        said, rate = report.sending(c, store, now)
+        typer.echo(json.dumps({"at": dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                               "rate": rate, "sending": said, **report.status(c, store).as_dict()},
+                              ensure_ascii=False, separators=(",", ":")))
+        time.sleep(interval)
 
 
 def _watch(c: Campaign, store: Store, interval: float) -> None:
