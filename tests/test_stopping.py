@@ -47,3 +47,59 @@ def test_a_stop_while_waiting_for_a_slot_sends_nothing_more(make_campaign: MakeC
     store.close()
     assert "inflight" not in counts and counts.get("sent", 0) == after, counts
     assert counts.get("pending", 0) + counts.get("deferred", 0) == 50 - after
+
+
+@pytest.mark.parametrize("nohup", [False, True])
+def test_a_closed_terminal_stops_the_run_as_ctrl_c_does_unless_under_nohup(make_campaign: MakeCampaign, nohup: bool) -> None:
+    # An SSH session that drops sends its hangup (SIGHUP) to the send in its terminal: notify died at once, leaving
+    # everything it had claimed inflight (74 of 188 at rate 5), then counted "in doubt" and marked possibly
+    # duplicated in the evidence although each of them got one message. Now it stops as at Ctrl-C, its writes
+    # to the dead terminal going nowhere; under nohup (SIGHUP ignored) the send goes on to the end.
+    import contextlib
+    import os
+    import pty
+
+    from notify.reports.status import status
+
+    h = Handler()
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=40)
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: notify send on the terminal, with its progress bar
+            if nohup:  # as nohup(1) runs it: SIGHUP ignored, the output appended to nohup.out
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                out = os.open(d / "nohup.out", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                os.dup2(out, 1)
+                os.dup2(out, 2)
+            os.execv(sys.executable, [sys.executable, "-m", "notify", "send", str(d), "--rate", "10"])
+        os.set_blocking(fd, False)
+        try:
+            deadline = time.monotonic() + 30
+            while len(h.received) < 5 and time.monotonic() < deadline:
+                with contextlib.suppress(OSError):  # the terminal shows what it is sent (the bar), and nobody reads it
+                    os.read(fd, 1 << 16)
+                time.sleep(0.05)
+            assert len(h.received) >= 5, "nothing sent"
+        finally:
+            os.close(fd)  # the terminal goes away: the kernel hangs up the session
+        _, status_code = os.waitpid(pid, 0)
+        received = len(h.received)
+    campaign = load(d)
+    store = open_store(campaign)
+    try:
+        counts, st = store.counts(), status(campaign, store)
+        stopped = store.last_event_of(("send_stopped",))
+    finally:
+        store.close()
+    assert os.WIFEXITED(status_code), "killed by the signal, not stopped"
+    if nohup:
+        assert os.WEXITSTATUS(status_code) == 0 and counts == {"sent": 40}, counts
+        assert received == 40 and "This run via relay: sent 40" in (d / "nohup.out").read_text()
+        return
+    assert os.WEXITSTATUS(status_code) == 130
+    assert "inflight" not in counts and st.in_doubt == 0, (counts, st.in_doubt)
+    assert counts.get("sent", 0) == received < 40 and counts.get("pending", 0) == 40 - received, counts
+    assert stopped is not None and stopped["detail"]["signal"] == "SIGHUP" and stopped["detail"]["interrupted"]
+    from .conftest import run
+    code, out, _ = run("status", d)
+    assert "interrupted: its terminal closed (SIGHUP)" in out, out

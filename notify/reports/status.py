@@ -156,6 +156,10 @@ def worker_view(w: dict[str, Any]) -> dict[str, Any]:
 STILL = 30.0  # seconds without an outcome after which a live sender is said to be waiting, not sending
 
 
+INTERRUPTED = {"SIGINT": "interrupted (Ctrl-C)", "SIGTERM": "stopped by SIGTERM",
+               "SIGHUP": "interrupted: its terminal closed (SIGHUP); every message in flight was settled"}
+
+
 def sending(campaign: Campaign, store: Store, now: float) -> tuple[list[str], float | None]:
     """Whether anything sends this campaign right now, in lines, and the rate to project a finish at (None:
     nothing to project). Never a rate when nothing sends (#38: --watch showed 152.9/s after the run had
@@ -166,7 +170,7 @@ def sending(campaign: Campaign, store: Store, now: float) -> tuple[list[str], fl
         lines = [f"sending:  NO: nothing is sending {campaign.id} now; {remaining} to go"]
         if (stop := store.last_event_of(("send_stopped",))) is not None:
             d = stop["detail"]
-            why = "interrupted (Ctrl-C)" if d.get("interrupted") else d.get("reason") or (
+            why = INTERRUPTED.get(d.get("signal"), INTERRUPTED["SIGINT"]) if d.get("interrupted") else d.get("reason") or (
                 "finished" if not d.get("remaining") else "stopped")
             lines.append(f"last run: ended {local(campaign, stop['ts'])}: {' '.join(str(why).split())}")
         if remaining:

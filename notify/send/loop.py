@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 from collections.abc import Callable
@@ -77,6 +78,8 @@ class SendLoop:
         self.pool: RenderPool | None = None
         self.switching = asyncio.Lock()
         self.interrupted = False
+        self.hangup = False  # SIGHUP caught: not where nohup ignores it
+        self.stopped_by: str | None = None  # the signal that stopped the run: SIGINT (Ctrl-C), SIGTERM, SIGHUP
 
     def render_processes(self, due: int) -> int:
         """[send] render_processes, or by default one process per spare core (at most 4) once there is
@@ -255,17 +258,36 @@ class SendLoop:
             self.result.counts["suppressed"] += store.suppress_pending(self.suppression.path)
         self.watch.since = breaker.window_start(store, self.options.acknowledge_reputation, self.wall())
 
-    def on_signal(self) -> None:
+    def on_signal(self, name: str = "SIGINT") -> None:
         self.interrupted = True
+        self.stopped_by = self.stopped_by or name
         self.stop.set()
 
+    def on_hangup(self) -> None:
+        """The terminal closed (an SSH session dropped at 3 a.m.): stop as at Ctrl-C, every message in flight settled,
+        instead of dying with them all left in doubt. A terminal that hung up fails every write (EIO), the progress
+        bar's and the closing lines' alike: what went to it goes nowhere now. A file or a pipe is written as before."""
+        for fd in (1, 2):
+            try:
+                os.write(fd, b"")
+            except OSError:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+        self.on_signal("SIGHUP")
+
     def signals(self, on: bool) -> None:
-        """Ctrl-C and SIGTERM stop the run (on), or are Python's again (off)."""
+        """Ctrl-C, SIGTERM and a hangup (SIGHUP, unless ignored, as nohup does) stop the run (on), or are Python's
+        again (off)."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        caught: dict[signal.Signals, Callable[[], None]] = {signal.SIGINT: functools.partial(self.on_signal, "SIGINT"),
+                  signal.SIGTERM: functools.partial(self.on_signal, "SIGTERM")}
+        if on:
+            self.hangup = signal.getsignal(signal.SIGHUP) != signal.SIG_IGN
+        if self.hangup:
+            caught[signal.SIGHUP] = self.on_hangup
+        for sig, handler in caught.items():
             with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals here (not the main thread)
                 if on:
-                    loop.add_signal_handler(sig, self.on_signal)
+                    loop.add_signal_handler(sig, handler)
                 else:
                     loop.remove_signal_handler(sig)
 
@@ -353,7 +375,7 @@ class SendLoop:
         for need in sorted(k for k in result.counts if k.startswith("needs ")):
             result.notes.append(self.waiting_said(need))
         store.apply_parked()  # feedback (`bounces --follow` beside us) that came before we recorded its message
-        store.log("send_stopped", providers=result.providers, interrupted=self.interrupted,
+        store.log("send_stopped", providers=result.providers, interrupted=self.interrupted, signal=self.stopped_by,
                   reason=result.stopped, outcomes=dict(result.counts), remaining=result.remaining)
         return result
 

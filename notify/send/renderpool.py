@@ -6,8 +6,8 @@ process builds the next batch while the event loop sends the current one (bench/
 gain).
 
 The processes render exactly the templates preflight checked (a snapshot of their sources, not the
-files as they are later) for exactly the campaign it loaded (pickled). They ignore SIGINT and
-SIGTERM: stopping is the parent's decision (and they exit on their own if the parent is killed
+files as they are later) for exactly the campaign it loaded (pickled). They ignore SIGINT, SIGTERM
+and SIGHUP: stopping is the parent's decision (and they exit on their own if the parent is killed
 outright), and a claimed recipient is already inflight on disk
 before it is rendered, so nothing a render process does or fails to do can lose a recipient.
 
@@ -80,8 +80,8 @@ def render_claimed(templates: Templates, c: Claimed) -> Prepared:
 def _init(campaign: Campaign, snapshot: tuple[list[str], dict[str, tuple[str, str]]], parent: int,
           region: tuple[int, int] | None) -> None:
     global _templates, _region
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a closed terminal sends its hangup to us too
+        signal.signal(sig, signal.SIG_IGN)
 
     # `parent` is the pid the parent passed, not our getppid() now: a parent killed while we were
     # still starting up (spawn takes about a second) has already left us to init, and we would
