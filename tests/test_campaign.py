@@ -169,3 +169,12 @@ def test_a_path_longer_than_the_system_allows_is_named_not_a_crash(tmp_path: Pat
     assert "a path longer than this system allows" in err and "internal error" not in err
     code, out, err = run("check", tmp_path / ("x" * 300))
     assert code == 1 and "a path longer than this system allows" in err, out + err
+
+
+@pytest.mark.parametrize("value", ["[]", '["smtp"]', "{}", "{ kind = \"smtp\" }"])
+def test_a_provider_type_of_the_wrong_type_is_named(make_campaign: MakeCampaign, value: str) -> None:
+    # A list or a table for a provider's type was an internal error (TypeError: unhashable type), found by
+    # putting every wrong type into every key of the schema.
+    d = make_campaign(providers_extra=f'\n[providers.relay]\ntype = {value}\nhost = "127.0.0.1"\n')
+    (problem,) = problems(d)
+    assert problem.startswith("campaign.toml: [providers.relay] type: a ") and 'must be one of "outbox"' in problem, problem

@@ -198,9 +198,10 @@ def _providers(c: _Checker, file: Path, top: dict[str, Any]) -> dict[str, Provid
             c.problem(where, f"expected a table, got {described(table)}")
             continue
         kind = table.get("type")
-        if kind not in PROVIDER_KEYS:
+        if not isinstance(kind, str) or kind not in PROVIDER_KEYS:  # a list or a table is no key of PROVIDER_KEYS
             known = ", ".join(f'"{k}"' for k in PROVIDER_KEYS)
-            c.problem(f"{where} type", f"{'missing' if kind is None else repr(kind)}: must be one of {known}")
+            said = "missing" if kind is None else repr(kind) if isinstance(kind, str) else described(kind)
+            c.problem(f"{where} type", f"{said}: must be one of {known}")
             continue
         good = c.table(where, table, PROVIDER_KEYS[kind])
         if len(good) == len(table):
