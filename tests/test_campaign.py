@@ -166,7 +166,7 @@ def test_a_path_longer_than_the_system_allows_is_named_not_a_crash(tmp_path: Pat
     (d / "campaign.toml").write_text(MINIMAL.replace('"recipients.csv"', '"' + "r" * 300 + '.csv"'))
     code, out, err = run("check", d)
     assert code == 1, out + err
-    assert "a path longer than this system allows" in err and "internal error" not in err
+    assert "[campaign] recipients: " in err and "cannot be read (File name too long)" in err, err
     code, out, err = run("check", tmp_path / ("x" * 300))
     assert code == 1 and "a path longer than this system allows" in err, out + err
 
@@ -178,3 +178,40 @@ def test_a_provider_type_of_the_wrong_type_is_named(make_campaign: MakeCampaign,
     d = make_campaign(providers_extra=f'\n[providers.relay]\ntype = {value}\nhost = "127.0.0.1"\n')
     (problem,) = problems(d)
     assert problem.startswith("campaign.toml: [providers.relay] type: a ") and 'must be one of "outbox"' in problem, problem
+
+
+WRONG = ['"x"', '""', "0", "-1", "99999999999999999999", "1e309", "nan", "true", "[]", '["a", 1]', "{}", "{a = 1}",
+         "{a = {b = [1]}}", "2022-08-08T00:00:00Z", "2099-01-01", '"' + "a" * 5000 + '"', '"\\u0000"', '"../../x"', '"/"',
+         '"{{ 7*7 }}"', '"{token}"']
+
+
+def _every_key() -> list[tuple[str, str]]:
+    from notify.campaign import schema
+    keys = [("campaign", k) for k in schema.CAMPAIGN_KEYS] + [("send", k) for k in schema.SEND_KEYS] + \
+        [("send.retry", k) for k in schema.RETRY_KEYS] + [("providers.relay", k) for k in schema.PROVIDER_KEYS["smtp"]] + \
+        [("providers.ses", k) for k in schema.PROVIDER_KEYS["ses"]] + [("audit", k) for k in schema.AUDIT_KEYS] + \
+        [("state", k) for k in schema.STATE_KEYS] + [("review", k) for k in schema.REVIEW_KEYS]
+    return keys + [("send.domains", '"example.com"'), ("review.variants", "US-MA"), ("variables", "company"),
+                   ("variables.es", "company"), ("jurisdictions.XX", "name"), ("jurisdictions.US-CA", "deadline_days"),
+                   ("campaign.locale_map", "pt")]
+
+
+@pytest.mark.parametrize(("table", "key"), _every_key())
+def test_any_value_of_any_key_loads_or_is_named(tmp_path: Path, table: str, key: str) -> None:
+    # Every key of the schema given every kind of wrong value: the campaign loads, or a ConfigError names what is
+    # wrong; never another exception (a provider type given as a list was a TypeError, exit 70).
+    d = tmp_path / "c"
+    d.mkdir()
+    (d / "recipients.csv").write_text("email\na@example.com\n")
+    base = MINIMAL + '\n[providers.relay]\ntype = "smtp"\nhost = "127.0.0.1"\n\n[providers.ses]\ntype = "ses"\n'
+    for value in WRONG:
+        lines = [line for line in base.splitlines() if not (line.split("=", 1)[0].strip() == key and "=" in line
+                                                            and table in ("campaign", "send", "providers.relay", "providers.ses"))]
+        header = f"[{table}]"
+        text = "\n".join(lines).replace(header + "\n", f"{header}\n{key} = {value}\n", 1) if header in lines \
+            else "\n".join(lines) + f"\n{header}\n{key} = {value}\n"
+        (d / "campaign.toml").write_text(text)
+        try:
+            campaign.load(d)
+        except ConfigError as e:
+            assert e.problems and all(p.startswith(str(d / "campaign.toml")) for p in e.problems), (key, value, e.problems)

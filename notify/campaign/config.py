@@ -70,8 +70,15 @@ def _references(c: _Checker, file: Path, top: dict[str, Any], send: dict[str, An
         if name not in top.get("providers", {}):
             defined = ", ".join(top.get("providers", {})) or "none"
             c.problem("[send] providers", f'"{name}" is not defined: add a [providers.{name}] table (defined: {defined})')
-    if recipients_file and "recipients" in camp and not (file.parent / camp["recipients"]).is_file():
-        c.problem("[campaign] recipients", f"{file.parent / camp['recipients']}: file not found")
+    if recipients_file and "recipients" in camp:
+        path = file.parent / camp["recipients"]
+        try:
+            found = path.is_file()
+        except OSError as e:  # a name longer than the system allows (ENAMETOOLONG), say
+            c.problem("[campaign] recipients", f"{str(path)[:120]}...: cannot be read ({e.strerror})")
+        else:
+            if not found:
+                c.problem("[campaign] recipients", f"{path}: file not found")
 
 
 def _state(c: _Checker, top: dict[str, Any]) -> dict[str, Any]:
