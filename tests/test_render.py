@@ -183,3 +183,35 @@ def test_a_locale_can_be_read_as_another_before_the_default(make_campaign: MakeC
     assert run("send", d, "--no-progress")[0] == 0 and set(states(d).values()) == {"sent"}
     bodies = [p.read_bytes() for p in (d / "outbox").glob("*.eml")]
     assert sum(b"Aviso" in b for b in bodies) == 1
+
+
+@pytest.mark.parametrize("planted", ["link to a secret", "link to a device", "pipe", "linked locale"])
+def test_a_template_file_that_is_no_regular_file_of_its_own_is_refused_not_followed_or_skipped(
+        make_campaign: MakeCampaign, tmp_path: Path, planted: str) -> None:
+    # en/body.txt linked to a file outside (/etc/shadow, as root) had its text rendered into every message; a link
+    # to a device or a pipe was skipped, and a linked locale directory not entered, so the shipped template of the
+    # same name stood in for the campaign's own, unsaid. Each is now a check problem naming the file.
+    import os
+
+    from .conftest import run
+
+    d = make_campaign(templates=simple_templates(body="Our own words"))  # a local breach-notice over the shipped one
+    en = d / "templates" / "breach-notice" / "en"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:$6$hash")
+    if planted == "linked locale":
+        elsewhere = tmp_path / "elsewhere"
+        en.rename(elsewhere)
+        en.symlink_to(elsewhere)
+        victim = en
+    else:
+        victim = en / "body.txt"
+        victim.unlink()
+        if planted == "pipe":
+            os.mkfifo(victim)
+        else:
+            victim.symlink_to(secret if planted == "link to a secret" else Path("/dev/zero"))
+    code, out, err = run("check", d)
+    assert code == 1 and f"{victim}: " in err, out + err
+    assert ("symbolic link" in err) if planted != "pipe" else ("not a regular file" in err), err
+    assert run("send", d, "--no-progress")[0] == 1 and not (d / "outbox").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,13 +29,18 @@ def _read_sources(roots: list[Path]) -> dict[str, tuple[str, str]]:
     Hidden files and lint.toml are left out (the loader then cannot reach them either)."""
     sources: dict[str, tuple[str, str]] = {}
     for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root):  # symlinked directories are not entered
+        for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for d in dirnames:  # os.walk does not enter a linked directory: the shipped locale would stand in, unsaid
+                if (odd := _not_a_template_file(Path(dirpath) / d, directory=True)) is not None:
+                    raise TemplateError(f"{Path(dirpath) / d}: {odd}", hint=_OWN_FILES)
             for fname in sorted(filenames):
                 path = Path(dirpath) / fname
                 name = path.relative_to(root).as_posix()
-                if fname.startswith(".") or fname == LINT_FILE or name in sources or not path.is_file():
+                if fname.startswith(".") or fname == LINT_FILE or name in sources:
                     continue
+                if (odd := _not_a_template_file(path)) is not None:  # not skipped: the shipped file would stand in
+                    raise TemplateError(f"{path}: {odd}", hint=_OWN_FILES)
                 if len(sources) >= MAX_TEMPLATE_FILES:
                     raise TemplateError(f"{root}: more than {MAX_TEMPLATE_FILES} files under the template",
                                         hint="keep only the templates in that directory")
@@ -52,6 +58,20 @@ def _read_sources(roots: list[Path]) -> dict[str, tuple[str, str]]:
                     raise TemplateError(f"{path}: not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})",
                                         hint="save it as UTF-8, or move it out of the template directory") from None
     return sources
+
+
+_OWN_FILES = "a template's files are its own regular files: copy the file in, or move it out of the template directory"
+
+
+def _not_a_template_file(path: Path, directory: bool = False) -> str | None:
+    """Why `path` is no file (or directory) a template is read from, or None: a link (to /etc/shadow, whose text
+    would be sent to every recipient; a linked file was followed, a linked directory skipped), a pipe, a device."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link; templates are never read through a link"
+    if directory or stat.S_ISREG(st.st_mode):
+        return None
+    return "is not a regular file (a pipe, a device or a socket)"
 
 
 class _SnapshotLoader(jinja2.BaseLoader):
