@@ -215,3 +215,12 @@ def test_any_value_of_any_key_loads_or_is_named(tmp_path: Path, table: str, key:
             campaign.load(d)
         except ConfigError as e:
             assert e.problems and all(p.startswith(str(d / "campaign.toml")) for p in e.problems), (key, value, e.problems)
+
+
+def test_a_recipients_file_that_is_a_pipe_is_named_as_one(make_campaign: MakeCampaign) -> None:
+    import os
+    d = make_campaign()
+    (d / "recipients.csv").unlink()
+    os.mkfifo(d / "recipients.csv")
+    assert problems(d) == [f"campaign.toml: [campaign] recipients: {d / 'recipients.csv'}: not a regular file (a pipe, a "
+                           "device, a directory)"]

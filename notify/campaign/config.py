@@ -78,7 +78,8 @@ def _references(c: _Checker, file: Path, top: dict[str, Any], send: dict[str, An
             c.problem("[campaign] recipients", f"{str(path)[:120]}...: cannot be read ({e.strerror})")
         else:
             if not found:
-                c.problem("[campaign] recipients", f"{path}: file not found")
+                c.problem("[campaign] recipients", f"{path}: " + ("not a regular file (a pipe, a device, a directory)"
+                                                                  if path.exists() else "file not found"))
 
 
 def _state(c: _Checker, top: dict[str, Any]) -> dict[str, Any]:
