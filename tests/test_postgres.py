@@ -206,6 +206,21 @@ def test_database_faults_are_clear_errors_and_never_show_the_password(make_campa
     assert not list((d / "outbox").glob("*.eml")) if (d / "outbox").exists() else True
 
 
+def test_a_url_python_cannot_read_is_named_without_its_password(make_campaign: MakeCampaign,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # An unclosed IPv6 bracket made urllib raise ValueError while the password was being found: an internal error,
+    # and libpq's own message quotes such a URL whole. A server that refuses the connection was said by libpq's hint
+    # alone ("\tIs the server running ..."), its cause ("Connection refused") cut off.
+    d = pg_campaign(make_campaign, 3)
+    monkeypatch.setenv("NOTIFY_STATE_URL", "postgresql://notify:Unclosed-Secret-7@[::1/db")
+    code, out, err = run("status", d)
+    assert code == 1 and "not a PostgreSQL URL" in err and "Unclosed-Secret-7" not in out + err, err
+    monkeypatch.setenv("NOTIFY_STATE_URL", "postgresql://notify:Refused-Secret-7@127.0.0.1:1/db")
+    code, out, err = run("status", d)
+    assert code == 4 and "port 1 failed: Connection refused; Is the server running" in err, err
+    assert "Refused-Secret-7" not in out + err and ":***@" in err, err
+
+
 def test_a_schema_of_a_newer_notify_is_refused(make_campaign: MakeCampaign) -> None:
     d = pg_campaign(make_campaign, 3)
     assert run("check", d)[0] == 0

@@ -73,6 +73,14 @@ class Connection:
         return cur
 
 
+def _split(url: str) -> urllib.parse.SplitResult | None:
+    """The URL's parts, or None where Python cannot read it (an unclosed IPv6 bracket: ValueError)."""
+    try:
+        return urllib.parse.urlsplit(url)
+    except ValueError:
+        return None
+
+
 def passwords(url: str) -> list[str]:
     """Every password a connection string carries, in every form libpq accepts: `user:pw@host` in a URL,
     `?password=` in its query, `password=...` in key=value form (what libpq would use, and what is written)."""
@@ -83,8 +91,9 @@ def passwords(url: str) -> list[str]:
         effective = None
     if effective:
         found.append(str(effective))
-    if "://" in url:
-        parts = urllib.parse.urlsplit(url)
+    if "://" in url and (parts := _split(url)) is None:  # libpq's error quotes such a URL whole, password and all
+        found += re.findall(r"://[^:/@]*:([^@]+)@", url)
+    elif "://" in url and parts is not None:
         if parts.password:
             found += [parts.password, urllib.parse.unquote(parts.password)]
         found += [v for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if k == "password" and v]
@@ -96,7 +105,8 @@ def redacted(url: str) -> str:
     """The connection string without any password, in the form it was written (a URL, or key=value), for
     every message that names the database and for what is stored of it (the moved_to row)."""
     if "://" in url:
-        parts = urllib.parse.urlsplit(url)
+        if (parts := _split(url)) is None:
+            return "(a URL that cannot be read: see the value of [state] url_env)"
         netloc = parts.netloc
         if parts.password is not None:
             netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
@@ -118,7 +128,8 @@ def store_connection(url: str, what: str, stall_after: float = 30.0) -> psycopg.
     try:
         return connect(url, stall_after)
     except psycopg.OperationalError as e:
-        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__  # libpq: the cause comes last
+        # libpq's lines: the cause ("connection to server at ... failed: Connection refused"), then a hint
+        reason = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
         for secret in secrets_:
             reason = reason.replace(secret, "***")
         if "password authentication failed" in reason or "authentication failed" in reason or "role" in reason \
