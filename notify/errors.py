@@ -111,7 +111,10 @@ _TYPE_NAMES = {
 
 
 def described(value: Any) -> str:
-    """A value read from a TOML file as an error names it, in TOML's words: "'15' (a string)", "a table"."""
+    """A value read from a TOML file as an error names it, in TOML's words: "'15' (a string)", "a table"; None (TOML
+    has no null: a key not given) as "nothing (the key is missing)"."""
+    if value is None:
+        return "nothing (the key is missing)"
     for t in (bool, dt.datetime, dt.date, int, float, str, list, dict):
         if isinstance(value, t):
             shown = f"{value!r}" if not isinstance(value, (list, dict)) else ""

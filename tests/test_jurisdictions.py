@@ -372,3 +372,17 @@ def test_the_sample_copy_is_proven_by_rebuilding_a_residents_message(make_campai
     code, out, err = run("regulators", d, "--out", tmp_path / "again")
     assert code == 1 and "cannot be reproduced" in err and "body.txt (edited)" in err, err
     assert not (tmp_path / "again").exists()
+
+
+def test_a_rule_that_leaves_out_its_words_is_told_they_are_missing(make_campaign: MakeCampaign,
+                                                                   request: pytest.FixtureRequest) -> None:
+    # "citation: expected text (up to 2,000 characters), got NoneType": Python's name for a key not given.
+    d = campaign(make_campaign, request, {"XX-1": 1}, extra="""
+    [jurisdictions.XX-1]
+    name = "Somewhere"
+    reviewed = 2026-01-01
+    """)
+    code, out, err = run("check", d)
+    assert code == 1 and "NoneType" not in err, err
+    assert f"{d / 'campaign.toml'}: [jurisdictions.XX-1] citation: expected text (up to 2,000 characters), got nothing " \
+           "(the key is missing)" in err, err
