@@ -353,3 +353,30 @@ def test_summary_says_how_many_were_late_and_what_the_files_are(example: Path, t
     assert "MISSED for 188 of 188 people notified by email: the last notice was first sent" in text, text
     assert "The files of this export:" in text and "alternate_channel.csv  everyone email did not reach" in text
 
+
+
+def test_lookup_of_someone_whose_row_was_rejected_says_so(make_campaign: MakeCampaign, tmp_path: Path, backend: str) -> None:
+    # "nobody in the campaign matches dave@example.com" told a regulator Dave was never in the file: he was, in a row
+    # the import rejected (a display name in the email column), and was sent nothing. On the campaign and on its export.
+    import json
+
+    from .conftest import run
+
+    rows = "email,name\nann@example.com,Ann\nDave <dave@example.com>,Dave\neve@example.com,<b>Eve</b>\n"
+    d = make_campaign(rows)
+    assert run("send", d)[0] == 0
+    export = tmp_path / "export"
+    assert run("audit", "export", d, "--out", export)[0] == 0
+    for where in (d, export):
+        code, out, err = run("lookup", where, "DAVE@example.com")
+        assert code == 0, err
+        assert out.startswith("DAVE@example.com was in the recipients file but never a recipient of test-2022-08: the import "
+                              "rejected its row, so nobody was sent a message for it."), out
+        assert "  row 3: Dave <dave@example.com>,Dave\n    rejected: email holds a display name" in out, out
+        code, out, err = run("lookup", where, "eve@example.com", "--json")
+        (said,) = json.loads(out)["rejected"]
+        assert code == 0 and said["row"] == 4 and "markup" in said["reason"], out
+        code, out, err = run("lookup", where, "dave@example.com", "--eml", tmp_path / "dave.eml")
+        assert code == 1 and "no message and no proof of notice to write" in err and not (tmp_path / "dave.eml").exists()
+        code, _, err = run("lookup", where, "nobody@example.com")
+        assert code == 1 and "nobody in test-2022-08 matches 'nobody@example.com'" in err, err

@@ -142,6 +142,7 @@ def _open_any(target: Path, key: Path | None = None) -> Iterator[tuple[Campaign,
         with _open(target) as pair:
             yield pair
         return
+    from ..evidence.index import INDEX, rejects_of
     from ..evidence.manifest import verify_export
 
     check = verify_export(target, key)
@@ -150,7 +151,8 @@ def _open_any(target: Path, key: Path | None = None) -> Iterator[tuple[Campaign,
                          + "\n  ".join(check.problems[:10]), hint=f"`notify audit verify {target}` shows the whole report")
     err(_signature_said(check.signature, key, check.signer))
     with tempfile.TemporaryDirectory(prefix="notify-export-") as tmp:
-        c, store = open_export(target, Path(tmp), (check.chain.events, check.chain.head))
+        c, store = open_export(target, Path(tmp), (check.chain.events, check.chain.head),
+                               rejects=rejects_of(target) if (target / INDEX).is_file() else [])
         try:
             yield c, store
         finally:

@@ -67,7 +67,7 @@ def _open_for_lookup(target: Path, query: str, key: Path | None) -> Iterator[tup
         err(_signature_said(found.signature, key, found.signer))
         err(found.said)
         with tempfile.TemporaryDirectory(prefix="notify-export-") as tmp:
-            c, store = open_export(target, Path(tmp), found.head, only=(found.rows, found.events))
+            c, store = open_export(target, Path(tmp), found.head, only=(found.rows, found.events), rejects=found.rejects)
             try:
                 yield c, store
             finally:
@@ -102,6 +102,9 @@ def lookup(campaign: Path = CampaignOrExport,
 
     with _open_for_lookup(campaign, query, key) as (c, store):
         found = lk.find(c, store, query)
+        if not found and (rows := lk.rejected(store, query)):  # in the recipients file, never a recipient
+            _say_rejected(c, query, rows, as_json, wanted=eml is not None or out is not None)
+            return
         if not found:
             raise InputError(f"nobody in {c.id} matches {query!r} (an address, a name, or a value of "
                              f"{', '.join(c.audit_columns) or 'an [audit] column'})")
@@ -132,6 +135,22 @@ def lookup(campaign: Path = CampaignOrExport,
     if out is not None:
         typer.echo(f"Wrote a proof of notice to {out}/ (person.json, {'message.eml, ' if proof.message else ''}"
                    f"manifest.json); check it with: notify audit verify {out}")
+
+
+def _say_rejected(c: Campaign, query: str, rows: list[tuple[int, str, str]], as_json: bool, wanted: bool) -> None:
+    """`lookup` of someone whose row the import rejected: "nobody matches" would tell a regulator they were never in
+    the file. They were, and were sent nothing: which row, as read, and why."""
+    if as_json:
+        typer.echo(report.dumps({"record": None, "rejected": [{"row": row, "raw": raw, "reason": reason}
+                                                              for row, raw, reason in rows]}))
+    else:
+        typer.echo(f"{query} was in the recipients file but never a recipient of {c.id}: the import rejected "
+                   f"{'its row' if len(rows) == 1 else f'{len(rows)} rows holding it'}, so nobody was sent a message for it.")
+        for row, raw, reason in rows:
+            typer.echo(f"  row {row}: {_one_line(raw)[:200]}")
+            typer.echo(f"    rejected: {_one_line(reason)}")
+    if wanted:
+        raise InputError(f"no message and no proof of notice to write: {query} was never sent one")
 
 
 @boundary

@@ -297,6 +297,7 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
     beside = _Beside(campaign, out) if store.rows_read() >= BESIDE_FROM else None
     verdict = _write_events(store, out, index, written)
     written["state.jsonl"] = _write_state(store, out, index)
+    index.rejects(list(store.rejects()))
     _write_kit(campaign, out, sources or {})
     if report is not None:  # the campaign report as of the export, sealed with it: `report EXPORT` copies it (#37)
         with _create(out / REPORT) as fh:

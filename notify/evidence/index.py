@@ -91,6 +91,7 @@ class IndexWriter:
             PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;
             CREATE TABLE people (key TEXT NOT NULL, id INTEGER NOT NULL, at INTEGER NOT NULL, len INTEGER NOT NULL);
             CREATE TABLE events (recipient_id INTEGER, at INTEGER NOT NULL, len INTEGER NOT NULL);
+            CREATE TABLE rejects (row INTEGER NOT NULL, raw TEXT NOT NULL, reason TEXT NOT NULL);
         """)
         self.db.execute("BEGIN")
 
@@ -101,6 +102,11 @@ class IndexWriter:
     def people(self, keys: list[str], ids: list[int], offsets: list[int], lengths: list[int]) -> None:
         """Where these people's rows are in state.jsonl."""
         self.db.executemany("INSERT INTO people VALUES (?,?,?,?)", zip(keys, ids, offsets, lengths, strict=True))
+
+    def rejects(self, rows: list[tuple[int, str, str]]) -> None:
+        """The rows the imports rejected (row, as read, why): a lookup of someone who was in the recipients file but
+        never a recipient says so from the index alone (they are few: the whole table is read)."""
+        self.db.executemany("INSERT INTO rejects VALUES (?,?,?)", rows)
 
     def close(self) -> None:
         self.db.execute("CREATE INDEX people_key ON people(key)")
@@ -120,6 +126,7 @@ class Found:
     head: tuple[int, str]  # the chain's length and head, as the manifest seals them
     signature: str = "none"  # manifest.check_signature's verdict, and the signer's key SHA-256 it names
     signer: str | None = None
+    rejects: list[tuple[int, str, str]] = field(default_factory=list)  # the import's rejected rows, as the index holds them
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -180,6 +187,7 @@ def find(out: Path, keys: list[str], key: Path | None) -> Found | None:
                          + "\n  ".join(problems[:10]), hint=f"`notify audit verify {out}` shows the whole report")
     reader = _Reader(out, blocks)
     campaign_events, people = _read_people(out, reader, keys)
+    rejected = rejects_of(out)
     for ev in [e for _, evs in people for e in evs] + campaign_events:
         if event_hash(ev) != ev.get("hash"):
             raise InputError(f"{out / 'events.jsonl'}: event {ev.get('seq')} ({ev.get('kind')}) does not match its hash")
@@ -188,7 +196,23 @@ def find(out: Path, keys: list[str], key: Path | None) -> Found | None:
             "`notify audit verify` checks the whole chain.")
     chain = manifest["chain"]
     return Found(campaign_events, people, said, (int(chain.get("events", 0)), str(chain.get("head", ""))),
-                 signature, signer)
+                 signature, signer, rejected)
+
+
+def rejects_of(out: Path) -> list[tuple[int, str, str]]:
+    """The rejected rows an export's index holds (none in an index written before it held them)."""
+    db = sqlite3.connect(f"{(out / INDEX).resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+    try:
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'rejects'").fetchone() is None:
+            return []
+        rows = db.execute("SELECT row, raw, reason FROM rejects ORDER BY rowid").fetchall()
+    except sqlite3.Error as e:
+        raise InputError(f"{out / INDEX}: not an index notify wrote ({e})") from None
+    finally:
+        db.close()
+    if not all(isinstance(r, int) and isinstance(a, str) and isinstance(b, str) for r, a, b in rows):
+        raise InputError(f"{out / INDEX}: its rejected rows are not of the types an export writes")
+    return [(int(r), str(a), str(b)) for r, a, b in rows]
 
 
 def _unsealed(out: Path, listed: dict[str, Any]) -> list[str]:

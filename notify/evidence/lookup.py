@@ -10,8 +10,11 @@ that matches is the message, byte for byte, and one that does not says so.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import email.utils
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +150,18 @@ def find(campaign: Campaign, store: Store, query: str) -> list[dict[str, Any]]:
         raise InputError("give an address, a name, or a value of an [audit] column to look up")
     found = store.people(keys_of(q), q, {c: q for c in campaign.audit_columns})
     return [{**r, "vars": vars_of(r["vars"], f"the recipient of row {r['row']} ({r['email']})")} for r in found]
+
+
+def rejected(store: Store, query: str) -> list[tuple[int, str, str]]:
+    """The rows the imports rejected that hold the address asked for, in any of their cells (any case): someone who
+    was in the recipients file and never became a recipient, so was sent nothing, and why. (row, raw, reason)."""
+    keys = set(keys_of(query))
+    if not keys:
+        return []
+    def holds(cell: str) -> bool:  # the address itself, or written with a display name ("Dave <dave@...>")
+        return cell.strip().lower() in keys or email.utils.parseaddr(cell)[1].lower() in keys
+    return [(row, raw, reason) for row, raw, reason in store.rejects()
+            if any(holds(cell) for cells in csv.reader(io.StringIO(raw)) for cell in cells)]
 
 
 def keys_of(query: str) -> list[str]:

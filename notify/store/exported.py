@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -98,9 +98,11 @@ def _templates(out: Path, into: Path) -> str:
 
 
 def open_export(out: Path, work: Path, head: tuple[int, str],
-                only: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None) -> tuple[Campaign, ExportStore]:
+                only: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None,
+                rejects: Sequence[tuple[int, str, str]] = ()) -> tuple[Campaign, ExportStore]:
     """The campaign and state an export holds, laid out under `work` (a private temporary directory). With
-    `only` (recipients' rows and events, read through the export's index), that part of the state alone."""
+    `only` (recipients' rows and events, read through the export's index), that part of the state alone; with
+    `rejects` (from the index), the rows the imports rejected."""
     missing = [name for name in KIT if not (out / name).is_file()]
     if missing:
         raise InputError(f"{out}: this export has no {', '.join(missing)}: it was written before exports carried what "
@@ -116,7 +118,7 @@ def open_export(out: Path, work: Path, head: tuple[int, str],
     files.private_dir(camp / ".notify")
     store = ExportStore(camp / ".notify" / "campaign.sqlite", head, chains)
     try:
-        _load(store, out, events, rows)
+        _load(store, out, events, rows, rejects)
     except (sqlite3.Error, StoreError, TypeError, OverflowError) as e:  # values of the wrong type in a sealed file
         store.close()
         raise InputError(f"{out}: state.jsonl or events.jsonl holds values no export of notify's holds ({e})",
@@ -125,7 +127,7 @@ def open_export(out: Path, work: Path, head: tuple[int, str],
 
 
 def _load(store: ExportStore, out: Path, events: list[tuple[int, dict[str, Any]]],
-          state: Iterator[tuple[int, dict[str, Any]]]) -> None:
+          state: Iterator[tuple[int, dict[str, Any]]], rejects: Sequence[tuple[int, str, str]]) -> None:
     columns = [c.strip() for c in RECIPIENT_COLUMNS.split(",")]
     with store.transaction(chain=False) as db:
         db.execute("DROP TABLE events")
@@ -140,5 +142,6 @@ def _load(store: ExportStore, out: Path, events: list[tuple[int, dict[str, Any]]
                                  f"{', '.join(c for c in columns if c not in r)}")
             rows.append(tuple(1 if c == "import_id" else r[c] for c in columns))
         db.executemany(f"INSERT INTO recipients ({RECIPIENT_COLUMNS}) VALUES ({','.join('?' * len(columns))})", rows)
+        db.executemany("INSERT INTO rejects (import_id, row, raw, reason) VALUES (1, ?, ?, ?)", rejects)
         db.executemany(f"INSERT INTO events ({', '.join(EVENT_KEYS)}) VALUES ({','.join('?' * len(EVENT_KEYS))})",
                        [tuple(ev.get(k, 0 if k == "chain" else None) for k in EVENT_KEYS) for _, ev in events])
