@@ -7,7 +7,7 @@ import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
@@ -22,6 +22,9 @@ from ..evidence.chain import verify_chain
 from ..reports import status as report
 from ..store import Store
 from .app import CampaignArg, CampaignOrExport, KeyOption, _one_line, _open, _open_any, _signature_said, boundary, err
+
+if TYPE_CHECKING:
+    from ..evidence.lookup import Proof
 
 
 @boundary
@@ -114,18 +117,7 @@ def lookup(campaign: Path = CampaignOrExport,
         proof = lk.proof(c, store, found[0])
         if out is not None:
             lk.write_bundle(c, store, found[0], proof, out, sign_key)
-    if as_json:
-        typer.echo(report.dumps({"record": proof.record, "timeline": proof.timeline, "content": proof.content}))
-    else:
-        for k, v in proof.record.items():
-            typer.echo(f"{k + ':':<22}{_one_line(str(v))}")
-        typer.echo("timeline:")
-        for t in proof.timeline:
-            d = t["detail"]
-            reply = d.get("reply") or d.get("reason") or d.get("status") or (
-                f"its detail is not readable: {d['unreadable']}" if "unreadable" in d else "")
-            typer.echo(f"  {t['at'][:19]}Z  {t['what']:<18} {t['provider']:<8} {_one_line(str(reply))[:120]}".rstrip())
-        typer.echo(f"content:              {proof.content}")
+    _say_proof(proof, as_json)
     if eml is not None:
         if proof.message is None:
             raise InputError(f"no message to write: {proof.content}")
@@ -135,6 +127,22 @@ def lookup(campaign: Path = CampaignOrExport,
     if out is not None:
         typer.echo(f"Wrote a proof of notice to {out}/ (person.json, {'message.eml, ' if proof.message else ''}"
                    f"manifest.json); check it with: notify audit verify {out}")
+
+
+def _say_proof(proof: Proof, as_json: bool) -> None:
+    """One person's proof of notice: the record, the timeline, what the content check found."""
+    if as_json:
+        typer.echo(report.dumps({"record": proof.record, "timeline": proof.timeline, "content": proof.content}))
+        return
+    for k, v in proof.record.items():
+        typer.echo(f"{k + ':':<22}{_one_line(str(v))}")
+    typer.echo("timeline:")
+    for t in proof.timeline:
+        d = t["detail"]
+        reply = d.get("reply") or d.get("reason") or d.get("status") or (
+            f"its detail is not readable: {d['unreadable']}" if "unreadable" in d else "")
+        typer.echo(f"  {t['at'][:19]}Z  {t['what']:<18} {t['provider']:<8} {_one_line(str(reply))[:120]}".rstrip())
+    typer.echo(f"content:              {proof.content}")
 
 
 def _say_rejected(c: Campaign, query: str, rows: list[tuple[int, str, str]], as_json: bool, wanted: bool) -> None:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
-import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +29,7 @@ from .policy import RunResult, SendOptions, decide, render_failed, steady_wall
 from .producer import DOMAIN_HORIZON, Producer, Queue
 from .progress import Progress, progress_for
 from .renderpool import Prepared, RenderPool, render_claimed
+from .signals import StopSignals
 from .throttle import Clock, RealClock, SharedRate, Throttle, UntilStopped
 
 
@@ -77,9 +76,7 @@ class SendLoop:
         self.watch = ReputationWatch(campaign, self.commits, self.result, self.progress)
         self.pool: RenderPool | None = None
         self.switching = asyncio.Lock()
-        self.interrupted = False
-        self.hangup = False  # SIGHUP caught: not where nohup ignores it
-        self.stopped_by: str | None = None  # the signal that stopped the run: SIGINT (Ctrl-C), SIGTERM, SIGHUP
+        self.signals = StopSignals(self.stop)  # Ctrl-C, SIGTERM, a closed terminal: each stops the run cleanly
 
     def render_processes(self, due: int) -> int:
         """[send] render_processes, or by default one process per spare core (at most 4) once there is
@@ -258,39 +255,6 @@ class SendLoop:
             self.result.counts["suppressed"] += store.suppress_pending(self.suppression.path)
         self.watch.since = breaker.window_start(store, self.options.acknowledge_reputation, self.wall())
 
-    def on_signal(self, name: str = "SIGINT") -> None:
-        self.interrupted = True
-        self.stopped_by = self.stopped_by or name
-        self.stop.set()
-
-    def on_hangup(self) -> None:
-        """The terminal closed (an SSH session dropped at 3 a.m.): stop as at Ctrl-C, every message in flight settled,
-        instead of dying with them all left in doubt. A terminal that hung up fails every write (EIO), the progress
-        bar's and the closing lines' alike: what went to it goes nowhere now. A file or a pipe is written as before."""
-        for fd in (1, 2):
-            try:
-                os.write(fd, b"")
-            except OSError:
-                os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
-        self.on_signal("SIGHUP")
-
-    def signals(self, on: bool) -> None:
-        """Ctrl-C, SIGTERM and a hangup (SIGHUP, unless ignored, as nohup does) stop the run (on), or are Python's
-        again (off)."""
-        loop = asyncio.get_running_loop()
-        caught: dict[signal.Signals, Callable[[], None]] = {signal.SIGINT: functools.partial(self.on_signal, "SIGINT"),
-                  signal.SIGTERM: functools.partial(self.on_signal, "SIGTERM")}
-        if on:
-            self.hangup = signal.getsignal(signal.SIGHUP) != signal.SIG_IGN
-        if self.hangup:
-            caught[signal.SIGHUP] = self.on_hangup
-        for sig, handler in caught.items():
-            with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals here (not the main thread)
-                if on:
-                    loop.add_signal_handler(sig, handler)
-                else:
-                    loop.remove_signal_handler(sig)
-
     async def start(self) -> Queue:
         """The run's start: counted, logged, signals caught, the ledger thread and the render processes opened."""
         store = self.store
@@ -302,7 +266,7 @@ class SendLoop:
                   rate=self.throttle.rate, limit=self.options.limit, recovered_inflight=self.result.recovered,
                   render_processes=processes, templates=self.templates.hashes())
         self.progress.start(total)
-        self.signals(on=True)
+        self.signals.catch(True)
         await self.commits.open_ledger().open()
         budget = store.rate_budget()
         self.shared = SharedRate(budget, self.clock) if budget is not None else None
@@ -357,14 +321,14 @@ class SendLoop:
             if self.shared is not None:
                 self.shared.close()
         self.progress.close()
-        self.signals(on=False)
+        self.signals.catch(False)
         for p in self.chain.started:
             await p.aclose()
 
     def finish(self) -> RunResult:
         """The run's result, from the state as the run left it; send_stopped logged."""
         store, result = self.store, self.result
-        result.interrupted = self.interrupted
+        result.interrupted = self.signals.interrupted
         counts = store.counts()
         result.remaining = sum(counts.get(s, 0) for s in ("pending", "deferred", "inflight"))
         # Not notified by email: failed, and the dead addresses this run's own sends found (a bounce report's, read
@@ -375,7 +339,7 @@ class SendLoop:
         for need in sorted(k for k in result.counts if k.startswith("needs ")):
             result.notes.append(self.waiting_said(need))
         store.apply_parked()  # feedback (`bounces --follow` beside us) that came before we recorded its message
-        store.log("send_stopped", providers=result.providers, interrupted=self.interrupted, signal=self.stopped_by,
+        store.log("send_stopped", providers=result.providers, interrupted=self.signals.interrupted, signal=self.signals.by,
                   reason=result.stopped, outcomes=dict(result.counts), remaining=result.remaining)
         return result
 
