@@ -224,3 +224,25 @@ def test_a_recipients_file_that_is_a_pipe_is_named_as_one(make_campaign: MakeCam
     os.mkfifo(d / "recipients.csv")
     assert problems(d) == [f"campaign.toml: [campaign] recipients: {d / 'recipients.csv'}: not a regular file (a pipe, a "
                            "device, a directory)"]
+
+
+@pytest.mark.parametrize("kind", ["device", "pipe", "unreadable", "huge"])
+def test_a_campaign_file_that_is_no_file_is_named_in_bounded_time(tmp_path: Path, kind: str) -> None:
+    # `notify check /dev/zero` read the device until memory ran out; a pipe waited for a writer forever; a file the
+    # system cannot read (/proc/self/mem: EIO) was 'internal error'. Run as a user does, with a clock on it.
+    import os
+    import subprocess
+    import sys
+
+    target = {"device": Path("/dev/zero"), "unreadable": Path("/proc/self/mem")}.get(kind, tmp_path / "campaign.toml")
+    if kind == "pipe":
+        os.mkfifo(target)
+    if kind == "huge":
+        with open(target, "wb") as fh:
+            fh.truncate(17 << 20)  # sparse: 17 MiB of zeros that take no disk
+    p = subprocess.run([sys.executable, "-m", "notify", "check", str(target)], capture_output=True, text=True,
+                       timeout=30, stdin=subprocess.DEVNULL)
+    assert p.returncode == 1, p.stdout + p.stderr
+    said = {"device": "not a regular file", "pipe": "not a regular file", "unreadable": "cannot be read",
+            "huge": "larger than 16 MiB"}[kind]
+    assert f"{target}: {said}" in p.stderr and "internal error" not in p.stderr, p.stderr

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,7 @@ def load(path: str | Path, *, recipients_file: bool = True) -> Campaign:
             raise ConfigError(f"{file}: not found", hint=f"a campaign directory holds a {CAMPAIGN_FILE}")
         raise ConfigError(f"{path}: no such campaign directory")
     try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
+        data = tomllib.loads(_read(file).decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ConfigError(f"{file}: not UTF-8 ({e.reason} at byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
@@ -61,6 +63,25 @@ def load(path: str | Path, *, recipients_file: bool = True) -> Campaign:
     except RecursionError:
         raise ConfigError(f"{file}: a value is nested too deeply to check",
                           hint="a campaign.toml needs a few levels at most: look for a runaway [ or {") from None
+
+
+MAX_BYTES = 16 << 20  # a campaign.toml is a few kilobytes; anything near this is not one
+
+
+def _read(file: Path) -> bytes:
+    """campaign.toml's bytes: a regular file, read to a bound (a device such as /dev/zero never ends)."""
+    try:
+        with open(os.open(file, os.O_RDONLY | os.O_NONBLOCK), "rb") as fh:  # a pipe would wait for a writer
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise ConfigError(f"{file}: not a regular file (a device, a pipe or a socket)",
+                                  hint=f"name a campaign directory, or the {CAMPAIGN_FILE} in it")
+            data = fh.read(MAX_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"{str(file)[:200]}: cannot be read ({e.strerror})") from None
+    if len(data) > MAX_BYTES:
+        raise ConfigError(f"{file}: larger than {MAX_BYTES >> 20} MiB, which no campaign file is",
+                          hint=f"name a campaign directory, or the {CAMPAIGN_FILE} in it")
+    return data
 
 
 def _references(c: _Checker, file: Path, top: dict[str, Any], send: dict[str, Any], camp: dict[str, Any],
