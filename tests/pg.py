@@ -1,9 +1,13 @@
 """A throwaway PostgreSQL cluster for the tests: Debian's binaries, a temporary directory, a Unix socket.
 
-initdb refuses to run as root, so the cluster belongs to the `postgres` user (runuser) when the suite
-runs as root, and to the current user otherwise. fsync stays on: the drills kill processes and
-restart the server, and what they prove must hold on a real disk. The server listens on no TCP port;
-clients connect through the socket in the cluster's directory.
+initdb refuses to run as root, so the cluster belongs to the `postgres` user when the suite runs as root,
+and to the current user otherwise. The server's commands run as `postgres` through setpriv (util-linux):
+where a directory above the binaries is closed to other users (a sandbox whose / is 0700), they keep the
+one capability of searching directories, and nothing else of root's; elsewhere, none at all.
+
+fsync stays on: the drills kill processes and restart the server, and what they prove must hold on a
+real disk. The server listens on no TCP port; clients connect through the socket in the cluster's
+directory.
 
 Roles: `postgres` (trust, the suite's own connection) and `notify` (password, what campaigns use), so
 that a wrong password is a real authentication failure.
@@ -14,6 +18,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -31,6 +36,11 @@ def binaries() -> Path | None:
     return Path(versions[-1]).parent if versions else None
 
 
+def _closed_to_others(path: Path) -> bool:
+    """Whether a directory on the way to `path` denies search to a user who neither owns it nor is in its group."""
+    return any(not os.stat(p).st_mode & stat.S_IXOTH for p in [path, *path.parents])
+
+
 class Cluster:
     def __init__(self, bindir: Path) -> None:
         self.bindir = bindir
@@ -38,15 +48,27 @@ class Cluster:
         self.data = self.dir / "data"
         self.socket = self.dir / "run"
         self.as_postgres = os.geteuid() == 0
+        self.as_user = ["setpriv", "--reuid=postgres", "--regid=postgres", "--clear-groups"] if self.as_postgres else []
+        if self.as_postgres and _closed_to_others(bindir):
+            # CI once ran where / was 0700: `postgres` could not even execute initdb ("Permission denied"). It may
+            # search directories, and PostgreSQL's own access() checks of its binaries see that too (no_setuid_fixup).
+            self.as_user += ["--securebits=+no_setuid_fixup", "--inh-caps=+dac_read_search",
+                             "--ambient-caps=+dac_read_search"]
         self._n = 0
         self.tcp: tuple[str, int] | None = None  # (address, port) it also listens on, where listen_tcp() asked
         self.port = 5432  # the socket's name carries the port: .s.PGSQL.5432 until listen_tcp() picks one
 
     def _cmd(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         argv = [str(self.bindir / args[0]), *args[1:]]
-        if self.as_postgres:
-            argv = ["runuser", "-u", "postgres", "--", *argv]
-        return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=120)
+        if self.as_user:
+            argv = [*self.as_user, "--", *argv]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=self.dir)
+        if check and done.returncode:
+            # What the command said is the only clue to a cluster that will not start: CI once showed just
+            # "initdb returned non-zero exit status 1".
+            raise RuntimeError(f"{' '.join(argv)} failed (exit {done.returncode}) as "
+                               f"{'postgres' if self.as_postgres else 'the current user'}:\n{done.stdout}{done.stderr}")
+        return done
 
     @classmethod
     def started(cls, who: str) -> Cluster:
