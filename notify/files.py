@@ -15,7 +15,7 @@ import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import EXIT_INPUT, NotifyError
 
@@ -159,6 +159,37 @@ class SafeCsvWriter:
     def writerows(self, rows: Iterable[Iterable[Any]]) -> None:
         for row in rows:
             self.writerow(row)
+
+
+def open_regular(path: Path, hint: str) -> BinaryIO:
+    """A file someone named, opened for reading, refused naming the path unless it is a regular file that can be
+    read: a device such as /dev/zero never ends, a pipe waits for a writer (it is opened without waiting),
+    /proc/self/mem fails with EIO. `hint` says what to name instead."""
+    shown = str(path)[:200]
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC)  # a pipe opens without a writer
+    except OSError as e:
+        raise PathRefused(e.errno or errno.EIO, f"{shown}: cannot be read ({e.strerror})", hint=hint) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(mode) else "a device, a pipe or a socket"
+        raise PathRefused(errno.EINVAL, f"{shown}: not a regular file ({kind})", hint=hint)
+    return open(fd, "rb")
+
+
+def read_small(path: Path, limit: int, hint: str) -> bytes:
+    """The bytes of a small file someone named (open_regular), read to `limit` bytes at most."""
+    with open_regular(path, hint) as fh:
+        try:
+            data = fh.read(limit + 1)
+        except OSError as e:
+            raise PathRefused(e.errno or errno.EIO, f"{str(path)[:200]}: cannot be read ({e.strerror})",
+                              hint=hint) from None
+    if len(data) > limit:
+        raise PathRefused(errno.EFBIG, f"{str(path)[:200]}: larger than {limit >> 20} MiB, which no such file is",
+                          hint=hint)
+    return data
 
 
 def refuse_link(path: Path) -> None:

@@ -228,6 +228,34 @@ def test_the_chain_head_is_written_out_while_sending(make_campaign: MakeCampaign
     assert code == 0 and f"still holds the {len(lines)} head(s)" in out
 
 
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "device", "pipe", "unreadable", "endless-line"])
+def test_a_checkpoints_copy_that_is_no_such_file_is_named_in_bounded_time(make_campaign: MakeCampaign, tmp_path: Path,
+                                                                          kind: str) -> None:
+    # `audit verify --checkpoints /dev/full` read the device forever; a missing file, a directory and /proc/self/mem
+    # (EIO) were 'internal error' (found by fuzzing every command's arguments).
+    import os
+    import subprocess
+    import sys
+
+    d = make_campaign("email\nann@example.com\n")
+    assert run("send", d, "--no-progress")[0] == 0
+    target = {"missing": tmp_path / "nowhere.log", "directory": tmp_path, "device": Path("/dev/zero"),
+              "unreadable": Path("/proc/self/mem")}.get(kind, tmp_path / "copy.log")
+    if kind == "pipe":
+        os.mkfifo(target)
+    if kind == "endless-line":
+        with open(target, "wb") as fh:
+            fh.truncate(3 << 30)  # sparse: one line of three gigabytes of NULs
+    p = subprocess.run([sys.executable, "-m", "notify", "audit", "verify", str(d), "--checkpoints", str(target)],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    said = {"missing": "cannot be read (No such file or directory)", "directory": "not a regular file (a directory)",
+            "device": "not a regular file (a device", "pipe": "not a regular file (a device, a pipe",
+            "unreadable": "cannot be read (Input/output error)", "endless-line": ":1: not a checkpoint line"}[kind]
+    expected = f"{target}{said}" if kind == "endless-line" else f"{target}: {said}"
+    assert p.returncode == 1 and expected in p.stderr, p.stderr
+    assert "internal error" not in p.stderr and "audit-checkpoints.log" in p.stderr, p.stderr
+
 def test_the_export_answers_who_was_told_what_in_which_language(make_campaign: MakeCampaign, tmp_path: Path, backend: str) -> None:
     # #27: recipients.csv had no name and no customer id, lost the requested locale (a zh-TW customer
     # showed `en`), showed IDN addresses only as xn--, and no attempt's time or provider.

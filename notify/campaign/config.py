@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import stat
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, described
+from ..files import PathRefused, read_small
 from .jurisdictions import campaign_rules
 from .model import (
     CAMPAIGN_FILE,
@@ -71,17 +70,9 @@ MAX_BYTES = 16 << 20  # a campaign.toml is a few kilobytes; anything near this i
 def _read(file: Path) -> bytes:
     """campaign.toml's bytes: a regular file, read to a bound (a device such as /dev/zero never ends)."""
     try:
-        with open(os.open(file, os.O_RDONLY | os.O_NONBLOCK), "rb") as fh:  # a pipe would wait for a writer
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise ConfigError(f"{file}: not a regular file (a device, a pipe or a socket)",
-                                  hint=f"name a campaign directory, or the {CAMPAIGN_FILE} in it")
-            data = fh.read(MAX_BYTES + 1)
-    except OSError as e:
-        raise ConfigError(f"{str(file)[:200]}: cannot be read ({e.strerror})") from None
-    if len(data) > MAX_BYTES:
-        raise ConfigError(f"{file}: larger than {MAX_BYTES >> 20} MiB, which no campaign file is",
-                          hint=f"name a campaign directory, or the {CAMPAIGN_FILE} in it")
-    return data
+        return read_small(file, MAX_BYTES, hint=f"name a campaign directory, or the {CAMPAIGN_FILE} in it")
+    except PathRefused as e:
+        raise ConfigError(e.message, hint=e.hint) from None
 
 
 def _references(c: _Checker, file: Path, top: dict[str, Any], send: dict[str, Any], camp: dict[str, Any],

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import InputError
+from ..files import open_regular
 from ..store import GENESIS, SESSION_EVENTS, Store, event_hash
 
 
@@ -127,19 +128,35 @@ def check_anchors(store: Store, heads: list[tuple[int | None, str]]) -> list[str
     return problems
 
 
+CHECKPOINT_LINE = 1024  # bytes: a line is a time, a campaign name, a count and a hash (about 130)
+
+
 def read_checkpoints(path: Path) -> list[tuple[int | None, str]]:
-    """The (event count, hash) of each line of a checkpoints file (audit-checkpoints.log or a copy)."""
+    """The (event count, hash) of each line of a checkpoints file (audit-checkpoints.log or a copy). A line at a
+    time, each to a bound: a device, or a file of one endless line, is no checkpoints file."""
     out: list[tuple[int | None, str]] = []
-    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        # The count is N (SQLite's one chain) or CHAIN:N (a worker's chain on PostgreSQL: checked by its hash).
-        chain, _, count = parts[2].rpartition(":") if len(parts) == 4 else ("", "", "")
-        if not count.isdigit() or len(parts[3]) != 64:
-            raise InputError(f"{path}:{n}: not a checkpoint line (time, campaign, event count, hash): {line[:80]!r}")
-        out.append((None if chain else int(count), parts[3]))
+    hint = "name a copy of the campaign's audit-checkpoints.log"
+    with open_regular(path, hint) as fh:
+        for n, raw in enumerate(_lines(fh, path, hint), 1):
+            line = raw.decode("utf-8", errors="replace").strip()
+            parts = line.split()
+            if not parts:
+                continue
+            # The count is N (SQLite's one chain) or CHAIN:N (a worker's chain on PostgreSQL: checked by its hash).
+            chain, _, count = parts[2].rpartition(":") if len(parts) == 4 else ("", "", "")
+            if len(raw) > CHECKPOINT_LINE or not count.isdigit() or len(parts[3]) != 64:
+                raise InputError(f"{path}:{n}: not a checkpoint line (time, campaign, event count, hash): "
+                                 f"{line[:80]!r}", hint=hint)
+            out.append((None if chain else int(count), parts[3]))
     return out
+
+
+def _lines(fh: BinaryIO, path: Path, hint: str) -> Iterator[bytes]:
+    try:
+        while raw := fh.readline(CHECKPOINT_LINE + 1):
+            yield raw
+    except OSError as e:  # /proc/self/mem: EIO
+        raise InputError(f"{str(path)[:200]}: cannot be read ({e.strerror})", hint=hint) from None
 
 
 # The state an event leaves its recipient in (feedback that kept the state says so in its detail).
