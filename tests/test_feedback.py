@@ -473,3 +473,32 @@ def test_kill_9_while_draining_loses_no_suppression(backend: str, make_campaign:
     bounced_events = sql(d, "SELECT count(*) FROM events WHERE kind='bounced'")[0][0]
     assert bounced_events == n, "each bounce recorded once"
     assert run("audit", "verify", d)[0] == 0
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--sqs-url", ""], "--sqs-url '' is not a queue URL"),  # read a maildir named by nobody: 'internal error'
+    (["--sqs-url", "sqs-events"], "--sqs-url 'sqs-events' is not a queue URL"),
+    (["--mbox", "/proc/self/mem"], "/proc/self/mem: cannot be read (Input/output error)"),  # was 'internal error'
+    (["--mbox", "PIPE"], "PIPE: not a regular file (a device, a pipe or a socket)"),
+    (["--mbox", "/dev/zero"], "/dev/zero: not a regular file (a device, a pipe or a socket)"),
+    (["--maildir", "UNREADABLE"], "UNREADABLE: cannot be read"),
+])
+def test_a_feedback_source_that_is_none_is_named_before_anything_is_read(make_campaign: MakeCampaign, tmp_path: Path,
+                                                                        args: list[str], said: str) -> None:
+    # Found by fuzzing every command's arguments: each of these was exit 70, 'internal error'.
+    import os
+    import subprocess
+    import sys
+
+    d = make_campaign("email\nann@example.com\n")
+    assert run("send", d, "--no-progress")[0] == 0
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "maildir" / "new" / "1.eml").mkdir(parents=True)  # a directory where a message is: is_file() says no
+    (tmp_path / "maildir" / "new" / "2.eml").symlink_to("/proc/self/mem")  # a message the system cannot read
+    places = {"PIPE": str(tmp_path / "pipe"), "UNREADABLE": str(tmp_path / "maildir")}
+    argv = [places.get(a, a) for a in args]
+    p = subprocess.run([sys.executable, "-m", "notify", "bounces", str(d), *argv], capture_output=True, text=True,
+                       timeout=60, stdin=subprocess.DEVNULL)
+    shown = said.replace("PIPE", places["PIPE"]).replace("UNREADABLE", str(tmp_path / "maildir" / "new" / "2.eml"))
+    assert p.returncode in (1, 2) and shown in p.stderr and "internal error" not in p.stderr, p.stderr
+    assert sql(d, "SELECT state FROM recipients") == [("sent",)], "nobody changed"

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import InputError
+from ..files import open_regular
 
 MAX_MESSAGE = 8 * 1024 * 1024  # of one bounce message read: a report comes before what it returns
+
+_RERUN = ("once it can be read, run the same command again: each message counts once, however often it is read "
+          "(nothing was lost)")
 
 LINE_CHUNK = 64 * 1024  # an mbox is read at most this much at a time, however long its lines
 
@@ -17,9 +22,15 @@ def read_mbox(path: Path) -> Iterator[bytes]:
     last message is read as far as it goes. Streams in bounded pieces: a message is kept to its first
     MAX_MESSAGE bytes (the report; the rest is the message it returns), and a line of a gigabyte costs
     no more memory than a short one."""
-    if not path.is_file():
-        raise InputError(f"{path}: no such mbox file")
-    with path.open("rb") as fh:
+    fh = open_regular(path, hint="name the mbox file the bounces are delivered to")  # not a device, not a pipe
+    try:
+        yield from _messages(fh)
+    except OSError as e:  # a read failing midway (EIO)
+        raise InputError(f"{str(path)[:200]}: cannot be read ({e.strerror})", hint=_RERUN) from None
+
+
+def _messages(fh: BinaryIO) -> Iterator[bytes]:
+    with fh:
         readline = fh.readline
         current: list[bytes] = []
         size = 0
@@ -72,5 +83,9 @@ def read_maildir(path: Path) -> Iterator[bytes]:
         if d.is_dir():
             for f in sorted(d.iterdir()):
                 if f.is_file():
-                    with f.open("rb") as fh:
-                        yield fh.read(MAX_MESSAGE)
+                    try:
+                        with f.open("rb") as fh:
+                            data = fh.read(MAX_MESSAGE)
+                    except OSError as e:
+                        raise InputError(f"{str(f)[:200]}: cannot be read ({e.strerror})", hint=_RERUN) from None
+                    yield data
