@@ -56,6 +56,22 @@ def _not_a_file(path: Path, st: os.stat_result) -> PathRefused:
                        hint="name a new file, or one notify wrote before")
 
 
+def _cannot_write(path: Path, e: OSError, what: str = "cannot be written") -> PathRefused:
+    """Why `path` cannot be written (or made, a directory), in words: --out in a directory that is not there, a
+    system directory, a full disk."""
+    where = path.parent
+    if e.errno == errno.ENOENT and where.is_dir():  # /proc takes no new file
+        return PathRefused(errno.EACCES, f"{str(path)[:200]}: {what} (no new file can be made in {where})",
+                           hint="name a path in a directory of yours")
+    hint = {errno.ENOENT: f"the directory {where} does not exist: create it, or name a file in one that does",
+            errno.ENOTDIR: f"{where} is not a directory: name a file in one",
+            errno.EACCES: f"this user may not write in {where}: name a file in a directory of yours",
+            errno.EPERM: f"this user may not write in {where}: name a file in a directory of yours",
+            errno.EROFS: f"{where} is on a read-only file system", errno.ENOSPC: "the disk is full: free some space",
+            errno.EDQUOT: "this user's disk quota is used up"}.get(e.errno or 0)
+    return PathRefused(e.errno or errno.EIO, f"{str(path)[:200]}: {what} ({e.strerror})", hint=hint)
+
+
 def private_dir(path: Path, tighten: bool = True) -> None:
     """Makes `path` (and missing parents) as directories only this user can enter; refuses a link. An
     existing directory of ours is made 0700 too with `tighten` (the state directory), never one the
@@ -70,6 +86,8 @@ def private_dir(path: Path, tighten: bool = True) -> None:
             os.mkdir(path, 0o700)
         except FileExistsError:
             pass
+        except OSError as e:
+            raise _cannot_write(path, e, "cannot create the directory") from None
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
         raise LinkRefused(path)
@@ -111,11 +129,22 @@ def create_temp(path: Path) -> int:
 
 def write_private(path: Path, data: bytes, fsync: bool = False) -> None:
     """Writes `path` whole or not at all (a temporary file renamed into place), 0600, never through a link."""
-    with contextlib.suppress(FileNotFoundError):
-        if not stat.S_ISREG((st := os.lstat(path)).st_mode) and not stat.S_ISLNK(st.st_mode):
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:  # /etc/passwd/x: ENOTDIR
+        raise _cannot_write(path, e) from None
+    else:
+        if not stat.S_ISREG(st.st_mode) and not stat.S_ISLNK(st.st_mode):
             raise _not_a_file(path, st)  # a link is replaced itself, below: never written through
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = create_temp(tmp)
+    try:
+        fd = create_temp(tmp)
+    except PathRefused:
+        raise
+    except OSError as e:  # the first write in that directory: name the file asked for, not our temporary one
+        raise _cannot_write(path, e) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -136,3 +136,29 @@ def test_an_output_that_is_no_regular_file_is_refused_and_left_as_it_is(make_cam
     assert list(folder.iterdir()) == []
     assert run("report", d, "--out", tmp_path / "report.html")[0] == 0  # a new file, and the same again
     assert run("report", d, "--out", tmp_path / "report.html")[0] == 0
+
+
+@pytest.mark.parametrize("command, out, said", [
+    (["report", "CAMPAIGN"], "MISSING/report.html",
+     "MISSING/report.html: cannot be written (No such file or directory)\nHint: the directory MISSING does not exist"),
+    (["report", "CAMPAIGN"], "/proc/self/mem", "/proc/self/mem: cannot be written (no new file can be made in /proc/self)"),
+    (["report", "CAMPAIGN"], "/etc/passwd/r.html", "/etc/passwd/r.html: cannot be written (Not a directory)"),
+    (["preview", "CAMPAIGN"], "/proc/pack", "/proc/pack: cannot create the directory (no new file can be made in /proc)"),
+    (["audit", "keygen"], "", ".: a directory; the key is a file of its own"),
+    (["audit", "keygen"], "/", "/: a directory; the key is a file of its own"),
+])
+def test_an_out_path_that_cannot_be_written_is_named(make_campaign: MakeCampaign, tmp_path: Path, command: list[str],
+                                                      out: str, said: str) -> None:
+    # Found by fuzzing every command's arguments: `report --out DIR/x.html` with DIR missing (a typo) said 'internal
+    # error: FileNotFoundError' about a temporary file of ours; /proc/self/mem, a file as a directory, `preview --out`
+    # in /proc, and `audit keygen --out ''` or `/` (ValueError) were internal errors too.
+    import subprocess
+    import sys
+
+    d = make_campaign("email\nann@example.com\n", templates=simple_templates())
+    missing = str(tmp_path / "no-such-dir")
+    argv = [a.replace("CAMPAIGN", str(d)) for a in command]
+    p = subprocess.run([sys.executable, "-m", "notify", *argv, "--out", out.replace("MISSING", missing)],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, cwd=tmp_path)
+    assert p.returncode == 1 and f"Error: {said.replace('MISSING', missing)}" in p.stderr, p.stderr
+    assert "internal error" not in p.stderr and ".tmp" not in p.stderr, p.stderr

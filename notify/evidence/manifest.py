@@ -68,6 +68,8 @@ def export_dir(out: Path, force: bool) -> None:
                          "read as one", hint="name a new directory, or add --force to write into this one anyway")
     try:
         files.private_dir(out)
+    except files.PathRefused:
+        raise
     except OSError as e:
         raise InputError(f"--out {out}: cannot create the directory: {e.strerror}") from None
 

@@ -22,6 +22,9 @@ def keygen(private: Path) -> Path:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    if not private.name or private.is_dir():
+        raise InputError(f"{str(private)[:200]}: a directory; the key is a file of its own",
+                         hint="name the private key's file, such as notify-audit.key (its .pub is written beside it)")
     public = private.with_name(private.name + ".pub")
     for p in (private, public):
         if p.exists() or p.is_symlink():

@@ -48,7 +48,7 @@ class OutboxProvider:
             # A full or read-only disk refuses every message alike: stop rather than fail recipients.
             down = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EFBIG, errno.ELOOP)  # ELOOP: a link refused
             kind = Kind.PROVIDER_DOWN if e.errno in down else Kind.TEMPORARY
-            return Outcome(kind, detail=f"{self.path}: {e.strerror}")
+            return Outcome(kind, detail=str(e) if isinstance(e, files.PathRefused) else f"{self.path}: {e.strerror}")
         return Outcome(Kind.ACCEPTED, detail=str(path.name), provider_message_id=message.message_id)
 
     async def prepare(self) -> Readiness:
