@@ -36,7 +36,7 @@ def binaries() -> Path | None:
     return Path(versions[-1]).parent if versions else None
 
 
-def _closed_to_others(path: Path) -> bool:
+def closed_to_others(path: Path) -> bool:
     """Whether a directory on the way to `path` denies search to a user who neither owns it nor is in its group."""
     return any(not os.stat(p).st_mode & stat.S_IXOTH for p in [path, *path.parents])
 
@@ -49,7 +49,7 @@ class Cluster:
         self.socket = self.dir / "run"
         self.as_postgres = os.geteuid() == 0
         self.as_user = ["setpriv", "--reuid=postgres", "--regid=postgres", "--clear-groups"] if self.as_postgres else []
-        if self.as_postgres and _closed_to_others(bindir):
+        if self.as_postgres and closed_to_others(bindir):
             # CI once ran where / was 0700: `postgres` could not even execute initdb ("Permission denied"). It may
             # search directories, and PostgreSQL's own access() checks of its binaries see that too (no_setuid_fixup).
             self.as_user += ["--securebits=+no_setuid_fixup", "--inh-caps=+dac_read_search",

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .pg import closed_to_others
+
 DOMAIN = "mail.example.org"  # a name email-validator accepts (.test is special-use); nothing resolves it
 
 MAIN_CF = """\
@@ -132,8 +134,12 @@ class Postfix:
         self._run("postalias", str(self.dir / "aliases"))
 
     def _run(self, *argv: str) -> str:
-        out = subprocess.run([f"/usr/sbin/{argv[0]}", "-c", str(self.dir), *argv[1:]], capture_output=True, text=True,
-                             timeout=60)
+        # Postfix's master and daemons open their files as `postfix` or `nobody` (seteuid). Where / itself is closed
+        # to other users (a sandbox whose / is 0700), they could open none ("open lock file ...: Permission denied"),
+        # so there they keep root's capabilities across that switch (no_setuid_fixup); elsewhere, as Postfix runs.
+        keep = ["setpriv", "--securebits=+no_setuid_fixup", "--"] if closed_to_others(self.dir) else []
+        out = subprocess.run([*keep, f"/usr/sbin/{argv[0]}", "-c", str(self.dir), *argv[1:]], capture_output=True,
+                             text=True, timeout=60)
         if out.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)}: {out.stderr or out.stdout}\n{self.log()}")
         return out.stdout
