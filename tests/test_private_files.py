@@ -144,6 +144,7 @@ def test_an_output_that_is_no_regular_file_is_refused_and_left_as_it_is(make_cam
     (["report", "CAMPAIGN"], "/proc/self/mem", "/proc/self/mem: cannot be written (no new file can be made in /proc/self)"),
     (["report", "CAMPAIGN"], "/etc/passwd/r.html", "/etc/passwd/r.html: cannot be written (Not a directory)"),
     (["preview", "CAMPAIGN"], "/proc/pack", "/proc/pack: cannot create the directory (no new file can be made in /proc)"),
+    (["regulators", "CAMPAIGN"], "FIFO", "--out FIFO: that is a pipe, a device or a socket; the export is a directory"),
     (["audit", "keygen"], "", ".: a directory; the key is a file of its own"),
     (["audit", "keygen"], "/", "/: a directory; the key is a file of its own"),
 ])
@@ -152,13 +153,17 @@ def test_an_out_path_that_cannot_be_written_is_named(make_campaign: MakeCampaign
     # Found by fuzzing every command's arguments: `report --out DIR/x.html` with DIR missing (a typo) said 'internal
     # error: FileNotFoundError' about a temporary file of ours; /proc/self/mem, a file as a directory, `preview --out`
     # in /proc, and `audit keygen --out ''` or `/` (ValueError) were internal errors too.
+    import os
     import subprocess
     import sys
 
     d = make_campaign("email\nann@example.com\n", templates=simple_templates())
-    missing = str(tmp_path / "no-such-dir")
+    places = {"MISSING": str(tmp_path / "no-such-dir"), "FIFO": str(tmp_path / "fifo")}
+    os.mkfifo(places["FIFO"])  # regulators said "that is a file"
     argv = [a.replace("CAMPAIGN", str(d)) for a in command]
-    p = subprocess.run([sys.executable, "-m", "notify", *argv, "--out", out.replace("MISSING", missing)],
-                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, cwd=tmp_path)
-    assert p.returncode == 1 and f"Error: {said.replace('MISSING', missing)}" in p.stderr, p.stderr
+    for name, place in places.items():
+        out, said = out.replace(name, place), said.replace(name, place)
+    p = subprocess.run([sys.executable, "-m", "notify", *argv, "--out", out], capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL, cwd=tmp_path)
+    assert p.returncode == 1 and f"Error: {said}" in p.stderr, p.stderr
     assert "internal error" not in p.stderr and ".tmp" not in p.stderr, p.stderr

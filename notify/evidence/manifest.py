@@ -61,7 +61,8 @@ def unlisted(out: Path, listed: dict[str, Any], what: str = "the export") -> lis
 def export_dir(out: Path, force: bool) -> None:
     """The directory of an export (or a filing pack): new, or empty, or (with force) one whose files may be replaced."""
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: that is a file; the export is a directory of files",
+        what = "a file" if out.is_file() else "a pipe, a device or a socket"
+        raise InputError(f"--out {out}: that is {what}; the export is a directory of files",
                          hint="name a new directory, such as audit-2022-08/")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise InputError(f"--out {out}: the directory is not empty, and an export mixed with other files could be "
