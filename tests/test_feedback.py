@@ -481,7 +481,7 @@ def test_kill_9_while_draining_loses_no_suppression(backend: str, make_campaign:
     (["--mbox", "/proc/self/mem"], "/proc/self/mem: cannot be read (Input/output error)"),  # was 'internal error'
     (["--mbox", "PIPE"], "PIPE: not a regular file (a device, a pipe or a socket)"),
     (["--mbox", "/dev/zero"], "/dev/zero: not a regular file (a device, a pipe or a socket)"),
-    (["--maildir", "UNREADABLE"], "UNREADABLE: cannot be read"),
+    (["--maildir", "MAILDIR"], "LINK: a symbolic link in a maildir"),  # was read: any file of root's into the state
 ])
 def test_a_feedback_source_that_is_none_is_named_before_anything_is_read(make_campaign: MakeCampaign, tmp_path: Path,
                                                                         args: list[str], said: str) -> None:
@@ -493,12 +493,16 @@ def test_a_feedback_source_that_is_none_is_named_before_anything_is_read(make_ca
     d = make_campaign("email\nann@example.com\n")
     assert run("send", d, "--no-progress")[0] == 0
     os.mkfifo(tmp_path / "pipe")
-    (tmp_path / "maildir" / "new" / "1.eml").mkdir(parents=True)  # a directory where a message is: is_file() says no
-    (tmp_path / "maildir" / "new" / "2.eml").symlink_to("/proc/self/mem")  # a message the system cannot read
-    places = {"PIPE": str(tmp_path / "pipe"), "UNREADABLE": str(tmp_path / "maildir")}
+    (tmp_path / "maildir" / "new" / "1.eml").mkdir(parents=True)  # a directory where a message is: passed over
+    (tmp_path / "secret").write_text("root's secret\n")
+    (tmp_path / "maildir" / "new" / "2.eml").symlink_to(tmp_path / "secret")
+    places = {"PIPE": str(tmp_path / "pipe"), "MAILDIR": str(tmp_path / "maildir"),
+              "LINK": str(tmp_path / "maildir" / "new" / "2.eml")}
     argv = [places.get(a, a) for a in args]
     p = subprocess.run([sys.executable, "-m", "notify", "bounces", str(d), *argv], capture_output=True, text=True,
                        timeout=60, stdin=subprocess.DEVNULL)
-    shown = said.replace("PIPE", places["PIPE"]).replace("UNREADABLE", str(tmp_path / "maildir" / "new" / "2.eml"))
-    assert p.returncode in (1, 2) and shown in p.stderr and "internal error" not in p.stderr, p.stderr
+    for name, place in places.items():
+        said = said.replace(name, place)
+    assert p.returncode in (1, 2) and said in p.stderr and "internal error" not in p.stderr, p.stderr
     assert sql(d, "SELECT state FROM recipients") == [("sent",)], "nobody changed"
+    assert "secret" not in run("bounces", d, "--unmatched")[1], "nothing read through the link is kept"

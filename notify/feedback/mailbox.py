@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -76,16 +79,35 @@ def _unquote(lines: list[bytes]) -> bytes:
 
 
 def read_maildir(path: Path) -> Iterator[bytes]:
+    """Each message in a maildir's new/ and cur/, to MAX_MESSAGE bytes. Only regular files delivered there: a
+    symbolic link is refused (whoever can write the maildir would otherwise have notify read any file it can into
+    the state, where `bounces --unmatched` shows it), and a directory or a pipe is passed over."""
     if not (path / "cur").is_dir() and not (path / "new").is_dir():
         raise InputError(f"{path}: not a maildir (no cur/ or new/ inside)")
     for sub in ("new", "cur"):
         d = path / sub
         if d.is_dir():
             for f in sorted(d.iterdir()):
-                if f.is_file():
-                    try:
-                        with f.open("rb") as fh:
-                            data = fh.read(MAX_MESSAGE)
-                    except OSError as e:
-                        raise InputError(f"{str(f)[:200]}: cannot be read ({e.strerror})", hint=_RERUN) from None
+                if (data := _message(f)) is not None:
                     yield data
+
+
+def _message(f: Path) -> bytes | None:
+    try:
+        fd = os.open(f, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InputError(f"{str(f)[:200]}: a symbolic link in a maildir; notify reads only the messages delivered "
+                             "there, never through a link",
+                             hint="remove it (a mail server never delivers a link), then run the same command again") from None
+        if e.errno == errno.ENOENT:  # moved from new/ to cur/ by a mail reader meanwhile: read there, or next time
+            return None
+        raise InputError(f"{str(f)[:200]}: cannot be read ({e.strerror})", hint=_RERUN) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory or a pipe: no message
+        os.close(fd)
+        return None
+    with open(fd, "rb") as fh:
+        try:
+            return fh.read(MAX_MESSAGE)
+        except OSError as e:
+            raise InputError(f"{str(f)[:200]}: cannot be read ({e.strerror})", hint=_RERUN) from None
