@@ -59,6 +59,7 @@ def send(
       notify send campaigns/example
     """
     from ..send.seeds import read_seeds
+    from ..send.signals import quiet_dead_terminal
 
     seed_list = read_seeds(seeds) if seeds is not None else None
     with _open(campaign) as (c, store):
@@ -68,6 +69,7 @@ def send(
         started = time.monotonic()
         result = send_run.send(c, store, opts, announce=say_deadline)
         elapsed = time.monotonic() - started
+        quiet_dead_terminal()  # its terminal gone while it sent (SIGHUP ignored): the run's end is not an error
         for note in result.notes:
             typer.echo(note)
         if dry_run:

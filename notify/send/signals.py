@@ -30,13 +30,7 @@ class StopSignals:
         self.stop.set()
 
     def on_hangup(self) -> None:
-        """A terminal that hung up fails every write (EIO), the progress bar's and the closing lines' alike: what
-        went to it goes nowhere now, so that no write breaks the stop. A file or a pipe is written as before."""
-        for fd in (1, 2):
-            try:
-                os.write(fd, b"")
-            except OSError:
-                os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+        quiet_dead_terminal()
         self.on_signal("SIGHUP")
 
     def catch(self, on: bool) -> None:
@@ -54,3 +48,14 @@ class StopSignals:
                     loop.add_signal_handler(sig, handler)
                 else:
                     loop.remove_signal_handler(sig)
+
+
+def quiet_dead_terminal() -> None:
+    """A terminal that hung up fails every write (EIO), the progress bar's and the closing lines' alike: what went
+    to it goes nowhere now, so that no write breaks a stop, or turns a run that finished into exit 1 where SIGHUP
+    was ignored without nohup's redirection (`trap '' HUP`). A file or a pipe is written as before."""
+    for fd in (1, 2):
+        try:
+            os.write(fd, b"")
+        except OSError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
