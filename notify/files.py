@@ -99,18 +99,26 @@ def private_dir(path: Path, tighten: bool = True) -> None:
 
 
 def open_private(path: Path, flags: int) -> int:
-    """os.open for a file of ours: 0600 whatever the umask, never through a link."""
+    """os.open for a file of ours: a regular file, 0600 whatever the umask, never through a link. A device or a pipe
+    where the file belongs is refused before anything is written or changed: notify running as root once made
+    /dev/null 0600 (NOTIFY_SUPPRESSION_DB=/dev/null), and a pipe would wait for a reader (O_NONBLOCK: refused)."""
     try:
-        fd = os.open(path, flags | _NOFOLLOW | _CLOEXEC, 0o600)
+        fd = os.open(path, flags | _NOFOLLOW | _CLOEXEC | os.O_NONBLOCK, 0o600)
     except FileExistsError:
         raise  # O_EXCL: create_temp removes what is there (a link itself, not its target) and tries again
     except OSError as e:
         if e.errno == errno.ELOOP or path.is_symlink():
             raise LinkRefused(path) from None
+        if e.errno == errno.ENXIO:  # a pipe nobody reads
+            raise _not_a_file(path, os.stat(path)) from None
         raise
     try:
-        if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_a_file(path, st)
+        if stat.S_IMODE(st.st_mode) != 0o600:
             os.fchmod(fd, 0o600)
+        os.set_blocking(fd, True)
     except OSError:
         os.close(fd)
         raise

@@ -167,3 +167,34 @@ def test_an_out_path_that_cannot_be_written_is_named(make_campaign: MakeCampaign
                        stdin=subprocess.DEVNULL, cwd=tmp_path)
     assert p.returncode == 1 and f"Error: {said}" in p.stderr, p.stderr
     assert "internal error" not in p.stderr and ".tmp" not in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("kind", ["device", "pipe", "root"])
+def test_a_device_where_a_file_of_ours_belongs_is_refused_and_left_as_it_was(tmp_path: Path, kind: str) -> None:
+    # Found probing the environment's variables as root: NOTIFY_SUPPRESSION_DB=/dev/null made /dev/null mode 0600
+    # (open_private's chmod), breaking it for every other user, and SQLite left /dev/null-journal in /dev. '/' was
+    # 'internal error: ValueError'. A device of the test's own (the null device's numbers) stands in for /dev/null.
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    target = tmp_path / "suppression.sqlite"
+    if kind == "device":
+        if os.geteuid() != 0:
+            pytest.skip("making a device node needs root")
+        os.mknod(target, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        os.chmod(target, 0o666)  # whatever the umask
+    elif kind == "pipe":
+        os.mkfifo(target, 0o666)
+        os.chmod(target, 0o666)
+    else:
+        target = Path("/")
+    before = target.stat().st_mode
+    p = subprocess.run([sys.executable, "-m", "notify", "suppress", "list"], capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL, env={**os.environ, "NOTIFY_SUPPRESSION_DB": str(target)})
+    said = "a directory; the suppression list is a file" if kind == "root" else "a device, a pipe or a socket, not a regular file"
+    assert p.returncode == 4 and f"Error: {target}: " in p.stderr and said in p.stderr, p.stderr
+    assert "internal error" not in p.stderr
+    assert target.stat().st_mode == before, f"{oct(before)} became {oct(target.stat().st_mode)}"
+    assert kind == "root" or sorted(x.name for x in tmp_path.iterdir()) == ["suppression.sqlite"]

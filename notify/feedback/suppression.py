@@ -65,6 +65,9 @@ class SuppressionList:
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or default_path()
+        if not self.path.name or self.path.is_dir():
+            raise StoreError(f"{self.path}: a directory; the suppression list is a file", hint=f"set {ENV} to a file's path,"
+                             f" such as {self.path / 'suppression.sqlite'}")
         try:
             files.private_dir(self.path.parent, tighten=False)  # a directory the user chose: only the file is ours
             for part in ("", "-wal", "-shm", "-journal"):
