@@ -233,3 +233,14 @@ def refuse_link(path: Path) -> None:
     """Raises LinkRefused when `path` is a symbolic link (for files a library opens, such as SQLite's)."""
     if path.is_symlink():
         raise LinkRefused(path)
+
+
+def refuse_other_than_a_file(path: Path) -> None:
+    """Raises PathRefused when `path` is a link (LinkRefused) or is there and no regular file (a pipe, a device): for
+    a file written later, during a run, whose refusal must come before anything is sent."""
+    refuse_link(path)
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISREG((st := os.stat(path)).st_mode):
+            refused = _not_a_file(path, st)
+            refused.hint = "remove it: notify makes this file itself, and appends to it"
+            raise refused

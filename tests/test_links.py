@@ -84,6 +84,30 @@ def test_a_linked_checkpoints_log_or_dry_run_is_refused_before_anything_is_sent(
     assert code == 0 and "NOT appended" in err and "is a symbolic link" in err, err
 
 
+
+def test_a_checkpoints_log_that_is_a_pipe_is_refused_before_anything_is_sent(make_campaign: MakeCampaign,
+                                                                           tmp_path: Path) -> None:
+    # A named pipe planted as audit-checkpoints.log hung a complete send for good at its closing checkpoint (opening
+    # it for writing waited for a reader), and `bounces` likewise; a send of over a minute hung its ledger thread.
+    import os
+    import subprocess
+    import sys
+
+    d = make_campaign(PEOPLE, templates=simple_templates())
+    os.mkfifo(d / "audit-checkpoints.log")
+    p = subprocess.run([sys.executable, "-m", "notify", "send", str(d), "--no-progress"], capture_output=True,
+                       text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert p.returncode == 1 and f"{d / 'audit-checkpoints.log'} is a device, a pipe or a socket" in p.stderr, p.stderr
+    assert "Hint: remove it" in p.stderr and not (d / "outbox").exists()
+    (d / "audit-checkpoints.log").unlink()
+    assert run("send", d, "--no-progress")[0] == 0
+    (d / "audit-checkpoints.log").unlink()
+    os.mkfifo(d / "audit-checkpoints.log")
+    (tmp_path / "box").write_text("")
+    p = subprocess.run([sys.executable, "-m", "notify", "bounces", str(d), "--mbox", str(tmp_path / "box")],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0 and "NOT appended" in p.stderr and "a pipe" in p.stderr, p.stderr
+
 def test_a_linked_outbox_is_refused_and_nothing_in_it_is_deleted(make_campaign: MakeCampaign, tmp_path: Path) -> None:
     # #34: the outbox provider deleted .*.tmp files inside a symlinked outbox directory before refusing the link.
     d = make_campaign(PEOPLE, templates=simple_templates())

@@ -95,7 +95,7 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
         result = dry_run(campaign, pre, options)
         result.notes[:0] = [f"Content lint warning: {w}" for w in pre.warnings]
         return result
-    files.refuse_link(campaign.checkpoints_file)  # the ledger appends the chain's head there while sending
+    files.refuse_other_than_a_file(campaign.checkpoints_file)  # the ledger appends the chain's head there while sending
     names = [options.provider] if options.provider and options.provider in campaign.providers else campaign.send.providers
     if review.requires_approval(campaign, names) and pre.templates is not None:
         review.check_approval(campaign, store, pre.templates)

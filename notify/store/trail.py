@@ -105,10 +105,11 @@ class Trail(Backend):
 
     def checkpoint_kept(self, path: Path, campaign_id: str) -> tuple[str, str | None]:
         """The chain's head appended to `path` (checkpoint): (the line, None), or, where the file is a link it
-        refuses to follow, (the line, why it was not appended): the line must then be kept by other means."""
+        refuses to follow or no regular file (a pipe, a device), (the line, why it was not appended): the line must
+        then be kept by other means."""
         try:
             return self.checkpoint(path, campaign_id), None
-        except files.LinkRefused as e:
+        except files.PathRefused as e:
             return self.checkpoint_line(campaign_id), e.message
 
     def checkpoint_line(self, campaign_id: str) -> str:
