@@ -224,8 +224,8 @@ def read_small(path: Path, limit: int, hint: str) -> bytes:
             raise PathRefused(e.errno or errno.EIO, f"{str(path)[:200]}: cannot be read ({e.strerror})",
                               hint=hint) from None
     if len(data) > limit:
-        raise PathRefused(errno.EFBIG, f"{str(path)[:200]}: larger than {limit >> 20} MiB, which no such file is",
-                          hint=hint)
+        size = f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit:,} bytes"
+        raise PathRefused(errno.EFBIG, f"{str(path)[:200]}: larger than {size}, which no such file is", hint=hint)
     return data
 
 

@@ -35,7 +35,7 @@ def test_seeds_get_every_version_first_and_customers_after(make_campaign: MakeCa
             (s, fr) for s in SEEDS for fr in (False, True)), [r.rcpt for r in h.received]
         assert "Seeds: sent 4 message(s), every version (en, fr) to 2 seed address(es)" in out
         assert "No customer was sent anything" in out and "sends to the 5 customer(s)" in out
-        assert set(states(d).values()) == {"pending"}
+        assert set(states(d).values()) <= {"pending"} and not (d / "outbox").exists(), "nothing sent"
         assert len({r.message_id for r in h.received}) == 4, "each version is its own message"
         code, out, _ = run("status", d)
         assert "seeds:    4 message(s) to 2 seed address(es)" in out and "not counted as notified" in out
@@ -80,3 +80,18 @@ def test_seeds_from_a_file_and_their_problems(make_campaign: MakeCampaign, tmp_p
         code, out, err = run("send", d, "--seeds", good)
         assert code == 0 and "Seeds: sent 1 message(s)" in out, out + err
         assert [r.rcpt for r in h.received] == ["legal@corp.example", "bounce@corp.example"]
+
+
+def test_a_seeds_file_that_is_a_pipe_is_named_not_waited_on(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # `send --seeds FIFO` waited for a writer for good (an incident commander's `--seeds <(...)` typo, or a pipe left
+    # in the directory); /proc/self/mem said "cannot read it" without the file being named as unreadable.
+    import os
+    import subprocess
+    import sys
+
+    d = make_campaign(ROWS, templates=simple_templates())
+    os.mkfifo(tmp_path / "seeds")
+    p = subprocess.run([sys.executable, "-m", "notify", "send", str(d), "--seeds", str(tmp_path / "seeds")],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert p.returncode == 1 and f"--seeds {tmp_path / 'seeds'}: not a regular file (a device, a pipe" in p.stderr, p.stderr
+    assert set(states(d).values()) <= {"pending"} and not (d / "outbox").exists(), "nothing sent"

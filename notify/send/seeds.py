@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import files
 from ..campaign.model import Campaign
 from ..campaign.schema import seed_problem
 from ..content.compose import RenderFailure, build_message, synthetic_recipient
@@ -39,16 +40,13 @@ def content_sha256(campaign: Campaign, templates: Templates) -> str:
 def read_seeds(path: Path) -> list[str]:
     """--seeds FILE: one address a line; blank lines and # comments are skipped. Each is checked as
     [send] seeds are; every problem is named with its line."""
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_SEEDS_FILE + 1)
-        text = data.decode("utf-8")
-    except OSError as e:
-        raise InputError(f"--seeds {path}: cannot read it: {e.strerror}") from None
+    try:  # a regular file, to a bound: a pipe waited for a writer forever
+        text = files.read_small(path, MAX_SEEDS_FILE, hint="seeds are a few addresses in a text file, one a line"
+                                ).decode("utf-8")
+    except files.PathRefused as e:
+        raise InputError(f"--seeds {e.message}", hint=e.hint) from None
     except UnicodeDecodeError:
         raise InputError(f"--seeds {path}: not UTF-8 text") from None
-    if len(data) > MAX_SEEDS_FILE:
-        raise InputError(f"--seeds {path}: larger than {MAX_SEEDS_FILE:,} bytes; seeds are a few addresses, one a line")
     seeds, problems = [], []
     for n, line in enumerate(text.splitlines(), 1):
         address = line.split("#", 1)[0].strip()
