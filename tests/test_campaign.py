@@ -246,3 +246,11 @@ def test_a_campaign_file_that_is_no_file_is_named_in_bounded_time(tmp_path: Path
     said = {"device": "not a regular file", "pipe": "not a regular file", "unreadable": "cannot be read",
             "huge": "larger than 16 MiB"}[kind]
     assert f"{target}: {said}" in p.stderr and "internal error" not in p.stderr, p.stderr
+
+
+def test_an_events_queue_that_is_no_queue_url_is_named(make_campaign: MakeCampaign) -> None:
+    # `bounces --sqs-url ''` read a maildir nobody named; the same check now holds [providers.*] events_queue, which
+    # took any string and, as a bare name, sent the reconciler's calls to AWS's default endpoint.
+    d = make_campaign("email\nann@example.com\n",
+                      providers_extra='\n[providers.ses]\ntype = "ses"\nregion = "us-east-1"\nevents_queue = "ses-events"\n')
+    assert any("[providers.ses] events_queue: 'ses-events' is not a queue URL" in p for p in problems(d)), problems(d)

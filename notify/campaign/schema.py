@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import re
+import urllib.parse
 import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -163,6 +164,18 @@ def _tls(v: str) -> str | None:
     return None if v in ("starttls", "implicit", "none") else f'{v!r} must be "starttls", "implicit" or "none"'
 
 
+def queue_url_problem(v: str) -> str | None:
+    """An SQS queue's URL as SQS shows it, checked before any call (`bounces --sqs-url`, [providers.*] events_queue):
+    an empty one read a maildir nobody named, and a bare name went to AWS's default endpoint."""
+    try:
+        parts = urllib.parse.urlsplit(v)
+    except ValueError:  # '[::1': an unclosed IPv6 bracket
+        parts = urllib.parse.urlsplit("")
+    if parts.scheme in ("https", "http") and parts.netloc and parts.path.strip("/"):
+        return None
+    return f"{v[:200]!r} is not a queue URL: give it as SQS shows it, https://sqs.REGION.amazonaws.com/ACCOUNT/NAME"
+
+
 def _env_name(v: str) -> str | None:
     if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
         return None
@@ -269,7 +282,7 @@ PROVIDER_KEYS: dict[str, dict[str, Key]] = {
         "configuration_set": Key("str"),
         "endpoint_url": Key("str"),
         "threads": Key("int", False, within(1, 256)),
-        "events_queue": Key("str"),
+        "events_queue": Key("str", False, queue_url_problem),
     },
 }
 

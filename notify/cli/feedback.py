@@ -9,6 +9,7 @@ from typing import Any, Optional, cast
 
 import typer
 
+from ..campaign.schema import queue_url_problem
 from ..errors import (
     EXIT_INPUT,
     UsageError,
@@ -62,8 +63,8 @@ def bounces(
         return
     if len(sources) != 1:
         raise UsageError("give exactly one of --sqs-url, --mbox, --maildir (or --unmatched alone)")
-    if sqs_url is not None:
-        _queue_url(sqs_url)
+    if sqs_url is not None and (why := queue_url_problem(sqs_url)) is not None:
+        raise UsageError(f"--sqs-url {why}")
     with _open(campaign) as (c, store):
         suppression = SuppressionList()
         try:
@@ -85,19 +86,6 @@ def bounces(
         for line in recorder.summary.lines():
             typer.echo(line)
         _checkpoint(c, store)
-
-
-def _queue_url(url: str) -> None:
-    """Refuses what is no queue URL before any call: an empty --sqs-url read a maildir named by nobody."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # '[::1': an unclosed IPv6 bracket
-        parts = urlsplit("")
-    if parts.scheme not in ("https", "http") or not parts.netloc or parts.path.strip("/") == "":
-        raise UsageError(f"--sqs-url {url[:200]!r} is not a queue URL",
-                         hint="give the queue's URL as SQS shows it: https://sqs.REGION.amazonaws.com/ACCOUNT/NAME")
 
 
 ListOf = typer.Option(None, "--campaign", metavar="CAMPAIGN", help="The list this campaign's sends obey: with "
