@@ -47,13 +47,17 @@ class LinkRefused(PathRefused):
                                       "(remove it, or point the campaign at the real directory)")
 
 
-def _not_a_file(path: Path, st: os.stat_result) -> PathRefused:
+def _kind(mode: int) -> str:
+    """What a path that is no regular file is, in words."""
+    return "a directory" if stat.S_ISDIR(mode) else "a device, a pipe or a socket"
+
+
+def _not_a_file(path: Path, st: os.stat_result, hint: str = "name a new file, or one notify wrote before") -> PathRefused:
     """What a path that is there, and is no regular file, is refused as: `--out DIR/` for a file, `--out /dev/full`
     (a device notify's rename would have replaced), a pipe."""
-    what = "a directory" if stat.S_ISDIR(st.st_mode) else "a device, a pipe or a socket, not a regular file"
+    what = _kind(st.st_mode) + ("" if stat.S_ISDIR(st.st_mode) else ", not a regular file")
     return PathRefused(errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL,
-                       f"{path} is {what}; notify writes a file of its own there, whole, or replaces one",
-                       hint="name a new file, or one notify wrote before")
+                       f"{path} is {what}; notify writes a file of its own there, whole, or replaces one", hint=hint)
 
 
 def _cannot_write(path: Path, e: OSError, what: str = "cannot be written") -> PathRefused:
@@ -198,21 +202,26 @@ class SafeCsvWriter:
             self.writerow(row)
 
 
-def open_regular(path: Path, hint: str) -> BinaryIO:
+def open_regular(path: Path, hint: str, follow: bool = True) -> BinaryIO:
     """A file someone named, opened for reading, refused naming the path unless it is a regular file that can be
     read: a device such as /dev/zero never ends, a pipe waits for a writer (it is opened without waiting),
-    /proc/self/mem fails with EIO. `hint` says what to name instead."""
+    /proc/self/mem fails with EIO; without `follow`, a link is refused too (errno ELOOP). `hint` says what to name
+    instead. The refusal's errno says which: the system's own, or EINVAL for no regular file."""
     shown = str(path)[:200]
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC)  # a pipe opens without a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC | (0 if follow else _NOFOLLOW))
     except OSError as e:
         raise PathRefused(e.errno or errno.EIO, f"{shown}: cannot be read ({e.strerror})", hint=hint) from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        kind = "a directory" if stat.S_ISDIR(mode) else "a device, a pipe or a socket"
-        raise PathRefused(errno.EINVAL, f"{shown}: not a regular file ({kind})", hint=hint)
+        raise PathRefused(errno.EINVAL, f"{shown}: not a regular file ({_kind(mode)})", hint=hint)
     return open(fd, "rb")
+
+
+def read_failed(path: Path, e: OSError, hint: str | None) -> PathRefused:
+    """A read of a file opened with open_regular that the system failed midway (EIO), naming the file."""
+    return PathRefused(e.errno or errno.EIO, f"{str(path)[:200]}: cannot be read ({e.strerror})", hint=hint)
 
 
 def read_small(path: Path, limit: int, hint: str) -> bytes:
@@ -221,8 +230,7 @@ def read_small(path: Path, limit: int, hint: str) -> bytes:
         try:
             data = fh.read(limit + 1)
         except OSError as e:
-            raise PathRefused(e.errno or errno.EIO, f"{str(path)[:200]}: cannot be read ({e.strerror})",
-                              hint=hint) from None
+            raise read_failed(path, e, hint) from None
     if len(data) > limit:
         size = f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit:,} bytes"
         raise PathRefused(errno.EFBIG, f"{str(path)[:200]}: larger than {size}, which no such file is", hint=hint)
@@ -241,6 +249,4 @@ def refuse_other_than_a_file(path: Path) -> None:
     refuse_link(path)
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISREG((st := os.stat(path)).st_mode):
-            refused = _not_a_file(path, st)
-            refused.hint = "remove it: notify makes this file itself, and appends to it"
-            raise refused
+            raise _not_a_file(path, st, hint="remove it: notify makes this file itself, and appends to it")

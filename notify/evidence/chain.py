@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import InputError
-from ..files import open_regular
+from ..files import open_regular, read_failed
 from ..store import GENESIS, SESSION_EVENTS, Store, event_hash
 
 
@@ -156,7 +156,7 @@ def _lines(fh: BinaryIO, path: Path, hint: str) -> Iterator[bytes]:
         while raw := fh.readline(CHECKPOINT_LINE + 1):
             yield raw
     except OSError as e:  # /proc/self/mem: EIO
-        raise InputError(f"{str(path)[:200]}: cannot be read ({e.strerror})", hint=hint) from None
+        raise read_failed(path, e, hint) from None
 
 
 # The state an event leaves its recipient in (feedback that kept the state says so in its detail).

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import errno
-import os
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import InputError
-from ..files import open_regular
+from ..files import PathRefused, open_regular, read_failed
 
 MAX_MESSAGE = 8 * 1024 * 1024  # of one bounce message read: a report comes before what it returns
 
@@ -29,7 +27,7 @@ def read_mbox(path: Path) -> Iterator[bytes]:
     try:
         yield from _messages(fh)
     except OSError as e:  # a read failing midway (EIO)
-        raise InputError(f"{str(path)[:200]}: cannot be read ({e.strerror})", hint=_RERUN) from None
+        raise read_failed(path, e, _RERUN) from None
 
 
 def _messages(fh: BinaryIO) -> Iterator[bytes]:
@@ -94,20 +92,17 @@ def read_maildir(path: Path) -> Iterator[bytes]:
 
 def _message(f: Path) -> bytes | None:
     try:
-        fd = os.open(f, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as e:
+        fh = open_regular(f, hint=_RERUN, follow=False)
+    except PathRefused as e:
         if e.errno == errno.ELOOP:
             raise InputError(f"{str(f)[:200]}: a symbolic link in a maildir; notify reads only the messages delivered "
                              "there, never through a link",
                              hint="remove it (a mail server never delivers a link), then run the same command again") from None
-        if e.errno == errno.ENOENT:  # moved from new/ to cur/ by a mail reader meanwhile: read there, or next time
+        if e.errno in (errno.ENOENT, errno.EINVAL):  # moved to cur/ by a mail reader meanwhile; a directory or a pipe
             return None
-        raise InputError(f"{str(f)[:200]}: cannot be read ({e.strerror})", hint=_RERUN) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory or a pipe: no message
-        os.close(fd)
-        return None
-    with open(fd, "rb") as fh:
+        raise
+    with fh:
         try:
             return fh.read(MAX_MESSAGE)
         except OSError as e:
-            raise InputError(f"{str(f)[:200]}: cannot be read ({e.strerror})", hint=_RERUN) from None
+            raise read_failed(f, e, _RERUN) from None
