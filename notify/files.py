@@ -121,8 +121,7 @@ def open_private(path: Path, flags: int) -> int:
         if not stat.S_ISREG(st.st_mode):
             raise _not_a_file(path, st)
         if stat.S_IMODE(st.st_mode) != 0o600:
-            os.fchmod(fd, 0o600)
-        os.set_blocking(fd, True)
+            os.fchmod(fd, 0o600)  # O_NONBLOCK stays: it changes nothing for a regular file
     except OSError:
         os.close(fd)
         raise
