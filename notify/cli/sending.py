@@ -102,8 +102,10 @@ def _say_run(result: RunResult) -> int:
     else:
         via = " then ".join(result.providers) or "no provider (none could send)"
         dead = f", bounced {counts['bounced']} (no such address: suppressed)" if counts["bounced"] else ""
+        retried = (f" {counts['retried']} of them were deferred first and retried in this run."
+                   if counts["retried"] else "")
         typer.echo(f"This run via {via}: sent {counts['sent']}, deferred {counts['deferred']}, "
-                   f"failed {counts['failed']}{dead}.")
+                   f"failed {counts['failed']}{dead}.{retried}")
     return did
 
 

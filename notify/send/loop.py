@@ -68,6 +68,7 @@ class SendLoop:
         # --rate 0.05 must not send when its slot comes, after Ctrl-C.
         self.throttle_clock = UntilStopped(self.clock, self.stop)
         self.throttle = Throttle(self.base_rate, campaign.send.domains, self.throttle_clock, adaptive=self.adaptive)
+        self.waiting: dict[int, str | None] = {}  # deferred by this run, and what each needs (SMTPUTF8)
         self.busy = 0  # workers holding a message taken from the queue
         self.idle = asyncio.Event()  # set when the queue is empty and no worker holds a message
         self.shared: SharedRate | None = None
@@ -179,14 +180,31 @@ class SendLoop:
     def record(self, change: Change, outcome: Outcome | None) -> None:
         self.watch.recorded += 1
         counts = self.result.counts
-        counts[change.state] += 1
+        self.tally(change, outcome.needs if outcome is not None else None)
         if change.state == "sent" and change.event and (change.event.detail or {}).get("possible_duplicate"):
             counts["resent_in_doubt"] += 1
-        if outcome is not None and outcome.needs:
-            counts[f"needs {outcome.needs}"] += 1
         self.commits.add(change)
         # The bar counts recipients: one deferred now is counted when it is done (a retry in this run).
         self.progress.outcome(counts, self.throttle.rate, done=change.state != "deferred")
+
+    def tally(self, change: Change, needs: str | None) -> None:
+        """Counts recipients, not attempts: one deferred and then sent in this run is sent (and retried), not
+        also deferred; `deferred` is how many this run leaves waiting for a retry (#37's retried person: the run
+        said "sent 4, deferred 4" of 5 people, the screen's deferred= only ever rose)."""
+        counts = self.result.counts
+        waited = change.recipient_id in self.waiting
+        if waited:
+            needed = self.waiting.pop(change.recipient_id)
+            counts["deferred"] -= 1
+            if needed:
+                counts[f"needs {needed}"] -= 1
+        if change.state == "deferred":
+            self.waiting[change.recipient_id] = needs
+            if needs:
+                counts[f"needs {needs}"] += 1
+        elif waited:
+            counts["retried"] += 1
+        counts[change.state] += 1
 
     # --- the workers ---
 
@@ -336,11 +354,11 @@ class SendLoop:
         result.failed_total = counts.get("failed", 0) + result.counts.get("bounced", 0)
         if self.options.limit is not None and result.remaining and not result.stopped:
             result.limit_reached = True  # as asked (#38: a canary that stops at its limit is not an error)
-        for need in sorted(k for k in result.counts if k.startswith("needs ")):
+        for need in sorted(k for k, n in result.counts.items() if k.startswith("needs ") and n):
             result.notes.append(self.waiting_said(need))
         store.apply_parked()  # feedback (`bounces --follow` beside us) that came before we recorded its message
         store.log("send_stopped", providers=result.providers, interrupted=self.signals.interrupted, signal=self.signals.by,
-                  reason=result.stopped, outcomes=dict(result.counts), remaining=result.remaining)
+                  reason=result.stopped, outcomes={k: n for k, n in result.counts.items() if n}, remaining=result.remaining)
         return result
 
     def waiting_said(self, need: str) -> str:
