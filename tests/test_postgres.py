@@ -469,8 +469,15 @@ def test_a_dead_worker_is_taken_over_while_retries_wait_for_later(make_campaign:
     assert all(b"only retries scheduled for later remain" in err for _, err in said), said
     counts = dict(sql(d, "SELECT state, count(*) FROM recipients GROUP BY state"))
     assert counts == {"sent": n - len(greylisted), "deferred": len(greylisted)}, counts  # nobody left in flight
-    rescued = sql(d, "SELECT ts FROM events WHERE kind='session_rescued'")
+    rescued = sql(d, "SELECT ts, detail FROM events WHERE kind='session_rescued'")
     assert len(rescued) == 1
+    # The survivor that took them over says so, as it happens and at its end (it said nothing of it).
+    taken = json.loads(rescued[0][1])["recovered"]
+    assert taken > 0
+    rescuer = [(out + err).decode() for out, err in said if b"Taken over" in out]
+    assert len(rescuer) == 1, said
+    assert f"took over {taken} recipient(s) in flight on a worker that stopped answering" in rescuer[0], rescuer
+    assert f"Taken over: {taken} recipient(s) were in flight on a worker that stopped answering" in rescuer[0], rescuer
     from notify.store import epoch_of
     took = epoch_of(rescued[0][0]) - killed_at
     assert took < 3 + 5, f"taken over {took:.1f} s after the kill (stall_after 3)"

@@ -29,6 +29,7 @@ class RunResult:
     providers: list[str] = field(default_factory=list)  # those that sent in this run, in order
     counts: Counter[str] = field(default_factory=Counter)  # outcomes of this run: sent, deferred, failed
     recovered: int = 0  # recipients found inflight from a crashed run
+    rescued: int = 0  # recipients taken over from a worker that stalled during this run (PostgreSQL)
     interrupted: bool = False
     stopped: str | None = None  # why the run stopped before finishing (provider down, retries later)
     next_retry: float | None = None  # wall-clock time of the next due retry, when stopped for it

@@ -150,8 +150,10 @@ class Producer:
         if not self.waiting_for_others:
             self.waiting_for_others = True
             loop.progress.note("waiting for other workers' messages in flight (taken over if their worker stalls)")
-        if loop.commits.ledger is not None:
-            await loop.commits.ledger.rescue(loop.wall())
+        if loop.commits.ledger is not None and (taken := await loop.commits.ledger.rescue(loop.wall())):
+            loop.result.rescued += taken
+            loop.progress.note(f"took over {taken} recipient(s) in flight on a worker that stopped answering, to be "
+                               "sent again with the same Message-ID")
         await loop.sleep(min(1.0, loop.campaign.state.stall_after / 4))
 
     async def put_back(self, failed: bool) -> None:
