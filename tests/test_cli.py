@@ -58,6 +58,9 @@ def test_limit_is_a_canary_that_stops_as_asked(example: Path) -> None:
     assert f"Canary: --limit 10 reached as asked; 178 recipient(s) still to send: `notify send {example}` sends the rest." in out
     assert "Stopped" not in err
     assert len(list((example / "outbox").glob("*.eml"))) == 10
+    # And `status` says the same of the last run (it said "stopped", as of a stop nobody asked for).
+    code, out, _ = run("status", example)
+    assert code == 0 and re.search(r"^last run: ended .*: a canary: --limit 10 reached, as asked$", out, re.M), out
     code, _, _ = run("send", example)
     assert code == 0 and len(list((example / "outbox").glob("*.eml"))) == 188
 

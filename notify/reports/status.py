@@ -160,6 +160,19 @@ INTERRUPTED = {"SIGINT": "interrupted (Ctrl-C)", "SIGTERM": "stopped by SIGTERM"
                "SIGHUP": "interrupted: its terminal closed (SIGHUP); every message in flight was settled"}
 
 
+def ended_why(d: dict[str, Any]) -> object:
+    """Why the last run ended, from its send_stopped event."""
+    if d.get("interrupted"):
+        return INTERRUPTED.get(str(d.get("signal")), INTERRUPTED["SIGINT"])
+    if d.get("reason"):
+        return d["reason"]
+    if not d.get("remaining"):
+        return "finished"
+    if d.get("limit_reached"):  # #38: a canary that stops at its limit did what it was asked
+        return f"a canary: --limit {d['limit_reached']} reached, as asked"
+    return "stopped"
+
+
 def sending(campaign: Campaign, store: Store, now: float) -> tuple[list[str], float | None]:
     """Whether anything sends this campaign right now, in lines, and the rate to project a finish at (None:
     nothing to project). Never a rate when nothing sends (#38: --watch showed 152.9/s after the run had
@@ -169,10 +182,7 @@ def sending(campaign: Campaign, store: Store, now: float) -> tuple[list[str], fl
     if not senders:
         lines = [f"sending:  NO: nothing is sending {campaign.id} now; {remaining} to go"]
         if (stop := store.last_event_of(("send_stopped",))) is not None:
-            d = stop["detail"]
-            why = INTERRUPTED.get(d.get("signal"), INTERRUPTED["SIGINT"]) if d.get("interrupted") else d.get("reason") or (
-                "finished" if not d.get("remaining") else "stopped")
-            lines.append(f"last run: ended {local(campaign, stop['ts'])}: {' '.join(str(why).split())}")
+            lines.append(f"last run: ended {local(campaign, stop['ts'])}: {' '.join(str(ended_why(stop['detail'])).split())}")
         if remaining:
             lines.append(f"resume:   notify send {campaign.dir}")
         return lines, None

@@ -357,8 +357,10 @@ class SendLoop:
         for need in sorted(k for k, n in result.counts.items() if k.startswith("needs ") and n):
             result.notes.append(self.waiting_said(need))
         store.apply_parked()  # feedback (`bounces --follow` beside us) that came before we recorded its message
+        canary = {"limit_reached": self.options.limit} if result.limit_reached else {}
         store.log("send_stopped", providers=result.providers, interrupted=self.signals.interrupted, signal=self.signals.by,
-                  reason=result.stopped, outcomes={k: n for k, n in result.counts.items() if n}, remaining=result.remaining)
+                  reason=result.stopped, outcomes={k: n for k, n in result.counts.items() if n}, remaining=result.remaining,
+                  **canary)
         return result
 
     def waiting_said(self, need: str) -> str:
