@@ -94,8 +94,8 @@ def _say_run(result: RunResult) -> int:
         typer.echo(f"Suppressed: {counts['suppressed']} recipient(s) are on the suppression list and will not be "
                    "emailed (see `notify status`; they need another channel).")
     if result.recovered:
-        typer.echo(f"Resumed: {result.recovered} recipient(s) were in flight when the last run stopped; "
-                   "they were sent again with the same Message-ID.")
+        typer.echo(f"Resumed: {result.recovered} recipient(s) were in flight when the last run stopped; they were put "
+                   "back, to be sent again with the same Message-ID (each may arrive twice).")
     if result.rescued:
         typer.echo(f"Taken over: {result.rescued} recipient(s) were in flight on a worker that stopped answering during "
                    "this run; they were put back, to be sent again with the same Message-ID (each may arrive twice).")
