@@ -534,3 +534,27 @@ def test_a_switch_and_a_wait_are_said_on_the_sending_terminal_and_in_a_pipe(make
         health = next(line for line in st.stdout.splitlines() if line.startswith("health:"))
         assert re.match(r"health:   relay DOWN since \d\d:\d\d:\d\d CE?T: 3 connection attempts in a row failed.*; "
                         r"backup up \(switched to it at \d\d:\d\d:\d\d CE?T\)$", health), health
+
+
+def test_the_bar_counts_to_what_the_run_will_send_retries_due_later_included(make_campaign: MakeCampaign) -> None:
+    """The bar's total was the recipients due when the run started: one deferred by an earlier run and due a few
+    seconds in, sent by this run, took it past its end ("9/8", 112%); a run that started while every retry waited
+    counted against no total at all. It counts to every recipient not yet done (as `status` says "to go")."""
+    import sys
+
+    from .smtpd import Handler, Server
+    from .test_smtp import smtp_campaign
+
+    rows = "email,name\n" + "".join(f"p{i}@example.com,P{i}\n" for i in range(12))
+    h = Handler(script={"p1@example.com": [("rcpt", "450 4.2.1 greylisted, try again later")]})
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, rows=rows, send="base = 3\nmax_interval = 3\n")
+        toml = d / "campaign.toml"
+        toml.write_text(toml.read_text().replace("base = 0.05\nmax_interval = 0.2\n", ""))
+        code, out, err = run("send", d, "--no-progress", "--limit", "4")  # P1 deferred, due in 3 s; eight not yet tried
+        assert code == 0 and "sent 3, deferred 1" in out, out + err
+        code, screen = _on_a_terminal([sys.executable, "-m", "notify", "send", str(d)])
+    assert code == 0, screen[-2000:]
+    assert "This run via relay: sent 9, deferred 0, failed 0." in screen, screen[-2000:]
+    assert "| 9/9 [" in screen and "100%" in screen, screen[-2000:]
+    assert not re.search(r"\| (\d+)/(?!9 )\d+ \[", screen), screen[-2000:]

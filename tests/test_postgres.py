@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -508,3 +509,21 @@ def test_a_terminated_test_run_stops_its_database(tmp_path: Path) -> None:
     p.send_signal(signal.SIGTERM)
     p.communicate(timeout=60)
     assert not (cluster / "data" / "postmaster.pid").exists() and not cluster.exists(), "the cluster was left behind"
+
+
+def test_a_workers_bar_counts_its_own_share_without_a_campaigns_total(make_campaign: MakeCampaign) -> None:
+    """Each worker's bar counted to the whole campaign's due recipients while it sent only its share: two workers on
+    two terminals each ended at about "15/30 50%" with the campaign done. A worker's share is not known in advance:
+    its bar counts what it sent, without a total; its closing lines give the campaign's."""
+    from .test_cli import _on_a_terminal
+
+    d = pg_campaign(make_campaign, 200, send="rate = 40\n")  # the rate is both workers' together: five seconds
+    assert run("state", "init", d)[0] == 0
+    other = start_worker(d)
+    wait_until("the first worker's first messages", lambda: len(list((d / "outbox").glob("*.eml"))) >= 5)
+    code, screen = _on_a_terminal([sys.executable, "-m", "notify", "send", str(d), "--worker"])
+    other.communicate(timeout=120)
+    assert code == 0, screen[-2000:]
+    share = int(re.search(r"This run via outbox: sent (\d+),", screen).group(1))  # type: ignore[union-attr]
+    assert 0 < share < 200 and f"sent={share} " in screen and "Campaign: sent 200" in screen, screen[-2000:]
+    assert "/200" not in screen and "%|" not in screen, screen[-2000:]

@@ -277,13 +277,17 @@ class SendLoop:
         """The run's start: counted, logged, signals caught, the ledger thread and the render processes opened."""
         store = self.store
         total = store.count_due(self.wall())
+        # The bar counts to everyone not yet done, as `status` says "to go": retries that come due during the run
+        # are sent by it too. A worker's share is not known in advance: its bar counts without a total.
+        to_go = None if self.options.worker else store.count_unsent()
         if self.options.limit is not None:
             total = min(total, self.options.limit)
+            to_go = min(to_go, self.options.limit) if to_go is not None else None
         processes = self.render_processes(total)
         store.log("send_started", provider=self.provider.name, concurrency=self.concurrency,
                   rate=self.throttle.rate, limit=self.options.limit, recovered_inflight=self.result.recovered,
                   render_processes=processes, templates=self.templates.hashes())
-        self.progress.start(total)
+        self.progress.start(to_go)
         self.signals.catch(True)
         await self.commits.open_ledger().open()
         budget = store.rate_budget()

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 
 class Progress(Protocol):
-    def start(self, total: int) -> None: ...
+    def start(self, total: int | None) -> None: ...
 
     def outcome(self, counts: Counter[str], rate: float | None, done: bool = True) -> None: ...
 
@@ -38,7 +38,7 @@ class Lines:
     def __init__(self, tz: dt.tzinfo | None = None) -> None:
         self.tz = tz
 
-    def start(self, total: int) -> None:
+    def start(self, total: int | None) -> None:
         pass
 
     def outcome(self, counts: Counter[str], rate: float | None, done: bool = True) -> None:
@@ -60,7 +60,7 @@ class Bar:
         self.details = details  # the outcomes beside the count (a dry run has none to show)
         self.bar: tqdm[Any] | None = None
 
-    def start(self, total: int) -> None:
+    def start(self, total: int | None) -> None:
         self.bar = tqdm(total=total, unit="msg", desc=self.desc, dynamic_ncols=True)
 
     def outcome(self, counts: Counter[str], rate: float | None, done: bool = True) -> None:
