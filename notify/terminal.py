@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 # C0 controls but tab, DEL, C1 controls (ESC and CSI start terminal sequences), and the bidirectional
@@ -17,3 +18,18 @@ def printable(text: str, lines: bool = False) -> str:
         text = text.replace("\n", "\\n")
     return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}",
                        text.replace("\r", "\\r"))
+
+
+def quiet_dead_terminal() -> bool:
+    """A terminal that hung up fails every write (EIO), the progress bar's and the closing lines' alike: what went
+    to it goes nowhere now, so that no write breaks a stop, or turns a run that finished into exit 1 where SIGHUP
+    was ignored without nohup's redirection (`trap '' HUP`). A file or a pipe is written as before. Whether stdout
+    or stderr was such a terminal."""
+    dead = False
+    for fd in (1, 2):
+        try:
+            os.write(fd, b"")
+        except OSError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+            dead = True
+    return dead

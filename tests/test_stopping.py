@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,37 @@ def test_a_closed_terminal_stops_the_run_as_ctrl_c_does_unless_under_nohup(make_
     from .conftest import run
     code, out, _ = run("status", d)
     assert "interrupted: its terminal closed (SIGHUP)" in out, out
+
+
+@pytest.mark.parametrize("stderr_on", ["terminal", "file"])
+def test_a_watch_whose_terminal_closed_ends_as_interrupted_not_as_a_bug(make_campaign: MakeCampaign, tmp_path: Path,
+                                                                         stderr_on: str) -> None:
+    # `status --watch` with SIGHUP ignored (`trap '' HUP`, or a shell that does not pass it on), its terminal gone:
+    # the next refresh met EIO, and it ended as "internal error: OSError: [Errno 5] Input/output error ... This is a
+    # bug in notify" (exit 70), or exit 1 where stderr was the dead terminal too. It ends as interrupted (130).
+    import contextlib
+    import os
+    import pty
+
+    d = make_campaign()
+    said = tmp_path / "stderr.txt"
+    pid, fd = pty.fork()
+    if pid == 0:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        if stderr_on == "file":
+            os.dup2(os.open(said, os.O_WRONLY | os.O_CREAT, 0o600), 2)
+        os.execv(sys.executable, [sys.executable, "-m", "notify", "status", str(d), "--watch", "--interval", "0.2"])
+    os.set_blocking(fd, False)
+    try:
+        deadline, seen = time.monotonic() + 30, b""
+        while b"sending:" not in seen and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                seen += os.read(fd, 1 << 16)
+            time.sleep(0.05)
+        assert b"sending:" in seen, seen
+    finally:
+        os.close(fd)  # the terminal goes away
+    _, status_code = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status_code) and os.WEXITSTATUS(status_code) == 130, status_code
+    if stderr_on == "file":
+        assert "internal error" not in said.read_text() and "terminal" in said.read_text(), said.read_text()

@@ -29,7 +29,7 @@ from ..errors import (
     redact,
 )
 from ..store import Store, open_store
-from ..terminal import printable
+from ..terminal import printable, quiet_dead_terminal
 
 EXIT_CODES = """\
 Exit codes: 0 done (a --limit canary, or the seeds first, as asked) | 1 bad input or config, nothing sent |
@@ -92,6 +92,11 @@ def boundary(fn: F) -> F:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise typer.Exit(EXIT_PIPE) from None
         except Exception as e:  # a bug: say so plainly, keep the traceback for whoever debugs it
+            if isinstance(e, OSError) and e.errno == errno.EIO and quiet_dead_terminal():
+                # Its terminal went away while SIGHUP was ignored (`trap '' HUP`): a refresh or a line met the dead
+                # terminal. Not a bug: the command ends as if interrupted, saying so where stderr still goes.
+                err("Stopped: the terminal this command was writing to went away.")
+                raise typer.Exit(EXIT_INTERRUPTED) from None
             if isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG:  # a path from a file or the command line
                 err(redact(f"Error: {str(e.filename)[:80]}...: a path longer than this system allows"))
                 err("Hint: shorten the name in campaign.toml or on the command line")

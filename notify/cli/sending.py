@@ -59,7 +59,7 @@ def send(
       notify send campaigns/example
     """
     from ..send.seeds import read_seeds
-    from ..send.signals import quiet_dead_terminal
+    from ..terminal import quiet_dead_terminal
 
     seed_list = read_seeds(seeds) if seeds is not None else None
     with _open(campaign) as (c, store):

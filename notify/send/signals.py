@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 import signal
 from collections.abc import Callable
+
+from ..terminal import quiet_dead_terminal
 
 
 class StopSignals:
@@ -48,14 +49,3 @@ class StopSignals:
                     loop.add_signal_handler(sig, handler)
                 else:
                     loop.remove_signal_handler(sig)
-
-
-def quiet_dead_terminal() -> None:
-    """A terminal that hung up fails every write (EIO), the progress bar's and the closing lines' alike: what went
-    to it goes nowhere now, so that no write breaks a stop, or turns a run that finished into exit 1 where SIGHUP
-    was ignored without nohup's redirection (`trap '' HUP`). A file or a pipe is written as before."""
-    for fd in (1, 2):
-        try:
-            os.write(fd, b"")
-        except OSError:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
