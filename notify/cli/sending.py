@@ -105,10 +105,11 @@ def _say_run(result: RunResult) -> int:
     else:
         via = " then ".join(result.providers) or "no provider (none could send)"
         dead = f", bounced {counts['bounced']} (no such address: suppressed)" if counts["bounced"] else ""
-        retried = (f" {counts['retried']} of them were deferred first and retried in this run."
-                   if counts["retried"] else "")
         typer.echo(f"This run via {via}: sent {counts['sent']}, deferred {counts['deferred']}, "
-                   f"failed {counts['failed']}{dead}.{retried}")
+                   f"failed {counts['failed']}{dead}.")
+        if counts["retried"]:
+            typer.echo(f"Retried: {counts['retried']} recipient(s) deferred earlier in this run were tried again in it "
+                       "(counted above as sent or failed).")
     return did
 
 
