@@ -1,4 +1,5 @@
-"""Text from data made safe to print: nothing a file, a bounce or a column holds can drive the terminal."""
+"""What notify writes to a terminal: text from data made safe to print (nothing a file, a bounce or a column holds
+can drive the terminal), and a terminal that went away while it was written to."""
 
 from __future__ import annotations
 

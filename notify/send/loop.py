@@ -189,8 +189,8 @@ class SendLoop:
 
     def tally(self, change: Change, needs: str | None) -> None:
         """Counts recipients, not attempts: one deferred and then sent in this run is sent (and retried), not
-        also deferred; `deferred` is how many this run leaves waiting for a retry (#37's retried person: the run
-        said "sent 4, deferred 4" of 5 people, the screen's deferred= only ever rose)."""
+        also deferred; `deferred` is how many this run leaves waiting for a retry (the run said "sent 4, deferred 4"
+        of 5 people, and the bar's deferred= only ever rose)."""
         counts = self.result.counts
         waited = change.recipient_id in self.waiting
         if waited:
