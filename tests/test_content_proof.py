@@ -19,9 +19,9 @@ from .test_smtp import smtp_campaign
 
 runner = CliRunner()
 # The dead primary's first two refused connections defer whoever met them (a refusal may pass); the third marks
-# it down and the rest go to the backup. Who meets those two depends on the order in which the connects fail
-# (CI once saw Ann and Bob deferred, and nobody reached the backup), so three take no other path: one of them at
-# least is sent through the backup.
+# it down, the rest go to the backup, and so do those two, re-armed by the switch. Who meets the refusals depends
+# on the order in which the connects fail (CI once saw Ann and Bob deferred, before the switch re-armed anyone,
+# and nobody else could reach the backup): Ann, Cy and Bob can only be sent by it, whatever the order.
 ROWS = ("email,name\n"
         "ann@example.com,Ann\n"
         "cy@example.com,Cy\n"

@@ -193,3 +193,33 @@ def test_the_chain_decides_and_reports_and_logs_nothing() -> None:
     last = asyncio.run(chain.advance("spare: refused"))
     assert last.current is None
     assert chain.exhausted() == "every provider is down: ses: account paused; relay: 535 auth; spare: refused"
+
+
+def test_those_a_dead_relay_refused_before_it_was_found_down_go_to_the_next_provider_at_once(
+        make_campaign: MakeCampaign, backend: str) -> None:
+    """A relay that refuses connections is found down at its third refusal in a row; the two refusals before
+    deferred whoever met them for their retry interval (REFUSALS_DOWN: one refusal may pass). Once it was found down
+    they still waited out that interval, an hour here, though nothing of theirs ever reached it and the backup took
+    everyone else: the run stopped with them left ("only retries scheduled for later remain"). Now the switch
+    re-arms them, and the backup sends them in the same run; their timeline keeps the deferral."""
+    import socket
+
+    from .test_smtp import smtp_campaign
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # nothing listens once closed
+    h = Handler()
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, dead, n=10, send="base = 3600\nmax_interval = 3600\n")
+        toml = d / "campaign.toml"
+        toml.write_text(toml.read_text().replace("base = 0.05\nmax_interval = 0.2\n", "")
+                        .replace('providers = ["relay"]', 'providers = ["relay", "backup"]')
+                        + f'\n[providers.backup]\ntype = "smtp"\nhost = "127.0.0.1"\nport = {srv.port}\ntls = "none"\n')
+        r = runner.invoke(app, ["send", str(d), "--no-progress"])
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert "This run via relay then backup: sent 10, deferred 0, failed 0." in r.stdout, r.stdout
+    assert "Retried: 2 recipient(s)" in r.stdout, r.stdout
+    assert sorted(m.rcpt for m in h.received) == sorted(f"p{i}@example.com" for i in range(10))
+    deferred = sql(d, "SELECT DISTINCT recipient_id FROM events WHERE kind='deferred' AND provider='relay'")
+    assert len(deferred) == 2, deferred  # what happened stays in the evidence

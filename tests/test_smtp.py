@@ -316,6 +316,27 @@ def test_a_provider_suspended_mid_campaign_loses_nobody(make_campaign: MakeCampa
     assert held, "the refusals before the wave was recognized were held, not failed"
 
 
+def test_refusals_held_as_a_possible_wave_go_to_the_next_provider_when_the_wave_comes(make_campaign: MakeCampaign) -> None:
+    """The refusals held before the wave was recognized (deferred, "held: 554 5.7.1") went to the next provider
+    only when their retry came due: an hour here, so the run stopped with them left although the backup had taken
+    everyone else. README promised "the held ones go to the next provider with everyone else": now they do, in
+    the same run, re-armed by the switch."""
+    suspended = {f"p{i}@example.com": [("rcpt", "554 5.7.1 Account suspended: sending disabled")] * 3
+                 for i in range(50, 200)}
+    h = Handler(script=suspended)
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=200, send="base = 3600\nmax_interval = 3600\n")
+        toml = d / "campaign.toml"
+        toml.write_text(toml.read_text().replace("base = 0.05\nmax_interval = 0.2\n", "")
+                        .replace('providers = ["relay"]', 'providers = ["relay", "outbox"]'))
+        code, out, err = send(d)
+    assert code == 0, out + err
+    assert Counter(v[0] for v in ledger(d).values()) == {"sent": 200}
+    held = {e["recipient_id"] for e in events(d, "deferred") if "held" in json.loads(str(e["detail"]))}
+    assert held and "Retried: " in out, out  # the held ones, sent through the outbox in this run
+    assert len({r.rcpt for r in h.received}) + len(list((d / "outbox").glob("*.eml"))) == 200
+
+
 def test_verp_token_maps_back_to_the_recipient(make_campaign: MakeCampaign) -> None:
     h = Handler()
     with Server(h) as srv:

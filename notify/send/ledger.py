@@ -51,6 +51,11 @@ class LedgerWriter:
         assert self.store is not None
         return self._run(self.store.release, claimed)
 
+    def rearm(self, ids: list[int], now: float) -> asyncio.Future[int]:
+        """Deferred recipients due now (Store.rearm), after the commits handed over before."""
+        assert self.store is not None
+        return self._run(self.store.rearm, ids, now)
+
     def log(self, kind: str, detail: dict[str, Any]) -> asyncio.Future[None]:
         """A campaign-level event (rate_changed, provider_down, ...), in order with the commits before it."""
         assert self.store is not None

@@ -68,7 +68,9 @@ class SendLoop:
         # --rate 0.05 must not send when its slot comes, after Ctrl-C.
         self.throttle_clock = UntilStopped(self.clock, self.stop)
         self.throttle = Throttle(self.base_rate, campaign.send.domains, self.throttle_clock, adaptive=self.adaptive)
-        self.waiting: dict[int, str | None] = {}  # deferred by this run, and what each needs (SMTPUTF8)
+        # Per provider, those deferred in this run by its own trouble, not theirs (a refused connection, a refusal held
+        # as a possible wave): due again at once when it is found down, for the next provider.
+        self.put_off: dict[str, list[int]] = {}
         self.busy = 0  # workers holding a message taken from the queue
         self.idle = asyncio.Event()  # set when the queue is empty and no worker holds a message
         self.shared: SharedRate | None = None
@@ -128,9 +130,16 @@ class SendLoop:
             return  # another worker already reported it
         self.commits.log_event("provider_down", provider=provider.name, reason=reason)
         self.progress.note(f"{provider.name} is down: {reason}")
-        if provider is self.provider:
-            async with self.switching:
-                await self.activate(f"{provider.name}: {reason}")
+        if provider is not self.provider:
+            return
+        async with self.switching:
+            switched = await self.activate(f"{provider.name}: {reason}")
+        put_off = self.put_off.pop(provider.name, [])
+        if switched and put_off and self.commits.ledger is not None:
+            # Deferred by its trouble before it was found down: due now, for the provider switched to. The ledger
+            # thread writes in the order handed over, so their deferrals are on disk first.
+            self.commits.flush()
+            self.commits.write(self.commits.ledger.rearm(put_off, self.wall()), 0)
 
     # --- one recipient ---
 
@@ -175,36 +184,20 @@ class SendLoop:
             self.log_rate(self.throttle.backoff(f"{provider.name}: {outcome.describe()}"))
         else:  # a deferral of this recipient alone does not slow the others (unless the relay is struggling)
             self.log_rate(self.throttle.outcome(outcome.kind is Kind.TEMPORARY))
-        self.record(decide(self.campaign, c, outcome, msg, version, provider.name, self.wall()), outcome)
+        change = decide(self.campaign, c, outcome, msg, version, provider.name, self.wall())
+        if change.state == "deferred" and not outcome.needs and (not outcome.handed or outcome.wave_suspect):
+            self.put_off.setdefault(provider.name, []).append(c.id)
+        self.record(change, outcome)
 
     def record(self, change: Change, outcome: Outcome | None) -> None:
         self.watch.recorded += 1
         counts = self.result.counts
-        self.tally(change, outcome.needs if outcome is not None else None)
+        self.result.tally(change, outcome.needs if outcome is not None else None)
         if change.state == "sent" and change.event and (change.event.detail or {}).get("possible_duplicate"):
             counts["resent_in_doubt"] += 1
         self.commits.add(change)
         # The bar counts recipients: one deferred now is counted when it is done (a retry in this run).
         self.progress.outcome(counts, self.throttle.rate, done=change.state != "deferred")
-
-    def tally(self, change: Change, needs: str | None) -> None:
-        """Counts recipients, not attempts: one deferred and then sent in this run is sent (and retried), not
-        also deferred; `deferred` is how many this run leaves waiting for a retry (the run said "sent 4, deferred 4"
-        of 5 people, and the bar's deferred= only ever rose)."""
-        counts = self.result.counts
-        waited = change.recipient_id in self.waiting
-        if waited:
-            needed = self.waiting.pop(change.recipient_id)
-            counts["deferred"] -= 1
-            if needed:
-                counts[f"needs {needed}"] -= 1
-        if change.state == "deferred":
-            self.waiting[change.recipient_id] = needs
-            if needs:
-                counts[f"needs {needs}"] += 1
-        elif waited:
-            counts["retried"] += 1
-        counts[change.state] += 1
 
     # --- the workers ---
 

@@ -40,6 +40,26 @@ class RunResult:
     paused: bool = False  # the reputation breaker stopped the run: resuming takes --acknowledge-reputation
     seeds: Any = None  # seeds.SeedRun, when this run sent the seeds first and stopped there (#38)
     checkpoint: tuple[str, str | None] | None = None  # the chain's head written at the end, and why not appended
+    waiting: dict[int, str | None] = field(default_factory=dict)  # deferred by this run, and what each needs
+
+    def tally(self, change: Change, needs: str | None) -> None:
+        """Counts recipients, not attempts: one deferred and then sent in this run is sent (and retried), not
+        also deferred; `deferred` is how many this run leaves waiting for a retry (the run said "sent 4, deferred 4"
+        of 5 people, and the bar's deferred= only ever rose)."""
+        counts = self.counts
+        waited = change.recipient_id in self.waiting
+        if waited:
+            needed = self.waiting.pop(change.recipient_id)
+            counts["deferred"] -= 1
+            if needed:
+                counts[f"needs {needed}"] -= 1
+        if change.state == "deferred":
+            self.waiting[change.recipient_id] = needs
+            if needs:
+                counts[f"needs {needs}"] += 1
+        elif waited:
+            counts["retried"] += 1
+        counts[change.state] += 1
 
     @property
     def exit_code(self) -> int:

@@ -45,6 +45,18 @@ class Queue(Backend):
             return int(db.execute("UPDATE recipients SET next_attempt_at=? WHERE state='deferred'"
                                   " AND reply_code LIKE 'needs %' AND next_attempt_at > ?", (now, now)).rowcount)
 
+    def rearm(self, ids: Sequence[int], now: float) -> int:
+        """These deferred recipients due now: a provider's own trouble deferred them (a refused connection, a refusal
+        held as a possible wave), and it was then found down, so the next provider takes them without waiting out
+        their retry interval. Returns how many."""
+        n = 0
+        with self.transaction(chain=False) as db:
+            for at in range(0, len(ids), 500):  # within every engine's limit on parameters
+                part = ids[at:at + 500]
+                n += int(db.execute(f"UPDATE recipients SET next_attempt_at=? WHERE state='deferred' AND next_attempt_at > ?"
+                                    f" AND id IN ({','.join('?' * len(part))})", (now, now, *part)).rowcount)
+        return n
+
     def order_claims(self, keys: dict[str, float], default: float) -> int:
         """Writes each person's claim-order key (#40: when their jurisdiction's deadline passes, by
         `keys` for each jurisdiction as written, else `default`), so that claim() takes the earliest deadline
