@@ -351,8 +351,9 @@ class SendLoop:
         result.failed_total = counts.get("failed", 0) + result.counts.get("bounced", 0)
         if self.options.limit is not None and result.remaining and not result.stopped:
             result.limit_reached = True  # as asked (#38: a canary that stops at its limit is not an error)
-        for need in sorted(k for k, n in result.counts.items() if k.startswith("needs ") and n):
-            result.notes.append(self.waiting_said(need))
+        for need, n in sorted(result.needing().items()):
+            result.counts[f"needs {need}"] = n  # in send_stopped's outcomes
+            result.notes.append(self.waiting_said(need, n))
         store.apply_parked()  # feedback (`bounces --follow` beside us) that came before we recorded its message
         canary = {"limit_reached": self.options.limit} if result.limit_reached else {}
         store.log("send_stopped", providers=result.providers, interrupted=self.signals.interrupted, signal=self.signals.by,
@@ -360,14 +361,14 @@ class SendLoop:
                   **canary)
         return result
 
-    def waiting_said(self, need: str) -> str:
+    def waiting_said(self, need: str, n: int) -> str:
         """Recipients kept for a capability no provider of this run offered (SMTPUTF8): how many, and what to do."""
         # Name the providers that lack it, not every provider of the run: one that offers it may have been down
         # (#38: "which primary, backup, tertiary does not offer" when primary offered it but was down).
-        lacking = [p.name for p in self.chain.started if getattr(p, need[6:].lower(), None) is False]
+        lacking = [p.name for p in self.chain.started if getattr(p, need.lower(), None) is False]
         why = (f"which {', '.join(lacking)} does not offer" if lacking else
                "and no provider that offers it could take them in this run (down, or not reached)")
-        return (f"Waiting: {self.result.counts[need]} recipient(s) need {need[6:]} (an address whose local part is not "
+        return (f"Waiting: {n} recipient(s) need {need} (an address whose local part is not "
                 f"ASCII), {why}. They are kept, not failed: run send again once a provider that offers it is up "
                 "(or add one to [send] providers, or use --provider).")
 

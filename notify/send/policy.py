@@ -40,26 +40,24 @@ class RunResult:
     paused: bool = False  # the reputation breaker stopped the run: resuming takes --acknowledge-reputation
     seeds: Any = None  # seeds.SeedRun, when this run sent the seeds first and stopped there (#38)
     checkpoint: tuple[str, str | None] | None = None  # the chain's head written at the end, and why not appended
-    waiting: dict[int, str | None] = field(default_factory=dict)  # deferred by this run, and what each needs
+    waiting: dict[int, str] = field(default_factory=dict)  # deferred by this run: what each needs ("" for nothing)
 
     def tally(self, change: Change, needs: str | None) -> None:
         """Counts recipients, not attempts: one deferred and then sent in this run is sent (and retried), not
         also deferred; `deferred` is how many this run leaves waiting for a retry (the run said "sent 4, deferred 4"
         of 5 people, and the bar's deferred= only ever rose)."""
-        counts = self.counts
-        waited = change.recipient_id in self.waiting
-        if waited:
-            needed = self.waiting.pop(change.recipient_id)
-            counts["deferred"] -= 1
-            if needed:
-                counts[f"needs {needed}"] -= 1
+        retried = self.waiting.pop(change.recipient_id, None) is not None
         if change.state == "deferred":
-            self.waiting[change.recipient_id] = needs
-            if needs:
-                counts[f"needs {needs}"] += 1
-        elif waited:
-            counts["retried"] += 1
-        counts[change.state] += 1
+            self.waiting[change.recipient_id] = needs or ""
+        else:
+            self.counts[change.state] += 1
+            if retried:
+                self.counts["retried"] += 1
+        self.counts["deferred"] = len(self.waiting)
+
+    def needing(self) -> Counter[str]:
+        """Of those this run leaves waiting, how many wait for what no provider of it offered (SMTPUTF8)."""
+        return Counter(need for need in self.waiting.values() if need)
 
     @property
     def exit_code(self) -> int:
