@@ -160,15 +160,18 @@ def phrases_for(templates: Templates, version: str) -> tuple[dict[str, str], lis
     for rel in [locale] + ([f"variants/{variant}/{locale}"] if variant else []):
         for root in templates.roots:
             p = root / rel / LINT_FILE
-            if p.is_file():
-                try:
-                    data = tomllib.loads(p.read_text(encoding="utf-8"))
-                except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-                    raise ValueError(f"{p}: not valid TOML: {e}") from None
-                phrases.update({k: str(v) for k, v in data.get("phrases", {}).items()})
-                patterns.extend(str(v) for v in data.get("phishing", {}).get("credential_request", []))
-                files.append(p)
-                break  # a campaign-local file hides the shipped one, as for templates
+            try:
+                if not p.is_file():
+                    continue
+                data = tomllib.loads(p.read_text(encoding="utf-8"))
+            except OSError as e:  # one closed to this user: its phrases are not known, so the check cannot pass
+                raise ValueError(f"{p}: cannot be read ({e.strerror})") from None
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{p}: not valid TOML: {e}") from None
+            phrases.update({k: str(v) for k, v in data.get("phrases", {}).items()})
+            patterns.extend(str(v) for v in data.get("phishing", {}).get("credential_request", []))
+            files.append(p)
+            break  # a campaign-local file hides the shipped one, as for templates
     return phrases, patterns, files
 
 

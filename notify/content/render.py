@@ -18,7 +18,7 @@ from ..errors import TemplateError
 from . import plan, sandbox
 from .locales import FALLBACK_LOCALE, PARTS, RTL_LANGUAGES, VARIANTS, _date_filter, split_version, version_order
 from .sandbox import Namespace
-from .snapshot import SHIPPED_TEMPLATES, Snapshot, _read_sources, _SnapshotLoader
+from .snapshot import SHIPPED_TEMPLATES, Snapshot, _read_sources, _SnapshotLoader, template_dir
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class Templates:
         whatever the files hold later: what is sent is what check, preview and approve saw (#24). `plans`
         False renders every recipient with jinja2 (tests compare the two)."""
         self.campaign = campaign
-        self.roots = [p for p in (campaign.dir / "templates" / campaign.template, shipped / campaign.template) if p.is_dir()]
+        self.roots = [p for p in (campaign.dir / "templates" / campaign.template, shipped / campaign.template) if template_dir(p)]
         if not self.roots:
             raise TemplateError(
                 f"{campaign.file}: [campaign] template: no template {campaign.template!r} "

@@ -29,7 +29,7 @@ def _read_sources(roots: list[Path]) -> dict[str, tuple[str, str]]:
     Hidden files and lint.toml are left out (the loader then cannot reach them either)."""
     sources: dict[str, tuple[str, str]] = {}
     for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root):
+        for dirpath, dirnames, filenames in os.walk(root, onerror=_unlisted):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for d in dirnames:  # os.walk does not enter a linked directory: the shipped locale would stand in, unsaid
                 if (odd := _not_a_template_file(Path(dirpath) / d, directory=True)) is not None:
@@ -48,7 +48,7 @@ def _read_sources(roots: list[Path]) -> dict[str, tuple[str, str]]:
                     with path.open("rb") as fh:
                         data = fh.read(MAX_TEMPLATE_BYTES + 1)
                 except OSError as e:
-                    raise TemplateError(f"{path}: cannot read: {e.strerror}") from None
+                    raise TemplateError(f"{path}: cannot be read ({e.strerror})", hint=_READABLE) from None
                 if len(data) > MAX_TEMPLATE_BYTES:
                     raise TemplateError(f"{path}: larger than {MAX_TEMPLATE_BYTES // 1024} KiB, too large for a template",
                                         hint="move files that are not templates out of the template directory")
@@ -61,12 +61,33 @@ def _read_sources(roots: list[Path]) -> dict[str, tuple[str, str]]:
 
 
 _OWN_FILES = "a template's files are its own regular files: copy the file in, or move it out of the template directory"
+_READABLE = "give the user notify runs as read access to it, then run the same command again"
+
+
+def _unlisted(e: OSError) -> None:
+    """A directory of a template that cannot be listed is refused, not passed over (os.walk's default): the
+    shipped file of the same name would stand in for the campaign's own, unsaid, and be sent."""
+    raise TemplateError(f"{e.filename}: cannot be read ({e.strerror})", hint=_READABLE)
+
+
+def template_dir(path: Path) -> bool:
+    """Whether a template directory is there: False only where it is not; one that cannot be looked at (a
+    directory above it closed to this user) is refused, or the shipped template would be sent in its place."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as e:
+        raise TemplateError(f"{path}: cannot be read ({e.strerror})", hint=_READABLE) from None
 
 
 def _not_a_template_file(path: Path, directory: bool = False) -> str | None:
     """Why `path` is no file (or directory) a template is read from, or None: a link (to /etc/shadow, whose text
     would be sent to every recipient; a linked file was followed, a linked directory skipped), a pipe, a device."""
-    st = os.lstat(path)
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise TemplateError(f"{path}: cannot be read ({e.strerror})", hint=_READABLE) from None
     if stat.S_ISLNK(st.st_mode):
         return "is a symbolic link; templates are never read through a link"
     if directory or stat.S_ISREG(st.st_mode):
