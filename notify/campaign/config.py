@@ -43,8 +43,13 @@ def load(path: str | Path, *, recipients_file: bool = True) -> Campaign:
     """Reads a campaign directory (or its campaign.toml) and returns a validated Campaign. Without
     recipients_file the recipients file need not exist (an audit export read back: its state is whole)."""
     path = Path(path)
-    file = path / CAMPAIGN_FILE if path.is_dir() else path
-    if not file.exists():
+    try:
+        file = path / CAMPAIGN_FILE if path.is_dir() else path
+        found = file.exists()
+    except PermissionError as e:  # a directory closed to this user (no search permission): say which, not "not found"
+        raise ConfigError(f"{e.filename or path}: cannot be read ({e.strerror})",
+                          hint="give the user notify runs as access to the campaign directory and its files") from None
+    if not found:
         if path.is_dir():
             raise ConfigError(f"{file}: not found", hint=f"a campaign directory holds a {CAMPAIGN_FILE}")
         raise ConfigError(f"{path}: no such campaign directory")

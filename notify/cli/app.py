@@ -24,6 +24,7 @@ from ..errors import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_PIPE,
+    EXIT_STOPPED,
     InputError,
     NotifyError,
     redact,
@@ -101,6 +102,13 @@ def boundary(fn: F) -> F:
                 err(redact(f"Error: {str(e.filename)[:80]}...: a path longer than this system allows"))
                 err("Hint: shorten the name in campaign.toml or on the command line")
                 raise typer.Exit(EXIT_INPUT) from None
+            if isinstance(e, PermissionError) and not os.environ.get("NOTIFY_DEBUG"):
+                # A file or directory this user may not read or write (a template directory closed to it, a shared
+                # suppression list of another user's): where the command meets one it does not name itself.
+                err(redact(f"Error: {str(e.filename or '')[:200]}: {e.strerror} (notify runs as {_user()})"))
+                err("Hint: give this user access to it (and to the directories above it), then run the same command "
+                    "again: nothing committed is lost")
+                raise typer.Exit(EXIT_STOPPED) from None
             if os.environ.get("NOTIFY_DEBUG"):
                 raise
             err(redact(f"Error: internal error: {type(e).__name__}: {e}"))
@@ -110,6 +118,16 @@ def boundary(fn: F) -> F:
             raise typer.Exit(EXIT_INTERNAL) from None
 
     return cast(F, wrapper)
+
+
+def _user() -> str:
+    """Who this process runs as, by name where the system has one."""
+    import pwd
+
+    try:
+        return f"user {pwd.getpwuid(os.geteuid()).pw_name}"
+    except KeyError:
+        return f"uid {os.geteuid()}"
 
 
 @contextlib.contextmanager

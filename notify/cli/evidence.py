@@ -189,7 +189,11 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
     """
     from ..store.exported import is_export
 
-    if not (target / "campaign.toml").is_file() and (target / "person.json").is_file():
+    try:
+        bundle = not (target / "campaign.toml").is_file() and (target / "person.json").is_file()
+    except OSError:  # a directory closed to this user: read as a campaign, whose loading names what it cannot read
+        bundle = False
+    if bundle:
         _verify_bundle(target, key)
     elif is_export(target):
         if head or checkpoints:

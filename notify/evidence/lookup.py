@@ -255,8 +255,11 @@ def _outbox_copy(campaign: Campaign, message_id: str | None, sha: str) -> tuple[
         cfg = campaign.providers.get(name)
         if isinstance(cfg, OutboxConfig) and message_id:
             path = cfg.path / eml_name(message_id)
-            if path.is_file() and hashlib.sha256(data := path.read_bytes()).hexdigest() == sha:
-                return path, data
+            try:
+                if path.is_file() and hashlib.sha256(data := path.read_bytes()).hexdigest() == sha:
+                    return path, data
+            except OSError:  # a copy this user may not read proves nothing: the message is rebuilt instead
+                continue
     return None
 
 

@@ -80,14 +80,20 @@ def read_maildir(path: Path) -> Iterator[bytes]:
     """Each message in a maildir's new/ and cur/, to MAX_MESSAGE bytes. Only regular files delivered there: a
     symbolic link is refused (whoever can write the maildir would otherwise have notify read any file it can into
     the state, where `bounces --unmatched` shows it), and a directory or a pipe is passed over."""
-    if not (path / "cur").is_dir() and not (path / "new").is_dir():
+    try:
+        subs = [path / sub for sub in ("new", "cur") if (path / sub).is_dir()]
+    except OSError as e:  # the maildir closed to this user (no search permission)
+        raise read_failed(path, e, _RERUN) from None
+    if not subs:
         raise InputError(f"{path}: not a maildir (no cur/ or new/ inside)")
-    for sub in ("new", "cur"):
-        d = path / sub
-        if d.is_dir():
-            for f in sorted(d.iterdir()):
-                if (data := _message(f)) is not None:
-                    yield data
+    for d in subs:
+        try:
+            names = sorted(d.iterdir())
+        except OSError as e:  # new/ or cur/ that cannot be listed: its bounces are not passed over unsaid
+            raise read_failed(d, e, _RERUN) from None
+        for f in names:
+            if (data := _message(f)) is not None:
+                yield data
 
 
 def _message(f: Path) -> bytes | None:

@@ -65,10 +65,10 @@ class SuppressionList:
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or default_path()
-        if not self.path.name or self.path.is_dir():
-            raise StoreError(f"{self.path}: a directory; the suppression list is a file", hint=f"set {ENV} to a file's path,"
-                             f" such as {self.path / 'suppression.sqlite'}")
         try:
+            if not self.path.name or self.path.is_dir():  # (is_dir raises where a directory above is closed to us)
+                raise StoreError(f"{self.path}: a directory; the suppression list is a file",
+                                 hint=f"set {ENV} to a file's path, such as {self.path / 'suppression.sqlite'}")
             files.private_dir(self.path.parent, tighten=False)  # a directory the user chose: only the file is ours
             for part in ("", "-wal", "-shm", "-journal"):
                 files.refuse_link(self.path.with_name(self.path.name + part))
@@ -80,8 +80,10 @@ class SuppressionList:
                 "CREATE TABLE IF NOT EXISTS suppressed (address TEXT PRIMARY KEY, kind TEXT NOT NULL,"
                 " source TEXT NOT NULL, reason TEXT NOT NULL, added_at TEXT NOT NULL)")
         except (OSError, sqlite3.Error) as e:
-            raise StoreError(f"{self.path}: cannot open the suppression list: {e}",
-                             hint=f"set {ENV} to a writable path") from None
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise StoreError(f"{self.path}: cannot open the suppression list: {why}",
+                             hint=f"give the user notify runs as read and write access to it and its directory, or set "
+                                  f"{ENV} to a path it can write") from None
 
     def close(self) -> None:
         self.db.close()

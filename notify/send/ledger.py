@@ -65,10 +65,11 @@ class LedgerWriter:
     def is_open(self) -> bool:
         return self.store is not None
 
-    def checkpoint(self, path: Path, campaign_id: str) -> asyncio.Future[str]:
-        """The chain's head to the checkpoints file (Store.checkpoint), after the commits handed over before."""
+    def checkpoint(self, path: Path, campaign_id: str) -> asyncio.Future[tuple[str, str | None]]:
+        """The chain's head to the checkpoints file (Store.checkpoint_kept), after the commits handed over before. A
+        file that cannot be written does not stop the send: the run's last checkpoint says so, with the line."""
         assert self.store is not None
-        return self._run(self.store.checkpoint, path, campaign_id)
+        return self._run(self.store.checkpoint_kept, path, campaign_id)
 
     def rescue(self, now: float) -> asyncio.Future[int]:
         """Other workers' stalled sessions taken over (PostgreSQL; Store.rescue_stalled)."""

@@ -40,9 +40,12 @@ def is_export(path: Path) -> bool:
     """A directory `notify audit export` wrote, even with files missing (verify then names them), as opposed
     to a campaign directory. Its manifest decides: a state directory (.notify) planted beside it makes it no
     campaign (verify refuses the unlisted directory). Without a manifest, an export has no .notify of its own."""
-    if (path / "manifest.json").is_file():
-        return True
-    return not (path / ".notify").exists() and any((path / name).is_file() for name in EXPORT_MARKS)
+    try:
+        if (path / "manifest.json").is_file():
+            return True
+        return not (path / ".notify").exists() and any((path / name).is_file() for name in EXPORT_MARKS)
+    except OSError:  # a directory closed to this user: read as a campaign, whose loading names what it cannot read
+        return False
 
 
 class ExportStore(SqliteStore):

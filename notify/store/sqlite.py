@@ -9,6 +9,7 @@ feedback's suppressions reach it through suppress_outbox (flush_suppressions).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import secrets
@@ -74,6 +75,11 @@ class SqliteStore(SqliteLines, Store):
             for part in ("", "-wal", "-shm", "-journal"):  # SQLite opens these by name, following links
                 files.refuse_link(db.with_name(db.name + part))
             os.close(files.open_private(db, os.O_CREAT | os.O_WRONLY))
+        except files.PathRefused as e:  # its message names the path already
+            closed = e.errno in (errno.EACCES, errno.EPERM)
+            raise StoreError(f"cannot use the state directory: {e.message}",
+                             hint=f"the campaign's state lives in {state_dir}: give this user write access to "
+                                  f"{state_dir.parent}, then run the same command again" if closed else e.hint) from None
         except OSError as e:
             raise StoreError(f"{state_dir}: cannot use the state directory: {e.strerror}") from None
         return cls(db)

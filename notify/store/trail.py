@@ -105,12 +105,14 @@ class Trail(Backend):
 
     def checkpoint_kept(self, path: Path, campaign_id: str) -> tuple[str, str | None]:
         """The chain's head appended to `path` (checkpoint): (the line, None), or, where the file is a link it
-        refuses to follow or no regular file (a pipe, a device), (the line, why it was not appended): the line must
-        then be kept by other means."""
+        refuses to follow, no regular file (a pipe, a device), one this user may not write, or a write that failed
+        (a full disk), (the line, why it was not appended): the line must then be kept by other means."""
         try:
             return self.checkpoint(path, campaign_id), None
         except files.PathRefused as e:
             return self.checkpoint_line(campaign_id), e.message
+        except OSError as e:
+            return self.checkpoint_line(campaign_id), f"{path}: {e.strerror}"
 
     def checkpoint_line(self, campaign_id: str) -> str:
         """The chain's head as a checkpoint line: time, campaign, event count, hash."""
