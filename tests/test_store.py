@@ -277,3 +277,20 @@ def test_commands_opening_a_new_state_at_once_all_open_it(make_campaign: MakeCam
                  for _ in range(6)]
         errors = [p.communicate(timeout=60)[1] for p in procs]
         assert all(p.returncode == 0 for p in procs), [e[-300:] for e in errors if e]
+
+
+def test_a_suppression_list_that_cannot_be_attached_is_named_not_an_internal_error(tmp_path: Path) -> None:
+    # Found with `ulimit -n 20`: the list opened at the start of a send, but attaching it to the state (one more
+    # open file) failed, and the send ended as "internal error: OperationalError: unable to open database".
+    # Here the list's path is a directory: there, but no database SQLite can open.
+    s = SqliteStore.open(tmp_path / ".notify")
+    (tmp_path / "list").mkdir()
+    try:
+        s.db.execute("INSERT INTO suppress_outbox (address, kind, source, reason) VALUES ('a@example.com', 'bounce', 't', 'r')")
+        for step in (s.suppress_pending, s.flush_suppressions):  # the send's, then feedback's (one to copy)
+            with pytest.raises(StoreError) as e:
+                step(tmp_path / "list")
+            assert e.value.message == f"{tmp_path / 'list'}: cannot open the suppression list: unable to open database"
+            assert s.db.execute("PRAGMA database_list").fetchall()[-1][1] == "main", "nothing left attached"
+    finally:
+        s.close()

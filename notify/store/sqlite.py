@@ -216,8 +216,7 @@ class SqliteStore(SqliteLines, Store):
         the next `bounces` or `send` copies what is left. Returns how many addresses were new there."""
         if self.db.execute("SELECT 1 FROM suppress_outbox LIMIT 1").fetchone() is None:
             return 0
-        self.db.execute("ATTACH DATABASE ? AS supp", (str(suppression_db),))
-        try:
+        with self._attached(suppression_db):
             # Two transactions, each writing one file: in WAL mode a transaction over two attached files is
             # atomic in each file but not across them, and a kill between the two commits lost the copy (a
             # test kills `bounces` to show it). Copied first, forgotten second: a kill between them leaves
@@ -228,9 +227,21 @@ class SqliteStore(SqliteLines, Store):
                     " SELECT address, kind, source, reason, ? FROM main.suppress_outbox", (utcnow()[:19] + "Z",)).rowcount
             with self.transaction(chain=False) as db:
                 db.execute("DELETE FROM main.suppress_outbox WHERE address IN (SELECT address FROM supp.suppressed)")
+        return max(added, 0)
+
+    @contextlib.contextmanager
+    def _attached(self, suppression_db: Path) -> Iterator[None]:
+        """The suppression list attached as `supp` while the block runs; one that cannot be opened now (out of file
+        descriptors, its directory closed since) is named, and the send stops before anyone is sent past it."""
+        try:
+            self.db.execute("ATTACH DATABASE ? AS supp", (str(suppression_db),))
+        except sqlite3.Error as e:
+            raise StoreError(f"{suppression_db}: cannot open the suppression list: {str(e).removesuffix(f': {suppression_db}')}",
+                             hint="nothing was lost: once it can be opened, run the same command again") from None
+        try:
+            yield
         finally:
             self.db.execute("DETACH DATABASE supp")
-        return max(added, 0)
 
     def suppress_pending(self, suppression_db: Path) -> int:
         """Recipients not yet sent whose address is on the suppression list: state suppressed, with the
@@ -238,15 +249,11 @@ class SqliteStore(SqliteLines, Store):
         campaign costs an index lookup per suppressed address, not a Python pass over every pending key."""
         if not suppression_db.exists():
             return 0
-        self.db.execute("ATTACH DATABASE ? AS supp", (str(suppression_db),))
-        try:
-            with self.transaction() as db:
-                rows = db.execute(
-                    "SELECT r.id, r.key, r.locale, s.kind, s.source, s.reason FROM recipients r"
-                    " JOIN supp.suppressed s ON s.address = r.key WHERE r.state IN ('pending', 'deferred')").fetchall()
-                self._mark_suppressed(rows, utcnow())
-        finally:
-            self.db.execute("DETACH DATABASE supp")
+        with self._attached(suppression_db), self.transaction() as db:
+            rows = db.execute(
+                "SELECT r.id, r.key, r.locale, s.kind, s.source, s.reason FROM recipients r"
+                " JOIN supp.suppressed s ON s.address = r.key WHERE r.state IN ('pending', 'deferred')").fetchall()
+            self._mark_suppressed(rows, utcnow())
         return len(rows)
 
     # --- the send queue: one sending process ---
