@@ -38,7 +38,7 @@ from ..content.message import Message
 from ..errors import ConfigError, register_secret
 from .base import WITHDRAWN, Kind, Outcome, Readiness, Ready, Wave, Withdrawn
 from .dkim import dkim_signer
-from .smtpreply import classify_exception, classify_reply
+from .smtpreply import classify_exception, classify_reply, short_here
 from .smtpwire import Session, wire_body
 
 Waiting = tuple[bytes, "asyncio.Future[tuple[Session | None, bool]]"]  # an envelope, and where its connection goes
@@ -271,6 +271,9 @@ class SmtpProvider:
         outcome = classify_exception(exc, "connect")
         if outcome.kind is Kind.PROVIDER_DOWN:
             return outcome
+        if (short := short_here(exc)) is not None:  # this machine's shortage, not the relay's: it stays up
+            return Outcome(Kind.TEMPORARY, handed=False, detail=f"this machine could not open a connection ({short}): "
+                                                                 "nothing reached the relay")
         self.refusals += 1
         if self.refusals >= REFUSALS_DOWN:
             return Outcome(Kind.PROVIDER_DOWN, detail=f"{self.refusals} connection attempts in a row failed; last: {outcome.detail}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import re
 
 from aiosmtplib import errors as smtp_errors
@@ -75,3 +76,16 @@ def classify_exception(exc: BaseException, phase: str) -> Outcome:
     if isinstance(exc, smtp_errors.SMTPException):
         return Outcome(Kind.IN_DOUBT if in_doubt else Kind.TEMPORARY, detail=f"{type(exc).__name__}: {exc}")
     raise TypeError(f"not an SMTP error: {exc!r}")
+
+
+_SHORT_HERE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)  # out of files or memory on this machine
+
+
+def short_here(exc: BaseException | None) -> str | None:
+    """The system's words where a connection failed for want of this machine's own files or memory (the OS error
+    aiosmtplib wraps): a process at its `ulimit -n` counted each such failure against the relay, marked down."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in _SHORT_HERE:
+            return exc.strerror or str(exc)
+        exc = exc.__cause__ or exc.__context__
+    return None

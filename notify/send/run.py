@@ -8,7 +8,9 @@ import asyncio
 import contextlib
 import gc
 import os
+import resource
 from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from .. import files, providers
@@ -78,6 +80,31 @@ def provider_chain(campaign: Campaign, name: str | None, concurrency: int | None
     return [providers.build(campaign.providers[n], concurrency=concurrency or campaign.send.concurrency) for n in names]
 
 
+OPEN_BESIDE = 64  # files a send holds besides its connections: the state, the list, the render processes' pipes, imports
+
+
+def open_files_for(options: SendOptions, campaign: Campaign) -> tuple[SendOptions, str | None]:
+    """The run's concurrency within the files this process may open. Each connection is an open file: `--concurrency
+    1000` under the usual `ulimit -n` of 1024 ran out of them, and every connection that could not be opened
+    ("Too many open files") counted against the provider, which was marked down, the run stopped, and a backup
+    would have been blamed next. The soft limit is raised as far as needed, up to the hard one (no privilege
+    needed); beyond it, fewer connections, said in the run's notes."""
+    wanted = options.concurrency or campaign.send.concurrency
+    need = wanted + OPEN_BESIDE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and need > soft:
+        with contextlib.suppress(ValueError, OSError):
+            raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+    if soft == resource.RLIM_INFINITY or need <= soft:
+        return options, None
+    fitted = max(1, soft - OPEN_BESIDE)
+    return replace(options, concurrency=fitted), (
+        f"Concurrency: {fitted}, not {wanted}: this process may open {soft} files (ulimit -n; hard limit {hard}) and "
+        "each connection is one; raise the limit to send with more")
+
+
 def send(campaign: Campaign, store: Store, options: SendOptions,
          announce: Callable[[Deadline], None] | None = None) -> RunResult:
     """Preflight, then the run. Nothing is sent unless every locale renders and, where the campaign
@@ -101,6 +128,7 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
         review.check_approval(campaign, store, pre.templates)
     queues = [p.events_queue for p in campaign.providers.values() if isinstance(p, SesConfig) and p.events_queue]
     reconcile = sqs.reconciler(campaign.id, queues) if queues else None
+    options, fitted = open_files_for(options, campaign)
     chain = provider_chain(campaign, options.provider, options.concurrency)
     if (seeded := _seeds_first(campaign, store, pre, options, chain)) is not None:
         seeded.notes[:0] = [f"Content lint warning: {w}" for w in pre.warnings]
@@ -118,7 +146,7 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
         suppression.close()
         if ok:  # a run that failed leaves its session to be found stalled: its recipients in flight are rescued
             store.end_session()
-    result.notes[:0] = [f"Content lint warning: {w}" for w in pre.warnings]
+    result.notes[:0] = [f"Content lint warning: {w}" for w in pre.warnings] + ([fitted] if fitted else [])
     # The chain's head, outside the state (audit-checkpoints.log): `audit verify --checkpoints` later proves the
     # chain was not rewritten since. Written by the run, so that no caller of the library forgets it.
     result.checkpoint = store.checkpoint_kept(campaign.checkpoints_file, campaign.id)
