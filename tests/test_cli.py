@@ -559,3 +559,18 @@ def test_the_bar_counts_to_what_the_run_will_send_retries_due_later_included(mak
     assert "This run via relay: sent 9, deferred 0, failed 0." in screen, screen[-2000:]
     assert "| 9/9 [" in screen and "100%" in screen, screen[-2000:]
     assert not re.search(r"\| (\d+)/(?!9 )\d+ \[", screen), screen[-2000:]
+
+
+def test_a_terminal_that_cannot_write_every_language_gets_escapes_not_an_internal_error(example: Path,
+                                                                                       tmp_path: Path) -> None:
+    # Before: on a terminal or pipe in ISO-8859-1 (LANG=en_US.ISO-8859-1), `preview` stopped at the Chinese
+    # subject with "internal error: UnicodeEncodeError" (exit 70), the review pack half announced.
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "notify", "preview", str(example), "--out", str(tmp_path / "pack")],
+                       capture_output=True, env={**os.environ, "PYTHONIOENCODING": "latin-1"}, timeout=120)
+    out = r.stdout.decode("latin-1")
+    assert r.returncode == 0, out + r.stderr.decode("latin-1")
+    assert "\\u6570\\u636e\\u6cc4\\u9732\\u901a\\u77e5" in out and "Open " in out  # 数据泄露通知, as its escapes

@@ -257,6 +257,11 @@ def main() -> None:
     # anyway: 70-95 ms of every command. Frozen, they are skipped; files and connections were closed
     # by then, and whatever is freed by reference count still is.
     atexit.register(gc.freeze)
+    # A terminal or pipe whose encoding cannot write every name and subject (LANG=en_US.ISO-8859-1): what it
+    # cannot show is shown as its escape (\u65e5), never "internal error: UnicodeEncodeError" halfway through.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     app(prog_name="notify")
 
 
