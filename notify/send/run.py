@@ -129,9 +129,10 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
     queues = [p.events_queue for p in campaign.providers.values() if isinstance(p, SesConfig) and p.events_queue]
     reconcile = sqs.reconciler(campaign.id, queues) if queues else None
     options, fitted = open_files_for(options, campaign)
+    ahead = [f"Content lint warning: {w}" for w in pre.warnings] + ([fitted] if fitted else [])  # the run's first notes
     chain = provider_chain(campaign, options.provider, options.concurrency)
     if (seeded := _seeds_first(campaign, store, pre, options, chain)) is not None:
-        seeded.notes[:0] = [f"Content lint warning: {w}" for w in pre.warnings]
+        seeded.notes[:0] = ahead
         return seeded
     if announce is not None and (due := deadline(campaign, store)) is not None and due.remaining:
         announce(due)
@@ -146,7 +147,7 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
         suppression.close()
         if ok:  # a run that failed leaves its session to be found stalled: its recipients in flight are rescued
             store.end_session()
-    result.notes[:0] = [f"Content lint warning: {w}" for w in pre.warnings] + ([fitted] if fitted else [])
+    result.notes[:0] = ahead
     # The chain's head, outside the state (audit-checkpoints.log): `audit verify --checkpoints` later proves the
     # chain was not rewritten since. Written by the run, so that no caller of the library forgets it.
     result.checkpoint = store.checkpoint_kept(campaign.checkpoints_file, campaign.id)
