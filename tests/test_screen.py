@@ -140,11 +140,17 @@ def test_watch_json_is_a_line_of_json_each_refresh_with_a_rate_only_while_it_sen
     with Server(Handler()) as srv:
         d = smtp_campaign(make_campaign, srv.port, rows=rows, send_keys="rate = 10\n")
         with subprocess.Popen([sys.executable, "-m", "notify", "status", str(d), "--watch", "--json", "--interval", "0.3"],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as watch:
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as watch:
             lines: list[str] = []
             reader = threading.Thread(target=lambda: lines.extend(watch.stdout or []), daemon=True)
             reader.start()
             try:
+                # Its first frame before the send starts (once, in a full suite on a busy machine, it had printed
+                # none by the send's end): the frames then surely span the send.
+                waited = time.monotonic() + 60
+                while not lines and watch.poll() is None and time.monotonic() < waited:
+                    time.sleep(0.05)
+                assert lines, f"the watch printed nothing (exit {watch.poll()})"
                 sent = subprocess.run([sys.executable, "-m", "notify", "send", str(d), "--no-progress"],
                                       capture_output=True, text=True, timeout=120)
                 assert sent.returncode == 0, sent.stderr
@@ -152,7 +158,9 @@ def test_watch_json_is_a_line_of_json_each_refresh_with_a_rate_only_while_it_sen
             finally:
                 watch.terminate()
                 reader.join(timeout=10)
+                said = watch.stderr.read() if watch.stderr else ""
     frames = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert not said, said
     assert len(frames) >= 3 and all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", f["at"]) for f in frames), lines[:3]
     live = [f for f in frames if f["rate"] is not None]
     assert live and all(any(s.startswith("sending:  yes") for s in f["sending"]) for f in live), frames[-1]
