@@ -187,13 +187,9 @@ def audit_verify(target: Path = typer.Argument(..., metavar="CAMPAIGN|DIR",
       notify audit verify campaigns/example --checkpoints ~/safe/audit-checkpoints.log
       notify audit verify campaigns/example --content      # every message sent, rebuilt byte for byte
     """
-    from ..store.exported import is_export
+    from ..store.exported import is_bundle, is_export
 
-    try:
-        bundle = not (target / "campaign.toml").is_file() and (target / "person.json").is_file()
-    except OSError:  # a directory closed to this user: read as a campaign, whose loading names what it cannot read
-        bundle = False
-    if bundle:
+    if is_bundle(target):
         _verify_bundle(target, key)
     elif is_export(target):
         if head or checkpoints:

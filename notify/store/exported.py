@@ -48,6 +48,14 @@ def is_export(path: Path) -> bool:
         return False
 
 
+def is_bundle(path: Path) -> bool:
+    """A person's proof of notice written by `lookup PERSON --out DIR` (person.json), as opposed to a campaign directory."""
+    try:
+        return not (path / "campaign.toml").is_file() and (path / "person.json").is_file()
+    except OSError:  # as for is_export
+        return False
+
+
 class ExportStore(SqliteStore):
     """The state an export holds, in a temporary SQLite file: what lookup and report read. Its chain
     head is the export's, as verified."""
