@@ -263,18 +263,28 @@ def test_feedback_finds_a_recipient_by_either_kind_of_provider_id(tmp_path: Path
 
 
 def test_commands_opening_a_new_state_at_once_all_open_it(make_campaign: MakeCampaign, tmp_path: Path) -> None:
-    """`send` and `status --watch` (or two of anything) opening a campaign's state for the first time, together:
-    each found the migrations to do, and the second to apply one failed with "duplicate column name" (found by
-    tests/test_screen.py, one run in four). Six processes at once, on five new campaigns."""
+    """`send` and `status --watch` (or two of anything) opening a campaign's state, and the suppression list, for
+    the first time, together. Two failures were found by tests/test_screen.py: each process found the migrations
+    to do, and the second to apply one failed with "duplicate column name"; and (in CI) the send stopped at once,
+    "cannot use the campaign database: database is locked", because turning a new file to WAL needs it alone and
+    SQLite does not wait for that. Six processes, their imports done, released together on ten new campaigns."""
     import subprocess
     import sys
 
     opener = ("import sys; from notify.campaign.config import load; from notify.store import open_store;"
-              "open_store(load(sys.argv[1])).close()")
-    for k in range(5):
+              "from notify.feedback.suppression import SuppressionList; from pathlib import Path; print(flush=True);"
+              "sys.stdin.readline(); open_store(load(sys.argv[1])).close(); SuppressionList(Path(sys.argv[2])).close()")
+    for k in range(10):
         d = make_campaign(name=f"c{k}")
-        procs = [subprocess.Popen([sys.executable, "-c", opener, str(d)], stderr=subprocess.PIPE, text=True)
+        procs = [subprocess.Popen([sys.executable, "-c", opener, str(d), str(tmp_path / f"list{k}.sqlite")],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(6)]
+        for p in procs:  # each says it has imported everything, then waits to be released with the others
+            assert p.stdout is not None and p.stdout.readline() == "\n"
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
         errors = [p.communicate(timeout=60)[1] for p in procs]
         assert all(p.returncode == 0 for p in procs), [e[-300:] for e in errors if e]
 

@@ -20,6 +20,7 @@ from .. import files
 from ..errors import InputError, StoreError, UsageError
 from ..recipients.rows import Recipient, read
 from ..recipients.validate import validate
+from ..store.sqlite import connect_wal
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -73,9 +74,7 @@ class SuppressionList:
             for part in ("", "-wal", "-shm", "-journal"):
                 files.refuse_link(self.path.with_name(self.path.name + part))
             os.close(files.open_private(self.path, os.O_CREAT | os.O_WRONLY))
-            self.db = sqlite3.connect(self.path, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA busy_timeout=5000")
+            self.db = connect_wal(self.path)
             self.db.execute(
                 "CREATE TABLE IF NOT EXISTS suppressed (address TEXT PRIMARY KEY, kind TEXT NOT NULL,"
                 " source TEXT NOT NULL, reason TEXT NOT NULL, added_at TEXT NOT NULL)")

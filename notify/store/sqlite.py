@@ -15,6 +15,7 @@ import os
 import secrets
 import socket
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -25,6 +26,26 @@ from .base import Store
 from .lines import SqliteLines
 from .records import GENESIS, Change, Claimed, check_transitions, claimed, utcnow
 from .schema import DB_NAME, IMPORT_CACHE_KIB
+
+WAITS = 5.0  # seconds a writer waits for another's lock, and an opener for a new file's turn to WAL
+
+
+def connect_wal(path: Path, **options: bool) -> sqlite3.Connection:
+    """A connection to the SQLite file at path, in WAL mode, each write waiting up to WAITS for another's.
+    Turning a new file to WAL needs it alone, and SQLite does not wait for that (the busy timeout is not asked):
+    two commands opening a new state at once (`send`, and `status --watch` from another terminal) stopped the
+    send, "database is locked". The turn is tried again for as long as a writer would wait."""
+    db = sqlite3.connect(path, timeout=WAITS, isolation_level=None, **options)
+    until = time.monotonic() + WAITS
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return db
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > until:
+                db.close()
+                raise
+            time.sleep(0.005)
 
 
 class SqliteStore(SqliteLines, Store):
@@ -38,11 +59,9 @@ class SqliteStore(SqliteLines, Store):
         self._head: tuple[int, str] = (0, GENESIS)
         self._lock_fd: int | None = None
         try:
-            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db = connect_wal(path, check_same_thread=False)
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
-            self.db.execute("PRAGMA busy_timeout=5000")
             self._migrate()
             self.token_key: bytes = self._token_key()
             moved = self.db.execute("SELECT value FROM meta WHERE name=?", (schema.MOVED,)).fetchone()
