@@ -457,6 +457,44 @@ def test_the_live_view_says_when_nothing_sends_and_why(make_campaign: MakeCampai
     assert "sending:  NO" in out and "last run: ended " in out
 
 
+def test_status_says_what_holds_the_campaign_an_import_or_a_send_still_preparing(make_campaign: MakeCampaign) -> None:
+    # `status` beside `notify import` said "sending:  yes (host pid N)" and "rate: no message handed over yet
+    # (waiting: retries not yet due, the breaker, a domain cap, a provider)": the import holds the campaign's lock,
+    # and any holder was taken for a send. A send importing and checking 200,000 people (seconds) was said to be
+    # waiting for retries, or showed the rate of the run before it. The holder now writes what it does.
+    import os
+
+    from notify.campaign.config import load
+    from notify.store import PREPARING, SENDING, open_store
+
+    d = make_campaign("email\n" + "".join(f"p{i}@example.com\n" for i in range(40)))
+    assert run("send", d, "--limit", "5")[0] == 0  # outcomes a moment ago: a rate, were a send running
+    holder = open_store(load(d))
+    try:
+        holder.lock("import")
+        code, out, _ = run("status", d)
+        assert code == 0 and "sending:  NO: nothing is sending test-2022-08 now; 35 to go" in out, out
+        assert f"working:  notify import ({os.uname().nodename} pid {os.getpid()}), holding the campaign until it ends" in out
+        code, out, err = run("send", d)
+        assert code == 4 and f"another notify process (`notify import`, pid {os.getpid()}) is working on this campaign" in err
+        holder.doing(PREPARING)
+        code, out, _ = run("status", d)
+        assert f"sending:  yes ({os.uname().nodename} pid {os.getpid()})" in out and "working:" not in out, out
+        assert "rate:     none yet: preparing (importing the recipients, checking and rendering the content); 35 to go" in out
+        holder.doing(SENDING)
+        # Five outcomes committed together a moment ago: no rate yet, and no "no message handed over for 0 s".
+        code, out, _ = run("status", d)
+        assert "sending:  yes (" in out and "rate:     not measured yet (too few outcomes so far); 35 to go" in out, out
+        (d / ".notify" / "lock").write_text(str(os.getpid()))  # the pid alone, as notify wrote it before: a send
+        assert "rate:     not measured yet (too few outcomes so far); 35 to go" in run("status", d)[1]
+        data = json.loads(run("status", d, "--json")[1])
+        assert data["working"] == [{"who": f"{os.uname().nodename} pid {os.getpid()}", "doing": "send"}], data["working"]
+    finally:
+        holder.close()
+    code, out, _ = run("status", d)
+    assert "sending:  NO" in out and "working:" not in out, out
+
+
 def _on_a_terminal(argv: list[str], timeout: float = 120) -> tuple[int, str]:
     """A command run with its output on a pseudo-terminal (120 columns), as an incident commander sees it."""
     import fcntl

@@ -152,12 +152,12 @@ def import_(
     Example:  notify import campaigns/example --append
     """
     with _open(campaign) as (c, store):
-        _import_now(c, store, append)
+        _import_now(c, store, "import", append)
 
 
-def _import_now(c: Campaign, store: Store, append: bool = False) -> None:
+def _import_now(c: Campaign, store: Store, command: str, append: bool = False) -> None:
     """`import` and `state init`: the recipients file into the state, what was read, corrected and rejected."""
-    store.lock()
+    store.lock(command)
     imp = store.import_file(c.recipients, append=append, trusted=frozenset(c.review.trusted_columns))
     store.write_rejects_file()
     typer.echo(imp.said())
@@ -177,7 +177,7 @@ def state_init(campaign: Path = CampaignArg) -> None:
     """
     with _open(campaign) as (c, store):
         typer.echo(f"State: {store.where()} ({store.backend}).")
-        _import_now(c, store)
+        _import_now(c, store, "state init")
         typer.echo(f"Next: notify check {campaign}, then `notify send {campaign}"
                    + (" --worker` on each host" if store.backend == "postgresql" else "`"))
 

@@ -19,7 +19,7 @@ from ..content.locales import split_version
 from ..content.render import Templates
 from ..errors import NotifyError
 from ..providers.base import RateChange
-from ..store import Store, detail_of, epoch_of
+from ..store import PREPARING, SENDING, Store, detail_of, epoch_of
 from .deadlines import Deadline, deadline, jurisdiction_dict, jurisdiction_lines, jurisdictions, span
 
 
@@ -56,7 +56,8 @@ class Status:
     bounced_replies: dict[str, dict[str, Any]]
     suppressed_reasons: dict[str, int]
     unmatched_feedback: int
-    senders: list[Any]  # who sends it right now (empty: nobody)
+    senders: list[Any]  # who sends it right now, preparing included (empty: nobody)
+    working: list[dict[str, str]]  # who holds the campaign and what it does: {"who", "doing"} (send, import, ...)
     switches: list[dict[str, Any]]
     next_retry: str | None
     next_retry_said: str | None
@@ -123,6 +124,7 @@ def status(campaign: Campaign, store: Store, templates: Templates | None = None)
         suppressed_reasons={ex: n for _, n, ex in store.reply_summary("suppressed", top=10)},
         unmatched_feedback=store.unmatched_count(),
         senders=store.senders(),
+        working=[{"who": who, "doing": doing} for who, doing in store.holders()],
         switches=[{"at": e["ts"], **detail_of(e["detail"])} for e in store.events_of_kind("provider_switched")],
         next_retry=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due)) if due else None,
         next_retry_said=when_due(due, time.time()) if due else None,
@@ -177,10 +179,12 @@ def sending(campaign: Campaign, store: Store, now: float) -> tuple[list[str], fl
     """Whether anything sends this campaign right now, in lines, and the rate to project a finish at (None:
     nothing to project). Never a rate when nothing sends (#38: --watch showed 152.9/s after the run had
     stopped): the senders are the lock's holder (SQLite) or the live sessions (PostgreSQL)."""
-    senders = store.senders()
+    holders = store.holders()
+    senders = [who for who, doing in holders if doing in (SENDING, PREPARING)]
     remaining = store.count_unsent()
-    if not senders:
+    if not senders:  # another command may hold the campaign: an import, a move (a send is refused meanwhile)
         lines = [f"sending:  NO: nothing is sending {campaign.id} now; {remaining} to go"]
+        lines += [f"working:  notify {doing} ({who}), holding the campaign until it ends" for who, doing in holders]
         if (stop := store.last_event_of(("send_stopped",))) is not None:
             lines.append(f"last run: ended {local(campaign, stop['ts'])}: {' '.join(str(ended_why(stop['detail'])).split())}")
         if remaining:
@@ -190,9 +194,16 @@ def sending(campaign: Campaign, store: Store, now: float) -> tuple[list[str], fl
     latest = store.last_event_of(("sent", "deferred", "failed"), campaign=False)
     idle = now - epoch_of(latest["ts"]) if latest else None
     lines = [f"sending:  yes ({', '.join(senders)})"]
+    if all(doing == PREPARING for _, doing in holders):  # no rate of an earlier run's outcomes: this one has none
+        lines.append(f"rate:     none yet: preparing (importing the recipients, checking and rendering the content); "
+                     f"{remaining} to go")
+        return lines, None
     if last and idle is not None and idle < STILL:
         lines.append(f"rate:     {last:.1f}/s over the last outcomes; {remaining} to go")
         return lines, last
+    if idle is not None and idle < STILL:  # outcomes a moment ago, too few or too close together for a rate
+        lines.append(f"rate:     not measured yet (too few outcomes so far); {remaining} to go")
+        return lines, None
     waited = f"no message handed over for {span(idle)}" if idle is not None else "no message handed over yet"
     lines.append(f"rate:     {waited} (waiting: retries not yet due, the breaker, a domain cap, a provider); "
                  f"{remaining} to go")

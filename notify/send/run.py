@@ -24,7 +24,7 @@ from ..feedback.suppression import SuppressionList
 from ..providers.base import Kind, Provider
 from ..providers.outbox import eml_name
 from ..reports.deadlines import Deadline, deadline
-from ..store import Store
+from ..store import PREPARING, SENDING, Store
 from .loop import SendLoop
 from .policy import RunResult, SendOptions
 from .progress import progress_for
@@ -112,7 +112,7 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
     crash left in doubt are settled first from the SES event queues the providers name
     (sqs.reconciler). `announce(deadline)` hears reports.deadlines.deadline() before the first message leaves."""
     workers_may_join(campaign, store, options)
-    store.lock()
+    store.lock(PREPARING)  # `status` says so until the first message may leave: importing, checking, rendering
     pre = preflight(campaign, store)
     if not pre.ok:
         hints = pre.hints + [f"run `notify check {campaign.dir}` after fixing them"]
@@ -131,6 +131,7 @@ def send(campaign: Campaign, store: Store, options: SendOptions,
     options, fitted = open_files_for(options, campaign)
     ahead = [f"Content lint warning: {w}" for w in pre.warnings] + ([fitted] if fitted else [])  # the run's first notes
     chain = provider_chain(campaign, options.provider, options.concurrency)
+    store.doing(SENDING)
     if (seeded := _seeds_first(campaign, store, pre, options, chain)) is not None:
         seeded.notes[:0] = ahead
         return seeded

@@ -12,7 +12,7 @@ import os
 from .. import files
 from ..campaign.model import Campaign
 from ..errors import ConfigError
-from .base import Store
+from .base import PREPARING, SENDING, Store
 from .lines import SESSION_EVENTS, ChainProof
 from .records import (
     GENESIS,
@@ -32,7 +32,8 @@ from .records import (
 from .schema import DB_NAME
 from .sqlite import SqliteStore
 
-__all__ = ["DB_NAME", "GENESIS", "SESSION_EVENTS", "ChainProof", "TRANSITIONS", "Change", "Claimed", "Event", "Found", "ImportResult",
+__all__ = ["DB_NAME", "GENESIS", "PREPARING", "SENDING", "SESSION_EVENTS", "ChainProof", "TRANSITIONS", "Change", "Claimed",
+           "Event", "Found", "ImportResult",
            "SqliteStore", "Store",
            "detail_of", "epoch_of", "event_hash", "file_sha256", "open_store", "utcnow", "vars_of"]
 

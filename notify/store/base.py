@@ -36,6 +36,9 @@ from .records import (
 from .trail import Trail
 from .views import Views
 
+SENDING = "send"  # what a lock's holder does (Store.holders): sending,
+PREPARING = "send, preparing"  # or a send before its first message: importing, checking, rendering
+
 
 class Store(Trail, Queue, FeedbackStore, Views, Imports, Lines):
     """A campaign's state on some backend (see the module's docstring). Annotate with this; open with
@@ -68,8 +71,12 @@ class Store(Trail, Queue, FeedbackStore, Views, Imports, Lines):
     def close(self) -> None:
         raise NotImplementedError
 
-    def lock(self) -> None:
-        """Exclusive use for a send (SQLite: one process per campaign; PostgreSQL: workers share)."""
+    def lock(self, doing: str = SENDING) -> None:
+        """Exclusive use for a send, an import or a move (SQLite: one process per campaign; PostgreSQL: workers
+        share). `doing` is what `status` says the holder does (SENDING, PREPARING, or a command's name)."""
+
+    def doing(self, what: str) -> None:
+        """What the lock's holder does now, for `status` (a send's preparing, then its sending)."""
 
     def unlock(self) -> None:
         pass
@@ -140,10 +147,15 @@ class Store(Trail, Queue, FeedbackStore, Views, Imports, Lines):
     def live_workers(self) -> list[dict[str, Any]]:
         return []
 
+    def holders(self) -> list[tuple[str, str]]:
+        """Who works on this campaign right now ("host pid N") and what it does (SENDING, PREPARING, or a command
+        such as "import"); empty when nobody does. PostgreSQL: the live worker sessions, each sending; SQLite
+        overrides it with the holder of the campaign's lock."""
+        return [(f"{w.get('host')} pid {w.get('pid')}", SENDING) for w in self.live_workers()]
+
     def senders(self) -> list[str]:
-        """Who is sending this campaign right now ("host pid N"); empty when nobody is. PostgreSQL: the live
-        worker sessions; SQLite overrides it with the holder of the campaign's lock."""
-        return [f"{w.get('host')} pid {w.get('pid')}" for w in self.live_workers()]
+        """Who is sending this campaign right now (preparing a send counts); empty when nobody is."""
+        return [who for who, doing in self.holders() if doing in (SENDING, PREPARING)]
 
     def what_is_left(self) -> tuple[float | None, int]:
         """When the first deferred recipient is due (None: nobody is deferred), and how many recipients other

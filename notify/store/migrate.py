@@ -27,7 +27,7 @@ def migrate(campaign: Campaign, url: str, what: str) -> tuple[dict[str, int], st
     table and where it went (the URL without its password)."""
     source = SqliteStore.open(campaign.state_dir)
     try:
-        source.lock()
+        source.lock("state migrate")
         target = PgStore(url, campaign.id, campaign.state_dir, what=what, stall_after=campaign.state.stall_after)
         try:
             return migrate_from(source, target), target.where()

@@ -22,7 +22,7 @@ from pathlib import Path
 from .. import files
 from ..errors import StoreError
 from . import schema
-from .base import Store
+from .base import SENDING, Store
 from .lines import SqliteLines
 from .records import GENESIS, Change, Claimed, check_transitions, claimed, utcnow
 from .schema import DB_NAME, IMPORT_CACHE_KIB
@@ -46,6 +46,22 @@ def connect_wal(path: Path, **options: bool) -> sqlite3.Connection:
                 db.close()
                 raise
             time.sleep(0.005)
+
+
+def _said(lock_path: Path) -> tuple[str, str]:
+    """The lock file's words: the pid that wrote it and what it does ("unknown", SENDING where it cannot be
+    read; a file of notify before 2026-12-04 holds the pid alone)."""
+    try:  # a regular file only: a pipe planted there would hold `status` forever
+        with files.open_regular(lock_path, "", follow=False) as fh:
+            words = fh.read(200).decode(errors="replace").strip().split(" ", 1)
+    except OSError:
+        return "unknown", SENDING
+    return (words[0] or "unknown"), (words[1] if len(words) > 1 else SENDING)
+
+
+def _named(what: str) -> str:
+    """A holder's work as the refusal names it: `notify import`, or nothing for a send."""
+    return "" if what.startswith(SENDING) else f"`notify {what}`, "
 
 
 class SqliteStore(SqliteLines, Store):
@@ -127,9 +143,10 @@ class SqliteStore(SqliteLines, Store):
 
     # --- exclusive use: one sending process per campaign ---
 
-    def senders(self) -> list[str]:
-        """The process holding the campaign's lock (a send, or another command that writes), read from the
-        kernel's table of file locks without taking the lock: a look must never stand in a send's way."""
+    def holders(self) -> list[tuple[str, str]]:
+        """The process holding the campaign's lock (a send, or another command that writes) and what it does,
+        read from the kernel's table of file locks and the lock file without taking the lock: a look must never
+        stand in a send's way."""
         lock_path = self.path.parent / "lock"
         try:
             st = os.stat(lock_path)
@@ -138,10 +155,14 @@ class SqliteStore(SqliteLines, Store):
         except OSError:
             return []
         where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-        return [f"{socket.gethostname()} pid {f[4]}" for f in (line.split() for line in table.splitlines())
+        pids = [f[4] for f in (line.split() for line in table.splitlines())
                 if len(f) > 5 and f[1] == "FLOCK" and f[5] == where]
+        said = _said(lock_path)
+        # What the file says is its holder's word only when it names that holder (it is rewritten as a holder
+        # starts); else a send, as status said before commands named themselves there.
+        return [(f"{socket.gethostname()} pid {pid}", said[1] if said[0] == pid else SENDING) for pid in pids]
 
-    def lock(self) -> None:
+    def lock(self, doing: str = SENDING) -> None:
         lock_path = self.path.parent / "lock"
         try:
             fd = files.open_private(lock_path, os.O_RDWR | os.O_CREAT)
@@ -150,18 +171,23 @@ class SqliteStore(SqliteLines, Store):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            pid = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            pid, what = _said(lock_path)
             os.close(fd)
             raise StoreError(
-                f"{self.path.parent.parent}: another notify process (pid {pid}) is working on this campaign",
+                f"{self.path.parent.parent}: another notify process ({_named(what)}pid {pid}) is working on this campaign",
                 hint="wait for it to finish, or stop it with Ctrl-C; it can be resumed",
             ) from None
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)  # for the message above; the flock is what excludes
+        self._lock_fd = fd
+        self.doing(doing)
+
+    def doing(self, what: str) -> None:
+        if self._lock_fd is None:
+            return
+        try:  # for status and the message above; the flock is what excludes
+            os.ftruncate(self._lock_fd, 0)
+            os.pwrite(self._lock_fd, f"{os.getpid()} {what}".encode(), 0)
         except OSError:
             pass  # a full disk must not stop us holding the lock; the next real write reports it
-        self._lock_fd = fd
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
