@@ -72,6 +72,15 @@ def test_links_in_the_state_directory_are_refused_not_followed(make_campaign: Ma
     code, out, err = run("send", d, "--no-progress")
     assert code == 4 and "is a symbolic link" in err and "internal error" not in err, out + err
     assert victim.read_text() == "precious\n"
+    # What to do about it (it said "free some disk space", and a pipe there was named twice), and `status`,
+    # which reads what the lock's holder does from that file, neither follows the link nor waits on a pipe.
+    assert f"Hint: remove {d / '.notify' / 'lock'} (notify makes that file itself)" in err, err
+    assert "sending:  NO" in run("status", d)[1]
+    (d / ".notify" / "lock").unlink()
+    os.mkfifo(d / ".notify" / "lock")
+    code, out, err = run("import", d)
+    assert code == 4 and err.startswith(f"Error: {d / '.notify' / 'lock'} is a device, a pipe or a socket"), err
+    assert "Hint: remove " in err and "disk space" not in err, err
 
 
 def test_a_state_directory_that_is_a_link_is_refused(make_campaign: MakeCampaign, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .. import files
 from ..errors import StoreError
 from . import schema
 from .feedback import FeedbackStore
@@ -171,6 +172,9 @@ class Store(Trail, Queue, FeedbackStore, Views, Imports, Lines):
         return None
 
     def _os_error(self, path: Path, e: OSError) -> StoreError:
+        if isinstance(e, files.PathRefused):  # something else where our file belongs (a pipe, a link): its message says
+            return StoreError(e.message, hint=f"remove {path} (notify makes that file itself), then run the same "
+                                              "command again; nothing was sent or lost")
         return StoreError(f"{path}: {e.strerror}",
                           hint="free some disk space or fix the directory's permissions; nothing was lost, "
                                "and running the same command again resumes")

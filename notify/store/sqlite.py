@@ -157,6 +157,8 @@ class SqliteStore(SqliteLines, Store):
         where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
         pids = [f[4] for f in (line.split() for line in table.splitlines())
                 if len(f) > 5 and f[1] == "FLOCK" and f[5] == where]
+        if not pids:
+            return []
         said = _said(lock_path)
         # What the file says is its holder's word only when it names that holder (it is rewritten as a holder
         # starts); else a send, as status said before commands named themselves there.
