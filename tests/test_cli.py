@@ -489,6 +489,16 @@ def test_status_says_what_holds_the_campaign_an_import_or_a_send_still_preparing
         assert "rate:     not measured yet (too few outcomes so far); 35 to go" in run("status", d)[1]
         data = json.loads(run("status", d, "--json")[1])
         assert data["working"] == [{"who": f"{os.uname().nodename} pid {os.getpid()}", "doing": "send"}], data["working"]
+        # An import of a million people holds the state's write lock for its whole length: a command that must
+        # write meanwhile gives up after 5 s. It said "could not write the campaign state: database is locked",
+        # hint "free some disk space or fix the directory's permissions".
+        holder.doing("import")
+        holder.db.execute("BEGIN IMMEDIATE")
+        code, out, err = run("approve", d, "--by", "J. Counsel")
+        holder.db.execute("ROLLBACK")
+        assert code == 4 and (f"the campaign's state is busy: notify import ({os.uname().nodename} pid {os.getpid()}) "
+                              "has been writing it for more than 5 s") in err, err
+        assert "Hint: nothing was changed; run the same command again once it has finished" in err, err
     finally:
         holder.close()
     code, out, _ = run("status", d)

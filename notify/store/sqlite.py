@@ -87,7 +87,7 @@ class SqliteStore(SqliteLines, Store):
             untimed = self.db.execute("SELECT row, email, first_attempt_at FROM recipients WHERE first_attempt_at >= ''"
                                       " LIMIT 1").fetchone()
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"{path}: cannot use the campaign database: {e}") from None
+            raise self._busy(e) or StoreError(f"{path}: cannot use the campaign database: {e}") from None
         if untimed:
             self.db.close()
             raise StoreError(f"{path}: the recipient of row {untimed[0]} ({untimed[1]}): its first attempt's time is not "
@@ -253,9 +253,21 @@ class SqliteStore(SqliteLines, Store):
 
     def _error(self, e: sqlite3.Error) -> StoreError:
         """SQLite's failures in words a person can act on; nothing of the failed transaction was kept."""
+        if (busy := self._busy(e)) is not None:
+            return busy
         return StoreError(f"{self.path}: could not write the campaign state: {e}",
                           hint="free some disk space or fix the directory's permissions; nothing was lost, "
                                "and running the same command again resumes")
+
+    def _busy(self, e: sqlite3.Error) -> StoreError | None:
+        """A write that waited WAITS for another's and gave up ("database is locked"), in words that say who
+        writes (an import of a million people holds the state for its whole length) and what to do; None for
+        any other failure."""
+        if not isinstance(e, sqlite3.OperationalError) or e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+            return None
+        held = ", ".join(f"notify {doing} ({who})" for who, doing in self.holders()) or "another notify command"
+        return StoreError(f"{self.path}: the campaign's state is busy: {held} has been writing it for more than "
+                          f"{WAITS:.0f} s", hint="nothing was changed; run the same command again once it has finished")
 
     def flush_suppressions(self, suppression_db: Path) -> int:
         """Copies the suppressions feedback decided (committed with it, in suppress_outbox) to the shared
