@@ -88,6 +88,10 @@ class StoreError(NotifyError):
     exit_code = EXIT_STOPPED  # nothing committed is lost; once the cause is fixed, the same command resumes
 
 
+class StoreBusy(StoreError):
+    """Another command held the state's write lock for longer than a write waits (an import of a million people)."""
+
+
 class DeliveryError(NotifyError):
     """A service failed as a whole (not one recipient)."""
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -329,12 +331,10 @@ def test_bad_queue_messages_are_recorded_and_deleted_and_others_are_left(make_ca
 
 # --- `bounces --follow` beside a running send, both real processes, SQS on moto's server ---
 
-def test_follow_beside_a_send_loses_nothing(backend: str, make_campaign: MakeCampaign, tmp_path: Path) -> None:
-    """A send and `bounces --follow` share the campaign's state while SES (this test) publishes a
-    Delivery for each message the moment it appears in the outbox, often before the send has
-    committed it, and a hard bounce for every tenth. Every recipient ends as the events say."""
+@contextlib.contextmanager
+def sqs_server() -> Iterator[tuple[Any, str, dict[str, str]]]:
+    """moto's server on 127.0.0.1, for notify run as a process: (a client, the queue's URL, the environment)."""
     import os
-    import signal
     import socket
     import subprocess
     import sys
@@ -346,11 +346,6 @@ def test_follow_beside_a_send_loses_nothing(backend: str, make_campaign: MakeCam
     moto = Path(sys.executable).parent / "moto_server"
     server = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
-    env = {**os.environ, "AWS_ENDPOINT_URL_SQS": f"http://127.0.0.1:{port}"}
-    n = 120
-    d = make_campaign("email\n" + "".join(f"p{i}@example.org\n" for i in range(n)), template="t",
-                      templates=simple_templates())
-    procs: list[subprocess.Popen[bytes]] = []
     try:
         sqs = boto3.client("sqs", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{port}")
         for _ in range(100):
@@ -359,52 +354,123 @@ def test_follow_beside_a_send_loses_nothing(backend: str, make_campaign: MakeCam
                 break
             except Exception:  # noqa: BLE001 - the server is still starting
                 time.sleep(0.1)
-        code, _, err = run("import", d)
-        assert code == 0, err
-        tok = tokens(d)
-        by_token = {t: a for a, t in tok.items()}
-        cmd = [sys.executable, "-m", "notify"]
-        follow = subprocess.Popen([*cmd, "bounces", str(d), "--sqs-url", url, "--follow", "--wait", "1"], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        send = subprocess.Popen([*cmd, "send", str(d), "--rate", "60", "--no-progress"], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        procs += [follow, send]
-        published: set[str] = set()
-        expected: dict[str, str] = {}
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            for f in (d / "outbox").glob("*.eml") if (d / "outbox").is_dir() else ():
-                if f.name in published:
-                    continue
-                published.add(f.name)
-                token = f.name.split(".")[1].split("@")[0] if "." in f.name else ""
-                address = by_token.get(token)
-                assert address, f.name
-                kind = "Bounce" if int(address[1:].split("@")[0]) % 10 == 0 else "Delivery"
-                expected[address] = "bounced" if kind == "Bounce" else "delivered"
-                sqs.send_message(QueueUrl=url, MessageBody=json.dumps(ses_event(kind, address, token=token,
-                                                                                 ses_id=f"ses-{token}")))
-            if send.poll() is not None and len(published) == n:
-                break
-            time.sleep(0.02)
-        out, err_b = send.communicate(timeout=30)
-        assert send.returncode == 0, err_b.decode()
-        assert len(expected) == n
-        while time.monotonic() < deadline and states(d) != expected:
-            time.sleep(0.2)
-        follow.send_signal(signal.SIGINT)
-        fout, ferr = follow.communicate(timeout=30)
-        assert follow.returncode == 130, ferr.decode()
-        assert "Interrupted." in ferr.decode() and "matched" in fout.decode()
-        assert states(d) == expected, {a: s for a, s in states(d).items() if expected.get(a) != s}
-        assert suppressed(d) == {a for a, s in expected.items() if s == "bounced"}
+        yield sqs, url, {**os.environ, "AWS_ENDPOINT_URL_SQS": f"http://127.0.0.1:{port}"}
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
         server.terminate()
         server.wait()
+
+
+def test_follow_beside_a_send_loses_nothing(backend: str, make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    """A send and `bounces --follow` share the campaign's state while SES (this test) publishes a
+    Delivery for each message the moment it appears in the outbox, often before the send has
+    committed it, and a hard bounce for every tenth. Every recipient ends as the events say."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    n = 120
+    d = make_campaign("email\n" + "".join(f"p{i}@example.org\n" for i in range(n)), template="t",
+                      templates=simple_templates())
+    procs: list[subprocess.Popen[bytes]] = []
+    with sqs_server() as (sqs, url, env):
+        try:
+            code, _, err = run("import", d)
+            assert code == 0, err
+            tok = tokens(d)
+            by_token = {t: a for a, t in tok.items()}
+            cmd = [sys.executable, "-m", "notify"]
+            follow = subprocess.Popen([*cmd, "bounces", str(d), "--sqs-url", url, "--follow", "--wait", "1"], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            send = subprocess.Popen([*cmd, "send", str(d), "--rate", "60", "--no-progress"], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            procs += [follow, send]
+            published: set[str] = set()
+            expected: dict[str, str] = {}
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                for f in (d / "outbox").glob("*.eml") if (d / "outbox").is_dir() else ():
+                    if f.name in published:
+                        continue
+                    published.add(f.name)
+                    token = f.name.split(".")[1].split("@")[0] if "." in f.name else ""
+                    address = by_token.get(token)
+                    assert address, f.name
+                    kind = "Bounce" if int(address[1:].split("@")[0]) % 10 == 0 else "Delivery"
+                    expected[address] = "bounced" if kind == "Bounce" else "delivered"
+                    sqs.send_message(QueueUrl=url, MessageBody=json.dumps(ses_event(kind, address, token=token,
+                                                                                     ses_id=f"ses-{token}")))
+                if send.poll() is not None and len(published) == n:
+                    break
+                time.sleep(0.02)
+            out, err_b = send.communicate(timeout=30)
+            assert send.returncode == 0, err_b.decode()
+            assert len(expected) == n
+            while time.monotonic() < deadline and states(d) != expected:
+                time.sleep(0.2)
+            follow.send_signal(signal.SIGINT)
+            fout, ferr = follow.communicate(timeout=30)
+            assert follow.returncode == 130, ferr.decode()
+            assert "Interrupted." in ferr.decode() and "matched" in fout.decode()
+            assert states(d) == expected, {a: s for a, s in states(d).items() if expected.get(a) != s}
+            assert suppressed(d) == {a for a, s in expected.items() if s == "bounced"}
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+
+
+def test_follow_waits_out_a_send_that_holds_the_state_while_it_prepares(make_campaign: MakeCampaign) -> None:
+    """`bounces --follow` is run beside a send, and may well be started first. A send importing a million people
+    holds the state's write lock for its whole import (20 s), and the follower stopped after 5 s: "database is
+    locked", exit 4, nobody following the queue for the rest of the send. It now waits, says so, and goes on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from notify.store import PREPARING
+
+    d = sent_campaign(make_campaign)
+    tok = tokens(d)
+    with sqs_server() as (sqs, url, env):
+        holder = open_store(load(d))
+        holder.lock(PREPARING)  # the send, as it imports: its lock, and the state's write lock
+        holder.db.execute("BEGIN IMMEDIATE")
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps(ses_event("Bounce", "p0@example.org", token=tok["p0@example.org"])))
+        follow = subprocess.Popen([sys.executable, "-m", "notify", "bounces", str(d), "--sqs-url", url, "--follow",
+                                   "--wait", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        said: list[str] = []
+        reader = threading.Thread(target=lambda: said.extend(iter(follow.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        try:
+            deadline = time.monotonic() + 60
+            while not any(line.startswith("waiting: ") for line in said) and follow.poll() is None \
+                    and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert follow.poll() is None, "".join(said)
+            assert (f"the campaign's state is busy: notify send ({os.uname().nodename} pid {os.getpid()}), still "
+                    f"preparing, has been writing it for more than 5 s; the queue's messages wait with it") in said[0], said
+            assert states(d)["p0@example.org"] == "sent"
+        finally:
+            holder.db.execute("ROLLBACK")
+            holder.close()
+        try:
+            while states(d)["p0@example.org"] != "bounced" and follow.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert states(d)["p0@example.org"] == "bounced", "".join(said)
+            follow.send_signal(signal.SIGINT)
+            out, _ = follow.communicate(timeout=30)
+            reader.join(5)
+            assert follow.returncode == 130 and "matched 1 (bounced 1)" in out, out + "".join(said)
+            assert any("the campaign's state is free again: following the queue" in line for line in said), said
+        finally:
+            if follow.poll() is None:
+                follow.kill()
+                follow.wait()
 
 
 def test_an_ses_notification_by_email_finds_people_only_by_what_nobody_can_forge(backend: str, make_campaign: MakeCampaign,

@@ -70,7 +70,8 @@ def bounces(
         try:
             recorder = FeedbackRecorder(c.id, store, suppression)
             if sqs_url is not None:
-                opts = sqs.QueueOptions(receivers=receivers, wait=wait, follow=follow, max_messages=max_messages)
+                opts = sqs.QueueOptions(receivers=receivers, wait=wait, follow=follow, max_messages=max_messages,
+                                        notice=err)
                 try:
                     reader = sqs.poll_sqs(recorder, sqs_url, options=opts, region=region)
                 except KeyboardInterrupt:

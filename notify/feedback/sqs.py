@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import DeliveryError
+from ..errors import DeliveryError, StoreBusy
 from ..store import Store
 from .model import Malformed
 from .recorder import FeedbackRecorder
@@ -35,6 +35,7 @@ class QueueOptions:
     follow: bool = False  # keep polling until stopped
     max_messages: int | None = None
     commit_every: int = 200  # messages per group commit
+    notice: Callable[[str], None] | None = None  # told, while following, that the state is busy and it waits
 
 
 class SqsReader:
@@ -132,7 +133,7 @@ class SqsReader:
                         else:
                             pending.extend(more)
                 if pending and (len(pending) >= self.options.commit_every or self._inbox.empty() or not running):
-                    self._commit_group(pending, pool)
+                    self._commit_patiently(pending, pool)
                     pending = []
             if self._error is not None:
                 raise self._error
@@ -150,6 +151,26 @@ class SqsReader:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _commit_patiently(self, messages: list[dict[str, Any]], pool: concurrent.futures.ThreadPoolExecutor) -> None:
+        """A group committed. Following, a state another command holds for long (a send importing a million
+        people before its first message) is waited for, the group kept and the receivers held by the full hand-
+        over queue: the follower outlives it, as it is meant to run beside a send. Draining, it stops (exit 4)."""
+        waited = False
+        while True:
+            try:
+                self._commit_group(messages, pool)
+            except StoreBusy as e:
+                if not self.options.follow or self._stop.is_set():
+                    raise
+                if not waited and self.options.notice is not None:
+                    self.options.notice(f"waiting: {e.message}; the queue's messages wait with it")
+                waited = True
+                self._stop.wait(1.0)
+                continue
+            if waited and self.options.notice is not None:
+                self.options.notice("the campaign's state is free again: following the queue")
+            return
 
     def _commit_group(self, messages: list[dict[str, Any]], pool: concurrent.futures.ThreadPoolExecutor) -> None:
         done: list[dict[str, Any]] = []

@@ -81,7 +81,10 @@ class FeedbackStore(Backend):
 
     def apply_parked(self) -> int:
         """Feedback parked while its recipient was in flight, applied now that the send has recorded it
-        (its event is appended now, in the order the state changes happen). Returns how many."""
+        (its event is appended now, in the order the state changes happen). Returns how many. Looked for
+        before the write lock is asked for: `bounces --follow` starts beside a send that may hold it for long."""
+        if self.db.execute("SELECT 1 FROM parked_feedback LIMIT 1").fetchone() is None:
+            return 0
         with self.transaction() as db:
             rows = db.execute("SELECT p.id, p.recipient_id, p.state, p.reason, p.event, r.state FROM parked_feedback p"
                               " JOIN recipients r ON r.id = p.recipient_id WHERE r.state != 'inflight' ORDER BY p.id").fetchall()

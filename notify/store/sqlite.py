@@ -20,9 +20,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .. import files
-from ..errors import StoreError
+from ..errors import StoreBusy, StoreError
 from . import schema
-from .base import SENDING, Store
+from .base import PREPARING, SENDING, Store
 from .lines import SqliteLines
 from .records import GENESIS, Change, Claimed, check_transitions, claimed, utcnow
 from .schema import DB_NAME, IMPORT_CACHE_KIB
@@ -259,14 +259,15 @@ class SqliteStore(SqliteLines, Store):
                           hint="free some disk space or fix the directory's permissions; nothing was lost, "
                                "and running the same command again resumes")
 
-    def _busy(self, e: sqlite3.Error) -> StoreError | None:
+    def _busy(self, e: sqlite3.Error) -> StoreBusy | None:
         """A write that waited WAITS for another's and gave up ("database is locked"), in words that say who
         writes (an import of a million people holds the state for its whole length) and what to do; None for
         any other failure."""
         if not isinstance(e, sqlite3.OperationalError) or e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
             return None
-        held = ", ".join(f"notify {doing} ({who})" for who, doing in self.holders()) or "another notify command"
-        return StoreError(f"{self.path}: the campaign's state is busy: {held} has been writing it for more than "
+        held = ", ".join(f"notify send ({who}), still preparing," if doing == PREPARING else f"notify {doing} ({who})"
+                         for who, doing in self.holders()) or "another notify command"
+        return StoreBusy(f"{self.path}: the campaign's state is busy: {held} has been writing it for more than "
                           f"{WAITS:.0f} s", hint="nothing was changed; run the same command again once it has finished")
 
     def flush_suppressions(self, suppression_db: Path) -> int:
