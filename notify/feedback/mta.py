@@ -3,6 +3,7 @@ answered, the reason read from them."""
 
 from __future__ import annotations
 
+import functools
 import re
 from email.message import Message as EmailMessage
 
@@ -40,13 +41,21 @@ MAIL_SAID = ("in reply to mail from", "after mail from", ">>> mail from")
 PIPELINED = re.compile(r"(?im)^\s*(?:<<<\s*)?55\d[ -](?:5\.5\.1 )?(?:error: )?no valid recipients")
 
 
+@functools.lru_cache(maxsize=4)
+def lines_of(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A report's first 5,000 lines as written and lowered, split once per report: each of its up to MAX_BLOCKS
+    recipient blocks reads them, and splitting them for each made one report of 1,000 blocks cost a minute."""
+    lines = tuple(text.splitlines()[:5000])
+    return lines, tuple(line.lower() for line in lines)
+
+
 def _command(diag: str | None, text: str, address: str | None) -> str | None:
     """RCPT, DATA or MAIL: the command the refusal of this recipient answered, where the report says."""
     places = [(diag or "").lower()]
     if address:
-        lines = text.lower().splitlines()
+        lines = lines_of(text)[1]
         addr = address.lower()
-        for i, line in enumerate(lines[:5000]):
+        for i, line in enumerate(lines):
             if addr in line:  # a reply folded over several lines ("(in reply to RCPT TO\n command)")
                 places.append(" ".join(" ".join(lines[max(0, i - 1):i + 6]).split()))
                 break
@@ -67,18 +76,22 @@ def _refine(reason: str, text: str, address: str | None, status: str = "", diag:
     return reasons.dead_or_refused(reason, status, command, diag or "")
 
 
-def _said_of(text: str, address: str | None, blocks: list[dict[str, str]]) -> str | None:
+def named_in(blocks: list[dict[str, str]]) -> dict[str, int]:
+    """The addresses a report's recipient blocks name (lowered), read once per report."""
+    return {a.lower(): 0 for b in blocks[:MAX_BLOCKS] if (a := clean_address(b.get("final-recipient")))}
+
+
+def _said_of(text: str, address: str | None, seen: dict[str, int]) -> str | None:
     """What the report's own words say of a recipient its delivery-status block gives no diagnostic for
-    (OpenSMTPD: "user@example.org: Domain does not exist"): the lines naming the address, where they say why."""
+    (OpenSMTPD: "user@example.org: Domain does not exist"): the lines naming the address, where they say why.
+    `seen`: named_in(the report's blocks)."""
     if not address:
         return None
     key = address.lower()
-    seen = {a.lower(): 0 for b in blocks[:MAX_BLOCKS] if (a := clean_address(b.get("final-recipient")))}
-    lines = text.splitlines()[:5000]
-    for i, line in enumerate(lines):
-        lowered = line.lower()
+    lines, lowered_lines = lines_of(text)
+    for i, lowered in enumerate(lowered_lines):
         if key in lowered and not DSN_FIELD.match(lowered):
-            said = _block(lines, i, key, seen)
+            said = _block(list(lines[i:i + 8]), 0, key, seen)
             if reasons.classify(None, said) != "undefined":
                 return said
     return None
