@@ -167,6 +167,37 @@ def test_a_report_of_a_thousand_blocks_is_read_in_bounded_time(tmp_path: Path) -
     assert p.returncode == 0 and p.stdout.strip() == "1000 ['userunknown']", p.stdout + p.stderr
 
 
+def test_bounces_read_from_a_mailbox_hold_the_state_only_to_record_them(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # Bounce messages were read inside the transaction that records them, 500 at a time: messages that are
+    # slow to read (a few MB of MIME parts each; anyone may mail the bounce address) held the state's write lock
+    # for as long, and a send beside gave up on its next write after 5 s. Here a writer that waits at most 1 s,
+    # as a send would for 5, writes beside `bounces` reading three such messages (about 3 s each).
+    import sqlite3
+    import time
+
+    d = half_sent(make_campaign)
+    parts = "".join("--b\nContent-Type: text/plain\n\nhello\n" for _ in range(150_000)) + "--b--\n"
+    box = mbox_of(tmp_path / "box", *(f"From: MAILER-DAEMON@mx.example.net\nTo: s@example.com\nSubject: Undelivered {n}\n"
+                                      f"Content-Type: multipart/mixed; boundary=b\n\n{parts}".encode() for n in range(3)))
+    bounces = subprocess.Popen([sys.executable, "-m", "notify", "bounces", str(d), "--mbox", str(box)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writer = sqlite3.connect(d / ".notify" / "campaign.sqlite", isolation_level=None, timeout=1.0)
+    waited: list[str] = []
+    try:
+        while bounces.poll() is None:
+            try:
+                writer.execute("BEGIN IMMEDIATE")
+                writer.execute("ROLLBACK")
+            except sqlite3.OperationalError as e:
+                waited.append(str(e))
+            time.sleep(0.05)
+    finally:
+        writer.close()
+        out, err = bounces.communicate(timeout=120)
+    assert bounces.returncode == 0 and "unmatched 3" in out, out + err
+    assert not waited, f"a writer beside `bounces` gave up {len(waited)} time(s): {waited[0]}"
+
+
 def nested(depth: int) -> bytes:
     head = "From: MAILER-DAEMON@deep.example\nTo: security@example.com\nSubject: Undelivered\nMIME-Version: 1.0\n"
     parts = "".join(f'Content-Type: multipart/mixed; boundary="b{i}"\n\n--b{i}\n' for i in range(depth))

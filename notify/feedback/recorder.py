@@ -59,6 +59,7 @@ class Summary:
         return out
 
 
+BATCH_BYTES = 64 * 1024 * 1024  # of bounce messages read before they are recorded (apply_raw_messages)
 OTHER = "other campaign"  # FeedbackRecorder.apply: feedback that belongs to another campaign, left for it
 NOT_NOTIFIED = {  # feedback that says the person was not notified after all, in the words the event records
     "suppressed_by_provider": "SES accepted the message but did not send it: the address is on the account's suppression list",
@@ -173,30 +174,40 @@ class FeedbackRecorder:
     def apply_raw_messages(self, messages: Iterable[bytes], batch: int = 500) -> None:
         """Bounce messages (mbox, maildir), committed `batch` at a time."""
         pending: list[tuple[int, bytes]] = []
+        size = 0
         for position, raw in enumerate(messages, 1):
             pending.append((position, raw))
-            if len(pending) >= batch:
+            size += len(raw)
+            if len(pending) >= batch or size >= BATCH_BYTES:  # 500 of 8 MiB each would be 4 GiB held at once
                 self._raw_batch(pending)
-                pending = []
+                pending, size = [], 0
         if pending:
             self._raw_batch(pending)
         self.catch_up()
 
     def _raw_batch(self, raws: list[tuple[int, bytes]]) -> None:
+        """Each message read first, then the batch recorded in one transaction: the write lock is held for the
+        recording alone. Read inside it, 500 messages of 8 MiB each (anyone may mail the bounce address) held
+        it for a minute, and a send beside gave up on its next write after 5 s."""
+        read = [("dsn:" + hashlib.sha256(raw).hexdigest(), raw[:MAX_BODY].decode("utf-8", "replace"),
+                 self._read(position, raw)) for position, raw in raws]
         with self.store.transaction():
-            for position, raw in raws:
-                key = "dsn:" + hashlib.sha256(raw).hexdigest()
-                text = raw[:MAX_BODY].decode("utf-8", "replace")
-                try:
-                    items, why = parse_dsn(raw)
-                except Exception as e:  # noqa: BLE001 - hostile input: one message that breaks the parser is set aside
-                    # (MIME nested 5,000 deep raises RecursionError; whatever else the email package meets), kept
-                    # for review with what broke, and the rest is read: one bad message never stops feedback.
+            for key, text, parsed in read:
+                if isinstance(parsed, str):
                     self.summary.set_aside += 1
-                    self.store.record_unmatched(key, "dsn", f"set aside: message {position} could not be read "
-                                                f"({type(e).__name__}: {str(e)[:120]})", text)
-                    continue
-                self.apply_message(items, key, "dsn", text, why)
+                    self.store.record_unmatched(key, "dsn", parsed, text)
+                else:
+                    self.apply_message(parsed[0], key, "dsn", text, parsed[1])
+
+    @staticmethod
+    def _read(position: int, raw: bytes) -> tuple[list[Feedback], str] | str:
+        """A bounce message's feedback and why some was not read, or why the message could not be read at all."""
+        try:
+            return parse_dsn(raw)
+        except Exception as e:  # noqa: BLE001 - hostile input: one message that breaks the parser is set aside
+            # (MIME nested 5,000 deep raises RecursionError; whatever else the email package meets), kept
+            # for review with what broke, and the rest is read: one bad message never stops feedback.
+            return f"set aside: message {position} could not be read ({type(e).__name__}: {str(e)[:120]})"
 
 
 @dataclass(frozen=True)
