@@ -201,6 +201,40 @@ def test_a_long_body_costs_linear_time() -> None:
 
 # --- nothing lost: suppression, parking, mbox ---
 
+def test_an_address_suppressed_while_a_send_runs_is_not_sent_to(backend: str, make_campaign: MakeCampaign) -> None:
+    """`notify suppress add` (this user's list file) while a send runs: the send read the list once, at its start,
+    and mailed the address anyway (PostgreSQL's list in the database was obeyed at every claim; the file was not,
+    on either backend). The send now looks for changes to the list before each claim."""
+    import subprocess
+    import sys
+
+    from .smtpd import Handler, Server
+    from .test_smtp import smtp_campaign
+    from .workers import wait_until
+
+    n = 400
+    h = Handler()
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=n)
+        sender = subprocess.Popen([sys.executable, "-m", "notify", "send", str(d), "--rate", "100", "--no-progress"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until("the first messages", lambda: len(h.received) >= 20)
+            code, _, err = run("suppress", "add", "p399@example.com", "--reason", "asked by letter not to be emailed")
+            assert code == 0, err
+            out, err = sender.communicate(timeout=120)
+        finally:
+            if sender.poll() is None:
+                sender.kill()
+                sender.wait()
+    assert sender.returncode == 0, err
+    assert "p399@example.com" not in {r.rcpt for r in h.received} and len(h.received) == n - 1
+    assert sql(d, "SELECT state, detail FROM recipients WHERE key='p399@example.com'") == [
+        ("suppressed", "on the suppression list (manual, from notify suppress add): asked by letter not to be emailed")]
+    assert "suppressed 1: added to the suppression list while this run sent; not sent to them" in err, err
+    assert "suppressed 1" in out, out
+
+
 def test_a_locked_suppression_list_loses_no_suppression(make_campaign: MakeCampaign, tmp_path: Path) -> None:
     # #26: the suppression was a second write after the campaign's commit; a lock (or kill -9) between the
     # two lost it for good ("duplicates ignored 1" on the rerun, never suppressed).

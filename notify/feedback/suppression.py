@@ -148,6 +148,33 @@ class SuppressionList:
         return read_n, added, invalid
 
 
+class ListWatch:
+    """Whether anyone changed the list file since the last look: SQLite's data_version, on a connection of its
+    own (a pragma, no read of the table). A send looks before each claim and suppresses anew only then: an
+    address added while it runs (`notify suppress add`, another campaign's hard bounce) was mailed before."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)  # then used by the ledger thread
+        self.version = self._version()
+
+    def _version(self) -> int:
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
+    def changed(self) -> bool:
+        """True once after each change by another connection; also when the file cannot be asked (the
+        suppression that follows then says why, and stops the send: the list may name someone)."""
+        try:
+            version = self._version()
+        except sqlite3.Error:
+            return True
+        changed, self.version = version != self.version, version
+        return changed
+
+    def close(self) -> None:
+        self.db.close()
+
+
 class InDatabase(SuppressionList):
     """The list in a campaign's own database (store.suppression_table: on PostgreSQL, notify_shared.suppressed),
     read and written by every host that sends from it (`notify suppress ... --campaign DIR`)."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..campaign.model import Campaign
 from ..errors import StoreError
+from ..feedback.suppression import ListWatch
 from ..store import Change, Claimed, Store
 from . import breaker
 from .ledger import LedgerWriter
@@ -53,8 +54,8 @@ class Commits:
         self.last_checkpoint = clock.now()  # when the chain's head was last written outside the state
         self.on_committed: Callable[[int], None] = lambda outcomes: None  # ReputationWatch.committed
 
-    def open_ledger(self) -> LedgerWriter:
-        self.ledger = LedgerWriter(self.store)
+    def open_ledger(self, watch: ListWatch | None = None) -> LedgerWriter:
+        self.ledger = LedgerWriter(self.store, watch)
         return self.ledger
 
     def add(self, change: Change) -> None:

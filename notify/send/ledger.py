@@ -22,16 +22,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..feedback.suppression import ListWatch
 from ..store import Change, Claimed, Store
 
 T = TypeVar("T")
 
 
 class LedgerWriter:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, watch: ListWatch | None = None) -> None:
         self.of = store  # the loop's store: the writer opens its twin (same state, same audit chain)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="notify-ledger")
         self.store: Store | None = None
+        self.watch = watch  # the suppression list, looked at before each claim
+        self.suppressed = 0  # recipients suppressed since the run began, not yet taken (take_suppressed)
 
     def _run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -41,7 +44,19 @@ class LedgerWriter:
 
     def claim(self, limit: int, now: float, skip_domains: list[str]) -> asyncio.Future[list[Claimed]]:
         assert self.store is not None
-        return self._run(self.store.claim, limit, now, skip_domains)
+        return self._run(self._claim, self.store, limit, now, skip_domains)
+
+    def _claim(self, store: Store, limit: int, now: float, skip_domains: list[str]) -> list[Claimed]:
+        """A claim, after the suppressions the list gained since the last one: never sent (a message already
+        claimed is sent; the list reaches the rest within a claim, as PostgreSQL's workers obey it)."""
+        if self.watch is not None and self.watch.changed():
+            self.suppressed += store.suppress_pending(self.watch.path)
+        return store.claim(limit, now, skip_domains)
+
+    def take_suppressed(self) -> int:
+        """How many the claims suppressed since the last call (read on the event loop after a claim)."""
+        n, self.suppressed = self.suppressed, 0
+        return n
 
     def apply(self, changes: list[Change]) -> asyncio.Future[None]:
         assert self.store is not None
@@ -85,3 +100,5 @@ class LedgerWriter:
             await self._run(self.store.close)
             self.store = None
         self.executor.shutdown(wait=True)
+        if self.watch is not None:
+            self.watch.close()

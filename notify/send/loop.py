@@ -19,7 +19,7 @@ from ..campaign.model import Campaign
 from ..checks.preflight import Preflight
 from ..content.compose import RenderFailure
 from ..errors import StoreError
-from ..feedback.suppression import SuppressionList
+from ..feedback.suppression import ListWatch, SuppressionList
 from ..providers.base import Kind, Outcome, Provider, Withdrawn
 from ..providers.chain import ProviderChain
 from ..store import Change, Claimed, Store
@@ -51,6 +51,7 @@ class SendLoop:
         self.provider: Provider = chain[0]
         self.options = options
         self.suppression = suppression
+        self.list_watch: ListWatch | None = None  # its changes while the run sends, looked for at each claim
         self.reconcile = reconcile
         self.wall = wall or steady_wall()
         self.clock = clock or RealClock()
@@ -262,6 +263,7 @@ class SendLoop:
                                      f"{after} will be sent again with the same Message-ID.")
         store.apply_parked()  # feedback that came while a message was in flight (a crash left it so)
         if self.suppression is not None:
+            self.list_watch = ListWatch(self.suppression.path)  # from before the suppression below: nothing slips by
             store.flush_suppressions(self.suppression.path)  # what a `bounces` run committed but had not yet copied
             self.result.counts["suppressed"] += store.suppress_pending(self.suppression.path)
         self.watch.since = breaker.window_start(store, self.options.acknowledge_reputation, self.wall())
@@ -282,7 +284,7 @@ class SendLoop:
                   render_processes=processes, templates=self.templates.hashes())
         self.progress.start(to_go)
         self.signals.catch(True)
-        await self.commits.open_ledger().open()
+        await self.commits.open_ledger(self.list_watch).open()
         budget = store.rate_budget()
         self.shared = SharedRate(budget, self.clock) if budget is not None else None
         self.pool = RenderPool(self.templates, processes, self.batch) if processes else None

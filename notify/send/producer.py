@@ -55,6 +55,7 @@ class Producer:
                 break
             claimed = await self.claiming
             self.claiming = None
+            self.suppressed_meanwhile()
             if claimed:
                 await self.hand_out(claimed)
             elif not await self.nothing_due():
@@ -62,6 +63,18 @@ class Producer:
         # Claimed within the limit and being rendered: theirs to send, unless the run is stopping.
         while self.in_render and not loop.stop.is_set():
             await self.hand_over()
+
+    def suppressed_meanwhile(self) -> None:
+        """Those the claim found added to the suppression list since the run began: done (never sent), counted
+        and said."""
+        loop = self.loop
+        if loop.commits.ledger is None or not (n := loop.commits.ledger.take_suppressed()):
+            return
+        counts = loop.result.counts
+        counts["suppressed"] += n
+        for _ in range(n):
+            loop.progress.outcome(counts, loop.throttle.rate)
+        loop.progress.note(f"suppressed {n}: added to the suppression list while this run sent; not sent to them")
 
     async def hand_out(self, claimed: list[Claimed]) -> None:
         """A batch claimed: to the workers, through the render processes where they run; the next claim is
