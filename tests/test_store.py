@@ -304,3 +304,28 @@ def test_a_suppression_list_that_cannot_be_attached_is_named_not_an_internal_err
             assert s.db.execute("PRAGMA database_list").fetchall()[-1][1] == "main", "nothing left attached"
     finally:
         s.close()
+
+
+def test_a_suppression_list_another_process_writes_is_named_as_busy_not_the_state(tmp_path: Path) -> None:
+    # Copying feedback's suppressions to a list another process held for writing said "the campaign's state is busy"
+    # (before that: "database is locked", hint "free some disk space"): the list is what was busy.
+    import sqlite3
+
+    from notify.errors import StoreBusy
+    from notify.feedback.suppression import SuppressionList
+
+    s = SqliteStore.open(tmp_path / ".notify")
+    SuppressionList(tmp_path / "list").close()
+    s.db.execute("INSERT INTO suppress_outbox (address, kind, source, reason) VALUES ('a@example.com', 'bounce', 't', 'r')")
+    holder = sqlite3.connect(tmp_path / "list", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreBusy) as e:
+            s.flush_suppressions(tmp_path / "list")
+        assert e.value.message == f"{tmp_path / 'list'}: the suppression list is locked by another process (waited 5 s)"
+        assert e.value.hint is not None and "nothing was lost" in e.value.hint
+        assert s.db.execute("SELECT count(*) FROM suppress_outbox").fetchone()[0] == 1, "kept to be copied"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        s.close()

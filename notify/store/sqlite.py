@@ -276,7 +276,7 @@ class SqliteStore(SqliteLines, Store):
         the next `bounces` or `send` copies what is left. Returns how many addresses were new there."""
         if self.db.execute("SELECT 1 FROM suppress_outbox LIMIT 1").fetchone() is None:
             return 0
-        with self._attached(suppression_db):
+        with self._attached(suppression_db), self._list_busy(suppression_db):
             # Two transactions, each writing one file: in WAL mode a transaction over two attached files is
             # atomic in each file but not across them, and a kill between the two commits lost the copy (a
             # test kills `bounces` to show it). Copied first, forgotten second: a kill between them leaves
@@ -288,6 +288,20 @@ class SqliteStore(SqliteLines, Store):
             with self.transaction(chain=False) as db:
                 db.execute("DELETE FROM main.suppress_outbox WHERE address IN (SELECT address FROM supp.suppressed)")
         return max(added, 0)
+
+    @contextlib.contextmanager
+    def _list_busy(self, suppression_db: Path) -> Iterator[None]:
+        """A write to the attached list that waited out another's: the list's writer, named as the list, unless
+        another command holds this campaign (then the state is what is busy)."""
+        try:
+            yield
+        except StoreBusy:
+            if [who for who, _ in self.holders() if not who.endswith(f" pid {os.getpid()}")]:
+                raise
+            raise StoreBusy(f"{suppression_db}: the suppression list is locked by another process (waited {WAITS:.0f} s)",
+                            hint="wait for the other notify command (bounces, send, suppress) to finish, then run this "
+                                 "one again; nothing was lost: the campaign keeps the suppressions until they are "
+                                 "copied") from None
 
     @contextlib.contextmanager
     def _attached(self, suppression_db: Path) -> Iterator[None]:
