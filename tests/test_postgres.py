@@ -278,6 +278,41 @@ def test_state_init_and_migrate_from_sqlite_keep_the_chain(make_campaign: MakeCa
     assert code == 1 and "already" in err
 
 
+def test_a_command_writing_beside_a_move_neither_splits_it_nor_writes_after_it(make_campaign: MakeCampaign,
+                                                                              pg_cluster: pg.Cluster,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`state migrate` beside a command that writes the SQLite state (`bounces --follow`, opened before the move).
+    The move read the file without its write lock: what was written between its copy and its mark was in neither
+    place (a queue message it recorded, deleted), and a writer holding the file when the mark came made the move
+    fail after PostgreSQL had the copy (a second move: "already holds the state"). Now the move holds the file's
+    write lock throughout, and a write after it finds the file moved."""
+    from notify.campaign.config import load
+    from notify.errors import StoreError
+    from notify.store import open_store
+
+    url = os.environ.pop("NOTIFY_STATE_URL")
+    monkeypatch.delenv("NOTIFY_STATE_URL", raising=False)
+    d = make_campaign("email\n" + "".join(f"p{i}@example.com\n" for i in range(10)), template="t",
+                      templates=simple_templates())
+    assert run("send", d, "--limit", "4")[0] == 0
+    beside = open_store(load(d))
+    monkeypatch.setenv("NOTIFY_STATE_URL", url)
+    try:
+        beside.db.execute("BEGIN IMMEDIATE")  # its write under way: the move waits for it, then stops, copying nothing
+        code, out, err = run("state", "migrate", d, "--to-env", "NOTIFY_STATE_URL")
+        beside.db.execute("ROLLBACK")
+        assert code == 4 and "the campaign's state is busy: another notify command has been writing it" in err, out + err
+        code, out, err = run("state", "migrate", d, "--to-env", "NOTIFY_STATE_URL")
+        assert code == 0 and "moved 10 recipients" in out, out + err
+        with pytest.raises(StoreError) as e:
+            beside.record_unmatched("dsn:x", "dsn", "not ours", "a bounce read after the move")
+        assert " was moved to " in e.value.message and e.value.message.endswith(" while this command ran"), e.value.message
+    finally:
+        beside.close()
+    kept = sqlite3.connect(d / ".notify" / "campaign.sqlite").execute("SELECT count(*) FROM unmatched").fetchone()[0]
+    assert kept == 0, "written into the moved file"
+
+
 @pytest.mark.slow
 def test_workers_share_one_rate(make_campaign: MakeCampaign) -> None:
     """Three workers with rate = 300 send at 300/s together (the budget is in the database), not 900."""

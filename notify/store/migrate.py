@@ -47,28 +47,31 @@ def migrate_from(source: Store, target: PgStore, batch: int = 5000) -> dict[str,
         raise ConfigError(f"{target.where()}: already holds the state of campaign {target.campaign_id}",
                           hint="nothing was copied; to start over there, drop that schema first")
     moved: dict[str, int] = {}
-    with target.transaction(chain=False) as db:
-        db.execute("UPDATE meta SET value=? WHERE name='token_key'", (source.token_key,))
-        for table, cols in COPIED:
-            marks = ",".join("?" * len(cols.split(",")))
-            cur = source.db.execute(f"SELECT {cols} FROM {table}")
-            moved[table] = 0
-            while rows := cur.fetchmany(batch):
-                db.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)
-                moved[table] += len(rows)
-            if cols.startswith("id,"):
-                db.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), coalesce(max(id), 0) + 1, false)"
-                           f" FROM {table}")
-        events = source.db.execute(f"SELECT {Store.EVENT_COLUMNS}, recipient_id FROM events ORDER BY seq")
-        moved["events"] = 0
-        head = (0, GENESIS)
-        while rows := events.fetchmany(batch):
-            db.executemany(f"INSERT INTO events (chain, {Store.EVENT_COLUMNS}, recipient_id)"
-                           f" VALUES (0, {','.join('?' * len(rows[0]))})", rows)
-            moved["events"] += len(rows)
-            head = (rows[-1][0], rows[-1][-2])  # the last event's seq and hash (recipient_id comes after it)
-        db.execute("UPDATE chains SET head_seq=?, head_hash=? WHERE id=0", head)
-    target.token_key = source.token_key
-    with source.transaction(chain=False) as db:
-        db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (MOVED, target.where().encode()))
+    # Under the SQLite file's write lock from the first row read to the mark: a command writing beside the move
+    # (`bounces --follow`) waits, and finds the file moved when it may write (SqliteStore.transaction); without
+    # it, what it wrote between the copy and the mark was in neither place.
+    with source.transaction(chain=False) as marked:
+        with target.transaction(chain=False) as db:
+            db.execute("UPDATE meta SET value=? WHERE name='token_key'", (source.token_key,))
+            for table, cols in COPIED:
+                marks = ",".join("?" * len(cols.split(",")))
+                cur = source.db.execute(f"SELECT {cols} FROM {table}")
+                moved[table] = 0
+                while rows := cur.fetchmany(batch):
+                    db.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)
+                    moved[table] += len(rows)
+                if cols.startswith("id,"):
+                    db.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), coalesce(max(id), 0) + 1, false)"
+                               f" FROM {table}")
+            events = source.db.execute(f"SELECT {Store.EVENT_COLUMNS}, recipient_id FROM events ORDER BY seq")
+            moved["events"] = 0
+            head = (0, GENESIS)
+            while rows := events.fetchmany(batch):
+                db.executemany(f"INSERT INTO events (chain, {Store.EVENT_COLUMNS}, recipient_id)"
+                               f" VALUES (0, {','.join('?' * len(rows[0]))})", rows)
+                moved["events"] += len(rows)
+                head = (rows[-1][0], rows[-1][-2])  # the last event's seq and hash (recipient_id comes after it)
+            db.execute("UPDATE chains SET head_seq=?, head_hash=? WHERE id=0", head)
+        target.token_key = source.token_key
+        marked.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (MOVED, target.where().encode()))
     return moved

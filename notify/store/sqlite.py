@@ -97,9 +97,7 @@ class SqliteStore(SqliteLines, Store):
             self._head = (row[0], row[1])
         if moved:  # `notify state migrate` copied it to PostgreSQL: this file is history, never sent from again
             self.db.close()
-            raise StoreError(f"{path}: this campaign's state was moved to {bytes(moved[0]).decode(errors='replace')}",
-                             hint='add [state] url_env = "NOTIFY_STATE_URL" to campaign.toml (with the URL in that '
-                                  "variable) to use it there; nothing was sent from this file")
+            raise self._moved(moved[0], "")
 
     @classmethod
     def open(cls, state_dir: Path) -> SqliteStore:
@@ -234,6 +232,11 @@ class SqliteStore(SqliteLines, Store):
         head = self._head
         try:
             self.db.execute("BEGIN IMMEDIATE")
+            # Moved by `state migrate` since this connection opened (`bounces --follow` beside it): what is written
+            # here now would be in neither place a reader looks, and a queue message it recorded would be deleted.
+            if (moved := self.db.execute("SELECT value FROM meta WHERE name=?", (schema.MOVED,)).fetchone()) is not None:
+                self.db.execute("ROLLBACK")
+                raise self._moved(moved[0], " while this command ran")
             if chain:
                 # Another process (`bounces` beside `send`) may have appended since: chain onto the real head.
                 row = self.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
@@ -259,6 +262,16 @@ class SqliteStore(SqliteLines, Store):
                           hint="free some disk space or fix the directory's permissions; nothing was lost, "
                                "and running the same command again resumes")
 
+    def _moved(self, where: bytes, when: str) -> StoreError:
+        return StoreError(f"{self.path}: this campaign's state was moved to {bytes(where).decode(errors='replace')}{when}",
+                          hint='add [state] url_env = "NOTIFY_STATE_URL" to campaign.toml (with the URL in that variable) to '
+                               "use it there, and run the same command again; nothing was sent or recorded in this file "
+                               "since the move")
+
+    def _others(self) -> list[tuple[str, str]]:
+        """The campaign's lock holders other than this process (which may hold it itself: a send, a move)."""
+        return [(who, doing) for who, doing in self.holders() if not who.endswith(f" pid {os.getpid()}")]
+
     def _busy(self, e: sqlite3.Error) -> StoreBusy | None:
         """A write that waited WAITS for another's and gave up ("database is locked"), in words that say who
         writes (an import of a million people holds the state for its whole length) and what to do; None for
@@ -266,7 +279,7 @@ class SqliteStore(SqliteLines, Store):
         if not isinstance(e, sqlite3.OperationalError) or e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
             return None
         held = ", ".join(f"notify send ({who}), still preparing," if doing == PREPARING else f"notify {doing} ({who})"
-                         for who, doing in self.holders()) or "another notify command"
+                         for who, doing in self._others()) or "another notify command"
         return StoreBusy(f"{self.path}: the campaign's state is busy: {held} has been writing it for more than "
                           f"{WAITS:.0f} s", hint="nothing was changed; run the same command again once it has finished")
 
@@ -296,7 +309,7 @@ class SqliteStore(SqliteLines, Store):
         try:
             yield
         except StoreBusy:
-            if [who for who, _ in self.holders() if not who.endswith(f" pid {os.getpid()}")]:
+            if self._others():
                 raise
             raise StoreBusy(f"{suppression_db}: the suppression list is locked by another process (waited {WAITS:.0f} s)",
                             hint="wait for the other notify command (bounces, send, suppress) to finish, then run this "
