@@ -266,3 +266,43 @@ def test_the_summary_counts_what_recipients_csv_lists(make_campaign: MakeCampaig
     assert run("audit", "export", d, "--out", out, "--force")[0] == 0
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert (summary["deadline"]["met"], summary["deadline"]["late"]) == (False, 24)
+
+
+@pytest.mark.parametrize("beside", [True, False], ids=["two-processes", "one-process"])
+def test_an_export_taken_while_a_send_writes_says_one_moment_in_every_file(make_campaign: MakeCampaign, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          beside: bool) -> None:
+    """An export taken during a send (the regulator's 72-hour mark) read each file at its own moment: sealed and
+    signed, it said 8,702 sent in events.jsonl, 9,010 in state.jsonl and 9,317 in its summary (30,000 people
+    sent at 1,500/s). Now every file is read from one snapshot; recipients.csv, written in a second process
+    that reads its own, is written again from the first when something was committed between the two."""
+    import subprocess
+    import sys
+    import time
+
+    import notify.evidence.export as export_module
+
+    monkeypatch.setattr(export_module, "BESIDE_FROM", 1 if beside else 10**9)  # the second process at any size, or never
+    d = make_campaign("email\n" + "".join(f"p{i}@example.com\n" for i in range(600)), template="t",
+                      templates=simple_templates())
+    sender = subprocess.Popen([sys.executable, "-m", "notify", "send", str(d), "--rate", "150", "--no-progress"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list((d / "outbox").glob("*.eml")) if (d / "outbox").is_dir() else []) < 60 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        code, out, err = run("audit", "export", d, "--out", tmp_path / "exp")
+        assert sender.poll() is None, "the send must still be writing when the export ends"
+    finally:
+        sender.communicate(timeout=60)
+    assert code == 0, err
+    exp = tmp_path / "exp"
+    events = Counter(json.loads(line)["kind"] for line in (exp / "events.jsonl").read_text().splitlines())
+    state = Counter(json.loads(line)["state"] for line in (exp / "state.jsonl").read_text().splitlines())
+    with (exp / "recipients.csv").open(encoding="utf-8") as fh:
+        rows = Counter(r["final_state"] for r in csv.DictReader(fh))
+    said = json.loads((exp / "summary.json").read_text())
+    assert 0 < events["sent"] < 600
+    assert state["sent"] == rows["sent"] == events["sent"], (events, state, rows)
+    assert {k: v for k, v in state.items() if v} == {k: v for k, v in rows.items() if v}, (state, rows)
+    assert said["states"]["sent"] == events["sent"], said["states"]

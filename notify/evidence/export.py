@@ -246,9 +246,9 @@ def _write_rejects(store: Store, rw: files.SafeCsvWriter, aw: files.SafeCsvWrite
 BESIDE_FROM = 20_000  # rows: below, starting a process costs more than it saves
 
 
-def _recipients_beside(campaign_file: str, out: str) -> tuple[Tally, dict[str, Any]]:
+def _recipients_beside(campaign_file: str, out: str) -> tuple[Tally, dict[str, Any], tuple[Any, ...]]:
     """In a process of its own: the campaign and its state opened again; recipients.csv and alternate_channel.csv
-    written, and the regulators' table drawn."""
+    written, and the regulators' table drawn, from one moment of the state, whose fingerprint it returns."""
     from ..campaign.config import load
     from ..content.render import Templates
     from ..store import open_store
@@ -256,7 +256,9 @@ def _recipients_beside(campaign_file: str, out: str) -> tuple[Tally, dict[str, A
     campaign = load(campaign_file, recipients_file=False)
     store = open_store(campaign)
     try:
-        return _write_recipients(campaign, store, Path(out), Templates(campaign).resolve), regulators.table(campaign, store)
+        with store.snapshot():
+            return (_write_recipients(campaign, store, Path(out), Templates(campaign).resolve),
+                    regulators.table(campaign, store), store.fingerprint())
     finally:
         store.close()
 
@@ -271,7 +273,7 @@ class _Beside:
         self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
         self.future = self.pool.submit(_recipients_beside, str(campaign.file), str(out))
 
-    def result(self) -> tuple[Tally, dict[str, Any]]:
+    def result(self) -> tuple[Tally, dict[str, Any], tuple[Any, ...]]:
         try:
             return self.future.result()
         finally:
@@ -294,24 +296,9 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
     # recipients.csv and alternate_channel.csv, and the regulators' table, in a process of its own while this one
     # writes events.jsonl and state.jsonl with their index and draws the report (both cores: they read the same
     # state and write different files), where it pays.
-    beside = _Beside(campaign, out) if store.rows_read() >= BESIDE_FROM else None
-    verdict = _write_events(store, out, index, written)
-    written["state.jsonl"] = _write_state(store, out, index)
-    index.rejects(list(store.rejects()))
     _write_kit(campaign, out, sources or {})
-    if report is not None:  # the campaign report as of the export, sealed with it: `report EXPORT` copies it (#37)
-        with _create(out / REPORT) as fh:
-            fh.write(report())
-    if beside is not None:
-        tally, regulators_table = beside.result()
-    else:
-        tally, regulators_table = _write_recipients(campaign, store, out, resolve), regulators.table(campaign, store)
-    index.close()
-    summary = summarised(campaign, store, tally, verdict, regulators_table)
-    with _create(out / "summary.json") as fh:
-        fh.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    with _create(out / "summary.txt") as fh:
-        fh.write("\n".join(summary_lines(summary, verdict)) + "\n")
+    with store.snapshot():  # one moment of the state, though a send or `bounces` writes meanwhile
+        summary, verdict = _export_files(campaign, store, out, resolve, index, written, report)
     for name in ("VERIFY", "verify.py"):  # checking it without notify (#37): the specification, and a verifier
         files.write_private(out / name, (KIT / name).read_bytes())
     summary["manifest_sha256"] = write_manifest(out, campaign.id, verdict, sign_key,
@@ -320,3 +307,28 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
                                                 hashed={name: w.entry() for name, w in written.items()})
     write_sums(out, json.loads((out / "manifest.json").read_text(encoding="utf-8"))["files"])
     return summary
+
+
+def _export_files(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, str], str], index: IndexWriter,
+                  written: dict[str, Writer], report: Callable[[], str] | None) -> tuple[dict[str, Any], Verdict]:
+    """Every file that reads the state, from the moment export() holds (store.snapshot); recipients.csv written
+    beside, in a process that reads its own moment: written again here when that was another (something was
+    committed between the two), so that the export never says two things at once. The summary and the verdict."""
+    beside = _Beside(campaign, out) if store.rows_read() >= BESIDE_FROM else None
+    verdict = _write_events(store, out, index, written)
+    written["state.jsonl"] = _write_state(store, out, index)
+    index.rejects(list(store.rejects()))
+    if report is not None:  # the campaign report as of the export, sealed with it: `report EXPORT` copies it (#37)
+        with _create(out / REPORT) as fh:
+            fh.write(report())
+    if beside is not None and (done := beside.result())[2] == store.fingerprint():
+        tally, regulators_table = done[0], done[1]
+    else:
+        tally, regulators_table = _write_recipients(campaign, store, out, resolve), regulators.table(campaign, store)
+    index.close()
+    summary = summarised(campaign, store, tally, verdict, regulators_table)
+    with _create(out / "summary.json") as fh:
+        fh.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    with _create(out / "summary.txt") as fh:
+        fh.write("\n".join(summary_lines(summary, verdict)) + "\n")
+    return summary, verdict

@@ -148,6 +148,18 @@ class Store(Trail, Queue, FeedbackStore, Views, Imports, Lines):
     def live_workers(self) -> list[dict[str, Any]]:
         return []
 
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every read in the block sees the state as of one moment while writers go on (SQLite: one read
+        transaction). PostgreSQL: each query reads its own moment (not yet one snapshot)."""
+        yield
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        """What a committed change of the state changes: the last event (every outcome, piece of feedback and import
+        appends one) and how many are in each state (a claim, a release: no event). Read from indexes."""
+        return (self.db.execute("SELECT max(seq) FROM events").fetchone()[0],
+                tuple(tuple(r) for r in self.db.execute("SELECT state, count(*) FROM recipients GROUP BY state ORDER BY state")))
+
     def holders(self) -> list[tuple[str, str]]:
         """Who works on this campaign right now ("host pid N") and what it does (SENDING, PREPARING, or a command
         such as "import"); empty when nobody does. PostgreSQL: the live worker sessions, each sending; SQLite

@@ -127,6 +127,19 @@ class SqliteStore(SqliteLines, Store):
     def twin(self) -> SqliteStore:
         return SqliteStore(self.path)
 
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN")
+        try:  # the snapshot is taken at the first read
+            self.db.execute("SELECT 1 FROM meta LIMIT 1").fetchone()
+            yield
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("COMMIT")
+
     def _import_cache(self) -> contextlib.AbstractContextManager[None]:
         return self._cache(IMPORT_CACHE_KIB)
 
@@ -155,9 +168,7 @@ class SqliteStore(SqliteLines, Store):
         where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
         pids = [f[4] for f in (line.split() for line in table.splitlines())
                 if len(f) > 5 and f[1] == "FLOCK" and f[5] == where]
-        if not pids:
-            return []
-        said = _said(lock_path)
+        said = _said(lock_path) if pids else ("", "")
         # What the file says is its holder's word only when it names that holder (it is rewritten as a holder
         # starts); else a send, as status said before commands named themselves there.
         return [(f"{socket.gethostname()} pid {pid}", said[1] if said[0] == pid else SENDING) for pid in pids]
@@ -262,7 +273,7 @@ class SqliteStore(SqliteLines, Store):
                           hint="free some disk space or fix the directory's permissions; nothing was lost, "
                                "and running the same command again resumes")
 
-    def _moved(self, where: bytes, when: str) -> StoreError:
+    def _moved(self, where: bytes, when: str) -> StoreError:  # `state migrate` marked the file: it is history
         return StoreError(f"{self.path}: this campaign's state was moved to {bytes(where).decode(errors='replace')}{when}",
                           hint='add [state] url_env = "NOTIFY_STATE_URL" to campaign.toml (with the URL in that variable) to '
                                "use it there, and run the same command again; nothing was sent or recorded in this file "
