@@ -509,6 +509,34 @@ def test_status_says_what_holds_the_campaign_an_import_or_a_send_still_preparing
     assert "sending:  NO" in out and "working:" not in out, out
 
 
+def test_status_during_a_send_adds_up(make_campaign: MakeCampaign) -> None:
+    # `status` beside a send read each figure at its own moment: "states: pending 25776, inflight 366" beside
+    # "25847 to go" (3 of 8 looks at 1,500/s). Every figure is now from one moment (Store.snapshot).
+    import subprocess
+    import sys
+    import time
+
+    d = make_campaign("email\n" + "".join(f"p{i}@example.com\n" for i in range(3000)))
+    sender = subprocess.Popen([sys.executable, "-m", "notify", "send", str(d), "--rate", "400", "--no-progress"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    looks: list[tuple[dict[str, int], int]] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(list((d / "outbox").glob("*.eml")) if (d / "outbox").is_dir() else []) < 100 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        while sender.poll() is None and len(looks) < 60:
+            code, out, _ = run("status", d)
+            states = {k: int(v) for k, v in re.findall(r"(\w+) (\d+)", out.splitlines()[1])}
+            if (to_go := re.search(r"(\d+) to go", out)) is not None and "sending:  yes" in out:
+                looks.append((states, int(to_go.group(1))))
+    finally:
+        sender.kill()
+        sender.communicate()
+    assert len(looks) >= 10, looks
+    wrong = [(s, n) for s, n in looks if n != sum(s.get(k, 0) for k in ("pending", "deferred", "inflight"))]
+    assert not wrong, f"{len(wrong)} of {len(looks)} looks did not add up: {wrong[:3]}"
+
+
 def _on_a_terminal(argv: list[str], timeout: float = 120) -> tuple[int, str]:
     """A command run with its output on a pseudo-terminal (120 columns), as an incident commander sees it."""
     import fcntl

@@ -51,7 +51,7 @@ def report_cmd(campaign: Path = CampaignOrExport,
         err(f"The report {campaign / 'report.html'} as the export sealed it (its SHA-256 checked against the manifest).")
         page = data.decode("utf-8")
     else:
-        with _open_any(campaign, key) as (c, store):
+        with _open_any(campaign, key) as (c, store), store.snapshot():  # one moment, though a send writes meanwhile
             page = render(c, store)
     files.write_private(out, page.encode("utf-8"))
     typer.echo(f"Wrote {out} ({len(page):,} bytes): open it in a browser, or print it to PDF.")

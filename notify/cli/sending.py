@@ -184,11 +184,14 @@ def status(
         if watch:
             (_watch_json if as_json else _watch)(c, store, interval)
             return
-        st = report.status(c, store)
+        with store.snapshot():  # every figure from one moment, though a send writes meanwhile
+            st = report.status(c, store)
+            lines = [] if as_json else [*_said_now(c, store, st), *_said_content(c, st), *_said_outcomes(st),
+                                        *_said_time(c, store, st)]
         if as_json:
             typer.echo(report.dumps(st.as_dict()))
             return
-        for line in [*_said_now(c, store, st), *_said_content(c, st), *_said_outcomes(st), *_said_time(c, store, st)]:
+        for line in lines:
             (err if line.startswith(LATE) else typer.echo)(line.removeprefix(LATE))
 
 
@@ -254,10 +257,11 @@ def _watch_json(c: Campaign, store: Store, interval: float) -> None:
     projected at (null while nothing sends: `sending` says so), and what `status --json` says."""
     while True:
         now = time.time()
-        said, rate = report.sending(c, store, now)
+        with store.snapshot():
+            said, rate = report.sending(c, store, now)
+            st = report.status(c, store).as_dict()
         typer.echo(json.dumps({"at": dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                               "rate": rate, "sending": said, **report.status(c, store).as_dict()},
-                              ensure_ascii=False, separators=(",", ":")))
+                               "rate": rate, "sending": said, **st}, ensure_ascii=False, separators=(",", ":")))
         time.sleep(interval)
 
 
@@ -265,7 +269,8 @@ def _watch(c: Campaign, store: Store, interval: float) -> None:
     """`status --watch`: a few lines, refreshed in place on a terminal (appended in a pipe), until Ctrl-C."""
     tty = sys.stdout.isatty() and os.environ.get("TERM") != "dumb"  # a dumb terminal cannot clear: append
     while True:
-        w = report.watch(c, store)
+        with store.snapshot():
+            w = report.watch(c, store)
         if tty:
             typer.echo("\x1b[H\x1b[2J", nl=False)  # home and clear: the screen shows the latest only
         else:
