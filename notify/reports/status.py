@@ -19,7 +19,7 @@ from ..content.locales import split_version
 from ..content.render import Templates
 from ..errors import NotifyError
 from ..providers.base import RateChange
-from ..store import PREPARING, SENDING, Store, detail_of, epoch_of
+from ..store import PREPARING, Store, detail_of, epoch_of
 from .deadlines import Deadline, deadline, jurisdiction_dict, jurisdiction_lines, jurisdictions, span
 
 
@@ -102,6 +102,7 @@ def status(campaign: Campaign, store: Store, templates: Templates | None = None)
     versions, fallbacks = _versions(campaign, store, templates)
     last = store.last_import()
     due = store.next_due()
+    holders = store.holders()  # the lock file and the kernel's table, read once for both fields
     replies = {state: {code: {"count": n, "example": ex} for code, n, ex in store.reply_summary(state)}
                for state in ("deferred", "failed", "bounced")}
     return Status(
@@ -123,8 +124,8 @@ def status(campaign: Campaign, store: Store, templates: Templates | None = None)
         bounced_replies=replies["bounced"],
         suppressed_reasons={ex: n for _, n, ex in store.reply_summary("suppressed", top=10)},
         unmatched_feedback=store.unmatched_count(),
-        senders=store.senders(),
-        working=[{"who": who, "doing": doing} for who, doing in store.holders()],
+        senders=store.senders(holders),
+        working=[{"who": who, "doing": doing} for who, doing in holders],
         switches=[{"at": e["ts"], **detail_of(e["detail"])} for e in store.events_of_kind("provider_switched")],
         next_retry=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due)) if due else None,
         next_retry_said=when_due(due, time.time()) if due else None,
@@ -180,7 +181,7 @@ def sending(campaign: Campaign, store: Store, now: float) -> tuple[list[str], fl
     nothing to project). Never a rate when nothing sends (#38: --watch showed 152.9/s after the run had
     stopped): the senders are the lock's holder (SQLite) or the live sessions (PostgreSQL)."""
     holders = store.holders()
-    senders = [who for who, doing in holders if doing in (SENDING, PREPARING)]
+    senders = store.senders(holders)
     remaining = store.count_unsent()
     if not senders:  # another command may hold the campaign: an import, a move (a send is refused meanwhile)
         lines = [f"sending:  NO: nothing is sending {campaign.id} now; {remaining} to go"]

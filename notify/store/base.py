@@ -166,9 +166,10 @@ class Store(Trail, Queue, FeedbackStore, Views, Imports, Lines):
         overrides it with the holder of the campaign's lock."""
         return [(f"{w.get('host')} pid {w.get('pid')}", SENDING) for w in self.live_workers()]
 
-    def senders(self) -> list[str]:
-        """Who is sending this campaign right now (preparing a send counts); empty when nobody is."""
-        return [who for who, doing in self.holders() if doing in (SENDING, PREPARING)]
+    def senders(self, holders: list[tuple[str, str]] | None = None) -> list[str]:
+        """Who is sending this campaign right now (preparing a send counts); empty when nobody is. Among
+        `holders` when the caller has read them already."""
+        return [who for who, doing in (self.holders() if holders is None else holders) if doing in (SENDING, PREPARING)]
 
     def what_is_left(self) -> tuple[float | None, int]:
         """When the first deferred recipient is due (None: nobody is deferred), and how many recipients other
