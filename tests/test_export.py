@@ -271,7 +271,7 @@ def test_the_summary_counts_what_recipients_csv_lists(make_campaign: MakeCampaig
 @pytest.mark.parametrize("beside", [True, False], ids=["two-processes", "one-process"])
 def test_an_export_taken_while_a_send_writes_says_one_moment_in_every_file(make_campaign: MakeCampaign, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch,
-                                                                          beside: bool) -> None:
+                                                                          beside: bool, backend: str) -> None:
     """An export taken during a send (the regulator's 72-hour mark) read each file at its own moment: sealed and
     signed, it said 8,702 sent in events.jsonl, 9,010 in state.jsonl and 9,317 in its summary (30,000 people
     sent at 1,500/s). Now every file is read from one snapshot; recipients.csv, written in a second process

@@ -562,3 +562,34 @@ def test_a_workers_bar_counts_its_own_share_without_a_campaigns_total(make_campa
     share = int(re.search(r"This run via outbox: sent (\d+),", screen).group(1))  # type: ignore[union-attr]
     assert 0 < share < 300 and f"sent={share} " in screen and "Campaign: sent 300" in screen, screen[-2000:]
     assert "/300" not in screen and "%|" not in screen, screen[-2000:]
+
+
+def test_a_snapshot_is_one_moment_that_a_second_connection_reads_too(make_campaign: MakeCampaign) -> None:
+    """An export taken on PostgreSQL while workers sent read each query at its own moment: recipients.csv
+    (written by a second process) said 148 sent, state.jsonl and events.jsonl 73, in one sealed export. Now
+    the export reads one REPEATABLE READ snapshot, and the second process joins it by name."""
+    from notify.campaign.config import load
+    from notify.errors import StoreError
+    from notify.store import open_store
+
+    d = pg_campaign(make_campaign, 10)
+    assert run("import", d)[0] == 0
+    reader, beside, writer = (open_store(load(d)) for _ in range(3))
+    try:
+        with reader.snapshot() as moment:
+            before = (reader.counts(), reader.fingerprint())
+            sql(d, "UPDATE recipients SET state='sent' WHERE row < 6")  # a worker's commit meanwhile
+            assert (reader.counts(), reader.fingerprint()) == before, "the block reads one moment"
+            assert moment is not None
+            with beside.snapshot(joining=moment):
+                assert (beside.counts(), beside.fingerprint()) == before, "the second connection reads the same one"
+            assert beside.counts() != before[0], "outside the block, the state as it is now"
+        assert reader.counts() == beside.counts() != before[0]
+        with pytest.raises(StoreError, match="read-only transaction"), reader.snapshot(), reader.transaction() as db:
+            db.execute("UPDATE recipients SET name='x'")  # a write inside the read is refused, said as a step's failure
+        assert not sql(d, "SELECT 1 FROM recipients WHERE name='x'")
+        with writer.transaction():  # and nothing of the read is left holding the state
+            pass
+    finally:
+        for store in (reader, beside, writer):
+            store.close()

@@ -246,9 +246,10 @@ def _write_rejects(store: Store, rw: files.SafeCsvWriter, aw: files.SafeCsvWrite
 BESIDE_FROM = 20_000  # rows: below, starting a process costs more than it saves
 
 
-def _recipients_beside(campaign_file: str, out: str) -> tuple[Tally, dict[str, Any], tuple[Any, ...]]:
+def _recipients_beside(campaign_file: str, out: str, moment: str | None) -> tuple[Tally, dict[str, Any], tuple[Any, ...]]:
     """In a process of its own: the campaign and its state opened again; recipients.csv and alternate_channel.csv
-    written, and the regulators' table drawn, from one moment of the state, whose fingerprint it returns."""
+    written, and the regulators' table drawn, from one moment of the state (the first process's `moment` where
+    the store can share it), whose fingerprint it returns."""
     from ..campaign.config import load
     from ..content.render import Templates
     from ..store import open_store
@@ -256,7 +257,7 @@ def _recipients_beside(campaign_file: str, out: str) -> tuple[Tally, dict[str, A
     campaign = load(campaign_file, recipients_file=False)
     store = open_store(campaign)
     try:
-        with store.snapshot():
+        with store.snapshot(joining=moment):
             return (_write_recipients(campaign, store, Path(out), Templates(campaign).resolve),
                     regulators.table(campaign, store), store.fingerprint())
     finally:
@@ -266,12 +267,12 @@ def _recipients_beside(campaign_file: str, out: str) -> tuple[Tally, dict[str, A
 class _Beside:
     """_recipients_beside in another process (spawned: nothing of this one's state is shared)."""
 
-    def __init__(self, campaign: Campaign, out: Path) -> None:
+    def __init__(self, campaign: Campaign, out: Path, moment: str | None) -> None:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        self.future = self.pool.submit(_recipients_beside, str(campaign.file), str(out))
+        self.future = self.pool.submit(_recipients_beside, str(campaign.file), str(out), moment)
 
     def result(self) -> tuple[Tally, dict[str, Any], tuple[Any, ...]]:
         try:
@@ -297,8 +298,8 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
     # writes events.jsonl and state.jsonl with their index and draws the report (both cores: they read the same
     # state and write different files), where it pays.
     _write_kit(campaign, out, sources or {})
-    with store.snapshot():  # one moment of the state, though a send or `bounces` writes meanwhile
-        summary, verdict = _export_files(campaign, store, out, resolve, index, written, report)
+    with store.snapshot() as moment:  # one moment of the state, though a send or `bounces` writes meanwhile
+        summary, verdict = _export_files(campaign, store, out, resolve, index, written, report, moment)
     for name in ("VERIFY", "verify.py"):  # checking it without notify (#37): the specification, and a verifier
         files.write_private(out / name, (KIT / name).read_bytes())
     summary["manifest_sha256"] = write_manifest(out, campaign.id, verdict, sign_key,
@@ -310,11 +311,13 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
 
 
 def _export_files(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, str], str], index: IndexWriter,
-                  written: dict[str, Writer], report: Callable[[], str] | None) -> tuple[dict[str, Any], Verdict]:
+                  written: dict[str, Writer], report: Callable[[], str] | None,
+                  moment: str | None) -> tuple[dict[str, Any], Verdict]:
     """Every file that reads the state, from the moment export() holds (store.snapshot); recipients.csv written
-    beside, in a process that reads its own moment: written again here when that was another (something was
-    committed between the two), so that the export never says two things at once. The summary and the verdict."""
-    beside = _Beside(campaign, out) if store.rows_read() >= BESIDE_FROM else None
+    beside, in a process that reads the same `moment` where the store can share it (PostgreSQL) and else its own:
+    written again here when that was another (something was committed between the two), so that the export never
+    says two things at once. The summary and the verdict."""
+    beside = _Beside(campaign, out, moment) if store.rows_read() >= BESIDE_FROM else None
     verdict = _write_events(store, out, index, written)
     written["state.jsonl"] = _write_state(store, out, index)
     index.rejects(list(store.rejects()))

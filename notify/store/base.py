@@ -149,15 +149,18 @@ class Store(Trail, Queue, FeedbackStore, Views, Imports, Lines):
         return []
 
     @contextlib.contextmanager
-    def snapshot(self) -> Iterator[None]:
+    def snapshot(self, joining: str | None = None) -> Iterator[str | None]:
         """Every read in the block sees the state as of one moment while writers go on (SQLite: one read
-        transaction). PostgreSQL: each query reads its own moment (not yet one snapshot)."""
-        yield
+        transaction; PostgreSQL: one REPEATABLE READ transaction). Where the backend can share that moment with
+        another connection, the block is given its name, which another process's snapshot(joining=name) reads
+        while this block lasts (PostgreSQL); else None, and the other reads a moment of its own (fingerprint()
+        tells whether it was the same)."""
+        yield None
 
     def fingerprint(self) -> tuple[Any, ...]:
         """What a committed change of the state changes: the last event (every outcome, piece of feedback and import
         appends one) and how many are in each state (a claim, a release: no event). Read from indexes."""
-        return (self.db.execute("SELECT max(seq) FROM events").fetchone()[0],
+        return (self.db.execute(f"SELECT max({self.EVENT_ORDER}) FROM events").fetchone()[0],
                 tuple(tuple(r) for r in self.db.execute("SELECT state, count(*) FROM recipients GROUP BY state ORDER BY state")))
 
     def holders(self) -> list[tuple[str, str]]:

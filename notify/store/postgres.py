@@ -196,6 +196,36 @@ class PgStore(Sessions, Store):
         finally:
             self._in_tx = False
 
+    @contextlib.contextmanager
+    def snapshot(self, joining: str | None = None) -> Iterator[str | None]:
+        """One REPEATABLE READ, READ ONLY transaction: every query of the block reads one moment while workers
+        write. Its name (pg_export_snapshot) lets another connection read that moment too, `joining` it, while
+        this block lasts: the export's second process writes recipients.csv from it. The server's limit on a
+        transaction left idle is lifted for the block: between two queries, the export writes a million rows,
+        and a read holds no lock a worker waits for. A write inside the block is refused (read only)."""
+        if self._in_tx:
+            yield None
+            return
+        try:
+            self.raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            if joining is not None:  # before any query of the transaction, as PostgreSQL requires
+                self.raw.execute(psycopg.sql.SQL("SET TRANSACTION SNAPSHOT {}").format(psycopg.sql.Literal(joining)))
+            self.raw.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+            name = None if joining is not None else str(self.raw.execute("SELECT pg_export_snapshot()").fetchone()[0])  # type: ignore[index]
+        except psycopg.Error as e:
+            with contextlib.suppress(psycopg.Error):
+                self.raw.execute("ROLLBACK")
+            raise self._error(e) from None
+        self._in_tx = True
+        try:
+            yield name
+        except psycopg.Error as e:  # a read that lost the server, or a write refused: said as every step's failure
+            raise self._error(e) from None
+        finally:
+            self._in_tx = False
+            with contextlib.suppress(psycopg.Error):  # read only: nothing to lose; a broken connection says so next
+                self.raw.execute("COMMIT")
+
     def _lock_chain(self, chain: int) -> tuple[int, str]:
         return self._chain_head(self.raw.execute(LOCK_CHAIN, (chain,)).fetchone(), chain)
 

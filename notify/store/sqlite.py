@@ -128,14 +128,14 @@ class SqliteStore(SqliteLines, Store):
         return SqliteStore(self.path)
 
     @contextlib.contextmanager
-    def snapshot(self) -> Iterator[None]:
+    def snapshot(self, joining: str | None = None) -> Iterator[str | None]:
         if self.db.in_transaction:
-            yield
+            yield None
             return
         self.db.execute("BEGIN")
         try:  # the snapshot is taken at the first read
             self.db.execute("SELECT 1 FROM meta LIMIT 1").fetchone()
-            yield
+            yield None  # SQLite cannot hand its moment to another connection
         finally:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("COMMIT")
