@@ -92,6 +92,15 @@ class StoreBusy(StoreError):
     """Another command held the state's write lock for longer than a write waits (an import of a million people)."""
 
 
+def list_busy(path: object, waited: float, kept: str) -> StoreBusy:
+    """The suppression list at `path` held by another process's write for longer than `waited` seconds, said one
+    way wherever it is written (its own commands, a campaign copying its suppressions): `kept` says what of this
+    command's work was kept."""
+    return StoreBusy(f"{path}: the suppression list is locked by another process (waited {waited:.0f} s)",
+                     hint=f"wait for the other notify command (bounces, send, suppress) to finish, then run this one "
+                          f"again; {kept}")
+
+
 class DeliveryError(NotifyError):
     """A service failed as a whole (not one recipient)."""
 

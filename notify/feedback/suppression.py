@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import files
-from ..errors import InputError, StoreError, UsageError
+from ..errors import InputError, StoreError, UsageError, list_busy
 from ..recipients.rows import Recipient, read
 from ..recipients.validate import validate
-from ..store.sqlite import connect_wal
+from ..store.sqlite import WAITS, connect_wal
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -97,12 +97,10 @@ class SuppressionList:
         try:
             yield
         except sqlite3.Error as e:
-            locked = "locked" in str(e) or "busy" in str(e)
-            raise StoreError(f"{self.path}: the suppression list " +
-                             ("is locked by another process (waited 5 s)" if locked else f"cannot be written: {e}"),
-                             hint=("wait for the other notify command (bounces, send, suppress) to finish, then run this "
-                                   "one again; nothing was changed") if locked else
-                             f"check the file and its directory, or set {ENV} to another path") from None
+            if "locked" in str(e) or "busy" in str(e):
+                raise list_busy(self.path, WAITS, "nothing was changed") from None
+            raise StoreError(f"{self.path}: the suppression list cannot be written: {e}",
+                             hint=f"check the file and its directory, or set {ENV} to another path") from None
 
     def add(self, address: str, kind: str, source: str, reason: str) -> bool:
         """Adds (or keeps the first entry for) an address; returns True when it was new."""

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .. import files
-from ..errors import StoreBusy, StoreError
+from ..errors import StoreBusy, StoreError, list_busy
 from . import schema
 from .base import PREPARING, SENDING, Store
 from .lines import SqliteLines
@@ -322,10 +322,8 @@ class SqliteStore(SqliteLines, Store):
         except StoreBusy:
             if self._others():
                 raise
-            raise StoreBusy(f"{suppression_db}: the suppression list is locked by another process (waited {WAITS:.0f} s)",
-                            hint="wait for the other notify command (bounces, send, suppress) to finish, then run this "
-                                 "one again; nothing was lost: the campaign keeps the suppressions until they are "
-                                 "copied") from None
+            raise list_busy(suppression_db, WAITS, "nothing was lost: the campaign keeps the suppressions until they "
+                                                   "are copied") from None
 
     @contextlib.contextmanager
     def _attached(self, suppression_db: Path) -> Iterator[None]:
