@@ -207,3 +207,32 @@ def test_a_device_where_a_file_of_ours_belongs_is_refused_and_left_as_it_was(tmp
     assert "internal error" not in p.stderr
     assert target.stat().st_mode == before, f"{oct(before)} became {oct(target.stat().st_mode)}"
     assert kind == "root" or sorted(x.name for x in tmp_path.iterdir()) == ["suppression.sqlite"]
+
+
+def test_a_campaign_on_read_only_media_says_what_to_do_and_its_export_reads_as_it_is(make_campaign: MakeCampaign,
+                                                                                     tmp_path: Path) -> None:
+    """A campaign kept on read-only media (a forensic image mounted read-only, a backup's snapshot) answered
+    every command with "cannot use the state directory: Read-only file system" and nothing else. It now says
+    why (notify writes the state even to read it) and what to do; an export on the same media is read as it is.
+    The mount is read-only in a mount namespace of the test's own (unshare), seen by nobody else."""
+    import shutil
+    import subprocess
+    import sys
+
+    d = make_campaign("email,name\nalice@example.com,Alice\n", template="t", templates=simple_templates())
+    assert run("send", d, "--no-progress")[0] == 0
+    assert run("audit", "export", d, "--out", tmp_path / "export")[0] == 0
+    media = tmp_path / "media"
+    media.mkdir()
+    shutil.move(str(d), media / "camp")
+    shutil.move(str(tmp_path / "export"), media / "export")
+    notify = f"{sys.executable} -m notify"
+    script = (f"mount --bind {media} {media} && mount -o remount,bind,ro {media} && touch {media}/x 2>/dev/null && exit 9;"
+              f" {notify} status {media}/camp; echo status=$?; {notify} lookup {media}/export alice@example.com;"
+              " echo lookup=$?")
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "status=4" in r.stdout and "lookup=0" in r.stdout, r.stdout + r.stderr
+    assert "cannot use the state directory: Read-only file system" in r.stderr and "Traceback" not in r.stderr
+    assert "copy the campaign directory to a writable place (cp -a)" in r.stderr, r.stderr
+    assert "email:                alice@example.com" in r.stdout and "sent" in r.stdout, r.stdout

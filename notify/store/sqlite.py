@@ -114,7 +114,9 @@ class SqliteStore(SqliteLines, Store):
                              hint=f"the campaign's state lives in {state_dir}: give this user write access to "
                                   f"{state_dir.parent}, then run the same command again" if closed else e.hint) from None
         except OSError as e:
-            raise StoreError(f"{state_dir}: cannot use the state directory: {e.strerror}") from None
+            raise StoreError(f"{state_dir}: cannot use the state directory: {e.strerror}",
+                             hint=None if e.errno != errno.EROFS else "notify writes a campaign's state even to read it: copy "
+                             "the campaign directory to a writable place (cp -a), or read an `audit export` of it as it is") from None
         return cls(db)
 
     def close(self) -> None:
