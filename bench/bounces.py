@@ -5,7 +5,7 @@ The messages are Sisimai's public corpus (github.com/sisimai/set-of-emails, BSD 
 in tests/data/sisimai with its LICENSE); the expected answers, one per failed recipient (status,
 reason, hard or not), are from Sisimai's tests (rb-sisimai test/public/*.rb), in expected.json.
 
-    python bench/bounces.py [--families] [--misses FAMILY] [--flufl DIR] [--bounce-email DIR] [--mbox N]
+    python bench/bounces.py [--families] [--misses FAMILY] [--flufl DIR] [--bounce-email DIR] [--mbox N] [--parts N]
 
 --flufl DIR: a corpus kept apart (never read while the rules were written), flufl.bounce's samples from
 https://gitlab.com/warsaw/flufl.bounce (LGPL 3, so fetched, not vendored: `git clone` it and give its top).
@@ -130,6 +130,28 @@ def mbox_speed(n: int) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+def parts_speed(n: int) -> None:
+    """One Postfix report padded with n empty MIME parts after its own (a hostile bounce of up to 8 MB): parse_dsn
+    on it, beside the reference of the same run, Python's MIME parser reading the whole message."""
+    import email
+    import email.policy
+
+    boundary = "--4F1A2.1659967331/mx.example.org"
+    raw = (ROOT / "tests" / "data" / "dsn" / "postfix.eml").read_text().replace("{token_postfix}", "0" * 32).replace(
+        "{addr_postfix}", "p1@example.org").replace("{mid_postfix}", "<m1@example.com>")
+    head, _, tail = raw.rpartition(f"{boundary}--")
+    padded = (head + "".join(f"{boundary}\nContent-Type: text/plain\n\nx{i}\n" for i in range(n)) + f"{boundary}--"
+              + tail).encode()
+    start = time.perf_counter()
+    found, why = parse_dsn(padded)
+    ours = time.perf_counter() - start
+    start = time.perf_counter()
+    email.message_from_bytes(padded, policy=email.policy.compat32)
+    parser = time.perf_counter() - start
+    print(f"parts: a report and {n:,} empty parts ({len(padded) / 1e6:.1f} MB): parse_dsn {ours:.2f} s "
+          f"({len(found)} recipient(s) found{': ' + why if why else ''}); Python's MIME parser alone on all of it {parser:.2f} s")
+
+
 def flufl(root: Path) -> None:
     """A corpus kept apart from the rules' making: flufl.bounce's samples (GNU Mailman's bounce detectors, LGPL,
     read where it was fetched, not vendored) with its tests' expected addresses, permanent or temporary."""
@@ -180,6 +202,7 @@ def main() -> None:
     ap.add_argument("--families", action="store_true", help="a line per MTA family")
     ap.add_argument("--misses", metavar="FAMILY", help="print each disagreement of families starting with this")
     ap.add_argument("--mbox", type=int, metavar="N", help="also time `notify bounces --mbox` on N reports")
+    ap.add_argument("--parts", type=int, metavar="N", help="also time one report padded with N empty MIME parts")
     ap.add_argument("--flufl", type=Path, metavar="DIR", help="also read flufl.bounce's samples, fetched to DIR")
     ap.add_argument("--bounce-email", type=Path, metavar="DIR", help="also read bounce_email's samples, fetched to DIR")
     args = ap.parse_args()
@@ -189,6 +212,8 @@ def main() -> None:
         bounce_email(args.bounce_email)
     if args.mbox:
         mbox_speed(args.mbox)
+    if args.parts:
+        parts_speed(args.parts)
     by, misses, seconds = measure()
     total = Score()
     for s in by.values():

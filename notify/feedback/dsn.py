@@ -32,6 +32,7 @@ from .report import (
     BOUNCE_TEXT,
     FIELD_LINE,
     MAX_BLOCKS,
+    MAX_PARTS,
     MAX_TEXT,
     OUR_ID_RE,
     REPLY_RE,
@@ -51,6 +52,7 @@ from .report import (
     _subject,
     _unescaped,
     clean_address,
+    parts,
 )
 
 # The Reporting-MTA of Amazon SES's receiving rule sets, whose Bounce action sends a reply chosen from a template.
@@ -80,7 +82,7 @@ def ses_notification(raw: bytes) -> dict[str, Any] | None:
 def _dsn_blocks(msg: EmailMessage) -> list[dict[str, str]] | None:
     """The fields of each recipient block of a delivery-status part (blank or per-message blocks aside);
     None when the message has no such part."""
-    for part in msg.walk():
+    for part in parts(msg):
         if part.get_content_type() not in ("message/delivery-status", "message/global-delivery-status"):
             continue
         payload = part.get_payload()
@@ -97,7 +99,7 @@ def _dsn_blocks(msg: EmailMessage) -> list[dict[str, str]] | None:
 def parse(raw: bytes) -> Report:
     """A message from a bounce mailbox, read: a delivery status notification (its blocks), an MTA's own words,
     an automatic reply, or not a bounce at all; with what ties it to us (the VERP token, our Message-ID)."""
-    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    msg = email.message_from_bytes(_bounded(raw), policy=email.policy.compat32)
     report = _ours(msg)
     blocks = _dsn_blocks(msg)
     if blocks is None and msg.get_content_type() == "multipart/report" and not msg.is_multipart():
@@ -111,6 +113,18 @@ def parse(raw: bytes) -> Report:
     else:
         _read_mta(report, msg)
     return report
+
+
+def _bounded(raw: bytes) -> bytes:
+    """The message as the MIME parser reads it: to its 2 x MAX_PARTS-th line that starts with "--" (a boundary's
+    form) at most. Python's parser costs about 10 us a part: an 8 MB message of 190,000 empty parts took 2 s to
+    parse and as long again to walk. A report says what it has to say in its first few parts."""
+    if raw.count(b"\n--") <= 2 * MAX_PARTS:
+        return raw
+    at = -1
+    for _ in range(2 * MAX_PARTS):
+        at = raw.find(b"\n--", at + 1)
+    return raw[:at + 1]
 
 
 def _ours(msg: EmailMessage) -> Report:

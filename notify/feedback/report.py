@@ -7,11 +7,14 @@ import email
 import email.header
 import email.parser
 import email.policy
+import itertools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message as EmailMessage
 
 MAX_TEXT = 256 * 1024  # of a report's own text read for recipients (a returned message is cut off first)
+MAX_PARTS = 1000  # MIME parts of one message looked at: a report has a handful; 190,000 tiny ones cost seconds each walk
 
 VERP_RE = re.compile(r"\+([0-9a-f]{32})@", re.I)
 
@@ -155,8 +158,13 @@ def _is_auto_reply(msg: EmailMessage) -> bool:
     return "auto_reply" in precedence or (auto.startswith("auto-replied") and not _is_daemon(msg))
 
 
+def parts(msg: EmailMessage) -> Iterator[EmailMessage]:
+    """The message's parts as msg.walk() gives them, the first MAX_PARTS."""
+    return itertools.islice(msg.walk(), MAX_PARTS)
+
+
 def _returned_headers(msg: EmailMessage) -> EmailMessage | None:
-    for part in msg.walk():
+    for part in parts(msg):
         ctype = part.get_content_type()
         if ctype == "message/rfc822":
             payload = part.get_payload()
@@ -171,10 +179,12 @@ def _returned_headers(msg: EmailMessage) -> EmailMessage | None:
 def _report_text(msg: EmailMessage) -> str:
     """The report's own human-readable text: its text parts outside any returned message, cut at the
     returned message's start, at most MAX_TEXT characters."""
-    parts: list[str] = []
+    texts: list[str] = []
+    budget = [MAX_PARTS]
 
     def walk(part: EmailMessage) -> None:
-        if part.get_content_type() == "message/rfc822":
+        budget[0] -= 1
+        if budget[0] < 0 or part.get_content_type() == "message/rfc822":
             return
         if part.is_multipart():
             for sub in part.get_payload() or []:
@@ -182,19 +192,19 @@ def _report_text(msg: EmailMessage) -> str:
                     walk(sub)
             return
         if part.get_content_maintype() == "multipart" and isinstance(body := part.get_payload(), str):
-            parts.append(body[:MAX_TEXT])  # no boundary line was found (one with a header glued on): read it as text
+            texts.append(body[:MAX_TEXT])  # no boundary line was found (one with a header glued on): read it as text
             return
         if part.get_content_maintype() == "text" or part.get_content_type() == "message/delivery-status":
             data = part.get_payload(decode=True)
             if isinstance(data, bytes):
                 charset = part.get_content_charset() or "utf-8"
                 try:
-                    parts.append(data[:MAX_TEXT].decode(charset, "replace"))
+                    texts.append(data[:MAX_TEXT].decode(charset, "replace"))
                 except LookupError:
-                    parts.append(data[:MAX_TEXT].decode("utf-8", "replace"))
+                    texts.append(data[:MAX_TEXT].decode("utf-8", "replace"))
 
     walk(msg)
-    text = "\n".join(parts)[:MAX_TEXT]
+    text = "\n".join(texts)[:MAX_TEXT]
     cut = RETURNED.search(text)
     return text[:cut.start()] if cut else text
 
@@ -230,7 +240,7 @@ def _status_of(*texts: str | None) -> str:
 def _all_text(msg: EmailMessage) -> str:
     """All text of the message (returned part included), bounded: where an MTA pasted the original's headers."""
     out = []
-    for part in msg.walk():
+    for part in parts(msg):
         if part.get_content_maintype() == "text" or part.get_content_type() == "message/rfc822":
             data = part.get_payload(decode=True)
             if isinstance(data, bytes):
