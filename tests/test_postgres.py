@@ -593,3 +593,23 @@ def test_a_snapshot_is_one_moment_that_a_second_connection_reads_too(make_campai
     finally:
         for store in (reader, beside, writer):
             store.close()
+
+
+def test_a_snapshot_outlasts_the_server_s_limit_on_an_idle_transaction(make_campaign: MakeCampaign) -> None:
+    """The server ends a transaction left idle for stall_after (a host that vanished must not hold its chain row).
+    An export's read pauses between two queries for as long as it takes to write what the first returned (a
+    million rows): its snapshot lifts that limit for itself, and only for itself."""
+    from notify.campaign.config import load
+    from notify.store import open_store
+
+    d = pg_campaign(make_campaign, 3, stall_after=1)
+    assert run("import", d)[0] == 0
+    store = open_store(load(d))
+    try:
+        with store.snapshot():
+            before = store.counts()
+            time.sleep(1.5)  # longer than the server lets a transaction sit idle here
+            assert store.counts() == before
+        assert store.db.execute("SHOW idle_in_transaction_session_timeout").fetchone()[0] == "1s", "and only for itself"
+    finally:
+        store.close()
