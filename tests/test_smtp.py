@@ -6,6 +6,7 @@ import asyncio
 import base64
 import email
 import email.policy
+import errno
 import gc
 import inspect
 import json
@@ -31,7 +32,7 @@ from notify.errors import EXIT_FAILED, ConfigError
 from notify.evidence.chain import verify_chain
 from notify.providers import build
 from notify.providers.base import Kind
-from notify.providers.smtpreply import classify_exception, classify_reply
+from notify.providers.smtpreply import classify_exception, classify_reply, short_here
 from notify.providers.smtpwire import wire_body
 from notify.store import SqliteStore, open_store
 
@@ -818,3 +819,22 @@ def test_check_connect_proves_the_login_before_anyone_relies_on_it(make_campaign
         assert r.exit_code == 0, r.stdout + r.stderr
         assert f"provider    relay: connected to 127.0.0.1:{srv.port} (none), logged in as notify; offers SMTPUTF8" in r.stdout
     assert h.received == [], "check sends nothing"
+
+
+def test_a_cycle_of_causes_is_read_once() -> None:
+    """aiosmtplib sets __cause__ by hand on a lost connection, and Python keeps only __context__ free of cycles:
+    the OS error re-raised while its wrapper was handled makes a ring, which the walk for this machine's own
+    shortage (out of files, out of memory) went round forever."""
+    lost = OSError(errno.ECONNRESET, "Connection reset by peer")
+    wrapper = smtp_errors.SMTPServerDisconnected("Connection lost")
+    wrapper.__cause__ = lost  # as aiosmtplib's connection_lost does
+    lost.__context__ = wrapper  # as Python sets it when the OS error is raised again while the wrapper is handled
+    answers: list[str | None] = []
+    walker = threading.Thread(target=lambda: answers.append(short_here(wrapper)), daemon=True)
+    walker.start()
+    walker.join(5)
+    assert answers == [None], "the walk did not end" if walker.is_alive() else answers
+    emfile = OSError(errno.EMFILE, "Too many open files")
+    wrapper.__cause__ = emfile
+    emfile.__context__ = wrapper
+    assert short_here(wrapper) == "Too many open files"

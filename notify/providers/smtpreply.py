@@ -83,9 +83,12 @@ _SHORT_HERE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)  # out o
 
 def short_here(exc: BaseException | None) -> str | None:
     """The system's words where a connection failed for want of this machine's own files or memory (the OS error
-    aiosmtplib wraps): a process at its `ulimit -n` counted each such failure against the relay, marked down."""
-    while exc is not None:
+    aiosmtplib wraps): a process at its `ulimit -n` counted each such failure against the relay, marked down.
+    Each cause once: Python keeps __context__ free of cycles, not __cause__, which aiosmtplib sets by hand."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
         if isinstance(exc, OSError) and exc.errno in _SHORT_HERE:
             return exc.strerror or str(exc)
+        seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
