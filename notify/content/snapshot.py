@@ -48,7 +48,7 @@ def _read_sources(roots: list[Path]) -> dict[str, tuple[str, str]]:
                     with path.open("rb") as fh:
                         data = fh.read(MAX_TEMPLATE_BYTES + 1)
                 except OSError as e:
-                    raise TemplateError(f"{path}: cannot be read ({e.strerror})", hint=_READABLE) from None
+                    raise _unreadable(path, e) from None
                 if len(data) > MAX_TEMPLATE_BYTES:
                     raise TemplateError(f"{path}: larger than {MAX_TEMPLATE_BYTES // 1024} KiB, too large for a template",
                                         hint="move files that are not templates out of the template directory")
@@ -61,13 +61,17 @@ def _read_sources(roots: list[Path]) -> dict[str, tuple[str, str]]:
 
 
 _OWN_FILES = "a template's files are its own regular files: copy the file in, or move it out of the template directory"
-_READABLE = "give the user notify runs as read access to it, then run the same command again"
+
+
+def _unreadable(path: str | Path, e: OSError) -> TemplateError:
+    return TemplateError(f"{path}: cannot be read ({e.strerror})",
+                         hint="give the user notify runs as read access to it, then run the same command again")
 
 
 def _unlisted(e: OSError) -> None:
     """A directory of a template that cannot be listed is refused, not passed over (os.walk's default): the
     shipped file of the same name would stand in for the campaign's own, unsaid, and be sent."""
-    raise TemplateError(f"{e.filename}: cannot be read ({e.strerror})", hint=_READABLE)
+    raise _unreadable(e.filename, e)
 
 
 def template_dir(path: Path) -> bool:
@@ -78,7 +82,7 @@ def template_dir(path: Path) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return False
     except OSError as e:
-        raise TemplateError(f"{path}: cannot be read ({e.strerror})", hint=_READABLE) from None
+        raise _unreadable(path, e) from None
 
 
 def _not_a_template_file(path: Path, directory: bool = False) -> str | None:
@@ -87,7 +91,7 @@ def _not_a_template_file(path: Path, directory: bool = False) -> str | None:
     try:
         st = os.lstat(path)
     except OSError as e:
-        raise TemplateError(f"{path}: cannot be read ({e.strerror})", hint=_READABLE) from None
+        raise _unreadable(path, e) from None
     if stat.S_ISLNK(st.st_mode):
         return "is a symbolic link; templates are never read through a link"
     if directory or stat.S_ISREG(st.st_mode):
