@@ -72,8 +72,7 @@ class Producer:
             return
         counts = loop.result.counts
         counts["suppressed"] += n
-        for _ in range(n):
-            loop.progress.outcome(counts, loop.throttle.rate)
+        loop.progress.outcome(counts, loop.throttle.rate, n=n)
         loop.progress.note(f"suppressed {n}: added to the suppression list while this run sent; not sent to them")
 
     async def hand_out(self, claimed: list[Claimed]) -> None:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 class Progress(Protocol):
     def start(self, total: int | None) -> None: ...
 
-    def outcome(self, counts: Counter[str], rate: float | None, done: bool = True) -> None: ...
+    def outcome(self, counts: Counter[str], rate: float | None, done: bool = True, n: int = 1) -> None: ...
 
     def note(self, line: str) -> None: ...
 
@@ -41,7 +41,7 @@ class Lines:
     def start(self, total: int | None) -> None:
         pass
 
-    def outcome(self, counts: Counter[str], rate: float | None, done: bool = True) -> None:
+    def outcome(self, counts: Counter[str], rate: float | None, done: bool = True, n: int = 1) -> None:
         pass
 
     def note(self, line: str) -> None:
@@ -63,12 +63,12 @@ class Bar:
     def start(self, total: int | None) -> None:
         self.bar = tqdm(total=total, unit="msg", desc=self.desc, dynamic_ncols=True)
 
-    def outcome(self, counts: Counter[str], rate: float | None, done: bool = True) -> None:
-        """One outcome; `done` when its recipient is finished (a deferral is not: its retry will be)."""
+    def outcome(self, counts: Counter[str], rate: float | None, done: bool = True, n: int = 1) -> None:
+        """`n` outcomes alike; `done` when their recipients are finished (a deferral is not: its retry will be)."""
         if self.bar is None:
             return
         if done:
-            self.bar.update(1)
+            self.bar.update(n)
         if not self.details:
             return
         limit = f" limit={rate:g}/s" if rate else ""
