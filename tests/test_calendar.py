@@ -46,6 +46,14 @@ def test_status_before_any_import_says_so(make_campaign: MakeCampaign) -> None:
     toml.write_text(toml.read_text().replace("[variables]", "discovered = 2022-08-08\ndeadline_days = 30\n\n[variables]", 1))
     code, out, err = run("status", d)
     assert "no recipients imported yet" in out and "final state" not in out, out + err
+    # Its states and locales were empty lines, "states:   " and "locales:  ", before they said why.
+    assert f"states:   none yet: no recipients imported (`notify check {d}` imports them)" in out.splitlines(), out
+    assert "locales:" not in out, out
+    d = make_campaign("email,name,locale\nnot-an-address,Alice,en\n", templates=simple_templates(), name="all-rejected")
+    assert run("check", d)[0] == 1
+    code, out, err = run("status", d)
+    assert "states:   none: every row read was rejected (the reasons below)" in out.splitlines(), out
+    assert "rejected: invalid email" in out, out
 
 
 def test_one_calendar_for_the_notice_date_the_date_header_and_the_deadline(make_campaign: MakeCampaign,

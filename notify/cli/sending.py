@@ -200,8 +200,11 @@ LATE = "\0late:"  # a line for stderr: the deadline passed or will be missed
 
 def _said_now(c: Campaign, store: Store, st: report.Status) -> list[str]:
     """Who is in the campaign, and whether anything sends it now (if not, why it stopped)."""
+    states = ", ".join(f"{k} {v}" for k, v in st.states.items() if v) or (
+        "none: every row read was rejected (the reasons below)" if st.rows_read else
+        f"none yet: no recipients imported (`notify check {c.dir}` imports them)")
     lines = [f"campaign {st.campaign}: {st.rows_read} rows read = {st.total} recipients + {st.rejected} rejected",
-             "states:   " + ", ".join(f"{k} {v}" for k, v in st.states.items() if v),
+             "states:   " + states,
              *report.sending(c, store, time.time())[0],
              *["worker:   " + report.worker_said(w) for w in st.workers]]
     if st.in_doubt:
@@ -212,7 +215,7 @@ def _said_now(c: Campaign, store: Store, st: report.Status) -> list[str]:
 
 def _said_content(c: Campaign, st: report.Status) -> list[str]:
     """Who gets which language and version, through which provider, and how the providers stand."""
-    lines = ["locales:  " + ", ".join(f"{k or '(none)'} {v}" for k, v in st.locales.items())]
+    lines = ["locales:  " + ", ".join(f"{k or '(none)'} {v}" for k, v in st.locales.items())] if st.locales else []
     if any("/" in v for v in st.versions):
         lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in st.versions.items()))
     if st.fallbacks:
