@@ -40,7 +40,7 @@ def test_a_homoglyph_sender_domain_is_one_clear_line(make_campaign: MakeCampaign
     assert len([line for line in err.splitlines() if line.startswith("Error")]) == 1
 
 
-def test_status_before_any_import_says_so(make_campaign: MakeCampaign) -> None:
+def test_status_and_lookup_before_any_import_say_so(make_campaign: MakeCampaign) -> None:
     d = make_campaign(templates=simple_templates())
     toml = d / "campaign.toml"
     toml.write_text(toml.read_text().replace("[variables]", "discovered = 2022-08-08\ndeadline_days = 30\n\n[variables]", 1))
@@ -49,6 +49,8 @@ def test_status_before_any_import_says_so(make_campaign: MakeCampaign) -> None:
     # Its states and locales were empty lines, "states:   " and "locales:  ", before they said why.
     assert f"states:   none yet: no recipients imported (`notify check {d}` imports them)" in out.splitlines(), out
     assert "locales:" not in out, out
+    code, out, err = run("lookup", d, "alice@example.com")
+    assert code == 1 and "no recipients were imported into it" in err and f"`notify check {d}`" in err, out + err
     d = make_campaign("email,name,locale\nnot-an-address,Alice,en\n", templates=simple_templates(), name="all-rejected")
     assert run("check", d)[0] == 1
     code, out, err = run("status", d)

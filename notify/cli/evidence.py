@@ -102,12 +102,16 @@ def lookup(campaign: Path = CampaignOrExport,
       notify lookup audit-2022-08/ jane.doe@example.com --key notify-audit.pub
     """
     from ..evidence import lookup as lk
+    from ..store.exported import is_export
 
     with _open_for_lookup(campaign, query, key) as (c, store):
         found = lk.find(c, store, query)
         if not found and (rows := lk.rejected(store, query)):  # in the recipients file, never a recipient
             _say_rejected(c, query, rows, as_json, wanted=eml is not None or out is not None)
             return
+        if not found and not is_export(campaign) and not store.rows_read():
+            raise InputError(f"nobody in {c.id} matches {query!r}: no recipients were imported into it",
+                             hint=f"`notify check {campaign}` imports the recipients file")
         if not found:
             raise InputError(f"nobody in {c.id} matches {query!r} (an address, a name, or a value of "
                              f"{', '.join(c.audit_columns) or 'an [audit] column'})")
