@@ -10,7 +10,7 @@ from pathlib import Path
 
 from notify.campaign.config import load
 
-from .conftest import MakeCampaign, run, simple_templates, states
+from .conftest import MakeCampaign, run, simple_templates, sql, states
 
 
 def event_kinds(d: Path) -> list[tuple[str, str | None, str | None]]:
@@ -85,7 +85,7 @@ def test_appending_the_same_rows_again_changes_nothing(make_campaign: MakeCampai
         code, out, err = run("import", d, "--append")
         assert code == 0, err
         said.append((out, err))
-    assert "1 correction(s) refused" in said[0][1] and "301 rows read = 300 accepted + 1 rejected (299 of them already" \
+    assert "1 correction(s) refused" in said[0][1] and "301 rows read = 300 accepted + 1 rejected (299 already imported," \
         in said[0][0], said[0]
     assert all("correction(s) refused" not in err and "already imported; nothing added" in out for out, err in said[1:])
     kinds = [k for k, _, _ in event_kinds(d)]
@@ -103,6 +103,32 @@ def test_appending_the_same_rows_again_changes_nothing(make_campaign: MakeCampai
     assert run("audit", "export", d, "--out", out)[0] == 0
     alternate = (out / "alternate_channel.csv").read_text()
     assert "p1@example.com" not in alternate and ",rejected," not in alternate, alternate
+
+
+def test_a_file_appended_again_reads_its_duplicates_and_bad_rows_as_the_first_import_did(make_campaign: MakeCampaign,
+                                                                                          backend: str) -> None:
+    # The way to add people found late is to append the grown file. Its duplicate of Bob further down, rejected by
+    # the first import ("duplicate of row 3"), was taken for a correction of Bob: his name, language and flag became
+    # the duplicate's, so he was made ineligible and never emailed (and the next append flipped him back). Every
+    # bad row was also recorded again at each append: 9 bad rows of the example counted 16, then 25, as people
+    # needing another channel.
+    rows = ("ann@example.com,Ann,en,false\nbob@example.com,Bob,en,false\nBOB@example.com,Bobby Duplicate,de,true\n"
+            "not-an-address,Nobody,en,false\n")
+    d = make_campaign(FLAGGED + rows, templates=simple_templates())
+    assert run("send", d, "--no-progress", "--limit", "1")[0] == 0  # Ann is sent: the campaign is under way
+    for late in ("cat@example.com,Cat,en,false\n", "dan@example.com,Dan,en,false\n"):
+        rows += late
+        (d / "recipients.csv").write_text(FLAGGED + rows)
+        code, out, err = run("import", d, "--append")
+        assert code == 0, out + err
+        assert "corrected" not in out and "2 rejected before as they are, not recorded again" in out, out
+    assert [k for k, _, _ in event_kinds(d)].count("recipient_corrected") == 0
+    assert sql(d, "SELECT name, locale, state FROM recipients WHERE key='bob@example.com'") == [("Bob", "en", "pending")]
+    st = json.loads(run("status", d, "--json")[1])
+    assert (st["rows_read"], st["rejected"], st["total"]) == (6, 2, 4), st
+    assert (d / ".notify" / "rejects.csv").read_text().count("\n") == 3  # its header, the duplicate, the bad address
+    assert run("send", d, "--no-progress")[0] == 0
+    assert states(d) == dict.fromkeys(("ann@example.com", "bob@example.com", "cat@example.com", "dan@example.com"), "sent")
 
 
 def test_field_lengths_are_limited_at_import(make_campaign: MakeCampaign) -> None:

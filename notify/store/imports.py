@@ -4,8 +4,10 @@ its reason; one transaction for the whole file, on either backend (Store inherit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,18 +25,41 @@ _UNSENT = ("pending", "ineligible", "suppressed")
 _UNSENT_STATES = "('pending', 'ineligible', 'suppressed')"
 
 
-@dataclass
-class _Tally:
-    corrected: int = 0
-    refused: list[tuple[int, str, str]] = field(default_factory=list)
-    unchanged: int = 0  # rows of known people read again as they were: nothing to do, nothing rejected
-
-
 class _RefusedBefore:
     """Imports._again: the same correction was refused by an earlier import."""
 
 
 _REFUSED_BEFORE = _RefusedBefore()
+
+
+# The people an appended file names that the campaign knew before it (key, their first row in this file): a
+# row of the same person further down is a duplicate, as in a first import, not a correction of the first.
+# A table of the connection's own, not a set: a file of millions of known people, appended again, fits.
+_SEEN = "CREATE TEMP TABLE IF NOT EXISTS import_seen (key TEXT PRIMARY KEY, row INTEGER NOT NULL)"
+
+
+def _rejected_as(raw: str, reason: str) -> bytes:
+    """A rejected row as an earlier import recorded it, to know it again (its digest: a row may be 1 MiB)."""
+    return hashlib.sha256(f"{raw}\0{reason}".encode("utf-8", "surrogatepass")).digest()[:16]
+
+
+@dataclass
+class _Tally:
+    corrected: int = 0
+    refused: list[tuple[int, str, str]] = field(default_factory=list)
+    unchanged: int = 0  # rows of known people read again as they were: nothing to do, nothing rejected
+    appending: bool = False  # to a campaign that has people: those it knows are marked as this file names them
+    earlier: Counter[bytes] = field(default_factory=Counter)  # the rejects of earlier imports (_rejected_as)
+    rejected_before: int = 0  # rows rejected as they were by an earlier import: counted, not recorded again
+
+    def rejected_earlier(self, item: Reject) -> bool:
+        """Whether a row is rejected as an earlier import rejected it (a file appended again, its rejected rows as
+        they were): counted, not recorded again."""
+        if self.earlier[(was := _rejected_as(item.raw, item.reason))] <= 0:
+            return False
+        self.earlier[was] -= 1
+        self.rejected_before += 1
+        return True
 
 
 def _vars(item: Recipient) -> str:
@@ -102,7 +127,11 @@ class Imports(Backend):
                 " VALUES (?, ?, '[]', 0, 0, 0, ?) RETURNING id", (str(path), digest, utcnow()))
             import_id = int(cur.fetchone()[0])
             read_n = accepted = rejected = 0
-            tally = _Tally()
+            tally = _Tally(appending=append)
+            if tally.appending:
+                db.execute(_SEEN)
+                db.execute("DELETE FROM import_seen")
+                tally.earlier.update(_rejected_as(raw, reason) for raw, reason in db.execute("SELECT raw, reason FROM rejects"))
             columns: set[str] = set()
             pending: list[Recipient | Reject] = []
             for record in read(path):
@@ -126,27 +155,29 @@ class Imports(Backend):
             self._append(Event("recipients_imported", detail={
                 "file": str(path), "sha256": digest, "rows_read": read_n, "accepted": accepted,
                 "rejected": rejected, "append": append, "replaced_earlier_import": replace,
-                "unchanged": tally.unchanged, "corrected": tally.corrected, "corrections_refused": len(tally.refused), "removed": removed}))
+                "unchanged": tally.unchanged, "corrected": tally.corrected, "corrections_refused": len(tally.refused),
+                "rejected_before": tally.rejected_before, "removed": removed}))
         return ImportResult(path, read_n, accepted, rejected, already=False, corrected=tally.corrected,
-                            refused=tuple(tally.refused), removed=removed, unchanged=tally.unchanged)
+                            refused=tuple(tally.refused), removed=removed, unchanged=tally.unchanged,
+                            rejected_before=tally.rejected_before)
 
     def _write_batch(self, import_id: int, items: list[Recipient | Reject], replace: bool = False,
                      tally: _Tally | None = None) -> tuple[int, int]:
         tally = tally if tally is not None else _Tally()
         known = self._known([i.key for i in items if isinstance(i, Recipient)])
-        rows, rejects, ineligible, refused_before = [], [], 0, 0
+        seen = self._seen([i.key for i in items if isinstance(i, Recipient) and i.key in known]) if tally.appending else {}
+        rows, rejects, ineligible, before = [], [], 0, tally.rejected_before
         events: list[Event] = []
-        for item in items:
-            if isinstance(item, Recipient) and item.key in known:
-                again = self._again(item, known, import_id, replace, tally, events)
-                if again is None:
-                    continue
-                if isinstance(again, _RefusedBefore):
-                    refused_before += 1  # the same correction, refused before: said once, recorded once
-                    continue
-                item = again
+        for read_as in items:
+            item = self._resolved(read_as, known, seen, import_id, replace, tally, events)
+            if item is None:
+                continue
+            if isinstance(item, _RefusedBefore):
+                tally.rejected_before += 1  # the same correction, refused before: said once, recorded once
+                continue
             if isinstance(item, Reject):
-                rejects.append((import_id, item.row, item.raw, item.reason))
+                if not tally.rejected_earlier(item):
+                    rejects.append((import_id, item.row, item.raw, item.reason))
                 continue
             known[item.key] = (item.row, import_id, 0, "pending", 0)
             values = (import_id, item.row, item.email, item.key, recipient_token(item.key, self.token_key), item.email.rpartition("@")[2],
@@ -167,8 +198,35 @@ class Imports(Backend):
             "INSERT INTO recipients (import_id, row, email, key, token, domain, name, locale, jurisdiction, vars)"
             " VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
         self.db.executemany("INSERT INTO rejects (import_id, row, raw, reason) VALUES (?,?,?,?)", rejects)
-        accepted_known = len(items) - len(rejects) - len(rows) - ineligible - refused_before
-        return len(rows) + ineligible + accepted_known, len(rejects) + refused_before
+        if tally.appending:
+            self.db.executemany("INSERT INTO import_seen (key, row) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                                list(seen.items()))
+        unrecorded = tally.rejected_before - before  # rejected as an earlier import rejected them: counted once
+        accepted_known = len(items) - len(rejects) - len(rows) - ineligible - unrecorded
+        return len(rows) + ineligible + accepted_known, len(rejects) + unrecorded
+
+    def _resolved(self, item: Recipient | Reject, known: dict[str, tuple[Any, ...]], seen: dict[str, int], import_id: int,
+                  replace: bool, tally: _Tally, events: list[Event]) -> Recipient | Reject | _RefusedBefore | None:
+        """A row as this import takes it: a new person (the Recipient), a Reject, the same correction refused
+        before, or None for a known person read again (a correction applied, or read as they were)."""
+        if isinstance(item, Reject):
+            return item
+        if (first := seen.get(item.key)) is not None:  # named further up the file being appended
+            return Reject(item.row, item.email, f"duplicate of row {first}")
+        if item.key not in known:
+            return item
+        if tally.appending and known[item.key][1] != import_id:
+            seen[item.key] = item.row
+        return self._again(item, known, import_id, replace, tally, events)
+
+    def _seen(self, keys: list[str]) -> dict[str, int]:
+        """Of these known people, those an earlier batch of the file being appended named, with their first row."""
+        found: dict[str, int] = {}
+        for start in range(0, len(keys), 900):
+            chunk = keys[start:start + 900]
+            found.update(self.db.execute(f"SELECT key, row FROM import_seen WHERE key IN ({','.join('?' * len(chunk))})",
+                                         chunk).fetchall())
+        return found
 
     def _known(self, keys: list[str]) -> dict[str, tuple[Any, ...]]:
         """The people of these keys the campaign already has: (row, import, id, state, attempts, then the fields a

@@ -188,12 +188,14 @@ class ImportResult:
     refused: tuple[tuple[int, str, str], ...] = ()  # (row, email, why) for changes to people already sent
     removed: int = 0  # people of the earlier import not in the file that replaced it (nothing was sent yet)
     unchanged: int = 0  # of the accepted, rows of people already known, read again as they were (nothing to do)
+    rejected_before: int = 0  # of the rejected, rows an earlier import rejected as they are (not recorded again)
 
     def said(self) -> str:
         """One line for `import`, `check` and `state init`."""
+        known = [f"{self.unchanged} already imported, unchanged"] if self.unchanged else []
+        known += [f"{self.rejected_before} rejected before as they are, not recorded again"] if self.rejected_before else []
         return (f"{self.path}: {self.rows_read} rows read = {self.accepted} accepted + {self.rejected} rejected"
-                + (f" ({self.unchanged} of them already imported, unchanged)" if self.unchanged else "")
-                + (" (already imported; nothing added)" if self.already else ""))
+                + (f" ({'; '.join(known)})" if known else "") + (" (already imported; nothing added)" if self.already else ""))
 
 
 
