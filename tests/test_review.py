@@ -209,3 +209,22 @@ def test_a_report_of_many_jurisdictions_says_everything_on_paper(make_campaign: 
     chromium(page_path, f"--print-to-pdf={pdf}")
     pages = pdf.read_bytes().count(b"/Type /Page") - pdf.read_bytes().count(b"/Type /Pages")
     assert pdf.read_bytes().startswith(b"%PDF") and 1 <= pages <= 6, pages
+
+
+def test_the_report_and_the_export_count_the_same_people_for_another_channel(make_campaign: MakeCampaign,
+                                                                                tmp_path: Path, backend: str) -> None:
+    """A rejected row of a person the campaign has (a duplicate of Ann) is no one more to reach by letter: the
+    export's summary and alternate_channel.csv left it out, and the report's headline counted it (3 against 2)."""
+    d = make_campaign("email,name,locale,credentials_compromised\nann@example.com,Ann,en,false\nbob@example.com,Bob,en,"
+                      "false\nANN@example.com,Ann again,en,false\nnot-an-address,Nobody,en,false\ncat@example.com,Cat,en,"
+                      "true\n", templates=simple_templates())
+    assert run("send", d, "--no-progress")[0] == 0
+    assert run("report", d, "--out", tmp_path / "report.html")[0] == 0
+    page = (tmp_path / "report.html").read_text()
+    headline = re.search(r"<b>([\d,]+)</b> <span>[^<]*</span><br>not reached: another channel needed", page)
+    assert headline and headline.group(1) == "2", headline and headline.group(0)
+    assert "2 rejected at import" in page and "1 of them a second row of someone counted above" in page
+    assert run("audit", "export", d, "--out", tmp_path / "export")[0] == 0
+    summary = json.loads((tmp_path / "export" / "summary.json").read_text())
+    alternate = (tmp_path / "export" / "alternate_channel.csv").read_text().splitlines()[1:]
+    assert summary["not_reached_by_email"] == len(alternate) == 2, (summary["not_reached_by_email"], alternate)

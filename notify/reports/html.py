@@ -126,11 +126,13 @@ def _pct(n: int, total: int) -> str:
     return f"{n / total:.1%}" if total else "-"
 
 
-def _headline(counts: dict[str, int], rejected: int, due: Deadline | None) -> str:
-    """Who was notified, and who still needs something: counts and shares of everyone in the recipients file."""
+def _headline(counts: dict[str, int], rejected: int, known: int, due: Deadline | None) -> str:
+    """Who was notified, and who still needs something: counts and shares of everyone in the recipients file.
+    `known`: of the rejected rows, those of a person the campaign has (a duplicate, a correction refused), who is
+    counted with their own state (as the export's summary and alternate_channel.csv count them)."""
     total = sum(counts.values()) + rejected
     notified = sum(counts.get(s, 0) for s in NOTIFIED)
-    elsewhere = sum(counts.get(s, 0) for s in ELSEWHERE) + rejected
+    elsewhere = sum(counts.get(s, 0) for s in ELSEWHERE) + rejected - known
     pending = sum(counts.get(s, 0) for s in NOT_YET)
     failed = counts.get("failed", 0) + counts.get("bounced", 0)
     cells = [("notified by email", notified, "ok"), ("not reached: another channel needed", elsewhere, "warn" if elsewhere else "ok"),
@@ -139,8 +141,9 @@ def _headline(counts: dict[str, int], rejected: int, due: Deadline | None) -> st
     if due is not None:
         row += (f'<td class="{"warn" if due.late else "ok"}"><b>{e(due.standing.verdict.upper())}</b><br>'
                 f'deadline {e(str(due.standing.date))}</td>')
+    of_known = f"; {known:,} of them a second row of someone counted above: a duplicate, or a correction refused" if known else ""
     return f'<table class="headline"><tr>{row}</tr></table><p class="sub">of {total:,} rows in the recipients file ' \
-           f'({rejected:,} rejected at import, with the reason in rejects.csv and the export).</p>'
+           f'({rejected:,} rejected at import, with the reason in rejects.csv and the export{of_known}).</p>'
 
 
 # How each of the campaign's own events reads on the page, from its detail.
@@ -231,7 +234,7 @@ table.deadlines td {{ font-family: monospace; font-size: 13px; white-space: pre-
 </style></head><body>
 <h1>Campaign {e(campaign.id)}</h1>
 <p class="sub">{sum(counts.values())} recipients; {e(approved)}; report made {e(_when(dt.datetime.now(dt.UTC).timestamp()))}.</p>
-{_headline(counts, store.reject_summary()[0], due)}
+{_headline(counts, store.reject_summary()[0], store.rejected_known(), due)}
 <p class="{'late' if due and due.late else ''}">{e(said)}</p>
 {_deadlines(campaign, store)}
 <h2>Outcomes</h2><p>{legend}</p>{_stacked([("all recipients", counts)])}
