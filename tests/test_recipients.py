@@ -64,6 +64,15 @@ def test_no_email_column(tmp_path: Path) -> None:
         "r.csv: line 1: the header has no 'email' column (found 'alice@example.com', 'Alice')")
 
 
+def test_a_file_separated_by_semicolons_or_tabs_is_named_so(tmp_path: Path) -> None:
+    # A spreadsheet's "CSV" in French or German is separated by semicolons; the error showed the header and
+    # asked for an email column, which a tired person reads as there.
+    assert error(tmp_path, "Email;Name;Locale\r\nann@example.com;Ann;de\r\n") == (
+        "r.csv: line 1: the header has no 'email' column (found 'Email;Name;Locale'): its columns are separated by "
+        "semicolons, not commas")
+    assert error(tmp_path, "email\tname\n").endswith("its columns are separated by tabs, not commas")
+
+
 def test_duplicate_column(tmp_path: Path) -> None:
     assert error(tmp_path, "email,name,Name\n") == "r.csv: line 1: column 'name' appears twice in the header"
 

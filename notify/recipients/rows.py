@@ -152,9 +152,13 @@ def _read_csv(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[Record]:
             seen.add(col)
         if "email" not in columns:
             found = ", ".join(repr(h) for h in header[:5])
+            apart = next((name for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars"))
+                          if len(header) == 1 and "email" in (c.strip().lower() for c in header[0].split(sep))), None)
             raise InputError(
-                f"{path}: line {line_no}: the header has no 'email' column (found {found})",
-                hint="the first line must name the columns, e.g. email,name,locale",
+                f"{path}: line {line_no}: the header has no 'email' column (found {found})"
+                + (f": its columns are separated by {apart}, not commas" if apart else ""),
+                hint='save it as CSV with commas (in a spreadsheet: "CSV UTF-8 (comma delimited)"), then run again'
+                if apart else "the first line must name the columns, e.g. email,name,locale",
             )
         if "" in columns:
             raise InputError(f"{path}: line {line_no}: column {columns.index('') + 1} of the header has no name")
