@@ -125,6 +125,29 @@ def _show(text: str) -> str:
     return text.encode("unicode_escape").decode("ascii") if _C0.search(text) else text  # once per row: in C
 
 
+def _columns(path: Path, line_no: int, header: list[str]) -> list[str]:
+    """The header's column names (lowered), or why they are no header notify can read."""
+    columns = [h.strip().lower() for h in header]
+    seen: set[str] = set()
+    for col in columns:
+        if col in seen:
+            raise InputError(f"{path}: line {line_no}: column {col!r} appears twice in the header", hint="rename or remove one of them")
+        seen.add(col)
+    if "email" not in columns:
+        found = ", ".join(repr(h) for h in header[:5])
+        apart = next((name for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars"))
+                      if len(header) == 1 and "email" in (c.strip().lower() for c in header[0].split(sep))), None)
+        raise InputError(
+            f"{path}: line {line_no}: the header has no 'email' column (found {found})"
+            + (f": its columns are separated by {apart}, not commas" if apart else ""),
+            hint='save it as CSV with commas (in a spreadsheet: "CSV UTF-8 (comma delimited)"), then run again'
+            if apart else "the first line must name the columns, e.g. email,name,locale",
+        )
+    if "" in columns:
+        raise InputError(f"{path}: line {line_no}: column {columns.index('') + 1} of the header has no name")
+    return columns
+
+
 def _read_csv(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[Record]:
     line_no = 0
     raw_lines: list[str] = []
@@ -144,24 +167,7 @@ def _read_csv(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[Record]:
             header = next(reader, None)
         if header is None:
             raise InputError(f"{path}: the file has no rows", hint="the first line must name the columns, e.g. email,name,locale")
-        columns = [h.strip().lower() for h in header]
-        seen: set[str] = set()
-        for col in columns:
-            if col in seen:
-                raise InputError(f"{path}: line {line_no}: column {col!r} appears twice in the header", hint="rename or remove one of them")
-            seen.add(col)
-        if "email" not in columns:
-            found = ", ".join(repr(h) for h in header[:5])
-            apart = next((name for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars"))
-                          if len(header) == 1 and "email" in (c.strip().lower() for c in header[0].split(sep))), None)
-            raise InputError(
-                f"{path}: line {line_no}: the header has no 'email' column (found {found})"
-                + (f": its columns are separated by {apart}, not commas" if apart else ""),
-                hint='save it as CSV with commas (in a spreadsheet: "CSV UTF-8 (comma delimited)"), then run again'
-                if apart else "the first line must name the columns, e.g. email,name,locale",
-            )
-        if "" in columns:
-            raise InputError(f"{path}: line {line_no}: column {columns.index('') + 1} of the header has no name")
+        columns = _columns(path, line_no, header)
         raw_lines.clear()
         for fields in reader:
             start = line_no - len(raw_lines) + 1
