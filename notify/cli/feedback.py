@@ -12,8 +12,10 @@ import typer
 from ..campaign.schema import queue_url_problem
 from ..errors import (
     EXIT_INPUT,
+    InputError,
     UsageError,
 )
+from ..recipients.validate import key_of
 from .app import CampaignArg, _checkpoint, _one_line, _open, boundary, err
 
 
@@ -118,9 +120,20 @@ def suppress_add(address: str, reason: str = typer.Option(..., "--reason", help=
 
     Example:  notify suppress add alice@example.com --reason "asked for postal notice only"
     """
+    key = _key(address)
     with _suppression(campaign) as s:
-        added = s.add(address, "manual", "notify suppress add", reason)
-    typer.echo(f"{address}: {'added' if added else 'already on the list'} ({s.where()})")
+        added = s.add(key, "manual", "notify suppress add", reason)
+    typer.echo(f"{key}: {'added' if added else 'already on the list'} ({s.where()})")
+
+
+def _key(address: str) -> str:
+    """The address as every campaign keys its people (what the list is matched against), or why it is none: a
+    display name, spaces or a Unicode domain kept as typed matched nobody, and that person was emailed."""
+    key, why = key_of(address)
+    if key is None:
+        raise InputError(f"{address!r} is not an e-mail address: {why}",
+                         hint="give the address alone, as in: notify suppress add alice@example.com --reason \"...\"")
+    return key
 
 
 @boundary
@@ -129,8 +142,10 @@ def suppress_remove(address: str, campaign: Optional[Path] = ListOf) -> None:
 
     Example:  notify suppress remove alice@example.com
     """
+    key, _ = key_of(address)
+    typed = (address.lower(), address.strip().lower())  # what a version before 2026-12-05 kept: taken off too
     with _suppression(campaign) as s:
-        removed = s.remove(address)
+        removed = sum(s.remove(a) for a in dict.fromkeys((*([key] if key else []), *typed)))
     typer.echo(f"{address}: {'removed' if removed else 'was not on the list'}")
     if not removed:
         raise typer.Exit(EXIT_INPUT)
@@ -142,9 +157,18 @@ def suppress_list(campaign: Optional[Path] = ListOf) -> None:
 
     Example:  notify suppress list
     """
+    unmatched: list[str] = []
     with _suppression(campaign) as s:
         for e in s.entries():
             typer.echo("\t".join(_one_line(v) for v in (e.address, e.kind, e.source, e.reason, e.added_at)))
+            if key_of(e.address)[0] != e.address:
+                unmatched.append(e.address)
+    if unmatched:  # kept as typed by a version before 2026-12-05: a campaign's people never match them
+        err(f"Warning: {len(unmatched)} of this list's entries match nobody: not an "
+            "address as campaigns keep them (a display name, spaces, a domain in Unicode): "
+            + ", ".join(_one_line(a) for a in unmatched[:5]) + (" ..." if len(unmatched) > 5 else ""))
+        err("Hint: add each again as an address alone (`notify suppress add ADDRESS --reason ...`), then "
+            "`notify suppress remove` what was typed")
 
 
 @boundary

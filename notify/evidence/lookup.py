@@ -27,8 +27,7 @@ from ..content.locales import split_version
 from ..content.render import Templates
 from ..errors import InputError
 from ..providers.outbox import eml_name
-from ..recipients.rows import Recipient, Record
-from ..recipients.validate import validate
+from ..recipients.validate import key_of
 from ..store import Store, detail_of, epoch_of, event_hash, vars_of
 from .chain import Trail
 from .manifest import MANIFEST, check_files, check_signature, file_entry, seal
@@ -169,11 +168,8 @@ def keys_of(query: str) -> list[str]:
     q = query.strip()
     if "@" not in q:
         return []
-    keys = [q.lower()]
-    item = validate(Record(0, q, {"email": q}))
-    if isinstance(item, Recipient):
-        keys.append(item.key)
-    return list(dict.fromkeys(keys))
+    key, _ = key_of(q)
+    return list(dict.fromkeys((q.lower(), *([key] if key else []))))
 
 
 def _record(campaign: Campaign, person: dict[str, Any]) -> dict[str, Any]:

@@ -237,3 +237,14 @@ def validate(record: Record, trusted: frozenset[str] = frozenset()) -> Recipient
         vars={k: v for k, v in fields.items() if k not in STANDARD_COLUMNS},
         ineligible=ineligible,
     )
+
+
+def key_of(address: str) -> tuple[str | None, str | None]:
+    """The key an address as a person types it (spaces around it, any case, a domain in Unicode) has in every
+    campaign and on the suppression list, as an import makes it; or None and why it is no address."""
+    if "<" in address or ">" in address:
+        return None, "it holds a display name (Name <address>)"
+    item = validate(Record(0, address, {"email": address}))
+    if isinstance(item, Recipient):
+        return item.key, None
+    return None, item.reason.removeprefix("invalid email: ")
