@@ -114,7 +114,7 @@ def test_rejected_rows_never_crash_the_run(make_campaign: MakeCampaign) -> None:
     code, out, _ = run("send", d)
     assert code == 0 and "sent 1," in out
     rejects = (d / ".notify" / "rejects.csv").read_text().splitlines()
-    assert rejects[0] == "row,raw,reason" and len(rejects) == 3
+    assert rejects[0] == "row,raw,reason,jurisdiction" and len(rejects) == 3
 
 
 def test_unknown_provider_option(example: Path) -> None:

@@ -257,7 +257,8 @@ def test_the_summary_counts_what_recipients_csv_lists(make_campaign: MakeCampaig
     assert summary["states"] == counted("final_state", listed) and summary["states"]["pending"] == 9
     assert summary["locales"] == counted("locale", people) and "it" not in summary["locales"]  # it falls back to en
     assert summary["variants"] == counted("variant", people, "(default)") and summary["variants"]["US-MA"] > 0
-    assert summary["jurisdictions"] == counted("jurisdiction", people, "(none)")
+    # A rejected row (broken, of DE) is a resident of where it says all the same: counted there, as in recipients.csv.
+    assert summary["jurisdictions"] == counted("jurisdiction", listed, "(none)") and summary["jurisdictions"]["DE"] == 7
     assert summary["providers"] == counted("provider", sent) == {"outbox": 15}
     firsts = sorted(r["first_attempt_at"] for r in people if r["first_attempt_at"])
     assert (summary["first_send"], summary["last_send"]) == (firsts[0], firsts[-1]) and len(firsts) == 15

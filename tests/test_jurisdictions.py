@@ -142,6 +142,35 @@ def test_regulators_on_both_sides_of_each_threshold(make_campaign: MakeCampaign,
     assert json.loads(out)["notices"] == t["notices"]
 
 
+def test_residents_whose_rows_were_rejected_count_where_they_live(make_campaign: MakeCampaign, backend: str,
+                                                                   request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """A row rejected for its address is a resident affected all the same, for another channel: 500 Californians
+    with good addresses and 2 without are 502, more than 500, and the Attorney General is owed a notice. They were
+    counted nowhere by jurisdiction: "500: not required", and alternate_channel.csv gave them no jurisdiction. A
+    duplicate of someone listed is no one more."""
+    d = campaign(make_campaign, request, {"US-CA": 500})
+    with (d / "recipients.csv").open("a") as fh:
+        fh.write("broken@,Broken,US-CA\nalso broken,Also,US-CA\nP1@example.com,Person 1 again,US-CA\n")
+    code, out, err = run("check", d)
+    assert code == 0, out + err
+    assert re.search(r"US-CA: 502 resident\(s\): .*more than 500 residents, REQUIRED", out), out
+    assert run("send", d)[0] == 0
+    t = json.loads(run("regulators", d, "--json")[1])
+    assert [n["required"] for n in t["notices"] if n["rule"] == "US-CA"] == [True]
+    ca = next(j for j in t["jurisdictions"] if j["jurisdiction"] == "US-CA")
+    assert (ca["residents"], ca["notified"], ca["other_channel"]) == (502, 500, 2), ca
+    assert "US-CA    deadline " in run("status", d)[1] and "500 of 502 notified, 2 need another channel" in run("status", d)[1]
+    audit = tmp_path / "audit"
+    assert run("audit", "export", d, "--out", audit)[0] == 0
+    letters = (audit / "alternate_channel.csv").read_text().splitlines()
+    assert len(letters) == 3 and all(",rejected," in line and line.endswith(",US-CA") for line in letters[1:]), letters
+    summary = json.loads((audit / "summary.json").read_text())
+    assert summary["jurisdictions"] == {"US-CA": 502} and summary["regulators"]["notices"] == t["notices"]
+    assert json.loads(run("regulators", audit, "--json")[1])["notices"] == t["notices"]  # read back from the export
+    page = tmp_path / "report.html"
+    assert run("report", audit, "--out", page)[0] == 0 and "rejected 2" in page.read_text()
+
+
 def test_the_filing_pack_is_sealed_and_holds_the_notice_as_sent(make_campaign: MakeCampaign,
                                                                 request: pytest.FixtureRequest, tmp_path: Path,
                                                                 chromium: Callable[..., str]) -> None:

@@ -101,7 +101,8 @@ def test_ineligible_recipients_are_never_sent_and_reach_the_alternate_channel_li
     assert "electronic_notice_basis is withdrawn" in reasons["withdrawn@example.com"]
     store = SqliteStore.open(d / ".notify")
     assert list(store.rejects()) == [
-        (6, "odd@example.com,Odd,en,US-NY,maybe,consent", "credentials_compromised must be true or false, not 'maybe'")]
+        (6, "odd@example.com,Odd,en,US-NY,maybe,consent", "credentials_compromised must be true or false, not 'maybe'",
+         "US-NY")]
     store.close()
     run("audit", "export", d, "--out", d / "audit")
     alt = read_csv(d / "audit" / "alternate_channel.csv")

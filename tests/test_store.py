@@ -40,9 +40,13 @@ def test_a_database_from_before_a_migration_is_upgraded(make_campaign: MakeCampa
     first = store_mod.MIGRATIONS[:1]
     saved = store_mod.MIGRATIONS
     store_mod.MIGRATIONS = first
-    try:
+    try:  # rows as that notify wrote them (today's import writes columns of later migrations)
         old = open_store(d)
-        old.import_file(d / "recipients.csv")
+        old.db.execute("INSERT INTO imports VALUES (1, 'recipients.csv', '', '[]', 2, 1, 1, '2022-08-09T00:00:00Z')")
+        old.db.execute("INSERT INTO recipients (import_id, row, email, key, token, domain, name, locale, jurisdiction,"
+                       " vars) VALUES (1, 2, 'alice@example.com', 'alice@example.com', 't', 'example.com', 'Alice', 'en',"
+                       " 'US-CA', '{}')")
+        old.db.execute("INSERT INTO rejects (import_id, row, raw, reason) VALUES (1, 3, 'broken,Bob,en,US-CA', 'no @')")
         old.close()
     finally:
         store_mod.MIGRATIONS = saved
@@ -50,6 +54,9 @@ def test_a_database_from_before_a_migration_is_upgraded(make_campaign: MakeCampa
     assert s.db.execute("SELECT count(*) FROM migrations").fetchone()[0] == len(store_mod.MIGRATIONS)
     assert s.counts() == {"pending": 1}
     assert s.db.execute("SELECT message_id FROM recipients").fetchone() == (None,)
+    # A row rejected before rejects kept the jurisdiction: none known, so counted nowhere by jurisdiction.
+    assert list(s.rejects()) == [(3, "broken,Bob,en,US-CA", "no @", None)]
+    assert [(o.jurisdiction, o.residents) for o in s.outcomes(campaign.load(d))] == [("US-CA", 1)]
     s.close()
 
 
@@ -102,13 +109,13 @@ def test_import_dedupes_and_counts_add_up(make_campaign: MakeCampaign, backend: 
     s = open_store(d)
     r = s.import_file(d / "recipients.csv")
     assert (r.rows_read, r.accepted, r.rejected) == (5, 2, 3)
-    assert list(s.rejects()) == [
-        (4, "A@example.com", "duplicate of row 2"),
-        (5, "bad", "invalid email: An email address must have an @-sign."),
-        (6, "b@example.com", "duplicate of row 3"),
+    assert list(s.rejects()) == [  # a duplicate is no one more (no jurisdiction); "bad" is, and names none
+        (4, "A@example.com", "duplicate of row 2", None),
+        (5, "bad", "invalid email: An email address must have an @-sign.", ""),
+        (6, "b@example.com", "duplicate of row 3", None),
     ]
     path = s.write_rejects_file()
-    assert path.read_text().splitlines()[1] == "4,A@example.com,duplicate of row 2"
+    assert path.read_text().splitlines()[:2] == ["row,raw,reason,jurisdiction", "4,A@example.com,duplicate of row 2,"]
 
 
 def test_same_file_twice_adds_nothing(make_campaign: MakeCampaign, backend: str) -> None:

@@ -91,7 +91,7 @@ class IndexWriter:
             PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;
             CREATE TABLE people (key TEXT NOT NULL, id INTEGER NOT NULL, at INTEGER NOT NULL, len INTEGER NOT NULL);
             CREATE TABLE events (recipient_id INTEGER, at INTEGER NOT NULL, len INTEGER NOT NULL);
-            CREATE TABLE rejects (row INTEGER NOT NULL, raw TEXT NOT NULL, reason TEXT NOT NULL);
+            CREATE TABLE rejects (row INTEGER NOT NULL, raw TEXT NOT NULL, reason TEXT NOT NULL, jurisdiction TEXT);
         """)
         self.db.execute("BEGIN")
 
@@ -103,10 +103,11 @@ class IndexWriter:
         """Where these people's rows are in state.jsonl."""
         self.db.executemany("INSERT INTO people VALUES (?,?,?,?)", zip(keys, ids, offsets, lengths, strict=True))
 
-    def rejects(self, rows: list[tuple[int, str, str]]) -> None:
-        """The rows the imports rejected (row, as read, why): a lookup of someone who was in the recipients file but
-        never a recipient says so from the index alone (they are few: the whole table is read)."""
-        self.db.executemany("INSERT INTO rejects VALUES (?,?,?)", rows)
+    def rejects(self, rows: list[tuple[int, str, str, str | None]]) -> None:
+        """The rows the imports rejected (row, as read, why, the jurisdiction of someone more: Reject.jurisdiction):
+        a lookup of someone who was in the recipients file but never a recipient says so from the index alone (they
+        are few: the whole table is read), and a report on the export counts them where they live."""
+        self.db.executemany("INSERT INTO rejects VALUES (?,?,?,?)", rows)
 
     def close(self) -> None:
         self.db.execute("CREATE INDEX people_key ON people(key)")
@@ -126,7 +127,7 @@ class Found:
     head: tuple[int, str]  # the chain's length and head, as the manifest seals them
     signature: str = "none"  # manifest.check_signature's verdict, and the signer's key SHA-256 it names
     signer: str | None = None
-    rejects: list[tuple[int, str, str]] = field(default_factory=list)  # the import's rejected rows, as the index holds them
+    rejects: list[tuple[int, str, str, str | None]] = field(default_factory=list)  # the import's rejected rows, as the index holds them
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -199,20 +200,24 @@ def find(out: Path, keys: list[str], key: Path | None) -> Found | None:
                  signature, signer, rejected)
 
 
-def rejects_of(out: Path) -> list[tuple[int, str, str]]:
-    """The rejected rows an export's index holds (none in an index written before it held them)."""
+def rejects_of(out: Path) -> list[tuple[int, str, str, str | None]]:
+    """The rejected rows an export's index holds (none in an index written before it held them; no jurisdiction
+    in one written before it kept theirs)."""
     db = sqlite3.connect(f"{(out / INDEX).resolve().as_uri()}?mode=ro&immutable=1", uri=True)
     try:
-        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'rejects'").fetchone() is None:
+        held = {r[1] for r in db.execute("PRAGMA table_info(rejects)")}
+        if not held:
             return []
-        rows = db.execute("SELECT row, raw, reason FROM rejects ORDER BY rowid").fetchall()
+        juris = "jurisdiction" if "jurisdiction" in held else "NULL"
+        rows = db.execute(f"SELECT row, raw, reason, {juris} FROM rejects ORDER BY rowid").fetchall()
     except sqlite3.Error as e:
         raise InputError(f"{out / INDEX}: not an index notify wrote ({e})") from None
     finally:
         db.close()
-    if not all(isinstance(r, int) and isinstance(a, str) and isinstance(b, str) for r, a, b in rows):
+    if not all(isinstance(r, int) and isinstance(a, str) and isinstance(b, str) and isinstance(j, (str, type(None)))
+               for r, a, b, j in rows):
         raise InputError(f"{out / INDEX}: its rejected rows are not of the types an export writes")
-    return [(int(r), str(a), str(b)) for r, a, b in rows]
+    return [(int(r), str(a), str(b), j) for r, a, b, j in rows]
 
 
 def _unsealed(out: Path, listed: dict[str, Any]) -> list[str]:

@@ -52,6 +52,9 @@ class Reject:
     row: int
     raw: str
     reason: str
+    # Where a rejected row is someone more (not a duplicate or a correction of a known person): the jurisdiction its
+    # row names ("" where it names none, or none could be read). A resident affected all the same, for another channel.
+    jurisdiction: str | None = None
 
 
 @dataclass(frozen=True)

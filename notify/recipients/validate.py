@@ -4,6 +4,7 @@ its eligibility; every problem a Reject with a reason a person can act on."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -208,8 +209,19 @@ def _not_plain_text(fields: dict[str, Any]) -> str | None:
 
 
 def validate(record: Record, trusted: frozenset[str] = frozenset()) -> Recipient | Reject:
-    """Checks one row; every problem becomes a Reject with a reason a person can act on. `trusted`: columns
-    whose values may hold links, addresses or markup ([review] trusted_columns); control characters never."""
+    """Checks one row; every problem becomes a Reject with a reason a person can act on, and the jurisdiction its
+    row names where that can be read (a resident of it all the same). `trusted`: columns whose values may hold
+    links, addresses or markup ([review] trusted_columns); control characters never."""
+    item = _checked(record, trusted)
+    if isinstance(item, Reject):
+        said = (record.fields or {}).get("jurisdiction")
+        juris = said.strip() if isinstance(said, str) else ""
+        return dataclasses.replace(item, jurisdiction=juris if len(juris) <= FIELD_LIMITS["jurisdiction"]
+                                   and juris.isprintable() else "")
+    return item
+
+
+def _checked(record: Record, trusted: frozenset[str]) -> Recipient | Reject:
     if record.fields is None:
         return Reject(record.row, record.raw, record.problem or "unreadable row")
     fields = record.fields

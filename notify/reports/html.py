@@ -24,8 +24,9 @@ from .status import pause_said
 
 COLOURS = {"sent": "#2e7d32", "delivered": "#1b5e20", "bounced": "#ef6c00", "complained": "#c62828", "failed": "#b71c1c",
            "suppressed": "#6a1b9a", "ineligible": "#8d6e63", "pending": "#90a4ae", "deferred": "#fbc02d",
-           "inflight": "#0288d1"}
-ORDER = ("delivered", "sent", "deferred", "inflight", "pending", "bounced", "complained", "failed", "suppressed", "ineligible")
+           "inflight": "#0288d1", "rejected": "#455a64"}
+ORDER = ("delivered", "sent", "deferred", "inflight", "pending", "bounced", "complained", "failed", "suppressed", "ineligible",
+         "rejected")
 e = html.escape
 
 

@@ -110,7 +110,7 @@ def _templates(out: Path, into: Path) -> str:
 
 def open_export(out: Path, work: Path, head: tuple[int, str],
                 only: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None,
-                rejects: Sequence[tuple[int, str, str]] = ()) -> tuple[Campaign, ExportStore]:
+                rejects: Sequence[tuple[int, str, str, str | None]] = ()) -> tuple[Campaign, ExportStore]:
     """The campaign and state an export holds, laid out under `work` (a private temporary directory). With
     `only` (recipients' rows and events, read through the export's index), that part of the state alone; with
     `rejects` (from the index), the rows the imports rejected."""
@@ -138,7 +138,7 @@ def open_export(out: Path, work: Path, head: tuple[int, str],
 
 
 def _load(store: ExportStore, out: Path, events: list[tuple[int, dict[str, Any]]],
-          state: Iterator[tuple[int, dict[str, Any]]], rejects: Sequence[tuple[int, str, str]]) -> None:
+          state: Iterator[tuple[int, dict[str, Any]]], rejects: Sequence[tuple[int, str, str, str | None]]) -> None:
     columns = [c.strip() for c in RECIPIENT_COLUMNS.split(",")]
     with store.transaction(chain=False) as db:
         db.execute("DROP TABLE events")
@@ -153,6 +153,6 @@ def _load(store: ExportStore, out: Path, events: list[tuple[int, dict[str, Any]]
                                  f"{', '.join(c for c in columns if c not in r)}")
             rows.append(tuple(1 if c == "import_id" else r[c] for c in columns))
         db.executemany(f"INSERT INTO recipients ({RECIPIENT_COLUMNS}) VALUES ({','.join('?' * len(columns))})", rows)
-        db.executemany("INSERT INTO rejects (import_id, row, raw, reason) VALUES (1, ?, ?, ?)", rejects)
+        db.executemany("INSERT INTO rejects (import_id, row, raw, reason, jurisdiction) VALUES (1, ?, ?, ?, ?)", rejects)
         db.executemany(f"INSERT INTO events ({', '.join(EVENT_KEYS)}) VALUES ({','.join('?' * len(EVENT_KEYS))})",
                        [tuple(ev.get(k, 0 if k == "chain" else None) for k in EVENT_KEYS) for _, ev in events])

@@ -177,7 +177,7 @@ class Imports(Backend):
                 continue
             if isinstance(item, Reject):
                 if not tally.rejected_earlier(item):
-                    rejects.append((import_id, item.row, item.raw, item.reason))
+                    rejects.append((import_id, item.row, item.raw, item.reason, item.jurisdiction))
                 continue
             known[item.key] = (item.row, import_id, 0, "pending", 0)
             values = (import_id, item.row, item.email, item.key, recipient_token(item.key, self.token_key), item.email.rpartition("@")[2],
@@ -197,7 +197,8 @@ class Imports(Backend):
         self.db.executemany(
             "INSERT INTO recipients (import_id, row, email, key, token, domain, name, locale, jurisdiction, vars)"
             " VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-        self.db.executemany("INSERT INTO rejects (import_id, row, raw, reason) VALUES (?,?,?,?)", rejects)
+        if rejects:
+            self.db.executemany("INSERT INTO rejects (import_id, row, raw, reason, jurisdiction) VALUES (?,?,?,?,?)", rejects)
         if tally.appending:
             self.db.executemany("INSERT INTO import_seen (key, row) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
                                 list(seen.items()))
@@ -293,8 +294,9 @@ class Imports(Backend):
             out.update(names)
         return out
 
-    def rejects(self) -> Iterator[tuple[int, str, str]]:
-        yield from self.db.execute("SELECT row, raw, reason FROM rejects ORDER BY import_id, row")
+    def rejects(self) -> Iterator[tuple[int, str, str, str | None]]:
+        """(row, as read, why, the jurisdiction it names where it is someone more: Reject.jurisdiction)."""
+        yield from self.db.execute("SELECT row, raw, reason, jurisdiction FROM rejects ORDER BY import_id, row")
 
     def write_rejects_file(self) -> Path:
         """The rejects report: every rejected row with its row number, raw value and reason."""
@@ -303,8 +305,8 @@ class Imports(Backend):
         try:
             with open(files.create_temp(tmp), "w", newline="", encoding="utf-8") as fh:
                 w = files.SafeCsvWriter(fh)
-                w.writerow(["row", "raw", "reason"])
-                w.writerows(self.rejects())
+                w.writerow(["row", "raw", "reason", "jurisdiction"])
+                w.writerows((row, raw, reason, juris or "") for row, raw, reason, juris in self.rejects())
             os.replace(tmp, out)
         except OSError as e:
             raise self._os_error(out, e) from None

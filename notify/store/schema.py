@@ -171,6 +171,12 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("0012_campaign_events", """
         CREATE INDEX events_campaign ON events(kind, seq) WHERE recipient_id IS NULL
     """),
+    # A rejected row that is someone more (not a duplicate, not a correction of someone known) is a resident of the
+    # jurisdiction it names, affected all the same: counted against its deadline and a regulator's threshold, as
+    # needing another channel. NULL: a row of someone known, or rejected before this migration.
+    ("0013_reject_jurisdiction", """
+        ALTER TABLE rejects ADD COLUMN jurisdiction TEXT
+    """),
 ]
 
 # A provider's own ID, through the partial index of migration 0006 (its WHERE, restated, lets SQLite

@@ -195,6 +195,9 @@ class Views(Backend):
         groups: dict[str, dict[str, int]] = {}
         for value, state, n in self.db.execute(f"SELECT {expr}, state, count(*) FROM recipients GROUP BY 1, 2"):
             groups.setdefault(str(value), {})[state] = n
+        if by == "jurisdiction":  # its rejected rows of someone more: residents too, for another channel
+            for value, n in self.db.execute(f"SELECT {expr}, count(*) FROM rejects WHERE jurisdiction IS NOT NULL GROUP BY 1"):
+                groups.setdefault(str(value), {})["rejected"] = n
         ranked = sorted(groups.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
         return ranked if top is None else ranked[:top]
 
@@ -216,10 +219,13 @@ class Views(Backend):
 
     def jurisdiction_outcomes(self) -> list[tuple[str, str, int, float | None, float | None]]:
         """(jurisdiction as written, state, count, earliest and latest first attempt) for every pair with people:
-        what the jurisdictions' deadlines and the regulators' notices are judged from (campaign.deadline)."""
+        what the jurisdictions' deadlines and the regulators' notices are judged from (campaign.deadline). A row the
+        import rejected that is someone more counts as "rejected" in the jurisdiction it names: a resident affected,
+        whom another channel must reach (a regulator's threshold counts every resident)."""
         return [(str(j), str(s), int(n), lo, hi) for j, s, n, lo, hi in self.db.execute(
             "SELECT jurisdiction, state, count(*), min(first_attempt_at), max(first_attempt_at) FROM recipients"
-            " GROUP BY jurisdiction, state")]
+            " GROUP BY jurisdiction, state UNION ALL SELECT jurisdiction, 'rejected', count(*), NULL, NULL FROM rejects"
+            " WHERE jurisdiction IS NOT NULL GROUP BY jurisdiction")]
 
     def outcomes(self, campaign: Campaign) -> list[Outcomes]:
         """The people of each jurisdiction by outcome, with how many were notified after its own deadline."""
