@@ -331,6 +331,22 @@ def test_lookup_proves_one_person_s_notice(make_campaign: MakeCampaign, tmp_path
     assert code == 1 and "nobody in test-2022-08 matches 'nobody@example.com'" in err
 
 
+def test_lookup_by_name_in_any_case_of_any_alphabet(make_campaign: MakeCampaign, tmp_path: Path, backend: str) -> None:
+    """A name is looked up in any case: SQLite's lower() lowers ASCII alone, so "élodie dupont" did not find
+    Élodie Dupont, nor "ZOË MÜLLER" Zoë Müller, on a campaign or on its export."""
+    from .conftest import run, simple_templates
+
+    d = make_campaign("email,name\nelodie@example.com,Élodie Dupont\nzoe@example.com,Zoë Müller\n"
+                      "anna@example.com,Анна Петрова\n", template="t", templates=simple_templates())
+    assert run("send", d)[0] == 0
+    assert run("audit", "export", d, "--out", tmp_path / "export")[0] == 0
+    for where in (d, tmp_path / "export"):
+        for typed, address in (("élodie dupont", "elodie@example.com"), ("ZOË MÜLLER", "zoe@example.com"),
+                               ("анна петрова", "anna@example.com")):
+            code, out, err = run("lookup", where, typed)
+            assert code == 0 and f"email:                {address}" in out, (where, typed, out + err)
+
+
 def test_lookup_and_report_work_on_an_export_alone(make_campaign: MakeCampaign, tmp_path: Path, backend: str) -> None:
     # #27: lookup and report needed the campaign and its state; an export had neither the templates nor
     # the rows to rebuild a message from. Here the campaign (and its database) are gone.

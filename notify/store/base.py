@@ -94,6 +94,10 @@ class Store(Trail, Queue, FeedbackStore, Views, Imports, Lines):
     def _import_cache(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
+    def folded(self, sql: str) -> str:
+        """SQL giving a text in lower case, as the database lowers letters (PostgreSQL: by its locale)."""
+        return f"lower({sql})"
+
     def json_field(self) -> str:
         """SQL for one column of a recipient's vars, the column's name as the next parameter."""
         return "json_extract(vars, ?)"

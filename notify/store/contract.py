@@ -47,6 +47,9 @@ class Backend:
     def _import_cache(self) -> contextlib.AbstractContextManager[None]:
         raise NotImplementedError
 
+    def folded(self, sql: str) -> str:
+        raise NotImplementedError
+
     def json_field(self) -> str:
         raise NotImplementedError
 

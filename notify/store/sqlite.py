@@ -47,10 +47,19 @@ def connect_wal(path: Path, **options: bool) -> sqlite3.Connection:
             time.sleep(0.005)
 
 
+def _lower(text: object) -> object:
+    """A text in lower case as Python lowers it: SQLite's lower() leaves every letter outside ASCII as it is, so
+    "ÉLODIE" was not "élodie" to a lookup by name."""
+    return text.lower() if isinstance(text, str) else text
+
+
 class SqliteStore(CampaignLock, SqliteLines, Store):
     """The embedded default: one SQLite file per campaign, one sending process at a time (a flock)."""
 
     DRIVER_ERROR = (sqlite3.Error,)
+
+    def folded(self, sql: str) -> str:
+        return f"notify_lower({sql})"
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -59,6 +68,7 @@ class SqliteStore(CampaignLock, SqliteLines, Store):
         self._lock_fd: int | None = None
         try:
             self.db = connect_wal(path, check_same_thread=False)
+            self.db.create_function("notify_lower", 1, _lower, deterministic=True)
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self._migrate()

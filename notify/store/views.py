@@ -81,7 +81,7 @@ class Views(Backend):
             tuple(keys)))) if keys else []
         if found:
             return found
-        where = ["lower(name) = lower(?)"] + [f"{self.json_field()} = ?" for _ in columns]
+        where = [f"{self.folded('name')} = {self.folded('?')}"] + [f"{self.json_field()} = ?" for _ in columns]
         values: list[Any] = [name]
         for column, value in columns.items():
             values += [self.json_path(column), value]
