@@ -245,6 +245,8 @@ def test_an_address_suppressed_as_a_person_types_it_is_not_sent_to(backend: str,
     assert code == 0 and out.startswith("josé@xn--bcher-kva.example: added"), out + err
     code, out, err = run("suppress", "add", "Cat <cat@example.com>", "--reason", "by letter only", "--campaign", d)
     assert code == 1 and "'Cat <cat@example.com>' is not an e-mail address: it holds a display name" in err, out + err
+    code, out, err = run("suppress", "add", "a" * 5000 + "@example.com", "--reason", "x", "--campaign", d)
+    assert code == 1 and "is not an e-mail address: The email address is too long" in err and len(err) < 500, err
     assert run("send", d, "--no-progress")[0] == 0
     assert states(d) == {"josé@xn--bcher-kva.example": "suppressed", "bob@example.com": "sent", "cat@example.com": "sent"}
     if backend == "sqlite":  # an entry kept as typed by an earlier version: said to match nobody, and removable

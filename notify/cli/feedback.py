@@ -131,7 +131,8 @@ def _key(address: str) -> str:
     display name, spaces or a Unicode domain kept as typed matched nobody, and that person was emailed."""
     key, why = key_of(address)
     if key is None:
-        raise InputError(f"{address!r} is not an e-mail address: {why}",
+        shown = repr(address if len(address) <= 100 else address[:100] + "...")
+        raise InputError(f"{shown} is not an e-mail address: {why}",
                          hint="give the address alone, as in: notify suppress add alice@example.com --reason \"...\"")
     return key
 

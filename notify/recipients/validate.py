@@ -259,4 +259,4 @@ def key_of(address: str) -> tuple[str | None, str | None]:
     item = validate(Record(0, address, {"email": address}))
     if isinstance(item, Recipient):
         return item.key, None
-    return None, item.reason.removeprefix("invalid email: ")
+    return None, item.reason.removeprefix("invalid email: ").replace("column 'email' contains", "it contains")
