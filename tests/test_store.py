@@ -60,6 +60,29 @@ def test_a_database_from_before_a_migration_is_upgraded(make_campaign: MakeCampa
     s.close()
 
 
+def test_a_campaign_id_changed_after_the_first_send_is_refused(make_campaign: MakeCampaign) -> None:
+    """The id is in every Message-ID and X-Notify-Campaign header. Changed in campaign.toml mid-campaign, it was
+    taken silently: the rest went out under the new one, and the bounces of the first messages were left as another
+    campaign's, their people counted as notified. A state begun before it kept its id says it by its messages."""
+    from .conftest import run, simple_templates, sql
+
+    d = make_campaign("email\n" + "".join(f"p{i}@example.com\n" for i in range(4)), templates=simple_templates())
+    assert run("send", d, "--limit", "2", "--no-progress")[0] == 0
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text().replace('id = "test-2022-08"', 'id = "test-2022-09"'))
+    for command in (["send", d, "--no-progress"], ["status", d]):
+        code, out, err = run(*command)
+        assert code == 1 and "id = 'test-2022-09', but this campaign's state was begun as 'test-2022-08'" in err, out + err
+    assert len(list((d / "outbox").glob("*.eml"))) == 2
+    toml.write_text(toml.read_text().replace('id = "test-2022-09"', 'id = "test-2022-08"'))
+    sql(d, "DELETE FROM meta WHERE name = 'campaign_id'")  # as a state begun before the id was kept
+    toml.write_text(toml.read_text().replace('id = "test-2022-08"', 'id = "test-2022-09"'))
+    code, out, err = run("send", d, "--no-progress")
+    assert code == 1 and "begun as 'test-2022-08'" in err, out + err  # read from the first message's ID
+    toml.write_text(toml.read_text().replace('id = "test-2022-09"', 'id = "test-2022-08"'))
+    assert run("send", d, "--no-progress")[0] == 0 and len(list((d / "outbox").glob("*.eml"))) == 4
+
+
 def test_message_ids_are_found_through_the_token_and_earlier_ones_still_by_their_index(make_campaign: MakeCampaign) -> None:
     """Since migration 0009 a Message-ID ends in the recipient's token and is found through the token's
     index; an ID of the earlier form, sent before the upgrade, is still found, through a partial index

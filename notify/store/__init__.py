@@ -41,7 +41,13 @@ __all__ = ["DB_NAME", "GENESIS", "PREPARING", "SENDING", "SESSION_EVENTS", "Chai
 def open_store(campaign: Campaign) -> Store:
     """The state a campaign names: PostgreSQL where `[state] url_env` is set, else its SQLite file."""
     if campaign.state.url_env is None:
-        return SqliteStore.open(campaign.state_dir)
+        store = SqliteStore.open(campaign.state_dir)
+        try:
+            store.bind(campaign.id, campaign.file)
+        except BaseException:
+            store.close()
+            raise
+        return store
     url = os.environ.get(campaign.state.url_env, "")
     if not url.strip():
         raise ConfigError(f"{campaign.file}: [state] url_env names {campaign.state.url_env}, which is not set",

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .. import files
-from ..errors import StoreBusy, StoreError, list_busy
+from ..errors import ConfigError, StoreBusy, StoreError, list_busy
 from . import schema
 from .base import PREPARING, Store
 from .flock import CampaignLock
@@ -174,6 +174,32 @@ class SqliteStore(CampaignLock, SqliteLines, Store):
             self.db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('token_key', ?)", (secrets.token_bytes(32),))
             row = self.db.execute("SELECT value FROM meta WHERE name='token_key'").fetchone()
         return bytes(row[0])
+
+    def bind(self, campaign_id: str, toml: Path) -> None:
+        """The campaign id this state was begun under, kept from its first use on: campaign.toml's id changed
+        afterwards is refused. It is in every Message-ID and X-Notify-Campaign header: under a new id, the bounces
+        of the messages sent before were left as another campaign's (their people stayed counted as notified), and
+        a resend in doubt went out under another Message-ID than the first. (On PostgreSQL the id names the state
+        itself: a changed id finds none, which nothing here can tell from a new campaign.)"""
+        row = self.db.execute("SELECT value FROM meta WHERE name='campaign_id'").fetchone()
+        if row is None:  # a state begun before 2026-12-05 kept no id: its first messages' IDs say it, else this one
+            self.db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('campaign_id', ?)",
+                            (self._first_sent_as(campaign_id).encode(),))
+            row = self.db.execute("SELECT value FROM meta WHERE name='campaign_id'").fetchone()
+        if (begun := bytes(row[0]).decode(errors="replace")) != campaign_id:
+            raise ConfigError(f"{toml}: id = {campaign_id!r}, but this campaign's state was begun as {begun!r}",
+                              hint=f'the id is in every Message-ID sent, and bounces are matched by it: put id = "{begun}" '
+                                   "back in campaign.toml (a new campaign starts in a directory of its own)")
+
+    def _first_sent_as(self, otherwise: str) -> str:
+        """The campaign id in the Message-ID of the first message sent (content.message.message_id: <id.token@...>),
+        or `otherwise` where none was sent in that form."""
+        for mid, token in self.db.execute("SELECT message_id, token FROM recipients WHERE message_id IS NOT NULL"
+                                          " ORDER BY first_attempt_at + 0, id LIMIT 20"):
+            local = str(mid).removeprefix("<").rpartition("@")[0]
+            if local.endswith(f".{token}") and len(local) > len(token) + 1:
+                return local[:-len(token) - 1]
+        return otherwise
 
     @contextlib.contextmanager
     def transaction(self, chain: bool = True) -> Iterator[sqlite3.Connection]:
