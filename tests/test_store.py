@@ -67,8 +67,11 @@ def test_a_campaign_id_changed_after_the_first_send_is_refused(make_campaign: Ma
     from .conftest import run, simple_templates, sql
 
     d = make_campaign("email\n" + "".join(f"p{i}@example.com\n" for i in range(4)), templates=simple_templates())
-    assert run("send", d, "--limit", "2", "--no-progress")[0] == 0
     toml = d / "campaign.toml"
+    toml.write_text(toml.read_text().replace('id = "test-2022-08"', 'id = "test-2022-07"'))
+    assert run("check", d)[0] == 0
+    toml.write_text(toml.read_text().replace('id = "test-2022-07"', 'id = "test-2022-08"'))  # nothing sent: taken
+    assert run("send", d, "--limit", "2", "--no-progress")[0] == 0
     toml.write_text(toml.read_text().replace('id = "test-2022-08"', 'id = "test-2022-09"'))
     for command in (["send", d, "--no-progress"], ["status", d]):
         code, out, err = run(*command)
