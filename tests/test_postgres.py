@@ -249,6 +249,21 @@ def test_a_schema_of_an_older_notify_is_brought_up_to_date(make_campaign: MakeCa
     assert sql(d, "SELECT count(*) FROM recipients WHERE due_by IS NULL")[0][0] == 0
 
 
+def test_a_campaign_id_changed_on_postgresql_is_refused_before_it_sends_everyone_again(make_campaign: MakeCampaign) -> None:
+    """On PostgreSQL the id names the state: changed in campaign.toml after the first sends, it found no state,
+    imported the recipients into a new one and sent everyone again (4 messages more for 2 people left)."""
+    d = pg_campaign(make_campaign, 4)
+    assert run("send", d, "--limit", "2")[0] == 0
+    toml = d / "campaign.toml"
+    toml.write_text(toml.read_text().replace('id = "test-2022-08"', 'id = "test-2022-09"'))
+    code, out, err = run("send", d)
+    assert code == 1 and "id = 'test-2022-09', but this campaign's PostgreSQL state was opened here as 'test-2022-08'" \
+        in err, out + err
+    assert len(list((d / "outbox").glob("*.eml"))) == 2
+    toml.write_text(toml.read_text().replace('id = "test-2022-09"', 'id = "test-2022-08"'))
+    assert run("send", d)[0] == 0 and len(list((d / "outbox").glob("*.eml"))) == 4
+
+
 def test_state_init_and_migrate_from_sqlite_keep_the_chain(make_campaign: MakeCampaign, pg_cluster: pg.Cluster,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A campaign under way on SQLite moves to PostgreSQL: recipients, rejects, feedback keys and every

@@ -55,4 +55,34 @@ def open_store(campaign: Campaign) -> Store:
     from .postgres import PgStore  # psycopg is needed only here (the notify[postgres] extra)
 
     files.private_dir(campaign.state_dir)
-    return PgStore(url, campaign.id, campaign.state_dir, what=campaign.state.url_env, stall_after=campaign.state.stall_after)
+    begun = _pg_begun(campaign)
+    pg = PgStore(url, campaign.id, campaign.state_dir, what=campaign.state.url_env, stall_after=campaign.state.stall_after)
+    if begun is None:
+        try:
+            files.write_private(campaign.state_dir / PG_BEGUN, campaign.id.encode())
+        except BaseException:
+            pg.close()
+            raise
+    return pg
+
+
+PG_BEGUN = "postgres-campaign-id"  # in the campaign's .notify/: the id its PostgreSQL state was opened under here
+
+
+def _pg_begun(campaign: Campaign) -> str | None:
+    """On PostgreSQL the id names the state (its schema): a changed id would find none and begin a new campaign,
+    sending everyone again. This directory keeps the id it opened its state under, and refuses another (on the
+    hosts where it was opened: another host's directory knows only its own)."""
+    marker = campaign.state_dir / PG_BEGUN
+    try:
+        with files.open_regular(marker, "", follow=False) as fh:
+            begun = fh.read(1024).decode(errors="replace")
+    except OSError:
+        return None  # none yet (or not ours to read, a planted pipe or link): written once the store opens
+    if begun != campaign.id:
+        raise ConfigError(f"{campaign.file}: id = {campaign.id!r}, but this campaign's PostgreSQL state was opened here "
+                          f"as {begun!r}",
+                          hint=f'the id names the state in the database: under a new one notify would find none and send '
+                               f'everyone again. Put id = "{begun}" back; if nothing was ever sent under it, remove '
+                               f'{marker} first')
+    return begun
