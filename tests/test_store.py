@@ -40,8 +40,8 @@ def test_a_database_from_before_a_migration_is_upgraded(make_campaign: MakeCampa
     first = store_mod.MIGRATIONS[:1]
     saved = store_mod.MIGRATIONS
     store_mod.MIGRATIONS = first
-    try:  # rows as that notify wrote them (today's import writes columns of later migrations)
-        old = open_store(d)
+    try:  # rows as that notify wrote them (today's import writes columns of later migrations), the state opened as it did
+        old = SqliteStore.open(d / ".notify")
         old.db.execute("INSERT INTO imports VALUES (1, 'recipients.csv', '', '[]', 2, 1, 1, '2022-08-09T00:00:00Z')")
         old.db.execute("INSERT INTO recipients (import_id, row, email, key, token, domain, name, locale, jurisdiction,"
                        " vars) VALUES (1, 2, 'alice@example.com', 'alice@example.com', 't', 'example.com', 'Alice', 'en',"
