@@ -169,6 +169,7 @@ def test_residents_whose_rows_were_rejected_count_where_they_live(make_campaign:
     assert json.loads(run("regulators", audit, "--json")[1])["notices"] == t["notices"]  # read back from the export
     page = tmp_path / "report.html"
     assert run("report", audit, "--out", page)[0] == 0 and "rejected 2" in page.read_text()
+    assert "</span>rejected " in page.read_text(), "its colour in the legend"
 
 
 def test_the_filing_pack_is_sealed_and_holds_the_notice_as_sent(make_campaign: MakeCampaign,

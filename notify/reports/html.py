@@ -208,11 +208,12 @@ def render(campaign: Campaign, store: Store) -> str:
     approved = (f"approved by {approval['detail'].get('by')} at {approval['ts'][:19]}Z" if approval
                 else "no approval recorded")
     said = due.said[:1].upper() + due.said[1:] if due else "No legal deadline set ([campaign] deadline)."
-    legend = "".join(f'<span class="key" style="background:{COLOURS[s]}"></span>{s} ' for s in ORDER if counts.get(s))
-    sections = [f"<h2>Outcomes by {title}</h2>{_stacked(_folded(groups))}"
-                for by, title in (("jurisdiction", "jurisdiction"), ("locale", "language asked for"),
-                                  ("domain", "recipient domain"), ("provider", "provider"))
-                for groups in [[(_domain(v) if by == "domain" else v, c) for v, c in store.breakdown(by, top=None)]]]
+    breakdowns = [(title, [(_domain(v) if by == "domain" else v, c) for v, c in store.breakdown(by, top=None)])
+                  for by, title in (("jurisdiction", "jurisdiction"), ("locale", "language asked for"),
+                                    ("domain", "recipient domain"), ("provider", "provider"))]
+    sections = [f"<h2>Outcomes by {title}</h2>{_stacked(_folded(groups))}" for title, groups in breakdowns]
+    shown = {s for s, n in counts.items() if n} | {s for _, groups in breakdowns for _, c in groups for s in c}  # rejects too
+    legend = "".join(f'<span class="key" style="background:{COLOURS[s]}"></span>{s} ' for s in ORDER if s in shown)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Campaign report: {e(campaign.id)}</title>
 <style>
