@@ -37,7 +37,7 @@ def test_dry_run_renders_everything_and_changes_nothing(example: Path) -> None:
     assert code == 0
     assert "\nDry run: rendered 188 message(s)" in "\n" + out
     # The example's Spanish speakers in Massachusetts get the US-MA variant, which is English only.
-    assert "Content lint warning: 3 recipient(s) asked for es and will get en: the US-MA variant has no es text" in out
+    assert "Content lint warning: 3 recipient(s) asked for es and are sent en: the US-MA variant has no es text" in out
     assert len(list((example / "dry-run").glob("*.eml"))) == 188
     # #38: files named by Message-ID, and nothing said whose was which: index.csv does, a row per person.
     import csv
@@ -356,7 +356,7 @@ def test_check_warns_of_another_language_and_of_unprofiled_jurisdictions(make_ca
     d = make_campaign(rows, template="t", templates=simple_templates())
     code, out, err = run("check", d)
     assert code in (0, 1), err
-    assert "warning: 3 recipient(s) asked for zh-TW and will get en: " in out and "has no zh-TW or zh text" in out, out
+    assert "warning: 3 recipient(s) asked for zh-TW and are sent en: " in out and "has no zh-TW or zh text" in out, out
     assert "asked for en-US" not in out, "the same language in another region is not a warning"
     assert 'warning: 2 recipient(s) in US-CA, but no legal profile checks their notice: add [review] profiles = ["california"]' in out
     assert "warning: 1 recipient(s) in US-NY" in out and '"new-york"' in out

@@ -125,7 +125,7 @@ def _render_every_version(campaign: Campaign, store: Store, templates: Templates
     sent; with warnings of their own, not lost in the fallback line: people who will read another language, and
     jurisdictions whose legally required content nothing checks."""
     targets: dict[str, tuple[str, dict[str, Any]]] = {}  # version -> (address as stored, template context)
-    other_language: Counter[tuple[str, str]] = Counter()  # (asked for, will get) where the language differs
+    other_language: Counter[tuple[str, str]] = Counter()  # (asked for, sent) where the language differs
     unprofiled: Counter[str] = Counter()  # jurisdictions whose notices no legal profile checks
     for (requested, juris), s in store.samples().items():
         try:
@@ -143,7 +143,7 @@ def _render_every_version(campaign: Campaign, store: Store, templates: Templates
         variant, got = split_version(version)
         language = requested.split("-")[0]
         where = f"the {variant} variant has" if variant else f"{templates.roots[0]} has"
-        pre.warnings.append(f"{n:,} recipient(s) asked for {requested} and will get {got}: {where} no {requested}"
+        pre.warnings.append(f"{n:,} recipient(s) asked for {requested} and are sent {got}: {where} no {requested}"
                             + (f" or {language}" if language != requested else "") + " text")
     for juris, n in sorted(unprofiled.items(), key=lambda kv: -kv[1]):
         known = JURISDICTION_PROFILES.get(juris) or ("gdpr" if juris.upper().startswith("EU") else None)
