@@ -25,13 +25,6 @@ _UNSENT = ("pending", "ineligible", "suppressed")
 _UNSENT_STATES = "('pending', 'ineligible', 'suppressed')"
 
 
-class _RefusedBefore:
-    """Imports._again: the same correction was refused by an earlier import."""
-
-
-_REFUSED_BEFORE = _RefusedBefore()
-
-
 # The people an appended file names that the campaign knew before it (key, their first row in this file): a
 # row of the same person further down is a duplicate, as in a first import, not a correction of the first.
 # A table of the connection's own, not a set: a file of millions of known people, appended again, fits.
@@ -54,7 +47,7 @@ class _Tally:
 
     def rejected_earlier(self, item: Reject) -> bool:
         """Whether a row is rejected as an earlier import rejected it (a file appended again, its rejected rows as
-        they were): counted, not recorded again."""
+        they were; the same correction refused): counted, not recorded, said or refused again."""
         if self.earlier[(was := _rejected_as(item.raw, item.reason))] <= 0:
             return False
         self.earlier[was] -= 1
@@ -172,9 +165,6 @@ class Imports(Backend):
             item = self._resolved(read_as, known, seen, import_id, replace, tally, events)
             if item is None:
                 continue
-            if isinstance(item, _RefusedBefore):
-                tally.rejected_before += 1  # the same correction, refused before: said once, recorded once
-                continue
             if isinstance(item, Reject):
                 if not tally.rejected_earlier(item):
                     rejects.append((import_id, item.row, item.raw, item.reason, item.jurisdiction))
@@ -207,9 +197,9 @@ class Imports(Backend):
         return len(rows) + ineligible + accepted_known, len(rejects) + unrecorded
 
     def _resolved(self, item: Recipient | Reject, known: dict[str, tuple[Any, ...]], seen: dict[str, int], import_id: int,
-                  replace: bool, tally: _Tally, events: list[Event]) -> Recipient | Reject | _RefusedBefore | None:
-        """A row as this import takes it: a new person (the Recipient), a Reject, the same correction refused
-        before, or None for a known person read again (a correction applied, or read as they were)."""
+                  replace: bool, tally: _Tally, events: list[Event]) -> Recipient | Reject | None:
+        """A row as this import takes it: a new person (the Recipient), a Reject, or None for a known person read
+        again (a correction applied, read as they were, or the same correction refused before)."""
         if isinstance(item, Reject):
             return item
         if (first := seen.get(item.key)) is not None:  # named further up the file being appended
@@ -242,10 +232,10 @@ class Imports(Backend):
         return known
 
     def _again(self, item: Recipient, known: dict[str, tuple[Any, ...]], import_id: int, replace: bool, tally: _Tally,
-               events: list[Event]) -> Reject | _RefusedBefore | None:
+               events: list[Event]) -> Reject | None:
         """A person the campaign knows, read again: a duplicate of this import (a Reject), a correction refused
-        because they were already handed to a provider (a Reject; _REFUSED_BEFORE if refused so before), a
-        correction applied or the row read as it was (None: done)."""
+        because they were already handed to a provider (a Reject; None if refused so before), a correction
+        applied or the row read as it was (None: done)."""
         row, imp, rid, state, attempts, *was = known[item.key]
         if imp == import_id:
             return Reject(item.row, item.email, f"duplicate of row {row}")
@@ -256,8 +246,8 @@ class Imports(Backend):
             why = (f"correction refused: this person was already handed to a provider (state {state}, row {row} "
                    f"of an earlier import); changed: {', '.join(changed)}; reach them by another channel if "
                    "the notice they got is no longer right")
-            if self.db.execute("SELECT 1 FROM rejects WHERE raw=? AND reason=? LIMIT 1", (item.email, why)).fetchone():
-                return _REFUSED_BEFORE
+            if tally.rejected_earlier(Reject(item.row, item.email, why)):
+                return None  # refused so by an earlier import: counted as rejected, said and recorded once
             tally.refused.append((item.row, item.email, why))
             events.append(Event("correction_refused", rid, item.key, detail={"row": item.row, "state": state,
                                                                               "changed": changed}))
