@@ -43,7 +43,9 @@ def open_store(campaign: Campaign) -> Store:
     if campaign.state.url_env is None:
         store = SqliteStore.open(campaign.state_dir)
         try:
-            store.bind(campaign.id, campaign.file)
+            if (first := store.begun_as(campaign.id)) != campaign.id:
+                raise _id_changed(campaign, first, "this campaign's state was begun as",
+                                  "the id is in every Message-ID sent, and bounces are matched by it")
         except BaseException:
             store.close()
             raise
@@ -80,9 +82,16 @@ def _pg_begun(campaign: Campaign) -> str | None:
     except OSError:
         return None  # none yet (or not ours to read, a planted pipe or link): written once the store opens
     if begun != campaign.id:
-        raise ConfigError(f"{campaign.file}: id = {campaign.id!r}, but this campaign's PostgreSQL state was opened here "
-                          f"as {begun!r}",
-                          hint=f'the id names the state in the database: under a new one notify would find none and send '
-                               f'everyone again. Put id = "{begun}" back; if nothing was ever sent under it, remove '
-                               f'{marker} first')
+        raise _id_changed(campaign, begun, "this campaign's PostgreSQL state was opened here as",
+                          "the id names the state in the database: under a new one notify would find none and send "
+                          f"everyone again (if nothing was ever sent under {begun!r}, remove {marker} first)")
     return begun
+
+
+def _id_changed(campaign: Campaign, begun: str, was: str, why: str) -> ConfigError:
+    """campaign.toml's id, changed since the campaign's state was begun under another. The id is in every
+    Message-ID and X-Notify-Campaign header: under a new one, the bounces of the messages sent before were left
+    as another campaign's (their people counted as notified), a resend in doubt went out under another
+    Message-ID, and on PostgreSQL, whose schema the id names, everyone was sent again."""
+    return ConfigError(f"{campaign.file}: id = {campaign.id!r}, but {was} {begun!r}",
+                       hint=f'{why}: put id = "{begun}" back in campaign.toml (a new campaign starts in a directory of its own)')
