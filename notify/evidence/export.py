@@ -234,18 +234,21 @@ def _versions(campaign: Campaign, resolve: Callable[[str, str], str]) -> Callabl
 def _write_rejects(store: Store, rw: files.SafeCsvWriter, aw: files.SafeCsvWriter, tally: Tally, extra: int) -> None:
     """The rows the imports rejected, as read (any text: the safe writer guards each cell), with the jurisdiction
     the row names where it is someone more: whose law the letter answers to."""
-    after = len(RECIPIENT_COLUMNS) - RECIPIENT_COLUMNS.index("jurisdiction") - 1
-    for row, raw, reason, juris in store.rejects():
-        rw.writerow((row, raw, raw, "", "rejected", reason, 0, *[""] * (RECIPIENT_COLUMNS.index("jurisdiction") - 7),
-                     juris or "", *[""] * after, *[""] * extra))
-        if store.knows(raw):  # a row rejected for a known person (a duplicate, a refused correction): listed with their state
-            tally.rejected_known += 1
-        else:
-            aw.writerow((row, raw, raw, "rejected", reason, "", "", "", juris or "", *[""] * extra))
-            if juris is not None:  # a resident of where the row says, as the regulators' table counts them
-                tally.jurisdictions[juris or "(none)"] += 1
-        tally.rows_out += 1
-        tally.states["rejected"] += 1
+    for batch in _batches(store.rejects()):
+        known = store.knowing([raw for _, raw, _, _ in batch])
+        for row, raw, reason, juris in batch:
+            cells = dict.fromkeys(RECIPIENT_COLUMNS, "") | {"row": row, "email": raw, "email_unicode": raw,
+                                                            "final_state": "rejected", "reason": reason, "attempts": 0,
+                                                            "jurisdiction": juris or ""}
+            rw.writerow((*cells.values(), *[""] * extra))
+            if raw.strip().lower() in known:  # a known person's row (a duplicate, a refused correction): listed with their state
+                tally.rejected_known += 1
+            else:
+                aw.writerow((row, raw, raw, "rejected", reason, "", "", "", juris or "", *[""] * extra))
+                if juris is not None:  # a resident of where the row says, as the regulators' table counts them
+                    tally.jurisdictions[juris or "(none)"] += 1
+            tally.rows_out += 1
+            tally.states["rejected"] += 1
 
 
 BESIDE_FROM = 20_000  # rows: below, starting a process costs more than it saves
