@@ -96,8 +96,11 @@ def _object_sql(fields: tuple[str, ...]) -> str:
 # json_array and Python's encoder write those alike; a value of another type (a REAL planted in a text column,
 # 1e20, which SQLite writes 1.0e+20 and Python 1e+20) would make SQLite's canonical form differ from VERIFY's,
 # and a hash forged to match SQLite's pass a check that `audit verify` fails: such an event is left to Python.
-_TYPED = " AND ".join(["typeof(seq) = 'integer'", *(f"typeof({f}) = 'text'" for f in ("ts", "kind", "prev_hash", "hash")),
-                       *(f"typeof({f}) IN ('text', 'null')" for f in EVENT_FIELDS
+# Text is told by where it sorts (SQLite: NULL, then numbers, then text from '' up, then every BLOB from x''):
+# two comparisons cost less than a call of typeof() (0.07 s of the export's events at 200,000, #37).
+_TEXT = "({0} >= '' AND {0} < x'')"
+_TYPED = " AND ".join(["typeof(seq) = 'integer'", *(_TEXT.format(f) for f in ("ts", "kind", "prev_hash", "hash")),
+                       *(f"({f} IS NULL OR {_TEXT.format(f)})" for f in EVENT_FIELDS
                          if f not in ("seq", "ts", "kind", "prev_hash"))])
 # Each event's line, its canonical form (VERIFY), its place in the chain (seq, prev_hash, hash), its kind, and
 # whether its fields are typed as the store writes them.

@@ -177,6 +177,11 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("0013_reject_jurisdiction", """
         ALTER TABLE rejects ADD COLUMN jurisdiction TEXT
     """),
+    # The recipients in the order of the file they came from: the audit export's recipients.csv and its attempt
+    # logs walk it instead of sorting every row with all its columns (at 200,000, 0.2 s of the second process).
+    ("0014_row_order", """
+        CREATE INDEX recipients_row ON recipients(row, id)
+    """),
 ]
 
 # A provider's own ID, through the partial index of migration 0006 (its WHERE, restated, lets SQLite
