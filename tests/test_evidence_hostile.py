@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -244,9 +245,9 @@ def test_the_report_of_an_export_is_the_one_it_sealed(make_campaign: MakeCampaig
 
 def test_recipients_written_in_a_process_of_their_own_are_the_same(make_campaign: MakeCampaign, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
-    """#37: a large export writes recipients.csv and alternate_channel.csv, and draws the regulators' table, in another
-    process while this one writes the events and the state and draws the report; the files and the summary are
-    those the one process writes, nothing else is left behind, and the export verifies."""
+    """#37: a large export writes recipients.csv and alternate_channel.csv, and draws the report, in another process
+    while this one writes the events and the state and draws the regulators' table; the files, the report and the
+    summary are those the one process writes, nothing else is left behind, and the export verifies."""
     from notify.evidence import export as export_mod
 
     d, out = exported(make_campaign, tmp_path)
@@ -261,6 +262,9 @@ def test_recipients_written_in_a_process_of_their_own_are_the_same(make_campaign
         summary.pop("exported_at")
         summary["regulators"].pop("generated_at")
     assert one == two and one["regulators"]["jurisdictions"]
+    made = re.compile(r"report made [^;<]*")  # drawn at different times
+    reports = [made.sub("", (where / "report.html").read_text(encoding="utf-8")) for where in (out, beside)]
+    assert reports[0] == reports[1] and "Outcomes by jurisdiction" in reports[0]
     assert sorted(p.name for p in beside.iterdir()) == sorted(p.name for p in out.iterdir())  # nothing else left
     assert run("audit", "verify", beside)[0] == 0
     code, text, err = run("lookup", beside, "p3@example.org")

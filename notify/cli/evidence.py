@@ -317,7 +317,7 @@ def audit_export(campaign: Path = CampaignArg,
         from ..reports.html import render
 
         summary = export(c, store, out, templates.resolve, force=force, sign_key=sign_key,
-                         sources={name: src for name, (src, _) in templates.sources.items()}, report=lambda: render(c, store))
+                         sources={name: src for name, (src, _) in templates.sources.items()}, report=render)
     typer.echo((out / "summary.txt").read_text(encoding="utf-8").rstrip())
     typer.echo(f"\nWrote {out}/: events.jsonl, recipients.csv, summary.json, summary.txt, alternate_channel.csv, "
                f"campaign.toml, templates.json, state.jsonl, index.sqlite, report.html, manifest.json")

@@ -254,10 +254,14 @@ def _write_rejects(store: Store, rw: files.SafeCsvWriter, aw: files.SafeCsvWrite
 BESIDE_FROM = 20_000  # rows: below, starting a process costs more than it saves
 
 
-def _recipients_beside(campaign_file: str, out: str, moment: str | None) -> tuple[Tally, dict[str, Any], tuple[Any, ...]]:
+Drawn = tuple[Tally, str | None, tuple[Any, ...]]  # what the second process made: see _recipients_beside
+
+
+def _recipients_beside(campaign_file: str, out: str, moment: str | None,
+                       report: Callable[[Campaign, Store], str] | None) -> Drawn:
     """In a process of its own: the campaign and its state opened again; recipients.csv and alternate_channel.csv
-    written, and the regulators' table drawn, from one moment of the state (the first process's `moment` where
-    the store can share it), whose fingerprint it returns."""
+    written and the report (`report`) drawn, from one moment of the state (the first process's `moment` where the
+    store can share it), whose fingerprint it returns."""
     from ..campaign.config import load
     from ..content.render import Templates
     from ..store import open_store
@@ -267,7 +271,7 @@ def _recipients_beside(campaign_file: str, out: str, moment: str | None) -> tupl
     try:
         with store.snapshot(joining=moment):
             return (_write_recipients(campaign, store, Path(out), Templates(campaign).resolve),
-                    regulators.table(campaign, store), store.fingerprint())
+                    report(campaign, store) if report else None, store.fingerprint())
     finally:
         store.close()
 
@@ -275,14 +279,14 @@ def _recipients_beside(campaign_file: str, out: str, moment: str | None) -> tupl
 class _Beside:
     """_recipients_beside in another process (spawned: nothing of this one's state is shared)."""
 
-    def __init__(self, campaign: Campaign, out: Path, moment: str | None) -> None:
+    def __init__(self, campaign: Campaign, out: Path, moment: str | None, report: Callable[[Campaign, Store], str] | None) -> None:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        self.future = self.pool.submit(_recipients_beside, str(campaign.file), str(out), moment)
+        self.future = self.pool.submit(_recipients_beside, str(campaign.file), str(out), moment, report)
 
-    def result(self) -> tuple[Tally, dict[str, Any], tuple[Any, ...]]:
+    def result(self) -> Drawn:
         try:
             return self.future.result()
         finally:
@@ -291,10 +295,11 @@ class _Beside:
 
 def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, str], str],
            force: bool = False, sign_key: Path | None = None, sources: dict[str, str] | None = None,
-           report: Callable[[], str] | None = None) -> dict[str, Any]:
+           report: Callable[[Campaign, Store], str] | None = None) -> dict[str, Any]:
     """Writes events.jsonl, recipients.csv, summary.json, summary.txt, alternate_channel.csv, what a rebuild of any
     message needs (campaign.toml, templates.json from `sources`, state.jsonl), the index a lookup reads, and the
-    report as of now (`report`) into `out`, sealed by manifest.json (and manifest.sig, signed with `sign_key`)."""
+    report as of now (`report(campaign, store)`: a function a module defines, which the second process calls)
+    into `out`, sealed by manifest.json (and manifest.sig, signed with `sign_key`)."""
     if sign_key is not None:
         signing.sign(b"", sign_key)  # a key that cannot sign is refused before anything is written
     export_dir(out, force)
@@ -302,9 +307,9 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
     files.write_private(out / INDEX, b"")
     index = IndexWriter(out / INDEX)
     written: dict[str, Writer] = {}  # events.jsonl and state.jsonl: their blocks' and their own SHA-256
-    # recipients.csv and alternate_channel.csv, and the regulators' table, in a process of its own while this one
-    # writes events.jsonl and state.jsonl with their index and draws the report (both cores: they read the same
-    # state and write different files), where it pays.
+    # recipients.csv and alternate_channel.csv and the report, in a process of its own while this one writes
+    # events.jsonl and state.jsonl with their index and draws the regulators' table (both cores: they read the same
+    # state and write different files; at 200,000 the two take about as long), where it pays.
     _write_kit(campaign, out, sources or {})
     with store.snapshot() as moment:  # one moment of the state, though a send or `bounces` writes meanwhile
         summary, verdict = _export_files(campaign, store, out, resolve, index, written, report, moment)
@@ -319,23 +324,24 @@ def export(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, 
 
 
 def _export_files(campaign: Campaign, store: Store, out: Path, resolve: Callable[[str, str], str], index: IndexWriter,
-                  written: dict[str, Writer], report: Callable[[], str] | None,
+                  written: dict[str, Writer], report: Callable[[Campaign, Store], str] | None,
                   moment: str | None) -> tuple[dict[str, Any], Verdict]:
     """Every file that reads the state, from the moment export() holds (store.snapshot); recipients.csv written
     beside, in a process that reads the same `moment` where the store can share it (PostgreSQL) and else its own:
     written again here when that was another (something was committed between the two), so that the export never
     says two things at once. The summary and the verdict."""
-    beside = _Beside(campaign, out, moment) if store.rows_read() >= BESIDE_FROM else None
+    beside = _Beside(campaign, out, moment, report) if store.rows_read() >= BESIDE_FROM else None
     verdict = _write_events(store, out, index, written)
     written["state.jsonl"] = _write_state(store, out, index)
     index.rejects(list(store.rejects()))
-    if report is not None:  # the campaign report as of the export, sealed with it: `report EXPORT` copies it (#37)
-        with _create(out / REPORT) as fh:
-            fh.write(report())
+    regulators_table = regulators.table(campaign, store)
     if beside is not None and (done := beside.result())[2] == store.fingerprint():
-        tally, regulators_table = done[0], done[1]
+        tally, drawn = done[0], done[1]
     else:
-        tally, regulators_table = _write_recipients(campaign, store, out, resolve), regulators.table(campaign, store)
+        tally, drawn = _write_recipients(campaign, store, out, resolve), report(campaign, store) if report else None
+    if drawn is not None:  # the campaign report as of the export, sealed with it: `report EXPORT` copies it (#37)
+        with _create(out / REPORT) as fh:
+            fh.write(drawn)
     index.close()
     summary = summarised(campaign, store, tally, verdict, regulators_table)
     with _create(out / "summary.json") as fh:
