@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -150,6 +151,19 @@ class Templates:
         """SHA-256 of every file in the snapshot, by its name under the template: what the approval
         fingerprint covers and what `send_started` records as sent."""
         return {name: hashlib.sha256(src.encode("utf-8")).hexdigest() for name, (src, _) in self.sources.items()}
+
+    def fingerprint(self) -> dict[str, str]:
+        """Everything that shapes what a recipient reads, each part hashed: every file of the template snapshot
+        (what the loop and the render processes render from), [variables], sender. What an approval covers
+        (evidence.review), seeds are sent once for, and a send compares with other campaigns' (store.pgothers)."""
+        c = self.campaign
+        parts = {f"templates/{c.template}/{name}": h for name, h in self.hashes().items()}
+        parts[f"{c.file.name} [variables]"] = _sha(json.dumps(c.variables, sort_keys=True, default=str, ensure_ascii=False))
+        parts[f"{c.file.name} [campaign] from, reply_to, template, default_locale"] = _sha(
+            json.dumps([c.sender, c.reply_to, c.template, c.default_locale]))
+        if c.locale_map:  # who reads which version (a part of its own: approvals of campaigns without one stand)
+            parts[f"{c.file.name} [campaign] locale_map"] = _sha(json.dumps(c.locale_map, sort_keys=True))
+        return parts
 
     def by_version(self, samples: dict[tuple[str, str], dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         """Store.samples() grouped by the version each (requested locale, jurisdiction) gets, in row order:
@@ -349,3 +363,7 @@ class Templates:
             source, filename, _ = self.loader.get_source(self.env, name)
             self._parse_trees[name] = self.env.parse(source, name, filename), filename or name
         return self._parse_trees[name]
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -26,19 +26,6 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def fingerprint(campaign: Campaign, templates: Templates) -> dict[str, str]:
-    """Everything that shapes what a recipient reads, each part hashed: every file of the template snapshot
-    (what the loop and the render processes render from), [variables], sender."""
-    parts = {f"templates/{campaign.template}/{name}": h for name, h in templates.hashes().items()}
-    variables = json.dumps(campaign.variables, sort_keys=True, default=str, ensure_ascii=False)
-    parts[f"{campaign.file.name} [variables]"] = _sha(variables.encode())
-    parts[f"{campaign.file.name} [campaign] from, reply_to, template, default_locale"] = _sha(
-        json.dumps([campaign.sender, campaign.reply_to, campaign.template, campaign.default_locale]).encode())
-    if campaign.locale_map:  # who reads which version (a part of its own: approvals of campaigns without one stand)
-        parts[f"{campaign.file.name} [campaign] locale_map"] = _sha(json.dumps(campaign.locale_map, sort_keys=True).encode())
-    return parts
-
-
 def requires_approval(campaign: Campaign, provider_names: list[str]) -> bool:
     if campaign.require_approval is not None:
         return campaign.require_approval
@@ -52,7 +39,7 @@ def check_approval(campaign: Campaign, store: Store, templates: Templates) -> No
     if approval is None:
         raise NotApproved(f"{campaign.dir}: this content has not been approved for sending", hint=hint)
     approved: dict[str, str] = approval["detail"].get("parts", {})
-    now = fingerprint(campaign, templates)
+    now = templates.fingerprint()
     changed = sorted(k for k in now if approved.get(k) != now[k]) + sorted(k for k in approved if k not in now)
     if changed:
         raise NotApproved(
@@ -65,7 +52,7 @@ def approve(campaign: Campaign, store: Store, templates: Templates, by: str, not
     """Records the approval of the content as it is now. With the review pack legal read (`pack`), it
     refuses unless that pack is intact and was made from exactly this content, names what differs,
     and records the pack's hash; then the pack's index.html says who approved it and when."""
-    parts = fingerprint(campaign, templates)
+    parts = templates.fingerprint()
     content = _sha(json.dumps(parts, sort_keys=True).encode())
     detail: dict[str, Any] = {"by": by, "note": note, "content_sha256": content, "parts": parts}
     if pack is not None:
@@ -217,7 +204,7 @@ def preview(campaign: Campaign, store: Store, templates: Templates, out: Path) -
         "tool": f"notify {__version__}",
         "created_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "campaign": campaign.id,
-        "content": fingerprint(campaign, templates),
+        "content": templates.fingerprint(),
         "versions": [{"version": v.version, "variant": v.variant or "(default)", "locale": v.locale,
                       "recipients": v.recipients, "sample": v.sample, "subject": v.subject,
                       "falls_back_here": dict(v.fallbacks), "sha256": v.files} for v in versions],

@@ -23,7 +23,6 @@ from ..content.locales import split_version, version_order
 from ..content.message import Message
 from ..content.render import Templates
 from ..errors import InputError, TemplateError
-from ..evidence.review import fingerprint
 from ..providers.base import Kind, Outcome, Provider, Readiness
 from ..recipients.rows import SAMPLE_SECRET, recipient_token
 from ..store import Event, Store, detail_of
@@ -32,9 +31,9 @@ MAX_SEEDS = 100
 MAX_SEEDS_FILE = 100_000  # bytes: a list of seed addresses is a few lines
 
 
-def content_sha256(campaign: Campaign, templates: Templates) -> str:
-    """The content as approval hashes it (review.fingerprint): seeds are sent once per content."""
-    return hashlib.sha256(json.dumps(fingerprint(campaign, templates), sort_keys=True).encode()).hexdigest()
+def content_sha256(templates: Templates) -> str:
+    """The content as approval hashes it (Templates.fingerprint): seeds are sent once per content."""
+    return hashlib.sha256(json.dumps(templates.fingerprint(), sort_keys=True).encode()).hexdigest()
 
 
 def read_seeds(path: Path) -> list[str]:
@@ -82,7 +81,7 @@ class SeedRun:
 
 def pending(campaign: Campaign, store: Store, templates: Templates, seeds: list[str]) -> tuple[str, list[tuple[str, str]], int]:
     """This content's digest, the (seed, version) pairs not yet sent for it, and how many were."""
-    content = content_sha256(campaign, templates)
+    content = content_sha256(templates)
     done = set()
     for e in store.events_of_kind("seed_sent"):
         d = detail_of(e["detail"])
