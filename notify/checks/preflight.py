@@ -16,7 +16,7 @@ from ..content.message import Message
 from ..content.render import Rendered, Templates
 from ..errors import ConfigError, TemplateError
 from ..recipients.rows import SAMPLE_SECRET, STANDARD_COLUMNS, recipient_token
-from ..store import ImportResult, Store
+from ..store import PG_BEGUN, ImportResult, Store
 from .lint import lint
 
 # The legal profile (lint.py) that checks a jurisdiction's required content, where notify has one.
@@ -53,6 +53,7 @@ def preflight(campaign: Campaign, store: Store, *, append: bool = False) -> Pref
     _import(campaign, store, pre, append)
     if pre.templates is None or pre.problems:
         return pre
+    _sent_elsewhere(campaign, store, pre.templates, pre)
     columns = store.columns()
     _columns(campaign, store, pre.templates, columns, pre)
     if pre.problems:
@@ -95,6 +96,22 @@ def _import(campaign: Campaign, store: Store, pre: Preflight, append: bool) -> N
     if not store.counts():
         pre.add(f"{campaign.recipients}: no recipients: {pre.imported.rows_read} row(s) read, all rejected "
                 f"(see {store.state_dir / 'rejects.csv'})")
+
+
+def _sent_elsewhere(campaign: Campaign, store: Store, templates: Templates, pre: Preflight) -> None:
+    """Another campaign of the same database (PostgreSQL) that sent this very content to people this one has still
+    to send: most likely this campaign begun again under a changed [campaign] id, on a host that never opened it
+    under the old one, which would notify everyone a second time (store.pgothers)."""
+    for other, n, looked in store.sent_elsewhere(templates.hashes(), templates.fingerprint()):
+        untouched = set(store.counts()) <= {"pending", "ineligible", "suppressed"}
+        back = (f"set [campaign] id back to {other!r} and remove {campaign.state_dir / PG_BEGUN} (nothing "
+                f"was sent as {campaign.id!r}): the campaign then resumes where it stopped" if untouched else
+                f"set [campaign] id back to {other!r}: the campaign then resumes where it stopped")
+        pre.add(f"campaign {other!r}, in the same database, already sent this same content (templates, [variables], "
+                f"sender) to {n} of {looked} people checked among those this campaign has still to send: sending them "
+                "would notify them a second time",
+                f"if [campaign] id was changed from {other!r}, {back}; a second notice to the same people says "
+                "something the first did not: change its templates")
 
 
 def _columns(campaign: Campaign, store: Store, templates: Templates, columns: set[str], pre: Preflight) -> None:

@@ -191,6 +191,11 @@ class Store(Trail, Queue, FeedbackStore, Views, Imports, Lines):
         """The providers' rates shared with other workers (PostgreSQL: pgconn.RateBudget), or None."""
         return None
 
+    def sent_elsewhere(self, templates: dict[str, str], parts: dict[str, str]) -> list[tuple[str, int, int]]:
+        """Other campaigns of the same database that sent this very content to people this one has still to send
+        (PostgreSQL: store.pgothers); a SQLite file holds one campaign."""
+        return []
+
     def _os_error(self, path: Path, e: OSError) -> StoreError:
         if isinstance(e, files.PathRefused):  # something else where our file belongs (a pipe, a link): its message says
             return StoreError(e.message, hint=f"remove {path} (notify makes that file itself), then run the same "

@@ -38,6 +38,7 @@ from ..errors import ConfigError, StoreError
 from . import schema
 from .base import Store
 from .pgconn import Connection, Heartbeat, RateBudget, redacted, said, store_connection
+from .pgothers import Others
 from .pgschema import MANIFEST, SCHEMA_VERSION, SHARED, SHARED_TABLES, TABLES, UPGRADES, schema_name
 from .pgsessions import Sessions
 from .records import GENESIS, Change, Claimed, Event, ImportResult, check_transitions, claimed, utcnow
@@ -45,7 +46,7 @@ from .records import GENESIS, Change, Claimed, Event, ImportResult, check_transi
 LOCK_CHAIN = "SELECT head_seq, head_hash, state FROM chains WHERE id=%s FOR UPDATE"
 
 
-class PgStore(Sessions, Store):
+class PgStore(Sessions, Others, Store):
     backend = "postgresql"
     DRIVER_ERROR = (psycopg.Error,)
     COUNT_DUE_SQL = ("SELECT (SELECT count(*) FROM recipients WHERE state='pending')"

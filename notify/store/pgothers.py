@@ -1,0 +1,79 @@
+"""The other campaigns of one PostgreSQL database, as far as a send must know them: whether one of them already
+sent this campaign's very content to its people.
+
+On PostgreSQL the campaign's id names its state (a schema, pgschema.schema_name). A host given a campaign.toml whose
+id was changed finds no state under the new id, begins a new campaign, imports everyone and sends them all again:
+the hosts that opened the campaign before keep the id they opened it under (store.open_store) and refuse, but a
+host that never did knows only the id it is given. What it can still see is the database: another campaign's schema
+that handed the same people to a provider the same templates (as its send_started events record them) and, where it
+was approved, the same [variables] and sender (the parts its approval names, content.render.Templates.fingerprint).
+A second notice to the same people says something the first did not: its templates differ, and it goes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .contract import Backend
+from .pgschema import SHARED
+from .records import detail_of
+
+SAMPLE = 1000  # people of this campaign not yet sent, looked for in each other campaign
+
+
+class Others(Backend):
+    """What this campaign's database holds of other campaigns."""
+
+    raw: psycopg.Connection[Any]
+    schema: str
+
+    def sent_elsewhere(self, templates: dict[str, str], parts: dict[str, str]) -> list[tuple[str, int, int]]:
+        """Other campaigns of this database that sent these `templates` (as their send_started events record them)
+        and, where they were approved, approved these `parts`, to people this campaign has not sent yet: (their
+        id, how many of the first SAMPLE such people they handed to a provider, how many were looked for). A schema
+        this database user may not read is passed over: it cannot be told apart from one that is not notify's."""
+        keys = [k for (k,) in self.raw.execute(
+            "SELECT key FROM recipients WHERE state='pending' AND attempts=0 ORDER BY id LIMIT %s", (SAMPLE,))]
+        if not keys:
+            return []
+        found = []
+        for schema in self._other_schemas():
+            try:
+                seen = self._same_content(schema, templates, parts, keys)
+            except psycopg.Error:
+                continue
+            if seen is not None and seen[1]:
+                found.append((seen[0], seen[1], len(keys)))
+        return found
+
+    def _other_schemas(self) -> list[str]:
+        """Schemas of this database that look like a campaign's (a meta table naming its id, events, recipients)
+        and this user may read."""
+        return [s for (s,) in self.raw.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'notify\\_%%' AND nspname NOT IN (%s, %s)"
+            " AND has_schema_privilege(nspname, 'USAGE') AND to_regclass(quote_ident(nspname) || '.meta') IS NOT NULL"
+            " AND to_regclass(quote_ident(nspname) || '.events') IS NOT NULL"
+            " AND to_regclass(quote_ident(nspname) || '.recipients') IS NOT NULL ORDER BY nspname",
+            (self.schema, SHARED))]
+
+    def _same_content(self, schema: str, templates: dict[str, str], parts: dict[str, str],
+                      keys: list[str]) -> tuple[str, int] | None:
+        """(the campaign's id, how many of `keys` it handed to a provider) where it sent this content; else None."""
+        s = sql.Identifier(schema)
+        started = [detail_of(d).get("templates") for (d,) in self.raw.execute(
+            sql.SQL("SELECT detail FROM {}.events WHERE kind='send_started'").format(s))]
+        if templates not in started:
+            return None
+        approved = self.raw.execute(sql.SQL("SELECT detail FROM {}.events WHERE kind='approved' ORDER BY gid DESC LIMIT 1")
+                                    .format(s)).fetchone()
+        if approved is not None and detail_of(approved[0]).get("parts") != parts:
+            return None
+        row = self.raw.execute(sql.SQL("SELECT value FROM {}.meta WHERE name='campaign_id'").format(s)).fetchone()
+        named = bytes(row[0]).decode("utf-8", "replace") if row else schema
+        (n,) = self.raw.execute(sql.SQL("SELECT count(*) FROM {}.recipients WHERE key = ANY(%s) AND attempts > 0")
+                                .format(s), (keys,)).fetchone() or (0,)
+        return named, int(n)
+
