@@ -18,7 +18,7 @@ from ..errors import InputError, StoreError
 from ..recipients.rows import Recipient, Reject, read, recipient_token
 from ..recipients.validate import validate
 from .contract import Backend
-from .records import Event, ImportResult, dicts, file_sha256, utcnow, vars_of
+from .records import Event, ImportResult, chunked, dicts, file_sha256, utcnow, vars_of
 
 # States of a person nobody has handed to a provider yet: a corrected row still applies to them.
 _UNSENT = ("pending", "ineligible", "suppressed")
@@ -212,24 +212,13 @@ class Imports(Backend):
 
     def _seen(self, keys: list[str]) -> dict[str, int]:
         """Of these known people, those an earlier batch of the file being appended named, with their first row."""
-        found: dict[str, int] = {}
-        for start in range(0, len(keys), 900):
-            chunk = keys[start:start + 900]
-            found.update(self.db.execute(f"SELECT key, row FROM import_seen WHERE key IN ({','.join('?' * len(chunk))})",
-                                         chunk).fetchall())
-        return found
+        return dict(chunked(self.db, "SELECT key, row FROM import_seen WHERE key IN ({marks})", keys))
 
     def _known(self, keys: list[str]) -> dict[str, tuple[Any, ...]]:
         """The people of these keys the campaign already has: (row, import, id, state, attempts, then the fields a
         correction may change)."""
-        known: dict[str, tuple[Any, ...]] = {}
-        for start in range(0, len(keys), 900):
-            chunk = keys[start:start + 900]
-            marks = ",".join("?" * len(chunk))
-            for r in self.db.execute(f"SELECT key, row, import_id, id, state, attempts, email, name, locale, jurisdiction,"
-                                     f" vars, detail FROM recipients WHERE key IN ({marks})", chunk):
-                known[r[0]] = r[1:]
-        return known
+        return {r[0]: r[1:] for r in chunked(self.db, "SELECT key, row, import_id, id, state, attempts, email, name, locale,"
+                                             " jurisdiction, vars, detail FROM recipients WHERE key IN ({marks})", keys)}
 
     def _again(self, item: Recipient, known: dict[str, tuple[Any, ...]], import_id: int, replace: bool, tally: _Tally,
                events: list[Event]) -> Reject | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -197,6 +197,17 @@ class ImportResult:
         return (f"{self.path}: {self.rows_read} rows read = {self.accepted} accepted + {self.rejected} rejected"
                 + (f" ({'; '.join(known)})" if known else "") + (" (already imported; nothing added)" if self.already else ""))
 
+
+
+CHUNK = 900  # values bound in one query: under the 999 variables older SQLite allows
+
+
+def chunked(db: Any, sql: str, values: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+    """The rows of `sql`, whose one `IN ({marks})` takes `values`, CHUNK values a query (a key per person looked up:
+    a lookup, an append, the rejected rows of known people)."""
+    for start in range(0, len(values), CHUNK):
+        chunk = values[start:start + CHUNK]
+        yield from db.execute(sql.format(marks=",".join("?" * len(chunk))), chunk)
 
 
 def dicts(cur: Any) -> Iterator[dict[str, Any]]:

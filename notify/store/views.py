@@ -13,6 +13,8 @@ from ..campaign.model import Campaign
 from . import schema
 from .contract import Backend
 from .records import (
+    CHUNK,
+    chunked,
     detail_of,
     dicts,
     epoch_of,
@@ -32,14 +34,9 @@ class Views(Backend):
 
     def knowing(self, raws: Sequence[str]) -> set[str]:
         """Of rejected rows as they hold an address (a duplicate, a correction refused), the keys of those that are
-        the campaign's recipients: the row's text trimmed and lowered, 900 a query."""
-        keys = list({raw.strip().lower() for raw in raws})
-        found: set[str] = set()
-        for start in range(0, len(keys), 900):
-            chunk = keys[start:start + 900]
-            found.update(k for (k,) in self.db.execute(
-                f"SELECT key FROM recipients WHERE key IN ({','.join('?' * len(chunk))})", chunk))
-        return found
+        the campaign's recipients: the row's text trimmed and lowered (records.chunked)."""
+        return {k for (k,) in chunked(self.db, "SELECT key FROM recipients WHERE key IN ({marks})",
+                                      list({raw.strip().lower() for raw in raws}))}
 
     def rows_read(self) -> int:
         """Every input row the imports read: recipients and rejected rows."""
@@ -172,9 +169,9 @@ class Views(Backend):
     def rejected_known(self) -> int:
         """How many rejected rows name a person the campaign has (a duplicate, a correction refused): that person
         is counted with their own state, never as one more whom another channel must reach. Read as the export reads
-        a row (knowing), 900 rejects at a time."""
+        a row (knowing), CHUNK rejects at a time."""
         n, last = 0, 0
-        while batch := self.db.execute("SELECT id, raw FROM rejects WHERE id > ? ORDER BY id LIMIT 900", (last,)).fetchall():
+        while batch := self.db.execute("SELECT id, raw FROM rejects WHERE id > ? ORDER BY id LIMIT ?", (last, CHUNK)).fetchall():
             last = batch[-1][0]
             known = self.knowing([str(raw) for _, raw in batch])
             n += sum(str(raw).strip().lower() in known for _, raw in batch)
