@@ -269,6 +269,32 @@ def test_the_summary_counts_what_recipients_csv_lists(make_campaign: MakeCampaig
     assert (summary["deadline"]["met"], summary["deadline"]["late"]) == (False, 24)
 
 
+def test_a_bad_second_row_of_someone_listed_is_no_one_more(make_campaign: MakeCampaign, tmp_path: Path,
+                                                           backend: str) -> None:
+    """A second row of Bob, rejected for a control character in its name, was counted as someone more: listed in
+    alternate_channel.csv for a letter, in the headline's "another channel needed" and among California's residents
+    (3 for 2 people). Bob was emailed; his bad row is his. Carol's bad row, whose address is nobody listed, is
+    someone more, as before."""
+    d = make_campaign("email,name,jurisdiction\nbob@example.com,Bob,US-CA\nbob@example.com,Bo\x01b,US-CA\n"
+                      "carol@example.com,Ca\x01rol,US-CA\n")
+    assert run("send", d, "--no-progress")[0] == 0
+    out = tmp_path / "export"
+    code, _, err = run("audit", "export", d, "--out", out)
+    assert code == 0, err
+    with (out / "alternate_channel.csv").open(encoding="utf-8", newline="") as fh:
+        letters = list(csv.DictReader(fh))
+    assert [r["row"] for r in letters] == ["4"] and "carol@example.com" in letters[0]["email"], letters
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["not_reached_by_email"] == 1 and summary["jurisdictions"] == {"US-CA": 2}, summary
+    campaign = load(d / "campaign.toml", recipients_file=False)
+    store = open_store(campaign)
+    try:
+        assert store.rejected_known() == 1
+        assert [(o.jurisdiction, o.residents) for o in store.outcomes(campaign)] == [("US-CA", 2)]
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("beside", [True, False], ids=["two-processes", "one-process"])
 def test_an_export_taken_while_a_send_writes_says_one_moment_in_every_file(make_campaign: MakeCampaign, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch,

@@ -231,20 +231,21 @@ def test_a_schema_of_a_newer_notify_is_refused(make_campaign: MakeCampaign) -> N
 
 
 def test_a_schema_of_an_older_notify_is_brought_up_to_date(make_campaign: MakeCampaign) -> None:
-    """#40: schema 2 claims by deadline (recipients.due_by); 3 keeps a rejected row's jurisdiction. A campaign an
-    older notify began on PostgreSQL (schema 1: no due_by, the pending index on id, rejects without jurisdiction) is
-    upgraded by the first worker that opens it, once, and the send goes on from where it was."""
+    """#40: schema 2 claims by deadline (recipients.due_by); 3 keeps a rejected row's jurisdiction, 4 the key of
+    its address. A campaign an older notify began on PostgreSQL (schema 1: no due_by, the pending index on id,
+    rejects without jurisdiction or key) is upgraded by the first worker that opens it, once, and the send goes on
+    from where it was."""
     d = pg_campaign(make_campaign, 6)
     assert run("send", d, "--limit", "2")[0] == 0
     for statement in ("DROP INDEX recipients_pending", "ALTER TABLE recipients DROP COLUMN due_by",
                       "CREATE INDEX recipients_pending ON recipients(id) WHERE state='pending'",
-                      "ALTER TABLE rejects DROP COLUMN jurisdiction"):
+                      "ALTER TABLE rejects DROP COLUMN jurisdiction", "ALTER TABLE rejects DROP COLUMN key"):
         sql(d, statement)
     sql(d, "UPDATE meta SET value = ? WHERE name = 'schema_version'", (b"1",))
     code, out, err = run("send", d)
     assert code == 0, out + err
-    assert bytes(sql(d, "SELECT value FROM meta WHERE name = 'schema_version'")[0][0]) == b"3"
-    assert sql(d, "SELECT count(jurisdiction) FROM rejects") == [(0,)]
+    assert bytes(sql(d, "SELECT value FROM meta WHERE name = 'schema_version'")[0][0]) == b"4"
+    assert sql(d, "SELECT count(jurisdiction), count(key) FROM rejects") == [(0, 0)]
     assert sorted(s for (s,) in sql(d, "SELECT state FROM recipients")) == ["sent"] * 6
     assert sql(d, "SELECT count(*) FROM recipients WHERE due_by IS NULL")[0][0] == 0
 

@@ -235,13 +235,13 @@ def _write_rejects(store: Store, rw: files.SafeCsvWriter, aw: files.SafeCsvWrite
     """The rows the imports rejected, as read (any text: the safe writer guards each cell), with the jurisdiction
     the row names where it is someone more: whose law the letter answers to."""
     for batch in _batches(store.rejects()):
-        known = store.knowing([raw for _, raw, _, _ in batch])
-        for row, raw, reason, juris in batch:
+        known = store.knowing([names for *_, names in batch])
+        for row, raw, reason, juris, names in batch:
             cells = dict.fromkeys(RECIPIENT_COLUMNS, "") | {"row": row, "email": raw, "email_unicode": raw,
                                                             "final_state": "rejected", "reason": reason, "attempts": 0,
                                                             "jurisdiction": juris or ""}
             rw.writerow((*cells.values(), *[""] * extra))
-            if raw.strip().lower() in known:  # a known person's row (a duplicate, a refused correction): listed with their state
+            if names in known:  # a known person's row (a duplicate, a refused correction, a bad second row): listed with their state
                 tally.rejected_known += 1
             else:
                 aw.writerow((row, raw, raw, "rejected", reason, "", "", "", juris or "", *[""] * extra))
@@ -333,7 +333,7 @@ def _export_files(campaign: Campaign, store: Store, out: Path, resolve: Callable
     beside = _Beside(campaign, out, moment, report) if store.rows_read() >= BESIDE_FROM else None
     verdict = _write_events(store, out, index, written)
     written["state.jsonl"] = _write_state(store, out, index)
-    index.rejects(list(store.rejects()))
+    index.rejects([r[:4] for r in store.rejects()])
     regulators_table = regulators.table(campaign, store)
     if beside is not None and (done := beside.result())[2] == store.fingerprint():
         tally, drawn = done[0], done[1]

@@ -55,6 +55,9 @@ class Reject:
     # Where a rejected row is someone more (not a duplicate or a correction of a known person): the jurisdiction its
     # row names ("" where it names none, or none could be read). A resident affected all the same, for another channel.
     jurisdiction: str | None = None
+    # The key of the address its email cell holds, where it holds one: a row rejected for another cell (a control
+    # character in the name) may be a second row of someone listed, whom nobody has to reach another way.
+    key: str | None = None
 
 
 @dataclass(frozen=True)

@@ -217,8 +217,17 @@ def validate(record: Record, trusted: frozenset[str] = frozenset()) -> Recipient
         said = (record.fields or {}).get("jurisdiction")
         juris = said.strip() if isinstance(said, str) else ""
         return dataclasses.replace(item, jurisdiction=juris if len(juris) <= FIELD_LIMITS["jurisdiction"]
-                                   and juris.isprintable() else "")
+                                   and juris.isprintable() else "", key=_key_in(record.fields))
     return item
+
+
+def _key_in(fields: dict[str, Any] | None) -> str | None:
+    """The key of the address a rejected row's email cell holds, where it holds one (Reject.key)."""
+    email = (fields or {}).get("email")
+    if not isinstance(email, str) or "<" in email or ">" in email or _CONTROL_RE.search(email):
+        return None
+    address, _ = check_address(email.strip())
+    return address.lower() if address else None
 
 
 def _checked(record: Record, trusted: frozenset[str]) -> Recipient | Reject:

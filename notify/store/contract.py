@@ -91,3 +91,6 @@ class Backend:
 
     def recipient_rows(self) -> Iterator[dict[str, Any]]:
         raise NotImplementedError
+
+    def rejects(self) -> Iterator[tuple[int, str, str, str | None, str]]:
+        raise NotImplementedError

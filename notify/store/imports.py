@@ -167,7 +167,7 @@ class Imports(Backend):
                 continue
             if isinstance(item, Reject):
                 if not tally.rejected_earlier(item):
-                    rejects.append((import_id, item.row, item.raw, item.reason, item.jurisdiction))
+                    rejects.append((import_id, item.row, item.raw, item.reason, item.jurisdiction, item.key))
                 continue
             known[item.key] = (item.row, import_id, 0, "pending", 0)
             values = (import_id, item.row, item.email, item.key, recipient_token(item.key, self.token_key), item.email.rpartition("@")[2],
@@ -188,7 +188,8 @@ class Imports(Backend):
             "INSERT INTO recipients (import_id, row, email, key, token, domain, name, locale, jurisdiction, vars)"
             " VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
         if rejects:
-            self.db.executemany("INSERT INTO rejects (import_id, row, raw, reason, jurisdiction) VALUES (?,?,?,?,?)", rejects)
+            self.db.executemany("INSERT INTO rejects (import_id, row, raw, reason, jurisdiction, key) VALUES (?,?,?,?,?,?)",
+                                rejects)
         if tally.appending:
             self.db.executemany("INSERT INTO import_seen (key, row) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
                                 list(seen.items()))
@@ -203,7 +204,7 @@ class Imports(Backend):
         if isinstance(item, Reject):
             return item
         if (first := seen.get(item.key)) is not None:  # named further up the file being appended
-            return Reject(item.row, item.email, f"duplicate of row {first}")
+            return Reject(item.row, item.email, f"duplicate of row {first}", key=item.key)
         if item.key not in known:
             return item
         if tally.appending and known[item.key][1] != import_id:
@@ -227,7 +228,7 @@ class Imports(Backend):
         applied or the row read as it was (None: done)."""
         row, imp, rid, state, attempts, *was = known[item.key]
         if imp == import_id:
-            return Reject(item.row, item.email, f"duplicate of row {row}")
+            return Reject(item.row, item.email, f"duplicate of row {row}", key=item.key)
         changed = _changes(was, item)
         # Deferred without an attempt: held before any provider took it (a relay down before the message
         # left, a provider lacking SMTPUTF8): nobody was sent anything, so the correction applies.
@@ -240,7 +241,7 @@ class Imports(Backend):
             tally.refused.append((item.row, item.email, why))
             events.append(Event("correction_refused", rid, item.key, detail={"row": item.row, "state": state,
                                                                               "changed": changed}))
-            return Reject(item.row, item.email, why)
+            return Reject(item.row, item.email, why, key=item.key)
         if not (changed or replace):
             tally.unchanged += 1  # read again as it was: nothing to do (not a reject: the person is known)
             return None
@@ -273,9 +274,12 @@ class Imports(Backend):
             out.update(names)
         return out
 
-    def rejects(self) -> Iterator[tuple[int, str, str, str | None]]:
-        """(row, as read, why, the jurisdiction it names where it is someone more: Reject.jurisdiction)."""
-        yield from self.db.execute("SELECT row, raw, reason, jurisdiction FROM rejects ORDER BY import_id, row")
+    def rejects(self) -> Iterator[tuple[int, str, str, str | None, str]]:
+        """(row, as read, why, the jurisdiction it names where it is someone more: Reject.jurisdiction, and whom it
+        names: the key of its email cell's address where it held one, Reject.key, else its text lowered, which is the
+        address of a duplicate recorded before rejects kept keys)."""
+        yield from self.db.execute(f"SELECT row, raw, reason, jurisdiction, coalesce(key, {self.folded('raw')})"
+                                   " FROM rejects ORDER BY import_id, row")
 
     def write_rejects_file(self) -> Path:
         """The rejects report: every rejected row with its row number, raw value and reason."""
@@ -285,7 +289,7 @@ class Imports(Backend):
             with open(files.create_temp(tmp), "w", newline="", encoding="utf-8") as fh:
                 w = files.SafeCsvWriter(fh)
                 w.writerow(["row", "raw", "reason", "jurisdiction"])
-                w.writerows((row, raw, reason, juris or "") for row, raw, reason, juris in self.rejects())
+                w.writerows((row, raw, reason, juris or "") for row, raw, reason, juris, _ in self.rejects())
             os.replace(tmp, out)
         except OSError as e:
             raise self._os_error(out, e) from None

@@ -13,7 +13,7 @@ from .sqlite import SqliteStore
 COPIED = (  # table, columns: everything of the SQLite state, ids kept (events and feedback point at them)
     ("imports", "id, path, sha256, columns, rows_read, accepted, rejected, imported_at"),
     ("recipients", RECIPIENT_COLUMNS),
-    ("rejects", "id, import_id, row, raw, reason, jurisdiction"),
+    ("rejects", "id, import_id, row, raw, reason, jurisdiction, key"),
     ("feedback", "key, received_at"),
     ("unmatched", "id, key, source, kind, received_at, body"),
     ("suppress_outbox", "address, kind, source, reason"),

@@ -182,6 +182,12 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("0014_row_order", """
         CREATE INDEX recipients_row ON recipients(row, id)
     """),
+    # The key of the address a rejected row's email cell holds, where it holds one (Reject.key): a row rejected for
+    # another cell that names someone listed is that person's, counted with their own state, not as someone more
+    # whom another channel must reach. NULL where the cell held no address, and for rows rejected before.
+    ("0015_reject_key", """
+        ALTER TABLE rejects ADD COLUMN key TEXT
+    """),
 ]
 
 # A provider's own ID, through the partial index of migration 0006 (its WHERE, restated, lets SQLite

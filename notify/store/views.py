@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -21,6 +22,10 @@ from .records import (
     vars_of,
 )
 
+# A rejected row that is someone more: one that names a jurisdiction (Reject.jurisdiction: not a duplicate or a refused
+# correction) and whose address, where it held one, is not someone listed (a bad second row of theirs, Reject.key).
+SOMEONE_MORE = "jurisdiction IS NOT NULL AND NOT EXISTS (SELECT 1 FROM recipients p WHERE p.key = rejects.key)"
+
 
 class Views(Backend):
     """Read-only views of the state: counts, breakdowns, the export's rows, lookups, the figures reports show."""
@@ -32,11 +37,10 @@ class Views(Backend):
             (self.json_path(column),)).fetchone()
         return row[0], row[1]
 
-    def knowing(self, raws: Sequence[str]) -> set[str]:
-        """Of rejected rows as they hold an address (a duplicate, a correction refused), the keys of those that are
-        the campaign's recipients: the row's text trimmed and lowered (records.chunked)."""
-        return {k for (k,) in chunked(self.db, "SELECT key FROM recipients WHERE key IN ({marks})",
-                                      list({raw.strip().lower() for raw in raws}))}
+    def knowing(self, names: Sequence[str]) -> set[str]:
+        """Of the people rejected rows name (Store.rejects), those who are the campaign's recipients
+        (records.chunked)."""
+        return {k for (k,) in chunked(self.db, "SELECT key FROM recipients WHERE key IN ({marks})", list(set(names)))}
 
     def rows_read(self) -> int:
         """Every input row the imports read: recipients and rejected rows."""
@@ -170,11 +174,10 @@ class Views(Backend):
         """How many rejected rows name a person the campaign has (a duplicate, a correction refused): that person
         is counted with their own state, never as one more whom another channel must reach. Read as the export reads
         a row (knowing), CHUNK rejects at a time."""
-        n, last = 0, 0
-        while batch := self.db.execute("SELECT id, raw FROM rejects WHERE id > ? ORDER BY id LIMIT ?", (last, CHUNK)).fetchall():
-            last = batch[-1][0]
-            known = self.knowing([str(raw) for _, raw in batch])
-            n += sum(str(raw).strip().lower() in known for _, raw in batch)
+        n, rows = 0, self.rejects()
+        while batch := list(itertools.islice(rows, CHUNK)):
+            known = self.knowing([names for *_, names in batch])
+            n += sum(names in known for *_, names in batch)
         return n
 
     def reply_summary(self, state: str, top: int = 5) -> list[tuple[str, int, str]]:
@@ -198,7 +201,7 @@ class Views(Backend):
         for value, state, n in self.db.execute(f"SELECT {expr}, state, count(*) FROM recipients GROUP BY 1, 2"):
             groups.setdefault(str(value), {})[state] = n
         if by == "jurisdiction":  # its rejected rows of someone more: residents too, for another channel
-            for value, n in self.db.execute(f"SELECT {expr}, count(*) FROM rejects WHERE jurisdiction IS NOT NULL GROUP BY 1"):
+            for value, n in self.db.execute(f"SELECT {expr}, count(*) FROM rejects WHERE {SOMEONE_MORE} GROUP BY 1"):
                 groups.setdefault(str(value), {})["rejected"] = n
         ranked = sorted(groups.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
         return ranked if top is None else ranked[:top]
@@ -227,7 +230,7 @@ class Views(Backend):
         return [(str(j), str(s), int(n), lo, hi) for j, s, n, lo, hi in self.db.execute(
             "SELECT jurisdiction, state, count(*), min(first_attempt_at), max(first_attempt_at) FROM recipients"
             " GROUP BY jurisdiction, state UNION ALL SELECT jurisdiction, 'rejected', count(*), NULL, NULL FROM rejects"
-            " WHERE jurisdiction IS NOT NULL GROUP BY jurisdiction")]
+            f" WHERE {SOMEONE_MORE} GROUP BY jurisdiction")]
 
     def outcomes(self, campaign: Campaign) -> list[Outcomes]:
         """The people of each jurisdiction by outcome, with how many were notified after its own deadline."""
