@@ -270,30 +270,46 @@ def test_a_host_given_a_changed_id_finds_the_content_sent_under_the_old_one(make
     """The host that never opened the campaign knows only the id it is given: a copy of the campaign whose id was
     changed after 2 of 4 were sent began a new state in the same database and sent all 4 again. The database shows
     the old campaign sent this same content to these people: refused, with the way back; set back as it says, the
-    copy resumes the campaign and sends the 2 left. A second notice whose text differs is not held back."""
-    d = pg_campaign(make_campaign, 4)
-    assert run("send", d, "--limit", "2")[0] == 0
-    other = tmp_path / "other-host"
-    shutil.copytree(d, other, ignore=shutil.ignore_patterns(".notify", "outbox"))
-    toml = other / "campaign.toml"
-    toml.write_text(toml.read_text().replace('id = "test-2022-08"', 'id = "test-2022-09"'))
-    code, out, err = run("send", other)
-    assert code == 1 and "campaign 'test-2022-08', in the same database, already sent this same content" in err \
-        and "to 2 of 4 people checked among those this campaign has still to send" in err, out + err
-    assert "set [campaign] id back to 'test-2022-08' and remove" in err and not (other / "outbox").exists(), err
-    assert run("check", other)[0] == 1  # check says what send requires
-    toml.write_text(toml.read_text().replace('id = "test-2022-09"', 'id = "test-2022-08"'))
-    (other / ".notify" / "postgres-campaign-id").unlink()
-    code, out, err = run("send", other)
-    assert code == 0 and len(list((other / "outbox").glob("*.eml"))) == 2, out + err
-    follow = tmp_path / "follow-up"
-    shutil.copytree(d, follow, ignore=shutil.ignore_patterns(".notify", "outbox"))
-    toml = follow / "campaign.toml"
-    toml.write_text(toml.read_text().replace('id = "test-2022-08"', 'id = "test-2022-10"'))
-    body = next((follow / "templates").rglob("body.txt"))
-    body.write_text(body.read_text() + "\nAn update to our notice of last week.\n")
-    code, out, err = run("send", follow)
-    assert code == 0 and len(list((follow / "outbox").glob("*.eml"))) == 4, out + err
+    copy resumes the campaign and sends the 2 left. A second notice whose text differs is not held back, nor is a
+    campaign whose content only a rehearsal through an outbox sent before (nobody was notified)."""
+    h = Handler()
+
+    def copy(name: str, campaign_id: str, providers: str = "relay", line: str = "") -> Path:
+        c = tmp_path / name
+        shutil.copytree(d, c, ignore=shutil.ignore_patterns(".notify", "outbox"))
+        toml = c / "campaign.toml"
+        toml.write_text(toml.read_text().replace('id = "test-2022-08"', f'id = "{campaign_id}"')
+                        .replace('providers = ["relay"]', f'providers = ["{providers}"]'))
+        if line:
+            body = next((c / "templates").rglob("body.txt"))
+            body.write_text(body.read_text() + f"\n{line}\n")
+        return c
+
+    def received() -> Counter[str]:
+        return Counter(m.rcpt for m in h.received)
+
+    with Server(h) as srv:
+        d = pg_campaign(make_campaign, 4, port=srv.port)
+        assert run("send", d, "--limit", "2")[0] == 0 and len(h.received) == 2
+        other = copy("other-host", "test-2022-09")
+        code, out, err = run("send", other)
+        assert code == 1 and "campaign 'test-2022-08', in the same database, already sent this same content" in err \
+            and "to 2 of 4 people checked among those this campaign has still to send" in err, out + err
+        assert "set [campaign] id back to 'test-2022-08' and remove" in err and len(h.received) == 2, err
+        assert run("check", other)[0] == 1  # check says what send requires
+        toml = other / "campaign.toml"
+        toml.write_text(toml.read_text().replace('id = "test-2022-09"', 'id = "test-2022-08"'))
+        (other / ".notify" / "postgres-campaign-id").unlink()
+        code, out, err = run("send", other)
+        assert code == 0 and received() == Counter({f"p{i}@example.com": 1 for i in range(4)}), out + err
+        follow = copy("follow-up", "test-2022-10", line="An update to our notice of last week.")
+        code, out, err = run("send", follow)
+        assert code == 0 and received() == Counter({f"p{i}@example.com": 2 for i in range(4)}), out + err
+        rehearsal = copy("rehearsal", "test-2022-11", providers="outbox", line="A third notice.")
+        assert run("send", rehearsal)[0] == 0 and len(list((rehearsal / "outbox").glob("*.eml"))) == 4
+        real = copy("real", "test-2022-12", line="A third notice.")
+        code, out, err = run("send", real)
+        assert code == 0 and received() == Counter({f"p{i}@example.com": 3 for i in range(4)}), out + err
 
 
 def test_state_init_and_migrate_from_sqlite_keep_the_chain(make_campaign: MakeCampaign, pg_cluster: pg.Cluster,

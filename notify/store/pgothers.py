@@ -22,6 +22,11 @@ from .pgschema import SHARED
 from .records import detail_of
 
 SAMPLE = 1000  # people of this campaign not yet sent, looked for in each other campaign
+# Handed to a provider that took it somewhere (not an outbox, which writes the message to a file named after its
+# Message-ID, providers.outbox.eml_name, and says that name): a rehearsal through an outbox notified nobody, as
+# approval (evidence.review) holds too.
+HANDED_OVER = ("attempts > 0 AND detail IS DISTINCT FROM"
+               " replace(trim(both '<>' from message_id), '/', '_') || '.eml'")
 
 
 class Others(Backend):
@@ -33,7 +38,8 @@ class Others(Backend):
     def sent_elsewhere(self, templates: dict[str, str], parts: dict[str, str]) -> list[tuple[str, int, int]]:
         """Other campaigns of this database that sent these `templates` (as their send_started events record them)
         and, where they were approved, approved these `parts`, to people this campaign has not sent yet: (their
-        id, how many of the first SAMPLE such people they handed to a provider, how many were looked for). A schema
+        id, how many of the first SAMPLE such people they handed to a provider (HANDED_OVER), how many were
+        looked for). A schema
         this database user may not read is passed over: it cannot be told apart from one that is not notify's."""
         keys = [k for (k,) in self.raw.execute(
             "SELECT key FROM recipients WHERE state='pending' AND attempts=0 ORDER BY id LIMIT %s", (SAMPLE,))]
@@ -73,7 +79,7 @@ class Others(Backend):
             return None
         row = self.raw.execute(sql.SQL("SELECT value FROM {}.meta WHERE name='campaign_id'").format(s)).fetchone()
         named = bytes(row[0]).decode("utf-8", "replace") if row else schema
-        (n,) = self.raw.execute(sql.SQL("SELECT count(*) FROM {}.recipients WHERE key = ANY(%s) AND attempts > 0")
+        (n,) = self.raw.execute(sql.SQL(f"SELECT count(*) FROM {{}}.recipients WHERE key = ANY(%s) AND {HANDED_OVER}")
                                 .format(s), (keys,)).fetchone() or (0,)
         return named, int(n)
 
