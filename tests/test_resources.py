@@ -63,7 +63,7 @@ def test_file_size_limit_stops_cleanly_and_resumes(make_campaign: MakeCampaign) 
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True).returncode:
         pytest.skip("cannot mount a small tmpfs here (needs root and mount rights); RLIMIT_FSIZE covers the same path")
     try:
         yield mnt
