@@ -292,6 +292,9 @@ def test_a_host_given_a_changed_id_finds_the_content_sent_under_the_old_one(make
         d = pg_campaign(make_campaign, 4, port=srv.port)
         assert run("send", d, "--limit", "2")[0] == 0 and len(h.received) == 2
         other = copy("other-host", "test-2022-09")
+        for statement in ("CREATE SCHEMA notify_not_ours", "CREATE TABLE notify_not_ours.meta (name TEXT)",
+                          "CREATE TABLE notify_not_ours.events (kind TEXT)", "CREATE TABLE notify_not_ours.recipients (key TEXT)"):
+            sql(d, statement)  # a schema that only looks like a campaign's: its events have no detail, and it is passed over
         code, out, err = run("send", other)
         assert code == 1 and "campaign 'test-2022-08', in the same database, already sent this same content" in err \
             and "to 2 of 4 people checked among those this campaign has still to send" in err, out + err
