@@ -222,12 +222,11 @@ def validate(record: Record, trusted: frozenset[str] = frozenset()) -> Recipient
 
 
 def _key_in(fields: dict[str, Any] | None) -> str | None:
-    """The key of the address a rejected row's email cell holds, where it holds one (Reject.key)."""
+    """The key of the address a rejected row's email cell holds, where it holds one (Reject.key): the cell checked
+    alone, as a row of nothing else."""
     email = (fields or {}).get("email")
-    if not isinstance(email, str) or "<" in email or ">" in email or _CONTROL_RE.search(email):
-        return None
-    address, _ = check_address(email.strip())
-    return address.lower() if address else None
+    item = _checked(Record(0, email, {"email": email}), frozenset()) if isinstance(email, str) else None
+    return item.key if isinstance(item, Recipient) else None
 
 
 def _checked(record: Record, trusted: frozenset[str]) -> Recipient | Reject:
@@ -265,7 +264,7 @@ def key_of(address: str) -> tuple[str | None, str | None]:
     campaign and on the suppression list, as an import makes it; or None and why it is no address."""
     if "<" in address or ">" in address:
         return None, "it holds a display name (Name <address>)"
-    item = validate(Record(0, address, {"email": address}))
+    item = _checked(Record(0, address, {"email": address}), frozenset())
     if isinstance(item, Recipient):
         return item.key, None
     return None, item.reason.removeprefix("invalid email: ").replace("column 'email' contains", "it contains")
