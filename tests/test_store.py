@@ -55,8 +55,9 @@ def test_a_database_from_before_a_migration_is_upgraded(make_campaign: MakeCampa
     assert s.counts() == {"pending": 1}
     assert s.db.execute("SELECT message_id FROM recipients").fetchone() == (None,)
     # A row rejected before rejects kept the jurisdiction: none known, so counted nowhere by jurisdiction; nor
-    # the key of its address, so it names whom its text names.
-    assert list(s.rejects()) == [(3, "broken,Bob,en,US-CA", "no @", None, "broken,bob,en,us-ca")]
+    # the key of its address, so it names whom its text names: nobody listed.
+    assert list(s.rejects()) == [(3, "broken,Bob,en,US-CA", "no @", None)]
+    assert list(s.rejects_known()) == [(3, "broken,Bob,en,US-CA", "no @", None, False)]
     assert [(o.jurisdiction, o.residents) for o in s.outcomes(campaign.load(d))] == [("US-CA", 1)]
     s.close()
 
@@ -137,10 +138,11 @@ def test_import_dedupes_and_counts_add_up(make_campaign: MakeCampaign, backend: 
     r = s.import_file(d / "recipients.csv")
     assert (r.rows_read, r.accepted, r.rejected) == (5, 2, 3)
     assert list(s.rejects()) == [  # a duplicate is no one more (no jurisdiction); "bad" is, and names none
-        (4, "A@example.com", "duplicate of row 2", None, "a@example.com"),
-        (5, "bad", "invalid email: An email address must have an @-sign.", "", "bad"),
-        (6, "b@example.com", "duplicate of row 3", None, "b@example.com"),
+        (4, "A@example.com", "duplicate of row 2", None),
+        (5, "bad", "invalid email: An email address must have an @-sign.", ""),
+        (6, "b@example.com", "duplicate of row 3", None),
     ]
+    assert [known for *_, known in s.rejects_known()] == [True, False, True]  # the duplicates name someone listed
     path = s.write_rejects_file()
     assert path.read_text().splitlines()[:2] == ["row,raw,reason,jurisdiction", "4,A@example.com,duplicate of row 2,"]
 

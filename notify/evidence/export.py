@@ -234,21 +234,19 @@ def _versions(campaign: Campaign, resolve: Callable[[str, str], str]) -> Callabl
 def _write_rejects(store: Store, rw: files.SafeCsvWriter, aw: files.SafeCsvWriter, tally: Tally, extra: int) -> None:
     """The rows the imports rejected, as read (any text: the safe writer guards each cell), with the jurisdiction
     the row names where it is someone more: whose law the letter answers to."""
-    for batch in _batches(store.rejects()):
-        known = store.knowing([names for *_, names in batch])
-        for row, raw, reason, juris, names in batch:
-            cells = dict.fromkeys(RECIPIENT_COLUMNS, "") | {"row": row, "email": raw, "email_unicode": raw,
-                                                            "final_state": "rejected", "reason": reason, "attempts": 0,
-                                                            "jurisdiction": juris or ""}
-            rw.writerow((*cells.values(), *[""] * extra))
-            if names in known:  # a known person's row (a duplicate, a refused correction, a bad second row): listed with their state
-                tally.rejected_known += 1
-            else:
-                aw.writerow((row, raw, raw, "rejected", reason, "", "", "", juris or "", *[""] * extra))
-                if juris is not None:  # a resident of where the row says, as the regulators' table counts them
-                    tally.jurisdictions[juris or "(none)"] += 1
-            tally.rows_out += 1
-            tally.states["rejected"] += 1
+    for row, raw, reason, juris, known in store.rejects_known():
+        cells = dict.fromkeys(RECIPIENT_COLUMNS, "") | {"row": row, "email": raw, "email_unicode": raw,
+                                                        "final_state": "rejected", "reason": reason, "attempts": 0,
+                                                        "jurisdiction": juris or ""}
+        rw.writerow((*cells.values(), *[""] * extra))
+        if known:  # a known person's row (a duplicate, a refused correction, a bad second row): listed with their state
+            tally.rejected_known += 1
+        else:
+            aw.writerow((row, raw, raw, "rejected", reason, "", "", "", juris or "", *[""] * extra))
+            if juris is not None:  # a resident of where the row says, as the regulators' table counts them
+                tally.jurisdictions[juris or "(none)"] += 1
+        tally.rows_out += 1
+        tally.states["rejected"] += 1
 
 
 BESIDE_FROM = 20_000  # rows: below, starting a process costs more than it saves
@@ -333,7 +331,7 @@ def _export_files(campaign: Campaign, store: Store, out: Path, resolve: Callable
     beside = _Beside(campaign, out, moment, report) if store.rows_read() >= BESIDE_FROM else None
     verdict = _write_events(store, out, index, written)
     written["state.jsonl"] = _write_state(store, out, index)
-    index.rejects([r[:4] for r in store.rejects()])
+    index.rejects(list(store.rejects()))
     regulators_table = regulators.table(campaign, store)
     if beside is not None and (done := beside.result())[2] == store.fingerprint():
         tally, drawn = done[0], done[1]

@@ -159,7 +159,7 @@ def rejected(store: Store, query: str) -> list[tuple[int, str, str]]:
         return []
     def holds(cell: str) -> bool:  # the address itself, or written with a display name ("Dave <dave@...>")
         return cell.strip().lower() in keys or email.utils.parseaddr(cell)[1].lower() in keys
-    return [(row, raw, reason) for row, raw, reason, _, _ in store.rejects()
+    return [(row, raw, reason) for row, raw, reason, _ in store.rejects()
             if any(holds(cell) for cells in csv.reader(io.StringIO(raw)) for cell in cells)]
 
 

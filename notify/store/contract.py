@@ -92,5 +92,5 @@ class Backend:
     def recipient_rows(self) -> Iterator[dict[str, Any]]:
         raise NotImplementedError
 
-    def rejects(self) -> Iterator[tuple[int, str, str, str | None, str]]:
+    def rejects(self) -> Iterator[tuple[int, str, str, str | None]]:
         raise NotImplementedError

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,13 +273,6 @@ class Imports(Backend):
             out.update(names)
         return out
 
-    def rejects(self) -> Iterator[tuple[int, str, str, str | None, str]]:
-        """(row, as read, why, the jurisdiction it names where it is someone more: Reject.jurisdiction, and whom it
-        names: the key of its email cell's address where it held one, Reject.key, else its text lowered, which is the
-        address of a duplicate recorded before rejects kept keys)."""
-        yield from self.db.execute(f"SELECT row, raw, reason, jurisdiction, coalesce(key, {self.folded('raw')})"
-                                   " FROM rejects ORDER BY import_id, row")
-
     def write_rejects_file(self) -> Path:
         """The rejects report: every rejected row with its row number, raw value and reason."""
         out = self.state_dir / "rejects.csv"
@@ -289,7 +281,7 @@ class Imports(Backend):
             with open(files.create_temp(tmp), "w", newline="", encoding="utf-8") as fh:
                 w = files.SafeCsvWriter(fh)
                 w.writerow(["row", "raw", "reason", "jurisdiction"])
-                w.writerows((row, raw, reason, juris or "") for row, raw, reason, juris, _ in self.rejects())
+                w.writerows((row, raw, reason, juris or "") for row, raw, reason, juris in self.rejects())
             os.replace(tmp, out)
         except OSError as e:
             raise self._os_error(out, e) from None

@@ -22,10 +22,6 @@ from .records import (
     vars_of,
 )
 
-# A rejected row that is someone more: one that names a jurisdiction (Reject.jurisdiction: not a duplicate or a refused
-# correction) and whose address, where it held one, is not someone listed (a bad second row of theirs, Reject.key).
-SOMEONE_MORE = "jurisdiction IS NOT NULL AND NOT EXISTS (SELECT 1 FROM recipients p WHERE p.key = rejects.key)"
-
 
 class Views(Backend):
     """Read-only views of the state: counts, breakdowns, the export's rows, lookups, the figures reports show."""
@@ -37,10 +33,30 @@ class Views(Backend):
             (self.json_path(column),)).fetchone()
         return row[0], row[1]
 
-    def knowing(self, names: Sequence[str]) -> set[str]:
-        """Of the people rejected rows name (Store.rejects), those who are the campaign's recipients
-        (records.chunked)."""
-        return {k for (k,) in chunked(self.db, "SELECT key FROM recipients WHERE key IN ({marks})", list(set(names)))}
+    def _named(self) -> str:
+        """SQL: whom a rejected row names: the key of its email cell's address where it held one (Reject.key), else
+        its text lowered, which is a duplicate's address in rows recorded before rejects kept keys."""
+        return f"coalesce(rejects.key, {self.folded('rejects.raw')})"
+
+    def _someone_more(self) -> str:
+        """SQL: a rejected row that is someone more: it names a jurisdiction (Reject.jurisdiction: not a duplicate
+        or a refused correction) and nobody listed (not a bad second row of theirs): rejects_known's False."""
+        return f"jurisdiction IS NOT NULL AND NOT EXISTS (SELECT 1 FROM recipients p WHERE p.key = {self._named()})"
+
+    def rejects(self) -> Iterator[tuple[int, str, str, str | None]]:
+        """(row, as read, why, the jurisdiction it names where it is someone more: Reject.jurisdiction)."""
+        yield from self.db.execute("SELECT row, raw, reason, jurisdiction FROM rejects ORDER BY import_id, row")
+
+    def rejects_known(self) -> Iterator[tuple[int, str, str, str | None, bool]]:
+        """rejects(), each with whether the person it names (_named) is one of the campaign's recipients: then it
+        is counted with their own state, never as someone more whom another channel must reach. CHUNK at a time."""
+        rows = iter(self.db.execute(f"SELECT row, raw, reason, jurisdiction, {self._named()} FROM rejects"
+                                    " ORDER BY import_id, row"))
+        while batch := list(itertools.islice(rows, CHUNK)):
+            names = list({named for *_, named in batch})
+            known = {k for (k,) in chunked(self.db, "SELECT key FROM recipients WHERE key IN ({marks})", names)}
+            for row, raw, reason, juris, named in batch:
+                yield row, raw, reason, juris, named in known
 
     def rows_read(self) -> int:
         """Every input row the imports read: recipients and rejected rows."""
@@ -173,12 +189,8 @@ class Views(Backend):
     def rejected_known(self) -> int:
         """How many rejected rows name a person the campaign has (a duplicate, a correction refused): that person
         is counted with their own state, never as one more whom another channel must reach. Read as the export reads
-        a row (knowing), CHUNK rejects at a time."""
-        n, rows = 0, self.rejects()
-        while batch := list(itertools.islice(rows, CHUNK)):
-            known = self.knowing([names for *_, names in batch])
-            n += sum(names in known for *_, names in batch)
-        return n
+        a row (rejects_known)."""
+        return sum(known for *_, known in self.rejects_known())
 
     def reply_summary(self, state: str, top: int = 5) -> list[tuple[str, int, str]]:
         """The most common replies among recipients in `state`: (code such as "550 5.1.1", count, an example)."""
@@ -201,7 +213,7 @@ class Views(Backend):
         for value, state, n in self.db.execute(f"SELECT {expr}, state, count(*) FROM recipients GROUP BY 1, 2"):
             groups.setdefault(str(value), {})[state] = n
         if by == "jurisdiction":  # its rejected rows of someone more: residents too, for another channel
-            for value, n in self.db.execute(f"SELECT {expr}, count(*) FROM rejects WHERE {SOMEONE_MORE} GROUP BY 1"):
+            for value, n in self.db.execute(f"SELECT {expr}, count(*) FROM rejects WHERE {self._someone_more()} GROUP BY 1"):
                 groups.setdefault(str(value), {})["rejected"] = n
         ranked = sorted(groups.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
         return ranked if top is None else ranked[:top]
@@ -230,7 +242,7 @@ class Views(Backend):
         return [(str(j), str(s), int(n), lo, hi) for j, s, n, lo, hi in self.db.execute(
             "SELECT jurisdiction, state, count(*), min(first_attempt_at), max(first_attempt_at) FROM recipients"
             " GROUP BY jurisdiction, state UNION ALL SELECT jurisdiction, 'rejected', count(*), NULL, NULL FROM rejects"
-            f" WHERE {SOMEONE_MORE} GROUP BY jurisdiction")]
+            f" WHERE {self._someone_more()} GROUP BY jurisdiction")]
 
     def outcomes(self, campaign: Campaign) -> list[Outcomes]:
         """The people of each jurisdiction by outcome, with how many were notified after its own deadline."""
