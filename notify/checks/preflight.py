@@ -102,8 +102,9 @@ def _sent_elsewhere(campaign: Campaign, store: Store, templates: Templates, pre:
     """Another campaign of the same database (PostgreSQL) that sent this very content to people this one has still
     to send: most likely this campaign begun again under a changed [campaign] id, on a host that never opened it
     under the old one, which would notify everyone a second time (store.pgothers)."""
-    for other, n, looked in store.sent_elsewhere(templates.hashes(), templates.fingerprint()):
-        untouched = set(store.counts()) <= {"pending", "ineligible", "suppressed"}
+    found = store.sent_elsewhere(templates.hashes(), templates.fingerprint())
+    untouched = bool(found) and set(store.counts()) <= {"pending", "ineligible", "suppressed"}  # nothing sent here
+    for other, n, looked in found:
         back = (f"set [campaign] id back to {other!r} and remove {campaign.state_dir / PG_BEGUN} (nothing "
                 f"was sent as {campaign.id!r}): the campaign then resumes where it stopped" if untouched else
                 f"set [campaign] id back to {other!r}: the campaign then resumes where it stopped")
