@@ -269,6 +269,19 @@ def test_the_summary_counts_what_recipients_csv_lists(make_campaign: MakeCampaig
     assert (summary["deadline"]["met"], summary["deadline"]["late"]) == (False, 24)
 
 
+def test_a_file_with_no_rows_is_said_so_by_check_and_the_export(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    """A recipients file with its header alone: check says the file has no rows (not that every row was rejected),
+    and the export's summary.txt says "none" for each count instead of ending a line at its colon."""
+    d = make_campaign("email,name\n")
+    code, _, err = run("check", d)
+    assert code == 1 and "no recipients: the file has no rows under its header" in err and "rejected" not in err
+    code, _, err = run("audit", "export", d, "--out", tmp_path / "export")
+    assert code == 0, err
+    said = (tmp_path / "export" / "summary.txt").read_text(encoding="utf-8").splitlines()
+    for label in ("Final states", "Per locale", "Per jurisdiction", "Per template variant", "Per provider"):
+        assert f"{label}: none" in said
+
+
 def test_a_bad_second_row_of_someone_listed_is_no_one_more(make_campaign: MakeCampaign, tmp_path: Path,
                                                            backend: str) -> None:
     """A second row of Bob, rejected for a control character in its name, was counted as someone more: listed in

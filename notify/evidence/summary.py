@@ -135,6 +135,11 @@ def summarised(campaign: Campaign, store: Store, tally: Tally, verdict: Verdict,
     }
 
 
+def _counts(counts: dict[str, int]) -> str:
+    """"sent 180, failed 8"; "none" where there is nothing to count (a campaign whose file had no rows)."""
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
+
+
 def summary_lines(summary: dict[str, Any], verdict: Verdict) -> list[str]:
     """summary.txt: the same, for a person, and what each file of the export is."""
     template_hashes = summary["template_sha256"]
@@ -142,11 +147,11 @@ def summary_lines(summary: dict[str, Any], verdict: Verdict) -> list[str]:
     lines = [f"Campaign {summary['campaign']}: audit export by {summary['exported_by']} at {summary['exported_at']} "
              f"({summary['tool']})",
              f"Completeness: {summary['completeness']}",
-             "Final states: " + ", ".join(f"{k} {v}" for k, v in summary["states"].items()),
-             "Per locale: " + ", ".join(f"{k} {v}" for k, v in summary["locales"].items()),
-             "Per jurisdiction: " + ", ".join(f"{k} {v}" for k, v in summary["jurisdictions"].items()),
-             "Per template variant: " + ", ".join(f"{k} {v}" for k, v in summary["variants"].items()),
-             "Per provider: " + (", ".join(f"{k} {v}" for k, v in summary["providers"].items()) or "none"),
+             f"Final states: {_counts(summary['states'])}",
+             f"Per locale: {_counts(summary['locales'])}",
+             f"Per jurisdiction: {_counts(summary['jurisdictions'])}",
+             f"Per template variant: {_counts(summary['variants'])}",
+             f"Per provider: {_counts(summary['providers'])}",
              f"First send: {summary['first_send'] or '-'}; last send: {summary['last_send'] or '-'}",
              f"Not reached by email (alternate_channel.csv): {summary['not_reached_by_email']}",
              f"Approval: {approval_line(summary['approval'])}",
