@@ -203,6 +203,10 @@ def test_bucket_delay_does_not_reserve() -> None:
     (452, "Too many messages in this session, slow down", True),
     (451, "4.3.0 Temporary lookup failure", False),
     (450, "4.2.1 Greylisted, please try again in 300 seconds", False),
+    (451, "4.7.1 Greylisted, try later", False),  # sqlgrey, milter-greylist, Exim: greylisting under 4.7.1
+    (451, "4.7.1 Greylisting in action, please come back later", False),
+    (451, "4.7.1 <a@example.org>: Recipient address rejected: graylisted for 5 minutes", False),
+    (451, "4.7.1 Greylisted: too many messages, slow down", True),  # rate words win over greylist words
     (452, "4.2.2 Mailbox full", False),
     (451, "4.4.1 No answer from host", False),
     (452, "4.5.3 Too many recipients", False),

@@ -15,6 +15,9 @@ from .base import Kind, Outcome
 # (greylisting, a busy mailbox) or 452 4.2.2 is about one recipient: retried, never slowing the others.
 RATE_WORDING = re.compile(r"\brate\b|rate.?limit|too many (?:messages|connections|concurrent|sessions|mails)|too fast|"
                           r"throttl|slow down|sending limit|exceeded.{0,20}(?:per|quota)", re.I)
+# Greylisting said in words. Many greylisters (sqlgrey, milter-greylist, Exim's) send it with 451 4.7.1, the
+# status of "policy": the words, not the status, say it is about this one sender and recipient, not the rate.
+GREYLIST_WORDING = re.compile(r"gr[ae]y.?list", re.I)
 
 
 ENHANCED_RE = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
@@ -33,7 +36,9 @@ def is_throttling(code: int, status: str | None, text: str) -> bool:
     if code == 454:
         return (status or "4.7.0").startswith("4.7")
     if code in (450, 451, 452):
-        return bool(status and status.startswith("4.7.")) or RATE_WORDING.search(text) is not None
+        if RATE_WORDING.search(text):
+            return True
+        return bool(status and status.startswith("4.7.")) and not GREYLIST_WORDING.search(text)
     return False
 
 
