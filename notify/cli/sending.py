@@ -142,7 +142,9 @@ def _say_ending(c: Campaign, campaign: Path, result: RunResult, limit: int | Non
         typer.echo(f"Canary: --limit {limit} reached as asked; {result.remaining} recipient(s) still to send: "
                    f"`notify send {campaign}` sends the rest.")
     elif result.failed_total:
-        err(f"{result.failed_total} recipient(s) failed; see `notify status {campaign}` for the replies.")
+        said = {"failed": "failed", "bounced": "bounced (the address takes no mail)"}
+        parts = ", ".join(f"{n} {said[state]}" for state, n in result.unreached.items())
+        err(f"Not reached by email: {parts}; see `notify status {campaign}` for the replies.")
 
 
 def _say_seeds(campaign: Path, result: RunResult) -> None:

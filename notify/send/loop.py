@@ -351,6 +351,7 @@ class SendLoop:
         # Not notified by email: failed, and the dead addresses this run's own sends found (a bounce report's, read
         # by `bounces`, is the campaign's news, not this run's).
         result.failed_total = counts.get("failed", 0) + result.counts.get("bounced", 0)
+        result.unreached = {s: counts[s] for s in ("failed", "bounced") if counts.get(s)}
         if self.options.limit is not None and result.remaining and not result.stopped:
             result.limit_reached = True  # as asked (#38: a canary that stops at its limit is not an error)
         for need, n in sorted(result.needing().items()):

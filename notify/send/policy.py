@@ -34,7 +34,8 @@ class RunResult:
     stopped: str | None = None  # why the run stopped before finishing (provider down, retries later)
     next_retry: float | None = None  # wall-clock time of the next due retry, when stopped for it
     remaining: int = 0  # recipients not yet in a final state
-    failed_total: int = 0  # failed recipients in the whole campaign
+    failed_total: int = 0  # failed recipients in the whole campaign, and those this run found bounced: exit 3
+    unreached: dict[str, int] = field(default_factory=dict)  # the campaign's failed and bounced, as the run ends
     notes: list[str] = field(default_factory=list)  # what the provider said before sending (quota, ...)
     limit_reached: bool = False  # a canary (--limit) sent what it was asked to, and others remain: not a stop
     paused: bool = False  # the reputation breaker stopped the run: resuming takes --acknowledge-reputation
