@@ -13,8 +13,10 @@ from typer.testing import CliRunner
 
 from notify.cli.app import app
 
-from .conftest import MakeCampaign, sql
+from .conftest import MakeCampaign, sql, states, tokens
 from .smtpd import Handler, Server
+from .test_feedback import mbox_of
+from .test_feedback_trust import postfix_bounce
 from .test_smtp import smtp_campaign
 
 runner = CliRunner()
@@ -134,3 +136,40 @@ def test_a_person_held_before_any_provider_took_the_message_can_still_be_correct
 
 def first_relay_port(toml: Path) -> int:
     return int(toml.read_text().split("[providers.relay]", 1)[1].split("port = ", 1)[1].split("\n", 1)[0])
+
+
+def test_a_dead_address_refused_at_rcpt_is_an_attempt_in_every_proof(make_campaign: MakeCampaign, backend: str,
+                                                                      tmp_path: Path) -> None:
+    """Found by sending to a relay that refused some addresses with 550 5.1.1 at RCPT: the send itself makes those
+    people bounced (#35), in an event that records the attempt, which nothing counted as one. `audit verify` said of
+    each "1 attempt(s) in the state, 0 in the events" (the state or the trail changed), their proof of notice did
+    not verify, and the export's attempt log left out the attempt that ended it. A bounce report read later by
+    `bounces` is no attempt: it names no provider."""
+    script = {"dead@example.com": [("rcpt", "550 5.1.1 No such user")],
+              "late@example.com": [("rcpt", "451 4.3.0 try later"), ("rcpt", "550 5.1.1 No such user")]}
+    rows = "email,name\nann@example.com,Ann\ndead@example.com,Dead\nlate@example.com,Late\n"
+    with Server(Handler(script=script)) as srv:
+        d = smtp_campaign(make_campaign, srv.port, rows=rows)
+        code, out, err = cli("send", d, "--no-progress")
+    assert code == 3 and "sent 1, deferred 0, failed 0, bounced 2" in out, out + err
+    # Ann's message bounces afterwards, by a report: her state changes, her attempts do not.
+    raw = postfix_bounce("ann@example.com", token=tokens(d)["ann@example.com"])
+    code, out, err = cli("bounces", d, "--mbox", mbox_of(tmp_path / "box", raw))
+    assert code == 0 and out.startswith("matched 1"), out + err
+    assert states(d) == {"ann@example.com": "bounced", "dead@example.com": "bounced", "late@example.com": "bounced"}
+
+    code, out, err = cli("audit", "verify", d)
+    assert code == 0 and "every recipient's state, attempts and content hash are what the events say" in out, out + err
+    for who in ("dead@example.com", "late@example.com", "ann@example.com"):
+        proof = tmp_path / f"proof-{who}"
+        assert cli("lookup", d, who, "--out", proof)[0] == 0
+        code, out, err = cli("audit", "verify", proof)
+        assert code == 0 and out.startswith("OK: the proof of notice"), (who, out + err)
+
+    out = tmp_path / "audit"
+    assert cli("audit", "export", d, "--out", out)[0] == 0
+    with (out / "recipients.csv").open(encoding="utf-8") as fh:
+        logs = {r["email"]: (r["attempts"], [e[21:] for e in r["attempt_log"].split("; ")]) for r in csv.DictReader(fh)}
+    assert logs == {"ann@example.com": ("1", ["relay sent 250 2.0.0"]),
+                    "dead@example.com": ("1", ["relay bounced 550 5.1.1"]),
+                    "late@example.com": ("2", ["relay deferred 451 4.3.0", "relay bounced 550 5.1.1"])}, logs

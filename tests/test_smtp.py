@@ -841,3 +841,13 @@ def test_a_cycle_of_causes_is_read_once() -> None:
     wrapper.__cause__ = emfile
     emfile.__context__ = wrapper
     assert short_here(wrapper) == "Too many open files"
+
+
+def test_a_run_whose_every_address_was_dead_says_what_it_did(make_campaign: MakeCampaign) -> None:
+    """A run whose every recipient the relay refused as a dead address closed with "Nothing left to send: every
+    recipient is in a final state", as if it had done nothing."""
+    dead = {f"p{i}@example.com": [("rcpt", "550 5.1.1 No such user")] for i in range(3)}
+    code, out, err, _, _ = scripted_run(make_campaign, dead, 3)
+    assert code == 3 and "Nothing left to send" not in out, out + err
+    assert "sent 0, deferred 0, failed 0, bounced 3 (no such address: suppressed)." in out, out + err
+    assert "Not reached by email: 3 bounced (the address takes no mail)" in err, err

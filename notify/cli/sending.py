@@ -99,7 +99,7 @@ def _say_run(result: RunResult) -> int:
     if result.rescued:
         typer.echo(f"Taken over: {result.rescued} recipient(s) were in flight on a worker that stopped answering during "
                    "this run; they were put back, to be sent again with the same Message-ID (each may arrive twice).")
-    did = sum(counts[s] for s in ("sent", "deferred", "failed"))
+    did = sum(counts[s] for s in ("sent", "deferred", "failed", "bounced"))
     if did == 0 and not result.stopped and not result.interrupted:
         typer.echo("Nothing left to send: every recipient is in a final state.")
     else:

@@ -11,7 +11,7 @@ from typing import Any, BinaryIO
 
 from ..errors import InputError
 from ..files import open_regular, read_failed
-from ..store import GENESIS, SESSION_EVENTS, Store, event_hash
+from ..store import GENESIS, SESSION_EVENTS, Store, event_hash, is_attempt
 
 
 @dataclass(frozen=True)
@@ -168,8 +168,6 @@ EVENT_STATE = {"sent": "sent", "deferred": "deferred", "failed": "failed", "supp
 
 UNFINISHED = ("pending", "deferred")
 
-ATTEMPT_KINDS = ("sent", "deferred", "failed")  # the events of a message handed (or not) to a provider
-
 
 @dataclass
 class Trail:
@@ -185,7 +183,7 @@ class Trail:
         detail = json.loads(raw) if isinstance(raw, str) and raw else raw if isinstance(raw, dict) else {}
         detail = detail if isinstance(detail, dict) else {}
         kind = ev.get("kind")
-        if kind in ATTEMPT_KINDS and isinstance(detail.get("attempt"), int):
+        if is_attempt(kind, ev.get("provider")) and isinstance(detail.get("attempt"), int):
             self.attempts = max(self.attempts, detail["attempt"])
         if kind == "sent":
             self.sha = ev.get("content_sha256")

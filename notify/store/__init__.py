@@ -15,6 +15,7 @@ from ..errors import ConfigError
 from .base import PREPARING, SENDING, Store
 from .lines import SESSION_EVENTS, ChainProof
 from .records import (
+    ATTEMPT_SQL,
     GENESIS,
     TRANSITIONS,
     Change,
@@ -26,16 +27,17 @@ from .records import (
     epoch_of,
     event_hash,
     file_sha256,
+    is_attempt,
     utcnow,
     vars_of,
 )
 from .schema import DB_NAME
 from .sqlite import SqliteStore
 
-__all__ = ["DB_NAME", "GENESIS", "PREPARING", "SENDING", "SESSION_EVENTS", "ChainProof", "TRANSITIONS", "Change", "Claimed",
+__all__ = ["ATTEMPT_SQL", "DB_NAME", "GENESIS", "PREPARING", "SENDING", "SESSION_EVENTS", "ChainProof", "TRANSITIONS", "Change", "Claimed",
            "Event", "Found", "ImportResult",
            "SqliteStore", "Store",
-           "detail_of", "epoch_of", "event_hash", "file_sha256", "open_store", "utcnow", "vars_of"]
+           "detail_of", "epoch_of", "event_hash", "file_sha256", "is_attempt", "open_store", "utcnow", "vars_of"]
 
 
 def open_store(campaign: Campaign) -> Store:

@@ -47,6 +47,18 @@ class SharedBudget(Protocol):
 EVENT_FIELDS = ("seq", "ts", "recipient", "kind", "provider", "provider_message_id", "detail",
                 "locale", "content_sha256", "prev_hash")
 
+# The events of a message handed (or not) to a provider: each records the attempt's number in its detail. A
+# provider's refusal of a dead address is `bounced` (#35), with the provider named; a bounce report read later by
+# `bounces` is `bounced` too, but no attempt, and names none.
+ATTEMPT_KINDS = ("sent", "deferred", "failed")
+
+
+def is_attempt(kind: object, provider: object) -> bool:
+    return kind in ATTEMPT_KINDS or (kind == "bounced" and provider is not None)
+
+
+ATTEMPT_SQL = "({0}kind IN ('sent', 'deferred', 'failed') OR ({0}kind = 'bounced' AND {0}provider IS NOT NULL))"
+
 
 
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # every timestamp the store writes

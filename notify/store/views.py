@@ -14,6 +14,7 @@ from ..campaign.model import Campaign
 from . import schema
 from .contract import Backend
 from .records import (
+    ATTEMPT_SQL,
     CHUNK,
     chunked,
     detail_of,
@@ -95,7 +96,7 @@ class Views(Backend):
         pass over the events, not one query per recipient (#37)."""
         yield from self.db.execute(
             "SELECT r.id, e.ts, e.kind, e.provider, e.detail FROM events e JOIN recipients r ON r.id = e.recipient_id"
-            f" WHERE e.kind IN ('sent', 'deferred', 'failed') ORDER BY r.row, r.id, e.{self.EVENT_ORDER}")
+            f" WHERE {ATTEMPT_SQL.format('e.')} ORDER BY r.row, r.id, e.{self.EVENT_ORDER}")
 
     def people(self, keys: Sequence[str], name: str, columns: dict[str, str]) -> list[dict[str, Any]]:
         """Recipients `notify lookup` names: by dedupe key (through its index) when one of `keys` is one, else
@@ -142,7 +143,7 @@ class Views(Backend):
 
     def recent_rate(self, n: int = 1000) -> float | None:
         """Messages handed to providers per second over the last `n` outcomes, or None if too few."""
-        rows = self.db.execute(f"SELECT ts FROM events WHERE kind IN ('sent', 'deferred', 'failed') ORDER BY {self.EVENT_ORDER} DESC"
+        rows = self.db.execute(f"SELECT ts FROM events WHERE {ATTEMPT_SQL.format('')} ORDER BY {self.EVENT_ORDER} DESC"
                                " LIMIT ?",
                                (n,)).fetchall()
         if len(rows) < 2:
