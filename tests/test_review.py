@@ -224,6 +224,10 @@ def test_the_report_and_the_export_count_the_same_people_for_another_channel(mak
     headline = re.search(r"<b>([\d,]+)</b> <span>[^<]*</span><br>not reached: another channel needed", page)
     assert headline and headline.group(1) == "2", headline and headline.group(0)
     assert "2 rejected at import" in page and "1 of them a second row of someone counted above" in page
+    # Shares of the four people, not of the five rows: Ann's second row is nobody more (they read 40% and 40%).
+    shares = re.findall(r"<b>([\d,]+)</b> <span>([^<]*)</span><br>(notified by email|not reached|not yet done)", page)
+    assert [(n, share) for n, share, _ in shares] == [("2", "50.0%"), ("2", "50.0%"), ("0", "0.0%")], shares
+    assert "of 4 people: 5 rows in the recipients file" in page
     assert run("audit", "export", d, "--out", tmp_path / "export")[0] == 0
     summary = json.loads((tmp_path / "export" / "summary.json").read_text())
     alternate = (tmp_path / "export" / "alternate_channel.csv").read_text().splitlines()[1:]

@@ -128,10 +128,12 @@ def _pct(n: int, total: int) -> str:
 
 
 def _headline(counts: dict[str, int], rejected: int, known: int, due: Deadline | None) -> str:
-    """Who was notified, and who still needs something: counts and shares of everyone in the recipients file.
+    """Who was notified, and who still needs something: counts and shares of the people in the recipients file.
     `known`: of the rejected rows, those of a person the campaign has (a duplicate, a correction refused), who is
-    counted with their own state (as the export's summary and alternate_channel.csv count them)."""
-    total = sum(counts.values()) + rejected
+    counted with their own state (as the export's summary and alternate_channel.csv count them), and is no one more:
+    a file listing everyone twice had everyone notified, not half of them."""
+    rows = sum(counts.values()) + rejected
+    total = rows - known  # people: the shares of notified, another channel and not yet done add up to 100%
     notified = sum(counts.get(s, 0) for s in NOTIFIED)
     elsewhere = sum(counts.get(s, 0) for s in ELSEWHERE) + rejected - known
     pending = sum(counts.get(s, 0) for s in NOT_YET)
@@ -143,8 +145,8 @@ def _headline(counts: dict[str, int], rejected: int, known: int, due: Deadline |
         row += (f'<td class="{"warn" if due.late else "ok"}"><b>{e(due.standing.verdict.upper())}</b><br>'
                 f'deadline {e(str(due.standing.date))}</td>')
     of_known = f"; {known:,} of them a second row of someone counted above: a duplicate, or a correction refused" if known else ""
-    return f'<table class="headline"><tr>{row}</tr></table><p class="sub">of {total:,} rows in the recipients file ' \
-           f'({rejected:,} rejected at import, with the reason in rejects.csv and the export{of_known}).</p>'
+    return f'<table class="headline"><tr>{row}</tr></table><p class="sub">of {total:,} people: {rows:,} rows in the ' \
+           f'recipients file ({rejected:,} rejected at import, with the reason in rejects.csv and the export{of_known}).</p>'
 
 
 # How each of the campaign's own events reads on the page, from its detail.
