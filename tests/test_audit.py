@@ -414,9 +414,12 @@ def test_lookup_of_someone_whose_row_was_rejected_says_so(make_campaign: MakeCam
     for where in (d, export):
         code, out, err = run("lookup", where, "DAVE@example.com")
         assert code == 0, err
-        assert out.startswith("DAVE@example.com was in the recipients file but never a recipient of test-2022-08: the import "
-                              "rejected its row, so nobody was sent a message for it."), out
+        assert out.startswith("'DAVE@example.com' is in the recipients file but was never a recipient of test-2022-08: "
+                              "the import rejected the row holding it, so no message was sent for it."), out
         assert "  row 3: Dave <dave@example.com>,Dave\n    rejected: email holds a display name" in out, out
+        # By name, as a regulator may ask ("was Dave told?"): the same answer, not "nobody matches".
+        code, out, err = run("lookup", where, "dave")
+        assert code == 0 and "'dave' is in the recipients file" in out and "  row 3: " in out, out + err
         code, out, err = run("lookup", where, "eve@example.com", "--json")
         (said,) = json.loads(out)["rejected"]
         assert code == 0 and said["row"] == 4 and "markup" in said["reason"], out

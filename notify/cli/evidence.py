@@ -156,8 +156,9 @@ def _say_rejected(c: Campaign, query: str, rows: list[tuple[int, str, str]], as_
         typer.echo(report.dumps({"record": None, "rejected": [{"row": row, "raw": raw, "reason": reason}
                                                               for row, raw, reason in rows]}))
     else:
-        typer.echo(f"{query} was in the recipients file but never a recipient of {c.id}: the import rejected "
-                   f"{'its row' if len(rows) == 1 else f'{len(rows)} rows holding it'}, so nobody was sent a message for it.")
+        typer.echo(f"{query.strip()!r} is in the recipients file but was never a recipient of {c.id}: the import "
+                   f"rejected {'the row holding it' if len(rows) == 1 else f'{len(rows)} rows holding it'}, so no "
+                   "message was sent for it.")
         for row, raw, reason in rows:
             typer.echo(f"  row {row}: {_one_line(raw)[:200]}")
             typer.echo(f"    rejected: {_one_line(reason)}")

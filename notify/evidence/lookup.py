@@ -152,15 +152,29 @@ def find(campaign: Campaign, store: Store, query: str) -> list[dict[str, Any]]:
 
 
 def rejected(store: Store, query: str) -> list[tuple[int, str, str]]:
-    """The rows the imports rejected that hold the address asked for, in any of their cells (any case): someone who
-    was in the recipients file and never became a recipient, so was sent nothing, and why. (row, raw, reason)."""
+    """The rows the imports rejected that hold what was asked for in one of their cells (any case): the address
+    (either form, or with a display name: "Dave <dave@...>"), or the whole cell, as a name or an [audit] value is
+    asked for. Someone who was in the recipients file and never became a recipient, so was sent nothing, and why.
+    (row, raw, reason)."""
+    q = query.strip().casefold()
     keys = set(keys_of(query))
-    if not keys:
-        return []
-    def holds(cell: str) -> bool:  # the address itself, or written with a display name ("Dave <dave@...>")
-        return cell.strip().lower() in keys or email.utils.parseaddr(cell)[1].lower() in keys
-    return [(row, raw, reason) for row, raw, reason, _ in store.rejects()
-            if any(holds(cell) for cells in csv.reader(io.StringIO(raw)) for cell in cells)]
+
+    def holds(cell: str) -> bool:
+        return cell.strip().casefold() == q or bool(keys) and (
+            cell.strip().lower() in keys or email.utils.parseaddr(cell)[1].lower() in keys)
+    return [(row, raw, reason) for row, raw, reason, _ in store.rejects() if q and any(holds(c) for c in _cells(raw))]
+
+
+def _cells(raw: str) -> list[str]:
+    """A rejected row's cells, as its file wrote them: a JSON object's values (a .jsonl file) or CSV's cells."""
+    if raw.lstrip().startswith("{"):
+        try:
+            value = json.loads(raw)
+        except (ValueError, RecursionError):
+            value = None
+        if isinstance(value, dict):
+            return [v if isinstance(v, str) else json.dumps(v) for v in value.values()]
+    return [cell for cells in csv.reader(io.StringIO(raw)) for cell in cells]
 
 
 def keys_of(query: str) -> list[str]:
