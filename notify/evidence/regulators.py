@@ -136,7 +136,7 @@ def lines(t: dict[str, Any]) -> list[str]:
             f"{late}" if j["deadline"] else j["verdict"]
         rule = f"rule {j['rule']}, {judged}" if j["rule"] else "no rule known"
         out.append(f"  {j['jurisdiction']:<8} {j['residents']:>8,}  notified {j['notified']:,}, other channel "
-                   f"{j['other_channel']:,} ({j['failed']:,} failed), not yet {j['not_yet']:,}{span}; {rule}")
+                   f"{j['other_channel']:,} ({j['failed']:,} failed or bounced), not yet {j['not_yet']:,}{span}; {rule}")
     out.append("")
     out.append("Notices to regulators the rules name:")
     if not t["notices"]:
