@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import MakeCampaign, run
+from .conftest import MakeCampaign, run, sql
 
 
 def test_example_end_to_end(example: Path, backend: str) -> None:
@@ -507,6 +507,35 @@ def test_status_says_what_holds_the_campaign_an_import_or_a_send_still_preparing
         holder.close()
     code, out, _ = run("status", d)
     assert "sending:  NO" in out and "working:" not in out, out
+
+
+def test_a_sender_finding_dead_addresses_is_at_work_not_waiting(make_campaign: MakeCampaign) -> None:
+    """A send whose latest outcomes are addresses the relay refused as dead (bounced at RCPT, #35) is at work:
+    status said "no message handed over for 2 h (waiting: retries not yet due, ...)", counting only sent, deferred
+    and failed as messages handed over."""
+    import os
+
+    from notify.campaign.config import load
+    from notify.store import SENDING, open_store
+
+    from .smtpd import Handler, Server
+    from .test_smtp import smtp_campaign
+
+    dead = {f"p{i}@example.com": [("rcpt", "550 5.1.1 No such user")] for i in range(5, 10)}
+    with Server(Handler(script=dead)) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=40)
+        assert run("send", d, "--limit", "5")[0] == 0
+        sql(d, "UPDATE events SET ts = '2026-01-01T00:00:00.000000Z' WHERE kind = 'sent'")  # sent long ago
+        assert run("send", d, "--limit", "5")[0] == 3  # the next five: dead addresses, just now
+    holder = open_store(load(d))
+    try:
+        holder.lock("send")
+        holder.doing(SENDING)
+        code, out, _ = run("status", d)
+    finally:
+        holder.close()
+    assert code == 0 and f"sending:  yes ({os.uname().nodename} pid {os.getpid()})" in out, out
+    assert "no message handed over" not in out, out
 
 
 def test_status_during_a_send_adds_up(make_campaign: MakeCampaign) -> None:

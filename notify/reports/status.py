@@ -192,7 +192,7 @@ def sending(campaign: Campaign, store: Store, now: float) -> tuple[list[str], fl
             lines.append(f"resume:   notify send {campaign.dir}")
         return lines, None
     last = store.recent_rate(200)
-    latest = store.last_event_of(("sent", "deferred", "failed"), campaign=False)
+    latest = store.last_attempt()
     idle = now - epoch_of(latest["ts"]) if latest else None
     lines = [f"sending:  yes ({', '.join(senders)})"]
     if all(doing == PREPARING for _, doing in holders):  # no rate of an earlier run's outcomes: this one has none

@@ -11,6 +11,7 @@ from .. import files
 from .contract import Backend
 from .records import (
     _DETAIL,
+    ATTEMPT_SQL,
     GENESIS,
     Event,
     detail_of,
@@ -76,14 +77,20 @@ class Trail(Backend):
         yield from dicts(self.db.execute(
             f"SELECT {self.EVENT_COLUMNS}, recipient_id FROM events ORDER BY {self.EVENT_ORDER}"))
 
-    def last_event_of(self, kinds: Sequence[str], campaign: bool = True) -> dict[str, Any] | None:
-        """The latest event of these kinds: of the campaign's own (no recipient: through their own index, however
-        long the trail), or with `campaign` false any (recipients' outcomes: the newest are at the trail's end)."""
+    def last_event_of(self, kinds: Sequence[str]) -> dict[str, Any] | None:
+        """The latest of the campaign's own events (no recipient: through their own index, however long the trail)
+        of these kinds."""
         marks = ",".join("?" * len(kinds))
-        own = " AND recipient_id IS NULL" if campaign else ""
-        row = self.db.execute(f"SELECT seq, ts, kind, detail FROM events WHERE kind IN ({marks}){own}"
-                              f" ORDER BY {self.EVENT_ORDER} DESC LIMIT 1",
-                              tuple(kinds)).fetchone()
+        return self._last(f"kind IN ({marks}) AND recipient_id IS NULL", tuple(kinds))
+
+    def last_attempt(self) -> dict[str, Any] | None:
+        """The latest message handed (or not) to a provider (records.is_attempt, a dead address refused included):
+        whether a send is at work. The newest are at the trail's end."""
+        return self._last(ATTEMPT_SQL.format(""), ())
+
+    def _last(self, where: str, values: tuple[str, ...]) -> dict[str, Any] | None:
+        row = self.db.execute(f"SELECT seq, ts, kind, detail FROM events WHERE {where} ORDER BY {self.EVENT_ORDER} DESC"
+                              " LIMIT 1", values).fetchone()
         return {"seq": row[0], "ts": row[1], "kind": row[2], "detail": detail_of(row[3])} if row else None
 
     def event_count(self) -> int:
