@@ -358,6 +358,8 @@ class SendLoop:
             result.counts[f"needs {need}"] = n  # in send_stopped's outcomes
             result.notes.append(self.waiting_said(need, n))
         store.apply_parked()  # feedback (`bounces --follow` beside us) that came before we recorded its message
+        if self.suppression is not None:  # the dead addresses this run found, on the list every campaign obeys now
+            store.flush_suppressions(self.suppression.path)
         canary = {"limit_reached": self.options.limit} if result.limit_reached else {}
         store.log("send_stopped", providers=result.providers, interrupted=self.signals.interrupted, signal=self.signals.by,
                   reason=result.stopped, outcomes={k: n for k, n in result.counts.items() if n}, remaining=result.remaining,
