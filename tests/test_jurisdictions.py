@@ -249,6 +249,24 @@ def test_a_campaign_overrides_and_adds_rules(make_campaign: MakeCampaign, reques
         "US-CA": str(TODAY + dt.timedelta(days=5)), "US-NV": str(TODAY + dt.timedelta(days=15))}
 
 
+def test_a_jurisdiction_written_as_a_name_or_a_bare_state_code_is_told_what_it_may_mean(make_campaign: MakeCampaign) -> None:
+    """A US company's file says "California", "TX" or "CA" for its customers' states: none is a code a rule covers
+    (CA is Canada's), so `check` said only "no rule known", and a tired reader could miss that California's 30 days
+    did not apply. It still applies no rule (the file's code is what counts), and says which one was perhaps meant."""
+    rows = "email,jurisdiction\n" + "".join(f"p{i}@example.com,{j}\n" for i, j in enumerate(
+        ["California", "new york", "TX", "CA", "us_ca", "Germany", "US-CA"]))
+    d = make_campaign(rows)
+    code, out, err = run("check", d)
+    assert code == 0, out + err
+    said = {line.strip().split(":")[0]: line.strip() for line in out.splitlines() if "resident(s)" in line}
+    for written, meant, name in (("CALIFORNIA", "US-CA", "California"), ("NEW YORK", "US-NY", "New York"),
+                                 ("TX", "US-TX", "Texas"), ("CA", "US-CA", "California"), ("US_CA", "US-CA", "California")):
+        assert said[written].endswith(f"no rule known: counsel must say what its law requires (if it means {name}, "
+                                      f"write {meant} in the file to apply its rule)"), said[written]
+    assert said["GERMANY"].endswith("no rule known: counsel must say what its law requires"), said["GERMANY"]
+    assert said["US-CA"].startswith("US-CA: 1 resident(s): notify within 30 days"), said["US-CA"]
+
+
 def test_rules_with_problems_are_named_by_file_and_key(make_campaign: MakeCampaign, request: pytest.FixtureRequest) -> None:
     d = campaign(make_campaign, request, {"US-CA": 1}, extra="""
     [jurisdictions]

@@ -123,6 +123,17 @@ class Rules:
     def rule_for(self, jurisdiction: str) -> Rule | None:
         return self._by_code.get(code(jurisdiction)) if jurisdiction.strip() else None
 
+    def meant_by(self, jurisdiction: str) -> Rule | None:
+        """For a jurisdiction no rule covers, the rule it may have meant: one whose name it is ("California",
+        "new york"), or one of a country's regions by the region's own code ("TX" for US-TX; "CA", Canada's code,
+        written for California). Only ever a hint: the file's code is what counts."""
+        written = code(jurisdiction)
+        dashed = "-".join(written.replace("_", " ").split())  # US_CA, "us ca"
+        for rule in self.rules:
+            if code(rule.name) == written or dashed in rule.covers or any(c.partition("-")[2] == written for c in rule.covers):
+                return rule
+        return None
+
 
 def _int(where: str, value: Any, problems: list[str], lo: int = 0, hi: int = 100_000_000) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:

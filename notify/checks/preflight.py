@@ -215,8 +215,10 @@ def rules_that_apply(campaign: Campaign, store: Store) -> list[str]:
         rule = group.rule
         if rule is None:
             name = group.codes[0]
+            meant = campaign.rules.meant_by(name) if name != "(none)" else None
+            hint = f" (if it means {meant.name}, write {meant.covers[0]} in the file to apply its rule)" if meant else ""
             lines.append(f"{name}: {n}: " + ("no jurisdiction given in their rows" if name == "(none)" else
-                                            "no rule known: counsel must say what its law requires"))
+                                            f"no rule known: counsel must say what its law requires{hint}"))
             continue
         day = rule.deadline(campaign.discovered)
         when = (f"notify within {rule.individuals_days} days of discovery (by {day})" if day else
