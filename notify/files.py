@@ -242,6 +242,16 @@ def refuse_link(path: Path) -> None:
         raise LinkRefused(path)
 
 
+def refuse_sealed(path: Path) -> None:
+    """Raises PathRefused when `path`, a file a person names (`report --out FILE`, `lookup --eml FILE`), is in a
+    directory notify sealed with a manifest.json (an audit export, a proof of notice, a review or filing pack):
+    written there, it would replace a sealed file or add an unlisted one, and the directory would fail its check."""
+    if (path.parent / "manifest.json").is_file():
+        raise PathRefused(errno.EEXIST, f"{path.parent} is sealed by its manifest.json (an audit export, a proof of "
+                                        f"notice, a review or filing pack): {path.name} written there would make it fail "
+                                        "its check", hint="name a file outside that directory")
+
+
 def refuse_other_than_a_file(path: Path) -> None:
     """Raises PathRefused when `path` is a link (LinkRefused) or is there and no regular file (a pipe, a device): for
     a file written later, during a run, whose refusal must come before anything is sent."""

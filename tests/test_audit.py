@@ -377,7 +377,15 @@ def test_lookup_and_report_work_on_an_export_alone(make_campaign: MakeCampaign, 
     page = (tmp_path / "report.html").read_text()
     assert code == 0 and "<h2>Outcomes by provider</h2>" in page and "sent 2" in page, err
     assert not (export / ".notify").exists(), "reading an export writes nothing into it"
-    assert run("audit", "verify", export)[0] == 0
+    # Nor does a file a person names inside it, or inside a proof of notice: `report --out EXPORT/report.html`
+    # replaced the sealed report, and the export no longer verified.
+    for command in (("report", export, "--out", export / "report.html"),
+                    ("lookup", export, "A-1001", "--eml", export / "jane.eml"),
+                    ("lookup", export, "A-1001", "--eml", tmp_path / "proof" / "jane.eml")):
+        code, _, err = run(*command)
+        assert code == 1 and "is sealed by its manifest.json" in err and "name a file outside that directory" in err, err
+    assert not (export / "jane.eml").exists() and not (tmp_path / "proof" / "jane.eml").exists()
+    assert run("audit", "verify", export)[0] == 0 and run("audit", "verify", tmp_path / "proof")[0] == 0
     # An export that does not verify is not read at all.
     state = export / "state.jsonl"
     state.write_text(state.read_text().replace("Jane Doe", "Jane Roe"))

@@ -45,6 +45,7 @@ def report_cmd(campaign: Path = CampaignOrExport,
     from ..reports.html import render
     from ..store.exported import is_export
 
+    files.refuse_sealed(out)  # before anything is read: a report into an export would break its seal
     if is_export(campaign) and (sealed := sealed_report(campaign, key)) is not None:
         data, signature, signer = sealed  # the report as of the export, sealed with it (#37)
         err(_signature_said(signature, key, signer))
@@ -104,6 +105,8 @@ def lookup(campaign: Path = CampaignOrExport,
     from ..evidence import lookup as lk
     from ..store.exported import is_export
 
+    if eml is not None:
+        files.refuse_sealed(eml)
     with _open_for_lookup(campaign, query, key) as (c, store):
         found = lk.find(c, store, query)
         if not found and (rows := lk.rejected(store, query)):  # in the recipients file, never a recipient
