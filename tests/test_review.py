@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -139,6 +140,29 @@ def test_approval_is_bound_to_the_pack_legal_reviewed(make_campaign: MakeCampaig
     assert '"pack_sha256"' in events[-1]["detail"]
     code, _, err = run("approve", d, "--by", "J. Counsel")
     assert code == 0 and "Note: nothing ties this approval to a review" in err
+
+
+def test_a_pack_goes_only_where_it_replaces_nothing_but_an_earlier_pack(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    """`preview --out AUDIT_EXPORT` wrote the pack into the export, its manifest.json over the export's: the export's
+    seal was gone. A pack goes into a new or empty directory, or replaces an earlier pack of the same campaign (a
+    version it no longer has included); anything else is refused before a file is written."""
+    d = make_campaign(template="t", templates=simple_templates(locales=("en", "fr")))
+    assert run("send", d)[0] == 0
+    export = tmp_path / "export"
+    assert run("audit", "export", d, "--out", export)[0] == 0
+    sealed = {p.name: p.read_bytes() for p in export.iterdir()}
+    code, _, err = run("preview", d, "--out", export)
+    assert code == 1 and "is not empty and is no review pack of test-2022-08 (it holds SHA256SUMS" in err, err
+    assert {p.name: p.read_bytes() for p in export.iterdir()} == sealed and run("audit", "verify", export)[0] == 0
+    pack = tmp_path / "review"
+    assert run("preview", d, "--out", pack)[0] == 0 and (pack / "fr.eml").exists()
+    shutil.rmtree(d / "templates" / "t" / "fr")  # a locale dropped: its files leave the pack made again
+    assert run("preview", d, "--out", pack)[0] == 0 and not (pack / "fr.eml").exists()
+    assert run("approve", d, "--by", "J. Counsel", "--pack", pack)[0] == 0
+    (pack / "notes.txt").write_text("counsel's notes")
+    code, _, err = run("preview", d, "--out", pack)
+    assert code == 1 and "holds files besides its review pack of test-2022-08 (notes.txt)" in err, err
+    assert (pack / "notes.txt").exists()
 
 
 def test_campaign_report_is_one_self_contained_page(make_campaign: MakeCampaign, tmp_path: Path) -> None:

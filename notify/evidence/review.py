@@ -17,7 +17,7 @@ from ..campaign.model import Campaign, OutboxConfig
 from ..content.compose import RenderFailure, build_message, recipient_context, synthetic_recipient
 from ..content.locales import split_version
 from ..content.render import Templates
-from ..errors import NotApproved, TemplateError
+from ..errors import InputError, NotApproved, TemplateError
 from ..recipients.rows import SAMPLE_SECRET, recipient_token
 from ..store import Store
 
@@ -86,22 +86,29 @@ def check_pack(campaign: Campaign, pack: Path, parts: dict[str, str]) -> str:
     return _sha(raw)
 
 
-def _check_versions(pack: Path, manifest: dict[str, Any], hint: str) -> set[str]:
-    """Every version's files in the pack as `notify preview` wrote them; returns the names the pack may hold."""
-    expected = {"manifest.json", "index.html"}
+def _pack_files(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Every file a pack's manifest says it holds, by name, with its SHA-256 (None: manifest.json, index.html)."""
+    named: dict[str, Any] = {"manifest.json": None, "index.html": None}
     for v in manifest.get("versions") or []:
         slug = str(v.get("version", "")).replace("/", ".")
-        for kind, want in (v.get("sha256") or {}).items():
-            path = pack / f"{slug}.{kind}"
-            expected.add(path.name)
-            try:
-                got = _sha(path.read_bytes())
-            except OSError:
-                got = None
-            if got != want:
-                raise NotApproved(f"{path}: {'missing from' if got is None else 'changed in'} the review pack since "
-                                  "`notify preview` wrote it", hint=hint)
-    return expected
+        named |= {f"{slug}.{kind}": want for kind, want in (v.get("sha256") or {}).items()}
+    return named
+
+
+def _check_versions(pack: Path, manifest: dict[str, Any], hint: str) -> set[str]:
+    """Every version's files in the pack as `notify preview` wrote them; returns the names the pack may hold."""
+    named = _pack_files(manifest)
+    for name, want in named.items():
+        if want is None:
+            continue
+        try:
+            got = _sha((pack / name).read_bytes())
+        except OSError:
+            got = None
+        if got != want:
+            raise NotApproved(f"{pack / name}: {'missing from' if got is None else 'changed in'} the review pack since "
+                              "`notify preview` wrote it", hint=hint)
+    return set(named)
 
 
 def _check_index(pack: Path, manifest: dict[str, Any], hint: str) -> None:
@@ -171,7 +178,7 @@ _BODY_RE = re.compile(r"<body[^>]*>(.*)</body>", re.S | re.I)
 def preview(campaign: Campaign, store: Store, templates: Templates, out: Path) -> list[Version]:
     """Renders every version (variant and locale) the campaign can use for a representative recipient
     into out/; sends nothing."""
-    files.private_dir(out)  # the pack shows real recipients' names and addresses
+    _pack_dir(campaign, out)
     groups = templates.by_version(store.samples())
     columns = store.columns()
     versions = []
@@ -221,6 +228,30 @@ def preview(campaign: Campaign, store: Store, templates: Templates, out: Path) -
     files.write_private(out / "manifest.json", (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
     files.write_private(out / "index.html", index.encode())
     return versions
+
+
+def _pack_dir(campaign: Campaign, out: Path) -> None:
+    """out/ made ready for a pack: new, empty, or an earlier pack of this campaign, whose files are removed (a version
+    it had and this one has not would stay behind, and approve refuses a pack with a file it did not write). Anything
+    else is refused before a file is written: `preview --out AUDIT_EXPORT` replaced the export's manifest.json."""
+    if out.is_dir() and not out.is_symlink() and any(out.iterdir()):
+        hint = "name a new directory for the pack (or an earlier pack of this campaign, which it replaces)"
+        try:
+            manifest = json.loads((out / "manifest.json").read_bytes())
+            ours = manifest.get("campaign") == campaign.id and isinstance(manifest.get("content"), dict)
+            named = set(_pack_files(manifest)) if ours else set()
+        except (OSError, ValueError, AttributeError, TypeError):
+            ours, named = False, set()
+        others = sorted(p.name for p in out.iterdir() if p.name not in named)
+        if not ours or others:
+            held = f"{', '.join(others[:5])}{', ...' if len(others) > 5 else ''}"
+            said = f"holds files besides its review pack of {campaign.id} ({held})" if ours else \
+                f"is not empty and is no review pack of {campaign.id} (it holds {held})"
+            raise InputError(f"--out {out}: the directory {said}; the pack's files would be mixed with them or replace "
+                             "them", hint=hint)
+        for name in named:
+            (out / name).unlink(missing_ok=True)
+    files.private_dir(out)  # the pack shows real recipients' names and addresses
 
 
 def _without_banner(text: str) -> str:
