@@ -248,6 +248,13 @@ def test_the_progress_bar_shows_on_a_terminal_and_nowhere_else(make_campaign: Ma
     d2 = make_campaign(rows, templates=simple_templates(), name="piped")
     piped = subprocess.run([sys.executable, "-m", "notify", "send", str(d2)], capture_output=True, timeout=120)
     assert piped.returncode == 0 and b"sent=" not in piped.stderr and b"msg/s" not in piped.stderr
+    # Dead addresses the relay refused are counted where the watcher looks (the bar said "failed=0" of them).
+    from .smtpd import Handler, Server
+    from .test_smtp import smtp_campaign
+    with Server(Handler(script={f"p{i}@example.com": [("rcpt", "550 5.1.1 No such user")] for i in (3, 7)})) as srv:
+        d3 = smtp_campaign(make_campaign, srv.port, n=10, name="dead")
+        code, screen = _on_a_terminal([sys.executable, "-m", "notify", "send", str(d3)])
+    assert code == 3 and "10/10" in screen and "sent=8 deferred=0 failed=0 bounced=2" in screen, screen[-400:]
 
 
 def test_a_reader_that_closes_the_pipe_early_is_not_an_internal_error(tmp_path: Path) -> None:

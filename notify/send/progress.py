@@ -72,8 +72,9 @@ class Bar:
         if not self.details:
             return
         limit = f" limit={rate:g}/s" if rate else ""
-        self.bar.set_postfix_str(f"sent={counts['sent']} deferred={counts['deferred']} failed={counts['failed']}{limit}",
-                                 refresh=False)
+        dead = f" bounced={counts['bounced']}" if counts["bounced"] else ""  # dead addresses the relay refused (#35)
+        self.bar.set_postfix_str(f"sent={counts['sent']} deferred={counts['deferred']} failed={counts['failed']}{dead}"
+                                 f"{limit}", refresh=False)
 
     def note(self, line: str) -> None:
         """A line above the bar (a switch, a pause, a wait, why the rate changed), kept on the screen as the bar
