@@ -88,7 +88,7 @@ def send(
 
 def _say_run(result: RunResult) -> int:
     """What this run did: suppressed, resumed, sent, deferred, failed, bounced, through which providers; returns
-    how many recipients it sent, deferred or failed."""
+    how many recipients it sent, deferred, failed or found dead."""
     counts = result.counts
     if counts["suppressed"]:
         typer.echo(f"Suppressed: {counts['suppressed']} recipient(s) are on the suppression list and will not be "
@@ -109,7 +109,7 @@ def _say_run(result: RunResult) -> int:
                    f"failed {counts['failed']}{dead}.")
         if counts["retried"]:
             typer.echo(f"Retried: {counts['retried']} recipient(s) deferred earlier in this run were tried again in it "
-                       "(counted above as sent or failed).")
+                       "(counted above by how it ended for them).")
     return did
 
 
