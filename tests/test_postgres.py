@@ -681,3 +681,42 @@ def test_a_snapshot_outlasts_the_server_s_limit_on_an_idle_transaction(make_camp
         assert store.db.execute("SHOW idle_in_transaction_session_timeout").fetchone()[0] == "1s", "and only for itself"
     finally:
         store.close()
+
+
+def test_a_dead_address_recorded_while_another_host_copies_the_list_on_is_never_lost(make_campaign: MakeCampaign) -> None:
+    """Each worker now copies its campaign's suppression outbox to the shared list as its run ends, while other
+    workers still record dead addresses into it. The copy read the outbox in one statement and emptied it in
+    another: on PostgreSQL each statement sees what was committed by then, so an address recorded between the two
+    was deleted without being copied, and other campaigns could mail it."""
+    import threading
+
+    from notify.campaign.config import load
+    from notify.store import open_store
+
+    d = pg_campaign(make_campaign, 2)
+    assert run("state", "init", d)[0] == 0
+    writer, copier = open_store(load(d)), open_store(load(d))
+    recorded: list[str] = []
+    done = threading.Event()
+
+    def record() -> None:
+        for i in range(1500):
+            address = f"dead{i}@example.org"
+            with writer.transaction(chain=False) as db:
+                db.execute("INSERT INTO suppress_outbox (address, kind, source, reason) VALUES (?, 'hard-bounce', 'relay:t',"
+                           " '550 5.1.1')", (address,))
+            recorded.append(address)
+        done.set()
+
+    thread = threading.Thread(target=record)
+    thread.start()
+    try:
+        while not done.is_set():
+            copier.flush_suppressions(Path("unused"))
+    finally:
+        thread.join()
+    copier.flush_suppressions(Path("unused"))
+    listed = {a for (a,) in copier.db.execute("SELECT address FROM notify_shared.suppressed").fetchall()}
+    writer.close()
+    copier.close()
+    assert len(recorded) == 1500 and not set(recorded) - listed, f"{len(set(recorded) - listed)} address(es) lost"

@@ -362,13 +362,13 @@ class PgStore(Sessions, Others, Store):
     suppression_table = f"{SHARED}.suppressed"
 
     def flush_suppressions(self, suppression_db: Path) -> int:
-        """Feedback's suppressions go to the shared table in the same transaction that forgets them: one
-        database, so nothing can fall between the two."""
+        """Feedback's suppressions go to the shared table in the statement that forgets them: what it deletes is what
+        it copies (a copy, then a delete, each saw its own moment: an address recorded between them was lost)."""
         with self.transaction(chain=False) as db:
-            added = db.execute(f"INSERT INTO {SHARED}.suppressed (address, kind, source, reason, added_at)"
-                               " SELECT address, kind, source, reason, ? FROM suppress_outbox ON CONFLICT DO NOTHING",
+            added = db.execute(f"WITH moved AS (DELETE FROM suppress_outbox RETURNING address, kind, source, reason)"
+                               f" INSERT INTO {SHARED}.suppressed (address, kind, source, reason, added_at)"
+                               " SELECT address, kind, source, reason, ? FROM moved ON CONFLICT DO NOTHING",
                                (utcnow()[:19] + "Z",)).rowcount
-            db.execute("DELETE FROM suppress_outbox")
         return max(int(added), 0)
 
     def suppress_pending(self, suppression_db: Path) -> int:
