@@ -17,6 +17,7 @@ import time
 import urllib.parse
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -720,3 +721,43 @@ def test_a_dead_address_recorded_while_another_host_copies_the_list_on_is_never_
     writer.close()
     copier.close()
     assert len(recorded) == 1500 and not set(recorded) - listed, f"{len(set(recorded) - listed)} address(es) lost"
+
+
+def test_feedback_parked_for_a_message_in_flight_is_applied_once_whichever_hosts_apply_it(make_campaign: MakeCampaign) -> None:
+    """Feedback that came while its message was in flight is parked, and applied by the next send or `bounces`
+    that finds it: on PostgreSQL, by every worker as it starts and ends. Two applying at once each read the parked
+    rows before either deleted them, and each recorded the bounce: two bounced events for one message in the
+    trail, counted twice against the reputation breaker."""
+    import threading
+
+    from notify.campaign.config import load
+    from notify.store import open_store
+
+    n = 60
+    d = pg_campaign(make_campaign, n)
+    assert run("send", d)[0] == 0
+    ids = [rid for (rid,) in sql(d, "SELECT id FROM recipients ORDER BY id")]
+    for rid in ids:
+        sql(d, "INSERT INTO parked_feedback (recipient_id, state, reason, event) VALUES (?, 'bounced', '550 5.1.1',"
+               " ?)", (rid, json.dumps(["bounced", f"p{rid}@example.com", None, {"source": "dsn", "status": "5.1.1"}])))
+    hosts = [open_store(load(d)) for _ in range(2)]
+    for store in hosts:
+        store.open_session()  # a worker's own chain: their transactions do not wait for each other's
+    start = threading.Barrier(2)
+    applied: list[int] = []
+
+    def apply(store: Any) -> None:
+        start.wait()
+        applied.append(store.apply_parked())
+
+    threads = [threading.Thread(target=apply, args=(store,)) for store in hosts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for store in hosts:
+        store.end_session()
+        store.close()
+    counted = Counter(rid for (rid,) in sql(d, "SELECT recipient_id FROM events WHERE kind = 'bounced'"))
+    assert sum(applied) == n and counted == Counter(ids), (applied, [r for r, k in counted.items() if k > 1][:5])
+    assert run("audit", "verify", d)[0] == 0

@@ -85,16 +85,22 @@ class FeedbackStore(Backend):
         before the write lock is asked for: `bounces --follow` starts beside a send that may hold it for long."""
         if self.db.execute("SELECT 1 FROM parked_feedback LIMIT 1").fetchone() is None:
             return 0
+        applied = 0
         with self.transaction() as db:
-            rows = db.execute("SELECT p.id, p.recipient_id, p.state, p.reason, p.event, r.state FROM parked_feedback p"
+            rows = db.execute("SELECT p.id, p.recipient_id, p.state, p.reason, p.event FROM parked_feedback p"
                               " JOIN recipients r ON r.id = p.recipient_id WHERE r.state != 'inflight' ORDER BY p.id").fetchall()
-            for pid, rid, state, reason, raw, current in rows:
+            for pid, rid, state, reason, raw in rows:
+                # Taken before it is applied: another worker (PostgreSQL: each has a chain of its own, and their
+                # transactions do not wait for each other's) may have read it too; whoever deletes it applies it.
+                if db.execute("DELETE FROM parked_feedback WHERE id=?", (pid,)).rowcount != 1:
+                    continue
+                current = db.execute("SELECT state FROM recipients WHERE id=?", (rid,)).fetchone()[0]
                 kind, rkey, pmid, detail = json.loads(raw)
                 event = Event(kind, rid, rkey, provider_message_id=pmid, detail=detail)
                 self._transition_by_feedback(db, rid, current, state, event, reason)
                 self._append(event)
-                db.execute("DELETE FROM parked_feedback WHERE id=?", (pid,))
-        return len(rows)
+                applied += 1
+        return applied
 
     def record_unmatched(self, key: str, source: str, kind: str | None, body: str) -> bool:
         """Feedback no recipient of this campaign matches: kept, counted, never silently dropped."""
