@@ -170,6 +170,12 @@ def test_a_dead_address_refused_at_rcpt_is_an_attempt_in_every_proof(make_campai
     assert cli("audit", "export", d, "--out", out)[0] == 0
     with (out / "recipients.csv").open(encoding="utf-8") as fh:
         logs = {r["email"]: (r["attempts"], [e[21:] for e in r["attempt_log"].split("; ")]) for r in csv.DictReader(fh)}
+    # The report's Diagnostic-Code is folded over two lines (as Postfix writes it): unfolded, it is one line of
+    # the export (it was a cell of two lines in recipients.csv and alternate_channel.csv).
+    with (out / "alternate_channel.csv").open(encoding="utf-8", newline="") as fh:
+        reasons = {r["email"]: r["reason"] for r in csv.DictReader(fh)}
+    assert "rejected: User unknown in virtual mailbox table" in reasons["ann@example.com"], reasons
+    assert not any("\n" in reason for reason in reasons.values()), reasons
     assert logs == {"ann@example.com": ("1", ["relay sent 250 2.0.0"]),
                     "dead@example.com": ("1", ["relay bounced 550 5.1.1"]),
                     "late@example.com": ("2", ["relay deferred 451 4.3.0", "relay bounced 550 5.1.1"])}, logs

@@ -57,6 +57,7 @@ from .report import (
 
 # The Reporting-MTA of Amazon SES's receiving rule sets, whose Bounce action sends a reply chosen from a template.
 RULE_SET_MTA = re.compile(rb"(?i)reporting-mta:[ \t]*dns;[ \t]*inbound-smtp\.[a-z0-9-]{1,40}\.amazonaws\.com")
+FOLD_RE = re.compile(r"\r?\n[ \t]+")  # a folded header field's line break and the indent that continues it
 
 
 def ses_notification(raw: bytes) -> dict[str, Any] | None:
@@ -169,7 +170,9 @@ def _block(b: dict[str, str], text: str, seen: dict[str, int], configured: bool)
     diag = b.get("diagnostic-code")
     if diag and ";" in diag.split(" ", 1)[0]:
         diag = diag.split(";", 1)[1].strip()
-    diag = _unescaped(diag) or _said_of(text, address, seen)
+    # A folded field is one line (RFC 5322 3.2.2): Postfix folds a long Diagnostic-Code, and the fold's line break
+    # went on into the state, the export's reason and alternate_channel.csv as a cell of two lines.
+    diag = FOLD_RE.sub(" ", diag).strip() if (diag := _unescaped(diag)) else _said_of(text, address, seen)
     status = _status_of(b.get("status"), diag)
     codes = set(STATUS_RE.findall((diag or "")[:4096]))
     if status.endswith(".0.0") and len(codes) == 1 and (one := codes.pop())[:1] == status[:1]:
