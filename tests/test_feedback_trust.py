@@ -293,3 +293,35 @@ def test_a_report_of_190000_mime_parts_is_read_from_its_first_ones(make_campaign
     assert out.startswith("matched 1"), out
     assert states(d)["p1@example.org"] == "bounced" and states(d)["p2@example.org"] == "sent"
     assert suppressed(d) == {"p1@example.org"}
+
+
+def arf(address: str, mid: str, kind: str = "abuse") -> bytes:
+    """A feedback loop's complaint (RFC 5965): the recipient pressed "this is spam"; the report returns our message."""
+    return (DSN / "arf.eml").read_text().replace("{addr_arf}", address).replace("{mid_arf}", mid).replace(
+        "{token_arf}", "0" * 32).replace("{type_arf}", kind).encode()
+
+
+def test_a_feedback_loop_complaint_acts_only_on_a_message_we_sent(backend: str, make_campaign: MakeCampaign,
+                                                                   tmp_path: Path) -> None:
+    """A mailbox provider's feedback loop sends a complaint as an ARF report to the campaign's mailbox: it was read
+    as "not from a mail system" and kept unmatched, so a campaign sent through an SMTP relay never saw a complaint
+    (no suppression, nothing for the reputation breaker). It now acts as an SES complaint does, and as a bounce
+    does only on proof: our Message-ID in the message it returns, and the address it names where it names one."""
+    d = half_sent(make_campaign)
+    tok = tokens(d)
+
+    def mid(who: str) -> str:
+        return message_id("test-2022-08", tok[who], "example.com")
+    reports = [arf("p0@example.org", mid("p0@example.org")),  # a complaint about the message p0 was sent
+               arf("p1@example.org", "<someone-else@example.net>"),  # names p1, returns a message not ours
+               arf("p2@example.org", mid("p1@example.org")),  # our message to p1, said to be p2's
+               arf("redacted", mid("p2@example.org")),  # the provider redacted the address: the Message-ID says
+               arf("p0@example.org", mid("p0@example.org"), kind="not-spam")]  # not a complaint at all
+    code, out, err = run("bounces", d, "--mbox", mbox_of(tmp_path / "box", *reports))
+    assert code == 0 and out.startswith("matched 2 (complained 2); duplicates ignored 0; unmatched 3"), out + err
+    assert states(d) == {**states(d), "p0@example.org": "complained", "p1@example.org": "sent", "p2@example.org": "complained"}
+    assert suppressed(d) == {"p0@example.org", "p2@example.org"}
+    said = run("bounces", d, "--unmatched")[1]
+    assert "no VERP token or Message-ID of this campaign" in said and "went to someone else" in said, said
+    assert "a feedback report of type not-spam, not a complaint" in said, said
+    assert run("audit", "verify", d)[0] == 0

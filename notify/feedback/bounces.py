@@ -29,7 +29,9 @@ def parse_dsn(raw: bytes) -> tuple[list[Feedback], str]:
     campaign = report.campaign or campaign_of(report.message_id)
     out: list[Feedback] = []
     for i, f in enumerate(report.recipients):
-        if f.action in ("delivered", "relayed", "expanded"):
+        if f.action == "complained":  # a feedback loop's report (dsn._read_arf)
+            kind = "complained"
+        elif f.action in ("delivered", "relayed", "expanded"):
             kind = "delivered"
         elif f.action == "failed" and (report.form == "dsn" or not f.status.startswith("4")):
             # A DSN's Action: failed means the remote side gave up, whatever the status class: 4.4.7 expired, 4.0.0
@@ -41,7 +43,8 @@ def parse_dsn(raw: bytes) -> tuple[list[Feedback], str]:
         out.append(Feedback(kind, f"{key}:{i}", "dsn", address=f.address, token=report.token, message_id=report.message_id,
                             campaign=campaign, original=f.original, address_trusted=False,
                             detail={"action": f.action, "status": f.status, "reason": f.reason,
-                                    "diagnostic": (f.diagnostic or "")[:1000] or None, "form": report.form}))
+                                    "diagnostic": (f.diagnostic or "")[:1000] or None, "form": report.form,
+                                    **({"feedback_type": f.diagnostic} if kind == "complained" else {})}))
     why = "" if out else f"not a bounce: {report.why}" if report.why else f"{report.form}: no failed recipient found"
     if report.blocks_skipped:
         why = f"{report.blocks_skipped} recipient block(s) past the first {MAX_BLOCKS} not read"

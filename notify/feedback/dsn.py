@@ -97,11 +97,41 @@ def _dsn_blocks(msg: EmailMessage) -> list[dict[str, str]] | None:
     return None
 
 
+def _arf_fields(msg: EmailMessage) -> dict[str, str] | None:
+    """The fields of a feedback report's machine-readable part (RFC 5965: message/feedback-report), or None when
+    the message has no such part: a complaint sent by a mailbox provider's feedback loop."""
+    for part in parts(msg):
+        if part.get_content_type() != "message/feedback-report":
+            continue
+        payload = part.get_payload()
+        if isinstance(payload, list) and payload and isinstance(payload[0], EmailMessage):
+            return {k.lower(): str(v) for k, v in payload[0].items()}
+        blocks = _field_blocks(str(payload or ""))
+        return blocks[0] if blocks else {}
+    return None
+
+
+def _read_arf(report: Report, fields: dict[str, str]) -> None:
+    """A feedback loop's report: a complaint where its type is abuse or fraud (the recipient called our message
+    spam), about the address it names where it names one (providers often redact it). Like a bounce, it acts
+    only through our Message-ID or VERP token, in the message it returns."""
+    report.form = "arf"
+    kind = " ".join((fields.get("feedback-type") or "").split()).lower()[:40]
+    if kind not in ("abuse", "fraud"):
+        report.why = f"a feedback report of type {kind or '(none)'}, not a complaint"
+        return
+    address = clean_address(fields.get("original-rcpt-to")) or clean_address(fields.get("removal-recipient"))
+    report.recipients.append(Failed(address, "complained", "", kind, "complaint"))
+
+
 def parse(raw: bytes) -> Report:
     """A message from a bounce mailbox, read: a delivery status notification (its blocks), an MTA's own words,
     an automatic reply, or not a bounce at all; with what ties it to us (the VERP token, our Message-ID)."""
     msg = email.message_from_bytes(_bounded(raw), policy=email.policy.compat32)
     report = _ours(msg)
+    if (fields := _arf_fields(msg)) is not None:
+        _read_arf(report, fields)
+        return report
     blocks = _dsn_blocks(msg)
     if blocks is None and msg.get_content_type() == "multipart/report" and not msg.is_multipart():
         # A report whose parts the MIME parser could not separate: its delivery-status fields are in its text.
