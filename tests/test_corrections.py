@@ -62,6 +62,24 @@ def test_a_correction_by_append_applies_to_the_unsent_and_is_refused_loudly_for_
     assert len(list((d / "outbox").glob("*.eml"))) == 1  # only ann's, from the first send
 
 
+def test_a_new_address_in_the_row_of_someone_already_sent_is_said(make_campaign: MakeCampaign, backend: str) -> None:
+    """An address is a person: a row whose address changed after its person was sent is a new recipient, who is
+    sent the notice. If it is the same person with a new address, they are notified twice, and `import --append`
+    said nothing but "2 accepted (1 already imported, unchanged)". It still adds them, and says so, row by row."""
+    d = make_campaign(FLAGGED + "ann@example.com,Ann,en,false\nbob@example.com,Bob,en,false\n", templates=simple_templates())
+    assert run("send", d, "--no-progress")[0] == 0
+    (d / "recipients.csv").write_text(FLAGGED + "ann@example.net,Ann,en,false\nbob@example.com,Bob,en,false\n"
+                                      "cy@example.com,Cy,en,false\n")  # Ann's row readdressed; Cy new, in a new row
+    code, out, err = run("import", d, "--append")
+    assert code == 0, out + err
+    assert "Warning: 1 new address(es) in rows that held someone already handed to a provider" in err, err
+    assert "  row 2: ann@example.net (the row held ann@example.com, sent: if it is the same person, they will be " \
+           "notified twice)" in err and "cy@example.com" not in err, err
+    assert states(d) == {"ann@example.com": "sent", "ann@example.net": "pending", "bob@example.com": "sent",
+                         "cy@example.com": "pending"}
+    assert "Warning" not in run("import", d, "--append")[2]  # the same file again: nothing new, nothing said
+
+
 def test_an_unchanged_file_appended_again_is_a_no_op(make_campaign: MakeCampaign) -> None:
     d = make_campaign(FLAGGED + "ann@example.com,Ann,en,false\n", templates=simple_templates())
     assert run("send", d, "--no-progress")[0] == 0

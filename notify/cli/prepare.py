@@ -130,6 +130,16 @@ def _print_corrections(imp: ImportResult) -> None:
             err(f"  row {row}: {email}: {why.partition('changed: ')[2].partition(';')[0]} changed")
         if len(imp.refused) > 20:
             err(f"  (+{len(imp.refused) - 20} more: every one is in rejects.csv)")
+    if imp.readdressed:
+        err(f"Warning: {len(imp.readdressed)} new address(es) in rows that held someone already handed to a provider; "
+            "each is a new recipient and will be sent the notice (`notify suppress add ADDRESS --reason ...` before "
+            "`send` holds one back):")
+        for row, new, was, state in imp.readdressed[:20]:
+            said = ("if it is the same person, they will be notified twice" if state in ("sent", "delivered", "complained")
+                    else "not reached there")
+            err(f"  row {row}: {new} (the row held {was}, {state}: {said})")
+        if len(imp.readdressed) > 20:
+            err(f"  (+{len(imp.readdressed) - 20} more)")
 
 
 def _print_rejects(store: Store) -> None:

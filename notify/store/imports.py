@@ -22,6 +22,7 @@ from .records import Event, ImportResult, chunked, dicts, file_sha256, utcnow, v
 # States of a person nobody has handed to a provider yet: a corrected row still applies to them.
 _UNSENT = ("pending", "ineligible", "suppressed")
 _UNSENT_STATES = "('pending', 'ineligible', 'suppressed')"
+_NOT_HANDED = "('pending', 'deferred', 'ineligible', 'suppressed')"  # with no attempt: nobody was sent anything
 
 
 # The people an appended file names that the campaign knew before it (key, their first row in this file): a
@@ -43,6 +44,8 @@ class _Tally:
     appending: bool = False  # to a campaign that has people: those it knows are marked as this file names them
     earlier: Counter[bytes] = field(default_factory=Counter)  # the rejects of earlier imports (_rejected_as)
     rejected_before: int = 0  # rows rejected as they were by an earlier import: counted, not recorded again
+    path: str = ""  # the file read: its rows are the rows an earlier import of it numbered the same
+    readdressed: list[tuple[int, str, str, str]] = field(default_factory=list)  # see _readdressed
 
     def rejected_earlier(self, item: Reject) -> bool:
         """Whether a row is rejected as an earlier import rejected it (a file appended again, its rejected rows as
@@ -119,7 +122,7 @@ class Imports(Backend):
                 " VALUES (?, ?, '[]', 0, 0, 0, ?) RETURNING id", (str(path), digest, utcnow()))
             import_id = int(cur.fetchone()[0])
             read_n = accepted = rejected = 0
-            tally = _Tally(appending=append)
+            tally = _Tally(appending=append, path=str(path))
             if tally.appending:
                 db.execute(_SEEN)
                 db.execute("DELETE FROM import_seen")
@@ -151,7 +154,7 @@ class Imports(Backend):
                 "rejected_before": tally.rejected_before, "removed": removed}))
         return ImportResult(path, read_n, accepted, rejected, already=False, corrected=tally.corrected,
                             refused=tuple(tally.refused), removed=removed, unchanged=tally.unchanged,
-                            rejected_before=tally.rejected_before)
+                            rejected_before=tally.rejected_before, readdressed=tuple(tally.readdressed))
 
     def _write_batch(self, import_id: int, items: list[Recipient | Reject], replace: bool = False,
                      tally: _Tally | None = None) -> tuple[int, int]:
@@ -183,6 +186,8 @@ class Imports(Backend):
             events.append(Event("ineligible", int(cur.fetchone()[0]), item.key, locale=item.locale,
                                 detail={"reason": item.ineligible, "row": item.row, "jurisdiction": item.jurisdiction}))
         self._append_all(events, utcnow())
+        if tally.appending and rows:
+            self._readdressed(import_id, {r[1]: r[2] for r in rows}, tally)
         self.db.executemany(
             "INSERT INTO recipients (import_id, row, email, key, token, domain, name, locale, jurisdiction, vars)"
             " VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
@@ -209,6 +214,16 @@ class Imports(Backend):
         if tally.appending and known[item.key][1] != import_id:
             seen[item.key] = item.row
         return self._again(item, known, import_id, replace, tally, events)
+
+    def _readdressed(self, import_id: int, new: dict[int, str], tally: _Tally) -> None:
+        """New people whose row of this same file held, in an earlier import, someone already handed to a provider:
+        most likely that person with a new address, who will be sent the notice again. Added all the same (an address
+        is a person), and said, with the row, both addresses and what became of the first."""
+        name = Path(tally.path).name  # the same file, read from wherever the command ran (paths are as given)
+        tally.readdressed += [(row, new[row], email, state) for row, email, state, path in chunked(
+            self.db, "SELECT r.row, r.email, r.state, i.path FROM recipients r JOIN imports i ON i.id = r.import_id"
+            f" WHERE r.import_id <> ? AND (r.attempts > 0 OR r.state NOT IN {_NOT_HANDED}) AND r.row IN ({{marks}})",
+            list(new), prefix=(import_id,)) if Path(path).name == name]
 
     def _seen(self, keys: list[str]) -> dict[str, int]:
         """Of these known people, those an earlier batch of the file being appended named, with their first row."""

@@ -201,6 +201,7 @@ class ImportResult:
     removed: int = 0  # people of the earlier import not in the file that replaced it (nothing was sent yet)
     unchanged: int = 0  # of the accepted, rows of people already known, read again as they were (nothing to do)
     rejected_before: int = 0  # of the rejected, rows an earlier import rejected as they are (not recorded again)
+    readdressed: tuple[tuple[int, str, str, str], ...] = ()  # (row, new address, the row's earlier one, its state)
 
     def said(self) -> str:
         """One line for `import`, `check` and `state init`."""
@@ -214,12 +215,12 @@ class ImportResult:
 CHUNK = 900  # values bound in one query: under the 999 variables older SQLite allows
 
 
-def chunked(db: Any, sql: str, values: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+def chunked(db: Any, sql: str, values: Sequence[Any], prefix: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
     """The rows of `sql`, whose one `IN ({marks})` takes `values`, CHUNK values a query (a key per person looked up:
-    a lookup, an append, the rejected rows of known people)."""
+    a lookup, an append, the rejected rows of known people); `prefix`: the values of marks before it."""
     for start in range(0, len(values), CHUNK):
         chunk = values[start:start + CHUNK]
-        yield from db.execute(sql.format(marks=",".join("?" * len(chunk))), chunk)
+        yield from db.execute(sql.format(marks=",".join("?" * len(chunk))), (*prefix, *chunk))
 
 
 def dicts(cur: Any) -> Iterator[dict[str, Any]]:
