@@ -93,11 +93,13 @@ def _import(campaign: Campaign, store: Store, pre: Preflight, append: bool) -> N
     written = {juris for _, juris in store.samples()}
     store.order_claims({j: claim_order(campaign, j) for j in written}, claim_order(campaign, ""))
     pre.rules = rules_that_apply(campaign, store)
-    if not store.counts() and not store.rows_read():
+    if store.counts():
+        return
+    if not (read := store.rows_read()):
         pre.add(f"{campaign.recipients}: no recipients: the file has no rows under its header",
                 "put one row per person in it, or point [campaign] recipients at the file that has them")
-    elif not store.counts():
-        pre.add(f"{campaign.recipients}: no recipients: {store.rows_read()} row(s) read, all rejected "
+    else:
+        pre.add(f"{campaign.recipients}: no recipients: {read} row(s) read, all rejected "
                 f"(see {store.state_dir / 'rejects.csv'})")
 
 

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from ..campaign import config as campaign_mod
+from ..campaign.deadline import NOTIFIED
 from ..campaign.model import Campaign
 from ..checks.preflight import Preflight, preflight, probe_providers
 from ..errors import (
@@ -135,8 +136,7 @@ def _print_corrections(imp: ImportResult) -> None:
             "each is a new recipient and will be sent the notice (`notify suppress add ADDRESS --reason ...` before "
             "`send` holds one back):")
         for row, new, was, state in imp.readdressed[:20]:
-            said = ("if it is the same person, they will be notified twice" if state in ("sent", "delivered", "complained")
-                    else "not reached there")
+            said = "if it is the same person, they will be notified twice" if state in NOTIFIED else "not reached there"
             err(f"  row {row}: {new} (the row held {was}, {state}: {said})")
         if len(imp.readdressed) > 20:
             err(f"  (+{len(imp.readdressed) - 20} more)")

@@ -237,7 +237,7 @@ def _pack_dir(campaign: Campaign, out: Path) -> None:
     if out.is_dir() and not out.is_symlink() and any(out.iterdir()):
         hint = "name a new directory for the pack (or an earlier pack of this campaign, which it replaces)"
         try:
-            manifest = json.loads((out / "manifest.json").read_bytes())
+            manifest = json.loads(files.read_small(out / "manifest.json", 16 << 20, hint))
             ours = manifest.get("campaign") == campaign.id and isinstance(manifest.get("content"), dict)
             named = set(_pack_files(manifest)) if ours else set()
         except (OSError, ValueError, AttributeError, TypeError):

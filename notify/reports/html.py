@@ -15,6 +15,7 @@ import html
 from collections.abc import Callable
 from typing import Any
 
+from ..campaign.deadline import NOTIFIED  # the notice reached them (a complaint is about a message received)
 from ..campaign.model import Campaign
 from ..content.compose import display_address
 from ..providers.base import RateChange
@@ -102,7 +103,6 @@ def _share_line(buckets: list[tuple[int, int, int]], w: int, left: int) -> str:
 
 
 TOP = 12  # groups shown by name in each breakdown; the rest are folded into one "other" row, counted
-NOTIFIED = ("sent", "delivered", "complained")  # the notice reached them (a complaint is about a message received)
 NOT_YET = ("pending", "deferred", "inflight")
 ELSEWHERE = ("bounced", "failed", "suppressed", "ineligible")  # not reached by email: another channel is needed
 

@@ -22,7 +22,7 @@ from .records import Event, ImportResult, chunked, dicts, file_sha256, utcnow, v
 # States of a person nobody has handed to a provider yet: a corrected row still applies to them.
 _UNSENT = ("pending", "ineligible", "suppressed")
 _UNSENT_STATES = "('pending', 'ineligible', 'suppressed')"
-_NOT_HANDED = "('pending', 'deferred', 'ineligible', 'suppressed')"  # with no attempt: nobody was sent anything
+_NOT_HANDED = str((*_UNSENT, "deferred"))  # SQL: with no attempt, nobody was sent anything (held before a provider)
 
 
 # The people an appended file names that the campaign knew before it (key, their first row in this file): a

@@ -57,7 +57,7 @@ def is_attempt(kind: object, provider: object) -> bool:
     return kind in ATTEMPT_KINDS or (kind == "bounced" and provider is not None)
 
 
-ATTEMPT_SQL = "({0}kind IN ('sent', 'deferred', 'failed') OR ({0}kind = 'bounced' AND {0}provider IS NOT NULL))"
+ATTEMPT_SQL = f"({{0}}kind IN {ATTEMPT_KINDS} OR ({{0}}kind = 'bounced' AND {{0}}provider IS NOT NULL))"  # is_attempt
 
 
 
