@@ -193,9 +193,15 @@ def suppress_import(
 
     may_import(kind, confirm_marketing)
     with _suppression(campaign) as s:
-        read_n, added, invalid = s.import_file(file, kind, f"import:{file.name}", reason)
-    typer.echo(f"{file}: {read_n} rows read, {added} added, {read_n - added - invalid} already listed, {invalid} invalid")
+        done = s.import_file(file, kind, f"import:{file.name}", reason)
+    typer.echo(f"{file}: {done.read} rows read, {done.added} added, {done.listed} already listed, {done.invalid} invalid")
+    if done.invalid:
+        err(f"Warning: {done.invalid} row(s) of {file} hold no address and were not added: "
+            + "; ".join(f"row {row}: {_one_line(why)}" for row, why in done.first_invalid)
+            + (" ..." if done.invalid > len(done.first_invalid) else ""))
+        err("Hint: anyone those rows meant is not suppressed: correct the file and import it again, or add each one "
+            "with `notify suppress add ADDRESS --reason ...`")
     if kind == "marketing-unsubscribe":
-        err(f"Warning: {added} address(es) from a marketing unsubscribe list will NOT receive breach notices by email; "
+        err(f"Warning: {done.added} address(es) from a marketing unsubscribe list will NOT receive breach notices by email; "
             "they appear as suppressed in every campaign's status and need another channel.")
 

@@ -12,14 +12,14 @@ import datetime as dt
 import os
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import files
 from ..errors import InputError, StoreError, UsageError, list_busy
-from ..recipients.rows import Recipient, read
-from ..recipients.validate import validate
+from ..recipients.rows import Record, read
+from ..recipients.validate import key_of
 from ..store.sqlite import WAITS, connect_wal
 
 if TYPE_CHECKING:
@@ -122,19 +122,23 @@ class SuppressionList:
                                        " ORDER BY added_at, address"):
                 yield Entry(*row)
 
-    def import_file(self, path: Path, kind: str, source: str, reason: str) -> tuple[int, int, int]:
-        """Adds every valid address of a recipients-style file; returns (read, added, invalid)."""
-        read_n = added = invalid = 0
+    def import_file(self, path: Path, kind: str, source: str, reason: str) -> Imported:
+        """Adds the address of every row of a recipients-style file. Only the address is read: the file is often
+        another system's export (a name with a link in it, a note of any length), and a row left out for a cell
+        that a notice would refuse to print would be someone mailed against their wish."""
+        done = Imported()
         with self._errors():
             self.db.execute(self.BEGIN)
         try:
             for record in read(path):
-                read_n += 1
-                item = validate(record)
-                if not isinstance(item, Recipient):
-                    invalid += 1
+                done.read += 1
+                key, why = _address_in(record)
+                if key is None:
+                    done.invalid += 1
+                    if len(done.first_invalid) < Imported.SHOWN:
+                        done.first_invalid.append((record.row, why or "no address"))
                     continue
-                added += self.add(item.key, kind, source, reason)
+                done.added += self.add(key, kind, source, reason)
             with self._errors():
                 self.db.execute("COMMIT")
         except BaseException as e:
@@ -143,7 +147,34 @@ class SuppressionList:
             except Exception as rollback:  # the connection may be gone as well: the first error is the one to report
                 e.add_note(f"(and the rollback failed too: {rollback})")
             raise
-        return read_n, added, invalid
+        return done
+
+
+@dataclass
+class Imported:
+    """What `import_file` did: rows read, addresses added, rows without an address (the first few, with why)."""
+
+    SHOWN = 10
+    read: int = 0
+    added: int = 0
+    invalid: int = 0
+    first_invalid: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def listed(self) -> int:
+        return self.read - self.added - self.invalid
+
+
+def _address_in(record: Record) -> tuple[str | None, str | None]:
+    """The key of the address a row's email cell holds, or why it holds none."""
+    if record.fields is None:
+        return None, record.problem or "unreadable row"
+    email = record.fields.get("email")
+    if email is None or email == "":
+        return None, "email is empty"
+    if not isinstance(email, str):
+        return None, "email must be text"
+    return key_of(email)
 
 
 class ListWatch:
