@@ -149,6 +149,37 @@ def test_a_file_appended_again_reads_its_duplicates_and_bad_rows_as_the_first_im
     assert states(d) == dict.fromkeys(("ann@example.com", "bob@example.com", "cat@example.com", "dan@example.com"), "sent")
 
 
+def test_a_second_row_of_someone_is_kept_as_read_and_a_lookup_of_it_names_them(make_campaign: MakeCampaign,
+                                                                               backend: str) -> None:
+    # A duplicate row, and a refused correction, were kept as the address alone: rejects.csv and the export said
+    # "4,bob@example.com,duplicate of row 3", so what the row said (another name, another jurisdiction) was lost,
+    # and `lookup "Bobby Duplicate"` answered "nobody matches" of a row that was in the file, whose person was sent.
+    rows = "ann@example.com,Ann,en,false\nbob@example.com,Bob,en,false\nBOB@example.com,Bobby Duplicate,de,false\n"
+    d = make_campaign(FLAGGED + rows, templates=simple_templates())
+    assert run("send", d, "--no-progress")[0] == 0
+    (d / "recipients.csv").write_text(FLAGGED + rows.replace("Ann,", "Annie,") + "cat@example.com,Cat,en,false\n")
+    code, out, err = run("import", d, "--append")
+    assert code == 0 and "1 correction(s) refused" in err, out + err
+    assert sorted(sql(d, "SELECT row, raw FROM rejects")) == [
+        (2, "ann@example.com,Annie,en,false"), (4, "BOB@example.com,Bobby Duplicate,de,false")]
+    code, out, _ = run("lookup", d, "Bobby Duplicate")
+    assert code == 0, out
+    assert "it is a second row of a recipient, whose own row holds the answer" in out, out
+    assert "row 4: BOB@example.com,Bobby Duplicate,de,false" in out and "rejected: duplicate of row 3" in out, out
+    assert f"names bob@example.com (row 3, sent): notify lookup {d} bob@example.com" in out, out
+    assert "never a recipient" not in out, out
+    code, out, err = run("lookup", d, "Annie")
+    assert code == 0 and "names ann@example.com (row 2, sent)" in out, out + err
+    # A state an earlier version wrote kept the address alone: its rejects are still known again, not re-recorded.
+    for row, raw in sql(d, "SELECT row, raw FROM rejects"):
+        sql(d, "UPDATE rejects SET raw = ? WHERE row = ?", (raw.split(",")[0], row))
+    (d / "recipients.csv").write_text((d / "recipients.csv").read_text() + "dan@example.com,Dan,en,false\n")
+    code, out, err = run("import", d, "--append")
+    assert code == 0 and "correction(s) refused" not in err, out + err
+    assert "2 rejected before as they are, not recorded again" in out, out
+    assert len(sql(d, "SELECT row FROM rejects")) == 2
+
+
 def test_field_lengths_are_limited_at_import(make_campaign: MakeCampaign) -> None:
     # Item 7: JSONL has no field limit, and a megabyte-long name went through the lint in every command.
     huge = json.dumps({"email": "ann@example.com", "name": "A" * 1_000_000, "locale": "en"})

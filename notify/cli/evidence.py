@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
@@ -110,7 +111,7 @@ def lookup(campaign: Path = CampaignOrExport,
     with _open_for_lookup(campaign, query, key) as (c, store):
         found = lk.find(c, store, query)
         if not found and (rows := lk.rejected(store, query)):  # in the recipients file, never a recipient
-            _say_rejected(c, query, rows, as_json, wanted=eml is not None or out is not None)
+            _say_rejected(c, campaign, query, rows, as_json, wanted=eml is not None or out is not None)
             return
         if not found and not is_export(campaign) and not store.rows_read():
             raise InputError(f"nobody in {c.id} matches {query!r}: no recipients were imported into it",
@@ -152,20 +153,36 @@ def _say_proof(proof: Proof, as_json: bool) -> None:
     typer.echo(f"content:              {proof.content}")
 
 
-def _say_rejected(c: Campaign, query: str, rows: list[tuple[int, str, str]], as_json: bool, wanted: bool) -> None:
+def _say_rejected(c: Campaign, target: Path, query: str, rows: list[tuple[int, str, str, dict[str, Any] | None]],
+                  as_json: bool, wanted: bool) -> None:
     """`lookup` of someone whose row the import rejected: "nobody matches" would tell a regulator they were never in
-    the file. They were, and were sent nothing: which row, as read, and why."""
+    the file. They were: which row, as read, and why; and where the row is a second row of a recipient (a
+    duplicate, a refused correction), who that is and how they stand, since the answer is theirs."""
+    named = [p for *_, p in rows if p is not None]
     if as_json:
-        typer.echo(report.dumps({"record": None, "rejected": [{"row": row, "raw": raw, "reason": reason}
-                                                              for row, raw, reason in rows]}))
+        typer.echo(report.dumps({"record": None, "rejected": [
+            {"row": row, "raw": raw, "reason": reason, "recipient": p and {"row": p["row"], "email": p["email"],
+                                                                            "state": p["state"]}}
+            for row, raw, reason, p in rows]}))
     else:
-        typer.echo(f"{query.strip()!r} is in the recipients file but was never a recipient of {c.id}: the import "
-                   f"rejected {'the row holding it' if len(rows) == 1 else f'{len(rows)} rows holding it'}, so no "
-                   "message was sent for it.")
-        for row, raw, reason in rows:
+        held = 'the row holding it' if len(rows) == 1 else f'{len(rows)} rows holding it'
+        if not named:
+            typer.echo(f"{query.strip()!r} is in the recipients file but was never a recipient of {c.id}: the import "
+                       f"rejected {held}, so no message was sent for it.")
+        else:
+            typer.echo(f"{query.strip()!r} is in the recipients file, but the import rejected {held}; "
+                       + ("it is a second row of a recipient, whose own row holds the answer:" if len(rows) == 1 else
+                          "a row naming a recipient is a second row of theirs, whose own row holds the answer:"))
+        for row, raw, reason, p in rows:
             typer.echo(f"  row {row}: {_one_line(raw)[:200]}")
             typer.echo(f"    rejected: {_one_line(reason)}")
+            if p is not None:
+                typer.echo(f"    names {p['email']} (row {p['row']}, {p['state']}): "
+                           f"notify lookup {shlex.quote(str(target))} {shlex.quote(p['email'])}")
     if wanted:
+        if named:
+            raise InputError(f"no message and no proof of notice for a rejected row: look up {named[0]['email']} "
+                             "by address for theirs")
         raise InputError(f"no message and no proof of notice to write: {query} was never sent one")
 
 

@@ -151,18 +151,28 @@ def find(campaign: Campaign, store: Store, query: str) -> list[dict[str, Any]]:
     return [{**r, "vars": vars_of(r["vars"], f"the recipient of row {r['row']} ({r['email']})")} for r in found]
 
 
-def rejected(store: Store, query: str) -> list[tuple[int, str, str]]:
+def rejected(store: Store, query: str) -> list[tuple[int, str, str, dict[str, Any] | None]]:
     """The rows the imports rejected that hold what was asked for in one of their cells (any case): the address
     (either form, or with a display name: "Dave <dave@...>"), or the whole cell, as a name or an [audit] value is
-    asked for. Someone who was in the recipients file and never became a recipient, so was sent nothing, and why.
-    (row, raw, reason)."""
+    asked for, and why. (row, raw, reason, the recipient whose address the row holds: a second row of theirs, a
+    duplicate or a refused correction, or None: someone who never became a recipient, so was sent nothing.)"""
     q = query.strip().casefold()
     keys = set(keys_of(query))
 
     def holds(cell: str) -> bool:
         return cell.strip().casefold() == q or bool(keys) and (
             cell.strip().lower() in keys or email.utils.parseaddr(cell)[1].lower() in keys)
-    return [(row, raw, reason) for row, raw, reason, _ in store.rejects() if q and any(holds(c) for c in _cells(raw))]
+    if not q:
+        return []
+    cells = ((row, raw, reason, _cells(raw)) for row, raw, reason, _ in store.rejects())
+    return [(row, raw, reason, _named(store, held)) for row, raw, reason, held in cells if any(map(holds, held))]
+
+
+def _named(store: Store, cells: list[str]) -> dict[str, Any] | None:
+    """The recipient a rejected row's address cell names, if it names one."""
+    keys = [k for c in cells if "@" in c for k in keys_of(c)]
+    found = store.people(keys, "", {}) if keys else []
+    return found[0] if found else None
 
 
 def _cells(raw: str) -> list[str]:

@@ -9,7 +9,7 @@ import hmac
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -45,6 +45,8 @@ class Recipient:
     jurisdiction: str
     vars: dict[str, Any]  # every other column
     ineligible: str | None = None  # why this person must not be emailed (they get another channel)
+    # The row as read: what rejects.csv keeps of it if the import rejects it as someone's second row.
+    raw: str = field(default="", repr=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -47,10 +47,14 @@ class _Tally:
     path: str = ""  # the file read: its rows are the rows an earlier import of it numbered the same
     readdressed: list[tuple[int, str, str, str]] = field(default_factory=list)  # see _readdressed
 
-    def rejected_earlier(self, item: Reject) -> bool:
+    def rejected_earlier(self, item: Reject, legacy: str | None = None) -> bool:
         """Whether a row is rejected as an earlier import rejected it (a file appended again, its rejected rows as
-        they were; the same correction refused): counted, not recorded, said or refused again."""
-        if self.earlier[(was := _rejected_as(item.raw, item.reason))] <= 0:
+        they were; the same correction refused): counted, not recorded, said or refused again. `legacy`: the text
+        a version before 2026-12-06 kept of a person's second row instead of the row (the address alone)."""
+        was = _rejected_as(item.raw, item.reason)
+        if self.earlier[was] <= 0 and legacy is not None:
+            was = _rejected_as(legacy, item.reason)
+        if self.earlier[was] <= 0:
             return False
         self.earlier[was] -= 1
         self.rejected_before += 1
@@ -168,7 +172,7 @@ class Imports(Backend):
             if item is None:
                 continue
             if isinstance(item, Reject):
-                if not tally.rejected_earlier(item):
+                if not tally.rejected_earlier(item, read_as.email if isinstance(read_as, Recipient) else None):
                     rejects.append((import_id, item.row, item.raw, item.reason, item.jurisdiction, item.key))
                 continue
             known[item.key] = (item.row, import_id, 0, "pending", 0)
@@ -208,7 +212,7 @@ class Imports(Backend):
         if isinstance(item, Reject):
             return item
         if (first := seen.get(item.key)) is not None:  # named further up the file being appended
-            return Reject(item.row, item.email, f"duplicate of row {first}", key=item.key)
+            return Reject(item.row, item.raw or item.email, f"duplicate of row {first}", key=item.key)
         if item.key not in known:
             return item
         if tally.appending and known[item.key][1] != import_id:
@@ -242,7 +246,7 @@ class Imports(Backend):
         applied or the row read as it was (None: done)."""
         row, imp, rid, state, attempts, *was = known[item.key]
         if imp == import_id:
-            return Reject(item.row, item.email, f"duplicate of row {row}", key=item.key)
+            return Reject(item.row, item.raw or item.email, f"duplicate of row {row}", key=item.key)
         changed = _changes(was, item)
         # Deferred without an attempt: held before any provider took it (a relay down before the message
         # left, a provider lacking SMTPUTF8): nobody was sent anything, so the correction applies.
@@ -250,12 +254,13 @@ class Imports(Backend):
             why = (f"correction refused: this person was already handed to a provider (state {state}, row {row} "
                    f"of an earlier import); changed: {', '.join(changed)}; reach them by another channel if "
                    "the notice they got is no longer right")
-            if tally.rejected_earlier(Reject(item.row, item.email, why)):
+            refused = Reject(item.row, item.raw or item.email, why, key=item.key)
+            if tally.rejected_earlier(refused, item.email):
                 return None  # refused so by an earlier import: counted as rejected, said and recorded once
             tally.refused.append((item.row, item.email, why))
             events.append(Event("correction_refused", rid, item.key, detail={"row": item.row, "state": state,
                                                                               "changed": changed}))
-            return Reject(item.row, item.email, why, key=item.key)
+            return refused
         if not (changed or replace):
             tally.unchanged += 1  # read again as it was: nothing to do (not a reject: the person is known)
             return None
