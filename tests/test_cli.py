@@ -98,6 +98,44 @@ def test_missing_variable_stops_before_the_first_send(make_campaign: MakeCampaig
     assert not (d / "outbox").exists()
 
 
+def test_a_part_that_renders_blank_stops_the_send(make_campaign: MakeCampaign) -> None:
+    """A translation's body.html saved empty, or holding only markup, passed the lint: every recipient of that
+    locale would have got a blank message (mail programs show the HTML part). Each blank part is an error."""
+    tpl = {"en/subject.txt": "Notice", "en/body.txt": "Words.", "en/body.html": "<p>Words.</p>",
+           "fr/subject.txt": "Avis", "fr/body.txt": "  \n", "fr/body.html": "",
+           "de/subject.txt": "Hinweis", "de/body.txt": "Worte.",
+           "de/body.html": "<html><head><title>Hinweis</title><style>p {}</style></head><body><p>&nbsp;</p></body></html>"}
+    d = make_campaign("email,locale\na@example.com,en\nb@example.com,fr\nc@example.com,de\n", template="t",
+                      templates=tpl)
+    code, _, err = run("send", d)
+    assert code == 1 and "nothing was sent" in err, err
+    assert "content lint: fr: body.txt renders to no text: the plain-text part of the notice would be blank" in err
+    assert "content lint: fr: body.html renders to nothing a reader sees" in err
+    assert "content lint: de: body.html renders to nothing a reader sees" in err
+    assert "content lint: en:" not in err and "de: body.txt" not in err, err
+    assert not (d / "outbox").exists()
+    ok = {**tpl, "fr/body.txt": "Mots.", "fr/body.html": "<p>Mots.</p>",
+          "de/body.html": "<html><head><title>Hinweis</title><body><p>Worte.</p>"}  # a head left open ends at body
+    d2 = make_campaign("email,locale\na@example.com,en\nb@example.com,fr\nc@example.com,de\n", template="t",
+                       templates=ok, name="camp2")
+    assert run("check", d2)[0] == 0
+
+
+@pytest.mark.parametrize("fmt,said", [
+    ("5", "the date filter's format is 5: give short, medium, long, full or a date pattern, as text"),
+    ('"\'d MMMM"', "the date filter's format \"'d MMMM\" prints nothing (a quote left open?)"),
+    ('"' + "M" * 70 + '"', "the date filter's format '" + "M" * 70 + "' is not a date pattern: Invalid length"),
+])
+def test_a_date_format_that_prints_nothing_or_no_date_is_named(make_campaign: MakeCampaign, fmt: str, said: str) -> None:
+    # Before: "AttributeError: 'int' object has no attribute 'replace'", babel's ValueError, and an unclosed quote
+    # printed nothing at all: "we learned of it on ." went out.
+    d = make_campaign("email\na@example.com\n", template="t",
+                      templates={"en/subject.txt": "Notice", "en/body.txt": f"On {{{{ campaign.discovered | date({fmt}) }}}}.",
+                                 "en/body.html": "<p>x</p>"})
+    code, _, err = run("check", d)
+    assert code == 1 and f"/templates/t/en/body.txt:1: {said}" in err, err
+
+
 def test_template_column_missing_or_empty_is_an_error(make_campaign: MakeCampaign) -> None:
     tpl = {"en/subject.txt": "Notice", "en/body.txt": "{{ recipient.account }}", "en/body.html": "<p>x</p>"}
     d = make_campaign("email,account\na@example.com,A-1\nb@example.com,\n", template="t", templates=tpl)

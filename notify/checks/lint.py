@@ -86,6 +86,9 @@ class Finding:
         return f"{where}{self.message} [{self.rule}]"
 
 
+_UNSEEN = ("head", "style", "script", "title", "template")
+
+
 class _Html(HTMLParser):
     """What the lint needs from an HTML body: links with their text, images, forms, scripts, headings, text."""
 
@@ -96,6 +99,8 @@ class _Html(HTMLParser):
         self.forbidden: list[str] = []  # form, script, iframe, object, embed
         self.headings: list[str] = []
         self.text: list[str] = []
+        self.shown: list[str] = []  # the text a reader sees: outside head, style, script and title
+        self._unseen = 0
         self._href: str | None = None
         self._link_text: list[str] = []
         self._heading: list[str] | None = None
@@ -110,8 +115,14 @@ class _Html(HTMLParser):
             self.forbidden.append(tag)
         elif tag in ("h1", "h2", "h3", "h4", "h5", "h6", "title"):
             self._heading = []
+        if tag in _UNSEEN:
+            self._unseen += 1
+        elif tag == "body":
+            self._unseen = 0  # a head whose end tag was left out (HTML allows it) ends here
 
     def handle_endtag(self, tag: str) -> None:
+        if tag in _UNSEEN:
+            self._unseen = max(0, self._unseen - 1)
         if tag == "a" and self._href is not None:
             self.links.append((self._href, "".join(self._link_text).strip()))
             self._href = None
@@ -121,6 +132,8 @@ class _Html(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         self.text.append(data)
+        if not self._unseen:
+            self.shown.append(data)
         if self._href is not None:
             self._link_text.append(data)
         if self._heading is not None:
@@ -209,6 +222,7 @@ def _lint_version(campaign: Campaign, templates: Templates, r: Rendered, msg: Me
         add("error", "lint-file", str(e))
         return out
     where = files[-1] if files else templates.roots[0] / v / LINT_FILE
+    _not_blank(r, html, add)
     _legal(campaign, r, html, phrases, where, add)
     _links(r, html, allowed, add)
     _images_and_tags(html, add)
@@ -326,6 +340,16 @@ def _asks_nothing(r: Rendered, html: _Html, phrases: dict[str, str], patterns: l
             add("error", "credential-request", f"asks for a secret ({m.group(0)!r}): a notice never asks for a password or a code")
     if phrases.get("never_ask") and _norm(phrases["never_ask"]) not in _norm(r.text):
         add("warning", "reassurance", f"the text does not say {phrases['never_ask']!r}: tell readers you never ask for passwords")
+
+
+def _not_blank(r: Rendered, html: _Html, add: Add) -> None:
+    """Each part says something: a body.txt or body.html that renders to nothing (a file saved empty, a condition
+    that hides everything) is a blank notice, and a mail program shows the HTML part whenever there is one."""
+    if not r.text.strip():
+        add("error", "empty-part", "body.txt renders to no text: the plain-text part of the notice would be blank")
+    if not "".join(html.shown).strip():
+        add("error", "empty-part", "body.html renders to nothing a reader sees: mail programs show the HTML part, "
+                                   "so the notice would arrive blank")
 
 
 def _headers_and_parts(msg: Message, add: Add) -> None:

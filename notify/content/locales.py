@@ -51,9 +51,18 @@ def _date_filter(ctx: jinja2.runtime.Context, value: Any, format: str = "long") 
             value = dt.date.fromisoformat(value)
         except ValueError:
             raise TemplateError(f"the date filter got {value!r}, which is not a date (YYYY-MM-DD)") from None
-    if isinstance(value, (dt.date, dt.datetime)):
-        return _format_date(value, format, ctx["locale"])
-    raise TemplateError(f"the date filter got {value!r}, which is not a date")
+    if not isinstance(value, (dt.date, dt.datetime)):
+        raise TemplateError(f"the date filter got {value!r}, which is not a date")
+    if not isinstance(format, str):
+        raise TemplateError(f"the date filter's format is {format!r}: give short, medium, long, full or a date pattern, "
+                            "as text (date(\"d MMMM y\"))")
+    try:
+        said = _format_date(value, format, ctx["locale"])
+    except (ValueError, KeyError) as e:  # babel's words for a pattern it cannot read
+        raise TemplateError(f"the date filter's format {format!r} is not a date pattern: {e}") from None
+    if not said.strip():  # an unterminated quote: babel prints nothing, and the notice would say "on ."
+        raise TemplateError(f"the date filter's format {format!r} prints nothing (a quote left open?)")
+    return said
 
 
 @functools.lru_cache(maxsize=4096)
