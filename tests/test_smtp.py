@@ -69,6 +69,29 @@ def send(d: Path, *args: str) -> tuple[int, str, str]:
     return r.exit_code, r.stdout, r.stderr
 
 
+def test_batch_pause_spaces_batches_of_batch_size_and_never_waits_at_the_end(make_campaign: MakeCampaign) -> None:
+    """[send] batch_size and batch_pause: a batch was whatever one claim took (64 here, so all ten at once), then
+    the run sat out a pause with nobody left, and a Ctrl-C in it said "Interrupted" (exit 130) of a finished send.
+    Now 4, 4 and 2, each batch at least a pause after the last, and the run ends as the last batch is sent."""
+    import time
+
+    h = Handler()
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, n=10, send_keys="batch_size = 4\nbatch_pause = 1\n")
+        code, out, err = send(d, "--no-progress")
+        assert code == 0, err
+        at = sorted(r.at for r in h.received)
+        gaps = [i for i in range(1, len(at)) if at[i] - at[i - 1] >= 0.9]
+        assert gaps == [4, 8], [round(b - a, 2) for a, b in zip(at, at[1:], strict=False)]
+        assert "pausing" not in err, err  # under 5 s: not worth a line
+        # One batch, and a pause long enough to notice: the send ends with its last batch, not a pause later.
+        d2 = smtp_campaign(make_campaign, srv.port, n=4, name="camp2",
+                           send_keys="batch_size = 4\nbatch_pause = 600\n")
+        started = time.monotonic()
+        code, _, err = send(d2, "--no-progress")
+        assert code == 0 and time.monotonic() - started < 60, err
+
+
 def ledger(d: Path) -> dict[str, tuple[str, int, int, str | None]]:
     s = open_store(load(d))
     rows = {r[0]: (r[1], r[2], r[3], r[4]) for r in s.db.execute("SELECT email, state, attempts, doubt, reply_code FROM recipients")}

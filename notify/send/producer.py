@@ -37,11 +37,17 @@ class Producer:
         loop = self.loop
         limit = loop.options.limit
         want = loop.batch if limit is None else min(loop.batch, limit - self.claimed_total)
+        if (size := self.batch_size()) is not None:  # [send] batch_size: a batch is that many, then the pause
+            want = min(want, size - self.since_pause)
         if want <= 0:
             return None
         if loop.commits.ledger is None:
             raise RuntimeError("a claim before the ledger thread opened")  # a bug: the run opens it before producing
         return loop.commits.ledger.claim(want, loop.wall(), loop.throttle.saturated_domains(DOMAIN_HORIZON))
+
+    def batch_size(self) -> int | None:
+        cfg = self.loop.campaign.send
+        return cfg.batch_size if cfg.batch_size and cfg.batch_pause else None
 
     async def run(self) -> None:
         loop = self.loop
@@ -83,7 +89,7 @@ class Producer:
         send_cfg = loop.campaign.send
         self.claimed_total += len(claimed)
         self.since_pause += len(claimed)
-        pause = bool(send_cfg.batch_size and send_cfg.batch_pause and self.since_pause >= send_cfg.batch_size)
+        pause = (size := self.batch_size()) is not None and self.since_pause >= size
         if not pause and not loop.stop.is_set():
             self.claiming = self.claim_next()
         if loop.pool is None or not loop.pool.ready:
@@ -96,8 +102,23 @@ class Producer:
             while len(self.in_render) > 1 or (self.in_render and self.in_render[0][1].done()):
                 await self.hand_over()
         if pause:
-            self.since_pause = 0
-            await loop.sleep(send_cfg.batch_pause)
+            await self.pause(send_cfg.batch_pause)
+
+    async def pause(self, seconds: float) -> None:
+        """[send] batch_pause, after a whole batch: the batch goes to the workers first (not held, claimed, through
+        the pause), and there is no pause when nothing is left to send now (a run that sent everyone waited out one
+        more pause, and a Ctrl-C in it said "Interrupted")."""
+        loop = self.loop
+        self.since_pause = 0
+        while self.in_render and not loop.stop.is_set():
+            await self.hand_over()
+        if loop.stop.is_set() or not loop.store.count_due(loop.wall()):
+            return
+        if seconds >= LONG_WAIT:
+            at = dt.datetime.fromtimestamp(loop.wall() + seconds, loop.campaign.tz).strftime("%H:%M:%S %Z")
+            loop.progress.note(f"batch of {loop.campaign.send.batch_size} handed over; pausing {seconds:g} s "
+                               f"([send] batch_pause) until {at}")
+        await loop.sleep(seconds)
 
     async def hand_over(self) -> None:
         """The oldest batch the render processes hold, once built, to the workers."""
