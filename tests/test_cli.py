@@ -583,6 +583,29 @@ def test_a_sender_finding_dead_addresses_is_at_work_not_waiting(make_campaign: M
     assert "no message handed over" not in out, out
 
 
+def test_a_sender_in_its_batch_pause_is_said_to_be_in_it(make_campaign: MakeCampaign) -> None:
+    """A send sitting out [send] batch_pause was said to be waiting for "retries not yet due, the breaker, a domain
+    cap, a provider", none of which it was."""
+    import os
+
+    from notify.campaign.config import load
+    from notify.store import SENDING, open_store
+
+    d = make_campaign("email\n" + "".join(f"p{i}@example.com\n" for i in range(20)),
+                      send_extra="batch_size = 10\nbatch_pause = 600\n")
+    assert run("send", d, "--limit", "10")[0] == 0
+    sql(d, "UPDATE events SET ts = '2026-01-01T00:00:00.000000Z' WHERE kind = 'sent'")  # a while ago
+    holder = open_store(load(d))
+    try:
+        holder.lock("send")
+        holder.doing(SENDING)
+        code, out, _ = run("status", d)
+    finally:
+        holder.close()
+    assert code == 0 and f"sending:  yes ({os.uname().nodename} pid {os.getpid()})" in out, out
+    assert ("a provider, the 600 s pause after each batch of 10 ([send] batch_pause)); 10 to go") in out, out
+
+
 def test_status_during_a_send_adds_up(make_campaign: MakeCampaign) -> None:
     # `status` beside a send read each figure at its own moment: "states: pending 25776, inflight 366" beside
     # "25847 to go" (3 of 8 looks at 1,500/s). Every figure is now from one moment (Store.snapshot).

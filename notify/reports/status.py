@@ -206,8 +206,10 @@ def sending(campaign: Campaign, store: Store, now: float) -> tuple[list[str], fl
         lines.append(f"rate:     not measured yet (too few outcomes so far); {remaining} to go")
         return lines, None
     waited = f"no message handed over for {span(idle)}" if idle is not None else "no message handed over yet"
-    lines.append(f"rate:     {waited} (waiting: retries not yet due, the breaker, a domain cap, a provider); "
-                 f"{remaining} to go")
+    paused = campaign.send.batch_pause if campaign.send.batch_size else 0
+    whys = "retries not yet due, the breaker, a domain cap, a provider" + (
+        f", the {paused:g} s pause after each batch of {campaign.send.batch_size} ([send] batch_pause)" if paused else "")
+    lines.append(f"rate:     {waited} (waiting: {whys}); {remaining} to go")
     return lines, None
 
 

@@ -106,14 +106,16 @@ class Producer:
 
     async def pause(self, seconds: float) -> None:
         """[send] batch_pause, after a whole batch: the batch goes to the workers first (not held, claimed, through
-        the pause), and there is no pause when nothing is left to send now (a run that sent everyone waited out one
-        more pause, and a Ctrl-C in it said "Interrupted")."""
+        the pause), and there is no pause when no batch follows in this run (a run that sent everyone, or its
+        --limit, waited out one more pause, and a Ctrl-C in it said "Interrupted")."""
         loop = self.loop
         self.since_pause = 0
         while self.in_render and not loop.stop.is_set():
             await self.hand_over()
-        if loop.stop.is_set() or not loop.store.count_due(loop.wall()):
-            return
+        limit = loop.options.limit
+        if loop.stop.is_set() or (limit is not None and self.claimed_total >= limit) \
+                or not loop.store.count_due(loop.wall()):
+            return  # stopping, a canary's --limit reached, or nobody due: no batch follows
         if seconds >= LONG_WAIT:
             at = dt.datetime.fromtimestamp(loop.wall() + seconds, loop.campaign.tz).strftime("%H:%M:%S %Z")
             loop.progress.note(f"batch of {loop.campaign.send.batch_size} handed over; pausing {seconds:g} s "
