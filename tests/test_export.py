@@ -346,3 +346,16 @@ def test_an_export_taken_while_a_send_writes_says_one_moment_in_every_file(make_
     assert state["sent"] == rows["sent"] == events["sent"], (events, state, rows)
     assert {k: v for k, v in state.items() if v} == {k: v for k, v in rows.items() if v}, (state, rows)
     assert said["states"]["sent"] == events["sent"], said["states"]
+
+
+def test_an_export_of_a_campaign_nobody_was_imported_into_says_so(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # It said "Completeness: rows read 0 = sum of final states 0" and exit 0, and nothing else: an export that
+    # records nobody, handed to compliance as the campaign's evidence. It is still written (the state as it is),
+    # with a warning.
+    d = make_campaign("email\na@example.com\n")
+    code, out, err = run("audit", "export", d, "--out", tmp_path / "audit")
+    assert code == 0 and "Completeness: rows read 0 = sum of final states 0" in out, out + err
+    assert (f"Warning: no recipients were imported into test-2022-08: this export records nobody (`notify check {d}` "
+            "imports the recipients file)") in err, err
+    code, out, err = run("audit", "export", d, "--out", tmp_path / "audit2") if run("check", d)[0] == 0 else (1, "", "")
+    assert code == 0 and "Warning" not in err, err

@@ -344,6 +344,9 @@ def audit_export(campaign: Path = CampaignArg,
                f"campaign.toml, templates.json, state.jsonl, index.sqlite, report.html, manifest.json")
     typer.echo(f"Manifest SHA-256: {summary['manifest_sha256']}  (keep it apart from the export: "
                f"`notify audit verify {out}` prints the same value while nothing was changed)")
+    if not summary["rows_read"]:
+        err(f"Warning: no recipients were imported into {summary['campaign']}: this export records nobody "
+            f"(`notify check {campaign}` imports the recipients file)")
     if not summary["chain"]["verified"]:
         raise typer.Exit(EXIT_INPUT)
 
