@@ -95,3 +95,20 @@ def test_a_seeds_file_that_is_a_pipe_is_named_not_waited_on(make_campaign: MakeC
                        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert p.returncode == 1 and f"--seeds {tmp_path / 'seeds'}: not a regular file (a device, a pipe" in p.stderr, p.stderr
     assert set(states(d).values()) <= {"pending"} and not (d / "outbox").exists(), "nothing sent"
+
+
+def test_a_seed_written_twice_in_two_cases_is_one_mailbox(make_campaign: MakeCampaign, tmp_path: Path) -> None:
+    # LEGAL@corp.example and legal@corp.example, in the file or in [send] seeds, got every version twice: two
+    # seed_sent events, and the summary's two seed addresses, for one inbox (as among the recipients, one person).
+    h = Handler()
+    with Server(h) as srv:
+        d = smtp_campaign(make_campaign, srv.port, rows=ROWS,
+                          send_keys='seeds = ["Ops@Mail.example", "ops@mail.example"]\n')
+        f = tmp_path / "seeds.txt"
+        f.write_text("legal@corp.example\nLEGAL@corp.example  # the same inbox\n")
+        code, out, err = run("send", d, "--seeds", f)
+        assert code == 0 and "to 1 seed address(es) (legal@corp.example)" in out, out + err
+        assert [r.rcpt for r in h.received] == ["legal@corp.example"]
+        code, out, err = run("send", d)  # [send] seeds, not yet sent this content: seeds first again
+        assert code == 0 and "to 1 seed address(es) (Ops@Mail.example)" in out, out + err
+        assert [r.rcpt for r in h.received] == ["legal@corp.example", "Ops@Mail.example"]

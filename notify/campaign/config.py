@@ -36,6 +36,7 @@ from .schema import (
     _profiles,
     _timezone,
     _type_ok,
+    distinct_seeds,
 )
 
 
@@ -182,7 +183,7 @@ def _build(file: Path, data: dict[str, Any], recipients_file: bool = True) -> Ca
             render_timeout=float(send.get("render_timeout", 2.0)),
             render_max_bytes=send.get("render_max_bytes", 1_000_000),
             adaptive=send.get("adaptive", True),
-            seeds=list(dict.fromkeys(send.get("seeds", []))),
+            seeds=distinct_seeds(send.get("seeds", [])),
         ),
         providers=providers,
         require_approval=camp.get("require_approval"),

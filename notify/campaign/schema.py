@@ -226,6 +226,15 @@ def seed_problem(address: str) -> str | None:
     return None
 
 
+def distinct_seeds(addresses: list[str]) -> list[str]:
+    """Each seed once, as first written: addresses that differ only in letter case are one mailbox, as they are
+    one person among the recipients (LEGAL@example.com and legal@example.com got every version twice)."""
+    first: dict[str, str] = {}
+    for a in addresses:
+        first.setdefault(a.strip().lower(), a.strip())
+    return list(first.values())
+
+
 def _seeds(value: list[str]) -> str | None:
     if len(value) > 100:
         return f"{len(value)} addresses; seeds are at most 100"

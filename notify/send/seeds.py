@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import files
 from ..campaign.model import Campaign
-from ..campaign.schema import seed_problem
+from ..campaign.schema import distinct_seeds, seed_problem
 from ..content.compose import RenderFailure, build_message, synthetic_recipient
 from ..content.locales import split_version, version_order
 from ..content.message import Message
@@ -60,7 +60,7 @@ def read_seeds(path: Path) -> list[str]:
         problems.append(f"{path}: {len(seeds)} addresses; seeds are at most {MAX_SEEDS}")
     if problems:
         raise InputError(f"--seeds {path}: {len(problems)} problem(s); nothing was sent:", problems=problems)
-    return list(dict.fromkeys(seeds))
+    return distinct_seeds(seeds)
 
 
 @dataclass
