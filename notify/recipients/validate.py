@@ -256,7 +256,7 @@ def _checked(record: Record, trusted: frozenset[str]) -> Recipient | Reject:
         jurisdiction=str(fields.get("jurisdiction") or "").strip(),
         vars={k: v for k, v in fields.items() if k not in STANDARD_COLUMNS},
         ineligible=ineligible,
-        raw=record.raw,
+        raw=_clip(record.raw),  # kept only if rejected as a second row: as long a row as a reject keeps
     )
 
 
