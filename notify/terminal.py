@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+import time
 
 # C0 controls but tab, DEL, C1 controls (ESC and CSI start terminal sequences), and the bidirectional
 # overrides and isolates that make a line read in another order than it is stored.
@@ -34,3 +36,33 @@ def quiet_dead_terminal() -> bool:
             os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
             dead = True
     return dead
+
+
+class Counting:
+    """A count that takes a while, on stderr where that is a terminal ("reading recipients.csv: 340,000 rows"): shown
+    once it has taken `after` seconds, refreshed in place at most four times a second, and erased at the end, so a
+    large import is not a silent wait and nothing of it is left in the output (nor in a pipe, nor on TERM=dumb)."""
+
+    def __init__(self, what: str, after: float = 2.0) -> None:
+        self.what, self.after = what, after
+        self.live = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+        self.started, self.last, self.shown = time.monotonic(), 0.0, False
+
+    def __call__(self, n: int) -> None:
+        now = time.monotonic()
+        if not self.live or now - self.started < self.after or now - self.last < 0.25:
+            return
+        self.last, self.shown = now, True
+        self._write(f"\r{printable(self.what)}: {n:,} rows\x1b[K")
+
+    def done(self) -> None:
+        if self.shown:
+            self._write("\r\x1b[K")
+            self.shown = False
+
+    def _write(self, text: str) -> None:
+        try:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except OSError:  # a terminal that went away: the count was only for it
+            self.live = False

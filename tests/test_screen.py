@@ -17,6 +17,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
+
 from .conftest import MakeCampaign
 from .smtpd import Handler, Server
 from .test_smtp import smtp_campaign
@@ -168,3 +170,50 @@ def test_watch_json_is_a_line_of_json_each_refresh_with_a_rate_only_while_it_sen
     assert live and all(any(s.startswith("sending:  yes") for s in f["sending"]) for f in live), frames[-1]
     last = frames[-1]
     assert last["rate"] is None and last["states"]["sent"] == 40 and last["sending"][0].startswith("sending:  NO"), last
+
+
+def test_a_long_import_counts_its_rows_on_a_terminal_and_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`check` of a million rows sat 20 s without a word (10^7: minutes). The rows read are counted in place on a
+    terminal once the reading takes a while, and erased at the end; a pipe or TERM=dumb gets nothing of it."""
+    import io
+
+    from notify.terminal import Counting
+
+    master, slave = pty.openpty()
+    try:
+        with os.fdopen(slave, "w", closefd=False) as tty:
+            monkeypatch.setattr(sys, "stderr", tty)
+            monkeypatch.setenv("TERM", "xterm")
+            counting = Counting("reading r.csv", after=0)
+            counting(2000)
+            counting(4000)  # within a quarter of a second: not written again
+            counting.done()
+            monkeypatch.setenv("TERM", "dumb")
+            dumb = Counting("reading r.csv", after=0)
+            dumb(2000)
+            dumb.done()
+        assert os.read(master, 4096) == b"\rreading r.csv: 2,000 rows\x1b[K\r\x1b[K"
+    finally:
+        os.close(master)
+        os.close(slave)
+    piped = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", piped)
+    monkeypatch.setenv("TERM", "xterm")
+    counting = Counting("reading r.csv", after=0)
+    counting(2000)
+    counting.done()
+    assert piped.getvalue() == ""
+
+
+def test_the_import_tells_its_count_a_batch_at_a_time(make_campaign: MakeCampaign) -> None:
+    from notify.campaign.config import load
+    from notify.store import open_store
+
+    d = make_campaign("email\n" + "".join(f"p{i}@example.com\n" for i in range(5)))
+    store = open_store(load(d))
+    told: list[int] = []
+    try:
+        assert store.import_file(d / "recipients.csv", batch=2, progress=told.append).rows_read == 5
+    finally:
+        store.close()
+    assert told == [2, 4]

@@ -17,6 +17,7 @@ from ..content.render import Rendered, Templates
 from ..errors import ConfigError, TemplateError
 from ..recipients.rows import SAMPLE_SECRET, STANDARD_COLUMNS, recipient_token
 from ..store import PG_BEGUN, ImportResult, Store
+from ..terminal import Counting
 from .lint import lint
 
 # The legal profile (lint.py) that checks a jurisdiction's required content, where notify has one.
@@ -88,7 +89,12 @@ def _load(campaign: Campaign, pre: Preflight) -> None:
 def _import(campaign: Campaign, store: Store, pre: Preflight, append: bool) -> None:
     """The recipients file into the state (again only if it changed), its rejects report, each person's claim-order
     key from this campaign's rules as they are now (earliest deadline first, #40), and the rules that apply."""
-    pre.imported = store.import_file(campaign.recipients, append=append, trusted=frozenset(campaign.review.trusted_columns))
+    reading = Counting(f"reading {campaign.recipients.name}")
+    try:
+        pre.imported = store.import_file(campaign.recipients, append=append,
+                                         trusted=frozenset(campaign.review.trusted_columns), progress=reading)
+    finally:
+        reading.done()
     store.write_rejects_file()
     written = {juris for _, juris in store.samples()}
     store.order_claims({j: claim_order(campaign, j) for j in written}, claim_order(campaign, ""))

@@ -21,6 +21,7 @@ from ..errors import (
 )
 from ..reports import status as report
 from ..store import ImportResult, Store
+from ..terminal import Counting
 from .app import CampaignArg, _one_line, _open, boundary, err
 
 
@@ -168,7 +169,12 @@ def import_(
 def _import_now(c: Campaign, store: Store, command: str, append: bool = False) -> None:
     """`import` and `state init`: the recipients file into the state, what was read, corrected and rejected."""
     store.lock(command)
-    imp = store.import_file(c.recipients, append=append, trusted=frozenset(c.review.trusted_columns))
+    reading = Counting(f"reading {c.recipients.name}")
+    try:
+        imp = store.import_file(c.recipients, append=append, trusted=frozenset(c.review.trusted_columns),
+                                progress=reading)
+    finally:
+        reading.done()
     store.write_rejects_file()
     typer.echo(imp.said())
     _print_corrections(imp)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,9 +94,10 @@ class Imports(Backend):
                                " LIMIT 1").fetchone() is not None
 
     def import_file(self, path: Path, *, append: bool = False, batch: int = 2000,
-                    trusted: frozenset[str] = frozenset()) -> ImportResult:
+                    trusted: frozenset[str] = frozenset(), progress: Callable[[int], None] | None = None) -> ImportResult:
         """Imports a recipients file once. The same file again adds nothing; a different one for a
-        campaign under way is refused unless append is asked for. All or nothing: one transaction."""
+        campaign under way is refused unless append is asked for. All or nothing: one transaction.
+        `progress`: told the rows read so far, a batch at a time."""
         try:
             digest = file_sha256(path)
         except OSError as e:
@@ -114,10 +116,10 @@ class Imports(Backend):
                 "counted as such and change nothing); to start over, move the campaign's .notify/ directory away",
             )
         with self._import_cache():
-            return self._import(path, digest, append, replace, batch, trusted)
+            return self._import(path, digest, append, replace, batch, trusted, progress)
 
     def _import(self, path: Path, digest: str, append: bool, replace: bool, batch: int,
-                trusted: frozenset[str]) -> ImportResult:
+                trusted: frozenset[str], progress: Callable[[int], None] | None) -> ImportResult:
         with self.transaction() as db:
             if replace:
                 db.execute("DELETE FROM rejects")  # the earlier file's rows are read again from the new one
@@ -141,6 +143,8 @@ class Imports(Backend):
                 if len(pending) >= batch:
                     a, r = self._write_batch(import_id, pending, replace, tally)
                     accepted, rejected, pending = accepted + a, rejected + r, []
+                    if progress is not None:
+                        progress(read_n)
             a, r = self._write_batch(import_id, pending, replace, tally)
             accepted, rejected = accepted + a, rejected + r
             if read_n != accepted + rejected:  # every row is either accepted or rejected: nothing is lost silently

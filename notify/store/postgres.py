@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -274,12 +274,12 @@ class PgStore(Sessions, Others, Store):
     def _checkpoint_count(self, seq: int) -> str:
         return f"{self.chain}:{seq}"  # this store's chain (chain.read_checkpoints checks it by its hash)
 
-    def import_file(self, path: Path, *, append: bool = False, batch: int = 2000,
-                    trusted: frozenset[str] = frozenset()) -> ImportResult:
+    def import_file(self, path: Path, *, append: bool = False, batch: int = 2000, trusted: frozenset[str] = frozenset(),
+                    progress: Callable[[int], None] | None = None) -> ImportResult:
         """As on SQLite, one importer at a time: workers starting together import the file once."""
         self.raw.execute("SELECT pg_advisory_lock(hashtext(current_schema() || ':import'))")
         try:
-            return super().import_file(path, append=append, batch=batch, trusted=trusted)
+            return super().import_file(path, append=append, batch=batch, trusted=trusted, progress=progress)
         finally:
             with contextlib.suppress(psycopg.Error):
                 self.raw.execute("SELECT pg_advisory_unlock(hashtext(current_schema() || ':import'))")
