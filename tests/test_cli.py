@@ -554,15 +554,28 @@ def test_status_says_what_holds_the_campaign_an_import_or_a_send_still_preparing
     assert "sending:  NO" in out and "working:" not in out, out
 
 
-def test_a_sender_finding_dead_addresses_is_at_work_not_waiting(make_campaign: MakeCampaign) -> None:
-    """A send whose latest outcomes are addresses the relay refused as dead (bounced at RCPT, #35) is at work:
-    status said "no message handed over for 2 h (waiting: retries not yet due, ...)", counting only sent, deferred
-    and failed as messages handed over."""
+def status_beside_a_send(d: Path) -> str:
+    """What `status` says while this process holds the campaign as a send at work would."""
     import os
 
     from notify.campaign.config import load
     from notify.store import SENDING, open_store
 
+    holder = open_store(load(d))
+    try:
+        holder.lock("send")
+        holder.doing(SENDING)
+        code, out, _ = run("status", d)
+    finally:
+        holder.close()
+    assert code == 0 and f"sending:  yes ({os.uname().nodename} pid {os.getpid()})" in out, out
+    return out
+
+
+def test_a_sender_finding_dead_addresses_is_at_work_not_waiting(make_campaign: MakeCampaign) -> None:
+    """A send whose latest outcomes are addresses the relay refused as dead (bounced at RCPT, #35) is at work:
+    status said "no message handed over for 2 h (waiting: retries not yet due, ...)", counting only sent, deferred
+    and failed as messages handed over."""
     from .smtpd import Handler, Server
     from .test_smtp import smtp_campaign
 
@@ -572,37 +585,18 @@ def test_a_sender_finding_dead_addresses_is_at_work_not_waiting(make_campaign: M
         assert run("send", d, "--limit", "5")[0] == 0
         sql(d, "UPDATE events SET ts = '2026-01-01T00:00:00.000000Z' WHERE kind = 'sent'")  # sent long ago
         assert run("send", d, "--limit", "5")[0] == 3  # the next five: dead addresses, just now
-    holder = open_store(load(d))
-    try:
-        holder.lock("send")
-        holder.doing(SENDING)
-        code, out, _ = run("status", d)
-    finally:
-        holder.close()
-    assert code == 0 and f"sending:  yes ({os.uname().nodename} pid {os.getpid()})" in out, out
+    out = status_beside_a_send(d)
     assert "no message handed over" not in out, out
 
 
 def test_a_sender_in_its_batch_pause_is_said_to_be_in_it(make_campaign: MakeCampaign) -> None:
     """A send sitting out [send] batch_pause was said to be waiting for "retries not yet due, the breaker, a domain
     cap, a provider", none of which it was."""
-    import os
-
-    from notify.campaign.config import load
-    from notify.store import SENDING, open_store
-
     d = make_campaign("email\n" + "".join(f"p{i}@example.com\n" for i in range(20)),
                       send_extra="batch_size = 10\nbatch_pause = 600\n")
     assert run("send", d, "--limit", "10")[0] == 0
     sql(d, "UPDATE events SET ts = '2026-01-01T00:00:00.000000Z' WHERE kind = 'sent'")  # a while ago
-    holder = open_store(load(d))
-    try:
-        holder.lock("send")
-        holder.doing(SENDING)
-        code, out, _ = run("status", d)
-    finally:
-        holder.close()
-    assert code == 0 and f"sending:  yes ({os.uname().nodename} pid {os.getpid()})" in out, out
+    out = status_beside_a_send(d)
     assert ("a provider, the 600 s pause after each batch of 10 ([send] batch_pause)); 10 to go") in out, out
 
 
