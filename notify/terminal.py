@@ -55,6 +55,12 @@ class Counting:
         self.last, self.shown = now, True
         self._write(f"\r{printable(self.what)}: {n:,} rows\x1b[K")
 
+    def __enter__(self) -> Counting:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.done()
+
     def done(self) -> None:
         if self.shown:
             self._write("\r\x1b[K")

@@ -86,15 +86,18 @@ def _load(campaign: Campaign, pre: Preflight) -> None:
                 pre.add(e.message, e.hint)
 
 
+def import_recipients(campaign: Campaign, store: Store, append: bool = False) -> ImportResult:
+    """The campaign's recipients file into its state (check, send, import, state init), its rows counted on a
+    terminal while a large one is read."""
+    with Counting(f"reading {campaign.recipients.name}") as reading:
+        return store.import_file(campaign.recipients, append=append,
+                                 trusted=frozenset(campaign.review.trusted_columns), progress=reading)
+
+
 def _import(campaign: Campaign, store: Store, pre: Preflight, append: bool) -> None:
     """The recipients file into the state (again only if it changed), its rejects report, each person's claim-order
     key from this campaign's rules as they are now (earliest deadline first, #40), and the rules that apply."""
-    reading = Counting(f"reading {campaign.recipients.name}")
-    try:
-        pre.imported = store.import_file(campaign.recipients, append=append,
-                                         trusted=frozenset(campaign.review.trusted_columns), progress=reading)
-    finally:
-        reading.done()
+    pre.imported = import_recipients(campaign, store, append)
     store.write_rejects_file()
     written = {juris for _, juris in store.samples()}
     store.order_claims({j: claim_order(campaign, j) for j in written}, claim_order(campaign, ""))

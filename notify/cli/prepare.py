@@ -11,7 +11,7 @@ import typer
 from ..campaign import config as campaign_mod
 from ..campaign.deadline import NOTIFIED
 from ..campaign.model import Campaign
-from ..checks.preflight import Preflight, preflight, probe_providers
+from ..checks.preflight import Preflight, import_recipients, preflight, probe_providers
 from ..errors import (
     ConfigError,
     InputError,
@@ -21,7 +21,6 @@ from ..errors import (
 )
 from ..reports import status as report
 from ..store import ImportResult, Store
-from ..terminal import Counting
 from .app import CampaignArg, _one_line, _open, boundary, err
 
 
@@ -169,12 +168,7 @@ def import_(
 def _import_now(c: Campaign, store: Store, command: str, append: bool = False) -> None:
     """`import` and `state init`: the recipients file into the state, what was read, corrected and rejected."""
     store.lock(command)
-    reading = Counting(f"reading {c.recipients.name}")
-    try:
-        imp = store.import_file(c.recipients, append=append, trusted=frozenset(c.review.trusted_columns),
-                                progress=reading)
-    finally:
-        reading.done()
+    imp = import_recipients(c, store, append)
     store.write_rejects_file()
     typer.echo(imp.said())
     _print_corrections(imp)

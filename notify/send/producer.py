@@ -117,10 +117,13 @@ class Producer:
                 or not loop.store.count_due(loop.wall()):
             return  # stopping, a canary's --limit reached, or nobody due: no batch follows
         if seconds >= LONG_WAIT:
-            at = dt.datetime.fromtimestamp(loop.wall() + seconds, loop.campaign.tz).strftime("%H:%M:%S %Z")
             loop.progress.note(f"batch of {loop.campaign.send.batch_size} handed over; pausing {seconds:g} s "
-                               f"([send] batch_pause) until {at}")
+                               f"([send] batch_pause) until {self.clock(loop.wall() + seconds)}")
         await loop.sleep(seconds)
+
+    def clock(self, epoch: float) -> str:
+        """A moment as a note above the bar says it: the time of day in the campaign's zone."""
+        return dt.datetime.fromtimestamp(epoch, self.loop.campaign.tz).strftime("%H:%M:%S %Z")
 
     async def hand_over(self) -> None:
         """The oldest batch the render processes hold, once built, to the workers."""
@@ -171,8 +174,7 @@ class Producer:
             loop.result.stopped = "only retries scheduled for later remain"
             return False
         if wait >= LONG_WAIT:
-            at = dt.datetime.fromtimestamp(due, loop.campaign.tz).strftime("%H:%M:%S %Z")
-            loop.progress.note(f"waiting {wait:.0f} s for the next retry (due {at}); nothing else is due now")
+            loop.progress.note(f"waiting {wait:.0f} s for the next retry (due {self.clock(due)}); nothing else is due now")
         await loop.sleep(wait)
         return True
 
